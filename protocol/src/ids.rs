@@ -1,0 +1,152 @@
+//! Identifiers that appear in topics and payloads.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Deserializer, Serialize};
+
+/// Longest node id accepted. Node ids are topic levels and database keys, so they
+/// are kept short and bounded.
+pub const MAX_NODE_ID_LEN: usize = 64;
+
+/// A node (appliance) identifier.
+///
+/// Invariant: 1 to [`MAX_NODE_ID_LEN`] bytes of ASCII lower-case letters, digits,
+/// `-` and `_`, starting with a letter or digit. This keeps it safe as an MQTT topic
+/// level (no `/`, `+`, `#`), as a file name and as a URL path segment.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(transparent)]
+pub struct NodeId(String);
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum IdError {
+    #[error("node id is empty")]
+    Empty,
+    #[error("node id is {len} bytes long; the limit is {MAX_NODE_ID_LEN}")]
+    TooLong { len: usize },
+    #[error(
+        "node id {id:?} has the character {ch:?} at position {pos}; \
+         use lower-case letters, digits, '-' and '_', starting with a letter or digit"
+    )]
+    BadCharacter { id: String, ch: char, pos: usize },
+}
+
+impl NodeId {
+    pub fn new(id: impl Into<String>) -> Result<Self, IdError> {
+        let id = id.into();
+        if id.is_empty() {
+            return Err(IdError::Empty);
+        }
+        if id.len() > MAX_NODE_ID_LEN {
+            return Err(IdError::TooLong { len: id.len() });
+        }
+        for (pos, ch) in id.chars().enumerate() {
+            let allowed = ch.is_ascii_lowercase()
+                || ch.is_ascii_digit()
+                || (pos > 0 && (ch == '-' || ch == '_'));
+            if !allowed {
+                return Err(IdError::BadCharacter {
+                    id: id.chars().take(MAX_NODE_ID_LEN).collect(),
+                    ch,
+                    pos,
+                });
+            }
+        }
+        Ok(NodeId(id))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for NodeId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl FromStr for NodeId {
+    type Err = IdError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        NodeId::new(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for NodeId {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        NodeId::new(s).map_err(serde::de::Error::custom)
+    }
+}
+
+/// A unique message id. Receivers de-duplicate on it.
+///
+/// Ids are UUIDv7: time-ordered, so they also sort roughly by creation time,
+/// which keeps database indexes on them append-mostly.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct MessageId(uuid::Uuid);
+
+impl MessageId {
+    /// A fresh id for a message created at `unix_ms` (milliseconds since the Unix epoch).
+    /// The random part comes from the operating system's generator.
+    pub fn new(unix_ms: u64) -> Self {
+        let ts = uuid::Timestamp::from_unix(
+            uuid::NoContext,
+            unix_ms / 1000,
+            ((unix_ms % 1000) * 1_000_000) as u32,
+        );
+        MessageId(uuid::Uuid::new_v7(ts))
+    }
+
+    pub fn from_uuid(id: uuid::Uuid) -> Self {
+        MessageId(id)
+    }
+
+    pub fn as_uuid(&self) -> uuid::Uuid {
+        self.0
+    }
+}
+
+impl fmt::Display for MessageId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn node_ids_accept_the_documented_alphabet() {
+        for ok in ["a", "node-1", "studio_b", "0abc", &"x".repeat(MAX_NODE_ID_LEN)] {
+            assert_eq!(NodeId::new(ok).unwrap().as_str(), ok);
+        }
+    }
+
+    #[test]
+    fn node_ids_refuse_topic_and_path_characters() {
+        assert_eq!(NodeId::new(""), Err(IdError::Empty));
+        assert!(matches!(NodeId::new("x".repeat(65)), Err(IdError::TooLong { len: 65 })));
+        for bad in ["a/b", "a+", "#", "Node", "-lead", "_lead", "a b", "a.b", "é"] {
+            assert!(matches!(NodeId::new(bad), Err(IdError::BadCharacter { .. })), "{bad}");
+        }
+    }
+
+    #[test]
+    fn node_id_deserialization_validates() {
+        assert!(serde_json::from_str::<NodeId>("\"ok-1\"").is_ok());
+        assert!(serde_json::from_str::<NodeId>("\"a/b\"").is_err());
+    }
+
+    #[test]
+    fn message_ids_are_unique_and_time_ordered() {
+        let a = MessageId::new(1_000);
+        let b = MessageId::new(1_000);
+        let c = MessageId::new(2_000);
+        assert_ne!(a, b);
+        assert!(a < c && b < c);
+    }
+}

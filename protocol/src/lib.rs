@@ -1,0 +1,26 @@
+//! The contract between Rakkr appliances and the fleet server.
+//!
+//! This crate is the single source of truth for:
+//! - the MQTT topic tree under `rakkr/v1/` ([`topic`]): every topic string in the
+//!   project is built and parsed here, nowhere else;
+//! - the JSON payloads on those topics ([`payload`]), each wrapped in an
+//!   [`Envelope`](envelope::Envelope) that carries a schema version and a unique
+//!   message id;
+//! - the lifecycle states of nodes, jobs, recordings and health events and the
+//!   transitions allowed between them ([`state`]);
+//! - permission and role names ([`access`]).
+//!
+//! Invariants: the crate is pure (no IO, no async runtime, no clock reads: callers
+//! pass timestamps and ids in); decoding never panics on any input and every
+//! failure is a typed error.
+
+pub mod access;
+pub mod envelope;
+pub mod ids;
+pub mod payload;
+pub mod state;
+pub mod topic;
+
+pub use envelope::{DecodeError, Envelope, MAX_PAYLOAD_BYTES, SCHEMA_VERSION};
+pub use ids::{IdError, MessageId, NodeId};
+pub use topic::{Topic, TopicError};

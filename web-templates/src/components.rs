@@ -1,0 +1,98 @@
+//! Small pieces of markup used on several pages.
+
+use maud::{Markup, html};
+use rakkr_protocol::payload::{ChannelMeter, DBFS_FLOOR};
+use rakkr_protocol::state::Presence;
+
+/// Lowest level a meter bar shows; anything below reads as an empty bar.
+pub const METER_RANGE_DB: f32 = 60.0;
+
+/// A presence badge ("online"/"offline") with a colour class.
+pub fn presence_badge(presence: Presence) -> Markup {
+    html! {
+        span class={ "badge " (presence.as_str()) } { (presence.as_str()) }
+    }
+}
+
+/// Fraction of a meter bar to fill for `dbfs`: 0 at −60 dBFS and below, 1 at 0 dBFS.
+pub fn meter_fill(dbfs: f32) -> f32 {
+    ((dbfs + METER_RANGE_DB) / METER_RANGE_DB).clamp(0.0, 1.0)
+}
+
+/// Format a level for people: one decimal, "−∞" at the floor.
+pub fn format_dbfs(dbfs: f32) -> String {
+    if dbfs <= DBFS_FLOOR {
+        "−∞".to_owned()
+    } else {
+        format!("{dbfs:.1}")
+    }
+}
+
+/// Horizontal meter bars, one per channel: RMS filled, peak as a tick, clip marker.
+///
+/// `stale` greys the bars out: the frame is too old to show as live.
+pub fn meter_bars(channels: &[ChannelMeter], stale: bool) -> Markup {
+    html! {
+        div class={ "meters" @if stale { " stale" } } {
+            @for (i, ch) in channels.iter().enumerate() {
+                @let rms = meter_fill(ch.rms_dbfs) * 100.0;
+                @let peak = meter_fill(ch.peak_dbfs) * 100.0;
+                div.meter title={ "ch " (i + 1) ": peak " (format_dbfs(ch.peak_dbfs))
+                                  " dBFS, RMS " (format_dbfs(ch.rms_dbfs)) " dBFS" } {
+                    span.label { (i + 1) }
+                    span.track {
+                        span.rms style={ "width:" (format!("{rms:.1}")) "%" } {}
+                        span.peak style={ "left:" (format!("{peak:.1}")) "%" } {}
+                    }
+                    span.value { (format_dbfs(ch.peak_dbfs)) }
+                    @if ch.clipped > 0 { span.clip title="clipped samples" { "CLIP " (ch.clipped) } }
+                }
+            }
+        }
+    }
+}
+
+/// "3 s ago", "5 min ago": how long ago `then_ms` was, seen from `now_ms`.
+pub fn ago(now_ms: u64, then_ms: u64) -> String {
+    let secs = now_ms.saturating_sub(then_ms) / 1000;
+    match secs {
+        0..=59 => format!("{secs} s ago"),
+        60..=3599 => format!("{} min ago", secs / 60),
+        3600..=86_399 => format!("{} h ago", secs / 3600),
+        _ => format!("{} d ago", secs / 86_400),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn meter_fill_maps_the_display_range() {
+        assert_eq!(meter_fill(0.0), 1.0);
+        assert_eq!(meter_fill(6.0), 1.0);
+        assert_eq!(meter_fill(-30.0), 0.5);
+        assert_eq!(meter_fill(DBFS_FLOOR), 0.0);
+    }
+
+    #[test]
+    fn meter_bars_escape_nothing_dangerous_and_mark_clipping() {
+        let ch = [
+            ChannelMeter { peak_dbfs: -6.0, rms_dbfs: -9.0, clipped: 0 },
+            ChannelMeter { peak_dbfs: 0.0, rms_dbfs: -3.0, clipped: 12 },
+            ChannelMeter { peak_dbfs: DBFS_FLOOR, rms_dbfs: DBFS_FLOOR, clipped: 0 },
+        ];
+        let html = meter_bars(&ch, false).into_string();
+        assert_eq!(html.matches("class=\"meter\"").count(), 3);
+        assert!(html.contains("CLIP 12"));
+        assert!(html.contains("−∞"));
+        assert!(meter_bars(&ch, true).into_string().contains("meters stale"));
+    }
+
+    #[test]
+    fn ago_reads_naturally() {
+        assert_eq!(ago(10_000, 7_000), "3 s ago");
+        assert_eq!(ago(200_000, 0), "3 min ago");
+        assert_eq!(ago(0, 5_000), "0 s ago");
+    }
+}
