@@ -1,0 +1,394 @@
+//! Agent configuration: parsed from TOML + `RAKKR_AGENT_*` environment
+//! variables (see `rakkr-config`), then validated into [`AgentSettings`].
+//!
+//! ```toml
+//! node_id = "studio-a"          # required
+//! slot = "none"                 # a | b | none (booted root slot)
+//!
+//! [mqtt]
+//! host = "127.0.0.1"
+//! port = 1883
+//! keep_alive_secs = 5
+//!
+//! [source]
+//! kind = "synthetic"
+//! channels = 2
+//! sample_rate = 48000
+//! period_frames = 1024
+//! signal = "demo"               # demo | tone | noise | silence
+//! level_dbfs = -12.0            # tone and noise
+//! freq_hz = 1000.0              # tone
+//!
+//! [telemetry]
+//! meter_interval_ms = 1000
+//! ```
+
+use std::path::Path;
+use std::time::Duration;
+
+use rakkr_protocol::NodeId;
+use rakkr_protocol::payload::{BootSlot, DBFS_FLOOR, MAX_CHANNELS};
+use serde::Deserialize;
+
+use crate::source::Signal;
+
+/// Prefix of environment overrides, e.g. `RAKKR_AGENT_MQTT__PORT=1884`.
+pub const ENV_PREFIX: &str = "RAKKR_AGENT_";
+
+pub const SAMPLE_RATES: [u32; 6] = [8000, 16000, 44100, 48000, 96000, 192000];
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentConfig {
+    pub node_id: String,
+    #[serde(default = "default_slot")]
+    pub slot: BootSlot,
+    #[serde(default)]
+    pub mqtt: MqttConfig,
+    #[serde(default)]
+    pub source: SourceConfig,
+    #[serde(default)]
+    pub telemetry: TelemetryConfig,
+}
+
+fn default_slot() -> BootSlot {
+    BootSlot::None
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MqttConfig {
+    #[serde(default = "default_mqtt_host")]
+    pub host: String,
+    #[serde(default = "default_mqtt_port")]
+    pub port: u16,
+    #[serde(default = "default_keep_alive")]
+    pub keep_alive_secs: u16,
+    pub username: Option<String>,
+    pub password: Option<String>,
+}
+
+fn default_mqtt_host() -> String {
+    "127.0.0.1".into()
+}
+fn default_mqtt_port() -> u16 {
+    1883
+}
+fn default_keep_alive() -> u16 {
+    5
+}
+
+impl Default for MqttConfig {
+    fn default() -> Self {
+        MqttConfig {
+            host: default_mqtt_host(),
+            port: default_mqtt_port(),
+            keep_alive_secs: default_keep_alive(),
+            username: None,
+            password: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum SourceConfig {
+    Synthetic(SyntheticConfig),
+}
+
+impl Default for SourceConfig {
+    fn default() -> Self {
+        SourceConfig::Synthetic(SyntheticConfig::default())
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SignalKind {
+    Demo,
+    Tone,
+    Noise,
+    Silence,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SyntheticConfig {
+    #[serde(default = "default_channels")]
+    pub channels: u16,
+    #[serde(default = "default_rate")]
+    pub sample_rate: u32,
+    #[serde(default = "default_period")]
+    pub period_frames: u32,
+    #[serde(default = "default_signal")]
+    pub signal: SignalKind,
+    #[serde(default = "default_level")]
+    pub level_dbfs: f64,
+    #[serde(default = "default_freq")]
+    pub freq_hz: f64,
+}
+
+fn default_channels() -> u16 {
+    2
+}
+fn default_rate() -> u32 {
+    48000
+}
+fn default_period() -> u32 {
+    1024
+}
+fn default_signal() -> SignalKind {
+    SignalKind::Demo
+}
+fn default_level() -> f64 {
+    -12.0
+}
+fn default_freq() -> f64 {
+    1000.0
+}
+
+impl Default for SyntheticConfig {
+    fn default() -> Self {
+        SyntheticConfig {
+            channels: default_channels(),
+            sample_rate: default_rate(),
+            period_frames: default_period(),
+            signal: default_signal(),
+            level_dbfs: default_level(),
+            freq_hz: default_freq(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TelemetryConfig {
+    #[serde(default = "default_meter_interval")]
+    pub meter_interval_ms: u32,
+}
+
+fn default_meter_interval() -> u32 {
+    1000
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        TelemetryConfig {
+            meter_interval_ms: default_meter_interval(),
+        }
+    }
+}
+
+/// Validated, typed settings the agent runs with.
+#[derive(Debug, Clone)]
+pub struct AgentSettings {
+    pub node_id: NodeId,
+    pub slot: BootSlot,
+    pub mqtt: MqttSettings,
+    pub source: SourceSettings,
+    pub meter_interval: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct MqttSettings {
+    pub host: String,
+    pub port: u16,
+    pub keep_alive: Duration,
+    pub credentials: Option<(String, String)>,
+}
+
+#[derive(Debug, Clone)]
+pub enum SourceSettings {
+    Synthetic {
+        channels: u16,
+        sample_rate: u32,
+        period_frames: usize,
+        signal: Signal,
+    },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error(transparent)]
+    Load(#[from] rakkr_config::ConfigError),
+    #[error("config `{key}`: {message}")]
+    Invalid { key: &'static str, message: String },
+}
+
+fn invalid(key: &'static str, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key,
+        message: message.into(),
+    }
+}
+
+impl AgentConfig {
+    /// Read `file` with environment overrides from the process environment.
+    pub fn load(file: &Path) -> Result<AgentConfig, ConfigError> {
+        Ok(rakkr_config::load(Some(file), ENV_PREFIX, std::env::vars())?)
+    }
+
+    pub fn validate(self) -> Result<AgentSettings, ConfigError> {
+        let node_id = NodeId::new(self.node_id).map_err(|e| invalid("node_id", e.to_string()))?;
+
+        let m = self.mqtt;
+        if m.host.trim().is_empty() {
+            return Err(invalid("mqtt.host", "must not be empty"));
+        }
+        if m.port == 0 {
+            return Err(invalid("mqtt.port", "must be 1-65535"));
+        }
+        if !(2..=600).contains(&m.keep_alive_secs) {
+            return Err(invalid("mqtt.keep_alive_secs", "must be 2-600 seconds"));
+        }
+        let credentials = match (m.username, m.password) {
+            (Some(u), Some(p)) => Some((u, p)),
+            (None, None) => None,
+            _ => return Err(invalid("mqtt.username", "username and password go together")),
+        };
+
+        let source = match self.source {
+            SourceConfig::Synthetic(s) => {
+                if s.channels == 0 || usize::from(s.channels) > MAX_CHANNELS {
+                    return Err(invalid("source.channels", format!("must be 1-{MAX_CHANNELS}")));
+                }
+                if !SAMPLE_RATES.contains(&s.sample_rate) {
+                    return Err(invalid(
+                        "source.sample_rate",
+                        format!("{} Hz is not one of {SAMPLE_RATES:?}", s.sample_rate),
+                    ));
+                }
+                if !(16..=16384).contains(&s.period_frames) {
+                    return Err(invalid("source.period_frames", "must be 16-16384"));
+                }
+                let level = s.level_dbfs;
+                if !(f64::from(DBFS_FLOOR)..=0.0).contains(&level) {
+                    return Err(invalid(
+                        "source.level_dbfs",
+                        format!("must be {DBFS_FLOOR}..=0 dBFS"),
+                    ));
+                }
+                let nyquist = f64::from(s.sample_rate) / 2.0;
+                if !(s.freq_hz > 0.0 && s.freq_hz < nyquist) {
+                    return Err(invalid(
+                        "source.freq_hz",
+                        format!("must be between 0 and {nyquist} Hz (half the sample rate)"),
+                    ));
+                }
+                let signal = match s.signal {
+                    SignalKind::Demo => Signal::Demo,
+                    SignalKind::Silence => Signal::Silence,
+                    SignalKind::Tone => Signal::Tone {
+                        freq_hz: s.freq_hz,
+                        level_dbfs: level,
+                    },
+                    SignalKind::Noise => Signal::Noise { level_dbfs: level },
+                };
+                SourceSettings::Synthetic {
+                    channels: s.channels,
+                    sample_rate: s.sample_rate,
+                    period_frames: s.period_frames as usize,
+                    signal,
+                }
+            }
+        };
+
+        let ms = self.telemetry.meter_interval_ms;
+        if !(100..=60_000).contains(&ms) {
+            return Err(invalid("telemetry.meter_interval_ms", "must be 100-60000 ms"));
+        }
+
+        Ok(AgentSettings {
+            node_id,
+            slot: self.slot,
+            mqtt: MqttSettings {
+                host: m.host,
+                port: m.port,
+                keep_alive: Duration::from_secs(u64::from(m.keep_alive_secs)),
+                credentials,
+            },
+            source,
+            meter_interval: Duration::from_millis(u64::from(ms)),
+        })
+    }
+}
+
+impl AgentSettings {
+    /// Settings for a simulated appliance with a demo signal (used by the demo and tests).
+    pub fn simulated(node_id: NodeId, mqtt_host: &str, mqtt_port: u16, channels: u16) -> Self {
+        AgentSettings {
+            node_id,
+            slot: BootSlot::None,
+            mqtt: MqttSettings {
+                host: mqtt_host.to_owned(),
+                port: mqtt_port,
+                keep_alive: Duration::from_secs(u64::from(default_keep_alive())),
+                credentials: None,
+            },
+            source: SourceSettings::Synthetic {
+                channels,
+                sample_rate: default_rate(),
+                period_frames: default_period() as usize,
+                signal: Signal::Demo,
+            },
+            meter_interval: Duration::from_millis(u64::from(default_meter_interval())),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<AgentSettings, ConfigError> {
+        let f = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(f.path(), text).unwrap();
+        let c: AgentConfig = rakkr_config::load(Some(f.path()), ENV_PREFIX, Vec::new())?;
+        c.validate()
+    }
+
+    #[test]
+    fn a_minimal_config_gets_defaults() {
+        let s = parse("node_id = \"n1\"\n").unwrap();
+        assert_eq!(s.node_id.as_str(), "n1");
+        assert_eq!(s.mqtt.port, 1883);
+        assert_eq!(s.meter_interval, Duration::from_secs(1));
+        let SourceSettings::Synthetic { channels, signal, .. } = s.source;
+        assert_eq!((channels, signal), (2, Signal::Demo));
+    }
+
+    #[test]
+    fn a_full_config_parses() {
+        let s = parse(
+            "node_id = \"n1\"\nslot = \"b\"\n[mqtt]\nhost = \"broker\"\nport = 8883\n\
+             username = \"u\"\npassword = \"p\"\n[source]\nkind = \"synthetic\"\nchannels = 8\n\
+             sample_rate = 96000\nsignal = \"tone\"\nfreq_hz = 440.0\nlevel_dbfs = -6.0\n\
+             [telemetry]\nmeter_interval_ms = 250\n",
+        )
+        .unwrap();
+        assert_eq!(s.slot, BootSlot::B);
+        assert_eq!(s.mqtt.credentials, Some(("u".into(), "p".into())));
+        let SourceSettings::Synthetic { channels, sample_rate, signal, .. } = s.source;
+        assert_eq!((channels, sample_rate), (8, 96000));
+        assert_eq!(signal, Signal::Tone { freq_hz: 440.0, level_dbfs: -6.0 });
+    }
+
+    #[test]
+    fn problems_are_named() {
+        for (text, expect) in [
+            ("", "missing field `node_id`"),
+            ("node_id = \"N 1\"", "node_id"),
+            ("node_id = \"n\"\nbogus = 1", "unknown field `bogus`"),
+            ("node_id = \"n\"\n[source]\nkind = \"alsa\"", "unknown variant `alsa`"),
+            ("node_id = \"n\"\n[source]\nkind = \"synthetic\"\nchannels = 0", "source.channels"),
+            ("node_id = \"n\"\n[source]\nkind = \"synthetic\"\nsample_rate = 1", "source.sample_rate"),
+            ("node_id = \"n\"\n[source]\nkind = \"synthetic\"\nchanels = 2", "unknown field `chanels`"),
+            ("node_id = \"n\"\n[mqtt]\nport = 0", "mqtt.port"),
+            ("node_id = \"n\"\n[mqtt]\nusername = \"u\"", "mqtt.username"),
+            ("node_id = \"n\"\n[telemetry]\nmeter_interval_ms = 5", "telemetry.meter_interval_ms"),
+        ] {
+            let e = parse(text).unwrap_err().to_string();
+            assert!(e.contains(expect), "{text:?}: {e}");
+        }
+    }
+}

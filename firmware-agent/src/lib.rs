@@ -1,0 +1,34 @@
+//! The Rakkr appliance agent.
+//!
+//! Data flow inside one agent:
+//!
+//! ```text
+//!  CaptureSource ──(capture thread: read period, push)──▶ rtrb SPSC ring
+//!                                                            │
+//!                      meter thread: pop, meter, every interval
+//!                                                            ▼
+//!                         bounded channel of MeterFrame ──▶ fleet link (MQTT)
+//! ```
+//!
+//! Invariants:
+//! - the capture thread never blocks on anything but the source itself: a full
+//!   ring drops the period and counts it (see [`capture`]);
+//! - telemetry is lossy by design (meter frames may be dropped when the link is
+//!   down or slow); it never slows capture;
+//! - the node is `online` on the broker exactly while its MQTT session lives: a
+//!   retained status on connect, a retained Last Will for crashes, and an
+//!   explicit retained `offline` on orderly shutdown (see [`link`]).
+
+pub mod capture;
+pub mod clock;
+pub mod config;
+pub mod link;
+pub mod meter;
+pub mod run;
+pub mod source;
+
+pub use config::{AgentConfig, AgentSettings};
+pub use run::{AgentError, run};
+
+/// Version reported in the node's online status.
+pub const AGENT_VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -1,0 +1,168 @@
+//! The agent's fleet link: presence and telemetry over MQTT.
+//!
+//! Presence protocol on `rakkr/v1/nodes/{node}/status` (retained, QoS 1):
+//! - Last Will, set for every connection attempt: `offline`, reason `connection_lost`.
+//!   The broker publishes it when the connection dies without a DISCONNECT
+//!   (crash, SIGKILL, power or network loss).
+//! - On every CONNACK: `online` with version, boot slot and capabilities. The
+//!   embedded broker keeps no retained messages across restarts, so this is
+//!   republished on each (re)connect rather than once.
+//! - On orderly shutdown: `offline`, reason `shutdown`, then DISCONNECT.
+//!
+//! Meter frames go to `nodes/{node}/meters` at QoS 0 and only while connected:
+//! a frame that cannot be sent now is dropped and counted, never queued to
+//! arrive late.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use rakkr_mqtt::rumqttc::{LastWill, QoS};
+use rakkr_mqtt::{Endpoint, LinkState, SessionEvent};
+use rakkr_protocol::payload::{Capabilities, MeterFrame, NodeStatus, OfflineReason};
+use rakkr_protocol::topic::{NodeChannel, Topic};
+use rakkr_protocol::{Envelope, MessageId};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::AGENT_VERSION;
+use crate::clock::Clock;
+use crate::config::AgentSettings;
+
+/// How long an orderly shutdown waits to deliver the final `offline` status.
+pub const FINISH_TIMEOUT: Duration = Duration::from_secs(2);
+
+#[derive(Debug, Default)]
+pub struct TelemetryStats {
+    pub meter_frames_sent: AtomicU64,
+    pub meter_frames_dropped: AtomicU64,
+    pub bad_messages: AtomicU64,
+}
+
+/// Run the link until `shutdown` fires, then announce `offline` and disconnect.
+pub async fn run(
+    settings: &AgentSettings,
+    capabilities: Capabilities,
+    clock: Arc<dyn Clock>,
+    mut meters: mpsc::Receiver<MeterFrame>,
+    state: Arc<LinkState>,
+    stats: Arc<TelemetryStats>,
+    shutdown: CancellationToken,
+) {
+    let node = &settings.node_id;
+    let status_topic = Topic::node(node, NodeChannel::Status).to_string();
+    let meters_topic = Topic::node(node, NodeChannel::Meters).to_string();
+    let endpoint = Endpoint {
+        client_id: node.to_string(),
+        host: settings.mqtt.host.clone(),
+        port: settings.mqtt.port,
+        keep_alive: settings.mqtt.keep_alive,
+        credentials: settings.mqtt.credentials.clone(),
+    };
+
+    let envelope = {
+        let clock = clock.clone();
+        move |body: NodeStatus| {
+            let now = clock.unix_ms();
+            Envelope::new(MessageId::new(now), now, body).encode()
+        }
+    };
+    let will = {
+        let envelope = envelope.clone();
+        let topic = status_topic.clone();
+        move || {
+            LastWill::new(
+                &topic,
+                envelope(NodeStatus::Offline {
+                    reason: OfflineReason::ConnectionLost,
+                }),
+                QoS::AtLeastOnce,
+                true,
+            )
+        }
+    };
+    let online = NodeStatus::Online {
+        agent_version: AGENT_VERSION.to_owned(),
+        slot: settings.slot,
+        capabilities,
+    };
+
+    let (client, eventloop) = rakkr_mqtt::connect(&endpoint, Some(&will));
+
+    // Meter frames: forwarded only while connected.
+    let forwarder = {
+        let client = client.clone();
+        let state = state.clone();
+        let stats = stats.clone();
+        let clock = clock.clone();
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            loop {
+                let frame = tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    frame = meters.recv() => match frame { Some(f) => f, None => break },
+                };
+                let sent = state.is_connected() && {
+                    let now = clock.unix_ms();
+                    let payload = Envelope::new(MessageId::new(now), now, frame).encode();
+                    client
+                        .try_publish(&meters_topic, QoS::AtMostOnce, false, payload)
+                        .is_ok()
+                };
+                let counter = if sent {
+                    &stats.meter_frames_sent
+                } else {
+                    &stats.meter_frames_dropped
+                };
+                counter.fetch_add(1, Ordering::Relaxed);
+            }
+        })
+    };
+
+    let eventloop = {
+        let client = client.clone();
+        let status_topic = status_topic.clone();
+        let envelope = envelope.clone();
+        rakkr_mqtt::drive(
+            eventloop,
+            state.clone(),
+            Some(&will),
+            |event| match event {
+                SessionEvent::Connected => {
+                    tracing::info!(broker = %format!("{}:{}", endpoint.host, endpoint.port), "connected; announcing online");
+                    if let Err(e) = client.try_publish(
+                        &status_topic,
+                        QoS::AtLeastOnce,
+                        true,
+                        envelope(online.clone()),
+                    ) {
+                        tracing::warn!(error = %e, "could not queue online status");
+                    }
+                }
+                SessionEvent::Message(p) => {
+                    // No commands are defined for this build; count and ignore.
+                    stats.bad_messages.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(topic = %p.topic, "ignoring message on unknown command topic");
+                }
+                SessionEvent::Disconnected { error, retry_in } => {
+                    tracing::warn!(%error, retry_in_ms = retry_in.as_millis() as u64, "broker connection lost");
+                }
+            },
+            shutdown.clone(),
+        )
+        .await
+    };
+
+    let _ = forwarder.await;
+    if state.is_connected() {
+        let _ = client.try_publish(
+            &status_topic,
+            QoS::AtLeastOnce,
+            true,
+            envelope(NodeStatus::Offline {
+                reason: OfflineReason::Shutdown,
+            }),
+        );
+    }
+    rakkr_mqtt::finish(&client, eventloop, &state, FINISH_TIMEOUT).await;
+}

@@ -1,0 +1,116 @@
+//! Wiring: source → capture pipeline → fleet link, until shutdown.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use rakkr_mqtt::LinkState;
+use rakkr_protocol::payload::Capabilities;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::capture::CapturePipeline;
+use crate::clock::Clock;
+use crate::config::{AgentSettings, SourceSettings};
+use crate::link::{self, TelemetryStats};
+use crate::source::{CaptureError, CaptureSource, SyntheticSource};
+
+/// Meter frames waiting for the link. Small: stale frames are worthless.
+pub const METER_QUEUE: usize = 4;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("cannot start capture threads: {0}")]
+    Spawn(#[from] std::io::Error),
+    #[error("capture stopped: {0}")]
+    Capture(#[from] CaptureError),
+}
+
+/// Handles for observing a running agent.
+#[derive(Debug, Clone, Default)]
+pub struct AgentHandles {
+    pub link: Arc<LinkState>,
+    pub telemetry: Arc<TelemetryStats>,
+}
+
+/// Run the agent until `shutdown` fires (or capture fails).
+pub async fn run(
+    settings: AgentSettings,
+    clock: Arc<dyn Clock>,
+    handles: AgentHandles,
+    shutdown: CancellationToken,
+) -> Result<(), AgentError> {
+    let (source, capabilities) = build_source(&settings);
+    let (meters_tx, meters_rx) = mpsc::channel(METER_QUEUE);
+    let pipeline = CapturePipeline::start(source, clock.clone(), settings.meter_interval, meters_tx)?;
+    let stats = pipeline.stats.clone();
+    tracing::info!(
+        node = %settings.node_id,
+        channels = pipeline.format.channels,
+        rate = pipeline.format.sample_rate,
+        "capture started"
+    );
+
+    // Stop the link when asked to, or when capture dies: an agent that cannot
+    // capture must not look healthy. Its supervisor restarts it.
+    let stop_link = shutdown.child_token();
+    let watch = {
+        let stop_link = stop_link.clone();
+        let stats = stats.clone();
+        tokio::spawn(async move {
+            while !stop_link.is_cancelled() {
+                if stats.failed.load(Ordering::Acquire) {
+                    stop_link.cancel();
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        })
+    };
+
+    link::run(
+        &settings,
+        capabilities,
+        clock,
+        meters_rx,
+        handles.link,
+        handles.telemetry,
+        stop_link.clone(),
+    )
+    .await;
+    stop_link.cancel();
+    let _ = watch.await;
+    tokio::task::spawn_blocking(move || pipeline.stop())
+        .await
+        .unwrap_or_else(|_| Err(CaptureError::Device("capture shutdown panicked".into())))?;
+    Ok(())
+}
+
+fn build_source(settings: &AgentSettings) -> (Box<dyn CaptureSource>, Capabilities) {
+    match &settings.source {
+        SourceSettings::Synthetic {
+            channels,
+            sample_rate,
+            period_frames,
+            signal,
+        } => {
+            let seed = fnv1a(settings.node_id.as_str().as_bytes());
+            let source = SyntheticSource::new(*sample_rate, *channels, *period_frames, *signal, seed);
+            let caps = Capabilities {
+                sources: vec![source.kind().to_owned()],
+                channels: *channels,
+                sample_rates: vec![*sample_rate],
+                codecs: Vec::new(),
+                max_jobs: 0,
+            };
+            (Box::new(source), caps)
+        }
+    }
+}
+
+/// FNV-1a: a stable per-node seed, so each simulated node sounds different.
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
