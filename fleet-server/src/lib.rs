@@ -1,1 +1,156 @@
+//! The Rakkr fleet server.
+//!
+//! One process runs, each as its own task or thread:
+//! - the embedded MQTT broker ([`broker`], rumqttd on its own threads);
+//! - the server's MQTT link ([`ingest`]): node presence and telemetry into the
+//!   live fleet view ([`fleet`]) and, batched, into the store;
+//! - the HTTP server ([`http`]): console ([`console`]), assets, API, probes;
+//! - the store (`rakkr-store`, redb in `{data_dir}/rakkr.redb`), guarded by the
+//!   data-directory lock ([`datadir`]).
+//!
+//! Shutdown: cancelling the token stops HTTP (in-flight requests finish), the
+//! MQTT link (announces the server offline, disconnects) and the persist task
+//! (saves pending statuses); then [`RunningServer::wait`] returns. The embedded
+//! broker cannot be stopped and ends with the process.
 
+pub mod broker;
+pub mod clock;
+pub mod config;
+pub mod console;
+pub mod datadir;
+pub mod demo;
+pub mod fleet;
+pub mod http;
+pub mod ingest;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use rakkr_mqtt::LinkState;
+use rakkr_store::{RedbStore, Store};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::clock::Clock;
+use crate::config::ServerSettings;
+use crate::datadir::DataDir;
+use crate::fleet::LiveFleet;
+use crate::ingest::{IngestStats, PendingStatuses};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error(transparent)]
+    DataDir(#[from] datadir::DataDirError),
+    #[error("cannot open the store: {0}")]
+    Store(#[from] rakkr_store::StoreError),
+    #[error(transparent)]
+    Broker(#[from] broker::BrokerError),
+    #[error("cannot listen for HTTP on {addr}: {source}")]
+    HttpBind { addr: SocketAddr, source: std::io::Error },
+    #[error("background task failed: {0}")]
+    Task(String),
+}
+
+/// A started server: its bound addresses and shared state.
+pub struct RunningServer {
+    pub http_addr: SocketAddr,
+    pub mqtt_addr: SocketAddr,
+    pub fleet: Arc<LiveFleet>,
+    pub link: Arc<LinkState>,
+    pub ingest: Arc<IngestStats>,
+    tasks: JoinSet<()>,
+    _data_dir: DataDir,
+}
+
+impl RunningServer {
+    /// Start everything; returns once the broker accepts and HTTP is bound.
+    pub async fn start(
+        settings: ServerSettings,
+        clock: Arc<dyn Clock>,
+        shutdown: CancellationToken,
+    ) -> Result<RunningServer, ServerError> {
+        let data_dir = DataDir::open(&settings.data_dir)?;
+        let store_path = data_dir.store_path();
+        let store: Arc<dyn Store> = Arc::new(
+            tokio::task::spawn_blocking(move || RedbStore::open(&store_path))
+                .await
+                .map_err(|e| ServerError::Task(e.to_string()))??,
+        );
+
+        let now = clock.unix_ms();
+        let records = {
+            let store = store.clone();
+            tokio::task::spawn_blocking(move || store.nodes())
+                .await
+                .map_err(|e| ServerError::Task(e.to_string()))??
+        };
+        let (fleet, restart_changes) = LiveFleet::from_records(records, settings.max_connections, now);
+        let fleet = Arc::new(fleet);
+        let pending = Arc::new(PendingStatuses::default());
+        for change in restart_changes {
+            pending.push(change);
+        }
+
+        let (mqtt_addr, max_connections) = (settings.mqtt_addr, settings.max_connections);
+        let broker = tokio::task::spawn_blocking(move || broker::EmbeddedBroker::start(mqtt_addr, max_connections))
+            .await
+            .map_err(|e| ServerError::Task(e.to_string()))??;
+        tracing::info!(addr = %broker.addr, "embedded MQTT broker listening");
+
+        let listener = tokio::net::TcpListener::bind(settings.http_addr)
+            .await
+            .map_err(|source| ServerError::HttpBind { addr: settings.http_addr, source })?;
+        let http_addr = listener
+            .local_addr()
+            .map_err(|source| ServerError::HttpBind { addr: settings.http_addr, source })?;
+
+        let link = Arc::new(LinkState::default());
+        let stats = Arc::new(IngestStats::default());
+        let mut tasks = JoinSet::new();
+        tasks.spawn(ingest::persist(pending.clone(), store.clone(), stats.clone(), shutdown.clone()));
+        tasks.spawn(ingest::run(
+            broker.addr.ip().to_string(),
+            broker.addr.port(),
+            fleet.clone(),
+            pending,
+            clock.clone(),
+            link.clone(),
+            stats.clone(),
+            shutdown.clone(),
+        ));
+        let app = http::router(http::AppState {
+            fleet: fleet.clone(),
+            store,
+            link: link.clone(),
+            clock,
+            stale_after: settings.stale_after,
+        });
+        let http_shutdown = shutdown.clone();
+        tasks.spawn(async move {
+            let serve = axum::serve(listener, app).with_graceful_shutdown(http_shutdown.cancelled_owned());
+            if let Err(e) = serve.await {
+                tracing::error!(error = %e, "HTTP server failed");
+            }
+        });
+        tracing::info!(addr = %http_addr, "HTTP listening");
+
+        Ok(RunningServer {
+            http_addr,
+            mqtt_addr: broker.addr,
+            fleet,
+            link,
+            ingest: stats,
+            tasks,
+            _data_dir: data_dir,
+        })
+    }
+
+    /// Wait until every task has stopped (after the shutdown token fired).
+    pub async fn wait(mut self) {
+        while let Some(r) = self.tasks.join_next().await {
+            if let Err(e) = r {
+                tracing::error!(error = %e, "server task panicked");
+            }
+        }
+    }
+}

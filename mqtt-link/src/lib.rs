@@ -71,7 +71,7 @@ pub enum SessionEvent<'a> {
 
 /// Build the client and event loop for `endpoint`. `will` makes the Last Will
 /// for each connection attempt (called before the first and every reconnect).
-pub fn connect(endpoint: &Endpoint, will: Option<&dyn Fn() -> LastWill>) -> (AsyncClient, EventLoop) {
+pub fn connect(endpoint: &Endpoint, will: Option<&(dyn Fn() -> LastWill + Send + Sync)>) -> (AsyncClient, EventLoop) {
     let mut opts = MqttOptions::new(&endpoint.client_id, &endpoint.host, endpoint.port);
     opts.set_keep_alive(endpoint.keep_alive);
     opts.set_clean_session(true);
@@ -93,7 +93,7 @@ pub fn connect(endpoint: &Endpoint, will: Option<&dyn Fn() -> LastWill>) -> (Asy
 pub async fn drive(
     mut eventloop: EventLoop,
     state: Arc<LinkState>,
-    will: Option<&dyn Fn() -> LastWill>,
+    will: Option<&(dyn Fn() -> LastWill + Send + Sync)>,
     mut on_event: impl FnMut(SessionEvent<'_>),
     shutdown: CancellationToken,
 ) -> EventLoop {

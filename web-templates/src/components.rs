@@ -30,19 +30,22 @@ pub fn format_dbfs(dbfs: f32) -> String {
 
 /// Horizontal meter bars, one per channel: RMS filled, peak as a tick, clip marker.
 ///
+/// Bars are SVG rectangles sized by attributes, not inline styles, so pages work
+/// under a Content-Security-Policy without `'unsafe-inline'` styles.
 /// `stale` greys the bars out: the frame is too old to show as live.
 pub fn meter_bars(channels: &[ChannelMeter], stale: bool) -> Markup {
     html! {
         div class={ "meters" @if stale { " stale" } } {
             @for (i, ch) in channels.iter().enumerate() {
-                @let rms = meter_fill(ch.rms_dbfs) * 100.0;
-                @let peak = meter_fill(ch.peak_dbfs) * 100.0;
+                @let rms = format!("{:.1}", meter_fill(ch.rms_dbfs) * 100.0);
+                @let peak = format!("{:.1}", (meter_fill(ch.peak_dbfs) * 100.0 - 1.0).max(0.0));
                 div.meter title={ "ch " (i + 1) ": peak " (format_dbfs(ch.peak_dbfs))
                                   " dBFS, RMS " (format_dbfs(ch.rms_dbfs)) " dBFS" } {
                     span.label { (i + 1) }
-                    span.track {
-                        span.rms style={ "width:" (format!("{rms:.1}")) "%" } {}
-                        span.peak style={ "left:" (format!("{peak:.1}")) "%" } {}
+                    svg.track viewBox="0 0 100 6" preserveAspectRatio="none" aria-hidden="true" {
+                        rect.bg x="0" y="0" width="100" height="6" {}
+                        rect.rms x="0" y="0" width=(rms) height="6" {}
+                        rect.peak x=(peak) y="0" width="1" height="6" {}
                     }
                     span.value { (format_dbfs(ch.peak_dbfs)) }
                     @if ch.clipped > 0 { span.clip title="clipped samples" { "CLIP " (ch.clipped) } }

@@ -15,6 +15,11 @@ pub struct Chrome<'a> {
 
 /// A full HTML page. `title` and everything in `body` are escaped by maud.
 pub fn page(title: &str, chrome: Chrome<'_>, body: Markup) -> Markup {
+    page_with_head(title, chrome, html! {}, body)
+}
+
+/// A full HTML page with extra elements in `<head>` (e.g. a no-script refresh).
+pub fn page_with_head(title: &str, chrome: Chrome<'_>, head_extra: Markup, body: Markup) -> Markup {
     html! {
         (DOCTYPE)
         html lang="en" {
@@ -23,8 +28,11 @@ pub fn page(title: &str, chrome: Chrome<'_>, body: Markup) -> Markup {
                 meta name="viewport" content="width=device-width, initial-scale=1";
                 meta name="color-scheme" content="light dark";
                 title { (title) " · Rakkr" }
+                // htmx would otherwise inject an inline <style>, which our CSP forbids.
+                meta name="htmx-config" content=r#"{"includeIndicatorStyles":false}"#;
                 link rel="stylesheet" href=(STYLESHEET.url);
                 script src=(HTMX.url) defer {}
+                (head_extra)
             }
             body {
                 header.topbar {

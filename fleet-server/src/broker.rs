@@ -1,0 +1,113 @@
+//! The embedded MQTT broker (rumqttd), and how its gaps are handled.
+//!
+//! rumqttd runs on its own OS threads. Its `start()` blocks forever, has no
+//! shutdown and cannot report the port it bound, so:
+//! - the listen address is checked by binding it ourselves first, which turns
+//!   "address in use" into a clear startup error instead of a log line from a
+//!   thread that quietly ended;
+//! - readiness is established by connecting to the port;
+//! - at shutdown the process simply exits; clients see the TCP connection close
+//!   (nodes' Last Wills are not published, which is right: the server that would
+//!   read them is going away too).
+//!
+//! Memory: rumqttd keeps a commit log per subscription filter, `max_segment_size`
+//! × `max_segment_count` bytes at most, plus up to `max_outgoing_packet_count`
+//! packets queued per connection. Its sample configuration (100 MiB × 10) lets
+//! one busy filter hold 1 GiB. The bounds below hold a filter to 4 MiB; see
+//! docs/decisions/0004-embedded-broker.md for the measured footprint.
+
+use std::collections::HashMap;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::time::{Duration, Instant};
+
+use rumqttd::{Broker, Config, ConnectionSettings, RouterConfig, ServerSettings};
+
+/// Bytes per commit-log segment of one subscription filter.
+pub const SEGMENT_BYTES: usize = 1024 * 1024;
+/// Segments kept in memory per filter.
+pub const SEGMENT_COUNT: usize = 4;
+/// Packets queued towards one slow connection before it is treated as stuck.
+pub const OUTGOING_PACKETS_PER_CONNECTION: u64 = 64;
+/// In-flight QoS 1/2 messages per connection.
+pub const INFLIGHT_PER_CONNECTION: usize = 64;
+/// A client that opens TCP but sends no CONNECT within this time is dropped.
+pub const CONNECT_TIMEOUT_MS: u16 = 5_000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    #[error("cannot listen for MQTT on {addr}: {source}")]
+    Bind { addr: SocketAddr, source: std::io::Error },
+    #[error("cannot start the embedded broker thread: {0}")]
+    Thread(std::io::Error),
+    #[error("the embedded broker did not accept connections on {addr} within {waited:?}")]
+    NotReady { addr: SocketAddr, waited: Duration },
+}
+
+/// A running embedded broker.
+#[derive(Debug)]
+pub struct EmbeddedBroker {
+    pub addr: SocketAddr,
+}
+
+pub fn config(addr: SocketAddr, max_connections: usize) -> Config {
+    let server = ServerSettings {
+        name: "rakkr-v4".into(),
+        listen: addr,
+        tls: None,
+        next_connection_delay_ms: 0,
+        connections: ConnectionSettings {
+            connection_timeout_ms: CONNECT_TIMEOUT_MS,
+            max_payload_size: rakkr_mqtt::MAX_PACKET_BYTES,
+            max_inflight_count: INFLIGHT_PER_CONNECTION,
+            auth: None,
+            external_auth: None,
+            dynamic_filters: true,
+        },
+    };
+    Config {
+        id: 0,
+        router: RouterConfig {
+            max_connections,
+            max_outgoing_packet_count: OUTGOING_PACKETS_PER_CONNECTION,
+            max_segment_size: SEGMENT_BYTES,
+            max_segment_count: SEGMENT_COUNT,
+            custom_segment: None,
+            initialized_filters: None,
+            shared_subscriptions_strategy: Default::default(),
+        },
+        v4: Some(HashMap::from([("1".to_owned(), server)])),
+        ..Default::default()
+    }
+}
+
+impl EmbeddedBroker {
+    /// Start the broker on `addr` (port 0 picks a free port) and wait until it accepts.
+    pub fn start(addr: SocketAddr, max_connections: usize) -> Result<EmbeddedBroker, BrokerError> {
+        // rumqttd cannot report its port or a bind failure: bind first ourselves.
+        let probe = TcpListener::bind(addr).map_err(|source| BrokerError::Bind { addr, source })?;
+        let addr = probe.local_addr().map_err(|source| BrokerError::Bind { addr, source })?;
+        drop(probe);
+
+        let mut broker = Broker::new(config(addr, max_connections));
+        let thread = std::thread::Builder::new()
+            .name("rakkr-broker".into())
+            .spawn(move || {
+                if let Err(e) = broker.start() {
+                    tracing::error!(error = %e, "embedded broker stopped");
+                }
+            })
+            .map_err(BrokerError::Thread)?;
+
+        let waited = Duration::from_secs(5);
+        let deadline = Instant::now() + waited;
+        loop {
+            if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+                return Ok(EmbeddedBroker { addr });
+            }
+            if thread.is_finished() || Instant::now() >= deadline {
+                return Err(BrokerError::NotReady { addr, waited });
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}

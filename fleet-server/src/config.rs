@@ -1,0 +1,167 @@
+//! Server configuration: defaults < TOML file < `RAKKR_SERVER_*` environment <
+//! command-line flags. Parsed by `rakkr-config`, validated into [`ServerSettings`].
+//!
+//! ```toml
+//! data_dir = "./rakkr-data"
+//!
+//! [http]
+//! addr = "127.0.0.1:8080"
+//!
+//! [mqtt]
+//! addr = "127.0.0.1:1883"      # where the embedded broker listens
+//! max_connections = 10000
+//!
+//! [console]
+//! stale_after_ms = 5000          # meter frames older than this are shown as stale
+//! ```
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+pub const ENV_PREFIX: &str = "RAKKR_SERVER_";
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+    #[serde(default)]
+    pub http: HttpConfig,
+    #[serde(default)]
+    pub mqtt: MqttConfig,
+    #[serde(default)]
+    pub console: ConsoleConfig,
+}
+
+fn default_data_dir() -> PathBuf {
+    PathBuf::from("./rakkr-data")
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    #[serde(default = "default_http_addr")]
+    pub addr: SocketAddr,
+}
+
+fn default_http_addr() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 8080))
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            addr: default_http_addr(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MqttConfig {
+    #[serde(default = "default_mqtt_addr")]
+    pub addr: SocketAddr,
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+}
+
+fn default_mqtt_addr() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 1883))
+}
+
+fn default_max_connections() -> usize {
+    10_000
+}
+
+impl Default for MqttConfig {
+    fn default() -> Self {
+        MqttConfig {
+            addr: default_mqtt_addr(),
+            max_connections: default_max_connections(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsoleConfig {
+    #[serde(default = "default_stale_after")]
+    pub stale_after_ms: u64,
+}
+
+fn default_stale_after() -> u64 {
+    5000
+}
+
+impl Default for ConsoleConfig {
+    fn default() -> Self {
+        ConsoleConfig {
+            stale_after_ms: default_stale_after(),
+        }
+    }
+}
+
+/// Flags given on the command line; each overrides the config when set.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    pub data_dir: Option<PathBuf>,
+    pub http_addr: Option<SocketAddr>,
+    pub mqtt_addr: Option<SocketAddr>,
+}
+
+/// Validated settings the server runs with.
+#[derive(Debug, Clone)]
+pub struct ServerSettings {
+    pub data_dir: PathBuf,
+    pub http_addr: SocketAddr,
+    pub mqtt_addr: SocketAddr,
+    pub max_connections: usize,
+    pub stale_after: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error(transparent)]
+    Load(#[from] rakkr_config::ConfigError),
+    #[error("config `{key}`: {message}")]
+    Invalid { key: &'static str, message: String },
+}
+
+impl ServerConfig {
+    /// Defaults, then `file` if given, then the process environment.
+    pub fn load(file: Option<&Path>) -> Result<ServerConfig, ConfigError> {
+        Ok(rakkr_config::load(file, ENV_PREFIX, std::env::vars())?)
+    }
+
+    pub fn validate(self, flags: &Overrides) -> Result<ServerSettings, ConfigError> {
+        let invalid = |key, message: &str| ConfigError::Invalid {
+            key,
+            message: message.to_owned(),
+        };
+        let data_dir = flags.data_dir.clone().unwrap_or(self.data_dir);
+        if data_dir.as_os_str().is_empty() {
+            return Err(invalid("data_dir", "must not be empty"));
+        }
+        let http_addr = flags.http_addr.unwrap_or(self.http.addr);
+        let mqtt_addr = flags.mqtt_addr.unwrap_or(self.mqtt.addr);
+        if http_addr.port() != 0 && http_addr == mqtt_addr {
+            return Err(invalid("mqtt.addr", "must differ from http.addr"));
+        }
+        if !(1..=100_000).contains(&self.mqtt.max_connections) {
+            return Err(invalid("mqtt.max_connections", "must be 1-100000"));
+        }
+        if !(1000..=600_000).contains(&self.console.stale_after_ms) {
+            return Err(invalid("console.stale_after_ms", "must be 1000-600000 ms"));
+        }
+        Ok(ServerSettings {
+            data_dir,
+            http_addr,
+            mqtt_addr,
+            max_connections: self.mqtt.max_connections,
+            stale_after: Duration::from_millis(self.console.stale_after_ms),
+        })
+    }
+}

@@ -1,0 +1,115 @@
+//! The operator console's pages (server-rendered maud, refreshed with htmx).
+//!
+//! Every page reads completely without JavaScript; htmx only swaps fragments in
+//! place. Fragments are served by the same functions that render them inside
+//! full pages, so the two cannot drift apart.
+
+use std::time::Duration;
+
+use maud::{Markup, html};
+use rakkr_protocol::state::Presence;
+use rakkr_web::components::{ago, meter_bars, presence_badge};
+use rakkr_web::layout::{Chrome, page_with_head};
+
+use crate::fleet::{FleetCounts, LiveNode};
+
+/// How often the node list refreshes in the browser.
+pub const REFRESH_EVERY: &str = "1s";
+
+pub const NODES_FRAGMENT_PATH: &str = "/console/nodes";
+
+pub struct FleetView<'a> {
+    pub nodes: &'a [LiveNode],
+    pub counts: FleetCounts,
+    pub now_ms: u64,
+    pub stale_after: Duration,
+}
+
+pub fn dashboard(view: &FleetView<'_>) -> Markup {
+    let chrome = Chrome {
+        area: "Fleet console",
+        detail: concat!("rakkr-server ", env!("CARGO_PKG_VERSION")),
+    };
+    let head = html! {
+        // Without JavaScript the page still updates, just less smoothly.
+        noscript { meta http-equiv="refresh" content="5"; }
+    };
+    page_with_head(
+        "Fleet",
+        chrome,
+        head,
+        html! {
+            h1 { "Fleet" }
+            (nodes_panel(view))
+        },
+    )
+}
+
+/// The summary and node table; also the htmx fragment that replaces itself.
+pub fn nodes_panel(view: &FleetView<'_>) -> Markup {
+    html! {
+        section #nodes hx-get=(NODES_FRAGMENT_PATH) hx-trigger={ "every " (REFRESH_EVERY) } hx-swap="outerHTML" {
+            div.summary {
+                div.count { b #count-total { (view.counts.total) } span { "nodes" } }
+                div.count { b #count-online { (view.counts.online) } span { "online" } }
+                div.count { b #count-offline { (view.counts.offline) } span { "offline" } }
+            }
+            @if view.nodes.is_empty() {
+                p.empty { "No appliances have connected yet. Start one with "
+                    code { "rakkr-agent run --config agent.toml" } "." }
+            } @else {
+                table.nodes {
+                    thead { tr { th { "Node" } th { "State" } th { "Agent" } th { "Levels (dBFS)" } th { "Last seen" } } }
+                    tbody {
+                        @for node in view.nodes { (node_row(node, view.now_ms, view.stale_after)) }
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn node_row(node: &LiveNode, now_ms: u64, stale_after: Duration) -> Markup {
+    let r = &node.record;
+    let stale = node.meters_stale(now_ms, stale_after);
+    html! {
+        tr data-node=(r.id) data-presence=(r.presence.as_str()) {
+            td { span.node-id { (r.id) } }
+            td {
+                (presence_badge(r.presence))
+                div.muted { "since " (ago(now_ms, r.presence_since_ms)) }
+            }
+            td {
+                @match &r.details {
+                    Some(d) => {
+                        div { (d.agent_version) }
+                        div.muted { "slot " (d.slot.as_str()) " · " (d.capabilities.channels) " ch" }
+                    }
+                    None => { span.muted { "unknown" } }
+                }
+            }
+            td {
+                @match (&node.meters, r.presence) {
+                    (Some(m), Presence::Online) => {
+                        (meter_bars(&m.frame.channels, stale))
+                        @if stale { div.muted { "stale" } }
+                    }
+                    _ => { span.muted { "no live levels" } }
+                }
+            }
+            td.muted { (ago(now_ms, r.last_seen_ms)) }
+        }
+    }
+}
+
+pub fn not_found(path: &str) -> Markup {
+    page_with_head(
+        "Not found",
+        Chrome { area: "Fleet console", detail: "" },
+        html! {},
+        html! {
+            h1 { "Not found" }
+            p { "Nothing lives at " code { (path) } ". " a href="/" { "Back to the fleet" } }
+        },
+    )
+}

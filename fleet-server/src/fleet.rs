@@ -1,0 +1,260 @@
+//! The live view of the fleet: presence, details and the latest meter frame of
+//! every known node, in memory.
+//!
+//! This is what the console and API read. The store holds the durable part
+//! (presence and details); meter frames are live data and are never written to
+//! disk here. Bounded: at most `max_nodes` nodes are tracked; statuses from
+//! further unknown nodes are refused and counted.
+
+use std::collections::HashMap;
+use std::sync::RwLock;
+use std::time::Duration;
+
+use rakkr_protocol::NodeId;
+use rakkr_protocol::payload::{MeterFrame, NodeStatus};
+use rakkr_protocol::state::Presence;
+use rakkr_store::{NodeDetails, NodeRecord, NodeStatusUpdate};
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct LiveMeters {
+    pub frame: MeterFrame,
+    pub received_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct LiveNode {
+    pub record: NodeRecord,
+    pub meters: Option<LiveMeters>,
+}
+
+impl LiveNode {
+    /// Whether the meter frame is too old to show as live: it arrived long ago,
+    /// or it was already old (by its capture timestamp) when it arrived.
+    pub fn meters_stale(&self, now_ms: u64, stale_after: Duration) -> bool {
+        let limit = stale_after.as_millis() as u64;
+        match &self.meters {
+            None => true,
+            Some(m) => {
+                self.record.presence == Presence::Offline
+                    || now_ms.saturating_sub(m.received_ms) > limit
+                    || m.received_ms.saturating_sub(m.frame.captured_at_ms) > limit
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FleetCounts {
+    pub total: usize,
+    pub online: usize,
+    pub offline: usize,
+}
+
+#[derive(Debug)]
+pub struct LiveFleet {
+    nodes: RwLock<HashMap<NodeId, LiveNode>>,
+    max_nodes: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum FleetError {
+    #[error("node limit of {0} reached")]
+    Full(usize),
+    #[error("meters from a node that has not announced itself")]
+    UnknownNode,
+}
+
+impl LiveFleet {
+    /// Start from the store's records. Every node starts offline: after a server
+    /// restart, a node is online only once it has announced itself again.
+    /// Returns the fleet and the presence changes this implies, for the store.
+    pub fn from_records(records: Vec<NodeRecord>, max_nodes: usize, now_ms: u64) -> (LiveFleet, Vec<NodeStatusUpdate>) {
+        let mut changes = Vec::new();
+        let nodes = records
+            .into_iter()
+            .map(|mut record| {
+                if record.presence != Presence::Offline {
+                    changes.push(NodeStatusUpdate {
+                        node: record.id.clone(),
+                        presence: Presence::Offline,
+                        details: None,
+                        received_ms: now_ms,
+                    });
+                    record.presence = Presence::Offline;
+                    record.presence_since_ms = now_ms;
+                }
+                (record.id.clone(), LiveNode { record, meters: None })
+            })
+            .collect();
+        (
+            LiveFleet {
+                nodes: RwLock::new(nodes),
+                max_nodes,
+            },
+            changes,
+        )
+    }
+
+    /// Apply a status message; returns the update to persist.
+    pub fn apply_status(&self, node: &NodeId, status: &NodeStatus, now_ms: u64) -> Result<NodeStatusUpdate, FleetError> {
+        let (presence, details) = match status {
+            NodeStatus::Online {
+                agent_version,
+                slot,
+                capabilities,
+            } => (
+                Presence::Online,
+                Some(NodeDetails {
+                    agent_version: agent_version.clone(),
+                    slot: *slot,
+                    capabilities: capabilities.clone(),
+                }),
+            ),
+            NodeStatus::Offline { .. } => (Presence::Offline, None),
+        };
+        let mut nodes = self.nodes.write().expect("fleet lock poisoned");
+        if !nodes.contains_key(node) && nodes.len() >= self.max_nodes {
+            return Err(FleetError::Full(self.max_nodes));
+        }
+        let entry = nodes.entry(node.clone()).or_insert_with(|| LiveNode {
+            record: NodeRecord {
+                id: node.clone(),
+                presence,
+                details: None,
+                first_seen_ms: now_ms,
+                presence_since_ms: now_ms,
+                last_seen_ms: now_ms,
+            },
+            meters: None,
+        });
+        let r = &mut entry.record;
+        if r.presence != presence {
+            r.presence = presence;
+            r.presence_since_ms = now_ms;
+        }
+        if details.is_some() {
+            r.details = details.clone();
+        }
+        r.last_seen_ms = now_ms;
+        if presence == Presence::Offline {
+            entry.meters = None;
+        }
+        Ok(NodeStatusUpdate {
+            node: node.clone(),
+            presence,
+            details,
+            received_ms: now_ms,
+        })
+    }
+
+    pub fn apply_meters(&self, node: &NodeId, frame: MeterFrame, now_ms: u64) -> Result<(), FleetError> {
+        let mut nodes = self.nodes.write().expect("fleet lock poisoned");
+        let entry = nodes.get_mut(node).ok_or(FleetError::UnknownNode)?;
+        entry.record.last_seen_ms = now_ms;
+        entry.meters = Some(LiveMeters {
+            frame,
+            received_ms: now_ms,
+        });
+        Ok(())
+    }
+
+    /// All nodes, ordered by id.
+    pub fn snapshot(&self) -> Vec<LiveNode> {
+        let nodes = self.nodes.read().expect("fleet lock poisoned");
+        let mut out: Vec<LiveNode> = nodes.values().cloned().collect();
+        out.sort_by(|a, b| a.record.id.cmp(&b.record.id));
+        out
+    }
+
+    pub fn counts(&self) -> FleetCounts {
+        let nodes = self.nodes.read().expect("fleet lock poisoned");
+        let online = nodes
+            .values()
+            .filter(|n| n.record.presence == Presence::Online)
+            .count();
+        FleetCounts {
+            total: nodes.len(),
+            online,
+            offline: nodes.len() - online,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rakkr_protocol::payload::{BootSlot, Capabilities, ChannelMeter, OfflineReason};
+
+    fn online() -> NodeStatus {
+        NodeStatus::Online {
+            agent_version: "1".into(),
+            slot: BootSlot::None,
+            capabilities: Capabilities {
+                sources: vec![],
+                channels: 1,
+                sample_rates: vec![],
+                codecs: vec![],
+                max_jobs: 0,
+            },
+        }
+    }
+
+    fn frame(captured_at_ms: u64) -> MeterFrame {
+        MeterFrame {
+            captured_at_ms,
+            window_ms: 1000,
+            sample_rate: 48000,
+            channels: vec![ChannelMeter { peak_dbfs: -6.0, rms_dbfs: -9.0, clipped: 0 }],
+        }
+    }
+
+    #[test]
+    fn meters_need_an_announced_node_and_go_stale() {
+        let (fleet, _) = LiveFleet::from_records(vec![], 10, 0);
+        let n = NodeId::new("n").unwrap();
+        assert_eq!(fleet.apply_meters(&n, frame(0), 0), Err(FleetError::UnknownNode));
+        fleet.apply_status(&n, &online(), 1_000).unwrap();
+        fleet.apply_meters(&n, frame(1_900), 2_000).unwrap();
+        let node = &fleet.snapshot()[0];
+        let stale_after = Duration::from_secs(5);
+        assert!(!node.meters_stale(2_000, stale_after));
+        assert!(node.meters_stale(7_001, stale_after), "arrived too long ago");
+        fleet.apply_meters(&n, frame(0), 9_000).unwrap();
+        assert!(fleet.snapshot()[0].meters_stale(9_000, stale_after), "old on arrival");
+        fleet
+            .apply_status(&n, &NodeStatus::Offline { reason: OfflineReason::ConnectionLost }, 10_000)
+            .unwrap();
+        let node = &fleet.snapshot()[0];
+        assert_eq!(node.record.presence, Presence::Offline);
+        assert!(node.meters.is_none(), "an offline node shows no live meters");
+        assert!(node.record.details.is_some(), "details are kept");
+    }
+
+    #[test]
+    fn the_node_limit_is_enforced() {
+        let (fleet, _) = LiveFleet::from_records(vec![], 2, 0);
+        for id in ["a", "b"] {
+            fleet.apply_status(&NodeId::new(id).unwrap(), &online(), 0).unwrap();
+        }
+        let c = NodeId::new("c").unwrap();
+        assert_eq!(fleet.apply_status(&c, &online(), 0), Err(FleetError::Full(2)));
+        fleet.apply_status(&NodeId::new("a").unwrap(), &online(), 1).unwrap();
+        assert_eq!(fleet.counts(), FleetCounts { total: 2, online: 2, offline: 0 });
+    }
+
+    #[test]
+    fn after_a_restart_everyone_starts_offline() {
+        let record = NodeRecord {
+            id: NodeId::new("was-online").unwrap(),
+            presence: Presence::Online,
+            details: None,
+            first_seen_ms: 1,
+            presence_since_ms: 1,
+            last_seen_ms: 1,
+        };
+        let (fleet, changes) = LiveFleet::from_records(vec![record], 10, 50);
+        assert_eq!(changes.len(), 1);
+        assert_eq!(changes[0].presence, Presence::Offline);
+        assert_eq!(fleet.counts().offline, 1);
+    }
+}

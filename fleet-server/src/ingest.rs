@@ -1,0 +1,280 @@
+//! The server's MQTT link: reads node presence and telemetry, keeps the live
+//! fleet current and the store durable.
+//!
+//! Message path: event loop → decode (bounded, typed errors, counted) → live
+//! fleet (in memory, immediately) → pending status map → persist task (batched
+//! store transactions). The pending map keeps only the latest status per node
+//! (status is last-writer-wins), so a burst such as a whole fleet reconnecting
+//! costs one transaction per batch, not one fsync per node, and its size is
+//! bounded by the number of tracked nodes.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rakkr_mqtt::rumqttc::{LastWill, QoS};
+use rakkr_mqtt::{Endpoint, LinkState, SessionEvent};
+use rakkr_protocol::payload::{MeterFrame, NodeStatus, ServerStatus};
+use rakkr_protocol::topic::{NodeChannel, Topic};
+use rakkr_protocol::{Envelope, MessageId, NodeId};
+use rakkr_store::{NodeStatusUpdate, Store};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::clock::Clock;
+use crate::fleet::LiveFleet;
+
+/// MQTT client id of the server's own link.
+pub const SERVER_CLIENT_ID: &str = "rakkr-server";
+
+/// Counters of what the link received and refused.
+#[derive(Debug, Default)]
+pub struct IngestStats {
+    pub statuses: AtomicU64,
+    pub meter_frames: AtomicU64,
+    pub bad_topics: AtomicU64,
+    pub bad_payloads: AtomicU64,
+    pub refused: AtomicU64,
+    pub store_errors: AtomicU64,
+}
+
+/// Latest unsaved status per node.
+#[derive(Debug, Default)]
+pub struct PendingStatuses {
+    map: Mutex<HashMap<NodeId, NodeStatusUpdate>>,
+    notify: Notify,
+}
+
+impl PendingStatuses {
+    pub fn push(&self, update: NodeStatusUpdate) {
+        self.map
+            .lock()
+            .expect("pending lock poisoned")
+            .insert(update.node.clone(), update);
+        self.notify.notify_one();
+    }
+
+    fn take(&self) -> Vec<NodeStatusUpdate> {
+        let map = std::mem::take(&mut *self.map.lock().expect("pending lock poisoned"));
+        map.into_values().collect()
+    }
+
+    /// Put back a batch that failed to save, unless newer statuses arrived meanwhile.
+    fn restore(&self, batch: Vec<NodeStatusUpdate>) {
+        let mut map = self.map.lock().expect("pending lock poisoned");
+        for u in batch {
+            map.entry(u.node.clone()).or_insert(u);
+        }
+    }
+}
+
+/// Save pending statuses until shutdown; then save what is left.
+pub async fn persist(pending: Arc<PendingStatuses>, store: Arc<dyn Store>, stats: Arc<IngestStats>, shutdown: CancellationToken) {
+    loop {
+        let stopping = tokio::select! {
+            _ = pending.notify.notified() => false,
+            _ = shutdown.cancelled() => true,
+        };
+        let batch = pending.take();
+        if !batch.is_empty() {
+            let store = store.clone();
+            let result = tokio::task::spawn_blocking(move || {
+                let r = store.record_node_statuses(&batch);
+                (batch, r)
+            })
+            .await;
+            match result {
+                Ok((_, Ok(()))) => {}
+                Ok((batch, Err(e))) => {
+                    stats.store_errors.fetch_add(1, Ordering::Relaxed);
+                    tracing::error!(error = %e, nodes = batch.len(), "cannot save node statuses; retrying");
+                    pending.restore(batch);
+                    if !stopping {
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        pending.notify.notify_one();
+                    }
+                }
+                Err(e) => tracing::error!(error = %e, "status persistence task failed"),
+            }
+        }
+        if stopping {
+            return;
+        }
+    }
+}
+
+/// Run the server's MQTT link until `shutdown`.
+#[allow(clippy::too_many_arguments)]
+pub async fn run(
+    broker_host: String,
+    broker_port: u16,
+    fleet: Arc<LiveFleet>,
+    pending: Arc<PendingStatuses>,
+    clock: Arc<dyn Clock>,
+    state: Arc<LinkState>,
+    stats: Arc<IngestStats>,
+    shutdown: CancellationToken,
+) {
+    let endpoint = Endpoint {
+        client_id: SERVER_CLIENT_ID.into(),
+        host: broker_host,
+        port: broker_port,
+        keep_alive: Duration::from_secs(10),
+        credentials: None,
+    };
+    let status_topic = Topic::ServerStatus.to_string();
+    let server_status = {
+        let clock = clock.clone();
+        move |body: ServerStatus| {
+            let now = clock.unix_ms();
+            Envelope::new(MessageId::new(now), now, body).encode()
+        }
+    };
+    let will = {
+        let server_status = server_status.clone();
+        let topic = status_topic.clone();
+        move || LastWill::new(&topic, server_status(ServerStatus::Offline), QoS::AtLeastOnce, true)
+    };
+    let (client, eventloop) = rakkr_mqtt::connect(&endpoint, Some(&will));
+
+    let eventloop = rakkr_mqtt::drive(
+        eventloop,
+        state.clone(),
+        Some(&will),
+        |event| match event {
+            SessionEvent::Connected => {
+                tracing::info!("connected to broker; subscribing to node topics");
+                let online = ServerStatus::Online {
+                    server_version: env!("CARGO_PKG_VERSION").into(),
+                };
+                let requests = [
+                    client.try_publish(&status_topic, QoS::AtLeastOnce, true, server_status(online)),
+                    client.try_subscribe(NodeChannel::Status.filter_all_nodes(), QoS::AtLeastOnce),
+                    client.try_subscribe(NodeChannel::Meters.filter_all_nodes(), QoS::AtMostOnce),
+                ];
+                for r in requests {
+                    if let Err(e) = r {
+                        tracing::error!(error = %e, "cannot queue subscription");
+                    }
+                }
+            }
+            SessionEvent::Message(p) => {
+                handle_message(&p.topic, &p.payload, &fleet, &pending, clock.unix_ms(), &stats)
+            }
+            SessionEvent::Disconnected { error, retry_in } => {
+                tracing::warn!(%error, retry_in_ms = retry_in.as_millis() as u64, "broker connection lost");
+            }
+        },
+        shutdown.clone(),
+    )
+    .await;
+    let _ = client.try_publish(&status_topic, QoS::AtLeastOnce, true, server_status(ServerStatus::Offline));
+    rakkr_mqtt::finish(&client, eventloop, &state, Duration::from_secs(2)).await;
+}
+
+/// Decode and apply one incoming message. Never panics; every refusal is counted.
+pub fn handle_message(
+    topic: &str,
+    payload: &[u8],
+    fleet: &LiveFleet,
+    pending: &PendingStatuses,
+    now_ms: u64,
+    stats: &IngestStats,
+) {
+    let (node, channel) = match Topic::parse(topic) {
+        Ok(Topic::Node { node, channel }) => (node, channel),
+        Ok(_) | Err(_) => {
+            stats.bad_topics.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(topic, "ignoring message on unexpected topic");
+            return;
+        }
+    };
+    match channel {
+        NodeChannel::Status => {
+            // An empty retained message clears the retained status; nothing to apply.
+            if payload.is_empty() {
+                return;
+            }
+            match Envelope::<NodeStatus>::decode(payload) {
+                Ok(env) => match fleet.apply_status(&node, &env.body, now_ms) {
+                    Ok(update) => {
+                        stats.statuses.fetch_add(1, Ordering::Relaxed);
+                        tracing::info!(node = %node, presence = update.presence.as_str(), "node presence");
+                        pending.push(update);
+                    }
+                    Err(e) => {
+                        stats.refused.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(node = %node, error = %e, "status refused");
+                    }
+                },
+                Err(e) => {
+                    stats.bad_payloads.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(node = %node, error = %e, "bad status payload");
+                }
+            }
+        }
+        NodeChannel::Meters => match Envelope::<MeterFrame>::decode(payload) {
+            Ok(env) => {
+                if fleet.apply_meters(&node, env.body, now_ms).is_ok() {
+                    stats.meter_frames.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    stats.refused.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            Err(e) => {
+                stats.bad_payloads.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(node = %node, error = %e, "bad meter payload");
+            }
+        },
+        NodeChannel::Events | NodeChannel::Jobs => {
+            stats.bad_topics.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rakkr_protocol::payload::{BootSlot, Capabilities};
+
+    fn online_bytes() -> Vec<u8> {
+        Envelope::new(
+            MessageId::new(1),
+            1,
+            NodeStatus::Online {
+                agent_version: "9".into(),
+                slot: BootSlot::B,
+                capabilities: Capabilities {
+                    sources: vec![],
+                    channels: 2,
+                    sample_rates: vec![],
+                    codecs: vec![],
+                    max_jobs: 0,
+                },
+            },
+        )
+        .encode()
+    }
+
+    #[test]
+    fn every_kind_of_bad_message_is_counted_not_applied() {
+        let (fleet, _) = LiveFleet::from_records(vec![], 10, 0);
+        let pending = PendingStatuses::default();
+        let stats = IngestStats::default();
+        let h = |topic: &str, payload: &[u8]| handle_message(topic, payload, &fleet, &pending, 5, &stats);
+
+        h("rakkr/v1/nodes/a/status", b"{\"v\":1");
+        h("rakkr/v1/nodes/a/status", b"{\"v\":2,\"msg_id\":\"x\"}");
+        h("rakkr/v1/nodes/a/meters", &vec![b'x'; rakkr_protocol::MAX_PAYLOAD_BYTES + 1]);
+        h("rakkr/v1/nodes/NOT OK/status", &online_bytes());
+        h("elsewhere/topic", &online_bytes());
+        assert_eq!(stats.bad_payloads.load(Ordering::Relaxed), 3);
+        assert_eq!(stats.bad_topics.load(Ordering::Relaxed), 2);
+        assert_eq!(fleet.counts().total, 0);
+
+        h("rakkr/v1/nodes/a/status", &online_bytes());
+        assert_eq!(fleet.counts().online, 1);
+        assert_eq!(pending.take().len(), 1);
+    }
+}
