@@ -104,7 +104,9 @@ pub fn load<T: DeserializeOwned>(
 fn env_value(raw: &str) -> toml::Value {
     // Parse as a TOML value by wrapping it in a one-key document.
     match format!("v = {raw}").parse::<toml::Table>() {
-        Ok(mut t) => t.remove("v").unwrap_or_else(|| toml::Value::String(raw.to_owned())),
+        Ok(mut t) => t
+            .remove("v")
+            .unwrap_or_else(|| toml::Value::String(raw.to_owned())),
         Err(_) => toml::Value::String(raw.to_owned()),
     }
 }
@@ -194,18 +196,33 @@ mod tests {
     #[test]
     fn unknown_keys_are_named_whether_in_file_or_env() {
         let f = file("[http]\nadress = \"x\"\n");
-        let e = load::<Conf>(Some(f.path()), "T_", env(&[])).unwrap_err().to_string();
-        assert!(e.contains("http") && e.contains("unknown field `adress`"), "{e}");
+        let e = load::<Conf>(Some(f.path()), "T_", env(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("http") && e.contains("unknown field `adress`"),
+            "{e}"
+        );
 
-        let e = load::<Conf>(None, "T_", env(&[("T_HTTP__PORT", "1")])).unwrap_err().to_string();
-        assert!(e.contains("unknown field `port`") && e.contains("T_HTTP__PORT"), "{e}");
+        let e = load::<Conf>(None, "T_", env(&[("T_HTTP__PORT", "1")]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("unknown field `port`") && e.contains("T_HTTP__PORT"),
+            "{e}"
+        );
     }
 
     #[test]
     fn bad_values_name_their_key() {
         let f = file("[http]\naddr = \"not an address\"\n");
-        let e = load::<Conf>(Some(f.path()), "T_", env(&[])).unwrap_err().to_string();
-        assert!(e.contains("`http.addr`") && e.contains("invalid socket address"), "{e}");
+        let e = load::<Conf>(Some(f.path()), "T_", env(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("`http.addr`") && e.contains("invalid socket address"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -222,7 +239,9 @@ mod tests {
         let f = file("name = \"a\"\n");
         let e = load::<Conf>(Some(f.path()), "T_", env(&[("T_NAME__X", "1")])).unwrap_err();
         assert!(matches!(e, ConfigError::Env { .. }), "{e}");
-        let e = load::<Conf>(None, "T_", env(&[("T_NAME__X", "1")])).unwrap_err().to_string();
+        let e = load::<Conf>(None, "T_", env(&[("T_NAME__X", "1")]))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("T_NAME__X") && e.contains("`name`"), "{e}");
     }
 }

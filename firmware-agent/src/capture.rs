@@ -57,7 +57,8 @@ impl CapturePipeline {
         let format = source.format();
         let channels = usize::from(format.channels);
         let period_samples = source.period_frames() * channels;
-        let (mut producer, mut consumer) = rtrb::RingBuffer::<i32>::new(period_samples * RING_PERIODS);
+        let (mut producer, mut consumer) =
+            rtrb::RingBuffer::<i32>::new(period_samples * RING_PERIODS);
         let stop = Arc::new(AtomicBool::new(false));
         let stats = Arc::new(CaptureStats::default());
 
@@ -80,10 +81,14 @@ impl CapturePipeline {
                         match producer.write_chunk_uninit(samples) {
                             Ok(chunk) => {
                                 chunk.fill_from_iter(buf[..samples].iter().copied());
-                                stats.frames_captured.fetch_add(frames as u64, Ordering::Relaxed);
+                                stats
+                                    .frames_captured
+                                    .fetch_add(frames as u64, Ordering::Relaxed);
                             }
                             Err(_) => {
-                                stats.frames_dropped.fetch_add(frames as u64, Ordering::Relaxed);
+                                stats
+                                    .frames_dropped
+                                    .fetch_add(frames as u64, Ordering::Relaxed);
                             }
                         }
                     }
@@ -98,7 +103,8 @@ impl CapturePipeline {
                 (meter_interval.as_millis() as u64 * u64::from(format.sample_rate) / 1000).max(1);
             let window_ms = meter_interval.as_millis() as u32;
             let idle = Duration::from_micros(
-                (source_period_us(period_samples / channels.max(1), format.sample_rate) / 2).max(500),
+                (source_period_us(period_samples / channels.max(1), format.sample_rate) / 2)
+                    .max(500),
             );
             std::thread::Builder::new()
                 .name("rakkr-meter".into())
@@ -115,7 +121,9 @@ impl CapturePipeline {
                         // Never split a frame; never run past the end of the window.
                         let window_left = (interval_frames - acc.frames()) as usize;
                         let take = (available / channels).min(window_left) * channels;
-                        let Ok(chunk) = consumer.read_chunk(take) else { continue };
+                        let Ok(chunk) = consumer.read_chunk(take) else {
+                            continue;
+                        };
                         let anchor = *anchor_ms.get_or_insert_with(|| clock.unix_ms());
                         let (a, b) = chunk.as_slices();
                         acc.push_interleaved(a);
@@ -124,7 +132,8 @@ impl CapturePipeline {
                         total_frames += (take / channels) as u64;
                         if acc.frames() >= interval_frames {
                             let frame = MeterFrame {
-                                captured_at_ms: anchor + total_frames * 1000 / u64::from(format.sample_rate),
+                                captured_at_ms: anchor
+                                    + total_frames * 1000 / u64::from(format.sample_rate),
                                 window_ms,
                                 sample_rate: format.sample_rate,
                                 channels: acc.take(),
@@ -181,7 +190,10 @@ mod tests {
             8000,
             2,
             80,
-            Signal::Tone { freq_hz: 440.0, level_dbfs: -12.0 },
+            Signal::Tone {
+                freq_hz: 440.0,
+                level_dbfs: -12.0,
+            },
             0,
         );
         let (tx, mut rx) = mpsc::channel(16);

@@ -225,7 +225,11 @@ fn invalid(key: &'static str, message: impl Into<String>) -> ConfigError {
 impl AgentConfig {
     /// Read `file` with environment overrides from the process environment.
     pub fn load(file: &Path) -> Result<AgentConfig, ConfigError> {
-        Ok(rakkr_config::load(Some(file), ENV_PREFIX, std::env::vars())?)
+        Ok(rakkr_config::load(
+            Some(file),
+            ENV_PREFIX,
+            std::env::vars(),
+        )?)
     }
 
     pub fn validate(self) -> Result<AgentSettings, ConfigError> {
@@ -244,13 +248,21 @@ impl AgentConfig {
         let credentials = match (m.username, m.password) {
             (Some(u), Some(p)) => Some((u, p)),
             (None, None) => None,
-            _ => return Err(invalid("mqtt.username", "username and password go together")),
+            _ => {
+                return Err(invalid(
+                    "mqtt.username",
+                    "username and password go together",
+                ));
+            }
         };
 
         let source = match self.source {
             SourceConfig::Synthetic(s) => {
                 if s.channels == 0 || usize::from(s.channels) > MAX_CHANNELS {
-                    return Err(invalid("source.channels", format!("must be 1-{MAX_CHANNELS}")));
+                    return Err(invalid(
+                        "source.channels",
+                        format!("must be 1-{MAX_CHANNELS}"),
+                    ));
                 }
                 if !SAMPLE_RATES.contains(&s.sample_rate) {
                     return Err(invalid(
@@ -295,7 +307,10 @@ impl AgentConfig {
 
         let ms = self.telemetry.meter_interval_ms;
         if !(100..=60_000).contains(&ms) {
-            return Err(invalid("telemetry.meter_interval_ms", "must be 100-60000 ms"));
+            return Err(invalid(
+                "telemetry.meter_interval_ms",
+                "must be 100-60000 ms",
+            ));
         }
 
         Ok(AgentSettings {
@@ -353,7 +368,9 @@ mod tests {
         assert_eq!(s.node_id.as_str(), "n1");
         assert_eq!(s.mqtt.port, 1883);
         assert_eq!(s.meter_interval, Duration::from_secs(1));
-        let SourceSettings::Synthetic { channels, signal, .. } = s.source;
+        let SourceSettings::Synthetic {
+            channels, signal, ..
+        } = s.source;
         assert_eq!((channels, signal), (2, Signal::Demo));
     }
 
@@ -368,9 +385,20 @@ mod tests {
         .unwrap();
         assert_eq!(s.slot, BootSlot::B);
         assert_eq!(s.mqtt.credentials, Some(("u".into(), "p".into())));
-        let SourceSettings::Synthetic { channels, sample_rate, signal, .. } = s.source;
+        let SourceSettings::Synthetic {
+            channels,
+            sample_rate,
+            signal,
+            ..
+        } = s.source;
         assert_eq!((channels, sample_rate), (8, 96000));
-        assert_eq!(signal, Signal::Tone { freq_hz: 440.0, level_dbfs: -6.0 });
+        assert_eq!(
+            signal,
+            Signal::Tone {
+                freq_hz: 440.0,
+                level_dbfs: -6.0
+            }
+        );
     }
 
     #[test]
@@ -379,13 +407,28 @@ mod tests {
             ("", "missing field `node_id`"),
             ("node_id = \"N 1\"", "node_id"),
             ("node_id = \"n\"\nbogus = 1", "unknown field `bogus`"),
-            ("node_id = \"n\"\n[source]\nkind = \"alsa\"", "unknown variant `alsa`"),
-            ("node_id = \"n\"\n[source]\nkind = \"synthetic\"\nchannels = 0", "source.channels"),
-            ("node_id = \"n\"\n[source]\nkind = \"synthetic\"\nsample_rate = 1", "source.sample_rate"),
-            ("node_id = \"n\"\n[source]\nkind = \"synthetic\"\nchanels = 2", "unknown field `chanels`"),
+            (
+                "node_id = \"n\"\n[source]\nkind = \"alsa\"",
+                "unknown variant `alsa`",
+            ),
+            (
+                "node_id = \"n\"\n[source]\nkind = \"synthetic\"\nchannels = 0",
+                "source.channels",
+            ),
+            (
+                "node_id = \"n\"\n[source]\nkind = \"synthetic\"\nsample_rate = 1",
+                "source.sample_rate",
+            ),
+            (
+                "node_id = \"n\"\n[source]\nkind = \"synthetic\"\nchanels = 2",
+                "unknown field `chanels`",
+            ),
             ("node_id = \"n\"\n[mqtt]\nport = 0", "mqtt.port"),
             ("node_id = \"n\"\n[mqtt]\nusername = \"u\"", "mqtt.username"),
-            ("node_id = \"n\"\n[telemetry]\nmeter_interval_ms = 5", "telemetry.meter_interval_ms"),
+            (
+                "node_id = \"n\"\n[telemetry]\nmeter_interval_ms = 5",
+                "telemetry.meter_interval_ms",
+            ),
         ] {
             let e = parse(text).unwrap_err().to_string();
             assert!(e.contains(expect), "{text:?}: {e}");

@@ -8,7 +8,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use rakkr_agent::clock::SystemClock;
 use rakkr_agent::run::AgentHandles;
-use rakkr_agent::{AgentConfig, AGENT_VERSION};
+use rakkr_agent::{AGENT_VERSION, AgentConfig};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
@@ -54,9 +54,14 @@ fn real_main() -> anyhow::Result<()> {
             runtime.block_on(async move {
                 let shutdown = CancellationToken::new();
                 tokio::spawn(cancel_on_signal(shutdown.clone()));
-                rakkr_agent::run(settings, Arc::new(SystemClock), AgentHandles::default(), shutdown)
-                    .await
-                    .context("agent stopped")
+                rakkr_agent::run(
+                    settings,
+                    Arc::new(SystemClock),
+                    AgentHandles::default(),
+                    shutdown,
+                )
+                .await
+                .context("agent stopped")
             })
         }
     }
@@ -64,7 +69,10 @@ fn real_main() -> anyhow::Result<()> {
 
 async fn cancel_on_signal(token: CancellationToken) {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
         return;
     };
     tokio::select! {

@@ -93,7 +93,9 @@ mod tests {
 
     fn sine(amplitude: f64, freq: f64, rate: f64, frames: usize) -> Vec<i32> {
         (0..frames)
-            .map(|n| (amplitude * (2.0 * std::f64::consts::PI * freq * n as f64 / rate).sin()) as i32)
+            .map(|n| {
+                (amplitude * (2.0 * std::f64::consts::PI * freq * n as f64 / rate).sin()) as i32
+            })
             .collect()
     }
 

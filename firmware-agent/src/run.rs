@@ -42,7 +42,8 @@ pub async fn run(
 ) -> Result<(), AgentError> {
     let (source, capabilities) = build_source(&settings);
     let (meters_tx, meters_rx) = mpsc::channel(METER_QUEUE);
-    let pipeline = CapturePipeline::start(source, clock.clone(), settings.meter_interval, meters_tx)?;
+    let pipeline =
+        CapturePipeline::start(source, clock.clone(), settings.meter_interval, meters_tx)?;
     let stats = pipeline.stats.clone();
     tracing::info!(
         node = %settings.node_id,
@@ -95,7 +96,8 @@ fn build_source(settings: &AgentSettings) -> (Box<dyn CaptureSource>, Capabiliti
             signal,
         } => {
             let seed = fnv1a(settings.node_id.as_str().as_bytes());
-            let source = SyntheticSource::new(*sample_rate, *channels, *period_frames, *signal, seed);
+            let source =
+                SyntheticSource::new(*sample_rate, *channels, *period_frames, *signal, seed);
             let caps = Capabilities {
                 sources: vec![source.kind().to_owned()],
                 channels: *channels,

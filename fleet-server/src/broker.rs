@@ -36,7 +36,10 @@ pub const CONNECT_TIMEOUT_MS: u16 = 5_000;
 #[derive(Debug, thiserror::Error)]
 pub enum BrokerError {
     #[error("cannot listen for MQTT on {addr}: {source}")]
-    Bind { addr: SocketAddr, source: std::io::Error },
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("cannot start the embedded broker thread: {0}")]
     Thread(std::io::Error),
     #[error("the embedded broker did not accept connections on {addr} within {waited:?}")]
@@ -85,7 +88,9 @@ impl EmbeddedBroker {
     pub fn start(addr: SocketAddr, max_connections: usize) -> Result<EmbeddedBroker, BrokerError> {
         // rumqttd cannot report its port or a bind failure: bind first ourselves.
         let probe = TcpListener::bind(addr).map_err(|source| BrokerError::Bind { addr, source })?;
-        let addr = probe.local_addr().map_err(|source| BrokerError::Bind { addr, source })?;
+        let addr = probe
+            .local_addr()
+            .map_err(|source| BrokerError::Bind { addr, source })?;
         drop(probe);
 
         let mut broker = Broker::new(config(addr, max_connections));

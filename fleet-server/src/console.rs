@@ -105,7 +105,10 @@ fn node_row(node: &LiveNode, now_ms: u64, stale_after: Duration) -> Markup {
 pub fn not_found(path: &str) -> Markup {
     page_with_head(
         "Not found",
-        Chrome { area: "Fleet console", detail: "" },
+        Chrome {
+            area: "Fleet console",
+            detail: "",
+        },
         html! {},
         html! {
             h1 { "Not found" }

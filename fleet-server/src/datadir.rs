@@ -16,9 +16,15 @@ use std::path::{Path, PathBuf};
 #[derive(Debug, thiserror::Error)]
 pub enum DataDirError {
     #[error("cannot create data directory {path}: {source}")]
-    Create { path: PathBuf, source: std::io::Error },
+    Create {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("cannot write to data directory {path}: {source}")]
-    Unwritable { path: PathBuf, source: std::io::Error },
+    Unwritable {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("data directory {path} is in use by another rakkr-server{}; stop it or choose another --data-dir", holder.map(|p| format!(" (pid {p})")).unwrap_or_default())]
     InUse { path: PathBuf, holder: Option<u32> },
 }
@@ -99,7 +105,10 @@ mod tests {
         let first = DataDir::open(dir.path()).unwrap();
         let e = DataDir::open(dir.path()).unwrap_err();
         let msg = e.to_string();
-        assert!(msg.contains("in use") && msg.contains(&std::process::id().to_string()), "{msg}");
+        assert!(
+            msg.contains("in use") && msg.contains(&std::process::id().to_string()),
+            "{msg}"
+        );
         drop(first);
         DataDir::open(dir.path()).expect("lock is released on drop");
     }

@@ -49,12 +49,15 @@ pub fn spawn_appliances(
             format!("{name}-{}", i / DEMO_NODES.len() + 1)
         };
         let node = NodeId::new(id).expect("demo node names are valid");
-        let settings = AgentSettings::simulated(node, &mqtt.ip().to_string(), mqtt.port(), channels);
+        let settings =
+            AgentSettings::simulated(node, &mqtt.ip().to_string(), mqtt.port(), channels);
         let clock = clock.clone();
         let shutdown = shutdown.clone();
         set.spawn(async move {
             let node = settings.node_id.clone();
-            if let Err(e) = rakkr_agent::run(settings, clock, AgentHandles::default(), shutdown).await {
+            if let Err(e) =
+                rakkr_agent::run(settings, clock, AgentHandles::default(), shutdown).await
+            {
                 tracing::error!(node = %node, error = %e, "simulated appliance stopped");
             }
         });

@@ -68,7 +68,11 @@ impl LiveFleet {
     /// Start from the store's records. Every node starts offline: after a server
     /// restart, a node is online only once it has announced itself again.
     /// Returns the fleet and the presence changes this implies, for the store.
-    pub fn from_records(records: Vec<NodeRecord>, max_nodes: usize, now_ms: u64) -> (LiveFleet, Vec<NodeStatusUpdate>) {
+    pub fn from_records(
+        records: Vec<NodeRecord>,
+        max_nodes: usize,
+        now_ms: u64,
+    ) -> (LiveFleet, Vec<NodeStatusUpdate>) {
         let mut changes = Vec::new();
         let nodes = records
             .into_iter()
@@ -83,7 +87,13 @@ impl LiveFleet {
                     record.presence = Presence::Offline;
                     record.presence_since_ms = now_ms;
                 }
-                (record.id.clone(), LiveNode { record, meters: None })
+                (
+                    record.id.clone(),
+                    LiveNode {
+                        record,
+                        meters: None,
+                    },
+                )
             })
             .collect();
         (
@@ -96,7 +106,12 @@ impl LiveFleet {
     }
 
     /// Apply a status message; returns the update to persist.
-    pub fn apply_status(&self, node: &NodeId, status: &NodeStatus, now_ms: u64) -> Result<NodeStatusUpdate, FleetError> {
+    pub fn apply_status(
+        &self,
+        node: &NodeId,
+        status: &NodeStatus,
+        now_ms: u64,
+    ) -> Result<NodeStatusUpdate, FleetError> {
         let (presence, details) = match status {
             NodeStatus::Online {
                 agent_version,
@@ -147,7 +162,12 @@ impl LiveFleet {
         })
     }
 
-    pub fn apply_meters(&self, node: &NodeId, frame: MeterFrame, now_ms: u64) -> Result<(), FleetError> {
+    pub fn apply_meters(
+        &self,
+        node: &NodeId,
+        frame: MeterFrame,
+        now_ms: u64,
+    ) -> Result<(), FleetError> {
         let mut nodes = self.nodes.write().expect("fleet lock poisoned");
         let entry = nodes.get_mut(node).ok_or(FleetError::UnknownNode)?;
         entry.record.last_seen_ms = now_ms;
@@ -204,7 +224,11 @@ mod tests {
             captured_at_ms,
             window_ms: 1000,
             sample_rate: 48000,
-            channels: vec![ChannelMeter { peak_dbfs: -6.0, rms_dbfs: -9.0, clipped: 0 }],
+            channels: vec![ChannelMeter {
+                peak_dbfs: -6.0,
+                rms_dbfs: -9.0,
+                clipped: 0,
+            }],
         }
     }
 
@@ -212,21 +236,39 @@ mod tests {
     fn meters_need_an_announced_node_and_go_stale() {
         let (fleet, _) = LiveFleet::from_records(vec![], 10, 0);
         let n = NodeId::new("n").unwrap();
-        assert_eq!(fleet.apply_meters(&n, frame(0), 0), Err(FleetError::UnknownNode));
+        assert_eq!(
+            fleet.apply_meters(&n, frame(0), 0),
+            Err(FleetError::UnknownNode)
+        );
         fleet.apply_status(&n, &online(), 1_000).unwrap();
         fleet.apply_meters(&n, frame(1_900), 2_000).unwrap();
         let node = &fleet.snapshot()[0];
         let stale_after = Duration::from_secs(5);
         assert!(!node.meters_stale(2_000, stale_after));
-        assert!(node.meters_stale(7_001, stale_after), "arrived too long ago");
+        assert!(
+            node.meters_stale(7_001, stale_after),
+            "arrived too long ago"
+        );
         fleet.apply_meters(&n, frame(0), 9_000).unwrap();
-        assert!(fleet.snapshot()[0].meters_stale(9_000, stale_after), "old on arrival");
+        assert!(
+            fleet.snapshot()[0].meters_stale(9_000, stale_after),
+            "old on arrival"
+        );
         fleet
-            .apply_status(&n, &NodeStatus::Offline { reason: OfflineReason::ConnectionLost }, 10_000)
+            .apply_status(
+                &n,
+                &NodeStatus::Offline {
+                    reason: OfflineReason::ConnectionLost,
+                },
+                10_000,
+            )
             .unwrap();
         let node = &fleet.snapshot()[0];
         assert_eq!(node.record.presence, Presence::Offline);
-        assert!(node.meters.is_none(), "an offline node shows no live meters");
+        assert!(
+            node.meters.is_none(),
+            "an offline node shows no live meters"
+        );
         assert!(node.record.details.is_some(), "details are kept");
     }
 
@@ -234,12 +276,26 @@ mod tests {
     fn the_node_limit_is_enforced() {
         let (fleet, _) = LiveFleet::from_records(vec![], 2, 0);
         for id in ["a", "b"] {
-            fleet.apply_status(&NodeId::new(id).unwrap(), &online(), 0).unwrap();
+            fleet
+                .apply_status(&NodeId::new(id).unwrap(), &online(), 0)
+                .unwrap();
         }
         let c = NodeId::new("c").unwrap();
-        assert_eq!(fleet.apply_status(&c, &online(), 0), Err(FleetError::Full(2)));
-        fleet.apply_status(&NodeId::new("a").unwrap(), &online(), 1).unwrap();
-        assert_eq!(fleet.counts(), FleetCounts { total: 2, online: 2, offline: 0 });
+        assert_eq!(
+            fleet.apply_status(&c, &online(), 0),
+            Err(FleetError::Full(2))
+        );
+        fleet
+            .apply_status(&NodeId::new("a").unwrap(), &online(), 1)
+            .unwrap();
+        assert_eq!(
+            fleet.counts(),
+            FleetCounts {
+                total: 2,
+                online: 2,
+                offline: 0
+            }
+        );
     }
 
     #[test]

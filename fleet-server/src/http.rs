@@ -60,10 +60,19 @@ pub const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'
 async fn security_headers(req: Request, next: Next) -> Response {
     let mut res = next.run(req).await;
     let h = res.headers_mut();
-    h.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(CONTENT_SECURITY_POLICY));
-    h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(CONTENT_SECURITY_POLICY),
+    );
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
-    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
     if !h.contains_key(header::CACHE_CONTROL) {
         h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     }
@@ -94,7 +103,10 @@ async fn static_asset(uri: Uri) -> Response {
         Some(asset) => (
             [
                 (header::CONTENT_TYPE, asset.content_type),
-                (header::CACHE_CONTROL, rakkr_web::assets::IMMUTABLE_CACHE_CONTROL),
+                (
+                    header::CACHE_CONTROL,
+                    rakkr_web::assets::IMMUTABLE_CACHE_CONTROL,
+                ),
             ],
             asset.bytes,
         )
@@ -168,13 +180,30 @@ struct Readiness {
 
 async fn readyz(State(state): State<AppState>) -> Response {
     let store = state.store.clone();
-    let store_status = match tokio::task::spawn_blocking(move || store.nodes().map(|n| n.len())).await {
-        Ok(Ok(_)) => "ok".to_owned(),
-        Ok(Err(e)) => format!("error: {e}"),
-        Err(e) => format!("error: {e}"),
+    let store_status =
+        match tokio::task::spawn_blocking(move || store.nodes().map(|n| n.len())).await {
+            Ok(Ok(_)) => "ok".to_owned(),
+            Ok(Err(e)) => format!("error: {e}"),
+            Err(e) => format!("error: {e}"),
+        };
+    let mqtt = if state.link.is_connected() {
+        "connected"
+    } else {
+        "disconnected"
     };
-    let mqtt = if state.link.is_connected() { "connected" } else { "disconnected" };
     let ready = store_status == "ok" && state.link.is_connected();
-    let code = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
-    (code, Json(Readiness { ready, store: store_status, mqtt })).into_response()
+    let code = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (
+        code,
+        Json(Readiness {
+            ready,
+            store: store_status,
+            mqtt,
+        }),
+    )
+        .into_response()
 }

@@ -70,7 +70,12 @@ impl PendingStatuses {
 }
 
 /// Save pending statuses until shutdown; then save what is left.
-pub async fn persist(pending: Arc<PendingStatuses>, store: Arc<dyn Store>, stats: Arc<IngestStats>, shutdown: CancellationToken) {
+pub async fn persist(
+    pending: Arc<PendingStatuses>,
+    store: Arc<dyn Store>,
+    stats: Arc<IngestStats>,
+    shutdown: CancellationToken,
+) {
     loop {
         let stopping = tokio::select! {
             _ = pending.notify.notified() => false,
@@ -134,7 +139,14 @@ pub async fn run(
     let will = {
         let server_status = server_status.clone();
         let topic = status_topic.clone();
-        move || LastWill::new(&topic, server_status(ServerStatus::Offline), QoS::AtLeastOnce, true)
+        move || {
+            LastWill::new(
+                &topic,
+                server_status(ServerStatus::Offline),
+                QoS::AtLeastOnce,
+                true,
+            )
+        }
     };
     let (client, eventloop) = rakkr_mqtt::connect(&endpoint, Some(&will));
 
@@ -169,7 +181,12 @@ pub async fn run(
         shutdown.clone(),
     )
     .await;
-    let _ = client.try_publish(&status_topic, QoS::AtLeastOnce, true, server_status(ServerStatus::Offline));
+    let _ = client.try_publish(
+        &status_topic,
+        QoS::AtLeastOnce,
+        true,
+        server_status(ServerStatus::Offline),
+    );
     rakkr_mqtt::finish(&client, eventloop, &state, Duration::from_secs(2)).await;
 }
 
@@ -262,11 +279,16 @@ mod tests {
         let (fleet, _) = LiveFleet::from_records(vec![], 10, 0);
         let pending = PendingStatuses::default();
         let stats = IngestStats::default();
-        let h = |topic: &str, payload: &[u8]| handle_message(topic, payload, &fleet, &pending, 5, &stats);
+        let h = |topic: &str, payload: &[u8]| {
+            handle_message(topic, payload, &fleet, &pending, 5, &stats)
+        };
 
         h("rakkr/v1/nodes/a/status", b"{\"v\":1");
         h("rakkr/v1/nodes/a/status", b"{\"v\":2,\"msg_id\":\"x\"}");
-        h("rakkr/v1/nodes/a/meters", &vec![b'x'; rakkr_protocol::MAX_PAYLOAD_BYTES + 1]);
+        h(
+            "rakkr/v1/nodes/a/meters",
+            &vec![b'x'; rakkr_protocol::MAX_PAYLOAD_BYTES + 1],
+        );
         h("rakkr/v1/nodes/NOT OK/status", &online_bytes());
         h("elsewhere/topic", &online_bytes());
         assert_eq!(stats.bad_payloads.load(Ordering::Relaxed), 3);

@@ -46,7 +46,10 @@ pub enum ServerError {
     #[error(transparent)]
     Broker(#[from] broker::BrokerError),
     #[error("cannot listen for HTTP on {addr}: {source}")]
-    HttpBind { addr: SocketAddr, source: std::io::Error },
+    HttpBind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("background task failed: {0}")]
     Task(String),
 }
@@ -84,7 +87,8 @@ impl RunningServer {
                 .await
                 .map_err(|e| ServerError::Task(e.to_string()))??
         };
-        let (fleet, restart_changes) = LiveFleet::from_records(records, settings.max_connections, now);
+        let (fleet, restart_changes) =
+            LiveFleet::from_records(records, settings.max_connections, now);
         let fleet = Arc::new(fleet);
         let pending = Arc::new(PendingStatuses::default());
         for change in restart_changes {
@@ -92,22 +96,35 @@ impl RunningServer {
         }
 
         let (mqtt_addr, max_connections) = (settings.mqtt_addr, settings.max_connections);
-        let broker = tokio::task::spawn_blocking(move || broker::EmbeddedBroker::start(mqtt_addr, max_connections))
-            .await
-            .map_err(|e| ServerError::Task(e.to_string()))??;
+        let broker = tokio::task::spawn_blocking(move || {
+            broker::EmbeddedBroker::start(mqtt_addr, max_connections)
+        })
+        .await
+        .map_err(|e| ServerError::Task(e.to_string()))??;
         tracing::info!(addr = %broker.addr, "embedded MQTT broker listening");
 
         let listener = tokio::net::TcpListener::bind(settings.http_addr)
             .await
-            .map_err(|source| ServerError::HttpBind { addr: settings.http_addr, source })?;
+            .map_err(|source| ServerError::HttpBind {
+                addr: settings.http_addr,
+                source,
+            })?;
         let http_addr = listener
             .local_addr()
-            .map_err(|source| ServerError::HttpBind { addr: settings.http_addr, source })?;
+            .map_err(|source| ServerError::HttpBind {
+                addr: settings.http_addr,
+                source,
+            })?;
 
         let link = Arc::new(LinkState::default());
         let stats = Arc::new(IngestStats::default());
         let mut tasks = JoinSet::new();
-        tasks.spawn(ingest::persist(pending.clone(), store.clone(), stats.clone(), shutdown.clone()));
+        tasks.spawn(ingest::persist(
+            pending.clone(),
+            store.clone(),
+            stats.clone(),
+            shutdown.clone(),
+        ));
         tasks.spawn(ingest::run(
             broker.addr.ip().to_string(),
             broker.addr.port(),
@@ -127,7 +144,8 @@ impl RunningServer {
         });
         let http_shutdown = shutdown.clone();
         tasks.spawn(async move {
-            let serve = axum::serve(listener, app).with_graceful_shutdown(http_shutdown.cancelled_owned());
+            let serve =
+                axum::serve(listener, app).with_graceful_shutdown(http_shutdown.cancelled_owned());
             if let Err(e) = serve.await {
                 tracing::error!(error = %e, "HTTP server failed");
             }

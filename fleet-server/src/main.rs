@@ -82,7 +82,9 @@ fn real_main() -> anyhow::Result<()> {
     if demo_nodes.is_some() {
         // The demo must start on any machine: keep the user's data apart, and
         // move off default ports that something else already holds.
-        overrides.data_dir.get_or_insert_with(|| PathBuf::from("./rakkr-demo-data"));
+        overrides
+            .data_dir
+            .get_or_insert_with(|| PathBuf::from("./rakkr-demo-data"));
         if overrides.http_addr.is_none() && args.config.is_none() {
             overrides.http_addr = Some(demo::free_or_any(config.http.addr));
         }
@@ -107,14 +109,26 @@ fn real_main() -> anyhow::Result<()> {
         let mut appliances = None;
         match demo_nodes {
             Some(n) => {
-                appliances = Some(demo::spawn_appliances(n, server.mqtt_addr, clock, shutdown.clone()));
+                appliances = Some(demo::spawn_appliances(
+                    n,
+                    server.mqtt_addr,
+                    clock,
+                    shutdown.clone(),
+                ));
                 println!("Rakkr demo: fleet server with {n} simulated appliances.");
                 println!("  Console:  {url}");
-                println!("  MQTT:     mqtt://{}  (try: mosquitto_sub -h {} -p {} -t 'rakkr/v1/#' -v)",
-                    server.mqtt_addr, server.mqtt_addr.ip(), server.mqtt_addr.port());
+                println!(
+                    "  MQTT:     mqtt://{}  (try: mosquitto_sub -h {} -p {} -t 'rakkr/v1/#' -v)",
+                    server.mqtt_addr,
+                    server.mqtt_addr.ip(),
+                    server.mqtt_addr.port()
+                );
                 println!("Press Ctrl-C to stop.");
             }
-            None => println!("Rakkr fleet server: console {url}, MQTT {}", server.mqtt_addr),
+            None => println!(
+                "Rakkr fleet server: console {url}, MQTT {}",
+                server.mqtt_addr
+            ),
         }
         if let Some(mut set) = appliances {
             while set.join_next().await.is_some() {}
@@ -126,7 +140,10 @@ fn real_main() -> anyhow::Result<()> {
 
 async fn cancel_on_signal(token: CancellationToken) {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
         return;
     };
     tokio::select! {

@@ -1,1 +1,341 @@
+//! Harness for scenario tests against running Rakkr processes.
+//!
+//! Scenarios start the real binaries (`rakkr-server`, `rakkr-agent`) as child
+//! processes on free loopback ports, in a private temporary directory, and
+//! observe them only from outside: HTTP, MQTT, exit codes and output. The same
+//! scenarios will run against a virtual appliance (qemu) once the image exists.
+//!
+//! Binaries are looked up in `$RAKKR_BIN_DIR`, else next to the test executable's
+//! target directory; build them first with `cargo build --workspace --bins`
+//! (the test command in the README does).
+//!
+//! Every child is killed when its handle drops, so a failing test leaves no
+//! process behind.
 
+use std::fs::File;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+
+/// Where the project's binaries are.
+pub fn bin_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("RAKKR_BIN_DIR") {
+        return PathBuf::from(dir);
+    }
+    // target/<profile>/deps/<test-binary> → target/<profile>
+    let exe = std::env::current_exe().expect("current_exe");
+    let mut dir = exe.parent().expect("exe dir").to_path_buf();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    dir
+}
+
+pub fn bin(name: &str) -> PathBuf {
+    let path = bin_dir().join(name);
+    assert!(
+        path.exists(),
+        "{} not found; run `cargo build --workspace --bins` first (or set RAKKR_BIN_DIR)",
+        path.display()
+    );
+    path
+}
+
+/// A TCP port on 127.0.0.1 that was free a moment ago.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("no free port")
+}
+
+/// Poll `check` every 50 ms until it returns `Some`, or fail after `limit`.
+pub fn wait_for<T>(what: &str, limit: Duration, mut check: impl FnMut() -> Option<T>) -> Result<T> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(v) = check() {
+            return Ok(v);
+        }
+        if Instant::now() >= deadline {
+            bail!("timed out after {limit:?} waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A child process whose output goes to files, killed on drop.
+pub struct Proc {
+    pub name: String,
+    child: Child,
+    pub stdout: PathBuf,
+    pub stderr: PathBuf,
+}
+
+impl Proc {
+    pub fn spawn(name: &str, mut cmd: Command, dir: &Path) -> Result<Proc> {
+        let stdout = dir.join(format!("{name}.stdout"));
+        let stderr = dir.join(format!("{name}.stderr"));
+        cmd.stdin(Stdio::null())
+            .stdout(File::create(&stdout)?)
+            .stderr(File::create(&stderr)?)
+            .env("RAKKR_LOG", "info");
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("cannot start {name}"))?;
+        Ok(Proc {
+            name: name.to_owned(),
+            child,
+            stdout,
+            stderr,
+        })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Send a signal by name (`TERM`, `INT`, `KILL`).
+    pub fn signal(&self, sig: &str) -> Result<()> {
+        let status = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.pid().to_string())
+            .status()?;
+        if !status.success() {
+            bail!("kill -{sig} {} failed", self.pid());
+        }
+        Ok(())
+    }
+
+    /// Wait for the process to exit, at most `limit`.
+    pub fn wait_exit(&mut self, limit: Duration) -> Result<ExitStatus> {
+        let name = self.name.clone();
+        wait_for(&format!("{name} to exit"), limit, || {
+            self.child.try_wait().ok().flatten()
+        })
+    }
+
+    pub fn try_exit(&mut self) -> Option<ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
+    pub fn stderr_text(&self) -> String {
+        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+
+    pub fn stdout_text(&self) -> String {
+        std::fs::read_to_string(&self.stdout).unwrap_or_default()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// A fleet server process on free ports.
+pub struct Server {
+    pub proc: Proc,
+    pub http_port: u16,
+    pub mqtt_port: u16,
+    pub data_dir: PathBuf,
+}
+
+impl Server {
+    pub fn start(work: &Path, data_dir: &Path) -> Result<Server> {
+        let (http_port, mqtt_port) = (free_port(), free_port());
+        let mut cmd = Command::new(bin("rakkr-server"));
+        cmd.arg("serve")
+            .arg("--data-dir")
+            .arg(data_dir)
+            .arg("--http-addr")
+            .arg(format!("127.0.0.1:{http_port}"))
+            .arg("--mqtt-addr")
+            .arg(format!("127.0.0.1:{mqtt_port}"));
+        let mut proc = Proc::spawn("server", cmd, work)?;
+        let url = format!("http://127.0.0.1:{http_port}/readyz");
+        let ready = wait_for("server readiness", Duration::from_secs(20), || {
+            if proc.try_exit().is_some() {
+                return Some(false);
+            }
+            http_get(&url)
+                .ok()
+                .filter(|(code, _)| *code == 200)
+                .map(|_| true)
+        })?;
+        if !ready {
+            bail!("server exited during start:\n{}", proc.stderr_text());
+        }
+        Ok(Server {
+            proc,
+            http_port,
+            mqtt_port,
+            data_dir: data_dir.to_owned(),
+        })
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.http_port)
+    }
+
+    /// `GET /api/v1/nodes`, parsed.
+    pub fn nodes(&self) -> Result<Vec<serde_json::Value>> {
+        let (code, body) = http_get(&self.url("/api/v1/nodes"))?;
+        if code != 200 {
+            bail!("/api/v1/nodes answered {code}");
+        }
+        Ok(serde_json::from_str(&body)?)
+    }
+
+    /// The presence of `node` as the API reports it, if the node is known.
+    pub fn presence(&self, node: &str) -> Option<String> {
+        self.nodes()
+            .ok()?
+            .into_iter()
+            .find(|n| n["id"] == node)
+            .map(|n| n["presence"].as_str().unwrap_or("").to_owned())
+    }
+}
+
+/// An agent process with a synthetic source.
+pub struct Agent {
+    pub proc: Proc,
+    pub node_id: String,
+    pub config: PathBuf,
+}
+
+impl Agent {
+    /// Write a config for `node_id` pointing at `mqtt_port` and start the agent.
+    pub fn start(work: &Path, node_id: &str, mqtt_port: u16, channels: u16) -> Result<Agent> {
+        let config = work.join(format!("{node_id}.toml"));
+        std::fs::write(
+            &config,
+            format!(
+                "node_id = \"{node_id}\"\n[mqtt]\nhost = \"127.0.0.1\"\nport = {mqtt_port}\n\
+                 [source]\nkind = \"synthetic\"\nchannels = {channels}\nsignal = \"demo\"\n\
+                 [telemetry]\nmeter_interval_ms = 250\n"
+            ),
+        )?;
+        Agent::start_with_config(work, node_id, &config)
+    }
+
+    pub fn start_with_config(work: &Path, node_id: &str, config: &Path) -> Result<Agent> {
+        let mut cmd = Command::new(bin("rakkr-agent"));
+        cmd.arg("run").arg("--config").arg(config);
+        Ok(Agent {
+            proc: Proc::spawn(&format!("agent-{node_id}"), cmd, work)?,
+            node_id: node_id.to_owned(),
+            config: config.to_owned(),
+        })
+    }
+}
+
+/// Blocking HTTP GET: status code and body text.
+pub fn http_get(url: &str) -> Result<(u16, String)> {
+    let (code, _, body) = http_get_full(url)?;
+    Ok((code, String::from_utf8_lossy(&body).into_owned()))
+}
+
+/// Blocking HTTP GET: status code, headers and body bytes.
+pub fn http_get_full(url: &str) -> Result<(u16, reqwest::header::HeaderMap, Vec<u8>)> {
+    let client = reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()?;
+    let res = client.get(url).send()?;
+    let code = res.status().as_u16();
+    let headers = res.headers().clone();
+    Ok((code, headers, res.bytes()?.to_vec()))
+}
+
+/// A passive MQTT observer: collects every message on `filter` in the background.
+pub struct MqttWatch {
+    rx: mpsc::Receiver<(String, Vec<u8>)>,
+    client: rumqttc::Client,
+    seen: Vec<(String, Vec<u8>)>,
+}
+
+impl MqttWatch {
+    pub fn start(port: u16, filter: &str) -> Result<MqttWatch> {
+        let id = format!("hil-watch-{}", free_port());
+        let mut opts = rumqttc::MqttOptions::new(id, "127.0.0.1", port);
+        opts.set_keep_alive(Duration::from_secs(5));
+        opts.set_max_packet_size(1 << 20, 1 << 20);
+        let (client, mut connection) = rumqttc::Client::new(opts, 64);
+        client.subscribe(filter, rumqttc::QoS::AtLeastOnce)?;
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for event in connection.iter() {
+                match event {
+                    Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(p))) => {
+                        if tx.send((p.topic.clone(), p.payload.to_vec())).is_err() {
+                            return;
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(_) => std::thread::sleep(Duration::from_millis(100)),
+                }
+            }
+        });
+        Ok(MqttWatch {
+            rx,
+            client,
+            seen: Vec::new(),
+        })
+    }
+
+    /// Wait for a message on `topic` whose JSON payload satisfies `pred`.
+    pub fn wait_json(
+        &mut self,
+        topic: &str,
+        limit: Duration,
+        pred: impl Fn(&serde_json::Value) -> bool,
+    ) -> Result<serde_json::Value> {
+        let deadline = Instant::now() + limit;
+        loop {
+            while let Ok(m) = self.rx.try_recv() {
+                self.seen.push(m);
+            }
+            if let Some(v) = self
+                .seen
+                .iter()
+                .filter(|(t, _)| t == topic)
+                .find_map(|(_, p)| {
+                    serde_json::from_slice::<serde_json::Value>(p)
+                        .ok()
+                        .filter(|v| pred(v))
+                })
+            {
+                return Ok(v);
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                bail!("no matching message on {topic} within {limit:?}");
+            }
+            if let Ok(m) = self
+                .rx
+                .recv_timeout((deadline - now).min(Duration::from_millis(100)))
+            {
+                self.seen.push(m);
+            }
+        }
+    }
+
+    /// Forget what was seen so far.
+    pub fn clear(&mut self) {
+        while self.rx.try_recv().is_ok() {}
+        self.seen.clear();
+    }
+}
+
+impl Drop for MqttWatch {
+    fn drop(&mut self) {
+        let _ = self.client.disconnect();
+    }
+}

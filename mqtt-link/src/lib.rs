@@ -19,7 +19,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use rakkr_protocol::backoff::Backoff;
-use rumqttc::{AsyncClient, ConnectionError, Event, EventLoop, LastWill, MqttOptions, Outgoing, Packet, Publish};
+use rumqttc::{
+    AsyncClient, ConnectionError, Event, EventLoop, LastWill, MqttOptions, Outgoing, Packet,
+    Publish,
+};
 use tokio_util::sync::CancellationToken;
 
 pub use rumqttc;
@@ -71,7 +74,10 @@ pub enum SessionEvent<'a> {
 
 /// Build the client and event loop for `endpoint`. `will` makes the Last Will
 /// for each connection attempt (called before the first and every reconnect).
-pub fn connect(endpoint: &Endpoint, will: Option<&(dyn Fn() -> LastWill + Send + Sync)>) -> (AsyncClient, EventLoop) {
+pub fn connect(
+    endpoint: &Endpoint,
+    will: Option<&(dyn Fn() -> LastWill + Send + Sync)>,
+) -> (AsyncClient, EventLoop) {
     let mut opts = MqttOptions::new(&endpoint.client_id, &endpoint.host, endpoint.port);
     opts.set_keep_alive(endpoint.keep_alive);
     opts.set_clean_session(true);
@@ -111,7 +117,9 @@ pub async fn drive(
                 state.connects.fetch_add(1, Ordering::Relaxed);
                 on_event(SessionEvent::Connected);
             }
-            Ok(Event::Incoming(Packet::Publish(publish))) => on_event(SessionEvent::Message(&publish)),
+            Ok(Event::Incoming(Packet::Publish(publish))) => {
+                on_event(SessionEvent::Message(&publish))
+            }
             Ok(_) => {}
             Err(error) => {
                 state.connected.store(false, Ordering::Release);
@@ -135,7 +143,12 @@ pub async fn drive(
 
 /// Send what is queued (e.g. a final retained status), then DISCONNECT, waiting
 /// at most `limit`. An orderly DISCONNECT means the broker discards the Last Will.
-pub async fn finish(client: &AsyncClient, mut eventloop: EventLoop, state: &LinkState, limit: Duration) {
+pub async fn finish(
+    client: &AsyncClient,
+    mut eventloop: EventLoop,
+    state: &LinkState,
+    limit: Duration,
+) {
     if !state.is_connected() {
         return;
     }

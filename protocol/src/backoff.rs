@@ -68,7 +68,12 @@ mod tests {
                 c
             })
             .collect();
-        assert_eq!(caps, [500, 1000, 2000, 4000, 8000, 16000, 30000, 30000, 30000, 30000]);
+        assert_eq!(
+            caps,
+            [
+                500, 1000, 2000, 4000, 8000, 16000, 30000, 30000, 30000, 30000
+            ]
+        );
         b.reset();
         assert_eq!(b.current_cap(), Duration::from_millis(500));
     }

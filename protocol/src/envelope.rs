@@ -53,7 +53,9 @@ pub enum DecodeError {
     Malformed { kind: &'static str, detail: String },
     #[error("{kind} payload has no schema version field \"v\"")]
     MissingVersion { kind: &'static str },
-    #[error("{kind} payload has schema version {found}; this build speaks version {SCHEMA_VERSION}")]
+    #[error(
+        "{kind} payload has schema version {found}; this build speaks version {SCHEMA_VERSION}"
+    )]
     UnsupportedVersion { kind: &'static str, found: u64 },
     #[error("{kind} payload is out of bounds: {detail}")]
     Invalid { kind: &'static str, detail: String },

@@ -121,7 +121,13 @@ mod tests {
 
     #[test]
     fn node_ids_accept_the_documented_alphabet() {
-        for ok in ["a", "node-1", "studio_b", "0abc", &"x".repeat(MAX_NODE_ID_LEN)] {
+        for ok in [
+            "a",
+            "node-1",
+            "studio_b",
+            "0abc",
+            &"x".repeat(MAX_NODE_ID_LEN),
+        ] {
             assert_eq!(NodeId::new(ok).unwrap().as_str(), ok);
         }
     }
@@ -129,9 +135,17 @@ mod tests {
     #[test]
     fn node_ids_refuse_topic_and_path_characters() {
         assert_eq!(NodeId::new(""), Err(IdError::Empty));
-        assert!(matches!(NodeId::new("x".repeat(65)), Err(IdError::TooLong { len: 65 })));
-        for bad in ["a/b", "a+", "#", "Node", "-lead", "_lead", "a b", "a.b", "é"] {
-            assert!(matches!(NodeId::new(bad), Err(IdError::BadCharacter { .. })), "{bad}");
+        assert!(matches!(
+            NodeId::new("x".repeat(65)),
+            Err(IdError::TooLong { len: 65 })
+        ));
+        for bad in [
+            "a/b", "a+", "#", "Node", "-lead", "_lead", "a b", "a.b", "é",
+        ] {
+            assert!(
+                matches!(NodeId::new(bad), Err(IdError::BadCharacter { .. })),
+                "{bad}"
+            );
         }
     }
 

@@ -102,7 +102,10 @@ impl Lifecycle for JobState {
                 | (Running, StopRequested)
                 | (Running, Completed)
                 | (StopRequested, Completed)
-                | (Queued | Leased | Running | StopRequested, Cancelled | Failed)
+                | (
+                    Queued | Leased | Running | StopRequested,
+                    Cancelled | Failed
+                )
                 | (Leased | Running | StopRequested, Lost)
                 | (Lost, Completed)
         )
@@ -237,8 +240,14 @@ mod tests {
         let err = transition(Queued, Running).unwrap_err();
         assert_eq!(err.to_string(), "a job cannot go from Queued to Running");
         assert!(transition(Completed, Running).is_err());
-        assert!(transition(Queued, Lost).is_err(), "an unleased job cannot be lost");
-        assert!(transition(Lost, Completed).is_ok(), "a returned take is accepted");
+        assert!(
+            transition(Queued, Lost).is_err(),
+            "an unleased job cannot be lost"
+        );
+        assert!(
+            transition(Lost, Completed).is_ok(),
+            "a returned take is accepted"
+        );
     }
 
     #[test]

@@ -191,7 +191,10 @@ mod tests {
     fn any_topic() -> impl Strategy<Value = Topic> {
         prop_oneof![
             Just(Topic::ServerStatus),
-            (node_id(), proptest::sample::select(NodeChannel::ALL.to_vec()))
+            (
+                node_id(),
+                proptest::sample::select(NodeChannel::ALL.to_vec())
+            )
                 .prop_map(|(node, channel)| Topic::Node { node, channel }),
             (node_id(), proptest::sample::select(Command::ALL.to_vec()))
                 .prop_map(|(node, command)| Topic::Command { node, command }),
@@ -239,12 +242,30 @@ mod tests {
 
     #[test]
     fn bad_topics_give_typed_errors() {
-        assert!(matches!(Topic::parse("other/v1/x"), Err(TopicError::ForeignRoot(_))));
-        assert!(matches!(Topic::parse("rakkr/v2/server/status"), Err(TopicError::ForeignRoot(_))));
-        assert!(matches!(Topic::parse("rakkr/v1/nodes/a/bogus"), Err(TopicError::Unknown(_))));
-        assert!(matches!(Topic::parse("rakkr/v1/nodes/a/cmd/x"), Err(TopicError::Unknown(_))));
-        assert!(matches!(Topic::parse("rakkr/v1/nodes/+/status"), Err(TopicError::BadNodeId(_))));
-        assert!(matches!(Topic::parse("rakkr/v1/nodes//status"), Err(TopicError::BadNodeId(_))));
+        assert!(matches!(
+            Topic::parse("other/v1/x"),
+            Err(TopicError::ForeignRoot(_))
+        ));
+        assert!(matches!(
+            Topic::parse("rakkr/v2/server/status"),
+            Err(TopicError::ForeignRoot(_))
+        ));
+        assert!(matches!(
+            Topic::parse("rakkr/v1/nodes/a/bogus"),
+            Err(TopicError::Unknown(_))
+        ));
+        assert!(matches!(
+            Topic::parse("rakkr/v1/nodes/a/cmd/x"),
+            Err(TopicError::Unknown(_))
+        ));
+        assert!(matches!(
+            Topic::parse("rakkr/v1/nodes/+/status"),
+            Err(TopicError::BadNodeId(_))
+        ));
+        assert!(matches!(
+            Topic::parse("rakkr/v1/nodes//status"),
+            Err(TopicError::BadNodeId(_))
+        ));
         assert!(matches!(
             Topic::parse(&"x".repeat(MAX_TOPIC_LEN + 1)),
             Err(TopicError::TooLong { .. })

@@ -51,12 +51,14 @@ fn meter_frame() -> impl Strategy<Value = MeterFrame> {
             0..64,
         ),
     )
-        .prop_map(|(captured_at_ms, window_ms, sample_rate, channels)| MeterFrame {
-            captured_at_ms,
-            window_ms,
-            sample_rate,
-            channels,
-        })
+        .prop_map(
+            |(captured_at_ms, window_ms, sample_rate, channels)| MeterFrame {
+                captured_at_ms,
+                window_ms,
+                sample_rate,
+                channels,
+            },
+        )
 }
 
 proptest! {
@@ -130,7 +132,12 @@ fn typed_errors_for_each_kind_of_bad_input() {
     };
     let mut no_version = sample_online();
     no_version.as_object_mut().unwrap().remove("v");
-    assert_eq!(decode(&no_version), DecodeError::MissingVersion { kind: "node status" });
+    assert_eq!(
+        decode(&no_version),
+        DecodeError::MissingVersion {
+            kind: "node status"
+        }
+    );
 
     let mut bad_state = sample_online();
     bad_state["state"] = "sleeping".into();
@@ -164,7 +171,14 @@ fn meter_frames_are_bounded() {
             captured_at_ms: 1,
             window_ms: 1000,
             sample_rate: 48000,
-            channels: vec![ChannelMeter { peak_dbfs: level, rms_dbfs: level, clipped: 0 }; channels],
+            channels: vec![
+                ChannelMeter {
+                    peak_dbfs: level,
+                    rms_dbfs: level,
+                    clipped: 0
+                };
+                channels
+            ],
         };
         let mut json = serde_json::to_value(Envelope::new(MessageId::new(1), 1, f)).unwrap();
         if out_of_range {
@@ -173,8 +187,14 @@ fn meter_frames_are_bounded() {
         Envelope::<MeterFrame>::decode(&serde_json::to_vec(&json).unwrap())
     };
     assert!(frame(MAX_CHANNELS, -10.0).is_ok());
-    assert!(matches!(frame(MAX_CHANNELS + 1, -10.0), Err(DecodeError::Invalid { .. })));
-    assert!(matches!(frame(1, f32::NAN), Err(DecodeError::Invalid { .. })));
+    assert!(matches!(
+        frame(MAX_CHANNELS + 1, -10.0),
+        Err(DecodeError::Invalid { .. })
+    ));
+    assert!(matches!(
+        frame(1, f32::NAN),
+        Err(DecodeError::Invalid { .. })
+    ));
     assert_eq!(clamp_dbfs(f32::NEG_INFINITY), DBFS_FLOOR);
     assert_eq!(clamp_dbfs(f32::NAN), DBFS_FLOOR);
 }

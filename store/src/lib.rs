@@ -35,7 +35,9 @@ pub enum StoreError {
     Backend(String),
     #[error("stored record is corrupt: {0}")]
     Corrupt(String),
-    #[error("the store was written by a newer version (schema {found}, this build reads {supported})")]
+    #[error(
+        "the store was written by a newer version (schema {found}, this build reads {supported})"
+    )]
     NewerSchema { found: u64, supported: u64 },
     #[error(transparent)]
     Transition(#[from] TransitionError),
@@ -59,7 +61,12 @@ pub trait Store: Send + Sync + 'static {
     fn enqueue_job(&self, spec: JobSpec, now_ms: u64) -> Result<JobRecord>;
 
     /// Lease the oldest queued job for `node`, if any, until `now_ms + lease_ms`.
-    fn claim_next_job(&self, node: &NodeId, now_ms: u64, lease_ms: u64) -> Result<Option<JobRecord>>;
+    fn claim_next_job(
+        &self,
+        node: &NodeId,
+        now_ms: u64,
+        lease_ms: u64,
+    ) -> Result<Option<JobRecord>>;
 
     fn job(&self, id: JobId) -> Result<Option<JobRecord>>;
 }

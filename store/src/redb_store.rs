@@ -68,10 +68,14 @@ impl RedbStore {
         let tx = self.db.begin_write().map_err(backend)?;
         {
             let mut meta = tx.open_table(META).map_err(backend)?;
-            let found = meta.get("schema_version").map_err(backend)?.map(|v| v.value());
+            let found = meta
+                .get("schema_version")
+                .map_err(backend)?
+                .map(|v| v.value());
             match found {
                 None => {
-                    meta.insert("schema_version", SCHEMA_VERSION).map_err(backend)?;
+                    meta.insert("schema_version", SCHEMA_VERSION)
+                        .map_err(backend)?;
                 }
                 Some(v) if v > SCHEMA_VERSION => {
                     return Err(StoreError::NewerSchema {
@@ -173,7 +177,12 @@ impl Store for RedbStore {
         Ok(job)
     }
 
-    fn claim_next_job(&self, node: &NodeId, now_ms: u64, lease_ms: u64) -> Result<Option<JobRecord>> {
+    fn claim_next_job(
+        &self,
+        node: &NodeId,
+        now_ms: u64,
+        lease_ms: u64,
+    ) -> Result<Option<JobRecord>> {
         // One write transaction: redb admits one writer at a time, so no two
         // claims can see the same queue head.
         let tx = self.db.begin_write().map_err(backend)?;
@@ -191,7 +200,11 @@ impl Store for RedbStore {
                 Some(job_key) => {
                     queue.remove((node.as_str(), job_key)).map_err(backend)?;
                     let mut meta = tx.open_table(META).map_err(backend)?;
-                    let lease_id = meta.get("lease_seq").map_err(backend)?.map_or(0, |v| v.value()) + 1;
+                    let lease_id = meta
+                        .get("lease_seq")
+                        .map_err(backend)?
+                        .map_or(0, |v| v.value())
+                        + 1;
                     meta.insert("lease_seq", lease_id).map_err(backend)?;
                     let mut jobs = tx.open_table(JOBS).map_err(backend)?;
                     let mut job: JobRecord = match jobs.get(job_key).map_err(backend)? {
@@ -208,7 +221,8 @@ impl Store for RedbStore {
                         id: lease_id,
                         expires_ms: now_ms.saturating_add(lease_ms),
                     });
-                    jobs.insert(job_key, encode(&job).as_slice()).map_err(backend)?;
+                    jobs.insert(job_key, encode(&job).as_slice())
+                        .map_err(backend)?;
                     Some(job)
                 }
             }

@@ -46,25 +46,43 @@ fn offline(n: &str, at: u64) -> NodeStatusUpdate {
 }
 
 fn node_presence_is_tracked(store: &dyn Store) {
-    store.record_node_statuses(&[online("b", "1.0", 100), online("a", "1.0", 100)]).unwrap();
+    store
+        .record_node_statuses(&[online("b", "1.0", 100), online("a", "1.0", 100)])
+        .unwrap();
     store.record_node_statuses(&[offline("a", 200)]).unwrap();
     let a = store.node(&node("a")).unwrap().unwrap();
     assert_eq!(a.presence, Presence::Offline);
     assert_eq!(a.presence_since_ms, 200);
     assert_eq!(a.first_seen_ms, 100);
-    assert_eq!(a.details, Some(details("1.0")), "details survive going offline");
+    assert_eq!(
+        a.details,
+        Some(details("1.0")),
+        "details survive going offline"
+    );
 
     // Same presence again: the 'since' time stays, details update.
-    store.record_node_statuses(&[online("b", "1.1", 300)]).unwrap();
+    store
+        .record_node_statuses(&[online("b", "1.1", 300)])
+        .unwrap();
     let b = store.node(&node("b")).unwrap().unwrap();
     assert_eq!((b.presence_since_ms, b.last_seen_ms), (100, 300));
     assert_eq!(b.details.unwrap().agent_version, "1.1");
 
     // Last writer wins within a batch.
-    store.record_node_statuses(&[online("c", "1", 400), offline("c", 401)]).unwrap();
-    assert_eq!(store.node(&node("c")).unwrap().unwrap().presence, Presence::Offline);
+    store
+        .record_node_statuses(&[online("c", "1", 400), offline("c", 401)])
+        .unwrap();
+    assert_eq!(
+        store.node(&node("c")).unwrap().unwrap().presence,
+        Presence::Offline
+    );
 
-    let ids: Vec<_> = store.nodes().unwrap().into_iter().map(|n| n.id.to_string()).collect();
+    let ids: Vec<_> = store
+        .nodes()
+        .unwrap()
+        .into_iter()
+        .map(|n| n.id.to_string())
+        .collect();
     assert_eq!(ids, ["a", "b", "c"]);
     assert_eq!(store.node(&node("zz")).unwrap(), None);
 }
@@ -73,11 +91,31 @@ fn jobs_are_claimed_oldest_first_with_increasing_leases(store: &dyn Store) {
     let n = node("rec-1");
     let other = node("rec-2");
     assert_eq!(store.claim_next_job(&n, 0, 1000).unwrap(), None);
-    let first = store.enqueue_job(JobSpec { node: n.clone(), duration_s: Some(60) }, 1_000).unwrap();
-    let second = store.enqueue_job(JobSpec { node: n.clone(), duration_s: None }, 2_000).unwrap();
+    let first = store
+        .enqueue_job(
+            JobSpec {
+                node: n.clone(),
+                duration_s: Some(60),
+            },
+            1_000,
+        )
+        .unwrap();
+    let second = store
+        .enqueue_job(
+            JobSpec {
+                node: n.clone(),
+                duration_s: None,
+            },
+            2_000,
+        )
+        .unwrap();
     assert_eq!(first.state, JobState::Queued);
 
-    assert_eq!(store.claim_next_job(&other, 3_000, 1000).unwrap(), None, "jobs are per node");
+    assert_eq!(
+        store.claim_next_job(&other, 3_000, 1000).unwrap(),
+        None,
+        "jobs are per node"
+    );
     let c1 = store.claim_next_job(&n, 3_000, 10_000).unwrap().unwrap();
     let c2 = store.claim_next_job(&n, 3_001, 10_000).unwrap().unwrap();
     assert_eq!((c1.id, c2.id), (first.id, second.id));
@@ -85,7 +123,11 @@ fn jobs_are_claimed_oldest_first_with_increasing_leases(store: &dyn Store) {
     assert_eq!(c1.lease.unwrap().expires_ms, 13_000);
     assert!(c2.lease.unwrap().id > c1.lease.unwrap().id);
     assert_eq!(store.claim_next_job(&n, 4_000, 1000).unwrap(), None);
-    assert_eq!(store.job(first.id).unwrap().unwrap(), c1, "the claim is stored");
+    assert_eq!(
+        store.job(first.id).unwrap().unwrap(),
+        c1,
+        "the claim is stored"
+    );
     assert_eq!(store.job(JobId::new(5)).unwrap(), None);
 }
 
@@ -97,7 +139,13 @@ fn racing_claims_never_share_a_job(store: Arc<dyn Store>) {
     for (i, n) in nodes.iter().enumerate() {
         for j in 0..JOBS_PER_NODE {
             store
-                .enqueue_job(JobSpec { node: n.clone(), duration_s: Some(1) }, (i * 1000 + j) as u64)
+                .enqueue_job(
+                    JobSpec {
+                        node: n.clone(),
+                        duration_s: Some(1),
+                    },
+                    (i * 1000 + j) as u64,
+                )
                 .unwrap();
         }
     }
@@ -120,7 +168,11 @@ fn racing_claims_never_share_a_job(store: Arc<dyn Store>) {
     let ids: HashSet<_> = claimed.iter().map(|j| j.id).collect();
     assert_eq!(ids.len(), claimed.len(), "a job was claimed twice");
     let leases: HashSet<_> = claimed.iter().map(|j| j.lease.unwrap().id).collect();
-    assert_eq!(leases.len(), claimed.len(), "a lease id was handed out twice");
+    assert_eq!(
+        leases.len(),
+        claimed.len(),
+        "a lease id was handed out twice"
+    );
     for j in claimed.iter() {
         assert_eq!(j.state, JobState::Leased);
     }
@@ -161,7 +213,15 @@ fn redb_state_survives_reopen_and_refuses_a_second_opener() {
         assert!(e.to_string().contains("already open"), "{e}");
     }
     let s = RedbStore::open(&path).unwrap();
-    assert_eq!(s.node(&node("keep")).unwrap().unwrap().details.unwrap().agent_version, "2.0");
+    assert_eq!(
+        s.node(&node("keep"))
+            .unwrap()
+            .unwrap()
+            .details
+            .unwrap()
+            .agent_version,
+        "2.0"
+    );
 }
 
 #[test]
@@ -180,7 +240,10 @@ fn redb_refuses_a_newer_schema() {
         tx.commit().unwrap();
     }
     let e = RedbStore::open(&path).unwrap_err();
-    assert!(matches!(e, StoreError::NewerSchema { found: 99, .. }), "{e}");
+    assert!(
+        matches!(e, StoreError::NewerSchema { found: 99, .. }),
+        "{e}"
+    );
 }
 
 #[test]

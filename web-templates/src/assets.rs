@@ -49,10 +49,12 @@ impl Asset {
 
 fn hex(bytes: &[u8]) -> String {
     use std::fmt::Write;
-    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    })
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
 }
 
 pub static HTMX: LazyLock<Asset> = LazyLock::new(|| {
@@ -87,7 +89,10 @@ mod tests {
 
     #[test]
     fn embedded_htmx_matches_the_pinned_hash() {
-        assert_eq!(HTMX.sha256, HTMX_SHA256, "embedded htmx differs from the pin");
+        assert_eq!(
+            HTMX.sha256, HTMX_SHA256,
+            "embedded htmx differs from the pin"
+        );
         let pin = include_str!("../assets/vendor/htmx.toml");
         assert!(pin.contains(&format!("version = \"{HTMX_VERSION}\"")));
         assert!(pin.contains(&format!("sha256 = \"{HTMX_SHA256}\"")));
@@ -101,7 +106,10 @@ mod tests {
             assert!(a.url.contains(&a.sha256[..16]), "{}", a.url);
             assert!(std::ptr::eq(lookup(&a.url).unwrap(), a));
         }
-        assert_eq!(HTMX.url, format!("/static/htmx.min.{}.js", &HTMX_SHA256[..16]));
+        assert_eq!(
+            HTMX.url,
+            format!("/static/htmx.min.{}.js", &HTMX_SHA256[..16])
+        );
         assert!(lookup("/static/htmx.min.js").is_none());
         assert!(lookup("/static/../Cargo.toml").is_none());
     }

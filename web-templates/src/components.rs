@@ -81,9 +81,21 @@ mod tests {
     #[test]
     fn meter_bars_escape_nothing_dangerous_and_mark_clipping() {
         let ch = [
-            ChannelMeter { peak_dbfs: -6.0, rms_dbfs: -9.0, clipped: 0 },
-            ChannelMeter { peak_dbfs: 0.0, rms_dbfs: -3.0, clipped: 12 },
-            ChannelMeter { peak_dbfs: DBFS_FLOOR, rms_dbfs: DBFS_FLOOR, clipped: 0 },
+            ChannelMeter {
+                peak_dbfs: -6.0,
+                rms_dbfs: -9.0,
+                clipped: 0,
+            },
+            ChannelMeter {
+                peak_dbfs: 0.0,
+                rms_dbfs: -3.0,
+                clipped: 12,
+            },
+            ChannelMeter {
+                peak_dbfs: DBFS_FLOOR,
+                rms_dbfs: DBFS_FLOOR,
+                clipped: 0,
+            },
         ];
         let html = meter_bars(&ch, false).into_string();
         assert_eq!(html.matches("class=\"meter\"").count(), 3);

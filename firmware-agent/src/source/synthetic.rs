@@ -41,7 +41,13 @@ pub struct SyntheticSource {
 }
 
 impl SyntheticSource {
-    pub fn new(sample_rate: u32, channels: u16, period_frames: usize, signal: Signal, seed: u64) -> Self {
+    pub fn new(
+        sample_rate: u32,
+        channels: u16,
+        period_frames: usize,
+        signal: Signal,
+        seed: u64,
+    ) -> Self {
         SyntheticSource {
             format: StreamFormat {
                 sample_rate,
@@ -69,9 +75,10 @@ impl SyntheticSource {
         let t = n as f64 / rate;
         let value = match self.signal {
             Signal::Silence => 0.0,
-            Signal::Tone { freq_hz, level_dbfs } => {
-                db_to_gain(level_dbfs) * (TAU * freq_hz * t).sin()
-            }
+            Signal::Tone {
+                freq_hz,
+                level_dbfs,
+            } => db_to_gain(level_dbfs) * (TAU * freq_hz * t).sin(),
             Signal::Noise { level_dbfs } => {
                 let r = splitmix64(self.seed ^ (u64::from(ch) << 48) ^ n);
                 let uniform = (r >> 11) as f64 / (1u64 << 53) as f64; // [0, 1)
@@ -167,7 +174,16 @@ mod tests {
 
     #[test]
     fn tone_has_the_requested_level() {
-        let s = SyntheticSource::new(48000, 1, 64, Signal::Tone { freq_hz: 1000.0, level_dbfs: -6.0 }, 0);
+        let s = SyntheticSource::new(
+            48000,
+            1,
+            64,
+            Signal::Tone {
+                freq_hz: 1000.0,
+                level_dbfs: -6.0,
+            },
+            0,
+        );
         let peak = (0..48).map(|n| s.sample(0, n).abs()).max().unwrap();
         let dbfs = 20.0 * (f64::from(peak) / 2_147_483_648.0).log10();
         assert!((dbfs - -6.0).abs() < 0.05, "{dbfs}");
@@ -186,7 +202,10 @@ mod tests {
     fn a_short_buffer_is_an_error() {
         let mut s = SyntheticSource::new(48000, 2, 64, Signal::Silence, 0).unpaced();
         let mut buf = vec![0; 127];
-        assert!(matches!(s.read(&mut buf), Err(CaptureError::BufferTooSmall { need: 128, .. })));
+        assert!(matches!(
+            s.read(&mut buf),
+            Err(CaptureError::BufferTooSmall { need: 128, .. })
+        ));
     }
 
     #[test]
