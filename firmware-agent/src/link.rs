@@ -19,9 +19,9 @@ use std::time::Duration;
 
 use rakkr_mqtt::rumqttc::{LastWill, QoS};
 use rakkr_mqtt::{Endpoint, LinkState, SessionEvent};
+use rakkr_protocol::Envelope;
 use rakkr_protocol::payload::{Capabilities, MeterFrame, NodeStatus, OfflineReason};
 use rakkr_protocol::topic::{NodeChannel, Topic};
-use rakkr_protocol::{Envelope, MessageId};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -62,10 +62,7 @@ pub async fn run(
 
     let envelope = {
         let clock = clock.clone();
-        move |body: NodeStatus| {
-            let now = clock.unix_ms();
-            Envelope::new(MessageId::new(now), now, body).encode()
-        }
+        move |body: NodeStatus| Envelope::stamped(clock.unix_ms(), body).encode()
     };
     let will = {
         let envelope = envelope.clone();
@@ -103,8 +100,7 @@ pub async fn run(
                     frame = meters.recv() => match frame { Some(f) => f, None => break },
                 };
                 let sent = state.is_connected() && {
-                    let now = clock.unix_ms();
-                    let payload = Envelope::new(MessageId::new(now), now, frame).encode();
+                    let payload = Envelope::stamped(clock.unix_ms(), frame).encode();
                     client
                         .try_publish(&meters_topic, QoS::AtMostOnce, false, payload)
                         .is_ok()

@@ -9,7 +9,6 @@ use clap::{Parser, Subcommand};
 use rakkr_agent::clock::SystemClock;
 use rakkr_agent::run::AgentHandles;
 use rakkr_agent::{AGENT_VERSION, AgentConfig};
-use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
 #[command(name = "rakkr-agent", version = AGENT_VERSION, about = "Rakkr appliance agent")]
@@ -29,7 +28,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    init_logging();
+    rakkr_service::init_logging("info");
     match real_main() {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -52,8 +51,7 @@ fn real_main() -> anyhow::Result<()> {
                 .build()
                 .context("cannot start the async runtime")?;
             runtime.block_on(async move {
-                let shutdown = CancellationToken::new();
-                tokio::spawn(cancel_on_signal(shutdown.clone()));
+                let shutdown = rakkr_service::shutdown_on_signal();
                 rakkr_agent::run(
                     settings,
                     Arc::new(SystemClock),
@@ -65,29 +63,4 @@ fn real_main() -> anyhow::Result<()> {
             })
         }
     }
-}
-
-async fn cancel_on_signal(token: CancellationToken) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        return;
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-    }
-    tracing::info!("shutting down");
-    token.cancel();
-}
-
-fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("RAKKR_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
 }

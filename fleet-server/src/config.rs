@@ -10,6 +10,7 @@
 //! [mqtt]
 //! addr = "127.0.0.1:1883"      # where the embedded broker listens
 //! max_connections = 10000
+//! insecure_allow_remote = false  # required to listen beyond loopback (no client auth yet)
 //!
 //! [console]
 //! stale_after_ms = 5000          # meter frames older than this are shown as stale
@@ -66,6 +67,10 @@ pub struct MqttConfig {
     pub addr: SocketAddr,
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
+    /// The embedded broker does not authenticate clients yet: anyone who reaches
+    /// it can speak for any node. It listens on loopback only unless this is set.
+    #[serde(default)]
+    pub insecure_allow_remote: bool,
 }
 
 fn default_mqtt_addr() -> SocketAddr {
@@ -81,6 +86,7 @@ impl Default for MqttConfig {
         MqttConfig {
             addr: default_mqtt_addr(),
             max_connections: default_max_connections(),
+            insecure_allow_remote: false,
         }
     }
 }
@@ -116,6 +122,7 @@ pub struct Overrides {
 #[derive(Debug, Clone)]
 pub struct ServerSettings {
     pub data_dir: PathBuf,
+    /// Listen address of the console and API.
     pub http_addr: SocketAddr,
     pub mqtt_addr: SocketAddr,
     pub max_connections: usize,
@@ -150,6 +157,13 @@ impl ServerConfig {
         if http_addr.port() != 0 && http_addr == mqtt_addr {
             return Err(invalid("mqtt.addr", "must differ from http.addr"));
         }
+        if !mqtt_addr.ip().is_loopback() && !self.mqtt.insecure_allow_remote {
+            return Err(invalid(
+                "mqtt.addr",
+                "the embedded broker does not authenticate clients yet, so it listens on \
+                 loopback only; set mqtt.insecure_allow_remote = true to accept the risk",
+            ));
+        }
         if !(1..=100_000).contains(&self.mqtt.max_connections) {
             return Err(invalid("mqtt.max_connections", "must be 1-100000"));
         }
@@ -163,5 +177,64 @@ impl ServerConfig {
             max_connections: self.mqtt.max_connections,
             stale_after: Duration::from_millis(self.console.stale_after_ms),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(text: &str, flags: &Overrides) -> Result<ServerSettings, ConfigError> {
+        let f = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(f.path(), text).unwrap();
+        let c: ServerConfig = rakkr_config::load(Some(f.path()), ENV_PREFIX, Vec::new())?;
+        c.validate(flags)
+    }
+
+    #[test]
+    fn flags_override_the_file() {
+        let flags = Overrides {
+            data_dir: Some("/flag".into()),
+            http_addr: Some("127.0.0.1:9".parse().unwrap()),
+            mqtt_addr: None,
+        };
+        let s = settings(
+            "data_dir = \"/file\"\n[mqtt]\naddr = \"127.0.0.1:7\"\n",
+            &flags,
+        )
+        .unwrap();
+        assert_eq!(s.data_dir, PathBuf::from("/flag"));
+        assert_eq!(s.http_addr.port(), 9);
+        assert_eq!(s.mqtt_addr.port(), 7);
+    }
+
+    #[test]
+    fn a_remote_broker_needs_explicit_consent() {
+        let no = Overrides::default();
+        let e = settings("[mqtt]\naddr = \"0.0.0.0:1883\"\n", &no)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("mqtt.addr") && e.contains("insecure_allow_remote"),
+            "{e}"
+        );
+        let ok = settings(
+            "[mqtt]\naddr = \"0.0.0.0:1883\"\ninsecure_allow_remote = true\n",
+            &no,
+        );
+        assert!(ok.is_ok());
+    }
+
+    #[test]
+    fn limits_are_checked() {
+        let no = Overrides::default();
+        for (text, key) in [
+            ("[mqtt]\nmax_connections = 0\n", "mqtt.max_connections"),
+            ("[console]\nstale_after_ms = 1\n", "console.stale_after_ms"),
+            ("[http]\naddr = \"127.0.0.1:1883\"\n", "mqtt.addr"),
+        ] {
+            let e = settings(text, &no).unwrap_err().to_string();
+            assert!(e.contains(key), "{text}: {e}");
+        }
     }
 }

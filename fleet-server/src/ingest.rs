@@ -17,7 +17,7 @@ use rakkr_mqtt::rumqttc::{LastWill, QoS};
 use rakkr_mqtt::{Endpoint, LinkState, SessionEvent};
 use rakkr_protocol::payload::{MeterFrame, NodeStatus, ServerStatus};
 use rakkr_protocol::topic::{NodeChannel, Topic};
-use rakkr_protocol::{Envelope, MessageId, NodeId};
+use rakkr_protocol::{Envelope, NodeId};
 use rakkr_store::{NodeStatusUpdate, Store};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -131,10 +131,7 @@ pub async fn run(
     let status_topic = Topic::ServerStatus.to_string();
     let server_status = {
         let clock = clock.clone();
-        move |body: ServerStatus| {
-            let now = clock.unix_ms();
-            Envelope::new(MessageId::new(now), now, body).encode()
-        }
+        move |body: ServerStatus| Envelope::stamped(clock.unix_ms(), body).encode()
     };
     let will = {
         let server_status = server_status.clone();
@@ -256,8 +253,7 @@ mod tests {
     use rakkr_protocol::payload::{BootSlot, Capabilities};
 
     fn online_bytes() -> Vec<u8> {
-        Envelope::new(
-            MessageId::new(1),
+        Envelope::stamped(
             1,
             NodeStatus::Online {
                 agent_version: "9".into(),

@@ -11,7 +11,6 @@ use rakkr_server::RunningServer;
 use rakkr_server::clock::SystemClock;
 use rakkr_server::config::{Overrides, ServerConfig};
 use rakkr_server::demo;
-use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
 #[command(name = "rakkr-server", version, about = "Rakkr fleet server")]
@@ -61,7 +60,7 @@ impl ServeArgs {
 }
 
 fn main() -> ExitCode {
-    init_logging();
+    rakkr_service::init_logging("info,rumqttd=warn");
     match real_main() {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -99,8 +98,7 @@ fn real_main() -> anyhow::Result<()> {
         .build()
         .context("cannot start the async runtime")?;
     runtime.block_on(async move {
-        let shutdown = CancellationToken::new();
-        tokio::spawn(cancel_on_signal(shutdown.clone()));
+        let shutdown = rakkr_service::shutdown_on_signal();
         let clock = Arc::new(SystemClock);
         let server = RunningServer::start(settings, clock.clone(), shutdown.clone())
             .await
@@ -136,29 +134,4 @@ fn real_main() -> anyhow::Result<()> {
         server.wait().await;
         Ok(())
     })
-}
-
-async fn cancel_on_signal(token: CancellationToken) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        return;
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-    }
-    tracing::info!("shutting down");
-    token.cancel();
-}
-
-fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("RAKKR_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rumqttd=warn"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
 }

@@ -71,6 +71,11 @@ impl<T: Payload> Envelope<T> {
         }
     }
 
+    /// A new envelope for a message created now (`unix_ms`), with a fresh id.
+    pub fn stamped(unix_ms: u64, body: T) -> Self {
+        Envelope::new(MessageId::new(unix_ms), unix_ms, body)
+    }
+
     pub fn encode(&self) -> Vec<u8> {
         // Serialising these types cannot fail: no maps with non-string keys, no
         // non-finite floats reach here (payload constructors clamp them).

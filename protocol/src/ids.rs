@@ -80,6 +80,17 @@ impl<'de> Deserialize<'de> for NodeId {
     }
 }
 
+/// A UUIDv7 for something created at `unix_ms`: time-ordered, random below the
+/// millisecond (from the operating system's generator).
+pub fn uuid_v7(unix_ms: u64) -> uuid::Uuid {
+    let ts = uuid::Timestamp::from_unix(
+        uuid::NoContext,
+        unix_ms / 1000,
+        ((unix_ms % 1000) * 1_000_000) as u32,
+    );
+    uuid::Uuid::new_v7(ts)
+}
+
 /// A unique message id. Receivers de-duplicate on it.
 ///
 /// Ids are UUIDv7: time-ordered, so they also sort roughly by creation time,
@@ -92,12 +103,7 @@ impl MessageId {
     /// A fresh id for a message created at `unix_ms` (milliseconds since the Unix epoch).
     /// The random part comes from the operating system's generator.
     pub fn new(unix_ms: u64) -> Self {
-        let ts = uuid::Timestamp::from_unix(
-            uuid::NoContext,
-            unix_ms / 1000,
-            ((unix_ms % 1000) * 1_000_000) as u32,
-        );
-        MessageId(uuid::Uuid::new_v7(ts))
+        MessageId(uuid_v7(unix_ms))
     }
 
     pub fn from_uuid(id: uuid::Uuid) -> Self {

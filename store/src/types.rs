@@ -46,12 +46,7 @@ pub struct JobId(pub uuid::Uuid);
 
 impl JobId {
     pub fn new(now_ms: u64) -> JobId {
-        let ts = uuid::Timestamp::from_unix(
-            uuid::NoContext,
-            now_ms / 1000,
-            ((now_ms % 1000) * 1_000_000) as u32,
-        );
-        JobId(uuid::Uuid::new_v7(ts))
+        JobId(rakkr_protocol::ids::uuid_v7(now_ms))
     }
 }
 
