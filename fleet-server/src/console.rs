@@ -7,6 +7,7 @@
 use std::time::Duration;
 
 use maud::{Markup, html};
+use rakkr_protocol::payload::BootSlot;
 use rakkr_protocol::state::Presence;
 use rakkr_web::components::{ago, meter_bars, presence_badge};
 use rakkr_web::layout::{Chrome, page_with_head};
@@ -83,7 +84,13 @@ fn node_row(node: &LiveNode, now_ms: u64, stale_after: Duration) -> Markup {
                 @match &r.details {
                     Some(d) => {
                         div { (d.agent_version) }
-                        div.muted { "slot " (d.slot.as_str()) " · " (d.capabilities.channels) " ch" }
+                        div.muted {
+                            @match d.slot {
+                                BootSlot::None => "no A/B slot",
+                                slot => { "slot " (slot.as_str().to_uppercase()) },
+                            }
+                            " · " (d.capabilities.channels) " ch"
+                        }
                     }
                     None => { span.muted { "unknown" } }
                 }

@@ -185,6 +185,13 @@ fn the_console_lists_nodes_and_serves_pinned_assets() -> Result<()> {
     assert!(fragment.starts_with(r#"<section id="nodes""#), "{fragment}");
     assert!(fragment.contains("hil-console-b"));
 
+    assert_eq!(http_get(&server.url("/healthz"))?, (200, "ok\n".to_owned()));
+    let (code, ready) = http_get(&server.url("/readyz"))?;
+    assert_eq!(code, 200);
+    let ready: serde_json::Value = serde_json::from_str(&ready)?;
+    assert_eq!(ready["store"], "ok");
+    assert_eq!(ready["mqtt"], "connected");
+
     let (code, page) = http_get(&server.url("/no/such/page"))?;
     assert_eq!(code, 404);
     assert!(page.contains("/no/such/page"));
