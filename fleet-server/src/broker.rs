@@ -5,7 +5,9 @@
 //! - the listen address is checked by binding it ourselves first, which turns
 //!   "address in use" into a clear startup error instead of a log line from a
 //!   thread that quietly ended;
-//! - readiness is established by connecting to the port;
+//! - readiness is established by a real MQTT handshake (CONNECT → CONNACK →
+//!   DISCONNECT), so "ready" means the broker speaks MQTT, not just that a
+//!   socket accepts;
 //! - at shutdown the process simply exits; clients see the TCP connection close
 //!   (nodes' Last Wills are not published, which is right: the server that would
 //!   read them is going away too).
@@ -17,6 +19,7 @@
 //! docs/decisions/0004-embedded-broker.md for the measured footprint.
 
 use std::collections::HashMap;
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
@@ -106,7 +109,7 @@ impl EmbeddedBroker {
         let waited = Duration::from_secs(5);
         let deadline = Instant::now() + waited;
         loop {
-            if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+            if mqtt_handshake(addr).is_ok() {
                 return Ok(EmbeddedBroker { addr });
             }
             if thread.is_finished() || Instant::now() >= deadline {
@@ -114,5 +117,56 @@ impl EmbeddedBroker {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+}
+
+/// Connect to `addr` as a throw-away MQTT 3.1.1 client, expect an accepting
+/// CONNACK, and disconnect cleanly.
+pub fn mqtt_handshake(addr: SocketAddr) -> std::io::Result<()> {
+    let timeout = Duration::from_millis(500);
+    let mut stream = TcpStream::connect_timeout(&addr, timeout)?;
+    stream.set_read_timeout(Some(timeout))?;
+    stream.set_write_timeout(Some(timeout))?;
+    let client_id = format!("rakkr-probe-{}", std::process::id());
+    let mut variable = vec![0, 4, b'M', b'Q', b'T', b'T', 4, 0b0000_0010, 0, 5];
+    variable.extend_from_slice(&(client_id.len() as u16).to_be_bytes());
+    variable.extend_from_slice(client_id.as_bytes());
+    let mut connect = vec![0x10, variable.len() as u8];
+    connect.extend_from_slice(&variable);
+    stream.write_all(&connect)?;
+    let mut connack = [0u8; 4];
+    stream.read_exact(&mut connack)?;
+    // CONNACK, remaining length 2, no session present, return code 0 (accepted).
+    if connack != [0x20, 0x02, 0x00, 0x00] {
+        return Err(std::io::Error::other(format!(
+            "unexpected CONNACK {connack:02x?}"
+        )));
+    }
+    stream.write_all(&[0xE0, 0x00])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn starts_on_a_free_port_speaks_mqtt_and_refuses_a_taken_one() {
+        let broker = EmbeddedBroker::start("127.0.0.1:0".parse().unwrap(), 16).unwrap();
+        assert_ne!(broker.addr.port(), 0);
+        mqtt_handshake(broker.addr).expect("a second handshake works too");
+        let e = EmbeddedBroker::start(broker.addr, 16).unwrap_err();
+        assert!(matches!(e, BrokerError::Bind { .. }), "{e}");
+        assert!(e.to_string().contains(&broker.addr.to_string()));
+    }
+
+    #[test]
+    fn a_port_that_is_not_mqtt_fails_the_handshake() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        std::thread::spawn(move || {
+            let (mut s, _) = listener.accept().unwrap();
+            let _ = s.write_all(b"HTTP/1.1 400 Bad Request\r\n\r\n");
+        });
+        assert!(mqtt_handshake(addr).is_err());
     }
 }

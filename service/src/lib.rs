@@ -6,12 +6,55 @@ use tokio_util::sync::CancellationToken;
 
 /// Log to stderr. `RAKKR_LOG` (`RUST_LOG` syntax) overrides `default_filter`.
 pub fn init_logging(default_filter: &str) {
+    use tracing_subscriber::prelude::*;
     let filter = tracing_subscriber::EnvFilter::try_from_env("RAKKR_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(KnownNoise)
+        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
         .init();
+}
+
+/// Log events from dependencies that are known to be benign but logged as
+/// errors, matched by target and message. Each entry says why it is noise.
+const KNOWN_NOISE: &[(&str, &str)] = &[
+    // rumqttd handles the DISCONNECT packet and then the closed socket as two
+    // disconnections (its own comment: "This will lead to double Disconnect
+    // packets"); the second logs this at ERROR for every orderly disconnect.
+    ("rumqttd::router::routing", "is already gone"),
+];
+
+/// Drops the events listed in [`KNOWN_NOISE`], and nothing else.
+struct KnownNoise;
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for KnownNoise {
+    fn event_enabled(
+        &self,
+        event: &tracing::Event<'_>,
+        _: tracing_subscriber::layer::Context<'_, S>,
+    ) -> bool {
+        let target = event.metadata().target();
+        if !KNOWN_NOISE.iter().any(|(t, _)| *t == target) {
+            return true;
+        }
+        let mut message = MessageText(String::new());
+        event.record(&mut message);
+        !KNOWN_NOISE
+            .iter()
+            .any(|(t, needle)| *t == target && message.0.contains(needle))
+    }
+}
+
+struct MessageText(String);
+
+impl tracing::field::Visit for MessageText {
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        if field.name() == "message" {
+            use std::fmt::Write;
+            let _ = write!(self.0, "{value:?}");
+        }
+    }
 }
 
 /// A token cancelled by the first SIGINT or SIGTERM. Must be called inside a
@@ -36,4 +79,44 @@ pub fn shutdown_on_signal() -> CancellationToken {
         cancel.cancel();
     });
     token
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::{Arc, Mutex};
+    use tracing_subscriber::prelude::*;
+
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<String>>>);
+
+    impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Captured {
+        fn on_event(
+            &self,
+            event: &tracing::Event<'_>,
+            _: tracing_subscriber::layer::Context<'_, S>,
+        ) {
+            let mut m = MessageText(String::new());
+            event.record(&mut m);
+            self.0.lock().unwrap().push(m.0);
+        }
+    }
+
+    #[test]
+    fn only_the_listed_noise_is_dropped() {
+        let captured = Captured::default();
+        let subscriber = tracing_subscriber::registry()
+            .with(KnownNoise)
+            .with(captured.clone());
+        tracing::subscriber::with_default(subscriber, || {
+            tracing::error!(target: "rumqttd::router::routing", "no-connection id 3 is already gone");
+            tracing::error!(target: "rumqttd::router::routing", "no space for new connection");
+            tracing::error!(target: "elsewhere", "thing is already gone");
+        });
+        let seen = captured.0.lock().unwrap().clone();
+        assert_eq!(
+            seen,
+            ["no space for new connection", "thing is already gone"]
+        );
+    }
 }
