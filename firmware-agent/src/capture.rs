@@ -28,6 +28,10 @@ use crate::source::{CaptureError, CaptureSource, StreamFormat};
 pub struct CaptureStats {
     pub frames_captured: AtomicU64,
     pub frames_dropped: AtomicU64,
+    /// Device overruns (each one a gap in the audio).
+    pub xruns: AtomicU64,
+    /// Stream position (frames delivered before it) of the latest overrun.
+    pub last_xrun_position: AtomicU64,
     pub meter_frames_dropped: AtomicU64,
     /// Set when the capture thread stopped because the source failed.
     pub failed: AtomicBool,
@@ -71,7 +75,17 @@ impl CapturePipeline {
                     let mut buf = vec![0i32; period_samples];
                     while !stop.load(Ordering::Relaxed) {
                         let frames = match source.read(&mut buf) {
-                            Ok(f) => f,
+                            Ok(read) => {
+                                if read.xrun_before {
+                                    stats.xruns.fetch_add(1, Ordering::Relaxed);
+                                    stats.last_xrun_position.store(
+                                        stats.frames_captured.load(Ordering::Relaxed)
+                                            + stats.frames_dropped.load(Ordering::Relaxed),
+                                        Ordering::Relaxed,
+                                    );
+                                }
+                                read.frames
+                            }
                             Err(e) => {
                                 stats.failed.store(true, Ordering::Release);
                                 return Err(e);

@@ -10,7 +10,16 @@
 //! port = 1883
 //! keep_alive_secs = 5
 //!
-//! [source]
+//! [source]                     # either an ALSA device …
+//! kind = "alsa"
+//! device = "hw:CARD=USB,DEV=0"  # see `rakkr-agent devices`
+//! channels = 8
+//! sample_rate = 48000
+//! format = "S24_3LE"            # S16_LE | S24_3LE | S24_LE | S32_LE | FLOAT_LE
+//! period_frames = 1024
+//! periods = 4                   # device buffer, in periods
+//!
+//! [source]                     # … or a synthetic test signal
 //! kind = "synthetic"
 //! channels = 2
 //! sample_rate = 48000
@@ -30,7 +39,8 @@ use rakkr_protocol::NodeId;
 use rakkr_protocol::payload::{BootSlot, DBFS_FLOOR, MAX_CHANNELS};
 use serde::Deserialize;
 
-use crate::source::Signal;
+use crate::source::alsa::AlsaRequest;
+use crate::source::{SampleFormat, Signal};
 
 /// Prefix of environment overrides, e.g. `RAKKR_AGENT_MQTT__PORT=1884`.
 pub const ENV_PREFIX: &str = "RAKKR_AGENT_";
@@ -94,6 +104,33 @@ impl Default for MqttConfig {
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum SourceConfig {
     Synthetic(SyntheticConfig),
+    Alsa(AlsaConfig),
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AlsaConfig {
+    /// PCM name, e.g. `hw:CARD=USB,DEV=0` (see `rakkr-agent devices`).
+    pub device: String,
+    #[serde(default = "default_channels")]
+    pub channels: u16,
+    #[serde(default = "default_rate")]
+    pub sample_rate: u32,
+    /// S16_LE, S24_3LE, S24_LE, S32_LE or FLOAT_LE.
+    #[serde(default = "default_format")]
+    pub format: String,
+    #[serde(default = "default_period")]
+    pub period_frames: u32,
+    /// Device buffer, in periods.
+    #[serde(default = "default_periods")]
+    pub periods: u32,
+}
+
+fn default_format() -> String {
+    "S32_LE".into()
+}
+fn default_periods() -> u32 {
+    4
 }
 
 impl Default for SourceConfig {
@@ -205,6 +242,7 @@ pub enum SourceSettings {
         period_frames: usize,
         signal: Signal,
     },
+    Alsa(AlsaRequest),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -257,22 +295,34 @@ impl AgentConfig {
         };
 
         let source = match self.source {
+            SourceConfig::Alsa(a) => {
+                check_stream(a.channels, a.sample_rate, a.period_frames)?;
+                if a.device.trim().is_empty() {
+                    return Err(invalid("source.device", "must name a PCM, e.g. hw:1,0"));
+                }
+                let format = SampleFormat::parse(&a.format).ok_or_else(|| {
+                    invalid(
+                        "source.format",
+                        format!(
+                            "{:?} is not one of S16_LE, S24_3LE, S24_LE, S32_LE, FLOAT_LE",
+                            a.format
+                        ),
+                    )
+                })?;
+                if !(2..=64).contains(&a.periods) {
+                    return Err(invalid("source.periods", "must be 2-64"));
+                }
+                SourceSettings::Alsa(AlsaRequest {
+                    device: a.device,
+                    channels: a.channels,
+                    rate: a.sample_rate,
+                    format,
+                    period_frames: a.period_frames,
+                    periods: a.periods,
+                })
+            }
             SourceConfig::Synthetic(s) => {
-                if s.channels == 0 || usize::from(s.channels) > MAX_CHANNELS {
-                    return Err(invalid(
-                        "source.channels",
-                        format!("must be 1-{MAX_CHANNELS}"),
-                    ));
-                }
-                if !SAMPLE_RATES.contains(&s.sample_rate) {
-                    return Err(invalid(
-                        "source.sample_rate",
-                        format!("{} Hz is not one of {SAMPLE_RATES:?}", s.sample_rate),
-                    ));
-                }
-                if !(16..=16384).contains(&s.period_frames) {
-                    return Err(invalid("source.period_frames", "must be 16-16384"));
-                }
+                check_stream(s.channels, s.sample_rate, s.period_frames)?;
                 let level = s.level_dbfs;
                 if !(f64::from(DBFS_FLOOR)..=0.0).contains(&level) {
                     return Err(invalid(
@@ -328,6 +378,26 @@ impl AgentConfig {
     }
 }
 
+/// Bounds shared by every source kind.
+fn check_stream(channels: u16, sample_rate: u32, period_frames: u32) -> Result<(), ConfigError> {
+    if channels == 0 || usize::from(channels) > MAX_CHANNELS {
+        return Err(invalid(
+            "source.channels",
+            format!("must be 1-{MAX_CHANNELS}"),
+        ));
+    }
+    if !SAMPLE_RATES.contains(&sample_rate) {
+        return Err(invalid(
+            "source.sample_rate",
+            format!("{sample_rate} Hz is not one of {SAMPLE_RATES:?}"),
+        ));
+    }
+    if !(16..=16384).contains(&period_frames) {
+        return Err(invalid("source.period_frames", "must be 16-16384"));
+    }
+    Ok(())
+}
+
 impl AgentSettings {
     /// Settings for a simulated appliance with a demo signal (used by the demo and tests).
     pub fn simulated(node_id: NodeId, mqtt_host: &str, mqtt_port: u16, channels: u16) -> Self {
@@ -370,7 +440,10 @@ mod tests {
         assert_eq!(s.meter_interval, Duration::from_secs(1));
         let SourceSettings::Synthetic {
             channels, signal, ..
-        } = s.source;
+        } = s.source
+        else {
+            panic!()
+        };
         assert_eq!((channels, signal), (2, Signal::Demo));
     }
 
@@ -390,7 +463,10 @@ mod tests {
             sample_rate,
             signal,
             ..
-        } = s.source;
+        } = s.source
+        else {
+            panic!()
+        };
         assert_eq!((channels, sample_rate), (8, 96000));
         assert_eq!(
             signal,
@@ -402,14 +478,44 @@ mod tests {
     }
 
     #[test]
+    fn an_alsa_source_parses() {
+        let s = parse(
+            "node_id = \"n\"\n[source]\nkind = \"alsa\"\ndevice = \"hw:CARD=USB,DEV=0\"\n\
+             channels = 8\nsample_rate = 96000\nformat = \"s24_3le\"\n",
+        )
+        .unwrap();
+        let SourceSettings::Alsa(req) = s.source else {
+            panic!()
+        };
+        assert_eq!(req.device, "hw:CARD=USB,DEV=0");
+        assert_eq!(
+            (req.channels, req.rate, req.format),
+            (8, 96000, SampleFormat::S24_3Le)
+        );
+        assert_eq!((req.period_frames, req.periods), (1024, 4));
+    }
+
+    #[test]
     fn problems_are_named() {
         for (text, expect) in [
             ("", "missing field `node_id`"),
             ("node_id = \"N 1\"", "node_id"),
             ("node_id = \"n\"\nbogus = 1", "unknown field `bogus`"),
             (
+                "node_id = \"n\"\n[source]\nkind = \"jack\"",
+                "unknown variant `jack`",
+            ),
+            (
                 "node_id = \"n\"\n[source]\nkind = \"alsa\"",
-                "unknown variant `alsa`",
+                "missing field `device`",
+            ),
+            (
+                "node_id = \"n\"\n[source]\nkind = \"alsa\"\ndevice = \"hw:0\"\nformat = \"U8\"",
+                "source.format",
+            ),
+            (
+                "node_id = \"n\"\n[source]\nkind = \"alsa\"\ndevice = \"hw:0\"\nperiods = 1",
+                "source.periods",
             ),
             (
                 "node_id = \"n\"\n[source]\nkind = \"synthetic\"\nchannels = 0",

@@ -25,6 +25,8 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// List ALSA capture devices with their channel counts, rates and formats.
+    Devices,
 }
 
 fn main() -> ExitCode {
@@ -41,6 +43,12 @@ fn main() -> ExitCode {
 fn real_main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
+        Command::Devices => {
+            let devices = rakkr_agent::source::alsa::list_capture_devices()
+                .context("cannot list capture devices")?;
+            print!("{}", format_devices(&devices));
+            Ok(())
+        }
         Command::Run { config } => {
             let settings = AgentConfig::load(&config)
                 .and_then(AgentConfig::validate)
@@ -63,4 +71,42 @@ fn real_main() -> anyhow::Result<()> {
             })
         }
     }
+}
+
+fn format_devices(devices: &[rakkr_agent::source::alsa::DeviceInfo]) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    if devices.is_empty() {
+        out.push_str("no capture devices found\n");
+        return out;
+    }
+    let _ = writeln!(
+        out,
+        "{:<36} {:>9} {:>15}  {:<34} DESCRIPTION",
+        "DEVICE", "CHANNELS", "RATES (Hz)", "FORMATS"
+    );
+    for d in devices {
+        let (channels, rates, formats) = match &d.capabilities {
+            Some(c) => (
+                format!("{}-{}", c.channels.0, c.channels.1),
+                format!("{}-{}", c.rates.0, c.rates.1),
+                c.formats
+                    .iter()
+                    .map(|f| f.name())
+                    .collect::<Vec<_>>()
+                    .join(","),
+            ),
+            None => (
+                "-".into(),
+                "-".into(),
+                "(cannot open: busy or absent)".into(),
+            ),
+        };
+        let _ = writeln!(
+            out,
+            "{:<36} {channels:>9} {rates:>15}  {formats:<34} {}",
+            d.name, d.description
+        );
+    }
+    out
 }

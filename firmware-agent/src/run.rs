@@ -13,6 +13,7 @@ use crate::capture::CapturePipeline;
 use crate::clock::Clock;
 use crate::config::{AgentSettings, SourceSettings};
 use crate::link::{self, TelemetryStats};
+use crate::source::alsa::AlsaSource;
 use crate::source::{CaptureError, CaptureSource, SyntheticSource};
 
 /// Meter frames waiting for the link. Small: stale frames are worthless.
@@ -40,7 +41,7 @@ pub async fn run(
     handles: AgentHandles,
     shutdown: CancellationToken,
 ) -> Result<(), AgentError> {
-    let (source, capabilities) = build_source(&settings);
+    let (source, capabilities) = build_source(&settings)?;
     let (meters_tx, meters_rx) = mpsc::channel(METER_QUEUE);
     let pipeline =
         CapturePipeline::start(source, clock.clone(), settings.meter_interval, meters_tx)?;
@@ -87,8 +88,33 @@ pub async fn run(
     Ok(())
 }
 
-fn build_source(settings: &AgentSettings) -> (Box<dyn CaptureSource>, Capabilities) {
-    match &settings.source {
+/// Open the configured source; its capabilities are what it actually delivers.
+pub fn build_source(
+    settings: &AgentSettings,
+) -> Result<(Box<dyn CaptureSource>, Capabilities), CaptureError> {
+    let capabilities = |kind: &str, channels: u16, rate: u32| Capabilities {
+        sources: vec![kind.to_owned()],
+        channels,
+        sample_rates: vec![rate],
+        codecs: Vec::new(),
+        max_jobs: 0,
+    };
+    Ok(match &settings.source {
+        SourceSettings::Alsa(req) => {
+            let source = AlsaSource::open(req)?;
+            let g = source.granted();
+            tracing::info!(
+                device = %req.device,
+                channels = g.channels,
+                rate = g.rate,
+                format = %g.format,
+                period_frames = g.period_frames,
+                buffer_frames = g.buffer_frames,
+                "capture device opened"
+            );
+            let caps = capabilities(source.kind(), g.channels, g.rate);
+            (Box::new(source) as Box<dyn CaptureSource>, caps)
+        }
         SourceSettings::Synthetic {
             channels,
             sample_rate,
@@ -98,16 +124,10 @@ fn build_source(settings: &AgentSettings) -> (Box<dyn CaptureSource>, Capabiliti
             let seed = fnv1a(settings.node_id.as_str().as_bytes());
             let source =
                 SyntheticSource::new(*sample_rate, *channels, *period_frames, *signal, seed);
-            let caps = Capabilities {
-                sources: vec![source.kind().to_owned()],
-                channels: *channels,
-                sample_rates: vec![*sample_rate],
-                codecs: Vec::new(),
-                max_jobs: 0,
-            };
+            let caps = capabilities(source.kind(), *channels, *sample_rate);
             (Box::new(source), caps)
         }
-    }
+    })
 }
 
 /// FNV-1a: a stable per-node seed, so each simulated node sounds different.

@@ -9,7 +9,7 @@ use std::process::Command;
 use anyhow::{Context, Result, bail};
 
 /// Needed to build the workspace (C toolchain for the linker and -sys crates).
-pub const BUILD: &[&str] = &["gcc", "libc6-dev", "pkg-config"];
+pub const BUILD: &[&str] = &["gcc", "libc6-dev", "pkg-config", "libasound2-dev"];
 
 /// Needed by the test suite in addition to [`BUILD`].
 pub const TEST: &[&str] = &["procps"];

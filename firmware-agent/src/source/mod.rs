@@ -5,8 +5,11 @@
 //! `read` blocks until a period is available, at the source's own pace: a
 //! hardware device by its clock, the synthetic source by the system clock.
 
+pub mod alsa;
+pub mod format;
 pub mod synthetic;
 
+pub use format::SampleFormat;
 pub use synthetic::{Signal, SyntheticSource};
 
 /// What a source delivers.
@@ -18,8 +21,22 @@ pub struct StreamFormat {
     pub valid_bits: u8,
 }
 
+/// One period read from a source.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeriodRead {
+    /// Frames written to the buffer.
+    pub frames: usize,
+    /// The device overran (or was suspended) before these frames: there is a
+    /// gap in the audio just before them.
+    pub xrun_before: bool,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum CaptureError {
+    #[error("cannot open capture device {device}: {detail}")]
+    Open { device: String, detail: String },
+    #[error("unsupported capture settings: {0}")]
+    Unsupported(String),
     #[error("capture buffer holds {got} samples; a period needs {need}")]
     BufferTooSmall { got: usize, need: usize },
     #[error("capture device failed: {0}")]
@@ -33,8 +50,8 @@ pub trait CaptureSource: Send + 'static {
     fn period_frames(&self) -> usize;
 
     /// Block until the next period is available and write it to `buf`.
-    /// Returns the number of frames written. Must not allocate.
-    fn read(&mut self, buf: &mut [i32]) -> Result<usize, CaptureError>;
+    /// Must not allocate.
+    fn read(&mut self, buf: &mut [i32]) -> Result<PeriodRead, CaptureError>;
 
     /// Short name for status and logs, e.g. `synthetic`.
     fn kind(&self) -> &'static str;

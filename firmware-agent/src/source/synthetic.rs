@@ -9,7 +9,7 @@
 use std::f64::consts::TAU;
 use std::time::{Duration, Instant};
 
-use super::{CaptureError, CaptureSource, StreamFormat};
+use super::{CaptureError, CaptureSource, PeriodRead, StreamFormat};
 
 /// Valid bits of synthetic samples: the 24-bit resolution of typical converters.
 pub const SYNTHETIC_VALID_BITS: u8 = 24;
@@ -123,7 +123,7 @@ impl CaptureSource for SyntheticSource {
         "synthetic"
     }
 
-    fn read(&mut self, buf: &mut [i32]) -> Result<usize, CaptureError> {
+    fn read(&mut self, buf: &mut [i32]) -> Result<PeriodRead, CaptureError> {
         let channels = usize::from(self.format.channels);
         let need = self.period_frames * channels;
         if buf.len() < need {
@@ -151,7 +151,10 @@ impl CaptureSource for SyntheticSource {
             }
         }
         self.position += self.period_frames as u64;
-        Ok(self.period_frames)
+        Ok(PeriodRead {
+            frames: self.period_frames,
+            xrun_before: false,
+        })
     }
 }
 

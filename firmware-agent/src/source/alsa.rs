@@ -1,0 +1,307 @@
+//! ALSA capture.
+//!
+//! Opening negotiates access (interleaved read), sample format, channels, rate,
+//! period and buffer size, and reports what the device granted
+//! ([`Granted`]). Rate, format and channel count must be granted exactly — a
+//! recorder that silently records something other than what was asked for has
+//! lost the take; period and buffer sizes are negotiated to the nearest value.
+//!
+//! Reading: one `snd_pcm_readi` per period into a byte buffer allocated at open,
+//! converted in place into the caller's `i32` buffer (see [`super::format`]). An
+//! overrun (`-EPIPE`) is counted, the stream is re-prepared, and the next period
+//! is returned flagged `xrun_before` so the pipeline records a gap at that
+//! position. A suspended stream (`-ESTRPIPE`) is recovered the same way.
+//! Anything else (device gone, I/O error) is returned as an error.
+
+use alsa::device_name::HintIter;
+use alsa::pcm::{Access, Format, HwParams, PCM};
+use alsa::{Direction, ValueOr};
+
+use super::format::SampleFormat;
+use super::{CaptureError, CaptureSource, PeriodRead, StreamFormat};
+
+const EPIPE: i32 = 32;
+const ESTRPIPE: i32 = 86;
+const EINTR: i32 = 4;
+const EAGAIN: i32 = 11;
+
+/// What to ask the device for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AlsaRequest {
+    /// PCM name, e.g. `hw:1,0`, `plughw:CARD=USB,DEV=0`, `default`.
+    pub device: String,
+    pub channels: u16,
+    pub rate: u32,
+    pub format: SampleFormat,
+    pub period_frames: u32,
+    /// Buffer size in periods.
+    pub periods: u32,
+}
+
+/// What the device granted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Granted {
+    pub channels: u16,
+    pub rate: u32,
+    pub format: SampleFormat,
+    pub period_frames: usize,
+    pub buffer_frames: usize,
+}
+
+pub struct AlsaSource {
+    pcm: PCM,
+    device: String,
+    granted: Granted,
+    bytes: Vec<u8>,
+    xruns: u64,
+}
+
+impl std::fmt::Debug for AlsaSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AlsaSource")
+            .field("device", &self.device)
+            .field("granted", &self.granted)
+            .field("xruns", &self.xruns)
+            .finish()
+    }
+}
+
+fn alsa_format(f: SampleFormat) -> Format {
+    match f {
+        SampleFormat::S16Le => Format::S16LE,
+        SampleFormat::S24_3Le => Format::S243LE,
+        SampleFormat::S24Le => Format::S24LE,
+        SampleFormat::S32Le => Format::S32LE,
+        SampleFormat::FloatLe => Format::FloatLE,
+    }
+}
+
+fn device_error(device: &str, what: &str, e: alsa::Error) -> CaptureError {
+    CaptureError::Device(format!("{device}: {what}: {e}"))
+}
+
+impl AlsaSource {
+    pub fn open(req: &AlsaRequest) -> Result<AlsaSource, CaptureError> {
+        let dev = req.device.as_str();
+        let pcm = PCM::new(dev, Direction::Capture, false).map_err(|e| CaptureError::Open {
+            device: dev.to_owned(),
+            detail: e.to_string(),
+        })?;
+        {
+            let hw =
+                HwParams::any(&pcm).map_err(|e| device_error(dev, "no hardware parameters", e))?;
+            hw.set_access(Access::RWInterleaved)
+                .map_err(|e| device_error(dev, "interleaved access refused", e))?;
+            if hw.set_format(alsa_format(req.format)).is_err() {
+                let offered: Vec<&str> = SampleFormat::ALL
+                    .into_iter()
+                    .filter(|f| hw.test_format(alsa_format(*f)).is_ok())
+                    .map(SampleFormat::name)
+                    .collect();
+                return Err(CaptureError::Unsupported(format!(
+                    "{dev} does not capture {}; it offers {}",
+                    req.format,
+                    if offered.is_empty() {
+                        "none of S16_LE, S24_3LE, S24_LE, S32_LE, FLOAT_LE".to_owned()
+                    } else {
+                        offered.join(", ")
+                    }
+                )));
+            }
+            if hw.set_channels(u32::from(req.channels)).is_err() {
+                let (min, max) = (
+                    hw.get_channels_min().unwrap_or(0),
+                    hw.get_channels_max().unwrap_or(0),
+                );
+                return Err(CaptureError::Unsupported(format!(
+                    "{dev} cannot capture {} channels; it offers {min} to {max}",
+                    req.channels
+                )));
+            }
+            if hw.set_rate(req.rate, ValueOr::Nearest).is_err() {
+                let (min, max) = (
+                    hw.get_rate_min().unwrap_or(0),
+                    hw.get_rate_max().unwrap_or(0),
+                );
+                return Err(CaptureError::Unsupported(format!(
+                    "{dev} cannot capture at {} Hz; it offers {min} to {max} Hz",
+                    req.rate
+                )));
+            }
+            hw.set_period_size_near(i64::from(req.period_frames), ValueOr::Nearest)
+                .map_err(|e| device_error(dev, "period size refused", e))?;
+            hw.set_buffer_size_near(i64::from(req.period_frames) * i64::from(req.periods.max(2)))
+                .map_err(|e| device_error(dev, "buffer size refused", e))?;
+            pcm.hw_params(&hw)
+                .map_err(|e| device_error(dev, "hardware parameters refused", e))?;
+        }
+        let granted = {
+            let hw = pcm
+                .hw_params_current()
+                .map_err(|e| device_error(dev, "cannot read granted parameters", e))?;
+            let get = |r: alsa::Result<u32>| {
+                r.map_err(|e| device_error(dev, "cannot read granted parameters", e))
+            };
+            let channels = get(hw.get_channels())?;
+            let rate = get(hw.get_rate())?;
+            let period = hw
+                .get_period_size()
+                .map_err(|e| device_error(dev, "period size", e))?;
+            let buffer = hw
+                .get_buffer_size()
+                .map_err(|e| device_error(dev, "buffer size", e))?;
+            Granted {
+                channels: channels as u16,
+                rate,
+                format: req.format,
+                period_frames: period.max(1) as usize,
+                buffer_frames: buffer.max(1) as usize,
+            }
+        };
+        if granted.channels != req.channels || granted.rate != req.rate {
+            return Err(CaptureError::Unsupported(format!(
+                "{dev} granted {} channels at {} Hz instead of {} at {} Hz",
+                granted.channels, granted.rate, req.channels, req.rate
+            )));
+        }
+        pcm.prepare()
+            .map_err(|e| device_error(dev, "cannot prepare", e))?;
+        let bytes = vec![
+            0u8;
+            granted.period_frames
+                * usize::from(granted.channels)
+                * granted.format.bytes_per_sample()
+        ];
+        Ok(AlsaSource {
+            pcm,
+            device: dev.to_owned(),
+            granted,
+            bytes,
+            xruns: 0,
+        })
+    }
+
+    pub fn granted(&self) -> Granted {
+        self.granted
+    }
+
+    pub fn xruns(&self) -> u64 {
+        self.xruns
+    }
+}
+
+impl CaptureSource for AlsaSource {
+    fn format(&self) -> StreamFormat {
+        StreamFormat {
+            sample_rate: self.granted.rate,
+            channels: self.granted.channels,
+            valid_bits: self.granted.format.valid_bits(),
+        }
+    }
+
+    fn period_frames(&self) -> usize {
+        self.granted.period_frames
+    }
+
+    fn kind(&self) -> &'static str {
+        "alsa"
+    }
+
+    fn read(&mut self, buf: &mut [i32]) -> Result<PeriodRead, CaptureError> {
+        let channels = usize::from(self.granted.channels);
+        let need = self.granted.period_frames * channels;
+        if buf.len() < need {
+            return Err(CaptureError::BufferTooSmall {
+                got: buf.len(),
+                need,
+            });
+        }
+        let mut xrun_before = false;
+        loop {
+            match self.pcm.io_bytes().readi(&mut self.bytes) {
+                Ok(frames) => {
+                    let samples = frames * channels;
+                    let width = self.granted.format.bytes_per_sample();
+                    self.granted
+                        .format
+                        .decode(&self.bytes[..samples * width], &mut buf[..samples]);
+                    return Ok(PeriodRead {
+                        frames,
+                        xrun_before,
+                    });
+                }
+                Err(e) => match e.errno() {
+                    EPIPE | ESTRPIPE => {
+                        self.xruns += 1;
+                        xrun_before = true;
+                        self.pcm.recover(e.errno(), true).map_err(|e| {
+                            device_error(&self.device, "cannot recover from overrun", e)
+                        })?;
+                    }
+                    EINTR | EAGAIN => {}
+                    _ => return Err(device_error(&self.device, "read failed", e)),
+                },
+            }
+        }
+    }
+}
+
+/// A capture device as `rakkr-agent devices` lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceInfo {
+    pub name: String,
+    pub description: String,
+    /// `None` when the device could not be opened to probe it (busy, absent).
+    pub capabilities: Option<DeviceCapabilities>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceCapabilities {
+    pub channels: (u32, u32),
+    pub rates: (u32, u32),
+    pub formats: Vec<SampleFormat>,
+}
+
+/// Probe one PCM for what it can capture. Opens it non-blocking and closes it.
+pub fn probe(device: &str) -> Result<DeviceCapabilities, CaptureError> {
+    let pcm = PCM::new(device, Direction::Capture, true).map_err(|e| CaptureError::Open {
+        device: device.to_owned(),
+        detail: e.to_string(),
+    })?;
+    let hw = HwParams::any(&pcm).map_err(|e| device_error(device, "no hardware parameters", e))?;
+    Ok(DeviceCapabilities {
+        channels: (
+            hw.get_channels_min().unwrap_or(0),
+            hw.get_channels_max().unwrap_or(0),
+        ),
+        rates: (
+            hw.get_rate_min().unwrap_or(0),
+            hw.get_rate_max().unwrap_or(0),
+        ),
+        formats: SampleFormat::ALL
+            .into_iter()
+            .filter(|f| hw.test_format(alsa_format(*f)).is_ok())
+            .collect(),
+    })
+}
+
+/// Every PCM that alsa-lib's configuration names for capture, probed.
+pub fn list_capture_devices() -> Result<Vec<DeviceInfo>, CaptureError> {
+    let hints = HintIter::new_str(None, "pcm")
+        .map_err(|e| CaptureError::Device(format!("cannot list devices: {e}")))?;
+    let mut out = Vec::new();
+    for hint in hints {
+        if hint.direction == Some(Direction::Playback) {
+            continue;
+        }
+        let Some(name) = hint.name else { continue };
+        let description = hint.desc.unwrap_or_default().replace('\n', " — ");
+        let capabilities = probe(&name).ok();
+        out.push(DeviceInfo {
+            name,
+            description,
+            capabilities,
+        });
+    }
+    Ok(out)
+}

@@ -1,0 +1,167 @@
+//! Real ALSA capture, bit-exact: alsa-lib's `file` plugin replays a raw file as a
+//! capture device, and what `AlsaSource` delivers must equal the file's samples.
+//!
+//! One test function for all formats: alsa-lib reads its configuration once per
+//! process, from `ALSA_CONFIG_PATH`, which must be set before the first PCM opens.
+#![allow(unsafe_code)] // std::env::set_var, before any other thread exists
+
+use std::path::Path;
+
+use rakkr_agent::source::alsa::{AlsaRequest, AlsaSource, probe};
+use rakkr_agent::source::{CaptureError, CaptureSource, SampleFormat};
+
+const CHANNELS: u16 = 8;
+const RATE: u32 = 48_000;
+const PERIOD: u32 = 1024;
+const PERIODS_READ: usize = 40;
+const FILE_FRAMES: usize = (PERIODS_READ + 8) * PERIOD as usize;
+
+/// Deterministic samples spanning the whole range of `bits`, extremes included.
+fn test_samples(bits: u32, count: usize) -> Vec<i64> {
+    let (min, max) = (-(1i64 << (bits - 1)), (1i64 << (bits - 1)) - 1);
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    (0..count)
+        .map(|i| match i % 97 {
+            0 => min,
+            1 => max,
+            2 => 0,
+            3 => -1,
+            _ => {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                min + (x % ((max - min + 1) as u64)) as i64
+            }
+        })
+        .collect()
+}
+
+fn raw_bytes(format: SampleFormat, samples: &[i64]) -> Vec<u8> {
+    samples
+        .iter()
+        .flat_map(|&s| match format {
+            SampleFormat::S16Le => (s as i16).to_le_bytes().to_vec(),
+            SampleFormat::S24_3Le => (s as i32).to_le_bytes()[..3].to_vec(),
+            SampleFormat::S32Le => (s as i32).to_le_bytes().to_vec(),
+            _ => unreachable!(),
+        })
+        .collect()
+}
+
+fn write_config(dir: &Path, formats: &[SampleFormat]) -> String {
+    // A device that only captures integer samples (the linear plugin has no float path).
+    let mut pcms = String::from(
+        "pcm.integer_only {\n  type linear\n  slave { pcm \"null\" format S16_LE }\n}\n",
+    );
+    for f in formats {
+        pcms += &format!(
+            "pcm.replay_{name} {{\n  type file\n  slave.pcm \"null\"\n  file \"/dev/null\"\n  \
+             infile \"{dir}/in_{name}.raw\"\n  format \"raw\"\n}}\n",
+            name = f.name(),
+            dir = dir.display()
+        );
+    }
+    std::fs::write(dir.join("test-pcms.conf"), pcms).unwrap();
+    let top = dir.join("top.conf");
+    std::fs::write(
+        &top,
+        format!(
+            "</usr/share/alsa/alsa.conf>\n<{}/test-pcms.conf>\n",
+            dir.display()
+        ),
+    )
+    .unwrap();
+    top.display().to_string()
+}
+
+#[test]
+fn file_plugin_capture_is_bit_exact_and_bad_requests_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let formats = [
+        SampleFormat::S16Le,
+        SampleFormat::S24_3Le,
+        SampleFormat::S32Le,
+    ];
+    let top = write_config(dir.path(), &formats);
+    // SAFETY: the first statement that touches the environment in this process;
+    // no other thread runs yet, and alsa-lib reads the variable on first use.
+    unsafe { std::env::set_var("ALSA_CONFIG_PATH", top) };
+
+    for format in formats {
+        let bits = u32::from(format.valid_bits());
+        let samples = test_samples(bits, FILE_FRAMES * usize::from(CHANNELS));
+        std::fs::write(
+            dir.path().join(format!("in_{}.raw", format.name())),
+            raw_bytes(format, &samples),
+        )
+        .unwrap();
+
+        let request = AlsaRequest {
+            device: format!("replay_{}", format.name()),
+            channels: CHANNELS,
+            rate: RATE,
+            format,
+            period_frames: PERIOD,
+            periods: 4,
+        };
+        let mut source = AlsaSource::open(&request).unwrap_or_else(|e| panic!("{format}: {e}"));
+        let granted = source.granted();
+        assert_eq!(
+            (granted.channels, granted.rate, granted.format),
+            (CHANNELS, RATE, format)
+        );
+        assert_eq!(source.format().valid_bits, format.valid_bits());
+
+        let mut buf = vec![0i32; source.period_frames() * usize::from(CHANNELS)];
+        let mut captured: Vec<i64> = Vec::new();
+        while captured.len() < PERIODS_READ * PERIOD as usize * usize::from(CHANNELS) {
+            let read = source.read(&mut buf).unwrap();
+            assert!(!read.xrun_before, "{format}: no overruns without pacing");
+            captured.extend(
+                buf[..read.frames * usize::from(CHANNELS)]
+                    .iter()
+                    .map(|&s| i64::from(s >> (32 - bits))),
+            );
+        }
+        assert_eq!(source.xruns(), 0);
+        let n = captured.len();
+        assert!(
+            captured == samples[..n],
+            "{format}: captured samples differ from the file"
+        );
+    }
+
+    // The device exists but cannot do what is asked: clear, specific errors.
+    let base = AlsaRequest {
+        device: "replay_S16_LE".into(),
+        channels: CHANNELS,
+        rate: RATE,
+        format: SampleFormat::S16Le,
+        period_frames: PERIOD,
+        periods: 4,
+    };
+    let e = AlsaSource::open(&AlsaRequest {
+        device: "no_such_pcm".into(),
+        ..base.clone()
+    })
+    .unwrap_err();
+    assert!(
+        matches!(e, CaptureError::Open { .. }) && e.to_string().contains("no_such_pcm"),
+        "{e}"
+    );
+    let e = AlsaSource::open(&AlsaRequest {
+        device: "integer_only".into(),
+        format: SampleFormat::FloatLe,
+        ..base.clone()
+    })
+    .unwrap_err();
+    let msg = e.to_string();
+    assert!(matches!(e, CaptureError::Unsupported(_)), "{msg}");
+    assert!(
+        msg.contains("does not capture FLOAT_LE") && msg.contains("S16_LE, S24_3LE"),
+        "{msg}"
+    );
+    let caps = probe("null").unwrap();
+    assert!(caps.formats.contains(&SampleFormat::S24_3Le));
+    assert!(probe("no_such_pcm").is_err());
+}
