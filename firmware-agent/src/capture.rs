@@ -43,6 +43,8 @@ pub struct CapturePipeline {
     stop: Arc<AtomicBool>,
     pub stats: Arc<CaptureStats>,
     pub format: StreamFormat,
+    /// Whether the capture thread runs with SCHED_FIFO (see [`crate::rt`]).
+    pub sched_fifo: bool,
     capture: JoinHandle<Result<(), CaptureError>>,
     meter: JoinHandle<()>,
 }
@@ -53,62 +55,31 @@ pub const RING_PERIODS: usize = 64;
 
 impl CapturePipeline {
     pub fn start(
-        mut source: Box<dyn CaptureSource>,
+        source: Box<dyn CaptureSource>,
         clock: Arc<dyn Clock>,
         meter_interval: Duration,
         meters_out: mpsc::Sender<MeterFrame>,
+        realtime: bool,
     ) -> std::io::Result<Self> {
         let format = source.format();
         let channels = usize::from(format.channels);
         let period_samples = source.period_frames() * channels;
-        let (mut producer, mut consumer) =
-            rtrb::RingBuffer::<i32>::new(period_samples * RING_PERIODS);
+        let (producer, mut consumer) = rtrb::RingBuffer::<i32>::new(period_samples * RING_PERIODS);
         let stop = Arc::new(AtomicBool::new(false));
         let stats = Arc::new(CaptureStats::default());
 
+        let (granted_tx, granted_rx) = std::sync::mpsc::sync_channel(1);
         let capture = {
-            let stop = stop.clone();
-            let stats = stats.clone();
+            let mut capture_loop = CaptureLoop::new(source, producer, stats.clone(), stop.clone());
             std::thread::Builder::new()
                 .name("rakkr-capture".into())
                 .spawn(move || {
-                    let mut buf = vec![0i32; period_samples];
-                    while !stop.load(Ordering::Relaxed) {
-                        let frames = match source.read(&mut buf) {
-                            Ok(read) => {
-                                if read.xrun_before {
-                                    stats.xruns.fetch_add(1, Ordering::Relaxed);
-                                    stats.last_xrun_position.store(
-                                        stats.frames_captured.load(Ordering::Relaxed)
-                                            + stats.frames_dropped.load(Ordering::Relaxed),
-                                        Ordering::Relaxed,
-                                    );
-                                }
-                                read.frames
-                            }
-                            Err(e) => {
-                                stats.failed.store(true, Ordering::Release);
-                                return Err(e);
-                            }
-                        };
-                        let samples = frames * channels;
-                        match producer.write_chunk_uninit(samples) {
-                            Ok(chunk) => {
-                                chunk.fill_from_iter(buf[..samples].iter().copied());
-                                stats
-                                    .frames_captured
-                                    .fetch_add(frames as u64, Ordering::Relaxed);
-                            }
-                            Err(_) => {
-                                stats
-                                    .frames_dropped
-                                    .fetch_add(frames as u64, Ordering::Relaxed);
-                            }
-                        }
-                    }
-                    Ok(())
+                    let granted = realtime && crate::rt::promote_current_thread();
+                    let _ = granted_tx.send(granted);
+                    capture_loop.run()
                 })?
         };
+        let sched_fifo = granted_rx.recv().unwrap_or(false);
 
         let meter = {
             let stop = stop.clone();
@@ -164,6 +135,7 @@ impl CapturePipeline {
             stop,
             stats,
             format,
+            sched_fifo,
             capture,
             meter,
         })
@@ -178,6 +150,73 @@ impl CapturePipeline {
             .unwrap_or_else(|_| Err(CaptureError::Device("capture thread panicked".into())));
         let _ = self.meter.join();
         result
+    }
+}
+
+/// The capture thread's work, split so that everything it allocates happens in
+/// [`new`](Self::new) and [`run`](Self::run) is the allocation-free steady state.
+pub struct CaptureLoop {
+    source: Box<dyn CaptureSource>,
+    producer: rtrb::Producer<i32>,
+    buf: Vec<i32>,
+    channels: usize,
+    pub stats: Arc<CaptureStats>,
+    stop: Arc<AtomicBool>,
+}
+
+impl CaptureLoop {
+    pub fn new(
+        source: Box<dyn CaptureSource>,
+        producer: rtrb::Producer<i32>,
+        stats: Arc<CaptureStats>,
+        stop: Arc<AtomicBool>,
+    ) -> CaptureLoop {
+        let channels = usize::from(source.format().channels);
+        let buf = vec![0i32; source.period_frames() * channels];
+        CaptureLoop {
+            source,
+            producer,
+            buf,
+            channels,
+            stats,
+            stop,
+        }
+    }
+
+    /// Read periods and push them into the ring until `stop` is set or the
+    /// source fails. Steady state: one source read, one ring write or one
+    /// dropped-period count, a few relaxed atomics. No allocation, lock or log.
+    pub fn run(&mut self) -> Result<(), CaptureError> {
+        let stats = &*self.stats;
+        // Returns by value would drop (free) the loop's buffers on this thread:
+        // `&mut self` leaves that to the caller, outside the steady state.
+        while !self.stop.load(Ordering::Relaxed) {
+            let read = match self.source.read(&mut self.buf) {
+                Ok(read) => read,
+                Err(e) => {
+                    stats.failed.store(true, Ordering::Release);
+                    return Err(e);
+                }
+            };
+            if read.xrun_before {
+                stats.xruns.fetch_add(1, Ordering::Relaxed);
+                stats.last_xrun_position.store(
+                    stats.frames_captured.load(Ordering::Relaxed)
+                        + stats.frames_dropped.load(Ordering::Relaxed),
+                    Ordering::Relaxed,
+                );
+            }
+            let samples = read.frames * self.channels;
+            let counter = match self.producer.write_chunk_uninit(samples) {
+                Ok(chunk) => {
+                    chunk.fill_from_iter(self.buf[..samples].iter().copied());
+                    &stats.frames_captured
+                }
+                Err(_) => &stats.frames_dropped,
+            };
+            counter.fetch_add(read.frames as u64, Ordering::Relaxed);
+        }
+        Ok(())
     }
 }
 
@@ -216,6 +255,7 @@ mod tests {
             Arc::new(FixedClock(1_000_000)),
             Duration::from_millis(100),
             tx,
+            false,
         )
         .unwrap();
         let first = rx.blocking_recv().unwrap();

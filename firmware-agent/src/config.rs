@@ -4,6 +4,7 @@
 //! ```toml
 //! node_id = "studio-a"          # required
 //! slot = "none"                 # a | b | none (booted root slot)
+//! realtime = true               # SCHED_FIFO capture thread and mlockall; runs anyway if denied
 //!
 //! [mqtt]
 //! host = "127.0.0.1"
@@ -59,6 +60,13 @@ pub struct AgentConfig {
     pub source: SourceConfig,
     #[serde(default)]
     pub telemetry: TelemetryConfig,
+    /// Ask for SCHED_FIFO capture and locked memory (see the `rt` module).
+    #[serde(default = "default_realtime")]
+    pub realtime: bool,
+}
+
+fn default_realtime() -> bool {
+    true
 }
 
 fn default_slot() -> BootSlot {
@@ -224,6 +232,7 @@ pub struct AgentSettings {
     pub mqtt: MqttSettings,
     pub source: SourceSettings,
     pub meter_interval: Duration,
+    pub realtime: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -374,6 +383,7 @@ impl AgentConfig {
             },
             source,
             meter_interval: Duration::from_millis(u64::from(ms)),
+            realtime: self.realtime,
         })
     }
 }
@@ -417,6 +427,8 @@ impl AgentSettings {
                 signal: Signal::Demo,
             },
             meter_interval: Duration::from_millis(u64::from(default_meter_interval())),
+            // Many simulated appliances share one process: no real-time claims.
+            realtime: false,
         }
     }
 }

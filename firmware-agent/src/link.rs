@@ -20,7 +20,9 @@ use std::time::Duration;
 use rakkr_mqtt::rumqttc::{LastWill, QoS};
 use rakkr_mqtt::{Endpoint, LinkState, SessionEvent};
 use rakkr_protocol::Envelope;
-use rakkr_protocol::payload::{Capabilities, MeterFrame, NodeStatus, OfflineReason};
+use rakkr_protocol::payload::{
+    Capabilities, MeterFrame, NodeStatus, OfflineReason, RealtimeStatus,
+};
 use rakkr_protocol::topic::{NodeChannel, Topic};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -39,10 +41,17 @@ pub struct TelemetryStats {
     pub bad_messages: AtomicU64,
 }
 
+/// What the node announces about itself in its `online` status.
+#[derive(Debug, Clone)]
+pub struct Announcement {
+    pub capabilities: Capabilities,
+    pub realtime: RealtimeStatus,
+}
+
 /// Run the link until `shutdown` fires, then announce `offline` and disconnect.
 pub async fn run(
     settings: &AgentSettings,
-    capabilities: Capabilities,
+    announce: Announcement,
     clock: Arc<dyn Clock>,
     mut meters: mpsc::Receiver<MeterFrame>,
     state: Arc<LinkState>,
@@ -81,7 +90,8 @@ pub async fn run(
     let online = NodeStatus::Online {
         agent_version: AGENT_VERSION.to_owned(),
         slot: settings.slot,
-        capabilities,
+        capabilities: announce.capabilities,
+        realtime: announce.realtime,
     };
 
     let (client, eventloop) = rakkr_mqtt::connect(&endpoint, Some(&will));

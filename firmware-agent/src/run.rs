@@ -5,7 +5,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use rakkr_mqtt::LinkState;
-use rakkr_protocol::payload::Capabilities;
+use rakkr_protocol::payload::{Capabilities, RealtimeStatus};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -43,8 +43,28 @@ pub async fn run(
 ) -> Result<(), AgentError> {
     let (source, capabilities) = build_source(&settings)?;
     let (meters_tx, meters_rx) = mpsc::channel(METER_QUEUE);
-    let pipeline =
-        CapturePipeline::start(source, clock.clone(), settings.meter_interval, meters_tx)?;
+    let memory_locked = settings.realtime
+        && match crate::rt::lock_memory() {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(error = %e, "memory locking denied; running without it");
+                false
+            }
+        };
+    let pipeline = CapturePipeline::start(
+        source,
+        clock.clone(),
+        settings.meter_interval,
+        meters_tx,
+        settings.realtime,
+    )?;
+    let realtime = RealtimeStatus {
+        sched_fifo: pipeline.sched_fifo,
+        memory_locked,
+    };
+    if settings.realtime && !realtime.sched_fifo {
+        tracing::warn!("SCHED_FIFO denied for the capture thread; running with normal scheduling");
+    }
     let stats = pipeline.stats.clone();
     tracing::info!(
         node = %settings.node_id,
@@ -72,7 +92,10 @@ pub async fn run(
 
     link::run(
         &settings,
-        capabilities,
+        link::Announcement {
+            capabilities,
+            realtime,
+        },
         clock,
         meters_rx,
         handles.link,

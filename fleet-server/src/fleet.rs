@@ -117,12 +117,14 @@ impl LiveFleet {
                 agent_version,
                 slot,
                 capabilities,
+                realtime,
             } => (
                 Presence::Online,
                 Some(NodeDetails {
                     agent_version: agent_version.clone(),
                     slot: *slot,
                     capabilities: capabilities.clone(),
+                    realtime: *realtime,
                 }),
             ),
             NodeStatus::Offline { .. } => (Presence::Offline, None),
@@ -216,6 +218,7 @@ mod tests {
                 codecs: vec![],
                 max_jobs: 0,
             },
+            realtime: Default::default(),
         }
     }
 

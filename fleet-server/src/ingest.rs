@@ -265,6 +265,7 @@ mod tests {
                     codecs: vec![],
                     max_jobs: 0,
                 },
+                realtime: Default::default(),
             },
         )
         .encode()

@@ -68,6 +68,15 @@ pub struct Capabilities {
     pub max_jobs: u16,
 }
 
+/// Whether the capture path got the real-time treatment it asked for.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RealtimeStatus {
+    /// The capture thread runs with `SCHED_FIFO`.
+    pub sched_fifo: bool,
+    /// The agent's memory is locked into RAM (`mlockall`).
+    pub memory_locked: bool,
+}
+
 /// Why a node is offline.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -86,6 +95,9 @@ pub enum NodeStatus {
         agent_version: String,
         slot: BootSlot,
         capabilities: Capabilities,
+        /// Absent from older agents: read as "not granted".
+        #[serde(default)]
+        realtime: RealtimeStatus,
     },
     Offline {
         reason: OfflineReason,

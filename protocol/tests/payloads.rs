@@ -24,6 +24,7 @@ fn status() -> impl Strategy<Value = NodeStatus> {
                         codecs: vec!["flac".into()],
                         max_jobs,
                     },
+                    realtime: Default::default(),
                 }
             }),
         prop::sample::select(vec![OfflineReason::ConnectionLost, OfflineReason::Shutdown])
@@ -110,6 +111,7 @@ fn sample_online() -> serde_json::Value {
                 codecs: vec![],
                 max_jobs: 1,
             },
+            realtime: Default::default(),
         },
     ))
     .unwrap()

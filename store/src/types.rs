@@ -4,7 +4,7 @@
 use std::fmt;
 
 use rakkr_protocol::NodeId;
-use rakkr_protocol::payload::{BootSlot, Capabilities};
+use rakkr_protocol::payload::{BootSlot, Capabilities, RealtimeStatus};
 use rakkr_protocol::state::{JobState, Presence};
 use serde::{Deserialize, Serialize};
 
@@ -27,6 +27,8 @@ pub struct NodeDetails {
     pub agent_version: String,
     pub slot: BootSlot,
     pub capabilities: Capabilities,
+    #[serde(default)]
+    pub realtime: RealtimeStatus,
 }
 
 /// One status message to record.

@@ -24,6 +24,7 @@ fn details(version: &str) -> NodeDetails {
             codecs: vec![],
             max_jobs: 1,
         },
+        realtime: Default::default(),
     }
 }
 
