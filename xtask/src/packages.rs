@@ -9,10 +9,23 @@ use std::process::Command;
 use anyhow::{Context, Result, bail};
 
 /// Needed to build the workspace (C toolchain for the linker and -sys crates).
-pub const BUILD: &[&str] = &["gcc", "libc6-dev", "pkg-config", "libasound2-dev"];
+pub const BUILD: &[&str] = &[
+    "gcc",
+    "libc6-dev",
+    "pkg-config",
+    // ALSA capture (alsa-sys).
+    "libasound2-dev",
+    // Bundled libFLAC 1.5 is built with CMake (libflac-sys).
+    "cmake",
+];
 
 /// Needed by the test suite in addition to [`BUILD`].
-pub const TEST: &[&str] = &["procps"];
+pub const TEST: &[&str] = &[
+    // `kill` for the scenario tests' signals.
+    "procps",
+    // The reference `flac` tool checks our files (`flac -t`, `flac -d`).
+    "flac",
+];
 
 fn installed(package: &str) -> bool {
     Command::new("dpkg-query")
