@@ -1,15 +1,22 @@
-//! The capture thread and the meter thread around the SPSC ring.
+//! The capture thread, the SPSC rings it fills, and the worker-side readers.
 //!
-//! Capture thread, steady state: `source.read(period)` → push into the ring →
-//! update counters. Its buffer is allocated before the loop; it takes no lock,
-//! writes no log line and never waits for the consumer. When the ring lacks
-//! room for a whole period, the period is dropped and counted in
-//! [`CaptureStats::frames_dropped`] (the position and length of such gaps are
-//! recorded by the recording pipeline; see the capture-engine issue).
+//! ```text
+//! source ─▶ CaptureLoop (thread "rakkr-capture") ─▶ audio ring (i32, interleaved)
+//!                                               └─▶ gap ring (Gap events)
+//!                          worker: StreamReader ─▶ Metering, recorders, …
+//! ```
 //!
-//! Meter thread: pops whatever is in the ring, feeds a [`MeterAccumulator`], and
-//! every `meter_interval` of *captured* audio emits a [`MeterFrame`] stamped with
-//! the capture time of its last sample (anchor wall time + frames / rate).
+//! Capture thread, steady state: `source.read(period)` → push into the audio
+//! ring → update counters. Its buffers are allocated before the loop; it takes
+//! no lock, writes no log line and never waits for the consumer. When the ring
+//! lacks room for a whole period, the period is dropped and counted. Every
+//! discontinuity becomes a [`Gap`] event on a second ring, positioned in frames
+//! of the *delivered* stream, so the worker knows exactly which sample a gap
+//! precedes.
+//!
+//! Metering ([`Metering`]) emits a [`MeterFrame`] for every `interval` of
+//! captured audio, stamped with the capture time of its last sample (anchor wall
+//! time + frames ÷ rate).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -23,6 +30,13 @@ use crate::clock::Clock;
 use crate::meter::MeterAccumulator;
 use crate::source::{CaptureError, CaptureSource, StreamFormat};
 
+/// How much audio the ring holds, in periods: enough to ride out a slow
+/// consumer for a while without ever making the producer wait.
+pub const RING_PERIODS: usize = 64;
+
+/// Gap events the ring holds; beyond that they are counted as lost.
+pub const GAP_RING: usize = 1024;
+
 /// Counters shared between the capture thread and everyone else.
 #[derive(Debug, Default)]
 pub struct CaptureStats {
@@ -30,28 +44,306 @@ pub struct CaptureStats {
     pub frames_dropped: AtomicU64,
     /// Device overruns (each one a gap in the audio).
     pub xruns: AtomicU64,
-    /// Stream position (frames delivered before it) of the latest overrun.
-    pub last_xrun_position: AtomicU64,
+    /// Gap events that did not fit in the gap ring.
+    pub gaps_unrecorded: AtomicU64,
     pub meter_frames_dropped: AtomicU64,
     /// Set when the capture thread stopped because the source failed.
     pub failed: AtomicBool,
 }
 
-/// Running capture and meter threads. Dropping it does not stop them; call [`stop`](Self::stop).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GapKind {
+    /// The device overran: audio was lost before it reached us.
+    Xrun,
+    /// The ring was full: we dropped a period the device gave us.
+    Overflow,
+}
+
+/// A discontinuity in the delivered stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Gap {
+    /// Frames delivered to the ring before the gap.
+    pub position: u64,
+    /// Frames missing; 0 when unknown (device overruns).
+    pub frames: u64,
+    pub kind: GapKind,
+}
+
+/// The capture thread's work, split so that everything it allocates happens in
+/// [`new`](Self::new) and [`run`](Self::run) is the allocation-free steady state.
+pub struct CaptureLoop {
+    source: Box<dyn CaptureSource>,
+    producer: rtrb::Producer<i32>,
+    gaps: rtrb::Producer<Gap>,
+    buf: Vec<i32>,
+    channels: usize,
+    delivered: u64,
+    pub stats: Arc<CaptureStats>,
+    stop: Arc<AtomicBool>,
+}
+
+impl CaptureLoop {
+    pub fn new(
+        source: Box<dyn CaptureSource>,
+        producer: rtrb::Producer<i32>,
+        gaps: rtrb::Producer<Gap>,
+        stats: Arc<CaptureStats>,
+        stop: Arc<AtomicBool>,
+    ) -> CaptureLoop {
+        let channels = usize::from(source.format().channels);
+        let buf = vec![0i32; source.period_frames() * channels];
+        CaptureLoop {
+            source,
+            producer,
+            gaps,
+            buf,
+            channels,
+            delivered: 0,
+            stats,
+            stop,
+        }
+    }
+
+    fn gap(&mut self, frames: u64, kind: GapKind) {
+        let gap = Gap {
+            position: self.delivered,
+            frames,
+            kind,
+        };
+        if self.gaps.push(gap).is_err() {
+            self.stats.gaps_unrecorded.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Read periods and push them into the ring until `stop` is set or the
+    /// source fails. Steady state: one source read, one ring write or one
+    /// dropped-period count, a few relaxed atomics. No allocation, lock or log.
+    ///
+    /// Takes `&mut self`: returning by value would free the loop's buffers on
+    /// this thread; the caller drops it outside the steady state.
+    pub fn run(&mut self) -> Result<(), CaptureError> {
+        while !self.stop.load(Ordering::Relaxed) {
+            let read = match self.source.read(&mut self.buf) {
+                Ok(read) => read,
+                Err(e) => {
+                    self.stats.failed.store(true, Ordering::Release);
+                    return Err(e);
+                }
+            };
+            if read.xrun_before {
+                self.stats.xruns.fetch_add(1, Ordering::Relaxed);
+                self.gap(0, GapKind::Xrun);
+            }
+            let samples = read.frames * self.channels;
+            let frames = read.frames as u64;
+            match self.producer.write_chunk_uninit(samples) {
+                Ok(chunk) => {
+                    chunk.fill_from_iter(self.buf[..samples].iter().copied());
+                    self.delivered += frames;
+                    self.stats
+                        .frames_captured
+                        .fetch_add(frames, Ordering::Relaxed);
+                }
+                Err(_) => {
+                    self.gap(frames, GapKind::Overflow);
+                    self.stats
+                        .frames_dropped
+                        .fetch_add(frames, Ordering::Relaxed);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A running capture thread. Dropping it does not stop it; call [`stop`](Self::stop).
+#[derive(Debug)]
+pub struct Capture {
+    stop: Arc<AtomicBool>,
+    pub stats: Arc<CaptureStats>,
+    pub format: StreamFormat,
+    pub period_frames: usize,
+    /// Whether the capture thread runs with SCHED_FIFO (see [`crate::rt`]).
+    pub sched_fifo: bool,
+    thread: JoinHandle<Result<(), CaptureError>>,
+}
+
+impl Capture {
+    /// Start the capture thread; the worker side reads through the returned [`StreamReader`].
+    pub fn start(
+        source: Box<dyn CaptureSource>,
+        realtime: bool,
+    ) -> std::io::Result<(Capture, StreamReader)> {
+        let format = source.format();
+        let channels = usize::from(format.channels);
+        let period_frames = source.period_frames();
+        let (producer, samples) =
+            rtrb::RingBuffer::<i32>::new(period_frames * channels * RING_PERIODS);
+        let (gap_producer, gaps) = rtrb::RingBuffer::<Gap>::new(GAP_RING);
+        let stop = Arc::new(AtomicBool::new(false));
+        let stats = Arc::new(CaptureStats::default());
+        let (granted_tx, granted_rx) = std::sync::mpsc::sync_channel(1);
+        let mut capture_loop =
+            CaptureLoop::new(source, producer, gap_producer, stats.clone(), stop.clone());
+        let thread = std::thread::Builder::new()
+            .name("rakkr-capture".into())
+            .spawn(move || {
+                let granted = realtime && crate::rt::promote_current_thread();
+                let _ = granted_tx.send(granted);
+                capture_loop.run()
+            })?;
+        let sched_fifo = granted_rx.recv().unwrap_or(false);
+        let reader = StreamReader {
+            samples,
+            gaps,
+            channels,
+            position: 0,
+            idle: Duration::from_micros(
+                (period_frames as u64 * 1_000_000 / u64::from(format.sample_rate.max(1)) / 2)
+                    .max(500),
+            ),
+        };
+        Ok((
+            Capture {
+                stop,
+                stats,
+                format,
+                period_frames,
+                sched_fifo,
+                thread,
+            },
+            reader,
+        ))
+    }
+
+    /// A flag that stops the capture thread when set.
+    pub fn stop_flag(&self) -> Arc<AtomicBool> {
+        self.stop.clone()
+    }
+
+    pub fn failed(&self) -> bool {
+        self.stats.failed.load(Ordering::Acquire)
+    }
+
+    /// Stop the thread and wait for it. Returns the source's error, if it failed.
+    pub fn stop(self) -> Result<(), CaptureError> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread
+            .join()
+            .unwrap_or_else(|_| Err(CaptureError::Device("capture thread panicked".into())))
+    }
+}
+
+/// The worker's end of the rings: whole frames, in order, with gap events.
+pub struct StreamReader {
+    samples: rtrb::Consumer<i32>,
+    gaps: rtrb::Consumer<Gap>,
+    channels: usize,
+    position: u64,
+    idle: Duration,
+}
+
+impl StreamReader {
+    /// Frames read so far.
+    pub fn position(&self) -> u64 {
+        self.position
+    }
+
+    /// Hand up to `max_frames` available frames to `f` (in one or two slices,
+    /// as the ring wraps), then release them. Returns the frames consumed.
+    pub fn read(&mut self, max_frames: usize, mut f: impl FnMut(&[i32])) -> usize {
+        let frames = (self.samples.slots() / self.channels).min(max_frames);
+        if frames == 0 {
+            return 0;
+        }
+        let Ok(chunk) = self.samples.read_chunk(frames * self.channels) else {
+            return 0;
+        };
+        let (a, b) = chunk.as_slices();
+        // A frame never straddles the two slices: both lengths are whole frames
+        // because every write was.
+        if !a.is_empty() {
+            f(a);
+        }
+        if !b.is_empty() {
+            f(b);
+        }
+        chunk.commit_all();
+        self.position += frames as u64;
+        frames
+    }
+
+    /// Gap events recorded so far (positions may lie ahead of [`position`](Self::position)).
+    pub fn take_gaps(&mut self, mut f: impl FnMut(Gap)) {
+        while let Ok(gap) = self.gaps.pop() {
+            f(gap);
+        }
+    }
+
+    /// Sleep about half a period: the wait when no audio is available.
+    pub fn idle(&self) {
+        std::thread::sleep(self.idle);
+    }
+}
+
+/// Meter frames from the stream, one per `interval` of captured audio.
+#[derive(Debug)]
+pub struct Metering {
+    acc: MeterAccumulator,
+    interval_frames: u64,
+    window_ms: u32,
+    sample_rate: u32,
+    anchor_ms: Option<u64>,
+    frames: u64,
+}
+
+impl Metering {
+    pub fn new(format: StreamFormat, interval: Duration) -> Metering {
+        Metering {
+            acc: MeterAccumulator::new(usize::from(format.channels), format.valid_bits),
+            interval_frames: (interval.as_millis() as u64 * u64::from(format.sample_rate) / 1000)
+                .max(1),
+            window_ms: interval.as_millis() as u32,
+            sample_rate: format.sample_rate,
+            anchor_ms: None,
+            frames: 0,
+        }
+    }
+
+    /// Meter `samples` (whole frames); `emit` gets each completed frame.
+    pub fn push(&mut self, samples: &[i32], clock: &dyn Clock, mut emit: impl FnMut(MeterFrame)) {
+        let anchor = *self.anchor_ms.get_or_insert_with(|| clock.unix_ms());
+        let channels = self.acc.channels();
+        let mut rest = samples;
+        while !rest.is_empty() {
+            let room = (self.interval_frames - self.acc.frames()) as usize * channels;
+            let (now, later) = rest.split_at(room.min(rest.len()));
+            self.acc.push_interleaved(now);
+            self.frames += (now.len() / channels) as u64;
+            rest = later;
+            if self.acc.frames() >= self.interval_frames {
+                emit(MeterFrame {
+                    captured_at_ms: anchor + self.frames * 1000 / u64::from(self.sample_rate),
+                    window_ms: self.window_ms,
+                    sample_rate: self.sample_rate,
+                    channels: self.acc.take(),
+                });
+            }
+        }
+    }
+}
+
+/// Capture plus a meter thread: what a node runs when it is not recording.
 #[derive(Debug)]
 pub struct CapturePipeline {
-    stop: Arc<AtomicBool>,
+    capture: Capture,
+    meter: JoinHandle<()>,
+    stop_meter: Arc<AtomicBool>,
     pub stats: Arc<CaptureStats>,
     pub format: StreamFormat,
     /// Whether the capture thread runs with SCHED_FIFO (see [`crate::rt`]).
     pub sched_fifo: bool,
-    capture: JoinHandle<Result<(), CaptureError>>,
-    meter: JoinHandle<()>,
 }
-
-/// How much audio the ring holds, in periods: enough to ride out a slow
-/// consumer for a while without ever making the producer wait.
-pub const RING_PERIODS: usize = 64;
 
 impl CapturePipeline {
     pub fn start(
@@ -61,173 +353,53 @@ impl CapturePipeline {
         meters_out: mpsc::Sender<MeterFrame>,
         realtime: bool,
     ) -> std::io::Result<Self> {
-        let format = source.format();
-        let channels = usize::from(format.channels);
-        let period_samples = source.period_frames() * channels;
-        let (producer, mut consumer) = rtrb::RingBuffer::<i32>::new(period_samples * RING_PERIODS);
-        let stop = Arc::new(AtomicBool::new(false));
-        let stats = Arc::new(CaptureStats::default());
-
-        let (granted_tx, granted_rx) = std::sync::mpsc::sync_channel(1);
-        let capture = {
-            let mut capture_loop = CaptureLoop::new(source, producer, stats.clone(), stop.clone());
-            std::thread::Builder::new()
-                .name("rakkr-capture".into())
-                .spawn(move || {
-                    let granted = realtime && crate::rt::promote_current_thread();
-                    let _ = granted_tx.send(granted);
-                    capture_loop.run()
-                })?
-        };
-        let sched_fifo = granted_rx.recv().unwrap_or(false);
-
+        let (capture, mut reader) = Capture::start(source, realtime)?;
+        let stop_meter = Arc::new(AtomicBool::new(false));
+        let mut metering = Metering::new(capture.format, meter_interval);
+        let stats = capture.stats.clone();
         let meter = {
-            let stop = stop.clone();
+            let stop = stop_meter.clone();
             let stats = stats.clone();
-            let interval_frames =
-                (meter_interval.as_millis() as u64 * u64::from(format.sample_rate) / 1000).max(1);
-            let window_ms = meter_interval.as_millis() as u32;
-            let idle = Duration::from_micros(
-                (source_period_us(period_samples / channels.max(1), format.sample_rate) / 2)
-                    .max(500),
-            );
             std::thread::Builder::new()
                 .name("rakkr-meter".into())
                 .spawn(move || {
-                    let mut acc = MeterAccumulator::new(channels, format.valid_bits);
-                    let mut anchor_ms: Option<u64> = None;
-                    let mut total_frames: u64 = 0;
                     while !stop.load(Ordering::Relaxed) {
-                        let available = consumer.slots();
-                        if available < channels {
-                            std::thread::sleep(idle);
-                            continue;
-                        }
-                        // Never split a frame; never run past the end of the window.
-                        let window_left = (interval_frames - acc.frames()) as usize;
-                        let take = (available / channels).min(window_left) * channels;
-                        let Ok(chunk) = consumer.read_chunk(take) else {
-                            continue;
-                        };
-                        let anchor = *anchor_ms.get_or_insert_with(|| clock.unix_ms());
-                        let (a, b) = chunk.as_slices();
-                        acc.push_interleaved(a);
-                        acc.push_interleaved(b);
-                        chunk.commit_all();
-                        total_frames += (take / channels) as u64;
-                        if acc.frames() >= interval_frames {
-                            let frame = MeterFrame {
-                                captured_at_ms: anchor
-                                    + total_frames * 1000 / u64::from(format.sample_rate),
-                                window_ms,
-                                sample_rate: format.sample_rate,
-                                channels: acc.take(),
-                            };
-                            if meters_out.try_send(frame).is_err() {
-                                stats.meter_frames_dropped.fetch_add(1, Ordering::Relaxed);
-                            }
+                        let read = reader.read(usize::MAX, |samples| {
+                            metering.push(samples, &*clock, |frame| {
+                                if meters_out.try_send(frame).is_err() {
+                                    stats.meter_frames_dropped.fetch_add(1, Ordering::Relaxed);
+                                }
+                            });
+                        });
+                        reader.take_gaps(|_| {});
+                        if read == 0 {
+                            reader.idle();
                         }
                     }
                 })?
         };
-
         Ok(CapturePipeline {
-            stop,
+            format: capture.format,
+            sched_fifo: capture.sched_fifo,
             stats,
-            format,
-            sched_fifo,
             capture,
             meter,
+            stop_meter,
         })
     }
 
     /// Stop both threads and wait for them. Returns the capture thread's error, if it failed.
     pub fn stop(self) -> Result<(), CaptureError> {
-        self.stop.store(true, Ordering::Relaxed);
-        let result = self
-            .capture
-            .join()
-            .unwrap_or_else(|_| Err(CaptureError::Device("capture thread panicked".into())));
+        let result = self.capture.stop();
+        self.stop_meter.store(true, Ordering::Relaxed);
         let _ = self.meter.join();
         result
     }
 }
 
-/// The capture thread's work, split so that everything it allocates happens in
-/// [`new`](Self::new) and [`run`](Self::run) is the allocation-free steady state.
-pub struct CaptureLoop {
-    source: Box<dyn CaptureSource>,
-    producer: rtrb::Producer<i32>,
-    buf: Vec<i32>,
-    channels: usize,
-    pub stats: Arc<CaptureStats>,
-    stop: Arc<AtomicBool>,
-}
-
-impl CaptureLoop {
-    pub fn new(
-        source: Box<dyn CaptureSource>,
-        producer: rtrb::Producer<i32>,
-        stats: Arc<CaptureStats>,
-        stop: Arc<AtomicBool>,
-    ) -> CaptureLoop {
-        let channels = usize::from(source.format().channels);
-        let buf = vec![0i32; source.period_frames() * channels];
-        CaptureLoop {
-            source,
-            producer,
-            buf,
-            channels,
-            stats,
-            stop,
-        }
-    }
-
-    /// Read periods and push them into the ring until `stop` is set or the
-    /// source fails. Steady state: one source read, one ring write or one
-    /// dropped-period count, a few relaxed atomics. No allocation, lock or log.
-    pub fn run(&mut self) -> Result<(), CaptureError> {
-        let stats = &*self.stats;
-        // Returns by value would drop (free) the loop's buffers on this thread:
-        // `&mut self` leaves that to the caller, outside the steady state.
-        while !self.stop.load(Ordering::Relaxed) {
-            let read = match self.source.read(&mut self.buf) {
-                Ok(read) => read,
-                Err(e) => {
-                    stats.failed.store(true, Ordering::Release);
-                    return Err(e);
-                }
-            };
-            if read.xrun_before {
-                stats.xruns.fetch_add(1, Ordering::Relaxed);
-                stats.last_xrun_position.store(
-                    stats.frames_captured.load(Ordering::Relaxed)
-                        + stats.frames_dropped.load(Ordering::Relaxed),
-                    Ordering::Relaxed,
-                );
-            }
-            let samples = read.frames * self.channels;
-            let counter = match self.producer.write_chunk_uninit(samples) {
-                Ok(chunk) => {
-                    chunk.fill_from_iter(self.buf[..samples].iter().copied());
-                    &stats.frames_captured
-                }
-                Err(_) => &stats.frames_dropped,
-            };
-            counter.fetch_add(read.frames as u64, Ordering::Relaxed);
-        }
-        Ok(())
-    }
-}
-
-fn source_period_us(period_frames: usize, rate: u32) -> u64 {
-    period_frames as u64 * 1_000_000 / u64::from(rate.max(1))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::clock::Clock;
     use crate::source::{Signal, SyntheticSource};
 
     struct FixedClock(u64);
@@ -268,5 +440,43 @@ mod tests {
         for c in &first.channels {
             assert!((c.peak_dbfs - -12.0).abs() < 0.1, "{c:?}");
         }
+    }
+
+    #[test]
+    fn metering_splits_chunks_at_window_boundaries() {
+        let format = StreamFormat {
+            sample_rate: 1000,
+            channels: 1,
+            valid_bits: 24,
+        };
+        let mut m = Metering::new(format, Duration::from_millis(100));
+        let mut frames = Vec::new();
+        m.push(&vec![1 << 20; 250], &FixedClock(0), |f| frames.push(f));
+        assert_eq!(
+            frames.iter().map(|f| f.captured_at_ms).collect::<Vec<_>>(),
+            [100, 200]
+        );
+        m.push(&[0; 50], &FixedClock(0), |f| frames.push(f));
+        assert_eq!(frames.len(), 3);
+        assert_eq!(frames[2].captured_at_ms, 300);
+    }
+
+    #[test]
+    fn a_full_ring_records_overflow_gaps_at_their_position() {
+        let source = SyntheticSource::new(48_000, 2, 64, Signal::Silence, 0).unpaced();
+        let (capture, mut reader) = Capture::start(Box::new(source), false).unwrap();
+        // Nobody reads: the ring fills after RING_PERIODS periods, then every period is a gap.
+        while capture.stats.frames_dropped.load(Ordering::Relaxed) < 64 * 10 {
+            std::thread::yield_now();
+        }
+        capture.stop().unwrap();
+        let mut gaps = Vec::new();
+        reader.take_gaps(|g| gaps.push(g));
+        assert!(gaps.len() >= 10);
+        let full = (RING_PERIODS * 64) as u64;
+        assert!(
+            gaps.iter()
+                .all(|g| g.kind == GapKind::Overflow && g.position == full && g.frames == 64)
+        );
     }
 }

@@ -24,6 +24,7 @@ pub mod clock;
 pub mod config;
 pub mod link;
 pub mod meter;
+pub mod record;
 pub mod rt;
 pub mod run;
 pub mod source;

@@ -27,6 +27,46 @@ enum Command {
     },
     /// List ALSA capture devices with their channel counts, rates and formats.
     Devices,
+    /// Record one take to a FLAC file with the agent's engine, printing meters.
+    Record(RecordArgs),
+    /// Complete interrupted takes (*.flac.part) in a directory.
+    Recover {
+        /// Directory holding the takes.
+        dir: PathBuf,
+    },
+}
+
+#[derive(clap::Args)]
+struct RecordArgs {
+    /// ALSA PCM name (see `rakkr-agent devices`), or `synthetic[:demo|tone|noise|silence]`
+    /// for a generated test signal paced in real time.
+    #[arg(long)]
+    device: String,
+    #[arg(long, default_value_t = 2)]
+    channels: u16,
+    #[arg(long, default_value_t = 48_000)]
+    rate: u32,
+    /// Capture format: S16_LE, S24_3LE, S24_LE, S32_LE or FLOAT_LE.
+    #[arg(long, default_value = "S32_LE")]
+    format: String,
+    /// Seconds to record; without it, until Ctrl-C.
+    #[arg(long)]
+    duration: Option<f64>,
+    /// The FLAC file to write (never overwritten).
+    #[arg(long)]
+    out: PathBuf,
+    /// Bits per sample in the file: 16 or 24.
+    #[arg(long, default_value_t = 24)]
+    bits: u8,
+    /// FLAC compression level, 0-8.
+    #[arg(long, default_value_t = 5)]
+    compression: u8,
+    /// Frames per device period.
+    #[arg(long, default_value_t = 1024)]
+    period: u32,
+    /// Channel names for the file's tags, comma-separated.
+    #[arg(long)]
+    channel_names: Option<String>,
 }
 
 fn main() -> ExitCode {
@@ -34,7 +74,7 @@ fn main() -> ExitCode {
     match real_main() {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("rakkr-agent: error: {e:#}");
+            eprintln!("rakkr-agent: error: {}", rakkr_service::describe(&*e));
             ExitCode::FAILURE
         }
     }
@@ -43,6 +83,31 @@ fn main() -> ExitCode {
 fn real_main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
+        Command::Record(args) => record(args),
+        Command::Recover { dir } => {
+            let results = rakkr_agent::record::recover_dir(&dir)
+                .with_context(|| format!("cannot read {}", dir.display()))?;
+            let mut failed = 0;
+            for r in &results {
+                match &r.report {
+                    Ok(rep) => println!(
+                        "recovered {}: {} samples per channel kept, {} bytes of torn tail cut",
+                        r.path.display(),
+                        rep.samples,
+                        rep.bytes_cut
+                    ),
+                    Err(e) => {
+                        failed += 1;
+                        eprintln!("rakkr-agent: cannot recover {}: {e}", r.path.display());
+                    }
+                }
+            }
+            if results.is_empty() {
+                println!("nothing to recover in {}", dir.display());
+            }
+            anyhow::ensure!(failed == 0, "{failed} take(s) could not be recovered");
+            Ok(())
+        }
         Command::Devices => {
             let devices = rakkr_agent::source::alsa::list_capture_devices()
                 .context("cannot list capture devices")?;
@@ -109,4 +174,109 @@ fn format_devices(devices: &[rakkr_agent::source::alsa::DeviceInfo]) -> String {
         );
     }
     out
+}
+
+fn record(args: RecordArgs) -> anyhow::Result<()> {
+    use rakkr_agent::record::{TakeSpec, record_take};
+    use rakkr_agent::source::alsa::{AlsaRequest, AlsaSource};
+    use rakkr_agent::source::{CaptureSource, SampleFormat, Signal, SyntheticSource};
+
+    anyhow::ensure!(
+        (1..=8).contains(&args.channels),
+        "--channels must be 1-8 (one FLAC file carries at most 8)"
+    );
+    anyhow::ensure!(args.rate > 0, "--rate must be positive");
+    anyhow::ensure!(
+        (16..=16384).contains(&args.period),
+        "--period must be 16-16384"
+    );
+    let duration = match args.duration {
+        Some(s) if s.is_finite() && s > 0.0 => Some(std::time::Duration::from_secs_f64(s)),
+        Some(_) => anyhow::bail!("--duration must be a positive number of seconds"),
+        None => None,
+    };
+    let source: Box<dyn CaptureSource> = match args.device.strip_prefix("synthetic") {
+        Some(kind) => {
+            let signal = match kind.trim_start_matches(':') {
+                "" | "demo" => Signal::Demo,
+                "tone" => Signal::Tone {
+                    freq_hz: 1000.0,
+                    level_dbfs: -12.0,
+                },
+                "noise" => Signal::Noise { level_dbfs: -20.0 },
+                "silence" => Signal::Silence,
+                other => anyhow::bail!(
+                    "unknown synthetic signal {other:?}: use demo, tone, noise or silence"
+                ),
+            };
+            Box::new(SyntheticSource::new(
+                args.rate,
+                args.channels,
+                args.period as usize,
+                signal,
+                1,
+            ))
+        }
+        None => {
+            let format = SampleFormat::parse(&args.format).with_context(|| {
+                format!(
+                    "--format {:?} is not one of S16_LE, S24_3LE, S24_LE, S32_LE, FLOAT_LE",
+                    args.format
+                )
+            })?;
+            Box::new(AlsaSource::open(&AlsaRequest {
+                device: args.device.clone(),
+                channels: args.channels,
+                rate: args.rate,
+                format,
+                period_frames: args.period,
+                periods: 4,
+            })?)
+        }
+    };
+    let mut tags = vec![("RAKKR_DEVICE".to_owned(), args.device.clone())];
+    if let Some(names) = &args.channel_names {
+        tags.push(("RAKKR_CHANNELS".to_owned(), names.clone()));
+    }
+    let spec = TakeSpec {
+        out: args.out.clone(),
+        bits: args.bits,
+        compression_level: args.compression,
+        duration,
+        tags,
+        sync_every: std::time::Duration::from_millis(500),
+        meter_interval: std::time::Duration::from_millis(500),
+        realtime: true,
+    };
+    let stop = rakkr_service::stop_flag_on_signal();
+    let rate = f64::from(args.rate);
+    let mut first_ms: Option<u64> = None;
+    let summary = record_take(source, &spec, &SystemClock, &stop, |frame| {
+        let start = *first_ms.get_or_insert(
+            frame
+                .captured_at_ms
+                .saturating_sub(u64::from(frame.window_ms)),
+        );
+        let elapsed = frame.captured_at_ms.saturating_sub(start) as f64 / 1000.0;
+        let levels: Vec<String> = frame
+            .channels
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                let clip = if c.clipped > 0 { " CLIP" } else { "" };
+                format!("{}:{:>6.1}{clip}", i + 1, c.peak_dbfs.max(-99.9))
+            })
+            .collect();
+        eprintln!("rec {elapsed:>7.1} s  peak dBFS  {}", levels.join("  "));
+    })?;
+    println!(
+        "{}: {:.2} s ({} samples per channel), {} bytes, {} xruns, {} gaps",
+        summary.path.display(),
+        summary.file.frames as f64 / rate,
+        summary.file.frames,
+        summary.file.bytes,
+        summary.xruns,
+        summary.gaps.len()
+    );
+    Ok(())
 }

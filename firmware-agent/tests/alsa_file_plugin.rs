@@ -10,31 +10,14 @@ use std::path::Path;
 use rakkr_agent::source::alsa::{AlsaRequest, AlsaSource, probe};
 use rakkr_agent::source::{CaptureError, CaptureSource, SampleFormat};
 
+mod common;
+use common::{alsa_config, full_range_samples};
+
 const CHANNELS: u16 = 8;
 const RATE: u32 = 48_000;
 const PERIOD: u32 = 1024;
 const PERIODS_READ: usize = 40;
 const FILE_FRAMES: usize = (PERIODS_READ + 8) * PERIOD as usize;
-
-/// Deterministic samples spanning the whole range of `bits`, extremes included.
-fn test_samples(bits: u32, count: usize) -> Vec<i64> {
-    let (min, max) = (-(1i64 << (bits - 1)), (1i64 << (bits - 1)) - 1);
-    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
-    (0..count)
-        .map(|i| match i % 97 {
-            0 => min,
-            1 => max,
-            2 => 0,
-            3 => -1,
-            _ => {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                min + (x % ((max - min + 1) as u64)) as i64
-            }
-        })
-        .collect()
-}
 
 fn raw_bytes(format: SampleFormat, samples: &[i64]) -> Vec<u8> {
     samples
@@ -50,28 +33,22 @@ fn raw_bytes(format: SampleFormat, samples: &[i64]) -> Vec<u8> {
 
 fn write_config(dir: &Path, formats: &[SampleFormat]) -> String {
     // A device that only captures integer samples (the linear plugin has no float path).
-    let mut pcms = String::from(
-        "pcm.integer_only {\n  type linear\n  slave { pcm \"null\" format S16_LE }\n}\n",
-    );
-    for f in formats {
-        pcms += &format!(
-            "pcm.replay_{name} {{\n  type file\n  slave.pcm \"null\"\n  file \"/dev/null\"\n  \
-             infile \"{dir}/in_{name}.raw\"\n  format \"raw\"\n}}\n",
-            name = f.name(),
-            dir = dir.display()
-        );
-    }
-    std::fs::write(dir.join("test-pcms.conf"), pcms).unwrap();
-    let top = dir.join("top.conf");
-    std::fs::write(
-        &top,
-        format!(
-            "</usr/share/alsa/alsa.conf>\n<{}/test-pcms.conf>\n",
-            dir.display()
-        ),
-    )
-    .unwrap();
-    top.display().to_string()
+    let integer_only =
+        "pcm.integer_only {\n type linear\n slave { pcm \"null\" format S16_LE }\n}\n";
+    let files: Vec<(String, std::path::PathBuf)> = formats
+        .iter()
+        .map(|f| {
+            (
+                format!("replay_{}", f.name()),
+                dir.join(format!("in_{}.raw", f.name())),
+            )
+        })
+        .collect();
+    let pcms: Vec<(&str, &Path)> = files
+        .iter()
+        .map(|(n, p)| (n.as_str(), p.as_path()))
+        .collect();
+    alsa_config(dir, integer_only, &pcms).display().to_string()
 }
 
 #[test]
@@ -89,7 +66,11 @@ fn file_plugin_capture_is_bit_exact_and_bad_requests_are_refused() {
 
     for format in formats {
         let bits = u32::from(format.valid_bits());
-        let samples = test_samples(bits, FILE_FRAMES * usize::from(CHANNELS));
+        let samples = full_range_samples(
+            bits,
+            FILE_FRAMES * usize::from(CHANNELS),
+            0x9E37_79B9_7F4A_7C15,
+        );
         std::fs::write(
             dir.path().join(format!("in_{}.raw", format.name())),
             raw_bytes(format, &samples),

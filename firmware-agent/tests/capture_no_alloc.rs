@@ -17,9 +17,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use rakkr_agent::capture::{CaptureLoop, CaptureStats};
+use rakkr_agent::capture::{CaptureLoop, CaptureStats, Gap};
 use rakkr_agent::source::alsa::{AlsaRequest, AlsaSource};
 use rakkr_agent::source::{CaptureSource, SampleFormat, Signal, SyntheticSource};
+
+mod common;
+use common::alsa_config;
 
 thread_local! {
     /// Set by a thread while it runs code that must not allocate.
@@ -78,6 +81,7 @@ const PERIODS: u64 = 5_000;
 fn run_loop(source: Box<dyn CaptureSource>, drain: bool) -> (usize, Arc<CaptureStats>) {
     let period_samples = source.period_frames() * usize::from(source.format().channels);
     let (producer, mut consumer) = rtrb::RingBuffer::<i32>::new(period_samples * 16);
+    let (gap_producer, _gaps) = rtrb::RingBuffer::<Gap>::new(8);
     let stats = Arc::new(CaptureStats::default());
     let stop = Arc::new(AtomicBool::new(false));
     let target = PERIODS * u64::from(PERIOD);
@@ -85,7 +89,7 @@ fn run_loop(source: Box<dyn CaptureSource>, drain: bool) -> (usize, Arc<CaptureS
         let stats = stats.clone();
         let stop = stop.clone();
         std::thread::spawn(move || {
-            let mut capture_loop = CaptureLoop::new(source, producer, stats, stop);
+            let mut capture_loop = CaptureLoop::new(source, producer, gap_producer, stats, stop);
             let (allocations, result) = armed(|| capture_loop.run());
             result.expect("capture loop failed");
             allocations
@@ -119,17 +123,9 @@ fn the_capture_loop_does_not_allocate() {
         vec![0x11u8; frames * usize::from(CHANNELS) * 4],
     )
     .unwrap();
-    std::fs::write(
-        dir.path().join("top.conf"),
-        format!(
-            "</usr/share/alsa/alsa.conf>\npcm.replay {{\n type file\n slave.pcm \"null\"\n \
-             file \"/dev/null\"\n infile \"{}/in.raw\"\n format \"raw\"\n}}\n",
-            dir.path().display()
-        ),
-    )
-    .unwrap();
+    let conf = alsa_config(dir.path(), "", &[("replay", &dir.path().join("in.raw"))]);
     // SAFETY: no other thread exists yet in this test process.
-    unsafe { std::env::set_var("ALSA_CONFIG_PATH", dir.path().join("top.conf")) };
+    unsafe { std::env::set_var("ALSA_CONFIG_PATH", conf) };
     let alsa = || {
         Box::new(
             AlsaSource::open(&AlsaRequest {

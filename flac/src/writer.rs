@@ -1,6 +1,7 @@
 //! Writing a FLAC file: libFLAC through flac-bound, with our header and
 //! durability around it.
 
+use std::cell::RefCell;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::FileExt;
@@ -75,6 +76,9 @@ pub struct FileSummary {
 /// metadata blocks and written at once; frames pass straight to the file.
 struct Sink<'f> {
     file: &'f File,
+    /// The last write error: libFLAC only learns "the client failed", so the
+    /// cause (e.g. "No space left on device") is kept here for the caller.
+    error: &'f RefCell<Option<std::io::Error>>,
     header: Option<Vec<u8>>,
     comments: Vec<u8>,
     /// File offset of our VORBIS_COMMENT block header, once written.
@@ -85,7 +89,10 @@ struct Sink<'f> {
 impl Sink<'_> {
     fn put(&mut self, bytes: &[u8]) -> std::io::Result<()> {
         let mut f = self.file;
-        f.write_all(bytes)?;
+        if let Err(e) = f.write_all(bytes) {
+            *self.error.borrow_mut() = Some(std::io::Error::new(e.kind(), e.to_string()));
+            return Err(e);
+        }
         self.written += bytes.len() as u64;
         Ok(())
     }
@@ -158,6 +165,7 @@ impl Write for Sink<'_> {
 pub struct Encoding<'e> {
     encoder: FlacEncoder<'e>,
     file: &'e File,
+    write_error: &'e RefCell<Option<std::io::Error>>,
     path: &'e Path,
     spec: &'e StreamSpec,
     md5: Md5,
@@ -177,9 +185,15 @@ impl Encoding<'_> {
             )));
         }
         let frames = (interleaved.len() / channels) as u64;
-        self.encoder
+        if self
+            .encoder
             .process_interleaved(interleaved, frames as u32)
-            .map_err(|()| FlacError::Encoder(format!("{:?}", self.encoder.state())))?;
+            .is_err()
+        {
+            return Err(encoder_error(self.path, self.write_error, || {
+                format!("{:?}", self.encoder.state())
+            }));
+        }
         self.hash(interleaved);
         self.frames += frames;
         self.since_sync += frames;
@@ -218,6 +232,18 @@ impl Encoding<'_> {
     }
 }
 
+/// The cause of an encoder failure: the write error behind it if there was one.
+fn encoder_error(
+    path: &Path,
+    write_error: &RefCell<Option<std::io::Error>>,
+    state: impl FnOnce() -> String,
+) -> FlacError {
+    match write_error.borrow().as_ref() {
+        Some(e) => FlacError::io(path, std::io::Error::new(e.kind(), e.to_string())),
+        None => FlacError::Encoder(state()),
+    }
+}
+
 /// Create `path` (it must not exist), encode what `body` writes, finish the file
 /// (STREAMINFO length and MD5, final tags) and make it durable.
 ///
@@ -238,8 +264,10 @@ pub fn encode_file<T>(
         .create_new(true)
         .open(path)
         .map_err(|e| FlacError::io(path, e))?;
+    let write_error = RefCell::new(None);
     let mut sink = Sink {
         file: &file,
+        error: &write_error,
         header: Some(Vec::new()),
         comments: spec.comments.to_block_payload(),
         comment_offset: None,
@@ -264,6 +292,7 @@ pub fn encode_file<T>(
         let mut encoding = Encoding {
             encoder,
             file: &file,
+            write_error: &write_error,
             path,
             spec,
             md5: Md5::new(),
@@ -277,17 +306,24 @@ pub fn encode_file<T>(
             frames,
             ..
         } = encoding;
-        let finished = encoder
-            .finish()
-            .map_err(|e| FlacError::Encoder(format!("cannot finish: {:?}", e.state())));
+        let finished = encoder.finish().map_err(|e| {
+            encoder_error(path, &write_error, || {
+                format!("cannot finish: {:?}", e.state())
+            })
+        });
         (result, finished, frames, md5.finalize())
     };
     let (result, finished, frames, md5) = outcome;
-    if let Err(finish_error) = finished {
-        // A failed encoder (e.g. disk full) may have left a torn frame: cut it,
-        // and finish the file with what was encoded.
+    let write_failed = write_error.borrow().is_some();
+    if finished.is_err() || write_failed {
+        // A failed write (e.g. disk full) may have left a torn frame: cut it,
+        // and finish the file with what reached the disk intact.
         crate::recover(path)?;
-        return Err(result.err().unwrap_or(finish_error));
+        let error = match (result, finished) {
+            (Err(e), _) | (Ok(_), Err(e)) => e,
+            (Ok(_), Ok(_)) => encoder_error(path, &write_error, || "write failed".into()),
+        };
+        return Err(error);
     }
     let md5: [u8; 16] = md5.into();
 

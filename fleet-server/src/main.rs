@@ -64,7 +64,7 @@ fn main() -> ExitCode {
     match real_main() {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("rakkr-server: error: {e:#}");
+            eprintln!("rakkr-server: error: {}", rakkr_service::describe(&*e));
             ExitCode::FAILURE
         }
     }

@@ -57,6 +57,48 @@ impl tracing::field::Visit for MessageText {
     }
 }
 
+/// An error and its causes on one line, for people. Our error messages usually
+/// include their cause already; a cause whose text the line already contains is
+/// not repeated.
+pub fn describe(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut line = error.to_string();
+    let mut cause = error.source();
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !line.contains(&text) {
+            line.push_str(": ");
+            line.push_str(&text);
+        }
+        cause = c.source();
+    }
+    line
+}
+
+/// For synchronous commands: a flag set by the first SIGINT or SIGTERM, watched
+/// by a small background thread with its own runtime.
+pub fn stop_flag_on_signal() -> std::sync::Arc<std::sync::atomic::AtomicBool> {
+    let flag = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let set = flag.clone();
+    let spawned = std::thread::Builder::new()
+        .name("rakkr-signals".into())
+        .spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            rt.block_on(async move {
+                shutdown_on_signal().cancelled().await;
+                set.store(true, std::sync::atomic::Ordering::Relaxed);
+            });
+        });
+    if spawned.is_err() {
+        tracing::error!("cannot watch for signals; stop with SIGKILL");
+    }
+    flag
+}
+
 /// A token cancelled by the first SIGINT or SIGTERM. Must be called inside a
 /// tokio runtime.
 pub fn shutdown_on_signal() -> CancellationToken {
@@ -100,6 +142,30 @@ mod tests {
             event.record(&mut m);
             self.0.lock().unwrap().push(m.0);
         }
+    }
+
+    #[derive(Debug)]
+    struct Outer(std::io::Error, bool);
+    impl std::fmt::Display for Outer {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            if self.1 {
+                write!(f, "cannot open x: {}", self.0)
+            } else {
+                write!(f, "cannot open x")
+            }
+        }
+    }
+    impl std::error::Error for Outer {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.0)
+        }
+    }
+
+    #[test]
+    fn causes_are_shown_once() {
+        let io = || std::io::Error::other("disk on fire");
+        assert_eq!(describe(&Outer(io(), true)), "cannot open x: disk on fire");
+        assert_eq!(describe(&Outer(io(), false)), "cannot open x: disk on fire");
     }
 
     #[test]

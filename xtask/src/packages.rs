@@ -22,8 +22,7 @@ pub const BUILD: &[&str] = &[
 /// Needed by the test suite in addition to [`BUILD`].
 pub const TEST: &[&str] = &[
     // `kill` for the scenario tests' signals.
-    "procps",
-    // The reference `flac` tool checks our files (`flac -t`, `flac -d`).
+    "procps", // The reference `flac` tool checks our files (`flac -t`, `flac -d`).
     "flac",
 ];
 

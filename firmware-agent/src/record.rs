@@ -1,0 +1,289 @@
+//! Recording one take: capture → meter → FLAC, crash-safe.
+//!
+//! Files: the take is written to `{out}.part` and renamed to `{out}` when it is
+//! finished, so a name without `.part` is always a complete file. After a crash
+//! the `.part` file is made complete by [`recover_dir`] (also run by
+//! `rakkr-agent recover DIR`). An existing `{out}` is never overwritten.
+//!
+//! Tags written into every file (Vorbis comments): `RAKKR_NODE`, `RAKKR_JOB`
+//! (when given), `RAKKR_CHANNELS` (names), `RAKKR_START_UNIX_MS` (wall time of the
+//! first sample), `RAKKR_SAMPLE_RATE`, and at the end `RAKKR_FRAMES`,
+//! `RAKKR_XRUNS` and `RAKKR_GAPS` (`position+frames` pairs in samples per channel,
+//! `?` for an unknown length).
+
+use std::cell::{Cell, RefCell};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use rakkr_flac::{FileSummary, FlacError, StreamSpec, VorbisComments, encode_file};
+use rakkr_protocol::payload::MeterFrame;
+
+use crate::AGENT_VERSION;
+use crate::capture::{Capture, Gap, GapKind, Metering};
+use crate::clock::Clock;
+use crate::source::{CaptureError, CaptureSource};
+
+/// Gap events kept per take; more are counted, not listed.
+pub const MAX_GAPS_LISTED: usize = 1000;
+
+/// Suffix of a take being written.
+pub const PART_SUFFIX: &str = ".part";
+
+#[derive(Debug, Clone)]
+pub struct TakeSpec {
+    pub out: PathBuf,
+    /// Bits per sample in the file: 16 or 24.
+    pub bits: u8,
+    pub compression_level: u8,
+    /// `None`: until stopped.
+    pub duration: Option<Duration>,
+    /// Extra tags (node, job, channel names).
+    pub tags: Vec<(String, String)>,
+    /// How often written audio is made durable.
+    pub sync_every: Duration,
+    pub meter_interval: Duration,
+    pub realtime: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct TakeSummary {
+    pub path: PathBuf,
+    pub file: FileSummary,
+    pub gaps: Vec<Gap>,
+    pub xruns: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RecordError {
+    #[error("{0} already exists; a recording is never overwritten")]
+    Exists(PathBuf),
+    #[error("{channels} channels: one FLAC file carries at most 8")]
+    TooManyChannels { channels: u16 },
+    #[error("{0}-bit files are not supported; use 16 or 24")]
+    Bits(u8),
+    #[error("cannot start capture: {0}")]
+    Spawn(std::io::Error),
+    #[error("capture failed after {frames} frames ({path} keeps them): {source}")]
+    Capture {
+        path: PathBuf,
+        frames: u64,
+        source: CaptureError,
+    },
+    #[error("writing {path} failed (the audio captured so far is kept): {source}")]
+    Write { path: PathBuf, source: FlacError },
+}
+
+pub fn part_path(out: &Path) -> PathBuf {
+    let mut p = out.as_os_str().to_owned();
+    p.push(PART_SUFFIX);
+    PathBuf::from(p)
+}
+
+/// Record from `source` into `spec.out` until the duration is reached or `stop`
+/// is set. `on_meter` sees every meter frame as it is produced.
+pub fn record_take(
+    source: Box<dyn CaptureSource>,
+    spec: &TakeSpec,
+    clock: &dyn Clock,
+    stop: &AtomicBool,
+    mut on_meter: impl FnMut(&MeterFrame),
+) -> Result<TakeSummary, RecordError> {
+    let format = source.format();
+    if format.channels > 8 {
+        return Err(RecordError::TooManyChannels {
+            channels: format.channels,
+        });
+    }
+    if !matches!(spec.bits, 16 | 24) {
+        return Err(RecordError::Bits(spec.bits));
+    }
+    if spec.out.exists() {
+        return Err(RecordError::Exists(spec.out.clone()));
+    }
+    let part = part_path(&spec.out);
+    let rate = u64::from(format.sample_rate);
+    let limit = spec.duration.map(|d| d.as_millis() as u64 * rate / 1000);
+
+    let mut comments = VorbisComments {
+        vendor: format!("rakkr-agent {AGENT_VERSION}"),
+        tags: spec.tags.clone(),
+    };
+    comments
+        .tags
+        .push(("RAKKR_SAMPLE_RATE".into(), format.sample_rate.to_string()));
+    let flac_spec = StreamSpec {
+        channels: format.channels as u8,
+        bits_per_sample: spec.bits,
+        sample_rate: format.sample_rate,
+        compression_level: spec.compression_level,
+        comments,
+        sync_every_frames: (spec.sync_every.as_millis() as u64 * rate / 1000).max(1),
+    };
+
+    let start_ms = clock.unix_ms();
+    let (capture, mut reader) =
+        Capture::start(source, spec.realtime).map_err(RecordError::Spawn)?;
+    let mut metering = Metering::new(format, spec.meter_interval);
+    let shift = 32 - u32::from(spec.bits);
+    // Shared by the body (which adds) and the final tags (which read, later).
+    let gaps: RefCell<Vec<Gap>> = RefCell::new(Vec::new());
+    let gaps_unlisted = Cell::new(0u64);
+    let mut converted: Vec<i32> =
+        Vec::with_capacity(capture.period_frames * usize::from(format.channels) * 64);
+
+    let written = encode_file(
+        &part,
+        &flac_spec,
+        |enc| {
+            loop {
+                let done = enc.frames();
+                if stop.load(Ordering::Relaxed)
+                    || limit.is_some_and(|l| done >= l)
+                    || capture.failed()
+                {
+                    return Ok(());
+                }
+                let max = limit.map_or(usize::MAX, |l| (l - done) as usize);
+                let mut result = Ok(());
+                let n = reader.read(max, |samples| {
+                    if result.is_err() {
+                        return;
+                    }
+                    metering.push(samples, clock, |f| on_meter(&f));
+                    converted.clear();
+                    converted.extend(samples.iter().map(|s| s >> shift));
+                    result = enc.write(&converted);
+                });
+                result?;
+                reader.take_gaps(|g| {
+                    let mut gaps = gaps.borrow_mut();
+                    if gaps.len() < MAX_GAPS_LISTED {
+                        gaps.push(g);
+                    } else {
+                        gaps_unlisted.set(gaps_unlisted.get() + 1);
+                    }
+                });
+                if n == 0 {
+                    reader.idle();
+                }
+            }
+        },
+        |frames| {
+            let xruns = capture.stats.xruns.load(Ordering::Relaxed);
+            vec![
+                ("RAKKR_START_UNIX_MS".into(), start_ms.to_string()),
+                ("RAKKR_FRAMES".into(), frames.to_string()),
+                ("RAKKR_XRUNS".into(), xruns.to_string()),
+                (
+                    "RAKKR_GAPS".into(),
+                    format_gaps(&gaps.borrow(), gaps_unlisted.get()),
+                ),
+            ]
+        },
+    );
+    let xruns = capture.stats.xruns.load(Ordering::Relaxed);
+    let captured = capture.stop();
+    // Whatever happened, the part file is a complete FLAC file now: publish it.
+    let finished = publish(&part, &spec.out);
+    let file = match written {
+        Ok(((), file)) => file,
+        Err(source) => {
+            return Err(RecordError::Write {
+                path: spec.out.clone(),
+                source,
+            });
+        }
+    };
+    finished.map_err(|source| RecordError::Write {
+        path: spec.out.clone(),
+        source,
+    })?;
+    if let Err(source) = captured {
+        return Err(RecordError::Capture {
+            path: spec.out.clone(),
+            frames: file.frames,
+            source,
+        });
+    }
+    Ok(TakeSummary {
+        path: spec.out.clone(),
+        file,
+        gaps: gaps.into_inner(),
+        xruns,
+    })
+}
+
+/// `position+frames,…` (frames `?` when unknown), then `+N` more if cut.
+pub fn format_gaps(gaps: &[Gap], unlisted: u64) -> String {
+    let mut s: Vec<String> = gaps
+        .iter()
+        .map(|g| match (g.kind, g.frames) {
+            (GapKind::Xrun, 0) => format!("{}+?", g.position),
+            (_, n) => format!("{}+{n}", g.position),
+        })
+        .collect();
+    if unlisted > 0 {
+        s.push(format!("+{unlisted} more"));
+    }
+    s.join(",")
+}
+
+fn publish(part: &Path, out: &Path) -> Result<(), FlacError> {
+    if out.exists() {
+        return Err(FlacError::Io {
+            path: out.display().to_string(),
+            source: std::io::Error::new(
+                std::io::ErrorKind::AlreadyExists,
+                "appeared while recording; the take stays in the .part file",
+            ),
+        });
+    }
+    std::fs::rename(part, out).map_err(|e| FlacError::Io {
+        path: part.display().to_string(),
+        source: e,
+    })?;
+    let dir = out
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| FlacError::Io {
+            path: dir.display().to_string(),
+            source: e,
+        })
+}
+
+/// One recovered take.
+#[derive(Debug)]
+pub struct Recovered {
+    pub path: PathBuf,
+    pub report: Result<rakkr_flac::RecoveryReport, FlacError>,
+}
+
+/// Complete every interrupted take (`*.flac.part`) in `dir` and give it its final
+/// name. A take whose final name is taken keeps its `.part` name.
+pub fn recover_dir(dir: &Path) -> std::io::Result<Vec<Recovered>> {
+    let mut out = Vec::new();
+    let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.to_string_lossy()
+                .ends_with(&format!(".flac{PART_SUFFIX}"))
+        })
+        .collect();
+    entries.sort();
+    for part in entries {
+        let final_path = PathBuf::from(
+            part.to_string_lossy()
+                .trim_end_matches(PART_SUFFIX)
+                .to_owned(),
+        );
+        let report =
+            rakkr_flac::recover(&part).and_then(|r| publish(&part, &final_path).map(|()| r));
+        let path = if report.is_ok() { final_path } else { part };
+        out.push(Recovered { path, report });
+    }
+    Ok(out)
+}

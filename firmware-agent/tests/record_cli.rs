@@ -1,0 +1,303 @@
+//! `rakkr-agent record` and `rakkr-agent recover`, run as processes.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use rakkr_agent::source::{Signal, SyntheticSource};
+
+mod common;
+use common::{alsa_config, full_range_samples};
+
+fn agent() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_rakkr-agent"))
+}
+
+fn run(cmd: &mut Command) -> Output {
+    cmd.output().expect("run rakkr-agent")
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn flac_t(path: &Path) -> bool {
+    Command::new("flac")
+        .args(["-t", "--silent"])
+        .arg(path)
+        .status()
+        .unwrap()
+        .success()
+}
+
+fn decode(path: &Path) -> (u32, Vec<i32>) {
+    let mut r = claxon::FlacReader::open(path).unwrap();
+    let bits = r.streaminfo().bits_per_sample;
+    (bits, r.samples().map(Result::unwrap).collect())
+}
+
+#[test]
+fn alsa_captures_become_bit_exact_flac_files() {
+    let dir = tempfile::tempdir().unwrap();
+    const CH: usize = 4;
+    const FRAMES: usize = 48_000; // one second recorded; the file holds more
+    // (name, ALSA format, container bytes, significant bits, file bits)
+    let cases = [
+        ("s16", "S16_LE", 2usize, 16u32, 16u8),
+        ("s24_3", "S24_3LE", 3, 24, 24),
+        ("s32", "S32_LE", 4, 24, 24),
+    ];
+    let mut pcms = Vec::new();
+    let mut inputs = Vec::new();
+    for (name, _, width, bits, _) in cases {
+        let values: Vec<i32> =
+            full_range_samples(bits, (FRAMES + 8192) * CH, u64::from(bits) + width as u64)
+                .into_iter()
+                .map(|v| v as i32)
+                .collect();
+        // S32 from a 24-bit converter: 24 significant bits, left-justified.
+        let shift = (width as u32 * 8) - bits;
+        let raw: Vec<u8> = values
+            .iter()
+            .flat_map(|v| ((*v as i64) << shift).to_le_bytes()[..width].to_vec())
+            .collect();
+        let path = dir.path().join(format!("{name}.raw"));
+        std::fs::write(&path, raw).unwrap();
+        pcms.push((name, path));
+        inputs.push(values);
+    }
+    let pcm_refs: Vec<(&str, &Path)> = pcms.iter().map(|(n, p)| (*n, p.as_path())).collect();
+    let conf = alsa_config(dir.path(), "", &pcm_refs);
+
+    for ((name, format, _, _, file_bits), input) in cases.iter().zip(&inputs) {
+        let out = dir.path().join(format!("{name}.flac"));
+        let o = run(agent()
+            .env("ALSA_CONFIG_PATH", &conf)
+            .args([
+                "record",
+                "--device",
+                name,
+                "--channels",
+                "4",
+                "--rate",
+                "48000",
+                "--format",
+                format,
+            ])
+            .args(["--duration", "1", "--bits", &file_bits.to_string(), "--out"])
+            .arg(&out));
+        assert!(o.status.success(), "{name}: {}", stderr(&o));
+        assert!(flac_t(&out), "{name}: flac -t");
+        let (bits, decoded) = decode(&out);
+        assert_eq!(bits, u32::from(*file_bits));
+        assert_eq!(
+            decoded.len(),
+            FRAMES * CH,
+            "{name}: exactly the requested duration"
+        );
+        assert!(
+            decoded[..] == input[..decoded.len()],
+            "{name}: decoded audio differs from the device's"
+        );
+        assert!(!Path::new(&format!("{}.part", out.display())).exists());
+    }
+}
+
+#[test]
+fn bad_devices_formats_and_outputs_are_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("x.flac");
+    let conf = alsa_config(dir.path(), "", &[]);
+    let base = |device: &str| {
+        let mut c = agent();
+        c.env("ALSA_CONFIG_PATH", &conf)
+            .args(["record", "--device", device, "--duration", "1"]);
+        c
+    };
+    let cases: Vec<(Command, &str)> = vec![
+        (
+            {
+                let mut c = base("no_such_pcm");
+                c.arg("--out").arg(&out);
+                c
+            },
+            "no_such_pcm",
+        ),
+        (
+            {
+                let mut c = base("null");
+                c.args(["--format", "U8", "--out"]).arg(&out);
+                c
+            },
+            "--format \"U8\"",
+        ),
+        (
+            {
+                let mut c = base("null");
+                c.args(["--channels", "12", "--out"]).arg(&out);
+                c
+            },
+            "at most 8",
+        ),
+        (
+            {
+                let mut c = base("null");
+                c.args(["--bits", "20", "--out"]).arg(&out);
+                c
+            },
+            "20-bit",
+        ),
+        (
+            {
+                let mut c = base("null");
+                c.arg("--out").arg(dir.path().join("missing/dir/x.flac"));
+                c
+            },
+            "missing/dir/x.flac",
+        ),
+    ];
+    for (mut cmd, expect) in cases {
+        let o = run(&mut cmd);
+        assert!(!o.status.success(), "{cmd:?} should fail");
+        assert!(
+            stderr(&o).contains(expect),
+            "{cmd:?}: expected {expect:?} in {}",
+            stderr(&o)
+        );
+    }
+    std::fs::write(&out, b"precious").unwrap();
+    let o = run(base("null").arg("--out").arg(&out));
+    assert!(
+        !o.status.success() && stderr(&o).contains("never overwritten"),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(std::fs::read(&out).unwrap(), b"precious");
+}
+
+#[test]
+fn kill_9_at_random_moments_loses_at_most_a_second() {
+    const RATE: u64 = 48_000;
+    const CH: u16 = 2;
+    let dir = tempfile::tempdir().unwrap();
+    let reference = SyntheticSource::new(RATE as u32, CH, 1024, Signal::Demo, 1);
+    let mut x: u64 = 0x2545_F491_4F6C_DD1D;
+    let mut ran = Vec::new();
+    for round in 0..20 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let after = Duration::from_millis(300 + x % 2200);
+        let out = dir.path().join(format!("take-{round}.flac"));
+        let started = Instant::now();
+        let mut child = agent()
+            .args([
+                "record",
+                "--device",
+                "synthetic:demo",
+                "--channels",
+                "2",
+                "--duration",
+                "60",
+                "--out",
+            ])
+            .arg(&out)
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(after);
+        child.kill().unwrap(); // SIGKILL
+        ran.push(started.elapsed().as_secs_f64());
+        child.wait().unwrap();
+        assert!(
+            !out.exists(),
+            "an interrupted take keeps its .part name until recovered"
+        );
+    }
+    let o = run(agent().arg("recover").arg(dir.path()));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let listing = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(listing.matches("recovered").count(), 20, "{listing}");
+
+    // Check every recovered take against the deterministic source.
+    for (round, after) in ran.into_iter().enumerate() {
+        let out = dir.path().join(format!("take-{round}.flac"));
+        assert!(flac_t(&out), "take {round}: flac -t");
+        let (_, decoded) = decode(&out);
+        let frames = decoded.len() / usize::from(CH);
+        for (i, s) in decoded.iter().enumerate() {
+            let (n, c) = ((i / usize::from(CH)) as u64, (i % usize::from(CH)) as u16);
+            assert_eq!(
+                *s,
+                reference.sample(c, n) >> 8,
+                "take {round}: sample {n} ch {c}"
+            );
+        }
+        // The process ran `after` seconds (start-up included); at most 1 s of it may be lost.
+        let kept = frames as f64 / RATE as f64;
+        assert!(
+            kept >= after - 1.0,
+            "take {round}: kept {kept:.3} s of at most {after:.3} s"
+        );
+    }
+    let o = run(agent().arg("recover").arg(dir.path()));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("nothing to recover"));
+}
+
+/// A tiny tmpfs to fill up. Needs root (CI runs as root); unmounted on drop.
+struct SmallFs(PathBuf);
+
+impl SmallFs {
+    fn mount(dir: &Path, size: &str) -> Option<SmallFs> {
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir)
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        ok.then(|| SmallFs(dir.to_owned()))
+    }
+}
+
+impl Drop for SmallFs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn a_full_disk_stops_the_take_with_a_clear_error_and_keeps_the_audio() {
+    let dir = tempfile::tempdir().unwrap();
+    let mnt = dir.path().join("small");
+    std::fs::create_dir(&mnt).unwrap();
+    let Some(_fs) = SmallFs::mount(&mnt, "600k") else {
+        panic!("mounting a tmpfs failed: this test needs root, as CI has");
+    };
+    let out = mnt.join("full.flac");
+    // Noise barely compresses: 2 ch × 24 bit × 48 kHz ≈ 250 KiB/s fills 600 KiB in ~2 s.
+    let o = run(agent()
+        .args([
+            "record",
+            "--device",
+            "synthetic:noise",
+            "--channels",
+            "2",
+            "--duration",
+            "30",
+            "--out",
+        ])
+        .arg(&out));
+    assert!(!o.status.success());
+    let err = stderr(&o);
+    assert!(
+        err.contains("audio captured so far is kept") && err.contains("No space left"),
+        "{err}"
+    );
+    assert!(out.exists(), "the take keeps its final name: {err}");
+    assert!(flac_t(&out), "the kept audio is a valid file");
+    let (_, decoded) = decode(&out);
+    assert!(
+        decoded.len() > 48_000,
+        "about two seconds survive, not nothing"
+    );
+}
