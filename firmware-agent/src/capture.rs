@@ -27,7 +27,7 @@ use rakkr_protocol::payload::MeterFrame;
 use tokio::sync::mpsc;
 
 use crate::clock::Clock;
-use crate::meter::MeterAccumulator;
+use crate::meter::{MeterAccumulator, MeterPolicy};
 use crate::source::{CaptureError, CaptureSource, StreamFormat};
 
 /// How much audio the ring holds, in periods: enough to ride out a slow
@@ -300,7 +300,12 @@ pub struct Metering {
 impl Metering {
     pub fn new(format: StreamFormat, interval: Duration) -> Metering {
         Metering {
-            acc: MeterAccumulator::new(usize::from(format.channels), format.valid_bits),
+            acc: MeterAccumulator::with_policy(
+                usize::from(format.channels),
+                format.valid_bits,
+                format.sample_rate,
+                MeterPolicy::default(),
+            ),
             interval_frames: (interval.as_millis() as u64 * u64::from(format.sample_rate) / 1000)
                 .max(1),
             window_ms: interval.as_millis() as u32,

@@ -1,38 +1,89 @@
-//! Per-channel level metering over a window of interleaved samples.
+//! Per-channel level metering and quality flags over a window of interleaved samples.
 //!
 //! Samples are `i32` with the valid bits left-justified (S32 layout: a 24-bit
 //! sample `x` is stored as `x << 8`). Levels are relative to full scale 2³¹:
 //! a full-scale square wave reads 0 dBFS peak and RMS; a full-scale sine reads
 //! 0 dBFS peak and −3.01 dBFS RMS (no AES17 +3 dB offset).
 //!
-//! A sample counts as clipped when its magnitude reaches the largest value the
-//! format's valid bits can hold.
+//! Per channel and window: peak, RMS, clipped samples (magnitude at the largest
+//! value the format's valid bits hold), DC offset (mean / full scale), the
+//! longest run of identical samples that are neither zero nor clipped ("stuck"),
+//! and the correlation coefficient with the next channel. Flags follow from
+//! [`MeterPolicy`]; each pattern raises its own flag and no other:
+//! - clipping: any clipped sample;
+//! - silence: RMS at or below `silence_dbfs` (digital zero included);
+//! - low signal: RMS below `low_signal_dbfs` but above silence;
+//! - flatline: a stuck run of at least `flatline_ms`;
+//! - correlated: |r| ≥ `correlation` with the next channel, both carrying signal
+//!   above the low-signal threshold (a doubled or polarity-swapped feed).
 
-use rakkr_protocol::payload::{ChannelMeter, clamp_dbfs};
+use rakkr_protocol::payload::{ChannelMeter, MeterFlag, MeterFlags, clamp_dbfs};
 
 const FULL_SCALE: f64 = 2_147_483_648.0; // 2^31
+
+/// Thresholds for the quality flags.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct MeterPolicy {
+    pub low_signal_dbfs: f32,
+    pub silence_dbfs: f32,
+    pub flatline_ms: u32,
+    pub correlation: f32,
+}
+
+impl Default for MeterPolicy {
+    fn default() -> Self {
+        MeterPolicy {
+            low_signal_dbfs: -60.0,
+            silence_dbfs: -90.0,
+            flatline_ms: 20,
+            correlation: 0.999,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+struct ChannelState {
+    peak: i64,
+    sum: f64,
+    sum_squares: f64,
+    /// Σ x·y with the next channel.
+    sum_product_next: f64,
+    clipped: u32,
+    last: i32,
+    run: u32,
+    longest_stuck: u32,
+}
 
 #[derive(Debug, Clone)]
 pub struct MeterAccumulator {
     channels: usize,
     clip_threshold: i64,
-    peak: Vec<i64>,
-    sum_squares: Vec<f64>,
-    clipped: Vec<u32>,
+    flatline_frames: u32,
+    policy: MeterPolicy,
+    state: Vec<ChannelState>,
     frames: u64,
 }
 
 impl MeterAccumulator {
     /// `valid_bits` is the sample format's resolution (16, 24 or 32).
     pub fn new(channels: usize, valid_bits: u8) -> Self {
+        Self::with_policy(channels, valid_bits, 48_000, MeterPolicy::default())
+    }
+
+    pub fn with_policy(
+        channels: usize,
+        valid_bits: u8,
+        sample_rate: u32,
+        policy: MeterPolicy,
+    ) -> Self {
         let bits = u32::from(valid_bits.clamp(8, 32));
-        let clip_threshold = ((1i64 << (bits - 1)) - 1) << (32 - bits);
         MeterAccumulator {
             channels,
-            clip_threshold,
-            peak: vec![0; channels],
-            sum_squares: vec![0.0; channels],
-            clipped: vec![0; channels],
+            clip_threshold: ((1i64 << (bits - 1)) - 1) << (32 - bits),
+            flatline_frames: (u64::from(policy.flatline_ms) * u64::from(sample_rate) / 1000).max(2)
+                as u32,
+            policy,
+            state: vec![ChannelState::default(); channels],
             frames: 0,
         }
     }
@@ -48,35 +99,99 @@ impl MeterAccumulator {
 
     /// Add interleaved samples. A trailing partial frame is ignored.
     pub fn push_interleaved(&mut self, samples: &[i32]) {
+        let clip = self.clip_threshold;
         for frame in samples.chunks_exact(self.channels) {
             for (ch, &s) in frame.iter().enumerate() {
+                let st = &mut self.state[ch];
                 let mag = i64::from(s).abs();
-                if mag > self.peak[ch] {
-                    self.peak[ch] = mag;
-                }
-                if mag >= self.clip_threshold {
-                    self.clipped[ch] = self.clipped[ch].saturating_add(1);
+                st.peak = st.peak.max(mag);
+                let clipped = mag >= clip;
+                if clipped {
+                    st.clipped = st.clipped.saturating_add(1);
                 }
                 let x = f64::from(s);
-                self.sum_squares[ch] += x * x;
+                st.sum += x;
+                st.sum_squares += x * x;
+                if let Some(&next) = frame.get(ch + 1) {
+                    st.sum_product_next += x * f64::from(next);
+                }
+                if s == st.last && s != 0 && !clipped {
+                    st.run += 1;
+                    st.longest_stuck = st.longest_stuck.max(st.run);
+                } else {
+                    st.run = 1;
+                }
+                st.last = s;
             }
             self.frames += 1;
         }
     }
 
-    /// The levels of the window so far, and start a new window.
+    /// The meters of the window so far, and start a new window. Stuck runs
+    /// continue across windows.
     pub fn take(&mut self) -> Vec<ChannelMeter> {
         let n = self.frames.max(1) as f64;
-        let out = (0..self.channels)
-            .map(|ch| ChannelMeter {
-                peak_dbfs: clamp_dbfs(amplitude_dbfs(self.peak[ch] as f64)),
-                rms_dbfs: clamp_dbfs(amplitude_dbfs((self.sum_squares[ch] / n).sqrt())),
-                clipped: self.clipped[ch],
+        let p = self.policy;
+        let rms: Vec<f32> = self
+            .state
+            .iter()
+            .map(|s| clamp_dbfs(amplitude_dbfs((s.sum_squares / n).sqrt())))
+            .collect();
+        // Correlation of each channel with the next (Pearson's r).
+        let correlation: Vec<Option<f32>> = (0..self.channels)
+            .map(|ch| {
+                let (x, y) = (&self.state[ch], self.state.get(ch + 1)?);
+                let var_x = n * x.sum_squares - x.sum * x.sum;
+                let var_y = n * y.sum_squares - y.sum * y.sum;
+                (var_x > 0.0 && var_y > 0.0).then(|| {
+                    ((n * x.sum_product_next - x.sum * y.sum) / (var_x * var_y).sqrt())
+                        .clamp(-1.0, 1.0) as f32
+                })
             })
             .collect();
-        self.peak.iter_mut().for_each(|p| *p = 0);
-        self.sum_squares.iter_mut().for_each(|s| *s = 0.0);
-        self.clipped.iter_mut().for_each(|c| *c = 0);
+        // Pair (ch, ch + 1) is a doubled or inverted feed.
+        let pair_correlated = |ch: usize| {
+            correlation[ch].is_some_and(|r| r.abs() >= p.correlation)
+                && rms[ch] >= p.low_signal_dbfs
+                && rms.get(ch + 1).is_some_and(|l| *l >= p.low_signal_dbfs)
+        };
+        let out = (0..self.channels)
+            .map(|ch| {
+                let s = &self.state[ch];
+                let mut flags = MeterFlags::default();
+                if s.clipped > 0 {
+                    flags.insert(MeterFlag::Clipping);
+                }
+                if rms[ch] <= p.silence_dbfs {
+                    flags.insert(MeterFlag::Silence);
+                } else if rms[ch] < p.low_signal_dbfs {
+                    flags.insert(MeterFlag::LowSignal);
+                }
+                if s.longest_stuck >= self.flatline_frames {
+                    flags.insert(MeterFlag::Flatline);
+                }
+                if pair_correlated(ch) || ch.checked_sub(1).is_some_and(pair_correlated) {
+                    flags.insert(MeterFlag::Correlated);
+                }
+                ChannelMeter {
+                    peak_dbfs: clamp_dbfs(amplitude_dbfs(s.peak as f64)),
+                    rms_dbfs: rms[ch],
+                    clipped: s.clipped,
+                    dc_offset: (s.sum / n / FULL_SCALE) as f32,
+                    stuck_frames: s.longest_stuck,
+                    correlation_next: correlation[ch],
+                    flags,
+                }
+            })
+            .collect();
+        for s in &mut self.state {
+            let (last, run) = (s.last, s.run);
+            *s = ChannelState {
+                last,
+                run,
+                ..ChannelState::default()
+            };
+        }
         self.frames = 0;
         out
     }
@@ -99,15 +214,41 @@ mod tests {
             .collect()
     }
 
+    /// A sine of `gain` × full scale, clipped at the 24-bit maximum.
+    fn clipped_sine(gain: f64, freq: f64, rate: f64, frames: usize) -> Vec<i32> {
+        let max = f64::from(0x7FFF_FF00_i32);
+        (0..frames)
+            .map(|i| {
+                (gain * max * (std::f64::consts::TAU * freq * i as f64 / rate).sin())
+                    .clamp(-max, max) as i32
+            })
+            .collect()
+    }
+
+    fn flags(c: &ChannelMeter) -> Vec<MeterFlag> {
+        c.flags.iter().collect()
+    }
+
     #[test]
     fn sine_levels_are_within_a_tenth_of_a_db() {
-        // −6.02 dBFS sine: peak −6.02, RMS −9.03.
-        let mut m = MeterAccumulator::new(1, 32);
-        m.push_interleaved(&sine(FULL_SCALE / 2.0, 1000.0, 48000.0, 48000));
-        let [c] = m.take()[..] else { panic!() };
-        assert!((c.peak_dbfs - -6.02).abs() < 0.1, "{c:?}");
-        assert!((c.rms_dbfs - -9.03).abs() < 0.1, "{c:?}");
-        assert_eq!(c.clipped, 0);
+        for (amplitude_db, freq) in [
+            (-6.02, 1000.0),
+            (-20.0, 997.0),
+            (-0.5, 440.0),
+            (-40.0, 60.0),
+        ] {
+            let mut m = MeterAccumulator::new(1, 32);
+            let a = FULL_SCALE * 10f64.powf(amplitude_db / 20.0);
+            m.push_interleaved(&sine(a, freq, 48000.0, 48000));
+            let [c] = m.take()[..] else { panic!() };
+            assert!((f64::from(c.peak_dbfs) - amplitude_db).abs() < 0.1, "{c:?}");
+            assert!(
+                (f64::from(c.rms_dbfs) - (amplitude_db - 3.0103)).abs() < 0.1,
+                "{c:?}"
+            );
+            assert!(c.flags.is_empty(), "a clean tone raises nothing: {c:?}");
+            assert!(c.dc_offset.abs() < 1e-4);
+        }
     }
 
     #[test]
@@ -129,5 +270,47 @@ mod tests {
         let mut m = MeterAccumulator::new(1, 16);
         m.push_interleaved(&[0x7FFF_0000, 0x7FFE_0000, i32::MIN]);
         assert_eq!(m.take()[0].clipped, 2);
+    }
+
+    /// Eight channels, each a different pattern; each raises exactly its flag.
+    #[test]
+    fn each_pattern_raises_its_flag_and_nothing_else() {
+        let rate = 48_000.0;
+        let n = 48_000;
+        let tone = |a: f64, f: f64| sine(FULL_SCALE * a, f, rate, n);
+        let patterns: Vec<(Vec<i32>, Vec<MeterFlag>)> = vec![
+            (tone(0.3, 1000.0), vec![]),
+            // Hard clipping: a sine driven 6 dB past full scale.
+            (clipped_sine(2.0, 523.0, rate, n), vec![MeterFlag::Clipping]),
+            (vec![0; n], vec![MeterFlag::Silence]),
+            (tone(0.0003, 700.0), vec![MeterFlag::LowSignal]),
+            // Stuck converter: a constant non-zero value after some signal.
+            (
+                tone(0.3, 300.0)[..n / 2]
+                    .iter()
+                    .copied()
+                    .chain(std::iter::repeat_n(0x1234_5600, n / 2))
+                    .collect(),
+                vec![MeterFlag::Flatline],
+            ),
+            (tone(0.25, 440.0), vec![]),
+            // Channels 6 and 7: one feed doubled with its polarity swapped.
+            (tone(0.2, 220.0), vec![MeterFlag::Correlated]),
+            (
+                tone(0.2, 220.0).iter().map(|s| -s).collect(),
+                vec![MeterFlag::Correlated],
+            ),
+        ];
+        let mut m = MeterAccumulator::new(patterns.len(), 24);
+        let interleaved: Vec<i32> = (0..n)
+            .flat_map(|i| patterns.iter().map(move |(p, _)| p[i] & !0xFF))
+            .collect();
+        m.push_interleaved(&interleaved);
+        let meters = m.take();
+        for (ch, ((_, expected), c)) in patterns.iter().zip(&meters).enumerate() {
+            assert_eq!(&flags(c), expected, "channel {ch}: {c:?}");
+        }
+        assert!(meters[6].correlation_next.unwrap() < -0.999);
+        assert!(meters[4].stuck_frames >= 24_000);
     }
 }

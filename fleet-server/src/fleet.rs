@@ -231,6 +231,7 @@ mod tests {
                 peak_dbfs: -6.0,
                 rms_dbfs: -9.0,
                 clipped: 0,
+                ..Default::default()
             }],
         }
     }

@@ -143,8 +143,107 @@ impl Payload for ServerStatus {
     }
 }
 
+/// A quality problem seen on a channel during a meter window.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MeterFlag {
+    /// Samples reached full scale.
+    Clipping,
+    /// RMS below the low-signal threshold (but not silent).
+    LowSignal,
+    /// RMS below the silence threshold, or digital zero.
+    Silence,
+    /// A run of identical non-zero, non-clipped samples: a stuck converter or cable.
+    Flatline,
+    /// Nearly identical (or inverted) to the next channel: a doubled or
+    /// polarity-swapped feed.
+    Correlated,
+}
+
+impl MeterFlag {
+    pub const ALL: [MeterFlag; 5] = [
+        MeterFlag::Clipping,
+        MeterFlag::LowSignal,
+        MeterFlag::Silence,
+        MeterFlag::Flatline,
+        MeterFlag::Correlated,
+    ];
+
+    fn bit(self) -> u8 {
+        1 << (self as u8)
+    }
+}
+
+/// A set of [`MeterFlag`]s; on the wire, a JSON list of names.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct MeterFlags(u8);
+
+impl MeterFlags {
+    pub fn insert(&mut self, flag: MeterFlag) {
+        self.0 |= flag.bit();
+    }
+    pub fn contains(self, flag: MeterFlag) -> bool {
+        self.0 & flag.bit() != 0
+    }
+    pub fn is_empty(&self) -> bool {
+        self.0 == 0
+    }
+    pub fn iter(self) -> impl Iterator<Item = MeterFlag> {
+        MeterFlag::ALL
+            .into_iter()
+            .filter(move |f| self.contains(*f))
+    }
+}
+
+impl FromIterator<MeterFlag> for MeterFlags {
+    fn from_iter<I: IntoIterator<Item = MeterFlag>>(iter: I) -> Self {
+        let mut f = MeterFlags::default();
+        for flag in iter {
+            f.insert(flag);
+        }
+        f
+    }
+}
+
+impl Serialize for MeterFlags {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.iter())
+    }
+}
+
+impl<'de> Deserialize<'de> for MeterFlags {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        // Unknown flag names from newer agents are ignored, not errors.
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Item {
+            Known(MeterFlag),
+            Other(serde::de::IgnoredAny),
+        }
+        let items: Vec<Item> = Vec::deserialize(d)?;
+        if items.len() > 16 {
+            return Err(serde::de::Error::custom("more than 16 meter flags"));
+        }
+        Ok(items
+            .into_iter()
+            .filter_map(|i| match i {
+                Item::Known(f) => Some(f),
+                Item::Other(_) => None,
+            })
+            .collect())
+    }
+}
+
+fn is_zero_u32(v: &u32) -> bool {
+    *v == 0
+}
+
+fn is_zero_f32(v: &f32) -> bool {
+    *v == 0.0
+}
+
 /// One channel's levels over a meter window.
-#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct ChannelMeter {
     /// Highest absolute sample, dBFS, clamped to [`DBFS_FLOOR`]..=[`DBFS_CEILING`].
     pub peak_dbfs: f32,
@@ -152,6 +251,18 @@ pub struct ChannelMeter {
     pub rms_dbfs: f32,
     /// Samples at or beyond full scale in the window.
     pub clipped: u32,
+    /// Mean sample value as a fraction of full scale (−1..1).
+    #[serde(default, skip_serializing_if = "is_zero_f32")]
+    pub dc_offset: f32,
+    /// Longest run of identical non-zero, non-clipped samples, in frames.
+    #[serde(default, skip_serializing_if = "is_zero_u32")]
+    pub stuck_frames: u32,
+    /// Correlation coefficient with the next channel (−1..1), if there is one
+    /// and both carry signal.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub correlation_next: Option<f32>,
+    #[serde(default, skip_serializing_if = "MeterFlags::is_empty")]
+    pub flags: MeterFlags,
 }
 
 /// Published on `nodes/{node}/meters`, QoS 0, once per telemetry interval.
@@ -176,6 +287,12 @@ impl Payload for MeterFrame {
             ));
         }
         for (i, c) in self.channels.iter().enumerate() {
+            let unit = |v: f32| (-1.0..=1.0).contains(&v);
+            if !unit(c.dc_offset) || !c.correlation_next.is_none_or(unit) {
+                return Err(format!(
+                    "channel {i} dc_offset or correlation_next is outside -1..=1"
+                ));
+            }
             for (name, v) in [("peak_dbfs", c.peak_dbfs), ("rms_dbfs", c.rms_dbfs)] {
                 if !(DBFS_FLOOR..=DBFS_CEILING).contains(&v) {
                     return Err(format!(

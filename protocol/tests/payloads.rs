@@ -42,13 +42,36 @@ fn meter_frame() -> impl Strategy<Value = MeterFrame> {
         1u32..60_000,
         8000u32..=192_000,
         prop::collection::vec(
-            (level(), level(), any::<u32>()).prop_map(|(peak_dbfs, rms_dbfs, clipped)| {
-                ChannelMeter {
-                    peak_dbfs,
-                    rms_dbfs,
-                    clipped,
-                }
-            }),
+            (
+                level(),
+                level(),
+                any::<u32>(),
+                -1.0f32..=1.0,
+                any::<u32>(),
+                proptest::option::of(-1.0f32..=1.0),
+                proptest::collection::vec(proptest::sample::select(MeterFlag::ALL.to_vec()), 0..4),
+            )
+                .prop_map(
+                    |(
+                        peak_dbfs,
+                        rms_dbfs,
+                        clipped,
+                        dc_offset,
+                        stuck_frames,
+                        correlation_next,
+                        flags,
+                    )| {
+                        ChannelMeter {
+                            peak_dbfs,
+                            rms_dbfs,
+                            clipped,
+                            dc_offset,
+                            stuck_frames,
+                            correlation_next,
+                            flags: flags.into_iter().collect(),
+                        }
+                    },
+                ),
             0..64,
         ),
     )
@@ -177,7 +200,8 @@ fn meter_frames_are_bounded() {
                 ChannelMeter {
                     peak_dbfs: level,
                     rms_dbfs: level,
-                    clipped: 0
+                    clipped: 0,
+                    ..Default::default()
                 };
                 channels
             ],
@@ -199,4 +223,25 @@ fn meter_frames_are_bounded() {
     ));
     assert_eq!(clamp_dbfs(f32::NEG_INFINITY), DBFS_FLOOR);
     assert_eq!(clamp_dbfs(f32::NAN), DBFS_FLOOR);
+}
+
+#[test]
+fn meter_flags_are_a_list_of_names_and_unknown_ones_are_ignored() {
+    let c = ChannelMeter {
+        flags: [MeterFlag::Clipping, MeterFlag::Correlated]
+            .into_iter()
+            .collect(),
+        ..Default::default()
+    };
+    let json = serde_json::to_value(c).unwrap();
+    assert_eq!(json["flags"], serde_json::json!(["clipping", "correlated"]));
+    assert!(
+        json.get("dc_offset").is_none(),
+        "zero values stay off the wire"
+    );
+    let back: ChannelMeter = serde_json::from_value(serde_json::json!({
+        "peak_dbfs": -1.0, "rms_dbfs": -3.0, "clipped": 0, "flags": ["flatline", "from_the_future"]
+    }))
+    .unwrap();
+    assert_eq!(back.flags.iter().collect::<Vec<_>>(), [MeterFlag::Flatline]);
 }

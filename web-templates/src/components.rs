@@ -1,7 +1,7 @@
 //! Small pieces of markup used on several pages.
 
 use maud::{Markup, html};
-use rakkr_protocol::payload::{ChannelMeter, DBFS_FLOOR};
+use rakkr_protocol::payload::{ChannelMeter, DBFS_FLOOR, MeterFlag};
 use rakkr_protocol::state::Presence;
 
 /// Lowest level a meter bar shows; anything below reads as an empty bar.
@@ -48,10 +48,35 @@ pub fn meter_bars(channels: &[ChannelMeter], stale: bool) -> Markup {
                         rect.peak x=(peak) y="0" width="1" height="6" {}
                     }
                     span.value { (format_dbfs(ch.peak_dbfs)) }
-                    @if ch.clipped > 0 { span.clip title="clipped samples" { "CLIP " (ch.clipped) } }
+                    span.tags {
+                        @if ch.clipped > 0 { span.clip title="clipped samples" { "CLIP " (ch.clipped) } }
+                        @for flag in ch.flags.iter().filter(|f| *f != MeterFlag::Clipping) {
+                            span.flag title=(flag_help(flag)) { (flag_label(flag)) }
+                        }
+                    }
                 }
             }
         }
+    }
+}
+
+pub fn flag_label(flag: MeterFlag) -> &'static str {
+    match flag {
+        MeterFlag::Clipping => "CLIP",
+        MeterFlag::LowSignal => "LOW",
+        MeterFlag::Silence => "SILENT",
+        MeterFlag::Flatline => "STUCK",
+        MeterFlag::Correlated => "DOUBLED",
+    }
+}
+
+pub fn flag_help(flag: MeterFlag) -> &'static str {
+    match flag {
+        MeterFlag::Clipping => "samples reached full scale",
+        MeterFlag::LowSignal => "signal below the low-signal threshold",
+        MeterFlag::Silence => "no signal",
+        MeterFlag::Flatline => "identical samples for a long run: stuck converter or cable",
+        MeterFlag::Correlated => "same (or inverted) signal as the next channel",
     }
 }
 
@@ -85,16 +110,19 @@ mod tests {
                 peak_dbfs: -6.0,
                 rms_dbfs: -9.0,
                 clipped: 0,
+                ..Default::default()
             },
             ChannelMeter {
                 peak_dbfs: 0.0,
                 rms_dbfs: -3.0,
                 clipped: 12,
+                ..Default::default()
             },
             ChannelMeter {
                 peak_dbfs: DBFS_FLOOR,
                 rms_dbfs: DBFS_FLOOR,
                 clipped: 0,
+                ..Default::default()
             },
         ];
         let html = meter_bars(&ch, false).into_string();
@@ -102,6 +130,15 @@ mod tests {
         assert!(html.contains("CLIP 12"));
         assert!(html.contains("−∞"));
         assert!(meter_bars(&ch, true).into_string().contains("meters stale"));
+        let silent = ChannelMeter {
+            flags: [MeterFlag::Silence].into_iter().collect(),
+            ..Default::default()
+        };
+        assert!(
+            meter_bars(&[silent], false)
+                .into_string()
+                .contains(">SILENT<")
+        );
     }
 
     #[test]
