@@ -1,0 +1,179 @@
+//! Real overruns at real-time pace: alsa-lib's `file` plugin replays a known
+//! signal through a JACK dummy backend (paced by JACK's clock), and the capture
+//! thread is stalled for 400 ms at chosen periods. Each stall is a real `-EPIPE`
+//! overrun that `AlsaSource` recovers from; the pipeline must count it, record a
+//! gap at the right stream position, and keep capturing.
+//!
+//! (With the file plugin, frames after an overrun arrive delayed, not skipped, so
+//! the delivered audio still equals the file: positions and counters are what a
+//! gap test can check.)
+#![allow(unsafe_code)] // set_var before any thread exists
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use rakkr_agent::capture::{Capture, Gap, GapKind};
+use rakkr_agent::source::alsa::{AlsaRequest, AlsaSource};
+use rakkr_agent::source::{CaptureError, CaptureSource, PeriodRead, SampleFormat, StreamFormat};
+
+mod common;
+use common::{alsa_config, full_range_samples};
+
+const CHANNELS: u16 = 2;
+const PERIOD: u32 = 1024;
+const STALL_AT: [usize; 2] = [40, 90];
+const PERIODS: usize = 140;
+
+/// Delegates to a real source, sleeping before the reads listed in `stall_at`.
+struct Stalling {
+    inner: AlsaSource,
+    reads: usize,
+}
+
+impl CaptureSource for Stalling {
+    fn format(&self) -> StreamFormat {
+        self.inner.format()
+    }
+    fn period_frames(&self) -> usize {
+        self.inner.period_frames()
+    }
+    fn kind(&self) -> &'static str {
+        "stalling-alsa"
+    }
+    fn read(&mut self, buf: &mut [i32]) -> Result<PeriodRead, CaptureError> {
+        if STALL_AT.contains(&self.reads) {
+            std::thread::sleep(Duration::from_millis(400));
+        }
+        self.reads += 1;
+        self.inner.read(buf)
+    }
+}
+
+struct Jack(Child);
+
+impl Drop for Jack {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn stalls_become_counted_overruns_recorded_as_gaps_and_capture_continues() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = format!("rakkr-test-{}", std::process::id());
+    let frames = (PERIODS + 200) * PERIOD as usize;
+    let signal = full_range_samples(16, frames * usize::from(CHANNELS), 77);
+    let raw: Vec<u8> = signal
+        .iter()
+        .flat_map(|s| (*s as i16).to_le_bytes())
+        .collect();
+    let input = dir.path().join("in.raw");
+    std::fs::write(&input, raw).unwrap();
+    let jack_pcms = format!(
+        "pcm.jackcap {{\n type jack\n capture_ports {{ 0 system:capture_1 1 system:capture_2 }}\n}}\n\
+         pcm.jackcap_plug {{ type plug slave.pcm \"jackcap\" }}\n\
+         pcm.replay_rt {{\n type file\n slave.pcm \"jackcap_plug\"\n file \"/dev/null\"\n infile \"{}\"\n format \"raw\"\n}}\n",
+        input.display()
+    );
+    let conf = alsa_config(dir.path(), &jack_pcms, &[]);
+    // SAFETY: no other thread exists yet in this test process.
+    unsafe {
+        std::env::set_var("ALSA_CONFIG_PATH", &conf);
+        std::env::set_var("JACK_DEFAULT_SERVER", &server);
+        std::env::set_var("JACK_NO_AUDIO_RESERVATION", "1");
+    }
+    let _jack = Jack(
+        Command::new("jackd")
+            .args([
+                "-n",
+                &server,
+                "--no-realtime",
+                "-d",
+                "dummy",
+                "-r",
+                "48000",
+                "-p",
+                "1024",
+                "-C",
+                "2",
+                "-P",
+                "2",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start jackd (package jackd2)"),
+    );
+    let wait = Command::new("jack_wait")
+        .args(["-s", &server, "-w", "-t", "10"])
+        .output()
+        .unwrap();
+    assert!(
+        wait.status.success(),
+        "jackd did not come up: {}",
+        String::from_utf8_lossy(&wait.stdout)
+    );
+
+    let request = AlsaRequest {
+        device: "replay_rt".into(),
+        channels: CHANNELS,
+        rate: 48_000,
+        format: SampleFormat::S16Le,
+        period_frames: PERIOD,
+        periods: 4,
+    };
+    let source = AlsaSource::open(&request).expect("open the JACK-paced PCM");
+    let period = source.period_frames();
+    let (capture, mut reader) = Capture::start(
+        Box::new(Stalling {
+            inner: source,
+            reads: 0,
+        }),
+        false,
+    )
+    .unwrap();
+
+    let mut delivered: Vec<i32> = Vec::new();
+    let mut gaps: Vec<Gap> = Vec::new();
+    let started = Instant::now();
+    while delivered.len() < PERIODS * period * usize::from(CHANNELS) {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "capture stalled for good"
+        );
+        if reader.read(usize::MAX, |s| delivered.extend(s.iter().map(|v| v >> 16))) == 0 {
+            reader.idle();
+        }
+        reader.take_gaps(|g| gaps.push(g));
+    }
+    let elapsed = started.elapsed();
+    let xruns = capture
+        .stats
+        .xruns
+        .load(std::sync::atomic::Ordering::Relaxed);
+    capture.stop().unwrap();
+    reader.take_gaps(|g| gaps.push(g));
+
+    // Paced: 140 periods of 1024 at 48 kHz take about 3 s, plus the stalls.
+    assert!(
+        elapsed > Duration::from_millis(2500),
+        "not paced: {elapsed:?}"
+    );
+    assert_eq!(xruns as usize, STALL_AT.len(), "one overrun per stall");
+    let xrun_gaps: Vec<&Gap> = gaps.iter().filter(|g| g.kind == GapKind::Xrun).collect();
+    assert_eq!(xrun_gaps.len(), STALL_AT.len(), "{gaps:?}");
+    for (gap, stall) in xrun_gaps.iter().zip(STALL_AT) {
+        // The gap lies before the first period read after the stall.
+        assert_eq!(gap.position, (stall * period) as u64, "{gaps:?}");
+    }
+    // Capture went on after each overrun, in order.
+    let n = delivered.len();
+    assert!(
+        delivered
+            .iter()
+            .zip(&signal[..n])
+            .all(|(a, b)| i64::from(*a) == *b),
+        "audio out of order"
+    );
+}
