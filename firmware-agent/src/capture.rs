@@ -47,14 +47,24 @@ pub struct CaptureStats {
     /// Gap events that did not fit in the gap ring.
     pub gaps_unrecorded: AtomicU64,
     pub meter_frames_dropped: AtomicU64,
+    /// Set while the device is lost and being reopened.
+    pub device_lost: AtomicBool,
+    /// Times the device was lost and came back.
+    pub device_returns: AtomicU64,
     /// Set when the capture thread stopped because the source failed.
     pub failed: AtomicBool,
 }
+
+/// First delay before reopening a lost device; doubles up to [`REOPEN_MAX`].
+pub const REOPEN_FIRST: Duration = Duration::from_millis(100);
+pub const REOPEN_MAX: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum GapKind {
     /// The device overran: audio was lost before it reached us.
     Xrun,
+    /// The device was lost and came back; `frames` estimates the time it was gone.
+    DeviceLost,
     /// The ring was full: we dropped a period the device gave us.
     Overflow,
 }
@@ -78,6 +88,8 @@ pub struct CaptureLoop {
     buf: Vec<i32>,
     channels: usize,
     delivered: u64,
+    /// When the last period arrived: the start of a device loss.
+    last_read: std::time::Instant,
     pub stats: Arc<CaptureStats>,
     stop: Arc<AtomicBool>,
 }
@@ -99,6 +111,7 @@ impl CaptureLoop {
             buf,
             channels,
             delivered: 0,
+            last_read: std::time::Instant::now(),
             stats,
             stop,
         }
@@ -125,11 +138,17 @@ impl CaptureLoop {
         while !self.stop.load(Ordering::Relaxed) {
             let read = match self.source.read(&mut self.buf) {
                 Ok(read) => read,
-                Err(e) => {
-                    self.stats.failed.store(true, Ordering::Release);
-                    return Err(e);
-                }
+                Err(e) => match self.wait_for_device(e) {
+                    Ok(true) => continue,
+                    Ok(false) => return Ok(()),
+                    Err(e) => {
+                        self.stats.failed.store(true, Ordering::Release);
+                        return Err(e);
+                    }
+                },
             };
+            // vDSO clock read: no syscall, no allocation.
+            self.last_read = std::time::Instant::now();
             if read.xrun_before {
                 self.stats.xruns.fetch_add(1, Ordering::Relaxed);
                 self.gap(0, GapKind::Xrun);
@@ -154,6 +173,46 @@ impl CaptureLoop {
         }
         Ok(())
     }
+}
+
+impl CaptureLoop {
+    /// The device failed: reopen it with backoff until it returns (`Ok(true)`),
+    /// stop is requested (`Ok(false)`), or the source cannot be reopened at all
+    /// (the first attempt's error). The time it was gone becomes a gap, so the
+    /// recording continues as one take with the hole marked.
+    fn wait_for_device(&mut self, error: CaptureError) -> Result<bool, CaptureError> {
+        // Audio stopped arriving after the last good read, which may be well
+        // before the error (a stalled device is declared lost after a timeout).
+        let lost_at = self.last_read;
+        self.stats.device_lost.store(true, Ordering::Release);
+        let mut delay = REOPEN_FIRST;
+        let mut first_attempt = true;
+        loop {
+            if self.stop.load(Ordering::Relaxed) {
+                return Ok(false);
+            }
+            match self.source.reopen() {
+                Ok(()) => break,
+                Err(CaptureError::NotReopenable(_)) => return Err(error),
+                Err(_) if first_attempt && !error_is_recoverable(&error) => return Err(error),
+                Err(_) => {}
+            }
+            first_attempt = false;
+            std::thread::sleep(delay);
+            delay = (delay * 2).min(REOPEN_MAX);
+        }
+        let rate = u64::from(self.source.format().sample_rate);
+        let missing = lost_at.elapsed().as_millis() as u64 * rate / 1000;
+        self.gap(missing, GapKind::DeviceLost);
+        self.stats.device_lost.store(false, Ordering::Release);
+        self.stats.device_returns.fetch_add(1, Ordering::Relaxed);
+        Ok(true)
+    }
+}
+
+/// Device errors are worth waiting out; a buffer or configuration error is not.
+fn error_is_recoverable(error: &CaptureError) -> bool {
+    matches!(error, CaptureError::Device(_) | CaptureError::Open { .. })
 }
 
 /// A running capture thread. Dropping it does not stop it; call [`stop`](Self::stop).
@@ -405,7 +464,7 @@ impl CapturePipeline {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::source::{Signal, SyntheticSource};
+    use crate::source::{CaptureSource, Signal, SyntheticSource};
 
     struct FixedClock(u64);
     impl Clock for FixedClock {
@@ -464,6 +523,110 @@ mod tests {
         m.push(&[0; 50], &FixedClock(0), |f| frames.push(f));
         assert_eq!(frames.len(), 3);
         assert_eq!(frames[2].captured_at_ms, 300);
+    }
+
+    /// A source whose device vanishes at read `fail_at` and comes back on the
+    /// third reopen attempt.
+    struct Vanishing {
+        inner: SyntheticSource,
+        reads: usize,
+        fail_at: usize,
+        gone: bool,
+        reopen_attempts: usize,
+    }
+
+    impl CaptureSource for Vanishing {
+        fn format(&self) -> StreamFormat {
+            self.inner.format()
+        }
+        fn period_frames(&self) -> usize {
+            self.inner.period_frames()
+        }
+        fn kind(&self) -> &'static str {
+            "vanishing"
+        }
+        fn read(&mut self, buf: &mut [i32]) -> Result<crate::source::PeriodRead, CaptureError> {
+            self.reads += 1;
+            if self.reads == self.fail_at {
+                self.gone = true;
+            }
+            if self.gone {
+                return Err(CaptureError::Device("No such device".into()));
+            }
+            self.inner.read(buf)
+        }
+        fn reopen(&mut self) -> Result<(), CaptureError> {
+            self.reopen_attempts += 1;
+            if self.reopen_attempts < 3 {
+                return Err(CaptureError::Open {
+                    device: "vanishing".into(),
+                    detail: "No such device".into(),
+                });
+            }
+            self.gone = false;
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_lost_device_is_waited_for_and_the_gap_recorded() {
+        let source = Vanishing {
+            inner: SyntheticSource::new(48_000, 2, 64, Signal::Noise { level_dbfs: -20.0 }, 3)
+                .unpaced(),
+            reads: 0,
+            fail_at: 51,
+            gone: false,
+            reopen_attempts: 0,
+        };
+        let (capture, mut reader) = Capture::start(Box::new(source), false).unwrap();
+        let mut frames = 0;
+        let mut gaps = Vec::new();
+        while frames < 64 * 200 {
+            frames += reader.read(usize::MAX, |_| {});
+            reader.take_gaps(|g| gaps.push(g));
+        }
+        assert_eq!(capture.stats.device_returns.load(Ordering::Relaxed), 1);
+        assert!(!capture.failed());
+        capture.stop().unwrap();
+        assert_eq!(gaps.len(), 1, "{gaps:?}");
+        let g = gaps[0];
+        assert_eq!((g.kind, g.position), (GapKind::DeviceLost, 50 * 64));
+        // Two failed reopens wait 100 + 200 ms: the gap covers at least that.
+        assert!(g.frames >= 48_000 * 3 / 10, "{g:?}");
+    }
+
+    #[test]
+    fn a_source_that_cannot_come_back_ends_capture_with_its_error() {
+        struct Broken;
+        impl CaptureSource for Broken {
+            fn format(&self) -> StreamFormat {
+                StreamFormat {
+                    sample_rate: 48_000,
+                    channels: 1,
+                    valid_bits: 16,
+                }
+            }
+            fn period_frames(&self) -> usize {
+                16
+            }
+            fn kind(&self) -> &'static str {
+                "broken"
+            }
+            fn read(&mut self, _: &mut [i32]) -> Result<crate::source::PeriodRead, CaptureError> {
+                Err(CaptureError::Device("unplugged".into()))
+            }
+        }
+        let (capture, _reader) = Capture::start(Box::new(Broken), false).unwrap();
+        while !capture.failed() {
+            std::thread::yield_now();
+        }
+        assert!(
+            capture
+                .stop()
+                .unwrap_err()
+                .to_string()
+                .contains("unplugged")
+        );
     }
 
     #[test]

@@ -214,12 +214,14 @@ pub fn record_take(
     })
 }
 
-/// `position+frames,…` (frames `?` when unknown), then `+N` more if cut.
+/// `position+frames,…` (frames `?` when unknown, `~N` when estimated from the
+/// time a device was gone), then `+N more` if cut.
 pub fn format_gaps(gaps: &[Gap], unlisted: u64) -> String {
     let mut s: Vec<String> = gaps
         .iter()
         .map(|g| match (g.kind, g.frames) {
             (GapKind::Xrun, 0) => format!("{}+?", g.position),
+            (GapKind::DeviceLost, n) => format!("{}+~{n}", g.position),
             (_, n) => format!("{}+{n}", g.position),
         })
         .collect();

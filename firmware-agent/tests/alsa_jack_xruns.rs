@@ -9,7 +9,6 @@
 //! gap test can check.)
 #![allow(unsafe_code)] // set_var before any thread exists
 
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use rakkr_agent::capture::{Capture, Gap, GapKind};
@@ -17,7 +16,7 @@ use rakkr_agent::source::alsa::{AlsaRequest, AlsaSource};
 use rakkr_agent::source::{CaptureError, CaptureSource, PeriodRead, SampleFormat, StreamFormat};
 
 mod common;
-use common::{alsa_config, full_range_samples};
+use common::{Jack, alsa_config, full_range_samples};
 
 const CHANNELS: u16 = 2;
 const PERIOD: u32 = 1024;
@@ -49,15 +48,6 @@ impl CaptureSource for Stalling {
     }
 }
 
-struct Jack(Child);
-
-impl Drop for Jack {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[test]
 fn stalls_become_counted_overruns_recorded_as_gaps_and_capture_continues() {
     let dir = tempfile::tempdir().unwrap();
@@ -83,37 +73,7 @@ fn stalls_become_counted_overruns_recorded_as_gaps_and_capture_continues() {
         std::env::set_var("JACK_DEFAULT_SERVER", &server);
         std::env::set_var("JACK_NO_AUDIO_RESERVATION", "1");
     }
-    let _jack = Jack(
-        Command::new("jackd")
-            .args([
-                "-n",
-                &server,
-                "--no-realtime",
-                "-d",
-                "dummy",
-                "-r",
-                "48000",
-                "-p",
-                "1024",
-                "-C",
-                "2",
-                "-P",
-                "2",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start jackd (package jackd2)"),
-    );
-    let wait = Command::new("jack_wait")
-        .args(["-s", &server, "-w", "-t", "10"])
-        .output()
-        .unwrap();
-    assert!(
-        wait.status.success(),
-        "jackd did not come up: {}",
-        String::from_utf8_lossy(&wait.stdout)
-    );
+    let _jack = Jack::start(&server);
 
     let request = AlsaRequest {
         device: "replay_rt".into(),

@@ -49,7 +49,11 @@ pub struct Granted {
 }
 
 pub struct AlsaSource {
-    pcm: PCM,
+    /// `None` only between closing a lost device and opening it again.
+    pcm: Option<PCM>,
+    /// How long a read may wait before the device counts as lost.
+    stall_limit_ms: u32,
+    request: AlsaRequest,
     device: String,
     granted: Granted,
     bytes: Vec<u8>,
@@ -172,8 +176,14 @@ impl AlsaSource {
                 * usize::from(granted.channels)
                 * granted.format.bytes_per_sample()
         ];
+        // Ten periods, and at least a second: far beyond any healthy delay.
+        let stall_limit_ms = (granted.period_frames as u64 * 10_000
+            / u64::from(granted.rate.max(1)))
+        .max(1000) as u32;
         Ok(AlsaSource {
-            pcm,
+            pcm: Some(pcm),
+            stall_limit_ms,
+            request: req.clone(),
             device: dev.to_owned(),
             granted,
             bytes,
@@ -207,6 +217,23 @@ impl CaptureSource for AlsaSource {
         "alsa"
     }
 
+    fn reopen(&mut self) -> Result<(), CaptureError> {
+        // Close the lost device first: some (JACK clients) cannot reconnect
+        // while the dead connection is still open.
+        self.pcm = None;
+        let fresh = AlsaSource::open(&self.request)?;
+        if fresh.granted.format != self.granted.format
+            || fresh.granted.period_frames > self.granted.period_frames
+        {
+            return Err(CaptureError::Unsupported(format!(
+                "{} came back with {:?} instead of {:?}",
+                self.device, fresh.granted, self.granted
+            )));
+        }
+        self.pcm = fresh.pcm;
+        Ok(())
+    }
+
     fn read(&mut self, buf: &mut [i32]) -> Result<PeriodRead, CaptureError> {
         let channels = usize::from(self.granted.channels);
         let need = self.granted.period_frames * channels;
@@ -216,9 +243,33 @@ impl CaptureSource for AlsaSource {
                 need,
             });
         }
+        let Some(pcm) = self.pcm.as_ref() else {
+            return Err(CaptureError::Device(format!("{} is closed", self.device)));
+        };
         let mut xrun_before = false;
         loop {
-            match self.pcm.io_bytes().readi(&mut self.bytes) {
+            // Wait with a deadline: some devices (a JACK server that died, a USB
+            // interface mid-unplug) never wake a blocked read again.
+            match pcm.wait(Some(self.stall_limit_ms)) {
+                Ok(true) => {}
+                Ok(false) => {
+                    // A capture stream that was never started has nothing to
+                    // wait for: start it and wait again.
+                    if pcm.state() == alsa::pcm::State::Prepared {
+                        pcm.start()
+                            .map_err(|e| device_error(&self.device, "cannot start", e))?;
+                        continue;
+                    }
+                    return Err(CaptureError::Device(format!(
+                        "{}: no audio for {} ms",
+                        self.device, self.stall_limit_ms
+                    )));
+                }
+                Err(e) if matches!(e.errno(), EPIPE | ESTRPIPE) => {}
+                Err(e) if matches!(e.errno(), EINTR | EAGAIN) => continue,
+                Err(e) => return Err(device_error(&self.device, "wait failed", e)),
+            }
+            match pcm.io_bytes().readi(&mut self.bytes) {
                 Ok(frames) => {
                     let samples = frames * channels;
                     let width = self.granted.format.bytes_per_sample();
@@ -234,7 +285,7 @@ impl CaptureSource for AlsaSource {
                     EPIPE | ESTRPIPE => {
                         self.xruns += 1;
                         xrun_before = true;
-                        self.pcm.recover(e.errno(), true).map_err(|e| {
+                        pcm.recover(e.errno(), true).map_err(|e| {
                             device_error(&self.device, "cannot recover from overrun", e)
                         })?;
                     }

@@ -41,6 +41,8 @@ pub enum CaptureError {
     BufferTooSmall { got: usize, need: usize },
     #[error("capture device failed: {0}")]
     Device(String),
+    #[error("a {0} source cannot be reopened")]
+    NotReopenable(&'static str),
 }
 
 pub trait CaptureSource: Send + 'static {
@@ -52,6 +54,13 @@ pub trait CaptureSource: Send + 'static {
     /// Block until the next period is available and write it to `buf`.
     /// Must not allocate.
     fn read(&mut self, buf: &mut [i32]) -> Result<PeriodRead, CaptureError>;
+
+    /// After `read` failed (device unplugged, server gone): try to open the
+    /// device again with the same format. Sources that cannot come back return
+    /// the error. May allocate: it runs only while the device is lost.
+    fn reopen(&mut self) -> Result<(), CaptureError> {
+        Err(CaptureError::NotReopenable(self.kind()))
+    }
 
     /// Short name for status and logs, e.g. `synthetic`.
     fn kind(&self) -> &'static str;

@@ -2,6 +2,7 @@
 #![allow(dead_code)] // each test binary uses a different part
 
 use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
 
 /// Write an alsa-lib configuration (to point `ALSA_CONFIG_PATH` at) that
 /// includes the system one, `extra` verbatim, and one capture PCM per
@@ -40,4 +41,63 @@ pub fn full_range_samples(bits: u32, count: usize, seed: u64) -> Vec<i64> {
             }
         })
         .collect()
+}
+
+/// A JACK server with the dummy backend (2 in, 2 out, 48 kHz, 1024-frame
+/// periods): real-time pacing for alsa-lib's jack plugin.
+pub struct Jack {
+    child: Child,
+}
+
+impl Jack {
+    pub fn start(name: &str) -> Jack {
+        let child = Command::new("jackd")
+            .args([
+                "-n",
+                name,
+                "--no-realtime",
+                "-d",
+                "dummy",
+                "-r",
+                "48000",
+                "-p",
+                "1024",
+                "-C",
+                "2",
+                "-P",
+                "2",
+            ])
+            .env("JACK_NO_AUDIO_RESERVATION", "1")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start jackd (package jackd2)");
+        let up = Command::new("jack_wait")
+            .args(["-s", name, "-w", "-t", "10"])
+            .output()
+            .unwrap();
+        assert!(up.status.success(), "jackd did not come up");
+        Jack { child }
+    }
+
+    /// SIGTERM, so the server removes its sockets and can be started again.
+    pub fn stop(mut self) {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Jack {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(self.child.id().to_string())
+                .status();
+            let _ = self.child.wait();
+        }
+    }
 }

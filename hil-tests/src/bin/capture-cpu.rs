@@ -1,0 +1,134 @@
+//! Benchmark: CPU time to capture, meter and FLAC-encode (level 5) one input,
+//! against the reference pipeline `arecord | flac -5` reading the same ALSA PCM
+//! in the same run.
+//!
+//! ```sh
+//! cargo build --release --workspace --bins
+//! RAKKR_BIN_DIR=target/release target/release/capture-cpu [SECONDS] [RUNS] [CHANNELS]
+//! ```
+//!
+//! The input is SECONDS of 24-bit audio made by sox (pink noise at −20 dBFS plus a
+//! tone per channel: compresses like a real room, not like silence), replayed by
+//! alsa-lib's `file` plugin as fast as it is read, so both pipelines are
+//! CPU-bound and measured on identical samples. CPU is user + system time of the
+//! whole pipeline (GNU time). Prints per-run figures, medians, CPU-seconds per
+//! channel-hour and the ratio rakkr / reference.
+
+use std::path::Path;
+use std::process::Command;
+
+use anyhow::{Context, Result, bail};
+use rakkr_hil_tests::bin;
+
+fn cpu_seconds(shell: &str, env: &[(&str, &Path)]) -> Result<f64> {
+    let out = Command::new("/usr/bin/time")
+        .args(["-f", "CPU %U %S", "bash", "-c", shell])
+        .envs(env.iter().map(|(k, v)| (*k, *v)))
+        .output()
+        .context("run /usr/bin/time (package `time`)")?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if !out.status.success() {
+        bail!("`{shell}` failed:\n{stderr}");
+    }
+    let line = stderr
+        .lines()
+        .rev()
+        .find(|l| l.starts_with("CPU "))
+        .context("no CPU line")?;
+    let v: Vec<f64> = line[4..]
+        .split_whitespace()
+        .map(|x| x.parse().unwrap_or(0.0))
+        .collect();
+    Ok(v.iter().sum())
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let seconds: u32 = args.first().map_or(Ok(60), |s| s.parse())?;
+    let runs: usize = args.get(1).map_or(Ok(5), |s| s.parse())?;
+    let channels: u32 = args.get(2).map_or(Ok(8), |s| s.parse())?;
+    let dir = tempfile::tempdir()?;
+    let input = dir.path().join("in.raw");
+    let status = Command::new("sox")
+        .args([
+            "-n",
+            "-r",
+            "48000",
+            "-c",
+            &channels.to_string(),
+            "-b",
+            "24",
+            "-e",
+            "signed-integer",
+            "-t",
+            "raw",
+        ])
+        .arg(&input)
+        .args([
+            "synth",
+            &(seconds + 5).to_string(),
+            "pinknoise",
+            "sine",
+            "440",
+            "vol",
+            "0.1",
+        ])
+        .status()
+        .context("run sox")?;
+    if !status.success() {
+        bail!("sox failed");
+    }
+    let conf = dir.path().join("asound.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "</usr/share/alsa/alsa.conf>\npcm.bench {{\n type file\n slave.pcm \"null\"\n file \"/dev/null\"\n infile \"{}\"\n format \"raw\"\n}}\n",
+            input.display()
+        ),
+    )?;
+    let env = [("ALSA_CONFIG_PATH", conf.as_path())];
+    let agent = bin("rakkr-agent");
+    let (mut ours, mut reference) = (Vec::new(), Vec::new());
+    println!("input: {seconds} s, {channels} ch, 48 kHz, 24-bit (S24_3LE); runs: {runs}");
+    for run in 1..=runs {
+        let a = dir.path().join(format!("rakkr-{run}.flac"));
+        let r = dir.path().join(format!("ref-{run}.flac"));
+        let ours_cpu = cpu_seconds(
+            &format!(
+                "{} record --device bench --channels {channels} --rate 48000 --format S24_3LE --duration {seconds} --bits 24 --compression 5 --out {} 2>/dev/null",
+                agent.display(),
+                a.display()
+            ),
+            &env,
+        )?;
+        let ref_cpu = cpu_seconds(
+            &format!(
+                "arecord -q -D bench -f S24_3LE -c {channels} -r 48000 -d {seconds} -t raw | \
+                 flac -5 -s --force-raw-format --endian=little --sign=signed --channels={channels} --bps=24 \
+                 --sample-rate=48000 -o {} -",
+                r.display()
+            ),
+            &env,
+        )?;
+        let (sa, sr) = (std::fs::metadata(&a)?.len(), std::fs::metadata(&r)?.len());
+        println!(
+            "run {run}: rakkr {ours_cpu:.3} CPU-s ({sa} bytes)   arecord|flac -5 {ref_cpu:.3} CPU-s ({sr} bytes)"
+        );
+        ours.push(ours_cpu);
+        reference.push(ref_cpu);
+    }
+    let (o, r) = (median(ours), median(reference));
+    let per_channel_hour = |cpu: f64| cpu / f64::from(channels) / (f64::from(seconds) / 3600.0);
+    println!(
+        "median: rakkr {o:.3} CPU-s = {:.2} CPU-s per channel-hour; reference {r:.3} CPU-s = {:.2} CPU-s per channel-hour; ratio {:.2}",
+        per_channel_hour(o),
+        per_channel_hour(r),
+        o / r
+    );
+    Ok(())
+}
