@@ -25,7 +25,8 @@ use crate::clock::Clock;
 use crate::source::{CaptureError, CaptureSource};
 
 /// Gap events kept per take; more are counted, not listed.
-pub const MAX_GAPS_LISTED: usize = 1000;
+/// Bounded so the final tags always fit the file's 16 KiB of padding.
+pub const MAX_GAPS_LISTED: usize = 500;
 
 /// Suffix of a take being written.
 pub const PART_SUFFIX: &str = ".part";
@@ -157,12 +158,9 @@ pub fn record_take(
                 });
                 result?;
                 reader.take_gaps(|g| {
-                    let mut gaps = gaps.borrow_mut();
-                    if gaps.len() < MAX_GAPS_LISTED {
-                        gaps.push(g);
-                    } else {
-                        gaps_unlisted.set(gaps_unlisted.get() + 1);
-                    }
+                    let mut unlisted = gaps_unlisted.get();
+                    add_gap(&mut gaps.borrow_mut(), &mut unlisted, g);
+                    gaps_unlisted.set(unlisted);
                 });
                 if n == 0 {
                     reader.idle();
@@ -212,6 +210,22 @@ pub fn record_take(
         gaps: gaps.into_inner(),
         xruns,
     })
+}
+
+/// Add `g` to the take's gap list: consecutive dropped periods are one hole;
+/// past [`MAX_GAPS_LISTED`] gaps are only counted.
+pub fn add_gap(gaps: &mut Vec<Gap>, unlisted: &mut u64, g: Gap) {
+    if let Some(last) = gaps.last_mut()
+        && g.kind == GapKind::Overflow
+        && last.kind == g.kind
+        && last.position == g.position
+    {
+        last.frames += g.frames;
+    } else if gaps.len() < MAX_GAPS_LISTED {
+        gaps.push(g);
+    } else {
+        *unlisted += 1;
+    }
 }
 
 /// `position+frames,…` (frames `?` when unknown, `~N` when estimated from the
@@ -288,4 +302,41 @@ pub fn recover_dir(dir: &Path) -> std::io::Result<Vec<Recovered>> {
         out.push(Recovered { path, report });
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn gap(position: u64, frames: u64, kind: GapKind) -> Gap {
+        Gap {
+            position,
+            frames,
+            kind,
+        }
+    }
+
+    #[test]
+    fn consecutive_drops_merge_and_the_list_is_bounded() {
+        let (mut gaps, mut unlisted) = (Vec::new(), 0);
+        for g in [
+            gap(100, 64, GapKind::Overflow),
+            gap(100, 64, GapKind::Overflow),
+            gap(100, 0, GapKind::Xrun),
+            gap(500, 64, GapKind::Overflow),
+            gap(900, 4800, GapKind::DeviceLost),
+        ] {
+            add_gap(&mut gaps, &mut unlisted, g);
+        }
+        assert_eq!(
+            format_gaps(&gaps, unlisted),
+            "100+128,100+?,500+64,900+~4800"
+        );
+        for i in 0..MAX_GAPS_LISTED as u64 {
+            add_gap(&mut gaps, &mut unlisted, gap(1000 + i, 0, GapKind::Xrun));
+        }
+        assert_eq!(gaps.len(), MAX_GAPS_LISTED);
+        assert_eq!(unlisted, 4);
+        assert!(format_gaps(&gaps, unlisted).ends_with(",+4 more"));
+    }
 }

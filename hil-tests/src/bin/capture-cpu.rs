@@ -9,9 +9,13 @@
 //!
 //! The input is SECONDS of 24-bit audio made by sox (pink noise at −20 dBFS plus a
 //! tone per channel: compresses like a real room, not like silence), replayed by
-//! alsa-lib's `file` plugin as fast as it is read, so both pipelines are
-//! CPU-bound and measured on identical samples. CPU is user + system time of the
-//! whole pipeline (GNU time). Prints per-run figures, medians, CPU-seconds per
+//! alsa-lib's `file` plugin paced in real time by a JACK dummy backend — the way
+//! a sound card delivers audio — so both pipelines see identical samples at the
+//! same pace. (Unpaced, our capture thread would read as fast as the file allows
+//! and drop what the encoder cannot take, by design: it never blocks. `arecord`
+//! would instead be held back by its pipe. Neither would be a recorder.)
+//! CPU is user + system time of the whole pipeline (GNU time); jackd's own CPU is
+//! not counted for either. Prints per-run figures, medians, CPU-seconds per
 //! channel-hour and the ratio rakkr / reference.
 
 use std::path::Path;
@@ -84,14 +88,49 @@ fn main() -> Result<()> {
         bail!("sox failed");
     }
     let conf = dir.path().join("asound.conf");
+    let ports: String = (0..channels)
+        .map(|c| format!("{c} system:capture_{} ", c + 1))
+        .collect();
     std::fs::write(
         &conf,
         format!(
-            "</usr/share/alsa/alsa.conf>\npcm.bench {{\n type file\n slave.pcm \"null\"\n file \"/dev/null\"\n infile \"{}\"\n format \"raw\"\n}}\n",
+            "</usr/share/alsa/alsa.conf>\n\
+             pcm.jackcap {{ type jack capture_ports {{ {ports}}} }}\n\
+             pcm.jackcap_plug {{ type plug slave.pcm \"jackcap\" }}\n\
+             pcm.bench {{\n type file\n slave.pcm \"jackcap_plug\"\n file \"/dev/null\"\n infile \"{}\"\n format \"raw\"\n}}\n",
             input.display()
         ),
     )?;
-    let env = [("ALSA_CONFIG_PATH", conf.as_path())];
+    let server = format!("rakkr-bench-{}", std::process::id());
+    let mut jack = Command::new("jackd")
+        .args([
+            "-n",
+            &server,
+            "--no-realtime",
+            "-d",
+            "dummy",
+            "-r",
+            "48000",
+            "-p",
+            "1024",
+        ])
+        .args(["-C", &channels.to_string(), "-P", "2"])
+        .env("JACK_NO_AUDIO_RESERVATION", "1")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .context("start jackd")?;
+    let up = Command::new("jack_wait")
+        .args(["-s", &server, "-w", "-t", "10"])
+        .output()?;
+    if !up.status.success() {
+        bail!("jackd did not start");
+    }
+    let server_env = std::path::PathBuf::from(&server);
+    let env = [
+        ("ALSA_CONFIG_PATH", conf.as_path()),
+        ("JACK_DEFAULT_SERVER", server_env.as_path()),
+    ];
     let agent = bin("rakkr-agent");
     let (mut ours, mut reference) = (Vec::new(), Vec::new());
     println!("input: {seconds} s, {channels} ch, 48 kHz, 24-bit (S24_3LE); runs: {runs}");
@@ -122,6 +161,11 @@ fn main() -> Result<()> {
         ours.push(ours_cpu);
         reference.push(ref_cpu);
     }
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(jack.id().to_string())
+        .status();
+    let _ = jack.wait();
     let (o, r) = (median(ours), median(reference));
     let per_channel_hour = |cpu: f64| cpu / f64::from(channels) / (f64::from(seconds) / 3600.0);
     println!(
