@@ -55,6 +55,9 @@ struct RecordArgs {
     /// The FLAC file to write (never overwritten).
     #[arg(long)]
     out: PathBuf,
+    /// Split the take into files of this many seconds: OUT's stem + .0001, .0002, …
+    #[arg(long)]
+    segment: Option<f64>,
     /// Bits per sample in the file: 16 or 24.
     #[arg(long, default_value_t = 24)]
     bits: u8,
@@ -190,6 +193,11 @@ fn record(args: RecordArgs) -> anyhow::Result<()> {
         (16..=16384).contains(&args.period),
         "--period must be 16-16384"
     );
+    let segment = match args.segment {
+        Some(s) if s.is_finite() && s >= 1.0 => Some(std::time::Duration::from_secs_f64(s)),
+        Some(_) => anyhow::bail!("--segment must be at least one second"),
+        None => None,
+    };
     let duration = match args.duration {
         Some(s) if s.is_finite() && s > 0.0 => Some(std::time::Duration::from_secs_f64(s)),
         Some(_) => anyhow::bail!("--duration must be a positive number of seconds"),
@@ -243,6 +251,7 @@ fn record(args: RecordArgs) -> anyhow::Result<()> {
         bits: args.bits,
         compression_level: args.compression,
         duration,
+        segment,
         tags,
         sync_every: std::time::Duration::from_millis(500),
         meter_interval: std::time::Duration::from_millis(500),
@@ -269,12 +278,19 @@ fn record(args: RecordArgs) -> anyhow::Result<()> {
             .collect();
         eprintln!("rec {elapsed:>7.1} s  peak dBFS  {}", levels.join("  "));
     })?;
+    for (path, file) in &summary.files {
+        println!(
+            "{}: {:.2} s ({} samples per channel), {} bytes",
+            path.display(),
+            file.frames as f64 / rate,
+            file.frames,
+            file.bytes
+        );
+    }
     println!(
-        "{}: {:.2} s ({} samples per channel), {} bytes, {} xruns, {} gaps",
-        summary.path.display(),
-        summary.file.frames as f64 / rate,
-        summary.file.frames,
-        summary.file.bytes,
+        "take: {:.2} s in {} file(s), {} xruns, {} gaps",
+        summary.frames as f64 / rate,
+        summary.files.len(),
         summary.xruns,
         summary.gaps.len()
     );

@@ -39,6 +39,9 @@ pub struct TakeSpec {
     pub compression_level: u8,
     /// `None`: until stopped.
     pub duration: Option<Duration>,
+    /// Split the take into files of this length (`None`: one file). Files are
+    /// named `{stem}.0001.{ext}`, …; no sample is lost or repeated between them.
+    pub segment: Option<Duration>,
     /// Extra tags (node, job, channel names).
     pub tags: Vec<(String, String)>,
     /// How often written audio is made durable.
@@ -49,8 +52,11 @@ pub struct TakeSpec {
 
 #[derive(Debug, Clone)]
 pub struct TakeSummary {
-    pub path: PathBuf,
-    pub file: FileSummary,
+    /// The take's files, in order (one unless segmented).
+    pub files: Vec<(PathBuf, FileSummary)>,
+    /// Samples per channel in all files.
+    pub frames: u64,
+    /// Gaps, positioned in the whole take.
     pub gaps: Vec<Gap>,
     pub xruns: u64,
 }
@@ -99,12 +105,15 @@ pub fn record_take(
     if !matches!(spec.bits, 16 | 24) {
         return Err(RecordError::Bits(spec.bits));
     }
-    if spec.out.exists() {
-        return Err(RecordError::Exists(spec.out.clone()));
-    }
-    let part = part_path(&spec.out);
     let rate = u64::from(format.sample_rate);
     let limit = spec.duration.map(|d| d.as_millis() as u64 * rate / 1000);
+    let segment_frames = spec
+        .segment
+        .map(|d| (d.as_millis() as u64 * rate / 1000).max(1));
+    let first = file_path(&spec.out, segment_frames.map(|_| 1));
+    if first.exists() {
+        return Err(RecordError::Exists(first));
+    }
 
     let mut comments = VorbisComments {
         vendor: format!("rakkr-agent {AGENT_VERSION}"),
@@ -127,89 +136,143 @@ pub fn record_take(
         Capture::start(source, spec.realtime).map_err(RecordError::Spawn)?;
     let mut metering = Metering::new(format, spec.meter_interval);
     let shift = 32 - u32::from(spec.bits);
-    // Shared by the body (which adds) and the final tags (which read, later).
+    // Gaps with take-wide positions. Shared by the body (which adds) and the
+    // final tags (which read, later).
     let gaps: RefCell<Vec<Gap>> = RefCell::new(Vec::new());
     let gaps_unlisted = Cell::new(0u64);
     let mut converted: Vec<i32> =
         Vec::with_capacity(capture.period_frames * usize::from(format.channels) * 64);
+    let mut files = Vec::new();
+    let mut take_frames = 0u64;
 
-    let written = encode_file(
-        &part,
-        &flac_spec,
-        |enc| {
-            loop {
-                let done = enc.frames();
-                if stop.load(Ordering::Relaxed)
-                    || limit.is_some_and(|l| done >= l)
-                    || capture.failed()
-                {
-                    return Ok(());
-                }
-                let max = limit.map_or(usize::MAX, |l| (l - done) as usize);
-                let mut result = Ok(());
-                let n = reader.read(max, |samples| {
-                    if result.is_err() {
-                        return;
+    // One file per segment; segments split the stream at exact sample positions.
+    let outcome = loop {
+        let index = segment_frames.map(|_| files.len() as u32 + 1);
+        let path = file_path(&spec.out, index);
+        if path.exists() {
+            break Err(RecordError::Exists(path));
+        }
+        let part = part_path(&path);
+        let segment_start = take_frames;
+        let segment_limit = match (limit, segment_frames) {
+            (Some(l), Some(s)) => Some((l - take_frames).min(s)),
+            (Some(l), None) => Some(l - take_frames),
+            (None, s) => s,
+        };
+        let mut this_spec = flac_spec.clone();
+        if let Some(i) = index {
+            this_spec
+                .comments
+                .tags
+                .push(("RAKKR_SEGMENT".into(), i.to_string()));
+            this_spec.comments.tags.push((
+                "RAKKR_SEGMENT_START_FRAME".into(),
+                segment_start.to_string(),
+            ));
+        }
+        let written = encode_file(
+            &part,
+            &this_spec,
+            |enc| {
+                loop {
+                    let done = enc.frames();
+                    if stop.load(Ordering::Relaxed)
+                        || segment_limit.is_some_and(|l| done >= l)
+                        || capture.failed()
+                    {
+                        return Ok(());
                     }
-                    metering.push(samples, clock, |f| on_meter(&f));
-                    converted.clear();
-                    converted.extend(samples.iter().map(|s| s >> shift));
-                    result = enc.write(&converted);
-                });
-                result?;
-                reader.take_gaps(|g| {
-                    let mut unlisted = gaps_unlisted.get();
-                    add_gap(&mut gaps.borrow_mut(), &mut unlisted, g);
-                    gaps_unlisted.set(unlisted);
-                });
-                if n == 0 {
-                    reader.idle();
+                    let max = segment_limit.map_or(usize::MAX, |l| (l - done) as usize);
+                    let mut result = Ok(());
+                    let n = reader.read(max, |samples| {
+                        if result.is_err() {
+                            return;
+                        }
+                        metering.push(samples, clock, |f| on_meter(&f));
+                        converted.clear();
+                        converted.extend(samples.iter().map(|s| s >> shift));
+                        result = enc.write(&converted);
+                    });
+                    result?;
+                    reader.take_gaps(|g| {
+                        let mut unlisted = gaps_unlisted.get();
+                        add_gap(&mut gaps.borrow_mut(), &mut unlisted, g);
+                        gaps_unlisted.set(unlisted);
+                    });
+                    if n == 0 {
+                        reader.idle();
+                    }
                 }
+            },
+            |frames| {
+                let xruns = capture.stats.xruns.load(Ordering::Relaxed);
+                // This file's gaps, positioned within the file.
+                let end = segment_start + frames;
+                let here: Vec<Gap> = gaps
+                    .borrow()
+                    .iter()
+                    .filter(|g| g.position >= segment_start && (g.position < end || frames == 0))
+                    .map(|g| Gap {
+                        position: g.position - segment_start,
+                        ..*g
+                    })
+                    .collect();
+                vec![
+                    ("RAKKR_START_UNIX_MS".into(), start_ms.to_string()),
+                    ("RAKKR_FRAMES".into(), frames.to_string()),
+                    ("RAKKR_XRUNS".into(), xruns.to_string()),
+                    ("RAKKR_GAPS".into(), format_gaps(&here, gaps_unlisted.get())),
+                ]
+            },
+        );
+        // Whatever happened, the part file is a complete FLAC file now: publish it.
+        let published = publish(&part, &path);
+        match written.and_then(|((), file)| published.map(|()| file)) {
+            Ok(file) => {
+                take_frames += file.frames;
+                files.push((path, file));
             }
-        },
-        |frames| {
-            let xruns = capture.stats.xruns.load(Ordering::Relaxed);
-            vec![
-                ("RAKKR_START_UNIX_MS".into(), start_ms.to_string()),
-                ("RAKKR_FRAMES".into(), frames.to_string()),
-                ("RAKKR_XRUNS".into(), xruns.to_string()),
-                (
-                    "RAKKR_GAPS".into(),
-                    format_gaps(&gaps.borrow(), gaps_unlisted.get()),
-                ),
-            ]
-        },
-    );
-    let xruns = capture.stats.xruns.load(Ordering::Relaxed);
-    let captured = capture.stop();
-    // Whatever happened, the part file is a complete FLAC file now: publish it.
-    let finished = publish(&part, &spec.out);
-    let file = match written {
-        Ok(((), file)) => file,
-        Err(source) => {
-            return Err(RecordError::Write {
-                path: spec.out.clone(),
-                source,
-            });
+            Err(source) => break Err(RecordError::Write { path, source }),
+        }
+        let done = stop.load(Ordering::Relaxed)
+            || capture.failed()
+            || limit.is_some_and(|l| take_frames >= l)
+            || segment_frames.is_none();
+        if done {
+            break Ok(());
         }
     };
-    finished.map_err(|source| RecordError::Write {
-        path: spec.out.clone(),
-        source,
-    })?;
+    let xruns = capture.stats.xruns.load(Ordering::Relaxed);
+    let captured = capture.stop();
+    outcome?;
     if let Err(source) = captured {
         return Err(RecordError::Capture {
             path: spec.out.clone(),
-            frames: file.frames,
+            frames: take_frames,
             source,
         });
     }
     Ok(TakeSummary {
-        path: spec.out.clone(),
-        file,
+        files,
+        frames: take_frames,
         gaps: gaps.into_inner(),
         xruns,
     })
+}
+
+/// The file for segment `index` of a take named `out` (`None`: unsegmented):
+/// `concert.flac` → `concert.0001.flac`, `concert.0002.flac`, …
+pub fn file_path(out: &Path, index: Option<u32>) -> PathBuf {
+    match index {
+        None => out.to_owned(),
+        Some(i) => {
+            let stem = out.file_stem().unwrap_or_default().to_string_lossy();
+            let ext = out
+                .extension()
+                .map_or("flac".into(), |e| e.to_string_lossy());
+            out.with_file_name(format!("{stem}.{i:04}.{ext}"))
+        }
+    }
 }
 
 /// Add `g` to the take's gap list: consecutive dropped periods are one hole;

@@ -301,3 +301,31 @@ fn a_full_disk_stops_the_take_with_a_clear_error_and_keeps_the_audio() {
         "about two seconds survive, not nothing"
     );
 }
+
+#[test]
+fn segments_split_a_take_at_exact_samples() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("long.flac");
+    let o = run(agent()
+        .args(["record", "--device", "synthetic:demo", "--channels", "2", "--duration", "2.5", "--segment", "1", "--out"])
+        .arg(&out));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let reference = SyntheticSource::new(48_000, 2, 1024, Signal::Demo, 1);
+    let mut next = 0u64;
+    for (i, expected_frames) in [(1, 48_000), (2, 48_000), (3, 24_000)] {
+        let path = dir.path().join(format!("long.{i:04}.flac"));
+        assert!(flac_t(&path), "segment {i}");
+        let (info, comments) = rakkr_flac::read_stream_info(&path).unwrap();
+        assert_eq!(info.total_samples, expected_frames, "segment {i}");
+        assert_eq!(comments.get("RAKKR_SEGMENT"), Some(i.to_string().as_str()));
+        assert_eq!(comments.get("RAKKR_SEGMENT_START_FRAME"), Some(next.to_string().as_str()));
+        let (_, decoded) = decode(&path);
+        for (k, s) in decoded.iter().enumerate() {
+            let (n, c) = (next + (k / 2) as u64, (k % 2) as u16);
+            assert_eq!(*s, reference.sample(c, n) >> 8, "segment {i}, take sample {n}");
+        }
+        next += expected_frames;
+    }
+    assert!(!dir.path().join("long.0004.flac").exists());
+    assert!(!out.exists(), "a segmented take has only numbered files");
+}
