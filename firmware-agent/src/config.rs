@@ -5,6 +5,7 @@
 //! node_id = "studio-a"          # required
 //! slot = "none"                 # a | b | none (booted root slot)
 //! realtime = true               # SCHED_FIFO capture thread and mlockall; runs anyway if denied
+//! recordings_dir = "/data/recordings"  # takes; interrupted ones are recovered at start
 //!
 //! [mqtt]
 //! host = "127.0.0.1"
@@ -33,7 +34,7 @@
 //! meter_interval_ms = 1000
 //! ```
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use rakkr_protocol::NodeId;
@@ -63,6 +64,8 @@ pub struct AgentConfig {
     /// Ask for SCHED_FIFO capture and locked memory (see the `rt` module).
     #[serde(default = "default_realtime")]
     pub realtime: bool,
+    /// Where takes are written. Interrupted takes found here are recovered at start.
+    pub recordings_dir: Option<PathBuf>,
 }
 
 fn default_realtime() -> bool {
@@ -233,6 +236,7 @@ pub struct AgentSettings {
     pub source: SourceSettings,
     pub meter_interval: Duration,
     pub realtime: bool,
+    pub recordings_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone)]
@@ -384,6 +388,7 @@ impl AgentConfig {
             source,
             meter_interval: Duration::from_millis(u64::from(ms)),
             realtime: self.realtime,
+            recordings_dir: self.recordings_dir,
         })
     }
 }
@@ -429,6 +434,7 @@ impl AgentSettings {
             meter_interval: Duration::from_millis(u64::from(default_meter_interval())),
             // Many simulated appliances share one process: no real-time claims.
             realtime: false,
+            recordings_dir: None,
         }
     }
 }

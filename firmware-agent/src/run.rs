@@ -25,6 +25,11 @@ pub enum AgentError {
     Spawn(#[from] std::io::Error),
     #[error("capture stopped: {0}")]
     Capture(#[from] CaptureError),
+    #[error("recordings directory {path}: {error}")]
+    Recordings {
+        path: std::path::PathBuf,
+        error: std::io::Error,
+    },
 }
 
 /// Handles for observing a running agent.
@@ -41,6 +46,9 @@ pub async fn run(
     handles: AgentHandles,
     shutdown: CancellationToken,
 ) -> Result<(), AgentError> {
+    if let Some(dir) = &settings.recordings_dir {
+        recover_recordings(dir)?;
+    }
     let (source, capabilities) = build_source(&settings)?;
     let (meters_tx, meters_rx) = mpsc::channel(METER_QUEUE);
     let memory_locked = settings.realtime
@@ -108,6 +116,32 @@ pub async fn run(
     tokio::task::spawn_blocking(move || pipeline.stop())
         .await
         .unwrap_or_else(|_| Err(CaptureError::Device("capture shutdown panicked".into())))?;
+    Ok(())
+}
+
+/// Finish every take a crash or power loss interrupted, before anything else runs.
+fn recover_recordings(dir: &std::path::Path) -> Result<(), AgentError> {
+    std::fs::create_dir_all(dir).map_err(|e| AgentError::Recordings {
+        path: dir.to_owned(),
+        error: e,
+    })?;
+    let results = crate::record::recover_dir(dir).map_err(|e| AgentError::Recordings {
+        path: dir.to_owned(),
+        error: e,
+    })?;
+    for r in results {
+        match r.report {
+            Ok(report) => tracing::warn!(
+                file = %r.path.display(),
+                samples = report.samples,
+                bytes_cut = report.bytes_cut,
+                "recovered an interrupted take"
+            ),
+            Err(e) => {
+                tracing::error!(file = %r.path.display(), error = %e, "cannot recover an interrupted take; left as it is")
+            }
+        }
+    }
     Ok(())
 }
 

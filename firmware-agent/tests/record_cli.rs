@@ -307,7 +307,18 @@ fn segments_split_a_take_at_exact_samples() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("long.flac");
     let o = run(agent()
-        .args(["record", "--device", "synthetic:demo", "--channels", "2", "--duration", "2.5", "--segment", "1", "--out"])
+        .args([
+            "record",
+            "--device",
+            "synthetic:demo",
+            "--channels",
+            "2",
+            "--duration",
+            "2.5",
+            "--segment",
+            "1",
+            "--out",
+        ])
         .arg(&out));
     assert!(o.status.success(), "{}", stderr(&o));
     let reference = SyntheticSource::new(48_000, 2, 1024, Signal::Demo, 1);
@@ -318,14 +329,79 @@ fn segments_split_a_take_at_exact_samples() {
         let (info, comments) = rakkr_flac::read_stream_info(&path).unwrap();
         assert_eq!(info.total_samples, expected_frames, "segment {i}");
         assert_eq!(comments.get("RAKKR_SEGMENT"), Some(i.to_string().as_str()));
-        assert_eq!(comments.get("RAKKR_SEGMENT_START_FRAME"), Some(next.to_string().as_str()));
+        assert_eq!(
+            comments.get("RAKKR_SEGMENT_START_FRAME"),
+            Some(next.to_string().as_str())
+        );
         let (_, decoded) = decode(&path);
         for (k, s) in decoded.iter().enumerate() {
             let (n, c) = (next + (k / 2) as u64, (k % 2) as u16);
-            assert_eq!(*s, reference.sample(c, n) >> 8, "segment {i}, take sample {n}");
+            assert_eq!(
+                *s,
+                reference.sample(c, n) >> 8,
+                "segment {i}, take sample {n}"
+            );
         }
         next += expected_frames;
     }
     assert!(!dir.path().join("long.0004.flac").exists());
     assert!(!out.exists(), "a segmented take has only numbered files");
+}
+
+#[test]
+fn the_agent_recovers_interrupted_takes_when_it_starts() {
+    let dir = tempfile::tempdir().unwrap();
+    let takes = dir.path().join("recordings");
+    std::fs::create_dir(&takes).unwrap();
+    // A take cut off by SIGKILL.
+    let mut child = agent()
+        .args([
+            "record",
+            "--device",
+            "synthetic:noise",
+            "--channels",
+            "2",
+            "--duration",
+            "30",
+            "--out",
+        ])
+        .arg(takes.join("cut.flac"))
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(takes.join("cut.flac.part").exists());
+
+    let config = dir.path().join("agent.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "node_id = \"recovering\"\nrecordings_dir = \"{}\"\nrealtime = false\n[mqtt]\nport = 1\n",
+            takes.display()
+        ),
+    )
+    .unwrap();
+    // No broker on port 1: the agent keeps retrying the link; recovery comes first.
+    let mut agent_run = agent()
+        .arg("run")
+        .arg("--config")
+        .arg(&config)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    while !takes.join("cut.flac").exists() {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "the take was not recovered"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    agent_run.kill().unwrap();
+    let output = agent_run.wait_with_output().unwrap();
+    assert!(String::from_utf8_lossy(&output.stderr).contains("recovered an interrupted take"));
+    assert!(flac_t(&takes.join("cut.flac")));
+    assert!(!takes.join("cut.flac.part").exists());
 }
