@@ -20,6 +20,7 @@
 //!   explicit retained `offline` on orderly shutdown (see [`link`]).
 
 pub mod capture;
+pub mod channel_map;
 pub mod clock;
 pub mod config;
 pub mod link;

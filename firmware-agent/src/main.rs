@@ -58,6 +58,10 @@ struct RecordArgs {
     /// Split the take into files of this many seconds: OUT's stem + .0001, .0002, …
     #[arg(long)]
     segment: Option<f64>,
+    /// Channels into the file, 1-based: `3,4` (pair), `4,3` (swapped), `5,5`
+    /// (mono to stereo), `1+2` (mix). Default: all, in order.
+    #[arg(long)]
+    map: Option<String>,
     /// Bits per sample in the file: 16 or 24.
     #[arg(long, default_value_t = 24)]
     bits: u8,
@@ -185,9 +189,14 @@ fn record(args: RecordArgs) -> anyhow::Result<()> {
     use rakkr_agent::source::{CaptureSource, SampleFormat, Signal, SyntheticSource};
 
     anyhow::ensure!(
-        (1..=8).contains(&args.channels),
-        "--channels must be 1-8 (one FLAC file carries at most 8)"
+        (1..=512).contains(&args.channels),
+        "--channels must be 1-512"
     );
+    let map = args
+        .map
+        .as_deref()
+        .map(|m| rakkr_agent::channel_map::ChannelMap::parse(m, usize::from(args.channels)))
+        .transpose()?;
     anyhow::ensure!(args.rate > 0, "--rate must be positive");
     anyhow::ensure!(
         (16..=16384).contains(&args.period),
@@ -252,6 +261,7 @@ fn record(args: RecordArgs) -> anyhow::Result<()> {
         compression_level: args.compression,
         duration,
         segment,
+        map,
         tags,
         sync_every: std::time::Duration::from_millis(500),
         meter_interval: std::time::Duration::from_millis(500),

@@ -21,6 +21,7 @@ use rakkr_protocol::payload::MeterFrame;
 
 use crate::AGENT_VERSION;
 use crate::capture::{Capture, Gap, GapKind, Metering};
+use crate::channel_map::ChannelMap;
 use crate::clock::Clock;
 use crate::source::{CaptureError, CaptureSource};
 
@@ -42,6 +43,8 @@ pub struct TakeSpec {
     /// Split the take into files of this length (`None`: one file). Files are
     /// named `{stem}.0001.{ext}`, …; no sample is lost or repeated between them.
     pub segment: Option<Duration>,
+    /// Which device channels go into the file (`None`: all, in order).
+    pub map: Option<ChannelMap>,
     /// Extra tags (node, job, channel names).
     pub tags: Vec<(String, String)>,
     /// How often written audio is made durable.
@@ -65,10 +68,14 @@ pub struct TakeSummary {
 pub enum RecordError {
     #[error("{0} already exists; a recording is never overwritten")]
     Exists(PathBuf),
-    #[error("{channels} channels: one FLAC file carries at most 8")]
+    #[error(
+        "{channels} channels: one FLAC file carries at most 8; choose up to 8 with a channel map"
+    )]
     TooManyChannels { channels: u16 },
     #[error("{0}-bit files are not supported; use 16 or 24")]
     Bits(u8),
+    #[error("{0}")]
+    Map(String),
     #[error("cannot start capture: {0}")]
     Spawn(std::io::Error),
     #[error("capture failed after {frames} frames ({path} keeps them): {source}")]
@@ -97,9 +104,22 @@ pub fn record_take(
     mut on_meter: impl FnMut(&MeterFrame),
 ) -> Result<TakeSummary, RecordError> {
     let format = source.format();
-    if format.channels > 8 {
+    let map = match &spec.map {
+        Some(m) if m.inputs() != usize::from(format.channels) => {
+            return Err(RecordError::Map(format!(
+                "the map {m} is for {} device channels; the device delivers {}",
+                m.inputs(),
+                format.channels
+            )));
+        }
+        Some(m) => m.clone(),
+        None => ChannelMap::identity(usize::from(format.channels)),
+    };
+    let identity = spec.map.is_none();
+    let file_channels = map.outputs();
+    if file_channels > 8 {
         return Err(RecordError::TooManyChannels {
-            channels: format.channels,
+            channels: file_channels as u16,
         });
     }
     if !matches!(spec.bits, 16 | 24) {
@@ -122,8 +142,13 @@ pub fn record_take(
     comments
         .tags
         .push(("RAKKR_SAMPLE_RATE".into(), format.sample_rate.to_string()));
+    if !identity {
+        comments
+            .tags
+            .push(("RAKKR_CHANNEL_MAP".into(), map.to_string()));
+    }
     let flac_spec = StreamSpec {
-        channels: format.channels as u8,
+        channels: file_channels as u8,
         bits_per_sample: spec.bits,
         sample_rate: format.sample_rate,
         compression_level: spec.compression_level,
@@ -189,8 +214,12 @@ pub fn record_take(
                             return;
                         }
                         metering.push(samples, clock, |f| on_meter(&f));
-                        converted.clear();
-                        converted.extend(samples.iter().map(|s| s >> shift));
+                        if identity {
+                            converted.clear();
+                            converted.extend(samples.iter().map(|s| s >> shift));
+                        } else {
+                            map.apply(samples, shift, &mut converted);
+                        }
                         result = enc.write(&converted);
                     });
                     result?;

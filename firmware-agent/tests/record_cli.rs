@@ -405,3 +405,58 @@ fn the_agent_recovers_interrupted_takes_when_it_starts() {
     assert!(flac_t(&takes.join("cut.flac")));
     assert!(!takes.join("cut.flac.part").exists());
 }
+
+#[test]
+fn channel_maps_route_and_mix_device_channels() {
+    let dir = tempfile::tempdir().unwrap();
+    const CH: usize = 10;
+    let values: Vec<i32> = full_range_samples(16, 60_000 * CH, 5)
+        .into_iter()
+        .map(|v| v as i32)
+        .collect();
+    let raw: Vec<u8> = values
+        .iter()
+        .flat_map(|v| (*v as i16).to_le_bytes())
+        .collect();
+    let input = dir.path().join("ten.raw");
+    std::fs::write(&input, raw).unwrap();
+    let conf = alsa_config(dir.path(), "", &[("ten", &input)]);
+    let record_ten = |map: &str, out: &Path| {
+        run(agent()
+            .env("ALSA_CONFIG_PATH", &conf)
+            .args([
+                "record",
+                "--device",
+                "ten",
+                "--channels",
+                "10",
+                "--format",
+                "S16_LE",
+                "--bits",
+                "16",
+            ])
+            .args(["--duration", "1", "--map", map, "--out"])
+            .arg(out))
+    };
+    let out = dir.path().join("mapped.flac");
+    let o = record_ten("10,3,1+2,5,5", &out);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(flac_t(&out));
+    let (_, decoded) = decode(&out);
+    assert_eq!(decoded.len(), 48_000 * 5);
+    for (f, got) in decoded.chunks_exact(5).enumerate() {
+        let d = &values[f * CH..(f + 1) * CH];
+        let mix = i64::from(d[0]) + i64::from(d[1]);
+        let mix = ((mix + mix.signum()) / 2) as i32;
+        assert_eq!(got, [d[9], d[2], mix, d[4], d[4]], "frame {f}");
+    }
+    let (_, comments) = rakkr_flac::read_stream_info(&out).unwrap();
+    assert_eq!(comments.get("RAKKR_CHANNEL_MAP"), Some("10,3,1+2,5,5"));
+
+    let o = record_ten("11", &dir.path().join("bad.flac"));
+    assert!(
+        !o.status.success() && stderr(&o).contains("channel 11 does not exist"),
+        "{}",
+        stderr(&o)
+    );
+}
