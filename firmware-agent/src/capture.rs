@@ -588,8 +588,13 @@ mod tests {
         assert_eq!(capture.stats.device_returns.load(Ordering::Relaxed), 1);
         assert!(!capture.failed());
         capture.stop().unwrap();
-        assert_eq!(gaps.len(), 1, "{gaps:?}");
-        let g = gaps[0];
+        // The source is unpaced, so a slow test reader may also see overflows.
+        let lost: Vec<Gap> = gaps
+            .into_iter()
+            .filter(|g| g.kind == GapKind::DeviceLost)
+            .collect();
+        assert_eq!(lost.len(), 1, "{lost:?}");
+        let g = lost[0];
         assert_eq!((g.kind, g.position), (GapKind::DeviceLost, 50 * 64));
         // Two failed reopens wait 100 + 200 ms: the gap covers at least that.
         assert!(g.frames >= 48_000 * 3 / 10, "{g:?}");

@@ -62,6 +62,10 @@ struct RecordArgs {
     /// (mono to stereo), `1+2` (mix). Default: all, in order.
     #[arg(long)]
     map: Option<String>,
+    /// Another take from the same capture: OUT=MAP (repeatable). Takes use
+    /// disjoint device channels.
+    #[arg(long)]
+    also: Vec<String>,
     /// Bits per sample in the file: 16 or 24.
     #[arg(long, default_value_t = 24)]
     bits: u8,
@@ -184,7 +188,7 @@ fn format_devices(devices: &[rakkr_agent::source::alsa::DeviceInfo]) -> String {
 }
 
 fn record(args: RecordArgs) -> anyhow::Result<()> {
-    use rakkr_agent::record::{TakeSpec, record_take};
+    use rakkr_agent::record::{SessionOptions, TakeSpec, record_takes};
     use rakkr_agent::source::alsa::{AlsaRequest, AlsaSource};
     use rakkr_agent::source::{CaptureSource, SampleFormat, Signal, SyntheticSource};
 
@@ -264,13 +268,30 @@ fn record(args: RecordArgs) -> anyhow::Result<()> {
         map,
         tags,
         sync_every: std::time::Duration::from_millis(500),
+    };
+    // More takes from the same capture, each with its own channels.
+    let mut specs = vec![spec.clone()];
+    for also in &args.also {
+        let (out, map) = also
+            .split_once('=')
+            .with_context(|| format!("--also {also:?}: write OUT=MAP, e.g. room.flac=5,6"))?;
+        specs.push(TakeSpec {
+            out: PathBuf::from(out),
+            map: Some(rakkr_agent::channel_map::ChannelMap::parse(
+                map,
+                usize::from(args.channels),
+            )?),
+            ..spec.clone()
+        });
+    }
+    let options = SessionOptions {
         meter_interval: std::time::Duration::from_millis(500),
         realtime: true,
     };
     let stop = rakkr_service::stop_flag_on_signal();
     let rate = f64::from(args.rate);
     let mut first_ms: Option<u64> = None;
-    let summary = record_take(source, &spec, &SystemClock, &stop, |frame| {
+    let results = record_takes(source, &specs, &options, &SystemClock, &stop, |frame| {
         let start = *first_ms.get_or_insert(
             frame
                 .captured_at_ms
@@ -288,21 +309,32 @@ fn record(args: RecordArgs) -> anyhow::Result<()> {
             .collect();
         eprintln!("rec {elapsed:>7.1} s  peak dBFS  {}", levels.join("  "));
     })?;
-    for (path, file) in &summary.files {
-        println!(
-            "{}: {:.2} s ({} samples per channel), {} bytes",
-            path.display(),
-            file.frames as f64 / rate,
-            file.frames,
-            file.bytes
-        );
+    let mut failures = Vec::new();
+    for result in results {
+        match result {
+            Ok(summary) => {
+                for (path, file) in &summary.files {
+                    println!(
+                        "{}: {:.2} s ({} samples per channel), {} bytes",
+                        path.display(),
+                        file.frames as f64 / rate,
+                        file.frames,
+                        file.bytes
+                    );
+                }
+                println!(
+                    "take: {:.2} s in {} file(s), {} xruns, {} gaps",
+                    summary.frames as f64 / rate,
+                    summary.files.len(),
+                    summary.xruns,
+                    summary.gaps.len()
+                );
+            }
+            Err(e) => failures.push(e),
+        }
     }
-    println!(
-        "take: {:.2} s in {} file(s), {} xruns, {} gaps",
-        summary.frames as f64 / rate,
-        summary.files.len(),
-        summary.xruns,
-        summary.gaps.len()
-    );
+    if let Some(first) = failures.into_iter().next() {
+        return Err(first.into());
+    }
     Ok(())
 }

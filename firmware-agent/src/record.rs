@@ -13,6 +13,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
@@ -49,8 +50,6 @@ pub struct TakeSpec {
     pub tags: Vec<(String, String)>,
     /// How often written audio is made durable.
     pub sync_every: Duration,
-    pub meter_interval: Duration,
-    pub realtime: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -94,88 +93,334 @@ pub fn part_path(out: &Path) -> PathBuf {
     PathBuf::from(p)
 }
 
-/// Record from `source` into `spec.out` until the duration is reached or `stop`
-/// is set. `on_meter` sees every meter frame as it is produced.
+/// Options of a capture session shared by its takes.
+#[derive(Debug, Clone)]
+pub struct SessionOptions {
+    pub meter_interval: Duration,
+    pub realtime: bool,
+}
+
+/// Record one take (see [`record_takes`]).
 pub fn record_take(
     source: Box<dyn CaptureSource>,
     spec: &TakeSpec,
+    options: &SessionOptions,
+    clock: &dyn Clock,
+    stop: &AtomicBool,
+    on_meter: impl FnMut(&MeterFrame),
+) -> Result<TakeSummary, RecordError> {
+    let mut results = record_takes(
+        source,
+        std::slice::from_ref(spec),
+        options,
+        clock,
+        stop,
+        on_meter,
+    )?;
+    results.pop().expect("one take in, one result out")
+}
+
+/// Samples of one take, converted and mapped, from the capture worker to the
+/// take's encoder thread.
+struct TakeFeed {
+    samples: rtrb::Producer<i32>,
+    gaps: rtrb::Producer<Gap>,
+    map: ChannelMap,
+    identity: bool,
+    shift: u32,
+    /// Frames pushed to the take so far.
+    position: u64,
+    /// Frames of the device stream this take dropped (its ring was full).
+    dropped: u64,
+    limit: Option<u64>,
+    /// Set by the take's encoder thread when it stops (finished or failed).
+    ended: Arc<AtomicBool>,
+}
+
+impl TakeFeed {
+    /// The take needs nothing more: its writer stopped, or the device stream
+    /// reached its length (frames it had to drop count too).
+    fn done(&self) -> bool {
+        self.ended.load(Ordering::Acquire)
+            || self
+                .limit
+                .is_some_and(|l| self.position + self.dropped >= l)
+    }
+
+    /// Push device frames (left-justified) into the take, up to its limit.
+    fn push(&mut self, samples: &[i32], device_channels: usize, scratch: &mut Vec<i32>) {
+        let mut frames = samples.len() / device_channels;
+        if let Some(l) = self.limit {
+            frames = frames.min(l.saturating_sub(self.position + self.dropped) as usize);
+        }
+        if frames == 0 {
+            return;
+        }
+        let samples = &samples[..frames * device_channels];
+        if self.identity {
+            scratch.clear();
+            scratch.extend(samples.iter().map(|s| s >> self.shift));
+        } else {
+            self.map.apply(samples, self.shift, scratch);
+        }
+        match self.samples.write_chunk_uninit(scratch.len()) {
+            Ok(chunk) => {
+                chunk.fill_from_iter(scratch.iter().copied());
+                self.position += frames as u64;
+            }
+            Err(_) => {
+                let gap = Gap {
+                    position: self.position,
+                    frames: frames as u64,
+                    kind: GapKind::Overflow,
+                };
+                let _ = self.gaps.push(gap);
+                self.dropped += frames as u64;
+            }
+        }
+    }
+
+    /// Forward a device gap, positioned in this take's stream.
+    fn device_gap(&mut self, g: Gap) {
+        if self.done() {
+            return;
+        }
+        let _ = self.gaps.push(Gap {
+            position: g.position.saturating_sub(self.dropped),
+            ..g
+        });
+    }
+}
+
+/// The encoder thread's end of a [`TakeFeed`].
+struct TakeInput {
+    samples: rtrb::Consumer<i32>,
+    gaps: rtrb::Consumer<Gap>,
+    channels: usize,
+    /// Set when the worker will push nothing more.
+    finished: Arc<AtomicBool>,
+    idle: Duration,
+}
+
+/// Record one capture into several takes at once: the device is captured once,
+/// metered once, and each take gets its channels (its [`ChannelMap`]) in its own
+/// encoder thread, so a slow disk for one take never stalls capture or the
+/// others. Takes must use disjoint device channels. Each take ends at its
+/// duration; all end when `stop` is set (after writing what was captured).
+///
+/// Returns one result per take, in order; the outer error is for problems that
+/// stop every take (bad request, capture could not start).
+pub fn record_takes(
+    source: Box<dyn CaptureSource>,
+    specs: &[TakeSpec],
+    options: &SessionOptions,
     clock: &dyn Clock,
     stop: &AtomicBool,
     mut on_meter: impl FnMut(&MeterFrame),
-) -> Result<TakeSummary, RecordError> {
+) -> Result<Vec<Result<TakeSummary, RecordError>>, RecordError> {
     let format = source.format();
-    let map = match &spec.map {
-        Some(m) if m.inputs() != usize::from(format.channels) => {
-            return Err(RecordError::Map(format!(
-                "the map {m} is for {} device channels; the device delivers {}",
-                m.inputs(),
-                format.channels
-            )));
-        }
-        Some(m) => m.clone(),
-        None => ChannelMap::identity(usize::from(format.channels)),
-    };
-    let identity = spec.map.is_none();
-    let file_channels = map.outputs();
-    if file_channels > 8 {
-        return Err(RecordError::TooManyChannels {
-            channels: file_channels as u16,
-        });
-    }
-    if !matches!(spec.bits, 16 | 24) {
-        return Err(RecordError::Bits(spec.bits));
-    }
+    let device_channels = usize::from(format.channels);
     let rate = u64::from(format.sample_rate);
-    let limit = spec.duration.map(|d| d.as_millis() as u64 * rate / 1000);
+    let mut maps = Vec::new();
+    let mut used = vec![false; device_channels];
+    for spec in specs {
+        let map = match &spec.map {
+            Some(m) if m.inputs() != device_channels => {
+                return Err(RecordError::Map(format!(
+                    "the map {m} is for {} device channels; the device delivers {}",
+                    m.inputs(),
+                    format.channels
+                )));
+            }
+            Some(m) => m.clone(),
+            None => ChannelMap::identity(device_channels),
+        };
+        if map.outputs() > 8 {
+            return Err(RecordError::TooManyChannels {
+                channels: map.outputs() as u16,
+            });
+        }
+        if !matches!(spec.bits, 16 | 24) {
+            return Err(RecordError::Bits(spec.bits));
+        }
+        if specs.len() > 1 {
+            for c in map.sources() {
+                if std::mem::replace(&mut used[c], true) {
+                    return Err(RecordError::Map(format!(
+                        "device channel {} is in more than one take; takes sharing a device use disjoint channels",
+                        c + 1
+                    )));
+                }
+            }
+        }
+        let first = file_path(&spec.out, spec.segment.map(|_| 1));
+        if first.exists() {
+            return Err(RecordError::Exists(first));
+        }
+        maps.push(map);
+    }
+
+    let start_ms = clock.unix_ms();
+    let (capture, mut reader) =
+        Capture::start(source, options.realtime).map_err(RecordError::Spawn)?;
+    let ring_frames = capture.period_frames * crate::capture::RING_PERIODS;
+    let finished = Arc::new(AtomicBool::new(false));
+    let mut feeds = Vec::new();
+    let mut threads = Vec::new();
+    for (spec, map) in specs.iter().zip(maps) {
+        let channels = map.outputs();
+        let (samples_tx, samples_rx) = rtrb::RingBuffer::new(ring_frames * channels);
+        let (gaps_tx, gaps_rx) = rtrb::RingBuffer::new(crate::capture::GAP_RING);
+        let limit = spec.duration.map(|d| d.as_millis() as u64 * rate / 1000);
+        let ended = Arc::new(AtomicBool::new(false));
+        feeds.push(TakeFeed {
+            ended: ended.clone(),
+            samples: samples_tx,
+            gaps: gaps_tx,
+            identity: spec.map.is_none(),
+            map: map.clone(),
+            shift: 32 - u32::from(spec.bits),
+            position: 0,
+            dropped: 0,
+            limit,
+        });
+        let input = TakeInput {
+            samples: samples_rx,
+            gaps: gaps_rx,
+            channels,
+            finished: finished.clone(),
+            idle: Duration::from_micros(
+                (capture.period_frames as u64 * 1_000_000 / rate.max(1) / 2).max(500),
+            ),
+        };
+        let spec = spec.clone();
+        let stats = capture.stats.clone();
+        let (sample_rate, map_text) = (
+            format.sample_rate,
+            (!map_is_identity(&spec)).then(|| map.to_string()),
+        );
+        threads.push(
+            std::thread::Builder::new()
+                .name("rakkr-take".into())
+                .spawn(move || {
+                    let result = write_take(
+                        input,
+                        &spec,
+                        sample_rate,
+                        channels,
+                        map_text,
+                        limit,
+                        start_ms,
+                        &stats,
+                    );
+                    ended.store(true, Ordering::Release);
+                    result
+                })
+                .map_err(RecordError::Spawn)?,
+        );
+    }
+
+    // The capture worker: meter once, fan out to every take.
+    let mut scratch: Vec<i32> = Vec::with_capacity(ring_frames * 8);
+    let mut metering = Metering::new(format, options.meter_interval);
+    while !stop.load(Ordering::Relaxed) && !capture.failed() && !feeds.iter().all(TakeFeed::done) {
+        reader.take_gaps(|g| feeds.iter_mut().for_each(|f| f.device_gap(g)));
+        let n = reader.read(usize::MAX, |samples| {
+            metering.push(samples, clock, |f| on_meter(&f));
+            for feed in feeds.iter_mut().filter(|f| !f.done()) {
+                feed.push(samples, device_channels, &mut scratch);
+            }
+        });
+        if n == 0 {
+            reader.idle();
+        }
+    }
+    finished.store(true, Ordering::Release);
+    let captured = capture.stop();
+    let mut results: Vec<Result<TakeSummary, RecordError>> = threads
+        .into_iter()
+        .map(|t| {
+            t.join().unwrap_or_else(|_| {
+                Err(RecordError::Spawn(std::io::Error::other(
+                    "take thread panicked",
+                )))
+            })
+        })
+        .collect();
+    if let Err(source) = captured {
+        let source_text = source.to_string();
+        for r in &mut results {
+            if let Ok(summary) = r {
+                let path = summary
+                    .files
+                    .first()
+                    .map(|(p, _)| p.clone())
+                    .unwrap_or_default();
+                *r = Err(RecordError::Capture {
+                    path,
+                    frames: summary.frames,
+                    source: CaptureError::Device(source_text.clone()),
+                });
+            }
+        }
+    }
+    Ok(results)
+}
+
+fn map_is_identity(spec: &TakeSpec) -> bool {
+    spec.map.is_none()
+}
+
+/// The encoder thread of one take: files (segments) from its input until the
+/// take's limit, or until the worker has finished and the input is drained.
+#[allow(clippy::too_many_arguments)]
+fn write_take(
+    mut input: TakeInput,
+    spec: &TakeSpec,
+    sample_rate: u32,
+    channels: usize,
+    map_text: Option<String>,
+    limit: Option<u64>,
+    start_ms: u64,
+    stats: &crate::capture::CaptureStats,
+) -> Result<TakeSummary, RecordError> {
+    let rate = u64::from(sample_rate);
     let segment_frames = spec
         .segment
         .map(|d| (d.as_millis() as u64 * rate / 1000).max(1));
-    let first = file_path(&spec.out, segment_frames.map(|_| 1));
-    if first.exists() {
-        return Err(RecordError::Exists(first));
-    }
-
     let mut comments = VorbisComments {
         vendor: format!("rakkr-agent {AGENT_VERSION}"),
         tags: spec.tags.clone(),
     };
     comments
         .tags
-        .push(("RAKKR_SAMPLE_RATE".into(), format.sample_rate.to_string()));
-    if !identity {
-        comments
-            .tags
-            .push(("RAKKR_CHANNEL_MAP".into(), map.to_string()));
+        .push(("RAKKR_SAMPLE_RATE".into(), sample_rate.to_string()));
+    if let Some(m) = map_text {
+        comments.tags.push(("RAKKR_CHANNEL_MAP".into(), m));
     }
     let flac_spec = StreamSpec {
-        channels: file_channels as u8,
+        channels: channels as u8,
         bits_per_sample: spec.bits,
-        sample_rate: format.sample_rate,
+        sample_rate,
         compression_level: spec.compression_level,
         comments,
         sync_every_frames: (spec.sync_every.as_millis() as u64 * rate / 1000).max(1),
     };
-
-    let start_ms = clock.unix_ms();
-    let (capture, mut reader) =
-        Capture::start(source, spec.realtime).map_err(RecordError::Spawn)?;
-    let mut metering = Metering::new(format, spec.meter_interval);
-    let shift = 32 - u32::from(spec.bits);
     // Gaps with take-wide positions. Shared by the body (which adds) and the
     // final tags (which read, later).
     let gaps: RefCell<Vec<Gap>> = RefCell::new(Vec::new());
     let gaps_unlisted = Cell::new(0u64);
-    let mut converted: Vec<i32> =
-        Vec::with_capacity(capture.period_frames * usize::from(format.channels) * 64);
     let mut files = Vec::new();
     let mut take_frames = 0u64;
+    let drained =
+        |input: &TakeInput| input.finished.load(Ordering::Acquire) && input.samples.slots() == 0;
 
     // One file per segment; segments split the stream at exact sample positions.
-    let outcome = loop {
+    loop {
         let index = segment_frames.map(|_| files.len() as u32 + 1);
         let path = file_path(&spec.out, index);
         if path.exists() {
-            break Err(RecordError::Exists(path));
+            return Err(RecordError::Exists(path));
         }
         let part = part_path(&path);
         let segment_start = take_frames;
@@ -201,40 +446,31 @@ pub fn record_take(
             |enc| {
                 loop {
                     let done = enc.frames();
-                    if stop.load(Ordering::Relaxed)
-                        || segment_limit.is_some_and(|l| done >= l)
-                        || capture.failed()
-                    {
+                    if segment_limit.is_some_and(|l| done >= l) || drained(&input) {
                         return Ok(());
                     }
                     let max = segment_limit.map_or(usize::MAX, |l| (l - done) as usize);
-                    let mut result = Ok(());
-                    let n = reader.read(max, |samples| {
-                        if result.is_err() {
-                            return;
-                        }
-                        metering.push(samples, clock, |f| on_meter(&f));
-                        if identity {
-                            converted.clear();
-                            converted.extend(samples.iter().map(|s| s >> shift));
-                        } else {
-                            map.apply(samples, shift, &mut converted);
-                        }
-                        result = enc.write(&converted);
-                    });
-                    result?;
-                    reader.take_gaps(|g| {
+                    let frames = (input.samples.slots() / input.channels).min(max);
+                    if frames > 0
+                        && let Ok(chunk) = input.samples.read_chunk(frames * input.channels)
+                    {
+                        let (a, b) = chunk.as_slices();
+                        enc.write(a)?;
+                        enc.write(b)?;
+                        chunk.commit_all();
+                    }
+                    while let Ok(g) = input.gaps.pop() {
                         let mut unlisted = gaps_unlisted.get();
                         add_gap(&mut gaps.borrow_mut(), &mut unlisted, g);
                         gaps_unlisted.set(unlisted);
-                    });
-                    if n == 0 {
-                        reader.idle();
+                    }
+                    if frames == 0 {
+                        std::thread::sleep(input.idle);
                     }
                 }
             },
             |frames| {
-                let xruns = capture.stats.xruns.load(Ordering::Relaxed);
+                let xruns = stats.xruns.load(Ordering::Relaxed);
                 // This file's gaps, positioned within the file.
                 let end = segment_start + frames;
                 let here: Vec<Gap> = gaps
@@ -261,31 +497,17 @@ pub fn record_take(
                 take_frames += file.frames;
                 files.push((path, file));
             }
-            Err(source) => break Err(RecordError::Write { path, source }),
+            Err(source) => return Err(RecordError::Write { path, source }),
         }
-        let done = stop.load(Ordering::Relaxed)
-            || capture.failed()
-            || limit.is_some_and(|l| take_frames >= l)
-            || segment_frames.is_none();
-        if done {
-            break Ok(());
+        if limit.is_some_and(|l| take_frames >= l) || segment_frames.is_none() || drained(&input) {
+            break;
         }
-    };
-    let xruns = capture.stats.xruns.load(Ordering::Relaxed);
-    let captured = capture.stop();
-    outcome?;
-    if let Err(source) = captured {
-        return Err(RecordError::Capture {
-            path: spec.out.clone(),
-            frames: take_frames,
-            source,
-        });
     }
     Ok(TakeSummary {
         files,
         frames: take_frames,
         gaps: gaps.into_inner(),
-        xruns,
+        xruns: stats.xruns.load(Ordering::Relaxed),
     })
 }
 

@@ -460,3 +460,78 @@ fn channel_maps_route_and_mix_device_channels() {
         stderr(&o)
     );
 }
+
+#[test]
+fn one_capture_feeds_several_takes_on_disjoint_channels() {
+    let dir = tempfile::tempdir().unwrap();
+    const CH: usize = 6;
+    let values: Vec<i32> = full_range_samples(16, 60_000 * CH, 9)
+        .into_iter()
+        .map(|v| v as i32)
+        .collect();
+    let raw: Vec<u8> = values
+        .iter()
+        .flat_map(|v| (*v as i16).to_le_bytes())
+        .collect();
+    let input = dir.path().join("six.raw");
+    std::fs::write(&input, raw).unwrap();
+    let conf = alsa_config(dir.path(), "", &[("six", &input)]);
+    let (a, b, c) = (
+        dir.path().join("a.flac"),
+        dir.path().join("b.flac"),
+        dir.path().join("c.flac"),
+    );
+    let record = |first: &Path, extra: &[String]| {
+        run(agent()
+            .env("ALSA_CONFIG_PATH", &conf)
+            .args([
+                "record",
+                "--device",
+                "six",
+                "--channels",
+                "6",
+                "--format",
+                "S16_LE",
+                "--bits",
+                "16",
+            ])
+            .args(["--duration", "1", "--map", "2,1", "--out"])
+            .arg(first)
+            .args(extra))
+    };
+    let o = record(
+        &a,
+        &[
+            "--also".into(),
+            format!("{}=3", b.display()),
+            "--also".into(),
+            format!("{}=5,6", c.display()),
+        ],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    for (path, pick) in [(&a, vec![1usize, 0]), (&b, vec![2]), (&c, vec![4, 5])] {
+        assert!(flac_t(path));
+        let (_, decoded) = decode(path);
+        assert_eq!(decoded.len(), 48_000 * pick.len(), "{}", path.display());
+        let values = &values;
+        let pick = &pick;
+        let expected: Vec<i32> = (0..48_000)
+            .flat_map(|f| pick.iter().map(move |&ch| values[f * CH + ch]))
+            .collect();
+        assert!(decoded == expected, "{} differs", path.display());
+    }
+
+    let o = record(
+        &dir.path().join("e.flac"),
+        &[
+            "--also".into(),
+            format!("{}=2", dir.path().join("d.flac").display()),
+        ],
+    );
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("device channel 2 is in more than one take"),
+        "{}",
+        stderr(&o)
+    );
+}
