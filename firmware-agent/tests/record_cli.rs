@@ -406,11 +406,10 @@ fn the_agent_recovers_interrupted_takes_when_it_starts() {
     assert!(!takes.join("cut.flac.part").exists());
 }
 
-#[test]
-fn channel_maps_route_and_mix_device_channels() {
-    let dir = tempfile::tempdir().unwrap();
-    const CH: usize = 10;
-    let values: Vec<i32> = full_range_samples(16, 60_000 * CH, 5)
+/// An ALSA PCM `name` replaying 60,000 frames of `channels` full-range S16
+/// samples: the config to use and the samples.
+fn s16_device(dir: &Path, name: &str, channels: usize, seed: u64) -> (PathBuf, Vec<i32>) {
+    let values: Vec<i32> = full_range_samples(16, 60_000 * channels, seed)
         .into_iter()
         .map(|v| v as i32)
         .collect();
@@ -418,9 +417,16 @@ fn channel_maps_route_and_mix_device_channels() {
         .iter()
         .flat_map(|v| (*v as i16).to_le_bytes())
         .collect();
-    let input = dir.path().join("ten.raw");
+    let input = dir.join(format!("{name}.raw"));
     std::fs::write(&input, raw).unwrap();
-    let conf = alsa_config(dir.path(), "", &[("ten", &input)]);
+    (alsa_config(dir, "", &[(name, &input)]), values)
+}
+
+#[test]
+fn channel_maps_route_and_mix_device_channels() {
+    let dir = tempfile::tempdir().unwrap();
+    const CH: usize = 10;
+    let (conf, values) = s16_device(dir.path(), "ten", CH, 5);
     let record_ten = |map: &str, out: &Path| {
         run(agent()
             .env("ALSA_CONFIG_PATH", &conf)
@@ -465,17 +471,7 @@ fn channel_maps_route_and_mix_device_channels() {
 fn one_capture_feeds_several_takes_on_disjoint_channels() {
     let dir = tempfile::tempdir().unwrap();
     const CH: usize = 6;
-    let values: Vec<i32> = full_range_samples(16, 60_000 * CH, 9)
-        .into_iter()
-        .map(|v| v as i32)
-        .collect();
-    let raw: Vec<u8> = values
-        .iter()
-        .flat_map(|v| (*v as i16).to_le_bytes())
-        .collect();
-    let input = dir.path().join("six.raw");
-    std::fs::write(&input, raw).unwrap();
-    let conf = alsa_config(dir.path(), "", &[("six", &input)]);
+    let (conf, values) = s16_device(dir.path(), "six", CH, 9);
     let (a, b, c) = (
         dir.path().join("a.flac"),
         dir.path().join("b.flac"),
