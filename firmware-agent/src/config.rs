@@ -26,7 +26,7 @@
 //! channels = 2
 //! sample_rate = 48000
 //! period_frames = 1024
-//! signal = "demo"               # demo | tone | noise | silence
+//! signal = "demo"               # demo | tone | noise | silence | clipping | flatline
 //! level_dbfs = -12.0            # tone and noise
 //! freq_hz = 1000.0              # tone
 //!
@@ -157,6 +157,8 @@ pub enum SignalKind {
     Tone,
     Noise,
     Silence,
+    Clipping,
+    Flatline,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -353,6 +355,8 @@ impl AgentConfig {
                 let signal = match s.signal {
                     SignalKind::Demo => Signal::Demo,
                     SignalKind::Silence => Signal::Silence,
+                    SignalKind::Clipping => Signal::Clipping,
+                    SignalKind::Flatline => Signal::Flatline,
                     SignalKind::Tone => Signal::Tone {
                         freq_hz: s.freq_hz,
                         level_dbfs: level,

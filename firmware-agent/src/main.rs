@@ -38,7 +38,7 @@ enum Command {
 
 #[derive(clap::Args)]
 struct RecordArgs {
-    /// ALSA PCM name (see `rakkr-agent devices`), or `synthetic[:demo|tone|noise|silence]`
+    /// ALSA PCM name (see `rakkr-agent devices`), or `synthetic[:demo|tone|noise|silence|clipping|flatline]`
     /// for a generated test signal paced in real time.
     #[arg(long)]
     device: String,
@@ -226,8 +226,10 @@ fn record(args: RecordArgs) -> anyhow::Result<()> {
                 },
                 "noise" => Signal::Noise { level_dbfs: -20.0 },
                 "silence" => Signal::Silence,
+                "clipping" => Signal::Clipping,
+                "flatline" => Signal::Flatline,
                 other => anyhow::bail!(
-                    "unknown synthetic signal {other:?}: use demo, tone, noise or silence"
+                    "unknown synthetic signal {other:?}: use demo, tone, noise, silence, clipping or flatline"
                 ),
             };
             Box::new(SyntheticSource::new(

@@ -24,6 +24,10 @@ pub enum Signal {
     Noise { level_dbfs: f64 },
     /// Digital silence.
     Silence,
+    /// A 1 kHz sine driven 6 dB past full scale and hard-clipped.
+    Clipping,
+    /// A constant non-zero value: a stuck converter.
+    Flatline,
     /// Each channel a different tone whose level swells slowly between −42 and
     /// −6 dBFS, different per `seed`: lively meters for demonstrations.
     Demo,
@@ -75,6 +79,8 @@ impl SyntheticSource {
         let t = n as f64 / rate;
         let value = match self.signal {
             Signal::Silence => 0.0,
+            Signal::Clipping => (2.0 * (TAU * 1000.0 * t).sin()).clamp(-1.0, 1.0),
+            Signal::Flatline => 0.25,
             Signal::Tone {
                 freq_hz,
                 level_dbfs,
@@ -199,6 +205,23 @@ mod tests {
         assert!((0..10_000).all(|n| (s.sample(1, n) >> 8).abs() <= limit));
         let s = SyntheticSource::new(48000, 2, 64, Signal::Silence, 9);
         assert!((0..1000).all(|n| s.sample(0, n) == 0));
+    }
+
+    #[test]
+    fn clipping_and_flatline_patterns_raise_their_flags() {
+        use crate::meter::MeterAccumulator;
+        use rakkr_protocol::payload::MeterFlag;
+        for (signal, flag) in [
+            (Signal::Clipping, MeterFlag::Clipping),
+            (Signal::Flatline, MeterFlag::Flatline),
+        ] {
+            let s = SyntheticSource::new(48000, 1, 64, signal, 0);
+            let samples: Vec<i32> = (0..48_000).map(|n| s.sample(0, n)).collect();
+            let mut m = MeterAccumulator::new(1, SYNTHETIC_VALID_BITS);
+            m.push_interleaved(&samples);
+            let flags: Vec<MeterFlag> = m.take()[0].flags.iter().collect();
+            assert_eq!(flags, [flag], "{signal:?}");
+        }
     }
 
     #[test]
