@@ -74,7 +74,8 @@ pub enum GapKind {
 pub struct Gap {
     /// Frames delivered to the ring before the gap.
     pub position: u64,
-    /// Frames missing; 0 when unknown (device overruns).
+    /// Frames missing: exact for overflows; estimated from the time the
+    /// device went unread for overruns and device losses (0: unknown).
     pub frames: u64,
     pub kind: GapKind,
 }
@@ -88,6 +89,8 @@ pub struct CaptureLoop {
     buf: Vec<i32>,
     channels: usize,
     delivered: u64,
+    rate: u64,
+    period_frames: u64,
     /// When the last period arrived: the start of a device loss.
     last_read: std::time::Instant,
     pub stats: Arc<CaptureStats>,
@@ -104,6 +107,8 @@ impl CaptureLoop {
     ) -> CaptureLoop {
         let channels = usize::from(source.format().channels);
         let buf = vec![0i32; source.period_frames() * channels];
+        let rate = u64::from(source.format().sample_rate);
+        let period_frames = source.period_frames() as u64;
         CaptureLoop {
             source,
             producer,
@@ -111,6 +116,8 @@ impl CaptureLoop {
             buf,
             channels,
             delivered: 0,
+            rate,
+            period_frames,
             last_read: std::time::Instant::now(),
             stats,
             stop,
@@ -148,11 +155,16 @@ impl CaptureLoop {
                 },
             };
             // vDSO clock read: no syscall, no allocation.
-            self.last_read = std::time::Instant::now();
+            let now = std::time::Instant::now();
             if read.xrun_before {
                 self.stats.xruns.fetch_add(1, Ordering::Relaxed);
-                self.gap(0, GapKind::Xrun);
+                // The device kept running while we did not read: what it
+                // captured beyond one period since the last read is gone.
+                let stalled = now.duration_since(self.last_read).as_micros() as u64;
+                let missing = (stalled * self.rate / 1_000_000).saturating_sub(self.period_frames);
+                self.gap(missing, GapKind::Xrun);
             }
+            self.last_read = now;
             let samples = read.frames * self.channels;
             let frames = read.frames as u64;
             match self.producer.write_chunk_uninit(samples) {

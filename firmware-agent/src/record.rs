@@ -549,7 +549,7 @@ pub fn format_gaps(gaps: &[Gap], unlisted: u64) -> String {
         .iter()
         .map(|g| match (g.kind, g.frames) {
             (GapKind::Xrun, 0) => format!("{}+?", g.position),
-            (GapKind::DeviceLost, n) => format!("{}+~{n}", g.position),
+            (GapKind::Xrun | GapKind::DeviceLost, n) => format!("{}+~{n}", g.position),
             (_, n) => format!("{}+{n}", g.position),
         })
         .collect();

@@ -248,18 +248,17 @@ impl CaptureSource for AlsaSource {
         };
         let mut xrun_before = false;
         loop {
+            // A capture stream that is prepared (just opened, or just recovered
+            // from an overrun) delivers nothing until started.
+            if pcm.state() == alsa::pcm::State::Prepared {
+                pcm.start()
+                    .map_err(|e| device_error(&self.device, "cannot start", e))?;
+            }
             // Wait with a deadline: some devices (a JACK server that died, a USB
             // interface mid-unplug) never wake a blocked read again.
             match pcm.wait(Some(self.stall_limit_ms)) {
                 Ok(true) => {}
                 Ok(false) => {
-                    // A capture stream that was never started has nothing to
-                    // wait for: start it and wait again.
-                    if pcm.state() == alsa::pcm::State::Prepared {
-                        pcm.start()
-                            .map_err(|e| device_error(&self.device, "cannot start", e))?;
-                        continue;
-                    }
                     return Err(CaptureError::Device(format!(
                         "{}: no audio for {} ms",
                         self.device, self.stall_limit_ms
