@@ -46,6 +46,9 @@ pub struct CaptureStats {
     pub xruns: AtomicU64,
     /// Gap events that did not fit in the gap ring.
     pub gaps_unrecorded: AtomicU64,
+    /// From the capture thread waking for a period to the period being in the
+    /// ring (sources that report their wake-up only).
+    pub push_latency: LatencyHistogram,
     pub meter_frames_dropped: AtomicU64,
     /// Set while the device is lost and being reopened.
     pub device_lost: AtomicBool,
@@ -53,6 +56,50 @@ pub struct CaptureStats {
     pub device_returns: AtomicU64,
     /// Set when the capture thread stopped because the source failed.
     pub failed: AtomicBool,
+}
+
+/// A lock-free latency histogram: bucket `i` counts latencies in
+/// [2^i, 2^(i+1)) microseconds (bucket 0 also holds anything under 1 µs).
+/// Recording is two relaxed atomic operations; safe on the capture thread.
+#[derive(Debug, Default)]
+pub struct LatencyHistogram {
+    buckets: [AtomicU64; 32],
+    max_ns: AtomicU64,
+}
+
+impl LatencyHistogram {
+    pub fn record(&self, latency: Duration) {
+        let ns = latency.as_nanos().min(u128::from(u64::MAX)) as u64;
+        let us = (ns / 1000).max(1);
+        let bucket = (63 - us.leading_zeros() as usize).min(31);
+        self.buckets[bucket].fetch_add(1, Ordering::Relaxed);
+        self.max_ns.fetch_max(ns, Ordering::Relaxed);
+    }
+
+    pub fn count(&self) -> u64 {
+        self.buckets.iter().map(|b| b.load(Ordering::Relaxed)).sum()
+    }
+
+    /// The upper bound of the bucket holding the `q` quantile (0..=1).
+    pub fn quantile_upper_bound(&self, q: f64) -> Duration {
+        let total = self.count();
+        if total == 0 {
+            return Duration::ZERO;
+        }
+        let target = ((total as f64 * q).ceil() as u64).max(1);
+        let mut seen = 0;
+        for (i, b) in self.buckets.iter().enumerate() {
+            seen += b.load(Ordering::Relaxed);
+            if seen >= target {
+                return Duration::from_micros(2u64 << i);
+            }
+        }
+        self.max()
+    }
+
+    pub fn max(&self) -> Duration {
+        Duration::from_nanos(self.max_ns.load(Ordering::Relaxed))
+    }
 }
 
 /// First delay before reopening a lost device; doubles up to [`REOPEN_MAX`].
@@ -174,6 +221,9 @@ impl CaptureLoop {
                     self.stats
                         .frames_captured
                         .fetch_add(frames, Ordering::Relaxed);
+                    if let Some(woke) = self.source.last_wakeup() {
+                        self.stats.push_latency.record(woke.elapsed());
+                    }
                 }
                 Err(_) => {
                     self.gap(frames, GapKind::Overflow);
@@ -516,6 +566,21 @@ mod tests {
         for c in &first.channels {
             assert!((c.peak_dbfs - -12.0).abs() < 0.1, "{c:?}");
         }
+    }
+
+    #[test]
+    fn latency_histogram_quantiles() {
+        let h = LatencyHistogram::default();
+        assert_eq!(h.quantile_upper_bound(0.99), Duration::ZERO);
+        for _ in 0..98 {
+            h.record(Duration::from_micros(3)); // bucket 1: [2, 4) µs
+        }
+        h.record(Duration::from_micros(100)); // bucket 6: [64, 128) µs
+        h.record(Duration::from_millis(5));
+        assert_eq!(h.count(), 100);
+        assert_eq!(h.quantile_upper_bound(0.5), Duration::from_micros(4));
+        assert_eq!(h.quantile_upper_bound(0.99), Duration::from_micros(128));
+        assert_eq!(h.max(), Duration::from_millis(5));
     }
 
     #[test]

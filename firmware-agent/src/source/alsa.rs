@@ -53,6 +53,8 @@ pub struct AlsaSource {
     pcm: Option<PCM>,
     /// How long a read may wait before the device counts as lost.
     stall_limit_ms: u32,
+    /// When the last wait for audio returned.
+    woke: Option<std::time::Instant>,
     request: AlsaRequest,
     device: String,
     granted: Granted,
@@ -183,6 +185,7 @@ impl AlsaSource {
         Ok(AlsaSource {
             pcm: Some(pcm),
             stall_limit_ms,
+            woke: None,
             request: req.clone(),
             device: dev.to_owned(),
             granted,
@@ -215,6 +218,10 @@ impl CaptureSource for AlsaSource {
 
     fn kind(&self) -> &'static str {
         "alsa"
+    }
+
+    fn last_wakeup(&self) -> Option<std::time::Instant> {
+        self.woke
     }
 
     fn reopen(&mut self) -> Result<(), CaptureError> {
@@ -257,7 +264,7 @@ impl CaptureSource for AlsaSource {
             // Wait with a deadline: some devices (a JACK server that died, a USB
             // interface mid-unplug) never wake a blocked read again.
             match pcm.wait(Some(self.stall_limit_ms)) {
-                Ok(true) => {}
+                Ok(true) => self.woke = Some(std::time::Instant::now()),
                 Ok(false) => {
                     return Err(CaptureError::Device(format!(
                         "{}: no audio for {} ms",

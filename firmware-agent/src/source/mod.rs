@@ -64,4 +64,10 @@ pub trait CaptureSource: Send + 'static {
 
     /// Short name for status and logs, e.g. `synthetic`.
     fn kind(&self) -> &'static str;
+
+    /// When the last `read` woke up because audio was ready (before copying it),
+    /// for measuring wake-up-to-push latency. `None` if the source cannot tell.
+    fn last_wakeup(&self) -> Option<std::time::Instant> {
+        None
+    }
 }
