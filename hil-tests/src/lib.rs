@@ -339,3 +339,65 @@ impl Drop for MqttWatch {
         let _ = self.client.disconnect();
     }
 }
+
+/// A JACK server with the dummy backend, for real-time-paced ALSA capture
+/// through alsa-lib's jack plugin. Stopped with SIGTERM on drop (SIGKILL would
+/// leave its socket behind and a server of the same name could not start again).
+pub struct JackServer {
+    pub name: String,
+    child: std::process::Child,
+}
+
+impl JackServer {
+    /// Start `jackd -d dummy` at 48 kHz with `period` frames and `capture` ports,
+    /// and wait until it accepts clients.
+    pub fn start(name: &str, period: u32, capture: u16) -> Result<JackServer> {
+        let child = Command::new("jackd")
+            .args([
+                "-n",
+                name,
+                "--no-realtime",
+                "-d",
+                "dummy",
+                "-r",
+                "48000",
+                "-p",
+                &period.to_string(),
+            ])
+            .args(["-C", &capture.to_string(), "-P", "2"])
+            .env("JACK_NO_AUDIO_RESERVATION", "1")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("start jackd (package jackd2)")?;
+        let server = JackServer {
+            name: name.to_owned(),
+            child,
+        };
+        let up = Command::new("jack_wait")
+            .args(["-s", name, "-w", "-t", "10"])
+            .output()?;
+        if !up.status.success() {
+            bail!("jackd {name} did not start");
+        }
+        Ok(server)
+    }
+
+    /// alsa-lib configuration lines for `pcm.jackcap`, `channels` capture ports.
+    pub fn capture_pcm(channels: u16) -> String {
+        let ports: String = (0..channels)
+            .map(|c| format!("{c} system:capture_{} ", c + 1))
+            .collect();
+        format!("pcm.jackcap {{ type jack capture_ports {{ {ports}}} }}\n")
+    }
+}
+
+impl Drop for JackServer {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        let _ = self.child.wait();
+    }
+}

@@ -22,7 +22,7 @@ use std::path::Path;
 use std::process::Command;
 
 use anyhow::{Context, Result, bail};
-use rakkr_hil_tests::bin;
+use rakkr_hil_tests::{JackServer, bin};
 
 fn cpu_seconds(shell: &str, env: &[(&str, &Path)]) -> Result<f64> {
     let out = Command::new("/usr/bin/time")
@@ -88,44 +88,18 @@ fn main() -> Result<()> {
         bail!("sox failed");
     }
     let conf = dir.path().join("asound.conf");
-    let ports: String = (0..channels)
-        .map(|c| format!("{c} system:capture_{} ", c + 1))
-        .collect();
     std::fs::write(
         &conf,
         format!(
-            "</usr/share/alsa/alsa.conf>\n\
-             pcm.jackcap {{ type jack capture_ports {{ {ports}}} }}\n\
+            "</usr/share/alsa/alsa.conf>\n{}\
              pcm.jackcap_plug {{ type plug slave.pcm \"jackcap\" }}\n\
              pcm.bench {{\n type file\n slave.pcm \"jackcap_plug\"\n file \"/dev/null\"\n infile \"{}\"\n format \"raw\"\n}}\n",
+            JackServer::capture_pcm(channels as u16),
             input.display()
         ),
     )?;
     let server = format!("rakkr-bench-{}", std::process::id());
-    let mut jack = Command::new("jackd")
-        .args([
-            "-n",
-            &server,
-            "--no-realtime",
-            "-d",
-            "dummy",
-            "-r",
-            "48000",
-            "-p",
-            "1024",
-        ])
-        .args(["-C", &channels.to_string(), "-P", "2"])
-        .env("JACK_NO_AUDIO_RESERVATION", "1")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .context("start jackd")?;
-    let up = Command::new("jack_wait")
-        .args(["-s", &server, "-w", "-t", "10"])
-        .output()?;
-    if !up.status.success() {
-        bail!("jackd did not start");
-    }
+    let jack = JackServer::start(&server, 1024, channels as u16)?;
     let server_env = std::path::PathBuf::from(&server);
     let env = [
         ("ALSA_CONFIG_PATH", conf.as_path()),
@@ -161,11 +135,7 @@ fn main() -> Result<()> {
         ours.push(ours_cpu);
         reference.push(ref_cpu);
     }
-    let _ = Command::new("kill")
-        .arg("-TERM")
-        .arg(jack.id().to_string())
-        .status();
-    let _ = jack.wait();
+    drop(jack);
     let (o, r) = (median(ours), median(reference));
     let per_channel_hour = |cpu: f64| cpu / f64::from(channels) / (f64::from(seconds) / 3600.0);
     println!(

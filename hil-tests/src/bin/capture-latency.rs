@@ -13,13 +13,13 @@
 //! p50 / p99 (as the upper bound of a power-of-two histogram bucket) and the
 //! maximum per run, and the medians.
 
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
+use anyhow::Result;
 use rakkr_agent::capture::Capture;
 use rakkr_agent::source::SampleFormat;
 use rakkr_agent::source::alsa::{AlsaRequest, AlsaSource};
+use rakkr_hil_tests::JackServer;
 
 fn median(mut v: Vec<Duration>) -> Duration {
     v.sort();
@@ -34,41 +34,15 @@ fn main() -> Result<()> {
     let period: u32 = args.get(3).map_or(Ok(256), |s| s.parse())?;
     let dir = tempfile::tempdir()?;
     let server = format!("rakkr-latency-{}", std::process::id());
-    let ports: String = (0..channels)
-        .map(|c| format!("{c} system:capture_{} ", c + 1))
-        .collect();
     let conf = dir.path().join("asound.conf");
     std::fs::write(
         &conf,
         format!(
-            "</usr/share/alsa/alsa.conf>\npcm.jackcap {{ type jack capture_ports {{ {ports}}} }}\n\
-             pcm.bench {{ type plug slave.pcm \"jackcap\" }}\n"
+            "</usr/share/alsa/alsa.conf>\n{}pcm.bench {{ type plug slave.pcm \"jackcap\" }}\n",
+            JackServer::capture_pcm(channels)
         ),
     )?;
-    let mut jack = Command::new("jackd")
-        .args([
-            "-n",
-            &server,
-            "--no-realtime",
-            "-d",
-            "dummy",
-            "-r",
-            "48000",
-            "-p",
-            &period.to_string(),
-        ])
-        .args(["-C", &channels.to_string(), "-P", "2"])
-        .env("JACK_NO_AUDIO_RESERVATION", "1")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .context("start jackd")?;
-    let up = Command::new("jack_wait")
-        .args(["-s", &server, "-w", "-t", "10"])
-        .output()?;
-    if !up.status.success() {
-        bail!("jackd did not start");
-    }
+    let jack = JackServer::start(&server, period, channels)?;
     // SAFETY: single-threaded so far; alsa-lib and libjack read these on first use.
     #[allow(unsafe_code)]
     unsafe {
@@ -114,11 +88,7 @@ fn main() -> Result<()> {
         p99s.push(p99);
         maxes.push(max);
     }
-    let _ = Command::new("kill")
-        .arg("-TERM")
-        .arg(jack.id().to_string())
-        .status();
-    let _ = jack.wait();
+    drop(jack);
     println!(
         "median: p50 <= {:?}, p99 <= {:?}, max {:?}",
         median(p50s),
