@@ -201,37 +201,40 @@ impl CaptureLoop {
                     }
                 },
             };
-            // vDSO clock read: no syscall, no allocation.
-            let now = std::time::Instant::now();
             if read.xrun_before {
                 self.stats.xruns.fetch_add(1, Ordering::Relaxed);
                 // The device kept running while we did not read: what it
                 // captured beyond one period since the last read is gone.
-                let stalled = now.duration_since(self.last_read).as_micros() as u64;
+                let stalled = self.last_read.elapsed().as_micros() as u64;
                 let missing = (stalled * self.rate / 1_000_000).saturating_sub(self.period_frames);
                 self.gap(missing, GapKind::Xrun);
             }
-            self.last_read = now;
             let samples = read.frames * self.channels;
             let frames = read.frames as u64;
-            match self.producer.write_chunk_uninit(samples) {
+            let pushed = match self.producer.write_chunk_uninit(samples) {
                 Ok(chunk) => {
                     chunk.fill_from_iter(self.buf[..samples].iter().copied());
                     self.delivered += frames;
                     self.stats
                         .frames_captured
                         .fetch_add(frames, Ordering::Relaxed);
-                    if let Some(woke) = self.source.last_wakeup() {
-                        self.stats.push_latency.record(woke.elapsed());
-                    }
+                    true
                 }
                 Err(_) => {
                     self.gap(frames, GapKind::Overflow);
                     self.stats
                         .frames_dropped
                         .fetch_add(frames, Ordering::Relaxed);
+                    false
                 }
+            };
+            // One clock read per period (vDSO: no syscall, no allocation) serves
+            // both the push latency and the start of any later device loss.
+            let now = std::time::Instant::now();
+            if pushed && let Some(woke) = self.source.last_wakeup() {
+                self.stats.push_latency.record(now.duration_since(woke));
             }
+            self.last_read = now;
         }
         Ok(())
     }

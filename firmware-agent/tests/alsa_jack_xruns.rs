@@ -143,4 +143,20 @@ fn stalls_become_counted_overruns_recorded_as_gaps_and_capture_continues() {
             .all(|(a, b)| i64::from(*a) == *b),
         "audio out of order"
     );
+
+    // A device with a fixed channel count (two JACK ports, float samples): asking
+    // for more channels is a clear error that says what the device has.
+    let e = AlsaSource::open(&AlsaRequest {
+        device: "jackcap".into(),
+        channels: 4,
+        format: SampleFormat::FloatLe,
+        ..request
+    })
+    .unwrap_err();
+    let msg = e.to_string();
+    assert!(matches!(e, CaptureError::Unsupported(_)), "{msg}");
+    assert!(
+        msg.contains("cannot capture 4 channels") && msg.contains("2 to 2"),
+        "{msg}"
+    );
 }
