@@ -66,7 +66,7 @@ struct RecordArgs {
     /// disjoint device channels.
     #[arg(long)]
     also: Vec<String>,
-    /// Bits per sample in the file: 16 or 24.
+    /// Bits per sample in the file: 16, 24 or 32.
     #[arg(long, default_value_t = 24)]
     bits: u8,
     /// FLAC compression level, 0-8.

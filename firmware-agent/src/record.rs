@@ -36,7 +36,7 @@ pub const PART_SUFFIX: &str = ".part";
 #[derive(Debug, Clone)]
 pub struct TakeSpec {
     pub out: PathBuf,
-    /// Bits per sample in the file: 16 or 24.
+    /// Bits per sample in the file: 16, 24 or 32.
     pub bits: u8,
     pub compression_level: u8,
     /// `None`: until stopped.
@@ -71,7 +71,7 @@ pub enum RecordError {
         "{channels} channels: one FLAC file carries at most 8; choose up to 8 with a channel map"
     )]
     TooManyChannels { channels: u16 },
-    #[error("{0}-bit files are not supported; use 16 or 24")]
+    #[error("{0}-bit files are not supported; use 16, 24 or 32")]
     Bits(u8),
     #[error("{0}")]
     Map(String),
@@ -240,7 +240,7 @@ pub fn record_takes(
                 channels: map.outputs() as u16,
             });
         }
-        if !matches!(spec.bits, 16 | 24) {
+        if !matches!(spec.bits, 16 | 24 | 32) {
             return Err(RecordError::Bits(spec.bits));
         }
         if specs.len() > 1 {

@@ -30,10 +30,27 @@ fn flac_t(path: &Path) -> bool {
         .success()
 }
 
+/// Decode with the reference decoder (`flac -d`): bits per sample and samples.
 fn decode(path: &Path) -> (u32, Vec<i32>) {
-    let mut r = claxon::FlacReader::open(path).unwrap();
-    let bits = r.streaminfo().bits_per_sample;
-    (bits, r.samples().map(Result::unwrap).collect())
+    let (info, _) = rakkr_flac::read_stream_info(path).unwrap();
+    let out = Command::new("flac")
+        .args(["-d", "-c", "--silent", "--force-raw-format"])
+        .args(["--endian=little", "--sign=signed"])
+        .arg(path)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "flac -d: {}", stderr(&out));
+    let width = usize::from(info.bits_per_sample / 8);
+    let samples = out
+        .stdout
+        .chunks_exact(width)
+        .map(|c| {
+            let mut b = [0u8; 4];
+            b[4 - width..].copy_from_slice(c);
+            i32::from_le_bytes(b) >> (32 - 8 * width)
+        })
+        .collect();
+    (u32::from(info.bits_per_sample), samples)
 }
 
 #[test]
@@ -46,6 +63,7 @@ fn alsa_captures_become_bit_exact_flac_files() {
         ("s16", "S16_LE", 2usize, 16u32, 16u8),
         ("s24_3", "S24_3LE", 3, 24, 24),
         ("s32", "S32_LE", 4, 24, 24),
+        ("s32full", "S32_LE", 4, 32, 32),
     ];
     let mut pcms = Vec::new();
     let mut inputs = Vec::new();
@@ -55,7 +73,8 @@ fn alsa_captures_become_bit_exact_flac_files() {
                 .into_iter()
                 .map(|v| v as i32)
                 .collect();
-        // S32 from a 24-bit converter: 24 significant bits, left-justified.
+        // S32 from a 24-bit converter: 24 significant bits, left-justified
+        // (recorded at 24 bits); and S32 with all 32 bits significant.
         let shift = (width as u32 * 8) - bits;
         let raw: Vec<u8> = values
             .iter()

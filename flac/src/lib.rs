@@ -1,15 +1,15 @@
 //! Crash-safe FLAC recording files.
 //!
-//! Encoding is libFLAC (1.5, bundled and statically linked through flac-bound's
-//! `libflac` feature; see docs/decisions/0006-flac-encoding.md). Around it this
-//! crate owns the file:
+//! Encoding and decoding are libFLAC (1.5, bundled and statically linked through
+//! libflac-sys; all FFI lives in `libflac.rs`; see
+//! docs/decisions/0006-flac-encoding.md). Around it this crate owns the file:
 //!
 //! ## On-disk format
 //! A standard FLAC stream, readable by any decoder:
 //!
 //! ```text
 //! "fLaC"
-//! STREAMINFO        34 bytes (from libFLAC; total samples and MD5 patched at the end)
+//! STREAMINFO        34 bytes (from libFLAC; total samples and libFLAC's MD5 patched at the end)
 //! VORBIS_COMMENT    our tags (node, job, channel names, start time, gaps, …)
 //! PADDING           room to rewrite VORBIS_COMMENT at the end without moving audio
 //! frames…           from libFLAC
@@ -32,10 +32,12 @@
 //! through [`recover`], passes `flac -t` and decodes to exactly the samples given.
 
 mod format;
+mod libflac;
 mod recover;
 mod writer;
 
 pub use format::{StreamInfo, VorbisComments};
+pub use libflac::{FlacReader, StreamFormat};
 pub use recover::{RecoveryReport, audio_offset, read_stream_info, recover};
 pub use writer::{Encoding, FileSummary, StreamSpec, encode_file};
 

@@ -11,6 +11,7 @@ use crate::format::{
     BLOCK_HEADER, STREAMINFO_LEN, StreamInfo, TYPE_STREAMINFO, TYPE_VORBIS_COMMENT, VorbisComments,
     crc16_update, parse_frame_header,
 };
+use crate::libflac::FlacReader;
 
 /// What [`recover`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -213,28 +214,21 @@ pub fn recover(path: &Path) -> Result<RecoveryReport, FlacError> {
     }
 
     // Decode what is left: its sample count and MD5 go into STREAMINFO.
-    let decode_err = |e: claxon::Error| FlacError::Decode {
-        path: path.display().to_string(),
-        detail: e.to_string(),
-    };
-    let mut reader = claxon::FlacReader::open(path).map_err(decode_err)?;
+    let mut reader = FlacReader::open(path)?;
     let width = usize::from(header.info.bits_per_sample).div_ceil(8);
     let mut md5 = Md5::new();
     let mut samples = 0u64;
-    let mut blocks = reader.blocks();
-    let mut buffer = Vec::new();
     let mut bytes = Vec::new();
-    while let Some(block) = blocks.read_next_or_eof(buffer).map_err(decode_err)? {
+    while let Some(block) = reader.next_block()? {
         bytes.clear();
-        for i in 0..block.duration() {
-            for c in 0..block.channels() {
-                bytes.extend_from_slice(&block.sample(c, i).to_le_bytes()[..width]);
-            }
-        }
+        bytes.extend(block.iter().flat_map(|s| {
+            let le = s.to_le_bytes();
+            le.into_iter().take(width)
+        }));
         md5.update(&bytes);
-        samples += u64::from(block.duration());
-        buffer = block.into_buffer();
+        samples += (block.len() / usize::from(header.info.channels)) as u64;
     }
+    drop(reader);
     let md5: [u8; 16] = md5.finalize().into();
     let already_complete =
         bytes_cut == 0 && header.info.total_samples == samples && header.info.md5 == md5;

@@ -1,20 +1,17 @@
-//! Writing a FLAC file: libFLAC through flac-bound, with our header and
+//! Writing a FLAC file: libFLAC (see `libflac.rs`), with our header and
 //! durability around it.
 
-use std::cell::RefCell;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
-
-use flac_bound::{FlacEncoder, WriteWrapper};
-use md5::{Digest, Md5};
 
 use crate::FlacError;
 use crate::format::{
     BLOCK_HEADER, STREAMINFO_LEN, StreamInfo, TYPE_PADDING, TYPE_STREAMINFO, TYPE_VORBIS_COMMENT,
     VorbisComments, block_header,
 };
+use crate::libflac::{EncoderSettings, RawEncoder};
 
 /// Bytes of PADDING after VORBIS_COMMENT: room for tags added at the end
 /// (gap lists, final duration) without moving the audio.
@@ -25,7 +22,8 @@ pub const PADDING_BYTES: usize = 16 * 1024;
 pub struct StreamSpec {
     /// 1 to 8 (the FLAC format's limit).
     pub channels: u8,
-    /// 16 or 24.
+    /// 16, 24 or 32. (32-bit streams are outside FLAC's streamable subset;
+    /// libFLAC ≥ 1.4 and `flac` ≥ 1.4 read them.)
     pub bits_per_sample: u8,
     pub sample_rate: u32,
     /// libFLAC compression level, 0 (fastest) to 8 (smallest).
@@ -44,9 +42,9 @@ impl StreamSpec {
                 self.channels
             ));
         }
-        if !matches!(self.bits_per_sample, 16 | 24) {
+        if !matches!(self.bits_per_sample, 16 | 24 | 32) {
             return bad(format!(
-                "{}-bit samples; use 16 or 24",
+                "{}-bit samples; use 16, 24 or 32",
                 self.bits_per_sample
             ));
         }
@@ -78,7 +76,7 @@ struct Sink<'f> {
     file: &'f File,
     /// The last write error: libFLAC only learns "the client failed", so the
     /// cause (e.g. "No space left on device") is kept here for the caller.
-    error: &'f RefCell<Option<std::io::Error>>,
+    error: Option<std::io::Error>,
     header: Option<Vec<u8>>,
     comments: Vec<u8>,
     /// File offset of our VORBIS_COMMENT block header, once written.
@@ -90,7 +88,7 @@ impl Sink<'_> {
     fn put(&mut self, bytes: &[u8]) -> std::io::Result<()> {
         let mut f = self.file;
         if let Err(e) = f.write_all(bytes) {
-            *self.error.borrow_mut() = Some(std::io::Error::new(e.kind(), e.to_string()));
+            self.error = Some(std::io::Error::new(e.kind(), e.to_string()));
             return Err(e);
         }
         self.written += bytes.len() as u64;
@@ -163,12 +161,10 @@ impl Write for Sink<'_> {
 
 /// An open encoding, handed to the body of [`encode_file`].
 pub struct Encoding<'e> {
-    encoder: FlacEncoder<'e>,
+    encoder: RawEncoder<Sink<'e>>,
     file: &'e File,
-    write_error: &'e RefCell<Option<std::io::Error>>,
     path: &'e Path,
     spec: &'e StreamSpec,
-    md5: Md5,
     frames: u64,
     since_sync: u64,
 }
@@ -185,16 +181,13 @@ impl Encoding<'_> {
             )));
         }
         let frames = (interleaved.len() / channels) as u64;
-        if self
-            .encoder
-            .process_interleaved(interleaved, frames as u32)
-            .is_err()
-        {
-            return Err(encoder_error(self.path, self.write_error, || {
-                format!("{:?}", self.encoder.state())
-            }));
+        // libFLAC takes at most u32::MAX frames per call.
+        for chunk in interleaved.chunks(channels * (u32::MAX as usize / channels)) {
+            let n = (chunk.len() / channels) as u32;
+            if !self.encoder.process_interleaved(chunk, n) {
+                return Err(self.failure());
+            }
         }
-        self.hash(interleaved);
         self.frames += frames;
         self.since_sync += frames;
         if self.since_sync >= self.spec.sync_every_frames {
@@ -216,31 +209,12 @@ impl Encoding<'_> {
         self.frames
     }
 
-    /// FLAC's MD5 covers the samples as little-endian integers of the stream's
-    /// byte width, interleaved.
-    fn hash(&mut self, samples: &[i32]) {
-        let width = usize::from(self.spec.bits_per_sample / 8);
-        let mut buf = [0u8; 4096];
-        for chunk in samples.chunks(4096 / 4) {
-            let mut n = 0;
-            for s in chunk {
-                buf[n..n + width].copy_from_slice(&s.to_le_bytes()[..width]);
-                n += width;
-            }
-            self.md5.update(&buf[..n]);
+    /// Why the encoder stopped: the write error behind it if there was one.
+    fn failure(&mut self) -> FlacError {
+        match &self.encoder.output().error {
+            Some(e) => FlacError::io(self.path, std::io::Error::new(e.kind(), e.to_string())),
+            None => FlacError::Encoder(self.encoder.state()),
         }
-    }
-}
-
-/// The cause of an encoder failure: the write error behind it if there was one.
-fn encoder_error(
-    path: &Path,
-    write_error: &RefCell<Option<std::io::Error>>,
-    state: impl FnOnce() -> String,
-) -> FlacError {
-    match write_error.borrow().as_ref() {
-        Some(e) => FlacError::io(path, std::io::Error::new(e.kind(), e.to_string())),
-        None => FlacError::Encoder(state()),
     }
 }
 
@@ -264,79 +238,74 @@ pub fn encode_file<T>(
         .create_new(true)
         .open(path)
         .map_err(|e| FlacError::io(path, e))?;
-    let write_error = RefCell::new(None);
-    let mut sink = Sink {
+    let sink = Sink {
         file: &file,
-        error: &write_error,
+        error: None,
         header: Some(Vec::new()),
         comments: spec.comments.to_block_payload(),
         comment_offset: None,
         written: 0,
     };
-    let outcome = {
-        let mut wrapper = WriteWrapper(&mut sink);
-        let config = FlacEncoder::new()
-            .ok_or_else(|| FlacError::Encoder("cannot allocate an encoder".into()))?
-            .channels(u32::from(spec.channels))
-            .bits_per_sample(u32::from(spec.bits_per_sample))
-            .sample_rate(spec.sample_rate)
-            .compression_level(u32::from(spec.compression_level))
-            .streamable_subset(true)
-            .verify(false);
-        let encoder = config
-            .init_write(&mut wrapper)
-            .map_err(|e| FlacError::Encoder(format!("cannot start the encoder: {e:?}")))?;
-        // The header is on disk now: make it and the directory entry durable.
-        file.sync_all().map_err(|e| FlacError::io(path, e))?;
-        sync_dir(path)?;
-        let mut encoding = Encoding {
-            encoder,
-            file: &file,
-            write_error: &write_error,
-            path,
-            spec,
-            md5: Md5::new(),
-            frames: 0,
-            since_sync: 0,
-        };
-        let result = body(&mut encoding);
-        let Encoding {
-            encoder,
-            md5,
-            frames,
-            ..
-        } = encoding;
-        let finished = encoder.finish().map_err(|e| {
-            encoder_error(path, &write_error, || {
-                format!("cannot finish: {:?}", e.state())
-            })
-        });
-        (result, finished, frames, md5.finalize())
+    let settings = EncoderSettings {
+        channels: u32::from(spec.channels),
+        bits_per_sample: u32::from(spec.bits_per_sample),
+        sample_rate: spec.sample_rate,
+        compression_level: u32::from(spec.compression_level),
     };
-    let (result, finished, frames, md5) = outcome;
-    let write_failed = write_error.borrow().is_some();
-    if finished.is_err() || write_failed {
-        // A failed write (e.g. disk full) may have left a torn frame: cut it,
-        // and finish the file with what reached the disk intact.
-        crate::recover(path)?;
-        let error = match (result, finished) {
-            (Err(e), _) | (Ok(_), Err(e)) => e,
-            (Ok(_), Ok(_)) => encoder_error(path, &write_error, || "write failed".into()),
-        };
-        return Err(error);
+    let mut encoder = RawEncoder::new(&settings, sink)?;
+    if let Err(reason) = encoder.init() {
+        return Err(match encoder.output().error.take() {
+            Some(e) => FlacError::io(path, e),
+            None => FlacError::Encoder(format!("cannot start the encoder: {reason}")),
+        });
     }
-    let md5: [u8; 16] = md5.into();
+    // The header is on disk now: make it and the directory entry durable.
+    file.sync_all().map_err(|e| FlacError::io(path, e))?;
+    sync_dir(path)?;
+    let mut encoding = Encoding {
+        encoder,
+        file: &file,
+        path,
+        spec,
+        frames: 0,
+        since_sync: 0,
+    };
+    let result = body(&mut encoding);
+    let finished = encoding.encoder.finish();
+    let finish_error = finished.is_none().then(|| encoding.failure());
+    let Encoding {
+        mut encoder,
+        frames,
+        ..
+    } = encoding;
+    let write_failed = encoder.output().error.is_some();
+    let (comment_offset, written) = (encoder.output().comment_offset, encoder.output().written);
+    drop(encoder);
+    let finished = match (finished, finish_error) {
+        (Some(f), None) if !write_failed && f.total_samples == frames => f,
+        (_, error) => {
+            // A failed write (e.g. disk full) may have left a torn frame: cut it,
+            // and finish the file with what reached the disk intact.
+            crate::recover(path)?;
+            return Err(match (result, error) {
+                (Err(e), _) | (Ok(_), Some(e)) => e,
+                (Ok(_), None) => FlacError::Encoder(format!(
+                    "libFLAC counted a different number of samples than were given ({frames})"
+                )),
+            });
+        }
+    };
 
-    // Patch STREAMINFO with the true length and MD5.
+    // Patch STREAMINFO with the true length and libFLAC's MD5.
     let mut info = [0u8; STREAMINFO_LEN];
     file.read_exact_at(&mut info, 8)
         .map_err(|e| FlacError::io(path, e))?;
-    StreamInfo::patch(&mut info, frames, md5);
+    StreamInfo::patch(&mut info, frames, finished.md5);
     file.write_all_at(&info, 8)
         .map_err(|e| FlacError::io(path, e))?;
 
     // Final tags, in place of the opening ones, if they fit.
-    if let Some(offset) = sink.comment_offset {
+    if let Some(offset) = comment_offset {
         let mut comments = spec.comments.clone();
         comments.tags.extend(final_tags(frames));
         rewrite_comments(
@@ -350,8 +319,8 @@ pub fn encode_file<T>(
     file.sync_all().map_err(|e| FlacError::io(path, e))?;
     let summary = FileSummary {
         frames,
-        md5,
-        bytes: sink.written,
+        md5: finished.md5,
+        bytes: written,
     };
     // The body's own error comes after the file is safe.
     result.map(|value| (value, summary))
