@@ -322,9 +322,9 @@ impl Capture {
             gaps,
             channels,
             position: 0,
+            period_samples: period_frames * channels,
             idle: Duration::from_micros(
-                (period_frames as u64 * 1_000_000 / u64::from(format.sample_rate.max(1)) / 2)
-                    .max(500),
+                (period_frames as u64 * 1_000_000 / u64::from(format.sample_rate.max(1))).max(500),
             ),
         };
         Ok((
@@ -364,6 +364,8 @@ pub struct StreamReader {
     gaps: rtrb::Consumer<Gap>,
     channels: usize,
     position: u64,
+    /// One period of samples, and how long it lasts.
+    period_samples: usize,
     idle: Duration,
 }
 
@@ -404,9 +406,13 @@ impl StreamReader {
         }
     }
 
-    /// Sleep about half a period: the wait when no audio is available.
-    pub fn idle(&self) {
-        std::thread::sleep(self.idle);
+    /// Wait for the next period, unless a whole period is already waiting: in
+    /// steady state the consumer wakes once per period (the capture thread may
+    /// not wake it: that would be a syscall on the real-time side).
+    pub fn pace(&self) {
+        if self.samples.slots() < self.period_samples {
+            std::thread::sleep(self.idle);
+        }
     }
 }
 
@@ -493,7 +499,7 @@ impl CapturePipeline {
                 .name("rakkr-meter".into())
                 .spawn(move || {
                     while !stop.load(Ordering::Relaxed) {
-                        let read = reader.read(usize::MAX, |samples| {
+                        reader.read(usize::MAX, |samples| {
                             metering.push(samples, &*clock, |frame| {
                                 if meters_out.try_send(frame).is_err() {
                                     stats.meter_frames_dropped.fetch_add(1, Ordering::Relaxed);
@@ -501,9 +507,7 @@ impl CapturePipeline {
                             });
                         });
                         reader.take_gaps(|_| {});
-                        if read == 0 {
-                            reader.idle();
-                        }
+                        reader.pace();
                     }
                 })?
         };

@@ -98,25 +98,26 @@ impl ChannelMap {
         })
     }
 
-    /// Map interleaved input frames into `out` (cleared first), shifting every
-    /// input sample right by `shift` bits first (left-justified capture samples
-    /// to the file's resolution), so mixes round at the file's resolution.
-    /// `out` keeps its capacity, so steady-state use does not allocate.
-    pub fn apply(&self, input: &[i32], shift: u32, out: &mut Vec<i32>) {
-        out.clear();
-        for frame in input.chunks_exact(self.inputs) {
-            for o in &self.outputs {
-                out.push(match o {
-                    Output::Copy(c) => frame[*c] >> shift,
-                    Output::Mix(cs) => {
-                        let sum: i64 = cs.iter().map(|&c| i64::from(frame[c] >> shift)).sum();
-                        let k = cs.len() as i64;
-                        // Round half away from zero.
-                        ((sum + sum.signum() * (k / 2)) / k) as i32
-                    }
-                });
-            }
-        }
+    /// The output samples for interleaved input frames, shifting every input
+    /// sample right by `shift` bits first (left-justified capture samples to
+    /// the file's resolution), so mixes round at the file's resolution.
+    /// A trailing partial frame is ignored. Does not allocate.
+    pub fn map_frames<'a>(
+        &'a self,
+        input: &'a [i32],
+        shift: u32,
+    ) -> impl Iterator<Item = i32> + 'a {
+        input.chunks_exact(self.inputs).flat_map(move |frame| {
+            self.outputs.iter().map(move |o| match o {
+                Output::Copy(c) => frame[*c] >> shift,
+                Output::Mix(cs) => {
+                    let sum: i64 = cs.iter().map(|&c| i64::from(frame[c] >> shift)).sum();
+                    let k = cs.len() as i64;
+                    // Round half away from zero.
+                    ((sum + sum.signum() * (k / 2)) / k) as i32
+                }
+            })
+        })
     }
 }
 
@@ -145,7 +146,7 @@ mod tests {
     fn map(text: &str, inputs: usize, frames: &[i32]) -> Vec<i32> {
         let m = ChannelMap::parse(text, inputs).unwrap();
         let mut out = Vec::new();
-        m.apply(frames, 0, &mut out);
+        out.extend(m.map_frames(frames, 0));
         out
     }
 
@@ -191,7 +192,7 @@ mod tests {
     fn shifting_comes_before_mixing() {
         let m = ChannelMap::parse("1+2", 2).unwrap();
         let mut out = Vec::new();
-        m.apply(&[3 << 16, 4 << 16], 16, &mut out);
+        out.extend(m.map_frames(&[3 << 16, 4 << 16], 16));
         assert_eq!(out, [4], "(3 + 4) / 2 rounds to 4 at 16-bit resolution");
     }
 

@@ -43,7 +43,7 @@ impl Default for MeterPolicy {
 
 #[derive(Debug, Clone, Default)]
 struct ChannelState {
-    peak: i64,
+    peak: u32,
     sum: f64,
     sum_squares: f64,
     /// Σ x·y with the next channel.
@@ -57,7 +57,7 @@ struct ChannelState {
 #[derive(Debug, Clone)]
 pub struct MeterAccumulator {
     channels: usize,
-    clip_threshold: i64,
+    clip_threshold: u32,
     flatline_frames: u32,
     policy: MeterPolicy,
     state: Vec<ChannelState>,
@@ -79,7 +79,7 @@ impl MeterAccumulator {
         let bits = u32::from(valid_bits.clamp(8, 32));
         MeterAccumulator {
             channels,
-            clip_threshold: ((1i64 << (bits - 1)) - 1) << (32 - bits),
+            clip_threshold: (((1u64 << (bits - 1)) - 1) << (32 - bits)) as u32,
             flatline_frames: (u64::from(policy.flatline_ms) * u64::from(sample_rate) / 1000).max(2)
                 as u32,
             policy,
@@ -98,33 +98,80 @@ impl MeterAccumulator {
     }
 
     /// Add interleaved samples. A trailing partial frame is ignored.
+    ///
+    /// Channels are metered in groups of 8, 4, 2 or 1 with the group's state in
+    /// fixed-size local arrays, so the per-sample work stays in registers and
+    /// the compiler vectorises it across channels.
     pub fn push_interleaved(&mut self, samples: &[i32]) {
-        let clip = self.clip_threshold;
-        for frame in samples.chunks_exact(self.channels) {
-            for (ch, &s) in frame.iter().enumerate() {
-                let st = &mut self.state[ch];
-                let mag = i64::from(s).abs();
-                st.peak = st.peak.max(mag);
-                let clipped = mag >= clip;
-                if clipped {
-                    st.clipped = st.clipped.saturating_add(1);
-                }
-                let x = f64::from(s);
-                st.sum += x;
-                st.sum_squares += x * x;
-                if let Some(&next) = frame.get(ch + 1) {
-                    st.sum_product_next += x * f64::from(next);
-                }
-                if s == st.last && s != 0 && !clipped {
-                    st.run += 1;
-                    st.longest_stuck = st.longest_stuck.max(st.run);
-                } else {
-                    st.run = 1;
-                }
-                st.last = s;
-            }
-            self.frames += 1;
+        let channels = self.channels;
+        let frames = samples.len() / channels;
+        let samples = &samples[..frames * channels];
+        let mut first = 0;
+        while first < channels {
+            first += match channels - first {
+                8.. => self.accumulate::<8>(samples, first),
+                4.. => self.accumulate::<4>(samples, first),
+                2.. => self.accumulate::<2>(samples, first),
+                _ => self.accumulate::<1>(samples, first),
+            };
         }
+        self.frames += frames as u64;
+    }
+
+    /// Meter channels `first..first + L` of whole interleaved frames; returns L.
+    fn accumulate<const L: usize>(&mut self, samples: &[i32], first: usize) -> usize {
+        let channels = self.channels;
+        let clip = self.clip_threshold;
+        // The last channel of the group pairs with the next group's first.
+        let next_exists = first + L < channels;
+        let state = &mut self.state[first..first + L];
+        let mut peak: [u32; L] = std::array::from_fn(|i| state[i].peak);
+        let mut clipped: [u32; L] = std::array::from_fn(|i| state[i].clipped);
+        let mut last: [i32; L] = std::array::from_fn(|i| state[i].last);
+        let mut run: [u32; L] = std::array::from_fn(|i| state[i].run);
+        let mut longest: [u32; L] = std::array::from_fn(|i| state[i].longest_stuck);
+        let mut sum = [0f64; L];
+        let mut sum_squares = [0f64; L];
+        let mut sum_product_next = [0f64; L];
+        for frame in samples.chunks_exact(channels) {
+            let x: [i32; L] = std::array::from_fn(|i| frame[first + i]);
+            let y: [i32; L] = std::array::from_fn(|i| {
+                if i + 1 < L || next_exists {
+                    frame[first + i + 1]
+                } else {
+                    0
+                }
+            });
+            for i in 0..L {
+                let s = x[i];
+                let mag = s.unsigned_abs();
+                peak[i] = peak[i].max(mag);
+                let is_clipped = mag >= clip;
+                clipped[i] = clipped[i].wrapping_add(u32::from(is_clipped));
+                let v = f64::from(s);
+                sum[i] += v;
+                sum_squares[i] += v * v;
+                sum_product_next[i] += v * f64::from(y[i]);
+                // A run of identical non-zero, unclipped samples: a stuck converter.
+                let same = s == last[i] && s != 0 && !is_clipped;
+                run[i] = if same { run[i] + 1 } else { 1 };
+                longest[i] = longest[i].max(run[i]);
+                last[i] = s;
+            }
+        }
+        for (i, st) in state.iter_mut().enumerate() {
+            *st = ChannelState {
+                peak: peak[i],
+                sum: st.sum + sum[i],
+                sum_squares: st.sum_squares + sum_squares[i],
+                sum_product_next: st.sum_product_next + sum_product_next[i],
+                clipped: clipped[i],
+                last: last[i],
+                run: run[i],
+                longest_stuck: longest[i],
+            };
+        }
+        L
     }
 
     /// The meters of the window so far, and start a new window. Stuck runs
@@ -174,7 +221,7 @@ impl MeterAccumulator {
                     flags.insert(MeterFlag::Correlated);
                 }
                 ChannelMeter {
-                    peak_dbfs: clamp_dbfs(amplitude_dbfs(s.peak as f64)),
+                    peak_dbfs: clamp_dbfs(amplitude_dbfs(f64::from(s.peak))),
                     rms_dbfs: rms[ch],
                     clipped: s.clipped,
                     dc_offset: (s.sum / n / FULL_SCALE) as f32,

@@ -147,8 +147,9 @@ impl TakeFeed {
                 .is_some_and(|l| self.position + self.dropped >= l)
     }
 
-    /// Push device frames (left-justified) into the take, up to its limit.
-    fn push(&mut self, samples: &[i32], device_channels: usize, scratch: &mut Vec<i32>) {
+    /// Push device frames (left-justified) into the take, up to its limit,
+    /// mapped and shifted straight into the take's ring (no intermediate copy).
+    fn push(&mut self, samples: &[i32], device_channels: usize) {
         let mut frames = samples.len() / device_channels;
         if let Some(l) = self.limit {
             frames = frames.min(l.saturating_sub(self.position + self.dropped) as usize);
@@ -157,15 +158,14 @@ impl TakeFeed {
             return;
         }
         let samples = &samples[..frames * device_channels];
-        if self.identity {
-            scratch.clear();
-            scratch.extend(samples.iter().map(|s| s >> self.shift));
-        } else {
-            self.map.apply(samples, self.shift, scratch);
-        }
-        match self.samples.write_chunk_uninit(scratch.len()) {
+        let shift = self.shift;
+        match self.samples.write_chunk_uninit(frames * self.map.outputs()) {
             Ok(chunk) => {
-                chunk.fill_from_iter(scratch.iter().copied());
+                if self.identity {
+                    chunk.fill_from_iter(samples.iter().map(|s| s >> shift));
+                } else {
+                    chunk.fill_from_iter(self.map.map_frames(samples, shift));
+                }
                 self.position += frames as u64;
             }
             Err(_) => {
@@ -192,6 +192,11 @@ impl TakeFeed {
     }
 }
 
+/// Periods an encoder thread lets gather before it wakes: fewer wake-ups, and
+/// libFLAC encodes whole blocks; small against the take ring (`RING_PERIODS`)
+/// and against the ≤ 1 s a crash may lose.
+const TAKE_BATCH_PERIODS: usize = 2;
+
 /// The encoder thread's end of a [`TakeFeed`].
 struct TakeInput {
     samples: rtrb::Consumer<i32>,
@@ -199,6 +204,8 @@ struct TakeInput {
     channels: usize,
     /// Set when the worker will push nothing more.
     finished: Arc<AtomicBool>,
+    /// Samples worth waking for, and the wait when fewer are ready.
+    batch: usize,
     idle: Duration,
 }
 
@@ -289,8 +296,11 @@ pub fn record_takes(
             gaps: gaps_rx,
             channels,
             finished: finished.clone(),
+            batch: TAKE_BATCH_PERIODS * capture.period_frames * channels,
             idle: Duration::from_micros(
-                (capture.period_frames as u64 * 1_000_000 / rate.max(1) / 2).max(500),
+                (TAKE_BATCH_PERIODS as u64 * capture.period_frames as u64 * 1_000_000
+                    / rate.max(1))
+                .max(500),
             ),
         };
         let spec = spec.clone();
@@ -321,19 +331,16 @@ pub fn record_takes(
     }
 
     // The capture worker: meter once, fan out to every take.
-    let mut scratch: Vec<i32> = Vec::with_capacity(ring_frames * 8);
     let mut metering = Metering::new(format, options.meter_interval);
     while !stop.load(Ordering::Relaxed) && !capture.failed() && !feeds.iter().all(TakeFeed::done) {
         reader.take_gaps(|g| feeds.iter_mut().for_each(|f| f.device_gap(g)));
-        let n = reader.read(usize::MAX, |samples| {
+        reader.read(usize::MAX, |samples| {
             metering.push(samples, clock, |f| on_meter(&f));
             for feed in feeds.iter_mut().filter(|f| !f.done()) {
-                feed.push(samples, device_channels, &mut scratch);
+                feed.push(samples, device_channels);
             }
         });
-        if n == 0 {
-            reader.idle();
-        }
+        reader.pace();
     }
     finished.store(true, Ordering::Release);
     let captured = capture.stop();
@@ -464,7 +471,7 @@ fn write_take(
                         add_gap(&mut gaps.borrow_mut(), &mut unlisted, g);
                         gaps_unlisted.set(unlisted);
                     }
-                    if frames == 0 {
+                    if input.samples.slots() < input.batch {
                         std::thread::sleep(input.idle);
                     }
                 }

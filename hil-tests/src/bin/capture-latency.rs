@@ -63,9 +63,8 @@ fn main() -> Result<()> {
         let (capture, mut reader) = Capture::start(Box::new(source), true)?;
         let end = Instant::now() + Duration::from_secs(seconds);
         while Instant::now() < end {
-            if reader.read(usize::MAX, |_| {}) == 0 {
-                reader.idle();
-            }
+            reader.read(usize::MAX, |_| {});
+            reader.pace();
             reader.take_gaps(|_| {});
         }
         let h = &capture.stats.push_latency;
