@@ -22,8 +22,15 @@ pub const BUILD: &[&str] = &[
 /// Needed by the test suite in addition to [`BUILD`].
 pub const TEST: &[&str] = &[
     // `kill` for the scenario tests' signals.
-    "procps", // The reference `flac` tool checks our files (`flac -t`, `flac -d`).
+    "procps",
+    // The reference `flac` tool checks our files (`flac -t`, `flac -d`).
     "flac",
+    // sox reads our WAV/RF64 files as a second reference.
+    "sox",
+    // Real-time pacing, overruns and device loss: JACK's dummy backend behind
+    // alsa-lib's jack plugin.
+    "jackd2",
+    "libasound2-plugins",
 ];
 
 fn installed(package: &str) -> bool {
