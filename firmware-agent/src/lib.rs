@@ -29,6 +29,7 @@ pub mod record;
 pub mod rt;
 pub mod run;
 pub mod source;
+pub mod take_file;
 
 pub use config::{AgentConfig, AgentSettings};
 pub use run::{AgentError, run};

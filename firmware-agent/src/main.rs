@@ -8,6 +8,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use rakkr_agent::clock::SystemClock;
 use rakkr_agent::run::AgentHandles;
+use rakkr_agent::take_file::Codec;
 use rakkr_agent::{AGENT_VERSION, AgentConfig};
 
 #[derive(Parser)]
@@ -27,9 +28,9 @@ enum Command {
     },
     /// List ALSA capture devices with their channel counts, rates and formats.
     Devices,
-    /// Record one take to a FLAC file with the agent's engine, printing meters.
+    /// Record one take to a FLAC or WAV/RF64 file with the agent's engine, printing meters.
     Record(RecordArgs),
-    /// Complete interrupted takes (*.flac.part) in a directory.
+    /// Complete interrupted takes (*.flac.part, *.wav.part) in a directory.
     Recover {
         /// Directory holding the takes.
         dir: PathBuf,
@@ -52,9 +53,13 @@ struct RecordArgs {
     /// Seconds to record; without it, until Ctrl-C.
     #[arg(long)]
     duration: Option<f64>,
-    /// The FLAC file to write (never overwritten).
+    /// The file to write (never overwritten): FLAC, or WAV when it ends in .wav.
     #[arg(long)]
     out: PathBuf,
+    /// File format for every take: flac, wav (RF64 past 4 GiB) or rf64 (RF64
+    /// from the start). Default: from each output's extension.
+    #[arg(long)]
+    codec: Option<String>,
     /// Split the take into files of this many seconds: OUT's stem + .0001, .0002, …
     #[arg(long)]
     segment: Option<f64>,
@@ -261,10 +266,21 @@ fn record(args: RecordArgs) -> anyhow::Result<()> {
     if let Some(names) = &args.channel_names {
         tags.push(("RAKKR_CHANNELS".to_owned(), names.clone()));
     }
+    let codec_for = |out: &std::path::Path| -> anyhow::Result<Codec> {
+        Ok(match args.codec.as_deref() {
+            None => Codec::for_path(out, args.compression),
+            Some("flac") => Codec::Flac {
+                compression_level: args.compression,
+            },
+            Some("wav") => Codec::Wav { always_rf64: false },
+            Some("rf64") => Codec::Wav { always_rf64: true },
+            Some(other) => anyhow::bail!("--codec {other:?} is not one of flac, wav, rf64"),
+        })
+    };
     let spec = TakeSpec {
         out: args.out.clone(),
         bits: args.bits,
-        compression_level: args.compression,
+        codec: codec_for(&args.out)?,
         duration,
         segment,
         map,
@@ -279,6 +295,7 @@ fn record(args: RecordArgs) -> anyhow::Result<()> {
             .with_context(|| format!("--also {also:?}: write OUT=MAP, e.g. room.flac=5,6"))?;
         specs.push(TakeSpec {
             out: PathBuf::from(out),
+            codec: codec_for(std::path::Path::new(out))?,
             map: Some(rakkr_agent::channel_map::ChannelMap::parse(
                 map,
                 usize::from(args.channels),

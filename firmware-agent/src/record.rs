@@ -1,11 +1,12 @@
-//! Recording one take: capture → meter → FLAC, crash-safe.
+//! Recording one take: capture → meter → FLAC or WAV/RF64, crash-safe.
 //!
 //! Files: the take is written to `{out}.part` and renamed to `{out}` when it is
 //! finished, so a name without `.part` is always a complete file. After a crash
 //! the `.part` file is made complete by [`recover_dir`] (also run by
 //! `rakkr-agent recover DIR`). An existing `{out}` is never overwritten.
 //!
-//! Tags written into every file (Vorbis comments): `RAKKR_NODE`, `RAKKR_JOB`
+//! Tags written into every file (FLAC: Vorbis comments; WAV: LIST/INFO ICMT
+//! lines): `RAKKR_NODE`, `RAKKR_JOB`
 //! (when given), `RAKKR_CHANNELS` (names), `RAKKR_START_UNIX_MS` (wall time of the
 //! first sample), `RAKKR_SAMPLE_RATE`, and at the end `RAKKR_FRAMES`,
 //! `RAKKR_XRUNS` and `RAKKR_GAPS` (`position+frames` pairs in samples per channel,
@@ -17,7 +18,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use rakkr_flac::{FileSummary, FlacError, StreamSpec, VorbisComments, encode_file};
 use rakkr_protocol::payload::MeterFrame;
 
 use crate::AGENT_VERSION;
@@ -25,6 +25,7 @@ use crate::capture::{Capture, Gap, GapKind, Metering};
 use crate::channel_map::ChannelMap;
 use crate::clock::Clock;
 use crate::source::{CaptureError, CaptureSource};
+use crate::take_file::{AudioOut, Codec, FileBody, FileError, FileInfo, FileSpec, Recovery};
 
 /// Gap events kept per take; more are counted, not listed.
 /// Bounded so the final tags always fit the file's 16 KiB of padding.
@@ -38,7 +39,7 @@ pub struct TakeSpec {
     pub out: PathBuf,
     /// Bits per sample in the file: 16, 24 or 32.
     pub bits: u8,
-    pub compression_level: u8,
+    pub codec: Codec,
     /// `None`: until stopped.
     pub duration: Option<Duration>,
     /// Split the take into files of this length (`None`: one file). Files are
@@ -55,7 +56,7 @@ pub struct TakeSpec {
 #[derive(Debug, Clone)]
 pub struct TakeSummary {
     /// The take's files, in order (one unless segmented).
-    pub files: Vec<(PathBuf, FileSummary)>,
+    pub files: Vec<(PathBuf, FileInfo)>,
     /// Samples per channel in all files.
     pub frames: u64,
     /// Gaps, positioned in the whole take.
@@ -68,9 +69,14 @@ pub enum RecordError {
     #[error("{0} already exists; a recording is never overwritten")]
     Exists(PathBuf),
     #[error(
-        "{channels} channels: one FLAC file carries at most 8; choose up to 8 with a channel map"
+        "{channels} channels: one {codec} file carries at most {max}; choose fewer with a channel map{hint}"
     )]
-    TooManyChannels { channels: u16 },
+    TooManyChannels {
+        channels: usize,
+        codec: &'static str,
+        max: usize,
+        hint: &'static str,
+    },
     #[error("{0}-bit files are not supported; use 16, 24 or 32")]
     Bits(u8),
     #[error("{0}")]
@@ -84,7 +90,7 @@ pub enum RecordError {
         source: CaptureError,
     },
     #[error("writing {path} failed (the audio captured so far is kept): {source}")]
-    Write { path: PathBuf, source: FlacError },
+    Write { path: PathBuf, source: FileError },
 }
 
 pub fn part_path(out: &Path) -> PathBuf {
@@ -242,9 +248,15 @@ pub fn record_takes(
             Some(m) => m.clone(),
             None => ChannelMap::identity(device_channels),
         };
-        if map.outputs() > 8 {
+        if map.outputs() > spec.codec.max_channels() {
             return Err(RecordError::TooManyChannels {
-                channels: map.outputs() as u16,
+                channels: map.outputs(),
+                codec: spec.codec.name(),
+                max: spec.codec.max_channels(),
+                hint: match spec.codec {
+                    Codec::Flac { .. } => ", split into several takes, or record WAV/RF64",
+                    Codec::Wav { .. } => "",
+                },
             });
         }
         if !matches!(spec.bits, 16 | 24 | 32) {
@@ -378,6 +390,52 @@ fn map_is_identity(spec: &TakeSpec) -> bool {
     spec.map.is_none()
 }
 
+impl TakeInput {
+    /// The worker has finished and everything it pushed was taken.
+    fn drained(&self) -> bool {
+        self.finished.load(Ordering::Acquire) && self.samples.slots() == 0
+    }
+}
+
+/// Fills one file (segment) of a take from the take's ring, up to `limit`
+/// frames, collecting gap events as they arrive.
+struct SegmentFeed<'a> {
+    input: &'a mut TakeInput,
+    limit: Option<u64>,
+    gaps: &'a RefCell<Vec<Gap>>,
+    gaps_unlisted: &'a Cell<u64>,
+}
+
+impl FileBody for SegmentFeed<'_> {
+    fn fill<O: AudioOut>(&mut self, out: &mut O) -> Result<(), O::Error> {
+        let input = &mut *self.input;
+        loop {
+            let done = out.frames();
+            if self.limit.is_some_and(|l| done >= l) || input.drained() {
+                return Ok(());
+            }
+            let max = self.limit.map_or(usize::MAX, |l| (l - done) as usize);
+            let frames = (input.samples.slots() / input.channels).min(max);
+            if frames > 0
+                && let Ok(chunk) = input.samples.read_chunk(frames * input.channels)
+            {
+                let (a, b) = chunk.as_slices();
+                out.write(a)?;
+                out.write(b)?;
+                chunk.commit_all();
+            }
+            while let Ok(g) = input.gaps.pop() {
+                let mut unlisted = self.gaps_unlisted.get();
+                add_gap(&mut self.gaps.borrow_mut(), &mut unlisted, g);
+                self.gaps_unlisted.set(unlisted);
+            }
+            if input.samples.slots() < input.batch {
+                std::thread::sleep(input.idle);
+            }
+        }
+    }
+}
+
 /// The encoder thread of one take: files (segments) from its input until the
 /// take's limit, or until the worker has finished and the input is drained.
 #[allow(clippy::too_many_arguments)]
@@ -395,32 +453,25 @@ fn write_take(
     let segment_frames = spec
         .segment
         .map(|d| (d.as_millis() as u64 * rate / 1000).max(1));
-    let mut comments = VorbisComments {
-        vendor: format!("rakkr-agent {AGENT_VERSION}"),
-        tags: spec.tags.clone(),
-    };
-    comments
-        .tags
-        .push(("RAKKR_SAMPLE_RATE".into(), sample_rate.to_string()));
+    let mut tags = spec.tags.clone();
+    tags.push(("RAKKR_SAMPLE_RATE".into(), sample_rate.to_string()));
     if let Some(m) = map_text {
-        comments.tags.push(("RAKKR_CHANNEL_MAP".into(), m));
+        tags.push(("RAKKR_CHANNEL_MAP".into(), m));
     }
-    let flac_spec = StreamSpec {
-        channels: channels as u8,
+    let file_spec = FileSpec {
+        channels,
         bits_per_sample: spec.bits,
         sample_rate,
-        compression_level: spec.compression_level,
-        comments,
+        vendor: format!("rakkr-agent {AGENT_VERSION}"),
+        tags,
         sync_every_frames: (spec.sync_every.as_millis() as u64 * rate / 1000).max(1),
     };
-    // Gaps with take-wide positions. Shared by the body (which adds) and the
+    // Gaps with take-wide positions. Shared by the feed (which adds) and the
     // final tags (which read, later).
     let gaps: RefCell<Vec<Gap>> = RefCell::new(Vec::new());
     let gaps_unlisted = Cell::new(0u64);
     let mut files = Vec::new();
     let mut take_frames = 0u64;
-    let drained =
-        |input: &TakeInput| input.finished.load(Ordering::Acquire) && input.samples.slots() == 0;
 
     // One file per segment; segments split the stream at exact sample positions.
     loop {
@@ -436,47 +487,22 @@ fn write_take(
             (Some(l), None) => Some(l - take_frames),
             (None, s) => s,
         };
-        let mut this_spec = flac_spec.clone();
+        let mut this_spec = file_spec.clone();
         if let Some(i) = index {
-            this_spec
-                .comments
-                .tags
-                .push(("RAKKR_SEGMENT".into(), i.to_string()));
-            this_spec.comments.tags.push((
+            this_spec.tags.push(("RAKKR_SEGMENT".into(), i.to_string()));
+            this_spec.tags.push((
                 "RAKKR_SEGMENT_START_FRAME".into(),
                 segment_start.to_string(),
             ));
         }
-        let written = encode_file(
-            &part,
-            &this_spec,
-            |enc| {
-                loop {
-                    let done = enc.frames();
-                    if segment_limit.is_some_and(|l| done >= l) || drained(&input) {
-                        return Ok(());
-                    }
-                    let max = segment_limit.map_or(usize::MAX, |l| (l - done) as usize);
-                    let frames = (input.samples.slots() / input.channels).min(max);
-                    if frames > 0
-                        && let Ok(chunk) = input.samples.read_chunk(frames * input.channels)
-                    {
-                        let (a, b) = chunk.as_slices();
-                        enc.write(a)?;
-                        enc.write(b)?;
-                        chunk.commit_all();
-                    }
-                    while let Ok(g) = input.gaps.pop() {
-                        let mut unlisted = gaps_unlisted.get();
-                        add_gap(&mut gaps.borrow_mut(), &mut unlisted, g);
-                        gaps_unlisted.set(unlisted);
-                    }
-                    if input.samples.slots() < input.batch {
-                        std::thread::sleep(input.idle);
-                    }
-                }
-            },
-            |frames| {
+        let mut feed = SegmentFeed {
+            input: &mut input,
+            limit: segment_limit,
+            gaps: &gaps,
+            gaps_unlisted: &gaps_unlisted,
+        };
+        let written =
+            crate::take_file::write_file(spec.codec, &part, &this_spec, &mut feed, |frames| {
                 let xruns = stats.xruns.load(Ordering::Relaxed);
                 // This file's gaps, positioned within the file.
                 let end = segment_start + frames;
@@ -495,18 +521,17 @@ fn write_take(
                     ("RAKKR_XRUNS".into(), xruns.to_string()),
                     ("RAKKR_GAPS".into(), format_gaps(&here, gaps_unlisted.get())),
                 ]
-            },
-        );
-        // Whatever happened, the part file is a complete FLAC file now: publish it.
+            });
+        // Whatever happened, the part file is a complete file now: publish it.
         let published = publish(&part, &path);
-        match written.and_then(|((), file)| published.map(|()| file)) {
+        match written.and_then(|file| published.map(|()| file)) {
             Ok(file) => {
                 take_frames += file.frames;
                 files.push((path, file));
             }
             Err(source) => return Err(RecordError::Write { path, source }),
         }
-        if limit.is_some_and(|l| take_frames >= l) || segment_frames.is_none() || drained(&input) {
+        if limit.is_some_and(|l| take_frames >= l) || segment_frames.is_none() || input.drained() {
             break;
         }
     }
@@ -566,18 +591,18 @@ pub fn format_gaps(gaps: &[Gap], unlisted: u64) -> String {
     s.join(",")
 }
 
-fn publish(part: &Path, out: &Path) -> Result<(), FlacError> {
+fn publish(part: &Path, out: &Path) -> Result<(), FileError> {
     if out.exists() {
-        return Err(FlacError::Io {
-            path: out.display().to_string(),
+        return Err(FileError::Io {
+            path: out.to_owned(),
             source: std::io::Error::new(
                 std::io::ErrorKind::AlreadyExists,
                 "appeared while recording; the take stays in the .part file",
             ),
         });
     }
-    std::fs::rename(part, out).map_err(|e| FlacError::Io {
-        path: part.display().to_string(),
+    std::fs::rename(part, out).map_err(|e| FileError::Io {
+        path: part.to_owned(),
         source: e,
     })?;
     let dir = out
@@ -586,8 +611,8 @@ fn publish(part: &Path, out: &Path) -> Result<(), FlacError> {
         .unwrap_or(Path::new("."));
     std::fs::File::open(dir)
         .and_then(|d| d.sync_all())
-        .map_err(|e| FlacError::Io {
-            path: dir.display().to_string(),
+        .map_err(|e| FileError::Io {
+            path: dir.to_owned(),
             source: e,
         })
 }
@@ -596,18 +621,20 @@ fn publish(part: &Path, out: &Path) -> Result<(), FlacError> {
 #[derive(Debug)]
 pub struct Recovered {
     pub path: PathBuf,
-    pub report: Result<rakkr_flac::RecoveryReport, FlacError>,
+    pub report: Result<Recovery, FileError>,
 }
 
-/// Complete every interrupted take (`*.flac.part`) in `dir` and give it its final
+/// Complete every interrupted take (`*.flac.part`, `*.wav.part`) in `dir` and give it its final
 /// name. A take whose final name is taken keeps its `.part` name.
 pub fn recover_dir(dir: &Path) -> std::io::Result<Vec<Recovered>> {
     let mut out = Vec::new();
     let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| {
-            p.to_string_lossy()
-                .ends_with(&format!(".flac{PART_SUFFIX}"))
+            let name = p.to_string_lossy();
+            [".flac", ".wav"]
+                .iter()
+                .any(|ext| name.ends_with(&format!("{ext}{PART_SUFFIX}")))
         })
         .collect();
     entries.sort();
@@ -618,7 +645,7 @@ pub fn recover_dir(dir: &Path) -> std::io::Result<Vec<Recovered>> {
                 .to_owned(),
         );
         let report =
-            rakkr_flac::recover(&part).and_then(|r| publish(&part, &final_path).map(|()| r));
+            crate::take_file::recover(&part).and_then(|r| publish(&part, &final_path).map(|()| r));
         let path = if report.is_ok() { final_path } else { part };
         out.push(Recovered { path, report });
     }

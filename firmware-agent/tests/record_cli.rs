@@ -30,8 +30,28 @@ fn flac_t(path: &Path) -> bool {
         .success()
 }
 
-/// Decode with the reference decoder (`flac -d`): bits per sample and samples.
+/// Decode with a reference decoder (`flac -d` for FLAC, sox for WAV): bits
+/// per sample and samples.
 fn decode(path: &Path) -> (u32, Vec<i32>) {
+    if path.extension().is_some_and(|e| e == "wav") {
+        let bits = rakkr_wav::WavReader::open(path)
+            .unwrap()
+            .header()
+            .format
+            .bits_per_sample;
+        let out = Command::new("sox")
+            .arg(path)
+            .args(["-t", "raw", "-e", "signed-integer", "-L", "-b"])
+            .arg(bits.to_string())
+            .arg("-")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "sox: {}", stderr(&out));
+        return (
+            u32::from(bits),
+            le_samples(&out.stdout, usize::from(bits / 8)),
+        );
+    }
     let (info, _) = rakkr_flac::read_stream_info(path).unwrap();
     let out = Command::new("flac")
         .args(["-d", "-c", "--silent", "--force-raw-format"])
@@ -40,17 +60,18 @@ fn decode(path: &Path) -> (u32, Vec<i32>) {
         .output()
         .unwrap();
     assert!(out.status.success(), "flac -d: {}", stderr(&out));
-    let width = usize::from(info.bits_per_sample / 8);
-    let samples = out
-        .stdout
-        .chunks_exact(width)
+    let samples = le_samples(&out.stdout, usize::from(info.bits_per_sample / 8));
+    (u32::from(info.bits_per_sample), samples)
+}
+
+fn le_samples(raw: &[u8], width: usize) -> Vec<i32> {
+    raw.chunks_exact(width)
         .map(|c| {
             let mut b = [0u8; 4];
             b[4 - width..].copy_from_slice(c);
             i32::from_le_bytes(b) >> (32 - 8 * width)
         })
-        .collect();
-    (u32::from(info.bits_per_sample), samples)
+        .collect()
 }
 
 #[test]
@@ -196,18 +217,27 @@ fn bad_devices_formats_and_outputs_are_clear_errors() {
 
 #[test]
 fn kill_9_at_random_moments_loses_at_most_a_second() {
+    kill_9_rounds("flac", 20, 0x2545_F491_4F6C_DD1D);
+}
+
+#[test]
+fn kill_9_during_wav_takes_loses_at_most_a_second() {
+    kill_9_rounds("wav", 8, 0x9E37_79B9_7F4A_7C15);
+}
+
+fn kill_9_rounds(ext: &str, rounds: usize, seed: u64) {
     const RATE: u64 = 48_000;
     const CH: u16 = 2;
     let dir = tempfile::tempdir().unwrap();
     let reference = SyntheticSource::new(RATE as u32, CH, 1024, Signal::Demo, 1);
-    let mut x: u64 = 0x2545_F491_4F6C_DD1D;
+    let mut x: u64 = seed;
     let mut ran = Vec::new();
-    for round in 0..20 {
+    for round in 0..rounds {
         x ^= x << 13;
         x ^= x >> 7;
         x ^= x << 17;
         let after = Duration::from_millis(300 + x % 2200);
-        let out = dir.path().join(format!("take-{round}.flac"));
+        let out = dir.path().join(format!("take-{round}.{ext}"));
         let started = Instant::now();
         let mut child = agent()
             .args([
@@ -236,12 +266,12 @@ fn kill_9_at_random_moments_loses_at_most_a_second() {
     let o = run(agent().arg("recover").arg(dir.path()));
     assert!(o.status.success(), "{}", stderr(&o));
     let listing = String::from_utf8_lossy(&o.stdout);
-    assert_eq!(listing.matches("recovered").count(), 20, "{listing}");
+    assert_eq!(listing.matches("recovered").count(), rounds, "{listing}");
 
     // Check every recovered take against the deterministic source.
     for (round, after) in ran.into_iter().enumerate() {
-        let out = dir.path().join(format!("take-{round}.flac"));
-        assert!(flac_t(&out), "take {round}: flac -t");
+        let out = dir.path().join(format!("take-{round}.{ext}"));
+        assert!(ext != "flac" || flac_t(&out), "take {round}: flac -t");
         let (_, decoded) = decode(&out);
         let frames = decoded.len() / usize::from(CH);
         for (i, s) in decoded.iter().enumerate() {
@@ -292,33 +322,32 @@ fn a_full_disk_stops_the_take_with_a_clear_error_and_keeps_the_audio() {
     let Some(_fs) = SmallFs::mount(&mnt, "600k") else {
         panic!("mounting a tmpfs failed: this test needs root, as CI has");
     };
-    let out = mnt.join("full.flac");
-    // Noise barely compresses: 2 ch × 24 bit × 48 kHz ≈ 250 KiB/s fills 600 KiB in ~2 s.
-    let o = run(agent()
-        .args([
-            "record",
-            "--device",
-            "synthetic:noise",
-            "--channels",
-            "2",
-            "--duration",
-            "30",
-            "--out",
-        ])
-        .arg(&out));
-    assert!(!o.status.success());
-    let err = stderr(&o);
-    assert!(
-        err.contains("audio captured so far is kept") && err.contains("No space left"),
-        "{err}"
-    );
-    assert!(out.exists(), "the take keeps its final name: {err}");
-    assert!(flac_t(&out), "the kept audio is a valid file");
-    let (_, decoded) = decode(&out);
-    assert!(
-        decoded.len() > 48_000,
-        "about two seconds survive, not nothing"
-    );
+    for ext in ["flac", "wav"] {
+        let out = mnt.join(format!("full.{ext}"));
+        // Noise barely compresses: 2 ch × 24 bit × 48 kHz ≈ 280 KiB/s fills 600 KiB in ~2 s.
+        let o = run(agent()
+            .args(["record", "--device", "synthetic:noise", "--channels", "2"])
+            .args(["--duration", "30", "--out"])
+            .arg(&out));
+        assert!(!o.status.success());
+        let err = stderr(&o);
+        assert!(
+            err.contains("audio captured so far is kept") && err.contains("No space left"),
+            "{ext}: {err}"
+        );
+        assert!(out.exists(), "the take keeps its final name: {err}");
+        assert!(
+            ext != "flac" || flac_t(&out),
+            "the kept audio is a valid file"
+        );
+        let (_, decoded) = decode(&out);
+        assert!(
+            decoded.len() > 48_000,
+            "{ext}: about two seconds survive, not nothing"
+        );
+        // Room for the next format's take.
+        std::fs::remove_file(&out).unwrap();
+    }
 }
 
 #[test]
@@ -549,4 +578,50 @@ fn one_capture_feeds_several_takes_on_disjoint_channels() {
         "{}",
         stderr(&o)
     );
+}
+
+#[test]
+fn wide_captures_go_into_one_wav_file_and_flac_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    const CH: usize = 12;
+    let (conf, input) = s16_device(dir.path(), "wide", CH, 12);
+    let record = |out: &Path, extra: &[&str]| {
+        run(agent()
+            .env("ALSA_CONFIG_PATH", &conf)
+            .args(["record", "--device", "wide", "--channels", "12"])
+            .args(["--format", "S16_LE", "--duration", "1", "--bits", "16"])
+            .args(extra)
+            .arg("--out")
+            .arg(out))
+    };
+    let flac = dir.path().join("wide.flac");
+    let o = record(&flac, &[]);
+    assert!(!o.status.success());
+    let e = stderr(&o);
+    assert!(e.contains("at most 8") && e.contains("WAV"), "{e}");
+    assert!(!flac.exists());
+
+    for (name, codec) in [("wide.wav", None), ("wide-rf64.wav", Some("rf64"))] {
+        let out = dir.path().join(name);
+        let extra: Vec<&str> = codec.map(|c| vec!["--codec", c]).unwrap_or_default();
+        let o = record(&out, &extra);
+        assert!(o.status.success(), "{name}: {}", stderr(&o));
+        let reader = rakkr_wav::WavReader::open(&out).unwrap();
+        assert_eq!(reader.header().format.channels, CH as u16);
+        assert_eq!(reader.header().rf64, codec.is_some(), "{name}");
+        let tag = |k: &str| {
+            reader
+                .header()
+                .tags
+                .iter()
+                .find(|(key, _)| key == k)
+                .map(|(_, v)| v.clone())
+        };
+        assert_eq!(tag("RAKKR_FRAMES").as_deref(), Some("48000"), "{name}");
+        assert_eq!(tag("RAKKR_DEVICE").as_deref(), Some("wide"));
+        let (bits, decoded) = decode(&out);
+        assert_eq!(bits, 16);
+        assert_eq!(decoded.len(), 48_000 * CH, "{name}: exactly one second");
+        assert!(decoded[..] == input[..decoded.len()], "{name}: bit-exact");
+    }
 }
