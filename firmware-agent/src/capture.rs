@@ -56,6 +56,9 @@ pub struct CaptureStats {
     pub device_returns: AtomicU64,
     /// Set when the capture thread stopped because the source failed.
     pub failed: AtomicBool,
+    /// Set when a finite source (a file) delivered everything; all of it is in
+    /// the ring by then.
+    pub ended: AtomicBool,
 }
 
 /// A lock-free latency histogram: bucket `i` counts latencies in
@@ -192,6 +195,10 @@ impl CaptureLoop {
         while !self.stop.load(Ordering::Relaxed) {
             let read = match self.source.read(&mut self.buf) {
                 Ok(read) => read,
+                Err(CaptureError::EndOfStream) => {
+                    self.stats.ended.store(true, Ordering::Release);
+                    return Ok(());
+                }
                 Err(e) => match self.wait_for_device(e) {
                     Ok(true) => continue,
                     Ok(false) => return Ok(()),
@@ -349,6 +356,11 @@ impl Capture {
         self.stats.failed.load(Ordering::Acquire)
     }
 
+    /// The source delivered everything it had (see [`CaptureStats::ended`]).
+    pub fn ended(&self) -> bool {
+        self.stats.ended.load(Ordering::Acquire)
+    }
+
     /// Stop the thread and wait for it. Returns the source's error, if it failed.
     pub fn stop(self) -> Result<(), CaptureError> {
         self.stop.store(true, Ordering::Relaxed);
@@ -370,6 +382,11 @@ pub struct StreamReader {
 }
 
 impl StreamReader {
+    /// Nothing is waiting in the ring.
+    pub fn is_empty(&self) -> bool {
+        self.samples.slots() == 0
+    }
+
     /// Frames read so far.
     pub fn position(&self) -> u64 {
         self.position

@@ -39,8 +39,9 @@ enum Command {
 
 #[derive(clap::Args)]
 struct RecordArgs {
-    /// ALSA PCM name (see `rakkr-agent devices`), or `synthetic[:demo|tone|noise|silence|clipping|flatline]`
-    /// for a generated test signal paced in real time.
+    /// ALSA PCM name (see `rakkr-agent devices`), `synthetic[:demo|tone|noise|silence|clipping|flatline]`
+    /// for a generated test signal paced in real time, or `file:PATH` to replay a FLAC or
+    /// WAV file in real time (its channels and rate are used).
     #[arg(long)]
     device: String,
     #[arg(long, default_value_t = 2)]
@@ -195,17 +196,12 @@ fn format_devices(devices: &[rakkr_agent::source::alsa::DeviceInfo]) -> String {
 fn record(args: RecordArgs) -> anyhow::Result<()> {
     use rakkr_agent::record::{SessionOptions, TakeSpec, record_takes};
     use rakkr_agent::source::alsa::{AlsaRequest, AlsaSource};
-    use rakkr_agent::source::{CaptureSource, SampleFormat, Signal, SyntheticSource};
+    use rakkr_agent::source::{CaptureSource, FileSource, SampleFormat, Signal, SyntheticSource};
 
     anyhow::ensure!(
         (1..=512).contains(&args.channels),
         "--channels must be 1-512"
     );
-    let map = args
-        .map
-        .as_deref()
-        .map(|m| rakkr_agent::channel_map::ChannelMap::parse(m, usize::from(args.channels)))
-        .transpose()?;
     anyhow::ensure!(args.rate > 0, "--rate must be positive");
     anyhow::ensure!(
         (16..=16384).contains(&args.period),
@@ -221,47 +217,63 @@ fn record(args: RecordArgs) -> anyhow::Result<()> {
         Some(_) => anyhow::bail!("--duration must be a positive number of seconds"),
         None => None,
     };
-    let source: Box<dyn CaptureSource> = match args.device.strip_prefix("synthetic") {
-        Some(kind) => {
-            let signal = match kind.trim_start_matches(':') {
-                "" | "demo" => Signal::Demo,
-                "tone" => Signal::Tone {
-                    freq_hz: 1000.0,
-                    level_dbfs: -12.0,
-                },
-                "noise" => Signal::Noise { level_dbfs: -20.0 },
-                "silence" => Signal::Silence,
-                "clipping" => Signal::Clipping,
-                "flatline" => Signal::Flatline,
-                other => anyhow::bail!(
-                    "unknown synthetic signal {other:?}: use demo, tone, noise, silence, clipping or flatline"
-                ),
-            };
-            Box::new(SyntheticSource::new(
-                args.rate,
-                args.channels,
-                args.period as usize,
-                signal,
-                1,
-            ))
-        }
-        None => {
-            let format = SampleFormat::parse(&args.format).with_context(|| {
-                format!(
-                    "--format {:?} is not one of S16_LE, S24_3LE, S24_LE, S32_LE, FLOAT_LE",
-                    args.format
-                )
-            })?;
-            Box::new(AlsaSource::open(&AlsaRequest {
-                device: args.device.clone(),
-                channels: args.channels,
-                rate: args.rate,
-                format,
-                period_frames: args.period,
-                periods: 4,
-            })?)
+    let source: Box<dyn CaptureSource> = if let Some(file) = args.device.strip_prefix("file:") {
+        // Channels, rate and resolution are the file's.
+        Box::new(FileSource::open(
+            std::path::Path::new(file),
+            args.period as usize,
+        )?)
+    } else {
+        match args.device.strip_prefix("synthetic") {
+            Some(kind) => {
+                let signal = match kind.trim_start_matches(':') {
+                    "" | "demo" => Signal::Demo,
+                    "tone" => Signal::Tone {
+                        freq_hz: 1000.0,
+                        level_dbfs: -12.0,
+                    },
+                    "noise" => Signal::Noise { level_dbfs: -20.0 },
+                    "silence" => Signal::Silence,
+                    "clipping" => Signal::Clipping,
+                    "flatline" => Signal::Flatline,
+                    other => anyhow::bail!(
+                        "unknown synthetic signal {other:?}: use demo, tone, noise, silence, clipping or flatline"
+                    ),
+                };
+                Box::new(SyntheticSource::new(
+                    args.rate,
+                    args.channels,
+                    args.period as usize,
+                    signal,
+                    1,
+                ))
+            }
+            None => {
+                let format = SampleFormat::parse(&args.format).with_context(|| {
+                    format!(
+                        "--format {:?} is not one of S16_LE, S24_3LE, S24_LE, S32_LE, FLOAT_LE",
+                        args.format
+                    )
+                })?;
+                Box::new(AlsaSource::open(&AlsaRequest {
+                    device: args.device.clone(),
+                    channels: args.channels,
+                    rate: args.rate,
+                    format,
+                    period_frames: args.period,
+                    periods: 4,
+                })?)
+            }
         }
     };
+    // A file source brings its own channel count and rate.
+    let device_channels = usize::from(source.format().channels);
+    let rate = f64::from(source.format().sample_rate);
+    let map = args
+        .map
+        .as_deref()
+        .map(|m| rakkr_agent::channel_map::ChannelMap::parse(m, device_channels))
+        .transpose()?;
     let mut tags = vec![("RAKKR_DEVICE".to_owned(), args.device.clone())];
     if let Some(names) = &args.channel_names {
         tags.push(("RAKKR_CHANNELS".to_owned(), names.clone()));
@@ -298,7 +310,7 @@ fn record(args: RecordArgs) -> anyhow::Result<()> {
             codec: codec_for(std::path::Path::new(out))?,
             map: Some(rakkr_agent::channel_map::ChannelMap::parse(
                 map,
-                usize::from(args.channels),
+                device_channels,
             )?),
             ..spec.clone()
         });
@@ -308,7 +320,6 @@ fn record(args: RecordArgs) -> anyhow::Result<()> {
         realtime: true,
     };
     let stop = rakkr_service::stop_flag_on_signal();
-    let rate = f64::from(args.rate);
     let mut first_ms: Option<u64> = None;
     let results = record_takes(source, &specs, &options, &SystemClock, &stop, |frame| {
         let start = *first_ms.get_or_insert(

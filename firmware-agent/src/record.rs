@@ -344,7 +344,11 @@ pub fn record_takes(
 
     // The capture worker: meter once, fan out to every take.
     let mut metering = Metering::new(format, options.meter_interval);
-    while !stop.load(Ordering::Relaxed) && !capture.failed() && !feeds.iter().all(TakeFeed::done) {
+    loop {
+        let source_done = capture.failed() || (capture.ended() && reader.is_empty());
+        if stop.load(Ordering::Relaxed) || source_done || feeds.iter().all(TakeFeed::done) {
+            break;
+        }
         reader.take_gaps(|g| feeds.iter_mut().for_each(|f| f.device_gap(g)));
         reader.read(usize::MAX, |samples| {
             metering.push(samples, clock, |f| on_meter(&f));

@@ -625,3 +625,74 @@ fn wide_captures_go_into_one_wav_file_and_flac_says_so() {
         assert!(decoded[..] == input[..decoded.len()], "{name}: bit-exact");
     }
 }
+
+#[test]
+fn a_file_source_replays_flac_and_wav_through_the_engine_bit_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    const CH: usize = 3;
+    const FRAMES: usize = 36_000; // 0.75 s at 48 kHz, replayed in real time
+    let input: Vec<i32> = full_range_samples(24, FRAMES * CH, 77)
+        .into_iter()
+        .map(|v| v as i32)
+        .collect();
+    let raw = dir.path().join("in.raw");
+    let bytes: Vec<u8> = input
+        .iter()
+        .flat_map(|v| v.to_le_bytes()[..3].to_vec())
+        .collect();
+    std::fs::write(&raw, bytes).unwrap();
+    // The input file is made by the reference encoder.
+    let in_flac = dir.path().join("in.flac");
+    let made = Command::new("flac")
+        .args([
+            "-s",
+            "--force-raw-format",
+            "--endian=little",
+            "--sign=signed",
+        ])
+        .args(["--channels=3", "--bps=24", "--sample-rate=48000", "-o"])
+        .arg(&in_flac)
+        .arg(&raw)
+        .status()
+        .unwrap();
+    assert!(made.success());
+
+    let out_wav = dir.path().join("replayed.wav");
+    let o = run(agent()
+        .args(["record", "--device"])
+        .arg(format!("file:{}", in_flac.display()))
+        .arg("--out")
+        .arg(&out_wav));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let (bits, decoded) = decode(&out_wav);
+    assert_eq!(bits, 24);
+    assert!(
+        decoded == input,
+        "FLAC file -> engine -> WAV is bit-exact, whole file"
+    );
+
+    // And back: the WAV replayed into FLAC.
+    let out_flac = dir.path().join("again.flac");
+    let o = run(agent()
+        .args(["record", "--device"])
+        .arg(format!("file:{}", out_wav.display()))
+        .arg("--out")
+        .arg(&out_flac));
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(flac_t(&out_flac));
+    assert!(decode(&out_flac).1 == input, "WAV file -> engine -> FLAC");
+
+    for (device, expect) in [
+        (
+            format!("file:{}", dir.path().join("missing.flac").display()),
+            "No such file",
+        ),
+        (format!("file:{}", raw.display()), "neither FLAC nor WAV"),
+    ] {
+        let o = run(agent()
+            .args(["record", "--device", &device, "--out"])
+            .arg(dir.path().join("x.flac")));
+        assert!(!o.status.success());
+        assert!(stderr(&o).contains(expect), "{}", stderr(&o));
+    }
+}

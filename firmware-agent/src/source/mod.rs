@@ -6,9 +6,11 @@
 //! hardware device by its clock, the synthetic source by the system clock.
 
 pub mod alsa;
+pub mod file;
 pub mod format;
 pub mod synthetic;
 
+pub use file::FileSource;
 pub use format::SampleFormat;
 pub use synthetic::{Signal, SyntheticSource};
 
@@ -43,6 +45,38 @@ pub enum CaptureError {
     Device(String),
     #[error("a {0} source cannot be reopened")]
     NotReopenable(&'static str),
+    /// A finite source (a file) has delivered everything: capture ends cleanly.
+    #[error("the source has ended")]
+    EndOfStream,
+}
+
+/// Releases periods at the sample clock's pace, measured by the system clock:
+/// frame `n` is released at `start + n / rate`. Deadline based, so the average
+/// rate does not drift with scheduling jitter. For sources without a clock of
+/// their own (synthetic, file).
+#[derive(Debug, Clone)]
+pub struct Pacer {
+    rate: u64,
+    start: Option<std::time::Instant>,
+}
+
+impl Pacer {
+    pub fn new(sample_rate: u32) -> Pacer {
+        Pacer {
+            rate: u64::from(sample_rate.max(1)),
+            start: None,
+        }
+    }
+
+    /// Sleep until the first `frames` frames (counted from the first call) are due.
+    pub fn wait_for(&mut self, frames: u64) {
+        let start = *self.start.get_or_insert_with(std::time::Instant::now);
+        let due = start + std::time::Duration::from_nanos(frames * 1_000_000_000 / self.rate);
+        let now = std::time::Instant::now();
+        if due > now {
+            std::thread::sleep(due - now);
+        }
+    }
 }
 
 pub trait CaptureSource: Send + 'static {

@@ -2,14 +2,11 @@
 //!
 //! Sample `n` of channel `c` is a pure function of `(signal, seed, c, n)`, so two
 //! runs with the same settings produce the same audio; only the pacing depends
-//! on the system clock. Pacing is deadline based (period `k` is released at
-//! `start + k·period`), so the average rate does not drift with scheduling
-//! jitter.
+//! on the system clock (see [`Pacer`]).
 
 use std::f64::consts::TAU;
-use std::time::{Duration, Instant};
 
-use super::{CaptureError, CaptureSource, PeriodRead, StreamFormat};
+use super::{CaptureError, CaptureSource, Pacer, PeriodRead, StreamFormat};
 
 /// Valid bits of synthetic samples: the 24-bit resolution of typical converters.
 pub const SYNTHETIC_VALID_BITS: u8 = 24;
@@ -40,8 +37,8 @@ pub struct SyntheticSource {
     seed: u64,
     period_frames: usize,
     position: u64,
-    start: Option<Instant>,
-    paced: bool,
+    /// `None`: unpaced.
+    pacer: Option<Pacer>,
 }
 
 impl SyntheticSource {
@@ -62,14 +59,13 @@ impl SyntheticSource {
             seed,
             period_frames,
             position: 0,
-            start: None,
-            paced: true,
+            pacer: Some(Pacer::new(sample_rate)),
         }
     }
 
     /// Deliver periods as fast as they are read (for tests and benchmarks).
     pub fn unpaced(mut self) -> Self {
-        self.paced = false;
+        self.pacer = None;
         self
     }
 
@@ -138,17 +134,8 @@ impl CaptureSource for SyntheticSource {
                 need,
             });
         }
-        if self.paced {
-            let start = *self.start.get_or_insert_with(Instant::now);
-            let released = self.position + self.period_frames as u64;
-            let due = start
-                + Duration::from_nanos(
-                    released * 1_000_000_000 / u64::from(self.format.sample_rate),
-                );
-            let now = Instant::now();
-            if due > now {
-                std::thread::sleep(due - now);
-            }
+        if let Some(pacer) = self.pacer.as_mut() {
+            pacer.wait_for(self.position + self.period_frames as u64);
         }
         for (i, frame) in buf[..need].chunks_exact_mut(channels).enumerate() {
             let n = self.position + i as u64;
@@ -167,6 +154,7 @@ impl CaptureSource for SyntheticSource {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::{Duration, Instant};
 
     #[test]
     fn output_is_deterministic_and_seed_dependent() {
