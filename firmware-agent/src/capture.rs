@@ -59,6 +59,12 @@ pub struct CaptureStats {
     /// Set when a finite source (a file) delivered everything; all of it is in
     /// the ring by then.
     pub ended: AtomicBool,
+    /// Capture time of the first frame, nanoseconds since the Unix epoch (UTC);
+    /// 0 until the first period arrives.
+    pub start_unix_ns: AtomicU64,
+    /// Whether `start_unix_ns` comes from the device's timestamp of frame 0
+    /// (otherwise: the arrival of the first period minus its duration).
+    pub start_from_device: AtomicBool,
 }
 
 /// A lock-free latency histogram: bucket `i` counts latencies in
@@ -111,8 +117,12 @@ pub const REOPEN_MAX: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum GapKind {
-    /// The device overran: audio was lost before it reached us.
+    /// The device overran: audio was lost before it reached us; `frames`
+    /// estimates it from the time the device went unread.
     Xrun,
+    /// The device overran; `frames` is measured by the device's own
+    /// timestamps (frames discarded + time stopped × rate).
+    XrunTimed,
     /// The device was lost and came back; `frames` estimates the time it was gone.
     DeviceLost,
     /// The ring was full: we dropped a period the device gave us.
@@ -124,8 +134,9 @@ pub enum GapKind {
 pub struct Gap {
     /// Frames delivered to the ring before the gap.
     pub position: u64,
-    /// Frames missing: exact for overflows; estimated from the time the
-    /// device went unread for overruns and device losses (0: unknown).
+    /// Frames missing: exact for overflows, measured for timed overruns,
+    /// estimated from the time the device went unread for other overruns and
+    /// device losses (0: unknown).
     pub frames: u64,
     pub kind: GapKind,
 }
@@ -143,6 +154,7 @@ pub struct CaptureLoop {
     period_frames: u64,
     /// When the last period arrived: the start of a device loss.
     last_read: std::time::Instant,
+    start_stamped: bool,
     pub stats: Arc<CaptureStats>,
     stop: Arc<AtomicBool>,
 }
@@ -169,6 +181,7 @@ impl CaptureLoop {
             rate,
             period_frames,
             last_read: std::time::Instant::now(),
+            start_stamped: false,
             stats,
             stop,
         }
@@ -208,13 +221,22 @@ impl CaptureLoop {
                     }
                 },
             };
+            if !self.start_stamped {
+                self.stamp_start(read.frames);
+            }
             if read.xrun_before {
                 self.stats.xruns.fetch_add(1, Ordering::Relaxed);
-                // The device kept running while we did not read: what it
-                // captured beyond one period since the last read is gone.
-                let stalled = self.last_read.elapsed().as_micros() as u64;
-                let missing = (stalled * self.rate / 1_000_000).saturating_sub(self.period_frames);
-                self.gap(missing, GapKind::Xrun);
+                match read.lost_frames {
+                    Some(lost) => self.gap(lost, GapKind::XrunTimed),
+                    None => {
+                        // The device kept running while we did not read: what it
+                        // captured beyond one period since the last read is gone.
+                        let stalled = self.last_read.elapsed().as_micros() as u64;
+                        let missing =
+                            (stalled * self.rate / 1_000_000).saturating_sub(self.period_frames);
+                        self.gap(missing, GapKind::Xrun);
+                    }
+                }
             }
             let samples = read.frames * self.channels;
             let frames = read.frames as u64;
@@ -248,6 +270,31 @@ impl CaptureLoop {
 }
 
 impl CaptureLoop {
+    /// Record when frame 0 was captured (once, at the first period): from the
+    /// device's timestamp when it has one, else from this period's arrival.
+    /// Two vDSO clock reads; no allocation.
+    fn stamp_start(&mut self, frames: usize) {
+        self.start_stamped = true;
+        let now_mono = crate::rt::monotonic_now();
+        let now_unix = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        // A device timestamp older than a minute is not this stream's start.
+        let device_age = self
+            .source
+            .first_frame_time()
+            .and_then(|t| now_mono.checked_sub(t))
+            .filter(|age| *age < Duration::from_secs(60));
+        let age = device_age.unwrap_or(Duration::from_nanos(
+            frames as u64 * 1_000_000_000 / self.rate.max(1),
+        ));
+        let start = now_unix.saturating_sub(age).as_nanos() as u64;
+        self.stats.start_unix_ns.store(start, Ordering::Release);
+        self.stats
+            .start_from_device
+            .store(device_age.is_some(), Ordering::Release);
+    }
+
     /// The device failed: reopen it with backoff until it returns (`Ok(true)`),
     /// stop is requested (`Ok(false)`), or the source cannot be reopened at all
     /// (the first attempt's error). The time it was gone becomes a gap, so the

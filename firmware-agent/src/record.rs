@@ -7,8 +7,11 @@
 //!
 //! Tags written into every file (FLAC: Vorbis comments; WAV: LIST/INFO ICMT
 //! lines): `RAKKR_NODE`, `RAKKR_JOB`
-//! (when given), `RAKKR_CHANNELS` (names), `RAKKR_START_UNIX_MS` (wall time of the
-//! first sample), `RAKKR_SAMPLE_RATE`, and at the end `RAKKR_FRAMES`,
+//! (when given), `RAKKR_CHANNELS` (names), `RAKKR_SAMPLE_RATE`, and at the end
+//! `RAKKR_START_UNIX_MS` / `RAKKR_START_UTC` (capture time of the take's first
+//! sample, µs; `RAKKR_START_CLOCK` says `device` when it is the device's own
+//! timestamp of frame 0, `host` when estimated from the first period's arrival),
+//! `RAKKR_FRAMES`,
 //! `RAKKR_XRUNS` and `RAKKR_GAPS` (`position+frames` pairs in samples per channel,
 //! `?` for an unknown length).
 
@@ -519,8 +522,27 @@ fn write_take(
                         ..*g
                     })
                     .collect();
+                // The capture thread stamped frame 0 long before any file ends;
+                // the session's start is the fallback if it never delivered.
+                let start_ns = match stats.start_unix_ns.load(Ordering::Acquire) {
+                    0 => start_ms * 1_000_000,
+                    ns => ns,
+                };
+                let start_clock = if stats.start_from_device.load(Ordering::Acquire) {
+                    "device"
+                } else {
+                    "host"
+                };
                 vec![
-                    ("RAKKR_START_UNIX_MS".into(), start_ms.to_string()),
+                    (
+                        "RAKKR_START_UNIX_MS".into(),
+                        (start_ns / 1_000_000).to_string(),
+                    ),
+                    (
+                        "RAKKR_START_UTC".into(),
+                        crate::clock::utc_rfc3339_micros(start_ns),
+                    ),
+                    ("RAKKR_START_CLOCK".into(), start_clock.into()),
                     ("RAKKR_FRAMES".into(), frames.to_string()),
                     ("RAKKR_XRUNS".into(), xruns.to_string()),
                     ("RAKKR_GAPS".into(), format_gaps(&here, gaps_unlisted.get())),

@@ -36,3 +36,16 @@ pub fn lock_memory() -> Result<(), String> {
         Err(std::io::Error::last_os_error().to_string())
     }
 }
+
+/// CLOCK_MONOTONIC now, the clock ALSA's status timestamps use (what
+/// `Instant` reads, but as a value comparable with them). vDSO: no syscall,
+/// no allocation.
+pub fn monotonic_now() -> std::time::Duration {
+    let mut t = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `t` is a valid, writable timespec; CLOCK_MONOTONIC always exists.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut t) };
+    std::time::Duration::new(t.tv_sec as u64, t.tv_nsec as u32)
+}

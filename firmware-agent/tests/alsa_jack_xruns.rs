@@ -9,6 +9,7 @@
 //! gap test can check.)
 #![allow(unsafe_code)] // set_var before any thread exists
 
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use rakkr_agent::capture::{Capture, Gap, GapKind};
@@ -46,6 +47,16 @@ impl CaptureSource for Stalling {
         self.reads += 1;
         self.inner.read(buf)
     }
+    fn first_frame_time(&self) -> Option<Duration> {
+        self.inner.first_frame_time()
+    }
+}
+
+fn unix_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
 }
 
 #[test]
@@ -85,6 +96,7 @@ fn stalls_become_counted_overruns_recorded_as_gaps_and_capture_continues() {
     };
     let source = AlsaSource::open(&request).expect("open the JACK-paced PCM");
     let period = source.period_frames();
+    let before_start = unix_ns();
     let (capture, mut reader) = Capture::start(
         Box::new(Stalling {
             inner: source,
@@ -97,7 +109,11 @@ fn stalls_become_counted_overruns_recorded_as_gaps_and_capture_continues() {
     let mut delivered: Vec<i32> = Vec::new();
     let mut gaps: Vec<Gap> = Vec::new();
     let started = Instant::now();
+    let mut first_arrival = None;
     while delivered.len() < PERIODS * period * usize::from(CHANNELS) {
+        if first_arrival.is_none() && !delivered.is_empty() {
+            first_arrival = Some(unix_ns());
+        }
         assert!(
             started.elapsed() < Duration::from_secs(30),
             "capture stalled for good"
@@ -107,6 +123,14 @@ fn stalls_become_counted_overruns_recorded_as_gaps_and_capture_continues() {
         reader.take_gaps(|g| gaps.push(g));
     }
     let elapsed = started.elapsed();
+    // Frame 0's capture time is the device's own timestamp of the stream start:
+    // after we asked for the stream, before its first period reached us.
+    let start = capture.stats.start_unix_ns.load(Ordering::Acquire);
+    assert!(capture.stats.start_from_device.load(Ordering::Acquire));
+    assert!(
+        (before_start..=first_arrival.unwrap()).contains(&start),
+        "start {start} outside {before_start}..{first_arrival:?}"
+    );
     let xruns = capture
         .stats
         .xruns
@@ -120,7 +144,10 @@ fn stalls_become_counted_overruns_recorded_as_gaps_and_capture_continues() {
         "not paced: {elapsed:?}"
     );
     assert_eq!(xruns as usize, STALL_AT.len(), "one overrun per stall");
-    let xrun_gaps: Vec<&Gap> = gaps.iter().filter(|g| g.kind == GapKind::Xrun).collect();
+    let xrun_gaps: Vec<&Gap> = gaps
+        .iter()
+        .filter(|g| matches!(g.kind, GapKind::Xrun | GapKind::XrunTimed))
+        .collect();
     assert_eq!(xrun_gaps.len(), STALL_AT.len(), "{gaps:?}");
     for (gap, stall) in xrun_gaps.iter().zip(STALL_AT) {
         // The gap lies before the first period read after the stall.

@@ -619,6 +619,12 @@ fn wide_captures_go_into_one_wav_file_and_flac_says_so() {
         };
         assert_eq!(tag("RAKKR_FRAMES").as_deref(), Some("48000"), "{name}");
         assert_eq!(tag("RAKKR_DEVICE").as_deref(), Some("wide"));
+        let utc = tag("RAKKR_START_UTC").unwrap();
+        assert!(utc.len() == 27 && utc.ends_with('Z'), "{utc}");
+        assert!(matches!(
+            tag("RAKKR_START_CLOCK").as_deref(),
+            Some("device" | "host")
+        ));
         let (bits, decoded) = decode(&out);
         assert_eq!(bits, 16);
         assert_eq!(decoded.len(), 48_000 * CH, "{name}: exactly one second");

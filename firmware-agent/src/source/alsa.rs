@@ -12,9 +12,19 @@
 //! is returned flagged `xrun_before` so the pipeline records a gap at that
 //! position. A suspended stream (`-ESTRPIPE`) is recovered the same way.
 //! Anything else (device gone, I/O error) is returned as an error.
+//!
+//! Timestamps: the stream is asked for CLOCK_MONOTONIC status timestamps. The
+//! trigger timestamp of the first start is the capture time of frame 0
+//! ([`CaptureSource::first_frame_time`]). At an overrun the status gives the
+//! time the stream stopped and the frames captured but never read (discarded
+//! by the re-prepare); at the restart, the new trigger timestamp. The gap is
+//! `unread + (restart − stop) × rate` frames, from the device's own clock
+//! rather than from when our thread happened to run. Plugins that do not
+//! move the trigger timestamp at an overrun (alsa-lib's ioplug, e.g. JACK)
+//! leave the length to the capture loop's estimate.
 
 use alsa::device_name::HintIter;
-use alsa::pcm::{Access, Format, HwParams, PCM};
+use alsa::pcm::{Access, Format, HwParams, PCM, TstampType};
 use alsa::{Direction, ValueOr};
 
 use super::format::SampleFormat;
@@ -60,6 +70,32 @@ pub struct AlsaSource {
     granted: Granted,
     bytes: Vec<u8>,
     xruns: u64,
+    /// Trigger timestamp of the first start: frame 0's capture time.
+    first_frame: Option<std::time::Duration>,
+    /// Trigger timestamp of the current run's start.
+    run_started: Option<std::time::Duration>,
+    /// At an overrun: when the stream stopped and the frames it discarded.
+    overrun: Option<(std::time::Duration, u64)>,
+}
+
+/// Frames an overrun cost: those captured but never read (the re-prepare
+/// discards them) plus those the device would have captured while stopped.
+fn overrun_loss(
+    unread: u64,
+    stopped: std::time::Duration,
+    restarted: std::time::Duration,
+    rate: u32,
+) -> u64 {
+    let stopped_for = restarted.saturating_sub(stopped).as_nanos();
+    unread + (stopped_for * u128::from(rate) / 1_000_000_000) as u64
+}
+
+fn timespec_duration(t: libc::timespec) -> Option<std::time::Duration> {
+    let (secs, nanos) = (
+        u64::try_from(t.tv_sec).ok()?,
+        u32::try_from(t.tv_nsec).ok()?,
+    );
+    (secs > 0 || nanos > 0).then(|| std::time::Duration::new(secs, nanos))
 }
 
 impl std::fmt::Debug for AlsaSource {
@@ -170,6 +206,14 @@ impl AlsaSource {
                 granted.channels, granted.rate, req.channels, req.rate
             )));
         }
+        // Monotonic status timestamps, where the device offers them (best effort:
+        // without them, gap lengths and the start time are estimated).
+        if let Ok(sw) = pcm.sw_params_current() {
+            let _ = sw
+                .set_tstamp_mode(true)
+                .and_then(|()| sw.set_tstamp_type(TstampType::Monotonic))
+                .and_then(|()| pcm.sw_params(&sw));
+        }
         pcm.prepare()
             .map_err(|e| device_error(dev, "cannot prepare", e))?;
         let bytes = vec![
@@ -191,6 +235,9 @@ impl AlsaSource {
             granted,
             bytes,
             xruns: 0,
+            first_frame: None,
+            run_started: None,
+            overrun: None,
         })
     }
 
@@ -224,10 +271,16 @@ impl CaptureSource for AlsaSource {
         self.woke
     }
 
+    fn first_frame_time(&self) -> Option<std::time::Duration> {
+        self.first_frame
+    }
+
     fn reopen(&mut self) -> Result<(), CaptureError> {
         // Close the lost device first: some (JACK clients) cannot reconnect
         // while the dead connection is still open.
         self.pcm = None;
+        self.overrun = None;
+        self.run_started = None;
         let fresh = AlsaSource::open(&self.request)?;
         if fresh.granted.format != self.granted.format
             || fresh.granted.period_frames > self.granted.period_frames
@@ -254,12 +307,23 @@ impl CaptureSource for AlsaSource {
             return Err(CaptureError::Device(format!("{} is closed", self.device)));
         };
         let mut xrun_before = false;
+        let mut lost_frames = None;
         loop {
             // A capture stream that is prepared (just opened, or just recovered
             // from an overrun) delivers nothing until started.
             if pcm.state() == alsa::pcm::State::Prepared {
                 pcm.start()
                     .map_err(|e| device_error(&self.device, "cannot start", e))?;
+                // A status read fills a stack buffer: no allocation.
+                let started = pcm
+                    .status()
+                    .ok()
+                    .and_then(|st| timespec_duration(st.get_trigger_htstamp()));
+                if let (Some((stopped, unread)), Some(restarted)) = (self.overrun.take(), started) {
+                    lost_frames = Some(overrun_loss(unread, stopped, restarted, self.granted.rate));
+                }
+                self.first_frame = self.first_frame.or(started);
+                self.run_started = started;
             }
             // Wait with a deadline: some devices (a JACK server that died, a USB
             // interface mid-unplug) never wake a blocked read again.
@@ -285,12 +349,20 @@ impl CaptureSource for AlsaSource {
                     return Ok(PeriodRead {
                         frames,
                         xrun_before,
+                        lost_frames: lost_frames.filter(|_| xrun_before),
                     });
                 }
                 Err(e) => match e.errno() {
                     EPIPE | ESTRPIPE => {
                         self.xruns += 1;
                         xrun_before = true;
+                        // The stream stopped at the status's trigger time — if the
+                        // device moved it past the run's start (see module docs).
+                        self.overrun = pcm.status().ok().and_then(|st| {
+                            let stopped = timespec_duration(st.get_trigger_htstamp())?;
+                            let unread = u64::try_from(st.get_avail()).ok()?;
+                            (Some(stopped) > self.run_started).then_some((stopped, unread))
+                        });
                         pcm.recover(e.errno(), true).map_err(|e| {
                             device_error(&self.device, "cannot recover from overrun", e)
                         })?;
@@ -361,4 +433,30 @@ pub fn list_capture_devices() -> Result<Vec<DeviceInfo>, CaptureError> {
         });
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn an_overrun_costs_the_unread_buffer_plus_the_time_stopped() {
+        let at = |ms| Duration::from_millis(ms);
+        // 4096 frames discarded, stopped for 250 ms at 48 kHz: 12,000 more.
+        assert_eq!(overrun_loss(4096, at(1000), at(1250), 48_000), 16_096);
+        // Restarted in the same instant (or a clock that did not move): the buffer only.
+        assert_eq!(overrun_loss(4096, at(1000), at(1000), 96_000), 4096);
+        assert_eq!(overrun_loss(0, at(1000), at(900), 48_000), 0);
+    }
+
+    #[test]
+    fn zero_timestamps_mean_none() {
+        let ts = |s, ns| libc::timespec {
+            tv_sec: s,
+            tv_nsec: ns,
+        };
+        assert_eq!(timespec_duration(ts(0, 0)), None);
+        assert_eq!(timespec_duration(ts(12, 5)), Some(Duration::new(12, 5)));
+    }
 }

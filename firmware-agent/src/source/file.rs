@@ -132,6 +132,7 @@ impl CaptureSource for FileSource {
         Ok(PeriodRead {
             frames,
             xrun_before: false,
+            lost_frames: None,
         })
     }
 }

@@ -31,6 +31,9 @@ pub struct PeriodRead {
     /// The device overran (or was suspended) before these frames: there is a
     /// gap in the audio just before them.
     pub xrun_before: bool,
+    /// With `xrun_before`: the frames the device lost, from its own timestamps
+    /// (`None`: the source cannot tell; the capture loop estimates).
+    pub lost_frames: Option<u64>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -102,6 +105,14 @@ pub trait CaptureSource: Send + 'static {
     /// When the last `read` woke up because audio was ready (before copying it),
     /// for measuring wake-up-to-push latency. `None` if the source cannot tell.
     fn last_wakeup(&self) -> Option<std::time::Instant> {
+        None
+    }
+
+    /// When the first frame was captured, as CLOCK_MONOTONIC time, if the
+    /// device timestamps it (ALSA's trigger timestamp when the stream started).
+    /// Meaningful after the first successful `read`. `None`: the capture loop
+    /// estimates from the time the first period arrived.
+    fn first_frame_time(&self) -> Option<std::time::Duration> {
         None
     }
 }

@@ -147,6 +147,7 @@ impl CaptureSource for SyntheticSource {
         Ok(PeriodRead {
             frames: self.period_frames,
             xrun_before: false,
+            lost_frames: None,
         })
     }
 }
