@@ -480,52 +480,133 @@ impl StreamReader {
     }
 }
 
-/// Meter frames from the stream, one per `interval` of captured audio.
+/// How often meter frames are made: short local windows (the appliance's own
+/// display) and long telemetry windows (MQTT), each long window exactly a whole
+/// number of short ones.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MeterRates {
+    pub local: Duration,
+    pub telemetry: Duration,
+}
+
+impl Default for MeterRates {
+    /// 10 Hz local, 1 Hz telemetry.
+    fn default() -> Self {
+        MeterRates {
+            local: Duration::from_millis(100),
+            telemetry: Duration::from_secs(1),
+        }
+    }
+}
+
+impl MeterRates {
+    /// Local 20 ms to 1 s; telemetry 100 ms to 60 s and a multiple of local.
+    pub fn check(&self) -> Result<(), String> {
+        let (l, t) = (self.local.as_millis(), self.telemetry.as_millis());
+        if !(20..=1000).contains(&l) {
+            return Err(format!("local meter interval {l} ms: use 20-1000 ms"));
+        }
+        if !(100..=60_000).contains(&t) || t % l != 0 {
+            return Err(format!(
+                "telemetry meter interval {t} ms: use 100-60000 ms, a multiple of the local {l} ms"
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Meter frames from the stream: one per local window and one per telemetry
+/// window of captured audio. Telemetry windows are built from the local ones'
+/// sums (exact, no second pass over the samples). Every frame is stamped with
+/// the capture time of its last sample: the stream's start (the capture
+/// thread's timestamp of frame 0) plus frames / rate.
 #[derive(Debug)]
 pub struct Metering {
-    acc: MeterAccumulator,
-    interval_frames: u64,
-    window_ms: u32,
+    local: MeterAccumulator,
+    telemetry: MeterAccumulator,
+    local_frames: u64,
+    telemetry_frames: u64,
+    rates: MeterRates,
     sample_rate: u32,
+    stats: Option<Arc<CaptureStats>>,
     anchor_ms: Option<u64>,
     frames: u64,
 }
 
 impl Metering {
-    pub fn new(format: StreamFormat, interval: Duration) -> Metering {
-        Metering {
-            acc: MeterAccumulator::with_policy(
+    /// `stats` of the capture being metered give the stream's start time;
+    /// without them (or before the capture thread stamped it) the clock at the
+    /// first push anchors the stream.
+    pub fn new(
+        format: StreamFormat,
+        rates: MeterRates,
+        stats: Option<Arc<CaptureStats>>,
+    ) -> Metering {
+        let acc = || {
+            MeterAccumulator::with_policy(
                 usize::from(format.channels),
                 format.valid_bits,
                 format.sample_rate,
                 MeterPolicy::default(),
-            ),
-            interval_frames: (interval.as_millis() as u64 * u64::from(format.sample_rate) / 1000)
-                .max(1),
-            window_ms: interval.as_millis() as u32,
+            )
+        };
+        let frames_in =
+            |d: Duration| (d.as_millis() as u64 * u64::from(format.sample_rate) / 1000).max(1);
+        let local_frames = frames_in(rates.local);
+        Metering {
+            local: acc(),
+            telemetry: acc(),
+            local_frames,
+            telemetry_frames: (frames_in(rates.telemetry) / local_frames).max(1) * local_frames,
+            rates,
             sample_rate: format.sample_rate,
+            stats,
             anchor_ms: None,
             frames: 0,
         }
     }
 
-    /// Meter `samples` (whole frames); `emit` gets each completed frame.
-    pub fn push(&mut self, samples: &[i32], clock: &dyn Clock, mut emit: impl FnMut(MeterFrame)) {
-        let anchor = *self.anchor_ms.get_or_insert_with(|| clock.unix_ms());
-        let channels = self.acc.channels();
+    /// Meter `samples` (whole frames): `local` gets each completed local
+    /// frame, `telemetry` each completed telemetry frame.
+    pub fn push(
+        &mut self,
+        samples: &[i32],
+        clock: &dyn Clock,
+        mut local: impl FnMut(MeterFrame),
+        mut telemetry: impl FnMut(MeterFrame),
+    ) {
+        let stats = self.stats.as_deref();
+        let anchor = *self.anchor_ms.get_or_insert_with(|| {
+            match stats.map_or(0, |s| s.start_unix_ns.load(Ordering::Acquire)) {
+                0 => clock.unix_ms(),
+                ns => ns / 1_000_000,
+            }
+        });
+        let channels = self.local.channels();
         let mut rest = samples;
         while !rest.is_empty() {
-            let room = (self.interval_frames - self.acc.frames()) as usize * channels;
+            let room = (self.local_frames - self.local.frames()) as usize * channels;
             let (now, later) = rest.split_at(room.min(rest.len()));
-            self.acc.push_interleaved(now);
+            self.local.push_interleaved(now);
             self.frames += (now.len() / channels) as u64;
             rest = later;
-            if self.acc.frames() >= self.interval_frames {
-                emit(MeterFrame {
-                    captured_at_ms: anchor + self.frames * 1000 / u64::from(self.sample_rate),
-                    window_ms: self.window_ms,
+            if self.local.frames() < self.local_frames {
+                continue;
+            }
+            let captured_at_ms = anchor + self.frames * 1000 / u64::from(self.sample_rate);
+            self.telemetry.absorb(&self.local);
+            local(MeterFrame {
+                captured_at_ms,
+                window_ms: self.rates.local.as_millis() as u32,
+                sample_rate: self.sample_rate,
+                channels: self.local.take(),
+            });
+            if self.telemetry.frames() >= self.telemetry_frames {
+                telemetry(MeterFrame {
+                    captured_at_ms,
+                    window_ms: self.rates.telemetry.as_millis() as u32,
                     sample_rate: self.sample_rate,
-                    channels: self.acc.take(),
+                    channels: self.telemetry.take(),
                 });
             }
         }
@@ -545,16 +626,20 @@ pub struct CapturePipeline {
 }
 
 impl CapturePipeline {
+    /// Telemetry frames go to `meters_out` (dropped and counted when it is
+    /// full: a late meter frame is worthless); the latest local frame is
+    /// always in `local_meters`.
     pub fn start(
         source: Box<dyn CaptureSource>,
         clock: Arc<dyn Clock>,
-        meter_interval: Duration,
+        rates: MeterRates,
         meters_out: mpsc::Sender<MeterFrame>,
+        local_meters: Arc<tokio::sync::watch::Sender<Option<MeterFrame>>>,
         realtime: bool,
     ) -> std::io::Result<Self> {
         let (capture, mut reader) = Capture::start(source, realtime)?;
         let stop_meter = Arc::new(AtomicBool::new(false));
-        let mut metering = Metering::new(capture.format, meter_interval);
+        let mut metering = Metering::new(capture.format, rates, Some(capture.stats.clone()));
         let stats = capture.stats.clone();
         let meter = {
             let stop = stop_meter.clone();
@@ -564,11 +649,18 @@ impl CapturePipeline {
                 .spawn(move || {
                     while !stop.load(Ordering::Relaxed) {
                         reader.read(usize::MAX, |samples| {
-                            metering.push(samples, &*clock, |frame| {
-                                if meters_out.try_send(frame).is_err() {
-                                    stats.meter_frames_dropped.fetch_add(1, Ordering::Relaxed);
-                                }
-                            });
+                            metering.push(
+                                samples,
+                                &*clock,
+                                |frame| {
+                                    local_meters.send_replace(Some(frame));
+                                },
+                                |frame| {
+                                    if meters_out.try_send(frame).is_err() {
+                                        stats.meter_frames_dropped.fetch_add(1, Ordering::Relaxed);
+                                    }
+                                },
+                            );
                         });
                         reader.take_gaps(|_| {});
                         reader.pace();
@@ -619,20 +711,33 @@ mod tests {
             0,
         );
         let (tx, mut rx) = mpsc::channel(16);
+        let local_tx = Arc::new(tokio::sync::watch::Sender::new(None));
+        let local_rx = local_tx.subscribe();
+        let rates = MeterRates {
+            local: Duration::from_millis(100),
+            telemetry: Duration::from_millis(200),
+        };
         let p = CapturePipeline::start(
             Box::new(source),
             Arc::new(FixedClock(1_000_000)),
-            Duration::from_millis(100),
+            rates,
             tx,
+            local_tx,
             false,
         )
         .unwrap();
         let first = rx.blocking_recv().unwrap();
         let second = rx.blocking_recv().unwrap();
+        let local = local_rx.borrow().clone().expect("a local frame");
+        let start_ms = p.stats.start_unix_ns.load(Ordering::Acquire) / 1_000_000;
         p.stop().unwrap();
-        assert_eq!(first.captured_at_ms, 1_000_100);
-        assert_eq!(second.captured_at_ms, 1_000_200);
-        assert_eq!(first.window_ms, 100);
+        // Stamped from the capture thread's start time, not the (pinned) clock.
+        assert!(start_ms > 1_000_000);
+        assert_eq!(first.captured_at_ms, start_ms + 200);
+        assert_eq!(second.captured_at_ms, start_ms + 400);
+        assert_eq!(first.window_ms, 200);
+        assert_eq!(local.window_ms, 100);
+        assert!(local.captured_at_ms >= first.captured_at_ms);
         assert_eq!(first.channels.len(), 2);
         for c in &first.channels {
             assert!((c.peak_dbfs - -12.0).abs() < 0.1, "{c:?}");
@@ -661,16 +766,93 @@ mod tests {
             channels: 1,
             valid_bits: 24,
         };
-        let mut m = Metering::new(format, Duration::from_millis(100));
-        let mut frames = Vec::new();
-        m.push(&vec![1 << 20; 250], &FixedClock(0), |f| frames.push(f));
+        let rates = MeterRates {
+            local: Duration::from_millis(100),
+            telemetry: Duration::from_millis(300),
+        };
+        let mut m = Metering::new(format, rates, None);
+        let (mut local, mut telemetry) = (Vec::new(), Vec::new());
+        m.push(
+            &vec![1 << 20; 250],
+            &FixedClock(0),
+            |f| local.push(f),
+            |f| telemetry.push(f),
+        );
         assert_eq!(
-            frames.iter().map(|f| f.captured_at_ms).collect::<Vec<_>>(),
+            local.iter().map(|f| f.captured_at_ms).collect::<Vec<_>>(),
             [100, 200]
         );
-        m.push(&[0; 50], &FixedClock(0), |f| frames.push(f));
-        assert_eq!(frames.len(), 3);
-        assert_eq!(frames[2].captured_at_ms, 300);
+        assert!(telemetry.is_empty());
+        m.push(
+            &[0; 50],
+            &FixedClock(0),
+            |f| local.push(f),
+            |f| telemetry.push(f),
+        );
+        assert_eq!(local.len(), 3);
+        assert_eq!(local[2].captured_at_ms, 300);
+        assert_eq!(telemetry.len(), 1);
+        assert_eq!(
+            (telemetry[0].captured_at_ms, telemetry[0].window_ms),
+            (300, 300)
+        );
+    }
+
+    #[test]
+    fn telemetry_windows_are_exactly_the_merge_of_local_ones() {
+        // A signal that changes every local window: levels, clips, a stuck run.
+        let format = StreamFormat {
+            sample_rate: 48_000,
+            channels: 2,
+            valid_bits: 24,
+        };
+        let mut m = Metering::new(format, MeterRates::default(), None);
+        let mut samples = Vec::new();
+        for window in 0..10i64 {
+            for i in 0..4800i64 {
+                let level = (window + 1) * 100_000 * ((i % 7) - 3);
+                let left = if window == 4 && i < 10 {
+                    i32::MAX
+                } else {
+                    (level << 8) as i32
+                };
+                let right = if window == 7 {
+                    5 << 8
+                } else {
+                    (-level << 8) as i32
+                };
+                samples.extend([left, right]);
+            }
+        }
+        let (mut local, mut telemetry) = (Vec::new(), Vec::new());
+        m.push(
+            &samples,
+            &FixedClock(0),
+            |f| local.push(f),
+            |f| telemetry.push(f),
+        );
+        assert_eq!((local.len(), telemetry.len()), (10, 1));
+        // The same samples through one accumulator: the reference.
+        let mut whole = MeterAccumulator::with_policy(2, 24, 48_000, MeterPolicy::default());
+        whole.push_interleaved(&samples);
+        let expected = whole.take();
+        let got = &telemetry[0].channels;
+        for (g, e) in got.iter().zip(&expected) {
+            assert!((g.peak_dbfs - e.peak_dbfs).abs() < 1e-4, "{g:?} {e:?}");
+            assert!((g.rms_dbfs - e.rms_dbfs).abs() < 1e-4, "{g:?} {e:?}");
+            assert_eq!(
+                (g.clipped, g.stuck_frames, g.flags),
+                (e.clipped, e.stuck_frames, e.flags)
+            );
+            assert!((g.dc_offset - e.dc_offset).abs() < 1e-6);
+            match (g.correlation_next, e.correlation_next) {
+                (Some(a), Some(b)) => assert!((a - b).abs() < 1e-5),
+                (a, b) => assert_eq!(a, b),
+            }
+        }
+        assert_eq!(got[0].clipped, 10);
+        assert_eq!(got[1].stuck_frames, 4800);
+        assert_eq!(telemetry[0].captured_at_ms, local[9].captured_at_ms);
     }
 
     /// A source whose device vanishes at read `fail_at` and comes back on the

@@ -30,8 +30,9 @@
 //! level_dbfs = -12.0            # tone and noise
 //! freq_hz = 1000.0              # tone
 //!
-//! [telemetry]
-//! meter_interval_ms = 1000
+//! [meters]
+//! local_interval_ms = 100       # the appliance's own display: 10 Hz
+//! telemetry_interval_ms = 1000  # MQTT: 1 Hz; a multiple of the local interval
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -41,6 +42,7 @@ use rakkr_protocol::NodeId;
 use rakkr_protocol::payload::{BootSlot, DBFS_FLOOR, MAX_CHANNELS};
 use serde::Deserialize;
 
+use crate::capture::MeterRates;
 use crate::source::alsa::AlsaRequest;
 use crate::source::{SampleFormat, Signal};
 
@@ -60,7 +62,7 @@ pub struct AgentConfig {
     #[serde(default)]
     pub source: SourceConfig,
     #[serde(default)]
-    pub telemetry: TelemetryConfig,
+    pub meters: MetersConfig,
     /// Ask for SCHED_FIFO capture and locked memory (see the `rt` module).
     #[serde(default = "default_realtime")]
     pub realtime: bool,
@@ -212,19 +214,26 @@ impl Default for SyntheticConfig {
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct TelemetryConfig {
-    #[serde(default = "default_meter_interval")]
-    pub meter_interval_ms: u32,
+pub struct MetersConfig {
+    #[serde(default = "default_local_meter_interval")]
+    pub local_interval_ms: u32,
+    #[serde(default = "default_telemetry_meter_interval")]
+    pub telemetry_interval_ms: u32,
 }
 
-fn default_meter_interval() -> u32 {
-    1000
+fn default_local_meter_interval() -> u32 {
+    MeterRates::default().local.as_millis() as u32
 }
 
-impl Default for TelemetryConfig {
+fn default_telemetry_meter_interval() -> u32 {
+    MeterRates::default().telemetry.as_millis() as u32
+}
+
+impl Default for MetersConfig {
     fn default() -> Self {
-        TelemetryConfig {
-            meter_interval_ms: default_meter_interval(),
+        MetersConfig {
+            local_interval_ms: default_local_meter_interval(),
+            telemetry_interval_ms: default_telemetry_meter_interval(),
         }
     }
 }
@@ -236,7 +245,7 @@ pub struct AgentSettings {
     pub slot: BootSlot,
     pub mqtt: MqttSettings,
     pub source: SourceSettings,
-    pub meter_interval: Duration,
+    pub meters: MeterRates,
     pub realtime: bool,
     pub recordings_dir: Option<PathBuf>,
 }
@@ -372,13 +381,16 @@ impl AgentConfig {
             }
         };
 
-        let ms = self.telemetry.meter_interval_ms;
-        if !(100..=60_000).contains(&ms) {
-            return Err(invalid(
-                "telemetry.meter_interval_ms",
-                "must be 100-60000 ms",
-            ));
-        }
+        let meters = MeterRates {
+            local: Duration::from_millis(u64::from(self.meters.local_interval_ms)),
+            telemetry: Duration::from_millis(u64::from(self.meters.telemetry_interval_ms)),
+        };
+        meters.check().map_err(|e| {
+            invalid(
+                "meters.local_interval_ms / meters.telemetry_interval_ms",
+                &e,
+            )
+        })?;
 
         Ok(AgentSettings {
             node_id,
@@ -390,7 +402,7 @@ impl AgentConfig {
                 credentials,
             },
             source,
-            meter_interval: Duration::from_millis(u64::from(ms)),
+            meters,
             realtime: self.realtime,
             recordings_dir: self.recordings_dir,
         })
@@ -435,7 +447,7 @@ impl AgentSettings {
                 period_frames: default_period() as usize,
                 signal: Signal::Demo,
             },
-            meter_interval: Duration::from_millis(u64::from(default_meter_interval())),
+            meters: MeterRates::default(),
             // Many simulated appliances share one process: no real-time claims.
             realtime: false,
             recordings_dir: None,
@@ -459,7 +471,7 @@ mod tests {
         let s = parse("node_id = \"n1\"\n").unwrap();
         assert_eq!(s.node_id.as_str(), "n1");
         assert_eq!(s.mqtt.port, 1883);
-        assert_eq!(s.meter_interval, Duration::from_secs(1));
+        assert_eq!(s.meters, MeterRates::default());
         let SourceSettings::Synthetic {
             channels, signal, ..
         } = s.source
@@ -475,7 +487,7 @@ mod tests {
             "node_id = \"n1\"\nslot = \"b\"\n[mqtt]\nhost = \"broker\"\nport = 8883\n\
              username = \"u\"\npassword = \"p\"\n[source]\nkind = \"synthetic\"\nchannels = 8\n\
              sample_rate = 96000\nsignal = \"tone\"\nfreq_hz = 440.0\nlevel_dbfs = -6.0\n\
-             [telemetry]\nmeter_interval_ms = 250\n",
+             [meters]\nlocal_interval_ms = 50\ntelemetry_interval_ms = 250\n",
         )
         .unwrap();
         assert_eq!(s.slot, BootSlot::B);
@@ -554,8 +566,12 @@ mod tests {
             ("node_id = \"n\"\n[mqtt]\nport = 0", "mqtt.port"),
             ("node_id = \"n\"\n[mqtt]\nusername = \"u\"", "mqtt.username"),
             (
-                "node_id = \"n\"\n[telemetry]\nmeter_interval_ms = 5",
-                "telemetry.meter_interval_ms",
+                "node_id = \"n\"\n[meters]\ntelemetry_interval_ms = 5",
+                "telemetry meter interval 5 ms",
+            ),
+            (
+                "node_id = \"n\"\n[meters]\nlocal_interval_ms = 300",
+                "a multiple of the local 300 ms",
             ),
         ] {
             let e = parse(text).unwrap_err().to_string();

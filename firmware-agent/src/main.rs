@@ -316,7 +316,11 @@ fn record(args: RecordArgs) -> anyhow::Result<()> {
         });
     }
     let options = SessionOptions {
-        meter_interval: std::time::Duration::from_millis(500),
+        // Printed twice a second.
+        meters: rakkr_agent::capture::MeterRates {
+            local: std::time::Duration::from_millis(100),
+            telemetry: std::time::Duration::from_millis(500),
+        },
         realtime: true,
     };
     let stop = rakkr_service::stop_flag_on_signal();

@@ -174,6 +174,21 @@ impl MeterAccumulator {
         L
     }
 
+    /// Add another accumulator's window (same channel count) to this one, as
+    /// if its samples had been pushed here: sums add, peaks and stuck runs take
+    /// the larger. A long window built from consecutive short ones is exact.
+    pub fn absorb(&mut self, other: &MeterAccumulator) {
+        for (mine, theirs) in self.state.iter_mut().zip(&other.state) {
+            mine.peak = mine.peak.max(theirs.peak);
+            mine.sum += theirs.sum;
+            mine.sum_squares += theirs.sum_squares;
+            mine.sum_product_next += theirs.sum_product_next;
+            mine.clipped = mine.clipped.saturating_add(theirs.clipped);
+            mine.longest_stuck = mine.longest_stuck.max(theirs.longest_stuck);
+        }
+        self.frames += other.frames;
+    }
+
     /// The meters of the window so far, and start a new window. Stuck runs
     /// continue across windows.
     pub fn take(&mut self) -> Vec<ChannelMeter> {

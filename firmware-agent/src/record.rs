@@ -24,7 +24,7 @@ use std::time::Duration;
 use rakkr_protocol::payload::MeterFrame;
 
 use crate::AGENT_VERSION;
-use crate::capture::{Capture, Gap, GapKind, Metering};
+use crate::capture::{Capture, Gap, GapKind, MeterRates, Metering};
 use crate::channel_map::ChannelMap;
 use crate::clock::Clock;
 use crate::source::{CaptureError, CaptureSource};
@@ -105,7 +105,8 @@ pub fn part_path(out: &Path) -> PathBuf {
 /// Options of a capture session shared by its takes.
 #[derive(Debug, Clone)]
 pub struct SessionOptions {
-    pub meter_interval: Duration,
+    /// Meter windows; the callback of [`record_takes`] gets the telemetry ones.
+    pub meters: MeterRates,
     pub realtime: bool,
 }
 
@@ -346,7 +347,7 @@ pub fn record_takes(
     }
 
     // The capture worker: meter once, fan out to every take.
-    let mut metering = Metering::new(format, options.meter_interval);
+    let mut metering = Metering::new(format, options.meters, Some(capture.stats.clone()));
     loop {
         let source_done = capture.failed() || (capture.ended() && reader.is_empty());
         if stop.load(Ordering::Relaxed) || source_done || feeds.iter().all(TakeFeed::done) {
@@ -354,7 +355,7 @@ pub fn record_takes(
         }
         reader.take_gaps(|g| feeds.iter_mut().for_each(|f| f.device_gap(g)));
         reader.read(usize::MAX, |samples| {
-            metering.push(samples, clock, |f| on_meter(&f));
+            metering.push(samples, clock, |_| {}, |f| on_meter(&f));
             for feed in feeds.iter_mut().filter(|f| !f.done()) {
                 feed.push(samples, device_channels);
             }

@@ -5,7 +5,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use rakkr_mqtt::LinkState;
-use rakkr_protocol::payload::{Capabilities, RealtimeStatus};
+use rakkr_protocol::payload::{Capabilities, MeterFrame, RealtimeStatus};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -33,10 +33,23 @@ pub enum AgentError {
 }
 
 /// Handles for observing a running agent.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct AgentHandles {
     pub link: Arc<LinkState>,
     pub telemetry: Arc<TelemetryStats>,
+    /// The latest local meter frame (10 Hz by default), for the appliance's
+    /// own display: `local_meters.subscribe()`.
+    pub local_meters: Arc<tokio::sync::watch::Sender<Option<MeterFrame>>>,
+}
+
+impl Default for AgentHandles {
+    fn default() -> Self {
+        AgentHandles {
+            link: Arc::default(),
+            telemetry: Arc::default(),
+            local_meters: Arc::new(tokio::sync::watch::Sender::new(None)),
+        }
+    }
 }
 
 /// Run the agent until `shutdown` fires (or capture fails).
@@ -62,8 +75,9 @@ pub async fn run(
     let pipeline = CapturePipeline::start(
         source,
         clock.clone(),
-        settings.meter_interval,
+        settings.meters,
         meters_tx,
+        handles.local_meters.clone(),
         settings.realtime,
     )?;
     let realtime = RealtimeStatus {

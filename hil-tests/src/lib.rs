@@ -220,7 +220,7 @@ impl Agent {
             format!(
                 "node_id = \"{node_id}\"\n[mqtt]\nhost = \"127.0.0.1\"\nport = {mqtt_port}\n\
                  [source]\nkind = \"synthetic\"\nchannels = {channels}\nsignal = \"demo\"\n\
-                 [telemetry]\nmeter_interval_ms = 250\n"
+                 [meters]\nlocal_interval_ms = 50\ntelemetry_interval_ms = 250\n"
             ),
         )?;
         Agent::start_with_config(work, node_id, &config)
