@@ -12,6 +12,11 @@
 //! Meter frames go to `nodes/{node}/meters` at QoS 0 and only while connected:
 //! a frame that cannot be sent now is dropped and counted, never queued to
 //! arrive late.
+//!
+//! Health events go to `nodes/{node}/events` at QoS 1. While disconnected they
+//! wait in a bounded in-memory queue ([`EVENT_QUEUE`]; the oldest are dropped
+//! and counted beyond it) and are sent in order on reconnection. (They do not
+//! yet survive an agent restart: that is the durable outbox's job.)
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -21,7 +26,7 @@ use rakkr_mqtt::rumqttc::{LastWill, QoS};
 use rakkr_mqtt::{Endpoint, LinkState, SessionEvent};
 use rakkr_protocol::Envelope;
 use rakkr_protocol::payload::{
-    Capabilities, MeterFrame, NodeStatus, OfflineReason, RealtimeStatus,
+    Capabilities, HealthEvent, MeterFrame, NodeStatus, OfflineReason, RealtimeStatus,
 };
 use rakkr_protocol::topic::{NodeChannel, Topic};
 use tokio::sync::mpsc;
@@ -34,11 +39,16 @@ use crate::config::AgentSettings;
 /// How long an orderly shutdown waits to deliver the final `offline` status.
 pub const FINISH_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// Health events held while disconnected.
+pub const EVENT_QUEUE: usize = 256;
+
 #[derive(Debug, Default)]
 pub struct TelemetryStats {
     pub meter_frames_sent: AtomicU64,
     pub meter_frames_dropped: AtomicU64,
     pub bad_messages: AtomicU64,
+    pub health_events_sent: AtomicU64,
+    pub health_events_dropped: AtomicU64,
 }
 
 /// What the node announces about itself in its `online` status.
@@ -48,19 +58,32 @@ pub struct Announcement {
     pub realtime: RealtimeStatus,
 }
 
+/// What the node publishes besides its status.
+#[derive(Debug)]
+pub struct Outgoing {
+    /// Telemetry meter frames.
+    pub meters: mpsc::Receiver<MeterFrame>,
+    pub events: mpsc::Receiver<HealthEvent>,
+}
+
 /// Run the link until `shutdown` fires, then announce `offline` and disconnect.
 pub async fn run(
     settings: &AgentSettings,
     announce: Announcement,
     clock: Arc<dyn Clock>,
-    mut meters: mpsc::Receiver<MeterFrame>,
+    outgoing: Outgoing,
     state: Arc<LinkState>,
     stats: Arc<TelemetryStats>,
     shutdown: CancellationToken,
 ) {
+    let Outgoing {
+        mut meters,
+        mut events,
+    } = outgoing;
     let node = &settings.node_id;
     let status_topic = Topic::node(node, NodeChannel::Status).to_string();
     let meters_topic = Topic::node(node, NodeChannel::Meters).to_string();
+    let events_topic = Topic::node(node, NodeChannel::Events).to_string();
     let endpoint = Endpoint {
         client_id: node.to_string(),
         host: settings.mqtt.host.clone(),
@@ -96,31 +119,57 @@ pub async fn run(
 
     let (client, eventloop) = rakkr_mqtt::connect(&endpoint, Some(&will));
 
-    // Meter frames: forwarded only while connected.
-    let forwarder = {
+    // Meter frames: forwarded only while connected. Health events: in order,
+    // held while disconnected.
+    let publisher = {
         let client = client.clone();
         let state = state.clone();
         let stats = stats.clone();
         let clock = clock.clone();
         let shutdown = shutdown.clone();
         tokio::spawn(async move {
+            let mut pending: std::collections::VecDeque<HealthEvent> =
+                std::collections::VecDeque::new();
+            let mut retry = tokio::time::interval(Duration::from_millis(250));
             loop {
-                let frame = tokio::select! {
+                tokio::select! {
                     _ = shutdown.cancelled() => break,
-                    frame = meters.recv() => match frame { Some(f) => f, None => break },
-                };
-                let sent = state.is_connected() && {
-                    let payload = Envelope::stamped(clock.unix_ms(), frame).encode();
-                    client
-                        .try_publish(&meters_topic, QoS::AtMostOnce, false, payload)
-                        .is_ok()
-                };
-                let counter = if sent {
-                    &stats.meter_frames_sent
-                } else {
-                    &stats.meter_frames_dropped
-                };
-                counter.fetch_add(1, Ordering::Relaxed);
+                    frame = meters.recv() => {
+                        let Some(frame) = frame else { break };
+                        let sent = state.is_connected() && {
+                            let payload = Envelope::stamped(clock.unix_ms(), frame).encode();
+                            client
+                                .try_publish(&meters_topic, QoS::AtMostOnce, false, payload)
+                                .is_ok()
+                        };
+                        let counter = if sent {
+                            &stats.meter_frames_sent
+                        } else {
+                            &stats.meter_frames_dropped
+                        };
+                        counter.fetch_add(1, Ordering::Relaxed);
+                    }
+                    event = events.recv() => {
+                        let Some(event) = event else { break };
+                        if pending.len() == EVENT_QUEUE {
+                            pending.pop_front();
+                            stats.health_events_dropped.fetch_add(1, Ordering::Relaxed);
+                        }
+                        pending.push_back(event);
+                    }
+                    _ = retry.tick() => {}
+                }
+                while state.is_connected() && !pending.is_empty() {
+                    let payload = Envelope::stamped(clock.unix_ms(), pending[0].clone()).encode();
+                    if client
+                        .try_publish(&events_topic, QoS::AtLeastOnce, false, payload)
+                        .is_err()
+                    {
+                        break;
+                    }
+                    pending.pop_front();
+                    stats.health_events_sent.fetch_add(1, Ordering::Relaxed);
+                }
             }
         })
     };
@@ -159,7 +208,7 @@ pub async fn run(
         .await
     };
 
-    let _ = forwarder.await;
+    let _ = publisher.await;
     if state.is_connected() {
         let _ = client.try_publish(
             &status_topic,

@@ -5,7 +5,9 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use rakkr_mqtt::LinkState;
-use rakkr_protocol::payload::{Capabilities, MeterFrame, RealtimeStatus};
+use rakkr_protocol::payload::{
+    Capabilities, HealthChange, HealthCondition, HealthEvent, MeterFrame, RealtimeStatus, Severity,
+};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -64,6 +66,8 @@ pub async fn run(
     }
     let (source, capabilities) = build_source(&settings)?;
     let (meters_tx, meters_rx) = mpsc::channel(METER_QUEUE);
+    let (events_tx, events_rx) = mpsc::channel(crate::link::EVENT_QUEUE);
+    let device = source_name(&settings);
     let memory_locked = settings.realtime
         && match crate::rt::lock_memory() {
             Ok(()) => true,
@@ -101,11 +105,18 @@ pub async fn run(
     let watch = {
         let stop_link = stop_link.clone();
         let stats = stats.clone();
+        let clock = clock.clone();
         tokio::spawn(async move {
+            let mut lost_since: Option<u64> = None;
             while !stop_link.is_cancelled() {
                 if stats.failed.load(Ordering::Acquire) {
                     stop_link.cancel();
                     break;
+                }
+                let lost = stats.device_lost.load(Ordering::Acquire);
+                if let Some(event) = device_health(&device, lost, &mut lost_since, clock.unix_ms())
+                {
+                    let _ = events_tx.try_send(event);
                 }
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
@@ -119,7 +130,10 @@ pub async fn run(
             realtime,
         },
         clock,
-        meters_rx,
+        link::Outgoing {
+            meters: meters_rx,
+            events: events_rx,
+        },
         handles.link,
         handles.telemetry,
         stop_link.clone(),
@@ -131,6 +145,56 @@ pub async fn run(
         .await
         .unwrap_or_else(|_| Err(CaptureError::Device("capture shutdown panicked".into())))?;
     Ok(())
+}
+
+/// The capture device's name for people.
+fn source_name(settings: &AgentSettings) -> String {
+    match &settings.source {
+        SourceSettings::Alsa(request) => request.device.clone(),
+        SourceSettings::Synthetic { .. } => "synthetic".into(),
+    }
+}
+
+/// A device-lost health event when the device's state changes: raised when
+/// it goes, cleared (with how long it was gone) when it is back.
+fn device_health(
+    device: &str,
+    lost: bool,
+    lost_since: &mut Option<u64>,
+    now_ms: u64,
+) -> Option<HealthEvent> {
+    let (change, severity, detail) = match (lost, *lost_since) {
+        (true, None) => {
+            *lost_since = Some(now_ms);
+            (
+                HealthChange::Raised,
+                Severity::Critical,
+                format!(
+                    "capture device {device} stopped delivering audio; reopening it with backoff, \
+                     open takes continue and record the time it is gone as a gap"
+                ),
+            )
+        }
+        (false, Some(since)) => {
+            *lost_since = None;
+            (
+                HealthChange::Cleared,
+                Severity::Info,
+                format!(
+                    "capture device {device} is back after {:.1} s",
+                    now_ms.saturating_sub(since) as f64 / 1000.0
+                ),
+            )
+        }
+        _ => return None,
+    };
+    Some(HealthEvent {
+        condition: HealthCondition::DeviceLost,
+        change,
+        severity,
+        at_ms: now_ms,
+        detail,
+    })
 }
 
 /// Finish every take a crash or power loss interrupted, before anything else runs.
@@ -206,4 +270,30 @@ fn fnv1a(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
         (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn device_loss_raises_once_and_clears_once_with_its_duration() {
+        let mut since = None;
+        assert_eq!(device_health("hw:1", false, &mut since, 1_000), None);
+        let raised = device_health("hw:1", true, &mut since, 2_000).unwrap();
+        assert_eq!(
+            (raised.change, raised.severity, raised.at_ms),
+            (HealthChange::Raised, Severity::Critical, 2_000)
+        );
+        assert!(raised.detail.contains("hw:1"));
+        assert_eq!(
+            device_health("hw:1", true, &mut since, 2_200),
+            None,
+            "no repeats"
+        );
+        let cleared = device_health("hw:1", false, &mut since, 6_500).unwrap();
+        assert_eq!(cleared.change, HealthChange::Cleared);
+        assert!(cleared.detail.contains("4.5 s"), "{}", cleared.detail);
+        assert_eq!(device_health("hw:1", false, &mut since, 7_000), None);
+    }
 }

@@ -204,7 +204,7 @@ impl Server {
     }
 }
 
-/// An agent process with a synthetic source.
+/// An agent process (a synthetic source unless configured otherwise).
 pub struct Agent {
     pub proc: Proc,
     pub node_id: String,
@@ -227,8 +227,19 @@ impl Agent {
     }
 
     pub fn start_with_config(work: &Path, node_id: &str, config: &Path) -> Result<Agent> {
+        Agent::start_with_env(work, node_id, config, &[])
+    }
+
+    /// Start with extra environment (e.g. `ALSA_CONFIG_PATH` for test devices).
+    pub fn start_with_env(
+        work: &Path,
+        node_id: &str,
+        config: &Path,
+        env: &[(&str, &std::ffi::OsStr)],
+    ) -> Result<Agent> {
         let mut cmd = Command::new(bin("rakkr-agent"));
         cmd.arg("run").arg("--config").arg(config);
+        cmd.envs(env.iter().copied());
         Ok(Agent {
             proc: Proc::spawn(&format!("agent-{node_id}"), cmd, work)?,
             node_id: node_id.to_owned(),

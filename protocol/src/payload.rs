@@ -305,6 +305,63 @@ impl Payload for MeterFrame {
     }
 }
 
+/// Bound on a health event's free-text detail.
+pub const MAX_DETAIL_TEXT: usize = 512;
+
+/// What a health event is about. (The watchdog's signal rules — low signal,
+/// clipping, flatline, correlation, disk pressure — join this list with it.)
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HealthCondition {
+    /// The capture device stopped delivering audio (unplugged, its server
+    /// gone, a stalled driver). The take stays open; the agent reopens it
+    /// with backoff and records the time it was gone as a gap.
+    DeviceLost,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Severity {
+    Info,
+    Warning,
+    Critical,
+}
+
+/// Whether a condition began or ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HealthChange {
+    Raised,
+    Cleared,
+}
+
+/// Published on `nodes/{node}/events`, QoS 1, not retained: a condition the
+/// node detected began or ended. The server opens, de-duplicates and resolves
+/// health events from these.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HealthEvent {
+    pub condition: HealthCondition,
+    pub change: HealthChange,
+    pub severity: Severity,
+    /// When the condition began or ended, ms since the Unix epoch (UTC).
+    pub at_ms: u64,
+    /// For people: what happened, with the evidence.
+    pub detail: String,
+}
+
+impl Payload for HealthEvent {
+    const KIND: &'static str = "health event";
+    fn validate(&self) -> Result<(), String> {
+        if self.detail.len() > MAX_DETAIL_TEXT {
+            return Err(format!(
+                "detail is {} bytes; the limit is {MAX_DETAIL_TEXT}",
+                self.detail.len()
+            ));
+        }
+        Ok(())
+    }
+}
+
 fn check_text(field: &str, s: &str) -> Result<(), String> {
     if s.len() > MAX_SHORT_TEXT {
         return Err(format!(

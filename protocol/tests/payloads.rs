@@ -245,3 +245,33 @@ fn meter_flags_are_a_list_of_names_and_unknown_ones_are_ignored() {
     .unwrap();
     assert_eq!(back.flags.iter().collect::<Vec<_>>(), [MeterFlag::Flatline]);
 }
+
+#[test]
+fn health_events_have_a_flat_wire_form_and_a_bounded_detail() {
+    let event = HealthEvent {
+        condition: HealthCondition::DeviceLost,
+        change: HealthChange::Raised,
+        severity: Severity::Critical,
+        at_ms: 1_764_400_000_000,
+        detail: "capture device hw:1 stopped delivering audio".into(),
+    };
+    let env = Envelope::new(MessageId::new(1_764_400_000_000), 1, event.clone());
+    let json = serde_json::to_value(&env).unwrap();
+    assert_eq!(json["condition"], "device_lost");
+    assert_eq!(json["change"], "raised");
+    assert_eq!(json["severity"], "critical");
+    assert_eq!(Envelope::<HealthEvent>::decode(&env.encode()).unwrap(), env);
+
+    let long = Envelope::new(
+        MessageId::new(1),
+        1,
+        HealthEvent {
+            detail: "x".repeat(MAX_DETAIL_TEXT + 1),
+            ..event
+        },
+    );
+    assert!(matches!(
+        Envelope::<HealthEvent>::decode(&long.encode()),
+        Err(DecodeError::Invalid { .. })
+    ));
+}
