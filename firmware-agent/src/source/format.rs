@@ -7,6 +7,9 @@
 
 use std::fmt;
 
+use dasp::Sample;
+use dasp::sample::types::I24;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum SampleFormat {
     /// 16-bit signed, little-endian, 2 bytes.
@@ -72,16 +75,19 @@ impl SampleFormat {
         let n = (bytes.len() / width).min(out.len());
         let samples = bytes[..n * width].chunks_exact(width);
         for (raw, slot) in samples.zip(out.iter_mut()) {
+            // dasp's conversions: integers are shifted to the top of the i32
+            // (exact); floats scale by 2^31, saturate at full scale, NaN → 0.
             *slot = match self {
-                SampleFormat::S16Le => i32::from(i16::from_le_bytes([raw[0], raw[1]])) << 16,
-                SampleFormat::S24_3Le => i32::from_le_bytes([0, raw[0], raw[1], raw[2]]),
-                // The container's top byte is padding (sign or garbage): drop it.
-                SampleFormat::S24Le => i32::from_le_bytes([0, raw[0], raw[1], raw[2]]),
+                SampleFormat::S16Le => i16::from_le_bytes([raw[0], raw[1]]).to_sample::<i32>(),
+                // S24_LE's top byte is padding (sign or garbage): only the low
+                // three bytes are the sample, as in S24_3LE.
+                SampleFormat::S24_3Le | SampleFormat::S24Le => {
+                    I24::new_unchecked(i32::from_le_bytes([0, raw[0], raw[1], raw[2]]) >> 8)
+                        .to_sample::<i32>()
+                }
                 SampleFormat::S32Le => i32::from_le_bytes([raw[0], raw[1], raw[2], raw[3]]),
                 SampleFormat::FloatLe => {
-                    let x = f32::from_le_bytes([raw[0], raw[1], raw[2], raw[3]]);
-                    // `as` saturates and maps NaN to 0.
-                    (f64::from(x) * 2_147_483_648.0) as i32
+                    f32::from_le_bytes([raw[0], raw[1], raw[2], raw[3]]).to_sample::<i32>()
                 }
             };
         }
