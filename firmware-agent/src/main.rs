@@ -84,6 +84,12 @@ struct RecordArgs {
     /// Channel names for the file's tags, comma-separated.
     #[arg(long)]
     channel_names: Option<String>,
+    /// Node id for the files' tags (RAKKR_NODE).
+    #[arg(long)]
+    node: Option<String>,
+    /// Job id for the files' tags (RAKKR_JOB).
+    #[arg(long)]
+    job: Option<String>,
 }
 
 fn main() -> ExitCode {
@@ -275,8 +281,18 @@ fn record(args: RecordArgs) -> anyhow::Result<()> {
         .map(|m| rakkr_agent::channel_map::ChannelMap::parse(m, device_channels))
         .transpose()?;
     let mut tags = vec![("RAKKR_DEVICE".to_owned(), args.device.clone())];
-    if let Some(names) = &args.channel_names {
-        tags.push(("RAKKR_CHANNELS".to_owned(), names.clone()));
+    for (key, value) in [
+        ("RAKKR_CHANNELS", &args.channel_names),
+        ("RAKKR_NODE", &args.node),
+        ("RAKKR_JOB", &args.job),
+    ] {
+        if let Some(v) = value {
+            anyhow::ensure!(
+                v.len() <= 256 && !v.contains('\n'),
+                "{key}: at most 256 characters on one line"
+            );
+            tags.push((key.to_owned(), v.clone()));
+        }
     }
     let codec_for = |out: &std::path::Path| -> anyhow::Result<Codec> {
         Ok(match args.codec.as_deref() {

@@ -590,6 +590,7 @@ fn wide_captures_go_into_one_wav_file_and_flac_says_so() {
             .env("ALSA_CONFIG_PATH", &conf)
             .args(["record", "--device", "wide", "--channels", "12"])
             .args(["--format", "S16_LE", "--duration", "1", "--bits", "16"])
+            .args(["--node", "studio-a", "--job", "job-42"])
             .args(extra)
             .arg("--out")
             .arg(out))
@@ -619,6 +620,8 @@ fn wide_captures_go_into_one_wav_file_and_flac_says_so() {
         };
         assert_eq!(tag("RAKKR_FRAMES").as_deref(), Some("48000"), "{name}");
         assert_eq!(tag("RAKKR_DEVICE").as_deref(), Some("wide"));
+        assert_eq!(tag("RAKKR_NODE").as_deref(), Some("studio-a"));
+        assert_eq!(tag("RAKKR_JOB").as_deref(), Some("job-42"));
         let utc = tag("RAKKR_START_UTC").unwrap();
         assert!(utc.len() == 27 && utc.ends_with('Z'), "{utc}");
         assert!(matches!(
