@@ -29,7 +29,7 @@ enum Command {
     /// List ALSA capture devices with their channel counts, rates and formats.
     Devices,
     /// Record one take to a FLAC or WAV/RF64 file with the agent's engine, printing meters.
-    Record(RecordArgs),
+    Record(Box<RecordArgs>),
     /// Complete interrupted takes (*.flac.part, *.wav.part) in a directory.
     Recover {
         /// Directory holding the takes.
@@ -106,7 +106,7 @@ fn main() -> ExitCode {
 fn real_main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
-        Command::Record(args) => record(args),
+        Command::Record(args) => record(*args),
         Command::Recover { dir } => {
             let results = rakkr_agent::record::recover_dir(&dir)
                 .with_context(|| format!("cannot read {}", dir.display()))?;
