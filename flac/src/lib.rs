@@ -2,7 +2,7 @@
 //!
 //! Encoding and decoding are libFLAC (1.5, bundled and statically linked through
 //! libflac-sys; all FFI lives in `libflac.rs`; see
-//! docs/decisions/0006-flac-encoding.md). Around it this crate owns the file:
+//! docs/decisions/0008-flac-through-libflac-sys.md). Around it this crate owns the file:
 //!
 //! ## On-disk format
 //! A standard FLAC stream, readable by any decoder:
