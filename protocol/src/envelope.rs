@@ -33,7 +33,9 @@ pub trait Payload: Serialize + DeserializeOwned {
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+/// A message: the envelope fields beside the payload's own.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[schemars(rename = "{T}Message")]
 pub struct Envelope<T> {
     /// Schema version, [`SCHEMA_VERSION`] when written by this build.
     pub v: u16,

@@ -99,6 +99,19 @@ pub fn uuid_v7(unix_ms: u64) -> uuid::Uuid {
 #[serde(transparent)]
 pub struct MessageId(uuid::Uuid);
 
+impl schemars::JsonSchema for MessageId {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "MessageId".into()
+    }
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "description": "UUIDv7, unique per message; receivers de-duplicate on it.",
+            "type": "string",
+            "format": "uuid"
+        })
+    }
+}
+
 impl MessageId {
     /// A fresh id for a message created at `unix_ms` (milliseconds since the Unix epoch).
     /// The random part comes from the operating system's generator.

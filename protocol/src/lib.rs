@@ -15,6 +15,7 @@
 //! failure is a typed error.
 
 pub mod access;
+pub mod asyncapi;
 pub mod backoff;
 pub mod envelope;
 pub mod ids;

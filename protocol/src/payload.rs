@@ -4,6 +4,7 @@
 //! has no finite level in decibels; JSON has no infinity, so every level is
 //! clamped to [`DBFS_FLOOR`] ("at or below the floor").
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::envelope::Payload;
@@ -34,7 +35,7 @@ pub fn clamp_dbfs(level: f32) -> f32 {
 }
 
 /// Which A/B root slot the appliance booted from.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum BootSlot {
     A,
@@ -54,7 +55,7 @@ impl BootSlot {
 }
 
 /// What a node can do, announced with its online status.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct Capabilities {
     /// Capture sources this build supports, e.g. `synthetic`, `alsa`.
     pub sources: Vec<String>,
@@ -69,7 +70,7 @@ pub struct Capabilities {
 }
 
 /// Whether the capture path got the real-time treatment it asked for.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct RealtimeStatus {
     /// The capture thread runs with `SCHED_FIFO`.
     pub sched_fifo: bool,
@@ -78,7 +79,7 @@ pub struct RealtimeStatus {
 }
 
 /// Why a node is offline.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum OfflineReason {
     /// Published by the broker as the node's Last Will: the connection dropped.
@@ -88,7 +89,7 @@ pub enum OfflineReason {
 }
 
 /// Retained on `nodes/{node}/status`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(tag = "state", rename_all = "snake_case")]
 pub enum NodeStatus {
     Online {
@@ -126,7 +127,7 @@ impl Payload for NodeStatus {
 }
 
 /// Retained on `server/status`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(tag = "state", rename_all = "snake_case")]
 pub enum ServerStatus {
     Online { server_version: String },
@@ -144,7 +145,7 @@ impl Payload for ServerStatus {
 }
 
 /// A quality problem seen on a channel during a meter window.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum MeterFlag {
     /// Samples reached full scale.
@@ -205,6 +206,21 @@ impl FromIterator<MeterFlag> for MeterFlags {
     }
 }
 
+impl JsonSchema for MeterFlags {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "MeterFlags".into()
+    }
+    fn json_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "description": "Quality flags raised in the window, as a list of names. Receivers ignore names they do not know.",
+            "type": "array",
+            "items": generator.subschema_for::<MeterFlag>(),
+            "uniqueItems": true,
+            "maxItems": 16
+        })
+    }
+}
+
 impl Serialize for MeterFlags {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.collect_seq(self.iter())
@@ -243,7 +259,7 @@ fn is_zero_f32(v: &f32) -> bool {
 }
 
 /// One channel's levels over a meter window.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct ChannelMeter {
     /// Highest absolute sample, dBFS, clamped to [`DBFS_FLOOR`]..=[`DBFS_CEILING`].
     pub peak_dbfs: f32,
@@ -266,7 +282,7 @@ pub struct ChannelMeter {
 }
 
 /// Published on `nodes/{node}/meters`, QoS 0, once per telemetry interval.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct MeterFrame {
     /// Capture time of the window's last sample, ms since the Unix epoch (UTC).
     /// Receivers compare it with their clock to tell stale frames from live ones.
@@ -310,7 +326,7 @@ pub const MAX_DETAIL_TEXT: usize = 512;
 
 /// What a health event is about. (The watchdog's signal rules — low signal,
 /// clipping, flatline, correlation, disk pressure — join this list with it.)
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum HealthCondition {
     /// The capture device stopped delivering audio (unplugged, its server
@@ -319,7 +335,7 @@ pub enum HealthCondition {
     DeviceLost,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Severity {
     Info,
@@ -328,7 +344,7 @@ pub enum Severity {
 }
 
 /// Whether a condition began or ended.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum HealthChange {
     Raised,
@@ -338,7 +354,7 @@ pub enum HealthChange {
 /// Published on `nodes/{node}/events`, QoS 1, not retained: a condition the
 /// node detected began or ended. The server opens, de-duplicates and resolves
 /// health events from these.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct HealthEvent {
     pub condition: HealthCondition,
     pub change: HealthChange,

@@ -41,16 +41,26 @@ fn real_main() -> Result<()> {
         }
         Some("test") => test(),
         Some("setup") => packages::ensure(&[packages::BUILD, packages::TEST].concat()),
+        Some("asyncapi") => {
+            let path = root.join("docs/mqtt.md");
+            let text = std::fs::read_to_string(&path)?;
+            let updated =
+                rakkr_protocol::asyncapi::render_into(&text).map_err(anyhow::Error::msg)?;
+            std::fs::write(&path, updated)?;
+            println!("wrote the AsyncAPI document into {}", path.display());
+            Ok(())
+        }
         Some("update-htmx") => match args.get(1) {
             Some(version) => update_htmx(&root, version),
             None => bail!("usage: cargo xtask update-htmx VERSION (e.g. 2.0.11)"),
         },
         _ => {
             eprintln!(
-                "usage: cargo xtask <demo [ARGS…] | test | setup | update-htmx VERSION>\n\
+                "usage: cargo xtask <demo [ARGS…] | test | setup | asyncapi | update-htmx VERSION>\n\
                  \n  demo          run the fleet server with simulated appliances\
                  \n  test          the whole test suite, with formatting and lint checks\
                  \n  setup         install missing system packages\
+                 \n  asyncapi      regenerate the AsyncAPI document in docs/mqtt.md\
                  \n  update-htmx   re-vendor htmx from npm"
             );
             bail!("no command given");

@@ -1,0 +1,260 @@
+//! The MQTT contract as an AsyncAPI 3.0 document, generated from this crate's
+//! topic tree ([`crate::topic`]) and payload types ([`crate::payload`]), for MQTT
+//! dashboards (Node-RED, Grafana's MQTT source, Home Assistant) and other
+//! clients. docs/mqtt.md holds the document; a test keeps it equal to
+//! [`document`], and `cargo xtask asyncapi` rewrites it after a change here.
+//!
+//! Schemas are JSON Schema draft 07 (AsyncAPI's default schema format), one
+//! per payload, each including the envelope fields (`v`, `msg_id`,
+//! `sent_at_ms`) beside the payload's own.
+
+use schemars::generate::SchemaSettings;
+use schemars::{JsonSchema, SchemaGenerator};
+use serde_json::{Map, Value, json};
+
+use crate::envelope::{Envelope, MAX_PAYLOAD_BYTES, SCHEMA_VERSION};
+use crate::ids::MAX_NODE_ID_LEN;
+use crate::payload::{HealthEvent, MeterFrame, NodeStatus, ServerStatus};
+use crate::topic::{Command, NodeChannel, ROOT};
+
+/// Who publishes on a channel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Sender {
+    Node,
+    Server,
+}
+
+/// One channel of the tree, as the document describes it.
+struct ChannelDoc {
+    id: &'static str,
+    address: String,
+    sender: Sender,
+    qos: u8,
+    retained: bool,
+    summary: &'static str,
+    /// The payload's message name and schema; `None` for channels whose payloads
+    /// are not defined yet.
+    message: Option<(&'static str, Value)>,
+}
+
+fn schema_of<T: JsonSchema>(generator: &mut SchemaGenerator) -> Value {
+    generator.subschema_for::<Envelope<T>>().to_value()
+}
+
+/// Every channel: the match statements are exhaustive, so a new channel or
+/// command in the topic tree does not compile until it is described here.
+fn channels(generator: &mut SchemaGenerator) -> Vec<ChannelDoc> {
+    let mut out = vec![ChannelDoc {
+        id: "serverStatus",
+        address: format!("{ROOT}/server/status"),
+        sender: Sender::Server,
+        qos: 1,
+        retained: true,
+        summary: "Server presence: online with its version, or offline (also its Last Will).",
+        message: Some(("serverStatus", schema_of::<ServerStatus>(generator))),
+    }];
+    for channel in NodeChannel::ALL {
+        let address = format!("{ROOT}/nodes/{{node}}/{}", channel.as_str());
+        let retained = channel.retained();
+        out.push(match channel {
+            NodeChannel::Status => ChannelDoc {
+                id: "nodeStatus",
+                address,
+                sender: Sender::Node,
+                qos: 1,
+                retained,
+                summary: "Node presence. Online with version, boot slot, capabilities and real-time \
+                          status on every connection; offline with reason `shutdown` on an orderly \
+                          stop, or `connection_lost` published by the broker as the node's Last Will.",
+                message: Some(("nodeStatus", schema_of::<NodeStatus>(generator))),
+            },
+            NodeChannel::Meters => ChannelDoc {
+                id: "nodeMeters",
+                address,
+                sender: Sender::Node,
+                qos: 0,
+                retained,
+                summary: "Meter frames, one per telemetry window (1 s by default), only while \
+                          connected. `captured_at_ms` is the capture time of the window's last \
+                          sample: a frame older than a few seconds is stale, not live.",
+                message: Some(("meterFrame", schema_of::<MeterFrame>(generator))),
+            },
+            NodeChannel::Events => ChannelDoc {
+                id: "nodeEvents",
+                address,
+                sender: Sender::Node,
+                qos: 1,
+                retained,
+                summary: "Health events: a condition raised or cleared, in order.",
+                message: Some(("healthEvent", schema_of::<HealthEvent>(generator))),
+            },
+            NodeChannel::Jobs => ChannelDoc {
+                id: "nodeJobs",
+                address,
+                sender: Sender::Node,
+                qos: 1,
+                retained,
+                summary: "Recording-job claims and updates from the node. Reserved: payloads are \
+                          defined with recording jobs.",
+                message: None,
+            },
+        });
+    }
+    for command in Command::ALL {
+        let address = format!("{ROOT}/nodes/{{node}}/cmd/{}", command.as_str());
+        out.push(match command {
+            Command::Jobs => ChannelDoc {
+                id: "nodeCommandJobs",
+                address,
+                sender: Sender::Server,
+                qos: 1,
+                retained: false,
+                summary: "Job offers, stop and cancel requests for the node. Reserved: payloads are \
+                          defined with recording jobs.",
+                message: None,
+            },
+            Command::Ack => ChannelDoc {
+                id: "nodeCommandAck",
+                address,
+                sender: Sender::Server,
+                qos: 1,
+                retained: false,
+                summary: "Application-level acknowledgements of messages the node sent. Reserved: \
+                          payloads are defined with the node's durable outbox.",
+                message: None,
+            },
+        });
+    }
+    out
+}
+
+/// The whole AsyncAPI 3.0 document.
+pub fn document() -> Value {
+    let mut generator = SchemaSettings::draft07()
+        .with(|s| s.definitions_path = "/components/schemas/".into())
+        .into_generator();
+    let channels = channels(&mut generator);
+    let (mut channel_map, mut operations, mut messages) = (Map::new(), Map::new(), Map::new());
+    for c in &channels {
+        let mut channel = json!({
+            "address": c.address,
+            "description": c.summary,
+        });
+        if c.address.contains("{node}") {
+            channel["parameters"] = json!({"node": {"$ref": "#/components/parameters/node"}});
+        }
+        if let Some((name, schema)) = &c.message {
+            channel["messages"] =
+                json!({ *name: {"$ref": format!("#/components/messages/{name}")} });
+            messages.insert(
+                (*name).to_owned(),
+                json!({
+                    "name": name,
+                    "contentType": "application/json",
+                    "payload": schema,
+                }),
+            );
+        }
+        channel_map.insert(c.id.to_owned(), channel);
+        let mut operation = json!({
+            "action": "receive",
+            "channel": {"$ref": format!("#/channels/{}", c.id)},
+            "summary": format!(
+                "Published by the {}; QoS {}{}.",
+                match c.sender {
+                    Sender::Node => "node",
+                    Sender::Server => "server",
+                },
+                c.qos,
+                if c.retained { ", retained" } else { ", not retained" }
+            ),
+            "bindings": {"mqtt": {"qos": c.qos, "retain": c.retained, "bindingVersion": "0.2.0"}},
+        });
+        if let Some((name, _)) = &c.message {
+            operation["messages"] =
+                json!([{"$ref": format!("#/channels/{}/messages/{name}", c.id)}]);
+        }
+        operations.insert(format!("receive{}", capitalized(c.id)), operation);
+    }
+    let schemas: Map<String, Value> = generator.take_definitions(true).into_iter().collect();
+    json!({
+        "asyncapi": "3.0.0",
+        "info": {
+            "title": "Rakkr MQTT",
+            "version": format!("{SCHEMA_VERSION}"),
+            "description": format!(
+                "Topics and payloads between Rakkr appliances, the fleet server and \
+                 dashboards. Every payload is one flat JSON object: the envelope fields \
+                 `v` (schema version, {SCHEMA_VERSION}), `msg_id` and `sent_at_ms` beside the \
+                 payload's own. At most {MAX_PAYLOAD_BYTES} bytes. Within one version fields \
+                 may be added: ignore fields you do not know. Operations are written from a \
+                 dashboard's side (it receives)."
+            ),
+        },
+        "defaultContentType": "application/json",
+        "channels": channel_map,
+        "operations": operations,
+        "components": {
+            "parameters": {
+                "node": {
+                    "description": format!(
+                        "Node id: 1 to {MAX_NODE_ID_LEN} characters of a-z, 0-9, `-` and `_`, \
+                         starting with a letter or digit."
+                    )
+                }
+            },
+            "messages": messages,
+            "schemas": schemas,
+        },
+    })
+}
+
+fn capitalized(s: &str) -> String {
+    let mut c = s.chars();
+    c.next()
+        .map(|f| f.to_uppercase().chain(c).collect())
+        .unwrap_or_default()
+}
+
+/// Marks the start of the generated block in docs/mqtt.md.
+pub const BEGIN: &str =
+    "<!-- asyncapi:begin (generated by `cargo xtask asyncapi`; do not edit) -->";
+/// Marks its end.
+pub const END: &str = "<!-- asyncapi:end -->";
+
+/// `markdown` with the block between [`BEGIN`] and [`END`] replaced by the
+/// current document, as a fenced JSON block.
+pub fn render_into(markdown: &str) -> Result<String, String> {
+    let (start, end) = block_bounds(markdown)?;
+    let json = serde_json::to_string_pretty(&document())
+        .map_err(|e| format!("cannot serialise the document: {e}"))?;
+    Ok(format!(
+        "{}\n```json\n{json}\n```\n{}",
+        &markdown[..start],
+        &markdown[end..]
+    ))
+}
+
+/// The document embedded in `markdown`, parsed.
+pub fn embedded(markdown: &str) -> Result<Value, String> {
+    let (start, end) = block_bounds(markdown)?;
+    let block = markdown[start..end].trim();
+    let json = block
+        .strip_prefix("```json")
+        .and_then(|b| b.strip_suffix("```"))
+        .ok_or("the generated block is not one fenced JSON block")?;
+    serde_json::from_str(json).map_err(|e| format!("the embedded document is not JSON: {e}"))
+}
+
+/// Byte range strictly between the markers.
+fn block_bounds(markdown: &str) -> Result<(usize, usize), String> {
+    let start = markdown
+        .find(BEGIN)
+        .ok_or_else(|| format!("no {BEGIN:?} marker"))?
+        + BEGIN.len();
+    let end = markdown[start..]
+        .find(END)
+        .ok_or_else(|| format!("no {END:?} marker after the start"))?
+        + start;
+    Ok((start, end))
+}
