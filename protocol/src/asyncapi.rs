@@ -14,7 +14,7 @@ use serde_json::{Map, Value, json};
 
 use crate::envelope::{Envelope, MAX_PAYLOAD_BYTES, SCHEMA_VERSION};
 use crate::ids::MAX_NODE_ID_LEN;
-use crate::payload::{HealthEvent, MeterFrame, NodeStatus, ServerStatus};
+use crate::payload::{Ack, HealthEvent, MeterFrame, NodeStatus, ServerStatus};
 use crate::topic::{Command, NodeChannel, ROOT};
 
 /// Who publishes on a channel.
@@ -119,9 +119,10 @@ fn channels(generator: &mut SchemaGenerator) -> Vec<ChannelDoc> {
                 sender: Sender::Server,
                 qos: 1,
                 retained: false,
-                summary: "Application-level acknowledgements of messages the node sent. Reserved: \
-                          payloads are defined with the node's durable outbox.",
-                message: None,
+                summary: "Application-level acknowledgements: the node's messages (health events, \
+                          job updates) with these ids are durably stored by the server; the node \
+                          removes them from its outbox.",
+                message: Some(("ack", schema_of::<Ack>(generator))),
             },
         });
     }

@@ -378,6 +378,31 @@ impl Payload for HealthEvent {
     }
 }
 
+/// Most message ids in one acknowledgement.
+pub const MAX_ACK_IDS: usize = 256;
+
+/// Published by the server on `nodes/{node}/cmd/ack`, QoS 1: these messages
+/// from the node are durably stored, so the node may forget them. Sent again
+/// for a duplicate, so a node whose first acknowledgement was lost still
+/// learns it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct Ack {
+    pub msg_ids: Vec<crate::MessageId>,
+}
+
+impl Payload for Ack {
+    const KIND: &'static str = "acknowledgement";
+    fn validate(&self) -> Result<(), String> {
+        if self.msg_ids.len() > MAX_ACK_IDS {
+            return Err(format!(
+                "{} message ids; the limit is {MAX_ACK_IDS}",
+                self.msg_ids.len()
+            ));
+        }
+        Ok(())
+    }
+}
+
 fn check_text(field: &str, s: &str) -> Result<(), String> {
     if s.len() > MAX_SHORT_TEXT {
         return Err(format!(

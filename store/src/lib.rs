@@ -69,4 +69,12 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Option<JobRecord>>;
 
     fn job(&self, id: JobId) -> Result<Option<JobRecord>>;
+
+    /// Store health events; one already stored (same node and message id) is
+    /// left as it is. Returns how many were new.
+    fn record_health_events(&self, events: &[HealthEventRecord]) -> Result<usize>;
+
+    /// The node's most recent health events, at most `limit`, oldest first
+    /// (message ids are UUIDv7: they order by the time the node created them).
+    fn health_events(&self, node: &NodeId, limit: usize) -> Result<Vec<HealthEventRecord>>;
 }

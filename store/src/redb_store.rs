@@ -8,6 +8,7 @@
 //! | `nodes`     | node id `&str`          | JSON [`NodeRecord`]                    |
 //! | `jobs`      | job id `u128` (UUIDv7)  | JSON [`JobRecord`]                     |
 //! | `job_queue` | `(node id, job id)`     | `()`: queued jobs per node, oldest first |
+//! | `health_events` | `(node id, message id)` | `HealthEventRecord` (JSON); a message id is stored once per node |
 //!
 //! Invariant: a job is in `job_queue` exactly while its state is `queued`.
 //! Commits are durable (`Durability::Immediate`: fsync before `commit` returns).
@@ -21,7 +22,8 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::{
-    JobId, JobRecord, JobSpec, Lease, NodeRecord, NodeStatusUpdate, Result, Store, StoreError,
+    HealthEventRecord, JobId, JobRecord, JobSpec, Lease, NodeRecord, NodeStatusUpdate, Result,
+    Store, StoreError,
 };
 
 /// Version of the layout above. Bumped only with a migration.
@@ -31,6 +33,8 @@ const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const NODES: TableDefinition<&str, &[u8]> = TableDefinition::new("nodes");
 const JOBS: TableDefinition<u128, &[u8]> = TableDefinition::new("jobs");
 const JOB_QUEUE: TableDefinition<(&str, u128), ()> = TableDefinition::new("job_queue");
+/// (node, message id as u128) → HealthEventRecord (JSON).
+const HEALTH_EVENTS: TableDefinition<(&str, u128), &[u8]> = TableDefinition::new("health_events");
 
 #[derive(Debug)]
 pub struct RedbStore {
@@ -88,6 +92,7 @@ impl RedbStore {
             tx.open_table(NODES).map_err(backend)?;
             tx.open_table(JOBS).map_err(backend)?;
             tx.open_table(JOB_QUEUE).map_err(backend)?;
+            tx.open_table(HEALTH_EVENTS).map_err(backend)?;
         }
         tx.commit().map_err(backend)
     }
@@ -242,5 +247,38 @@ impl Store for RedbStore {
             Some(v) => Ok(Some(decode("job", v.value())?)),
             None => Ok(None),
         }
+    }
+
+    fn record_health_events(&self, events: &[HealthEventRecord]) -> Result<usize> {
+        if events.is_empty() {
+            return Ok(0);
+        }
+        let tx = self.db.begin_write().map_err(backend)?;
+        let mut new = 0;
+        {
+            let mut table = tx.open_table(HEALTH_EVENTS).map_err(backend)?;
+            for e in events {
+                let key = (e.node.as_str(), e.msg_id.as_uuid().as_u128());
+                if table.get(key).map_err(backend)?.is_none() {
+                    table.insert(key, encode(e).as_slice()).map_err(backend)?;
+                    new += 1;
+                }
+            }
+        }
+        tx.commit().map_err(backend)?;
+        Ok(new)
+    }
+
+    fn health_events(&self, node: &NodeId, limit: usize) -> Result<Vec<HealthEventRecord>> {
+        let tx = self.db.begin_read().map_err(backend)?;
+        let table = tx.open_table(HEALTH_EVENTS).map_err(backend)?;
+        let range = (node.as_str(), 0u128)..=(node.as_str(), u128::MAX);
+        let mut out = Vec::new();
+        for entry in table.range(range).map_err(backend)?.rev().take(limit) {
+            let (_, v) = entry.map_err(backend)?;
+            out.push(decode("health event", v.value())?);
+        }
+        out.reverse();
+        Ok(out)
     }
 }

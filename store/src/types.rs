@@ -3,9 +3,9 @@
 
 use std::fmt;
 
-use rakkr_protocol::NodeId;
-use rakkr_protocol::payload::{BootSlot, Capabilities, RealtimeStatus};
+use rakkr_protocol::payload::{BootSlot, Capabilities, HealthEvent, RealtimeStatus};
 use rakkr_protocol::state::{JobState, Presence};
+use rakkr_protocol::{MessageId, NodeId};
 use serde::{Deserialize, Serialize};
 
 /// A node as the server last knew it.
@@ -80,4 +80,14 @@ pub struct JobRecord {
     pub state: JobState,
     pub created_ms: u64,
     pub lease: Option<Lease>,
+}
+
+/// A health event as a node sent it. Identified by the node and the message's
+/// id, so a message delivered twice is stored once.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HealthEventRecord {
+    pub node: NodeId,
+    pub msg_id: MessageId,
+    pub event: HealthEvent,
+    pub received_ms: u64,
 }

@@ -179,6 +179,46 @@ fn racing_claims_never_share_a_job(store: Arc<dyn Store>) {
     }
 }
 
+fn health_events_are_stored_once_per_message(store: &dyn Store) {
+    use rakkr_protocol::MessageId;
+    use rakkr_protocol::payload::{HealthChange, HealthCondition, HealthEvent, Severity};
+    let event = |n: &str, ms: u64, change| HealthEventRecord {
+        node: node(n),
+        msg_id: MessageId::new(ms),
+        event: HealthEvent {
+            condition: HealthCondition::DeviceLost,
+            change,
+            severity: Severity::Critical,
+            at_ms: ms,
+            detail: format!("at {ms}"),
+        },
+        received_ms: ms + 1,
+    };
+    let raised = event("a", 1_000, HealthChange::Raised);
+    let cleared = event("a", 2_000, HealthChange::Cleared);
+    let other = event("b", 1_500, HealthChange::Raised);
+    assert_eq!(
+        store
+            .record_health_events(&[raised.clone(), other.clone()])
+            .unwrap(),
+        2
+    );
+    // A redelivery (the ack was lost) and a new one in the same batch.
+    assert_eq!(
+        store
+            .record_health_events(&[raised.clone(), cleared.clone()])
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        store.health_events(&node("a"), 10).unwrap(),
+        vec![raised.clone(), cleared.clone()]
+    );
+    assert_eq!(store.health_events(&node("a"), 1).unwrap(), vec![cleared]);
+    assert_eq!(store.health_events(&node("b"), 10).unwrap(), vec![other]);
+    assert!(store.health_events(&node("c"), 10).unwrap().is_empty());
+}
+
 fn redb() -> (tempfile::TempDir, RedbStore) {
     let dir = tempfile::tempdir().unwrap();
     let store = RedbStore::open(&dir.path().join("rakkr.redb")).unwrap();
@@ -265,4 +305,10 @@ fn redb_reports_a_corrupt_record() {
     }
     let s = RedbStore::open(&path).unwrap();
     assert!(matches!(s.nodes(), Err(StoreError::Corrupt(_))));
+}
+
+#[test]
+fn redb_health_events_are_stored_once_per_message() {
+    let (_d, s) = redb();
+    health_events_are_stored_once_per_message(&s);
 }
