@@ -6,6 +6,7 @@
 //! | `GET /console/nodes` | the dashboard's node panel, for htmx refreshes      |
 //! | `GET /static/…`    | embedded assets under content-hashed names, immutable |
 //! | `GET /api/v1/nodes`| node list (JSON)                                      |
+//! | `GET /api/v1/nodes/{id}/events` | the node's last 100 health events (JSON), oldest first |
 //! | `GET /healthz`     | liveness: the process serves HTTP                     |
 //! | `GET /readyz`      | readiness: store readable and broker link connected   |
 //!
@@ -15,7 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::{Request, State};
+use axum::extract::{Path, Request, State};
 use axum::http::{HeaderValue, StatusCode, Uri, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Json, Response};
@@ -45,6 +46,7 @@ pub fn router(state: AppState) -> Router {
         .route(NODES_FRAGMENT_PATH, get(nodes_fragment))
         .route("/static/{file}", get(static_asset))
         .route("/api/v1/nodes", get(api_nodes))
+        .route("/api/v1/nodes/{id}/events", get(api_node_events))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .fallback(not_found)
@@ -169,6 +171,24 @@ async fn api_nodes(State(state): State<AppState>) -> Json<Vec<NodeJson>> {
         })
         .collect();
     Json(nodes)
+}
+
+/// Health events shown per node by the API.
+const EVENTS_LISTED: usize = 100;
+
+async fn api_node_events(State(state): State<AppState>, Path(id): Path<String>) -> Response {
+    let Ok(node) = rakkr_protocol::NodeId::new(id) else {
+        return (StatusCode::NOT_FOUND, "no such node\n").into_response();
+    };
+    let store = state.store.clone();
+    match tokio::task::spawn_blocking(move || store.health_events(&node, EVENTS_LISTED)).await {
+        Ok(Ok(events)) => Json(events).into_response(),
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, "cannot read health events");
+            (StatusCode::SERVICE_UNAVAILABLE, "store unavailable\n").into_response()
+        }
+        Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+    }
 }
 
 #[derive(Serialize)]

@@ -7,6 +7,13 @@
 //! (status is last-writer-wins), so a burst such as a whole fleet reconnecting
 //! costs one transaction per batch, not one fsync per node, and its size is
 //! bounded by the number of tracked nodes.
+//!
+//! Health events (QoS 1) go to a bounded queue and are stored in batches; only
+//! after the store committed them does the server publish an [`Ack`] to each
+//! sender (`nodes/{node}/cmd/ack`), so a node forgets an event only once it is
+//! durable here. A redelivered event is stored once (the store keys events by
+//! node and message id) and acknowledged again. When the queue is full, events
+//! are dropped unacknowledged — the node sends them again later.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -15,10 +22,12 @@ use std::time::Duration;
 
 use rakkr_mqtt::rumqttc::{LastWill, QoS};
 use rakkr_mqtt::{Endpoint, LinkState, SessionEvent};
-use rakkr_protocol::payload::{MeterFrame, NodeStatus, ServerStatus};
-use rakkr_protocol::topic::{NodeChannel, Topic};
+use rakkr_protocol::payload::{
+    Ack, HealthEvent, MAX_ACK_IDS, MeterFrame, NodeStatus, ServerStatus,
+};
+use rakkr_protocol::topic::{Command, NodeChannel, Topic};
 use rakkr_protocol::{Envelope, NodeId};
-use rakkr_store::{NodeStatusUpdate, Store};
+use rakkr_store::{HealthEventRecord, NodeStatusUpdate, Store};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
@@ -37,6 +46,101 @@ pub struct IngestStats {
     pub bad_payloads: AtomicU64,
     pub refused: AtomicU64,
     pub store_errors: AtomicU64,
+    pub health_events: AtomicU64,
+    /// Health events dropped unacknowledged because the queue was full.
+    pub health_events_deferred: AtomicU64,
+}
+
+/// Health events waiting to be stored. Bounded: beyond [`Self::LIMIT`] an
+/// event is not queued and not acknowledged (its node resends it).
+#[derive(Debug, Default)]
+pub struct PendingEvents {
+    queue: Mutex<Vec<HealthEventRecord>>,
+    notify: Notify,
+}
+
+impl PendingEvents {
+    pub const LIMIT: usize = 10_000;
+
+    /// Queue an event; `false` if the queue is full.
+    pub fn push(&self, event: HealthEventRecord) -> bool {
+        let mut q = self.queue.lock().expect("pending events lock poisoned");
+        if q.len() >= Self::LIMIT {
+            return false;
+        }
+        q.push(event);
+        drop(q);
+        self.notify.notify_one();
+        true
+    }
+
+    fn take(&self) -> Vec<HealthEventRecord> {
+        std::mem::take(&mut *self.queue.lock().expect("pending events lock poisoned"))
+    }
+
+    fn restore(&self, mut batch: Vec<HealthEventRecord>) {
+        let mut q = self.queue.lock().expect("pending events lock poisoned");
+        batch.append(&mut q);
+        *q = batch;
+    }
+}
+
+/// Store queued health events, then acknowledge them to their nodes, until
+/// shutdown. On a store error the batch stays queued and is retried.
+pub async fn persist_events(
+    pending: Arc<PendingEvents>,
+    store: Arc<dyn Store>,
+    client: rakkr_mqtt::rumqttc::AsyncClient,
+    clock: Arc<dyn Clock>,
+    stats: Arc<IngestStats>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            _ = pending.notify.notified() => {}
+            _ = shutdown.cancelled() => return,
+        }
+        let batch = pending.take();
+        if batch.is_empty() {
+            continue;
+        }
+        let stored = {
+            let store = store.clone();
+            tokio::task::spawn_blocking(move || {
+                let r = store.record_health_events(&batch);
+                (batch, r)
+            })
+            .await
+        };
+        match stored {
+            Ok((batch, Ok(_new))) => {
+                let mut by_node: HashMap<NodeId, Vec<rakkr_protocol::MessageId>> = HashMap::new();
+                for e in batch {
+                    by_node.entry(e.node).or_default().push(e.msg_id);
+                }
+                for (node, ids) in by_node {
+                    let topic = Topic::command(&node, Command::Ack).to_string();
+                    for chunk in ids.chunks(MAX_ACK_IDS) {
+                        let ack = Ack {
+                            msg_ids: chunk.to_vec(),
+                        };
+                        let payload = Envelope::stamped(clock.unix_ms(), ack).encode();
+                        // Not acknowledged now (queue full, disconnected): the
+                        // node sends again and is acknowledged then.
+                        let _ = client.try_publish(&topic, QoS::AtLeastOnce, false, payload);
+                    }
+                }
+            }
+            Ok((batch, Err(e))) => {
+                stats.store_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(error = %e, events = batch.len(), "cannot save health events; retrying");
+                pending.restore(batch);
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                pending.notify.notify_one();
+            }
+            Err(e) => tracing::error!(error = %e, "health event persistence task failed"),
+        }
+    }
 }
 
 /// Latest unsaved status per node.
@@ -116,6 +220,8 @@ pub async fn run(
     broker_port: u16,
     fleet: Arc<LiveFleet>,
     pending: Arc<PendingStatuses>,
+    events: Arc<PendingEvents>,
+    store: Arc<dyn Store>,
     clock: Arc<dyn Clock>,
     state: Arc<LinkState>,
     stats: Arc<IngestStats>,
@@ -146,6 +252,14 @@ pub async fn run(
         }
     };
     let (client, eventloop) = rakkr_mqtt::connect(&endpoint, Some(&will));
+    let event_persister = tokio::spawn(persist_events(
+        events.clone(),
+        store,
+        client.clone(),
+        clock.clone(),
+        stats.clone(),
+        shutdown.clone(),
+    ));
 
     let eventloop = rakkr_mqtt::drive(
         eventloop,
@@ -161,6 +275,7 @@ pub async fn run(
                     client.try_publish(&status_topic, QoS::AtLeastOnce, true, server_status(online)),
                     client.try_subscribe(NodeChannel::Status.filter_all_nodes(), QoS::AtLeastOnce),
                     client.try_subscribe(NodeChannel::Meters.filter_all_nodes(), QoS::AtMostOnce),
+                    client.try_subscribe(NodeChannel::Events.filter_all_nodes(), QoS::AtLeastOnce),
                 ];
                 for r in requests {
                     if let Err(e) = r {
@@ -168,9 +283,15 @@ pub async fn run(
                     }
                 }
             }
-            SessionEvent::Message(p) => {
-                handle_message(&p.topic, &p.payload, &fleet, &pending, clock.unix_ms(), &stats)
-            }
+            SessionEvent::Message(p) => handle_message(
+                &p.topic,
+                &p.payload,
+                &fleet,
+                &pending,
+                &events,
+                clock.unix_ms(),
+                &stats,
+            ),
             SessionEvent::Disconnected { error, retry_in } => {
                 tracing::warn!(%error, retry_in_ms = retry_in.as_millis() as u64, "broker connection lost");
             }
@@ -185,6 +306,7 @@ pub async fn run(
         server_status(ServerStatus::Offline),
     );
     rakkr_mqtt::finish(&client, eventloop, &state, Duration::from_secs(2)).await;
+    let _ = event_persister.await;
 }
 
 /// Decode and apply one incoming message. Never panics; every refusal is counted.
@@ -193,6 +315,7 @@ pub fn handle_message(
     payload: &[u8],
     fleet: &LiveFleet,
     pending: &PendingStatuses,
+    events: &PendingEvents,
     now_ms: u64,
     stats: &IngestStats,
 ) {
@@ -241,7 +364,28 @@ pub fn handle_message(
                 tracing::debug!(node = %node, error = %e, "bad meter payload");
             }
         },
-        NodeChannel::Events | NodeChannel::Jobs => {
+        NodeChannel::Events => match Envelope::<HealthEvent>::decode(payload) {
+            Ok(env) => {
+                tracing::info!(node = %node, condition = ?env.body.condition, change = ?env.body.change, detail = %env.body.detail, "health event");
+                let queued = events.push(HealthEventRecord {
+                    node,
+                    msg_id: env.msg_id,
+                    event: env.body,
+                    received_ms: now_ms,
+                });
+                let counter = if queued {
+                    &stats.health_events
+                } else {
+                    &stats.health_events_deferred
+                };
+                counter.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(e) => {
+                stats.bad_payloads.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(node = %node, error = %e, "bad health event payload");
+            }
+        },
+        NodeChannel::Jobs => {
             stats.bad_topics.fetch_add(1, Ordering::Relaxed);
         }
     }
@@ -275,9 +419,10 @@ mod tests {
     fn every_kind_of_bad_message_is_counted_not_applied() {
         let (fleet, _) = LiveFleet::from_records(vec![], 10, 0);
         let pending = PendingStatuses::default();
+        let events = PendingEvents::default();
         let stats = IngestStats::default();
         let h = |topic: &str, payload: &[u8]| {
-            handle_message(topic, payload, &fleet, &pending, 5, &stats)
+            handle_message(topic, payload, &fleet, &pending, &events, 5, &stats)
         };
 
         h("rakkr/v1/nodes/a/status", b"{\"v\":1");

@@ -35,7 +35,7 @@ use crate::clock::Clock;
 use crate::config::ServerSettings;
 use crate::datadir::DataDir;
 use crate::fleet::LiveFleet;
-use crate::ingest::{IngestStats, PendingStatuses};
+use crate::ingest::{IngestStats, PendingEvents, PendingStatuses};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -130,6 +130,8 @@ impl RunningServer {
             broker.addr.port(),
             fleet.clone(),
             pending,
+            Arc::new(PendingEvents::default()),
+            store.clone(),
             clock.clone(),
             link.clone(),
             stats.clone(),

@@ -74,5 +74,18 @@ fn a_lost_device_raises_a_health_event_and_its_return_clears_it() -> Result<()> 
         (n["meters"]["stale"] == false).then_some(())
     })?;
     assert!(agent.proc.try_exit().is_none());
+
+    // The server stored both, once each.
+    let stored = wait_for("stored health events", Duration::from_secs(10), || {
+        let (code, body) = http_get(&server.url("/api/v1/nodes/hil-loss/events")).ok()?;
+        let events: Vec<serde_json::Value> = serde_json::from_str(&body).ok()?;
+        (code == 200 && events.len() >= 2).then_some(events)
+    })?;
+    let changes: Vec<&str> = stored
+        .iter()
+        .map(|e| e["event"]["change"].as_str().unwrap())
+        .collect();
+    assert_eq!(changes, ["raised", "cleared"], "{stored:?}");
+    assert_eq!(stored[0]["msg_id"], raised["msg_id"]);
     Ok(())
 }
