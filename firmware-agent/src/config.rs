@@ -6,6 +6,7 @@
 //! slot = "none"                 # a | b | none (booted root slot)
 //! realtime = true               # SCHED_FIFO capture thread and mlockall; runs anyway if denied
 //! recordings_dir = "/data/recordings"  # takes; interrupted ones are recovered at start
+//! state_dir = "/data/rakkr"     # durable outbox; without it, pending events live in memory only
 //!
 //! [mqtt]
 //! host = "127.0.0.1"
@@ -68,6 +69,9 @@ pub struct AgentConfig {
     pub realtime: bool,
     /// Where takes are written. Interrupted takes found here are recovered at start.
     pub recordings_dir: Option<PathBuf>,
+    /// Where the agent keeps state that must survive restarts (the outbox of
+    /// messages the server has not acknowledged). `None`: kept in memory.
+    pub state_dir: Option<PathBuf>,
 }
 
 fn default_realtime() -> bool {
@@ -248,6 +252,7 @@ pub struct AgentSettings {
     pub meters: MeterRates,
     pub realtime: bool,
     pub recordings_dir: Option<PathBuf>,
+    pub state_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone)]
@@ -405,6 +410,7 @@ impl AgentConfig {
             meters,
             realtime: self.realtime,
             recordings_dir: self.recordings_dir,
+            state_dir: self.state_dir,
         })
     }
 }
@@ -451,6 +457,7 @@ impl AgentSettings {
             // Many simulated appliances share one process: no real-time claims.
             realtime: false,
             recordings_dir: None,
+            state_dir: None,
         }
     }
 }

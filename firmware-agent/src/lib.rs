@@ -25,6 +25,7 @@ pub mod clock;
 pub mod config;
 pub mod link;
 pub mod meter;
+pub mod outbox;
 pub mod record;
 pub mod rt;
 pub mod run;

@@ -13,10 +13,12 @@
 //! a frame that cannot be sent now is dropped and counted, never queued to
 //! arrive late.
 //!
-//! Health events go to `nodes/{node}/events` at QoS 1. While disconnected they
-//! wait in a bounded in-memory queue ([`EVENT_QUEUE`]; the oldest are dropped
-//! and counted beyond it) and are sent in order on reconnection. (They do not
-//! yet survive an agent restart: that is the durable outbox's job.)
+//! Health events go to `nodes/{node}/events` at QoS 1 from the durable
+//! [`Outbox`]: sent in order while connected, sent again if no acknowledgement
+//! arrives within [`RESEND_AFTER`] or after a reconnection, and removed only
+//! when the server acknowledges them on `nodes/{node}/cmd/ack` (after storing
+//! them). They survive broker and server restarts, network loss, and agent
+//! restarts when the agent has a `state_dir`.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -26,29 +28,36 @@ use rakkr_mqtt::rumqttc::{LastWill, QoS};
 use rakkr_mqtt::{Endpoint, LinkState, SessionEvent};
 use rakkr_protocol::Envelope;
 use rakkr_protocol::payload::{
-    Capabilities, HealthEvent, MeterFrame, NodeStatus, OfflineReason, RealtimeStatus,
+    Ack, Capabilities, MeterFrame, NodeStatus, OfflineReason, RealtimeStatus,
 };
-use rakkr_protocol::topic::{NodeChannel, Topic};
+use rakkr_protocol::topic::{Command, NodeChannel, Topic};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::AGENT_VERSION;
 use crate::clock::Clock;
 use crate::config::AgentSettings;
+use crate::outbox::Outbox;
 
 /// How long an orderly shutdown waits to deliver the final `offline` status.
 pub const FINISH_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// Health events held while disconnected.
-pub const EVENT_QUEUE: usize = 256;
+/// An outbox message not acknowledged this long after it was sent is sent again.
+pub const RESEND_AFTER: Duration = Duration::from_secs(10);
+
+/// Outbox messages in flight (sent, not yet acknowledged) at once.
+const IN_FLIGHT: usize = 64;
 
 #[derive(Debug, Default)]
 pub struct TelemetryStats {
     pub meter_frames_sent: AtomicU64,
     pub meter_frames_dropped: AtomicU64,
     pub bad_messages: AtomicU64,
+    /// Outbox messages published (resends included).
     pub health_events_sent: AtomicU64,
+    /// Health events the outbox could not keep (full or failing storage).
     pub health_events_dropped: AtomicU64,
+    pub acknowledged: AtomicU64,
 }
 
 /// What the node announces about itself in its `online` status.
@@ -63,7 +72,9 @@ pub struct Announcement {
 pub struct Outgoing {
     /// Telemetry meter frames.
     pub meters: mpsc::Receiver<MeterFrame>,
-    pub events: mpsc::Receiver<HealthEvent>,
+    /// Messages the server must receive; `outbox_ready` is notified when one is added.
+    pub outbox: Arc<Outbox>,
+    pub outbox_ready: Arc<tokio::sync::Notify>,
 }
 
 /// Run the link until `shutdown` fires, then announce `offline` and disconnect.
@@ -78,12 +89,14 @@ pub async fn run(
 ) {
     let Outgoing {
         mut meters,
-        mut events,
+        outbox,
+        outbox_ready,
     } = outgoing;
+    let (acks_tx, mut acks) = mpsc::channel::<Ack>(64);
     let node = &settings.node_id;
     let status_topic = Topic::node(node, NodeChannel::Status).to_string();
     let meters_topic = Topic::node(node, NodeChannel::Meters).to_string();
-    let events_topic = Topic::node(node, NodeChannel::Events).to_string();
+    let ack_topic = Topic::command(node, Command::Ack).to_string();
     let endpoint = Endpoint {
         client_id: node.to_string(),
         host: settings.mqtt.host.clone(),
@@ -127,10 +140,14 @@ pub async fn run(
         let stats = stats.clone();
         let clock = clock.clone();
         let shutdown = shutdown.clone();
+        let node_id = node.clone();
         tokio::spawn(async move {
-            let mut pending: std::collections::VecDeque<HealthEvent> =
-                std::collections::VecDeque::new();
-            let mut retry = tokio::time::interval(Duration::from_millis(250));
+            // Outbox messages sent on this connection and not yet acknowledged.
+            let mut in_flight: std::collections::HashMap<
+                rakkr_protocol::MessageId,
+                std::time::Instant,
+            > = std::collections::HashMap::new();
+            let mut retry = tokio::time::interval(Duration::from_millis(500));
             loop {
                 tokio::select! {
                     _ = shutdown.cancelled() => break,
@@ -148,26 +165,48 @@ pub async fn run(
                             &stats.meter_frames_dropped
                         };
                         counter.fetch_add(1, Ordering::Relaxed);
+                        continue;
                     }
-                    event = events.recv() => {
-                        let Some(event) = event else { break };
-                        if pending.len() == EVENT_QUEUE {
-                            pending.pop_front();
-                            stats.health_events_dropped.fetch_add(1, Ordering::Relaxed);
+                    ack = acks.recv() => {
+                        let Some(ack) = ack else { break };
+                        for id in &ack.msg_ids {
+                            in_flight.remove(id);
                         }
-                        pending.push_back(event);
+                        let outbox = outbox.clone();
+                        if let Ok(Ok(n)) =
+                            tokio::task::spawn_blocking(move || outbox.acknowledge(&ack.msg_ids)).await
+                        {
+                            stats.acknowledged.fetch_add(n as u64, Ordering::Relaxed);
+                        }
                     }
+                    _ = outbox_ready.notified() => {}
                     _ = retry.tick() => {}
                 }
-                while state.is_connected() && !pending.is_empty() {
-                    let payload = Envelope::stamped(clock.unix_ms(), pending[0].clone()).encode();
+                if !state.is_connected() {
+                    // A new connection starts over: whatever was in flight may be lost.
+                    in_flight.clear();
+                    continue;
+                }
+                let waiting = {
+                    let outbox = outbox.clone();
+                    tokio::task::spawn_blocking(move || outbox.pending(IN_FLIGHT)).await
+                };
+                let Ok(Ok(waiting)) = waiting else { continue };
+                for entry in waiting {
+                    let due = in_flight
+                        .get(&entry.msg_id)
+                        .is_none_or(|sent| sent.elapsed() >= RESEND_AFTER);
+                    if !due {
+                        continue;
+                    }
+                    let topic = Topic::node(&node_id, entry.channel).to_string();
                     if client
-                        .try_publish(&events_topic, QoS::AtLeastOnce, false, payload)
+                        .try_publish(&topic, QoS::AtLeastOnce, false, entry.payload)
                         .is_err()
                     {
                         break;
                     }
-                    pending.pop_front();
+                    in_flight.insert(entry.msg_id, std::time::Instant::now());
                     stats.health_events_sent.fetch_add(1, Ordering::Relaxed);
                 }
             }
@@ -193,9 +232,23 @@ pub async fn run(
                     ) {
                         tracing::warn!(error = %e, "could not queue online status");
                     }
+                    if let Err(e) = client.try_subscribe(&ack_topic, QoS::AtLeastOnce) {
+                        tracing::warn!(error = %e, "could not subscribe to acknowledgements");
+                    }
+                }
+                SessionEvent::Message(p) if p.topic == ack_topic => {
+                    match Envelope::<Ack>::decode(&p.payload) {
+                        Ok(env) => {
+                            let _ = acks_tx.try_send(env.body);
+                        }
+                        Err(e) => {
+                            stats.bad_messages.fetch_add(1, Ordering::Relaxed);
+                            tracing::warn!(error = %e, "bad acknowledgement");
+                        }
+                    }
                 }
                 SessionEvent::Message(p) => {
-                    // No commands are defined for this build; count and ignore.
+                    // No other commands are defined for this build; count and ignore.
                     stats.bad_messages.fetch_add(1, Ordering::Relaxed);
                     tracing::debug!(topic = %p.topic, "ignoring message on unknown command topic");
                 }

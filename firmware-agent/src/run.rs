@@ -15,8 +15,11 @@ use crate::capture::CapturePipeline;
 use crate::clock::Clock;
 use crate::config::{AgentSettings, SourceSettings};
 use crate::link::{self, TelemetryStats};
+use crate::outbox::{DEFAULT_LIMIT_BYTES, Outbox};
 use crate::source::alsa::AlsaSource;
 use crate::source::{CaptureError, CaptureSource, SyntheticSource};
+use rakkr_protocol::Envelope;
+use rakkr_protocol::topic::NodeChannel;
 
 /// Meter frames waiting for the link. Small: stale frames are worthless.
 pub const METER_QUEUE: usize = 4;
@@ -31,6 +34,11 @@ pub enum AgentError {
     Recordings {
         path: std::path::PathBuf,
         error: std::io::Error,
+    },
+    #[error("state {path}: {detail}")]
+    State {
+        path: std::path::PathBuf,
+        detail: String,
     },
 }
 
@@ -66,7 +74,8 @@ pub async fn run(
     }
     let (source, capabilities) = build_source(&settings)?;
     let (meters_tx, meters_rx) = mpsc::channel(METER_QUEUE);
-    let (events_tx, events_rx) = mpsc::channel(crate::link::EVENT_QUEUE);
+    let outbox = Arc::new(open_outbox(&settings)?);
+    let outbox_ready = Arc::new(tokio::sync::Notify::new());
     let device = source_name(&settings);
     let memory_locked = settings.realtime
         && match crate::rt::lock_memory() {
@@ -106,6 +115,8 @@ pub async fn run(
         let stop_link = stop_link.clone();
         let stats = stats.clone();
         let clock = clock.clone();
+        let (outbox, outbox_ready) = (outbox.clone(), outbox_ready.clone());
+        let telemetry = handles.telemetry.clone();
         tokio::spawn(async move {
             let mut lost_since: Option<u64> = None;
             while !stop_link.is_cancelled() {
@@ -116,7 +127,15 @@ pub async fn run(
                 let lost = stats.device_lost.load(Ordering::Acquire);
                 if let Some(event) = device_health(&device, lost, &mut lost_since, clock.unix_ms())
                 {
-                    let _ = events_tx.try_send(event);
+                    match event.change {
+                        HealthChange::Raised => {
+                            tracing::warn!(detail = %event.detail, "capture device lost")
+                        }
+                        HealthChange::Cleared => {
+                            tracing::info!(detail = %event.detail, "capture device back")
+                        }
+                    }
+                    keep(&outbox, &outbox_ready, &telemetry, clock.unix_ms(), event).await;
                 }
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
@@ -132,7 +151,8 @@ pub async fn run(
         clock,
         link::Outgoing {
             meters: meters_rx,
-            events: events_rx,
+            outbox,
+            outbox_ready,
         },
         handles.link,
         handles.telemetry,
@@ -145,6 +165,48 @@ pub async fn run(
         .await
         .unwrap_or_else(|_| Err(CaptureError::Device("capture shutdown panicked".into())))?;
     Ok(())
+}
+
+/// Put a health event in the outbox and wake the link. Encoded once: a resend
+/// carries the same message id, so the server stores it once.
+async fn keep(
+    outbox: &Arc<Outbox>,
+    ready: &tokio::sync::Notify,
+    telemetry: &TelemetryStats,
+    now_ms: u64,
+    event: HealthEvent,
+) {
+    let envelope = Envelope::stamped(now_ms, event);
+    let payload = envelope.encode();
+    let outbox = outbox.clone();
+    let kept = tokio::task::spawn_blocking(move || {
+        outbox.push(NodeChannel::Events, envelope.msg_id, &payload)
+    })
+    .await;
+    match kept {
+        Ok(Ok(())) => ready.notify_one(),
+        Ok(Err(e)) => {
+            telemetry
+                .health_events_dropped
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::error!(error = %e, "health event not kept");
+        }
+        Err(e) => tracing::error!(error = %e, "outbox task failed"),
+    }
+}
+
+/// The outbox in the state directory (created if missing), or in memory.
+fn open_outbox(settings: &AgentSettings) -> Result<Outbox, AgentError> {
+    let fail = |path: std::path::PathBuf, detail: String| AgentError::State { path, detail };
+    match &settings.state_dir {
+        Some(dir) => {
+            std::fs::create_dir_all(dir).map_err(|e| fail(dir.clone(), e.to_string()))?;
+            let path = dir.join("outbox.redb");
+            Outbox::open(&path, DEFAULT_LIMIT_BYTES).map_err(|e| fail(path, e.to_string()))
+        }
+        None => Outbox::in_memory(DEFAULT_LIMIT_BYTES)
+            .map_err(|e| fail("(memory)".into(), e.to_string())),
+    }
 }
 
 /// The capture device's name for people.

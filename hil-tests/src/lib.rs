@@ -363,6 +363,15 @@ impl JackServer {
     /// Start `jackd -d dummy` at 48 kHz with `period` frames and `capture` ports,
     /// and wait until it accepts clients.
     pub fn start(name: &str, period: u32, capture: u16) -> Result<JackServer> {
+        // JACK servers starting at the same moment (parallel test processes)
+        // race on JACK's shared registry and one fails: start them one at a time
+        // (the lock is released when this returns).
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(std::env::temp_dir().join("rakkr-jackd-start.lock"))?;
+        lock.lock()?;
         let child = Command::new("jackd")
             .args([
                 "-n",

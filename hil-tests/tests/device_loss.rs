@@ -7,37 +7,70 @@ use std::time::Duration;
 use anyhow::Result;
 use rakkr_hil_tests::*;
 
+/// A JACK-backed ALSA capture device `jackcap` (2 channels), and agent
+/// configurations that record from it.
+struct JackDevice {
+    name: String,
+    asound: std::path::PathBuf,
+}
+
+impl JackDevice {
+    fn new(work: &std::path::Path, tag: &str) -> Result<JackDevice> {
+        let asound = work.join("asound.conf");
+        let pcm = JackServer::capture_pcm(2);
+        std::fs::write(&asound, format!("</usr/share/alsa/alsa.conf>\n{pcm}"))?;
+        Ok(JackDevice {
+            name: format!("rakkr-hil-{tag}-{}", std::process::id()),
+            asound,
+        })
+    }
+
+    /// (Re)start the JACK server behind the device; dropping it removes the device.
+    fn plug_in(&self) -> Result<JackServer> {
+        JackServer::start(&self.name, 1024, 2)
+    }
+
+    fn env(&self) -> [(&'static str, &OsStr); 3] {
+        [
+            ("ALSA_CONFIG_PATH", self.asound.as_os_str()),
+            ("JACK_DEFAULT_SERVER", OsStr::new(&self.name)),
+            ("JACK_NO_AUDIO_RESERVATION", OsStr::new("1")),
+        ]
+    }
+
+    /// A configuration for agent `node` recording from the device; `extra`
+    /// is added at the top level.
+    fn agent_config(
+        &self,
+        work: &std::path::Path,
+        node: &str,
+        mqtt_port: u16,
+        extra: &str,
+    ) -> Result<std::path::PathBuf> {
+        let config = work.join(format!("{node}.toml"));
+        std::fs::write(
+            &config,
+            format!(
+                "node_id = \"{node}\"\nrealtime = false\n{extra}\n\
+                 [mqtt]\nhost = \"127.0.0.1\"\nport = {mqtt_port}\n\
+                 [source]\nkind = \"alsa\"\ndevice = \"jackcap\"\nchannels = 2\n\
+                 sample_rate = 48000\nformat = \"FLOAT_LE\"\nperiod_frames = 1024\nperiods = 4\n"
+            ),
+        )?;
+        Ok(config)
+    }
+}
+
 #[test]
 fn a_lost_device_raises_a_health_event_and_its_return_clears_it() -> Result<()> {
     let work = tempfile::tempdir()?;
     let server = Server::start(work.path(), &work.path().join("data"))?;
-    let jack_name = format!("rakkr-hil-loss-{}", std::process::id());
-    let jack = JackServer::start(&jack_name, 1024, 2)?;
-    let asound = work.path().join("asound.conf");
-    std::fs::write(
-        &asound,
-        format!(
-            "</usr/share/alsa/alsa.conf>\n{}",
-            JackServer::capture_pcm(2)
-        ),
-    )?;
-    let config = work.path().join("loss.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "node_id = \"hil-loss\"\nrealtime = false\n[mqtt]\nhost = \"127.0.0.1\"\nport = {}\n\
-             [source]\nkind = \"alsa\"\ndevice = \"jackcap\"\nchannels = 2\nsample_rate = 48000\n\
-             format = \"FLOAT_LE\"\nperiod_frames = 1024\nperiods = 4\n",
-            server.mqtt_port
-        ),
-    )?;
+    let device = JackDevice::new(work.path(), "loss")?;
+    let jack = device.plug_in()?;
+    let config = device.agent_config(work.path(), "hil-loss", server.mqtt_port, "")?;
     let events = "rakkr/v1/nodes/hil-loss/events";
     let mut watch = MqttWatch::start(server.mqtt_port, events)?;
-    let env = [
-        ("ALSA_CONFIG_PATH", asound.as_os_str()),
-        ("JACK_DEFAULT_SERVER", OsStr::new(&jack_name)),
-        ("JACK_NO_AUDIO_RESERVATION", OsStr::new("1")),
-    ];
+    let env = device.env();
     let mut agent = Agent::start_with_env(work.path(), "hil-loss", &config, &env)?;
     wait_for(
         "live meters from the JACK device",
@@ -57,7 +90,7 @@ fn a_lost_device_raises_a_health_event_and_its_return_clears_it() -> Result<()> 
     assert!(raised["detail"].as_str().unwrap().contains("jackcap"));
     assert!(agent.proc.try_exit().is_none(), "the agent keeps running");
 
-    let _jack = JackServer::start(&jack_name, 1024, 2)?; // and back
+    let _jack = device.plug_in()?; // and back
     let cleared = watch.wait_json(events, Duration::from_secs(30), |v| {
         v["condition"] == "device_lost" && v["change"] == "cleared"
     })?;
@@ -87,5 +120,76 @@ fn a_lost_device_raises_a_health_event_and_its_return_clears_it() -> Result<()> 
         .collect();
     assert_eq!(changes, ["raised", "cleared"], "{stored:?}");
     assert_eq!(stored[0]["msg_id"], raised["msg_id"]);
+    Ok(())
+}
+
+#[test]
+fn health_events_outlive_a_server_outage_and_an_agent_crash() -> Result<()> {
+    let work = tempfile::tempdir()?;
+    let data = work.path().join("data");
+    let mut server = Server::start(work.path(), &data)?;
+    let device = JackDevice::new(work.path(), "outbox")?;
+    let jack = device.plug_in()?;
+    let state = format!("state_dir = \"{}\"", work.path().join("state").display());
+    let write_config = |port| device.agent_config(work.path(), "hil-outbox", port, &state);
+    let config = write_config(server.mqtt_port)?;
+    let env = device.env();
+    let mut agent = Agent::start_with_env(work.path(), "hil-outbox", &config, &env)?;
+    wait_for("node online", Duration::from_secs(20), || {
+        (server.presence("hil-outbox")? == "online").then_some(())
+    })?;
+
+    // The server goes away; meanwhile the device is lost and comes back.
+    server.proc.signal("TERM")?;
+    server.proc.wait_exit(Duration::from_secs(15))?;
+    drop(jack);
+    wait_for("device lost", Duration::from_secs(20), || {
+        agent
+            .proc
+            .stderr_text()
+            .contains("capture device lost")
+            .then_some(())
+    })?;
+    let _jack = device.plug_in()?;
+    wait_for("device back", Duration::from_secs(30), || {
+        agent
+            .proc
+            .stderr_text()
+            .contains("capture device back")
+            .then_some(())
+    })?;
+    // Both events exist only in the agent's outbox now; the agent crashes.
+    agent.proc.signal("KILL")?;
+    agent.proc.wait_exit(Duration::from_secs(10))?;
+
+    // Server back (same data), agent back: the events arrive, stored once each.
+    let server = Server::start(work.path(), &data)?;
+    let config = write_config(server.mqtt_port)?;
+    let _agent = Agent::start_with_env(work.path(), "hil-outbox", &config, &env)?;
+    let events_url = server.url("/api/v1/nodes/hil-outbox/events");
+    let stored = wait_for(
+        "events delivered from the outbox",
+        Duration::from_secs(30),
+        || {
+            let (code, body) = http_get(&events_url).ok()?;
+            let events: Vec<serde_json::Value> = serde_json::from_str(&body).ok()?;
+            (code == 200 && events.len() >= 2).then_some(events)
+        },
+    )?;
+    let changes: Vec<&str> = stored
+        .iter()
+        .map(|e| e["event"]["change"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        changes,
+        ["raised", "cleared"],
+        "in order, once each: {stored:?}"
+    );
+    // The agent may send a message more than once (a resend before the
+    // acknowledgement arrives); it is still stored once.
+    std::thread::sleep(Duration::from_secs(2));
+    let (_, body) = http_get(&events_url)?;
+    let again: Vec<serde_json::Value> = serde_json::from_str(&body)?;
+    assert_eq!(again.len(), 2, "{again:?}");
     Ok(())
 }

@@ -51,6 +51,15 @@ pub struct Jack {
 
 impl Jack {
     pub fn start(name: &str) -> Jack {
+        // JACK servers starting at the same moment (parallel test processes)
+        // race on JACK's shared registry and one fails: start them one at a time.
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(std::env::temp_dir().join("rakkr-jackd-start.lock"))
+            .unwrap();
+        lock.lock().unwrap();
         let child = Command::new("jackd")
             .args([
                 "-n",

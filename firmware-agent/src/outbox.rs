@@ -1,0 +1,264 @@
+//! The durable outbox: messages the server must receive (health events; job
+//! updates later) wait here until the server acknowledges them.
+//!
+//! Invariants:
+//! - A message is removed only by an acknowledgement naming its id; until then
+//!   it survives agent restarts and power loss (every change is a redb commit,
+//!   fsynced before it returns).
+//! - Messages are handed out in the order they were added.
+//! - The outbox is bounded by bytes; a message that does not fit is refused
+//!   (and counted by the caller), never made room for by dropping older ones.
+//!   Meter frames never come here: they are worthless late.
+//!
+//! On-disk format (`{state_dir}/outbox.redb`):
+//!
+//! | table        | key                    | value                                      |
+//! |--------------|------------------------|--------------------------------------------|
+//! | `messages`   | sequence `u64`         | (channel `&str`, message id `u128`, payload `&[u8]`) |
+//! | `by_id`      | message id `u128`      | sequence `u64`                             |
+//!
+//! Payloads are complete envelopes, encoded when the message was created, so a
+//! resend carries the same `msg_id` and the server de-duplicates it.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use rakkr_protocol::MessageId;
+use rakkr_protocol::topic::NodeChannel;
+use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
+
+const MESSAGES: TableDefinition<u64, (&str, u128, &[u8])> = TableDefinition::new("messages");
+const BY_ID: TableDefinition<u128, u64> = TableDefinition::new("by_id");
+
+/// Default bound: far more health events than a node raises in weeks offline.
+pub const DEFAULT_LIMIT_BYTES: u64 = 64 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum OutboxError {
+    #[error("outbox {path}: {detail}")]
+    Storage { path: String, detail: String },
+    #[error("the outbox is full ({limit} bytes); message not kept")]
+    Full { limit: u64 },
+}
+
+/// One waiting message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxEntry {
+    pub channel: NodeChannel,
+    pub msg_id: MessageId,
+    pub payload: Vec<u8>,
+}
+
+#[derive(Debug)]
+pub struct Outbox {
+    db: Database,
+    name: String,
+    limit_bytes: u64,
+    bytes: AtomicU64,
+}
+
+impl Outbox {
+    /// Open (or create) the outbox file at `path`.
+    pub fn open(path: &Path, limit_bytes: u64) -> Result<Outbox, OutboxError> {
+        let name = path.display().to_string();
+        let db = Database::create(path).map_err(|e| OutboxError::Storage {
+            path: name.clone(),
+            detail: e.to_string(),
+        })?;
+        Outbox::init(db, name, limit_bytes)
+    }
+
+    /// An outbox in memory, for agents without a state directory (simulated
+    /// appliances): same behaviour, but nothing survives the process.
+    pub fn in_memory(limit_bytes: u64) -> Result<Outbox, OutboxError> {
+        let db = Database::builder()
+            .create_with_backend(redb::backends::InMemoryBackend::new())
+            .map_err(|e| OutboxError::Storage {
+                path: "(memory)".into(),
+                detail: e.to_string(),
+            })?;
+        Outbox::init(db, "(memory)".into(), limit_bytes)
+    }
+
+    fn init(db: Database, name: String, limit_bytes: u64) -> Result<Outbox, OutboxError> {
+        let outbox = Outbox {
+            db,
+            name,
+            limit_bytes,
+            bytes: AtomicU64::new(0),
+        };
+        let tx = outbox.db.begin_write().map_err(|e| outbox.fail(e))?;
+        tx.open_table(MESSAGES).map_err(|e| outbox.fail(e))?;
+        tx.open_table(BY_ID).map_err(|e| outbox.fail(e))?;
+        tx.commit().map_err(|e| outbox.fail(e))?;
+        let bytes = outbox
+            .pending(usize::MAX)?
+            .iter()
+            .map(|e| e.payload.len() as u64)
+            .sum();
+        outbox.bytes.store(bytes, Ordering::Relaxed);
+        Ok(outbox)
+    }
+
+    fn fail(&self, e: impl std::fmt::Display) -> OutboxError {
+        OutboxError::Storage {
+            path: self.name.clone(),
+            detail: e.to_string(),
+        }
+    }
+
+    /// Keep a message until it is acknowledged. Durable when this returns.
+    pub fn push(
+        &self,
+        channel: NodeChannel,
+        msg_id: MessageId,
+        payload: &[u8],
+    ) -> Result<(), OutboxError> {
+        let size = payload.len() as u64;
+        if self.bytes.load(Ordering::Relaxed) + size > self.limit_bytes {
+            return Err(OutboxError::Full {
+                limit: self.limit_bytes,
+            });
+        }
+        let tx = self.db.begin_write().map_err(|e| self.fail(e))?;
+        {
+            let mut messages = tx.open_table(MESSAGES).map_err(|e| self.fail(e))?;
+            let mut by_id = tx.open_table(BY_ID).map_err(|e| self.fail(e))?;
+            let id = msg_id.as_uuid().as_u128();
+            if by_id.get(id).map_err(|e| self.fail(e))?.is_some() {
+                return Ok(());
+            }
+            let seq = match messages.last().map_err(|e| self.fail(e))? {
+                Some((k, _)) => k.value() + 1,
+                None => 0,
+            };
+            messages
+                .insert(seq, (channel.as_str(), id, payload))
+                .map_err(|e| self.fail(e))?;
+            by_id.insert(id, seq).map_err(|e| self.fail(e))?;
+        }
+        tx.commit().map_err(|e| self.fail(e))?;
+        self.bytes.fetch_add(size, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Up to `max` waiting messages, oldest first.
+    pub fn pending(&self, max: usize) -> Result<Vec<OutboxEntry>, OutboxError> {
+        let tx = self.db.begin_read().map_err(|e| self.fail(e))?;
+        let messages = tx.open_table(MESSAGES).map_err(|e| self.fail(e))?;
+        let mut out = Vec::new();
+        for entry in messages.iter().map_err(|e| self.fail(e))?.take(max) {
+            let (_, v) = entry.map_err(|e| self.fail(e))?;
+            let (channel, id, payload) = v.value();
+            let channel = NodeChannel::ALL
+                .into_iter()
+                .find(|c| c.as_str() == channel)
+                .ok_or_else(|| self.fail(format!("unknown channel {channel:?}")))?;
+            out.push(OutboxEntry {
+                channel,
+                msg_id: MessageId::from_uuid(uuid::Uuid::from_u128(id)),
+                payload: payload.to_vec(),
+            });
+        }
+        Ok(out)
+    }
+
+    /// Forget the acknowledged messages; ids not (or no longer) here are
+    /// ignored. Returns how many were removed.
+    pub fn acknowledge(&self, ids: &[MessageId]) -> Result<usize, OutboxError> {
+        let tx = self.db.begin_write().map_err(|e| self.fail(e))?;
+        let (mut removed, mut freed) = (0, 0u64);
+        {
+            let mut messages = tx.open_table(MESSAGES).map_err(|e| self.fail(e))?;
+            let mut by_id = tx.open_table(BY_ID).map_err(|e| self.fail(e))?;
+            for id in ids {
+                let Some(seq) = by_id
+                    .remove(id.as_uuid().as_u128())
+                    .map_err(|e| self.fail(e))?
+                    .map(|s| s.value())
+                else {
+                    continue;
+                };
+                if let Some(v) = messages.remove(seq).map_err(|e| self.fail(e))? {
+                    freed += v.value().2.len() as u64;
+                    removed += 1;
+                }
+            }
+        }
+        tx.commit().map_err(|e| self.fail(e))?;
+        self.bytes.fetch_sub(freed, Ordering::Relaxed);
+        Ok(removed)
+    }
+
+    /// Messages waiting.
+    pub fn len(&self) -> Result<u64, OutboxError> {
+        let tx = self.db.begin_read().map_err(|e| self.fail(e))?;
+        let messages = tx.open_table(MESSAGES).map_err(|e| self.fail(e))?;
+        messages.len().map_err(|e| self.fail(e))
+    }
+
+    pub fn is_empty(&self) -> Result<bool, OutboxError> {
+        Ok(self.len()? == 0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_survive_reopening_in_order_until_acknowledged() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("outbox.redb");
+        let ids: Vec<MessageId> = (1..=3).map(|i| MessageId::new(1000 * i)).collect();
+        {
+            let o = Outbox::open(&path, 1 << 20).unwrap();
+            for (i, id) in ids.iter().enumerate() {
+                o.push(NodeChannel::Events, *id, format!("m{i}").as_bytes())
+                    .unwrap();
+            }
+            // Pushing the same message again keeps one copy.
+            o.push(NodeChannel::Events, ids[0], b"m0").unwrap();
+            assert_eq!(o.len().unwrap(), 3);
+        }
+        let o = Outbox::open(&path, 1 << 20).unwrap();
+        let pending = o.pending(10).unwrap();
+        assert_eq!(
+            pending
+                .iter()
+                .map(|e| e.payload.clone())
+                .collect::<Vec<_>>(),
+            [b"m0".to_vec(), b"m1".to_vec(), b"m2".to_vec()]
+        );
+        assert_eq!(pending[1].msg_id, ids[1]);
+        assert_eq!(pending[1].channel, NodeChannel::Events);
+        // Out-of-order and unknown acknowledgements.
+        let stranger = MessageId::new(5);
+        assert_eq!(o.acknowledge(&[ids[1], stranger]).unwrap(), 1);
+        assert_eq!(o.acknowledge(&[ids[1]]).unwrap(), 0);
+        let left: Vec<MessageId> = o.pending(10).unwrap().iter().map(|e| e.msg_id).collect();
+        assert_eq!(left, [ids[0], ids[2]]);
+        // New messages go after the old ones.
+        o.push(NodeChannel::Events, MessageId::new(9000), b"m3")
+            .unwrap();
+        assert_eq!(o.pending(10).unwrap().last().unwrap().payload, b"m3");
+        assert_eq!(o.pending(1).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn a_full_outbox_refuses_new_messages_and_keeps_the_old() {
+        let o = Outbox::in_memory(10).unwrap();
+        let first = MessageId::new(1);
+        o.push(NodeChannel::Events, first, b"123456").unwrap();
+        let e = o
+            .push(NodeChannel::Events, MessageId::new(2), b"123456")
+            .unwrap_err();
+        assert!(matches!(e, OutboxError::Full { limit: 10 }), "{e}");
+        assert_eq!(o.len().unwrap(), 1);
+        // Acknowledging frees the room.
+        o.acknowledge(&[first]).unwrap();
+        assert!(o.is_empty().unwrap());
+        o.push(NodeChannel::Events, MessageId::new(3), b"123456")
+            .unwrap();
+    }
+}
