@@ -27,6 +27,8 @@ pub const TEST: &[&str] = &[
     "flac",
     // sox reads our WAV/RF64 files as a second reference.
     "sox",
+    // The shipped external-broker configuration is tested against mosquitto.
+    "mosquitto",
     // Real-time pacing, overruns and device loss: JACK's dummy backend behind
     // alsa-lib's jack plugin.
     "jackd2",
