@@ -8,9 +8,14 @@
 //! addr = "127.0.0.1:8080"
 //!
 //! [mqtt]
-//! addr = "127.0.0.1:1883"      # where the embedded broker listens
-//! max_connections = 10000
-//! insecure_allow_remote = false  # required to listen beyond loopback (no client auth yet)
+//! broker = "embedded"          # or "external": use a site's broker (e.g. deploy/mosquitto)
+//! max_connections = 10000      # embedded: connections accepted; both: nodes tracked
+//! addr = "127.0.0.1:1883"      # embedded: where the broker listens
+//! insecure_allow_remote = false  # embedded: required to listen beyond loopback (no client auth yet)
+//! host = "broker.example"      # external: the broker
+//! port = 1883                  # external
+//! username = "rakkr-server"    # external: the server's credentials (both or neither)
+//! password = "…"
 //!
 //! [console]
 //! stale_after_ms = 5000          # meter frames older than this are shown as stale
@@ -60,9 +65,22 @@ impl Default for HttpConfig {
     }
 }
 
+/// Where the server's MQTT traffic goes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BrokerMode {
+    /// rumqttd inside the server process.
+    #[default]
+    Embedded,
+    /// A broker the site runs (Debian mosquitto with deploy/mosquitto's ACLs).
+    External,
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MqttConfig {
+    #[serde(default)]
+    pub broker: BrokerMode,
     #[serde(default = "default_mqtt_addr")]
     pub addr: SocketAddr,
     #[serde(default = "default_max_connections")]
@@ -71,6 +89,10 @@ pub struct MqttConfig {
     /// it can speak for any node. It listens on loopback only unless this is set.
     #[serde(default)]
     pub insecure_allow_remote: bool,
+    pub host: Option<String>,
+    pub port: Option<u16>,
+    pub username: Option<String>,
+    pub password: Option<String>,
 }
 
 fn default_mqtt_addr() -> SocketAddr {
@@ -87,6 +109,11 @@ impl Default for MqttConfig {
             addr: default_mqtt_addr(),
             max_connections: default_max_connections(),
             insecure_allow_remote: false,
+            broker: BrokerMode::Embedded,
+            host: None,
+            port: None,
+            username: None,
+            password: None,
         }
     }
 }
@@ -118,13 +145,27 @@ pub struct Overrides {
     pub mqtt_addr: Option<SocketAddr>,
 }
 
+/// The validated broker choice.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MqttMode {
+    Embedded {
+        addr: SocketAddr,
+    },
+    External {
+        host: String,
+        port: u16,
+        credentials: Option<(String, String)>,
+    },
+}
+
 /// Validated settings the server runs with.
 #[derive(Debug, Clone)]
 pub struct ServerSettings {
     pub data_dir: PathBuf,
     /// Listen address of the console and API.
     pub http_addr: SocketAddr,
-    pub mqtt_addr: SocketAddr,
+    pub mqtt: MqttMode,
+    /// Embedded: connections the broker accepts. Both: nodes tracked in memory.
     pub max_connections: usize,
     pub stale_after: Duration,
 }
@@ -153,17 +194,59 @@ impl ServerConfig {
             return Err(invalid("data_dir", "must not be empty"));
         }
         let http_addr = flags.http_addr.unwrap_or(self.http.addr);
-        let mqtt_addr = flags.mqtt_addr.unwrap_or(self.mqtt.addr);
-        if http_addr.port() != 0 && http_addr == mqtt_addr {
-            return Err(invalid("mqtt.addr", "must differ from http.addr"));
-        }
-        if !mqtt_addr.ip().is_loopback() && !self.mqtt.insecure_allow_remote {
-            return Err(invalid(
-                "mqtt.addr",
-                "the embedded broker does not authenticate clients yet, so it listens on \
-                 loopback only; set mqtt.insecure_allow_remote = true to accept the risk",
-            ));
-        }
+        let m = &self.mqtt;
+        let mqtt = match m.broker {
+            BrokerMode::Embedded => {
+                if m.host.is_some() || m.port.is_some() || m.username.is_some() {
+                    return Err(invalid(
+                        "mqtt.host",
+                        "host, port and credentials are for broker = \"external\"",
+                    ));
+                }
+                let addr = flags.mqtt_addr.unwrap_or(m.addr);
+                if http_addr.port() != 0 && http_addr == addr {
+                    return Err(invalid("mqtt.addr", "must differ from http.addr"));
+                }
+                if !addr.ip().is_loopback() && !m.insecure_allow_remote {
+                    return Err(invalid(
+                        "mqtt.addr",
+                        "the embedded broker does not authenticate clients yet, so it listens \
+                         on loopback only; set mqtt.insecure_allow_remote = true to accept the risk",
+                    ));
+                }
+                MqttMode::Embedded { addr }
+            }
+            BrokerMode::External => {
+                if flags.mqtt_addr.is_some() {
+                    return Err(invalid(
+                        "mqtt.addr",
+                        "--mqtt-addr is the embedded broker's; this server uses an external one",
+                    ));
+                }
+                let host = m
+                    .host
+                    .clone()
+                    .filter(|h| !h.trim().is_empty())
+                    .ok_or_else(|| {
+                        invalid("mqtt.host", "broker = \"external\" needs the broker's host")
+                    })?;
+                let credentials = match (&m.username, &m.password) {
+                    (Some(u), Some(p)) => Some((u.clone(), p.clone())),
+                    (None, None) => None,
+                    _ => {
+                        return Err(invalid(
+                            "mqtt.username",
+                            "give both username and password, or neither",
+                        ));
+                    }
+                };
+                MqttMode::External {
+                    host,
+                    port: m.port.unwrap_or(1883),
+                    credentials,
+                }
+            }
+        };
         if !(1..=100_000).contains(&self.mqtt.max_connections) {
             return Err(invalid("mqtt.max_connections", "must be 1-100000"));
         }
@@ -173,7 +256,7 @@ impl ServerConfig {
         Ok(ServerSettings {
             data_dir,
             http_addr,
-            mqtt_addr,
+            mqtt,
             max_connections: self.mqtt.max_connections,
             stale_after: Duration::from_millis(self.console.stale_after_ms),
         })
@@ -205,7 +288,12 @@ mod tests {
         .unwrap();
         assert_eq!(s.data_dir, PathBuf::from("/flag"));
         assert_eq!(s.http_addr.port(), 9);
-        assert_eq!(s.mqtt_addr.port(), 7);
+        assert_eq!(
+            s.mqtt,
+            MqttMode::Embedded {
+                addr: "127.0.0.1:7".parse().unwrap()
+            }
+        );
     }
 
     #[test]
@@ -223,6 +311,45 @@ mod tests {
             &no,
         );
         assert!(ok.is_ok());
+    }
+
+    #[test]
+    fn an_external_broker_is_named_with_its_credentials() {
+        let no = Overrides::default();
+        let s = settings(
+            "[mqtt]\nbroker = \"external\"\nhost = \"mq.site\"\nusername = \"rakkr-server\"\n\
+             password = \"pw\"\n",
+            &no,
+        )
+        .unwrap();
+        assert_eq!(
+            s.mqtt,
+            MqttMode::External {
+                host: "mq.site".into(),
+                port: 1883,
+                credentials: Some(("rakkr-server".into(), "pw".into()))
+            }
+        );
+        for (text, key) in [
+            ("[mqtt]\nbroker = \"external\"\n", "mqtt.host"),
+            (
+                "[mqtt]\nbroker = \"external\"\nhost = \"h\"\nusername = \"u\"\n",
+                "mqtt.username",
+            ),
+            ("[mqtt]\nhost = \"h\"\n", "mqtt.host"),
+            ("[mqtt]\nbroker = \"elsewhere\"\n", "broker"),
+        ] {
+            let e = settings(text, &no).unwrap_err().to_string();
+            assert!(e.contains(key), "{text}: {e}");
+        }
+        let flags = Overrides {
+            mqtt_addr: Some("127.0.0.1:1".parse().unwrap()),
+            ..Overrides::default()
+        };
+        let e = settings("[mqtt]\nbroker = \"external\"\nhost = \"h\"\n", &flags)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--mqtt-addr"), "{e}");
     }
 
     #[test]

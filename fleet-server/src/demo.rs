@@ -33,10 +33,10 @@ pub fn free_or_any(preferred: SocketAddr) -> SocketAddr {
     }
 }
 
-/// Start `count` simulated appliances against the broker at `mqtt`.
+/// Start `count` simulated appliances against the broker at `mqtt` (host, port).
 pub fn spawn_appliances(
     count: usize,
-    mqtt: SocketAddr,
+    mqtt: (&str, u16),
     clock: Arc<dyn Clock>,
     shutdown: CancellationToken,
 ) -> JoinSet<()> {
@@ -49,8 +49,7 @@ pub fn spawn_appliances(
             format!("{name}-{}", i / DEMO_NODES.len() + 1)
         };
         let node = NodeId::new(id).expect("demo node names are valid");
-        let settings =
-            AgentSettings::simulated(node, &mqtt.ip().to_string(), mqtt.port(), channels);
+        let settings = AgentSettings::simulated(node, mqtt.0, mqtt.1, channels);
         let clock = clock.clone();
         let shutdown = shutdown.clone();
         set.spawn(async move {

@@ -213,11 +213,19 @@ pub async fn persist(
     }
 }
 
+/// The broker the server's link connects to.
+#[derive(Debug, Clone)]
+pub struct Broker {
+    pub host: String,
+    pub port: u16,
+    /// User name and password (an external broker); `None` for the embedded one.
+    pub credentials: Option<(String, String)>,
+}
+
 /// Run the server's MQTT link until `shutdown`.
 #[allow(clippy::too_many_arguments)]
 pub async fn run(
-    broker_host: String,
-    broker_port: u16,
+    broker: Broker,
     fleet: Arc<LiveFleet>,
     pending: Arc<PendingStatuses>,
     events: Arc<PendingEvents>,
@@ -229,10 +237,10 @@ pub async fn run(
 ) {
     let endpoint = Endpoint {
         client_id: SERVER_CLIENT_ID.into(),
-        host: broker_host,
-        port: broker_port,
+        host: broker.host,
+        port: broker.port,
         keep_alive: Duration::from_secs(10),
-        credentials: None,
+        credentials: broker.credentials,
     };
     let status_topic = Topic::ServerStatus.to_string();
     let server_status = {

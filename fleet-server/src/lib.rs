@@ -57,7 +57,9 @@ pub enum ServerError {
 /// A started server: its bound addresses and shared state.
 pub struct RunningServer {
     pub http_addr: SocketAddr,
-    pub mqtt_addr: SocketAddr,
+    /// The broker the server (and its nodes) use.
+    pub mqtt_host: String,
+    pub mqtt_port: u16,
     pub fleet: Arc<LiveFleet>,
     pub link: Arc<LinkState>,
     pub ingest: Arc<IngestStats>,
@@ -95,13 +97,26 @@ impl RunningServer {
             pending.push(change);
         }
 
-        let (mqtt_addr, max_connections) = (settings.mqtt_addr, settings.max_connections);
-        let broker = tokio::task::spawn_blocking(move || {
-            broker::EmbeddedBroker::start(mqtt_addr, max_connections)
-        })
-        .await
-        .map_err(|e| ServerError::Task(e.to_string()))??;
-        tracing::info!(addr = %broker.addr, "embedded MQTT broker listening");
+        let (broker_host, broker_port, credentials) = match settings.mqtt.clone() {
+            config::MqttMode::Embedded { addr } => {
+                let max_connections = settings.max_connections;
+                let broker = tokio::task::spawn_blocking(move || {
+                    broker::EmbeddedBroker::start(addr, max_connections)
+                })
+                .await
+                .map_err(|e| ServerError::Task(e.to_string()))??;
+                tracing::info!(addr = %broker.addr, "embedded MQTT broker listening");
+                (broker.addr.ip().to_string(), broker.addr.port(), None)
+            }
+            config::MqttMode::External {
+                host,
+                port,
+                credentials,
+            } => {
+                tracing::info!(broker = %format!("{host}:{port}"), "using an external MQTT broker");
+                (host, port, credentials)
+            }
+        };
 
         let listener = tokio::net::TcpListener::bind(settings.http_addr)
             .await
@@ -126,8 +141,11 @@ impl RunningServer {
             shutdown.clone(),
         ));
         tasks.spawn(ingest::run(
-            broker.addr.ip().to_string(),
-            broker.addr.port(),
+            ingest::Broker {
+                host: broker_host.clone(),
+                port: broker_port,
+                credentials,
+            },
             fleet.clone(),
             pending,
             Arc::new(PendingEvents::default()),
@@ -156,7 +174,8 @@ impl RunningServer {
 
         Ok(RunningServer {
             http_addr,
-            mqtt_addr: broker.addr,
+            mqtt_host: broker_host,
+            mqtt_port: broker_port,
             fleet,
             link,
             ingest: stats,

@@ -109,23 +109,22 @@ fn real_main() -> anyhow::Result<()> {
             Some(n) => {
                 appliances = Some(demo::spawn_appliances(
                     n,
-                    server.mqtt_addr,
+                    (&server.mqtt_host, server.mqtt_port),
                     clock,
                     shutdown.clone(),
                 ));
                 println!("Rakkr demo: fleet server with {n} simulated appliances.");
                 println!("  Console:  {url}");
                 println!(
-                    "  MQTT:     mqtt://{}  (try: mosquitto_sub -h {} -p {} -t 'rakkr/v1/#' -v)",
-                    server.mqtt_addr,
-                    server.mqtt_addr.ip(),
-                    server.mqtt_addr.port()
+                    "  MQTT:     mqtt://{host}:{port}  (try: mosquitto_sub -h {host} -p {port} -t 'rakkr/v1/#' -v)",
+                    host = server.mqtt_host,
+                    port = server.mqtt_port,
                 );
                 println!("Press Ctrl-C to stop.");
             }
             None => println!(
-                "Rakkr fleet server: console {url}, MQTT {}",
-                server.mqtt_addr
+                "Rakkr fleet server: console {url}, MQTT {}:{}",
+                server.mqtt_host, server.mqtt_port
             ),
         }
         if let Some(mut set) = appliances {

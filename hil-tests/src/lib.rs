@@ -149,16 +149,41 @@ pub struct Server {
 }
 
 impl Server {
+    /// A server with its embedded broker on a free port.
     pub fn start(work: &Path, data_dir: &Path) -> Result<Server> {
-        let (http_port, mqtt_port) = (free_port(), free_port());
+        let mqtt_port = free_port();
+        Server::spawn(work, data_dir, mqtt_port, |cmd| {
+            cmd.arg("--mqtt-addr").arg(format!("127.0.0.1:{mqtt_port}"));
+        })
+    }
+
+    /// A server with the configuration file `config` (e.g. an external broker
+    /// listening on `mqtt_port`).
+    pub fn start_with_config(
+        work: &Path,
+        data_dir: &Path,
+        config: &Path,
+        mqtt_port: u16,
+    ) -> Result<Server> {
+        Server::spawn(work, data_dir, mqtt_port, |cmd| {
+            cmd.arg("--config").arg(config);
+        })
+    }
+
+    fn spawn(
+        work: &Path,
+        data_dir: &Path,
+        mqtt_port: u16,
+        extra: impl FnOnce(&mut Command),
+    ) -> Result<Server> {
+        let http_port = free_port();
         let mut cmd = Command::new(bin("rakkr-server"));
         cmd.arg("serve")
             .arg("--data-dir")
             .arg(data_dir)
             .arg("--http-addr")
-            .arg(format!("127.0.0.1:{http_port}"))
-            .arg("--mqtt-addr")
-            .arg(format!("127.0.0.1:{mqtt_port}"));
+            .arg(format!("127.0.0.1:{http_port}"));
+        extra(&mut cmd);
         let mut proc = Proc::spawn("server", cmd, work)?;
         let url = format!("http://127.0.0.1:{http_port}/readyz");
         let ready = wait_for("server readiness", Duration::from_secs(20), || {
@@ -418,6 +443,64 @@ impl Drop for JackServer {
             .arg("-TERM")
             .arg(self.child.id().to_string())
             .status();
+        let _ = self.child.wait();
+    }
+}
+
+/// Debian mosquitto with the shipped configuration (deploy/mosquitto: ACLs,
+/// no anonymous clients), on a free loopback port, with `users` (name,
+/// password) in its password file. Killed on drop.
+pub struct Mosquitto {
+    child: std::process::Child,
+    pub port: u16,
+}
+
+impl Mosquitto {
+    pub fn start(dir: &Path, users: &[(&str, &str)]) -> Result<Mosquitto> {
+        let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/mosquitto");
+        let passwd = dir.join("rakkr.passwd");
+        for (i, (user, password)) in users.iter().enumerate() {
+            let mut cmd = Command::new("mosquitto_passwd");
+            if i == 0 {
+                cmd.arg("-c");
+            }
+            let ok = cmd
+                .arg("-b")
+                .arg(&passwd)
+                .args([user, password])
+                .status()
+                .context("run mosquitto_passwd (package mosquitto)")?;
+            if !ok.success() {
+                bail!("mosquitto_passwd failed");
+            }
+        }
+        let acl = dir.join("rakkr.acl");
+        std::fs::copy(shipped.join("rakkr.acl"), &acl)?;
+        let port = free_port();
+        let conf = std::fs::read_to_string(shipped.join("rakkr.conf"))?
+            .replace("listener 1883", &format!("listener {port} 127.0.0.1"))
+            .replace("/etc/mosquitto/rakkr.passwd", &passwd.display().to_string())
+            .replace("/etc/mosquitto/rakkr.acl", &acl.display().to_string());
+        let conf_path = dir.join("mosquitto.conf");
+        std::fs::write(&conf_path, conf)?;
+        let child = Command::new("mosquitto")
+            .arg("-c")
+            .arg(&conf_path)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("start mosquitto (package mosquitto)")?;
+        let broker = Mosquitto { child, port };
+        wait_for("mosquitto listening", Duration::from_secs(10), || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).ok()
+        })?;
+        Ok(broker)
+    }
+}
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
         let _ = self.child.wait();
     }
 }

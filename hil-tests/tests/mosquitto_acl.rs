@@ -3,70 +3,14 @@
 //! node's commands, or take over another node's session; dashboards only read;
 //! unknown users and wrong passwords are refused. Real mosquitto, free port.
 
-use std::path::Path;
-use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
-use rakkr_hil_tests::{free_port, wait_for};
+use anyhow::{Result, bail};
+use rakkr_hil_tests::Mosquitto;
 use rumqttc::{Client, ConnectReturnCode, Event, MqttOptions, Packet, QoS};
 
 const QUIET: Duration = Duration::from_millis(1500);
-
-struct Mosquitto {
-    child: std::process::Child,
-    port: u16,
-}
-
-impl Drop for Mosquitto {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// mosquitto with the shipped rakkr.conf and rakkr.acl, on a free loopback port.
-fn start_mosquitto(dir: &Path, users: &[(&str, &str)]) -> Result<Mosquitto> {
-    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/mosquitto");
-    let passwd = dir.join("rakkr.passwd");
-    for (i, (user, password)) in users.iter().enumerate() {
-        let mut cmd = Command::new("mosquitto_passwd");
-        if i == 0 {
-            cmd.arg("-c");
-        }
-        let ok = cmd
-            .arg("-b")
-            .arg(&passwd)
-            .args([user, password])
-            .status()
-            .context("run mosquitto_passwd (package mosquitto)")?;
-        if !ok.success() {
-            bail!("mosquitto_passwd failed");
-        }
-    }
-    let acl = dir.join("rakkr.acl");
-    std::fs::copy(shipped.join("rakkr.acl"), &acl)?;
-    let port = free_port();
-    let conf = std::fs::read_to_string(shipped.join("rakkr.conf"))?
-        .replace("listener 1883", &format!("listener {port} 127.0.0.1"))
-        .replace("/etc/mosquitto/rakkr.passwd", &passwd.display().to_string())
-        .replace("/etc/mosquitto/rakkr.acl", &acl.display().to_string());
-    let conf_path = dir.join("mosquitto.conf");
-    std::fs::write(&conf_path, conf)?;
-    let child = Command::new("mosquitto")
-        .arg("-c")
-        .arg(&conf_path)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .context("start mosquitto (package mosquitto)")?;
-    let broker = Mosquitto { child, port };
-    wait_for("mosquitto listening", Duration::from_secs(10), || {
-        std::net::TcpStream::connect(("127.0.0.1", port)).ok()
-    })?;
-    Ok(broker)
-}
 
 /// A connected client: its handle and what it receives.
 struct Peer {
@@ -145,7 +89,7 @@ impl Peer {
 #[test]
 fn the_shipped_acls_keep_every_node_in_its_own_subtree() -> Result<()> {
     let dir = tempfile::tempdir()?;
-    let broker = start_mosquitto(
+    let broker = Mosquitto::start(
         dir.path(),
         &[
             ("rakkr-server", "server-secret"),
