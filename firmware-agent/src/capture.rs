@@ -566,6 +566,12 @@ impl Metering {
         }
     }
 
+    /// Frames the stream lost (a gap): they take time, so later frames are
+    /// stamped that much later; they are not metered.
+    pub fn skip(&mut self, frames: u64) {
+        self.frames += frames;
+    }
+
     /// Meter `samples` (whole frames): `local` gets each completed local
     /// frame, `telemetry` each completed telemetry frame.
     pub fn push(
@@ -662,7 +668,7 @@ impl CapturePipeline {
                                 },
                             );
                         });
-                        reader.take_gaps(|_| {});
+                        reader.take_gaps(|gap| metering.skip(gap.frames));
                         reader.pace();
                     }
                 })?
@@ -796,6 +802,10 @@ mod tests {
             (telemetry[0].captured_at_ms, telemetry[0].window_ms),
             (300, 300)
         );
+        // A 2 s gap: later frames are stamped 2 s later, not as if it had not happened.
+        m.skip(2000);
+        m.push(&[0; 100], &FixedClock(0), |f| local.push(f), |_| {});
+        assert_eq!(local[3].captured_at_ms, 2400);
     }
 
     #[test]

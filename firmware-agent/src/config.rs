@@ -64,6 +64,9 @@ pub struct AgentConfig {
     pub source: SourceConfig,
     #[serde(default)]
     pub meters: MetersConfig,
+    /// Deprecated: `[telemetry] meter_interval_ms` from before `[meters]`;
+    /// read as `meters.telemetry_interval_ms` so older configurations still start.
+    pub telemetry: Option<LegacyTelemetryConfig>,
     /// Ask for SCHED_FIFO capture and locked memory (see the `rt` module).
     #[serde(default = "default_realtime")]
     pub realtime: bool,
@@ -214,6 +217,12 @@ impl Default for SyntheticConfig {
             freq_hz: default_freq(),
         }
     }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LegacyTelemetryConfig {
+    pub meter_interval_ms: u32,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -386,9 +395,27 @@ impl AgentConfig {
             }
         };
 
+        let (mut local_ms, mut telemetry_ms) = (
+            self.meters.local_interval_ms,
+            self.meters.telemetry_interval_ms,
+        );
+        if let Some(legacy) = &self.telemetry {
+            if telemetry_ms != default_telemetry_meter_interval() {
+                return Err(invalid(
+                    "telemetry.meter_interval_ms",
+                    "replaced by meters.telemetry_interval_ms; give only that",
+                ));
+            }
+            telemetry_ms = legacy.meter_interval_ms;
+            // Keep the local windows a whole fraction of the old interval.
+            local_ms = (20..=local_ms)
+                .rev()
+                .find(|l| telemetry_ms % l == 0)
+                .unwrap_or(local_ms);
+        }
         let meters = MeterRates {
-            local: Duration::from_millis(u64::from(self.meters.local_interval_ms)),
-            telemetry: Duration::from_millis(u64::from(self.meters.telemetry_interval_ms)),
+            local: Duration::from_millis(u64::from(local_ms)),
+            telemetry: Duration::from_millis(u64::from(telemetry_ms)),
         };
         meters.check().map_err(|e| {
             invalid(
@@ -479,6 +506,15 @@ mod tests {
         assert_eq!(s.node_id.as_str(), "n1");
         assert_eq!(s.mqtt.port, 1883);
         assert_eq!(s.meters, MeterRates::default());
+        // The section from before [meters] still works.
+        let old = parse("node_id = \"n\"\n[telemetry]\nmeter_interval_ms = 250\n").unwrap();
+        assert_eq!(
+            old.meters,
+            MeterRates {
+                local: Duration::from_millis(50),
+                telemetry: Duration::from_millis(250)
+            }
+        );
         let SourceSettings::Synthetic {
             channels, signal, ..
         } = s.source
@@ -579,6 +615,10 @@ mod tests {
             (
                 "node_id = \"n\"\n[meters]\nlocal_interval_ms = 300",
                 "a multiple of the local 300 ms",
+            ),
+            (
+                "node_id = \"n\"\n[telemetry]\nmeter_interval_ms = 500\n[meters]\ntelemetry_interval_ms = 2000",
+                "telemetry.meter_interval_ms",
             ),
         ] {
             let e = parse(text).unwrap_err().to_string();

@@ -30,7 +30,7 @@ enum Command {
     Devices,
     /// Record one take to a FLAC or WAV/RF64 file with the agent's engine, printing meters.
     Record(Box<RecordArgs>),
-    /// Complete interrupted takes (*.flac.part, *.wav.part) in a directory.
+    /// Complete interrupted takes (*.part, FLAC or WAV) in a directory.
     Recover {
         /// Directory holding the takes.
         dir: PathBuf,

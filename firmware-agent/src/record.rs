@@ -353,7 +353,10 @@ pub fn record_takes(
         if stop.load(Ordering::Relaxed) || source_done || feeds.iter().all(TakeFeed::done) {
             break;
         }
-        reader.take_gaps(|g| feeds.iter_mut().for_each(|f| f.device_gap(g)));
+        reader.take_gaps(|g| {
+            metering.skip(g.frames);
+            feeds.iter_mut().for_each(|f| f.device_gap(g));
+        });
         reader.read(usize::MAX, |samples| {
             metering.push(samples, clock, |_| {}, |f| on_meter(&f));
             for feed in feeds.iter_mut().filter(|f| !f.done()) {
@@ -651,18 +654,14 @@ pub struct Recovered {
     pub report: Result<Recovery, FileError>,
 }
 
-/// Complete every interrupted take (`*.flac.part`, `*.wav.part`) in `dir` and give it its final
+/// Complete every interrupted take (`*.part`, FLAC or WAV) in `dir` and give it its final
 /// name. A take whose final name is taken keeps its `.part` name.
 pub fn recover_dir(dir: &Path) -> std::io::Result<Vec<Recovered>> {
     let mut out = Vec::new();
     let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)?
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| {
-            let name = p.to_string_lossy();
-            [".flac", ".wav"]
-                .iter()
-                .any(|ext| name.ends_with(&format!("{ext}{PART_SUFFIX}")))
-        })
+        // Any extension: the codec is recognised from the content.
+        .filter(|p| p.to_string_lossy().ends_with(PART_SUFFIX) && p.is_file())
         .collect();
     entries.sort();
     for part in entries {

@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use rakkr_mqtt::LinkState;
 use rakkr_protocol::payload::{
-    Capabilities, HealthChange, HealthCondition, HealthEvent, MeterFrame, RealtimeStatus, Severity,
+    Capabilities, HealthChange, HealthCondition, HealthEvent, MAX_DETAIL_TEXT, MeterFrame,
+    RealtimeStatus, Severity,
 };
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -119,14 +120,24 @@ pub async fn run(
         let telemetry = handles.telemetry.clone();
         tokio::spawn(async move {
             let mut lost_since: Option<u64> = None;
+            let mut seen_returns = 0;
             while !stop_link.is_cancelled() {
                 if stats.failed.load(Ordering::Acquire) {
                     stop_link.cancel();
                     break;
                 }
                 let lost = stats.device_lost.load(Ordering::Acquire);
-                if let Some(event) = device_health(&device, lost, &mut lost_since, clock.unix_ms())
-                {
+                let returns = stats.device_returns.load(Ordering::Acquire);
+                // A loss shorter than one poll is only seen by its return: it is
+                // raised and cleared at once, not missed.
+                let unseen = returns > seen_returns && lost_since.is_none() && !lost;
+                seen_returns = returns;
+                let states: &[bool] = if unseen { &[true, false] } else { &[lost] };
+                for &state in states {
+                    let now = clock.unix_ms();
+                    let Some(event) = device_health(&device, state, &mut lost_since, now) else {
+                        continue;
+                    };
                     match event.change {
                         HealthChange::Raised => {
                             tracing::warn!(detail = %event.detail, "capture device lost")
@@ -135,7 +146,7 @@ pub async fn run(
                             tracing::info!(detail = %event.detail, "capture device back")
                         }
                     }
-                    keep(&outbox, &outbox_ready, &telemetry, clock.unix_ms(), event).await;
+                    keep(&outbox, &outbox_ready, &telemetry, now, event).await;
                 }
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
@@ -209,6 +220,20 @@ fn open_outbox(settings: &AgentSettings) -> Result<Outbox, AgentError> {
     }
 }
 
+/// `detail` cut to the protocol's bound (at a character boundary): a message
+/// the server refused would wait in the outbox forever.
+fn bounded_detail(mut detail: String) -> String {
+    if detail.len() > MAX_DETAIL_TEXT {
+        let mut end = MAX_DETAIL_TEXT - '…'.len_utf8();
+        while !detail.is_char_boundary(end) {
+            end -= 1;
+        }
+        detail.truncate(end);
+        detail.push('…');
+    }
+    detail
+}
+
 /// The capture device's name for people.
 fn source_name(settings: &AgentSettings) -> String {
     match &settings.source {
@@ -255,7 +280,7 @@ fn device_health(
         change,
         severity,
         at_ms: now_ms,
-        detail,
+        detail: bounded_detail(detail),
     })
 }
 
@@ -357,5 +382,15 @@ mod tests {
         assert_eq!(cleared.change, HealthChange::Cleared);
         assert!(cleared.detail.contains("4.5 s"), "{}", cleared.detail);
         assert_eq!(device_health("hw:1", false, &mut since, 7_000), None);
+    }
+
+    #[test]
+    fn a_long_device_name_still_makes_a_valid_event() {
+        let mut since = None;
+        let name = "é".repeat(400);
+        let e = device_health(&name, true, &mut since, 1).unwrap();
+        assert!(e.detail.len() <= MAX_DETAIL_TEXT && e.detail.ends_with('…'));
+        let bytes = rakkr_protocol::Envelope::stamped(1, e).encode();
+        assert!(rakkr_protocol::Envelope::<HealthEvent>::decode(&bytes).is_ok());
     }
 }

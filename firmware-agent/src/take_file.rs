@@ -179,13 +179,19 @@ pub struct Recovery {
     pub already_complete: bool,
 }
 
-/// Recover an interrupted file of either codec (told apart by its name).
+/// Recover an interrupted file of either codec, told apart by its content
+/// (the name's extension need not match the codec: `--codec` can differ).
 pub fn recover(path: &Path) -> Result<Recovery, FileError> {
-    let name = path.to_string_lossy();
-    let name = name
-        .strip_suffix(crate::record::PART_SUFFIX)
-        .unwrap_or(&name);
-    if name.to_ascii_lowercase().ends_with(".wav") {
+    let io = |source| FileError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    let mut magic = [0u8; 4];
+    let read = std::fs::File::open(path)
+        .and_then(|mut f| std::io::Read::read(&mut f, &mut magic))
+        .map_err(io)?;
+    let is_wav = read == 4 && (&magic == b"RIFF" || &magic == b"RF64");
+    if is_wav {
         let r = rakkr_wav::recover(path)?;
         Ok(Recovery {
             samples: r.frames,

@@ -17,6 +17,14 @@ fn run(cmd: &mut Command) -> Output {
     cmd.output().expect("run rakkr-agent")
 }
 
+/// Run `cmd` (stderr discarded) and SIGKILL it after `after`.
+fn kill_after(cmd: &mut Command, after: Duration) {
+    let mut child = cmd.stderr(std::process::Stdio::null()).spawn().unwrap();
+    std::thread::sleep(after);
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
 fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
@@ -402,24 +410,21 @@ fn the_agent_recovers_interrupted_takes_when_it_starts() {
     let takes = dir.path().join("recordings");
     std::fs::create_dir(&takes).unwrap();
     // A take cut off by SIGKILL.
-    let mut child = agent()
-        .args([
-            "record",
-            "--device",
-            "synthetic:noise",
-            "--channels",
-            "2",
-            "--duration",
-            "30",
-            "--out",
-        ])
-        .arg(takes.join("cut.flac"))
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    std::thread::sleep(Duration::from_millis(1500));
-    child.kill().unwrap();
-    child.wait().unwrap();
+    kill_after(
+        agent()
+            .args([
+                "record",
+                "--device",
+                "synthetic:noise",
+                "--channels",
+                "2",
+                "--duration",
+                "30",
+                "--out",
+            ])
+            .arg(takes.join("cut.flac")),
+        Duration::from_millis(1500),
+    );
     assert!(takes.join("cut.flac.part").exists());
 
     let config = dir.path().join("agent.toml");
@@ -704,4 +709,27 @@ fn a_file_source_replays_flac_and_wav_through_the_engine_bit_exactly() {
         assert!(!o.status.success());
         assert!(stderr(&o).contains(expect), "{}", stderr(&o));
     }
+}
+
+#[test]
+fn interrupted_takes_are_recovered_by_content_whatever_their_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("take.rf64");
+    kill_after(
+        agent()
+            .args(["record", "--device", "synthetic:demo", "--channels", "3"])
+            .args(["--duration", "30", "--codec", "rf64", "--out"])
+            .arg(&out),
+        Duration::from_millis(1500),
+    );
+    assert!(!out.exists());
+    let o = run(agent().arg("recover").arg(dir.path()));
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("recovered"));
+    let r = rakkr_wav::WavReader::open(&out).unwrap();
+    assert!(r.header().rf64);
+    assert!(
+        r.header().data_bytes.unwrap() > 48_000 * 3 * 3 / 2,
+        "at least half a second kept"
+    );
 }

@@ -197,7 +197,11 @@ impl ServerConfig {
         let m = &self.mqtt;
         let mqtt = match m.broker {
             BrokerMode::Embedded => {
-                if m.host.is_some() || m.port.is_some() || m.username.is_some() {
+                if m.host.is_some()
+                    || m.port.is_some()
+                    || m.username.is_some()
+                    || m.password.is_some()
+                {
                     return Err(invalid(
                         "mqtt.host",
                         "host, port and credentials are for broker = \"external\"",

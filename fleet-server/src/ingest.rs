@@ -13,7 +13,10 @@
 //! sender (`nodes/{node}/cmd/ack`), so a node forgets an event only once it is
 //! durable here. A redelivered event is stored once (the store keys events by
 //! node and message id) and acknowledged again. When the queue is full, events
-//! are dropped unacknowledged — the node sends them again later.
+//! are dropped unacknowledged — the node sends them again later. An event this
+//! server cannot read (malformed, or a condition from a newer agent) but whose
+//! `msg_id` it can is counted, logged and acknowledged without being stored:
+//! left unacknowledged it would be resent forever and hold up the node's outbox.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -56,6 +59,8 @@ pub struct IngestStats {
 #[derive(Debug, Default)]
 pub struct PendingEvents {
     queue: Mutex<Vec<HealthEventRecord>>,
+    /// Unreadable messages to acknowledge without storing.
+    refused: Mutex<Vec<(NodeId, rakkr_protocol::MessageId)>>,
     notify: Notify,
 }
 
@@ -74,14 +79,54 @@ impl PendingEvents {
         true
     }
 
+    /// Acknowledge a message that cannot be stored; `false` if too many wait.
+    pub fn refuse(&self, node: NodeId, msg_id: rakkr_protocol::MessageId) -> bool {
+        let mut r = self.refused.lock().expect("pending events lock poisoned");
+        if r.len() >= Self::LIMIT {
+            return false;
+        }
+        r.push((node, msg_id));
+        drop(r);
+        self.notify.notify_one();
+        true
+    }
+
     fn take(&self) -> Vec<HealthEventRecord> {
         std::mem::take(&mut *self.queue.lock().expect("pending events lock poisoned"))
+    }
+
+    fn take_refused(&self) -> Vec<(NodeId, rakkr_protocol::MessageId)> {
+        std::mem::take(&mut *self.refused.lock().expect("pending events lock poisoned"))
     }
 
     fn restore(&self, mut batch: Vec<HealthEventRecord>) {
         let mut q = self.queue.lock().expect("pending events lock poisoned");
         batch.append(&mut q);
         *q = batch;
+    }
+}
+
+/// Publish acknowledgements, one message per node (in chunks of [`MAX_ACK_IDS`]).
+/// One that cannot be queued now (disconnected) is not retried: the node sends
+/// again and is acknowledged then.
+fn send_acks(
+    client: &rakkr_mqtt::rumqttc::AsyncClient,
+    clock: &dyn Clock,
+    ids: Vec<(NodeId, rakkr_protocol::MessageId)>,
+) {
+    let mut by_node: HashMap<NodeId, Vec<rakkr_protocol::MessageId>> = HashMap::new();
+    for (node, id) in ids {
+        by_node.entry(node).or_default().push(id);
+    }
+    for (node, ids) in by_node {
+        let topic = Topic::command(&node, Command::Ack).to_string();
+        for chunk in ids.chunks(MAX_ACK_IDS) {
+            let ack = Ack {
+                msg_ids: chunk.to_vec(),
+            };
+            let payload = Envelope::stamped(clock.unix_ms(), ack).encode();
+            let _ = client.try_publish(&topic, QoS::AtLeastOnce, false, payload);
+        }
     }
 }
 
@@ -100,6 +145,10 @@ pub async fn persist_events(
             _ = pending.notify.notified() => {}
             _ = shutdown.cancelled() => return,
         }
+        let refused = pending.take_refused();
+        if !refused.is_empty() {
+            send_acks(&client, &*clock, refused);
+        }
         let batch = pending.take();
         if batch.is_empty() {
             continue;
@@ -114,22 +163,11 @@ pub async fn persist_events(
         };
         match stored {
             Ok((batch, Ok(_new))) => {
-                let mut by_node: HashMap<NodeId, Vec<rakkr_protocol::MessageId>> = HashMap::new();
-                for e in batch {
-                    by_node.entry(e.node).or_default().push(e.msg_id);
-                }
-                for (node, ids) in by_node {
-                    let topic = Topic::command(&node, Command::Ack).to_string();
-                    for chunk in ids.chunks(MAX_ACK_IDS) {
-                        let ack = Ack {
-                            msg_ids: chunk.to_vec(),
-                        };
-                        let payload = Envelope::stamped(clock.unix_ms(), ack).encode();
-                        // Not acknowledged now (queue full, disconnected): the
-                        // node sends again and is acknowledged then.
-                        let _ = client.try_publish(&topic, QoS::AtLeastOnce, false, payload);
-                    }
-                }
+                send_acks(
+                    &client,
+                    &*clock,
+                    batch.into_iter().map(|e| (e.node, e.msg_id)).collect(),
+                );
             }
             Ok((batch, Err(e))) => {
                 stats.store_errors.fetch_add(1, Ordering::Relaxed);
@@ -390,13 +428,25 @@ pub fn handle_message(
             }
             Err(e) => {
                 stats.bad_payloads.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(node = %node, error = %e, "bad health event payload");
+                tracing::warn!(node = %node, error = %e, "unreadable health event; acknowledged, not stored");
+                if let Some(id) = readable_msg_id(payload) {
+                    events.refuse(node, id);
+                }
             }
         },
         NodeChannel::Jobs => {
             stats.bad_topics.fetch_add(1, Ordering::Relaxed);
         }
     }
+}
+
+/// The `msg_id` of a payload that may not decode as a whole.
+fn readable_msg_id(payload: &[u8]) -> Option<rakkr_protocol::MessageId> {
+    if payload.len() > rakkr_protocol::MAX_PAYLOAD_BYTES {
+        return None;
+    }
+    let value: serde_json::Value = serde_json::from_slice(payload).ok()?;
+    serde_json::from_value(value.get("msg_id")?.clone()).ok()
 }
 
 #[cfg(test)]
@@ -448,5 +498,18 @@ mod tests {
         h("rakkr/v1/nodes/a/status", &online_bytes());
         assert_eq!(fleet.counts().online, 1);
         assert_eq!(pending.take().len(), 1);
+
+        // A health event from a newer agent (unknown condition) is refused but
+        // acknowledged, so it does not wait in the node's outbox forever.
+        let newer = br#"{"v":1,"msg_id":"019acb2e-0000-7000-8000-000000000001","sent_at_ms":1,
+            "condition":"disk_pressure","change":"raised","severity":"warning","at_ms":1,"detail":"x"}"#;
+        h("rakkr/v1/nodes/a/events", newer);
+        assert!(events.take().is_empty());
+        assert_eq!(events.take_refused().len(), 1);
+        h("rakkr/v1/nodes/a/events", b"not json at all");
+        assert!(
+            events.take_refused().is_empty(),
+            "no id, nothing to acknowledge"
+        );
     }
 }

@@ -246,7 +246,8 @@ pub fn parse_header(b: &[u8]) -> Result<ParsedHeader, String> {
                     ));
                 }
                 let data_bytes = match (rf64, len as u32) {
-                    (true, RF64_SIZE) => ds64_data,
+                    // ds64 says 0 until the first sync: unknown, like RIFF's 0.
+                    (true, RF64_SIZE) => ds64_data.filter(|n| *n > 0),
                     (_, 0) | (false, RF64_SIZE) => None,
                     (_, n) => Some(u64::from(n)),
                 };

@@ -244,6 +244,12 @@ pub fn write_file<T>(
     };
     writing.write_sizes()?;
     let frames = writing.frames;
+    // RIFF chunks are word-aligned: odd-sized audio gets a pad byte, which the
+    // RIFF size already counts.
+    let data_bytes = frames * format.block_align() as u64;
+    if data_bytes % 2 == 1 {
+        (&file).write_all(&[0]).map_err(|e| WavError::io(path, e))?;
+    }
     let mut tags = spec.tags.clone();
     tags.extend(final_tags(frames));
     let final_list = info_list(&spec.software, &tags);
@@ -300,11 +306,15 @@ pub fn recover(path: &Path) -> Result<WavRecovery, WavError> {
     let on_disk = len.saturating_sub(DATA_START);
     let frames = on_disk / align;
     let data_bytes = frames * align;
-    let bytes_cut = on_disk - data_bytes;
-    let already_complete = bytes_cut == 0 && parsed.data_bytes == Some(data_bytes);
+    // After odd-sized audio comes the RIFF pad byte; anything else is torn.
+    let pad = data_bytes % 2;
+    let tail = on_disk - data_bytes;
+    let bytes_cut = tail.saturating_sub(pad);
+    let already_complete = tail == pad && parsed.data_bytes == Some(data_bytes);
     if !already_complete {
-        if bytes_cut > 0 {
-            file.set_len(DATA_START + data_bytes)
+        if tail != pad {
+            // Cuts a torn frame, or adds the missing pad byte (as zero).
+            file.set_len(DATA_START + data_bytes + pad)
                 .map_err(|e| WavError::io(path, e))?;
         }
         let mut head = vec![0u8; DATA_START as usize];

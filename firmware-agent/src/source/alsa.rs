@@ -320,7 +320,9 @@ impl CaptureSource for AlsaSource {
                     .ok()
                     .and_then(|st| timespec_duration(st.get_trigger_htstamp()));
                 if let (Some((stopped, unread)), Some(restarted)) = (self.overrun.take(), started) {
-                    lost_frames = Some(overrun_loss(unread, stopped, restarted, self.granted.rate));
+                    // Several overruns before one successful read add up.
+                    let loss = overrun_loss(unread, stopped, restarted, self.granted.rate);
+                    lost_frames = Some(lost_frames.unwrap_or(0) + loss);
                 }
                 self.first_frame = self.first_frame.or(started);
                 self.run_started = started;
