@@ -1,8 +1,10 @@
 //! Pure WAV/RF64 layout: the header we write, and parsing any WAV/RF64 header.
 
 /// Where the audio starts in files we write: the header area is fixed, so
-/// tags can be rewritten at the end without moving audio.
-pub const DATA_START: u64 = 16 * 1024;
+/// tags can be rewritten at the end without moving audio. 64 KiB: room for the
+/// final tags of the widest take (a 1024-channel map is ~5 KB, a full gap
+/// list ~10 KB).
+pub const DATA_START: u64 = 64 * 1024;
 /// Offset of the chunk after "RIFF"/"RF64" size "WAVE": JUNK, or ds64 once
 /// the file outgrows RIFF's 32-bit sizes.
 pub const DS64_OFFSET: u64 = 12;
@@ -346,7 +348,7 @@ mod tests {
                 .unwrap_err()
                 .contains("incomplete")
         );
-        let too_many_tags: Vec<(String, String)> = (0..2000)
+        let too_many_tags: Vec<(String, String)> = (0..5000)
             .map(|i| (format!("K{i}"), "v".repeat(10)))
             .collect();
         let f = WavFormat {

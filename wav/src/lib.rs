@@ -9,8 +9,8 @@
 //! 48     fmt                      PCM (≤ 2 ch, 16-bit) or WAVE_FORMAT_EXTENSIBLE
 //! …      LIST/INFO                ISFT = software, ICMT = our tags as KEY=VALUE lines
 //! …      JUNK                     room to rewrite LIST at the end without moving audio
-//! 16376  "data" size
-//! 16384  audio, little-endian, interleaved
+//! 65528  "data" size
+//! 65536  audio, little-endian, interleaved
 //! ```
 //! The RIFF → RF64 switch follows EBU Tech 3306: a file that stays below 4 GiB
 //! is a plain WAV any tool reads; a larger one is RF64 (sox, ffmpeg, flac,
