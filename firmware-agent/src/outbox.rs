@@ -17,8 +17,12 @@
 //! | `messages`   | sequence `u64`         | (channel `&str`, message id `u128`, payload `&[u8]`) |
 //! | `by_id`      | message id `u128`      | sequence `u64`                             |
 //!
+//! | `open`       | condition name `&str`  | since, ms since the epoch `u64`            |
+//!
 //! Payloads are complete envelopes, encoded when the message was created, so a
-//! resend carries the same `msg_id` and the server de-duplicates it.
+//! resend carries the same `msg_id` and the server de-duplicates it. `open`
+//! remembers health conditions raised and not yet cleared, so an agent that
+//! restarts meanwhile can still clear them.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -29,6 +33,7 @@ use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, Tab
 
 const MESSAGES: TableDefinition<u64, (&str, u128, &[u8])> = TableDefinition::new("messages");
 const BY_ID: TableDefinition<u128, u64> = TableDefinition::new("by_id");
+const OPEN: TableDefinition<&str, u64> = TableDefinition::new("open");
 
 /// Default bound: far more health events than a node raises in weeks offline.
 pub const DEFAULT_LIMIT_BYTES: u64 = 64 << 20;
@@ -90,6 +95,7 @@ impl Outbox {
         let tx = outbox.db.begin_write().map_err(|e| outbox.fail(e))?;
         tx.open_table(MESSAGES).map_err(|e| outbox.fail(e))?;
         tx.open_table(BY_ID).map_err(|e| outbox.fail(e))?;
+        tx.open_table(OPEN).map_err(|e| outbox.fail(e))?;
         tx.commit().map_err(|e| outbox.fail(e))?;
         let bytes = outbox
             .pending(usize::MAX)?
@@ -190,6 +196,30 @@ impl Outbox {
         Ok(removed)
     }
 
+    /// Remember that `condition` is open since `since_ms` (`None`: it is closed).
+    pub fn set_open(&self, condition: &str, since_ms: Option<u64>) -> Result<(), OutboxError> {
+        let tx = self.db.begin_write().map_err(|e| self.fail(e))?;
+        {
+            let mut open = tx.open_table(OPEN).map_err(|e| self.fail(e))?;
+            match since_ms {
+                Some(ms) => open.insert(condition, ms).map(drop),
+                None => open.remove(condition).map(drop),
+            }
+            .map_err(|e| self.fail(e))?;
+        }
+        tx.commit().map_err(|e| self.fail(e))
+    }
+
+    /// Since when `condition` has been open, if it is.
+    pub fn open_since(&self, condition: &str) -> Result<Option<u64>, OutboxError> {
+        let tx = self.db.begin_read().map_err(|e| self.fail(e))?;
+        let open = tx.open_table(OPEN).map_err(|e| self.fail(e))?;
+        Ok(open
+            .get(condition)
+            .map_err(|e| self.fail(e))?
+            .map(|v| v.value()))
+    }
+
     /// Messages waiting.
     pub fn len(&self) -> Result<u64, OutboxError> {
         let tx = self.db.begin_read().map_err(|e| self.fail(e))?;
@@ -243,6 +273,21 @@ mod tests {
             .unwrap();
         assert_eq!(o.pending(10).unwrap().last().unwrap().payload, b"m3");
         assert_eq!(o.pending(1).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn open_conditions_survive_reopening_until_closed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("outbox.redb");
+        {
+            let o = Outbox::open(&path, 1 << 20).unwrap();
+            assert_eq!(o.open_since("device_lost").unwrap(), None);
+            o.set_open("device_lost", Some(1234)).unwrap();
+        }
+        let o = Outbox::open(&path, 1 << 20).unwrap();
+        assert_eq!(o.open_since("device_lost").unwrap(), Some(1234));
+        o.set_open("device_lost", None).unwrap();
+        assert_eq!(o.open_since("device_lost").unwrap(), None);
     }
 
     #[test]

@@ -119,7 +119,8 @@ pub async fn run(
         let (outbox, outbox_ready) = (outbox.clone(), outbox_ready.clone());
         let telemetry = handles.telemetry.clone();
         tokio::spawn(async move {
-            let mut lost_since: Option<u64> = None;
+            // Lost before a restart and not cleared: cleared now if the device works.
+            let mut lost_since: Option<u64> = outbox.open_since(DEVICE_LOST).ok().flatten();
             let mut seen_returns = 0;
             while !stop_link.is_cancelled() {
                 if stats.failed.load(Ordering::Acquire) {
@@ -178,6 +179,9 @@ pub async fn run(
     Ok(())
 }
 
+/// The key of the device-lost condition among the outbox's open conditions.
+const DEVICE_LOST: &str = "device_lost";
+
 /// Put a health event in the outbox and wake the link. Encoded once: a resend
 /// carries the same message id, so the server stores it once.
 async fn keep(
@@ -187,10 +191,17 @@ async fn keep(
     now_ms: u64,
     event: HealthEvent,
 ) {
+    // Remember the condition as open (or closed) first: a restart in between
+    // then clears it rather than leaving it open for good.
+    let open = (event.change == HealthChange::Raised).then_some(event.at_ms);
+    let key = match event.condition {
+        HealthCondition::DeviceLost => DEVICE_LOST,
+    };
     let envelope = Envelope::stamped(now_ms, event);
     let payload = envelope.encode();
     let outbox = outbox.clone();
     let kept = tokio::task::spawn_blocking(move || {
+        outbox.set_open(key, open)?;
         outbox.push(NodeChannel::Events, envelope.msg_id, &payload)
     })
     .await;

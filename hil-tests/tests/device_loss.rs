@@ -193,3 +193,39 @@ fn health_events_outlive_a_server_outage_and_an_agent_crash() -> Result<()> {
     assert_eq!(again.len(), 2, "{again:?}");
     Ok(())
 }
+
+#[test]
+fn a_loss_open_when_the_agent_restarts_is_cleared_after_it() -> Result<()> {
+    let work = tempfile::tempdir()?;
+    let server = Server::start(work.path(), &work.path().join("data"))?;
+    let device = JackDevice::new(work.path(), "reopen")?;
+    let jack = device.plug_in()?;
+    let state = format!("state_dir = \"{}\"", work.path().join("state").display());
+    let config = device.agent_config(work.path(), "hil-reopen", server.mqtt_port, &state)?;
+    let mut agent = Agent::start_with_env(work.path(), "hil-reopen", &config, &device.env())?;
+    let events_url = server.url("/api/v1/nodes/hil-reopen/events");
+    let stored = |n: usize| {
+        wait_for("stored events", Duration::from_secs(30), || {
+            let (code, body) = http_get(&events_url).ok()?;
+            let events: Vec<serde_json::Value> = serde_json::from_str(&body).ok()?;
+            (code == 200 && events.len() >= n).then_some(events)
+        })
+    };
+    wait_for("node online", Duration::from_secs(20), || {
+        (server.presence("hil-reopen")? == "online").then_some(())
+    })?;
+    drop(jack);
+    stored(1)?;
+    // The agent dies while the device is gone; both come back.
+    agent.proc.signal("KILL")?;
+    agent.proc.wait_exit(Duration::from_secs(10))?;
+    let _jack = device.plug_in()?;
+    let _agent = Agent::start_with_env(work.path(), "hil-reopen", &config, &device.env())?;
+    let events = stored(2)?;
+    let changes: Vec<&str> = events
+        .iter()
+        .map(|e| e["event"]["change"].as_str().unwrap())
+        .collect();
+    assert_eq!(changes, ["raised", "cleared"], "{events:?}");
+    Ok(())
+}
