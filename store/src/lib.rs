@@ -47,6 +47,9 @@ pub enum StoreError {
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
+/// Health events kept per node (a bound, so a chattering node cannot fill the disk).
+pub const MAX_HEALTH_EVENTS_PER_NODE: usize = 10_000;
+
 pub trait Store: Send + Sync + 'static {
     /// Record the latest presence and details of a batch of nodes (last writer
     /// wins per node, in slice order). Creates nodes seen for the first time.
@@ -71,7 +74,8 @@ pub trait Store: Send + Sync + 'static {
     fn job(&self, id: JobId) -> Result<Option<JobRecord>>;
 
     /// Store health events; one already stored (same node and message id) is
-    /// left as it is. Returns how many were new.
+    /// left as it is. A node keeps at most [`MAX_HEALTH_EVENTS_PER_NODE`]: the
+    /// oldest go first. Returns how many were new.
     fn record_health_events(&self, events: &[HealthEventRecord]) -> Result<usize>;
 
     /// The node's most recent health events, at most `limit`, oldest first

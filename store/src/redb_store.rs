@@ -22,8 +22,8 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::{
-    HealthEventRecord, JobId, JobRecord, JobSpec, Lease, NodeRecord, NodeStatusUpdate, Result,
-    Store, StoreError,
+    HealthEventRecord, JobId, JobRecord, JobSpec, Lease, MAX_HEALTH_EVENTS_PER_NODE, NodeRecord,
+    NodeStatusUpdate, Result, Store, StoreError,
 };
 
 /// Version of the layout above. Bumped only with a migration.
@@ -257,11 +257,32 @@ impl Store for RedbStore {
         let mut new = 0;
         {
             let mut table = tx.open_table(HEALTH_EVENTS).map_err(backend)?;
+            let mut touched: Vec<&NodeId> = Vec::new();
             for e in events {
                 let key = (e.node.as_str(), e.msg_id.as_uuid().as_u128());
                 if table.get(key).map_err(backend)?.is_none() {
                     table.insert(key, encode(e).as_slice()).map_err(backend)?;
                     new += 1;
+                    if !touched.contains(&&e.node) {
+                        touched.push(&e.node);
+                    }
+                }
+            }
+            // Keep each node's newest MAX_HEALTH_EVENTS_PER_NODE.
+            for node in touched {
+                let range = (node.as_str(), 0u128)..=(node.as_str(), u128::MAX);
+                let count = table.range(range.clone()).map_err(backend)?.count();
+                if count > MAX_HEALTH_EVENTS_PER_NODE {
+                    let oldest: Vec<u128> = table
+                        .range(range)
+                        .map_err(backend)?
+                        .take(count - MAX_HEALTH_EVENTS_PER_NODE)
+                        .map(|entry| entry.map(|(k, _)| k.value().1))
+                        .collect::<std::result::Result<_, _>>()
+                        .map_err(backend)?;
+                    for id in oldest {
+                        table.remove((node.as_str(), id)).map_err(backend)?;
+                    }
                 }
             }
         }

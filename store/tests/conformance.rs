@@ -217,6 +217,26 @@ fn health_events_are_stored_once_per_message(store: &dyn Store) {
     assert_eq!(store.health_events(&node("a"), 1).unwrap(), vec![cleared]);
     assert_eq!(store.health_events(&node("b"), 10).unwrap(), vec![other]);
     assert!(store.health_events(&node("c"), 10).unwrap().is_empty());
+
+    // Bounded per node: the oldest go first.
+    let flood: Vec<HealthEventRecord> = (0..MAX_HEALTH_EVENTS_PER_NODE as u64 + 5)
+        .map(|i| event("a", 10_000 + i, HealthChange::Raised))
+        .collect();
+    store.record_health_events(&flood).unwrap();
+    let kept = store
+        .health_events(&node("a"), MAX_HEALTH_EVENTS_PER_NODE + 10)
+        .unwrap();
+    assert_eq!(kept.len(), MAX_HEALTH_EVENTS_PER_NODE);
+    assert_eq!(kept.last().unwrap(), flood.last().unwrap());
+    assert_eq!(
+        kept[0], flood[7],
+        "the two older events and the first five flood ones went"
+    );
+    assert_eq!(
+        store.health_events(&node("b"), 10).unwrap().len(),
+        1,
+        "other nodes untouched"
+    );
 }
 
 fn redb() -> (tempfile::TempDir, RedbStore) {
