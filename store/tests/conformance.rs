@@ -229,7 +229,7 @@ fn health_events_are_stored_once_per_message(store: &dyn Store) {
     assert_eq!(kept.len(), MAX_HEALTH_EVENTS_PER_NODE);
     assert_eq!(kept.last().unwrap(), flood.last().unwrap());
     assert_eq!(
-        kept[0], flood[7],
+        kept[0], flood[5],
         "the two older events and the first five flood ones went"
     );
     assert_eq!(
