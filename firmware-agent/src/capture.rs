@@ -480,6 +480,10 @@ impl StreamReader {
     }
 }
 
+/// How far meter stamps (stream start + frames / rate) may drift from the host
+/// clock before they are re-anchored to it.
+pub const MAX_METER_SKEW_MS: u64 = 2000;
+
 /// How often meter frames are made: short local windows (the appliance's own
 /// display) and long telemetry windows (MQTT), each long window exactly a whole
 /// number of short ones.
@@ -582,7 +586,7 @@ impl Metering {
         mut telemetry: impl FnMut(MeterFrame),
     ) {
         let stats = self.stats.as_deref();
-        let anchor = *self.anchor_ms.get_or_insert_with(|| {
+        let mut anchor = *self.anchor_ms.get_or_insert_with(|| {
             match stats.map_or(0, |s| s.start_unix_ns.load(Ordering::Acquire)) {
                 0 => clock.unix_ms(),
                 ns => ns / 1_000_000,
@@ -608,6 +612,17 @@ impl Metering {
                 channels: self.local.take(),
             });
             if self.telemetry.frames() >= self.telemetry_frames {
+                // The device's clock drifts against the host's (50 ppm is 4 s a
+                // day): once the stamps are off by more than MAX_METER_SKEW_MS,
+                // follow the host clock again, or receivers see live frames as stale.
+                let now = clock.unix_ms();
+                let captured_at_ms = if now.abs_diff(captured_at_ms) > MAX_METER_SKEW_MS {
+                    anchor = now.saturating_sub(self.frames * 1000 / u64::from(self.sample_rate));
+                    self.anchor_ms = Some(anchor);
+                    now
+                } else {
+                    captured_at_ms
+                };
                 telemetry(MeterFrame {
                     captured_at_ms,
                     window_ms: self.rates.telemetry.as_millis() as u32,
@@ -725,7 +740,7 @@ mod tests {
         };
         let p = CapturePipeline::start(
             Box::new(source),
-            Arc::new(FixedClock(1_000_000)),
+            Arc::new(crate::clock::SystemClock),
             rates,
             tx,
             local_tx,
@@ -737,7 +752,7 @@ mod tests {
         let local = local_rx.borrow().clone().expect("a local frame");
         let start_ms = p.stats.start_unix_ns.load(Ordering::Acquire) / 1_000_000;
         p.stop().unwrap();
-        // Stamped from the capture thread's start time, not the (pinned) clock.
+        // Stamped from the capture thread's start time.
         assert!(start_ms > 1_000_000);
         assert_eq!(first.captured_at_ms, start_ms + 200);
         assert_eq!(second.captured_at_ms, start_ms + 400);
@@ -806,6 +821,39 @@ mod tests {
         m.skip(2000);
         m.push(&[0; 100], &FixedClock(0), |f| local.push(f), |_| {});
         assert_eq!(local[3].captured_at_ms, 2400);
+    }
+
+    #[test]
+    fn meter_stamps_follow_the_host_clock_when_the_device_drifts() {
+        /// A clock the test sets.
+        struct SetClock(AtomicU64);
+        impl Clock for SetClock {
+            fn unix_ms(&self) -> u64 {
+                self.0.load(Ordering::Relaxed)
+            }
+        }
+        let format = StreamFormat {
+            sample_rate: 1000,
+            channels: 1,
+            valid_bits: 24,
+        };
+        let mut m = Metering::new(format, MeterRates::default(), None);
+        let clock = SetClock(AtomicU64::new(50_000));
+        let mut frames = Vec::new();
+        // The first second: stamps follow the stream (anchored at the clock's 50 s).
+        m.push(&[0; 1000], &clock, |_| {}, |f| frames.push(f));
+        assert_eq!(frames[0].captured_at_ms, 51_000);
+        // The device ran slow: a second of audio took 1.5 s of host time. Within
+        // the tolerance, stamps stay on the stream's count.
+        clock.0.store(52_500, Ordering::Relaxed);
+        m.push(&[0; 1000], &clock, |_| {}, |f| frames.push(f));
+        assert_eq!(frames[1].captured_at_ms, 52_000);
+        // Beyond it, they follow the host clock again, and stay with it.
+        clock.0.store(57_000, Ordering::Relaxed);
+        m.push(&[0; 1000], &clock, |_| {}, |f| frames.push(f));
+        assert_eq!(frames[2].captured_at_ms, 57_000);
+        m.push(&[0; 1000], &clock, |_| {}, |f| frames.push(f));
+        assert_eq!(frames[3].captured_at_ms, 58_000);
     }
 
     #[test]
