@@ -31,7 +31,7 @@ use crate::source::{CaptureError, CaptureSource};
 use crate::take_file::{AudioOut, Codec, FileBody, FileError, FileInfo, FileSpec, Recovery};
 
 /// Gap events kept per take; more are counted, not listed.
-/// Bounded so the final tags always fit the file's 16 KiB of padding.
+/// Bounded so the final tags always fit (FLAC: 16 KiB of padding; WAV: a 64 KiB header).
 pub const MAX_GAPS_LISTED: usize = 500;
 
 /// Suffix of a take being written.

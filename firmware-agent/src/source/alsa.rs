@@ -296,13 +296,7 @@ impl CaptureSource for AlsaSource {
 
     fn read(&mut self, buf: &mut [i32]) -> Result<PeriodRead, CaptureError> {
         let channels = usize::from(self.granted.channels);
-        let need = self.granted.period_frames * channels;
-        if buf.len() < need {
-            return Err(CaptureError::BufferTooSmall {
-                got: buf.len(),
-                need,
-            });
-        }
+        super::period_samples(buf, self.granted.period_frames, self.granted.channels)?;
         let Some(pcm) = self.pcm.as_ref() else {
             return Err(CaptureError::Device(format!("{} is closed", self.device)));
         };

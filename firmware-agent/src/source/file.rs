@@ -112,13 +112,7 @@ impl CaptureSource for FileSource {
 
     fn read(&mut self, buf: &mut [i32]) -> Result<PeriodRead, CaptureError> {
         let channels = usize::from(self.format.channels);
-        let need = self.period_frames * channels;
-        if buf.len() < need {
-            return Err(CaptureError::BufferTooSmall {
-                got: buf.len(),
-                need,
-            });
-        }
+        super::period_samples(buf, self.period_frames, self.format.channels)?;
         let frames = self.period_frames.min(self.frames() - self.position);
         if frames == 0 {
             return Err(CaptureError::EndOfStream);

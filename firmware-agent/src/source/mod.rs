@@ -53,6 +53,23 @@ pub enum CaptureError {
     EndOfStream,
 }
 
+/// The samples one period of `period_frames` × `channels` needs, or the error
+/// a source returns when `buf` cannot hold them.
+pub fn period_samples(
+    buf: &[i32],
+    period_frames: usize,
+    channels: u16,
+) -> Result<usize, CaptureError> {
+    let need = period_frames * usize::from(channels);
+    if buf.len() < need {
+        return Err(CaptureError::BufferTooSmall {
+            got: buf.len(),
+            need,
+        });
+    }
+    Ok(need)
+}
+
 /// Releases periods at the sample clock's pace, measured by the system clock:
 /// frame `n` is released at `start + n / rate`. Deadline based, so the average
 /// rate does not drift with scheduling jitter. For sources without a clock of

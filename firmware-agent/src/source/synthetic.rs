@@ -127,13 +127,7 @@ impl CaptureSource for SyntheticSource {
 
     fn read(&mut self, buf: &mut [i32]) -> Result<PeriodRead, CaptureError> {
         let channels = usize::from(self.format.channels);
-        let need = self.period_frames * channels;
-        if buf.len() < need {
-            return Err(CaptureError::BufferTooSmall {
-                got: buf.len(),
-                need,
-            });
-        }
+        let need = super::period_samples(buf, self.period_frames, self.format.channels)?;
         if let Some(pacer) = self.pacer.as_mut() {
             pacer.wait_for(self.position + self.period_frames as u64);
         }
