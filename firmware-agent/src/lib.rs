@@ -20,7 +20,7 @@
 //!   explicit retained `offline` on orderly shutdown (see [`link`]).
 
 pub mod capture;
-pub mod channel_map;
+pub use rakkr_protocol::channel_map;
 pub mod clock;
 pub mod config;
 pub mod link;

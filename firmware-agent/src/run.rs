@@ -180,7 +180,7 @@ pub async fn run(
 }
 
 /// The key of the device-lost condition among the outbox's open conditions.
-const DEVICE_LOST: &str = "device_lost";
+const DEVICE_LOST: &str = HealthCondition::DeviceLost.as_str();
 
 /// Put a health event in the outbox and wake the link. Encoded once: a resend
 /// carries the same message id, so the server stores it once.
@@ -194,9 +194,7 @@ async fn keep(
     // Remember the condition as open (or closed) first: a restart in between
     // then clears it rather than leaving it open for good.
     let open = (event.change == HealthChange::Raised).then_some(event.at_ms);
-    let key = match event.condition {
-        HealthCondition::DeviceLost => DEVICE_LOST,
-    };
+    let key = event.condition.as_str();
     let envelope = Envelope::stamped(now_ms, event);
     let payload = envelope.encode();
     let outbox = outbox.clone();

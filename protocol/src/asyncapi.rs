@@ -14,6 +14,7 @@ use serde_json::{Map, Value, json};
 
 use crate::envelope::{Envelope, MAX_PAYLOAD_BYTES, SCHEMA_VERSION};
 use crate::ids::MAX_NODE_ID_LEN;
+use crate::job::{JobCommand, JobReport};
 use crate::payload::{Ack, HealthEvent, MeterFrame, NodeStatus, ServerStatus};
 use crate::topic::{Command, NodeChannel, ROOT};
 
@@ -94,9 +95,11 @@ fn channels(generator: &mut SchemaGenerator) -> Vec<ChannelDoc> {
                 sender: Sender::Node,
                 qos: 1,
                 retained,
-                summary: "Recording-job claims and updates from the node. Reserved: payloads are \
-                          defined with recording jobs.",
-                message: None,
+                summary: "Recording jobs from the node (`type`): `claim` asks for work; \
+                          `heartbeat` renews a lease; `update` reports `running`, then \
+                          `completed`, `failed` or `cancelled` with a recording report. Updates \
+                          come from the node's durable outbox: de-duplicate on `msg_id`.",
+                message: Some(("jobReport", schema_of::<JobReport>(generator))),
             },
         });
     }
@@ -109,9 +112,11 @@ fn channels(generator: &mut SchemaGenerator) -> Vec<ChannelDoc> {
                 sender: Sender::Server,
                 qos: 1,
                 retained: false,
-                summary: "Job offers, stop and cancel requests for the node. Reserved: payloads are \
-                          defined with recording jobs.",
-                message: None,
+                summary: "Recording jobs for the node (`type`): `offer` (a job under a lease), \
+                          `lease` (renewed), `stop` (finalize and keep; `cancel` ends the job \
+                          cancelled), `revoked` (the lease is no longer current), `wake` (work is \
+                          waiting: claim).",
+                message: Some(("jobCommand", schema_of::<JobCommand>(generator))),
             },
             Command::Ack => ChannelDoc {
                 id: "nodeCommandAck",

@@ -134,6 +134,52 @@ impl fmt::Display for MessageId {
     }
 }
 
+/// A recording job's id: a UUIDv7, so job ids sort by creation time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct JobId(uuid::Uuid);
+
+impl JobId {
+    /// A fresh id for a job created at `unix_ms`.
+    pub fn new(unix_ms: u64) -> Self {
+        JobId(uuid_v7(unix_ms))
+    }
+
+    pub fn from_u128(v: u128) -> Self {
+        JobId(uuid::Uuid::from_u128(v))
+    }
+
+    pub fn as_u128(&self) -> u128 {
+        self.0.as_u128()
+    }
+}
+
+impl FromStr for JobId {
+    type Err = uuid::Error;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        uuid::Uuid::parse_str(s).map(JobId)
+    }
+}
+
+impl fmt::Display for JobId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl schemars::JsonSchema for JobId {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "JobId".into()
+    }
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "description": "A recording job's id (UUIDv7).",
+            "type": "string",
+            "format": "uuid"
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -8,6 +8,8 @@
 //!   message id;
 //! - the lifecycle states of nodes, jobs, recordings and health events and the
 //!   transitions allowed between them ([`state`]);
+//! - recording jobs: what a job asks for and the messages that lease, run and
+//!   finish it ([`job`]), with the channel-map text form ([`channel_map`]);
 //! - permission and role names ([`access`]).
 //!
 //! Invariants: the crate is pure (no IO, no async runtime, no clock reads: callers
@@ -17,8 +19,10 @@
 pub mod access;
 pub mod asyncapi;
 pub mod backoff;
+pub mod channel_map;
 pub mod envelope;
 pub mod ids;
+pub mod job;
 pub mod payload;
 pub mod state;
 pub mod topic;

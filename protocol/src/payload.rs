@@ -333,6 +333,20 @@ pub enum HealthCondition {
     /// gone, a stalled driver). The take stays open; the agent reopens it
     /// with backoff and records the time it was gone as a gap.
     DeviceLost,
+    /// Raised by the server: a job's lease expired before the node finished
+    /// it (node down, partitioned or stuck). Cleared when the node returns
+    /// the take.
+    JobLost,
+}
+
+impl HealthCondition {
+    /// The name on the wire.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            HealthCondition::DeviceLost => "device_lost",
+            HealthCondition::JobLost => "job_lost",
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]

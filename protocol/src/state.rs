@@ -8,7 +8,7 @@
 //!             queued|leased|running|stop_requested → cancelled | failed
 //!             leased|running|stop_requested → lost      (lease expired)
 //!             leased → queued                            (lease released before start)
-//!             lost → completed                           (partitioned node returned the take)
+//!             lost → completed | failed | cancelled      (a partitioned node returned the take)
 //! recording:  recording → finalized → uploading → uploaded | partial
 //!             partial → uploading; recording → failed; finalized|uploaded|partial → deleted
 //! health:     open → acknowledged | suppressed | resolved
@@ -64,7 +64,7 @@ impl Presence {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum JobState {
     Queued,
@@ -90,6 +90,29 @@ impl JobState {
     ];
 }
 
+impl JobState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobState::Queued => "queued",
+            JobState::Leased => "leased",
+            JobState::Running => "running",
+            JobState::StopRequested => "stop_requested",
+            JobState::Completed => "completed",
+            JobState::Cancelled => "cancelled",
+            JobState::Failed => "failed",
+            JobState::Lost => "lost",
+        }
+    }
+
+    /// The job holds its channels on the node (it may be recording).
+    pub fn occupies_channels(self) -> bool {
+        matches!(
+            self,
+            JobState::Queued | JobState::Leased | JobState::Running | JobState::StopRequested
+        )
+    }
+}
+
 impl Lifecycle for JobState {
     const NAME: &'static str = "job";
     fn allows(self, next: Self) -> bool {
@@ -107,7 +130,7 @@ impl Lifecycle for JobState {
                     Cancelled | Failed
                 )
                 | (Leased | Running | StopRequested, Lost)
-                | (Lost, Completed)
+                | (Lost, Completed | Failed | Cancelled)
         )
     }
     fn is_terminal(self) -> bool {
