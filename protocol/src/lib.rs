@@ -28,5 +28,5 @@ pub mod state;
 pub mod topic;
 
 pub use envelope::{DecodeError, Envelope, MAX_PAYLOAD_BYTES, SCHEMA_VERSION};
-pub use ids::{IdError, MessageId, NodeId};
+pub use ids::{IdError, JobId, MessageId, NodeId};
 pub use topic::{Topic, TopicError};

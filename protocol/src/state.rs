@@ -5,9 +5,11 @@
 //!
 //! ```text
 //! job:        queued → leased → running → stop_requested → completed
+//!             leased → stop_requested                    (stopped before it reported running)
 //!             queued|leased|running|stop_requested → cancelled | failed
 //!             leased|running|stop_requested → lost      (lease expired)
 //!             leased → queued                            (lease released before start)
+//!             lost → running                             (the node renewed the lease after all)
 //!             lost → completed | failed | cancelled      (a partitioned node returned the take)
 //! recording:  recording → finalized → uploading → uploaded | partial
 //!             partial → uploading; recording → failed; finalized|uploaded|partial → deleted
@@ -122,7 +124,8 @@ impl Lifecycle for JobState {
             (Queued, Leased)
                 | (Leased, Running)
                 | (Leased, Queued)
-                | (Running, StopRequested)
+                | (Leased | Running, StopRequested)
+                | (Lost, Running)
                 | (Running, Completed)
                 | (StopRequested, Completed)
                 | (

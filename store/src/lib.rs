@@ -7,8 +7,8 @@
 //! - **Each method is one transaction.** It either happens completely or not at
 //!   all; no caller ever sees a half-applied change. Multi-step domain operations
 //!   are methods here, not sequences of calls in the server.
-//! - **Claims are atomic.** [`Store::claim_next_job`] moves exactly one queued job
-//!   to `leased` and hands out a lease id that no other claim ever receives, also
+//! - **Claims are atomic.** [`Store::claim_jobs`] moves queued jobs to
+//!   `leased`, each with a lease id that no other claim ever receives, also
 //!   when many callers race (redb: its single writer serializes write
 //!   transactions; PostgreSQL: `SELECT … FOR UPDATE SKIP LOCKED` in one statement).
 //! - **Lease ids are fencing tokens**: strictly increasing across the whole store,
@@ -26,8 +26,9 @@ mod types;
 pub use redb_store::RedbStore;
 pub use types::*;
 
-use rakkr_protocol::NodeId;
+use rakkr_protocol::job::JobUpdate;
 use rakkr_protocol::state::TransitionError;
+use rakkr_protocol::{MessageId, NodeId};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -43,6 +44,21 @@ pub enum StoreError {
     Transition(#[from] TransitionError),
     #[error("no such job: {0}")]
     NoSuchJob(JobId),
+    #[error("job {job} belongs to node {owner}, not {node}")]
+    WrongNode {
+        job: JobId,
+        owner: NodeId,
+        node: NodeId,
+    },
+    #[error("lease {presented} is not the current lease of job {job} ({current})")]
+    StaleLease {
+        job: JobId,
+        presented: u64,
+        /// The job's lease id, or "none".
+        current: String,
+    },
+    #[error("{0}")]
+    Refused(String),
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
@@ -60,18 +76,58 @@ pub trait Store: Send + Sync + 'static {
     /// All nodes, ordered by id.
     fn nodes(&self) -> Result<Vec<NodeRecord>>;
 
-    /// Queue a new job for `spec.node`.
-    fn enqueue_job(&self, spec: JobSpec, now_ms: u64) -> Result<JobRecord>;
+    /// Queue a new job. Refused ([`StoreError::Refused`]) when it would share
+    /// a device channel with a job of the same node and device that holds
+    /// its channels ([`JobState::occupies_channels`](rakkr_protocol::state::JobState::occupies_channels)).
+    fn enqueue_job(&self, job: NewJob, now_ms: u64) -> Result<JobRecord>;
 
-    /// Lease the oldest queued job for `node`, if any, until `now_ms + lease_ms`.
-    fn claim_next_job(
+    /// A node asks for up to `free_slots` jobs. First, jobs already leased to
+    /// it but missing from `held` (their offer was lost) come back with their
+    /// lease; then the node's oldest queued jobs are leased until
+    /// `now_ms + lease_ms`.
+    fn claim_jobs(
         &self,
         node: &NodeId,
+        free_slots: u16,
+        held: &[JobId],
         now_ms: u64,
         lease_ms: u64,
-    ) -> Result<Option<JobRecord>>;
+    ) -> Result<Vec<JobRecord>>;
+
+    /// Extend the current lease of a job the node runs. A lost job whose node
+    /// renews its lease runs again (and its `job_lost` event is cleared).
+    fn renew_lease(
+        &self,
+        node: &NodeId,
+        job: JobId,
+        lease_id: u64,
+        now_ms: u64,
+        lease_ms: u64,
+    ) -> Result<JobRecord>;
+
+    /// Apply a node's update (message `msg_id`) under its lease. A message
+    /// applied before is a [`UpdateOutcome::Duplicate`]. A final update of a
+    /// lost job is accepted: the returned take is attached, never thrown away.
+    fn apply_job_update(
+        &self,
+        node: &NodeId,
+        msg_id: MessageId,
+        update: &JobUpdate,
+        now_ms: u64,
+    ) -> Result<UpdateOutcome>;
+
+    /// Ask for a job to stop (the take is kept) or, with `cancel`, to end as
+    /// cancelled. A queued job is cancelled at once.
+    fn request_stop(&self, job: JobId, cancel: bool, now_ms: u64) -> Result<JobRecord>;
+
+    /// Mark every job whose lease expired before `now_ms` lost, and store a
+    /// `job_lost` health event for each, in one transaction.
+    fn expire_leases(&self, now_ms: u64) -> Result<Vec<JobRecord>>;
 
     fn job(&self, id: JobId) -> Result<Option<JobRecord>>;
+
+    /// The newest jobs, of one node or of all, at most `limit`, newest first.
+    fn jobs(&self, node: Option<&NodeId>, limit: usize) -> Result<Vec<JobRecord>>;
 
     /// Store health events; one already stored (same node and message id) is
     /// left as it is. A node keeps at most [`MAX_HEALTH_EVENTS_PER_NODE`]: the

@@ -8,9 +8,18 @@
 //! | `nodes`     | node id `&str`          | JSON [`NodeRecord`]                    |
 //! | `jobs`      | job id `u128` (UUIDv7)  | JSON [`JobRecord`]                     |
 //! | `job_queue` | `(node id, job id)`     | `()`: queued jobs per node, oldest first |
+//! | `active_jobs` | `(node id, job id)`   | `()`: jobs holding their channels      |
+//! | `leases`    | `(expires ms, job id)`  | `()`: jobs with a running lease, by expiry |
+//! | `node_jobs` | `(node id, job id)`     | `()`: every job of a node              |
 //! | `health_events` | `(node id, message id)` | `HealthEventRecord` (JSON); a message id is stored once per node |
 //!
-//! Invariant: a job is in `job_queue` exactly while its state is `queued`.
+//! Invariants, kept by [`JobTables::put`], the only writer of job records: a
+//! job is in `job_queue` exactly while its state is `queued`; in `active_jobs`
+//! exactly while [`JobState::occupies_channels`]; in `leases` (under its
+//! current expiry) exactly while it is `leased`, `running` or `stop_requested`.
+//!
+//! Schema history: 2 added job specs, leases and the job indexes; version 1
+//! had no way to create jobs, so its (empty) job tables are dropped.
 //! Commits are durable (`Durability::Immediate`: fsync before `commit` returns).
 
 use std::path::Path;
@@ -21,18 +30,25 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use rakkr_protocol::MessageId;
+use rakkr_protocol::job::JobUpdate;
+use rakkr_protocol::payload::{HealthChange, HealthCondition, HealthEvent, Severity};
+
 use crate::{
-    HealthEventRecord, JobId, JobRecord, JobSpec, Lease, MAX_HEALTH_EVENTS_PER_NODE, NodeRecord,
-    NodeStatusUpdate, Result, Store, StoreError,
+    HealthEventRecord, JobId, JobRecord, Lease, MAX_APPLIED_UPDATES, MAX_HEALTH_EVENTS_PER_NODE,
+    NewJob, NodeRecord, NodeStatusUpdate, Result, Store, StoreError, UpdateOutcome,
 };
 
 /// Version of the layout above. Bumped only with a migration.
-pub const SCHEMA_VERSION: u64 = 1;
+pub const SCHEMA_VERSION: u64 = 2;
 
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const NODES: TableDefinition<&str, &[u8]> = TableDefinition::new("nodes");
 const JOBS: TableDefinition<u128, &[u8]> = TableDefinition::new("jobs");
 const JOB_QUEUE: TableDefinition<(&str, u128), ()> = TableDefinition::new("job_queue");
+const ACTIVE_JOBS: TableDefinition<(&str, u128), ()> = TableDefinition::new("active_jobs");
+const LEASES: TableDefinition<(u64, u128), ()> = TableDefinition::new("leases");
+const NODE_JOBS: TableDefinition<(&str, u128), ()> = TableDefinition::new("node_jobs");
 /// (node, message id as u128) → HealthEventRecord (JSON).
 const HEALTH_EVENTS: TableDefinition<(&str, u128), &[u8]> = TableDefinition::new("health_events");
 
@@ -87,11 +103,20 @@ impl RedbStore {
                         supported: SCHEMA_VERSION,
                     });
                 }
+                Some(1) => {
+                    tx.delete_table(JOBS).map_err(backend)?;
+                    tx.delete_table(JOB_QUEUE).map_err(backend)?;
+                    meta.insert("schema_version", SCHEMA_VERSION)
+                        .map_err(backend)?;
+                }
                 Some(_) => {}
             }
             tx.open_table(NODES).map_err(backend)?;
             tx.open_table(JOBS).map_err(backend)?;
             tx.open_table(JOB_QUEUE).map_err(backend)?;
+            tx.open_table(ACTIVE_JOBS).map_err(backend)?;
+            tx.open_table(LEASES).map_err(backend)?;
+            tx.open_table(NODE_JOBS).map_err(backend)?;
             tx.open_table(HEALTH_EVENTS).map_err(backend)?;
         }
         tx.commit().map_err(backend)
@@ -160,93 +185,264 @@ impl Store for RedbStore {
         Ok(out)
     }
 
-    fn enqueue_job(&self, spec: JobSpec, now_ms: u64) -> Result<JobRecord> {
+    fn enqueue_job(&self, new: NewJob, now_ms: u64) -> Result<JobRecord> {
         let job = JobRecord {
             id: JobId::new(now_ms),
-            spec,
+            node: new.node,
+            spec: new.spec,
+            sources: new.sources,
             state: JobState::Queued,
             created_ms: now_ms,
+            updated_ms: now_ms,
             lease: None,
+            cancel_requested: false,
+            detail: String::new(),
+            recording: None,
+            applied: Vec::new(),
         };
         let tx = self.db.begin_write().map_err(backend)?;
         {
-            let mut jobs = tx.open_table(JOBS).map_err(backend)?;
-            jobs.insert(job.id.0.as_u128(), encode(&job).as_slice())
-                .map_err(backend)?;
-            let mut queue = tx.open_table(JOB_QUEUE).map_err(backend)?;
-            queue
-                .insert((job.spec.node.as_str(), job.id.0.as_u128()), ())
-                .map_err(backend)?;
+            let mut tables = JobTables::open(&tx)?;
+            for id in JobTables::ids_of(&tables.active, &job.node)? {
+                let other = tables.get_existing(id)?;
+                if other.spec.device != job.spec.device {
+                    continue;
+                }
+                let shared: Vec<String> = job
+                    .sources
+                    .iter()
+                    .filter(|c| other.sources.contains(c))
+                    .map(|c| (c + 1).to_string())
+                    .collect();
+                if !shared.is_empty() {
+                    return Err(StoreError::Refused(format!(
+                        "device channel{} {} of {} on node {} {} already taken by job {} ({})",
+                        if shared.len() == 1 { "" } else { "s" },
+                        shared.join(", "),
+                        job.spec.device,
+                        job.node,
+                        if shared.len() == 1 { "is" } else { "are" },
+                        other.id,
+                        other.state.as_str()
+                    )));
+                }
+            }
+            tables.put(None, &job)?;
         }
         tx.commit().map_err(backend)?;
         Ok(job)
     }
 
-    fn claim_next_job(
+    fn claim_jobs(
         &self,
         node: &NodeId,
+        free_slots: u16,
+        held: &[JobId],
         now_ms: u64,
         lease_ms: u64,
-    ) -> Result<Option<JobRecord>> {
+    ) -> Result<Vec<JobRecord>> {
+        if free_slots == 0 {
+            return Ok(Vec::new());
+        }
         // One write transaction: redb admits one writer at a time, so no two
         // claims can see the same queue head.
         let tx = self.db.begin_write().map_err(backend)?;
-        let claimed = {
-            let mut queue = tx.open_table(JOB_QUEUE).map_err(backend)?;
-            let head = queue
-                .range((node.as_str(), 0u128)..=(node.as_str(), u128::MAX))
-                .map_err(backend)?
-                .next()
-                .transpose()
-                .map_err(backend)?
-                .map(|(k, _)| k.value().1);
-            match head {
-                None => None,
-                Some(job_key) => {
-                    queue.remove((node.as_str(), job_key)).map_err(backend)?;
-                    let mut meta = tx.open_table(META).map_err(backend)?;
-                    let lease_id = meta
-                        .get("lease_seq")
-                        .map_err(backend)?
-                        .map_or(0, |v| v.value())
-                        + 1;
-                    meta.insert("lease_seq", lease_id).map_err(backend)?;
-                    let mut jobs = tx.open_table(JOBS).map_err(backend)?;
-                    let mut job: JobRecord = match jobs.get(job_key).map_err(backend)? {
-                        Some(v) => decode("job", v.value())?,
-                        None => {
-                            return Err(StoreError::Corrupt(format!(
-                                "queued job {} has no record",
-                                uuid::Uuid::from_u128(job_key)
-                            )));
-                        }
-                    };
-                    job.state = transition(job.state, JobState::Leased)?;
-                    job.lease = Some(Lease {
-                        id: lease_id,
-                        expires_ms: now_ms.saturating_add(lease_ms),
-                    });
-                    jobs.insert(job_key, encode(&job).as_slice())
-                        .map_err(backend)?;
-                    Some(job)
+        let mut out = Vec::new();
+        {
+            let mut tables = JobTables::open(&tx)?;
+            for id in JobTables::ids_of(&tables.active, node)? {
+                let job = tables.get_existing(id)?;
+                if job.state == JobState::Leased && !held.contains(&job.id) {
+                    out.push(job);
                 }
             }
-        };
-        if claimed.is_some() {
-            tx.commit().map_err(backend)?;
-        } else {
-            tx.abort().map_err(backend)?;
+            out.truncate(usize::from(free_slots));
+            let queued = JobTables::ids_of(&tables.queue, node)?;
+            for id in queued.into_iter().take(usize::from(free_slots) - out.len()) {
+                let old = tables.get_existing(id)?;
+                let mut job = old.clone();
+                job.state = transition(job.state, JobState::Leased)?;
+                job.updated_ms = now_ms;
+                job.lease = Some(Lease {
+                    id: next_lease_id(&tx)?,
+                    expires_ms: now_ms.saturating_add(lease_ms),
+                });
+                tables.put(Some(&old), &job)?;
+                out.push(job);
+            }
         }
-        Ok(claimed)
+        tx.commit().map_err(backend)?;
+        Ok(out)
+    }
+
+    fn renew_lease(
+        &self,
+        node: &NodeId,
+        id: JobId,
+        lease_id: u64,
+        now_ms: u64,
+        lease_ms: u64,
+    ) -> Result<JobRecord> {
+        let tx = self.db.begin_write().map_err(backend)?;
+        let job = {
+            let mut tables = JobTables::open(&tx)?;
+            let old = leased_job(&tables, node, id, lease_id)?;
+            let mut job = old.clone();
+            if job.state == JobState::Lost {
+                job.state = transition(job.state, JobState::Running)?;
+                job.updated_ms = now_ms;
+                insert_health_events(&tx, &[job_lost_event(&job, HealthChange::Cleared, now_ms)])?;
+            } else if !matches!(
+                job.state,
+                JobState::Leased | JobState::Running | JobState::StopRequested
+            ) {
+                return Err(StoreError::StaleLease {
+                    job: id,
+                    presented: lease_id,
+                    current: format!("none: the job is {}", job.state.as_str()),
+                });
+            }
+            job.lease = Some(Lease {
+                id: lease_id,
+                expires_ms: now_ms.saturating_add(lease_ms),
+            });
+            tables.put(Some(&old), &job)?;
+            job
+        };
+        tx.commit().map_err(backend)?;
+        Ok(job)
+    }
+
+    fn apply_job_update(
+        &self,
+        node: &NodeId,
+        msg_id: MessageId,
+        update: &JobUpdate,
+        now_ms: u64,
+    ) -> Result<UpdateOutcome> {
+        let tx = self.db.begin_write().map_err(backend)?;
+        let outcome = {
+            let mut tables = JobTables::open(&tx)?;
+            let old = leased_job(&tables, node, update.job_id, update.lease_id)?;
+            if old.applied.contains(&msg_id) {
+                return Ok(UpdateOutcome::Duplicate(old));
+            }
+            let mut job = old.clone();
+            // A `running` that arrives after a stop request changes nothing.
+            let late_running =
+                update.state == JobState::Running && job.state == JobState::StopRequested;
+            if !late_running {
+                job.state = transition(job.state, update.state)?;
+                job.updated_ms = now_ms;
+            }
+            if !update.detail.is_empty() {
+                job.detail = update.detail.clone();
+            }
+            if update.recording.is_some() {
+                job.recording = update.recording.clone();
+            }
+            job.applied.push(msg_id);
+            if job.applied.len() > MAX_APPLIED_UPDATES {
+                job.applied.remove(0);
+            }
+            if old.state == JobState::Lost {
+                insert_health_events(&tx, &[job_lost_event(&job, HealthChange::Cleared, now_ms)])?;
+            }
+            tables.put(Some(&old), &job)?;
+            UpdateOutcome::Applied(job)
+        };
+        tx.commit().map_err(backend)?;
+        Ok(outcome)
+    }
+
+    fn request_stop(&self, id: JobId, cancel: bool, now_ms: u64) -> Result<JobRecord> {
+        let tx = self.db.begin_write().map_err(backend)?;
+        let job = {
+            let mut tables = JobTables::open(&tx)?;
+            let old = tables.get(id.as_u128())?.ok_or(StoreError::NoSuchJob(id))?;
+            let mut job = old.clone();
+            job.state = match job.state {
+                // Nothing recorded yet: nothing to keep.
+                JobState::Queued => transition(job.state, JobState::Cancelled)?,
+                // Asked again: a stop may become a cancel, never the reverse.
+                JobState::StopRequested => JobState::StopRequested,
+                s => transition(s, JobState::StopRequested)?,
+            };
+            job.cancel_requested |= cancel;
+            job.updated_ms = now_ms;
+            tables.put(Some(&old), &job)?;
+            job
+        };
+        tx.commit().map_err(backend)?;
+        Ok(job)
+    }
+
+    fn expire_leases(&self, now_ms: u64) -> Result<Vec<JobRecord>> {
+        let tx = self.db.begin_write().map_err(backend)?;
+        let mut lost = Vec::new();
+        {
+            let mut tables = JobTables::open(&tx)?;
+            let expired: Vec<u128> = tables
+                .leases
+                .range((0u64, 0u128)..(now_ms, 0u128))
+                .map_err(backend)?
+                .map(|entry| entry.map(|(k, _)| k.value().1))
+                .collect::<std::result::Result<_, _>>()
+                .map_err(backend)?;
+            for id in expired {
+                let old = tables.get_existing(id)?;
+                let mut job = old.clone();
+                job.state = transition(job.state, JobState::Lost)?;
+                job.updated_ms = now_ms;
+                tables.put(Some(&old), &job)?;
+                lost.push(job);
+            }
+            let events: Vec<_> = lost
+                .iter()
+                .map(|j| job_lost_event(j, HealthChange::Raised, now_ms))
+                .collect();
+            insert_health_events(&tx, &events)?;
+        }
+        if lost.is_empty() {
+            tx.abort().map_err(backend)?;
+        } else {
+            tx.commit().map_err(backend)?;
+        }
+        Ok(lost)
     }
 
     fn job(&self, id: JobId) -> Result<Option<JobRecord>> {
         let tx = self.db.begin_read().map_err(backend)?;
         let jobs = tx.open_table(JOBS).map_err(backend)?;
-        match jobs.get(id.0.as_u128()).map_err(backend)? {
+        match jobs.get(id.as_u128()).map_err(backend)? {
             Some(v) => Ok(Some(decode("job", v.value())?)),
             None => Ok(None),
         }
+    }
+
+    fn jobs(&self, node: Option<&NodeId>, limit: usize) -> Result<Vec<JobRecord>> {
+        let tx = self.db.begin_read().map_err(backend)?;
+        let jobs = tx.open_table(JOBS).map_err(backend)?;
+        let mut out = Vec::new();
+        match node {
+            None => {
+                for entry in jobs.iter().map_err(backend)?.rev().take(limit) {
+                    let (_, v) = entry.map_err(backend)?;
+                    out.push(decode("job", v.value())?);
+                }
+            }
+            Some(node) => {
+                let index = tx.open_table(NODE_JOBS).map_err(backend)?;
+                let range = (node.as_str(), 0u128)..=(node.as_str(), u128::MAX);
+                for entry in index.range(range).map_err(backend)?.rev().take(limit) {
+                    let (k, _) = entry.map_err(backend)?;
+                    if let Some(v) = jobs.get(k.value().1).map_err(backend)? {
+                        out.push(decode("job", v.value())?);
+                    }
+                }
+            }
+        }
+        Ok(out)
     }
 
     fn record_health_events(&self, events: &[HealthEventRecord]) -> Result<usize> {
@@ -254,38 +450,7 @@ impl Store for RedbStore {
             return Ok(0);
         }
         let tx = self.db.begin_write().map_err(backend)?;
-        let mut new = 0;
-        {
-            let mut table = tx.open_table(HEALTH_EVENTS).map_err(backend)?;
-            let mut touched: Vec<&NodeId> = Vec::new();
-            for e in events {
-                let key = (e.node.as_str(), e.msg_id.as_uuid().as_u128());
-                if table.get(key).map_err(backend)?.is_none() {
-                    table.insert(key, encode(e).as_slice()).map_err(backend)?;
-                    new += 1;
-                    if !touched.contains(&&e.node) {
-                        touched.push(&e.node);
-                    }
-                }
-            }
-            // Keep each node's newest MAX_HEALTH_EVENTS_PER_NODE.
-            for node in touched {
-                let range = (node.as_str(), 0u128)..=(node.as_str(), u128::MAX);
-                let count = table.range(range.clone()).map_err(backend)?.count();
-                if count > MAX_HEALTH_EVENTS_PER_NODE {
-                    let oldest: Vec<u128> = table
-                        .range(range)
-                        .map_err(backend)?
-                        .take(count - MAX_HEALTH_EVENTS_PER_NODE)
-                        .map(|entry| entry.map(|(k, _)| k.value().1))
-                        .collect::<std::result::Result<_, _>>()
-                        .map_err(backend)?;
-                    for id in oldest {
-                        table.remove((node.as_str(), id)).map_err(backend)?;
-                    }
-                }
-            }
-        }
+        let new = insert_health_events(&tx, events)?;
         tx.commit().map_err(backend)?;
         Ok(new)
     }
@@ -302,4 +467,206 @@ impl Store for RedbStore {
         out.reverse();
         Ok(out)
     }
+}
+
+/// The job tables of one write transaction. [`JobTables::put`] is the only
+/// place a job record is written, so the indexes cannot drift from it.
+struct JobTables<'txn> {
+    jobs: redb::Table<'txn, u128, &'static [u8]>,
+    queue: redb::Table<'txn, (&'static str, u128), ()>,
+    active: redb::Table<'txn, (&'static str, u128), ()>,
+    leases: redb::Table<'txn, (u64, u128), ()>,
+    node_jobs: redb::Table<'txn, (&'static str, u128), ()>,
+}
+
+fn leased(job: &JobRecord) -> Option<u64> {
+    matches!(
+        job.state,
+        JobState::Leased | JobState::Running | JobState::StopRequested
+    )
+    .then(|| job.lease.map(|l| l.expires_ms))
+    .flatten()
+}
+
+impl<'txn> JobTables<'txn> {
+    fn open(tx: &'txn redb::WriteTransaction) -> Result<Self> {
+        Ok(JobTables {
+            jobs: tx.open_table(JOBS).map_err(backend)?,
+            queue: tx.open_table(JOB_QUEUE).map_err(backend)?,
+            active: tx.open_table(ACTIVE_JOBS).map_err(backend)?,
+            leases: tx.open_table(LEASES).map_err(backend)?,
+            node_jobs: tx.open_table(NODE_JOBS).map_err(backend)?,
+        })
+    }
+
+    fn get(&self, id: u128) -> Result<Option<JobRecord>> {
+        match self.jobs.get(id).map_err(backend)? {
+            Some(v) => Ok(Some(decode("job", v.value())?)),
+            None => Ok(None),
+        }
+    }
+
+    fn get_existing(&self, id: u128) -> Result<JobRecord> {
+        self.get(id)?.ok_or_else(|| {
+            StoreError::Corrupt(format!(
+                "job {} is indexed but has no record",
+                uuid::Uuid::from_u128(id)
+            ))
+        })
+    }
+
+    /// Write `new` (which replaces `old`) and move it between the indexes.
+    fn put(&mut self, old: Option<&JobRecord>, new: &JobRecord) -> Result<()> {
+        let id = new.id.as_u128();
+        let node = new.node.as_str();
+        self.jobs
+            .insert(id, encode(new).as_slice())
+            .map_err(backend)?;
+        if old.is_none() {
+            self.node_jobs.insert((node, id), ()).map_err(backend)?;
+        }
+        let was = |f: fn(JobState) -> bool| old.is_some_and(|o| f(o.state));
+        let queued = |s: JobState| s == JobState::Queued;
+        match (was(queued), queued(new.state)) {
+            (false, true) => drop(self.queue.insert((node, id), ()).map_err(backend)?),
+            (true, false) => drop(self.queue.remove((node, id)).map_err(backend)?),
+            _ => {}
+        }
+        match (
+            was(JobState::occupies_channels),
+            new.state.occupies_channels(),
+        ) {
+            (false, true) => drop(self.active.insert((node, id), ()).map_err(backend)?),
+            (true, false) => drop(self.active.remove((node, id)).map_err(backend)?),
+            _ => {}
+        }
+        let (before, after) = (old.and_then(leased), leased(new));
+        if before != after {
+            if let Some(e) = before {
+                self.leases.remove((e, id)).map_err(backend)?;
+            }
+            if let Some(e) = after {
+                self.leases.insert((e, id), ()).map_err(backend)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Ids in a `(node, job)` index for one node, oldest first.
+    fn ids_of(
+        table: &redb::Table<'txn, (&'static str, u128), ()>,
+        node: &NodeId,
+    ) -> Result<Vec<u128>> {
+        table
+            .range((node.as_str(), 0u128)..=(node.as_str(), u128::MAX))
+            .map_err(backend)?
+            .map(|entry| entry.map(|(k, _)| k.value().1))
+            .collect::<std::result::Result<_, _>>()
+            .map_err(backend)
+    }
+}
+
+/// Insert health events not stored yet and keep each node's newest
+/// [`MAX_HEALTH_EVENTS_PER_NODE`]. Returns how many were new.
+fn insert_health_events(
+    tx: &redb::WriteTransaction,
+    events: &[HealthEventRecord],
+) -> Result<usize> {
+    let mut table = tx.open_table(HEALTH_EVENTS).map_err(backend)?;
+    let mut new = 0;
+    let mut touched: Vec<&NodeId> = Vec::new();
+    for e in events {
+        let key = (e.node.as_str(), e.msg_id.as_uuid().as_u128());
+        if table.get(key).map_err(backend)?.is_none() {
+            table.insert(key, encode(e).as_slice()).map_err(backend)?;
+            new += 1;
+            if !touched.contains(&&e.node) {
+                touched.push(&e.node);
+            }
+        }
+    }
+    for node in touched {
+        let range = (node.as_str(), 0u128)..=(node.as_str(), u128::MAX);
+        let count = table.range(range.clone()).map_err(backend)?.count();
+        if count > MAX_HEALTH_EVENTS_PER_NODE {
+            let oldest: Vec<u128> = table
+                .range(range)
+                .map_err(backend)?
+                .take(count - MAX_HEALTH_EVENTS_PER_NODE)
+                .map(|entry| entry.map(|(k, _)| k.value().1))
+                .collect::<std::result::Result<_, _>>()
+                .map_err(backend)?;
+            for id in oldest {
+                table.remove((node.as_str(), id)).map_err(backend)?;
+            }
+        }
+    }
+    Ok(new)
+}
+
+/// The server's own `job_lost` event for `job`, raised or cleared at `now_ms`.
+fn job_lost_event(job: &JobRecord, change: HealthChange, now_ms: u64) -> HealthEventRecord {
+    let detail = match change {
+        HealthChange::Raised => format!(
+            "job {} ({}) lost: its lease {} expired without word from the node",
+            job.id,
+            job.spec
+                .duration_s
+                .map_or("open-ended".into(), |d| format!("{d} s")),
+            job.lease.map_or(0, |l| l.id)
+        ),
+        HealthChange::Cleared => format!(
+            "job {} is back: the node {} under lease {}",
+            job.id,
+            match job.state {
+                JobState::Running => "renewed its lease",
+                _ => "returned the take",
+            },
+            job.lease.map_or(0, |l| l.id)
+        ),
+    };
+    HealthEventRecord {
+        node: job.node.clone(),
+        msg_id: MessageId::new(now_ms),
+        event: HealthEvent {
+            condition: HealthCondition::JobLost,
+            change,
+            severity: Severity::Warning,
+            at_ms: now_ms,
+            detail,
+        },
+        received_ms: now_ms,
+    }
+}
+
+/// The job `id` for `node` under `lease_id`, or why not.
+fn leased_job(tables: &JobTables, node: &NodeId, id: JobId, lease_id: u64) -> Result<JobRecord> {
+    let job = tables.get(id.as_u128())?.ok_or(StoreError::NoSuchJob(id))?;
+    if &job.node != node {
+        return Err(StoreError::WrongNode {
+            job: id,
+            owner: job.node,
+            node: node.clone(),
+        });
+    }
+    if job.lease.map(|l| l.id) != Some(lease_id) {
+        return Err(StoreError::StaleLease {
+            job: id,
+            presented: lease_id,
+            current: job.lease.map_or("none".into(), |l| l.id.to_string()),
+        });
+    }
+    Ok(job)
+}
+
+/// The next lease id (fencing token).
+fn next_lease_id(tx: &redb::WriteTransaction) -> Result<u64> {
+    let mut meta = tx.open_table(META).map_err(backend)?;
+    let id = meta
+        .get("lease_seq")
+        .map_err(backend)?
+        .map_or(0, |v| v.value())
+        + 1;
+    meta.insert("lease_seq", id).map_err(backend)?;
+    Ok(id)
 }

@@ -1,8 +1,7 @@
 //! Records kept in the store. Serialized as JSON inside the backend, so fields
 //! can be added (with `#[serde(default)]`) without a migration.
 
-use std::fmt;
-
+use rakkr_protocol::job::{JobSpec, RecordingReport};
 use rakkr_protocol::payload::{BootSlot, Capabilities, HealthEvent, RealtimeStatus};
 use rakkr_protocol::state::{JobState, Presence};
 use rakkr_protocol::{MessageId, NodeId};
@@ -41,29 +40,16 @@ pub struct NodeStatusUpdate {
     pub received_ms: u64,
 }
 
-/// Job ids are UUIDv7, so they sort by creation time.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct JobId(pub uuid::Uuid);
+pub use rakkr_protocol::JobId;
 
-impl JobId {
-    pub fn new(now_ms: u64) -> JobId {
-        JobId(rakkr_protocol::ids::uuid_v7(now_ms))
-    }
-}
-
-impl fmt::Display for JobId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.0.fmt(f)
-    }
-}
-
-/// What to record. Grows with the recording-job issue (device, channel map, profile).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct JobSpec {
+/// A job to create.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NewJob {
     pub node: NodeId,
-    /// `None`: open-ended, until stopped.
-    pub duration_s: Option<u32>,
+    pub spec: JobSpec,
+    /// Device channels (0-based) the job reads, from its channel map: two
+    /// jobs on one node and device may not share any while both hold them.
+    pub sources: Vec<u16>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -73,13 +59,53 @@ pub struct Lease {
     pub expires_ms: u64,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// Message ids of updates applied to one job, kept to refuse redeliveries.
+/// A job has a handful of updates; the bound only guards the record's size.
+pub const MAX_APPLIED_UPDATES: usize = 16;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct JobRecord {
     pub id: JobId,
+    pub node: NodeId,
     pub spec: JobSpec,
+    #[serde(default)]
+    pub sources: Vec<u16>,
     pub state: JobState,
     pub created_ms: u64,
+    /// When the state last changed.
+    #[serde(default)]
+    pub updated_ms: u64,
+    /// The current (or, once the job ended, the last) lease.
     pub lease: Option<Lease>,
+    /// A stop was requested as a cancellation.
+    #[serde(default)]
+    pub cancel_requested: bool,
+    /// Why it failed, what was recovered, why it was lost.
+    #[serde(default)]
+    pub detail: String,
+    /// What the node recorded (from its final update).
+    #[serde(default)]
+    pub recording: Option<RecordingReport>,
+    /// Node updates applied, newest last (see [`MAX_APPLIED_UPDATES`]).
+    #[serde(default)]
+    pub applied: Vec<MessageId>,
+}
+
+/// What applying a node's job update did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UpdateOutcome {
+    /// The update changed the job (or was accepted without a state change).
+    Applied(JobRecord),
+    /// This message was applied before; nothing changed.
+    Duplicate(JobRecord),
+}
+
+impl UpdateOutcome {
+    pub fn job(&self) -> &JobRecord {
+        match self {
+            UpdateOutcome::Applied(j) | UpdateOutcome::Duplicate(j) => j,
+        }
+    }
 }
 
 /// A health event as a node sent it. Identified by the node and the message's

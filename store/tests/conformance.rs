@@ -5,6 +5,7 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 
 use rakkr_protocol::NodeId;
+use rakkr_protocol::job::{JobSpec, JobUpdate, RecordedFile, RecordingReport};
 use rakkr_protocol::payload::{BootSlot, Capabilities};
 use rakkr_protocol::state::{JobState, Presence};
 use rakkr_store::*;
@@ -88,48 +89,273 @@ fn node_presence_is_tracked(store: &dyn Store) {
     assert_eq!(store.node(&node("zz")).unwrap(), None);
 }
 
+fn new_job(n: &NodeId, channels: &[u16], duration_s: Option<u32>) -> NewJob {
+    NewJob {
+        node: n.clone(),
+        spec: JobSpec {
+            duration_s,
+            ..serde_json::from_str("{}").unwrap()
+        },
+        sources: channels.to_vec(),
+    }
+}
+
+fn update(job: &JobRecord, state: JobState) -> JobUpdate {
+    JobUpdate {
+        job_id: job.id,
+        lease_id: job.lease.unwrap().id,
+        state,
+        at_ms: 0,
+        detail: String::new(),
+        recording: None,
+    }
+}
+
 fn jobs_are_claimed_oldest_first_with_increasing_leases(store: &dyn Store) {
     let n = node("rec-1");
     let other = node("rec-2");
-    assert_eq!(store.claim_next_job(&n, 0, 1000).unwrap(), None);
+    assert!(store.claim_jobs(&n, 1, &[], 0, 1000).unwrap().is_empty());
     let first = store
-        .enqueue_job(
-            JobSpec {
-                node: n.clone(),
-                duration_s: Some(60),
-            },
-            1_000,
-        )
+        .enqueue_job(new_job(&n, &[0], Some(60)), 1_000)
         .unwrap();
-    let second = store
-        .enqueue_job(
-            JobSpec {
-                node: n.clone(),
-                duration_s: None,
-            },
-            2_000,
-        )
-        .unwrap();
+    let second = store.enqueue_job(new_job(&n, &[1], None), 2_000).unwrap();
+    let third = store.enqueue_job(new_job(&n, &[2], None), 2_500).unwrap();
     assert_eq!(first.state, JobState::Queued);
 
-    assert_eq!(
-        store.claim_next_job(&other, 3_000, 1000).unwrap(),
-        None,
+    assert!(
+        store
+            .claim_jobs(&other, 4, &[], 3_000, 1000)
+            .unwrap()
+            .is_empty(),
         "jobs are per node"
     );
-    let c1 = store.claim_next_job(&n, 3_000, 10_000).unwrap().unwrap();
-    let c2 = store.claim_next_job(&n, 3_001, 10_000).unwrap().unwrap();
-    assert_eq!((c1.id, c2.id), (first.id, second.id));
-    assert_eq!(c1.state, JobState::Leased);
-    assert_eq!(c1.lease.unwrap().expires_ms, 13_000);
-    assert!(c2.lease.unwrap().id > c1.lease.unwrap().id);
-    assert_eq!(store.claim_next_job(&n, 4_000, 1000).unwrap(), None);
+    assert!(
+        store
+            .claim_jobs(&n, 0, &[], 3_000, 1000)
+            .unwrap()
+            .is_empty()
+    );
+    let c = store.claim_jobs(&n, 2, &[], 3_000, 10_000).unwrap();
+    assert_eq!(
+        c.iter().map(|j| j.id).collect::<Vec<_>>(),
+        [first.id, second.id]
+    );
+    assert_eq!(c[0].state, JobState::Leased);
+    assert_eq!(c[0].lease.unwrap().expires_ms, 13_000);
+    assert!(c[1].lease.unwrap().id > c[0].lease.unwrap().id);
     assert_eq!(
         store.job(first.id).unwrap().unwrap(),
-        c1,
+        c[0],
         "the claim is stored"
     );
+
+    // The node holds the first; the second's offer was lost: it comes back
+    // with the same lease before anything new is leased.
+    let again = store.claim_jobs(&n, 2, &[first.id], 4_000, 10_000).unwrap();
+    assert_eq!(
+        again.iter().map(|j| j.id).collect::<Vec<_>>(),
+        [second.id, third.id]
+    );
+    assert_eq!(again[0].lease, c[1].lease);
+    assert!(again[1].lease.unwrap().id > c[1].lease.unwrap().id);
+    assert!(
+        store
+            .claim_jobs(&n, 3, &[first.id, second.id, third.id], 5_000, 1000)
+            .unwrap()
+            .is_empty()
+    );
     assert_eq!(store.job(JobId::new(5)).unwrap(), None);
+    let listed: Vec<_> = store
+        .jobs(Some(&n), 10)
+        .unwrap()
+        .iter()
+        .map(|j| j.id)
+        .collect();
+    assert_eq!(listed, [third.id, second.id, first.id], "newest first");
+    assert_eq!(store.jobs(None, 1).unwrap()[0].id, third.id);
+    assert!(store.jobs(Some(&other), 10).unwrap().is_empty());
+}
+
+fn overlapping_channels_are_refused(store: &dyn Store) {
+    let n = node("ov");
+    let a = store.enqueue_job(new_job(&n, &[0, 1], None), 1).unwrap();
+    let e = store
+        .enqueue_job(new_job(&n, &[1, 2], None), 2)
+        .unwrap_err();
+    let text = e.to_string();
+    assert!(matches!(e, StoreError::Refused(_)), "{e}");
+    assert!(
+        text.contains("channel 2 ") && text.contains(&a.id.to_string()),
+        "{text}"
+    );
+    // Other channels, another device, another node: fine.
+    store.enqueue_job(new_job(&n, &[2, 3], None), 3).unwrap();
+    let mut other_device = new_job(&n, &[0, 1], None);
+    other_device.spec.device = "hw:2".into();
+    store.enqueue_job(other_device, 4).unwrap();
+    store
+        .enqueue_job(new_job(&node("ov2"), &[0, 1], None), 5)
+        .unwrap();
+    // Once the job ends, its channels are free.
+    store.request_stop(a.id, true, 6).unwrap();
+    assert_eq!(store.job(a.id).unwrap().unwrap().state, JobState::Cancelled);
+    store.enqueue_job(new_job(&n, &[1], None), 7).unwrap();
+}
+
+fn a_job_runs_under_its_lease_and_finishes_once(store: &dyn Store) {
+    use rakkr_protocol::MessageId;
+    let n = node("run");
+    store.enqueue_job(new_job(&n, &[0], Some(10)), 1).unwrap();
+    let job = store.claim_jobs(&n, 1, &[], 10, 1_000).unwrap().remove(0);
+    let running = MessageId::new(20);
+    let r = store
+        .apply_job_update(&n, running, &update(&job, JobState::Running), 20)
+        .unwrap();
+    assert!(matches!(&r, UpdateOutcome::Applied(j) if j.state == JobState::Running));
+    // Redelivered: applied once.
+    assert!(matches!(
+        store
+            .apply_job_update(&n, running, &update(&job, JobState::Running), 21)
+            .unwrap(),
+        UpdateOutcome::Duplicate(_)
+    ));
+    // Another node's update, a stale lease, an unknown job: refused.
+    assert!(matches!(
+        store.apply_job_update(
+            &node("thief"),
+            MessageId::new(22),
+            &update(&job, JobState::Completed),
+            22
+        ),
+        Err(StoreError::WrongNode { .. })
+    ));
+    let mut stale = update(&job, JobState::Completed);
+    stale.lease_id += 1000;
+    assert!(matches!(
+        store.apply_job_update(&n, MessageId::new(23), &stale, 23),
+        Err(StoreError::StaleLease { .. })
+    ));
+    let mut unknown = update(&job, JobState::Completed);
+    unknown.job_id = JobId::new(1);
+    assert!(matches!(
+        store.apply_job_update(&n, MessageId::new(24), &unknown, 24),
+        Err(StoreError::NoSuchJob(_))
+    ));
+    // Heartbeats move the expiry; an illegal transition is refused.
+    let renewed = store
+        .renew_lease(&n, job.id, job.lease.unwrap().id, 500, 1_000)
+        .unwrap();
+    assert_eq!(renewed.lease.unwrap().expires_ms, 1_500);
+    assert!(
+        store.expire_leases(1_400).unwrap().is_empty(),
+        "renewed in time"
+    );
+    assert!(matches!(
+        store.apply_job_update(&n, MessageId::new(25), &update(&job, JobState::Running), 25),
+        Err(StoreError::Transition(_))
+    ));
+    // Stop, then a late `running`, then completed with the take.
+    let stopped = store.request_stop(job.id, false, 600).unwrap();
+    assert_eq!(
+        (stopped.state, stopped.cancel_requested),
+        (JobState::StopRequested, false)
+    );
+    let mut done = update(&job, JobState::Completed);
+    done.recording = Some(report(false));
+    let fin = store
+        .apply_job_update(&n, MessageId::new(700), &done, 700)
+        .unwrap();
+    assert_eq!(fin.job().state, JobState::Completed);
+    assert_eq!(fin.job().recording, Some(report(false)));
+    assert!(
+        store.expire_leases(u64::MAX / 2).unwrap().is_empty(),
+        "a finished job has no lease"
+    );
+    assert!(matches!(
+        store.renew_lease(&n, job.id, job.lease.unwrap().id, 800, 1_000),
+        Err(StoreError::StaleLease { .. })
+    ));
+    assert!(
+        store.request_stop(job.id, true, 900).is_err(),
+        "finished is final"
+    );
+}
+
+fn report(recovered: bool) -> RecordingReport {
+    RecordingReport {
+        files: vec![RecordedFile {
+            name: "take.flac".into(),
+            frames: 480_000,
+            bytes: 1_000_000,
+        }],
+        file_count: 1,
+        frames: 480_000,
+        sample_rate: 48_000,
+        channels: 1,
+        bits: 24,
+        start_unix_ms: 10,
+        gaps: 0,
+        recovered,
+    }
+}
+
+fn expired_leases_lose_jobs_and_returned_takes_are_attached(store: &dyn Store) {
+    use rakkr_protocol::MessageId;
+    use rakkr_protocol::payload::{HealthChange, HealthCondition};
+    let n = node("lost");
+    store.enqueue_job(new_job(&n, &[0], Some(10)), 1).unwrap();
+    store.enqueue_job(new_job(&n, &[1], Some(10)), 2).unwrap();
+    let jobs = store.claim_jobs(&n, 2, &[], 10, 1_000).unwrap();
+    store
+        .apply_job_update(
+            &n,
+            MessageId::new(20),
+            &update(&jobs[0], JobState::Running),
+            20,
+        )
+        .unwrap();
+    assert!(store.expire_leases(1_009).unwrap().is_empty());
+    let lost = store.expire_leases(1_011).unwrap();
+    assert_eq!(lost.len(), 2);
+    assert!(lost.iter().all(|j| j.state == JobState::Lost));
+    assert!(store.expire_leases(5_000).unwrap().is_empty(), "lost once");
+    let events = store.health_events(&n, 10).unwrap();
+    assert_eq!(events.len(), 2);
+    assert!(
+        events
+            .iter()
+            .all(|e| e.event.condition == HealthCondition::JobLost
+                && e.event.change == HealthChange::Raised)
+    );
+    // Lost jobs no longer hold their channels.
+    store.enqueue_job(new_job(&n, &[0], None), 3_000).unwrap();
+
+    // The partitioned node returns the finished take under its old lease.
+    let mut done = update(&jobs[0], JobState::Completed);
+    done.recording = Some(report(true));
+    let back = store
+        .apply_job_update(&n, MessageId::new(6_000), &done, 6_000)
+        .unwrap();
+    assert_eq!(back.job().state, JobState::Completed);
+    assert!(back.job().recording.as_ref().unwrap().recovered);
+    // The other one renews its lease: it runs again.
+    let renewed = store
+        .renew_lease(&n, jobs[1].id, jobs[1].lease.unwrap().id, 6_100, 1_000)
+        .unwrap();
+    assert_eq!(renewed.state, JobState::Running);
+    let events = store.health_events(&n, 10).unwrap();
+    assert_eq!(
+        events
+            .iter()
+            .filter(|e| e.event.change == HealthChange::Cleared)
+            .count(),
+        2
+    );
+    assert_eq!(
+        store.expire_leases(7_101).unwrap().len(),
+        1,
+        "and can be lost again"
+    );
 }
 
 fn racing_claims_never_share_a_job(store: Arc<dyn Store>) {
@@ -140,43 +366,57 @@ fn racing_claims_never_share_a_job(store: Arc<dyn Store>) {
     for (i, n) in nodes.iter().enumerate() {
         for j in 0..JOBS_PER_NODE {
             store
-                .enqueue_job(
-                    JobSpec {
-                        node: n.clone(),
-                        duration_s: Some(1),
-                    },
-                    (i * 1000 + j) as u64,
-                )
+                .enqueue_job(new_job(n, &[j as u16], Some(1)), (i * 1000 + j) as u64)
                 .unwrap();
         }
     }
-    let claimed = Arc::new(Mutex::new(Vec::new()));
+    // Claimers of one node share what they hold, as one agent would; a job
+    // leased by one and not yet in the shared list may be offered to another
+    // again, but only ever under the same lease.
+    let claimed = Arc::new(Mutex::new(Vec::<JobRecord>::new()));
     std::thread::scope(|s| {
         for n in &nodes {
             for _ in 0..CLAIMERS_PER_NODE {
                 let store = store.clone();
                 let claimed = claimed.clone();
                 s.spawn(move || {
-                    while let Some(job) = store.claim_next_job(n, 10, 1000).unwrap() {
-                        claimed.lock().unwrap().push(job);
+                    loop {
+                        let held: Vec<JobId> = claimed
+                            .lock()
+                            .unwrap()
+                            .iter()
+                            .filter(|j| &j.node == n)
+                            .map(|j| j.id)
+                            .collect();
+                        let got = store.claim_jobs(n, 2, &held, 10, 100_000).unwrap();
+                        if got.is_empty() {
+                            break;
+                        }
+                        claimed.lock().unwrap().extend(got);
                     }
                 });
             }
         }
     });
     let claimed = claimed.lock().unwrap();
-    assert_eq!(claimed.len(), NODES * JOBS_PER_NODE);
-    let ids: HashSet<_> = claimed.iter().map(|j| j.id).collect();
-    assert_eq!(ids.len(), claimed.len(), "a job was claimed twice");
-    let leases: HashSet<_> = claimed.iter().map(|j| j.lease.unwrap().id).collect();
-    assert_eq!(
-        leases.len(),
-        claimed.len(),
-        "a lease id was handed out twice"
-    );
+    let mut lease_of: std::collections::HashMap<JobId, u64> = Default::default();
     for j in claimed.iter() {
         assert_eq!(j.state, JobState::Leased);
+        let lease = j.lease.unwrap().id;
+        assert_eq!(
+            *lease_of.entry(j.id).or_insert(lease),
+            lease,
+            "job {} leased twice",
+            j.id
+        );
     }
+    assert_eq!(lease_of.len(), NODES * JOBS_PER_NODE, "every job claimed");
+    let leases: HashSet<_> = lease_of.values().collect();
+    assert_eq!(
+        leases.len(),
+        lease_of.len(),
+        "a lease id was handed out for two jobs"
+    );
 }
 
 fn health_events_are_stored_once_per_message(store: &dyn Store) {
@@ -258,6 +498,24 @@ fn redb_jobs_are_claimed_oldest_first() {
 }
 
 #[test]
+fn redb_overlapping_channels_are_refused() {
+    let (_d, s) = redb();
+    overlapping_channels_are_refused(&s);
+}
+
+#[test]
+fn redb_a_job_runs_under_its_lease_and_finishes_once() {
+    let (_d, s) = redb();
+    a_job_runs_under_its_lease_and_finishes_once(&s);
+}
+
+#[test]
+fn redb_expired_leases_lose_jobs_and_returned_takes_are_attached() {
+    let (_d, s) = redb();
+    expired_leases_lose_jobs_and_returned_takes_are_attached(&s);
+}
+
+#[test]
 fn redb_racing_claims_never_share_a_job() {
     let (_d, s) = redb();
     racing_claims_never_share_a_job(Arc::new(s));
@@ -331,4 +589,35 @@ fn redb_reports_a_corrupt_record() {
 fn redb_health_events_are_stored_once_per_message() {
     let (_d, s) = redb();
     health_events_are_stored_once_per_message(&s);
+}
+
+#[test]
+fn redb_upgrades_a_version_1_store_keeping_its_nodes() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("rakkr.redb");
+    {
+        let s = RedbStore::open(&path).unwrap();
+        s.record_node_statuses(&[online("old", "0.9", 5)]).unwrap();
+    }
+    {
+        // Version 1's job records had another shape.
+        let db = redb::Database::create(&path).unwrap();
+        let tx = db.begin_write().unwrap();
+        {
+            let mut meta = tx
+                .open_table(redb::TableDefinition::<&str, u64>::new("meta"))
+                .unwrap();
+            meta.insert("schema_version", 1).unwrap();
+            let mut jobs = tx
+                .open_table(redb::TableDefinition::<u128, &[u8]>::new("jobs"))
+                .unwrap();
+            jobs.insert(7, br#"{"id":"x","spec":{"node":"old"}}"#.as_slice())
+                .unwrap();
+        }
+        tx.commit().unwrap();
+    }
+    let s = RedbStore::open(&path).unwrap();
+    assert!(s.jobs(None, 10).unwrap().is_empty());
+    assert!(s.node(&node("old")).unwrap().is_some());
+    s.enqueue_job(new_job(&node("old"), &[0], None), 10).unwrap();
 }
