@@ -634,12 +634,20 @@ impl Metering {
     }
 }
 
-/// Capture plus a meter thread: what a node runs when it is not recording.
+/// Takes waiting for the worker to pick them up.
+const NEW_TAKES: usize = 8;
+
+/// Capture plus a worker thread that meters every period and feeds the takes
+/// being recorded: what a node runs all the time. Takes start and stop while
+/// capture goes on ([`CapturePipeline::start_take`]); the device is captured
+/// once and split.
 #[derive(Debug)]
 pub struct CapturePipeline {
     capture: Capture,
     meter: JoinHandle<()>,
     stop_meter: Arc<AtomicBool>,
+    new_takes: std::sync::mpsc::SyncSender<crate::record::TakeFeed>,
+    start_ms: u64,
     pub stats: Arc<CaptureStats>,
     pub format: StreamFormat,
     /// Whether the capture thread runs with SCHED_FIFO (see [`crate::rt`]).
@@ -658,17 +666,33 @@ impl CapturePipeline {
         local_meters: Arc<tokio::sync::watch::Sender<Option<MeterFrame>>>,
         realtime: bool,
     ) -> std::io::Result<Self> {
+        let start_ms = clock.unix_ms();
         let (capture, mut reader) = Capture::start(source, realtime)?;
         let stop_meter = Arc::new(AtomicBool::new(false));
         let mut metering = Metering::new(capture.format, rates, Some(capture.stats.clone()));
         let stats = capture.stats.clone();
+        let channels = usize::from(capture.format.channels);
+        let (new_takes, takes_in) =
+            std::sync::mpsc::sync_channel::<crate::record::TakeFeed>(NEW_TAKES);
         let meter = {
             let stop = stop_meter.clone();
             let stats = stats.clone();
             std::thread::Builder::new()
                 .name("rakkr-meter".into())
                 .spawn(move || {
+                    let mut takes: Vec<crate::record::TakeFeed> = Vec::new();
+                    // Frames of device time lost in gaps, for stream time.
+                    let mut gap_frames = 0u64;
                     while !stop.load(Ordering::Relaxed) {
+                        while let Ok(mut take) = takes_in.try_recv() {
+                            take.attach(reader.position(), reader.position() + gap_frames);
+                            takes.push(take);
+                        }
+                        reader.take_gaps(|gap| {
+                            metering.skip(gap.frames);
+                            gap_frames += gap.frames;
+                            takes.iter_mut().for_each(|t| t.device_gap(gap));
+                        });
                         reader.read(usize::MAX, |samples| {
                             metering.push(
                                 samples,
@@ -682,23 +706,69 @@ impl CapturePipeline {
                                     }
                                 },
                             );
+                            for take in takes.iter_mut().filter(|t| !t.done()) {
+                                take.push(samples, channels);
+                            }
                         });
-                        reader.take_gaps(|gap| metering.skip(gap.frames));
+                        takes.retain(|t| {
+                            let done = t.done();
+                            if done {
+                                t.finish();
+                            }
+                            !done
+                        });
                         reader.pace();
                     }
+                    takes.iter().for_each(crate::record::TakeFeed::finish);
                 })?
         };
         Ok(CapturePipeline {
             format: capture.format,
             sched_fifo: capture.sched_fifo,
             stats,
+            start_ms,
+            new_takes,
             capture,
             meter,
             stop_meter,
         })
     }
 
-    /// Stop both threads and wait for them. Returns the capture thread's error, if it failed.
+    /// Start recording a take from the running capture, from the next period on.
+    /// Takes sharing the device must use disjoint channels (the caller keeps
+    /// track: it knows which takes are running).
+    pub fn start_take(
+        &self,
+        spec: &crate::record::TakeSpec,
+    ) -> Result<crate::record::RunningTake, crate::record::RecordError> {
+        use crate::record::{RecordError, RunningTake, check_take, spawn_take};
+        let map = check_take(spec, usize::from(self.format.channels))?;
+        let (feed, thread) = spawn_take(
+            spec,
+            map,
+            self.format,
+            self.capture.period_frames,
+            self.stats.clone(),
+            self.start_ms,
+        )?;
+        let take = RunningTake::new(&feed, thread);
+        if let Err(e) = self.new_takes.try_send(feed) {
+            // The encoder thread ends at once: its feed is finished and empty.
+            let feed = match e {
+                std::sync::mpsc::TrySendError::Full(f)
+                | std::sync::mpsc::TrySendError::Disconnected(f) => f,
+            };
+            feed.finish();
+            let _ = take.join();
+            return Err(RecordError::Spawn(std::io::Error::other(
+                "the capture worker is not taking new takes (stopped or busy)",
+            )));
+        }
+        Ok(take)
+    }
+
+    /// Stop both threads and wait for them; running takes are finished with
+    /// what was captured. Returns the capture thread's error, if it failed.
     pub fn stop(self) -> Result<(), CaptureError> {
         let result = self.capture.stop();
         self.stop_meter.store(true, Ordering::Relaxed);
@@ -719,18 +789,84 @@ mod tests {
         }
     }
 
-    #[test]
-    fn meter_frames_are_stamped_by_capture_position() {
-        let source = SyntheticSource::new(
+    /// A −12 dBFS 440 Hz tone at 8 kHz, in 10 ms periods.
+    fn tone_8k(channels: u16) -> SyntheticSource {
+        SyntheticSource::new(
             8000,
-            2,
+            channels,
             80,
             Signal::Tone {
                 freq_hz: 440.0,
                 level_dbfs: -12.0,
             },
             0,
+        )
+    }
+
+    #[test]
+    fn takes_start_and_stop_while_capture_runs() {
+        use crate::record::TakeSpec;
+        use crate::take_file::Codec;
+        let dir = tempfile::tempdir().unwrap();
+        let source = tone_8k(4);
+        let (tx, _rx) = mpsc::channel(16);
+        let p = CapturePipeline::start(
+            Box::new(source),
+            Arc::new(crate::clock::SystemClock),
+            MeterRates::default(),
+            tx,
+            Arc::new(tokio::sync::watch::Sender::new(None)),
+            false,
+        )
+        .unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+        let spec = |name: &str, map: &str, duration| TakeSpec {
+            out: dir.path().join(name),
+            bits: 16,
+            codec: Codec::Wav { always_rf64: false },
+            duration,
+            segment: None,
+            map: Some(crate::channel_map::ChannelMap::parse(map, 4).unwrap()),
+            tags: vec![],
+            sync_every: Duration::from_millis(200),
+        };
+        let short = p
+            .start_take(&spec("short.wav", "1,2", Some(Duration::from_millis(500))))
+            .unwrap();
+        let open = p.start_take(&spec("open.wav", "3", None)).unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+        assert!(
+            p.start_take(&spec("short.wav", "4", None)).is_err(),
+            "an existing file is never overwritten"
         );
+        let short = short.join().unwrap();
+        assert_eq!(short.frames, 4000, "exactly its length, from mid-stream");
+        assert!(!open.is_finished());
+        open.stop();
+        let open = open.join().unwrap();
+        assert!(open.frames >= 4000, "{}", open.frames);
+        let session_ms = p.stats.start_unix_ns.load(Ordering::Acquire) / 1_000_000;
+        p.stop().unwrap();
+
+        let reader = rakkr_wav::WavReader::open(&dir.path().join("short.wav")).unwrap();
+        let start: u64 = reader
+            .header()
+            .tags
+            .iter()
+            .find(|(k, _)| k == "RAKKR_START_UNIX_MS")
+            .expect("a start tag")
+            .1
+            .parse()
+            .unwrap();
+        assert!(
+            start >= session_ms + 250 && start < session_ms + 2_000,
+            "a take started 300 ms into capture starts then: {start} vs {session_ms}"
+        );
+    }
+
+    #[test]
+    fn meter_frames_are_stamped_by_capture_position() {
+        let source = tone_8k(2);
         let (tx, mut rx) = mpsc::channel(16);
         let local_tx = Arc::new(tokio::sync::watch::Sender::new(None));
         let local_rx = local_tx.subscribe();

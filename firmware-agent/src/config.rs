@@ -7,6 +7,7 @@
 //! realtime = true               # SCHED_FIFO capture thread and mlockall; runs anyway if denied
 //! recordings_dir = "/data/recordings"  # takes; interrupted ones are recovered at start
 //! state_dir = "/data/rakkr"     # durable outbox; without it, pending events live in memory only
+//! max_jobs = 4                  # recording jobs at once (on disjoint channels); 0: none
 //!
 //! [mqtt]
 //! host = "127.0.0.1"
@@ -75,6 +76,13 @@ pub struct AgentConfig {
     /// Where the agent keeps state that must survive restarts (the outbox of
     /// messages the server has not acknowledged). `None`: kept in memory.
     pub state_dir: Option<PathBuf>,
+    /// Recording jobs the node runs at once. Jobs need `recordings_dir`.
+    #[serde(default = "default_max_jobs")]
+    pub max_jobs: u16,
+}
+
+fn default_max_jobs() -> u16 {
+    4
 }
 
 fn default_realtime() -> bool {
@@ -262,6 +270,8 @@ pub struct AgentSettings {
     pub realtime: bool,
     pub recordings_dir: Option<PathBuf>,
     pub state_dir: Option<PathBuf>,
+    /// Recording jobs at once; 0 without a recordings directory.
+    pub max_jobs: u16,
 }
 
 #[derive(Debug, Clone)]
@@ -424,6 +434,12 @@ impl AgentConfig {
             )
         })?;
 
+        if usize::from(self.max_jobs) > rakkr_protocol::job::MAX_HELD_JOBS {
+            return Err(invalid(
+                "max_jobs",
+                format!("must be 0-{}", rakkr_protocol::job::MAX_HELD_JOBS),
+            ));
+        }
         Ok(AgentSettings {
             node_id,
             slot: self.slot,
@@ -436,6 +452,11 @@ impl AgentConfig {
             source,
             meters,
             realtime: self.realtime,
+            max_jobs: if self.recordings_dir.is_some() {
+                self.max_jobs
+            } else {
+                0
+            },
             recordings_dir: self.recordings_dir,
             state_dir: self.state_dir,
         })
@@ -485,6 +506,7 @@ impl AgentSettings {
             realtime: false,
             recordings_dir: None,
             state_dir: None,
+            max_jobs: 0,
         }
     }
 }

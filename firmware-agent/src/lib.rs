@@ -8,7 +8,11 @@
 //!                      meter thread: pop, meter, every interval
 //!                                                            ▼
 //!                         bounded channel of MeterFrame ──▶ fleet link (MQTT)
+//!                      and for each take: map, push ──▶ rtrb ring ──▶ encoder thread ──▶ file
 //! ```
+//!
+//! Takes start and stop while capture runs: recording jobs from the server
+//! ([`jobs`]) each become a take on the running capture.
 //!
 //! Invariants:
 //! - the capture thread never blocks on anything but the source itself: a full
@@ -23,6 +27,7 @@ pub mod capture;
 pub use rakkr_protocol::channel_map;
 pub mod clock;
 pub mod config;
+pub mod jobs;
 pub mod link;
 pub mod meter;
 pub mod outbox;

@@ -13,12 +13,16 @@
 //! a frame that cannot be sent now is dropped and counted, never queued to
 //! arrive late.
 //!
-//! Health events go to `nodes/{node}/events` at QoS 1 from the durable
-//! [`Outbox`]: sent in order while connected, sent again if no acknowledgement
+//! Health events (`nodes/{node}/events`) and job updates (`nodes/{node}/jobs`)
+//! go at QoS 1 from the durable [`Outbox`]: sent in order while connected, sent again if no acknowledgement
 //! arrives within [`RESEND_AFTER`] or after a reconnection, and removed only
 //! when the server acknowledges them on `nodes/{node}/cmd/ack` (after storing
 //! them). They survive broker and server restarts, network loss, and agent
 //! restarts when the agent has a `state_dir`.
+//!
+//! Job claims and heartbeats go to `nodes/{node}/jobs` at QoS 1 but not
+//! through the outbox: they are only worth sending now (the job runner repeats
+//! them); job commands from `nodes/{node}/cmd/jobs` go to the job runner.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -27,6 +31,7 @@ use std::time::Duration;
 use rakkr_mqtt::rumqttc::{LastWill, QoS};
 use rakkr_mqtt::{Endpoint, LinkState, SessionEvent};
 use rakkr_protocol::Envelope;
+use rakkr_protocol::job::{JobCommand, JobReport};
 use rakkr_protocol::payload::{
     Ack, Capabilities, MeterFrame, NodeStatus, OfflineReason, RealtimeStatus,
 };
@@ -54,7 +59,7 @@ pub struct TelemetryStats {
     pub meter_frames_dropped: AtomicU64,
     pub bad_messages: AtomicU64,
     /// Outbox messages published (resends included).
-    pub health_events_sent: AtomicU64,
+    pub outbox_sent: AtomicU64,
     /// Health events the outbox could not keep (full or failing storage).
     pub health_events_dropped: AtomicU64,
     pub acknowledged: AtomicU64,
@@ -75,6 +80,10 @@ pub struct Outgoing {
     /// Messages the server must receive; `outbox_ready` is notified when one is added.
     pub outbox: Arc<Outbox>,
     pub outbox_ready: Arc<tokio::sync::Notify>,
+    /// Job claims and heartbeats, sent only while connected.
+    pub job_reports: mpsc::Receiver<JobReport>,
+    /// Where job commands from the server go.
+    pub job_commands: mpsc::Sender<JobCommand>,
 }
 
 /// Run the link until `shutdown` fires, then announce `offline` and disconnect.
@@ -91,12 +100,16 @@ pub async fn run(
         mut meters,
         outbox,
         outbox_ready,
+        mut job_reports,
+        job_commands,
     } = outgoing;
     let (acks_tx, mut acks) = mpsc::channel::<Ack>(64);
     let node = &settings.node_id;
     let status_topic = Topic::node(node, NodeChannel::Status).to_string();
     let meters_topic = Topic::node(node, NodeChannel::Meters).to_string();
     let ack_topic = Topic::command(node, Command::Ack).to_string();
+    let jobs_topic = Topic::node(node, NodeChannel::Jobs).to_string();
+    let job_commands_topic = Topic::command(node, Command::Jobs).to_string();
     let endpoint = Endpoint {
         client_id: node.to_string(),
         host: settings.mqtt.host.clone(),
@@ -167,6 +180,14 @@ pub async fn run(
                         counter.fetch_add(1, Ordering::Relaxed);
                         continue;
                     }
+                    report = job_reports.recv() => {
+                        let Some(report) = report else { break };
+                        if state.is_connected() {
+                            let payload = Envelope::stamped(clock.unix_ms(), report).encode();
+                            let _ = client.try_publish(&jobs_topic, QoS::AtLeastOnce, false, payload);
+                        }
+                        continue;
+                    }
                     ack = acks.recv() => {
                         let Some(ack) = ack else { break };
                         for id in &ack.msg_ids {
@@ -207,7 +228,7 @@ pub async fn run(
                         break;
                     }
                     in_flight.insert(entry.msg_id, std::time::Instant::now());
-                    stats.health_events_sent.fetch_add(1, Ordering::Relaxed);
+                    stats.outbox_sent.fetch_add(1, Ordering::Relaxed);
                 }
             }
         })
@@ -232,8 +253,10 @@ pub async fn run(
                     ) {
                         tracing::warn!(error = %e, "could not queue online status");
                     }
-                    if let Err(e) = client.try_subscribe(&ack_topic, QoS::AtLeastOnce) {
-                        tracing::warn!(error = %e, "could not subscribe to acknowledgements");
+                    for topic in [&ack_topic, &job_commands_topic] {
+                        if let Err(e) = client.try_subscribe(topic, QoS::AtLeastOnce) {
+                            tracing::warn!(error = %e, %topic, "could not subscribe");
+                        }
                     }
                 }
                 SessionEvent::Message(p) if p.topic == ack_topic => {
@@ -244,6 +267,19 @@ pub async fn run(
                         Err(e) => {
                             stats.bad_messages.fetch_add(1, Ordering::Relaxed);
                             tracing::warn!(error = %e, "bad acknowledgement");
+                        }
+                    }
+                }
+                SessionEvent::Message(p) if p.topic == job_commands_topic => {
+                    match Envelope::<JobCommand>::decode(&p.payload) {
+                        Ok(env) => {
+                            if job_commands.try_send(env.body).is_err() {
+                                tracing::warn!("job runner busy; command dropped (the server repeats what matters)");
+                            }
+                        }
+                        Err(e) => {
+                            stats.bad_messages.fetch_add(1, Ordering::Relaxed);
+                            tracing::warn!(error = %e, "bad job command");
                         }
                     }
                 }

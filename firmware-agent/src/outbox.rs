@@ -1,5 +1,7 @@
-//! The durable outbox: messages the server must receive (health events; job
-//! updates later) wait here until the server acknowledges them.
+//! The durable outbox: messages the server must receive (health events, job
+//! updates) wait here until the server acknowledges them. It also keeps the
+//! recording jobs the node holds, so that a job's state and the message that
+//! reports it change in one transaction.
 //!
 //! Invariants:
 //! - A message is removed only by an acknowledgement naming its id; until then
@@ -18,6 +20,7 @@
 //! | `by_id`      | message id `u128`      | sequence `u64`                             |
 //!
 //! | `open`       | condition name `&str`  | since, ms since the epoch `u64`            |
+//! | `jobs`       | job id `u128`          | the held job (JSON, see `crate::jobs::HeldJob`) |
 //!
 //! Payloads are complete envelopes, encoded when the message was created, so a
 //! resend carries the same `msg_id` and the server de-duplicates it. `open`
@@ -34,6 +37,7 @@ use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, Tab
 const MESSAGES: TableDefinition<u64, (&str, u128, &[u8])> = TableDefinition::new("messages");
 const BY_ID: TableDefinition<u128, u64> = TableDefinition::new("by_id");
 const OPEN: TableDefinition<&str, u64> = TableDefinition::new("open");
+const JOBS: TableDefinition<u128, &[u8]> = TableDefinition::new("jobs");
 
 /// Default bound: far more health events than a node raises in weeks offline.
 pub const DEFAULT_LIMIT_BYTES: u64 = 64 << 20;
@@ -96,6 +100,7 @@ impl Outbox {
         tx.open_table(MESSAGES).map_err(|e| outbox.fail(e))?;
         tx.open_table(BY_ID).map_err(|e| outbox.fail(e))?;
         tx.open_table(OPEN).map_err(|e| outbox.fail(e))?;
+        tx.open_table(JOBS).map_err(|e| outbox.fail(e))?;
         tx.commit().map_err(|e| outbox.fail(e))?;
         let bytes = outbox
             .pending(usize::MAX)?
@@ -120,6 +125,59 @@ impl Outbox {
         msg_id: MessageId,
         payload: &[u8],
     ) -> Result<(), OutboxError> {
+        self.write_with(channel, msg_id, payload, |_| Ok(()))
+    }
+
+    /// Hold a job (`record`: its state, kept across restarts) and keep the
+    /// message that reports it, in one transaction.
+    pub fn hold_job(
+        &self,
+        job: u128,
+        record: &[u8],
+        msg_id: MessageId,
+        payload: &[u8],
+    ) -> Result<(), OutboxError> {
+        self.write_with(NodeChannel::Jobs, msg_id, payload, |tx| {
+            let mut jobs = tx.open_table(JOBS).map_err(|e| self.fail(e))?;
+            jobs.insert(job, record).map_err(|e| self.fail(e))?;
+            Ok(())
+        })
+    }
+
+    /// Let go of a job and keep its final report, in one transaction.
+    pub fn release_job(
+        &self,
+        job: u128,
+        msg_id: MessageId,
+        payload: &[u8],
+    ) -> Result<(), OutboxError> {
+        self.write_with(NodeChannel::Jobs, msg_id, payload, |tx| {
+            let mut jobs = tx.open_table(JOBS).map_err(|e| self.fail(e))?;
+            jobs.remove(job).map_err(|e| self.fail(e))?;
+            Ok(())
+        })
+    }
+
+    /// The jobs held (after a restart: the ones a crash interrupted).
+    pub fn held_jobs(&self) -> Result<Vec<(u128, Vec<u8>)>, OutboxError> {
+        let tx = self.db.begin_read().map_err(|e| self.fail(e))?;
+        let jobs = tx.open_table(JOBS).map_err(|e| self.fail(e))?;
+        let mut out = Vec::new();
+        for entry in jobs.iter().map_err(|e| self.fail(e))? {
+            let (k, v) = entry.map_err(|e| self.fail(e))?;
+            out.push((k.value(), v.value().to_vec()));
+        }
+        Ok(out)
+    }
+
+    /// Append a message and make `also`'s change in the same transaction.
+    fn write_with(
+        &self,
+        channel: NodeChannel,
+        msg_id: MessageId,
+        payload: &[u8],
+        also: impl FnOnce(&redb::WriteTransaction) -> Result<(), OutboxError>,
+    ) -> Result<(), OutboxError> {
         let size = payload.len() as u64;
         if self.bytes.load(Ordering::Relaxed) + size > self.limit_bytes {
             return Err(OutboxError::Full {
@@ -127,24 +185,26 @@ impl Outbox {
             });
         }
         let tx = self.db.begin_write().map_err(|e| self.fail(e))?;
+        let mut added = 0;
         {
             let mut messages = tx.open_table(MESSAGES).map_err(|e| self.fail(e))?;
             let mut by_id = tx.open_table(BY_ID).map_err(|e| self.fail(e))?;
             let id = msg_id.as_uuid().as_u128();
-            if by_id.get(id).map_err(|e| self.fail(e))?.is_some() {
-                return Ok(());
+            if by_id.get(id).map_err(|e| self.fail(e))?.is_none() {
+                let seq = match messages.last().map_err(|e| self.fail(e))? {
+                    Some((k, _)) => k.value() + 1,
+                    None => 0,
+                };
+                messages
+                    .insert(seq, (channel.as_str(), id, payload))
+                    .map_err(|e| self.fail(e))?;
+                by_id.insert(id, seq).map_err(|e| self.fail(e))?;
+                added = size;
             }
-            let seq = match messages.last().map_err(|e| self.fail(e))? {
-                Some((k, _)) => k.value() + 1,
-                None => 0,
-            };
-            messages
-                .insert(seq, (channel.as_str(), id, payload))
-                .map_err(|e| self.fail(e))?;
-            by_id.insert(id, seq).map_err(|e| self.fail(e))?;
         }
+        also(&tx)?;
         tx.commit().map_err(|e| self.fail(e))?;
-        self.bytes.fetch_add(size, Ordering::Relaxed);
+        self.bytes.fetch_add(added, Ordering::Relaxed);
         Ok(())
     }
 

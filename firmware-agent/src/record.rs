@@ -132,7 +132,7 @@ pub fn record_take(
 
 /// Samples of one take, converted and mapped, from the capture worker to the
 /// take's encoder thread.
-struct TakeFeed {
+pub(crate) struct TakeFeed {
     samples: rtrb::Producer<i32>,
     gaps: rtrb::Producer<Gap>,
     map: ChannelMap,
@@ -145,13 +145,23 @@ struct TakeFeed {
     limit: Option<u64>,
     /// Set by the take's encoder thread when it stops (finished or failed).
     ended: Arc<AtomicBool>,
+    /// Set from outside to end this take early (what was captured is kept).
+    stop: Arc<AtomicBool>,
+    /// Set by the worker when it pushes nothing more to this take.
+    finished: Arc<AtomicBool>,
+    /// Device stream position of the take's first frame.
+    origin: u64,
+    /// Stream time of the take's first frame (frames since capture start,
+    /// gaps included), for its start-time tags; set when the worker attaches it.
+    start_frame: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl TakeFeed {
-    /// The take needs nothing more: its writer stopped, or the device stream
-    /// reached its length (frames it had to drop count too).
-    fn done(&self) -> bool {
+    /// The take needs nothing more: its writer stopped, it was asked to stop,
+    /// or the device stream reached its length (frames it had to drop count too).
+    pub(crate) fn done(&self) -> bool {
         self.ended.load(Ordering::Acquire)
+            || self.stop.load(Ordering::Relaxed)
             || self
                 .limit
                 .is_some_and(|l| self.position + self.dropped >= l)
@@ -159,7 +169,7 @@ impl TakeFeed {
 
     /// Push device frames (left-justified) into the take, up to its limit,
     /// mapped and shifted straight into the take's ring (no intermediate copy).
-    fn push(&mut self, samples: &[i32], device_channels: usize) {
+    pub(crate) fn push(&mut self, samples: &[i32], device_channels: usize) {
         let mut frames = samples.len() / device_channels;
         if let Some(l) = self.limit {
             frames = frames.min(l.saturating_sub(self.position + self.dropped) as usize);
@@ -191,14 +201,56 @@ impl TakeFeed {
     }
 
     /// Forward a device gap, positioned in this take's stream.
-    fn device_gap(&mut self, g: Gap) {
-        if self.done() {
+    pub(crate) fn device_gap(&mut self, g: Gap) {
+        if self.done() || g.position < self.origin {
             return;
         }
         let _ = self.gaps.push(Gap {
-            position: g.position.saturating_sub(self.dropped),
+            position: (g.position - self.origin).saturating_sub(self.dropped),
             ..g
         });
+    }
+
+    /// The worker takes this feed on at device stream position `position`,
+    /// `stream_frame` frames of stream time after capture started.
+    pub(crate) fn attach(&mut self, position: u64, stream_frame: u64) {
+        self.origin = position;
+        self.start_frame.store(stream_frame, Ordering::Release);
+    }
+
+    /// The worker lets go: the encoder drains what it has and finishes.
+    pub(crate) fn finish(&self) {
+        self.finished.store(true, Ordering::Release);
+    }
+}
+
+/// A take being recorded from a running capture (see
+/// [`crate::capture::CapturePipeline::start_take`]).
+#[derive(Debug)]
+pub struct RunningTake {
+    stop: Arc<AtomicBool>,
+    ended: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<Result<TakeSummary, RecordError>>,
+}
+
+impl RunningTake {
+    /// End the take early; what was captured is written and kept.
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+
+    /// The take's files are finished (it reached its length, was stopped, or failed).
+    pub fn is_finished(&self) -> bool {
+        self.ended.load(Ordering::Acquire) && self.thread.is_finished()
+    }
+
+    /// Wait for the take's files to be finished.
+    pub fn join(self) -> Result<TakeSummary, RecordError> {
+        self.thread.join().unwrap_or_else(|_| {
+            Err(RecordError::Spawn(std::io::Error::other(
+                "take thread panicked",
+            )))
+        })
     }
 }
 
@@ -237,35 +289,10 @@ pub fn record_takes(
 ) -> Result<Vec<Result<TakeSummary, RecordError>>, RecordError> {
     let format = source.format();
     let device_channels = usize::from(format.channels);
-    let rate = u64::from(format.sample_rate);
     let mut maps = Vec::new();
     let mut used = vec![false; device_channels];
     for spec in specs {
-        let map = match &spec.map {
-            Some(m) if m.inputs() != device_channels => {
-                return Err(RecordError::Map(format!(
-                    "the map {m} is for {} device channels; the device delivers {}",
-                    m.inputs(),
-                    format.channels
-                )));
-            }
-            Some(m) => m.clone(),
-            None => ChannelMap::identity(device_channels),
-        };
-        if map.outputs() > spec.codec.max_channels() {
-            return Err(RecordError::TooManyChannels {
-                channels: map.outputs(),
-                codec: spec.codec.name(),
-                max: spec.codec.max_channels(),
-                hint: match spec.codec {
-                    Codec::Flac { .. } => ", split into several takes, or record WAV/RF64",
-                    Codec::Wav { .. } => "",
-                },
-            });
-        }
-        if !matches!(spec.bits, 16 | 24 | 32) {
-            return Err(RecordError::Bits(spec.bits));
-        }
+        let map = check_take(spec, device_channels)?;
         if specs.len() > 1 {
             for c in map.sources() {
                 if std::mem::replace(&mut used[c], true) {
@@ -276,74 +303,26 @@ pub fn record_takes(
                 }
             }
         }
-        let first = file_path(&spec.out, spec.segment.map(|_| 1));
-        if first.exists() {
-            return Err(RecordError::Exists(first));
-        }
         maps.push(map);
     }
 
     let start_ms = clock.unix_ms();
     let (capture, mut reader) =
         Capture::start(source, options.realtime).map_err(RecordError::Spawn)?;
-    let ring_frames = capture.period_frames * crate::capture::RING_PERIODS;
-    let finished = Arc::new(AtomicBool::new(false));
     let mut feeds = Vec::new();
     let mut threads = Vec::new();
     for (spec, map) in specs.iter().zip(maps) {
-        let channels = map.outputs();
-        let (samples_tx, samples_rx) = rtrb::RingBuffer::new(ring_frames * channels);
-        let (gaps_tx, gaps_rx) = rtrb::RingBuffer::new(crate::capture::GAP_RING);
-        let limit = spec.duration.map(|d| d.as_millis() as u64 * rate / 1000);
-        let ended = Arc::new(AtomicBool::new(false));
-        feeds.push(TakeFeed {
-            ended: ended.clone(),
-            samples: samples_tx,
-            gaps: gaps_tx,
-            identity: spec.map.is_none(),
-            map: map.clone(),
-            shift: 32 - u32::from(spec.bits),
-            position: 0,
-            dropped: 0,
-            limit,
-        });
-        let input = TakeInput {
-            samples: samples_rx,
-            gaps: gaps_rx,
-            channels,
-            finished: finished.clone(),
-            batch: TAKE_BATCH_PERIODS * capture.period_frames * channels,
-            idle: Duration::from_micros(
-                (TAKE_BATCH_PERIODS as u64 * capture.period_frames as u64 * 1_000_000
-                    / rate.max(1))
-                .max(500),
-            ),
-        };
-        let spec = spec.clone();
-        let stats = capture.stats.clone();
-        let (sample_rate, map_text) = (
-            format.sample_rate,
-            (!map_is_identity(&spec)).then(|| map.to_string()),
-        );
-        threads.push(
-            std::thread::Builder::new()
-                .name("rakkr-take".into())
-                .spawn(move || {
-                    let result = write_take(
-                        input,
-                        &spec,
-                        sample_rate,
-                        channels,
-                        map_text,
-                        limit,
-                        start_ms,
-                        &stats,
-                    );
-                    ended.store(true, Ordering::Release);
-                    result
-                })
-                .map_err(RecordError::Spawn)?,
-        );
+        let (mut feed, thread) = spawn_take(
+            spec,
+            map,
+            format,
+            capture.period_frames,
+            capture.stats.clone(),
+            start_ms,
+        )?;
+        feed.attach(0, 0);
+        feeds.push(feed);
+        threads.push(thread);
     }
 
     // The capture worker: meter once, fan out to every take.
@@ -365,7 +344,7 @@ pub fn record_takes(
         });
         reader.pace();
     }
-    finished.store(true, Ordering::Release);
+    feeds.iter().for_each(TakeFeed::finish);
     let captured = capture.stop();
     let mut results: Vec<Result<TakeSummary, RecordError>> = threads
         .into_iter()
@@ -395,6 +374,140 @@ pub fn record_takes(
         }
     }
     Ok(results)
+}
+
+/// Check a take against a device with `device_channels` channels; returns its map.
+pub(crate) fn check_take(
+    spec: &TakeSpec,
+    device_channels: usize,
+) -> Result<ChannelMap, RecordError> {
+    let map = match &spec.map {
+        Some(m) if m.inputs() != device_channels => {
+            return Err(RecordError::Map(format!(
+                "the map {m} is for {} device channels; the device delivers {device_channels}",
+                m.inputs(),
+            )));
+        }
+        Some(m) => m.clone(),
+        None => ChannelMap::identity(device_channels),
+    };
+    if map.outputs() > spec.codec.max_channels() {
+        return Err(RecordError::TooManyChannels {
+            channels: map.outputs(),
+            codec: spec.codec.name(),
+            max: spec.codec.max_channels(),
+            hint: match spec.codec {
+                Codec::Flac { .. } => ", split into several takes, or record WAV/RF64",
+                Codec::Wav { .. } => "",
+            },
+        });
+    }
+    if !matches!(spec.bits, 16 | 24 | 32) {
+        return Err(RecordError::Bits(spec.bits));
+    }
+    let first = file_path(&spec.out, spec.segment.map(|_| 1));
+    // A `.part` file is a take being written (or one to recover): taken too.
+    for taken in [part_path(&first), first] {
+        if taken.exists() {
+            return Err(RecordError::Exists(taken));
+        }
+    }
+    Ok(map)
+}
+
+type TakeThread = std::thread::JoinHandle<Result<TakeSummary, RecordError>>;
+
+/// Start a take's encoder thread. Returns the feed the capture worker fills
+/// (after [`TakeFeed::attach`]) and the thread, which ends when the take
+/// reaches its length, its writer fails, or the feed is finished and drained.
+pub(crate) fn spawn_take(
+    spec: &TakeSpec,
+    map: ChannelMap,
+    format: crate::source::StreamFormat,
+    period_frames: usize,
+    stats: Arc<crate::capture::CaptureStats>,
+    start_ms: u64,
+) -> Result<(TakeFeed, TakeThread), RecordError> {
+    let rate = u64::from(format.sample_rate);
+    let ring_frames = period_frames * crate::capture::RING_PERIODS;
+    let channels = map.outputs();
+    let (samples_tx, samples_rx) = rtrb::RingBuffer::new(ring_frames * channels);
+    let (gaps_tx, gaps_rx) = rtrb::RingBuffer::new(crate::capture::GAP_RING);
+    let limit = spec.duration.map(|d| d.as_millis() as u64 * rate / 1000);
+    let ended = Arc::new(AtomicBool::new(false));
+    let finished = Arc::new(AtomicBool::new(false));
+    let start_frame = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let feed = TakeFeed {
+        ended: ended.clone(),
+        stop: Arc::new(AtomicBool::new(false)),
+        finished: finished.clone(),
+        origin: 0,
+        start_frame: start_frame.clone(),
+        samples: samples_tx,
+        gaps: gaps_tx,
+        identity: spec.map.is_none(),
+        map: map.clone(),
+        shift: 32 - u32::from(spec.bits),
+        position: 0,
+        dropped: 0,
+        limit,
+    };
+    let input = TakeInput {
+        samples: samples_rx,
+        gaps: gaps_rx,
+        channels,
+        finished,
+        batch: TAKE_BATCH_PERIODS * period_frames * channels,
+        idle: Duration::from_micros(
+            (TAKE_BATCH_PERIODS as u64 * period_frames as u64 * 1_000_000 / rate.max(1)).max(500),
+        ),
+    };
+    let spec = spec.clone();
+    let (sample_rate, map_text) = (
+        format.sample_rate,
+        (!map_is_identity(&spec)).then(|| map.to_string()),
+    );
+    let thread = std::thread::Builder::new()
+        .name("rakkr-take".into())
+        .spawn(move || {
+            let result = write_take(
+                input,
+                &spec,
+                TakeClock {
+                    sample_rate,
+                    start_ms,
+                    start_frame,
+                },
+                channels,
+                map_text,
+                limit,
+                &stats,
+            );
+            ended.store(true, Ordering::Release);
+            result
+        })
+        .map_err(RecordError::Spawn)?;
+    Ok((feed, thread))
+}
+
+impl RunningTake {
+    pub(crate) fn new(feed: &TakeFeed, thread: TakeThread) -> RunningTake {
+        RunningTake {
+            stop: feed.stop.clone(),
+            ended: feed.ended.clone(),
+            thread,
+        }
+    }
+}
+
+/// Where a take's start time comes from: the capture's start, plus the
+/// stream time of the take's first frame.
+struct TakeClock {
+    sample_rate: u32,
+    /// The session's start on the host clock: the fallback if the capture
+    /// thread never stamped frame 0.
+    start_ms: u64,
+    start_frame: Arc<std::sync::atomic::AtomicU64>,
 }
 
 fn map_is_identity(spec: &TakeSpec) -> bool {
@@ -453,13 +566,13 @@ impl FileBody for SegmentFeed<'_> {
 fn write_take(
     mut input: TakeInput,
     spec: &TakeSpec,
-    sample_rate: u32,
+    clock: TakeClock,
     channels: usize,
     map_text: Option<String>,
     limit: Option<u64>,
-    start_ms: u64,
     stats: &crate::capture::CaptureStats,
 ) -> Result<TakeSummary, RecordError> {
+    let sample_rate = clock.sample_rate;
     let rate = u64::from(sample_rate);
     let segment_frames = spec
         .segment
@@ -528,10 +641,13 @@ fn write_take(
                     .collect();
                 // The capture thread stamped frame 0 long before any file ends;
                 // the session's start is the fallback if it never delivered.
-                let start_ns = match stats.start_unix_ns.load(Ordering::Acquire) {
-                    0 => start_ms * 1_000_000,
+                let session_ns = match stats.start_unix_ns.load(Ordering::Acquire) {
+                    0 => clock.start_ms * 1_000_000,
                     ns => ns,
                 };
+                let offset = clock.start_frame.load(Ordering::Acquire);
+                let start_ns = session_ns
+                    + (u128::from(offset) * 1_000_000_000 / u128::from(rate.max(1))) as u64;
                 let start_clock = if stats.start_from_device.load(Ordering::Acquire) {
                     "device"
                 } else {

@@ -25,6 +25,9 @@ use rakkr_protocol::topic::NodeChannel;
 /// Meter frames waiting for the link. Small: stale frames are worthless.
 pub const METER_QUEUE: usize = 4;
 
+/// Job commands (and job claims/heartbeats) waiting between link and job runner.
+pub const JOB_COMMAND_QUEUE: usize = 64;
+
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
     #[error("cannot start capture threads: {0}")]
@@ -73,7 +76,11 @@ pub async fn run(
     if let Some(dir) = &settings.recordings_dir {
         recover_recordings(dir)?;
     }
-    let (source, capabilities) = build_source(&settings)?;
+    let (source, mut capabilities) = build_source(&settings)?;
+    capabilities.max_jobs = settings.max_jobs;
+    if settings.max_jobs > 0 {
+        capabilities.codecs = ["flac", "wav", "rf64"].map(String::from).to_vec();
+    }
     let (meters_tx, meters_rx) = mpsc::channel(METER_QUEUE);
     let outbox = Arc::new(open_outbox(&settings)?);
     let outbox_ready = Arc::new(tokio::sync::Notify::new());
@@ -102,6 +109,7 @@ pub async fn run(
         tracing::warn!("SCHED_FIFO denied for the capture thread; running with normal scheduling");
     }
     let stats = pipeline.stats.clone();
+    let pipeline = Arc::new(pipeline);
     tracing::info!(
         node = %settings.node_id,
         channels = pipeline.format.channels,
@@ -154,6 +162,27 @@ pub async fn run(
         })
     };
 
+    let (job_commands_tx, job_commands) = mpsc::channel(JOB_COMMAND_QUEUE);
+    let (job_reports_tx, job_reports) = mpsc::channel(JOB_COMMAND_QUEUE);
+    let job_runner = settings.recordings_dir.clone().map(|recordings_dir| {
+        tokio::spawn(crate::jobs::run(
+            crate::jobs::JobContext {
+                node: settings.node_id.clone(),
+                device_name: source_name(&settings),
+                recordings_dir,
+                max_jobs: settings.max_jobs,
+                pipeline: pipeline.clone(),
+                outbox: outbox.clone(),
+                outbox_ready: outbox_ready.clone(),
+                link: handles.link.clone(),
+                clock: clock.clone(),
+            },
+            job_commands,
+            job_reports_tx,
+            stop_link.clone(),
+        ))
+    });
+
     link::run(
         &settings,
         link::Announcement {
@@ -165,6 +194,8 @@ pub async fn run(
             meters: meters_rx,
             outbox,
             outbox_ready,
+            job_reports,
+            job_commands: job_commands_tx,
         },
         handles.link,
         handles.telemetry,
@@ -173,6 +204,14 @@ pub async fn run(
     .await;
     stop_link.cancel();
     let _ = watch.await;
+    if let Some(runner) = job_runner {
+        let _ = runner.await;
+    }
+    let Ok(pipeline) = Arc::try_unwrap(pipeline) else {
+        return Err(AgentError::Capture(CaptureError::Device(
+            "capture pipeline still in use at shutdown".into(),
+        )));
+    };
     tokio::task::spawn_blocking(move || pipeline.stop())
         .await
         .unwrap_or_else(|_| Err(CaptureError::Device("capture shutdown panicked".into())))?;
@@ -231,7 +270,7 @@ fn open_outbox(settings: &AgentSettings) -> Result<Outbox, AgentError> {
 
 /// `detail` cut to the protocol's bound (at a character boundary): a message
 /// the server refused would wait in the outbox forever.
-fn bounded_detail(mut detail: String) -> String {
+pub(crate) fn bounded_detail(mut detail: String) -> String {
     if detail.len() > MAX_DETAIL_TEXT {
         let mut end = MAX_DETAIL_TEXT - '…'.len_utf8();
         while !detail.is_char_boundary(end) {

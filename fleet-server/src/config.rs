@@ -19,6 +19,9 @@
 //!
 //! [console]
 //! stale_after_ms = 5000          # meter frames older than this are shown as stale
+//!
+//! [jobs]
+//! lease_ms = 30000               # a job's lease lasts this long unless its node renews it
 //! ```
 
 use std::net::SocketAddr;
@@ -40,6 +43,27 @@ pub struct ServerConfig {
     pub mqtt: MqttConfig,
     #[serde(default)]
     pub console: ConsoleConfig,
+    #[serde(default)]
+    pub jobs: JobsConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobsConfig {
+    #[serde(default = "default_lease_ms")]
+    pub lease_ms: u64,
+}
+
+fn default_lease_ms() -> u64 {
+    30_000
+}
+
+impl Default for JobsConfig {
+    fn default() -> Self {
+        JobsConfig {
+            lease_ms: default_lease_ms(),
+        }
+    }
 }
 
 fn default_data_dir() -> PathBuf {
@@ -168,6 +192,8 @@ pub struct ServerSettings {
     /// Embedded: connections the broker accepts. Both: nodes tracked in memory.
     pub max_connections: usize,
     pub stale_after: Duration,
+    /// How long a job lease lasts without renewal.
+    pub lease: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -257,7 +283,13 @@ impl ServerConfig {
         if !(1000..=600_000).contains(&self.console.stale_after_ms) {
             return Err(invalid("console.stale_after_ms", "must be 1000-600000 ms"));
         }
+        // Nodes renew at a third of the lease: a 1 s lease would need 3 renewals
+        // a second from every recording node.
+        if !(3_000..=3_600_000).contains(&self.jobs.lease_ms) {
+            return Err(invalid("jobs.lease_ms", "must be 3000-3600000 ms"));
+        }
         Ok(ServerSettings {
+            lease: Duration::from_millis(self.jobs.lease_ms),
             data_dir,
             http_addr,
             mqtt,

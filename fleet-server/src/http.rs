@@ -7,10 +7,18 @@
 //! | `GET /static/…`    | embedded assets under content-hashed names, immutable |
 //! | `GET /api/v1/nodes`| node list (JSON)                                      |
 //! | `GET /api/v1/nodes/{id}/events` | the node's last 100 health events (JSON), oldest first |
+//! | `POST /api/v1/jobs` | start a recording: `{"node", "device"?, "channels"?, "profile"?, "duration_s"?}` → 201 and the job |
+//! | `GET /api/v1/jobs` | the newest jobs (`?node=ID&limit=N`, at most 1000)   |
+//! | `GET /api/v1/jobs/{id}` | one job                                          |
+//! | `POST /api/v1/jobs/{id}/stop` | stop (the take is kept) or, with `{"cancel": true}`, cancel |
 //! | `GET /healthz`     | liveness: the process serves HTTP                     |
 //! | `GET /readyz`      | readiness: store readable and broker link connected   |
 //!
 //! Every response carries the security headers in [`security_headers`].
+//! API errors are `application/problem+json` (RFC 9457). State-changing API
+//! routes accept only `application/json` bodies, which a cross-site form
+//! cannot send without a CORS preflight this server never grants; accounts
+//! and tokens guard them once access control lands.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,7 +28,7 @@ use axum::extract::{Path, Request, State};
 use axum::http::{HeaderValue, StatusCode, Uri, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Json, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use rakkr_mqtt::LinkState;
 use rakkr_protocol::payload::{ChannelMeter, MeterFrame};
 use rakkr_protocol::state::Presence;
@@ -38,6 +46,7 @@ pub struct AppState {
     pub link: Arc<LinkState>,
     pub clock: Arc<dyn Clock>,
     pub stale_after: Duration,
+    pub commands: crate::jobs::Commands,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -47,6 +56,9 @@ pub fn router(state: AppState) -> Router {
         .route("/static/{file}", get(static_asset))
         .route("/api/v1/nodes", get(api_nodes))
         .route("/api/v1/nodes/{id}/events", get(api_node_events))
+        .route("/api/v1/jobs", get(api_jobs).post(api_create_job))
+        .route("/api/v1/jobs/{id}", get(api_job))
+        .route("/api/v1/jobs/{id}/stop", post(api_stop_job))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .fallback(not_found)
@@ -226,4 +238,146 @@ async fn readyz(State(state): State<AppState>) -> Response {
         }),
     )
         .into_response()
+}
+
+/// An API error, sent as `application/problem+json`.
+#[derive(Debug)]
+pub struct Problem {
+    pub status: StatusCode,
+    pub detail: String,
+}
+
+pub fn problem(status: StatusCode, detail: impl Into<String>) -> Problem {
+    Problem {
+        status,
+        detail: detail.into(),
+    }
+}
+
+impl IntoResponse for Problem {
+    fn into_response(self) -> Response {
+        let body = serde_json::json!({
+            "type": "about:blank",
+            "title": self.status.canonical_reason().unwrap_or("error"),
+            "status": self.status.as_u16(),
+            "detail": self.detail,
+        });
+        (
+            self.status,
+            [(header::CONTENT_TYPE, "application/problem+json")],
+            body.to_string(),
+        )
+            .into_response()
+    }
+}
+
+/// Run a store call off the async threads.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, Problem> + Send + 'static,
+) -> Result<T, Problem> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .unwrap_or_else(|_| Err(problem(StatusCode::INTERNAL_SERVER_ERROR, "task failed")))
+}
+
+fn store_problem(e: rakkr_store::StoreError) -> Problem {
+    use rakkr_store::StoreError;
+    match e {
+        StoreError::NoSuchJob(id) => problem(StatusCode::NOT_FOUND, format!("no job {id}")),
+        StoreError::Transition(t) => problem(StatusCode::CONFLICT, t.to_string()),
+        StoreError::Refused(r) => problem(StatusCode::CONFLICT, r),
+        e => {
+            tracing::error!(error = %e, "store error");
+            problem(StatusCode::SERVICE_UNAVAILABLE, "store unavailable")
+        }
+    }
+}
+
+fn job_id(text: &str) -> Result<rakkr_protocol::JobId, Problem> {
+    text.parse()
+        .map_err(|_| problem(StatusCode::NOT_FOUND, format!("{text:?} is not a job id")))
+}
+
+async fn api_create_job(
+    State(state): State<AppState>,
+    body: Result<Json<crate::jobs::JobRequest>, axum::extract::rejection::JsonRejection>,
+) -> Result<Response, Problem> {
+    use crate::jobs::JobRequestError;
+    let Json(request) = body.map_err(|e| problem(e.status(), e.body_text()))?;
+    let now = state.clock.unix_ms();
+    let (store, commands) = (state.store.clone(), state.commands.clone());
+    let job = blocking(move || {
+        crate::jobs::create_job(&*store, &commands, request, now).map_err(|e| match e {
+            JobRequestError::Invalid(m) => problem(StatusCode::UNPROCESSABLE_ENTITY, m),
+            e @ JobRequestError::UnknownNode(_) => problem(StatusCode::NOT_FOUND, e.to_string()),
+            JobRequestError::Conflict(m) => problem(StatusCode::CONFLICT, m),
+            JobRequestError::Store(e) => store_problem(e),
+        })
+    })
+    .await?;
+    tracing::info!(job = %job.id, node = %job.node, "job created");
+    Ok((StatusCode::CREATED, Json(job)).into_response())
+}
+
+/// Most jobs one listing returns.
+const MAX_JOBS_LISTED: usize = 1000;
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct JobsQuery {
+    node: Option<String>,
+    limit: Option<usize>,
+}
+
+async fn api_jobs(
+    State(state): State<AppState>,
+    query: Result<axum::extract::Query<JobsQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, Problem> {
+    let q = query
+        .map_err(|e| problem(StatusCode::BAD_REQUEST, e.body_text()))?
+        .0;
+    let node = q
+        .node
+        .map(rakkr_protocol::NodeId::new)
+        .transpose()
+        .map_err(|e| problem(StatusCode::BAD_REQUEST, e.to_string()))?;
+    let limit = q.limit.unwrap_or(100).min(MAX_JOBS_LISTED);
+    let store = state.store.clone();
+    let jobs = blocking(move || store.jobs(node.as_ref(), limit).map_err(store_problem)).await?;
+    Ok(Json(jobs).into_response())
+}
+
+async fn api_job(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, Problem> {
+    let id = job_id(&id)?;
+    let store = state.store.clone();
+    match blocking(move || store.job(id).map_err(store_problem)).await? {
+        Some(job) => Ok(Json(job).into_response()),
+        None => Err(problem(StatusCode::NOT_FOUND, format!("no job {id}"))),
+    }
+}
+
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StopRequest {
+    #[serde(default)]
+    cancel: bool,
+}
+
+async fn api_stop_job(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    body: Result<Json<StopRequest>, axum::extract::rejection::JsonRejection>,
+) -> Result<Response, Problem> {
+    let id = job_id(&id)?;
+    let Json(request) = body.map_err(|e| problem(e.status(), e.body_text()))?;
+    let now = state.clock.unix_ms();
+    let (store, commands) = (state.store.clone(), state.commands.clone());
+    let job = blocking(move || {
+        crate::jobs::stop_job(&*store, &commands, id, request.cancel, now).map_err(store_problem)
+    })
+    .await?;
+    Ok(Json(job).into_response())
 }

@@ -25,17 +25,19 @@ use std::time::Duration;
 
 use rakkr_mqtt::rumqttc::{LastWill, QoS};
 use rakkr_mqtt::{Endpoint, LinkState, SessionEvent};
+use rakkr_protocol::job::{JobCommand, JobReport};
 use rakkr_protocol::payload::{
     Ack, HealthEvent, MAX_ACK_IDS, MeterFrame, NodeStatus, ServerStatus,
 };
 use rakkr_protocol::topic::{Command, NodeChannel, Topic};
 use rakkr_protocol::{Envelope, NodeId};
 use rakkr_store::{HealthEventRecord, NodeStatusUpdate, Store};
-use tokio::sync::Notify;
+use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use crate::clock::Clock;
 use crate::fleet::LiveFleet;
+use crate::jobs;
 
 /// MQTT client id of the server's own link.
 pub const SERVER_CLIENT_ID: &str = "rakkr-server";
@@ -52,6 +54,9 @@ pub struct IngestStats {
     pub health_events: AtomicU64,
     /// Health events dropped unacknowledged because the queue was full.
     pub health_events_deferred: AtomicU64,
+    pub job_reports: AtomicU64,
+    /// Job reports dropped because the desk's queue was full.
+    pub job_reports_deferred: AtomicU64,
 }
 
 /// Health events waiting to be stored. Bounded: beyond [`Self::LIMIT`] an
@@ -264,15 +269,14 @@ pub struct Broker {
 #[allow(clippy::too_many_arguments)]
 pub async fn run(
     broker: Broker,
-    fleet: Arc<LiveFleet>,
-    pending: Arc<PendingStatuses>,
-    events: Arc<PendingEvents>,
+    sinks: Sinks,
+    outbound: mpsc::Receiver<jobs::Outbound>,
     store: Arc<dyn Store>,
     clock: Arc<dyn Clock>,
     state: Arc<LinkState>,
-    stats: Arc<IngestStats>,
     shutdown: CancellationToken,
 ) {
+    let (events, stats) = (sinks.events.clone(), sinks.stats.clone());
     let endpoint = Endpoint {
         client_id: SERVER_CLIENT_ID.into(),
         host: broker.host,
@@ -307,6 +311,13 @@ pub async fn run(
         shutdown.clone(),
     ));
 
+    let publisher = tokio::spawn(publish_outbound(
+        outbound,
+        client.clone(),
+        clock.clone(),
+        shutdown.clone(),
+    ));
+
     let eventloop = rakkr_mqtt::drive(
         eventloop,
         state.clone(),
@@ -322,6 +333,7 @@ pub async fn run(
                     client.try_subscribe(NodeChannel::Status.filter_all_nodes(), QoS::AtLeastOnce),
                     client.try_subscribe(NodeChannel::Meters.filter_all_nodes(), QoS::AtMostOnce),
                     client.try_subscribe(NodeChannel::Events.filter_all_nodes(), QoS::AtLeastOnce),
+                    client.try_subscribe(NodeChannel::Jobs.filter_all_nodes(), QoS::AtLeastOnce),
                 ];
                 for r in requests {
                     if let Err(e) = r {
@@ -329,15 +341,7 @@ pub async fn run(
                     }
                 }
             }
-            SessionEvent::Message(p) => handle_message(
-                &p.topic,
-                &p.payload,
-                &fleet,
-                &pending,
-                &events,
-                clock.unix_ms(),
-                &stats,
-            ),
+            SessionEvent::Message(p) => handle_message(&p.topic, &p.payload, &sinks, clock.unix_ms()),
             SessionEvent::Disconnected { error, retry_in } => {
                 tracing::warn!(%error, retry_in_ms = retry_in.as_millis() as u64, "broker connection lost");
             }
@@ -353,18 +357,65 @@ pub async fn run(
     );
     rakkr_mqtt::finish(&client, eventloop, &state, Duration::from_secs(2)).await;
     let _ = event_persister.await;
+    let _ = publisher.await;
+}
+
+/// Publish job commands and acknowledgements (QoS 1) until shutdown.
+/// Acknowledgements for one node that are ready together go in one message.
+async fn publish_outbound(
+    mut outbound: mpsc::Receiver<jobs::Outbound>,
+    client: rakkr_mqtt::rumqttc::AsyncClient,
+    clock: Arc<dyn Clock>,
+    shutdown: CancellationToken,
+) {
+    let mut batch = Vec::new();
+    loop {
+        tokio::select! {
+            n = outbound.recv_many(&mut batch, MAX_ACK_IDS) => if n == 0 { return },
+            _ = shutdown.cancelled() => return,
+        }
+        let mut acks = Vec::new();
+        for out in batch.drain(..) {
+            match out {
+                jobs::Outbound::Ack(node, id) => acks.push((node, id)),
+                jobs::Outbound::Command(node, command) => {
+                    let topic = Topic::command(&node, Command::Jobs).to_string();
+                    let payload =
+                        Envelope::<JobCommand>::stamped(clock.unix_ms(), command).encode();
+                    if let Err(e) = client
+                        .publish(topic, QoS::AtLeastOnce, false, payload)
+                        .await
+                    {
+                        tracing::warn!(node = %node, error = %e, "cannot publish job command");
+                    }
+                }
+            }
+        }
+        send_acks(&client, &*clock, acks);
+    }
+}
+
+/// Where decoded messages go.
+pub struct Sinks {
+    pub fleet: Arc<LiveFleet>,
+    pub pending: Arc<PendingStatuses>,
+    pub events: Arc<PendingEvents>,
+    /// Job reports, for the job desk ([`crate::jobs`]).
+    pub jobs: mpsc::Sender<jobs::Inbound>,
+    /// Acknowledgements of unreadable job updates.
+    pub commands: jobs::Commands,
+    pub stats: Arc<IngestStats>,
 }
 
 /// Decode and apply one incoming message. Never panics; every refusal is counted.
-pub fn handle_message(
-    topic: &str,
-    payload: &[u8],
-    fleet: &LiveFleet,
-    pending: &PendingStatuses,
-    events: &PendingEvents,
-    now_ms: u64,
-    stats: &IngestStats,
-) {
+pub fn handle_message(topic: &str, payload: &[u8], sinks: &Sinks, now_ms: u64) {
+    let Sinks {
+        fleet,
+        pending,
+        events,
+        stats,
+        ..
+    } = sinks;
     let (node, channel) = match Topic::parse(topic) {
         Ok(Topic::Node { node, channel }) => (node, channel),
         Ok(_) | Err(_) => {
@@ -434,9 +485,27 @@ pub fn handle_message(
                 }
             }
         },
-        NodeChannel::Jobs => {
-            stats.bad_topics.fetch_add(1, Ordering::Relaxed);
-        }
+        NodeChannel::Jobs => match Envelope::<JobReport>::decode(payload) {
+            Ok(env) => {
+                stats.job_reports.fetch_add(1, Ordering::Relaxed);
+                let inbound = jobs::Inbound {
+                    node,
+                    msg_id: env.msg_id,
+                    report: env.body,
+                };
+                // Full: dropped unacknowledged; the node repeats it.
+                if sinks.jobs.try_send(inbound).is_err() {
+                    stats.job_reports_deferred.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            Err(e) => {
+                stats.bad_payloads.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(node = %node, error = %e, "unreadable job report; acknowledged, not applied");
+                if let Some(id) = readable_msg_id(payload) {
+                    sinks.commands.send(jobs::Outbound::Ack(node, id));
+                }
+            }
+        },
     }
 }
 
@@ -476,12 +545,19 @@ mod tests {
     #[test]
     fn every_kind_of_bad_message_is_counted_not_applied() {
         let (fleet, _) = LiveFleet::from_records(vec![], 10, 0);
-        let pending = PendingStatuses::default();
-        let events = PendingEvents::default();
-        let stats = IngestStats::default();
-        let h = |topic: &str, payload: &[u8]| {
-            handle_message(topic, payload, &fleet, &pending, &events, 5, &stats)
+        let (jobs_tx, mut jobs_rx) = mpsc::channel(4);
+        let (commands, mut outbound) = jobs::Commands::new(Arc::default());
+        let sinks = Sinks {
+            fleet: Arc::new(fleet),
+            pending: Arc::default(),
+            events: Arc::default(),
+            jobs: jobs_tx,
+            commands,
+            stats: Arc::default(),
         };
+        let (fleet, pending, events, stats) =
+            (&sinks.fleet, &sinks.pending, &sinks.events, &sinks.stats);
+        let h = |topic: &str, payload: &[u8]| handle_message(topic, payload, &sinks, 5);
 
         h("rakkr/v1/nodes/a/status", b"{\"v\":1");
         h("rakkr/v1/nodes/a/status", b"{\"v\":2,\"msg_id\":\"x\"}");
@@ -511,5 +587,40 @@ mod tests {
             events.take_refused().is_empty(),
             "no id, nothing to acknowledge"
         );
+
+        // Job reports: a good claim reaches the desk; a bad update with a
+        // readable id is acknowledged so the node's outbox moves on; wrong
+        // version, oversized, garbage: counted, nothing applied.
+        let bad_before = stats.bad_payloads.load(Ordering::Relaxed);
+        let claim = Envelope::stamped(
+            1,
+            JobReport::Claim {
+                free_slots: 1,
+                held: vec![],
+            },
+        );
+        h("rakkr/v1/nodes/a/jobs", &claim.encode());
+        let got = jobs_rx.try_recv().unwrap();
+        assert_eq!((got.node.as_str(), got.msg_id), ("a", claim.msg_id));
+        let bad_update = br#"{"v":1,"msg_id":"019acb2e-0000-7000-8000-000000000002","sent_at_ms":1,
+            "type":"update","job_id":"019acb2e-0000-7000-8000-000000000003","lease_id":1,"state":"lost","at_ms":1}"#;
+        h("rakkr/v1/nodes/a/jobs", bad_update);
+        assert!(matches!(outbound.try_recv(), Ok(jobs::Outbound::Ack(n, _)) if n.as_str() == "a"));
+        h(
+            "rakkr/v1/nodes/a/jobs",
+            br#"{"v":9,"msg_id":"019acb2e-0000-7000-8000-000000000004","type":"claim"}"#,
+        );
+        h(
+            "rakkr/v1/nodes/a/jobs",
+            &vec![b' '; rakkr_protocol::MAX_PAYLOAD_BYTES + 1],
+        );
+        h("rakkr/v1/nodes/a/jobs", b"\xff\xfe");
+        assert!(jobs_rx.try_recv().is_err(), "nothing bad reached the desk");
+        assert_eq!(stats.bad_payloads.load(Ordering::Relaxed), bad_before + 4);
+        // A full desk queue defers reports (the node repeats them).
+        for _ in 0..5 {
+            h("rakkr/v1/nodes/a/jobs", &claim.encode());
+        }
+        assert_eq!(stats.job_reports_deferred.load(Ordering::Relaxed), 1);
     }
 }

@@ -4,6 +4,7 @@
 //! - the embedded MQTT broker ([`broker`], rumqttd on its own threads);
 //! - the server's MQTT link ([`ingest`]): node presence and telemetry into the
 //!   live fleet view ([`fleet`]) and, batched, into the store;
+//! - the job desk and the lease-expiry runner ([`jobs`]);
 //! - the HTTP server ([`http`]): console ([`console`]), assets, API, probes;
 //! - the store (`rakkr-store`, redb in `{data_dir}/rakkr.redb`), guarded by the
 //!   data-directory lock ([`datadir`]).
@@ -22,6 +23,7 @@ pub mod demo;
 pub mod fleet;
 pub mod http;
 pub mod ingest;
+pub mod jobs;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -63,6 +65,7 @@ pub struct RunningServer {
     pub fleet: Arc<LiveFleet>,
     pub link: Arc<LinkState>,
     pub ingest: Arc<IngestStats>,
+    pub jobs: Arc<jobs::JobStats>,
     tasks: JoinSet<()>,
     _data_dir: DataDir,
 }
@@ -140,19 +143,42 @@ impl RunningServer {
             stats.clone(),
             shutdown.clone(),
         ));
+        let job_stats = Arc::new(jobs::JobStats::default());
+        let (commands, outbound) = jobs::Commands::new(job_stats.clone());
+        let (job_inbox, job_reports) = tokio::sync::mpsc::channel(jobs::JOB_QUEUE);
         tasks.spawn(ingest::run(
             ingest::Broker {
                 host: broker_host.clone(),
                 port: broker_port,
                 credentials,
             },
-            fleet.clone(),
-            pending,
-            Arc::new(PendingEvents::default()),
+            ingest::Sinks {
+                fleet: fleet.clone(),
+                pending,
+                events: Arc::new(PendingEvents::default()),
+                jobs: job_inbox,
+                commands: commands.clone(),
+                stats: stats.clone(),
+            },
+            outbound,
             store.clone(),
             clock.clone(),
             link.clone(),
-            stats.clone(),
+            shutdown.clone(),
+        ));
+        tasks.spawn(jobs::run_desk(
+            job_reports,
+            store.clone(),
+            commands.clone(),
+            clock.clone(),
+            settings.lease,
+            job_stats.clone(),
+            shutdown.clone(),
+        ));
+        tasks.spawn(jobs::run_lease_expiry(
+            store.clone(),
+            clock.clone(),
+            job_stats.clone(),
             shutdown.clone(),
         ));
         let app = http::router(http::AppState {
@@ -161,6 +187,7 @@ impl RunningServer {
             link: link.clone(),
             clock,
             stale_after: settings.stale_after,
+            commands,
         });
         let http_shutdown = shutdown.clone();
         tasks.spawn(async move {
@@ -179,6 +206,7 @@ impl RunningServer {
             fleet,
             link,
             ingest: stats,
+            jobs: job_stats,
             tasks,
             _data_dir: data_dir,
         })

@@ -23,6 +23,9 @@ struct Cli {
 enum Command {
     /// Run the fleet server: embedded MQTT broker, store and web console.
     Serve(ServeArgs),
+    /// Start, stop and list recording jobs on a running server (over its JSON API).
+    #[command(subcommand)]
+    Job(JobCommand),
     /// Run the server with simulated appliances and print the console URL.
     Demo {
         #[command(flatten)]
@@ -31,6 +34,126 @@ enum Command {
         #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..=1000))]
         nodes: u16,
     },
+}
+
+#[derive(Args)]
+struct ApiArgs {
+    /// The server's HTTP address.
+    #[arg(
+        long,
+        env = "RAKKR_SERVER_URL",
+        default_value = "http://127.0.0.1:8080"
+    )]
+    server: String,
+}
+
+#[derive(Subcommand)]
+enum JobCommand {
+    /// Start a recording on a node.
+    Start {
+        #[command(flatten)]
+        api: ApiArgs,
+        #[arg(long)]
+        node: String,
+        /// Length in seconds [default: until stopped].
+        #[arg(long)]
+        duration: Option<u32>,
+        /// Channel map, e.g. `1,2` or `3` or `1+2` [default: every channel].
+        #[arg(long)]
+        channels: Option<String>,
+        /// Capture device on the node.
+        #[arg(long, default_value = "default")]
+        device: String,
+        #[arg(long, default_value = "flac", value_parser = ["flac", "wav", "rf64"])]
+        codec: String,
+        #[arg(long, default_value_t = 24, value_parser = clap::value_parser!(u8).range(16..=32))]
+        bits: u8,
+        /// Split into files of this many seconds.
+        #[arg(long)]
+        segment: Option<u32>,
+    },
+    /// Stop a recording (the take is kept), or cancel it.
+    Stop {
+        #[command(flatten)]
+        api: ApiArgs,
+        id: String,
+        #[arg(long)]
+        cancel: bool,
+    },
+    /// Show one job.
+    Show {
+        #[command(flatten)]
+        api: ApiArgs,
+        id: String,
+    },
+    /// List the newest jobs.
+    List {
+        #[command(flatten)]
+        api: ApiArgs,
+        #[arg(long)]
+        node: Option<String>,
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+    },
+}
+
+/// Send a request to the JSON API and print the answer; API errors become
+/// the error's detail.
+fn call_api(request: reqwest::blocking::RequestBuilder) -> anyhow::Result<()> {
+    let response = request.send().context("cannot reach the server")?;
+    let status = response.status();
+    let text = response.text().context("cannot read the server's answer")?;
+    let value: serde_json::Value = serde_json::from_str(&text).unwrap_or(serde_json::Value::Null);
+    if !status.is_success() {
+        let detail = value["detail"].as_str().unwrap_or(text.trim());
+        anyhow::bail!("{status}: {detail}");
+    }
+    println!("{}", serde_json::to_string_pretty(&value)?);
+    Ok(())
+}
+
+fn job_command(command: &JobCommand) -> anyhow::Result<()> {
+    let client = reqwest::blocking::Client::new();
+    let url = |api: &ApiArgs, path: &str| format!("{}{path}", api.server.trim_end_matches('/'));
+    match command {
+        JobCommand::Start {
+            api,
+            node,
+            duration,
+            channels,
+            device,
+            codec,
+            bits,
+            segment,
+        } => {
+            let body = serde_json::json!({
+                "node": node,
+                "device": device,
+                "channels": channels,
+                "duration_s": duration,
+                "profile": {"codec": codec, "bits": bits, "segment_s": segment},
+            });
+            call_api(client.post(url(api, "/api/v1/jobs")).json(&body))
+        }
+        JobCommand::Stop { api, id, cancel } => call_api(
+            client
+                .post(url(api, &format!("/api/v1/jobs/{id}/stop")))
+                .json(&serde_json::json!({ "cancel": cancel })),
+        ),
+        JobCommand::Show { api, id } => {
+            call_api(client.get(url(api, &format!("/api/v1/jobs/{id}"))))
+        }
+        JobCommand::List { api, node, limit } => {
+            // Node ids need no escaping: they are [a-z0-9_-] only.
+            let node = node
+                .as_deref()
+                .map(rakkr_protocol::NodeId::new)
+                .transpose()
+                .context("bad --node")?
+                .map_or(String::new(), |n| format!("&node={n}"));
+            call_api(client.get(url(api, &format!("/api/v1/jobs?limit={limit}{node}"))))
+        }
+    }
 }
 
 #[derive(Args)]
@@ -73,6 +196,7 @@ fn main() -> ExitCode {
 fn real_main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let (args, demo_nodes) = match &cli.command {
+        Command::Job(command) => return job_command(command),
         Command::Serve(args) => (args, None),
         Command::Demo { serve, nodes } => (serve, Some(usize::from(*nodes))),
     };

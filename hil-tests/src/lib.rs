@@ -157,6 +157,35 @@ impl Server {
         })
     }
 
+    /// A server with its embedded broker and extra environment (e.g.
+    /// `RAKKR_SERVER_JOBS__LEASE_MS`).
+    pub fn start_with_env(work: &Path, data_dir: &Path, env: &[(&str, &str)]) -> Result<Server> {
+        let mqtt_port = free_port();
+        Server::spawn(work, data_dir, mqtt_port, |cmd| {
+            cmd.arg("--mqtt-addr").arg(format!("127.0.0.1:{mqtt_port}"));
+            cmd.envs(env.iter().copied());
+        })
+    }
+
+    /// `POST` JSON to the API: status code and parsed body.
+    pub fn post(&self, path: &str, body: &serde_json::Value) -> Result<(u16, serde_json::Value)> {
+        let response = reqwest::blocking::Client::new()
+            .post(self.url(path))
+            .json(body)
+            .send()?;
+        let code = response.status().as_u16();
+        Ok((code, response.json().unwrap_or(serde_json::Value::Null)))
+    }
+
+    /// `GET` from the API, parsed.
+    pub fn get_json(&self, path: &str) -> Result<serde_json::Value> {
+        let (code, body) = http_get(&self.url(path))?;
+        if code != 200 {
+            bail!("{path} answered {code}: {body}");
+        }
+        Ok(serde_json::from_str(&body)?)
+    }
+
     /// A server with the configuration file `config` (e.g. an external broker
     /// listening on `mqtt_port`).
     pub fn start_with_config(

@@ -248,6 +248,7 @@ impl Store for RedbStore {
         // claims can see the same queue head.
         let tx = self.db.begin_write().map_err(backend)?;
         let mut out = Vec::new();
+        let mut changed = false;
         {
             let mut tables = JobTables::open(&tx)?;
             for id in JobTables::ids_of(&tables.active, node)? {
@@ -269,9 +270,15 @@ impl Store for RedbStore {
                 });
                 tables.put(Some(&old), &job)?;
                 out.push(job);
+                changed = true;
             }
         }
-        tx.commit().map_err(backend)?;
+        // An idle node's claim changes nothing: no commit, no fsync.
+        if changed {
+            tx.commit().map_err(backend)?;
+        } else {
+            tx.abort().map_err(backend)?;
+        }
         Ok(out)
     }
 

@@ -619,5 +619,6 @@ fn redb_upgrades_a_version_1_store_keeping_its_nodes() {
     let s = RedbStore::open(&path).unwrap();
     assert!(s.jobs(None, 10).unwrap().is_empty());
     assert!(s.node(&node("old")).unwrap().is_some());
-    s.enqueue_job(new_job(&node("old"), &[0], None), 10).unwrap();
+    s.enqueue_job(new_job(&node("old"), &[0], None), 10)
+        .unwrap();
 }

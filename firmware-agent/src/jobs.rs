@@ -1,0 +1,590 @@
+//! Recording jobs on the node: claim work, record it from the running
+//! capture, renew the lease, obey stop and cancel, report the take.
+//!
+//! Protocol (see `rakkr_protocol::job`): the runner sends `claim` when it has
+//! a free slot and the link comes up, when the server sends `wake`, after a
+//! job ends, and every [`CLAIM_EVERY`] otherwise. Each `offer` starts a take
+//! named after the job (`{recordings_dir}/{job id}.flac`, or
+//! `{job id}.0001.flac`, … when segmented). Heartbeats go every third of the
+//! lease, measured on the monotonic clock, so a wall-clock jump on the node
+//! changes nothing. A node that cannot reach the server keeps recording: the
+//! lease is the server's business; the take is finished and reported when it
+//! ends, whenever the server hears of it.
+//!
+//! Durability: state changes and their reports go through the [`Outbox`] in
+//! one transaction (`running` with the held job, the final update with its
+//! release), so after a crash or power loss the node knows which jobs it
+//! held. On the next start their `.part` files have been recovered
+//! (`run::recover_recordings`) and each is reported `completed` with
+//! `recovered: true`; the server attaches it even if it had marked the job
+//! lost. On an orderly shutdown running takes are finalized and reported.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rakkr_mqtt::LinkState;
+use rakkr_protocol::job::{
+    CodecName, DEFAULT_DEVICE, JobCommand, JobReport, JobSpec, JobUpdate, MAX_REPORTED_FILES,
+    RecordedFile, RecordingReport,
+};
+use rakkr_protocol::state::JobState;
+use rakkr_protocol::{Envelope, JobId, NodeId};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{Notify, mpsc};
+use tokio_util::sync::CancellationToken;
+
+use crate::capture::CapturePipeline;
+use crate::clock::Clock;
+use crate::outbox::Outbox;
+use crate::record::{RecordError, RunningTake, TakeSpec, TakeSummary};
+use crate::take_file::Codec;
+
+/// An idle node with free slots asks for work at least this often.
+pub const CLAIM_EVERY: Duration = Duration::from_secs(30);
+
+/// Claims are at least this far apart (work waiting, a wake, a job ended
+/// and an offer arriving all ask for one).
+const MIN_CLAIM_GAP: Duration = Duration::from_secs(1);
+
+/// How often the runner looks at its takes and its timers.
+const TICK: Duration = Duration::from_millis(200);
+
+/// Written audio is made durable this often (the crash-loss bound).
+const SYNC_EVERY: Duration = Duration::from_millis(500);
+
+/// What the node keeps about a job it holds, across restarts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeldJob {
+    pub job_id: JobId,
+    pub lease_id: u64,
+    /// The take's file name as asked for (segments add `.0001`, …).
+    pub out: PathBuf,
+    pub sample_rate: u32,
+    pub channels: u16,
+    pub bits: u8,
+    pub started_ms: u64,
+}
+
+/// What the runner needs from the rest of the agent.
+pub struct JobContext {
+    pub node: NodeId,
+    pub device_name: String,
+    pub recordings_dir: PathBuf,
+    pub max_jobs: u16,
+    pub pipeline: Arc<CapturePipeline>,
+    pub outbox: Arc<Outbox>,
+    pub outbox_ready: Arc<Notify>,
+    pub link: Arc<LinkState>,
+    pub clock: Arc<dyn Clock>,
+}
+
+struct Running {
+    held: HeldJob,
+    take: RunningTake,
+    /// Device channels the take reads.
+    sources: Vec<usize>,
+    lease: Duration,
+    last_beat: Instant,
+    /// `Some(cancel)` once a stop was asked for.
+    stop: Option<bool>,
+    /// Why the lease was taken away, if it was.
+    revoked: Option<String>,
+}
+
+/// Run jobs until `shutdown`; then finalize running takes and report them.
+pub async fn run(
+    ctx: JobContext,
+    mut commands: mpsc::Receiver<JobCommand>,
+    reports: mpsc::Sender<JobReport>,
+    shutdown: CancellationToken,
+) {
+    report_interrupted(&ctx).await;
+    let mut running: HashMap<JobId, Running> = HashMap::new();
+    let mut wants_claim = true;
+    let mut last_claim: Option<Instant> = None;
+    let mut was_connected = false;
+    let mut tick = tokio::time::interval(TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            cmd = commands.recv() => {
+                let Some(cmd) = cmd else { break };
+                match cmd {
+                    JobCommand::Offer { job_id, lease_id, lease_ms, spec } => {
+                        if !running.contains_key(&job_id) {
+                            offer(&ctx, &mut running, job_id, lease_id, lease_ms, spec).await;
+                        }
+                        // More may be waiting.
+                        wants_claim = true;
+                    }
+                    JobCommand::Lease { job_id, lease_id, lease_ms } => {
+                        if let Some(r) = running.get_mut(&job_id).filter(|r| r.held.lease_id == lease_id) {
+                            r.lease = Duration::from_millis(u64::from(lease_ms));
+                        }
+                    }
+                    JobCommand::Stop { job_id, lease_id, cancel } => {
+                        if let Some(r) = running.get_mut(&job_id).filter(|r| r.held.lease_id == lease_id) {
+                            tracing::info!(job = %job_id, cancel, "stop requested");
+                            r.stop = Some(r.stop.unwrap_or(false) | cancel);
+                            r.take.stop();
+                        }
+                    }
+                    JobCommand::Revoked { job_id, lease_id, reason } => {
+                        if let Some(r) = running.get_mut(&job_id).filter(|r| r.held.lease_id == lease_id) {
+                            tracing::warn!(job = %job_id, %reason, "lease revoked; ending the take");
+                            r.revoked = Some(reason);
+                            r.take.stop();
+                        }
+                    }
+                    JobCommand::Wake => wants_claim = true,
+                }
+            }
+            _ = tick.tick() => {}
+        }
+
+        // Finished takes: report them, and look for more work.
+        let done: Vec<JobId> = running
+            .iter()
+            .filter(|(_, r)| r.take.is_finished())
+            .map(|(id, _)| *id)
+            .collect();
+        for id in done {
+            if let Some(r) = running.remove(&id) {
+                finish(&ctx, r, None).await;
+                wants_claim = true;
+            }
+        }
+
+        let connected = ctx.link.is_connected();
+        if connected && !was_connected {
+            wants_claim = true;
+        }
+        was_connected = connected;
+        if !connected {
+            continue;
+        }
+        for (id, r) in running.iter_mut() {
+            if r.revoked.is_none() && r.last_beat.elapsed() >= r.lease / 3 {
+                let beat = JobReport::Heartbeat {
+                    job_id: *id,
+                    lease_id: r.held.lease_id,
+                };
+                if reports.try_send(beat).is_ok() {
+                    r.last_beat = Instant::now();
+                }
+            }
+        }
+        let free = ctx.max_jobs.saturating_sub(running.len() as u16);
+        let wait = if wants_claim {
+            MIN_CLAIM_GAP
+        } else {
+            CLAIM_EVERY
+        };
+        if free > 0 && last_claim.is_none_or(|t| t.elapsed() >= wait) {
+            let claim = JobReport::Claim {
+                free_slots: free,
+                held: running.keys().copied().collect(),
+            };
+            if reports.try_send(claim).is_ok() {
+                wants_claim = false;
+                last_claim = Some(Instant::now());
+            }
+        }
+    }
+
+    // Orderly shutdown: every take is finalized with what was captured.
+    for r in running.values() {
+        r.take.stop();
+    }
+    for (_, r) in running.drain() {
+        finish(&ctx, r, Some("ended early: the agent was shut down")).await;
+    }
+}
+
+/// Start the offered job, or report why not.
+async fn offer(
+    ctx: &JobContext,
+    running: &mut HashMap<JobId, Running>,
+    job_id: JobId,
+    lease_id: u64,
+    lease_ms: u32,
+    spec: JobSpec,
+) {
+    let now = ctx.clock.unix_ms();
+    let format = ctx.pipeline.format;
+    let prepared = prepare(ctx, running, job_id, &spec);
+    let started = prepared.and_then(|(take_spec, sources)| {
+        let take = ctx
+            .pipeline
+            .start_take(&take_spec)
+            .map_err(|e| e.to_string())?;
+        Ok((take_spec, sources, take))
+    });
+    match started {
+        Ok((take_spec, sources, take)) => {
+            let held = HeldJob {
+                job_id,
+                lease_id,
+                out: take_spec.out.clone(),
+                sample_rate: format.sample_rate,
+                channels: take_spec
+                    .map
+                    .as_ref()
+                    .map_or(format.channels, |m| m.outputs() as u16),
+                bits: take_spec.bits,
+                started_ms: now,
+            };
+            tracing::info!(job = %job_id, lease = lease_id, file = %held.out.display(), "job started");
+            let update = update(
+                job_id,
+                lease_id,
+                JobState::Running,
+                now,
+                String::new(),
+                None,
+            );
+            keep(ctx, Some(&held), false, update).await;
+            running.insert(
+                job_id,
+                Running {
+                    held,
+                    take,
+                    sources,
+                    lease: Duration::from_millis(u64::from(lease_ms)),
+                    last_beat: Instant::now(),
+                    stop: None,
+                    revoked: None,
+                },
+            );
+        }
+        Err(reason) => {
+            tracing::warn!(job = %job_id, %reason, "job refused");
+            let update = update(
+                job_id,
+                lease_id,
+                JobState::Failed,
+                now,
+                bounded(reason),
+                None,
+            );
+            keep(ctx, None, false, update).await;
+        }
+    }
+}
+
+/// The take a job asks for, and the device channels it reads; or why it
+/// cannot run here.
+fn prepare(
+    ctx: &JobContext,
+    running: &HashMap<JobId, Running>,
+    job_id: JobId,
+    spec: &JobSpec,
+) -> Result<(TakeSpec, Vec<usize>), String> {
+    spec.validate()?;
+    if running.len() >= usize::from(ctx.max_jobs) {
+        return Err(format!(
+            "the node runs {} jobs already, its most",
+            running.len()
+        ));
+    }
+    if spec.device != DEFAULT_DEVICE && spec.device != ctx.device_name {
+        return Err(format!(
+            "no capture device {:?} on this node; it records from {:?}",
+            spec.device, ctx.device_name
+        ));
+    }
+    let device_channels = usize::from(ctx.pipeline.format.channels);
+    let map = spec
+        .channel_map(device_channels)
+        .map_err(|e| e.to_string())?;
+    let sources: Vec<usize> = map.sources().collect();
+    for (other, r) in running {
+        if let Some(c) = sources.iter().find(|c| r.sources.contains(c)) {
+            return Err(format!(
+                "device channel {} is already recording for job {other}",
+                c + 1
+            ));
+        }
+    }
+    let codec = match spec.profile.codec {
+        CodecName::Flac => Codec::Flac {
+            compression_level: spec.profile.flac_level,
+        },
+        CodecName::Wav => Codec::Wav { always_rf64: false },
+        CodecName::Rf64 => Codec::Wav { always_rf64: true },
+    };
+    let out = ctx
+        .recordings_dir
+        .join(format!("{job_id}.{}", spec.profile.codec.extension()));
+    let take = TakeSpec {
+        out,
+        bits: spec.profile.bits,
+        codec,
+        duration: spec.duration_s.map(|s| Duration::from_secs(u64::from(s))),
+        segment: spec
+            .profile
+            .segment_s
+            .map(|s| Duration::from_secs(u64::from(s))),
+        map: spec.channels.is_some().then_some(map),
+        tags: vec![
+            ("RAKKR_NODE".into(), ctx.node.to_string()),
+            ("RAKKR_JOB".into(), job_id.to_string()),
+        ],
+        sync_every: SYNC_EVERY,
+    };
+    Ok((take, sources))
+}
+
+/// Report a take that ended (reached its length, was stopped, failed, or the
+/// agent is shutting down) and let go of its job.
+async fn finish(ctx: &JobContext, r: Running, note: Option<&str>) {
+    let Running {
+        held,
+        take,
+        stop,
+        revoked,
+        ..
+    } = r;
+    let result = tokio::task::spawn_blocking(move || take.join())
+        .await
+        .unwrap_or_else(|_| {
+            Err(RecordError::Spawn(std::io::Error::other(
+                "take task failed",
+            )))
+        });
+    let now = ctx.clock.unix_ms();
+    let (state, mut detail, recording) = match result {
+        Ok(summary) => {
+            let report = report_of(&held, &summary);
+            let state = if stop == Some(true) {
+                JobState::Cancelled
+            } else {
+                JobState::Completed
+            };
+            (state, String::new(), Some(report))
+        }
+        Err(e) => {
+            // The files keep what was captured; say what exists.
+            let report = files_of(&held).ok().filter(|(files, _)| !files.is_empty());
+            let recording = report.map(|(files, frames)| recording(&held, files, frames, false));
+            (JobState::Failed, e.to_string(), recording)
+        }
+    };
+    for extra in [
+        note.map(str::to_owned),
+        revoked.map(|r| format!("lease revoked: {r}")),
+    ]
+    .into_iter()
+    .flatten()
+    {
+        if !detail.is_empty() {
+            detail.push_str("; ");
+        }
+        detail.push_str(&extra);
+    }
+    tracing::info!(job = %held.job_id, state = state.as_str(), %detail, "job ended");
+    release(ctx, &held, state, now, detail, recording).await;
+}
+
+/// Report a held job's final state and let go of it (one transaction).
+async fn release(
+    ctx: &JobContext,
+    held: &HeldJob,
+    state: JobState,
+    now_ms: u64,
+    detail: String,
+    recording: Option<RecordingReport>,
+) {
+    let update = update(
+        held.job_id,
+        held.lease_id,
+        state,
+        now_ms,
+        bounded(detail),
+        recording,
+    );
+    keep(ctx, Some(held), true, update).await;
+}
+
+/// Report the jobs a crash interrupted: their takes were recovered at start.
+async fn report_interrupted(ctx: &JobContext) {
+    let outbox = ctx.outbox.clone();
+    let held = match tokio::task::spawn_blocking(move || outbox.held_jobs()).await {
+        Ok(Ok(h)) => h,
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, "cannot read the jobs held before this start");
+            return;
+        }
+        Err(_) => return,
+    };
+    for (_, bytes) in held {
+        let held: HeldJob = match serde_json::from_slice(&bytes) {
+            Ok(h) => h,
+            Err(e) => {
+                tracing::error!(error = %e, "unreadable held job; left as it is");
+                continue;
+            }
+        };
+        let now = ctx.clock.unix_ms();
+        let (state, detail, recording) = match files_of(&held) {
+            Ok((files, frames)) if !files.is_empty() => (
+                JobState::Completed,
+                "the agent stopped during the take (crash or power loss); \
+                 recovered up to the last durable write"
+                    .to_owned(),
+                Some(recording(&held, files, frames, true)),
+            ),
+            Ok(_) => (
+                JobState::Failed,
+                "the agent stopped during the take and no audio reached the disk".to_owned(),
+                None,
+            ),
+            Err(e) => (
+                JobState::Failed,
+                format!("the agent stopped during the take; its files cannot be read: {e}"),
+                None,
+            ),
+        };
+        tracing::warn!(job = %held.job_id, state = state.as_str(), "reporting a take interrupted before this start");
+        release(ctx, &held, state, now, detail, recording).await;
+    }
+}
+
+fn update(
+    job_id: JobId,
+    lease_id: u64,
+    state: JobState,
+    at_ms: u64,
+    detail: String,
+    recording: Option<RecordingReport>,
+) -> JobUpdate {
+    JobUpdate {
+        job_id,
+        lease_id,
+        state,
+        at_ms,
+        detail,
+        recording,
+    }
+}
+
+/// Put an update in the outbox: with `held`, hold the job (`release`: let it
+/// go) in the same transaction.
+async fn keep(ctx: &JobContext, held: Option<&HeldJob>, release: bool, update: JobUpdate) {
+    let job = update.job_id.as_u128();
+    let envelope = Envelope::stamped(ctx.clock.unix_ms(), JobReport::Update(update));
+    let payload = envelope.encode();
+    let record = held.map(|h| serde_json::to_vec(h).expect("held jobs serialise"));
+    let outbox = ctx.outbox.clone();
+    let kept = tokio::task::spawn_blocking(move || match (record, release) {
+        (Some(record), false) => outbox.hold_job(job, &record, envelope.msg_id, &payload),
+        (_, true) => outbox.release_job(job, envelope.msg_id, &payload),
+        (None, false) => outbox.push(
+            rakkr_protocol::topic::NodeChannel::Jobs,
+            envelope.msg_id,
+            &payload,
+        ),
+    })
+    .await;
+    match kept {
+        Ok(Ok(())) => ctx.outbox_ready.notify_one(),
+        Ok(Err(e)) => tracing::error!(error = %e, "job update not kept"),
+        Err(e) => tracing::error!(error = %e, "outbox task failed"),
+    }
+}
+
+fn report_of(held: &HeldJob, summary: &TakeSummary) -> RecordingReport {
+    let files = summary
+        .files
+        .iter()
+        .map(|(path, info)| RecordedFile {
+            name: file_name(path),
+            frames: info.frames,
+            bytes: info.bytes,
+        })
+        .collect();
+    let mut r = recording(held, files, summary.frames, false);
+    r.gaps = summary.gaps.len() as u32;
+    r
+}
+
+fn recording(
+    held: &HeldJob,
+    mut files: Vec<RecordedFile>,
+    frames: u64,
+    recovered: bool,
+) -> RecordingReport {
+    let file_count = files.len() as u32;
+    files.truncate(MAX_REPORTED_FILES);
+    RecordingReport {
+        files,
+        file_count,
+        frames,
+        sample_rate: held.sample_rate,
+        channels: held.channels,
+        bits: held.bits,
+        start_unix_ms: held.started_ms,
+        gaps: 0,
+        recovered,
+    }
+}
+
+fn file_name(path: &Path) -> String {
+    path.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+/// The finished files of a held job's take (its name, or its numbered
+/// segments), in order, with the frames in them.
+fn files_of(held: &HeldJob) -> std::io::Result<(Vec<RecordedFile>, u64)> {
+    let dir = held.out.parent().unwrap_or(Path::new("."));
+    let stem = held
+        .out
+        .file_stem()
+        .unwrap_or_default()
+        .to_string_lossy()
+        .into_owned();
+    let ext = held
+        .out
+        .extension()
+        .unwrap_or_default()
+        .to_string_lossy()
+        .into_owned();
+    let whole = file_name(&held.out);
+    let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            let name = file_name(p);
+            name == whole
+                || name
+                    .strip_prefix(&format!("{stem}."))
+                    .and_then(|rest| rest.strip_suffix(&format!(".{ext}")))
+                    .is_some_and(|n| n.len() == 4 && n.bytes().all(|b| b.is_ascii_digit()))
+        })
+        .collect();
+    paths.sort();
+    let mut files = Vec::new();
+    let mut total = 0;
+    for path in paths {
+        // On a finished file recovery changes nothing and reads its length.
+        let frames = crate::take_file::recover(&path)
+            .map_err(|e| std::io::Error::other(e.to_string()))?
+            .samples;
+        let bytes = std::fs::metadata(&path)?.len();
+        total += frames;
+        files.push(RecordedFile {
+            name: file_name(&path),
+            frames,
+            bytes,
+        });
+    }
+    Ok((files, total))
+}
+
+fn bounded(detail: String) -> String {
+    crate::run::bounded_detail(detail)
+}

@@ -1,0 +1,392 @@
+//! Recording jobs on the server: creating them, the desk that answers nodes
+//! (claims, heartbeats, updates), and the lease-expiry runner.
+//!
+//! Message path: the MQTT link decodes `nodes/{node}/jobs` reports into a
+//! bounded queue ([`JOB_QUEUE`]); one desk task applies them to the store in
+//! arrival order (so a node's `running` is applied before its `completed`)
+//! and answers through the bounded command queue ([`COMMAND_QUEUE`]) that the
+//! link publishes from. A full queue drops the message and counts it: claims
+//! and heartbeats are repeated by the node, updates are resent from its
+//! outbox until acknowledged.
+//!
+//! Answers:
+//! - claim → one `offer` per job leased (or leased before and not held);
+//! - heartbeat → `lease` (renewed), or `stop` again while a stop is pending
+//!   (so a lost stop command is repeated), or `revoked` for a lease that is
+//!   not the job's current one;
+//! - update → `ack` once stored, also for a duplicate and for an update that
+//!   is refused (stale lease, another node's job): left unacknowledged it
+//!   would wait in the node's outbox forever; a stale lease also gets
+//!   `revoked`.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use rakkr_protocol::job::{JobCommand, JobReport, JobSpec};
+use rakkr_protocol::state::JobState;
+use rakkr_protocol::{MessageId, NodeId};
+use rakkr_store::{JobId, JobRecord, NewJob, Store, StoreError, UpdateOutcome};
+use serde::Deserialize;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::clock::Clock;
+
+/// Node job reports waiting for the desk.
+pub const JOB_QUEUE: usize = 10_000;
+
+/// Commands and acknowledgements waiting to be published.
+pub const COMMAND_QUEUE: usize = 10_000;
+
+/// How often the lease-expiry runner looks for expired leases.
+pub const EXPIRY_INTERVAL: Duration = Duration::from_secs(1);
+
+#[derive(Debug, Default)]
+pub struct JobStats {
+    pub claims: AtomicU64,
+    pub offers: AtomicU64,
+    pub heartbeats: AtomicU64,
+    pub updates: AtomicU64,
+    pub duplicates: AtomicU64,
+    /// Updates and heartbeats refused (stale lease, another node's job, an
+    /// illegal transition).
+    pub refused: AtomicU64,
+    pub lost: AtomicU64,
+    /// Reports or commands dropped because a queue was full.
+    pub dropped: AtomicU64,
+    pub store_errors: AtomicU64,
+}
+
+/// A job report from a node.
+#[derive(Debug)]
+pub struct Inbound {
+    pub node: NodeId,
+    pub msg_id: MessageId,
+    pub report: JobReport,
+}
+
+/// Something for the link to publish to a node.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outbound {
+    Command(NodeId, JobCommand),
+    /// Acknowledge a message the node sent (it may forget it).
+    Ack(NodeId, MessageId),
+}
+
+/// The sending side of the command queue, shared by the desk and the API.
+#[derive(Debug, Clone)]
+pub struct Commands {
+    tx: mpsc::Sender<Outbound>,
+    stats: Arc<JobStats>,
+}
+
+impl Commands {
+    pub fn new(stats: Arc<JobStats>) -> (Commands, mpsc::Receiver<Outbound>) {
+        let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
+        (Commands { tx, stats }, rx)
+    }
+
+    pub fn send(&self, out: Outbound) {
+        if self.tx.try_send(out).is_err() {
+            self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn command(&self, node: &NodeId, command: JobCommand) {
+        self.send(Outbound::Command(node.clone(), command));
+    }
+}
+
+/// A request to record, from the API or the command line.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobRequest {
+    pub node: NodeId,
+    #[serde(flatten)]
+    pub spec: JobSpec,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum JobRequestError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error("node {0} is not known to this server (it has never connected)")]
+    UnknownNode(NodeId),
+    #[error("{0}")]
+    Conflict(String),
+    #[error(transparent)]
+    Store(StoreError),
+}
+
+/// Check a request against what the node announced and queue it; the node
+/// is woken to claim it.
+pub fn create_job(
+    store: &dyn Store,
+    commands: &Commands,
+    request: JobRequest,
+    now_ms: u64,
+) -> Result<JobRecord, JobRequestError> {
+    let JobRequest { node, spec } = request;
+    spec.validate().map_err(JobRequestError::Invalid)?;
+    let record = store
+        .node(&node)
+        .map_err(JobRequestError::Store)?
+        .ok_or_else(|| JobRequestError::UnknownNode(node.clone()))?;
+    let capabilities = record.details.map(|d| d.capabilities).ok_or_else(|| {
+        JobRequestError::Invalid(format!(
+            "node {node} has not announced its capture device yet"
+        ))
+    })?;
+    let device_channels = usize::from(capabilities.channels);
+    let map = spec
+        .channel_map(device_channels)
+        .map_err(|e| JobRequestError::Invalid(e.to_string()))?;
+    let codec = spec.profile.codec;
+    if !capabilities.codecs.is_empty() && !capabilities.codecs.iter().any(|c| c == codec.as_str()) {
+        return Err(JobRequestError::Invalid(format!(
+            "node {node} cannot record {}; it offers {}",
+            codec.as_str(),
+            capabilities.codecs.join(", ")
+        )));
+    }
+    if codec == rakkr_protocol::job::CodecName::Flac && map.outputs() > 8 {
+        return Err(JobRequestError::Invalid(format!(
+            "{} channels: a FLAC file carries at most 8; choose fewer or record WAV/RF64",
+            map.outputs()
+        )));
+    }
+    let mut sources: Vec<u16> = map.sources().map(|c| c as u16).collect();
+    sources.sort_unstable();
+    sources.dedup();
+    let job = store
+        .enqueue_job(
+            NewJob {
+                node: node.clone(),
+                spec,
+                sources,
+            },
+            now_ms,
+        )
+        .map_err(|e| match e {
+            StoreError::Refused(reason) => JobRequestError::Conflict(reason),
+            e => JobRequestError::Store(e),
+        })?;
+    commands.command(&node, JobCommand::Wake);
+    Ok(job)
+}
+
+/// Ask a job to stop (or be cancelled) and tell its node.
+pub fn stop_job(
+    store: &dyn Store,
+    commands: &Commands,
+    id: JobId,
+    cancel: bool,
+    now_ms: u64,
+) -> Result<JobRecord, StoreError> {
+    let job = store.request_stop(id, cancel, now_ms)?;
+    if let (JobState::StopRequested, Some(lease)) = (job.state, job.lease) {
+        commands.command(
+            &job.node,
+            JobCommand::Stop {
+                job_id: job.id,
+                lease_id: lease.id,
+                cancel: job.cancel_requested,
+            },
+        );
+    }
+    Ok(job)
+}
+
+/// The lease length as it travels (a `u32` of milliseconds).
+fn lease_ms(lease: Duration) -> u32 {
+    u32::try_from(lease.as_millis()).unwrap_or(u32::MAX)
+}
+
+/// The command that keeps a running job going: a stop while one is pending,
+/// else the renewed lease.
+fn keep_going(job: &JobRecord, lease: Duration) -> Option<JobCommand> {
+    let lease_id = job.lease?.id;
+    Some(if job.state == JobState::StopRequested {
+        JobCommand::Stop {
+            job_id: job.id,
+            lease_id,
+            cancel: job.cancel_requested,
+        }
+    } else {
+        JobCommand::Lease {
+            job_id: job.id,
+            lease_id,
+            lease_ms: lease_ms(lease),
+        }
+    })
+}
+
+/// Apply one report; returns what to publish. Runs on a blocking thread.
+fn handle(
+    store: &dyn Store,
+    msg: Inbound,
+    now_ms: u64,
+    lease: Duration,
+    stats: &JobStats,
+) -> Vec<Outbound> {
+    let Inbound {
+        node,
+        msg_id,
+        report,
+    } = msg;
+    let lease_len = lease.as_millis() as u64;
+    let mut out = Vec::new();
+    let refused = |e: &StoreError| {
+        stats.refused.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(node = %node, error = %e, "job report refused");
+    };
+    match report {
+        JobReport::Claim { free_slots, held } => {
+            stats.claims.fetch_add(1, Ordering::Relaxed);
+            match store.claim_jobs(&node, free_slots, &held, now_ms, lease_len) {
+                Ok(jobs) => {
+                    for job in jobs {
+                        let Some(l) = job.lease else { continue };
+                        stats.offers.fetch_add(1, Ordering::Relaxed);
+                        tracing::info!(node = %node, job = %job.id, lease = l.id, "job offered");
+                        out.push(Outbound::Command(
+                            node.clone(),
+                            JobCommand::Offer {
+                                job_id: job.id,
+                                lease_id: l.id,
+                                lease_ms: lease_ms(lease),
+                                spec: job.spec,
+                            },
+                        ));
+                    }
+                }
+                Err(e) => store_error(stats, &e),
+            }
+        }
+        JobReport::Heartbeat { job_id, lease_id } => {
+            stats.heartbeats.fetch_add(1, Ordering::Relaxed);
+            match store.renew_lease(&node, job_id, lease_id, now_ms, lease_len) {
+                Ok(job) => {
+                    out.extend(keep_going(&job, lease).map(|c| Outbound::Command(node.clone(), c)))
+                }
+                Err(
+                    e @ (StoreError::StaleLease { .. }
+                    | StoreError::NoSuchJob(_)
+                    | StoreError::WrongNode { .. }),
+                ) => {
+                    refused(&e);
+                    out.push(Outbound::Command(
+                        node.clone(),
+                        JobCommand::Revoked {
+                            job_id,
+                            lease_id,
+                            reason: e.to_string(),
+                        },
+                    ));
+                }
+                Err(e) => store_error(stats, &e),
+            }
+        }
+        JobReport::Update(update) => {
+            stats.updates.fetch_add(1, Ordering::Relaxed);
+            match store.apply_job_update(&node, msg_id, &update, now_ms) {
+                Ok(outcome) => {
+                    if matches!(outcome, UpdateOutcome::Duplicate(_)) {
+                        stats.duplicates.fetch_add(1, Ordering::Relaxed);
+                    }
+                    let job = outcome.job();
+                    tracing::info!(node = %node, job = %job.id, state = job.state.as_str(), "job update");
+                    out.push(Outbound::Ack(node.clone(), msg_id));
+                    // A stop requested before the node reported running.
+                    if update.state == JobState::Running && job.state == JobState::StopRequested {
+                        out.extend(
+                            keep_going(job, lease).map(|c| Outbound::Command(node.clone(), c)),
+                        );
+                    }
+                }
+                Err(e @ StoreError::StaleLease { .. }) => {
+                    refused(&e);
+                    out.push(Outbound::Ack(node.clone(), msg_id));
+                    out.push(Outbound::Command(
+                        node.clone(),
+                        JobCommand::Revoked {
+                            job_id: update.job_id,
+                            lease_id: update.lease_id,
+                            reason: e.to_string(),
+                        },
+                    ));
+                }
+                Err(
+                    e @ (StoreError::NoSuchJob(_)
+                    | StoreError::WrongNode { .. }
+                    | StoreError::Transition(_)),
+                ) => {
+                    refused(&e);
+                    out.push(Outbound::Ack(node.clone(), msg_id));
+                }
+                // Not acknowledged: the node sends it again.
+                Err(e) => store_error(stats, &e),
+            }
+        }
+    }
+    out
+}
+
+fn store_error(stats: &JobStats, e: &StoreError) {
+    stats.store_errors.fetch_add(1, Ordering::Relaxed);
+    tracing::error!(error = %e, "job store operation failed");
+}
+
+/// The desk: apply node reports in arrival order until shutdown.
+pub async fn run_desk(
+    mut inbox: mpsc::Receiver<Inbound>,
+    store: Arc<dyn Store>,
+    commands: Commands,
+    clock: Arc<dyn Clock>,
+    lease: Duration,
+    stats: Arc<JobStats>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let msg = tokio::select! {
+            m = inbox.recv() => match m { Some(m) => m, None => return },
+            _ = shutdown.cancelled() => return,
+        };
+        let (store, stats2) = (store.clone(), stats.clone());
+        let now = clock.unix_ms();
+        match tokio::task::spawn_blocking(move || handle(&*store, msg, now, lease, &stats2)).await {
+            Ok(out) => out.into_iter().for_each(|o| commands.send(o)),
+            Err(e) => tracing::error!(error = %e, "job desk task failed"),
+        }
+    }
+}
+
+/// Mark jobs whose lease expired lost, every [`EXPIRY_INTERVAL`], until shutdown.
+pub async fn run_lease_expiry(
+    store: Arc<dyn Store>,
+    clock: Arc<dyn Clock>,
+    stats: Arc<JobStats>,
+    shutdown: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(EXPIRY_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.cancelled() => return,
+        }
+        let store = store.clone();
+        let now = clock.unix_ms();
+        match tokio::task::spawn_blocking(move || store.expire_leases(now)).await {
+            Ok(Ok(lost)) => {
+                for job in &lost {
+                    tracing::warn!(node = %job.node, job = %job.id, "job lost: its lease expired");
+                }
+                stats.lost.fetch_add(lost.len() as u64, Ordering::Relaxed);
+            }
+            Ok(Err(e)) => store_error(&stats, &e),
+            Err(e) => tracing::error!(error = %e, "lease expiry task failed"),
+        }
+    }
+}

@@ -1,0 +1,257 @@
+//! Recording jobs end to end: a job started on the server (command line or
+//! JSON API) is recorded once on the right appliance, stopped or cancelled on
+//! request, refused when its channels are taken, and survives the agent
+//! being killed mid-take (lost, then recovered and attached).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{Result, bail};
+use rakkr_hil_tests::*;
+use serde_json::{Value, json};
+
+/// An agent with a synthetic source, a recordings directory and a durable state directory.
+fn job_agent(
+    work: &Path,
+    node: &str,
+    mqtt_port: u16,
+    channels: u16,
+    extra: &str,
+) -> Result<(Agent, PathBuf)> {
+    let recordings = work.join(format!("{node}-recordings"));
+    let config = work.join(format!("{node}.toml"));
+    std::fs::write(
+        &config,
+        format!(
+            "node_id = \"{node}\"\nrealtime = false\nrecordings_dir = \"{}\"\nstate_dir = \"{}\"\n{extra}\n\
+             [mqtt]\nhost = \"127.0.0.1\"\nport = {mqtt_port}\n\
+             [source]\nkind = \"synthetic\"\nchannels = {channels}\nsample_rate = 48000\nsignal = \"demo\"\n",
+            recordings.display(),
+            work.join(format!("{node}-state")).display(),
+        ),
+    )?;
+    Ok((Agent::start_with_config(work, node, &config)?, recordings))
+}
+
+fn wait_online(server: &Server, node: &str) -> Result<()> {
+    wait_for(&format!("{node} online"), Duration::from_secs(20), || {
+        (server.presence(node).as_deref() == Some("online")).then_some(())
+    })
+}
+
+/// Wait until the job is in `state`; returns the job.
+fn wait_job(server: &Server, id: &str, state: &str, limit: Duration) -> Result<Value> {
+    let mut last = Value::Null;
+    let found = wait_for(&format!("job {id} {state}"), limit, || {
+        last = server.get_json(&format!("/api/v1/jobs/{id}")).ok()?;
+        (last["state"] == state).then(|| last.clone())
+    });
+    found.map_err(|e| anyhow::anyhow!("{e}; last seen: {last}"))
+}
+
+/// Run `rakkr-server job …` against `server`; its parsed output.
+fn job_cli(server: &Server, args: &[&str]) -> Result<Value> {
+    let out = Command::new(bin("rakkr-server"))
+        .arg("job")
+        .args(args)
+        .arg("--server")
+        .arg(server.url(""))
+        .output()?;
+    if !out.status.success() {
+        bail!(
+            "rakkr-server job {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(serde_json::from_slice(&out.stdout)?)
+}
+
+/// Whether the node's stored health events include `condition` `change`.
+fn has_event(server: &Server, node: &str, condition: &str, change: &str) -> Result<bool> {
+    let events = server.get_json(&format!("/api/v1/nodes/{node}/events"))?;
+    Ok(events
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|e| e["event"]["condition"] == condition && e["event"]["change"] == change))
+}
+
+fn flac_test(path: &Path) -> Result<()> {
+    let out = Command::new("flac")
+        .arg("-t")
+        .arg("-s")
+        .arg(path)
+        .output()?;
+    if !out.status.success() {
+        bail!(
+            "flac -t {}: {}",
+            path.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(())
+}
+
+#[test]
+fn a_job_started_from_the_command_line_is_recorded_once() -> Result<()> {
+    let work = tempfile::tempdir()?;
+    let server = Server::start(work.path(), &work.path().join("data"))?;
+    let (_agent, recordings) = job_agent(work.path(), "rec-a", server.mqtt_port, 4, "")?;
+    wait_online(&server, "rec-a")?;
+
+    let job = job_cli(
+        &server,
+        &[
+            "start",
+            "--node",
+            "rec-a",
+            "--duration",
+            "2",
+            "--channels",
+            "1,2",
+        ],
+    )?;
+    let id = job["id"].as_str().unwrap().to_owned();
+    assert_eq!(job["state"], "queued");
+    let done = wait_job(&server, &id, "completed", Duration::from_secs(30))?;
+    let rec = &done["recording"];
+    assert_eq!(rec["frames"], 96_000, "exactly two seconds: {done}");
+    assert_eq!(
+        (rec["channels"].as_u64(), rec["file_count"].as_u64()),
+        (Some(2), Some(1))
+    );
+    assert_eq!(rec["recovered"], false);
+    let file = recordings.join(format!("{id}.flac"));
+    assert_eq!(rec["files"][0]["name"], format!("{id}.flac"));
+    assert_eq!(rec["files"][0]["bytes"], std::fs::metadata(&file)?.len());
+    flac_test(&file)?;
+
+    // An open-ended job on channels 3+4, and one that would share channel 4: refused.
+    let open = job_cli(
+        &server,
+        &[
+            "start",
+            "--node",
+            "rec-a",
+            "--channels",
+            "3,4",
+            "--codec",
+            "wav",
+            "--bits",
+            "16",
+        ],
+    )?;
+    let open_id = open["id"].as_str().unwrap().to_owned();
+    wait_job(&server, &open_id, "running", Duration::from_secs(20))?;
+    let (code, problem) = server.post(
+        "/api/v1/jobs",
+        &json!({"node": "rec-a", "channels": "4", "duration_s": 5}),
+    )?;
+    assert_eq!(code, 409, "{problem}");
+    let detail = problem["detail"].as_str().unwrap_or_default();
+    assert!(
+        detail.contains("channel 4") && detail.contains(&open_id),
+        "{detail}"
+    );
+    // Bad requests say what is wrong.
+    for (body, expect) in [
+        (json!({"node": "rec-a", "channels": "9"}), 422),
+        (json!({"node": "nobody", "duration_s": 5}), 404),
+        (
+            json!({"node": "rec-a", "profile": {"codec": "flac", "bits": 20}}),
+            422,
+        ),
+        (json!({"node": "rec-a", "bogus": 1}), 422),
+    ] {
+        let (code, p) = server.post("/api/v1/jobs", &body)?;
+        assert_eq!(code, expect, "{body} → {p}");
+        assert!(p["detail"].as_str().is_some_and(|d| !d.is_empty()), "{p}");
+    }
+
+    // Stop: the take is finalized and kept.
+    std::thread::sleep(Duration::from_secs(1));
+    let stopping = job_cli(&server, &["stop", &open_id])?;
+    assert!(
+        matches!(stopping["state"].as_str(), Some("stop_requested")),
+        "{stopping}"
+    );
+    let stopped = wait_job(&server, &open_id, "completed", Duration::from_secs(20))?;
+    let frames = stopped["recording"]["frames"].as_u64().unwrap();
+    assert!(
+        frames >= 48_000,
+        "at least the second before the stop: {stopped}"
+    );
+    let wav = recordings.join(format!("{open_id}.wav"));
+    let soxi = Command::new("soxi").arg("-s").arg(&wav).output()?;
+    assert_eq!(
+        String::from_utf8_lossy(&soxi.stdout).trim(),
+        frames.to_string()
+    );
+
+    // Cancel a running job: cancelled, the file still kept on the node.
+    let c = job_cli(&server, &["start", "--node", "rec-a", "--channels", "3"])?;
+    let c_id = c["id"].as_str().unwrap().to_owned();
+    wait_job(&server, &c_id, "running", Duration::from_secs(20))?;
+    job_cli(&server, &["stop", &c_id, "--cancel"])?;
+    let cancelled = wait_job(&server, &c_id, "cancelled", Duration::from_secs(20))?;
+    assert!(
+        recordings.join(format!("{c_id}.flac")).exists(),
+        "{cancelled}"
+    );
+
+    // Every job ran once: one file each, nothing else in the directory.
+    let mut names: Vec<String> = std::fs::read_dir(&recordings)?
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    let mut expect = vec![
+        format!("{id}.flac"),
+        format!("{open_id}.wav"),
+        format!("{c_id}.flac"),
+    ];
+    expect.sort();
+    assert_eq!(names, expect);
+    let listed = job_cli(&server, &["list", "--node", "rec-a"])?;
+    assert_eq!(listed.as_array().map(Vec::len), Some(3));
+    Ok(())
+}
+
+#[test]
+fn a_killed_agent_loses_its_lease_and_its_recovered_take_is_attached() -> Result<()> {
+    let work = tempfile::tempdir()?;
+    let server = Server::start_with_env(
+        work.path(),
+        &work.path().join("data"),
+        &[("RAKKR_SERVER_JOBS__LEASE_MS", "3000")],
+    )?;
+    let (mut agent, recordings) = job_agent(work.path(), "rec-k", server.mqtt_port, 2, "")?;
+    wait_online(&server, "rec-k")?;
+    let (code, job) = server.post("/api/v1/jobs", &json!({"node": "rec-k", "duration_s": 60}))?;
+    assert_eq!(code, 201, "{job}");
+    let id = job["id"].as_str().unwrap().to_owned();
+    wait_job(&server, &id, "running", Duration::from_secs(20))?;
+    std::thread::sleep(Duration::from_secs(3));
+    agent.proc.signal("KILL")?;
+    agent.proc.wait_exit(Duration::from_secs(5))?;
+    assert!(recordings.join(format!("{id}.flac.part")).exists());
+
+    let lost = wait_job(&server, &id, "lost", Duration::from_secs(15))?;
+    assert!(lost["recording"].is_null());
+    assert!(has_event(&server, "rec-k", "job_lost", "raised")?);
+
+    // Restarted: the take is recovered and reported; the server attaches it.
+    let (_agent, _) = job_agent(work.path(), "rec-k", server.mqtt_port, 2, "")?;
+    let back = wait_job(&server, &id, "completed", Duration::from_secs(30))?;
+    let rec = &back["recording"];
+    assert_eq!(rec["recovered"], true, "{back}");
+    let frames = rec["frames"].as_u64().unwrap();
+    assert!(
+        frames >= 2 * 48_000,
+        "at least two of the three seconds: {back}"
+    );
+    let file = recordings.join(format!("{id}.flac"));
+    flac_test(&file)?;
+    assert!(has_event(&server, "rec-k", "job_lost", "cleared")?);
+    Ok(())
+}
