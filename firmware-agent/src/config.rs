@@ -434,10 +434,10 @@ impl AgentConfig {
             )
         })?;
 
-        if usize::from(self.max_jobs) > rakkr_protocol::job::MAX_HELD_JOBS {
+        if usize::from(self.max_jobs) > rakkr_protocol::job::MAX_NODE_JOBS {
             return Err(invalid(
                 "max_jobs",
-                format!("must be 0-{}", rakkr_protocol::job::MAX_HELD_JOBS),
+                format!("must be 0-{}", rakkr_protocol::job::MAX_NODE_JOBS),
             ));
         }
         Ok(AgentSettings {

@@ -65,6 +65,9 @@ pub struct HeldJob {
     pub channels: u16,
     pub bits: u8,
     pub started_ms: u64,
+    /// The take ended and its final report waits for acknowledgement.
+    #[serde(default)]
+    pub finished: bool,
 }
 
 /// What the runner needs from the rest of the agent.
@@ -104,7 +107,7 @@ pub async fn run(
     let mut running: HashMap<JobId, Running> = HashMap::new();
     let mut wants_claim = true;
     let mut last_claim: Option<Instant> = None;
-    let mut was_connected = false;
+    let mut connection = 0u64;
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -114,7 +117,9 @@ pub async fn run(
                 let Some(cmd) = cmd else { break };
                 match cmd {
                     JobCommand::Offer { job_id, lease_id, lease_ms, spec } => {
-                        if !running.contains_key(&job_id) {
+                        // Offered again (its running or final report has not
+                        // arrived yet): it runs, or ran, once.
+                        if !running.contains_key(&job_id) && !held_ids(&ctx).await.contains(&job_id) {
                             offer(&ctx, &mut running, job_id, lease_id, lease_ms, spec).await;
                         }
                         // More may be waiting.
@@ -158,11 +163,18 @@ pub async fn run(
             }
         }
 
+        // A connection the runner has not seen yet (however briefly the
+        // link was down): claims and heartbeats sent on the old one may be lost.
         let connected = ctx.link.is_connected();
-        if connected && !was_connected {
+        let epoch = ctx.link.connects.load(std::sync::atomic::Ordering::Acquire);
+        if connected && epoch != connection {
+            connection = epoch;
             wants_claim = true;
+            // Renew at once: the server may have been away for most of a lease.
+            for r in running.values_mut() {
+                r.last_beat = Instant::now() - r.lease;
+            }
         }
-        was_connected = connected;
         if !connected {
             continue;
         }
@@ -184,9 +196,18 @@ pub async fn run(
             CLAIM_EVERY
         };
         if free > 0 && last_claim.is_none_or(|t| t.elapsed() >= wait) {
+            let mut held = held_ids(&ctx).await;
+            held.extend(
+                running
+                    .keys()
+                    .filter(|id| !held.contains(id))
+                    .copied()
+                    .collect::<Vec<_>>(),
+            );
+            held.truncate(rakkr_protocol::job::MAX_HELD_JOBS);
             let claim = JobReport::Claim {
                 free_slots: free,
-                held: running.keys().copied().collect(),
+                held,
             };
             if reports.try_send(claim).is_ok() {
                 wants_claim = false;
@@ -236,6 +257,7 @@ async fn offer(
                     .map_or(format.channels, |m| m.outputs() as u16),
                 bits: take_spec.bits,
                 started_ms: now,
+                finished: false,
             };
             tracing::info!(job = %job_id, lease = lease_id, file = %held.out.display(), "job started");
             let update = update(
@@ -421,7 +443,8 @@ async fn report_interrupted(ctx: &JobContext) {
         Err(_) => return,
     };
     for (_, bytes) in held {
-        let held: HeldJob = match serde_json::from_slice(&bytes) {
+        let held = match serde_json::from_slice::<HeldJob>(&bytes) {
+            Ok(h) if h.finished => continue,
             Ok(h) => h,
             Err(e) => {
                 tracing::error!(error = %e, "unreadable held job; left as it is");
@@ -471,18 +494,24 @@ fn update(
     }
 }
 
-/// Put an update in the outbox: with `held`, hold the job (`release`: let it
-/// go) in the same transaction.
-async fn keep(ctx: &JobContext, held: Option<&HeldJob>, release: bool, update: JobUpdate) {
+/// Put an update in the outbox: with `held`, hold the job (`finished`: as
+/// finished, let go once the report is acknowledged) in the same transaction.
+async fn keep(ctx: &JobContext, held: Option<&HeldJob>, finished: bool, update: JobUpdate) {
     let job = update.job_id.as_u128();
     let envelope = Envelope::stamped(ctx.clock.unix_ms(), JobReport::Update(update));
     let payload = envelope.encode();
-    let record = held.map(|h| serde_json::to_vec(h).expect("held jobs serialise"));
+    let record = held.map(|h| {
+        let h = HeldJob {
+            finished,
+            ..h.clone()
+        };
+        serde_json::to_vec(&h).expect("held jobs serialise")
+    });
     let outbox = ctx.outbox.clone();
-    let kept = tokio::task::spawn_blocking(move || match (record, release) {
+    let kept = tokio::task::spawn_blocking(move || match (record, finished) {
         (Some(record), false) => outbox.hold_job(job, &record, envelope.msg_id, &payload),
-        (_, true) => outbox.release_job(job, envelope.msg_id, &payload),
-        (None, false) => outbox.push(
+        (Some(record), true) => outbox.finish_job(job, &record, envelope.msg_id, &payload),
+        (None, _) => outbox.push(
             rakkr_protocol::topic::NodeChannel::Jobs,
             envelope.msg_id,
             &payload,
@@ -493,6 +522,22 @@ async fn keep(ctx: &JobContext, held: Option<&HeldJob>, release: bool, update: J
         Ok(Ok(())) => ctx.outbox_ready.notify_one(),
         Ok(Err(e)) => tracing::error!(error = %e, "job update not kept"),
         Err(e) => tracing::error!(error = %e, "outbox task failed"),
+    }
+}
+
+/// Jobs held in the outbox: running, or finished and not yet acknowledged.
+async fn held_ids(ctx: &JobContext) -> Vec<JobId> {
+    let outbox = ctx.outbox.clone();
+    match tokio::task::spawn_blocking(move || outbox.held_jobs()).await {
+        Ok(Ok(held)) => held
+            .into_iter()
+            .map(|(id, _)| JobId::from_u128(id))
+            .collect(),
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, "cannot read held jobs");
+            Vec::new()
+        }
+        Err(_) => Vec::new(),
     }
 }
 

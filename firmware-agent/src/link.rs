@@ -161,6 +161,7 @@ pub async fn run(
                 std::time::Instant,
             > = std::collections::HashMap::new();
             let mut retry = tokio::time::interval(Duration::from_millis(500));
+            let mut connection = 0u64;
             loop {
                 tokio::select! {
                     _ = shutdown.cancelled() => break,
@@ -203,9 +204,14 @@ pub async fn run(
                     _ = outbox_ready.notified() => {}
                     _ = retry.tick() => {}
                 }
-                if !state.is_connected() {
-                    // A new connection starts over: whatever was in flight may be lost.
+                // A new connection starts over: whatever was in flight on
+                // the old one may be lost, so all of it goes again, in order.
+                let epoch = state.connects.load(Ordering::Acquire);
+                if epoch != connection {
+                    connection = epoch;
                     in_flight.clear();
+                }
+                if !state.is_connected() {
                     continue;
                 }
                 let waiting = {

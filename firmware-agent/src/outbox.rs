@@ -21,6 +21,11 @@
 //!
 //! | `open`       | condition name `&str`  | since, ms since the epoch `u64`            |
 //! | `jobs`       | job id `u128`          | the held job (JSON, see `crate::jobs::HeldJob`) |
+//! | `job_finals` | message id `u128`      | job id `u128`: the job's final report      |
+//!
+//! A job is held from its start until the server has acknowledged its final
+//! report: so a claim can name it, and an offer of it (sent again before the
+//! report arrived) is recognised and ignored, also across restarts.
 //!
 //! Payloads are complete envelopes, encoded when the message was created, so a
 //! resend carries the same `msg_id` and the server de-duplicates it. `open`
@@ -38,6 +43,7 @@ const MESSAGES: TableDefinition<u64, (&str, u128, &[u8])> = TableDefinition::new
 const BY_ID: TableDefinition<u128, u64> = TableDefinition::new("by_id");
 const OPEN: TableDefinition<&str, u64> = TableDefinition::new("open");
 const JOBS: TableDefinition<u128, &[u8]> = TableDefinition::new("jobs");
+const JOB_FINALS: TableDefinition<u128, u128> = TableDefinition::new("job_finals");
 
 /// Default bound: far more health events than a node raises in weeks offline.
 pub const DEFAULT_LIMIT_BYTES: u64 = 64 << 20;
@@ -101,6 +107,7 @@ impl Outbox {
         tx.open_table(BY_ID).map_err(|e| outbox.fail(e))?;
         tx.open_table(OPEN).map_err(|e| outbox.fail(e))?;
         tx.open_table(JOBS).map_err(|e| outbox.fail(e))?;
+        tx.open_table(JOB_FINALS).map_err(|e| outbox.fail(e))?;
         tx.commit().map_err(|e| outbox.fail(e))?;
         let bytes = outbox
             .pending(usize::MAX)?
@@ -144,21 +151,27 @@ impl Outbox {
         })
     }
 
-    /// Let go of a job and keep its final report, in one transaction.
-    pub fn release_job(
+    /// Keep a job's final report (`record`: the job as finished), in one
+    /// transaction; the job is let go when the report is acknowledged.
+    pub fn finish_job(
         &self,
         job: u128,
+        record: &[u8],
         msg_id: MessageId,
         payload: &[u8],
     ) -> Result<(), OutboxError> {
         self.write_with(NodeChannel::Jobs, msg_id, payload, |tx| {
             let mut jobs = tx.open_table(JOBS).map_err(|e| self.fail(e))?;
-            jobs.remove(job).map_err(|e| self.fail(e))?;
+            jobs.insert(job, record).map_err(|e| self.fail(e))?;
+            let mut finals = tx.open_table(JOB_FINALS).map_err(|e| self.fail(e))?;
+            finals
+                .insert(msg_id.as_uuid().as_u128(), job)
+                .map_err(|e| self.fail(e))?;
             Ok(())
         })
     }
 
-    /// The jobs held (after a restart: the ones a crash interrupted).
+    /// The jobs held: running, or finished with the report not acknowledged.
     pub fn held_jobs(&self) -> Result<Vec<(u128, Vec<u8>)>, OutboxError> {
         let tx = self.db.begin_read().map_err(|e| self.fail(e))?;
         let jobs = tx.open_table(JOBS).map_err(|e| self.fail(e))?;
@@ -249,6 +262,15 @@ impl Outbox {
                     freed += v.value().2.len() as u64;
                     removed += 1;
                 }
+                let mut finals = tx.open_table(JOB_FINALS).map_err(|e| self.fail(e))?;
+                if let Some(job) = finals
+                    .remove(id.as_uuid().as_u128())
+                    .map_err(|e| self.fail(e))?
+                    .map(|j| j.value())
+                {
+                    let mut jobs = tx.open_table(JOBS).map_err(|e| self.fail(e))?;
+                    jobs.remove(job).map_err(|e| self.fail(e))?;
+                }
             }
         }
         tx.commit().map_err(|e| self.fail(e))?;
@@ -333,6 +355,29 @@ mod tests {
             .unwrap();
         assert_eq!(o.pending(10).unwrap().last().unwrap().payload, b"m3");
         assert_eq!(o.pending(1).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn a_job_is_held_until_its_final_report_is_acknowledged() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("outbox.redb");
+        let (running, done) = (MessageId::new(1), MessageId::new(2));
+        {
+            let o = Outbox::open(&path, 1 << 20).unwrap();
+            o.hold_job(7, b"started", running, b"running").unwrap();
+            assert_eq!(o.held_jobs().unwrap(), [(7, b"started".to_vec())]);
+            o.finish_job(7, b"finished", done, b"completed").unwrap();
+            // Acknowledging the `running` report does not let go of the job.
+            o.acknowledge(&[running]).unwrap();
+            assert_eq!(o.held_jobs().unwrap(), [(7, b"finished".to_vec())]);
+        }
+        // Across a restart, until the final report is acknowledged.
+        let o = Outbox::open(&path, 1 << 20).unwrap();
+        assert_eq!(o.held_jobs().unwrap().len(), 1);
+        assert_eq!(o.pending(10).unwrap()[0].channel, NodeChannel::Jobs);
+        o.acknowledge(&[done]).unwrap();
+        assert!(o.held_jobs().unwrap().is_empty());
+        assert!(o.is_empty().unwrap());
     }
 
     #[test]

@@ -92,6 +92,25 @@ impl RunningServer {
                 .await
                 .map_err(|e| ServerError::Task(e.to_string()))??
         };
+        // Nodes could not renew their leases while the server was down, and
+        // return over up to one reconnect backoff: give every running lease
+        // that long plus a full term from now before expiry runs.
+        {
+            let store = store.clone();
+            let lease_ms =
+                (settings.lease + rakkr_protocol::backoff::RECONNECT_CAP).as_millis() as u64;
+            let extended = tokio::task::spawn_blocking(move || {
+                store.extend_leases_after_downtime(now, lease_ms)
+            })
+            .await
+            .map_err(|e| ServerError::Task(e.to_string()))??;
+            if extended > 0 {
+                tracing::info!(
+                    leases = extended,
+                    "running leases extended after the restart"
+                );
+            }
+        }
         let (fleet, restart_changes) =
             LiveFleet::from_records(records, settings.max_connections, now);
         let fleet = Arc::new(fleet);

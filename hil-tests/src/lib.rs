@@ -146,24 +146,103 @@ pub struct Server {
     pub http_port: u16,
     pub mqtt_port: u16,
     pub data_dir: PathBuf,
+    /// Arguments after the common ones, and environment, to start it again.
+    args: Vec<std::ffi::OsString>,
+    env: Vec<(String, String)>,
 }
 
 impl Server {
     /// A server with its embedded broker on a free port.
     pub fn start(work: &Path, data_dir: &Path) -> Result<Server> {
-        let mqtt_port = free_port();
-        Server::spawn(work, data_dir, mqtt_port, |cmd| {
-            cmd.arg("--mqtt-addr").arg(format!("127.0.0.1:{mqtt_port}"));
-        })
+        Server::start_with_env(work, data_dir, &[])
     }
 
     /// A server with its embedded broker and extra environment (e.g.
     /// `RAKKR_SERVER_JOBS__LEASE_MS`).
     pub fn start_with_env(work: &Path, data_dir: &Path, env: &[(&str, &str)]) -> Result<Server> {
         let mqtt_port = free_port();
-        Server::spawn(work, data_dir, mqtt_port, |cmd| {
-            cmd.arg("--mqtt-addr").arg(format!("127.0.0.1:{mqtt_port}"));
-            cmd.envs(env.iter().copied());
+        let args = vec![
+            "--mqtt-addr".into(),
+            format!("127.0.0.1:{mqtt_port}").into(),
+        ];
+        let env = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Server::spawn(work, data_dir, free_port(), mqtt_port, args, env)
+    }
+
+    /// A server with the configuration file `config` (e.g. an external broker
+    /// listening on `mqtt_port`).
+    pub fn start_with_config(
+        work: &Path,
+        data_dir: &Path,
+        config: &Path,
+        mqtt_port: u16,
+    ) -> Result<Server> {
+        let args = vec!["--config".into(), config.as_os_str().to_owned()];
+        Server::spawn(work, data_dir, free_port(), mqtt_port, args, Vec::new())
+    }
+
+    /// Stop the server (`SIGTERM`, or `SIGKILL` when `kill`) and start it again
+    /// on the same ports and data directory.
+    pub fn restart(self, work: &Path, kill: bool) -> Result<Server> {
+        let Server {
+            mut proc,
+            http_port,
+            mqtt_port,
+            data_dir,
+            args,
+            env,
+        } = self;
+        proc.signal(if kill { "KILL" } else { "TERM" })?;
+        proc.wait_exit(Duration::from_secs(20))?;
+        // Keep the first run's log beside the next one's.
+        let _ = std::fs::copy(
+            &proc.stderr,
+            proc.stderr.with_extension("before-restart.stderr"),
+        );
+        drop(proc);
+        Server::spawn(work, &data_dir, http_port, mqtt_port, args, env)
+    }
+
+    fn spawn(
+        work: &Path,
+        data_dir: &Path,
+        http_port: u16,
+        mqtt_port: u16,
+        args: Vec<std::ffi::OsString>,
+        env: Vec<(String, String)>,
+    ) -> Result<Server> {
+        let mut cmd = Command::new(bin("rakkr-server"));
+        cmd.arg("serve")
+            .arg("--data-dir")
+            .arg(data_dir)
+            .arg("--http-addr")
+            .arg(format!("127.0.0.1:{http_port}"))
+            .args(&args)
+            .envs(env.iter().map(|(k, v)| (k, v)));
+        let mut proc = Proc::spawn("server", cmd, work)?;
+        let url = format!("http://127.0.0.1:{http_port}/readyz");
+        let ready = wait_for("server readiness", Duration::from_secs(20), || {
+            if proc.try_exit().is_some() {
+                return Some(false);
+            }
+            http_get(&url)
+                .ok()
+                .filter(|(code, _)| *code == 200)
+                .map(|_| true)
+        })?;
+        if !ready {
+            bail!("server exited during start:\n{}", proc.stderr_text());
+        }
+        Ok(Server {
+            proc,
+            http_port,
+            mqtt_port,
+            data_dir: data_dir.to_owned(),
+            args,
+            env,
         })
     }
 
@@ -184,55 +263,6 @@ impl Server {
             bail!("{path} answered {code}: {body}");
         }
         Ok(serde_json::from_str(&body)?)
-    }
-
-    /// A server with the configuration file `config` (e.g. an external broker
-    /// listening on `mqtt_port`).
-    pub fn start_with_config(
-        work: &Path,
-        data_dir: &Path,
-        config: &Path,
-        mqtt_port: u16,
-    ) -> Result<Server> {
-        Server::spawn(work, data_dir, mqtt_port, |cmd| {
-            cmd.arg("--config").arg(config);
-        })
-    }
-
-    fn spawn(
-        work: &Path,
-        data_dir: &Path,
-        mqtt_port: u16,
-        extra: impl FnOnce(&mut Command),
-    ) -> Result<Server> {
-        let http_port = free_port();
-        let mut cmd = Command::new(bin("rakkr-server"));
-        cmd.arg("serve")
-            .arg("--data-dir")
-            .arg(data_dir)
-            .arg("--http-addr")
-            .arg(format!("127.0.0.1:{http_port}"));
-        extra(&mut cmd);
-        let mut proc = Proc::spawn("server", cmd, work)?;
-        let url = format!("http://127.0.0.1:{http_port}/readyz");
-        let ready = wait_for("server readiness", Duration::from_secs(20), || {
-            if proc.try_exit().is_some() {
-                return Some(false);
-            }
-            http_get(&url)
-                .ok()
-                .filter(|(code, _)| *code == 200)
-                .map(|_| true)
-        })?;
-        if !ready {
-            bail!("server exited during start:\n{}", proc.stderr_text());
-        }
-        Ok(Server {
-            proc,
-            http_port,
-            mqtt_port,
-            data_dir: data_dir.to_owned(),
-        })
     }
 
     pub fn url(&self, path: &str) -> String {

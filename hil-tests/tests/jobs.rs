@@ -255,3 +255,132 @@ fn a_killed_agent_loses_its_lease_and_its_recovered_take_is_attached() -> Result
     assert!(has_event(&server, "rec-k", "job_lost", "cleared")?);
     Ok(())
 }
+
+#[test]
+fn two_hundred_jobs_over_twenty_agents_run_once_each_through_a_server_restart() -> Result<()> {
+    const AGENTS: usize = 20;
+    const JOBS_PER_AGENT: usize = 10;
+    let work = tempfile::tempdir()?;
+    let mut server = Server::start_with_env(
+        work.path(),
+        &work.path().join("data"),
+        &[("RAKKR_SERVER_JOBS__LEASE_MS", "6000")],
+    )?;
+    let mut agents = Vec::new();
+    for i in 0..AGENTS {
+        let node = format!("many-{i:02}");
+        // Ten channels at 8 kHz: one mono job per channel, cheap to run 20 times over.
+        let recordings = work.path().join(format!("{node}-recordings"));
+        let config = work.path().join(format!("{node}.toml"));
+        std::fs::write(
+            &config,
+            format!(
+                "node_id = \"{node}\"\nrealtime = false\nmax_jobs = 4\nrecordings_dir = \"{}\"\nstate_dir = \"{}\"\n\
+                 [mqtt]\nhost = \"127.0.0.1\"\nport = {}\n\
+                 [source]\nkind = \"synthetic\"\nchannels = 10\nsample_rate = 8000\nperiod_frames = 256\nsignal = \"demo\"\n",
+                recordings.display(),
+                work.path().join(format!("{node}-state")).display(),
+                server.mqtt_port,
+            ),
+        )?;
+        agents.push((
+            Agent::start_with_config(work.path(), &node, &config)?,
+            node,
+            recordings,
+        ));
+    }
+    for (_, node, _) in &agents {
+        wait_online(&server, node)?;
+    }
+    let mut ids = Vec::new();
+    for (_, node, _) in &agents {
+        for ch in 1..=JOBS_PER_AGENT {
+            let (code, job) = server.post(
+                "/api/v1/jobs",
+                &json!({"node": node, "channels": ch.to_string(), "duration_s": 1,
+                        "profile": {"codec": "wav", "bits": 16}}),
+            )?;
+            assert_eq!(code, 201, "{job}");
+            ids.push((node.clone(), job["id"].as_str().unwrap().to_owned()));
+        }
+    }
+
+    // Restart the server (and its broker) while jobs run.
+    let done = |server: &Server| -> usize {
+        server
+            .get_json("/api/v1/jobs?limit=1000")
+            .ok()
+            .and_then(|v| v.as_array().cloned())
+            .map_or(0, |jobs| {
+                jobs.iter().filter(|j| j["state"] == "completed").count()
+            })
+    };
+    wait_for("some jobs done", Duration::from_secs(60), || {
+        (done(&server) >= 40).then_some(())
+    })?;
+    server = server.restart(work.path(), false)?;
+    wait_for("all jobs done", Duration::from_secs(120), || {
+        (done(&server) == AGENTS * JOBS_PER_AGENT).then_some(())
+    })
+    .map_err(|e| {
+        let jobs = server
+            .get_json("/api/v1/jobs?limit=1000")
+            .unwrap_or_default();
+        let open: Vec<_> = jobs
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|j| j["state"] != "completed")
+            .map(|j| {
+                let id = j["id"].as_str().unwrap_or_default();
+                let log: Vec<String> = agents
+                    .iter()
+                    .flat_map(|(a, _, _)| {
+                        a.proc
+                            .stderr_text()
+                            .lines()
+                            .map(str::to_owned)
+                            .collect::<Vec<_>>()
+                    })
+                    .chain(
+                        std::fs::read_to_string(work.path().join("server.before-restart.stderr"))
+                            .unwrap_or_default()
+                            .lines()
+                            .map(str::to_owned),
+                    )
+                    .chain(server.proc.stderr_text().lines().map(str::to_owned))
+                    .filter(|l| l.contains(id))
+                    .collect();
+                format!(
+                    "{} {} {} {}\n{}",
+                    j["node"],
+                    id,
+                    j["state"],
+                    j["detail"],
+                    log.join("\n")
+                )
+            })
+            .collect();
+        anyhow::anyhow!("{e}; not completed: {open:?}")
+    })?;
+
+    // Each job recorded exactly once, on its own node, one second long.
+    for (node, id) in &ids {
+        let job = server.get_json(&format!("/api/v1/jobs/{id}"))?;
+        assert_eq!(job["node"], *node);
+        assert_eq!(job["recording"]["frames"], 8000, "{job}");
+        assert_eq!(job["recording"]["file_count"], 1);
+    }
+    for (_, node, recordings) in &agents {
+        let names: Vec<String> = std::fs::read_dir(recordings)?
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names.len(), JOBS_PER_AGENT, "{node}: {names:?}");
+        for (_, id) in ids.iter().filter(|(n, _)| n == node) {
+            assert!(names.contains(&format!("{id}.wav")), "{node} lacks {id}");
+        }
+        // The restart cost no lease: nothing was lost.
+        assert!(!has_event(&server, node, "job_lost", "raised")?, "{node}");
+    }
+    Ok(())
+}

@@ -9,6 +9,10 @@
 
 use std::time::Duration;
 
+/// The longest an agent waits between attempts to reach the broker: after
+/// a server restart, every node is back within this (plus one attempt).
+pub const RECONNECT_CAP: Duration = Duration::from_secs(30);
+
 #[derive(Debug, Clone)]
 pub struct Backoff {
     base: Duration,
@@ -25,9 +29,10 @@ impl Backoff {
         }
     }
 
-    /// The defaults agents use to reach the broker: 0.5 s doubling up to 30 s.
+    /// The defaults agents use to reach the broker: 0.5 s doubling up to
+    /// [`RECONNECT_CAP`].
     pub fn for_reconnect() -> Self {
-        Backoff::new(Duration::from_millis(500), Duration::from_secs(30))
+        Backoff::new(Duration::from_millis(500), RECONNECT_CAP)
     }
 
     /// The delay before the next attempt. `random` is any uniformly distributed u64.

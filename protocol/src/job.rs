@@ -39,8 +39,12 @@ use crate::state::JobState;
 /// Longest take a job may ask for: 31 days. Longer recordings are open-ended.
 pub const MAX_DURATION_S: u32 = 31 * 24 * 3600;
 
-/// Most jobs a node reports holding in one claim.
-pub const MAX_HELD_JOBS: usize = 64;
+/// Most jobs one node runs at once.
+pub const MAX_NODE_JOBS: usize = 64;
+
+/// Most jobs a node reports holding in one claim: the ones it runs and the
+/// ones whose final report the server has not acknowledged yet.
+pub const MAX_HELD_JOBS: usize = 256;
 
 /// Most files listed in one recording report (`file_count` has them all).
 pub const MAX_REPORTED_FILES: usize = 256;
@@ -231,7 +235,8 @@ pub enum JobReport {
     Claim {
         /// How many more jobs the node can run now.
         free_slots: u16,
-        /// Jobs the node is running (or finishing): not offered again.
+        /// Jobs the node runs, and finished ones whose final report is not
+        /// acknowledged yet: not offered again.
         held: Vec<JobId>,
     },
     /// The node still runs the job: renew its lease.

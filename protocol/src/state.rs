@@ -6,6 +6,7 @@
 //! ```text
 //! job:        queued → leased → running → stop_requested → completed
 //!             leased → stop_requested                    (stopped before it reported running)
+//!             leased → completed                         (its final report overtook `running`)
 //!             queued|leased|running|stop_requested → cancelled | failed
 //!             leased|running|stop_requested → lost      (lease expired)
 //!             leased → queued                            (lease released before start)
@@ -125,6 +126,7 @@ impl Lifecycle for JobState {
                 | (Leased, Running)
                 | (Leased, Queued)
                 | (Leased | Running, StopRequested)
+                | (Leased, Completed)
                 | (Lost, Running)
                 | (Running, Completed)
                 | (StopRequested, Completed)

@@ -124,6 +124,11 @@ pub trait Store: Send + Sync + 'static {
     /// `job_lost` health event for each, in one transaction.
     fn expire_leases(&self, now_ms: u64) -> Result<Vec<JobRecord>>;
 
+    /// Give every running lease at least `lease_ms` from `now_ms`: called when
+    /// the server starts, since nodes could not renew while it was down.
+    /// Returns how many leases were extended.
+    fn extend_leases_after_downtime(&self, now_ms: u64, lease_ms: u64) -> Result<usize>;
+
     fn job(&self, id: JobId) -> Result<Option<JobRecord>>;
 
     /// The newest jobs, of one node or of all, at most `limit`, newest first.

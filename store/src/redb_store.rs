@@ -389,13 +389,7 @@ impl Store for RedbStore {
         let mut lost = Vec::new();
         {
             let mut tables = JobTables::open(&tx)?;
-            let expired: Vec<u128> = tables
-                .leases
-                .range((0u64, 0u128)..(now_ms, 0u128))
-                .map_err(backend)?
-                .map(|entry| entry.map(|(k, _)| k.value().1))
-                .collect::<std::result::Result<_, _>>()
-                .map_err(backend)?;
+            let expired = tables.leases_before(now_ms)?;
             for id in expired {
                 let old = tables.get_existing(id)?;
                 let mut job = old.clone();
@@ -416,6 +410,27 @@ impl Store for RedbStore {
             tx.commit().map_err(backend)?;
         }
         Ok(lost)
+    }
+
+    fn extend_leases_after_downtime(&self, now_ms: u64, lease_ms: u64) -> Result<usize> {
+        let until = now_ms.saturating_add(lease_ms);
+        let tx = self.db.begin_write().map_err(backend)?;
+        let mut extended = 0;
+        {
+            let mut tables = JobTables::open(&tx)?;
+            let short = tables.leases_before(until)?;
+            for id in short {
+                let old = tables.get_existing(id)?;
+                let mut job = old.clone();
+                if let Some(lease) = job.lease.as_mut() {
+                    lease.expires_ms = until;
+                }
+                tables.put(Some(&old), &job)?;
+                extended += 1;
+            }
+        }
+        tx.commit().map_err(backend)?;
+        Ok(extended)
     }
 
     fn job(&self, id: JobId) -> Result<Option<JobRecord>> {
@@ -557,6 +572,16 @@ impl<'txn> JobTables<'txn> {
             }
         }
         Ok(())
+    }
+
+    /// Jobs whose lease expires before `ms`, soonest first.
+    fn leases_before(&self, ms: u64) -> Result<Vec<u128>> {
+        self.leases
+            .range((0u64, 0u128)..(ms, 0u128))
+            .map_err(backend)?
+            .map(|entry| entry.map(|(k, _)| k.value().1))
+            .collect::<std::result::Result<_, _>>()
+            .map_err(backend)
     }
 
     /// Ids in a `(node, job)` index for one node, oldest first.
