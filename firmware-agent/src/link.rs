@@ -162,6 +162,7 @@ pub async fn run(
             > = std::collections::HashMap::new();
             let mut retry = tokio::time::interval(Duration::from_millis(500));
             let mut connection = 0u64;
+            let mut no_job_runner = false;
             loop {
                 tokio::select! {
                     _ = shutdown.cancelled() => break,
@@ -181,8 +182,12 @@ pub async fn run(
                         counter.fetch_add(1, Ordering::Relaxed);
                         continue;
                     }
-                    report = job_reports.recv() => {
-                        let Some(report) = report else { break };
+                    report = job_reports.recv(), if !no_job_runner => {
+                        // An agent without a job runner (no recordings directory).
+                        let Some(report) = report else {
+                            no_job_runner = true;
+                            continue;
+                        };
                         if state.is_connected() {
                             let payload = Envelope::stamped(clock.unix_ms(), report).encode();
                             let _ = client.try_publish(&jobs_topic, QoS::AtLeastOnce, false, payload);

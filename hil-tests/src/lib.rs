@@ -140,6 +140,10 @@ impl Drop for Proc {
     }
 }
 
+/// The fleet server's user on a test mosquitto (see [`Mosquitto::start`]).
+pub const SERVER_USER: &str = "rakkr-server";
+pub const SERVER_PASSWORD: &str = "server-pw";
+
 /// A fleet server process on free ports.
 pub struct Server {
     pub proc: Proc,
@@ -182,6 +186,26 @@ impl Server {
     ) -> Result<Server> {
         let args = vec!["--config".into(), config.as_os_str().to_owned()];
         Server::spawn(work, data_dir, free_port(), mqtt_port, args, Vec::new())
+    }
+
+    /// A server using `broker` (mosquitto with the shipped ACLs) as the
+    /// user [`SERVER_USER`]; `extra` is more configuration (TOML).
+    pub fn start_with_broker(
+        work: &Path,
+        data_dir: &Path,
+        broker: &Mosquitto,
+        extra: &str,
+    ) -> Result<Server> {
+        let config = work.join("server.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[mqtt]\nbroker = \"external\"\nhost = \"127.0.0.1\"\nport = {}\n\
+                 username = \"{SERVER_USER}\"\npassword = \"{SERVER_PASSWORD}\"\n{extra}",
+                broker.port
+            ),
+        )?;
+        Server::start_with_config(work, data_dir, &config, broker.port)
     }
 
     /// Stop the server (`SIGTERM`, or `SIGKILL` when `kill`) and start it again
@@ -512,6 +536,7 @@ impl Drop for JackServer {
 pub struct Mosquitto {
     child: std::process::Child,
     pub port: u16,
+    conf: PathBuf,
 }
 
 impl Mosquitto {
@@ -542,18 +567,39 @@ impl Mosquitto {
             .replace("/etc/mosquitto/rakkr.acl", &acl.display().to_string());
         let conf_path = dir.join("mosquitto.conf");
         std::fs::write(&conf_path, conf)?;
+        let child = Mosquitto::spawn(&conf_path, port)?;
+        Ok(Mosquitto {
+            child,
+            port,
+            conf: conf_path,
+        })
+    }
+
+    fn spawn(conf: &Path, port: u16) -> Result<std::process::Child> {
         let child = Command::new("mosquitto")
             .arg("-c")
-            .arg(&conf_path)
+            .arg(conf)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .context("start mosquitto (package mosquitto)")?;
-        let broker = Mosquitto { child, port };
         wait_for("mosquitto listening", Duration::from_secs(10), || {
             std::net::TcpStream::connect(("127.0.0.1", port)).ok()
         })?;
-        Ok(broker)
+        Ok(child)
+    }
+
+    /// Kill the broker: every client loses its connection, as in a network cut.
+    pub fn stop(&mut self) -> Result<()> {
+        self.child.kill()?;
+        self.child.wait()?;
+        Ok(())
+    }
+
+    /// Start the broker again on the same port (after [`Mosquitto::stop`]).
+    pub fn start_again(&mut self) -> Result<()> {
+        self.child = Mosquitto::spawn(&self.conf, self.port)?;
+        Ok(())
     }
 }
 

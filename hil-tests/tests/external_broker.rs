@@ -13,23 +13,9 @@ fn server_and_agent_work_through_mosquitto_with_the_shipped_acls() -> Result<()>
     let work = tempfile::tempdir()?;
     let broker = Mosquitto::start(
         work.path(),
-        &[("rakkr-server", "server-pw"), ("hil-ext", "node-pw")],
+        &[(SERVER_USER, SERVER_PASSWORD), ("hil-ext", "node-pw")],
     )?;
-    let server_config = work.path().join("server.toml");
-    std::fs::write(
-        &server_config,
-        format!(
-            "[mqtt]\nbroker = \"external\"\nhost = \"127.0.0.1\"\nport = {}\n\
-             username = \"rakkr-server\"\npassword = \"server-pw\"\n",
-            broker.port
-        ),
-    )?;
-    let server = Server::start_with_config(
-        work.path(),
-        &work.path().join("data"),
-        &server_config,
-        broker.port,
-    )?;
+    let server = Server::start_with_broker(work.path(), &work.path().join("data"), &broker, "")?;
 
     let agent_config = work.path().join("hil-ext.toml");
     std::fs::write(

@@ -11,21 +11,22 @@ use anyhow::{Result, bail};
 use rakkr_hil_tests::*;
 use serde_json::{Value, json};
 
-/// An agent with a synthetic source, a recordings directory and a durable state directory.
+/// An agent with a synthetic source, a recordings directory and a durable
+/// state directory; `mqtt_extra` goes into its `[mqtt]` section.
 fn job_agent(
     work: &Path,
     node: &str,
     mqtt_port: u16,
     channels: u16,
-    extra: &str,
+    mqtt_extra: &str,
 ) -> Result<(Agent, PathBuf)> {
     let recordings = work.join(format!("{node}-recordings"));
     let config = work.join(format!("{node}.toml"));
     std::fs::write(
         &config,
         format!(
-            "node_id = \"{node}\"\nrealtime = false\nrecordings_dir = \"{}\"\nstate_dir = \"{}\"\n{extra}\n\
-             [mqtt]\nhost = \"127.0.0.1\"\nport = {mqtt_port}\n\
+            "node_id = \"{node}\"\nrealtime = false\nrecordings_dir = \"{}\"\nstate_dir = \"{}\"\n\
+             [mqtt]\nhost = \"127.0.0.1\"\nport = {mqtt_port}\n{mqtt_extra}\n\
              [source]\nkind = \"synthetic\"\nchannels = {channels}\nsample_rate = 48000\nsignal = \"demo\"\n",
             recordings.display(),
             work.join(format!("{node}-state")).display(),
@@ -48,6 +49,26 @@ fn wait_job(server: &Server, id: &str, state: &str, limit: Duration) -> Result<V
         (last["state"] == state).then(|| last.clone())
     });
     found.map_err(|e| anyhow::anyhow!("{e}; last seen: {last}"))
+}
+
+/// A server whose leases last 3 s, so losing one takes seconds, not half a minute.
+fn short_lease_server(work: &Path) -> Result<Server> {
+    Server::start_with_env(
+        work,
+        &work.join("data"),
+        &[("RAKKR_SERVER_JOBS__LEASE_MS", "3000")],
+    )
+}
+
+/// Create a job through the API and wait until its node runs it; its id.
+fn start_running(server: &Server, request: Value) -> Result<String> {
+    let (code, job) = server.post("/api/v1/jobs", &request)?;
+    if code != 201 {
+        bail!("job not created ({code}): {job}");
+    }
+    let id = job["id"].as_str().unwrap_or_default().to_owned();
+    wait_job(server, &id, "running", Duration::from_secs(20))?;
+    Ok(id)
 }
 
 /// Run `rakkr-server job …` against `server`; its parsed output.
@@ -220,17 +241,10 @@ fn a_job_started_from_the_command_line_is_recorded_once() -> Result<()> {
 #[test]
 fn a_killed_agent_loses_its_lease_and_its_recovered_take_is_attached() -> Result<()> {
     let work = tempfile::tempdir()?;
-    let server = Server::start_with_env(
-        work.path(),
-        &work.path().join("data"),
-        &[("RAKKR_SERVER_JOBS__LEASE_MS", "3000")],
-    )?;
+    let server = short_lease_server(work.path())?;
     let (mut agent, recordings) = job_agent(work.path(), "rec-k", server.mqtt_port, 2, "")?;
     wait_online(&server, "rec-k")?;
-    let (code, job) = server.post("/api/v1/jobs", &json!({"node": "rec-k", "duration_s": 60}))?;
-    assert_eq!(code, 201, "{job}");
-    let id = job["id"].as_str().unwrap().to_owned();
-    wait_job(&server, &id, "running", Duration::from_secs(20))?;
+    let id = start_running(&server, json!({"node": "rec-k", "duration_s": 60}))?;
     std::thread::sleep(Duration::from_secs(3));
     agent.proc.signal("KILL")?;
     agent.proc.wait_exit(Duration::from_secs(5))?;
@@ -382,5 +396,115 @@ fn two_hundred_jobs_over_twenty_agents_run_once_each_through_a_server_restart() 
         // The restart cost no lease: nothing was lost.
         assert!(!has_event(&server, node, "job_lost", "raised")?, "{node}");
     }
+    Ok(())
+}
+
+#[test]
+fn a_network_cut_longer_than_the_lease_loses_no_audio() -> Result<()> {
+    let work = tempfile::tempdir()?;
+    let mut broker = Mosquitto::start(
+        work.path(),
+        &[(SERVER_USER, SERVER_PASSWORD), ("rec-cut", "node-pw")],
+    )?;
+    let server = Server::start_with_broker(
+        work.path(),
+        &work.path().join("data"),
+        &broker,
+        "[jobs]\nlease_ms = 3000\n",
+    )?;
+    let (_agent, recordings) = job_agent(
+        work.path(),
+        "rec-cut",
+        broker.port,
+        2,
+        "username = \"rec-cut\"\npassword = \"node-pw\"",
+    )?;
+    wait_online(&server, "rec-cut")?;
+    let id = start_running(&server, json!({"node": "rec-cut", "duration_s": 15}))?;
+
+    // Cut: nobody reaches the broker for longer than the lease.
+    broker.stop()?;
+    wait_job(&server, &id, "lost", Duration::from_secs(15))?;
+    assert!(has_event(&server, "rec-cut", "job_lost", "raised")?);
+    broker.start_again()?;
+
+    // The node kept recording: the job runs again, then completes whole.
+    let done = wait_job(&server, &id, "completed", Duration::from_secs(40))?;
+    assert_eq!(done["recording"]["frames"], 15 * 48_000, "{done}");
+    assert_eq!(done["recording"]["recovered"], false);
+    assert!(has_event(&server, "rec-cut", "job_lost", "cleared")?);
+    flac_test(&recordings.join(format!("{id}.flac")))?;
+    Ok(())
+}
+
+/// libfaketime from Debian's `faketime` package.
+fn libfaketime() -> Result<PathBuf> {
+    let found = std::fs::read_dir("/usr/lib")?
+        .filter_map(|e| e.ok())
+        .map(|e| e.path().join("faketime/libfaketime.so.1"))
+        .find(|p| p.exists());
+    found.ok_or_else(|| anyhow::anyhow!("libfaketime not found (package faketime)"))
+}
+
+#[test]
+fn a_wall_clock_jump_on_the_node_does_not_cost_the_lease() -> Result<()> {
+    let work = tempfile::tempdir()?;
+    let server = short_lease_server(work.path())?;
+    // The agent's wall clock is read from a file we change under it; its
+    // monotonic clock is left alone, as an NTP step or a bad RTC leaves it.
+    let offset = work.path().join("faketime-offset");
+    std::fs::write(&offset, "+0\n")?;
+    let recordings = work.path().join("rec-clock-recordings");
+    let config = work.path().join("rec-clock.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "node_id = \"rec-clock\"\nrealtime = false\nrecordings_dir = \"{}\"\nstate_dir = \"{}\"\n\
+             [mqtt]\nhost = \"127.0.0.1\"\nport = {}\n\
+             [source]\nkind = \"synthetic\"\nchannels = 2\nsample_rate = 48000\nsignal = \"demo\"\n",
+            recordings.display(),
+            work.path().join("rec-clock-state").display(),
+            server.mqtt_port,
+        ),
+    )?;
+    let lib = libfaketime()?;
+    let env = [
+        ("LD_PRELOAD", lib.as_os_str()),
+        ("FAKETIME_TIMESTAMP_FILE", offset.as_os_str()),
+        ("FAKETIME_NO_CACHE", std::ffi::OsStr::new("1")),
+        ("FAKETIME_DONT_FAKE_MONOTONIC", std::ffi::OsStr::new("1")),
+    ];
+    let _agent = Agent::start_with_env(work.path(), "rec-clock", &config, &env)?;
+    wait_online(&server, "rec-clock")?;
+    let id = start_running(&server, json!({"node": "rec-clock", "duration_s": 10}))?;
+
+    // Two days ahead, then an hour behind where it started.
+    std::thread::sleep(Duration::from_secs(2));
+    std::fs::write(&offset, "+2d\n")?;
+    // The jump is real: the node's meter frames are stamped two days ahead.
+    let real_now = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64
+    };
+    wait_for(
+        "meter stamps from the jumped clock",
+        Duration::from_secs(10),
+        || {
+            let nodes = server.nodes().ok()?;
+            let n = nodes.into_iter().find(|n| n["id"] == "rec-clock")?;
+            (n["meters"]["captured_at_ms"].as_u64()? > real_now() + 86_400_000).then_some(())
+        },
+    )?;
+    std::thread::sleep(Duration::from_secs(3));
+    std::fs::write(&offset, "-1h\n")?;
+    let done = wait_job(&server, &id, "completed", Duration::from_secs(30))?;
+    assert_eq!(done["recording"]["frames"], 10 * 48_000, "{done}");
+    assert!(
+        !has_event(&server, "rec-clock", "job_lost", "raised")?,
+        "heartbeats kept the lease through both jumps"
+    );
+    flac_test(&recordings.join(format!("{id}.flac")))?;
     Ok(())
 }
