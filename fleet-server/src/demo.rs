@@ -2,10 +2,14 @@
 //!
 //! The appliances are real agents (`rakkr-agent`'s library) with synthetic
 //! sources, each with its own MQTT connection to the embedded broker, so the
-//! demo exercises the same path as a real fleet.
+//! demo exercises the same path as a real fleet. Each records into
+//! `{data_dir}/demo-recordings/{node}/`, and the demo starts one job on the
+//! first appliance so a recording is running from the start.
 
 use std::net::{SocketAddr, TcpListener};
+use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use rakkr_agent::AgentSettings;
 use rakkr_agent::run::AgentHandles;
@@ -14,6 +18,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::clock::Clock;
+use crate::jobs::{Commands, JobRequest};
 
 /// Names and channel counts of the simulated appliances.
 pub const DEMO_NODES: [(&str, u16); 6] = [
@@ -33,10 +38,18 @@ pub fn free_or_any(preferred: SocketAddr) -> SocketAddr {
     }
 }
 
-/// Start `count` simulated appliances against the broker at `mqtt` (host, port).
+/// Jobs each simulated appliance runs at once.
+const DEMO_MAX_JOBS: u16 = 2;
+
+/// The demo's own recording: an hour on the first appliance, in 5-minute files.
+pub const DEMO_JOB_SECONDS: u32 = 3600;
+
+/// Start `count` simulated appliances against the broker at `mqtt` (host,
+/// port), recording under `recordings`.
 pub fn spawn_appliances(
     count: usize,
     mqtt: (&str, u16),
+    recordings: &Path,
     clock: Arc<dyn Clock>,
     shutdown: CancellationToken,
 ) -> JoinSet<()> {
@@ -49,7 +62,9 @@ pub fn spawn_appliances(
             format!("{name}-{}", i / DEMO_NODES.len() + 1)
         };
         let node = NodeId::new(id).expect("demo node names are valid");
-        let settings = AgentSettings::simulated(node, mqtt.0, mqtt.1, channels);
+        let mut settings = AgentSettings::simulated(node, mqtt.0, mqtt.1, channels);
+        settings.recordings_dir = Some(recordings.join(settings.node_id.as_str()));
+        settings.max_jobs = DEMO_MAX_JOBS;
         let clock = clock.clone();
         let shutdown = shutdown.clone();
         set.spawn(async move {
@@ -62,4 +77,66 @@ pub fn spawn_appliances(
         });
     }
     set
+}
+
+/// Once the first appliance has announced itself, start the demo's job on
+/// it (unless one is already running there from an earlier demo).
+pub async fn start_demo_job(
+    store: Arc<dyn rakkr_store::Store>,
+    commands: Commands,
+    clock: Arc<dyn Clock>,
+    shutdown: CancellationToken,
+) {
+    let node = NodeId::new(DEMO_NODES[0].0).expect("demo node names are valid");
+    for _ in 0..100 {
+        if shutdown.is_cancelled() {
+            return;
+        }
+        let (store, commands, node, now) = (
+            store.clone(),
+            commands.clone(),
+            node.clone(),
+            clock.unix_ms(),
+        );
+        let started = tokio::task::spawn_blocking(move || {
+            let announced = store
+                .node(&node)
+                .ok()
+                .flatten()
+                .is_some_and(|n| n.details.is_some());
+            if !announced {
+                return None;
+            }
+            let busy = store
+                .jobs(Some(&node), 10)
+                .unwrap_or_default()
+                .iter()
+                .any(|j| j.state.occupies_channels());
+            if busy {
+                return Some(Ok(None));
+            }
+            let spec: rakkr_protocol::job::JobSpec = serde_json::from_value(serde_json::json!({
+                "duration_s": DEMO_JOB_SECONDS,
+                "profile": {"codec": "flac", "segment_s": 300},
+            }))
+            .expect("the demo job is valid");
+            Some(
+                crate::jobs::create_job(&*store, &commands, JobRequest { node, spec }, now)
+                    .map(Some),
+            )
+        })
+        .await;
+        match started {
+            Ok(Some(Ok(Some(job)))) => {
+                tracing::info!(job = %job.id, node = %job.node, "demo recording started");
+                return;
+            }
+            Ok(Some(Ok(None))) => return,
+            Ok(Some(Err(e))) => {
+                tracing::warn!(error = %e, "cannot start the demo recording");
+                return;
+            }
+            Ok(None) | Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    }
 }

@@ -66,6 +66,10 @@ pub struct RunningServer {
     pub link: Arc<LinkState>,
     pub ingest: Arc<IngestStats>,
     pub jobs: Arc<jobs::JobStats>,
+    pub store: Arc<dyn Store>,
+    /// Commands to nodes (job offers, stops), as the API sends them.
+    pub commands: jobs::Commands,
+    pub data_dir: std::path::PathBuf,
     tasks: JoinSet<()>,
     _data_dir: DataDir,
 }
@@ -202,11 +206,11 @@ impl RunningServer {
         ));
         let app = http::router(http::AppState {
             fleet: fleet.clone(),
-            store,
+            store: store.clone(),
             link: link.clone(),
             clock,
             stale_after: settings.stale_after,
-            commands,
+            commands: commands.clone(),
         });
         let http_shutdown = shutdown.clone();
         tasks.spawn(async move {
@@ -226,6 +230,9 @@ impl RunningServer {
             link,
             ingest: stats,
             jobs: job_stats,
+            store,
+            commands,
+            data_dir: settings.data_dir.clone(),
             tasks,
             _data_dir: data_dir,
         })

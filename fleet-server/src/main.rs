@@ -231,9 +231,17 @@ fn real_main() -> anyhow::Result<()> {
         let mut appliances = None;
         match demo_nodes {
             Some(n) => {
+                let recordings = server.data_dir.join("demo-recordings");
                 appliances = Some(demo::spawn_appliances(
                     n,
                     (&server.mqtt_host, server.mqtt_port),
+                    &recordings,
+                    clock.clone(),
+                    shutdown.clone(),
+                ));
+                tokio::spawn(demo::start_demo_job(
+                    server.store.clone(),
+                    server.commands.clone(),
                     clock,
                     shutdown.clone(),
                 ));
@@ -243,6 +251,11 @@ fn real_main() -> anyhow::Result<()> {
                     "  MQTT:     mqtt://{host}:{port}  (try: mosquitto_sub -h {host} -p {port} -t 'rakkr/v1/#' -v)",
                     host = server.mqtt_host,
                     port = server.mqtt_port,
+                );
+                println!(
+                    "  Jobs:     {} records for an hour into {}; try: rakkr-server job list --server {url}",
+                    demo::DEMO_NODES[0].0,
+                    recordings.display()
                 );
                 println!("Press Ctrl-C to stop.");
             }

@@ -508,3 +508,41 @@ fn a_wall_clock_jump_on_the_node_does_not_cost_the_lease() -> Result<()> {
     flac_test(&recordings.join(format!("{id}.flac")))?;
     Ok(())
 }
+
+#[test]
+fn the_demo_runs_a_recording_on_its_first_appliance() -> Result<()> {
+    let work = tempfile::tempdir()?;
+    let (http, mqtt) = (free_port(), free_port());
+    let data = work.path().join("demo-data");
+    let mut cmd = Command::new(bin("rakkr-server"));
+    cmd.args(["demo", "--nodes", "3", "--data-dir"])
+        .arg(&data)
+        .arg("--http-addr")
+        .arg(format!("127.0.0.1:{http}"))
+        .arg("--mqtt-addr")
+        .arg(format!("127.0.0.1:{mqtt}"));
+    let mut demo = Proc::spawn("demo", cmd, work.path())?;
+    let url = format!("http://127.0.0.1:{http}/api/v1/jobs");
+    let job = wait_for(
+        "the demo's recording running",
+        Duration::from_secs(30),
+        || {
+            let (_, body) = http_get(&url).ok()?;
+            let jobs: Vec<Value> = serde_json::from_str(&body).ok()?;
+            jobs.into_iter()
+                .find(|j| j["node"] == "studio-a" && j["state"] == "running")
+        },
+    )?;
+    let id = job["id"].as_str().unwrap();
+    let part = data.join(format!("demo-recordings/studio-a/{id}.0001.flac.part"));
+    wait_for("its first file growing", Duration::from_secs(10), || {
+        (std::fs::metadata(&part).ok()?.len() > 100_000).then_some(())
+    })?;
+    assert!(demo.stdout_text().contains("studio-a records for an hour"));
+    demo.signal("TERM")?;
+    assert!(demo.wait_exit(Duration::from_secs(20))?.success());
+    // Shut down in order: the take was finalized, not left as a `.part`.
+    assert!(!part.exists());
+    flac_test(&data.join(format!("demo-recordings/studio-a/{id}.0001.flac")))?;
+    Ok(())
+}
