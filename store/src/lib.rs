@@ -134,6 +134,45 @@ pub trait Store: Send + Sync + 'static {
     /// The newest jobs, of one node or of all, at most `limit`, newest first.
     fn jobs(&self, node: Option<&NodeId>, limit: usize) -> Result<Vec<JobRecord>>;
 
+    /// Keep a new enrollment token.
+    fn create_enroll_token(&self, token: EnrollTokenRecord) -> Result<()>;
+
+    /// Tokens not used and not expired at `now_ms`, newest first.
+    fn enroll_tokens(&self, now_ms: u64) -> Result<Vec<EnrollTokenRecord>>;
+
+    /// Use token `token_id` (whose secret hashes to `secret_sha256`) to give
+    /// `node` the credential hashing to `credential_sha256`, in one
+    /// transaction. Refused ([`StoreError::Refused`], saying why) when the
+    /// token is unknown, wrong, expired or used, bound to another node, or
+    /// when the node holds an active credential and the token was not made
+    /// for that node (re-enrolling a node is an explicit operator decision).
+    fn enroll_node(
+        &self,
+        token_id: &str,
+        secret_sha256: &str,
+        node: &NodeId,
+        credential_sha256: &str,
+        now_ms: u64,
+    ) -> Result<NodeCredentialRecord>;
+
+    /// Every node credential (the gate keeps them in memory).
+    fn node_credentials(&self) -> Result<Vec<NodeCredentialRecord>>;
+
+    /// Give a node's active credential a next secret: the current one keeps
+    /// working until the node connects with the next ([`Store::promote_node_credential`]).
+    fn set_next_node_credential(
+        &self,
+        node: &NodeId,
+        next_sha256: &str,
+        now_ms: u64,
+    ) -> Result<NodeCredentialRecord>;
+
+    /// The node used its next secret: it becomes the only one.
+    fn promote_node_credential(&self, node: &NodeId, now_ms: u64) -> Result<NodeCredentialRecord>;
+
+    /// Revoke a node's credential: it is refused from now on.
+    fn revoke_node_credential(&self, node: &NodeId, now_ms: u64) -> Result<NodeCredentialRecord>;
+
     /// Store health events; one already stored (same node and message id) is
     /// left as it is. A node keeps at most [`MAX_HEALTH_EVENTS_PER_NODE`]: the
     /// oldest go first. Returns how many were new.

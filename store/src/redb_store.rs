@@ -11,6 +11,8 @@
 //! | `active_jobs` | `(node id, job id)`   | `()`: jobs holding their channels      |
 //! | `leases`    | `(expires ms, job id)`  | `()`: jobs with a running lease, by expiry |
 //! | `node_jobs` | `(node id, job id)`     | `()`: every job of a node              |
+//! | `enroll_tokens` | token id `&str`     | JSON [`EnrollTokenRecord`] (secret: SHA-256 only) |
+//! | `node_credentials` | node id `&str`   | JSON [`NodeCredentialRecord`] (secrets: SHA-256 only) |
 //! | `health_events` | `(node id, message id)` | `HealthEventRecord` (JSON); a message id is stored once per node |
 //!
 //! Invariants, kept by [`JobTables::put`], the only writer of job records: a
@@ -35,8 +37,9 @@ use rakkr_protocol::job::JobUpdate;
 use rakkr_protocol::payload::{HealthChange, HealthCondition, HealthEvent, Severity};
 
 use crate::{
-    HealthEventRecord, JobId, JobRecord, Lease, MAX_APPLIED_UPDATES, MAX_HEALTH_EVENTS_PER_NODE,
-    NewJob, NodeRecord, NodeStatusUpdate, Result, Store, StoreError, UpdateOutcome,
+    EnrollTokenRecord, HealthEventRecord, JobId, JobRecord, Lease, MAX_APPLIED_UPDATES,
+    MAX_HEALTH_EVENTS_PER_NODE, NewJob, NodeCredentialRecord, NodeRecord, NodeStatusUpdate, Result,
+    Store, StoreError, UpdateOutcome,
 };
 
 /// Version of the layout above. Bumped only with a migration.
@@ -49,6 +52,8 @@ const JOB_QUEUE: TableDefinition<(&str, u128), ()> = TableDefinition::new("job_q
 const ACTIVE_JOBS: TableDefinition<(&str, u128), ()> = TableDefinition::new("active_jobs");
 const LEASES: TableDefinition<(u64, u128), ()> = TableDefinition::new("leases");
 const NODE_JOBS: TableDefinition<(&str, u128), ()> = TableDefinition::new("node_jobs");
+const ENROLL_TOKENS: TableDefinition<&str, &[u8]> = TableDefinition::new("enroll_tokens");
+const NODE_CREDENTIALS: TableDefinition<&str, &[u8]> = TableDefinition::new("node_credentials");
 /// (node, message id as u128) → HealthEventRecord (JSON).
 const HEALTH_EVENTS: TableDefinition<(&str, u128), &[u8]> = TableDefinition::new("health_events");
 
@@ -121,6 +126,46 @@ impl RedbStore {
         }
         tx.commit().map_err(backend)
     }
+}
+
+impl RedbStore {
+    /// Change an active node credential in one transaction.
+    fn change_credential(
+        &self,
+        node: &NodeId,
+        change: impl FnOnce(&mut NodeCredentialRecord),
+    ) -> Result<NodeCredentialRecord> {
+        let tx = self.db.begin_write().map_err(backend)?;
+        let credential = {
+            let mut credentials = tx.open_table(NODE_CREDENTIALS).map_err(backend)?;
+            let mut c: NodeCredentialRecord =
+                match credentials.get(node.as_str()).map_err(backend)? {
+                    Some(v) => decode("node credential", v.value())?,
+                    None => {
+                        return Err(StoreError::Refused(format!(
+                            "node {node} has no credential"
+                        )));
+                    }
+                };
+            if !c.is_active() {
+                return Err(StoreError::Refused(format!(
+                    "node {node}'s credential is revoked"
+                )));
+            }
+            change(&mut c);
+            credentials
+                .insert(node.as_str(), encode(&c).as_slice())
+                .map_err(backend)?;
+            c
+        };
+        tx.commit().map_err(backend)?;
+        Ok(credential)
+    }
+}
+
+/// Compare secrets (hashes) without an early exit that would time them.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 impl Store for RedbStore {
@@ -465,6 +510,161 @@ impl Store for RedbStore {
             }
         }
         Ok(out)
+    }
+
+    fn create_enroll_token(&self, token: EnrollTokenRecord) -> Result<()> {
+        let tx = self.db.begin_write().map_err(backend)?;
+        {
+            let mut tokens = tx.open_table(ENROLL_TOKENS).map_err(backend)?;
+            if tokens.get(token.id.as_str()).map_err(backend)?.is_some() {
+                return Err(StoreError::Refused(format!("token id {} exists", token.id)));
+            }
+            tokens
+                .insert(token.id.as_str(), encode(&token).as_slice())
+                .map_err(backend)?;
+        }
+        tx.commit().map_err(backend)
+    }
+
+    fn enroll_tokens(&self, now_ms: u64) -> Result<Vec<EnrollTokenRecord>> {
+        let tx = self.db.begin_read().map_err(backend)?;
+        let tokens = tx.open_table(ENROLL_TOKENS).map_err(backend)?;
+        let mut out = Vec::new();
+        for entry in tokens.iter().map_err(backend)? {
+            let (_, v) = entry.map_err(backend)?;
+            let t: EnrollTokenRecord = decode("enrollment token", v.value())?;
+            if t.used.is_none() && t.expires_ms > now_ms {
+                out.push(t);
+            }
+        }
+        out.sort_by(|a, b| b.created_ms.cmp(&a.created_ms));
+        Ok(out)
+    }
+
+    fn enroll_node(
+        &self,
+        token_id: &str,
+        secret_sha256: &str,
+        node: &NodeId,
+        credential_sha256: &str,
+        now_ms: u64,
+    ) -> Result<NodeCredentialRecord> {
+        let refused = |why: &str| Err(StoreError::Refused(why.to_owned()));
+        let tx = self.db.begin_write().map_err(backend)?;
+        let credential = {
+            let mut tokens = tx.open_table(ENROLL_TOKENS).map_err(backend)?;
+            let token: Option<EnrollTokenRecord> = match tokens.get(token_id).map_err(backend)? {
+                Some(v) => Some(decode("enrollment token", v.value())?),
+                None => None,
+            };
+            // Unknown and wrong secret read the same: no oracle for guessing ids.
+            let Some(mut token) = token
+                .filter(|t| constant_time_eq(t.secret_sha256.as_bytes(), secret_sha256.as_bytes()))
+            else {
+                return refused("unknown enrollment token");
+            };
+            if let Some((_, by)) = &token.used {
+                return Err(StoreError::Refused(format!(
+                    "enrollment token {token_id} was already used (by node {by}); create a new one"
+                )));
+            }
+            if token.expires_ms <= now_ms {
+                return Err(StoreError::Refused(format!(
+                    "enrollment token {token_id} has expired; create a new one"
+                )));
+            }
+            if token.node.as_ref().is_some_and(|n| n != node) {
+                return Err(StoreError::Refused(format!(
+                    "enrollment token {token_id} is for node {}, not {node}",
+                    token.node.as_ref().map(|n| n.as_str()).unwrap_or_default()
+                )));
+            }
+            let mut credentials = tx.open_table(NODE_CREDENTIALS).map_err(backend)?;
+            let existing: Option<NodeCredentialRecord> =
+                match credentials.get(node.as_str()).map_err(backend)? {
+                    Some(v) => Some(decode("node credential", v.value())?),
+                    None => None,
+                };
+            if existing.as_ref().is_some_and(|c| c.is_active()) && token.node.is_none() {
+                return Err(StoreError::Refused(format!(
+                    "node {node} is enrolled already; revoke its credential or create a token for it \
+                     (enroll-token create --node {node}) to enroll it again"
+                )));
+            }
+            token.used = Some((now_ms, node.clone()));
+            tokens
+                .insert(token_id, encode(&token).as_slice())
+                .map_err(backend)?;
+            let credential = NodeCredentialRecord {
+                node: node.clone(),
+                secret_sha256: credential_sha256.to_owned(),
+                next_sha256: None,
+                generation: existing.map_or(0, |c| c.generation + 1),
+                created_ms: now_ms,
+                revoked_ms: None,
+            };
+            credentials
+                .insert(node.as_str(), encode(&credential).as_slice())
+                .map_err(backend)?;
+            credential
+        };
+        tx.commit().map_err(backend)?;
+        Ok(credential)
+    }
+
+    fn node_credentials(&self) -> Result<Vec<NodeCredentialRecord>> {
+        let tx = self.db.begin_read().map_err(backend)?;
+        let credentials = tx.open_table(NODE_CREDENTIALS).map_err(backend)?;
+        let mut out = Vec::new();
+        for entry in credentials.iter().map_err(backend)? {
+            let (_, v) = entry.map_err(backend)?;
+            out.push(decode("node credential", v.value())?);
+        }
+        Ok(out)
+    }
+
+    fn set_next_node_credential(
+        &self,
+        node: &NodeId,
+        next_sha256: &str,
+        _now_ms: u64,
+    ) -> Result<NodeCredentialRecord> {
+        self.change_credential(node, |c| {
+            c.next_sha256 = Some(next_sha256.to_owned());
+        })
+    }
+
+    fn promote_node_credential(&self, node: &NodeId, _now_ms: u64) -> Result<NodeCredentialRecord> {
+        self.change_credential(node, |c| {
+            if let Some(next) = c.next_sha256.take() {
+                c.secret_sha256 = next;
+                c.generation += 1;
+            }
+        })
+    }
+
+    fn revoke_node_credential(&self, node: &NodeId, now_ms: u64) -> Result<NodeCredentialRecord> {
+        let tx = self.db.begin_write().map_err(backend)?;
+        let credential = {
+            let mut credentials = tx.open_table(NODE_CREDENTIALS).map_err(backend)?;
+            let mut c: NodeCredentialRecord =
+                match credentials.get(node.as_str()).map_err(backend)? {
+                    Some(v) => decode("node credential", v.value())?,
+                    None => {
+                        return Err(StoreError::Refused(format!(
+                            "node {node} has no credential"
+                        )));
+                    }
+                };
+            c.revoked_ms.get_or_insert(now_ms);
+            c.next_sha256 = None;
+            credentials
+                .insert(node.as_str(), encode(&c).as_slice())
+                .map_err(backend)?;
+            c
+        };
+        tx.commit().map_err(backend)?;
+        Ok(credential)
     }
 
     fn record_health_events(&self, events: &[HealthEventRecord]) -> Result<usize> {

@@ -117,3 +117,40 @@ pub struct HealthEventRecord {
     pub event: HealthEvent,
     pub received_ms: u64,
 }
+
+/// A single-use bootstrap token for enrolling one appliance. Only a hash of
+/// its secret is kept.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EnrollTokenRecord {
+    /// Public part of the token: names it in lists and logs.
+    pub id: String,
+    /// SHA-256 of the secret part, hex.
+    pub secret_sha256: String,
+    /// The node it may enroll; `None`: the node names itself.
+    pub node: Option<NodeId>,
+    pub created_ms: u64,
+    pub expires_ms: u64,
+    /// When, and as which node, it was used.
+    pub used: Option<(u64, NodeId)>,
+}
+
+/// A node's MQTT/API credential. Only hashes are kept.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeCredentialRecord {
+    pub node: NodeId,
+    /// SHA-256 of the current secret, hex.
+    pub secret_sha256: String,
+    /// A rotated secret the node has been given but not used yet: both work
+    /// until the node connects with the new one.
+    pub next_sha256: Option<String>,
+    /// Rotations so far.
+    pub generation: u32,
+    pub created_ms: u64,
+    pub revoked_ms: Option<u64>,
+}
+
+impl NodeCredentialRecord {
+    pub fn is_active(&self) -> bool {
+        self.revoked_ms.is_none()
+    }
+}

@@ -419,6 +419,94 @@ fn racing_claims_never_share_a_job(store: Arc<dyn Store>) {
     );
 }
 
+fn token(id: &str, node: Option<&str>, expires_ms: u64) -> EnrollTokenRecord {
+    EnrollTokenRecord {
+        id: id.into(),
+        secret_sha256: format!("hash-of-{id}"),
+        node: node.map(|n| NodeId::new(n).unwrap()),
+        created_ms: 0,
+        expires_ms,
+        used: None,
+    }
+}
+
+fn enrollment_tokens_are_single_use_expiring_and_bound(store: &dyn Store) {
+    let refused = |r: Result<NodeCredentialRecord>, expect: &str| match r {
+        Err(StoreError::Refused(why)) => assert!(why.contains(expect), "{why}"),
+        other => panic!("expected a refusal ({expect}), got {other:?}"),
+    };
+    store.create_enroll_token(token("t1", None, 1_000)).unwrap();
+    store.create_enroll_token(token("t2", None, 1_000)).unwrap();
+    store
+        .create_enroll_token(token("t3", Some("bound"), 1_000))
+        .unwrap();
+    assert!(
+        store.create_enroll_token(token("t1", None, 9)).is_err(),
+        "ids are unique"
+    );
+    assert_eq!(store.enroll_tokens(0).unwrap().len(), 3);
+
+    let a = node("enr-a");
+    refused(
+        store.enroll_node("nope", "hash-of-nope", &a, "c", 10),
+        "unknown",
+    );
+    refused(store.enroll_node("t1", "wrong", &a, "c", 10), "unknown");
+    refused(
+        store.enroll_node("t1", "hash-of-t1", &a, "c", 1_000),
+        "expired",
+    );
+    let c = store
+        .enroll_node("t1", "hash-of-t1", &a, "cred-a", 10)
+        .unwrap();
+    assert_eq!(
+        (c.secret_sha256.as_str(), c.generation, c.is_active()),
+        ("cred-a", 0, true)
+    );
+    refused(
+        store.enroll_node("t1", "hash-of-t1", &node("enr-b"), "c", 11),
+        "already used",
+    );
+    // An enrolled node is not enrolled again by just any token …
+    refused(
+        store.enroll_node("t2", "hash-of-t2", &a, "c", 12),
+        "enrolled already",
+    );
+    // … and a token made for a node enrolls only that node.
+    refused(
+        store.enroll_node("t3", "hash-of-t3", &a, "c", 13),
+        "is for node bound",
+    );
+    assert_eq!(store.enroll_tokens(14).unwrap().len(), 2, "t1 is used");
+
+    // Rotation: both secrets work until the next is used.
+    let r = store.set_next_node_credential(&a, "cred-a2", 20).unwrap();
+    assert_eq!(
+        (r.secret_sha256.as_str(), r.next_sha256.as_deref()),
+        ("cred-a", Some("cred-a2"))
+    );
+    let p = store.promote_node_credential(&a, 21).unwrap();
+    assert_eq!(
+        (p.secret_sha256.as_str(), p.next_sha256, p.generation),
+        ("cred-a2", None, 1)
+    );
+
+    // Revocation sticks; a token made for the node enrolls it again.
+    let rv = store.revoke_node_credential(&a, 30).unwrap();
+    assert_eq!(rv.revoked_ms, Some(30));
+    assert!(store.set_next_node_credential(&a, "x", 31).is_err());
+    store
+        .create_enroll_token(token("t4", Some("enr-a"), 1_000))
+        .unwrap();
+    let again = store
+        .enroll_node("t4", "hash-of-t4", &a, "cred-a3", 40)
+        .unwrap();
+    assert_eq!((again.is_active(), again.generation), (true, 2));
+    let all = store.node_credentials().unwrap();
+    assert_eq!(all.len(), 1);
+    assert_eq!(all[0].secret_sha256, "cred-a3");
+}
+
 fn health_events_are_stored_once_per_message(store: &dyn Store) {
     use rakkr_protocol::MessageId;
     use rakkr_protocol::payload::{HealthChange, HealthCondition, HealthEvent, Severity};
@@ -513,6 +601,12 @@ fn redb_a_job_runs_under_its_lease_and_finishes_once() {
 fn redb_expired_leases_lose_jobs_and_returned_takes_are_attached() {
     let (_d, s) = redb();
     expired_leases_lose_jobs_and_returned_takes_are_attached(&s);
+}
+
+#[test]
+fn redb_enrollment_tokens_are_single_use_expiring_and_bound() {
+    let (_d, s) = redb();
+    enrollment_tokens_are_single_use_expiring_and_bound(&s);
 }
 
 #[test]
