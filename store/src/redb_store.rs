@@ -537,7 +537,7 @@ impl Store for RedbStore {
                 out.push(t);
             }
         }
-        out.sort_by(|a, b| b.created_ms.cmp(&a.created_ms));
+        out.sort_by_key(|t| std::cmp::Reverse(t.created_ms));
         Ok(out)
     }
 
