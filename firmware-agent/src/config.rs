@@ -484,6 +484,30 @@ fn check_stream(channels: u16, sample_rate: u32, period_frames: u32) -> Result<(
 }
 
 impl AgentSettings {
+    /// Use the identity from `rakkr-agent enroll` (in `state_dir`) as the MQTT
+    /// credentials, unless the configuration names credentials itself.
+    pub fn with_identity(mut self) -> Result<Self, crate::identity::IdentityError> {
+        let Some(dir) = &self.state_dir else {
+            return Ok(self);
+        };
+        if self.mqtt.credentials.is_some() {
+            return Ok(self);
+        }
+        if let Some(identity) = crate::identity::load(dir)? {
+            if identity.node != self.node_id {
+                return Err(crate::identity::IdentityError::Corrupt {
+                    path: crate::identity::path(dir),
+                    detail: format!(
+                        "it is node {}'s, but this configuration is for node {}",
+                        identity.node, self.node_id
+                    ),
+                });
+            }
+            self.mqtt.credentials = Some((identity.node.to_string(), identity.credential));
+        }
+        Ok(self)
+    }
+
     /// Settings for a simulated appliance with a demo signal (used by the demo and tests).
     pub fn simulated(node_id: NodeId, mqtt_host: &str, mqtt_port: u16, channels: u16) -> Self {
         AgentSettings {

@@ -27,6 +27,7 @@ pub mod capture;
 pub use rakkr_protocol::channel_map;
 pub mod clock;
 pub mod config;
+pub mod identity;
 pub mod jobs;
 pub mod link;
 pub mod meter;

@@ -26,6 +26,28 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Exchange a single-use enrollment token for this node's identity and
+    /// credential, kept in `{state_dir}/identity.json`.
+    Enroll {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// The fleet server's HTTP address.
+        #[arg(long)]
+        server: String,
+        /// The token from `rakkr-server enroll-token create`.
+        #[arg(long, env = "RAKKR_ENROLL_TOKEN")]
+        token: String,
+        /// Replace an identity this node already has.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Get a new credential from the server (authenticated by the current one).
+    RotateCredential {
+        #[arg(long, short)]
+        config: PathBuf,
+        #[arg(long)]
+        server: String,
+    },
     /// List ALSA capture devices with their channel counts, rates and formats.
     Devices,
     /// Record one take to a FLAC or WAV/RF64 file with the agent's engine, printing meters.
@@ -137,10 +159,44 @@ fn real_main() -> anyhow::Result<()> {
             print!("{}", format_devices(&devices));
             Ok(())
         }
+        Command::Enroll {
+            config,
+            server,
+            token,
+            force,
+        } => {
+            let settings = load_settings(&config)?;
+            let state_dir = state_dir_of(&settings)?;
+            if !force && rakkr_agent::identity::load(state_dir)?.is_some() {
+                anyhow::bail!(
+                    "{} exists: this node is enrolled already (use --force to replace it)",
+                    rakkr_agent::identity::path(state_dir).display()
+                );
+            }
+            let answer = call_server(
+                reqwest::blocking::Client::new()
+                    .post(format!("{}/api/v1/enroll", server.trim_end_matches('/')))
+                    .json(&serde_json::json!({"token": token, "node": settings.node_id})),
+            )?;
+            save_identity(state_dir, &settings, answer)
+        }
+        Command::RotateCredential { config, server } => {
+            let settings = load_settings(&config)?;
+            let state_dir = state_dir_of(&settings)?;
+            let current = rakkr_agent::identity::load(state_dir)?
+                .context("this node has no identity yet: run `rakkr-agent enroll` first")?;
+            let answer = call_server(
+                reqwest::blocking::Client::new()
+                    .post(format!(
+                        "{}/api/v1/node/credential/rotate",
+                        server.trim_end_matches('/')
+                    ))
+                    .basic_auth(current.node.as_str(), Some(&current.credential)),
+            )?;
+            save_identity(state_dir, &settings, answer)
+        }
         Command::Run { config } => {
-            let settings = AgentConfig::load(&config)
-                .and_then(AgentConfig::validate)
-                .with_context(|| format!("bad configuration in {}", config.display()))?;
+            let settings = load_settings(&config)?;
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
                 .enable_all()
@@ -159,6 +215,58 @@ fn real_main() -> anyhow::Result<()> {
             })
         }
     }
+}
+
+fn load_settings(config: &std::path::Path) -> anyhow::Result<rakkr_agent::AgentSettings> {
+    let settings = AgentConfig::load(config)
+        .and_then(AgentConfig::validate)
+        .with_context(|| format!("bad configuration in {}", config.display()))?;
+    settings
+        .with_identity()
+        .with_context(|| format!("cannot use the identity for {}", config.display()))
+}
+
+fn state_dir_of(settings: &rakkr_agent::AgentSettings) -> anyhow::Result<&std::path::Path> {
+    settings
+        .state_dir
+        .as_deref()
+        .context("the configuration has no state_dir: the identity is kept there")
+}
+
+/// Send a request; the JSON answer, or the server's problem detail as the error.
+fn call_server(request: reqwest::blocking::RequestBuilder) -> anyhow::Result<serde_json::Value> {
+    let response = request.send().context("cannot reach the fleet server")?;
+    let status = response.status();
+    let value: serde_json::Value = response.json().unwrap_or_default();
+    if !status.is_success() {
+        anyhow::bail!(
+            "the server refused ({status}): {}",
+            value["detail"].as_str().unwrap_or("no detail")
+        );
+    }
+    Ok(value)
+}
+
+fn save_identity(
+    state_dir: &std::path::Path,
+    settings: &rakkr_agent::AgentSettings,
+    answer: serde_json::Value,
+) -> anyhow::Result<()> {
+    let identity: rakkr_agent::identity::Identity =
+        serde_json::from_value(answer).context("unexpected answer from the server")?;
+    anyhow::ensure!(
+        identity.node == settings.node_id,
+        "the server answered for node {}, not {}",
+        identity.node,
+        settings.node_id
+    );
+    rakkr_agent::identity::store(state_dir, &identity)?;
+    println!(
+        "node {} enrolled; identity in {}",
+        identity.node,
+        rakkr_agent::identity::path(state_dir).display()
+    );
+    Ok(())
 }
 
 fn format_devices(devices: &[rakkr_agent::source::alsa::DeviceInfo]) -> String {

@@ -11,7 +11,10 @@
 //! broker = "embedded"          # or "external": use a site's broker (e.g. deploy/mosquitto)
 //! max_connections = 10000      # embedded: connections accepted; both: nodes tracked
 //! addr = "127.0.0.1:1883"      # embedded: where the broker listens
-//! insecure_allow_remote = false  # embedded: required to listen beyond loopback (no client auth yet)
+//! node_auth = "credentials"   # embedded: nodes log in with enrolled credentials through the
+//!                              # authorizing gate; "none" only for development
+//! readers = [{ name = "grafana", password_sha256 = "…" }]  # embedded: read-only dashboards
+//! insecure_allow_remote = false  # embedded: required to listen beyond loopback (plain TCP until TLS)
 //! host = "broker.example"      # external: the broker
 //! port = 1883                  # external
 //! username = "rakkr-server"    # external: the server's credentials (both or neither)
@@ -109,14 +112,39 @@ pub struct MqttConfig {
     pub addr: SocketAddr,
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
-    /// The embedded broker does not authenticate clients yet: anyone who reaches
-    /// it can speak for any node. It listens on loopback only unless this is set.
+    /// How the embedded broker's clients prove who they are.
+    #[serde(default)]
+    pub node_auth: NodeAuth,
+    /// Read-only accounts for dashboards (embedded broker, `node_auth = "credentials"`).
+    #[serde(default)]
+    pub readers: Vec<ReaderConfig>,
+    /// MQTT is plain TCP until TLS lands: the embedded broker listens on
+    /// loopback only unless this is set.
     #[serde(default)]
     pub insecure_allow_remote: bool,
     pub host: Option<String>,
     pub port: Option<u16>,
     pub username: Option<String>,
     pub password: Option<String>,
+}
+
+/// How clients of the embedded broker authenticate.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NodeAuth {
+    /// Enrolled credentials, checked with every packet by the gate.
+    #[default]
+    Credentials,
+    /// Anyone who reaches the broker speaks for any node: development only.
+    None,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReaderConfig {
+    pub name: String,
+    /// SHA-256 of the password, hex (`printf %s PASSWORD | sha256sum`).
+    pub password_sha256: String,
 }
 
 fn default_mqtt_addr() -> SocketAddr {
@@ -133,6 +161,8 @@ impl Default for MqttConfig {
             addr: default_mqtt_addr(),
             max_connections: default_max_connections(),
             insecure_allow_remote: false,
+            node_auth: NodeAuth::default(),
+            readers: Vec::new(),
             broker: BrokerMode::Embedded,
             host: None,
             port: None,
@@ -174,6 +204,8 @@ pub struct Overrides {
 pub enum MqttMode {
     Embedded {
         addr: SocketAddr,
+        node_auth: NodeAuth,
+        readers: Vec<crate::gate::Reader>,
     },
     External {
         host: String,
@@ -240,11 +272,36 @@ impl ServerConfig {
                 if !addr.ip().is_loopback() && !m.insecure_allow_remote {
                     return Err(invalid(
                         "mqtt.addr",
-                        "the embedded broker does not authenticate clients yet, so it listens \
-                         on loopback only; set mqtt.insecure_allow_remote = true to accept the risk",
+                        "MQTT is plain TCP (no TLS yet), so the embedded broker listens on \
+                         loopback only; set mqtt.insecure_allow_remote = true to accept the risk",
                     ));
                 }
-                MqttMode::Embedded { addr }
+                let mut readers = Vec::new();
+                for r in &m.readers {
+                    let hex = r.password_sha256.len() == 64
+                        && r.password_sha256.bytes().all(|b| b.is_ascii_hexdigit());
+                    if r.name.is_empty() || r.name.contains(':') || !hex {
+                        return Err(invalid(
+                            "mqtt.readers",
+                            "each reader needs a name (without ':') and password_sha256 (64 hex digits)",
+                        ));
+                    }
+                    readers.push(crate::gate::Reader {
+                        name: r.name.clone(),
+                        password_sha256: r.password_sha256.to_ascii_lowercase(),
+                    });
+                }
+                if m.node_auth == NodeAuth::None && !readers.is_empty() {
+                    return Err(invalid(
+                        "mqtt.readers",
+                        "readers are checked by the gate: they need node_auth = \"credentials\"",
+                    ));
+                }
+                MqttMode::Embedded {
+                    addr,
+                    node_auth: m.node_auth,
+                    readers,
+                }
             }
             BrokerMode::External => {
                 if flags.mqtt_addr.is_some() {
@@ -327,7 +384,9 @@ mod tests {
         assert_eq!(
             s.mqtt,
             MqttMode::Embedded {
-                addr: "127.0.0.1:7".parse().unwrap()
+                addr: "127.0.0.1:7".parse().unwrap(),
+                node_auth: NodeAuth::Credentials,
+                readers: Vec::new(),
             }
         );
     }

@@ -44,15 +44,18 @@ const DEMO_MAX_JOBS: u16 = 2;
 /// The demo's own recording: an hour on the first appliance, in 5-minute files.
 pub const DEMO_JOB_SECONDS: u32 = 3600;
 
-/// Start `count` simulated appliances against the broker at `mqtt` (host,
-/// port), recording under `recordings`.
+/// Start `count` simulated appliances against `server`'s broker, recording
+/// under `recordings`. Each is enrolled as a real appliance would be (a token
+/// made for it, exchanged for its credential), so the demo runs through the
+/// authorizing gate.
 pub fn spawn_appliances(
     count: usize,
-    mqtt: (&str, u16),
+    server: &crate::RunningServer,
     recordings: &Path,
     clock: Arc<dyn Clock>,
     shutdown: CancellationToken,
-) -> JoinSet<()> {
+) -> Result<JoinSet<()>, crate::identity::IdentityError> {
+    let mqtt = (server.mqtt_host.as_str(), server.mqtt_port);
     let mut set = JoinSet::new();
     for i in 0..count {
         let (name, channels) = DEMO_NODES[i % DEMO_NODES.len()];
@@ -62,7 +65,18 @@ pub fn spawn_appliances(
             format!("{name}-{}", i / DEMO_NODES.len() + 1)
         };
         let node = NodeId::new(id).expect("demo node names are valid");
+        let token = crate::identity::create_token(
+            &*server.store,
+            Some(node.clone()),
+            Duration::from_secs(60),
+            clock.unix_ms(),
+        )?;
+        let credential =
+            server
+                .identities
+                .enroll(&*server.store, &token.token, &node, clock.unix_ms())?;
         let mut settings = AgentSettings::simulated(node, mqtt.0, mqtt.1, channels);
+        settings.mqtt.credentials = Some((settings.node_id.to_string(), credential));
         settings.recordings_dir = Some(recordings.join(settings.node_id.as_str()));
         settings.max_jobs = DEMO_MAX_JOBS;
         let clock = clock.clone();
@@ -76,7 +90,7 @@ pub fn spawn_appliances(
             }
         });
     }
-    set
+    Ok(set)
 }
 
 /// Once the first appliance has announced itself, start the demo's job on

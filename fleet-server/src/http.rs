@@ -11,6 +11,11 @@
 //! | `GET /api/v1/jobs` | the newest jobs (`?node=ID&limit=N`, at most 1000)   |
 //! | `GET /api/v1/jobs/{id}` | one job                                          |
 //! | `POST /api/v1/jobs/{id}/stop` | stop (the take is kept) or, with `{"cancel": true}`, cancel |
+//! | `POST /api/v1/enroll-tokens` | create a single-use enrollment token `{"node"?, "ttl_s"?}` (shown once) |
+//! | `GET /api/v1/enroll-tokens` | unused, unexpired tokens (no secrets)         |
+//! | `POST /api/v1/enroll` | an appliance exchanges `{"token", "node"}` for its credential (shown once) |
+//! | `POST /api/v1/nodes/{id}/credential/revoke` | revoke a node's credential and disconnect it |
+//! | `POST /api/v1/node/credential/rotate` | a node (HTTP Basic: node id and credential) gets a new credential |
 //! | `GET /healthz`     | liveness: the process serves HTTP                     |
 //! | `GET /readyz`      | readiness: store readable and broker link connected   |
 //!
@@ -47,6 +52,7 @@ pub struct AppState {
     pub clock: Arc<dyn Clock>,
     pub stale_after: Duration,
     pub commands: crate::jobs::Commands,
+    pub identities: Arc<crate::identity::Identities>,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -59,6 +65,19 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/jobs", get(api_jobs).post(api_create_job))
         .route("/api/v1/jobs/{id}", get(api_job))
         .route("/api/v1/jobs/{id}/stop", post(api_stop_job))
+        .route(
+            "/api/v1/enroll-tokens",
+            get(api_enroll_tokens).post(api_create_enroll_token),
+        )
+        .route("/api/v1/enroll", post(api_enroll))
+        .route(
+            "/api/v1/nodes/{id}/credential/revoke",
+            post(api_revoke_credential),
+        )
+        .route(
+            "/api/v1/node/credential/rotate",
+            post(api_rotate_credential),
+        )
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .fallback(not_found)
@@ -380,4 +399,182 @@ async fn api_stop_job(
     })
     .await?;
     Ok(Json(job).into_response())
+}
+
+fn identity_problem(e: crate::identity::IdentityError) -> Problem {
+    use crate::identity::IdentityError;
+    match e {
+        IdentityError::MalformedToken | IdentityError::BadTtl => {
+            problem(StatusCode::UNPROCESSABLE_ENTITY, e.to_string())
+        }
+        IdentityError::Refused(why) => problem(StatusCode::FORBIDDEN, why),
+        IdentityError::Store(e) => store_problem(e),
+    }
+}
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TokenRequest {
+    node: Option<rakkr_protocol::NodeId>,
+    /// Lifetime in seconds (default one hour).
+    ttl_s: Option<u64>,
+}
+
+async fn api_create_enroll_token(
+    State(state): State<AppState>,
+    body: Result<Json<TokenRequest>, axum::extract::rejection::JsonRejection>,
+) -> Result<Response, Problem> {
+    let Json(request) = body.map_err(|e| problem(e.status(), e.body_text()))?;
+    let ttl = Duration::from_secs(request.ttl_s.unwrap_or(3600));
+    let (store, now) = (state.store.clone(), state.clock.unix_ms());
+    let token = blocking(move || {
+        crate::identity::create_token(&*store, request.node, ttl, now).map_err(identity_problem)
+    })
+    .await?;
+    tracing::info!(token = %token.id, node = ?token.node, "enrollment token created");
+    Ok((StatusCode::CREATED, Json(token)).into_response())
+}
+
+/// A token as listed: never its secret.
+#[derive(Serialize)]
+struct TokenJson {
+    id: String,
+    node: Option<rakkr_protocol::NodeId>,
+    created_ms: u64,
+    expires_ms: u64,
+}
+
+async fn api_enroll_tokens(State(state): State<AppState>) -> Result<Response, Problem> {
+    let (store, now) = (state.store.clone(), state.clock.unix_ms());
+    let tokens = blocking(move || store.enroll_tokens(now).map_err(store_problem)).await?;
+    let listed: Vec<TokenJson> = tokens
+        .into_iter()
+        .map(|t| TokenJson {
+            id: t.id,
+            node: t.node,
+            created_ms: t.created_ms,
+            expires_ms: t.expires_ms,
+        })
+        .collect();
+    Ok(Json(listed).into_response())
+}
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EnrollRequest {
+    token: String,
+    node: rakkr_protocol::NodeId,
+}
+
+#[derive(Serialize)]
+struct EnrolledJson {
+    node: rakkr_protocol::NodeId,
+    /// The node's MQTT password (its user name and client id are the node id). Shown once.
+    credential: String,
+}
+
+async fn api_enroll(
+    State(state): State<AppState>,
+    body: Result<Json<EnrollRequest>, axum::extract::rejection::JsonRejection>,
+) -> Result<Response, Problem> {
+    let Json(request) = body.map_err(|e| problem(e.status(), e.body_text()))?;
+    if crate::gate::RESERVED_CLIENT_IDS.contains(&request.node.as_str()) {
+        return Err(problem(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!("{} is reserved; choose another node id", request.node),
+        ));
+    }
+    let (store, ids, now) = (
+        state.store.clone(),
+        state.identities.clone(),
+        state.clock.unix_ms(),
+    );
+    let node = request.node.clone();
+    let credential = blocking(move || {
+        ids.enroll(&*store, &request.token, &request.node, now)
+            .map_err(identity_problem)
+    })
+    .await
+    .inspect_err(|p| tracing::warn!(node = %node, why = %p.detail, "enrollment refused"))?;
+    tracing::info!(node = %node, "node enrolled");
+    Ok((StatusCode::CREATED, Json(EnrolledJson { node, credential })).into_response())
+}
+
+/// A credential as the API shows it: never a hash.
+#[derive(Serialize)]
+struct CredentialJson {
+    node: rakkr_protocol::NodeId,
+    generation: u32,
+    created_ms: u64,
+    revoked_ms: Option<u64>,
+}
+
+async fn api_revoke_credential(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, Problem> {
+    let node = rakkr_protocol::NodeId::new(id)
+        .map_err(|e| problem(StatusCode::NOT_FOUND, e.to_string()))?;
+    let (store, ids, now) = (
+        state.store.clone(),
+        state.identities.clone(),
+        state.clock.unix_ms(),
+    );
+    let record =
+        blocking(move || ids.revoke(&*store, &node, now).map_err(identity_problem)).await?;
+    tracing::warn!(node = %record.node, "node credential revoked; node disconnected");
+    Ok(Json(CredentialJson {
+        node: record.node,
+        generation: record.generation,
+        created_ms: record.created_ms,
+        revoked_ms: record.revoked_ms,
+    })
+    .into_response())
+}
+
+/// `Authorization: Basic base64(node:credential)`.
+fn basic_auth(headers: &axum::http::HeaderMap) -> Option<(rakkr_protocol::NodeId, String)> {
+    use base64::Engine;
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let encoded = value.strip_prefix("Basic ")?;
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(encoded)
+        .ok()?;
+    let text = String::from_utf8(decoded).ok()?;
+    let (user, password) = text.split_once(':')?;
+    Some((rakkr_protocol::NodeId::new(user).ok()?, password.to_owned()))
+}
+
+async fn api_rotate_credential(
+    State(state): State<AppState>,
+    headers: axum::http::HeaderMap,
+) -> Result<Response, Problem> {
+    let Some((node, current)) = basic_auth(&headers) else {
+        return Err(problem(
+            StatusCode::UNAUTHORIZED,
+            "a node authenticates with HTTP Basic: its node id and credential",
+        ));
+    };
+    let (store, ids, now) = (
+        state.store.clone(),
+        state.identities.clone(),
+        state.clock.unix_ms(),
+    );
+    let name = node.clone();
+    let credential = blocking(move || {
+        ids.rotate(&*store, &node, &current, now)
+            .map_err(|e| match e {
+                crate::identity::IdentityError::Refused(_) => {
+                    problem(StatusCode::UNAUTHORIZED, "wrong node id or credential")
+                }
+                e => identity_problem(e),
+            })
+    })
+    .await?;
+    tracing::info!(node = %name, "node credential rotated (the old one works until the new one is used)");
+    Ok(Json(EnrolledJson {
+        node: name,
+        credential,
+    })
+    .into_response())
 }

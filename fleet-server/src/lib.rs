@@ -21,7 +21,9 @@ pub mod console;
 pub mod datadir;
 pub mod demo;
 pub mod fleet;
+pub mod gate;
 pub mod http;
+pub mod identity;
 pub mod ingest;
 pub mod jobs;
 
@@ -67,6 +69,8 @@ pub struct RunningServer {
     pub ingest: Arc<IngestStats>,
     pub jobs: Arc<jobs::JobStats>,
     pub store: Arc<dyn Store>,
+    pub identities: Arc<identity::Identities>,
+    pub gate: Arc<gate::GateStats>,
     /// Commands to nodes (job offers, stops), as the API sends them.
     pub commands: jobs::Commands,
     pub data_dir: std::path::PathBuf,
@@ -123,16 +127,58 @@ impl RunningServer {
             pending.push(change);
         }
 
-        let (broker_host, broker_port, credentials) = match settings.mqtt.clone() {
-            config::MqttMode::Embedded { addr } => {
+        let identities = {
+            let store = store.clone();
+            Arc::new(
+                tokio::task::spawn_blocking(move || identity::Identities::load(&*store))
+                    .await
+                    .map_err(|e| ServerError::Task(e.to_string()))??,
+            )
+        };
+        let gate_stats = Arc::new(gate::GateStats::default());
+        // (where the server's own link connects, where clients connect, credentials)
+        let mut gate_listener = None;
+        let ((link_host, link_port), (public_host, public_port), credentials) = match settings
+            .mqtt
+            .clone()
+        {
+            config::MqttMode::Embedded {
+                addr,
+                node_auth,
+                readers,
+            } => {
                 let max_connections = settings.max_connections;
+                let broker_addr = match node_auth {
+                    config::NodeAuth::None => addr,
+                    // The broker itself only on loopback, on a port of its own;
+                    // clients reach it through the gate.
+                    config::NodeAuth::Credentials => SocketAddr::from(([127, 0, 0, 1], 0)),
+                };
                 let broker = tokio::task::spawn_blocking(move || {
-                    broker::EmbeddedBroker::start(addr, max_connections)
+                    broker::EmbeddedBroker::start(broker_addr, max_connections)
                 })
                 .await
                 .map_err(|e| ServerError::Task(e.to_string()))??;
-                tracing::info!(addr = %broker.addr, "embedded MQTT broker listening");
-                (broker.addr.ip().to_string(), broker.addr.port(), None)
+                let public = match node_auth {
+                    config::NodeAuth::None => {
+                        tracing::warn!(addr = %broker.addr, "embedded MQTT broker listening WITHOUT authentication (node_auth = \"none\")");
+                        broker.addr
+                    }
+                    config::NodeAuth::Credentials => {
+                        let listener = std::net::TcpListener::bind(addr)
+                            .and_then(|l| l.set_nonblocking(true).map(|()| l))
+                            .and_then(tokio::net::TcpListener::from_std)
+                            .map_err(|source| broker::BrokerError::Bind { addr, source })?;
+                        let public = listener
+                            .local_addr()
+                            .map_err(|source| broker::BrokerError::Bind { addr, source })?;
+                        gate_listener = Some((listener, broker.addr, readers));
+                        tracing::info!(addr = %public, broker = %broker.addr, "MQTT gate listening; embedded broker behind it");
+                        public
+                    }
+                };
+                let at = |a: SocketAddr| (a.ip().to_string(), a.port());
+                (at(broker.addr), at(public), None)
             }
             config::MqttMode::External {
                 host,
@@ -140,10 +186,9 @@ impl RunningServer {
                 credentials,
             } => {
                 tracing::info!(broker = %format!("{host}:{port}"), "using an external MQTT broker");
-                (host, port, credentials)
+                ((host.clone(), port), (host, port), credentials)
             }
         };
-
         let listener = tokio::net::TcpListener::bind(settings.http_addr)
             .await
             .map_err(|source| ServerError::HttpBind {
@@ -171,8 +216,8 @@ impl RunningServer {
         let (job_inbox, job_reports) = tokio::sync::mpsc::channel(jobs::JOB_QUEUE);
         tasks.spawn(ingest::run(
             ingest::Broker {
-                host: broker_host.clone(),
-                port: broker_port,
+                host: link_host,
+                port: link_port,
                 credentials,
             },
             ingest::Sinks {
@@ -204,6 +249,20 @@ impl RunningServer {
             job_stats.clone(),
             shutdown.clone(),
         ));
+        if let Some((listener, upstream, readers)) = gate_listener {
+            tasks.spawn(gate::run(
+                listener,
+                Arc::new(gate::Gate {
+                    upstream,
+                    identities: identities.clone(),
+                    readers,
+                    store: store.clone(),
+                    clock: clock.clone(),
+                    stats: gate_stats.clone(),
+                }),
+                shutdown.clone(),
+            ));
+        }
         let app = http::router(http::AppState {
             fleet: fleet.clone(),
             store: store.clone(),
@@ -211,6 +270,7 @@ impl RunningServer {
             clock,
             stale_after: settings.stale_after,
             commands: commands.clone(),
+            identities: identities.clone(),
         });
         let http_shutdown = shutdown.clone();
         tasks.spawn(async move {
@@ -224,8 +284,10 @@ impl RunningServer {
 
         Ok(RunningServer {
             http_addr,
-            mqtt_host: broker_host,
-            mqtt_port: broker_port,
+            mqtt_host: public_host,
+            mqtt_port: public_port,
+            identities,
+            gate: gate_stats,
             fleet,
             link,
             ingest: stats,

@@ -26,6 +26,12 @@ enum Command {
     /// Start, stop and list recording jobs on a running server (over its JSON API).
     #[command(subcommand)]
     Job(JobCommand),
+    /// Create and list single-use enrollment tokens for appliances.
+    #[command(subcommand, name = "enroll-token")]
+    EnrollToken(TokenCommand),
+    /// Manage a node's credential.
+    #[command(subcommand)]
+    Node(NodeCommand),
     /// Run the server with simulated appliances and print the console URL.
     Demo {
         #[command(flatten)]
@@ -97,6 +103,36 @@ enum JobCommand {
     },
 }
 
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Create a token; it is printed once. Give it to `rakkr-agent enroll`.
+    Create {
+        #[command(flatten)]
+        api: ApiArgs,
+        /// Only this node may enroll with it (required to enroll an enrolled node again).
+        #[arg(long)]
+        node: Option<String>,
+        /// Lifetime in seconds.
+        #[arg(long, default_value_t = 3600)]
+        ttl: u64,
+    },
+    /// Tokens not used and not expired (without their secrets).
+    List {
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+}
+
+#[derive(Subcommand)]
+enum NodeCommand {
+    /// Revoke the node's credential: it is disconnected and refused from now on.
+    Revoke {
+        #[command(flatten)]
+        api: ApiArgs,
+        node: String,
+    },
+}
+
 /// Send a request to the JSON API and print the answer; API errors become
 /// the error's detail.
 fn call_api(request: reqwest::blocking::RequestBuilder) -> anyhow::Result<()> {
@@ -112,9 +148,38 @@ fn call_api(request: reqwest::blocking::RequestBuilder) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn api_url(api: &ApiArgs, path: &str) -> String {
+    format!("{}{path}", api.server.trim_end_matches('/'))
+}
+
+fn token_command(command: &TokenCommand) -> anyhow::Result<()> {
+    let client = reqwest::blocking::Client::new();
+    match command {
+        TokenCommand::Create { api, node, ttl } => call_api(
+            client
+                .post(api_url(api, "/api/v1/enroll-tokens"))
+                .json(&serde_json::json!({ "node": node, "ttl_s": ttl })),
+        ),
+        TokenCommand::List { api } => call_api(client.get(api_url(api, "/api/v1/enroll-tokens"))),
+    }
+}
+
+fn node_command(command: &NodeCommand) -> anyhow::Result<()> {
+    let client = reqwest::blocking::Client::new();
+    match command {
+        NodeCommand::Revoke { api, node } => {
+            let node = rakkr_protocol::NodeId::new(node.as_str()).context("bad node id")?;
+            call_api(client.post(api_url(
+                api,
+                &format!("/api/v1/nodes/{node}/credential/revoke"),
+            )))
+        }
+    }
+}
+
 fn job_command(command: &JobCommand) -> anyhow::Result<()> {
     let client = reqwest::blocking::Client::new();
-    let url = |api: &ApiArgs, path: &str| format!("{}{path}", api.server.trim_end_matches('/'));
+    let url = api_url;
     match command {
         JobCommand::Start {
             api,
@@ -197,6 +262,8 @@ fn real_main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let (args, demo_nodes) = match &cli.command {
         Command::Job(command) => return job_command(command),
+        Command::EnrollToken(command) => return token_command(command),
+        Command::Node(command) => return node_command(command),
         Command::Serve(args) => (args, None),
         Command::Demo { serve, nodes } => (serve, Some(usize::from(*nodes))),
     };
@@ -232,13 +299,16 @@ fn real_main() -> anyhow::Result<()> {
         match demo_nodes {
             Some(n) => {
                 let recordings = server.data_dir.join("demo-recordings");
-                appliances = Some(demo::spawn_appliances(
-                    n,
-                    (&server.mqtt_host, server.mqtt_port),
-                    &recordings,
-                    clock.clone(),
-                    shutdown.clone(),
-                ));
+                appliances = Some(
+                    demo::spawn_appliances(
+                        n,
+                        &server,
+                        &recordings,
+                        clock.clone(),
+                        shutdown.clone(),
+                    )
+                    .context("cannot enroll the simulated appliances")?,
+                );
                 tokio::spawn(demo::start_demo_job(
                     server.store.clone(),
                     server.commands.clone(),

@@ -140,6 +140,10 @@ impl Drop for Proc {
     }
 }
 
+/// The read-only MQTT account every harness server with the embedded broker has.
+pub const READER: &str = "hil-reader";
+pub const READER_PASSWORD: &str = "hil-reader-password";
+
 /// The fleet server's user on a test mosquitto (see [`Mosquitto::start`]).
 pub const SERVER_USER: &str = "rakkr-server";
 pub const SERVER_PASSWORD: &str = "server-pw";
@@ -153,6 +157,8 @@ pub struct Server {
     /// Arguments after the common ones, and environment, to start it again.
     args: Vec<std::ffi::OsString>,
     env: Vec<(String, String)>,
+    /// Credentials of nodes enrolled on this server (kept across restarts).
+    credentials: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, String>>>,
 }
 
 impl Server {
@@ -165,9 +171,23 @@ impl Server {
     /// `RAKKR_SERVER_JOBS__LEASE_MS`).
     pub fn start_with_env(work: &Path, data_dir: &Path, env: &[(&str, &str)]) -> Result<Server> {
         let mqtt_port = free_port();
+        // A reader account for MqttWatch (readers live in the config file).
+        let config = work.join("server-readers.toml");
+        let hash: String = <sha2::Sha256 as sha2::Digest>::digest(READER_PASSWORD.as_bytes())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        std::fs::write(
+            &config,
+            format!(
+                "[mqtt]\nreaders = [{{ name = \"{READER}\", password_sha256 = \"{hash}\" }}]\n"
+            ),
+        )?;
         let args = vec![
             "--mqtt-addr".into(),
             format!("127.0.0.1:{mqtt_port}").into(),
+            "--config".into(),
+            config.into_os_string(),
         ];
         let env = env
             .iter()
@@ -218,6 +238,7 @@ impl Server {
             data_dir,
             args,
             env,
+            credentials,
         } = self;
         proc.signal(if kill { "KILL" } else { "TERM" })?;
         proc.wait_exit(Duration::from_secs(20))?;
@@ -227,7 +248,45 @@ impl Server {
             proc.stderr.with_extension("before-restart.stderr"),
         );
         drop(proc);
-        Server::spawn(work, &data_dir, http_port, mqtt_port, args, env)
+        let mut server = Server::spawn(work, &data_dir, http_port, mqtt_port, args, env)?;
+        server.credentials = credentials;
+        Ok(server)
+    }
+
+    /// The credential of `node` on this server: enrolled the first time (a
+    /// token made for the node, exchanged through the API), as an appliance would.
+    pub fn credential_for(&self, node: &str) -> Result<String> {
+        if let Some(c) = self.credentials.lock().unwrap().get(node) {
+            return Ok(c.clone());
+        }
+        let (code, token) =
+            self.post("/api/v1/enroll-tokens", &serde_json::json!({"node": node}))?;
+        if code != 201 {
+            bail!("cannot create an enrollment token for {node} ({code}): {token}");
+        }
+        let (code, enrolled) = self.post(
+            "/api/v1/enroll",
+            &serde_json::json!({"token": token["token"], "node": node}),
+        )?;
+        let Some(credential) = enrolled["credential"].as_str() else {
+            bail!("cannot enroll {node} ({code}): {enrolled}");
+        };
+        self.credentials
+            .lock()
+            .unwrap()
+            .insert(node.to_owned(), credential.to_owned());
+        Ok(credential.to_owned())
+    }
+
+    /// Environment that gives agent `node` its credential on this server.
+    pub fn agent_env(&self, node: &str) -> Result<Vec<(String, String)>> {
+        Ok(vec![
+            ("RAKKR_AGENT_MQTT__USERNAME".into(), node.to_owned()),
+            (
+                "RAKKR_AGENT_MQTT__PASSWORD".into(),
+                self.credential_for(node)?,
+            ),
+        ])
     }
 
     fn spawn(
@@ -267,6 +326,7 @@ impl Server {
             data_dir: data_dir.to_owned(),
             args,
             env,
+            credentials: Default::default(),
         })
     }
 
@@ -320,25 +380,46 @@ pub struct Agent {
 }
 
 impl Agent {
-    /// Write a config for `node_id` pointing at `mqtt_port` and start the agent.
-    pub fn start(work: &Path, node_id: &str, mqtt_port: u16, channels: u16) -> Result<Agent> {
+    /// Write a config for `node_id` pointing at `server`'s broker and start the
+    /// agent with its enrolled credential.
+    pub fn start(work: &Path, server: &Server, node_id: &str, channels: u16) -> Result<Agent> {
         let config = work.join(format!("{node_id}.toml"));
         std::fs::write(
             &config,
             format!(
-                "node_id = \"{node_id}\"\n[mqtt]\nhost = \"127.0.0.1\"\nport = {mqtt_port}\n\
+                "node_id = \"{node_id}\"\n[mqtt]\nhost = \"127.0.0.1\"\nport = {}\n\
                  [source]\nkind = \"synthetic\"\nchannels = {channels}\nsignal = \"demo\"\n\
-                 [meters]\nlocal_interval_ms = 50\ntelemetry_interval_ms = 250\n"
+                 [meters]\nlocal_interval_ms = 50\ntelemetry_interval_ms = 250\n",
+                server.mqtt_port
             ),
         )?;
-        Agent::start_with_config(work, node_id, &config)
+        Agent::start_for(work, server, node_id, &config, &[])
     }
 
+    /// Start an agent of `server` with `config`, its enrolled credential and
+    /// extra environment (e.g. `ALSA_CONFIG_PATH` for test devices).
+    pub fn start_for(
+        work: &Path,
+        server: &Server,
+        node_id: &str,
+        config: &Path,
+        env: &[(&str, &std::ffi::OsStr)],
+    ) -> Result<Agent> {
+        let credentials = server.agent_env(node_id)?;
+        let mut all: Vec<(&str, &std::ffi::OsStr)> = credentials
+            .iter()
+            .map(|(k, v)| (k.as_str(), std::ffi::OsStr::new(v.as_str())))
+            .collect();
+        all.extend_from_slice(env);
+        Agent::start_with_env(work, node_id, config, &all)
+    }
+
+    /// Start with `config` alone (it names the broker and any credentials).
     pub fn start_with_config(work: &Path, node_id: &str, config: &Path) -> Result<Agent> {
         Agent::start_with_env(work, node_id, config, &[])
     }
 
-    /// Start with extra environment (e.g. `ALSA_CONFIG_PATH` for test devices).
+    /// Start with extra environment.
     pub fn start_with_env(
         work: &Path,
         node_id: &str,
@@ -381,9 +462,26 @@ pub struct MqttWatch {
 }
 
 impl MqttWatch {
+    /// An anonymous watcher (brokers that allow it: plain mosquitto).
     pub fn start(port: u16, filter: &str) -> Result<MqttWatch> {
-        let id = format!("hil-watch-{}", free_port());
+        MqttWatch::start_as(port, filter, None)
+    }
+
+    /// A watcher of `server`'s broker, logged in as the harness's reader.
+    pub fn of(server: &Server, filter: &str) -> Result<MqttWatch> {
+        MqttWatch::start_as(server.mqtt_port, filter, Some((READER, READER_PASSWORD)))
+    }
+
+    fn start_as(port: u16, filter: &str, login: Option<(&str, &str)>) -> Result<MqttWatch> {
+        let id = match login {
+            // Readers' client ids are `{name}:…` (see the gate).
+            Some((user, _)) => format!("{user}:watch-{}", free_port()),
+            None => format!("hil-watch-{}", free_port()),
+        };
         let mut opts = rumqttc::MqttOptions::new(id, "127.0.0.1", port);
+        if let Some((user, password)) = login {
+            opts.set_credentials(user, password);
+        }
         opts.set_keep_alive(Duration::from_secs(5));
         opts.set_max_packet_size(1 << 20, 1 << 20);
         let (client, mut connection) = rumqttc::Client::new(opts, 64);

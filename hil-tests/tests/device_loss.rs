@@ -69,9 +69,9 @@ fn a_lost_device_raises_a_health_event_and_its_return_clears_it() -> Result<()> 
     let jack = device.plug_in()?;
     let config = device.agent_config(work.path(), "hil-loss", server.mqtt_port, "")?;
     let events = "rakkr/v1/nodes/hil-loss/events";
-    let mut watch = MqttWatch::start(server.mqtt_port, events)?;
+    let mut watch = MqttWatch::of(&server, events)?;
     let env = device.env();
-    let mut agent = Agent::start_with_env(work.path(), "hil-loss", &config, &env)?;
+    let mut agent = Agent::start_for(work.path(), &server, "hil-loss", &config, &env)?;
     wait_for(
         "live meters from the JACK device",
         Duration::from_secs(20),
@@ -134,7 +134,7 @@ fn health_events_outlive_a_server_outage_and_an_agent_crash() -> Result<()> {
     let write_config = |port| device.agent_config(work.path(), "hil-outbox", port, &state);
     let config = write_config(server.mqtt_port)?;
     let env = device.env();
-    let mut agent = Agent::start_with_env(work.path(), "hil-outbox", &config, &env)?;
+    let mut agent = Agent::start_for(work.path(), &server, "hil-outbox", &config, &env)?;
     wait_for("node online", Duration::from_secs(20), || {
         (server.presence("hil-outbox")? == "online").then_some(())
     })?;
@@ -165,7 +165,7 @@ fn health_events_outlive_a_server_outage_and_an_agent_crash() -> Result<()> {
     // Server back (same data), agent back: the events arrive, stored once each.
     let server = Server::start(work.path(), &data)?;
     let config = write_config(server.mqtt_port)?;
-    let _agent = Agent::start_with_env(work.path(), "hil-outbox", &config, &env)?;
+    let _agent = Agent::start_for(work.path(), &server, "hil-outbox", &config, &env)?;
     let events_url = server.url("/api/v1/nodes/hil-outbox/events");
     let stored = wait_for(
         "events delivered from the outbox",
@@ -202,7 +202,7 @@ fn a_loss_open_when_the_agent_restarts_is_cleared_after_it() -> Result<()> {
     let jack = device.plug_in()?;
     let state = format!("state_dir = \"{}\"", work.path().join("state").display());
     let config = device.agent_config(work.path(), "hil-reopen", server.mqtt_port, &state)?;
-    let mut agent = Agent::start_with_env(work.path(), "hil-reopen", &config, &device.env())?;
+    let mut agent = Agent::start_for(work.path(), &server, "hil-reopen", &config, &device.env())?;
     let events_url = server.url("/api/v1/nodes/hil-reopen/events");
     let stored = |n: usize| {
         wait_for("stored events", Duration::from_secs(30), || {
@@ -220,7 +220,7 @@ fn a_loss_open_when_the_agent_restarts_is_cleared_after_it() -> Result<()> {
     agent.proc.signal("KILL")?;
     agent.proc.wait_exit(Duration::from_secs(10))?;
     let _jack = device.plug_in()?;
-    let _agent = Agent::start_with_env(work.path(), "hil-reopen", &config, &device.env())?;
+    let _agent = Agent::start_for(work.path(), &server, "hil-reopen", &config, &device.env())?;
     let events = stored(2)?;
     let changes: Vec<&str> = events
         .iter()

@@ -15,11 +15,12 @@ use serde_json::{Value, json};
 /// state directory; `mqtt_extra` goes into its `[mqtt]` section.
 fn job_agent(
     work: &Path,
+    server: &Server,
     node: &str,
-    mqtt_port: u16,
     channels: u16,
     mqtt_extra: &str,
 ) -> Result<(Agent, PathBuf)> {
+    let mqtt_port = server.mqtt_port;
     let recordings = work.join(format!("{node}-recordings"));
     let config = work.join(format!("{node}.toml"));
     std::fs::write(
@@ -32,7 +33,12 @@ fn job_agent(
             work.join(format!("{node}-state")).display(),
         ),
     )?;
-    Ok((Agent::start_with_config(work, node, &config)?, recordings))
+    let agent = if mqtt_extra.is_empty() {
+        Agent::start_for(work, server, node, &config, &[])?
+    } else {
+        Agent::start_with_config(work, node, &config)?
+    };
+    Ok((agent, recordings))
 }
 
 fn wait_online(server: &Server, node: &str) -> Result<()> {
@@ -118,7 +124,7 @@ fn flac_test(path: &Path) -> Result<()> {
 fn a_job_started_from_the_command_line_is_recorded_once() -> Result<()> {
     let work = tempfile::tempdir()?;
     let server = Server::start(work.path(), &work.path().join("data"))?;
-    let (_agent, recordings) = job_agent(work.path(), "rec-a", server.mqtt_port, 4, "")?;
+    let (_agent, recordings) = job_agent(work.path(), &server, "rec-a", 4, "")?;
     wait_online(&server, "rec-a")?;
 
     let job = job_cli(
@@ -242,7 +248,7 @@ fn a_job_started_from_the_command_line_is_recorded_once() -> Result<()> {
 fn a_killed_agent_loses_its_lease_and_its_recovered_take_is_attached() -> Result<()> {
     let work = tempfile::tempdir()?;
     let server = short_lease_server(work.path())?;
-    let (mut agent, recordings) = job_agent(work.path(), "rec-k", server.mqtt_port, 2, "")?;
+    let (mut agent, recordings) = job_agent(work.path(), &server, "rec-k", 2, "")?;
     wait_online(&server, "rec-k")?;
     let id = start_running(&server, json!({"node": "rec-k", "duration_s": 60}))?;
     std::thread::sleep(Duration::from_secs(3));
@@ -255,7 +261,7 @@ fn a_killed_agent_loses_its_lease_and_its_recovered_take_is_attached() -> Result
     assert!(has_event(&server, "rec-k", "job_lost", "raised")?);
 
     // Restarted: the take is recovered and reported; the server attaches it.
-    let (_agent, _) = job_agent(work.path(), "rec-k", server.mqtt_port, 2, "")?;
+    let (_agent, _) = job_agent(work.path(), &server, "rec-k", 2, "")?;
     let back = wait_job(&server, &id, "completed", Duration::from_secs(30))?;
     let rec = &back["recording"];
     assert_eq!(rec["recovered"], true, "{back}");
@@ -298,7 +304,7 @@ fn two_hundred_jobs_over_twenty_agents_run_once_each_through_a_server_restart() 
             ),
         )?;
         agents.push((
-            Agent::start_with_config(work.path(), &node, &config)?,
+            Agent::start_for(work.path(), &server, &node, &config, &[])?,
             node,
             recordings,
         ));
@@ -414,8 +420,8 @@ fn a_network_cut_longer_than_the_lease_loses_no_audio() -> Result<()> {
     )?;
     let (_agent, recordings) = job_agent(
         work.path(),
+        &server,
         "rec-cut",
-        broker.port,
         2,
         "username = \"rec-cut\"\npassword = \"node-pw\"",
     )?;
@@ -474,7 +480,7 @@ fn a_wall_clock_jump_on_the_node_does_not_cost_the_lease() -> Result<()> {
         ("FAKETIME_NO_CACHE", std::ffi::OsStr::new("1")),
         ("FAKETIME_DONT_FAKE_MONOTONIC", std::ffi::OsStr::new("1")),
     ];
-    let _agent = Agent::start_with_env(work.path(), "rec-clock", &config, &env)?;
+    let _agent = Agent::start_for(work.path(), &server, "rec-clock", &config, &env)?;
     wait_online(&server, "rec-clock")?;
     let id = start_running(&server, json!({"node": "rec-clock", "duration_s": 10}))?;
 

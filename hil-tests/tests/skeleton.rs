@@ -17,9 +17,9 @@ fn status_topic(node: &str) -> String {
 fn a_node_comes_online_goes_offline_when_killed_and_returns() -> Result<()> {
     let work = tempfile::tempdir()?;
     let server = Server::start(work.path(), &work.path().join("data"))?;
-    let mut watch = MqttWatch::start(server.mqtt_port, "rakkr/v1/nodes/+/status")?;
+    let mut watch = MqttWatch::of(&server, "rakkr/v1/nodes/+/status")?;
 
-    let mut agent = Agent::start(work.path(), "hil-kill", server.mqtt_port, 4)?;
+    let mut agent = Agent::start(work.path(), &server, "hil-kill", 4)?;
     wait_for("node online", SOON, || {
         (server.presence("hil-kill")? == "online").then_some(())
     })?;
@@ -46,7 +46,7 @@ fn a_node_comes_online_goes_offline_when_killed_and_returns() -> Result<()> {
     })?;
 
     watch.clear();
-    let _agent = Agent::start_with_config(work.path(), "hil-kill", &agent.config)?;
+    let _agent = Agent::start_for(work.path(), &server, "hil-kill", &agent.config, &[])?;
     watch.wait_json(&status_topic("hil-kill"), SOON, |v| v["state"] == "online")?;
     wait_for("node back online", SOON, || {
         (server.presence("hil-kill")? == "online").then_some(())
@@ -58,8 +58,8 @@ fn a_node_comes_online_goes_offline_when_killed_and_returns() -> Result<()> {
 fn orderly_shutdowns_announce_themselves_and_exit_cleanly() -> Result<()> {
     let work = tempfile::tempdir()?;
     let mut server = Server::start(work.path(), &work.path().join("data"))?;
-    let mut watch = MqttWatch::start(server.mqtt_port, "rakkr/v1/#")?;
-    let mut agent = Agent::start(work.path(), "hil-term", server.mqtt_port, 2)?;
+    let mut watch = MqttWatch::of(&server, "rakkr/v1/#")?;
+    let mut agent = Agent::start(work.path(), &server, "hil-term", 2)?;
     wait_for("node online", SOON, || {
         (server.presence("hil-term")? == "online").then_some(())
     })?;
@@ -94,7 +94,7 @@ fn nodes_reconnect_by_themselves_after_a_server_restart() -> Result<()> {
     let data = work.path().join("data");
     let server = Server::start(work.path(), &data)?;
     let mqtt_port = server.mqtt_port;
-    let _agent = Agent::start(work.path(), "hil-restart", mqtt_port, 2)?;
+    let _agent = Agent::start(work.path(), &server, "hil-restart", 2)?;
     wait_for("node online", SOON, || {
         (server.presence("hil-restart")? == "online").then_some(())
     })?;
@@ -124,8 +124,8 @@ fn nodes_reconnect_by_themselves_after_a_server_restart() -> Result<()> {
 fn the_console_lists_nodes_and_serves_pinned_assets() -> Result<()> {
     let work = tempfile::tempdir()?;
     let server = Server::start(work.path(), &work.path().join("data"))?;
-    let _a = Agent::start(work.path(), "hil-console-a", server.mqtt_port, 2)?;
-    let _b = Agent::start(work.path(), "hil-console-b", server.mqtt_port, 8)?;
+    let _a = Agent::start(work.path(), &server, "hil-console-a", 2)?;
+    let _b = Agent::start(work.path(), &server, "hil-console-b", 8)?;
     wait_for("both online", SOON, || {
         (server.presence("hil-console-a")? == "online"
             && server.presence("hil-console-b")? == "online")

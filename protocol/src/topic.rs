@@ -179,10 +179,75 @@ impl fmt::Display for Topic {
     }
 }
 
+/// Whether `node` may publish on `topic`: only on its own status, meters,
+/// events and jobs topics (the Last Will included).
+pub fn node_may_publish(node: &NodeId, topic: &str) -> bool {
+    matches!(Topic::parse(topic), Ok(Topic::Node { node: n, .. }) if &n == node)
+}
+
+/// Whether `node` may subscribe to `filter`: only its own commands (all of
+/// them, or one command topic) and the server's status.
+pub fn node_may_subscribe(node: &NodeId, filter: &str) -> bool {
+    filter == Topic::command_filter(node)
+        || filter == Topic::ServerStatus.to_string()
+        || matches!(Topic::parse(filter), Ok(Topic::Command { node: n, .. }) if &n == node)
+}
+
+/// Whether a read-only client (a dashboard) may subscribe to `filter`:
+/// anything in the tree, nothing outside it.
+pub fn reader_may_subscribe(filter: &str) -> bool {
+    filter == "rakkr/#"
+        || filter
+            .strip_prefix(ROOT)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn nodes_publish_and_subscribe_only_in_their_own_subtree() {
+        let a = NodeId::new("node-a").unwrap();
+        for ok in ["rakkr/v1/nodes/node-a/status", "rakkr/v1/nodes/node-a/jobs"] {
+            assert!(node_may_publish(&a, ok), "{ok}");
+        }
+        for bad in [
+            "rakkr/v1/nodes/node-b/status",
+            "rakkr/v1/nodes/node-a/cmd/jobs",
+            "rakkr/v1/server/status",
+            "rakkr/v1/nodes/node-a/#",
+            "rakkr/v1/nodes/+/status",
+            "other/topic",
+            "rakkr/v1/nodes/node-a",
+        ] {
+            assert!(!node_may_publish(&a, bad), "{bad}");
+        }
+        for ok in [
+            "rakkr/v1/nodes/node-a/cmd/#",
+            "rakkr/v1/nodes/node-a/cmd/jobs",
+            "rakkr/v1/nodes/node-a/cmd/ack",
+            "rakkr/v1/server/status",
+        ] {
+            assert!(node_may_subscribe(&a, ok), "{ok}");
+        }
+        for bad in [
+            "rakkr/v1/nodes/node-b/cmd/#",
+            "rakkr/v1/nodes/+/cmd/#",
+            "rakkr/v1/#",
+            "#",
+            "rakkr/v1/nodes/node-a/meters",
+            "rakkr/v1/nodes/node-a/cmd/+",
+        ] {
+            assert!(!node_may_subscribe(&a, bad), "{bad}");
+        }
+        assert!(reader_may_subscribe("rakkr/v1/#"));
+        assert!(reader_may_subscribe("rakkr/v1/nodes/+/meters"));
+        assert!(!reader_may_subscribe("#"));
+        assert!(!reader_may_subscribe("rakkr/v10/x"));
+        assert!(!reader_may_subscribe("$SYS/#"));
+    }
 
     fn node_id() -> impl Strategy<Value = NodeId> {
         "[a-z0-9][a-z0-9_-]{0,63}".prop_map(|s| NodeId::new(s).unwrap())

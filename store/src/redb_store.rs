@@ -123,6 +123,8 @@ impl RedbStore {
             tx.open_table(LEASES).map_err(backend)?;
             tx.open_table(NODE_JOBS).map_err(backend)?;
             tx.open_table(HEALTH_EVENTS).map_err(backend)?;
+            tx.open_table(ENROLL_TOKENS).map_err(backend)?;
+            tx.open_table(NODE_CREDENTIALS).map_err(backend)?;
         }
         tx.commit().map_err(backend)
     }

@@ -431,6 +431,9 @@ fn token(id: &str, node: Option<&str>, expires_ms: u64) -> EnrollTokenRecord {
 }
 
 fn enrollment_tokens_are_single_use_expiring_and_bound(store: &dyn Store) {
+    // A fresh store reads as empty, not as an error.
+    assert!(store.node_credentials().unwrap().is_empty());
+    assert!(store.enroll_tokens(0).unwrap().is_empty());
     let refused = |r: Result<NodeCredentialRecord>, expect: &str| match r {
         Err(StoreError::Refused(why)) => assert!(why.contains(expect), "{why}"),
         other => panic!("expected a refusal ({expect}), got {other:?}"),

@@ -44,7 +44,13 @@ fn settle_and_sample(pid: u32, settle: Duration) -> Result<Sample> {
     })
 }
 
-fn start_agents(work: &std::path::Path, port: u16, nodes: usize) -> Result<Vec<Agent>> {
+/// Start `nodes` agents on `port`; with `server`, each with its enrolled credential.
+fn start_agents(
+    work: &std::path::Path,
+    server: Option<&Server>,
+    port: u16,
+    nodes: usize,
+) -> Result<Vec<Agent>> {
     (0..nodes)
         .map(|i| {
             let config = work.join(format!("n{i}.toml"));
@@ -55,7 +61,11 @@ fn start_agents(work: &std::path::Path, port: u16, nodes: usize) -> Result<Vec<A
                      [source]\nkind = \"synthetic\"\nchannels = 2\n"
                 ),
             )?;
-            Agent::start_with_config(work, &format!("bench-{i}"), &config)
+            let node = format!("bench-{i}");
+            match server {
+                Some(server) => Agent::start_for(work, server, &node, &config, &[]),
+                None => Agent::start_with_config(work, &node, &config),
+            }
         })
         .collect()
 }
@@ -63,7 +73,7 @@ fn start_agents(work: &std::path::Path, port: u16, nodes: usize) -> Result<Vec<A
 fn rakkr_run(nodes: usize, settle: Duration) -> Result<Sample> {
     let work = tempfile::tempdir()?;
     let server = Server::start(work.path(), &work.path().join("data"))?;
-    let _agents = start_agents(work.path(), server.mqtt_port, nodes)?;
+    let _agents = start_agents(work.path(), Some(&server), server.mqtt_port, nodes)?;
     wait_for("all nodes online", Duration::from_secs(60), || {
         let online = server
             .nodes()
@@ -91,7 +101,7 @@ fn mosquitto_run(nodes: usize, settle: Duration) -> Result<Sample> {
         std::net::TcpStream::connect(("127.0.0.1", port)).ok()
     })?;
     let mut watch = MqttWatch::start(port, "rakkr/v1/nodes/+/status")?;
-    let _agents = start_agents(work.path(), port, nodes)?;
+    let _agents = start_agents(work.path(), None, port, nodes)?;
     for i in 0..nodes {
         watch.wait_json(
             &format!("rakkr/v1/nodes/bench-{i}/status"),

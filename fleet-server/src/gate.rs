@@ -1,0 +1,440 @@
+//! The authorizing MQTT gate in front of the embedded broker.
+//!
+//! rumqttd authenticates only at connect and has no per-topic rules, so the
+//! broker itself listens on an internal loopback port and clients reach it
+//! only through this gate (decision 0011):
+//!
+//! 1. The first packet must be a CONNECT, within [`CONNECT_WAIT`] and at most
+//!    [`MAX_PACKET_BYTES`]. A node authenticates with its node id as client id
+//!    *and* user name and its credential as password ([`crate::identity`]); a
+//!    dashboard with a reader account and a client id `{user}:{anything}` (a
+//!    node id never has a ':', so a reader can never take a node's session),
+//!    with read access to the tree only. Anything else gets a
+//!    refusing CONNACK and the connection is closed.
+//! 2. A node's Last Will must be one of its own topics.
+//! 3. Every later client packet is parsed and bounded: PUBLISH only to the
+//!    node's own topics, SUBSCRIBE only to its own commands (readers: the
+//!    tree, no PUBLISH at all), no second CONNECT. A violation closes the
+//!    connection (MQTT 3.1.1 has no per-message refusal for PUBLISH) and is
+//!    counted and logged.
+//! 4. Frames pass to the broker unchanged; the broker's packets pass back
+//!    unchanged (it sends only what the client was allowed to subscribe to).
+//! 5. One live connection per node: a new one ends the old one; revoking a
+//!    credential ends the node's connection at once.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use rakkr_mqtt::rumqttc::mqttbytes::{self, v4::Packet};
+use rakkr_protocol::NodeId;
+use rakkr_protocol::topic::{node_may_publish, node_may_subscribe, reader_may_subscribe};
+use rakkr_store::Store;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+
+use crate::clock::Clock;
+use crate::identity::{Identities, Verified, constant_time_eq, sha256_hex};
+
+/// A client must send CONNECT this soon after opening the connection.
+pub const CONNECT_WAIT: Duration = Duration::from_secs(10);
+
+/// Largest packet accepted from a client (the protocol's payload bound plus headers).
+pub const MAX_PACKET_BYTES: usize = rakkr_mqtt::MAX_PACKET_BYTES;
+
+/// How long open connections keep passing traffic after shutdown begins.
+pub const SHUTDOWN_LINGER: Duration = Duration::from_millis(500);
+
+/// Client ids no one may take through the gate: the server's own link.
+pub const RESERVED_CLIENT_IDS: [&str; 1] = [crate::ingest::SERVER_CLIENT_ID];
+
+#[derive(Debug, Default)]
+pub struct GateStats {
+    pub connections: AtomicU64,
+    pub refused_logins: AtomicU64,
+    pub refused_publishes: AtomicU64,
+    pub refused_subscribes: AtomicU64,
+    /// Connections closed for a protocol violation, an oversized packet or silence.
+    pub protocol_errors: AtomicU64,
+    /// Connections ended because the node connected again or was revoked.
+    pub ended: AtomicU64,
+}
+
+/// A read-only account for dashboards.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reader {
+    pub name: String,
+    pub password_sha256: String,
+}
+
+/// Who is on the other end of a connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Principal {
+    Node(NodeId),
+    Reader(String),
+}
+
+pub struct Gate {
+    pub upstream: SocketAddr,
+    pub identities: Arc<Identities>,
+    pub readers: Vec<Reader>,
+    pub store: Arc<dyn Store>,
+    pub clock: Arc<dyn Clock>,
+    pub stats: Arc<GateStats>,
+}
+
+/// CONNACK return codes (MQTT 3.1.1).
+const BAD_USER_NAME_OR_PASSWORD: u8 = 4;
+const NOT_AUTHORIZED: u8 = 5;
+const IDENTIFIER_REJECTED: u8 = 2;
+
+/// Serve clients on `listener` until `shutdown`.
+pub async fn run(listener: TcpListener, gate: Arc<Gate>, shutdown: CancellationToken) {
+    loop {
+        let (stream, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(error = %e, "gate accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.cancelled() => {
+                // Open connections keep passing traffic for a moment, so the
+                // server's retained `offline` (published as its link closes)
+                // still reaches subscribers before the process ends.
+                tokio::time::sleep(SHUTDOWN_LINGER).await;
+                return;
+            }
+        };
+        let gate = gate.clone();
+        tokio::spawn(async move {
+            gate.stats.connections.fetch_add(1, Ordering::Relaxed);
+            if let Err(why) = serve(stream, &gate).await {
+                tracing::info!(%peer, %why, "MQTT connection closed by the gate");
+            }
+        });
+    }
+}
+
+/// Read one whole packet: the parsed packet and its exact bytes.
+async fn read_packet(
+    stream: &mut (impl AsyncReadExt + Unpin),
+    buf: &mut BytesMut,
+) -> Result<Option<(Packet, Bytes)>, String> {
+    loop {
+        match mqttbytes::check(buf.iter(), MAX_PACKET_BYTES) {
+            Ok(header) => {
+                let frame = buf.split_to(header.frame_length()).freeze();
+                let packet = Packet::read(&mut BytesMut::from(&frame[..]), MAX_PACKET_BYTES)
+                    .map_err(|e| format!("malformed packet: {e:?}"))?;
+                return Ok(Some((packet, frame)));
+            }
+            Err(mqttbytes::Error::InsufficientBytes(_)) => {}
+            Err(e) => return Err(format!("bad packet: {e:?}")),
+        }
+        buf.reserve(4096);
+        let n = stream
+            .read_buf(buf)
+            .await
+            .map_err(|e| format!("read: {e}"))?;
+        if n == 0 {
+            return Ok(None);
+        }
+    }
+}
+
+async fn refuse_login(client: &mut TcpStream, code: u8, why: String, stats: &GateStats) -> String {
+    stats.refused_logins.fetch_add(1, Ordering::Relaxed);
+    let _ = client.write_all(&[0x20, 0x02, 0x00, code]).await;
+    let _ = client.shutdown().await;
+    why
+}
+
+/// Who the CONNECT says it is, if its credentials prove it.
+fn authenticate(
+    gate: &Gate,
+    connect: &mqttbytes::v4::Connect,
+) -> Result<(Principal, Option<Verified>), (u8, String)> {
+    let Some(login) = &connect.login else {
+        return Err((NOT_AUTHORIZED, "no user name and password".into()));
+    };
+    // Readers' client ids are `{name}:…`; a node id never has a ':'.
+    if let Some((prefix, _)) = connect.client_id.split_once(':') {
+        let reader = gate.readers.iter().find(|r| r.name == login.username);
+        return match reader {
+            Some(r) if prefix != r.name => Err((
+                IDENTIFIER_REJECTED,
+                format!("reader {} must use a client id {}:…", r.name, r.name),
+            )),
+            Some(r) if constant_time_eq(&sha256_hex(&login.password), &r.password_sha256) => {
+                Ok((Principal::Reader(r.name.clone()), None))
+            }
+            _ => Err((
+                BAD_USER_NAME_OR_PASSWORD,
+                format!("unknown reader or wrong password ({})", login.username),
+            )),
+        };
+    }
+    let node = NodeId::new(login.username.as_str())
+        .map_err(|e| (BAD_USER_NAME_OR_PASSWORD, format!("unknown user: {e}")))?;
+    if connect.client_id != login.username {
+        return Err((
+            IDENTIFIER_REJECTED,
+            format!(
+                "client id {:?} is not the node's id {node}",
+                connect.client_id.chars().take(80).collect::<String>()
+            ),
+        ));
+    }
+    if RESERVED_CLIENT_IDS.contains(&node.as_str()) {
+        return Err((IDENTIFIER_REJECTED, format!("{node} is reserved")));
+    }
+    let verified = gate
+        .identities
+        .verify(&node, &login.password)
+        .map_err(|why| (BAD_USER_NAME_OR_PASSWORD, why))?;
+    Ok((Principal::Node(node), Some(verified)))
+}
+
+/// Whether the principal may send this packet on; `Err` says why not.
+fn allowed(principal: &Principal, packet: &Packet, stats: &GateStats) -> Result<(), String> {
+    match (principal, packet) {
+        (_, Packet::Connect(_)) => {
+            stats.protocol_errors.fetch_add(1, Ordering::Relaxed);
+            Err("a second CONNECT".into())
+        }
+        (Principal::Node(node), Packet::Publish(p)) if !node_may_publish(node, &p.topic) => {
+            stats.refused_publishes.fetch_add(1, Ordering::Relaxed);
+            Err(format!("node {node} may not publish to {:?}", p.topic))
+        }
+        (Principal::Reader(name), Packet::Publish(p)) => {
+            stats.refused_publishes.fetch_add(1, Ordering::Relaxed);
+            Err(format!("reader {name} may not publish (to {:?})", p.topic))
+        }
+        (principal, Packet::Subscribe(s)) => {
+            for f in &s.filters {
+                let ok = match principal {
+                    Principal::Node(node) => node_may_subscribe(node, &f.path),
+                    Principal::Reader(_) => reader_may_subscribe(&f.path),
+                };
+                if !ok {
+                    stats.refused_subscribes.fetch_add(1, Ordering::Relaxed);
+                    return Err(format!("{principal:?} may not subscribe to {:?}", f.path));
+                }
+            }
+            Ok(())
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Serve one client. At shutdown the gate only stops accepting: open
+/// connections pass traffic until the process ends, like the broker behind
+/// them, so clients still get the server's final `offline` status.
+async fn serve(mut client: TcpStream, gate: &Gate) -> Result<(), String> {
+    let _ = client.set_nodelay(true);
+    let mut buf = BytesMut::with_capacity(1024);
+    let first = tokio::time::timeout(CONNECT_WAIT, read_packet(&mut client, &mut buf)).await;
+    let (connect, frame) = match first {
+        Ok(Ok(Some((Packet::Connect(c), frame)))) => (c, frame),
+        Ok(Ok(None)) => return Ok(()),
+        Ok(Ok(Some(_))) => {
+            gate.stats.protocol_errors.fetch_add(1, Ordering::Relaxed);
+            return Err("the first packet is not CONNECT".into());
+        }
+        Ok(Err(e)) => {
+            gate.stats.protocol_errors.fetch_add(1, Ordering::Relaxed);
+            return Err(e);
+        }
+        Err(_) => {
+            gate.stats.protocol_errors.fetch_add(1, Ordering::Relaxed);
+            return Err(format!("no CONNECT within {CONNECT_WAIT:?}"));
+        }
+    };
+    let (principal, verified) = match authenticate(gate, &connect) {
+        Ok(p) => p,
+        Err((code, why)) => return Err(refuse_login(&mut client, code, why, &gate.stats).await),
+    };
+    if let (Principal::Node(node), Some(will)) = (&principal, &connect.last_will)
+        && !node_may_publish(node, &will.topic)
+    {
+        let why = format!("node {node}'s Last Will goes to {:?}", will.topic);
+        return Err(refuse_login(&mut client, NOT_AUTHORIZED, why, &gate.stats).await);
+    }
+    if let (Principal::Reader(name), Some(_)) = (&principal, &connect.last_will) {
+        let why = format!("reader {name} may not set a Last Will");
+        return Err(refuse_login(&mut client, NOT_AUTHORIZED, why, &gate.stats).await);
+    }
+    let mut upstream = TcpStream::connect(gate.upstream)
+        .await
+        .map_err(|e| format!("broker unreachable: {e}"))?;
+    let _ = upstream.set_nodelay(true);
+    upstream
+        .write_all(&frame)
+        .await
+        .map_err(|e| format!("broker: {e}"))?;
+
+    let (connection, ended) = match &principal {
+        Principal::Node(node) => {
+            if verified == Some(Verified::Next) {
+                let (ids, store, node, now) = (
+                    gate.identities.clone(),
+                    gate.store.clone(),
+                    node.clone(),
+                    gate.clock.unix_ms(),
+                );
+                let promoted =
+                    tokio::task::spawn_blocking(move || ids.promote(&*store, &node, now)).await;
+                if let Ok(Err(e)) = promoted {
+                    tracing::error!(error = %e, "cannot make a rotated credential current");
+                }
+            }
+            let (n, token) = gate.identities.connected(node);
+            (Some((node.clone(), n)), token)
+        }
+        Principal::Reader(_) => (None, CancellationToken::new()),
+    };
+
+    let (mut client_rx, mut client_tx) = client.into_split();
+    let (mut broker_rx, mut broker_tx) = upstream.into_split();
+    let downstream = tokio::io::copy(&mut broker_rx, &mut client_tx);
+    let upstream = async {
+        loop {
+            let Some((packet, frame)) = read_packet(&mut client_rx, &mut buf).await? else {
+                return Ok::<(), String>(());
+            };
+            allowed(&principal, &packet, &gate.stats)?;
+            broker_tx
+                .write_all(&frame)
+                .await
+                .map_err(|e| format!("broker: {e}"))?;
+        }
+    };
+    let result = tokio::select! {
+        r = upstream => r,
+        _ = downstream => Ok(()),
+        _ = ended.cancelled() => {
+            gate.stats.ended.fetch_add(1, Ordering::Relaxed);
+            Err(format!("{principal:?}: connected again elsewhere, or its credential was revoked"))
+        }
+    };
+    if let Some((node, n)) = connection {
+        gate.identities.disconnected(&node, n);
+    }
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rakkr_mqtt::rumqttc::mqttbytes::QoS;
+    use rakkr_mqtt::rumqttc::mqttbytes::v4::{Connect, Login, Publish, Subscribe};
+
+    fn gate_with(ids: Identities) -> Gate {
+        let dir = tempfile::tempdir().unwrap();
+        let store = rakkr_store::RedbStore::open(&dir.path().join("s.redb")).unwrap();
+        std::mem::forget(dir);
+        Gate {
+            upstream: "127.0.0.1:9".parse().unwrap(),
+            identities: Arc::new(ids),
+            readers: vec![Reader {
+                name: "grafana".into(),
+                password_sha256: sha256_hex("dash"),
+            }],
+            store: Arc::new(store),
+            clock: Arc::new(crate::clock::SystemClock),
+            stats: Arc::default(),
+        }
+    }
+
+    fn connect(client_id: &str, user: &str, password: &str) -> Connect {
+        let mut c = Connect::new(client_id);
+        c.login = Some(Login::new(user, password));
+        c
+    }
+
+    #[test]
+    fn logins_bind_the_client_id_to_the_credential() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = rakkr_store::RedbStore::open(&dir.path().join("s.redb")).unwrap();
+        let ids = Identities::default();
+        let t = crate::identity::create_token(&store, None, Duration::from_secs(60), 0).unwrap();
+        let a = NodeId::new("node-a").unwrap();
+        let secret = ids.enroll(&store, &t.token, &a, 1).unwrap();
+        let gate = gate_with(ids);
+        let code = |c: &Connect| {
+            authenticate(&gate, c)
+                .map(|(p, _)| p)
+                .map_err(|(code, _)| code)
+        };
+        assert_eq!(
+            code(&connect("node-a", "node-a", &secret)),
+            Ok(Principal::Node(a.clone()))
+        );
+        assert_eq!(
+            code(&connect("node-b", "node-a", &secret)),
+            Err(IDENTIFIER_REJECTED),
+            "forged client id"
+        );
+        assert_eq!(
+            code(&connect("node-b", "node-b", &secret)),
+            Err(BAD_USER_NAME_OR_PASSWORD)
+        );
+        assert_eq!(
+            code(&connect("node-a", "node-a", "guess")),
+            Err(BAD_USER_NAME_OR_PASSWORD)
+        );
+        assert_eq!(
+            code(&Connect::new("node-a")),
+            Err(NOT_AUTHORIZED),
+            "no credentials"
+        );
+        assert_eq!(
+            code(&connect("rakkr-server", "rakkr-server", "x")),
+            Err(IDENTIFIER_REJECTED)
+        );
+        assert_eq!(
+            code(&connect("grafana:1", "grafana", "dash")),
+            Ok(Principal::Reader("grafana".into()))
+        );
+        assert_eq!(
+            code(&connect("node-a", "grafana", "dash")),
+            Err(IDENTIFIER_REJECTED),
+            "a reader cannot take a node's id"
+        );
+        assert_eq!(
+            code(&connect("other:1", "grafana", "dash")),
+            Err(IDENTIFIER_REJECTED)
+        );
+        assert_eq!(
+            code(&connect("grafana:1", "grafana", "nope")),
+            Err(BAD_USER_NAME_OR_PASSWORD)
+        );
+    }
+
+    #[test]
+    fn packets_outside_the_principals_rights_are_refused() {
+        let stats = GateStats::default();
+        let a = Principal::Node(NodeId::new("node-a").unwrap());
+        let reader = Principal::Reader("grafana".into());
+        let publish = |t: &str| Packet::Publish(Publish::new(t, QoS::AtLeastOnce, "x"));
+        let subscribe = |f: &str| Packet::Subscribe(Subscribe::new(f, QoS::AtLeastOnce));
+        assert!(allowed(&a, &publish("rakkr/v1/nodes/node-a/events"), &stats).is_ok());
+        assert!(allowed(&a, &publish("rakkr/v1/nodes/node-b/events"), &stats).is_err());
+        assert!(allowed(&a, &publish("rakkr/v1/nodes/node-b/cmd/jobs"), &stats).is_err());
+        assert!(allowed(&a, &subscribe("rakkr/v1/nodes/node-a/cmd/#"), &stats).is_ok());
+        assert!(allowed(&a, &subscribe("rakkr/v1/nodes/node-b/cmd/#"), &stats).is_err());
+        assert!(allowed(&a, &subscribe("#"), &stats).is_err());
+        assert!(allowed(&reader, &subscribe("rakkr/v1/#"), &stats).is_ok());
+        assert!(allowed(&reader, &publish("rakkr/v1/nodes/node-a/events"), &stats).is_err());
+        assert!(allowed(&a, &Packet::Connect(Connect::new("node-a")), &stats).is_err());
+        assert!(allowed(&a, &Packet::PingReq, &stats).is_ok());
+        assert_eq!(stats.refused_publishes.load(Ordering::Relaxed), 3);
+        assert_eq!(stats.refused_subscribes.load(Ordering::Relaxed), 2);
+    }
+}
