@@ -79,6 +79,8 @@ enum Principal {
 
 pub struct Gate {
     pub upstream: SocketAddr,
+    /// How long a client has to send CONNECT ([`CONNECT_WAIT`] in service).
+    pub connect_wait: Duration,
     pub identities: Arc<Identities>,
     pub readers: Vec<Reader>,
     pub store: Arc<dyn Store>,
@@ -239,7 +241,7 @@ fn allowed(principal: &Principal, packet: &Packet, stats: &GateStats) -> Result<
 async fn serve(mut client: TcpStream, gate: &Gate) -> Result<(), String> {
     let _ = client.set_nodelay(true);
     let mut buf = BytesMut::with_capacity(1024);
-    let first = tokio::time::timeout(CONNECT_WAIT, read_packet(&mut client, &mut buf)).await;
+    let first = tokio::time::timeout(gate.connect_wait, read_packet(&mut client, &mut buf)).await;
     let (connect, frame) = match first {
         Ok(Ok(Some((Packet::Connect(c), frame)))) => (c, frame),
         Ok(Ok(None)) => return Ok(()),
@@ -253,7 +255,7 @@ async fn serve(mut client: TcpStream, gate: &Gate) -> Result<(), String> {
         }
         Err(_) => {
             gate.stats.protocol_errors.fetch_add(1, Ordering::Relaxed);
-            return Err(format!("no CONNECT within {CONNECT_WAIT:?}"));
+            return Err(format!("no CONNECT within {:?}", gate.connect_wait));
         }
     };
     let (principal, verified) = match authenticate(gate, &connect) {
@@ -341,6 +343,7 @@ mod tests {
         std::mem::forget(dir);
         Gate {
             upstream: "127.0.0.1:9".parse().unwrap(),
+            connect_wait: CONNECT_WAIT,
             identities: Arc::new(ids),
             readers: vec![Reader {
                 name: "grafana".into(),
@@ -436,5 +439,82 @@ mod tests {
         assert!(allowed(&a, &Packet::PingReq, &stats).is_ok());
         assert_eq!(stats.refused_publishes.load(Ordering::Relaxed), 3);
         assert_eq!(stats.refused_subscribes.load(Ordering::Relaxed), 2);
+    }
+
+    /// Read until the peer closes (or `limit` passes): what arrived, and whether it closed.
+    async fn drain(stream: &mut TcpStream, limit: Duration) -> (Vec<u8>, bool) {
+        let mut got = Vec::new();
+        let mut buf = [0u8; 256];
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => return (got, true),
+                Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
+                Err(_) => return (got, false),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn silent_slow_and_oversized_clients_are_closed() {
+        let broker =
+            crate::broker::EmbeddedBroker::start("127.0.0.1:0".parse().unwrap(), 16).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let store = rakkr_store::RedbStore::open(&dir.path().join("s.redb")).unwrap();
+        let ids = Identities::default();
+        let t = crate::identity::create_token(&store, None, Duration::from_secs(60), 0).unwrap();
+        let node = NodeId::new("node-a").unwrap();
+        let secret = ids.enroll(&store, &t.token, &node, 1).unwrap();
+        let mut gate = gate_with(ids);
+        gate.upstream = broker.addr;
+        gate.connect_wait = Duration::from_millis(300);
+        let stats = gate.stats.clone();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let shutdown = CancellationToken::new();
+        tokio::spawn(run(listener, Arc::new(gate), shutdown.clone()));
+
+        // Silent: closed after the wait, nothing forwarded.
+        let mut silent = TcpStream::connect(addr).await.unwrap();
+        let (got, closed) = drain(&mut silent, Duration::from_secs(3)).await;
+        assert!(closed && got.is_empty());
+        // A first packet that is not CONNECT.
+        let mut ping = TcpStream::connect(addr).await.unwrap();
+        ping.write_all(&[0xC0, 0x00]).await.unwrap();
+        assert!(drain(&mut ping, Duration::from_secs(3)).await.1);
+        // A CONNECT announcing a body over the bound.
+        let mut huge = TcpStream::connect(addr).await.unwrap();
+        huge.write_all(&[0x10, 0xFF, 0xFF, 0xFF, 0x7F])
+            .await
+            .unwrap();
+        assert!(drain(&mut huge, Duration::from_secs(3)).await.1);
+        assert_eq!(stats.protocol_errors.load(Ordering::Relaxed), 3);
+
+        // An enrolled node gets the broker's CONNACK through the gate; then an
+        // oversized PUBLISH ends its connection.
+        let mut buf = BytesMut::new();
+        Packet::Connect(connect("node-a", "node-a", &secret))
+            .write(&mut buf, MAX_PACKET_BYTES)
+            .unwrap();
+        let mut ok = TcpStream::connect(addr).await.unwrap();
+        ok.write_all(&buf).await.unwrap();
+        let mut connack = [0u8; 4];
+        ok.read_exact(&mut connack).await.unwrap();
+        assert_eq!(connack, [0x20, 0x02, 0x00, 0x00]);
+        let big = Publish::new(
+            "rakkr/v1/nodes/node-a/events",
+            QoS::AtMostOnce,
+            vec![b'x'; MAX_PACKET_BYTES + 1],
+        );
+        let mut buf = BytesMut::new();
+        Packet::Publish(big).write(&mut buf, usize::MAX).unwrap();
+        let _ = ok.write_all(&buf).await;
+        assert!(drain(&mut ok, Duration::from_secs(3)).await.1);
+        assert_eq!(
+            stats.protocol_errors.load(Ordering::Relaxed),
+            3,
+            "oversize is a read error, not counted twice"
+        );
+        shutdown.cancel();
     }
 }

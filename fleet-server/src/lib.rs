@@ -254,6 +254,7 @@ impl RunningServer {
                 listener,
                 Arc::new(gate::Gate {
                     upstream,
+                    connect_wait: gate::CONNECT_WAIT,
                     identities: identities.clone(),
                     readers,
                     store: store.clone(),
