@@ -107,17 +107,20 @@ impl ChannelMap {
         input: &'a [i32],
         shift: u32,
     ) -> impl Iterator<Item = i32> + 'a {
-        input.chunks_exact(self.inputs).flat_map(move |frame| {
-            self.outputs.iter().map(move |o| match o {
-                Output::Copy(c) => frame[*c] >> shift,
-                Output::Mix(cs) => {
-                    let sum: i64 = cs.iter().map(|&c| i64::from(frame[c] >> shift)).sum();
-                    let k = cs.len() as i64;
-                    // Round half away from zero.
-                    ((sum + sum.signum() * (k / 2)) / k) as i32
-                }
+        // A map of no inputs (a device that reports none) maps nothing.
+        input
+            .chunks_exact(self.inputs.max(1))
+            .flat_map(move |frame| {
+                self.outputs.iter().map(move |o| match o {
+                    Output::Copy(c) => frame[*c] >> shift,
+                    Output::Mix(cs) => {
+                        let sum: i64 = cs.iter().map(|&c| i64::from(frame[c] >> shift)).sum();
+                        let k = cs.len() as i64;
+                        // Round half away from zero.
+                        ((sum + sum.signum() * (k / 2)) / k) as i32
+                    }
+                })
             })
-        })
     }
 }
 

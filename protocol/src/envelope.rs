@@ -20,9 +20,12 @@ use crate::ids::MessageId;
 /// The schema version this build writes and accepts.
 pub const SCHEMA_VERSION: u16 = 1;
 
-/// Largest payload accepted on any topic. Meter frames for 512 channels are about
-/// 40 KiB; anything bigger is refused before parsing.
-pub const MAX_PAYLOAD_BYTES: usize = 64 * 1024;
+/// Largest payload accepted on any topic; anything bigger is refused before
+/// parsing. A meter frame for [`crate::payload::MAX_CHANNELS`] channels is
+/// about 40 KiB when quiet and about 110 KiB with every field at its widest
+/// (every flag raised, nine-digit levels): the bound has room for that, and a
+/// test keeps it so.
+pub const MAX_PAYLOAD_BYTES: usize = 128 * 1024;
 
 /// A payload type: what it is called in errors, and the checks that serde's
 /// structure alone does not express (bounds, finite numbers).

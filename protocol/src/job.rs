@@ -278,7 +278,11 @@ impl Payload for JobReport {
                     }
                     for f in &r.files {
                         check_short("file name", &f.name)?;
-                        if f.name.is_empty() || f.name.contains(['/', '\\']) || f.name == ".." {
+                        let plain = !f.name.is_empty()
+                            && f.name != ".."
+                            && !f.name.contains(['/', '\\', '"'])
+                            && !f.name.chars().any(char::is_control);
+                        if !plain {
                             return Err(format!("{:?} is not a plain file name", f.name));
                         }
                     }
