@@ -16,6 +16,7 @@
 //! | `POST /api/v1/enroll` | an appliance exchanges `{"token", "node"}` for its credential (shown once) |
 //! | `POST /api/v1/nodes/{id}/credential/revoke` | revoke a node's credential and disconnect it |
 //! | `POST /api/v1/node/credential/rotate` | a node (HTTP Basic: node id and credential) gets a new credential |
+//! | `GET /metrics`     | counters in the Prometheus text format                |
 //! | `GET /healthz`     | liveness: the process serves HTTP                     |
 //! | `GET /readyz`      | readiness: store readable and broker link connected   |
 //!
@@ -53,6 +54,9 @@ pub struct AppState {
     pub stale_after: Duration,
     pub commands: crate::jobs::Commands,
     pub identities: Arc<crate::identity::Identities>,
+    pub ingest: Arc<crate::ingest::IngestStats>,
+    pub jobs: Arc<crate::jobs::JobStats>,
+    pub gate: Arc<crate::gate::GateStats>,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -78,6 +82,7 @@ pub fn router(state: AppState) -> Router {
             "/api/v1/node/credential/rotate",
             post(api_rotate_credential),
         )
+        .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .fallback(not_found)
@@ -577,4 +582,21 @@ async fn api_rotate_credential(
         credential,
     })
     .into_response())
+}
+
+async fn metrics(State(state): State<AppState>) -> Response {
+    let text = crate::metrics::render(&crate::metrics::Sources {
+        fleet: &state.fleet,
+        ingest: &state.ingest,
+        jobs: &state.jobs,
+        gate: &state.gate,
+    });
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response()
 }

@@ -26,6 +26,7 @@ pub mod http;
 pub mod identity;
 pub mod ingest;
 pub mod jobs;
+pub mod metrics;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -272,6 +273,9 @@ impl RunningServer {
             stale_after: settings.stale_after,
             commands: commands.clone(),
             identities: identities.clone(),
+            ingest: stats.clone(),
+            jobs: job_stats.clone(),
+            gate: gate_stats.clone(),
         });
         let http_shutdown = shutdown.clone();
         tasks.spawn(async move {
