@@ -138,6 +138,11 @@ pub fn create_job(
             "node {node} has not announced its capture device yet"
         ))
     })?;
+    if capabilities.max_jobs == 0 {
+        return Err(JobRequestError::Invalid(format!(
+            "node {node} takes no recording jobs (it has no recordings directory, or max_jobs = 0)"
+        )));
+    }
     let device_channels = usize::from(capabilities.channels);
     let map = spec
         .channel_map(device_channels)

@@ -181,8 +181,12 @@ fn a_job_started_from_the_command_line_is_recorded_once() -> Result<()> {
         detail.contains("channel 4") && detail.contains(&open_id),
         "{detail}"
     );
+    // A node without a recordings directory takes no jobs: refused, not queued forever.
+    let _listener = Agent::start(work.path(), &server, "rec-none", 2)?;
+    wait_online(&server, "rec-none")?;
     // Bad requests say what is wrong.
     for (body, expect) in [
+        (json!({"node": "rec-none", "duration_s": 5}), 422),
         (json!({"node": "rec-a", "channels": "9"}), 422),
         (json!({"node": "nobody", "duration_s": 5}), 404),
         (
