@@ -11,8 +11,10 @@
 //!
 //! [mqtt]
 //! host = "127.0.0.1"
-//! port = 1883
+//! port = 1883                   # 8883 with TLS
 //! keep_alive_secs = 5
+//! tls = false                   # true: MQTT over TLS, trusting the fleet CA
+//! ca_file = "/data/rakkr/ca.pem"  # default with tls: {state_dir}/ca.pem (from `enroll`)
 //!
 //! [source]                     # either an ALSA device …
 //! kind = "alsa"
@@ -104,6 +106,11 @@ pub struct MqttConfig {
     pub keep_alive_secs: u16,
     pub username: Option<String>,
     pub password: Option<String>,
+    /// MQTT over TLS, trusting the fleet CA in `ca_file`.
+    #[serde(default)]
+    pub tls: bool,
+    /// The CA to trust (default: `{state_dir}/ca.pem`, written by `enroll`).
+    pub ca_file: Option<PathBuf>,
 }
 
 fn default_mqtt_host() -> String {
@@ -124,6 +131,8 @@ impl Default for MqttConfig {
             keep_alive_secs: default_keep_alive(),
             username: None,
             password: None,
+            tls: false,
+            ca_file: None,
         }
     }
 }
@@ -280,6 +289,8 @@ pub struct MqttSettings {
     pub port: u16,
     pub keep_alive: Duration,
     pub credentials: Option<(String, String)>,
+    /// With TLS: the CA file to trust.
+    pub tls_ca: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone)]
@@ -331,6 +342,20 @@ impl AgentConfig {
         if !(2..=600).contains(&m.keep_alive_secs) {
             return Err(invalid("mqtt.keep_alive_secs", "must be 2-600 seconds"));
         }
+        let tls_ca = match (m.tls, m.ca_file, &self.state_dir) {
+            (false, None, _) => None,
+            (false, Some(_), _) => {
+                return Err(invalid("mqtt.ca_file", "is for tls = true"));
+            }
+            (true, Some(file), _) => Some(file),
+            (true, None, Some(dir)) => Some(dir.join(crate::identity::CA_FILE)),
+            (true, None, None) => {
+                return Err(invalid(
+                    "mqtt.ca_file",
+                    "tls = true needs the CA to trust: give ca_file, or a state_dir where enroll keeps it",
+                ));
+            }
+        };
         let credentials = match (m.username, m.password) {
             (Some(u), Some(p)) => Some((u, p)),
             (None, None) => None,
@@ -448,6 +473,7 @@ impl AgentConfig {
                 port: m.port,
                 keep_alive: Duration::from_secs(u64::from(m.keep_alive_secs)),
                 credentials,
+                tls_ca,
             },
             source,
             meters,
@@ -518,6 +544,7 @@ impl AgentSettings {
                 port: mqtt_port,
                 keep_alive: Duration::from_secs(u64::from(default_keep_alive())),
                 credentials: None,
+                tls_ca: None,
             },
             source: SourceSettings::Synthetic {
                 channels,

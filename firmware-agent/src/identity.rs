@@ -14,6 +14,9 @@ use serde::{Deserialize, Serialize};
 
 pub const IDENTITY_FILE: &str = "identity.json";
 
+/// The fleet CA handed over at enrollment (PEM), trusted for MQTT over TLS.
+pub const CA_FILE: &str = "ca.pem";
+
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Identity {
     pub node: NodeId,
@@ -62,13 +65,43 @@ pub fn load(state_dir: &Path) -> Result<Option<Identity>, IdentityError> {
 
 /// Write `identity` durably (see the module docs).
 pub fn store(state_dir: &Path, identity: &Identity) -> Result<(), IdentityError> {
+    write_private(
+        state_dir,
+        IDENTITY_FILE,
+        &serde_json::to_vec(identity).expect("identities serialise"),
+    )
+}
+
+/// SHA-256 (hex) of the first certificate in `pem`, as enrollment tokens pin it.
+pub fn ca_fingerprint(pem: &str) -> Result<String, IdentityError> {
+    use rakkr_mqtt::rustls::pki_types::CertificateDer;
+    use rakkr_mqtt::rustls::pki_types::pem::PemObject;
+    use sha2::Digest;
+    let der =
+        CertificateDer::from_pem_slice(pem.as_bytes()).map_err(|e| IdentityError::Corrupt {
+            path: PathBuf::from("(the server's CA)"),
+            detail: e.to_string(),
+        })?;
+    Ok(sha2::Sha256::digest(&der)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect())
+}
+
+/// Keep the fleet CA (PEM) beside the identity.
+pub fn store_ca(state_dir: &Path, pem: &str) -> Result<(), IdentityError> {
+    write_private(state_dir, CA_FILE, pem.as_bytes())
+}
+
+/// Write `name` in `state_dir` atomically and durably, mode 0600.
+fn write_private(state_dir: &Path, name: &str, bytes: &[u8]) -> Result<(), IdentityError> {
     let io = |path: &Path| {
         let path = path.to_owned();
         move |source| IdentityError::Io { path, source }
     };
     std::fs::create_dir_all(state_dir).map_err(io(state_dir))?;
-    let target = path(state_dir);
-    let tmp = state_dir.join(format!("{IDENTITY_FILE}.tmp"));
+    let target = state_dir.join(name);
+    let tmp = state_dir.join(format!("{name}.tmp"));
     {
         let mut f = std::fs::OpenOptions::new()
             .write(true)
@@ -77,7 +110,7 @@ pub fn store(state_dir: &Path, identity: &Identity) -> Result<(), IdentityError>
             .mode_0600()
             .open(&tmp)
             .map_err(io(&tmp))?;
-        f.write_all(&serde_json::to_vec(identity).expect("identities serialise"))
+        f.write_all(bytes)
             .and_then(|()| f.sync_all())
             .map_err(io(&tmp))?;
     }

@@ -86,9 +86,25 @@ pub struct Outgoing {
     pub job_commands: mpsc::Sender<JobCommand>,
 }
 
+/// The TLS configuration for the settings' broker, if they ask for TLS:
+/// trusting only the CA file they name.
+pub fn tls_config(
+    settings: &AgentSettings,
+) -> Result<Option<Arc<rakkr_mqtt::rustls::ClientConfig>>, String> {
+    let Some(path) = &settings.mqtt.tls_ca else {
+        return Ok(None);
+    };
+    let pem = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    rakkr_mqtt::tls_trusting(&pem)
+        .map(Some)
+        .map_err(|e| format!("{}: {e}", path.display()))
+}
+
 /// Run the link until `shutdown` fires, then announce `offline` and disconnect.
+#[allow(clippy::too_many_arguments)]
 pub async fn run(
     settings: &AgentSettings,
+    tls: Option<Arc<rakkr_mqtt::rustls::ClientConfig>>,
     announce: Announcement,
     clock: Arc<dyn Clock>,
     outgoing: Outgoing,
@@ -116,6 +132,7 @@ pub async fn run(
         port: settings.mqtt.port,
         keep_alive: settings.mqtt.keep_alive,
         credentials: settings.mqtt.credentials.clone(),
+        tls,
     };
 
     let envelope = {

@@ -178,6 +178,19 @@ fn real_main() -> anyhow::Result<()> {
                     .post(format!("{}/api/v1/enroll", server.trim_end_matches('/')))
                     .json(&serde_json::json!({"token": token, "node": settings.node_id})),
             )?;
+            // A token that pins the fleet CA: trust the CA handed over only if
+            // it is that one.
+            if let Some(pin) = token.trim().split('.').nth(3) {
+                let pem = answer["ca_pem"]
+                    .as_str()
+                    .context("the token pins a CA, but the server sent none")?;
+                let found = rakkr_agent::identity::ca_fingerprint(pem)?;
+                anyhow::ensure!(
+                    found.eq_ignore_ascii_case(pin),
+                    "the server's CA ({found}) is not the one the token names ({pin}): not trusted"
+                );
+                rakkr_agent::identity::store_ca(state_dir, pem)?;
+            }
             save_identity(state_dir, &settings, answer)
         }
         Command::RotateCredential { config, server } => {

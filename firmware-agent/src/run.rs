@@ -76,6 +76,11 @@ pub async fn run(
     if let Some(dir) = &settings.recordings_dir {
         recover_recordings(dir)?;
     }
+    // A TLS setup that cannot work is a start-up error, not a link that never connects.
+    let tls = crate::link::tls_config(&settings).map_err(|detail| AgentError::State {
+        path: settings.mqtt.tls_ca.clone().unwrap_or_default(),
+        detail,
+    })?;
     let (source, mut capabilities) = build_source(&settings)?;
     capabilities.max_jobs = settings.max_jobs;
     if settings.max_jobs > 0 {
@@ -185,6 +190,7 @@ pub async fn run(
 
     link::run(
         &settings,
+        tls,
         link::Announcement {
             capabilities,
             realtime,

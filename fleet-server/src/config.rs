@@ -14,7 +14,11 @@
 //! node_auth = "credentials"   # embedded: nodes log in with enrolled credentials through the
 //!                              # authorizing gate; "none" only for development
 //! readers = [{ name = "grafana", password_sha256 = "…" }]  # embedded: read-only dashboards
-//! insecure_allow_remote = false  # embedded: required to listen beyond loopback (plain TCP until TLS)
+//! tls_addr = "0.0.0.0:8883"   # embedded: MQTT over TLS (the gate), certificate from the server's own CA
+//! insecure_allow_remote = false  # embedded: required for the plain `addr` beyond loopback
+//!
+//! [tls]
+//! server_names = ["rakkr.example"]   # names (and addresses) appliances use to reach the server
 //! host = "broker.example"      # external: the broker
 //! port = 1883                  # external
 //! username = "rakkr-server"    # external: the server's credentials (both or neither)
@@ -48,6 +52,17 @@ pub struct ServerConfig {
     pub console: ConsoleConfig,
     #[serde(default)]
     pub jobs: JobsConfig,
+    #[serde(default)]
+    pub tls: TlsConfig,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// Names (DNS or IP) the server certificate is issued for, besides
+    /// `localhost` and `127.0.0.1`.
+    #[serde(default)]
+    pub server_names: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -118,7 +133,9 @@ pub struct MqttConfig {
     /// Read-only accounts for dashboards (embedded broker, `node_auth = "credentials"`).
     #[serde(default)]
     pub readers: Vec<ReaderConfig>,
-    /// MQTT is plain TCP until TLS lands: the embedded broker listens on
+    /// Where the embedded broker's gate takes MQTT over TLS.
+    pub tls_addr: Option<SocketAddr>,
+    /// The plain-TCP `addr` carries credentials in clear: it listens on
     /// loopback only unless this is set.
     #[serde(default)]
     pub insecure_allow_remote: bool,
@@ -161,6 +178,7 @@ impl Default for MqttConfig {
             addr: default_mqtt_addr(),
             max_connections: default_max_connections(),
             insecure_allow_remote: false,
+            tls_addr: None,
             node_auth: NodeAuth::default(),
             readers: Vec::new(),
             broker: BrokerMode::Embedded,
@@ -206,6 +224,8 @@ pub enum MqttMode {
         addr: SocketAddr,
         node_auth: NodeAuth,
         readers: Vec<crate::gate::Reader>,
+        /// MQTT over TLS through the gate, with the server's own CA.
+        tls_addr: Option<SocketAddr>,
     },
     External {
         host: String,
@@ -226,6 +246,8 @@ pub struct ServerSettings {
     pub stale_after: Duration,
     /// How long a job lease lasts without renewal.
     pub lease: Duration,
+    /// Names the TLS server certificate is issued for.
+    pub tls_names: Vec<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -272,8 +294,15 @@ impl ServerConfig {
                 if !addr.ip().is_loopback() && !m.insecure_allow_remote {
                     return Err(invalid(
                         "mqtt.addr",
-                        "MQTT is plain TCP (no TLS yet), so the embedded broker listens on \
-                         loopback only; set mqtt.insecure_allow_remote = true to accept the risk",
+                        "the plain-TCP listener carries credentials in clear, so it stays on \
+                         loopback; use mqtt.tls_addr for appliances, or set \
+                         mqtt.insecure_allow_remote = true to accept the risk",
+                    ));
+                }
+                if m.tls_addr.is_some() && m.node_auth == NodeAuth::None {
+                    return Err(invalid(
+                        "mqtt.tls_addr",
+                        "TLS terminates in the gate: it needs node_auth = \"credentials\"",
                     ));
                 }
                 let mut readers = Vec::new();
@@ -301,6 +330,7 @@ impl ServerConfig {
                     addr,
                     node_auth: m.node_auth,
                     readers,
+                    tls_addr: m.tls_addr,
                 }
             }
             BrokerMode::External => {
@@ -346,6 +376,7 @@ impl ServerConfig {
             return Err(invalid("jobs.lease_ms", "must be 3000-3600000 ms"));
         }
         Ok(ServerSettings {
+            tls_names: self.tls.server_names.clone(),
             lease: Duration::from_millis(self.jobs.lease_ms),
             data_dir,
             http_addr,
@@ -387,6 +418,7 @@ mod tests {
                 addr: "127.0.0.1:7".parse().unwrap(),
                 node_auth: NodeAuth::Credentials,
                 readers: Vec::new(),
+                tls_addr: None,
             }
         );
     }

@@ -69,6 +69,7 @@ pub fn spawn_appliances(
             &*server.store,
             Some(node.clone()),
             Duration::from_secs(60),
+            None,
             clock.unix_ms(),
         )?;
         let credential =

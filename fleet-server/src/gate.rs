@@ -4,6 +4,8 @@
 //! broker itself listens on an internal loopback port and clients reach it
 //! only through this gate (decision 0011):
 //!
+//! 0. On the TLS listener, the TLS handshake must complete within the same
+//!    wait as CONNECT (a slow handshake cannot hold a connection open).
 //! 1. The first packet must be a CONNECT, within [`CONNECT_WAIT`] and at most
 //!    [`MAX_PACKET_BYTES`]. A node authenticates with its node id as client id
 //!    *and* user name and its credential as password ([`crate::identity`]); a
@@ -93,8 +95,14 @@ const BAD_USER_NAME_OR_PASSWORD: u8 = 4;
 const NOT_AUTHORIZED: u8 = 5;
 const IDENTIFIER_REJECTED: u8 = 2;
 
-/// Serve clients on `listener` until `shutdown`.
-pub async fn run(listener: TcpListener, gate: Arc<Gate>, shutdown: CancellationToken) {
+/// Serve clients on `listener` until `shutdown`; with `tls`, each connection
+/// first completes a TLS handshake, within the CONNECT wait.
+pub async fn run(
+    listener: TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    gate: Arc<Gate>,
+    shutdown: CancellationToken,
+) {
     loop {
         let (stream, peer) = tokio::select! {
             r = listener.accept() => match r {
@@ -114,9 +122,27 @@ pub async fn run(listener: TcpListener, gate: Arc<Gate>, shutdown: CancellationT
             }
         };
         let gate = gate.clone();
+        let tls = tls.clone();
         tokio::spawn(async move {
             gate.stats.connections.fetch_add(1, Ordering::Relaxed);
-            if let Err(why) = serve(stream, &gate).await {
+            let _ = stream.set_nodelay(true);
+            let served = match tls {
+                None => serve(stream, &gate).await,
+                Some(acceptor) => {
+                    match tokio::time::timeout(gate.connect_wait, acceptor.accept(stream)).await {
+                        Ok(Ok(stream)) => serve(stream, &gate).await,
+                        Ok(Err(e)) => {
+                            gate.stats.protocol_errors.fetch_add(1, Ordering::Relaxed);
+                            Err(format!("TLS handshake failed: {e}"))
+                        }
+                        Err(_) => {
+                            gate.stats.protocol_errors.fetch_add(1, Ordering::Relaxed);
+                            Err(format!("no TLS handshake within {:?}", gate.connect_wait))
+                        }
+                    }
+                }
+            };
+            if let Err(why) = served {
                 tracing::info!(%peer, %why, "MQTT connection closed by the gate");
             }
         });
@@ -150,7 +176,12 @@ async fn read_packet(
     }
 }
 
-async fn refuse_login(client: &mut TcpStream, code: u8, why: String, stats: &GateStats) -> String {
+async fn refuse_login(
+    client: &mut (impl AsyncWriteExt + Unpin),
+    code: u8,
+    why: String,
+    stats: &GateStats,
+) -> String {
     stats.refused_logins.fetch_add(1, Ordering::Relaxed);
     let _ = client.write_all(&[0x20, 0x02, 0x00, code]).await;
     let _ = client.shutdown().await;
@@ -238,8 +269,10 @@ fn allowed(principal: &Principal, packet: &Packet, stats: &GateStats) -> Result<
 /// Serve one client. At shutdown the gate only stops accepting: open
 /// connections pass traffic until the process ends, like the broker behind
 /// them, so clients still get the server's final `offline` status.
-async fn serve(mut client: TcpStream, gate: &Gate) -> Result<(), String> {
-    let _ = client.set_nodelay(true);
+async fn serve<S>(mut client: S, gate: &Gate) -> Result<(), String>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
     let mut buf = BytesMut::with_capacity(1024);
     let first = tokio::time::timeout(gate.connect_wait, read_packet(&mut client, &mut buf)).await;
     let (connect, frame) = match first {
@@ -302,7 +335,7 @@ async fn serve(mut client: TcpStream, gate: &Gate) -> Result<(), String> {
         Principal::Reader(_) => (None, CancellationToken::new()),
     };
 
-    let (mut client_rx, mut client_tx) = client.into_split();
+    let (mut client_rx, mut client_tx) = tokio::io::split(client);
     let (mut broker_rx, mut broker_tx) = upstream.into_split();
     let downstream = tokio::io::copy(&mut broker_rx, &mut client_tx);
     let upstream = async {
@@ -366,7 +399,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = rakkr_store::RedbStore::open(&dir.path().join("s.redb")).unwrap();
         let ids = Identities::default();
-        let t = crate::identity::create_token(&store, None, Duration::from_secs(60), 0).unwrap();
+        let t =
+            crate::identity::create_token(&store, None, Duration::from_secs(60), None, 0).unwrap();
         let a = NodeId::new("node-a").unwrap();
         let secret = ids.enroll(&store, &t.token, &a, 1).unwrap();
         let gate = gate_with(ids);
@@ -462,7 +496,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = rakkr_store::RedbStore::open(&dir.path().join("s.redb")).unwrap();
         let ids = Identities::default();
-        let t = crate::identity::create_token(&store, None, Duration::from_secs(60), 0).unwrap();
+        let t =
+            crate::identity::create_token(&store, None, Duration::from_secs(60), None, 0).unwrap();
         let node = NodeId::new("node-a").unwrap();
         let secret = ids.enroll(&store, &t.token, &node, 1).unwrap();
         let mut gate = gate_with(ids);
@@ -472,7 +507,7 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let shutdown = CancellationToken::new();
-        tokio::spawn(run(listener, Arc::new(gate), shutdown.clone()));
+        tokio::spawn(run(listener, None, Arc::new(gate), shutdown.clone()));
 
         // Silent: closed after the wait, nothing forwarded.
         let mut silent = TcpStream::connect(addr).await.unwrap();
@@ -515,6 +550,38 @@ mod tests {
             3,
             "oversize is a read error, not counted twice"
         );
+        shutdown.cancel();
+    }
+
+    #[tokio::test]
+    async fn a_tls_handshake_that_does_not_come_is_cut_off() {
+        let dir = tempfile::tempdir().unwrap();
+        let tls = crate::tls::ServerTls::load_or_create(dir.path(), &[]).unwrap();
+        let mut gate = gate_with(Identities::default());
+        gate.connect_wait = Duration::from_millis(300);
+        let stats = gate.stats.clone();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let shutdown = CancellationToken::new();
+        let acceptor = tokio_rustls::TlsAcceptor::from(tls.config.clone());
+        tokio::spawn(run(
+            listener,
+            Some(acceptor),
+            Arc::new(gate),
+            shutdown.clone(),
+        ));
+        // Silent after TCP: closed at the wait.
+        let mut silent = TcpStream::connect(addr).await.unwrap();
+        assert!(drain(&mut silent, Duration::from_secs(3)).await.1);
+        // Plain MQTT where TLS is expected: the handshake fails.
+        let mut plain = TcpStream::connect(addr).await.unwrap();
+        let mut buf = BytesMut::new();
+        Packet::Connect(connect("node-a", "node-a", "x"))
+            .write(&mut buf, MAX_PACKET_BYTES)
+            .unwrap();
+        plain.write_all(&buf).await.unwrap();
+        assert!(drain(&mut plain, Duration::from_secs(3)).await.1);
+        assert_eq!(stats.protocol_errors.load(Ordering::Relaxed), 2);
         shutdown.cancel();
     }
 }

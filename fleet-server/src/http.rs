@@ -57,6 +57,15 @@ pub struct AppState {
     pub ingest: Arc<crate::ingest::IngestStats>,
     pub jobs: Arc<crate::jobs::JobStats>,
     pub gate: Arc<crate::gate::GateStats>,
+    /// The fleet CA, when MQTT over TLS is on: pinned in tokens, handed to
+    /// enrolling appliances.
+    pub ca: Option<Arc<CaInfo>>,
+}
+
+#[derive(Debug)]
+pub struct CaInfo {
+    pub pem: String,
+    pub sha256: String,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -432,8 +441,10 @@ async fn api_create_enroll_token(
     let Json(request) = body.map_err(|e| problem(e.status(), e.body_text()))?;
     let ttl = Duration::from_secs(request.ttl_s.unwrap_or(3600));
     let (store, now) = (state.store.clone(), state.clock.unix_ms());
+    let ca = state.ca.as_ref().map(|c| c.sha256.clone());
     let token = blocking(move || {
-        crate::identity::create_token(&*store, request.node, ttl, now).map_err(identity_problem)
+        crate::identity::create_token(&*store, request.node, ttl, ca.as_deref(), now)
+            .map_err(identity_problem)
     })
     .await?;
     tracing::info!(token = %token.id, node = ?token.node, "enrollment token created");
@@ -476,6 +487,9 @@ struct EnrolledJson {
     node: rakkr_protocol::NodeId,
     /// The node's MQTT password (its user name and client id are the node id). Shown once.
     credential: String,
+    /// The fleet CA (PEM) to trust for MQTT over TLS; its SHA-256 is in the token.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ca_pem: Option<String>,
 }
 
 async fn api_enroll(
@@ -502,7 +516,16 @@ async fn api_enroll(
     .await
     .inspect_err(|p| tracing::warn!(node = %node, why = %p.detail, "enrollment refused"))?;
     tracing::info!(node = %node, "node enrolled");
-    Ok((StatusCode::CREATED, Json(EnrolledJson { node, credential })).into_response())
+    let ca_pem = state.ca.as_ref().map(|c| c.pem.clone());
+    Ok((
+        StatusCode::CREATED,
+        Json(EnrolledJson {
+            node,
+            credential,
+            ca_pem,
+        }),
+    )
+        .into_response())
 }
 
 /// A credential as the API shows it: never a hash.
@@ -580,6 +603,7 @@ async fn api_rotate_credential(
     Ok(Json(EnrolledJson {
         node: name,
         credential,
+        ca_pem: state.ca.as_ref().map(|c| c.pem.clone()),
     })
     .into_response())
 }

@@ -2,8 +2,10 @@
 //! credential table the MQTT gate ([`crate::gate`]) checks on every connect.
 //!
 //! Formats:
-//! - enrollment token: `rkr1.{id}.{secret}` — `id` 16 hex digits (public, names
-//!   the token), `secret` 32 random bytes, base64url without padding;
+//! - enrollment token: `rkr1.{id}.{secret}[.{ca}]` — `id` 16 hex digits
+//!   (public, names the token), `secret` 32 random bytes, base64url without
+//!   padding, and when MQTT over TLS is on `ca`, the SHA-256 of the fleet CA
+//!   (hex), so the appliance can check the CA it is handed before trusting it;
 //! - node credential: 32 random bytes, base64url without padding; the node
 //!   uses its node id as MQTT client id and user name, the credential as password.
 //!
@@ -54,7 +56,7 @@ pub fn constant_time_eq(a: &str, b: &str) -> bool {
 
 #[derive(Debug, thiserror::Error)]
 pub enum IdentityError {
-    #[error("not an enrollment token (expected {TOKEN_PREFIX}.ID.SECRET)")]
+    #[error("not an enrollment token (expected {TOKEN_PREFIX}.ID.SECRET[.CA])")]
     MalformedToken,
     #[error("{0}")]
     Refused(String),
@@ -87,6 +89,7 @@ pub fn create_token(
     store: &dyn Store,
     node: Option<NodeId>,
     ttl: Duration,
+    ca_sha256: Option<&str>,
     now_ms: u64,
 ) -> Result<NewToken, IdentityError> {
     if ttl.is_zero() || ttl > MAX_TOKEN_TTL {
@@ -105,8 +108,9 @@ pub fn create_token(
         expires_ms,
         used: None,
     })?;
+    let pin = ca_sha256.map_or(String::new(), |ca| format!(".{ca}"));
     Ok(NewToken {
-        token: format!("{TOKEN_PREFIX}.{id}.{secret}"),
+        token: format!("{TOKEN_PREFIX}.{id}.{secret}{pin}"),
         id,
         node,
         expires_ms,
@@ -116,11 +120,22 @@ pub fn create_token(
 /// Split a token into its id and secret.
 fn parse_token(token: &str) -> Result<(&str, &str), IdentityError> {
     let mut parts = token.trim().split('.');
-    match (parts.next(), parts.next(), parts.next(), parts.next()) {
-        (Some(TOKEN_PREFIX), Some(id), Some(secret), None)
+    // The optional fourth part pins the fleet CA (checked by the appliance).
+    let pin_ok = |pin: Option<&str>| {
+        pin.is_none_or(|p| p.len() == 64 && p.bytes().all(|b| b.is_ascii_hexdigit()))
+    };
+    match (
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+    ) {
+        (Some(TOKEN_PREFIX), Some(id), Some(secret), pin, None)
             if id.len() == 16
                 && id.bytes().all(|b| b.is_ascii_hexdigit())
-                && !secret.is_empty() =>
+                && !secret.is_empty()
+                && pin_ok(pin) =>
         {
             Ok((id, secret))
         }
@@ -300,7 +315,7 @@ mod tests {
         let store = RedbStore::open(&dir.path().join("s.redb")).unwrap();
         let ids = Identities::default();
         let node = NodeId::new("studio-a").unwrap();
-        let t = create_token(&store, None, Duration::from_secs(60), 1_000).unwrap();
+        let t = create_token(&store, None, Duration::from_secs(60), None, 1_000).unwrap();
         assert!(t.token.starts_with("rkr1.") && t.token.len() > 60);
         assert!(matches!(
             ids.enroll(&store, "garbage", &node, 2_000),
@@ -329,7 +344,21 @@ mod tests {
         // What the store kept survives a reload.
         let reloaded = Identities::load(&store).unwrap();
         assert!(reloaded.verify(&node, &next).is_err());
-        assert!(create_token(&store, None, Duration::ZERO, 0).is_err());
+        assert!(create_token(&store, None, Duration::ZERO, None, 0).is_err());
+        let pinned = create_token(
+            &store,
+            None,
+            Duration::from_secs(60),
+            Some(&"ab".repeat(32)),
+            0,
+        )
+        .unwrap();
+        assert!(pinned.token.ends_with(&"ab".repeat(32)));
+        assert!(parse_token(&pinned.token).is_ok());
+        assert!(
+            parse_token(&format!("{}.x", t.token)).is_err(),
+            "a pin is 64 hex digits"
+        );
     }
 
     #[test]

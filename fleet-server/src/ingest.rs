@@ -283,6 +283,7 @@ pub async fn run(
         port: broker.port,
         keep_alive: Duration::from_secs(10),
         credentials: broker.credentials,
+        tls: None,
     };
     let status_topic = Topic::ServerStatus.to_string();
     let server_status = {

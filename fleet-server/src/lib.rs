@@ -27,6 +27,7 @@ pub mod identity;
 pub mod ingest;
 pub mod jobs;
 pub mod metrics;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -57,6 +58,8 @@ pub enum ServerError {
     },
     #[error("background task failed: {0}")]
     Task(String),
+    #[error("TLS: {0}")]
+    Tls(#[from] tls::TlsError),
 }
 
 /// A started server: its bound addresses and shared state.
@@ -65,6 +68,8 @@ pub struct RunningServer {
     /// The broker the server (and its nodes) use.
     pub mqtt_host: String,
     pub mqtt_port: u16,
+    /// The gate's TLS port, when `mqtt.tls_addr` is set.
+    pub mqtt_tls_port: Option<u16>,
     pub fleet: Arc<LiveFleet>,
     pub link: Arc<LinkState>,
     pub ingest: Arc<IngestStats>,
@@ -147,6 +152,7 @@ impl RunningServer {
                 addr,
                 node_auth,
                 readers,
+                tls_addr,
             } => {
                 let max_connections = settings.max_connections;
                 let broker_addr = match node_auth {
@@ -173,7 +179,30 @@ impl RunningServer {
                         let public = listener
                             .local_addr()
                             .map_err(|source| broker::BrokerError::Bind { addr, source })?;
-                        gate_listener = Some((listener, broker.addr, readers));
+                        let tls_listener = match tls_addr {
+                            None => None,
+                            Some(tls_addr) => {
+                                let listener = std::net::TcpListener::bind(tls_addr)
+                                    .and_then(|l| l.set_nonblocking(true).map(|()| l))
+                                    .and_then(tokio::net::TcpListener::from_std)
+                                    .map_err(|source| broker::BrokerError::Bind {
+                                        addr: tls_addr,
+                                        source,
+                                    })?;
+                                let dir = settings.data_dir.join("tls");
+                                let names = settings.tls_names.clone();
+                                let tls = tokio::task::spawn_blocking(move || {
+                                    tls::ServerTls::load_or_create(&dir, &names)
+                                })
+                                .await
+                                .map_err(|e| ServerError::Task(e.to_string()))??;
+                                if let Ok(a) = listener.local_addr() {
+                                    tracing::info!(addr = %a, ca = %tls.ca_sha256, "MQTT over TLS listening");
+                                }
+                                Some((listener, tls))
+                            }
+                        };
+                        gate_listener = Some((listener, broker.addr, readers, tls_listener));
                         tracing::info!(addr = %public, broker = %broker.addr, "MQTT gate listening; embedded broker behind it");
                         public
                     }
@@ -250,20 +279,28 @@ impl RunningServer {
             job_stats.clone(),
             shutdown.clone(),
         ));
-        if let Some((listener, upstream, readers)) = gate_listener {
-            tasks.spawn(gate::run(
-                listener,
-                Arc::new(gate::Gate {
-                    upstream,
-                    connect_wait: gate::CONNECT_WAIT,
-                    identities: identities.clone(),
-                    readers,
-                    store: store.clone(),
-                    clock: clock.clone(),
-                    stats: gate_stats.clone(),
-                }),
-                shutdown.clone(),
-            ));
+        let mut ca = None;
+        let mut mqtt_tls_port = None;
+        if let Some((listener, upstream, readers, tls_listener)) = gate_listener {
+            let gate = Arc::new(gate::Gate {
+                upstream,
+                connect_wait: gate::CONNECT_WAIT,
+                identities: identities.clone(),
+                readers,
+                store: store.clone(),
+                clock: clock.clone(),
+                stats: gate_stats.clone(),
+            });
+            tasks.spawn(gate::run(listener, None, gate.clone(), shutdown.clone()));
+            if let Some((listener, tls)) = tls_listener {
+                mqtt_tls_port = listener.local_addr().ok().map(|a| a.port());
+                let acceptor = tokio_rustls::TlsAcceptor::from(tls.config.clone());
+                tasks.spawn(gate::run(listener, Some(acceptor), gate, shutdown.clone()));
+                ca = Some(Arc::new(http::CaInfo {
+                    pem: tls.ca_pem,
+                    sha256: tls.ca_sha256,
+                }));
+            }
         }
         let app = http::router(http::AppState {
             fleet: fleet.clone(),
@@ -276,6 +313,7 @@ impl RunningServer {
             ingest: stats.clone(),
             jobs: job_stats.clone(),
             gate: gate_stats.clone(),
+            ca,
         });
         let http_shutdown = shutdown.clone();
         tasks.spawn(async move {
@@ -291,6 +329,7 @@ impl RunningServer {
             http_addr,
             mqtt_host: public_host,
             mqtt_port: public_port,
+            mqtt_tls_port,
             identities,
             gate: gate_stats,
             fleet,

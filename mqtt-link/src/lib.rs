@@ -26,6 +26,8 @@ use rumqttc::{
 use tokio_util::sync::CancellationToken;
 
 pub use rumqttc;
+/// For [`Endpoint::tls`]: the TLS library the link uses.
+pub use rustls;
 
 /// Largest MQTT packet either side of a Rakkr link sends or accepts: the largest
 /// payload plus room for the topic and headers.
@@ -42,6 +44,40 @@ pub struct Endpoint {
     pub port: u16,
     pub keep_alive: Duration,
     pub credentials: Option<(String, String)>,
+    /// MQTT over TLS, trusting what this configuration trusts.
+    pub tls: Option<Arc<rustls::ClientConfig>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TlsSetupError {
+    #[error("no certificate in the CA file")]
+    NoCertificate,
+    #[error("the CA file is not PEM: {0}")]
+    Pem(String),
+    #[error("TLS: {0}")]
+    Rustls(#[from] rustls::Error),
+}
+
+/// A TLS client configuration that trusts exactly the CA certificates in
+/// `ca_pem` (the fleet's own CA, not the system's roots).
+pub fn tls_trusting(ca_pem: &[u8]) -> Result<Arc<rustls::ClientConfig>, TlsSetupError> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(ca_pem) {
+        let cert = cert.map_err(|e| TlsSetupError::Pem(e.to_string()))?;
+        roots.add(cert)?;
+    }
+    if roots.is_empty() {
+        return Err(TlsSetupError::NoCertificate);
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    Ok(Arc::new(config))
 }
 
 /// Counters every link keeps; cheap to read from anywhere.
@@ -87,6 +123,11 @@ pub fn connect(
     }
     if let Some(will) = will {
         opts.set_last_will(will());
+    }
+    if let Some(tls) = &endpoint.tls {
+        opts.set_transport(rumqttc::Transport::tls_with_config(
+            rumqttc::TlsConfiguration::Rustls(tls.clone()),
+        ));
     }
     let (client, mut eventloop) = AsyncClient::new(opts, REQUEST_QUEUE);
     eventloop.network_options.set_tcp_nodelay(true);

@@ -1,0 +1,132 @@
+//! MQTT over TLS through the gate, with the server's own CA: an appliance
+//! enrolls with a token that pins the CA, gets the CA, and connects over TLS;
+//! a dashboard (mosquitto_sub) reads through TLS too; a CA that is not the
+//! pinned one is not trusted; plain MQTT on the TLS port gets nowhere.
+
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::Result;
+use rakkr_hil_tests::*;
+
+const SOON: Duration = Duration::from_secs(20);
+
+#[test]
+fn appliances_and_dashboards_use_mqtt_over_tls_with_the_pinned_fleet_ca() -> Result<()> {
+    let work = tempfile::tempdir()?;
+    let tls_port = free_port();
+    let tls_addr = format!("127.0.0.1:{tls_port}");
+    let server = Server::start_with_env(
+        work.path(),
+        &work.path().join("data"),
+        &[("RAKKR_SERVER_MQTT__TLS_ADDR", tls_addr.as_str())],
+    )?;
+    let url = server.url("");
+    let token = |extra: &[&str]| -> Result<String> {
+        let mut args = vec!["enroll-token", "create", "--server", url.as_str()];
+        args.extend_from_slice(extra);
+        let out = Command::new(bin("rakkr-server")).args(&args).output()?;
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+        Ok(v["token"].as_str().unwrap_or_default().to_owned())
+    };
+    let state = work.path().join("tls-node-state");
+    let config = work.path().join("tls-node.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "node_id = \"tls-node\"\nrealtime = false\nstate_dir = \"{}\"\n\
+             [mqtt]\nhost = \"127.0.0.1\"\nport = {tls_port}\ntls = true\n\
+             [source]\nkind = \"synthetic\"\nchannels = 2\n",
+            state.display()
+        ),
+    )?;
+    let enroll = |token: &str| {
+        Command::new(bin("rakkr-agent"))
+            .args(["enroll", "--config"])
+            .arg(&config)
+            .args(["--server", &url, "--token", token])
+            .output()
+    };
+
+    // A token whose CA pin does not match what the server hands over: the
+    // appliance does not trust that CA (and keeps no identity).
+    let good = token(&[])?;
+    assert_eq!(
+        good.split('.').count(),
+        4,
+        "tokens pin the CA when TLS is on: {good}"
+    );
+    let pin = good.rsplit('.').next().unwrap();
+    let flipped = if pin.ends_with('0') { "1" } else { "0" };
+    let tampered = format!("{}{flipped}", &good[..good.len() - 1]);
+    let out = enroll(&tampered)?;
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not trusted"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!state.join("identity.json").exists());
+
+    let out = enroll(&token(&["--node", "tls-node"])?)?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let ca = state.join("ca.pem");
+    assert!(std::fs::read_to_string(&ca)?.contains("BEGIN CERTIFICATE"));
+
+    let _agent = Agent::start_with_config(work.path(), "tls-node", &config)?;
+    wait_for("online over TLS", SOON, || {
+        (server.presence("tls-node")? == "online").then_some(())
+    })?;
+
+    // A dashboard reads through TLS with the same CA (mosquitto's client).
+    let sub = Command::new("mosquitto_sub")
+        .args(["-h", "127.0.0.1", "-p", &tls_port.to_string()])
+        .arg("--cafile")
+        .arg(&ca)
+        .args([
+            "-u",
+            READER,
+            "-P",
+            READER_PASSWORD,
+            "-i",
+            &format!("{READER}:tls"),
+        ])
+        .args([
+            "-t",
+            "rakkr/v1/nodes/tls-node/status",
+            "-C",
+            "1",
+            "-W",
+            "10",
+        ])
+        .output()?;
+    let text = String::from_utf8_lossy(&sub.stdout);
+    assert!(
+        text.contains("\"state\":\"online\""),
+        "{text}{}",
+        String::from_utf8_lossy(&sub.stderr)
+    );
+
+    // Without the CA, or in plain MQTT, the TLS port gives nothing.
+    let no_ca = Command::new("mosquitto_sub")
+        .args(["-h", "127.0.0.1", "-p", &tls_port.to_string()])
+        .args([
+            "-u",
+            READER,
+            "-P",
+            READER_PASSWORD,
+            "-i",
+            &format!("{READER}:plain"),
+        ])
+        .args(["-t", "rakkr/v1/#", "-C", "1", "-W", "3"])
+        .output()?;
+    assert!(
+        !no_ca.status.success(),
+        "plain MQTT on the TLS port must fail"
+    );
+    Ok(())
+}
