@@ -116,6 +116,7 @@ struct RecordArgs {
 
 fn main() -> ExitCode {
     rakkr_service::init_logging("info");
+    rakkr_mqtt::install_tls_provider();
     match real_main() {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -173,14 +174,15 @@ fn real_main() -> anyhow::Result<()> {
                     rakkr_agent::identity::path(state_dir).display()
                 );
             }
+            let pin = token.trim().split('.').nth(3);
             let answer = call_server(
-                reqwest::blocking::Client::new()
+                http_client(&server, pin, None)?
                     .post(format!("{}/api/v1/enroll", server.trim_end_matches('/')))
                     .json(&serde_json::json!({"token": token, "node": settings.node_id})),
             )?;
             // A token that pins the fleet CA: trust the CA handed over only if
             // it is that one.
-            if let Some(pin) = token.trim().split('.').nth(3) {
+            if let Some(pin) = pin {
                 let pem = answer["ca_pem"]
                     .as_str()
                     .context("the token pins a CA, but the server sent none")?;
@@ -198,8 +200,9 @@ fn real_main() -> anyhow::Result<()> {
             let state_dir = state_dir_of(&settings)?;
             let current = rakkr_agent::identity::load(state_dir)?
                 .context("this node has no identity yet: run `rakkr-agent enroll` first")?;
+            let ca = state_dir.join(rakkr_agent::identity::CA_FILE);
             let answer = call_server(
-                reqwest::blocking::Client::new()
+                http_client(&server, None, ca.exists().then_some(ca.as_path()))?
                     .post(format!(
                         "{}/api/v1/node/credential/rotate",
                         server.trim_end_matches('/')
@@ -244,6 +247,31 @@ fn state_dir_of(settings: &rakkr_agent::AgentSettings) -> anyhow::Result<&std::p
         .state_dir
         .as_deref()
         .context("the configuration has no state_dir: the identity is kept there")
+}
+
+/// An HTTP client for `server`: over HTTPS it trusts only the fleet CA, the
+/// one a token pins (`pin`) or the one kept at enrollment (`ca_file`).
+fn http_client(
+    server: &str,
+    pin: Option<&str>,
+    ca_file: Option<&std::path::Path>,
+) -> anyhow::Result<reqwest::blocking::Client> {
+    if !server.starts_with("https://") {
+        return Ok(reqwest::blocking::Client::new());
+    }
+    let tls = match (pin, ca_file) {
+        (Some(pin), _) => rakkr_mqtt::tls_pinned(pin)?,
+        (None, Some(ca)) => rakkr_mqtt::tls_trusting(
+            &std::fs::read(ca).with_context(|| format!("cannot read {}", ca.display()))?,
+        )?,
+        (None, None) => anyhow::bail!(
+            "{server} is HTTPS: use a token that pins the fleet CA (or enroll first, which keeps the CA)"
+        ),
+    };
+    reqwest::blocking::Client::builder()
+        .use_preconfigured_tls((*tls).clone())
+        .build()
+        .context("cannot set up HTTPS")
 }
 
 /// Send a request; the JSON answer, or the server's problem detail as the error.

@@ -6,6 +6,7 @@
 //!
 //! [http]
 //! addr = "127.0.0.1:8080"
+//! tls_addr = "0.0.0.0:8443"      # the console and API over HTTPS (the server's own CA)
 //!
 //! [mqtt]
 //! broker = "embedded"          # or "external": use a site's broker (e.g. deploy/mosquitto)
@@ -93,6 +94,8 @@ fn default_data_dir() -> PathBuf {
 pub struct HttpConfig {
     #[serde(default = "default_http_addr")]
     pub addr: SocketAddr,
+    /// Where the same console and API are served over HTTPS (the server's own CA).
+    pub tls_addr: Option<SocketAddr>,
 }
 
 fn default_http_addr() -> SocketAddr {
@@ -103,6 +106,7 @@ impl Default for HttpConfig {
     fn default() -> Self {
         HttpConfig {
             addr: default_http_addr(),
+            tls_addr: None,
         }
     }
 }
@@ -248,6 +252,8 @@ pub struct ServerSettings {
     pub lease: Duration,
     /// Names the TLS server certificate is issued for.
     pub tls_names: Vec<String>,
+    /// HTTPS listen address, if any.
+    pub https_addr: Option<SocketAddr>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -376,6 +382,7 @@ impl ServerConfig {
             return Err(invalid("jobs.lease_ms", "must be 3000-3600000 ms"));
         }
         Ok(ServerSettings {
+            https_addr: self.http.tls_addr,
             tls_names: self.tls.server_names.clone(),
             lease: Duration::from_millis(self.jobs.lease_ms),
             data_dir,

@@ -65,6 +65,8 @@ pub enum ServerError {
 /// A started server: its bound addresses and shared state.
 pub struct RunningServer {
     pub http_addr: SocketAddr,
+    /// Where the console and API are served over HTTPS, if configured.
+    pub https_addr: Option<SocketAddr>,
     /// The broker the server (and its nodes) use.
     pub mqtt_host: String,
     pub mqtt_port: u16,
@@ -142,6 +144,27 @@ impl RunningServer {
             )
         };
         let gate_stats = Arc::new(gate::GateStats::default());
+        // The fleet CA and server certificate, when anything is served over TLS.
+        let wants_tls = settings.https_addr.is_some()
+            || matches!(
+                settings.mqtt,
+                config::MqttMode::Embedded {
+                    tls_addr: Some(_),
+                    ..
+                }
+            );
+        let server_tls = if wants_tls {
+            let dir = settings.data_dir.join("tls");
+            let names = settings.tls_names.clone();
+            let tls =
+                tokio::task::spawn_blocking(move || tls::ServerTls::load_or_create(&dir, &names))
+                    .await
+                    .map_err(|e| ServerError::Task(e.to_string()))??;
+            tracing::info!(ca_sha256 = %tls.ca_sha256, "serving TLS with the fleet CA");
+            Some(tls)
+        } else {
+            None
+        };
         // (where the server's own link connects, where clients connect, credentials)
         let mut gate_listener = None;
         let ((link_host, link_port), (public_host, public_port), credentials) = match settings
@@ -189,17 +212,10 @@ impl RunningServer {
                                         addr: tls_addr,
                                         source,
                                     })?;
-                                let dir = settings.data_dir.join("tls");
-                                let names = settings.tls_names.clone();
-                                let tls = tokio::task::spawn_blocking(move || {
-                                    tls::ServerTls::load_or_create(&dir, &names)
-                                })
-                                .await
-                                .map_err(|e| ServerError::Task(e.to_string()))??;
                                 if let Ok(a) = listener.local_addr() {
-                                    tracing::info!(addr = %a, ca = %tls.ca_sha256, "MQTT over TLS listening");
+                                    tracing::info!(addr = %a, "MQTT over TLS listening");
                                 }
-                                Some((listener, tls))
+                                Some(listener)
                             }
                         };
                         gate_listener = Some((listener, broker.addr, readers, tls_listener));
@@ -292,15 +308,17 @@ impl RunningServer {
                 stats: gate_stats.clone(),
             });
             tasks.spawn(gate::run(listener, None, gate.clone(), shutdown.clone()));
-            if let Some((listener, tls)) = tls_listener {
+            if let (Some(listener), Some(tls)) = (tls_listener, &server_tls) {
                 mqtt_tls_port = listener.local_addr().ok().map(|a| a.port());
                 let acceptor = tokio_rustls::TlsAcceptor::from(tls.config.clone());
                 tasks.spawn(gate::run(listener, Some(acceptor), gate, shutdown.clone()));
-                ca = Some(Arc::new(http::CaInfo {
-                    pem: tls.ca_pem,
-                    sha256: tls.ca_sha256,
-                }));
             }
+        }
+        if let Some(tls) = &server_tls {
+            ca = Some(Arc::new(http::CaInfo {
+                pem: tls.ca_pem.clone(),
+                sha256: tls.ca_sha256.clone(),
+            }));
         }
         let app = http::router(http::AppState {
             fleet: fleet.clone(),
@@ -315,6 +333,32 @@ impl RunningServer {
             gate: gate_stats.clone(),
             ca,
         });
+        let mut https_addr = None;
+        if let (Some(addr), Some(tls)) = (settings.https_addr, &server_tls) {
+            let bound = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|source| ServerError::HttpBind { addr, source })?;
+            let listener = tls::TlsListener::new(
+                bound,
+                tls.config.clone(),
+                gate::CONNECT_WAIT,
+                shutdown.clone(),
+            )
+            .map_err(|source| ServerError::HttpBind { addr, source })?;
+            https_addr = Some(
+                axum::serve::Listener::local_addr(&listener)
+                    .map_err(|source| ServerError::HttpBind { addr, source })?,
+            );
+            let (app, https_shutdown) = (app.clone(), shutdown.clone());
+            tasks.spawn(async move {
+                let serve = axum::serve(listener, app)
+                    .with_graceful_shutdown(https_shutdown.cancelled_owned());
+                if let Err(e) = serve.await {
+                    tracing::error!(error = %e, "HTTPS server failed");
+                }
+            });
+            tracing::info!(addr = ?https_addr, "HTTPS listening");
+        }
         let http_shutdown = shutdown.clone();
         tasks.spawn(async move {
             let serve =
@@ -327,6 +371,7 @@ impl RunningServer {
 
         Ok(RunningServer {
             http_addr,
+            https_addr,
             mqtt_host: public_host,
             mqtt_port: public_port,
             mqtt_tls_port,

@@ -249,6 +249,7 @@ impl ServeArgs {
 
 fn main() -> ExitCode {
     rakkr_service::init_logging("info,rumqttd=warn");
+    rakkr_mqtt::install_tls_provider();
     match real_main() {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

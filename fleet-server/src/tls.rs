@@ -140,6 +140,76 @@ impl ServerTls {
     }
 }
 
+/// Connections whose TLS handshake is still under way, at most.
+const HANDSHAKES_QUEUED: usize = 64;
+
+/// A TCP listener whose connections come out TLS-wrapped, for `axum::serve`.
+/// Handshakes run concurrently, each within `handshake`; a failed or slow one
+/// is logged and dropped, never holding up the others.
+pub struct TlsListener {
+    accepted: tokio::sync::mpsc::Receiver<(
+        tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
+        std::net::SocketAddr,
+    )>,
+    local: std::net::SocketAddr,
+}
+
+impl TlsListener {
+    pub fn new(
+        listener: tokio::net::TcpListener,
+        config: Arc<rustls::ServerConfig>,
+        handshake: std::time::Duration,
+        shutdown: tokio_util::sync::CancellationToken,
+    ) -> std::io::Result<TlsListener> {
+        let local = listener.local_addr()?;
+        let acceptor = tokio_rustls::TlsAcceptor::from(config);
+        let (tx, accepted) = tokio::sync::mpsc::channel(HANDSHAKES_QUEUED);
+        tokio::spawn(async move {
+            loop {
+                let (stream, peer) = tokio::select! {
+                    r = listener.accept() => match r {
+                        Ok(c) => c,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "HTTPS accept failed");
+                            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                            continue;
+                        }
+                    },
+                    _ = shutdown.cancelled() => return,
+                };
+                let (acceptor, tx) = (acceptor.clone(), tx.clone());
+                tokio::spawn(async move {
+                    match tokio::time::timeout(handshake, acceptor.accept(stream)).await {
+                        Ok(Ok(tls)) => {
+                            let _ = tx.send((tls, peer)).await;
+                        }
+                        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "HTTPS handshake failed"),
+                        Err(_) => tracing::debug!(%peer, "HTTPS handshake too slow"),
+                    }
+                });
+            }
+        });
+        Ok(TlsListener { accepted, local })
+    }
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
+    type Addr = std::net::SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        match self.accepted.recv().await {
+            Some(c) => c,
+            // The accept loop ended (shutdown): no more connections.
+            None => std::future::pending().await,
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        Ok(self.local)
+    }
+}
+
 /// Write a private key readable by the owner only.
 fn write_private(path: &Path, bytes: &[u8]) -> Result<(), TlsError> {
     use std::os::unix::fs::OpenOptionsExt;

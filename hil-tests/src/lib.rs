@@ -332,10 +332,7 @@ impl Server {
 
     /// `POST` JSON to the API: status code and parsed body.
     pub fn post(&self, path: &str, body: &serde_json::Value) -> Result<(u16, serde_json::Value)> {
-        let response = reqwest::blocking::Client::new()
-            .post(self.url(path))
-            .json(body)
-            .send()?;
+        let response = http_client()?.post(self.url(path)).json(body).send()?;
         let code = response.status().as_u16();
         Ok((code, response.json().unwrap_or(serde_json::Value::Null)))
     }
@@ -444,7 +441,15 @@ pub fn http_get(url: &str) -> Result<(u16, String)> {
 }
 
 /// Blocking HTTP GET: status code, headers and body bytes.
+/// A blocking HTTP client (after making ring the TLS provider, which the
+/// workspace's reqwest needs: it is built without one of its own).
+pub fn http_client() -> Result<reqwest::blocking::Client> {
+    rakkr_mqtt::install_tls_provider();
+    Ok(reqwest::blocking::Client::builder().build()?)
+}
+
 pub fn http_get_full(url: &str) -> Result<(u16, reqwest::header::HeaderMap, Vec<u8>)> {
+    rakkr_mqtt::install_tls_provider();
     let client = reqwest::blocking::Client::builder()
         .timeout(Duration::from_secs(5))
         .build()?;

@@ -1,7 +1,8 @@
-//! MQTT over TLS through the gate, with the server's own CA: an appliance
-//! enrolls with a token that pins the CA, gets the CA, and connects over TLS;
-//! a dashboard (mosquitto_sub) reads through TLS too; a CA that is not the
-//! pinned one is not trusted; plain MQTT on the TLS port gets nowhere.
+//! TLS with the server's own CA: an appliance enrolls over HTTPS with a token
+//! that pins the CA (a server with another CA is refused during the
+//! handshake, before the token is spent), keeps the CA, connects over MQTT
+//! over TLS and rotates its credential over HTTPS; a dashboard (mosquitto_sub)
+//! reads through TLS too; plain MQTT on the TLS port gets nowhere.
 
 use std::process::Command;
 use std::time::Duration;
@@ -14,14 +15,19 @@ const SOON: Duration = Duration::from_secs(20);
 #[test]
 fn appliances_and_dashboards_use_mqtt_over_tls_with_the_pinned_fleet_ca() -> Result<()> {
     let work = tempfile::tempdir()?;
-    let tls_port = free_port();
+    let (tls_port, https_port) = (free_port(), free_port());
     let tls_addr = format!("127.0.0.1:{tls_port}");
+    let https_addr = format!("127.0.0.1:{https_port}");
     let server = Server::start_with_env(
         work.path(),
         &work.path().join("data"),
-        &[("RAKKR_SERVER_MQTT__TLS_ADDR", tls_addr.as_str())],
+        &[
+            ("RAKKR_SERVER_MQTT__TLS_ADDR", tls_addr.as_str()),
+            ("RAKKR_SERVER_HTTP__TLS_ADDR", https_addr.as_str()),
+        ],
     )?;
     let url = server.url("");
+    let https = format!("https://127.0.0.1:{https_port}");
     let token = |extra: &[&str]| -> Result<String> {
         let mut args = vec!["enroll-token", "create", "--server", url.as_str()];
         args.extend_from_slice(extra);
@@ -40,17 +46,19 @@ fn appliances_and_dashboards_use_mqtt_over_tls_with_the_pinned_fleet_ca() -> Res
             state.display()
         ),
     )?;
-    let enroll = |token: &str| {
+    let agent = |args: &[&str]| {
         Command::new(bin("rakkr-agent"))
-            .args(["enroll", "--config"])
+            .args(args)
+            .arg("--config")
             .arg(&config)
-            .args(["--server", &url, "--token", token])
+            .args(["--server", &https])
             .output()
     };
+    let enroll = |token: &str| agent(&["enroll", "--token", token]);
 
-    // A token whose CA pin does not match what the server hands over: the
-    // appliance does not trust that CA (and keeps no identity).
-    let good = token(&[])?;
+    // A token whose CA pin is not the server's: the HTTPS handshake fails, so
+    // the token is not even spent, and no identity is kept.
+    let good = token(&["--node", "tls-node"])?;
     assert_eq!(
         good.split('.').count(),
         4,
@@ -61,14 +69,15 @@ fn appliances_and_dashboards_use_mqtt_over_tls_with_the_pinned_fleet_ca() -> Res
     let tampered = format!("{}{flipped}", &good[..good.len() - 1]);
     let out = enroll(&tampered)?;
     assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        String::from_utf8_lossy(&out.stderr).contains("not trusted"),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+        err.contains("not the one the enrollment token names"),
+        "{err}"
     );
     assert!(!state.join("identity.json").exists());
 
-    let out = enroll(&token(&["--node", "tls-node"])?)?;
+    // The real token was not spent by that attempt.
+    let out = enroll(&good)?;
     assert!(
         out.status.success(),
         "{}",
@@ -76,6 +85,14 @@ fn appliances_and_dashboards_use_mqtt_over_tls_with_the_pinned_fleet_ca() -> Res
     );
     let ca = state.join("ca.pem");
     assert!(std::fs::read_to_string(&ca)?.contains("BEGIN CERTIFICATE"));
+
+    // Over HTTPS with the kept CA: a new credential.
+    let out = agent(&["rotate-credential"])?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     let _agent = Agent::start_with_config(work.path(), "tls-node", &config)?;
     wait_for("online over TLS", SOON, || {

@@ -29,6 +29,13 @@ pub use rumqttc;
 /// For [`Endpoint::tls`]: the TLS library the link uses.
 pub use rustls;
 
+/// Make ring the process's TLS crypto provider. Every Rakkr binary calls this
+/// first: the HTTP client (reqwest, built without a provider of its own so
+/// that only ring is compiled in) finds no provider otherwise. Idempotent.
+pub fn install_tls_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
 /// Largest MQTT packet either side of a Rakkr link sends or accepts: the largest
 /// payload plus room for the topic and headers.
 pub const MAX_PACKET_BYTES: usize = rakkr_protocol::MAX_PAYLOAD_BYTES + 1024;
@@ -106,6 +113,97 @@ pub enum SessionEvent<'a> {
         error: &'a ConnectionError,
         retry_in: Duration,
     },
+}
+
+/// A TLS client configuration that trusts the server only if its chain carries
+/// the CA whose certificate (DER) has SHA-256 `ca_sha256` (hex), and the server
+/// certificate verifies against that CA for the name asked for: how an
+/// appliance that holds only an enrollment token reaches the server.
+pub fn tls_pinned(ca_sha256: &str) -> Result<Arc<rustls::ClientConfig>, TlsSetupError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let verifier = Arc::new(PinnedCa {
+        pin: ca_sha256.to_ascii_lowercase(),
+        provider: provider.clone(),
+    });
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_no_client_auth();
+    Ok(Arc::new(config))
+}
+
+#[derive(Debug)]
+struct PinnedCa {
+    pin: String,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+}
+
+impl rustls::client::danger::ServerCertVerifier for PinnedCa {
+    fn verify_server_cert(
+        &self,
+        end_entity: &rustls::pki_types::CertificateDer<'_>,
+        intermediates: &[rustls::pki_types::CertificateDer<'_>],
+        server_name: &rustls::pki_types::ServerName<'_>,
+        ocsp_response: &[u8],
+        now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        use sha2::Digest;
+        let hex = |der: &[u8]| -> String {
+            sha2::Sha256::digest(der)
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect()
+        };
+        let Some(ca) = intermediates.iter().find(|c| hex(c) == self.pin) else {
+            return Err(rustls::Error::General(
+                "the server's CA is not the one the enrollment token names".into(),
+            ));
+        };
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(ca.clone().into_owned())?;
+        let webpki = rustls::client::WebPkiServerVerifier::builder_with_provider(
+            Arc::new(roots),
+            self.provider.clone(),
+        )
+        .build()
+        .map_err(|e| rustls::Error::General(e.to_string()))?;
+        webpki.verify_server_cert(end_entity, &[], server_name, ocsp_response, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
 }
 
 /// Build the client and event loop for `endpoint`. `will` makes the Last Will
