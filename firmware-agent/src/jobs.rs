@@ -81,6 +81,8 @@ pub struct JobContext {
     pub outbox_ready: Arc<Notify>,
     pub link: Arc<LinkState>,
     pub clock: Arc<dyn Clock>,
+    /// Counts job updates the outbox could not keep.
+    pub telemetry: Arc<crate::link::TelemetryStats>,
 }
 
 struct Running {
@@ -520,7 +522,12 @@ async fn keep(ctx: &JobContext, held: Option<&HeldJob>, finished: bool, update: 
     .await;
     match kept {
         Ok(Ok(())) => ctx.outbox_ready.notify_one(),
-        Ok(Err(e)) => tracing::error!(error = %e, "job update not kept"),
+        Ok(Err(e)) => {
+            ctx.telemetry
+                .job_updates_dropped
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            tracing::error!(error = %e, "job update not kept");
+        }
         Err(e) => tracing::error!(error = %e, "outbox task failed"),
     }
 }
@@ -632,4 +639,78 @@ fn files_of(held: &HeldJob) -> std::io::Result<(Vec<RecordedFile>, u64)> {
 
 fn bounded(detail: String) -> String {
     crate::run::bounded_detail(detail)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::capture::MeterRates;
+    use crate::source::{Signal, SyntheticSource};
+    use std::sync::atomic::Ordering;
+
+    fn context(outbox_limit: u64, dir: &Path) -> JobContext {
+        let source = SyntheticSource::new(8000, 2, 80, Signal::Silence, 0);
+        let (tx, _rx) = mpsc::channel(4);
+        let pipeline = CapturePipeline::start(
+            Box::new(source),
+            Arc::new(crate::clock::SystemClock),
+            MeterRates::default(),
+            tx,
+            Arc::new(tokio::sync::watch::Sender::new(None)),
+            false,
+        )
+        .unwrap();
+        JobContext {
+            node: NodeId::new("n").unwrap(),
+            device_name: "synthetic".into(),
+            recordings_dir: dir.to_owned(),
+            max_jobs: 2,
+            pipeline: Arc::new(pipeline),
+            outbox: Arc::new(Outbox::in_memory(outbox_limit).unwrap()),
+            outbox_ready: Arc::default(),
+            link: Arc::default(),
+            clock: Arc::new(crate::clock::SystemClock),
+            telemetry: Arc::default(),
+        }
+    }
+
+    #[tokio::test]
+    async fn job_updates_the_outbox_cannot_keep_are_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let ctx = context(64, dir.path());
+        let update = update(JobId::new(1), 1, JobState::Failed, 1, "x".repeat(200), None);
+        keep(&ctx, None, false, update).await;
+        assert_eq!(ctx.telemetry.job_updates_dropped.load(Ordering::Relaxed), 1);
+        assert!(ctx.outbox.is_empty().unwrap());
+    }
+
+    #[tokio::test]
+    async fn offers_the_node_cannot_run_are_refused_with_the_reason() {
+        let dir = tempfile::tempdir().unwrap();
+        let ctx = context(1 << 20, dir.path());
+        let mut running = HashMap::new();
+        let spec = |channels: &str, device: &str| -> JobSpec {
+            serde_json::from_value(serde_json::json!({"channels": channels, "device": device}))
+                .unwrap()
+        };
+        for (spec, why) in [
+            (spec("3", "default"), "does not exist"),
+            (spec("1", "hw:9"), "no capture device"),
+        ] {
+            let r = prepare(&ctx, &running, JobId::new(2), &spec).unwrap_err();
+            assert!(r.contains(why), "{r}");
+        }
+        // A running take holds its channels.
+        let job = JobId::new(3);
+        offer(&ctx, &mut running, job, 7, 30_000, spec("1,2", "default")).await;
+        assert!(running.contains_key(&job));
+        let busy = prepare(&ctx, &running, JobId::new(4), &spec("2", "default")).unwrap_err();
+        assert!(busy.contains("already recording"), "{busy}");
+        // Refusals and starts are reported through the outbox.
+        let pending = ctx.outbox.pending(10).unwrap();
+        assert_eq!(pending.len(), 1, "the running report");
+        for r in running.values() {
+            r.take.stop();
+        }
+    }
 }

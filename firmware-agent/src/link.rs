@@ -62,6 +62,8 @@ pub struct TelemetryStats {
     pub outbox_sent: AtomicU64,
     /// Health events the outbox could not keep (full or failing storage).
     pub health_events_dropped: AtomicU64,
+    /// Job updates the outbox could not keep (full or failing storage).
+    pub job_updates_dropped: AtomicU64,
     pub acknowledged: AtomicU64,
 }
 

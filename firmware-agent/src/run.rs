@@ -181,6 +181,7 @@ pub async fn run(
                 outbox_ready: outbox_ready.clone(),
                 link: handles.link.clone(),
                 clock: clock.clone(),
+                telemetry: handles.telemetry.clone(),
             },
             job_commands,
             job_reports_tx,
