@@ -33,6 +33,10 @@ pub const SEGMENT_COUNT: usize = 4;
 pub const OUTGOING_PACKETS_PER_CONNECTION: u64 = 64;
 /// In-flight QoS 1/2 messages per connection.
 pub const INFLIGHT_PER_CONNECTION: usize = 64;
+/// Broker connections beyond the node limit: the server's own link and the
+/// readiness probe.
+pub const RESERVED_CONNECTIONS: usize = 2;
+
 /// A client that opens TCP but sends no CONNECT within this time is dropped.
 pub const CONNECT_TIMEOUT_MS: u16 = 5_000;
 
@@ -73,7 +77,9 @@ pub fn config(addr: SocketAddr, max_connections: usize) -> Config {
     Config {
         id: 0,
         router: RouterConfig {
-            max_connections,
+            // The server's own link (and a readiness probe) count as
+            // connections too: `max_connections` means nodes.
+            max_connections: max_connections + RESERVED_CONNECTIONS,
             max_outgoing_packet_count: OUTGOING_PACKETS_PER_CONNECTION,
             max_segment_size: SEGMENT_BYTES,
             max_segment_count: SEGMENT_COUNT,
