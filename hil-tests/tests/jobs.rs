@@ -483,8 +483,9 @@ fn a_wall_clock_jump_on_the_node_does_not_cost_the_lease() -> Result<()> {
         ("FAKETIME_TIMESTAMP_FILE", offset.as_os_str()),
         ("FAKETIME_NO_CACHE", std::ffi::OsStr::new("1")),
         ("FAKETIME_DONT_FAKE_MONOTONIC", std::ffi::OsStr::new("1")),
+
     ];
-    let _agent = Agent::start_for(work.path(), &server, "rec-clock", &config, &env)?;
+    let mut agent = Agent::start_for(work.path(), &server, "rec-clock", &config, &env)?;
     wait_online(&server, "rec-clock")?;
     let id = start_running(&server, json!({"node": "rec-clock", "duration_s": 10}))?;
 
@@ -516,6 +517,10 @@ fn a_wall_clock_jump_on_the_node_does_not_cost_the_lease() -> Result<()> {
         "heartbeats kept the lease through both jumps"
     );
     flac_test(&recordings.join(format!("{id}.flac")))?;
+    // An orderly stop lets libfaketime remove its shared-memory segments
+    // (a killed process would leave them in /dev/shm).
+    agent.proc.signal("TERM")?;
+    agent.proc.wait_exit(Duration::from_secs(20))?;
     Ok(())
 }
 
