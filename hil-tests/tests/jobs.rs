@@ -483,7 +483,6 @@ fn a_wall_clock_jump_on_the_node_does_not_cost_the_lease() -> Result<()> {
         ("FAKETIME_TIMESTAMP_FILE", offset.as_os_str()),
         ("FAKETIME_NO_CACHE", std::ffi::OsStr::new("1")),
         ("FAKETIME_DONT_FAKE_MONOTONIC", std::ffi::OsStr::new("1")),
-
     ];
     let mut agent = Agent::start_for(work.path(), &server, "rec-clock", &config, &env)?;
     wait_online(&server, "rec-clock")?;
