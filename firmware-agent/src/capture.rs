@@ -655,6 +655,22 @@ pub struct CapturePipeline {
 }
 
 impl CapturePipeline {
+    /// A pipeline on `source` for tests: default meter rates, telemetry frames
+    /// discarded, no real-time requests.
+    #[cfg(test)]
+    pub(crate) fn for_test(source: Box<dyn CaptureSource>) -> CapturePipeline {
+        let (tx, _rx) = mpsc::channel(16);
+        CapturePipeline::start(
+            source,
+            Arc::new(crate::clock::SystemClock),
+            MeterRates::default(),
+            tx,
+            Arc::new(tokio::sync::watch::Sender::new(None)),
+            false,
+        )
+        .expect("a test pipeline starts")
+    }
+
     /// Telemetry frames go to `meters_out` (dropped and counted when it is
     /// full: a late meter frame is worthless); the latest local frame is
     /// always in `local_meters`.
@@ -808,17 +824,7 @@ mod tests {
         use crate::record::TakeSpec;
         use crate::take_file::Codec;
         let dir = tempfile::tempdir().unwrap();
-        let source = tone_8k(4);
-        let (tx, _rx) = mpsc::channel(16);
-        let p = CapturePipeline::start(
-            Box::new(source),
-            Arc::new(crate::clock::SystemClock),
-            MeterRates::default(),
-            tx,
-            Arc::new(tokio::sync::watch::Sender::new(None)),
-            false,
-        )
-        .unwrap();
+        let p = CapturePipeline::for_test(Box::new(tone_8k(4)));
         std::thread::sleep(Duration::from_millis(300));
         let spec = |name: &str, map: &str, duration| TakeSpec {
             out: dir.path().join(name),

@@ -76,16 +76,12 @@ pub fn store(state_dir: &Path, identity: &Identity) -> Result<(), IdentityError>
 pub fn ca_fingerprint(pem: &str) -> Result<String, IdentityError> {
     use rakkr_mqtt::rustls::pki_types::CertificateDer;
     use rakkr_mqtt::rustls::pki_types::pem::PemObject;
-    use sha2::Digest;
     let der =
         CertificateDer::from_pem_slice(pem.as_bytes()).map_err(|e| IdentityError::Corrupt {
             path: PathBuf::from("(the server's CA)"),
             detail: e.to_string(),
         })?;
-    Ok(sha2::Sha256::digest(&der)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect())
+    Ok(rakkr_mqtt::sha256_hex(&der))
 }
 
 /// Keep the fleet CA (PEM) beside the identity.

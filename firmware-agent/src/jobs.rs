@@ -644,22 +644,12 @@ fn bounded(detail: String) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::capture::MeterRates;
     use crate::source::{Signal, SyntheticSource};
     use std::sync::atomic::Ordering;
 
     fn context(outbox_limit: u64, dir: &Path) -> JobContext {
         let source = SyntheticSource::new(8000, 2, 80, Signal::Silence, 0);
-        let (tx, _rx) = mpsc::channel(4);
-        let pipeline = CapturePipeline::start(
-            Box::new(source),
-            Arc::new(crate::clock::SystemClock),
-            MeterRates::default(),
-            tx,
-            Arc::new(tokio::sync::watch::Sender::new(None)),
-            false,
-        )
-        .unwrap();
+        let pipeline = CapturePipeline::for_test(Box::new(source));
         JobContext {
             node: NodeId::new("n").unwrap(),
             device_name: "synthetic".into(),

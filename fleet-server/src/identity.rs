@@ -22,7 +22,6 @@ use base64::Engine;
 use rakkr_protocol::NodeId;
 use rakkr_store::{EnrollTokenRecord, NodeCredentialRecord, Store, StoreError};
 use rand::RngCore;
-use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 
 /// Prefix (and format version) of enrollment tokens.
@@ -39,20 +38,10 @@ pub fn new_secret() -> String {
 }
 
 pub fn sha256_hex(secret: &str) -> String {
-    Sha256::digest(secret.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    rakkr_mqtt::sha256_hex(secret.as_bytes())
 }
 
-/// Compare two hashes without an early exit that would time them.
-pub fn constant_time_eq(a: &str, b: &str) -> bool {
-    a.len() == b.len()
-        && a.bytes()
-            .zip(b.bytes())
-            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
-            == 0
-}
+pub use rakkr_mqtt::constant_time_eq;
 
 #[derive(Debug, thiserror::Error)]
 pub enum IdentityError {

@@ -23,7 +23,6 @@ use rcgen::{
     Issuer, KeyPair, KeyUsagePurpose,
 };
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
-use sha2::{Digest, Sha256};
 
 /// Common name of every Rakkr CA (the key is what makes each one unique).
 const CA_NAME: &str = "Rakkr fleet CA";
@@ -70,10 +69,7 @@ fn ca_params() -> Result<CertificateParams, rcgen::Error> {
 
 /// SHA-256 of a DER certificate, lower-case hex.
 pub fn fingerprint(der: &[u8]) -> String {
-    Sha256::digest(der)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    rakkr_mqtt::sha256_hex(der)
 }
 
 impl ServerTls {

@@ -173,10 +173,7 @@ impl Server {
         let mqtt_port = free_port();
         // A reader account for MqttWatch (readers live in the config file).
         let config = work.join("server-readers.toml");
-        let hash: String = <sha2::Sha256 as sha2::Digest>::digest(READER_PASSWORD.as_bytes())
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
+        let hash = rakkr_mqtt::sha256_hex(READER_PASSWORD.as_bytes());
         std::fs::write(
             &config,
             format!(

@@ -29,6 +29,8 @@ pub use rumqttc;
 /// For [`Endpoint::tls`]: the TLS library the link uses.
 pub use rustls;
 
+pub use rakkr_protocol::digest::{constant_time_eq, sha256_hex};
+
 /// Make ring the process's TLS crypto provider. Every Rakkr binary calls this
 /// first: the HTTP client (reqwest, built without a provider of its own so
 /// that only ring is compiled in) finds no provider otherwise. Idempotent.
@@ -148,14 +150,7 @@ impl rustls::client::danger::ServerCertVerifier for PinnedCa {
         ocsp_response: &[u8],
         now: rustls::pki_types::UnixTime,
     ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-        use sha2::Digest;
-        let hex = |der: &[u8]| -> String {
-            sha2::Sha256::digest(der)
-                .iter()
-                .map(|b| format!("{b:02x}"))
-                .collect()
-        };
-        let Some(ca) = intermediates.iter().find(|c| hex(c) == self.pin) else {
+        let Some(ca) = intermediates.iter().find(|c| sha256_hex(c) == self.pin) else {
             return Err(rustls::Error::General(
                 "the server's CA is not the one the enrollment token names".into(),
             ));

@@ -20,6 +20,7 @@ pub mod access;
 pub mod asyncapi;
 pub mod backoff;
 pub mod channel_map;
+pub mod digest;
 pub mod envelope;
 pub mod ids;
 pub mod job;

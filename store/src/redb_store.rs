@@ -131,10 +131,12 @@ impl RedbStore {
 }
 
 impl RedbStore {
-    /// Change an active node credential in one transaction.
+    /// Change a node credential in one transaction (only an active one
+    /// unless `revoked_too`).
     fn change_credential(
         &self,
         node: &NodeId,
+        revoked_too: bool,
         change: impl FnOnce(&mut NodeCredentialRecord),
     ) -> Result<NodeCredentialRecord> {
         let tx = self.db.begin_write().map_err(backend)?;
@@ -149,7 +151,7 @@ impl RedbStore {
                         )));
                     }
                 };
-            if !c.is_active() {
+            if !c.is_active() && !revoked_too {
                 return Err(StoreError::Refused(format!(
                     "node {node}'s credential is revoked"
                 )));
@@ -163,11 +165,6 @@ impl RedbStore {
         tx.commit().map_err(backend)?;
         Ok(credential)
     }
-}
-
-/// Compare secrets (hashes) without an early exit that would time them.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 impl Store for RedbStore {
@@ -560,9 +557,9 @@ impl Store for RedbStore {
                 None => None,
             };
             // Unknown and wrong secret read the same: no oracle for guessing ids.
-            let Some(mut token) = token
-                .filter(|t| constant_time_eq(t.secret_sha256.as_bytes(), secret_sha256.as_bytes()))
-            else {
+            let Some(mut token) = token.filter(|t| {
+                rakkr_protocol::digest::constant_time_eq(&t.secret_sha256, secret_sha256)
+            }) else {
                 return refused("unknown enrollment token");
             };
             if let Some((_, by)) = &token.used {
@@ -631,13 +628,13 @@ impl Store for RedbStore {
         next_sha256: &str,
         _now_ms: u64,
     ) -> Result<NodeCredentialRecord> {
-        self.change_credential(node, |c| {
+        self.change_credential(node, false, |c| {
             c.next_sha256 = Some(next_sha256.to_owned());
         })
     }
 
     fn promote_node_credential(&self, node: &NodeId, _now_ms: u64) -> Result<NodeCredentialRecord> {
-        self.change_credential(node, |c| {
+        self.change_credential(node, false, |c| {
             if let Some(next) = c.next_sha256.take() {
                 c.secret_sha256 = next;
                 c.generation += 1;
@@ -646,27 +643,10 @@ impl Store for RedbStore {
     }
 
     fn revoke_node_credential(&self, node: &NodeId, now_ms: u64) -> Result<NodeCredentialRecord> {
-        let tx = self.db.begin_write().map_err(backend)?;
-        let credential = {
-            let mut credentials = tx.open_table(NODE_CREDENTIALS).map_err(backend)?;
-            let mut c: NodeCredentialRecord =
-                match credentials.get(node.as_str()).map_err(backend)? {
-                    Some(v) => decode("node credential", v.value())?,
-                    None => {
-                        return Err(StoreError::Refused(format!(
-                            "node {node} has no credential"
-                        )));
-                    }
-                };
+        self.change_credential(node, true, |c| {
             c.revoked_ms.get_or_insert(now_ms);
             c.next_sha256 = None;
-            credentials
-                .insert(node.as_str(), encode(&c).as_slice())
-                .map_err(backend)?;
-            c
-        };
-        tx.commit().map_err(backend)?;
-        Ok(credential)
+        })
     }
 
     fn record_health_events(&self, events: &[HealthEventRecord]) -> Result<usize> {
