@@ -54,9 +54,32 @@ pub enum BrokerError {
 }
 
 /// A running embedded broker.
-#[derive(Debug)]
 pub struct EmbeddedBroker {
+    /// Where it listens (the server's own link; nodes too with `node_auth = "none"`).
     pub addr: SocketAddr,
+    /// Hands the gate's authenticated connections to the broker without a
+    /// socket in between (one file descriptor per node instead of three).
+    pub in_process: rumqttd::InProcessV4,
+}
+
+impl std::fmt::Debug for EmbeddedBroker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EmbeddedBroker")
+            .field("addr", &self.addr)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Per-connection settings, for the listener and for in-process connections alike.
+pub fn connection_settings() -> ConnectionSettings {
+    ConnectionSettings {
+        connection_timeout_ms: CONNECT_TIMEOUT_MS,
+        max_payload_size: rakkr_mqtt::MAX_PACKET_BYTES,
+        max_inflight_count: INFLIGHT_PER_CONNECTION,
+        auth: None,
+        external_auth: None,
+        dynamic_filters: true,
+    }
 }
 
 pub fn config(addr: SocketAddr, max_connections: usize) -> Config {
@@ -65,14 +88,7 @@ pub fn config(addr: SocketAddr, max_connections: usize) -> Config {
         listen: addr,
         tls: None,
         next_connection_delay_ms: 0,
-        connections: ConnectionSettings {
-            connection_timeout_ms: CONNECT_TIMEOUT_MS,
-            max_payload_size: rakkr_mqtt::MAX_PACKET_BYTES,
-            max_inflight_count: INFLIGHT_PER_CONNECTION,
-            auth: None,
-            external_auth: None,
-            dynamic_filters: true,
-        },
+        connections: connection_settings(),
     };
     Config {
         id: 0,
@@ -103,6 +119,7 @@ impl EmbeddedBroker {
         drop(probe);
 
         let mut broker = Broker::new(config(addr, max_connections));
+        let in_process = broker.in_process_v4(connection_settings());
         let thread = std::thread::Builder::new()
             .name("rakkr-broker".into())
             .spawn(move || {
@@ -116,7 +133,7 @@ impl EmbeddedBroker {
         let deadline = Instant::now() + waited;
         loop {
             if mqtt_handshake(addr).is_ok() {
-                return Ok(EmbeddedBroker { addr });
+                return Ok(EmbeddedBroker { addr, in_process });
             }
             if thread.is_finished() || Instant::now() >= deadline {
                 return Err(BrokerError::NotReady { addr, waited });

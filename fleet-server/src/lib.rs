@@ -218,8 +218,9 @@ impl RunningServer {
                                 Some(listener)
                             }
                         };
-                        gate_listener = Some((listener, broker.addr, readers, tls_listener));
-                        tracing::info!(addr = %public, broker = %broker.addr, "MQTT gate listening; embedded broker behind it");
+                        gate_listener =
+                            Some((listener, broker.in_process.clone(), readers, tls_listener));
+                        tracing::info!(addr = %public, broker = %broker.addr, "MQTT gate listening; embedded broker behind it (in-process)");
                         public
                     }
                 };

@@ -155,6 +155,19 @@ impl Broker {
         Ok((link_tx, link_rx))
     }
 
+    /// Rakkr patch: serve MQTT 3.1.1 connections handed over in-process, for
+    /// an authorizing front end that reads the client's stream itself. Each
+    /// connection runs exactly like one accepted on a v4 listener, without a
+    /// socket pair (and its file descriptors) between the two. See
+    /// /vendor/README.md.
+    pub fn in_process_v4(&self, connections: ConnectionSettings) -> InProcessV4 {
+        InProcessV4 {
+            config: Arc::new(connections),
+            router_tx: self.router_tx.clone(),
+            will_handlers: Arc::new(Mutex::new(HashMap::default())),
+        }
+    }
+
     #[tracing::instrument(skip(self))]
     pub fn start(&mut self) -> Result<(), Error> {
         if self.config.v4.is_none()
@@ -328,6 +341,38 @@ impl Broker {
         });
 
         Ok(())
+    }
+}
+
+/// Rakkr patch: see [`Broker::in_process_v4`].
+#[derive(Clone)]
+pub struct InProcessV4 {
+    config: Arc<ConnectionSettings>,
+    router_tx: Sender<(ConnectionId, Event)>,
+    will_handlers: Arc<Mutex<HashMap<String, Sender<AwaitingWill>>>>,
+}
+
+impl InProcessV4 {
+    /// Serve one connection until it ends; `stream` carries the client's
+    /// packets from its CONNECT on, and the broker's packets back.
+    pub async fn serve<S>(&self, stream: S)
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+    {
+        remote(
+            self.config.clone(),
+            None,
+            self.router_tx.clone(),
+            Box::new(stream),
+            V4,
+            self.will_handlers.clone(),
+        )
+        .instrument(tracing::error_span!(
+            "in_process_link",
+            client_id = field::Empty,
+            connection_id = field::Empty,
+        ))
+        .await
     }
 }
 
