@@ -2,8 +2,7 @@
 //!
 //! rumqttd authenticates only at connect and has no per-topic rules, so the
 //! broker itself listens only on an internal loopback port (for the server's
-//! own link) and clients reach it
-//! only through this gate (decision 0011):
+//! own link) and clients reach it only through this gate (decision 0011):
 //!
 //! 0. On the TLS listener, the TLS handshake must complete within the same
 //!    wait as CONNECT (a slow handshake cannot hold a connection open).

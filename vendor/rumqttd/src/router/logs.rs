@@ -11,7 +11,7 @@ use crate::{ConnectionId, Filter, Offset, RouterConfig, Topic};
 
 use crate::segments::{CommitLog, Position};
 use crate::Storage;
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::io;
 use std::time::Instant;
 
@@ -58,17 +58,56 @@ pub struct DataLog {
     pub native: Slab<Data<PublishData>>,
     /// Map of subscription filter name to filter index
     filter_indexes: HashMap<Filter, FilterIdx>,
-    retained_publishes: HashMap<Topic, PublishData>,
+    /// Rakkr patch: filters by their literal prefix (see [`literal_prefix`]),
+    /// so a new topic is matched against the few filters that can match it,
+    /// not every filter. Topics below are ordered for the same reason: a new
+    /// filter (or a subscription's retained lookup) visits only the topics
+    /// under its literal prefix. Upstream scanned everything both ways, which
+    /// made connecting N clients that each subscribe to their own filter and
+    /// publish to their own topics O(N²). See /vendor/README.md.
+    filters_by_prefix: HashMap<String, Vec<(Filter, FilterIdx)>>,
+    retained_publishes: BTreeMap<Topic, PublishData>,
     /// List of filters associated with a topic
-    publish_filters: HashMap<Topic, Vec<FilterIdx>>,
+    publish_filters: BTreeMap<Topic, Vec<FilterIdx>>,
+}
+
+/// Rakkr patch: the levels of `filter` before its first wildcard, each
+/// followed by `/` (`a/b/#` → `a/b/`, `a/b` → `a/b/`, `#` → ``). A topic can
+/// match the filter only if its own levels begin with these.
+fn literal_prefix(filter: &str) -> String {
+    let mut prefix = String::with_capacity(filter.len() + 1);
+    for level in filter.split('/') {
+        if level == "+" || level == "#" {
+            break;
+        }
+        prefix.push_str(level);
+        prefix.push('/');
+    }
+    prefix
+}
+
+/// Rakkr patch: the part of an ordered topic map a filter with literal
+/// prefix `prefix` can match (a superset: callers still call `matches`).
+fn topics_under<'a, V>(
+    map: &'a mut BTreeMap<Topic, V>,
+    prefix: &str,
+) -> impl Iterator<Item = (&'a Topic, &'a mut V)> {
+    // `a/b/` covers the topic `a/b` itself (for `a/b/#`) and everything below.
+    let start = prefix.strip_suffix('/').unwrap_or(prefix).to_owned();
+    map.range_mut::<str, _>((
+        std::ops::Bound::Included(start.as_str()),
+        std::ops::Bound::Unbounded,
+    ))
+    .take_while(move |(topic, _)| topic.starts_with(start.as_str()))
 }
 
 impl DataLog {
     pub fn new(config: RouterConfig) -> io::Result<DataLog> {
         let mut native = Slab::new();
         let mut filter_indexes = HashMap::new();
-        let retained_publishes = HashMap::new();
-        let publish_filters = HashMap::new();
+        let mut filters_by_prefix: HashMap<String, Vec<(Filter, FilterIdx)>> = HashMap::new();
+        let retained_publishes = BTreeMap::new();
+        let publish_filters = BTreeMap::new();
 
         if let Some(warmup_filters) = config.initialized_filters.clone() {
             for filter in warmup_filters {
@@ -77,6 +116,10 @@ impl DataLog {
                 // Add commitlog to datalog and add datalog index to filter to
                 // datalog index map
                 let idx = native.insert(data);
+                filters_by_prefix
+                    .entry(literal_prefix(&filter))
+                    .or_default()
+                    .push((filter.clone(), idx));
                 filter_indexes.insert(filter, idx);
             }
         }
@@ -86,6 +129,7 @@ impl DataLog {
             native,
             publish_filters,
             filter_indexes,
+            filters_by_prefix,
             retained_publishes,
         })
     }
@@ -128,12 +172,25 @@ impl DataLog {
         match &self.publish_filters.get(topic) {
             Some(v) => Some(v.to_vec()),
             None => {
-                let v: Vec<usize> = self
-                    .filter_indexes
-                    .iter()
-                    .filter(|(filter, _)| matches(topic, filter))
-                    .map(|(_, filter_idx)| *filter_idx)
-                    .collect();
+                // Rakkr patch: only filters whose literal prefix is one of the
+                // topic's own level prefixes (each filter sits under one key).
+                let mut v: Vec<usize> = Vec::new();
+                let mut prefix = String::with_capacity(topic.len() + 1);
+                let mut visit = |prefix: &str| {
+                    if let Some(filters) = self.filters_by_prefix.get(prefix) {
+                        for (filter, filter_idx) in filters {
+                            if matches(topic, filter) {
+                                v.push(*filter_idx);
+                            }
+                        }
+                    }
+                };
+                visit("");
+                for level in topic.split('/') {
+                    prefix.push_str(level);
+                    prefix.push('/');
+                    visit(&prefix);
+                }
 
                 if !v.is_empty() {
                     self.publish_filters.insert(topic.to_owned(), v.clone());
@@ -157,14 +214,20 @@ impl DataLog {
                 // datalog index map
                 let idx = self.native.insert(data);
                 self.filter_indexes.insert(filter.to_owned(), idx);
+                let prefix = literal_prefix(filter);
 
                 // Match new filter to existing topics and add to publish_filters if it matches
-                for (topic, filters) in publish_filters.iter_mut() {
+                // (Rakkr patch: only the topics under its literal prefix)
+                for (topic, filters) in topics_under(publish_filters, &prefix) {
                     if matches(topic, filter) {
                         filters.push(idx);
                     }
                 }
 
+                self.filters_by_prefix
+                    .entry(prefix)
+                    .or_default()
+                    .push((filter.to_owned(), idx));
                 (idx, self.native.get(idx).unwrap())
             }
         };
@@ -274,38 +337,52 @@ impl DataLog {
         let now = Instant::now();
 
         // discard expired retained messages
-        self.retained_publishes.retain(|_, pubdata| {
-            // Keep data if no properties exists, which implies no message expiry!
-            let Some(properties) = pubdata.properties.as_mut() else {
-                return true;
-            };
-
-            // Keep data if there is no message_expiry_interval
-            let Some(message_expiry_interval) = properties.message_expiry_interval.as_mut() else {
-                return true;
-            };
-
-            let time_spent = (now - pubdata.timestamp).as_secs() as u32;
-
-            let is_valid = time_spent < *message_expiry_interval;
-
-            // ignore expired messages
-            if is_valid {
-                // set message_expiry_interval to (original value - time spent waiting in server)
-                // ref: https://docs.oasis-open.org/mqtt/mqtt/v5.0/os/mqtt-v5.0-os.html#_Toc3901112
-                *message_expiry_interval -= time_spent;
+        // (Rakkr patch: among those under the filter's literal prefix; the
+        // others are pruned when a filter over them reads)
+        let prefix = literal_prefix(filter);
+        let mut expired = Vec::new();
+        for (topic, pubdata) in topics_under(&mut self.retained_publishes, &prefix) {
+            if !retained_is_live(pubdata, now) {
+                expired.push(topic.clone());
             }
-
-            is_valid
-        });
+        }
+        for topic in expired {
+            self.retained_publishes.remove(&topic);
+        }
 
         // no need to include timestamp when returning
-        self.retained_publishes
-            .iter()
+        topics_under(&mut self.retained_publishes, &prefix)
             .filter(|(topic, _)| matches(topic, filter))
             .map(|(_, p)| (p.publish.clone(), p.properties.clone()))
             .collect()
     }
+}
+
+/// Whether a retained message is still live at `now`; counts its
+/// message-expiry interval down by the time it has waited (MQTT 5).
+fn retained_is_live(pubdata: &mut PublishData, now: Instant) -> bool {
+    // Keep data if no properties exists, which implies no message expiry!
+    let Some(properties) = pubdata.properties.as_mut() else {
+        return true;
+    };
+
+    // Keep data if there is no message_expiry_interval
+    let Some(message_expiry_interval) = properties.message_expiry_interval.as_mut() else {
+        return true;
+    };
+
+    let time_spent = (now - pubdata.timestamp).as_secs() as u32;
+
+    let is_valid = time_spent < *message_expiry_interval;
+
+    // ignore expired messages
+    if is_valid {
+        // set message_expiry_interval to (original value - time spent waiting in server)
+        // ref: https://docs.oasis-open.org/mqtt/mqtt/v5.0/os/mqtt-v5.0-os.html#_Toc3901112
+        *message_expiry_interval -= time_spent;
+    }
+
+    is_valid
 }
 
 pub struct Data<T> {
@@ -475,6 +552,89 @@ mod test {
         data.matches("topic/a");
 
         assert_eq!(data.publish_filters.get("topic/a").unwrap().len(), 1);
+    }
+
+    /// Rakkr patch: the prefix indexes find exactly what scanning everything
+    /// found, whichever comes first, filters or topics, for the edge cases of
+    /// MQTT matching (`#` over its parent level, empty levels, `$` topics).
+    #[test]
+    fn indexed_matching_equals_scanning_everything() {
+        use crate::protocol::{matches, Publish};
+        let filters = [
+            "#", "+", "+/#", "/+", "/#", "a", "a/#", "a/+", "a/b", "a/b/#", "a/+/c", "a/b/c",
+            "a/b/c/#", "+/b/+", "a//b", "a/+/+/d", "$SYS/#", "$SYS/+", "ab/#", "a/bc",
+        ];
+        let topics = [
+            "a",
+            "a/",
+            "/",
+            "/a",
+            "a/b",
+            "a/bc",
+            "ab",
+            "ab/c",
+            "a/b/c",
+            "a/b/c/d",
+            "a/x/c",
+            "a//b",
+            "b/b/b",
+            "$SYS/load",
+            "$SYS",
+            "x/y/z/w",
+            "",
+            "a/b/c/",
+        ];
+        let config = || RouterConfig {
+            max_segment_size: 1024,
+            max_connections: 10,
+            max_segment_count: 10,
+            max_outgoing_packet_count: 1024,
+            custom_segment: None,
+            initialized_filters: None,
+            shared_subscriptions_strategy: Strategy::RoundRobin,
+        };
+        for filters_first in [true, false] {
+            let mut data = DataLog::new(config()).unwrap();
+            let mut idx = std::collections::HashMap::new();
+            let add_filters = |data: &mut DataLog, idx: &mut std::collections::HashMap<_, _>| {
+                for f in filters {
+                    idx.insert(data.next_native_offset(f).0, f);
+                }
+            };
+            if filters_first {
+                add_filters(&mut data, &mut idx);
+            }
+            for t in topics {
+                data.matches(t);
+                let publish = Publish::new(t.as_bytes().to_vec(), vec![1], true);
+                data.insert_to_retained_publishes(publish, None, t.to_owned());
+            }
+            if !filters_first {
+                add_filters(&mut data, &mut idx);
+            }
+            for t in topics {
+                let mut got: Vec<&str> = data.matches(t).unwrap().iter().map(|i| idx[i]).collect();
+                got.sort();
+                let mut want: Vec<&str> = filters.into_iter().filter(|f| matches(t, f)).collect();
+                want.sort();
+                assert_eq!(got, want, "topic {t:?}, filters first: {filters_first}");
+            }
+            for f in filters {
+                let mut got: Vec<String> = data
+                    .read_retained_messages(f)
+                    .into_iter()
+                    .map(|(p, _)| String::from_utf8(p.topic.to_vec()).unwrap())
+                    .collect();
+                got.sort();
+                let mut want: Vec<String> = topics
+                    .into_iter()
+                    .filter(|t| matches(t, f))
+                    .map(str::to_owned)
+                    .collect();
+                want.sort();
+                assert_eq!(got, want, "retained for filter {f:?}");
+            }
+        }
     }
 
     //     #[test]
