@@ -57,6 +57,9 @@ const IN_FLIGHT: usize = 64;
 pub struct TelemetryStats {
     pub meter_frames_sent: AtomicU64,
     pub meter_frames_dropped: AtomicU64,
+    /// Messages from the server refused: undecodable, wrong version, on an
+    /// unknown command topic, or a packet over the size bound (which also
+    /// ends the connection; the link reconnects).
     pub bad_messages: AtomicU64,
     /// Outbox messages published (resends included).
     pub outbox_sent: AtomicU64,
@@ -65,6 +68,24 @@ pub struct TelemetryStats {
     /// Job updates the outbox could not keep (full or failing storage).
     pub job_updates_dropped: AtomicU64,
     pub acknowledged: AtomicU64,
+}
+
+impl TelemetryStats {
+    /// Log every counter once (at exit), so a technician or a test reading the
+    /// journal sees what the link sent, dropped and refused.
+    pub fn log_totals(&self) {
+        let n = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        tracing::info!(
+            meter_frames_sent = n(&self.meter_frames_sent),
+            meter_frames_dropped = n(&self.meter_frames_dropped),
+            bad_messages = n(&self.bad_messages),
+            outbox_sent = n(&self.outbox_sent),
+            acknowledged = n(&self.acknowledged),
+            health_events_dropped = n(&self.health_events_dropped),
+            job_updates_dropped = n(&self.job_updates_dropped),
+            "link totals"
+        );
+    }
 }
 
 /// What the node announces about itself in its `online` status.
@@ -319,6 +340,9 @@ pub async fn run(
                     tracing::debug!(topic = %p.topic, "ignoring message on unknown command topic");
                 }
                 SessionEvent::Disconnected { error, retry_in } => {
+                    if rakkr_mqtt::is_refused_packet(error) {
+                        stats.bad_messages.fetch_add(1, Ordering::Relaxed);
+                    }
                     tracing::warn!(%error, retry_in_ms = retry_in.as_millis() as u64, "broker connection lost");
                 }
             },

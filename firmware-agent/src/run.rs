@@ -169,6 +169,7 @@ pub async fn run(
 
     let (job_commands_tx, job_commands) = mpsc::channel(JOB_COMMAND_QUEUE);
     let (job_reports_tx, job_reports) = mpsc::channel(JOB_COMMAND_QUEUE);
+    let telemetry = handles.telemetry.clone();
     let job_runner = settings.recordings_dir.clone().map(|recordings_dir| {
         tokio::spawn(crate::jobs::run(
             crate::jobs::JobContext {
@@ -210,6 +211,7 @@ pub async fn run(
     )
     .await;
     stop_link.cancel();
+    telemetry.log_totals();
     let _ = watch.await;
     if let Some(runner) = job_runner {
         let _ = runner.await;

@@ -11,6 +11,8 @@ use anyhow::{Result, bail};
 use rakkr_hil_tests::*;
 use serde_json::{Value, json};
 
+const SOON: Duration = Duration::from_secs(20);
+
 /// An agent with a synthetic source, a recordings directory and a durable
 /// state directory; `mqtt_extra` goes into its `[mqtt]` section.
 fn job_agent(
@@ -558,5 +560,123 @@ fn the_demo_runs_a_recording_on_its_first_appliance() -> Result<()> {
     // Shut down in order: the take was finalized, not left as a `.part`.
     assert!(!part.exists());
     flac_test(&data.join(format!("demo-recordings/studio-a/{id}.0001.flac")))?;
+    Ok(())
+}
+
+/// A counter from the server's `/metrics`.
+fn metric(server: &Server, name: &str) -> Result<u64> {
+    let (_, text) = http_get(&server.url("/metrics"))?;
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("{name} not in /metrics"))
+}
+
+/// Bad input on every topic, both ways: malformed, wrong-shape, wrong-version
+/// and oversized payloads sent to the node's command topics and, as if from
+/// the node, to the server's. Each side refuses and counts them, neither
+/// crashes, and the node records the next job. (The embedded broker with
+/// `node_auth = "none"`, so a test client may publish anywhere; through the
+/// gate only the server can reach a node's commands.)
+#[test]
+fn bad_payloads_on_every_topic_are_refused_and_counted_and_the_node_records_on() -> Result<()> {
+    let work = tempfile::tempdir()?;
+    let mqtt_port = free_port();
+    let server_config = work.path().join("server.toml");
+    std::fs::write(
+        &server_config,
+        format!("[mqtt]\naddr = \"127.0.0.1:{mqtt_port}\"\nnode_auth = \"none\"\n"),
+    )?;
+    let server = Server::start_with_config(
+        work.path(),
+        &work.path().join("data"),
+        &server_config,
+        mqtt_port,
+    )?;
+    let (mut agent, recordings) = job_agent(work.path(), &server, "bad-1", 2, "")?;
+    wait_online(&server, "bad-1")?;
+
+    let mut opts = rumqttc::MqttOptions::new("forger", "127.0.0.1", mqtt_port);
+    opts.set_max_packet_size(1 << 20, 1 << 20);
+    let (client, mut connection) = rumqttc::Client::new(opts, 64);
+    let (done_tx, done) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut acked = 0;
+        for event in connection.iter() {
+            match event {
+                Ok(rumqttc::Event::Incoming(rumqttc::Packet::PubAck(_))) => {
+                    acked += 1;
+                    let _ = done_tx.send(acked);
+                }
+                Ok(_) => {}
+                Err(_) => return,
+            }
+        }
+    });
+    let publish = |topic: &str, payload: Vec<u8>| -> Result<()> {
+        let topic = format!("rakkr/v1/nodes/bad-1/{topic}");
+        client.publish(topic, rumqttc::QoS::AtLeastOnce, false, payload)?;
+        Ok(())
+    };
+    let valid = rakkr_protocol::Envelope::stamped(1, rakkr_protocol::job::JobCommand::Wake);
+    let wrong_version = String::from_utf8(valid.encode())?.replace("\"v\":1", "\"v\":99");
+    assert!(wrong_version.contains("\"v\":99"));
+    let to_node: Vec<(&str, Vec<u8>)> = vec![
+        ("cmd/jobs", b"not json".to_vec()),
+        ("cmd/jobs", br#"{"v":1}"#.to_vec()),
+        ("cmd/jobs", wrong_version.clone().into_bytes()),
+        ("cmd/jobs", Vec::new()),
+        ("cmd/ack", b"\xff\xfe garbage".to_vec()),
+        ("cmd/ack", wrong_version.clone().into_bytes()),
+    ];
+    let to_server: Vec<(&str, Vec<u8>)> = vec![
+        ("status", b"not json".to_vec()),
+        ("meters", br#"{"v":1,"channels":"x"}"#.to_vec()),
+        ("events", wrong_version.clone().into_bytes()),
+        ("jobs", Vec::new()),
+    ];
+    let bad_payloads_before = metric(&server, "rakkr_mqtt_bad_payloads_total")?;
+    let sent = to_node.len() + to_server.len();
+    for (topic, payload) in to_node.iter().chain(&to_server) {
+        publish(topic, payload.clone())?;
+    }
+    // A command topic this build does not know: the node does not subscribe
+    // to it, so it never arrives (and is not counted).
+    publish("cmd/reboot", b"{}".to_vec())?;
+    wait_for("the broker took every bad message", SOON, || {
+        done.try_iter().last().filter(|&n| n > sent).map(|_| ())
+    })?;
+    // Oversized: the broker refuses it (its bound is the protocol's) and drops
+    // the sender; nothing reaches the node or the server.
+    publish("cmd/jobs", vec![b'x'; rakkr_mqtt::MAX_PACKET_BYTES + 1])?;
+    wait_for("server counts the bad node payloads", SOON, || {
+        let now = metric(&server, "rakkr_mqtt_bad_payloads_total").ok()?;
+        (now >= bad_payloads_before + to_server.len() as u64).then_some(now)
+    })?;
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        metric(&server, "rakkr_mqtt_bad_payloads_total")?,
+        bad_payloads_before + to_server.len() as u64
+    );
+    assert!(agent.proc.try_exit().is_none(), "the agent survived");
+    assert_eq!(server.presence("bad-1").as_deref(), Some("online"));
+
+    // The node still records.
+    let (code, job) = server.post("/api/v1/jobs", &json!({"node": "bad-1", "duration_s": 1}))?;
+    assert_eq!(code, 201, "{job}");
+    wait_job(&server, job["id"].as_str().unwrap(), "completed", SOON)?;
+    assert!(std::fs::read_dir(&recordings)?.count() > 0);
+
+    // Its totals at exit show each refused command counted once.
+    agent.proc.signal("TERM")?;
+    assert!(agent.proc.wait_exit(SOON)?.success());
+    let log = agent.proc.stderr_text();
+    let totals = log
+        .lines()
+        .find(|l| l.contains("link totals"))
+        .ok_or_else(|| anyhow::anyhow!("no link totals in the agent's log:\n{log}"))?;
+    assert!(
+        totals.contains(&format!("bad_messages={}", to_node.len())),
+        "{totals}"
+    );
     Ok(())
 }

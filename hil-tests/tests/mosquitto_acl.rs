@@ -23,6 +23,8 @@ fn connect(port: u16, user: &str, password: &str, client_id: &str) -> Result<Pee
     let mut opts = MqttOptions::new(client_id, "127.0.0.1", port);
     opts.set_credentials(user, password);
     opts.set_keep_alive(Duration::from_secs(5));
+    // Leave the packet bound to the broker under test.
+    opts.set_max_packet_size(1 << 20, 1 << 20);
     let (client, mut connection) = Client::new(opts, 64);
     let (tx, received) = mpsc::channel();
     let (connack_tx, connack) = mpsc::channel();
@@ -187,5 +189,51 @@ fn the_shipped_acls_keep_every_node_in_its_own_subtree() -> Result<()> {
         _ => None,
     });
     assert_eq!(refused, Some(true), "anonymous clients are refused");
+    Ok(())
+}
+
+/// The shipped packet bound is the protocol's: the largest payload the
+/// protocol allows passes mosquitto, anything over the bound ends the sender's
+/// connection and reaches no one.
+#[test]
+fn the_shipped_packet_bound_is_the_protocols() -> Result<()> {
+    let shipped = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../deploy/mosquitto/rakkr.conf"
+    ))?;
+    let bound: usize = shipped
+        .lines()
+        .find_map(|l| l.strip_prefix("max_packet_size "))
+        .ok_or_else(|| anyhow::anyhow!("no max_packet_size in the shipped configuration"))?
+        .trim()
+        .parse()?;
+    assert_eq!(bound, rakkr_mqtt::MAX_PACKET_BYTES);
+
+    let dir = tempfile::tempdir()?;
+    let broker = Mosquitto::start(
+        dir.path(),
+        &[("rakkr-server", "server-secret"), ("node-a", "a-secret")],
+    )?;
+    let server = connect(broker.port, "rakkr-server", "server-secret", "rakkr-server")?;
+    server.subscribe("rakkr/v1/#")?;
+    let a = connect(broker.port, "node-a", "a-secret", "node-a")?;
+    let largest = "x".repeat(rakkr_protocol::MAX_PAYLOAD_BYTES);
+    a.publish("rakkr/v1/nodes/node-a/events", &largest)?;
+    let seen = server.until(&largest);
+    assert_eq!(seen.last().map(|(_, p)| p.len()), Some(largest.len()));
+
+    let over = "y".repeat(rakkr_mqtt::MAX_PACKET_BYTES);
+    a.publish("rakkr/v1/nodes/node-a/events", &over)?;
+    std::thread::sleep(QUIET);
+    // node-a's connection is gone; a fresh one sends the marker.
+    let a_again = connect(broker.port, "node-a", "a-secret", "node-a")?;
+    a_again.publish("rakkr/v1/nodes/node-a/events", "after")?;
+    let seen = server.until("after");
+    assert!(
+        seen.iter()
+            .all(|(_, p)| p.len() < rakkr_mqtt::MAX_PACKET_BYTES),
+        "the oversized message was delivered"
+    );
+    assert_eq!(seen.last().map(|(_, p)| p.as_str()), Some("after"));
     Ok(())
 }

@@ -117,6 +117,16 @@ pub enum SessionEvent<'a> {
     },
 }
 
+/// Whether a connection ended because the broker sent a packet we refused to
+/// read (over [`MAX_PACKET_BYTES`], or malformed): bad input to count, not a
+/// network fault.
+pub fn is_refused_packet(error: &ConnectionError) -> bool {
+    matches!(
+        error,
+        ConnectionError::MqttState(rumqttc::StateError::Deserialization(_))
+    )
+}
+
 /// A TLS client configuration that trusts the server only if its chain carries
 /// the CA whose certificate (DER) has SHA-256 `ca_sha256` (hex), and the server
 /// certificate verifies against that CA for the name asked for: how an
@@ -299,4 +309,91 @@ pub async fn finish(
     })
     .await;
     state.connected.store(false, Ordering::Release);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A one-connection broker that accepts the CONNECT and then sends `then`.
+    async fn broker_sending(then: Vec<u8>) -> u16 {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let mut connect = [0u8; 256];
+            let _ = socket.read(&mut connect).await.unwrap();
+            socket.write_all(&[0x20, 0x02, 0x00, 0x00]).await.unwrap();
+            socket.write_all(&then).await.unwrap();
+            // Hold the connection open: only the client may end it.
+            tokio::time::sleep(Duration::from_secs(10)).await;
+        });
+        port
+    }
+
+    /// How the first connection driven against `port` ended.
+    async fn first_disconnect(port: u16) -> bool {
+        let endpoint = Endpoint {
+            client_id: "t".into(),
+            host: "127.0.0.1".into(),
+            port,
+            keep_alive: Duration::from_secs(30),
+            credentials: None,
+            tls: None,
+        };
+        let (_client, eventloop) = connect(&endpoint, None);
+        let shutdown = CancellationToken::new();
+        let mut refused = None;
+        let stop = shutdown.clone();
+        let drive = drive(
+            eventloop,
+            Arc::new(LinkState::default()),
+            None,
+            |event| {
+                if let SessionEvent::Disconnected { error, .. } = event {
+                    refused.get_or_insert(is_refused_packet(error));
+                    stop.cancel();
+                }
+            },
+            shutdown.clone(),
+        );
+        tokio::time::timeout(Duration::from_secs(5), drive)
+            .await
+            .expect("the connection ends");
+        refused.expect("a disconnect was reported")
+    }
+
+    #[tokio::test]
+    async fn an_oversized_packet_from_the_broker_is_a_refused_packet() {
+        // PUBLISH whose remaining length (varint) is one byte over the bound.
+        let mut len = MAX_PACKET_BYTES + 1;
+        let mut packet = vec![0x30];
+        loop {
+            let byte = (len % 128) as u8;
+            len /= 128;
+            packet.push(if len > 0 { byte | 0x80 } else { byte });
+            if len == 0 {
+                break;
+            }
+        }
+        packet.extend_from_slice(&[0, 1, b't']);
+        assert!(first_disconnect(broker_sending(packet).await).await);
+    }
+
+    #[tokio::test]
+    async fn a_malformed_packet_is_refused_and_a_closed_socket_is_not() {
+        // A reserved packet type (0).
+        assert!(first_disconnect(broker_sending(vec![0x00, 0x00]).await).await);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let mut connect = [0u8; 256];
+            let _ = socket.read(&mut connect).await.unwrap();
+            socket.write_all(&[0x20, 0x02, 0x00, 0x00]).await.unwrap();
+            // Then the network goes away.
+        });
+        assert!(!first_disconnect(port).await);
+    }
 }

@@ -5,14 +5,21 @@
 use tokio_util::sync::CancellationToken;
 
 /// Log to stderr. `RAKKR_LOG` (`RUST_LOG` syntax) overrides `default_filter`.
+/// Colours only on a terminal: the journal, log files and tests that search
+/// the log read plain `key=value` text.
 pub fn init_logging(default_filter: &str) {
+    use std::io::IsTerminal;
     use tracing_subscriber::prelude::*;
     let filter = tracing_subscriber::EnvFilter::try_from_env("RAKKR_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
     tracing_subscriber::registry()
         .with(filter)
         .with(KnownNoise)
-        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_ansi(std::io::stderr().is_terminal()),
+        )
         .init();
 }
 
