@@ -4,7 +4,13 @@
 //! ```text
 //! {data_dir}/LOCK        advisory lock (flock) held for the server's lifetime; holds its pid
 //! {data_dir}/rakkr.redb  the store (see rakkr-store)
+//! {data_dir}/admin.sock  the local admin socket while the server runs (see crate::admin)
+//! {data_dir}/tls/        the fleet CA and server certificate, when TLS is on (see crate::tls)
 //! ```
+//! A data directory the server creates is mode 0700 (it holds password and
+//! credential hashes and the fleet CA's key); an existing one readable by
+//! others is used, with a warning.
+//!
 //! The lock makes a second server on the same directory fail at once with a
 //! message naming the holder, instead of two processes sharing one database.
 //! flock locks die with their process, so a crashed server never leaves a stale lock.
@@ -38,10 +44,26 @@ pub struct DataDir {
 
 impl DataDir {
     pub fn open(path: &Path) -> Result<DataDir, DataDirError> {
-        std::fs::create_dir_all(path).map_err(|source| DataDirError::Create {
-            path: path.to_owned(),
-            source,
-        })?;
+        // Owner-only when we create it: it holds password and credential
+        // hashes and the fleet CA's key.
+        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(path)
+            .map_err(|source| DataDirError::Create {
+                path: path.to_owned(),
+                source,
+            })?;
+        if let Ok(meta) = std::fs::metadata(path)
+            && meta.permissions().mode() & 0o077 != 0
+        {
+            tracing::warn!(
+                path = %path.display(),
+                mode = format!("{:o}", meta.permissions().mode() & 0o777),
+                "the data directory is readable by other users; `chmod 700` it"
+            );
+        }
         let lock_path = path.join("LOCK");
         let mut lock = OpenOptions::new()
             .read(true)
@@ -111,6 +133,16 @@ mod tests {
         );
         drop(first);
         DataDir::open(dir.path()).expect("lock is released on drop");
+    }
+
+    #[test]
+    fn a_new_data_directory_is_owner_only() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("new/data");
+        let _d = DataDir::open(&path).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700);
     }
 
     #[test]

@@ -7,13 +7,17 @@
 //! - the job desk and the lease-expiry runner ([`jobs`]);
 //! - the HTTP server ([`http`]): console ([`console`]), assets, API, probes;
 //! - the store (`rakkr-store`, redb in `{data_dir}/rakkr.redb`), guarded by the
-//!   data-directory lock ([`datadir`]).
+//!   data-directory lock ([`datadir`]);
+//! - operator accounts ([`accounts`]; the first start creates an owner with a
+//!   one-time password) and the local admin socket ([`admin`]).
 //!
 //! Shutdown: cancelling the token stops HTTP (in-flight requests finish), the
 //! MQTT link (announces the server offline, disconnects) and the persist task
 //! (saves pending statuses); then [`RunningServer::wait`] returns. The embedded
 //! broker cannot be stopped and ends with the process.
 
+pub mod accounts;
+pub mod admin;
 pub mod broker;
 pub mod clock;
 pub mod config;
@@ -60,6 +64,10 @@ pub enum ServerError {
     Task(String),
     #[error("TLS: {0}")]
     Tls(#[from] tls::TlsError),
+    #[error("accounts: {0}")]
+    Accounts(#[from] accounts::AccountError),
+    #[error(transparent)]
+    Admin(#[from] admin::AdminError),
 }
 
 /// A started server: its bound addresses and shared state.
@@ -82,6 +90,9 @@ pub struct RunningServer {
     /// Commands to nodes (job offers, stops), as the API sends them.
     pub commands: jobs::Commands,
     pub data_dir: std::path::PathBuf,
+    /// Set on the first start only: the one-time password of the owner
+    /// account it created ([`accounts::FIRST_OWNER`]), to print once.
+    pub first_owner_password: Option<String>,
     tasks: JoinSet<()>,
     _data_dir: DataDir,
 }
@@ -143,6 +154,13 @@ impl RunningServer {
                     .map_err(|e| ServerError::Task(e.to_string()))??,
             )
         };
+        let first_owner_password = {
+            let store = store.clone();
+            tokio::task::spawn_blocking(move || accounts::ensure_first_owner(&*store, now))
+                .await
+                .map_err(|e| ServerError::Task(e.to_string()))??
+        };
+        let admin_socket = admin::bind(&settings.data_dir)?;
         let gate_stats = Arc::new(gate::GateStats::default());
         // The fleet CA and server certificate, when anything is served over TLS.
         let wants_tls = settings.https_addr.is_some()
@@ -252,6 +270,13 @@ impl RunningServer {
         let link = Arc::new(LinkState::default());
         let stats = Arc::new(IngestStats::default());
         let mut tasks = JoinSet::new();
+        tasks.spawn(admin::serve(
+            admin_socket,
+            settings.data_dir.clone(),
+            store.clone(),
+            clock.clone(),
+            shutdown.clone(),
+        ));
         tasks.spawn(ingest::persist(
             pending.clone(),
             store.clone(),
@@ -385,6 +410,7 @@ impl RunningServer {
             store,
             commands,
             data_dir: settings.data_dir.clone(),
+            first_owner_password,
             tasks,
             _data_dir: data_dir,
         })

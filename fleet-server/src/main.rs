@@ -32,6 +32,9 @@ enum Command {
     /// Manage a node's credential.
     #[command(subcommand)]
     Node(NodeCommand),
+    /// Manage operator accounts, through the running server's local admin
+    /// socket (`{data_dir}/admin.sock`; only its owner or root may use it).
+    User(UserArgs),
     /// Run the server with simulated appliances and print the console URL.
     Demo {
         #[command(flatten)]
@@ -121,6 +124,39 @@ enum TokenCommand {
         #[command(flatten)]
         api: ApiArgs,
     },
+}
+
+#[derive(Args)]
+struct UserArgs {
+    /// The server's configuration file, to find its data directory.
+    #[arg(long, short, global = true)]
+    config: Option<PathBuf>,
+    /// The server's data directory [default: from the configuration, ./rakkr-data].
+    #[arg(long, global = true)]
+    data_dir: Option<PathBuf>,
+    #[command(subcommand)]
+    command: UserCommand,
+}
+
+#[derive(Subcommand)]
+enum UserCommand {
+    /// Add an account; its one-time password is printed once (changed at first login).
+    Add {
+        name: String,
+        /// owner, admin, operator, technician, viewer or auditor.
+        #[arg(long)]
+        role: String,
+    },
+    /// List accounts.
+    List,
+    /// Give an account a new one-time password; its sessions end.
+    ResetPassword { name: String },
+    /// Disable an account; its sessions end.
+    Disable { name: String },
+    /// Enable a disabled account.
+    Enable { name: String },
+    /// Change an account's role.
+    Role { name: String, role: String },
 }
 
 #[derive(Subcommand)]
@@ -247,6 +283,64 @@ impl ServeArgs {
     }
 }
 
+fn user_command(args: &UserArgs) -> anyhow::Result<()> {
+    use rakkr_server::admin::{self, AdminRequest};
+    let config = ServerConfig::load(args.config.as_deref()).context("bad configuration")?;
+    let overrides = Overrides {
+        data_dir: args.data_dir.clone(),
+        ..Overrides::default()
+    };
+    let data_dir = config
+        .validate(&overrides)
+        .context("bad configuration")?
+        .data_dir;
+    let request = match &args.command {
+        UserCommand::Add { name, role } => AdminRequest::UserAdd {
+            name: name.clone(),
+            role: role.clone(),
+        },
+        UserCommand::List => AdminRequest::UserList,
+        UserCommand::ResetPassword { name } => {
+            AdminRequest::UserResetPassword { name: name.clone() }
+        }
+        UserCommand::Disable { name } => AdminRequest::UserDisable { name: name.clone() },
+        UserCommand::Enable { name } => AdminRequest::UserEnable { name: name.clone() },
+        UserCommand::Role { name, role } => AdminRequest::UserRole {
+            name: name.clone(),
+            role: role.clone(),
+        },
+    };
+    let response = admin::request(&data_dir, &request)?;
+    if !response.ok {
+        anyhow::bail!("{}", response.error.unwrap_or_else(|| "refused".into()));
+    }
+    if let Some(accounts) = &response.accounts {
+        println!("{:<24} {:<11} {:<9} password", "name", "role", "state");
+        for a in accounts {
+            let state = if a.disabled { "disabled" } else { "enabled" };
+            let password = if a.must_change_password {
+                "one-time (must change)"
+            } else {
+                "set by user"
+            };
+            println!("{:<24} {:<11} {:<9} {password}", a.name, a.role, state);
+        }
+    }
+    if let Some(account) = &response.account {
+        let state = if account.disabled {
+            "disabled"
+        } else {
+            "enabled"
+        };
+        println!("{}: role {}, {state}", account.name, account.role);
+    }
+    if let Some(password) = &response.password {
+        println!("one-time password: {password}");
+        println!("(shown once; it must be changed at the first login)");
+    }
+    Ok(())
+}
+
 fn main() -> ExitCode {
     rakkr_service::init_logging("info,rumqttd=warn");
     rakkr_mqtt::install_tls_provider();
@@ -265,6 +359,7 @@ fn real_main() -> anyhow::Result<()> {
         Command::Job(command) => return job_command(command),
         Command::EnrollToken(command) => return token_command(command),
         Command::Node(command) => return node_command(command),
+        Command::User(args) => return user_command(args),
         Command::Serve(args) => (args, None),
         Command::Demo { serve, nodes } => (serve, Some(usize::from(*nodes))),
     };
@@ -296,6 +391,15 @@ fn real_main() -> anyhow::Result<()> {
             .await
             .context("cannot start the server")?;
         let url = format!("http://{}/", server.http_addr);
+        if let Some(password) = &server.first_owner_password {
+            // Shown once: the store keeps only its hash.
+            println!(
+                "First start: created the account \"{}\" with the one-time password\n\n    {password}\n\n\
+                 Log in with it and choose a new one. (Lost it? `rakkr-server user reset-password {}`.)",
+                rakkr_server::accounts::FIRST_OWNER,
+                rakkr_server::accounts::FIRST_OWNER,
+            );
+        }
         let mut appliances = None;
         match demo_nodes {
             Some(n) => {

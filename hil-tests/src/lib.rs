@@ -431,6 +431,16 @@ impl Agent {
     }
 }
 
+/// Run one of our binaries to completion: success, stdout, stderr.
+pub fn cli(bin_name: &str, args: &[&str]) -> Result<(bool, String, String)> {
+    let out = Command::new(bin(bin_name)).args(args).output()?;
+    Ok((
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    ))
+}
+
 /// Blocking HTTP GET: status code and body text.
 pub fn http_get(url: &str) -> Result<(u16, String)> {
     let (code, _, body) = http_get_full(url)?;

@@ -12,15 +12,6 @@ use rumqttc::{Client, ConnectReturnCode, Event, MqttOptions, Packet, QoS};
 
 const SOON: Duration = Duration::from_secs(20);
 
-fn cli(bin_name: &str, args: &[&str]) -> Result<(bool, String, String)> {
-    let out = Command::new(bin(bin_name)).args(args).output()?;
-    Ok((
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    ))
-}
-
 fn new_token(server: &Server, extra: &[&str]) -> Result<String> {
     let url = server.url("");
     let mut args = vec!["enroll-token", "create", "--server", url.as_str()];

@@ -173,6 +173,23 @@ pub trait Store: Send + Sync + 'static {
     /// Revoke a node's credential: it is refused from now on.
     fn revoke_node_credential(&self, node: &NodeId, now_ms: u64) -> Result<NodeCredentialRecord>;
 
+    /// Create an operator account; refused when the name is taken or invalid.
+    fn create_user(&self, user: UserRecord) -> Result<()>;
+
+    /// Create `user` only if there is no account at all (first start): `false`
+    /// when there already is one. Two servers starting at once cannot both
+    /// create a first owner.
+    fn create_first_user(&self, user: UserRecord) -> Result<bool>;
+
+    fn user(&self, name: &str) -> Result<Option<UserRecord>>;
+
+    /// Every account, ordered by name.
+    fn users(&self) -> Result<Vec<UserRecord>>;
+
+    /// Change an account; refused for an unknown name, and when the change
+    /// would leave no enabled owner.
+    fn change_user(&self, name: &str, change: UserChange, now_ms: u64) -> Result<UserRecord>;
+
     /// Store health events; one already stored (same node and message id) is
     /// left as it is. A node keeps at most [`MAX_HEALTH_EVENTS_PER_NODE`]: the
     /// oldest go first. Returns how many were new.

@@ -14,6 +14,7 @@
 //! | `enroll_tokens` | token id `&str`     | JSON [`EnrollTokenRecord`] (secret: SHA-256 only) |
 //! | `node_credentials` | node id `&str`   | JSON [`NodeCredentialRecord`] (secrets: SHA-256 only) |
 //! | `health_events` | `(node id, message id)` | `HealthEventRecord` (JSON); a message id is stored once per node |
+//! | `users`     | login name `&str`       | JSON [`UserRecord`] (password: argon2id PHC string only) |
 //!
 //! Invariants, kept by [`JobTables::put`], the only writer of job records: a
 //! job is in `job_queue` exactly while its state is `queued`; in `active_jobs`
@@ -21,25 +22,28 @@
 //! current expiry) exactly while it is `leased`, `running` or `stop_requested`.
 //!
 //! Schema history: 2 added job specs, leases and the job indexes; version 1
-//! had no way to create jobs, so its (empty) job tables are dropped.
+//! had no way to create jobs, so its (empty) job tables are dropped. `users`
+//! came later without a bump: a new table, created empty when missing.
 //! Commits are durable (`Durability::Immediate`: fsync before `commit` returns).
 
 use std::path::Path;
 
 use rakkr_protocol::NodeId;
 use rakkr_protocol::state::{JobState, Presence, transition};
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use rakkr_protocol::MessageId;
+use rakkr_protocol::access::Role;
 use rakkr_protocol::job::JobUpdate;
 use rakkr_protocol::payload::{HealthChange, HealthCondition, HealthEvent, Severity};
 
 use crate::{
     EnrollTokenRecord, HealthEventRecord, JobId, JobRecord, Lease, MAX_APPLIED_UPDATES,
-    MAX_HEALTH_EVENTS_PER_NODE, NewJob, NodeCredentialRecord, NodeRecord, NodeStatusUpdate, Result,
-    Store, StoreError, UpdateOutcome,
+    MAX_HEALTH_EVENTS_PER_NODE, MAX_USER_NAME, NewJob, NodeCredentialRecord, NodeRecord,
+    NodeStatusUpdate, Result, Store, StoreError, UpdateOutcome, UserChange, UserRecord,
+    valid_user_name,
 };
 
 /// Version of the layout above. Bumped only with a migration.
@@ -54,12 +58,32 @@ const LEASES: TableDefinition<(u64, u128), ()> = TableDefinition::new("leases");
 const NODE_JOBS: TableDefinition<(&str, u128), ()> = TableDefinition::new("node_jobs");
 const ENROLL_TOKENS: TableDefinition<&str, &[u8]> = TableDefinition::new("enroll_tokens");
 const NODE_CREDENTIALS: TableDefinition<&str, &[u8]> = TableDefinition::new("node_credentials");
+/// Operator accounts by login name (JSON [`UserRecord`]).
+const USERS: TableDefinition<&str, &[u8]> = TableDefinition::new("users");
 /// (node, message id as u128) → HealthEventRecord (JSON).
 const HEALTH_EVENTS: TableDefinition<(&str, u128), &[u8]> = TableDefinition::new("health_events");
 
 #[derive(Debug)]
 pub struct RedbStore {
     db: Database,
+}
+
+/// Insert an account whose name must be new and valid.
+fn insert_new_user(tx: &redb::WriteTransaction, user: &UserRecord) -> Result<()> {
+    if !valid_user_name(&user.name) {
+        return Err(StoreError::Refused(format!(
+            "{:?} is not a valid user name (1-{MAX_USER_NAME} of a-z 0-9 . _ -, starting with a letter or digit)",
+            user.name
+        )));
+    }
+    let mut users = tx.open_table(USERS).map_err(backend)?;
+    if users.get(user.name.as_str()).map_err(backend)?.is_some() {
+        return Err(StoreError::Refused(format!("user {} exists", user.name)));
+    }
+    users
+        .insert(user.name.as_str(), encode(user).as_slice())
+        .map_err(backend)?;
+    Ok(())
 }
 
 fn backend(e: impl std::fmt::Display) -> StoreError {
@@ -125,6 +149,7 @@ impl RedbStore {
             tx.open_table(HEALTH_EVENTS).map_err(backend)?;
             tx.open_table(ENROLL_TOKENS).map_err(backend)?;
             tx.open_table(NODE_CREDENTIALS).map_err(backend)?;
+            tx.open_table(USERS).map_err(backend)?;
         }
         tx.commit().map_err(backend)
     }
@@ -647,6 +672,100 @@ impl Store for RedbStore {
             c.revoked_ms.get_or_insert(now_ms);
             c.next_sha256 = None;
         })
+    }
+
+    fn create_user(&self, user: UserRecord) -> Result<()> {
+        let tx = self.db.begin_write().map_err(backend)?;
+        insert_new_user(&tx, &user)?;
+        tx.commit().map_err(backend)
+    }
+
+    fn create_first_user(&self, user: UserRecord) -> Result<bool> {
+        let tx = self.db.begin_write().map_err(backend)?;
+        let empty = tx
+            .open_table(USERS)
+            .map_err(backend)?
+            .is_empty()
+            .map_err(backend)?;
+        if !empty {
+            return Ok(false);
+        }
+        insert_new_user(&tx, &user)?;
+        tx.commit().map_err(backend)?;
+        Ok(true)
+    }
+
+    fn user(&self, name: &str) -> Result<Option<UserRecord>> {
+        let tx = self.db.begin_read().map_err(backend)?;
+        let users = tx.open_table(USERS).map_err(backend)?;
+        users
+            .get(name)
+            .map_err(backend)?
+            .map(|v| decode("user", v.value()))
+            .transpose()
+    }
+
+    fn users(&self) -> Result<Vec<UserRecord>> {
+        let tx = self.db.begin_read().map_err(backend)?;
+        let users = tx.open_table(USERS).map_err(backend)?;
+        let mut out = Vec::new();
+        for entry in users.iter().map_err(backend)? {
+            let (_, v) = entry.map_err(backend)?;
+            out.push(decode("user", v.value())?);
+        }
+        Ok(out)
+    }
+
+    fn change_user(&self, name: &str, change: UserChange, now_ms: u64) -> Result<UserRecord> {
+        let tx = self.db.begin_write().map_err(backend)?;
+        let user = {
+            let mut users = tx.open_table(USERS).map_err(backend)?;
+            let mut user: UserRecord = match users.get(name).map_err(backend)? {
+                Some(v) => decode("user", v.value())?,
+                None => return Err(StoreError::Refused(format!("no user {name:?}"))),
+            };
+            let was_active_owner = user.role == Role::Owner && !user.disabled;
+            match change {
+                UserChange::Password { phc, must_change } => {
+                    user.password_phc = phc;
+                    user.must_change_password = must_change;
+                    user.password_changed_ms = now_ms;
+                    user.sessions_valid_after_ms = now_ms;
+                }
+                UserChange::Disabled(disabled) => {
+                    user.disabled = disabled;
+                    if disabled {
+                        user.sessions_valid_after_ms = now_ms;
+                    }
+                }
+                UserChange::Role(role) => user.role = role,
+            }
+            let still_active_owner = user.role == Role::Owner && !user.disabled;
+            if was_active_owner && !still_active_owner {
+                let mut others = 0;
+                for entry in users.iter().map_err(backend)? {
+                    let (k, v) = entry.map_err(backend)?;
+                    if k.value() == name {
+                        continue;
+                    }
+                    let other: UserRecord = decode("user", v.value())?;
+                    if other.role == Role::Owner && !other.disabled {
+                        others += 1;
+                    }
+                }
+                if others == 0 {
+                    return Err(StoreError::Refused(format!(
+                        "{name} is the last enabled owner; make another user owner first"
+                    )));
+                }
+            }
+            users
+                .insert(name, encode(&user).as_slice())
+                .map_err(backend)?;
+            user
+        };
+        tx.commit().map_err(backend)?;
+        Ok(user)
     }
 
     fn record_health_events(&self, events: &[HealthEventRecord]) -> Result<usize> {

@@ -1,6 +1,7 @@
 //! Records kept in the store. Serialized as JSON inside the backend, so fields
 //! can be added (with `#[serde(default)]`) without a migration.
 
+use rakkr_protocol::access::Role;
 use rakkr_protocol::job::{JobSpec, RecordingReport};
 use rakkr_protocol::payload::{BootSlot, Capabilities, HealthEvent, RealtimeStatus};
 use rakkr_protocol::state::{JobState, Presence};
@@ -153,4 +154,51 @@ impl NodeCredentialRecord {
     pub fn is_active(&self) -> bool {
         self.revoked_ms.is_none()
     }
+}
+
+/// An operator account. Only an argon2id hash of the password is kept.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserRecord {
+    /// Login name, unique ([`valid_user_name`]).
+    pub name: String,
+    pub role: Role,
+    /// The password's argon2id hash as a PHC string (`$argon2id$v=19$…`).
+    pub password_phc: String,
+    /// The password was set by someone else (first start, `user add`, a
+    /// reset): it must be changed at the next login.
+    pub must_change_password: bool,
+    pub disabled: bool,
+    pub created_ms: u64,
+    pub password_changed_ms: u64,
+    /// Sessions started before this are void ("log out everywhere"; set on
+    /// a password change, a reset and when the account is disabled).
+    pub sessions_valid_after_ms: u64,
+}
+
+/// Longest login name.
+pub const MAX_USER_NAME: usize = 64;
+
+/// Login names: 1–64 of `a-z 0-9 . _ -`, starting with a letter or digit.
+/// Lower case only, so two accounts cannot differ by case alone.
+pub fn valid_user_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= MAX_USER_NAME
+        && name.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '_' | '-'))
+}
+
+/// A change to an existing account, applied in one transaction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UserChange {
+    /// A new password hash; `must_change` for one set by someone else. Ends
+    /// the account's sessions.
+    Password {
+        phc: String,
+        must_change: bool,
+    },
+    /// Disable (ending its sessions) or enable the account.
+    Disabled(bool),
+    Role(Role),
 }

@@ -588,6 +588,106 @@ fn redb_jobs_are_claimed_oldest_first() {
     jobs_are_claimed_oldest_first_with_increasing_leases(&s);
 }
 
+fn user(name: &str, role: rakkr_protocol::access::Role) -> UserRecord {
+    UserRecord {
+        name: name.into(),
+        role,
+        password_phc: format!("$argon2id$v=19$m=19456,t=2,p=1$c2FsdA$hash-of-{name}"),
+        must_change_password: true,
+        disabled: false,
+        created_ms: 1,
+        password_changed_ms: 1,
+        sessions_valid_after_ms: 0,
+    }
+}
+
+fn accounts_are_unique_and_the_last_owner_stays(store: &dyn Store) {
+    use rakkr_protocol::access::Role;
+    // First start: one owner, once.
+    assert!(store.create_first_user(user("owner", Role::Owner)).unwrap());
+    assert!(
+        !store
+            .create_first_user(user("owner2", Role::Owner))
+            .unwrap()
+    );
+    assert!(store.user("owner2").unwrap().is_none());
+
+    store.create_user(user("ann", Role::Viewer)).unwrap();
+    let e = store.create_user(user("ann", Role::Admin)).unwrap_err();
+    assert!(e.to_string().contains("exists"), "{e}");
+    assert_eq!(
+        store.user("ann").unwrap().unwrap().role,
+        Role::Viewer,
+        "not overwritten"
+    );
+    for bad in ["", "Ann", "-ann", "a b", "ann/..", &"x".repeat(65)] {
+        let e = store.create_user(user(bad, Role::Viewer)).unwrap_err();
+        assert!(
+            e.to_string().contains("not a valid user name"),
+            "{bad:?}: {e}"
+        );
+    }
+    let names: Vec<String> = store.users().unwrap().into_iter().map(|u| u.name).collect();
+    assert_eq!(names, ["ann", "owner"]);
+
+    // A new password ends sessions started before it.
+    let changed = store
+        .change_user(
+            "ann",
+            UserChange::Password {
+                phc: "$argon2id$new".into(),
+                must_change: false,
+            },
+            50,
+        )
+        .unwrap();
+    assert_eq!(
+        (
+            changed.password_phc.as_str(),
+            changed.must_change_password,
+            changed.sessions_valid_after_ms,
+            changed.password_changed_ms
+        ),
+        ("$argon2id$new", false, 50, 50)
+    );
+    let disabled = store
+        .change_user("ann", UserChange::Disabled(true), 60)
+        .unwrap();
+    assert!(disabled.disabled);
+    assert_eq!(disabled.sessions_valid_after_ms, 60);
+    let enabled = store
+        .change_user("ann", UserChange::Disabled(false), 70)
+        .unwrap();
+    assert!(!enabled.disabled);
+    assert_eq!(
+        enabled.sessions_valid_after_ms, 60,
+        "enabling does not revive sessions"
+    );
+
+    // The last enabled owner can be neither disabled nor demoted.
+    for change in [UserChange::Disabled(true), UserChange::Role(Role::Admin)] {
+        let e = store.change_user("owner", change, 80).unwrap_err();
+        assert!(e.to_string().contains("last enabled owner"), "{e}");
+    }
+    store
+        .change_user("ann", UserChange::Role(Role::Owner), 90)
+        .unwrap();
+    store
+        .change_user("owner", UserChange::Role(Role::Admin), 91)
+        .unwrap();
+    assert_eq!(store.user("owner").unwrap().unwrap().role, Role::Admin);
+    let e = store
+        .change_user("nobody", UserChange::Disabled(true), 92)
+        .unwrap_err();
+    assert!(e.to_string().contains("no user"), "{e}");
+}
+
+#[test]
+fn redb_accounts_are_unique_and_the_last_owner_stays() {
+    let (_d, s) = redb();
+    accounts_are_unique_and_the_last_owner_stays(&s);
+}
+
 #[test]
 fn redb_overlapping_channels_are_refused() {
     let (_d, s) = redb();
