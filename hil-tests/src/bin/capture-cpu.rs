@@ -4,8 +4,11 @@
 //!
 //! ```sh
 //! cargo build --release --workspace --bins
-//! RAKKR_BIN_DIR=target/release target/release/capture-cpu [SECONDS] [RUNS] [CHANNELS]
+//! RAKKR_BIN_DIR=target/release target/release/capture-cpu [SECONDS] [RUNS] [CHANNELS] [PERIOD]
 //! ```
+//!
+//! PERIOD is the agent's ALSA period in frames (its default, 1024, when not
+//! given); `arecord` keeps its own defaults.
 //!
 //! The input is SECONDS of 24-bit audio made by sox (pink noise at −20 dBFS plus a
 //! tone per channel: compresses like a real room, not like silence), replayed by
@@ -56,6 +59,7 @@ fn main() -> Result<()> {
     let seconds: u32 = args.first().map_or(Ok(60), |s| s.parse())?;
     let runs: usize = args.get(1).map_or(Ok(5), |s| s.parse())?;
     let channels: u32 = args.get(2).map_or(Ok(8), |s| s.parse())?;
+    let period: u32 = args.get(3).map_or(Ok(1024), |s| s.parse())?;
     let dir = tempfile::tempdir()?;
     let input = dir.path().join("in.raw");
     let status = Command::new("sox")
@@ -107,13 +111,15 @@ fn main() -> Result<()> {
     ];
     let agent = bin("rakkr-agent");
     let (mut ours, mut reference) = (Vec::new(), Vec::new());
-    println!("input: {seconds} s, {channels} ch, 48 kHz, 24-bit (S24_3LE); runs: {runs}");
+    println!(
+        "input: {seconds} s, {channels} ch, 48 kHz, 24-bit (S24_3LE); runs: {runs}; agent period {period} frames"
+    );
     for run in 1..=runs {
         let a = dir.path().join(format!("rakkr-{run}.flac"));
         let r = dir.path().join(format!("ref-{run}.flac"));
         let ours_cpu = cpu_seconds(
             &format!(
-                "{} record --device bench --channels {channels} --rate 48000 --format S24_3LE --duration {seconds} --bits 24 --compression 5 --out {} 2>/dev/null",
+                "{} record --device bench --channels {channels} --rate 48000 --format S24_3LE --duration {seconds} --bits 24 --compression 5 --period {period} --out {} 2>/dev/null",
                 agent.display(),
                 a.display()
             ),
