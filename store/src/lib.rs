@@ -190,6 +190,20 @@ pub trait Store: Send + Sync + 'static {
     /// would leave no enabled owner.
     fn change_user(&self, name: &str, change: UserChange, now_ms: u64) -> Result<UserRecord>;
 
+    /// Keep a new session; a user's oldest sessions beyond `max_per_user` go.
+    fn create_session(&self, session: SessionRecord, max_per_user: usize) -> Result<()>;
+
+    fn session(&self, id_sha256: &str) -> Result<Option<SessionRecord>>;
+
+    /// Note that the session was used at `now_ms`.
+    fn touch_session(&self, id_sha256: &str, now_ms: u64) -> Result<()>;
+
+    fn delete_session(&self, id_sha256: &str) -> Result<()>;
+
+    /// Delete sessions last seen before `idle_before_ms` or created before
+    /// `created_before_ms`; returns how many went.
+    fn prune_sessions(&self, idle_before_ms: u64, created_before_ms: u64) -> Result<usize>;
+
     /// Store health events; one already stored (same node and message id) is
     /// left as it is. A node keeps at most [`MAX_HEALTH_EVENTS_PER_NODE`]: the
     /// oldest go first. Returns how many were new.

@@ -15,6 +15,7 @@
 //! | `node_credentials` | node id `&str`   | JSON [`NodeCredentialRecord`] (secrets: SHA-256 only) |
 //! | `health_events` | `(node id, message id)` | `HealthEventRecord` (JSON); a message id is stored once per node |
 //! | `users`     | login name `&str`       | JSON [`UserRecord`] (password: argon2id PHC string only) |
+//! | `sessions`  | SHA-256 of the session id `&str` | JSON [`SessionRecord`]        |
 //!
 //! Invariants, kept by [`JobTables::put`], the only writer of job records: a
 //! job is in `job_queue` exactly while its state is `queued`; in `active_jobs`
@@ -23,7 +24,8 @@
 //!
 //! Schema history: 2 added job specs, leases and the job indexes; version 1
 //! had no way to create jobs, so its (empty) job tables are dropped. `users`
-//! came later without a bump: a new table, created empty when missing.
+//! and `sessions` came later without a bump: new tables, created empty when
+//! missing.
 //! Commits are durable (`Durability::Immediate`: fsync before `commit` returns).
 
 use std::path::Path;
@@ -42,8 +44,8 @@ use rakkr_protocol::payload::{HealthChange, HealthCondition, HealthEvent, Severi
 use crate::{
     EnrollTokenRecord, HealthEventRecord, JobId, JobRecord, Lease, MAX_APPLIED_UPDATES,
     MAX_HEALTH_EVENTS_PER_NODE, MAX_USER_NAME, NewJob, NodeCredentialRecord, NodeRecord,
-    NodeStatusUpdate, Result, Store, StoreError, UpdateOutcome, UserChange, UserRecord,
-    valid_user_name,
+    NodeStatusUpdate, Result, SessionRecord, Store, StoreError, UpdateOutcome, UserChange,
+    UserRecord, valid_user_name,
 };
 
 /// Version of the layout above. Bumped only with a migration.
@@ -60,6 +62,8 @@ const ENROLL_TOKENS: TableDefinition<&str, &[u8]> = TableDefinition::new("enroll
 const NODE_CREDENTIALS: TableDefinition<&str, &[u8]> = TableDefinition::new("node_credentials");
 /// Operator accounts by login name (JSON [`UserRecord`]).
 const USERS: TableDefinition<&str, &[u8]> = TableDefinition::new("users");
+/// Console sessions by the SHA-256 of their id (JSON [`SessionRecord`]).
+const SESSIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("sessions");
 /// (node, message id as u128) → HealthEventRecord (JSON).
 const HEALTH_EVENTS: TableDefinition<(&str, u128), &[u8]> = TableDefinition::new("health_events");
 
@@ -150,6 +154,7 @@ impl RedbStore {
             tx.open_table(ENROLL_TOKENS).map_err(backend)?;
             tx.open_table(NODE_CREDENTIALS).map_err(backend)?;
             tx.open_table(USERS).map_err(backend)?;
+            tx.open_table(SESSIONS).map_err(backend)?;
         }
         tx.commit().map_err(backend)
     }
@@ -766,6 +771,86 @@ impl Store for RedbStore {
         };
         tx.commit().map_err(backend)?;
         Ok(user)
+    }
+
+    fn create_session(&self, session: SessionRecord, max_per_user: usize) -> Result<()> {
+        let tx = self.db.begin_write().map_err(backend)?;
+        {
+            let mut sessions = tx.open_table(SESSIONS).map_err(backend)?;
+            let mut mine: Vec<(u64, String)> = Vec::new();
+            for entry in sessions.iter().map_err(backend)? {
+                let (k, v) = entry.map_err(backend)?;
+                let other: SessionRecord = decode("session", v.value())?;
+                if other.user == session.user {
+                    mine.push((other.created_ms, k.value().to_owned()));
+                }
+            }
+            mine.sort();
+            let excess = (mine.len() + 1).saturating_sub(max_per_user.max(1));
+            for (_, key) in mine.into_iter().take(excess) {
+                sessions.remove(key.as_str()).map_err(backend)?;
+            }
+            sessions
+                .insert(session.id_sha256.as_str(), encode(&session).as_slice())
+                .map_err(backend)?;
+        }
+        tx.commit().map_err(backend)
+    }
+
+    fn session(&self, id_sha256: &str) -> Result<Option<SessionRecord>> {
+        let tx = self.db.begin_read().map_err(backend)?;
+        let sessions = tx.open_table(SESSIONS).map_err(backend)?;
+        sessions
+            .get(id_sha256)
+            .map_err(backend)?
+            .map(|v| decode("session", v.value()))
+            .transpose()
+    }
+
+    fn touch_session(&self, id_sha256: &str, now_ms: u64) -> Result<()> {
+        let tx = self.db.begin_write().map_err(backend)?;
+        {
+            let mut sessions = tx.open_table(SESSIONS).map_err(backend)?;
+            let found: Option<SessionRecord> = sessions
+                .get(id_sha256)
+                .map_err(backend)?
+                .map(|v| decode("session", v.value()))
+                .transpose()?;
+            if let Some(mut session) = found {
+                session.last_seen_ms = session.last_seen_ms.max(now_ms);
+                sessions
+                    .insert(id_sha256, encode(&session).as_slice())
+                    .map_err(backend)?;
+            }
+        }
+        tx.commit().map_err(backend)
+    }
+
+    fn delete_session(&self, id_sha256: &str) -> Result<()> {
+        let tx = self.db.begin_write().map_err(backend)?;
+        tx.open_table(SESSIONS)
+            .map_err(backend)?
+            .remove(id_sha256)
+            .map_err(backend)?;
+        tx.commit().map_err(backend)
+    }
+
+    fn prune_sessions(&self, idle_before_ms: u64, created_before_ms: u64) -> Result<usize> {
+        let tx = self.db.begin_write().map_err(backend)?;
+        let pruned = {
+            let mut sessions = tx.open_table(SESSIONS).map_err(backend)?;
+            let removed = sessions
+                .extract_if(|_, v| {
+                    serde_json::from_slice::<SessionRecord>(v).map_or(true, |s| {
+                        s.last_seen_ms < idle_before_ms || s.created_ms < created_before_ms
+                    })
+                })
+                .map_err(backend)?
+                .count();
+            removed
+        };
+        tx.commit().map_err(backend)?;
+        Ok(pruned)
     }
 
     fn record_health_events(&self, events: &[HealthEventRecord]) -> Result<usize> {

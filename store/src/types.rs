@@ -202,3 +202,19 @@ pub enum UserChange {
     Disabled(bool),
     Role(Role),
 }
+
+/// A console login. The session id itself is only in the browser's cookie;
+/// the store keys the session by its SHA-256.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionRecord {
+    /// SHA-256 of the session id, hex.
+    pub id_sha256: String,
+    pub user: String,
+    pub created_ms: u64,
+    /// Updated at most about once a minute (a write per request would cost
+    /// an fsync each).
+    pub last_seen_ms: u64,
+    /// The synchronizer token every state-changing request of this session
+    /// must carry.
+    pub csrf_token: String,
+}

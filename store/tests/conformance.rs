@@ -688,6 +688,55 @@ fn redb_accounts_are_unique_and_the_last_owner_stays() {
     accounts_are_unique_and_the_last_owner_stays(&s);
 }
 
+fn session(id: &str, user: &str, created: u64) -> SessionRecord {
+    SessionRecord {
+        id_sha256: id.into(),
+        user: user.into(),
+        created_ms: created,
+        last_seen_ms: created,
+        csrf_token: format!("csrf-{id}"),
+    }
+}
+
+fn sessions_are_bounded_touched_and_pruned(store: &dyn Store) {
+    for i in 0..5u64 {
+        store
+            .create_session(session(&format!("a{i}"), "ann", 100 + i), 3)
+            .unwrap();
+    }
+    store.create_session(session("b0", "bob", 100), 3).unwrap();
+    let kept: Vec<bool> = (0..5)
+        .map(|i| store.session(&format!("a{i}")).unwrap().is_some())
+        .collect();
+    assert_eq!(kept, [false, false, true, true, true], "ann's oldest went");
+    assert!(store.session("b0").unwrap().is_some(), "bob's are his own");
+
+    store.touch_session("a2", 500).unwrap();
+    assert_eq!(store.session("a2").unwrap().unwrap().last_seen_ms, 500);
+    store.touch_session("a2", 400).unwrap();
+    assert_eq!(
+        store.session("a2").unwrap().unwrap().last_seen_ms,
+        500,
+        "never back"
+    );
+    store.touch_session("gone", 500).unwrap();
+
+    // Idle before 200 (a3, a4, b0: last seen 103-104, 100) or created before 101 (b0).
+    assert_eq!(store.prune_sessions(200, 101).unwrap(), 3);
+    assert!(store.session("a2").unwrap().is_some());
+    // Created before 103: a2 (created 102) goes although it was seen at 500.
+    assert_eq!(store.prune_sessions(0, 103).unwrap(), 1);
+    store.create_session(session("c0", "cy", 1000), 3).unwrap();
+    store.delete_session("c0").unwrap();
+    assert!(store.session("c0").unwrap().is_none());
+}
+
+#[test]
+fn redb_sessions_are_bounded_touched_and_pruned() {
+    let (_d, s) = redb();
+    sessions_are_bounded_touched_and_pruned(&s);
+}
+
 #[test]
 fn redb_overlapping_channels_are_refused() {
     let (_d, s) = redb();
