@@ -839,15 +839,14 @@ impl Store for RedbStore {
         let tx = self.db.begin_write().map_err(backend)?;
         let pruned = {
             let mut sessions = tx.open_table(SESSIONS).map_err(backend)?;
-            let removed = sessions
+            sessions
                 .extract_if(|_, v| {
                     serde_json::from_slice::<SessionRecord>(v).map_or(true, |s| {
                         s.last_seen_ms < idle_before_ms || s.created_ms < created_before_ms
                     })
                 })
                 .map_err(backend)?
-                .count();
-            removed
+                .count()
         };
         tx.commit().map_err(backend)?;
         Ok(pruned)
