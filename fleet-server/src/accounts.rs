@@ -22,6 +22,10 @@ use rakkr_store::{Store, StoreError, UserChange, UserRecord};
 /// The account created at first start.
 pub const FIRST_OWNER: &str = "owner";
 
+/// Where a first start without a terminal leaves the owner's one-time
+/// password (in the data directory, mode 0600).
+pub const FIRST_OWNER_PASSWORD_FILE: &str = "initial-owner-password";
+
 /// Characters of generated passwords: no look-alikes (0/o, 1/l/i).
 const ALPHABET: &[u8] = b"abcdefghjkmnpqrstuvwxyz23456789";
 /// Groups × characters of a generated password: 20 characters of a

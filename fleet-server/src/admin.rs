@@ -27,6 +27,8 @@ use crate::clock::Clock;
 pub const SOCKET_NAME: &str = "admin.sock";
 pub const MAX_REQUEST_BYTES: usize = 4096;
 pub const REQUEST_WAIT: Duration = Duration::from_secs(5);
+/// Largest answer the command line reads (a list of some 30,000 accounts).
+pub const MAX_ANSWER_BYTES: u64 = 8 * 1024 * 1024;
 
 /// What the socket can be asked.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -197,7 +199,10 @@ async fn answer(
     };
     let mut out = serde_json::to_vec(&response).map_err(|e| e.to_string())?;
     out.push(b'\n');
-    write.write_all(&out).await.map_err(|e| e.to_string())
+    tokio::time::timeout(REQUEST_WAIT, write.write_all(&out))
+        .await
+        .map_err(|_| "the client did not read the answer".to_owned())?
+        .map_err(|e| e.to_string())
 }
 
 /// Carry out one request (on a blocking thread: hashing is slow by design).
@@ -248,8 +253,14 @@ fn change(
     change: UserChange,
     now_ms: u64,
 ) -> Result<AdminResponse, accounts::AccountError> {
-    tracing::info!(user = %name, ?change, "account changed (admin socket)");
+    let what = match &change {
+        UserChange::Password { .. } => "password set".to_owned(),
+        UserChange::Disabled(true) => "disabled".to_owned(),
+        UserChange::Disabled(false) => "enabled".to_owned(),
+        UserChange::Role(role) => format!("role {role}"),
+    };
     let account = store.change_user(name, change, now_ms)?;
+    tracing::info!(user = %name, change = %what, "account changed (admin socket)");
     Ok(AdminResponse {
         account: Some(AccountView::from(&account)),
         ..AdminResponse::ok()
@@ -274,7 +285,7 @@ pub fn request(data_dir: &Path, request: &AdminRequest) -> Result<AdminResponse,
     line.push(b'\n');
     stream.write_all(&line).map_err(exchange)?;
     let mut answer = String::new();
-    std::io::BufReader::new(stream.take(64 * 1024))
+    std::io::BufReader::new(stream.take(MAX_ANSWER_BYTES))
         .read_line(&mut answer)
         .map_err(exchange)?;
     serde_json::from_str(answer.trim_end())

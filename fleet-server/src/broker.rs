@@ -119,7 +119,9 @@ impl EmbeddedBroker {
         drop(probe);
 
         let mut broker = Broker::new(config(addr, max_connections));
-        let in_process = broker.in_process_v4(connection_settings());
+        let in_process = broker
+            .in_process_v4(connection_settings())
+            .map_err(|e| BrokerError::Thread(std::io::Error::other(e.to_string())))?;
         let thread = std::thread::Builder::new()
             .name("rakkr-broker".into())
             .spawn(move || {
@@ -180,6 +182,84 @@ mod tests {
         let e = EmbeddedBroker::start(broker.addr, 16).unwrap_err();
         assert!(matches!(e, BrokerError::Bind { .. }), "{e}");
         assert!(e.to_string().contains(&broker.addr.to_string()));
+    }
+
+    /// Open a raw MQTT connection as `client_id` with a Last Will `will` on
+    /// topic `will/t`, and wait for its CONNACK.
+    fn raw_client_with_will(addr: SocketAddr, client_id: &str, will: &str) -> TcpStream {
+        use rakkr_mqtt::rumqttc::mqttbytes::QoS;
+        use rakkr_mqtt::rumqttc::mqttbytes::v4::{Connect, LastWill, Packet};
+        let mut connect = Connect::new(client_id);
+        connect.keep_alive = 30;
+        connect.last_will = Some(LastWill::new(
+            "will/t",
+            will.as_bytes().to_vec(),
+            QoS::AtLeastOnce,
+            false,
+        ));
+        let mut buf = bytes::BytesMut::new();
+        Packet::Connect(connect).write(&mut buf, 1 << 16).unwrap();
+        let mut stream = TcpStream::connect(addr).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        stream.write_all(&buf).unwrap();
+        let mut connack = [0u8; 4];
+        stream.read_exact(&mut connack).unwrap();
+        assert_eq!(connack, [0x20, 0x02, 0x00, 0x00]);
+        stream
+    }
+
+    /// A client that reconnects while its old connection is still open (a
+    /// node after a network blip) must not get its *new* will published when
+    /// the old connection goes, and must still have it for a later crash.
+    #[test]
+    fn a_reconnect_does_not_fire_or_consume_the_new_connections_will() {
+        use rakkr_mqtt::rumqttc::{Client, Event, MqttOptions, Packet, QoS};
+        let broker = EmbeddedBroker::start("127.0.0.1:0".parse().unwrap(), 16).unwrap();
+        let (tx, wills) = std::sync::mpsc::channel();
+        let mut opts = MqttOptions::new("watcher", "127.0.0.1", broker.addr.port());
+        opts.set_keep_alive(Duration::from_secs(5));
+        let (watcher, mut connection) = Client::new(opts, 16);
+        watcher.subscribe("will/t", QoS::AtLeastOnce).unwrap();
+        std::thread::spawn(move || {
+            for event in connection.iter() {
+                match event {
+                    Ok(Event::Incoming(Packet::SubAck(_))) => {
+                        let _ = tx.send(String::new());
+                    }
+                    Ok(Event::Incoming(Packet::Publish(p))) => {
+                        let _ = tx.send(String::from_utf8_lossy(&p.payload).into_owned());
+                    }
+                    Ok(_) => {}
+                    Err(_) => return,
+                }
+            }
+        });
+        assert_eq!(
+            wills.recv_timeout(Duration::from_secs(5)).unwrap(),
+            "",
+            "subscribed"
+        );
+
+        let first = raw_client_with_will(broker.addr, "node-x", "first gone");
+        let second = raw_client_with_will(broker.addr, "node-x", "second gone");
+        drop(first);
+        // The taken-over connection's own will may go out (MQTT 3.1.1: the
+        // server closed it); the new connection's must not.
+        let early: Vec<String> =
+            std::iter::from_fn(|| wills.recv_timeout(Duration::from_millis(1500)).ok()).collect();
+        assert!(
+            early.iter().all(|w| w == "first gone"),
+            "while node-x is connected: {early:?}"
+        );
+        // The second connection now dies without DISCONNECT: its will goes out.
+        second.shutdown(std::net::Shutdown::Both).unwrap();
+        drop(second);
+        assert_eq!(
+            wills.recv_timeout(Duration::from_secs(5)).unwrap(),
+            "second gone"
+        );
     }
 
     #[test]

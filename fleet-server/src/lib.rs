@@ -108,9 +108,18 @@ impl RunningServer {
         let data_dir = DataDir::open(&settings.data_dir)?;
         let store_path = data_dir.store_path();
         let store: Arc<dyn Store> = Arc::new(
-            tokio::task::spawn_blocking(move || RedbStore::open(&store_path))
-                .await
-                .map_err(|e| ServerError::Task(e.to_string()))??,
+            tokio::task::spawn_blocking(move || {
+                let store = RedbStore::open(&store_path)?;
+                // Owner-only: it holds password and credential hashes.
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(&store_path, std::fs::Permissions::from_mode(0o600))
+                    .map_err(|e| {
+                        rakkr_store::StoreError::Backend(format!("{}: {e}", store_path.display()))
+                    })?;
+                Ok::<_, rakkr_store::StoreError>(store)
+            })
+            .await
+            .map_err(|e| ServerError::Task(e.to_string()))??,
         );
 
         let now = clock.unix_ms();
@@ -154,12 +163,6 @@ impl RunningServer {
                     .await
                     .map_err(|e| ServerError::Task(e.to_string()))??,
             )
-        };
-        let first_owner_password = {
-            let store = store.clone();
-            tokio::task::spawn_blocking(move || accounts::ensure_first_owner(&*store, now))
-                .await
-                .map_err(|e| ServerError::Task(e.to_string()))??
         };
         let admin_socket = admin::bind(&settings.data_dir)?;
         let gate_stats = Arc::new(gate::GateStats::default());
@@ -395,6 +398,26 @@ impl RunningServer {
             }
         });
         tracing::info!(addr = %http_addr, "HTTP listening");
+
+        // Last, once everything is bound: a start that fails earlier must not
+        // create an owner whose one-time password nobody got to see.
+        let first_owner_password = {
+            let store = store.clone();
+            tokio::task::spawn_blocking(move || accounts::ensure_first_owner(&*store, now))
+                .await
+                .map_err(|e| ServerError::Task(e.to_string()))??
+        };
+        if first_owner_password.is_none()
+            && let Ok(Some(owner)) = store.user(accounts::FIRST_OWNER)
+            && owner.must_change_password
+            && !owner.disabled
+        {
+            tracing::info!(
+                "the account \"{}\" still has its one-time password; if it is lost: `rakkr-server user reset-password {}`",
+                accounts::FIRST_OWNER,
+                accounts::FIRST_OWNER
+            );
+        }
 
         Ok(RunningServer {
             http_addr,

@@ -341,6 +341,39 @@ fn user_command(args: &UserArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Hand the first owner's one-time password to whoever started the server:
+/// on a terminal, printed; otherwise (a service, whose stdout goes to the
+/// journal) written to an owner-only file in the data directory, which the log
+/// names.
+fn announce_first_owner(data_dir: &std::path::Path, password: &str) -> anyhow::Result<()> {
+    use std::io::{IsTerminal, Write};
+    let owner = rakkr_server::accounts::FIRST_OWNER;
+    let recover = format!("Lost it? `rakkr-server user reset-password {owner}` on this machine.");
+    if std::io::stdout().is_terminal() {
+        println!(
+            "First start: created the account \"{owner}\" with the one-time password\n\n    {password}\n\n\
+             Log in with it and choose a new one. ({recover})"
+        );
+        return Ok(());
+    }
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = data_dir.join(rakkr_server::accounts::FIRST_OWNER_PASSWORD_FILE);
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    writeln!(file, "{password}").with_context(|| format!("cannot write {}", path.display()))?;
+    file.sync_all()?;
+    tracing::warn!(
+        file = %path.display(),
+        "first start: created the account \"{owner}\"; its one-time password is in this file (owner-only). \
+         Log in, choose a new password, delete the file. {recover}"
+    );
+    Ok(())
+}
+
 fn main() -> ExitCode {
     rakkr_service::init_logging("info,rumqttd=warn");
     rakkr_mqtt::install_tls_provider();
@@ -392,13 +425,7 @@ fn real_main() -> anyhow::Result<()> {
             .context("cannot start the server")?;
         let url = format!("http://{}/", server.http_addr);
         if let Some(password) = &server.first_owner_password {
-            // Shown once: the store keeps only its hash.
-            println!(
-                "First start: created the account \"{}\" with the one-time password\n\n    {password}\n\n\
-                 Log in with it and choose a new one. (Lost it? `rakkr-server user reset-password {}`.)",
-                rakkr_server::accounts::FIRST_OWNER,
-                rakkr_server::accounts::FIRST_OWNER,
-            );
+            announce_first_owner(&server.data_dir, password)?;
         }
         let mut appliances = None;
         match demo_nodes {

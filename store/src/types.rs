@@ -156,8 +156,9 @@ impl NodeCredentialRecord {
     }
 }
 
-/// An operator account. Only an argon2id hash of the password is kept.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// An operator account. Only an argon2id hash of the password is kept (and
+/// `Debug` leaves even that out, so no log line carries it).
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UserRecord {
     /// Login name, unique ([`valid_user_name`]).
     pub name: String,
@@ -175,6 +176,20 @@ pub struct UserRecord {
     pub sessions_valid_after_ms: u64,
 }
 
+impl std::fmt::Debug for UserRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UserRecord")
+            .field("name", &self.name)
+            .field("role", &self.role)
+            .field("must_change_password", &self.must_change_password)
+            .field("disabled", &self.disabled)
+            .field("created_ms", &self.created_ms)
+            .field("password_changed_ms", &self.password_changed_ms)
+            .field("sessions_valid_after_ms", &self.sessions_valid_after_ms)
+            .finish_non_exhaustive()
+    }
+}
+
 /// Longest login name.
 pub const MAX_USER_NAME: usize = 64;
 
@@ -189,8 +204,9 @@ pub fn valid_user_name(name: &str) -> bool {
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '_' | '-'))
 }
 
-/// A change to an existing account, applied in one transaction.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A change to an existing account, applied in one transaction. (`Debug`
+/// leaves a password hash out.)
+#[derive(Clone, PartialEq, Eq)]
 pub enum UserChange {
     /// A new password hash; `must_change` for one set by someone else. Ends
     /// the account's sessions.
@@ -217,4 +233,17 @@ pub struct SessionRecord {
     /// The synchronizer token every state-changing request of this session
     /// must carry.
     pub csrf_token: String,
+}
+
+impl std::fmt::Debug for UserChange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            UserChange::Password { must_change, .. } => f
+                .debug_struct("Password")
+                .field("must_change", must_change)
+                .finish_non_exhaustive(),
+            UserChange::Disabled(d) => f.debug_tuple("Disabled").field(d).finish(),
+            UserChange::Role(r) => f.debug_tuple("Role").field(r).finish(),
+        }
+    }
 }

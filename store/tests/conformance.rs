@@ -669,9 +669,22 @@ fn accounts_are_unique_and_the_last_owner_stays(store: &dyn Store) {
         let e = store.change_user("owner", change, 80).unwrap_err();
         assert!(e.to_string().contains("last enabled owner"), "{e}");
     }
+    // A disabled owner does not count as the one left.
     store
-        .change_user("ann", UserChange::Role(Role::Owner), 90)
+        .change_user("ann", UserChange::Role(Role::Owner), 85)
         .unwrap();
+    store
+        .change_user("ann", UserChange::Disabled(true), 86)
+        .unwrap();
+    let e = store
+        .change_user("owner", UserChange::Disabled(true), 87)
+        .unwrap_err();
+    assert!(e.to_string().contains("last enabled owner"), "{e}");
+    store
+        .change_user("ann", UserChange::Disabled(false), 88)
+        .unwrap();
+    let shown = format!("{:?}", store.user("ann").unwrap().unwrap());
+    assert!(!shown.contains("argon2"), "Debug hides the hash: {shown}");
     store
         .change_user("owner", UserChange::Role(Role::Admin), 91)
         .unwrap();

@@ -347,11 +347,18 @@ impl Router {
             connection.events.events.pop_front();
         }
 
-        if let Some(will) = connection.last_will.take() {
-            self.last_wills.insert(
-                client_id.clone(),
-                (will, connection.last_will_properties.take()),
-            );
+        // Rakkr patch: a new connection's will replaces the client's old one,
+        // and a connection without a will clears it (see `handle_last_will`).
+        match connection.last_will.take() {
+            Some(will) => {
+                self.last_wills.insert(
+                    client_id.clone(),
+                    (will, connection.last_will_properties.take()),
+                );
+            }
+            None => {
+                self.last_wills.remove(&client_id);
+            }
         }
 
         let connection_id = self.connections.insert(connection);
@@ -1092,6 +1099,18 @@ impl Router {
         Some(())
     }
 
+    /// Publish the will of `client_id`, unless the client is connected.
+    ///
+    /// Rakkr patch: upstream removed and published whatever will was stored
+    /// under the client id. When a client reconnects while its old connection
+    /// is still open, the new connection registers its will first and the old
+    /// one's delayed `PublishWill` then published — and consumed — the *new*
+    /// connection's will: a false "offline", and no will left for a later
+    /// crash. A connection's `PublishWill` always follows its disconnection,
+    /// so a client still (or again) connected means the will is not its
+    /// current connection's to fire. (The sender's connection id cannot tell:
+    /// the slab gives the new connection the old one's freed slot.) See
+    /// /vendor/README.md.
     pub fn handle_last_will(
         &mut self,
         client_id: String,
@@ -1100,6 +1119,9 @@ impl Router {
         #[cfg(feature = "validate-tenant-prefix")]
         let tenant_prefix = tenant_id.map(|id| format!("/tenants/{id}/"));
 
+        if self.connection_map.contains_key(&client_id) {
+            return;
+        }
         let Some((will, will_props)) = self.last_wills.remove(&client_id) else {
             return;
         };

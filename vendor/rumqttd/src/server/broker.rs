@@ -158,14 +158,34 @@ impl Broker {
     /// Rakkr patch: serve MQTT 3.1.1 connections handed over in-process, for
     /// an authorizing front end that reads the client's stream itself. Each
     /// connection runs exactly like one accepted on a v4 listener, without a
-    /// socket pair (and its file descriptors) between the two. See
-    /// /vendor/README.md.
-    pub fn in_process_v4(&self, connections: ConnectionSettings) -> InProcessV4 {
-        InProcessV4 {
+    /// socket pair (and its file descriptors) between the two, and like
+    /// those on a thread of the broker's own (the link code makes blocking
+    /// channel calls to the router, which must not stall the caller's
+    /// runtime). See /vendor/README.md.
+    pub fn in_process_v4(&self, connections: ConnectionSettings) -> Result<InProcessV4, Error> {
+        let (handle_tx, handle_rx) = std::sync::mpsc::channel();
+        thread::Builder::new()
+            .name("rumqttd-in-process".to_owned())
+            .spawn(move || {
+                let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                    Ok(r) => r,
+                    Err(e) => {
+                        let _ = handle_tx.send(Err(e));
+                        return;
+                    }
+                };
+                let _ = handle_tx.send(Ok(runtime.handle().clone()));
+                runtime.block_on(std::future::pending::<()>());
+            })?;
+        let runtime = handle_rx
+            .recv()
+            .map_err(|e| Error::Io(io::Error::other(e)))??;
+        Ok(InProcessV4 {
             config: Arc::new(connections),
             router_tx: self.router_tx.clone(),
             will_handlers: Arc::new(Mutex::new(HashMap::default())),
-        }
+            runtime,
+        })
     }
 
     #[tracing::instrument(skip(self))]
@@ -350,6 +370,8 @@ pub struct InProcessV4 {
     config: Arc<ConnectionSettings>,
     router_tx: Sender<(ConnectionId, Event)>,
     will_handlers: Arc<Mutex<HashMap<String, Sender<AwaitingWill>>>>,
+    /// The broker's thread these connections run on.
+    runtime: tokio::runtime::Handle,
 }
 
 impl InProcessV4 {
@@ -359,7 +381,7 @@ impl InProcessV4 {
     where
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
     {
-        remote(
+        let link = remote(
             self.config.clone(),
             None,
             self.router_tx.clone(),
@@ -371,8 +393,8 @@ impl InProcessV4 {
             "in_process_link",
             client_id = field::Empty,
             connection_id = field::Empty,
-        ))
-        .await
+        ));
+        let _ = self.runtime.spawn(link).await;
     }
 }
 
