@@ -12,8 +12,9 @@
 //!   request made with the cookie must carry it (form field `csrf` or header
 //!   `X-CSRF-Token`), compared in constant time. With `SameSite=Strict` this
 //!   is defence in depth.
-//! - **Login limits** ([`LoginLimiter`]): per account and per client address,
-//!   [`FREE_FAILURES`] failures are free, then each failure locks the key for
+//! - **Login limits** ([`LoginLimiter`]): per account ([`FREE_FAILURES`]) and
+//!   per client address ([`ADDRESS_FREE_FAILURES`]) some failures are free,
+//!   then each failure locks the key for
 //!   twice as long as the last, from [`FIRST_LOCK`] up to [`MAX_LOCK`]. A wrong
 //!   password, an unknown name and a disabled account get the same answer,
 //!   after the same argon2 work (an unknown name is checked against a dummy
@@ -37,7 +38,11 @@ pub const SESSION_MAX_AGE: Duration = Duration::from_secs(12 * 60 * 60);
 pub const TOUCH_EVERY: Duration = Duration::from_secs(60);
 pub const MAX_SESSIONS_PER_USER: usize = 16;
 
+/// Failures free per account before the lockouts begin.
 pub const FREE_FAILURES: u32 = 5;
+/// Failures free per client address: higher, since one address (an office
+/// behind NAT) may be many operators.
+pub const ADDRESS_FREE_FAILURES: u32 = 20;
 pub const FIRST_LOCK: Duration = Duration::from_secs(30);
 pub const MAX_LOCK: Duration = Duration::from_secs(60 * 60);
 /// Keys (accounts, addresses) the limiter remembers at most.
@@ -301,8 +306,13 @@ impl LoginLimiter {
             });
             a.failures += 1;
             a.last_ms = now_ms;
-            if a.failures >= FREE_FAILURES {
-                let doublings = (a.failures - FREE_FAILURES).min(16);
+            let free = if key.starts_with("addr:") {
+                ADDRESS_FREE_FAILURES
+            } else {
+                FREE_FAILURES
+            };
+            if a.failures >= free {
+                let doublings = (a.failures - free).min(16);
                 let lock = (FIRST_LOCK * 2u32.pow(doublings)).min(MAX_LOCK);
                 a.locked_until_ms = now_ms + lock.as_millis() as u64;
             }
@@ -460,11 +470,23 @@ mod tests {
             retry_after <= FIRST_LOCK && retry_after > FIRST_LOCK / 2,
             "{retry_after:?}"
         );
-        // An unknown name from the locked address is refused too.
+        // An address is locked after more failures, across accounts.
+        for i in 0..(ADDRESS_FREE_FAILURES - FREE_FAILURES) {
+            let name = format!("n{i}");
+            let e = login(&store, &limiter, &name, "x", "10.0.0.1", t0 + 20).unwrap_err();
+            assert!(matches!(e, LoginError::Wrong), "{e}");
+        }
         assert!(matches!(
-            login(&store, &limiter, "nobody", "x", "10.0.0.1", t0 + 11),
+            login(&store, &limiter, "nobody", "x", "10.0.0.1", t0 + 21),
             Err(LoginError::Locked { .. })
         ));
+        assert!(
+            matches!(
+                login(&store, &limiter, "nobody", "x", "10.0.0.9", t0 + 21),
+                Err(LoginError::Wrong)
+            ),
+            "another address is not"
+        );
         // After the wait one more failure locks twice as long.
         let t1 = t0 + FIRST_LOCK.as_millis() as u64 + 10;
         assert!(matches!(

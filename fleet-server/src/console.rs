@@ -26,7 +26,8 @@ pub struct FleetView<'a> {
     pub stale_after: Duration,
 }
 
-pub fn dashboard(view: &FleetView<'_>) -> Markup {
+/// The fleet page; `account` is the signed-in operator's bar (name, logout).
+pub fn dashboard(view: &FleetView<'_>, account: Markup) -> Markup {
     let chrome = Chrome {
         area: "Fleet console",
         detail: concat!("rakkr-server ", env!("CARGO_PKG_VERSION")),
@@ -40,6 +41,7 @@ pub fn dashboard(view: &FleetView<'_>) -> Markup {
         chrome,
         head,
         html! {
+            (account)
             h1 { "Fleet" }
             (nodes_panel(view))
         },

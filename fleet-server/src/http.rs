@@ -1,41 +1,53 @@
 //! HTTP: the console, its static assets, the JSON API and health probes.
 //!
-//! | route              | what                                                  |
-//! |--------------------|-------------------------------------------------------|
-//! | `GET /`            | fleet dashboard (HTML)                                |
-//! | `GET /console/nodes` | the dashboard's node panel, for htmx refreshes      |
-//! | `GET /static/…`    | embedded assets under content-hashed names, immutable |
-//! | `GET /api/v1/nodes`| node list (JSON)                                      |
-//! | `GET /api/v1/nodes/{id}/events` | the node's last 100 health events (JSON), oldest first |
-//! | `POST /api/v1/jobs` | start a recording: `{"node", "device"?, "channels"?, "profile"?, "duration_s"?}` → 201 and the job |
-//! | `GET /api/v1/jobs` | the newest jobs (`?node=ID&limit=N`, at most 1000)   |
-//! | `GET /api/v1/jobs/{id}` | one job                                          |
-//! | `POST /api/v1/jobs/{id}/stop` | stop (the take is kept) or, with `{"cancel": true}`, cancel |
-//! | `POST /api/v1/enroll-tokens` | create a single-use enrollment token `{"node"?, "ttl_s"?}` (shown once) |
-//! | `GET /api/v1/enroll-tokens` | unused, unexpired tokens (no secrets)         |
-//! | `POST /api/v1/enroll` | an appliance exchanges `{"token", "node"}` for its credential (shown once) |
-//! | `POST /api/v1/nodes/{id}/credential/revoke` | revoke a node's credential and disconnect it |
-//! | `POST /api/v1/node/credential/rotate` | a node (HTTP Basic: node id and credential) gets a new credential |
-//! | `GET /metrics`     | counters in the Prometheus text format                |
-//! | `GET /healthz`     | liveness: the process serves HTTP                     |
-//! | `GET /readyz`      | readiness: store readable and broker link connected   |
+//! Every route is declared once, with who may use it, in [`route_table`]
+//! (the router is built from it; `hil-tests/tests/access.rs` walks it):
+//!
+//! | route              | access | what                                       |
+//! |--------------------|--------|--------------------------------------------|
+//! | `GET /`            | nodes.read | fleet dashboard (HTML)                 |
+//! | `GET /console/nodes` | nodes.read | the dashboard's node panel, for htmx refreshes |
+//! | `GET, POST /login` | public | the login form; sets the session cookie    |
+//! | `POST /logout`     | signed in | ends the session                        |
+//! | `GET, POST /account/password` | signed in | choose a new password (forced after a one-time one) |
+//! | `GET /static/…`    | public | embedded assets under content-hashed names, immutable |
+//! | `GET /api/v1/nodes`| open* | node list (JSON)                            |
+//! | `GET /api/v1/nodes/{id}/events` | open* | the node's last 100 health events (JSON), oldest first |
+//! | `POST /api/v1/jobs` | open* | start a recording: `{"node", "device"?, "channels"?, "profile"?, "duration_s"?}` → 201 and the job |
+//! | `GET /api/v1/jobs` | open* | the newest jobs (`?node=ID&limit=N`, at most 1000) |
+//! | `GET /api/v1/jobs/{id}` | open* | one job                                |
+//! | `POST /api/v1/jobs/{id}/stop` | open* | stop (the take is kept) or, with `{"cancel": true}`, cancel |
+//! | `POST /api/v1/enroll-tokens` | open* | create a single-use enrollment token `{"node"?, "ttl_s"?}` (shown once) |
+//! | `GET /api/v1/enroll-tokens` | open* | unused, unexpired tokens (no secrets) |
+//! | `POST /api/v1/enroll` | appliance | an appliance exchanges `{"token", "node"}` for its credential (shown once) |
+//! | `POST /api/v1/nodes/{id}/credential/revoke` | open* | revoke a node's credential and disconnect it |
+//! | `POST /api/v1/node/credential/rotate` | appliance | a node (HTTP Basic: node id and credential) gets a new credential |
+//! | `GET /metrics`     | open* | counters in the Prometheus text format       |
+//! | `GET /healthz`     | public | liveness: the process serves HTTP          |
+//! | `GET /readyz`      | public | readiness: store readable and broker link connected |
+//!
+//! *open: not yet guarded — until API tokens exist (issue 5) the JSON API and
+//! `/metrics` answer anyone who reaches `http.addr`; keep it on loopback or a
+//! management network. Signed-in routes take the session cookie
+//! ([`crate::auth`]); state-changing ones also its CSRF token.
 //!
 //! Every response carries the security headers in [`security_headers`].
 //! API errors are `application/problem+json` (RFC 9457). State-changing API
 //! routes accept only `application/json` bodies, which a cross-site form
-//! cannot send without a CORS preflight this server never grants; accounts
-//! and tokens guard them once access control lands.
+//! cannot send without a CORS preflight this server never grants.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{Path, Request, State};
+use axum::http::Method;
 use axum::http::{HeaderValue, StatusCode, Uri, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Json, Response};
-use axum::routing::{get, post};
+use axum::routing::{MethodRouter, get, post};
 use rakkr_mqtt::LinkState;
+use rakkr_protocol::access::Permission;
 use rakkr_protocol::payload::{ChannelMeter, MeterFrame};
 use rakkr_protocol::state::Presence;
 use rakkr_store::{NodeDetails, Store};
@@ -44,6 +56,7 @@ use serde::Serialize;
 use crate::clock::Clock;
 use crate::console::{self, FleetView, NODES_FRAGMENT_PATH};
 use crate::fleet::LiveFleet;
+use crate::login::{self, Access, LOGIN_PATH, LOGOUT_PATH, PASSWORD_PATH};
 
 #[derive(Clone)]
 pub struct AppState {
@@ -60,6 +73,9 @@ pub struct AppState {
     /// The fleet CA, when MQTT over TLS is on: pinned in tokens, handed to
     /// enrolling appliances.
     pub ca: Option<Arc<CaInfo>>,
+    pub logins: Arc<crate::auth::LoginLimiter>,
+    /// Session cookies carry `Secure` (the server serves HTTPS).
+    pub secure_cookies: bool,
 }
 
 #[derive(Debug)]
@@ -68,32 +84,118 @@ pub struct CaInfo {
     pub sha256: String,
 }
 
-pub fn router(state: AppState) -> Router {
-    Router::new()
-        .route("/", get(dashboard))
-        .route(NODES_FRAGMENT_PATH, get(nodes_fragment))
-        .route("/static/{file}", get(static_asset))
-        .route("/api/v1/nodes", get(api_nodes))
-        .route("/api/v1/nodes/{id}/events", get(api_node_events))
-        .route("/api/v1/jobs", get(api_jobs).post(api_create_job))
-        .route("/api/v1/jobs/{id}", get(api_job))
-        .route("/api/v1/jobs/{id}/stop", post(api_stop_job))
-        .route(
+/// Every route: its path, method and who may use it ([`Access`]). The router
+/// is built from this table and nothing else, so no route exists without a
+/// declared access rule; `hil-tests/tests/access.rs` walks it.
+pub fn route_table() -> Vec<(&'static str, Method, Access, MethodRouter<AppState>)> {
+    use Access::*;
+    use Permission::*;
+    vec![
+        ("/", Method::GET, Operator(NodesRead), get(dashboard)),
+        (
+            NODES_FRAGMENT_PATH,
+            Method::GET,
+            Operator(NodesRead),
+            get(nodes_fragment),
+        ),
+        (LOGIN_PATH, Method::GET, Public, get(login::login_form)),
+        (LOGIN_PATH, Method::POST, Public, post(login::login_submit)),
+        (LOGOUT_PATH, Method::POST, SignedIn, post(login::logout)),
+        (
+            PASSWORD_PATH,
+            Method::GET,
+            SignedIn,
+            get(login::password_form),
+        ),
+        (
+            PASSWORD_PATH,
+            Method::POST,
+            SignedIn,
+            post(login::password_submit),
+        ),
+        ("/static/{file}", Method::GET, Public, get(static_asset)),
+        (
+            "/api/v1/nodes",
+            Method::GET,
+            OpenUntilApiTokens,
+            get(api_nodes),
+        ),
+        (
+            "/api/v1/nodes/{id}/events",
+            Method::GET,
+            OpenUntilApiTokens,
+            get(api_node_events),
+        ),
+        (
+            "/api/v1/jobs",
+            Method::GET,
+            OpenUntilApiTokens,
+            get(api_jobs),
+        ),
+        (
+            "/api/v1/jobs",
+            Method::POST,
+            OpenUntilApiTokens,
+            post(api_create_job),
+        ),
+        (
+            "/api/v1/jobs/{id}",
+            Method::GET,
+            OpenUntilApiTokens,
+            get(api_job),
+        ),
+        (
+            "/api/v1/jobs/{id}/stop",
+            Method::POST,
+            OpenUntilApiTokens,
+            post(api_stop_job),
+        ),
+        (
             "/api/v1/enroll-tokens",
-            get(api_enroll_tokens).post(api_create_enroll_token),
-        )
-        .route("/api/v1/enroll", post(api_enroll))
-        .route(
+            Method::GET,
+            OpenUntilApiTokens,
+            get(api_enroll_tokens),
+        ),
+        (
+            "/api/v1/enroll-tokens",
+            Method::POST,
+            OpenUntilApiTokens,
+            post(api_create_enroll_token),
+        ),
+        ("/api/v1/enroll", Method::POST, Appliance, post(api_enroll)),
+        (
             "/api/v1/nodes/{id}/credential/revoke",
+            Method::POST,
+            OpenUntilApiTokens,
             post(api_revoke_credential),
-        )
-        .route(
+        ),
+        (
             "/api/v1/node/credential/rotate",
+            Method::POST,
+            Appliance,
             post(api_rotate_credential),
-        )
-        .route("/metrics", get(metrics))
-        .route("/healthz", get(|| async { "ok\n" }))
-        .route("/readyz", get(readyz))
+        ),
+        ("/metrics", Method::GET, OpenUntilApiTokens, get(metrics)),
+        ("/healthz", Method::GET, Public, get(|| async { "ok\n" })),
+        ("/readyz", Method::GET, Public, get(readyz)),
+    ]
+}
+
+/// The table without its handlers: what the access walk needs.
+pub fn route_access() -> Vec<(&'static str, Method, Access)> {
+    route_table()
+        .into_iter()
+        .map(|(path, method, access, _)| (path, method, access))
+        .collect()
+}
+
+pub fn router(state: AppState) -> Router {
+    let mut router = Router::new();
+    for (path, _, access, handler) in route_table() {
+        let check = middleware::from_fn_with_state((state.clone(), access), login::enforce);
+        router = router.route(path, handler.route_layer(check));
+    }
+    router
         .fallback(not_found)
         .layer(middleware::from_fn(security_headers))
         .with_state(state)
@@ -137,8 +239,13 @@ fn view<R>(state: &AppState, render: impl FnOnce(&FleetView<'_>) -> R) -> R {
     render(&view)
 }
 
-async fn dashboard(State(state): State<AppState>) -> maud::Markup {
-    view(&state, console::dashboard)
+async fn dashboard(
+    State(state): State<AppState>,
+    axum::Extension(signed_in): axum::Extension<crate::auth::SignedIn>,
+) -> maud::Markup {
+    view(&state, |v| {
+        console::dashboard(v, login::logout_form(&signed_in))
+    })
 }
 
 async fn nodes_fragment(State(state): State<AppState>) -> maud::Markup {

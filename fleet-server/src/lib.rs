@@ -31,6 +31,7 @@ pub mod http;
 pub mod identity;
 pub mod ingest;
 pub mod jobs;
+pub mod login;
 pub mod metrics;
 pub mod tls;
 
@@ -362,6 +363,8 @@ impl RunningServer {
             jobs: job_stats.clone(),
             gate: gate_stats.clone(),
             ca,
+            logins: Arc::default(),
+            secure_cookies: settings.https_addr.is_some(),
         });
         let mut https_addr = None;
         if let (Some(addr), Some(tls)) = (settings.https_addr, &server_tls) {
@@ -381,6 +384,8 @@ impl RunningServer {
             );
             let (app, https_shutdown) = (app.clone(), shutdown.clone());
             tasks.spawn(async move {
+                // Client addresses for the login limiter.
+                let app = app.into_make_service_with_connect_info::<tls::PeerAddr>();
                 let serve = axum::serve(listener, app)
                     .with_graceful_shutdown(https_shutdown.cancelled_owned());
                 if let Err(e) = serve.await {
@@ -391,6 +396,7 @@ impl RunningServer {
         }
         let http_shutdown = shutdown.clone();
         tasks.spawn(async move {
+            let app = app.into_make_service_with_connect_info::<tls::PeerAddr>();
             let serve =
                 axum::serve(listener, app).with_graceful_shutdown(http_shutdown.cancelled_owned());
             if let Err(e) = serve.await {

@@ -206,6 +206,29 @@ impl axum::serve::Listener for TlsListener {
     }
 }
 
+/// A client's address, for handlers on both the plain and the TLS listener
+/// (`ConnectInfo<PeerAddr>`; axum provides `SocketAddr` for its own
+/// listener only).
+#[derive(Debug, Clone, Copy)]
+pub struct PeerAddr(pub std::net::SocketAddr);
+
+impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, TlsListener>>
+    for PeerAddr
+{
+    fn connect_info(stream: axum::serve::IncomingStream<'_, TlsListener>) -> Self {
+        PeerAddr(*stream.remote_addr())
+    }
+}
+
+impl
+    axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, tokio::net::TcpListener>>
+    for PeerAddr
+{
+    fn connect_info(stream: axum::serve::IncomingStream<'_, tokio::net::TcpListener>) -> Self {
+        PeerAddr(*stream.remote_addr())
+    }
+}
+
 /// Write a private key readable by the owner only.
 fn write_private(path: &Path, bytes: &[u8]) -> Result<(), TlsError> {
     use std::os::unix::fs::OpenOptionsExt;

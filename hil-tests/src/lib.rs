@@ -431,6 +431,147 @@ impl Agent {
     }
 }
 
+/// A signed-in console session of an operator account (cookies and the CSRF
+/// token handled by hand, redirects not followed).
+pub struct Operator {
+    pub name: String,
+    base: String,
+    cookie: Option<String>,
+    /// The session's CSRF token, as the last page showed it.
+    pub csrf: String,
+}
+
+/// The `csrf` hidden field's value in a page.
+pub fn csrf_in(html: &str) -> Option<String> {
+    let at = html.find(r#"name="csrf" value=""#)? + r#"name="csrf" value=""#.len();
+    Some(html[at..].split('"').next()?.to_owned())
+}
+
+impl Operator {
+    /// A browser without a session.
+    pub fn anonymous(server: &Server) -> Operator {
+        Operator {
+            name: String::new(),
+            base: server.url(""),
+            cookie: None,
+            csrf: String::new(),
+        }
+    }
+
+    /// Log in to `server` (no session yet if the login is refused).
+    pub fn login(server: &Server, name: &str, password: &str) -> Result<(u16, Operator)> {
+        let mut op = Operator {
+            name: name.to_owned(),
+            ..Operator::anonymous(server)
+        };
+        let (code, _, _) = op.post_form("/login", &[("name", name), ("password", password)])?;
+        Ok((code, op))
+    }
+
+    fn client() -> Result<reqwest::blocking::Client> {
+        Ok(reqwest::blocking::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .timeout(Duration::from_secs(20))
+            .build()?)
+    }
+
+    fn remember(&mut self, headers: &reqwest::header::HeaderMap) {
+        for v in headers.get_all(reqwest::header::SET_COOKIE) {
+            let Ok(v) = v.to_str() else { continue };
+            if let Some(pair) = v.split(';').next() {
+                self.cookie = pair
+                    .split_once('=')
+                    .filter(|(_, v)| !v.is_empty())
+                    .map(|_| pair.to_owned());
+            }
+        }
+    }
+
+    /// `GET path` with the session: status, headers, body.
+    pub fn get(&mut self, path: &str) -> Result<(u16, reqwest::header::HeaderMap, String)> {
+        let request = Operator::client()?.get(format!("{}{path}", self.base));
+        self.send(request)
+    }
+
+    /// `POST path` as a form with the session.
+    pub fn post_form(
+        &mut self,
+        path: &str,
+        fields: &[(&str, &str)],
+    ) -> Result<(u16, reqwest::header::HeaderMap, String)> {
+        let request = Operator::client()?
+            .post(format!("{}{path}", self.base))
+            .header(
+                reqwest::header::CONTENT_TYPE,
+                "application/x-www-form-urlencoded",
+            )
+            .body(serde_urlencoded::to_string(fields)?);
+        self.send(request)
+    }
+
+    /// Send with the session cookie; keep a new cookie and the page's CSRF token.
+    fn send(
+        &mut self,
+        mut request: reqwest::blocking::RequestBuilder,
+    ) -> Result<(u16, reqwest::header::HeaderMap, String)> {
+        if let Some(c) = &self.cookie {
+            request = request.header(reqwest::header::COOKIE, c);
+        }
+        let response = request.send()?;
+        let (code, headers) = (response.status().as_u16(), response.headers().clone());
+        let body = response.text()?;
+        self.remember(&headers);
+        if let Some(csrf) = csrf_in(&body) {
+            self.csrf = csrf;
+        }
+        Ok((code, headers, body))
+    }
+}
+
+/// The password the harness gives the accounts it makes.
+pub const OPERATOR_PASSWORD: &str = "a password of one's own";
+
+impl Server {
+    /// A new account `name` with `role`, signed in to the console with a
+    /// password of its own (the one-time password changed, as a person would).
+    pub fn operator(&self, name: &str, role: &str) -> Result<Operator> {
+        let data = self.data_dir.to_string_lossy().into_owned();
+        let (ok, out, err) = cli(
+            "rakkr-server",
+            &["user", "add", name, "--role", role, "--data-dir", &data],
+        )?;
+        if !ok {
+            bail!("cannot add {name}: {err}");
+        }
+        let Some(otp) = out
+            .lines()
+            .find_map(|l| l.strip_prefix("one-time password: "))
+        else {
+            bail!("no one-time password for {name}: {out}");
+        };
+        let (code, mut op) = Operator::login(self, name, otp)?;
+        if code != 303 {
+            bail!("login of {name} answered {code}");
+        }
+        op.get("/account/password")?;
+        let csrf = op.csrf.clone();
+        let (code, _, body) = op.post_form(
+            "/account/password",
+            &[
+                ("csrf", &csrf),
+                ("current", otp),
+                ("new", OPERATOR_PASSWORD),
+                ("repeated", OPERATOR_PASSWORD),
+            ],
+        )?;
+        if code != 303 {
+            bail!("password change of {name} answered {code}: {body}");
+        }
+        op.get("/")?;
+        Ok(op)
+    }
+}
+
 /// Run one of our binaries to completion: success, stdout, stderr.
 pub fn cli(bin_name: &str, args: &[&str]) -> Result<(bool, String, String)> {
     let out = Command::new(bin(bin_name)).args(args).output()?;

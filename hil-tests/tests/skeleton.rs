@@ -131,13 +131,17 @@ fn the_console_lists_nodes_and_serves_pinned_assets() -> Result<()> {
             && server.presence("hil-console-b")? == "online")
             .then_some(())
     })?;
+    // The console needs a login; a viewer may read it.
+    let (code, headers, _) = Operator::anonymous(&server).get("/")?;
+    assert_eq!(code, 303);
+    assert_eq!(headers["location"], "/login?next=%2F");
+    let mut viewer = server.operator("hil-viewer", "viewer")?;
     wait_for("meters on the page", SOON, || {
-        let (_, html) = http_get(&server.url("/")).ok()?;
+        let (_, _, html) = viewer.get("/").ok()?;
         (html.matches("class=\"meter\"").count() == 10).then_some(())
     })?;
 
-    let (code, headers, body) = http_get_full(&server.url("/"))?;
-    let html = String::from_utf8(body)?;
+    let (code, headers, html) = viewer.get("/")?;
     assert_eq!(code, 200);
     assert!(
         headers["content-security-policy"]
@@ -180,7 +184,7 @@ fn the_console_lists_nodes_and_serves_pinned_assets() -> Result<()> {
     );
 
     // The fragment is the same panel, without the page around it.
-    let (code, fragment) = http_get(&server.url("/console/nodes"))?;
+    let (code, _, fragment) = viewer.get("/console/nodes")?;
     assert_eq!(code, 200);
     assert!(fragment.starts_with(r#"<section id="nodes""#), "{fragment}");
     assert!(fragment.contains("hil-console-b"));

@@ -1,0 +1,462 @@
+//! Login, logout and password change: the pages and their handlers, and the
+//! per-route access check every route passes ([`enforce`]).
+
+use axum::extract::{ConnectInfo, Query, Request, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Redirect, Response};
+use maud::{Markup, html};
+use rakkr_protocol::access::Permission;
+use rakkr_web::layout::{Chrome, page};
+use serde::Deserialize;
+
+use crate::auth::{self, LoginError, SignedIn};
+use crate::http::AppState;
+use crate::tls::PeerAddr;
+
+pub const LOGIN_PATH: &str = "/login";
+pub const LOGOUT_PATH: &str = "/logout";
+pub const PASSWORD_PATH: &str = "/account/password";
+
+/// Largest form body accepted by the access check (it reads the CSRF field).
+pub const MAX_FORM_BYTES: usize = 16 * 1024;
+
+/// Who may use a route. Every route declares one (the route table in
+/// [`crate::http`]); there is no default.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Anyone: the login page, probes, static assets.
+    Public,
+    /// Appliances, which authenticate in the handler (enrollment token, node
+    /// credential).
+    Appliance,
+    /// Any signed-in operator (logout, own password).
+    SignedIn,
+    /// A signed-in operator whose role has this permission.
+    Operator(Permission),
+    /// Not yet guarded: the JSON API and `/metrics` until API tokens exist
+    /// (issue 5). Listed in the table so the gap is visible and tested.
+    OpenUntilApiTokens,
+}
+
+fn chrome() -> Chrome<'static> {
+    Chrome {
+        area: "Fleet console",
+        detail: concat!("rakkr-server ", env!("CARGO_PKG_VERSION")),
+    }
+}
+
+/// A relative path to return to after login; anything else becomes `/`.
+fn safe_next(next: Option<&str>) -> String {
+    match next {
+        Some(n)
+            if n.starts_with('/') && !n.starts_with("//") && !n.contains('\\') && n.len() < 512 =>
+        {
+            n.to_owned()
+        }
+        _ => "/".to_owned(),
+    }
+}
+
+fn login_page(next: &str, error: Option<&str>) -> Markup {
+    page(
+        "Log in",
+        chrome(),
+        html! {
+            div.narrow {
+                h1 { "Log in" }
+                @if let Some(error) = error {
+                    p.error role="alert" { (error) }
+                }
+                form method="post" action=(LOGIN_PATH) {
+                    input type="hidden" name="next" value=(next);
+                    label { "Name" input type="text" name="name" autocomplete="username" required autofocus; }
+                    label { "Password" input type="password" name="password" autocomplete="current-password" required; }
+                    button type="submit" { "Log in" }
+                }
+            }
+        },
+    )
+}
+
+#[derive(Debug, Deserialize)]
+pub struct NextQuery {
+    next: Option<String>,
+}
+
+pub async fn login_form(Query(q): Query<NextQuery>) -> Markup {
+    login_page(&safe_next(q.next.as_deref()), None)
+}
+
+#[derive(Debug, Deserialize)]
+pub struct LoginForm {
+    name: String,
+    password: String,
+    next: Option<String>,
+}
+
+pub async fn login_submit(
+    State(state): State<AppState>,
+    ConnectInfo(PeerAddr(peer)): ConnectInfo<PeerAddr>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    if !same_origin(&headers) {
+        return (StatusCode::FORBIDDEN, "cross-site login refused\n").into_response();
+    }
+    let Ok(form) = serde_urlencoded::from_bytes::<LoginForm>(&body) else {
+        return (
+            StatusCode::BAD_REQUEST,
+            login_page("/", Some("Fill in name and password.")),
+        )
+            .into_response();
+    };
+    let next = safe_next(form.next.as_deref());
+    if form.name.len() > rakkr_store::MAX_USER_NAME
+        || form.password.len() > crate::accounts::MAX_PASSWORD_BYTES
+    {
+        return (
+            StatusCode::UNAUTHORIZED,
+            login_page(&next, Some("Wrong name or password.")),
+        )
+            .into_response();
+    }
+    let now = state.clock.unix_ms();
+    let (store, limiter) = (state.store.clone(), state.logins.clone());
+    let address = peer.ip().to_string();
+    let attempt = tokio::task::spawn_blocking(move || {
+        auth::login(&*store, &limiter, &form.name, &form.password, &address, now)
+    })
+    .await;
+    match attempt {
+        Ok(Ok((id, signed_in))) => {
+            tracing::info!(user = %signed_in.user.name, %peer, "login");
+            let to = if signed_in.user.must_change_password {
+                PASSWORD_PATH.to_owned()
+            } else {
+                next
+            };
+            with_cookie(
+                Redirect::to(&to).into_response(),
+                &auth::set_cookie(&id, state.secure_cookies),
+            )
+        }
+        Ok(Err(LoginError::Wrong)) => {
+            tracing::info!(%peer, "login refused");
+            (
+                StatusCode::UNAUTHORIZED,
+                login_page(&next, Some("Wrong name or password.")),
+            )
+                .into_response()
+        }
+        Ok(Err(e @ LoginError::Locked { retry_after })) => {
+            let mut res = (
+                StatusCode::TOO_MANY_REQUESTS,
+                login_page(&next, Some(&e.to_string())),
+            )
+                .into_response();
+            if let Ok(v) = HeaderValue::from_str(&retry_after.as_secs().max(1).to_string()) {
+                res.headers_mut().insert(header::RETRY_AFTER, v);
+            }
+            res
+        }
+        Ok(Err(LoginError::Store(e))) => server_error(&e.to_string()),
+        Err(e) => server_error(&e.to_string()),
+    }
+}
+
+fn server_error(detail: &str) -> Response {
+    tracing::error!(%detail, "login failed");
+    (
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "the server could not complete the login\n",
+    )
+        .into_response()
+}
+
+fn with_cookie(mut res: Response, cookie: &str) -> Response {
+    if let Ok(v) = HeaderValue::from_str(cookie) {
+        res.headers_mut().append(header::SET_COOKIE, v);
+    }
+    res
+}
+
+/// A browser's form post comes from our own pages: `Origin`, when sent, must
+/// name this host.
+fn same_origin(headers: &HeaderMap) -> bool {
+    let Some(origin) = headers.get(header::ORIGIN).and_then(|o| o.to_str().ok()) else {
+        return true;
+    };
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("");
+    origin
+        .split_once("://")
+        .is_some_and(|(_, authority)| !host.is_empty() && authority == host)
+}
+
+pub async fn logout(State(state): State<AppState>, request: Request) -> Response {
+    if let Some(signed_in) = request.extensions().get::<SignedIn>().cloned() {
+        let store = state.store.clone();
+        let key = signed_in.session.id_sha256.clone();
+        let _ = tokio::task::spawn_blocking(move || store.delete_session(&key)).await;
+        tracing::info!(user = %signed_in.user.name, "logout");
+    }
+    with_cookie(
+        Redirect::to(LOGIN_PATH).into_response(),
+        &auth::clear_cookie(state.secure_cookies),
+    )
+}
+
+fn password_page(signed_in: &SignedIn, error: Option<&str>) -> Markup {
+    page(
+        "Change password",
+        chrome(),
+        html! {
+            div.narrow {
+                h1 { "Change password" }
+                @if signed_in.user.must_change_password {
+                    p { "Your password was set by someone else. Choose your own to continue." }
+                }
+                @if let Some(error) = error {
+                    p.error role="alert" { (error) }
+                }
+                form method="post" action=(PASSWORD_PATH) {
+                    input type="hidden" name="csrf" value=(signed_in.session.csrf_token);
+                    label { "Current password" input type="password" name="current" autocomplete="current-password" required; }
+                    label { "New password (at least " (crate::accounts::MIN_PASSWORD_CHARS) " characters)"
+                        input type="password" name="new" autocomplete="new-password" required minlength=(crate::accounts::MIN_PASSWORD_CHARS); }
+                    label { "New password again" input type="password" name="repeated" autocomplete="new-password" required; }
+                    button type="submit" { "Change password" }
+                }
+                (logout_form(signed_in))
+            }
+        },
+    )
+}
+
+/// The logout button (a POST with the session's CSRF token).
+pub fn logout_form(signed_in: &SignedIn) -> Markup {
+    html! {
+        form.logout method="post" action=(LOGOUT_PATH) {
+            input type="hidden" name="csrf" value=(signed_in.session.csrf_token);
+            span { (signed_in.user.name) " (" (signed_in.user.role) ")" }
+            " "
+            a href=(PASSWORD_PATH) { "Change password" }
+            " "
+            button type="submit" { "Log out" }
+        }
+    }
+}
+
+pub async fn password_form(request: Request) -> Response {
+    match request.extensions().get::<SignedIn>() {
+        Some(s) => password_page(s, None).into_response(),
+        None => Redirect::to(LOGIN_PATH).into_response(),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+pub struct PasswordForm {
+    current: String,
+    new: String,
+    repeated: String,
+}
+
+pub async fn password_submit(State(state): State<AppState>, request: Request) -> Response {
+    let Some(signed_in) = request.extensions().get::<SignedIn>().cloned() else {
+        return Redirect::to(LOGIN_PATH).into_response();
+    };
+    let body = match axum::body::to_bytes(request.into_body(), MAX_FORM_BYTES).await {
+        Ok(b) => b,
+        Err(_) => return (StatusCode::PAYLOAD_TOO_LARGE, "form too large\n").into_response(),
+    };
+    let Ok(form) = serde_urlencoded::from_bytes::<PasswordForm>(&body) else {
+        return (
+            StatusCode::BAD_REQUEST,
+            password_page(&signed_in, Some("Fill in every field.")),
+        )
+            .into_response();
+    };
+    let now = state.clock.unix_ms();
+    let store = state.store.clone();
+    let who = signed_in.clone();
+    let changed = tokio::task::spawn_blocking(move || {
+        auth::change_password(&*store, &who, &form.current, &form.new, &form.repeated, now)
+    })
+    .await;
+    match changed {
+        Ok(Ok((id, now_signed_in))) => {
+            tracing::info!(user = %now_signed_in.user.name, "password changed; other sessions ended");
+            with_cookie(
+                Redirect::to("/").into_response(),
+                &auth::set_cookie(&id, state.secure_cookies),
+            )
+        }
+        Ok(Err(
+            e @ (auth::PasswordChangeError::Store(_) | auth::PasswordChangeError::Account(_)),
+        )) => server_error(&e.to_string()),
+        Ok(Err(e)) => (
+            StatusCode::BAD_REQUEST,
+            password_page(&signed_in, Some(&e.to_string())),
+        )
+            .into_response(),
+        Err(e) => server_error(&e.to_string()),
+    }
+}
+
+fn is_state_changing(method: &Method) -> bool {
+    !matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS)
+}
+
+/// The access check in front of every route (see [`Access`]). For signed-in
+/// routes it finds the session, sends a must-change-password account to
+/// [`PASSWORD_PATH`], checks the permission and, on state-changing requests,
+/// the CSRF token; the handler finds [`SignedIn`] in the request's extensions.
+pub async fn enforce(
+    State((state, access)): State<(AppState, Access)>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let permission = match access {
+        Access::Public | Access::Appliance | Access::OpenUntilApiTokens => {
+            return next.run(request).await;
+        }
+        Access::SignedIn => None,
+        Access::Operator(p) => Some(p),
+    };
+    let htmx = request.headers().contains_key("hx-request");
+    let api = request.uri().path().starts_with("/api/");
+    let cookie = request
+        .headers()
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find_map(auth::session_cookie)
+        .map(str::to_owned);
+    let now = state.clock.unix_ms();
+    let signed_in = match cookie {
+        None => None,
+        Some(id) => {
+            let store = state.store.clone();
+            match tokio::task::spawn_blocking(move || auth::current(&*store, &id, now)).await {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => return server_error(&e.to_string()),
+                Err(e) => return server_error(&e.to_string()),
+            }
+        }
+    };
+    let Some(signed_in) = signed_in else {
+        if htmx || api {
+            let mut res = (StatusCode::UNAUTHORIZED, "log in first\n").into_response();
+            res.headers_mut()
+                .insert("hx-redirect", HeaderValue::from_static(LOGIN_PATH));
+            return res;
+        }
+        let path = request.uri().path_and_query().map_or("/", |p| p.as_str());
+        let to = format!("{LOGIN_PATH}?next={}", urlencode(path));
+        return Redirect::to(&to).into_response();
+    };
+    let path = request.uri().path().to_owned();
+    if signed_in.user.must_change_password && path != PASSWORD_PATH && path != LOGOUT_PATH {
+        return Redirect::to(PASSWORD_PATH).into_response();
+    }
+    if let Some(p) = permission
+        && !signed_in.may(p)
+    {
+        tracing::info!(user = %signed_in.user.name, permission = %p, %path, "refused: no permission");
+        return (
+            StatusCode::FORBIDDEN,
+            format!("your role ({}) does not allow {p}\n", signed_in.user.role),
+        )
+            .into_response();
+    }
+    let mut request = request;
+    if is_state_changing(request.method()) {
+        let header_token = request
+            .headers()
+            .get("x-csrf-token")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let token = match header_token {
+            Some(t) => Some(t),
+            None => {
+                // A form: read the body (bounded) for its `csrf` field and
+                // hand the same bytes on to the handler.
+                let (parts, body) = request.into_parts();
+                let bytes = match axum::body::to_bytes(body, MAX_FORM_BYTES).await {
+                    Ok(b) => b,
+                    Err(_) => {
+                        return (StatusCode::PAYLOAD_TOO_LARGE, "form too large\n").into_response();
+                    }
+                };
+                let token = form_field(&bytes, "csrf");
+                request = Request::from_parts(parts, axum::body::Body::from(bytes));
+                token
+            }
+        };
+        if !signed_in.csrf_ok(token.as_deref()) {
+            tracing::info!(user = %signed_in.user.name, %path, "refused: missing or wrong CSRF token");
+            return (
+                StatusCode::FORBIDDEN,
+                "missing or wrong CSRF token; reload the page\n",
+            )
+                .into_response();
+        }
+    }
+    request.extensions_mut().insert(signed_in);
+    next.run(request).await
+}
+
+fn form_field(body: &[u8], name: &str) -> Option<String> {
+    serde_urlencoded::from_bytes::<Vec<(String, String)>>(body)
+        .ok()?
+        .into_iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v)
+}
+
+fn urlencode(s: &str) -> String {
+    serde_urlencoded::to_string([("", s)])
+        .map(|e| e.trim_start_matches('=').to_owned())
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_local_paths_are_followed_after_login() {
+        assert_eq!(safe_next(Some("/console/nodes?x=1")), "/console/nodes?x=1");
+        for evil in [
+            "https://evil.example/",
+            "//evil.example/",
+            "/\\evil.example",
+            "javascript:alert(1)",
+        ] {
+            assert_eq!(safe_next(Some(evil)), "/", "{evil}");
+        }
+        assert_eq!(safe_next(None), "/");
+    }
+
+    #[test]
+    fn origins_must_name_this_host() {
+        let mut h = HeaderMap::new();
+        h.insert(header::HOST, HeaderValue::from_static("fleet:8080"));
+        assert!(same_origin(&h), "no Origin: not a browser cross-site post");
+        h.insert(
+            header::ORIGIN,
+            HeaderValue::from_static("http://fleet:8080"),
+        );
+        assert!(same_origin(&h));
+        h.insert(
+            header::ORIGIN,
+            HeaderValue::from_static("https://evil.example"),
+        );
+        assert!(!same_origin(&h));
+        h.insert(header::ORIGIN, HeaderValue::from_static("null"));
+        assert!(!same_origin(&h));
+    }
+}
