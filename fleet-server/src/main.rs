@@ -374,6 +374,9 @@ fn announce_first_owner(data_dir: &std::path::Path, password: &str) -> anyhow::R
     Ok(())
 }
 
+/// The reader account the demo adds for dashboards (a new password each run).
+const DEMO_READER: &str = "demo-dashboard";
+
 fn main() -> ExitCode {
     rakkr_service::init_logging("info,rumqttd=warn");
     rakkr_mqtt::install_tls_provider();
@@ -411,7 +414,19 @@ fn real_main() -> anyhow::Result<()> {
             overrides.mqtt_addr = Some(demo::free_or_any(config.mqtt.addr));
         }
     }
-    let settings = config.validate(&overrides).context("bad configuration")?;
+    let mut settings = config.validate(&overrides).context("bad configuration")?;
+    // The demo's dashboards need a reader account at the gate: a fresh one per run.
+    let demo_reader = match (&mut settings.mqtt, demo_nodes) {
+        (rakkr_server::config::MqttMode::Embedded { readers, .. }, Some(_)) => {
+            let password = rakkr_server::accounts::one_time_password();
+            readers.push(rakkr_server::gate::Reader {
+                name: DEMO_READER.into(),
+                password_sha256: rakkr_mqtt::sha256_hex(password.as_bytes()),
+            });
+            Some(password)
+        }
+        _ => None,
+    };
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -449,11 +464,21 @@ fn real_main() -> anyhow::Result<()> {
                 ));
                 println!("Rakkr demo: fleet server with {n} simulated appliances.");
                 println!("  Console:  {url}");
-                println!(
-                    "  MQTT:     mqtt://{host}:{port}  (try: mosquitto_sub -h {host} -p {port} -t 'rakkr/v1/#' -v)",
-                    host = server.mqtt_host,
-                    port = server.mqtt_port,
-                );
+                match &demo_reader {
+                    Some(password) => println!(
+                        "  MQTT:     mqtt://{host}:{port}  (try: mosquitto_sub -h {host} -p {port} -u {DEMO_READER} -P {password} -i {DEMO_READER}:sub -t 'rakkr/v1/#' -v)",
+                        host = server.mqtt_host,
+                        port = server.mqtt_port,
+                    ),
+                    None => println!("  MQTT:     mqtt://{}:{}", server.mqtt_host, server.mqtt_port),
+                }
+                if server.first_owner_password.is_none() {
+                    println!(
+                        "  Login:    owner (its password was shown at the first demo start; lost it? \
+                         rakkr-server user reset-password owner --data-dir {})",
+                        server.data_dir.display()
+                    );
+                }
                 println!(
                     "  Jobs:     {} records for an hour into {}; try: rakkr-server job list --server {url}",
                     demo::DEMO_NODES[0].0,

@@ -554,7 +554,52 @@ fn the_demo_runs_a_recording_on_its_first_appliance() -> Result<()> {
     wait_for("its first file growing", Duration::from_secs(10), || {
         (std::fs::metadata(&part).ok()?.len() > 100_000).then_some(())
     })?;
-    assert!(demo.stdout_text().contains("studio-a records for an hour"));
+    let stdout = demo.stdout_text();
+    assert!(stdout.contains("studio-a records for an hour"));
+    // The printed dashboard command works: its reader account sees the fleet.
+    let line = stdout
+        .lines()
+        .find(|l| l.contains("mosquitto_sub"))
+        .expect("a dashboard hint");
+    let word_after = |flag: &str| {
+        let mut words = line.split_whitespace();
+        words.find(|w| *w == flag)?;
+        words.next().map(str::to_owned)
+    };
+    let (user, password, client) = (
+        word_after("-u").unwrap(),
+        word_after("-P").unwrap(),
+        word_after("-i").unwrap(),
+    );
+    let out = Command::new("mosquitto_sub")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &mqtt.to_string(),
+            "-u",
+            &user,
+            "-P",
+            &password,
+        ])
+        .args([
+            "-i",
+            &client,
+            "-t",
+            "rakkr/v1/nodes/+/status",
+            "-C",
+            "3",
+            "-W",
+            "10",
+        ])
+        .output()?;
+    let statuses = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{statuses} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(statuses.contains("\"state\":\"online\""), "{statuses}");
     demo.signal("TERM")?;
     assert!(demo.wait_exit(Duration::from_secs(20))?.success());
     // Shut down in order: the take was finalized, not left as a `.part`.
