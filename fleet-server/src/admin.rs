@@ -1,5 +1,6 @@
-//! The local administration socket: account commands from the machine the
-//! server runs on, before anyone can log in (`rakkr-server user …`).
+//! The local administration socket: account and API-token commands from the
+//! machine the server runs on, before anyone can log in (`rakkr-server user …`,
+//! `rakkr-server api-token …`).
 //!
 //! `{data_dir}/admin.sock` is a Unix stream socket, mode 0600, answered only
 //! for a peer whose uid (`SO_PEERCRED`) is the data directory's owner or
@@ -34,12 +35,58 @@ pub const MAX_ANSWER_BYTES: u64 = 8 * 1024 * 1024;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
 pub enum AdminRequest {
-    UserAdd { name: String, role: String },
+    UserAdd {
+        name: String,
+        role: String,
+    },
     UserList,
-    UserResetPassword { name: String },
-    UserDisable { name: String },
-    UserEnable { name: String },
-    UserRole { name: String, role: String },
+    UserResetPassword {
+        name: String,
+    },
+    UserDisable {
+        name: String,
+    },
+    UserEnable {
+        name: String,
+    },
+    UserRole {
+        name: String,
+        role: String,
+    },
+    TokenCreate {
+        name: String,
+        role: String,
+        #[serde(default)]
+        ttl_days: Option<u64>,
+    },
+    TokenList,
+    TokenRevoke {
+        id: String,
+    },
+}
+
+/// An API token as the socket shows it (never its secret or hash).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenView {
+    pub id: String,
+    pub name: String,
+    pub role: String,
+    pub created_ms: u64,
+    pub expires_ms: Option<u64>,
+    pub revoked_ms: Option<u64>,
+}
+
+impl From<&rakkr_store::ApiTokenRecord> for TokenView {
+    fn from(t: &rakkr_store::ApiTokenRecord) -> Self {
+        TokenView {
+            id: t.id.clone(),
+            name: t.name.clone(),
+            role: t.role.as_str().to_owned(),
+            created_ms: t.created_ms,
+            expires_ms: t.expires_ms,
+            revoked_ms: t.revoked_ms,
+        }
+    }
 }
 
 /// An account as the socket shows it (never its hash).
@@ -78,6 +125,11 @@ pub struct AdminResponse {
     pub account: Option<AccountView>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub accounts: Option<Vec<AccountView>>,
+    /// A new API token, shown once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokens: Option<Vec<TokenView>>,
 }
 
 impl AdminResponse {
@@ -241,6 +293,33 @@ pub fn execute(store: &dyn Store, request: AdminRequest, now_ms: u64) -> AdminRe
             AdminRequest::UserRole { name, role } => {
                 let role = accounts::parse_role(&role)?;
                 change(store, &name, UserChange::Role(role), now_ms)?
+            }
+            AdminRequest::TokenCreate {
+                name,
+                role,
+                ttl_days,
+            } => {
+                let role = accounts::parse_role(&role)?;
+                let (token, record) =
+                    crate::api_tokens::create(store, &name, role, ttl_days, now_ms)?;
+                tracing::info!(token = %record.id, name = %record.name, %role, "API token created (admin socket)");
+                AdminResponse {
+                    token: Some(token),
+                    tokens: Some(vec![TokenView::from(&record)]),
+                    ..AdminResponse::ok()
+                }
+            }
+            AdminRequest::TokenList => AdminResponse {
+                tokens: Some(store.api_tokens()?.iter().map(TokenView::from).collect()),
+                ..AdminResponse::ok()
+            },
+            AdminRequest::TokenRevoke { id } => {
+                let record = store.revoke_api_token(&id, now_ms)?;
+                tracing::info!(token = %record.id, name = %record.name, "API token revoked (admin socket)");
+                AdminResponse {
+                    tokens: Some(vec![TokenView::from(&record)]),
+                    ..AdminResponse::ok()
+                }
             }
         })
     })();

@@ -18,6 +18,7 @@
 
 pub mod accounts;
 pub mod admin;
+pub mod api_tokens;
 pub mod auth;
 pub mod broker;
 pub mod clock;

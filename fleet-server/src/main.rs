@@ -35,6 +35,10 @@ enum Command {
     /// Manage operator accounts, through the running server's local admin
     /// socket (`{data_dir}/admin.sock`; only its owner or root may use it).
     User(UserArgs),
+    /// Manage API tokens (bearer credentials for automation), through the
+    /// running server's local admin socket.
+    #[command(name = "api-token")]
+    ApiToken(TokenArgs),
     /// Run the server with simulated appliances and print the console URL.
     Demo {
         #[command(flatten)]
@@ -136,6 +140,37 @@ struct UserArgs {
     data_dir: Option<PathBuf>,
     #[command(subcommand)]
     command: UserCommand,
+}
+
+#[derive(Args)]
+struct TokenArgs {
+    /// The server's configuration file, to find its data directory.
+    #[arg(long, short, global = true)]
+    config: Option<PathBuf>,
+    /// The server's data directory [default: from the configuration, ./rakkr-data].
+    #[arg(long, global = true)]
+    data_dir: Option<PathBuf>,
+    #[command(subcommand)]
+    command: ApiTokenCommand,
+}
+
+#[derive(Subcommand)]
+enum ApiTokenCommand {
+    /// Create a token acting with one role; it is printed once.
+    Create {
+        /// What it is for, e.g. "prometheus".
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        role: String,
+        /// Lifetime in days [default: until revoked].
+        #[arg(long)]
+        ttl_days: Option<u64>,
+    },
+    /// List tokens (never their secrets).
+    List,
+    /// Revoke a token by its id: refused from now on.
+    Revoke { id: String },
 }
 
 #[derive(Subcommand)]
@@ -283,17 +318,66 @@ impl ServeArgs {
     }
 }
 
-fn user_command(args: &UserArgs) -> anyhow::Result<()> {
-    use rakkr_server::admin::{self, AdminRequest};
-    let config = ServerConfig::load(args.config.as_deref()).context("bad configuration")?;
+/// The data directory a running server uses, from its config file and flags.
+fn server_data_dir(
+    config: Option<&std::path::Path>,
+    data_dir: Option<PathBuf>,
+) -> anyhow::Result<PathBuf> {
+    let config = ServerConfig::load(config).context("bad configuration")?;
     let overrides = Overrides {
-        data_dir: args.data_dir.clone(),
+        data_dir,
         ..Overrides::default()
     };
-    let data_dir = config
+    Ok(config
         .validate(&overrides)
         .context("bad configuration")?
-        .data_dir;
+        .data_dir)
+}
+
+fn api_token_command(args: &TokenArgs) -> anyhow::Result<()> {
+    use rakkr_server::admin::{self, AdminRequest};
+    let data_dir = server_data_dir(args.config.as_deref(), args.data_dir.clone())?;
+    let request = match &args.command {
+        ApiTokenCommand::Create {
+            name,
+            role,
+            ttl_days,
+        } => AdminRequest::TokenCreate {
+            name: name.clone(),
+            role: role.clone(),
+            ttl_days: *ttl_days,
+        },
+        ApiTokenCommand::List => AdminRequest::TokenList,
+        ApiTokenCommand::Revoke { id } => AdminRequest::TokenRevoke { id: id.clone() },
+    };
+    let response = admin::request(&data_dir, &request)?;
+    if !response.ok {
+        anyhow::bail!("{}", response.error.unwrap_or_else(|| "refused".into()));
+    }
+    if let Some(tokens) = &response.tokens {
+        println!("{:<17} {:<20} {:<11} state", "id", "name", "role");
+        for t in tokens {
+            let state = match (t.revoked_ms, t.expires_ms) {
+                (Some(_), _) => "revoked".to_owned(),
+                (None, Some(e)) => format!(
+                    "expires {}",
+                    rakkr_agent::clock::utc_rfc3339_micros(e.saturating_mul(1_000_000))
+                ),
+                (None, None) => "valid until revoked".to_owned(),
+            };
+            println!("{:<17} {:<20} {:<11} {state}", t.id, t.name, t.role);
+        }
+    }
+    if let Some(token) = &response.token {
+        println!("token: {token}");
+        println!("(shown once; send it as `Authorization: Bearer …`)");
+    }
+    Ok(())
+}
+
+fn user_command(args: &UserArgs) -> anyhow::Result<()> {
+    use rakkr_server::admin::{self, AdminRequest};
+    let data_dir = server_data_dir(args.config.as_deref(), args.data_dir.clone())?;
     let request = match &args.command {
         UserCommand::Add { name, role } => AdminRequest::UserAdd {
             name: name.clone(),
@@ -396,6 +480,7 @@ fn real_main() -> anyhow::Result<()> {
         Command::EnrollToken(command) => return token_command(command),
         Command::Node(command) => return node_command(command),
         Command::User(args) => return user_command(args),
+        Command::ApiToken(args) => return api_token_command(args),
         Command::Serve(args) => (args, None),
         Command::Demo { serve, nodes } => (serve, Some(usize::from(*nodes))),
     };

@@ -105,6 +105,40 @@ fn the_first_start_creates_an_owner_once_and_the_cli_manages_accounts() -> Resul
     let (ok, out, _) = user(&data, &["disable", "bob"])?;
     assert!(ok && out.contains("bob: role admin, disabled"), "{out}");
 
+    // API tokens: shown once, listed without secrets, revocable.
+    let token = |args: &[&str]| {
+        let mut all = vec!["api-token"];
+        all.extend_from_slice(args);
+        all.extend_from_slice(&["--data-dir", data.to_str().unwrap()]);
+        cli("rakkr-server", &all)
+    };
+    let (ok, out, err) = token(&["create", "--name", "prometheus", "--role", "viewer"])?;
+    assert!(ok, "{err}");
+    let secret = out
+        .lines()
+        .find_map(|l| l.strip_prefix("token: "))
+        .expect("the token, once")
+        .to_owned();
+    assert!(secret.starts_with("rkt1."), "{secret}");
+    let id = secret.split('.').nth(1).unwrap().to_owned();
+    let (ok, out, _) = token(&["list"])?;
+    assert!(
+        ok && out.contains(&id)
+            && out.contains("prometheus")
+            && out.contains("valid until revoked"),
+        "{out}"
+    );
+    assert!(
+        !out.contains(secret.rsplit('.').next().unwrap()),
+        "no secret in the list"
+    );
+    let (ok, _, err) = token(&["create", "--name", "x", "--role", "root"])?;
+    assert!(!ok && err.contains("unknown role"), "{err}");
+    let (ok, out, _) = token(&["revoke", &id])?;
+    assert!(ok && out.contains("revoked"), "{out}");
+    let (ok, _, err) = token(&["revoke", "0000000000000000"])?;
+    assert!(!ok && err.contains("no API token"), "{err}");
+
     // A restart keeps the accounts and creates no second owner.
     std::fs::remove_file(&file)?;
     let mut server = server.restart(work.path(), false)?;

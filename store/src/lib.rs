@@ -204,6 +204,17 @@ pub trait Store: Send + Sync + 'static {
     /// `created_before_ms`; returns how many went.
     fn prune_sessions(&self, idle_before_ms: u64, created_before_ms: u64) -> Result<usize>;
 
+    /// Keep a new API token; refused when its id exists.
+    fn create_api_token(&self, token: ApiTokenRecord) -> Result<()>;
+
+    fn api_token(&self, id: &str) -> Result<Option<ApiTokenRecord>>;
+
+    /// Every API token, revoked and expired ones too, newest first.
+    fn api_tokens(&self) -> Result<Vec<ApiTokenRecord>>;
+
+    /// Revoke a token (refused for an unknown id); revoking twice keeps the first time.
+    fn revoke_api_token(&self, id: &str, now_ms: u64) -> Result<ApiTokenRecord>;
+
     /// Store health events; one already stored (same node and message id) is
     /// left as it is. A node keeps at most [`MAX_HEALTH_EVENTS_PER_NODE`]: the
     /// oldest go first. Returns how many were new.

@@ -16,6 +16,7 @@
 //! | `health_events` | `(node id, message id)` | `HealthEventRecord` (JSON); a message id is stored once per node |
 //! | `users`     | login name `&str`       | JSON [`UserRecord`] (password: argon2id PHC string only) |
 //! | `sessions`  | SHA-256 of the session id `&str` | JSON [`SessionRecord`]        |
+//! | `api_tokens` | token id `&str`        | JSON [`ApiTokenRecord`] (secret: SHA-256 only) |
 //!
 //! Invariants, kept by [`JobTables::put`], the only writer of job records: a
 //! job is in `job_queue` exactly while its state is `queued`; in `active_jobs`
@@ -23,9 +24,9 @@
 //! current expiry) exactly while it is `leased`, `running` or `stop_requested`.
 //!
 //! Schema history: 2 added job specs, leases and the job indexes; version 1
-//! had no way to create jobs, so its (empty) job tables are dropped. `users`
-//! and `sessions` came later without a bump: new tables, created empty when
-//! missing.
+//! had no way to create jobs, so its (empty) job tables are dropped. `users`,
+//! `sessions` and `api_tokens` came later without a bump: new tables, created
+//! empty when missing.
 //! Commits are durable (`Durability::Immediate`: fsync before `commit` returns).
 
 use std::path::Path;
@@ -42,10 +43,10 @@ use rakkr_protocol::job::JobUpdate;
 use rakkr_protocol::payload::{HealthChange, HealthCondition, HealthEvent, Severity};
 
 use crate::{
-    EnrollTokenRecord, HealthEventRecord, JobId, JobRecord, Lease, MAX_APPLIED_UPDATES,
-    MAX_HEALTH_EVENTS_PER_NODE, MAX_USER_NAME, NewJob, NodeCredentialRecord, NodeRecord,
-    NodeStatusUpdate, Result, SessionRecord, Store, StoreError, UpdateOutcome, UserChange,
-    UserRecord, valid_user_name,
+    ApiTokenRecord, EnrollTokenRecord, HealthEventRecord, JobId, JobRecord, Lease,
+    MAX_APPLIED_UPDATES, MAX_HEALTH_EVENTS_PER_NODE, MAX_USER_NAME, NewJob, NodeCredentialRecord,
+    NodeRecord, NodeStatusUpdate, Result, SessionRecord, Store, StoreError, UpdateOutcome,
+    UserChange, UserRecord, valid_user_name,
 };
 
 /// Version of the layout above. Bumped only with a migration.
@@ -64,6 +65,8 @@ const NODE_CREDENTIALS: TableDefinition<&str, &[u8]> = TableDefinition::new("nod
 const USERS: TableDefinition<&str, &[u8]> = TableDefinition::new("users");
 /// Console sessions by the SHA-256 of their id (JSON [`SessionRecord`]).
 const SESSIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("sessions");
+/// API tokens by their public id (JSON [`ApiTokenRecord`]).
+const API_TOKENS: TableDefinition<&str, &[u8]> = TableDefinition::new("api_tokens");
 /// (node, message id as u128) → HealthEventRecord (JSON).
 const HEALTH_EVENTS: TableDefinition<(&str, u128), &[u8]> = TableDefinition::new("health_events");
 
@@ -155,6 +158,7 @@ impl RedbStore {
             tx.open_table(NODE_CREDENTIALS).map_err(backend)?;
             tx.open_table(USERS).map_err(backend)?;
             tx.open_table(SESSIONS).map_err(backend)?;
+            tx.open_table(API_TOKENS).map_err(backend)?;
         }
         tx.commit().map_err(backend)
     }
@@ -850,6 +854,63 @@ impl Store for RedbStore {
         };
         tx.commit().map_err(backend)?;
         Ok(pruned)
+    }
+
+    fn create_api_token(&self, token: ApiTokenRecord) -> Result<()> {
+        let tx = self.db.begin_write().map_err(backend)?;
+        {
+            let mut tokens = tx.open_table(API_TOKENS).map_err(backend)?;
+            if tokens.get(token.id.as_str()).map_err(backend)?.is_some() {
+                return Err(StoreError::Refused(format!(
+                    "API token id {} exists",
+                    token.id
+                )));
+            }
+            tokens
+                .insert(token.id.as_str(), encode(&token).as_slice())
+                .map_err(backend)?;
+        }
+        tx.commit().map_err(backend)
+    }
+
+    fn api_token(&self, id: &str) -> Result<Option<ApiTokenRecord>> {
+        let tx = self.db.begin_read().map_err(backend)?;
+        let tokens = tx.open_table(API_TOKENS).map_err(backend)?;
+        tokens
+            .get(id)
+            .map_err(backend)?
+            .map(|v| decode("API token", v.value()))
+            .transpose()
+    }
+
+    fn api_tokens(&self) -> Result<Vec<ApiTokenRecord>> {
+        let tx = self.db.begin_read().map_err(backend)?;
+        let tokens = tx.open_table(API_TOKENS).map_err(backend)?;
+        let mut out: Vec<ApiTokenRecord> = Vec::new();
+        for entry in tokens.iter().map_err(backend)? {
+            let (_, v) = entry.map_err(backend)?;
+            out.push(decode("API token", v.value())?);
+        }
+        out.sort_by_key(|t| std::cmp::Reverse(t.created_ms));
+        Ok(out)
+    }
+
+    fn revoke_api_token(&self, id: &str, now_ms: u64) -> Result<ApiTokenRecord> {
+        let tx = self.db.begin_write().map_err(backend)?;
+        let token = {
+            let mut tokens = tx.open_table(API_TOKENS).map_err(backend)?;
+            let mut token: ApiTokenRecord = match tokens.get(id).map_err(backend)? {
+                Some(v) => decode("API token", v.value())?,
+                None => return Err(StoreError::Refused(format!("no API token {id:?}"))),
+            };
+            token.revoked_ms.get_or_insert(now_ms);
+            tokens
+                .insert(id, encode(&token).as_slice())
+                .map_err(backend)?;
+            token
+        };
+        tx.commit().map_err(backend)?;
+        Ok(token)
     }
 
     fn record_health_events(&self, events: &[HealthEventRecord]) -> Result<usize> {

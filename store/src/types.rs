@@ -247,3 +247,25 @@ impl std::fmt::Debug for UserChange {
         }
     }
 }
+
+/// A bearer token for automation (the JSON API, `/metrics`), acting with one
+/// role. Only the SHA-256 of its secret is kept; the token is shown once.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiTokenRecord {
+    /// Public part: names the token in lists, logs and audit records.
+    pub id: String,
+    /// SHA-256 of the secret part, hex.
+    pub secret_sha256: String,
+    /// What it is for, e.g. "prometheus" or "ci".
+    pub name: String,
+    pub role: Role,
+    pub created_ms: u64,
+    pub expires_ms: Option<u64>,
+    pub revoked_ms: Option<u64>,
+}
+
+impl ApiTokenRecord {
+    pub fn is_valid(&self, now_ms: u64) -> bool {
+        self.revoked_ms.is_none() && self.expires_ms.is_none_or(|e| now_ms < e)
+    }
+}
