@@ -11,25 +11,25 @@
 //! | `POST /logout`     | signed in | ends the session                        |
 //! | `GET, POST /account/password` | signed in | choose a new password (forced after a one-time one) |
 //! | `GET /static/…`    | public | embedded assets under content-hashed names, immutable |
-//! | `GET /api/v1/nodes`| open* | node list (JSON)                            |
-//! | `GET /api/v1/nodes/{id}/events` | open* | the node's last 100 health events (JSON), oldest first |
-//! | `POST /api/v1/jobs` | open* | start a recording: `{"node", "device"?, "channels"?, "profile"?, "duration_s"?}` → 201 and the job |
-//! | `GET /api/v1/jobs` | open* | the newest jobs (`?node=ID&limit=N`, at most 1000) |
-//! | `GET /api/v1/jobs/{id}` | open* | one job                                |
-//! | `POST /api/v1/jobs/{id}/stop` | open* | stop (the take is kept) or, with `{"cancel": true}`, cancel |
-//! | `POST /api/v1/enroll-tokens` | open* | create a single-use enrollment token `{"node"?, "ttl_s"?}` (shown once) |
-//! | `GET /api/v1/enroll-tokens` | open* | unused, unexpired tokens (no secrets) |
+//! | `GET /api/v1/nodes`| nodes.read | node list (JSON)                            |
+//! | `GET /api/v1/nodes/{id}/events` | health.read | the node's last 100 health events (JSON), oldest first |
+//! | `POST /api/v1/jobs` | jobs.manage | start a recording: `{"node", "device"?, "channels"?, "profile"?, "duration_s"?}` → 201 and the job |
+//! | `GET /api/v1/jobs` | jobs.read | the newest jobs (`?node=ID&limit=N`, at most 1000) |
+//! | `GET /api/v1/jobs/{id}` | jobs.read | one job                                |
+//! | `POST /api/v1/jobs/{id}/stop` | jobs.manage | stop (the take is kept) or, with `{"cancel": true}`, cancel |
+//! | `POST /api/v1/enroll-tokens` | nodes.manage | create a single-use enrollment token `{"node"?, "ttl_s"?}` (shown once) |
+//! | `GET /api/v1/enroll-tokens` | nodes.manage | unused, unexpired tokens (no secrets) |
 //! | `POST /api/v1/enroll` | appliance | an appliance exchanges `{"token", "node"}` for its credential (shown once) |
-//! | `POST /api/v1/nodes/{id}/credential/revoke` | open* | revoke a node's credential and disconnect it |
+//! | `POST /api/v1/nodes/{id}/credential/revoke` | nodes.manage | revoke a node's credential and disconnect it |
 //! | `POST /api/v1/node/credential/rotate` | appliance | a node (HTTP Basic: node id and credential) gets a new credential |
-//! | `GET /metrics`     | open* | counters in the Prometheus text format       |
+//! | `GET /metrics`     | metrics.read | counters in the Prometheus text format       |
 //! | `GET /healthz`     | public | liveness: the process serves HTTP          |
 //! | `GET /readyz`      | public | readiness: store readable and broker link connected |
 //!
-//! *open: not yet guarded — until API tokens exist (issue 5) the JSON API and
-//! `/metrics` answer anyone who reaches `http.addr`; keep it on loopback or a
-//! management network. Signed-in routes take the session cookie
-//! ([`crate::auth`]); state-changing ones also its CSRF token.
+//! Operator routes take the session cookie ([`crate::auth`]; state-changing
+//! ones also its CSRF token) or, under `/api/` and `/metrics`, an API token
+//! (`Authorization: Bearer rkt1.…`, [`crate::api_tokens`]) whose role has the
+//! permission.
 //!
 //! Every response carries the security headers in [`security_headers`].
 //! API errors are `application/problem+json` (RFC 9457). State-changing API
@@ -117,56 +117,56 @@ pub fn route_table() -> Vec<(&'static str, Method, Access, MethodRouter<AppState
         (
             "/api/v1/nodes",
             Method::GET,
-            OpenUntilApiTokens,
+            Operator(NodesRead),
             get(api_nodes),
         ),
         (
             "/api/v1/nodes/{id}/events",
             Method::GET,
-            OpenUntilApiTokens,
+            Operator(HealthRead),
             get(api_node_events),
         ),
         (
             "/api/v1/jobs",
             Method::GET,
-            OpenUntilApiTokens,
+            Operator(JobsRead),
             get(api_jobs),
         ),
         (
             "/api/v1/jobs",
             Method::POST,
-            OpenUntilApiTokens,
+            Operator(JobsManage),
             post(api_create_job),
         ),
         (
             "/api/v1/jobs/{id}",
             Method::GET,
-            OpenUntilApiTokens,
+            Operator(JobsRead),
             get(api_job),
         ),
         (
             "/api/v1/jobs/{id}/stop",
             Method::POST,
-            OpenUntilApiTokens,
+            Operator(JobsManage),
             post(api_stop_job),
         ),
         (
             "/api/v1/enroll-tokens",
             Method::GET,
-            OpenUntilApiTokens,
+            Operator(NodesManage),
             get(api_enroll_tokens),
         ),
         (
             "/api/v1/enroll-tokens",
             Method::POST,
-            OpenUntilApiTokens,
+            Operator(NodesManage),
             post(api_create_enroll_token),
         ),
         ("/api/v1/enroll", Method::POST, Appliance, post(api_enroll)),
         (
             "/api/v1/nodes/{id}/credential/revoke",
             Method::POST,
-            OpenUntilApiTokens,
+            Operator(NodesManage),
             post(api_revoke_credential),
         ),
         (
@@ -175,7 +175,7 @@ pub fn route_table() -> Vec<(&'static str, Method, Access, MethodRouter<AppState
             Appliance,
             post(api_rotate_credential),
         ),
-        ("/metrics", Method::GET, OpenUntilApiTokens, get(metrics)),
+        ("/metrics", Method::GET, Operator(MetricsRead), get(metrics)),
         ("/healthz", Method::GET, Public, get(|| async { "ok\n" })),
         ("/readyz", Method::GET, Public, get(readyz)),
     ]
@@ -402,12 +402,18 @@ impl IntoResponse for Problem {
             "status": self.status.as_u16(),
             "detail": self.detail,
         });
-        (
+        let mut res = (
             self.status,
             [(header::CONTENT_TYPE, "application/problem+json")],
             body.to_string(),
         )
-            .into_response()
+            .into_response();
+        if self.status == StatusCode::UNAUTHORIZED {
+            // How to authenticate: an API token (RFC 6750).
+            res.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        res
     }
 }
 

@@ -34,9 +34,16 @@ pub enum Access {
     SignedIn,
     /// A signed-in operator whose role has this permission.
     Operator(Permission),
-    /// Not yet guarded: the JSON API and `/metrics` until API tokens exist
-    /// (issue 5). Listed in the table so the gap is visible and tested.
-    OpenUntilApiTokens,
+}
+
+/// Where a bearer token (`Authorization: Bearer rkt1.…`) is accepted instead
+/// of a session: the JSON API and `/metrics`, never the console's pages.
+fn takes_bearer_tokens(path: &str) -> bool {
+    path.starts_with("/api/") || path == "/metrics"
+}
+
+fn problem(status: StatusCode, detail: &str) -> Response {
+    crate::http::problem(status, detail).into_response()
 }
 
 fn chrome() -> Chrome<'static> {
@@ -320,14 +327,48 @@ pub async fn enforce(
     next: Next,
 ) -> Response {
     let permission = match access {
-        Access::Public | Access::Appliance | Access::OpenUntilApiTokens => {
-            return next.run(request).await;
-        }
+        Access::Public | Access::Appliance => return next.run(request).await,
         Access::SignedIn => None,
         Access::Operator(p) => Some(p),
     };
+    let bearer = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(|t| t.trim().to_owned());
+    if let (Some(presented), Some(p)) = (bearer, permission)
+        && takes_bearer_tokens(request.uri().path())
+    {
+        let (store, now) = (state.store.clone(), state.clock.unix_ms());
+        let token = tokio::task::spawn_blocking(move || {
+            crate::api_tokens::verify(&*store, &presented, now)
+        })
+        .await;
+        let token = match token {
+            Ok(Ok(t)) => t,
+            Ok(Err(e)) => return server_error(&e.to_string()),
+            Err(e) => return server_error(&e.to_string()),
+        };
+        let Some(token) = token else {
+            return problem(
+                StatusCode::UNAUTHORIZED,
+                "unknown, revoked or expired API token",
+            );
+        };
+        if !token.role.allows(p) {
+            tracing::info!(token = %token.id, permission = %p, path = %request.uri().path(), "refused: no permission");
+            return problem(
+                StatusCode::FORBIDDEN,
+                &format!("this token's role ({}) does not allow {p}", token.role),
+            );
+        }
+        let mut request = request;
+        request.extensions_mut().insert(token);
+        return next.run(request).await;
+    }
     let htmx = request.headers().contains_key("hx-request");
-    let api = request.uri().path().starts_with("/api/");
+    let api = takes_bearer_tokens(request.uri().path());
     let cookie = request
         .headers()
         .get_all(header::COOKIE)
@@ -348,7 +389,13 @@ pub async fn enforce(
         }
     };
     let Some(signed_in) = signed_in else {
-        if htmx || api {
+        if api {
+            return problem(
+                StatusCode::UNAUTHORIZED,
+                "send an API token (Authorization: Bearer …) or log in",
+            );
+        }
+        if htmx {
             let mut res = (StatusCode::UNAUTHORIZED, "log in first\n").into_response();
             res.headers_mut()
                 .insert("hx-redirect", HeaderValue::from_static(LOGIN_PATH));
@@ -366,11 +413,11 @@ pub async fn enforce(
         && !signed_in.may(p)
     {
         tracing::info!(user = %signed_in.user.name, permission = %p, %path, "refused: no permission");
-        return (
-            StatusCode::FORBIDDEN,
-            format!("your role ({}) does not allow {p}\n", signed_in.user.role),
-        )
-            .into_response();
+        let detail = format!("your role ({}) does not allow {p}", signed_in.user.role);
+        if api {
+            return problem(StatusCode::FORBIDDEN, &detail);
+        }
+        return (StatusCode::FORBIDDEN, format!("{detail}\n")).into_response();
     }
     let mut request = request;
     if is_state_changing(request.method()) {

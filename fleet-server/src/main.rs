@@ -58,6 +58,28 @@ struct ApiArgs {
         default_value = "http://127.0.0.1:8080"
     )]
     server: String,
+    /// An API token (`rakkr-server api-token create`) whose role allows the command.
+    #[arg(long, env = "RAKKR_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+}
+
+impl ApiArgs {
+    fn request(&self, method: reqwest::Method, path: &str) -> reqwest::blocking::RequestBuilder {
+        let url = format!("{}{path}", self.server.trim_end_matches('/'));
+        let request = reqwest::blocking::Client::new().request(method, url);
+        match &self.token {
+            Some(token) => request.bearer_auth(token),
+            None => request,
+        }
+    }
+
+    fn get(&self, path: &str) -> reqwest::blocking::RequestBuilder {
+        self.request(reqwest::Method::GET, path)
+    }
+
+    fn post(&self, path: &str) -> reqwest::blocking::RequestBuilder {
+        self.request(reqwest::Method::POST, path)
+    }
 }
 
 #[derive(Subcommand)]
@@ -219,38 +241,26 @@ fn call_api(request: reqwest::blocking::RequestBuilder) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn api_url(api: &ApiArgs, path: &str) -> String {
-    format!("{}{path}", api.server.trim_end_matches('/'))
-}
-
 fn token_command(command: &TokenCommand) -> anyhow::Result<()> {
-    let client = reqwest::blocking::Client::new();
     match command {
         TokenCommand::Create { api, node, ttl } => call_api(
-            client
-                .post(api_url(api, "/api/v1/enroll-tokens"))
+            api.post("/api/v1/enroll-tokens")
                 .json(&serde_json::json!({ "node": node, "ttl_s": ttl })),
         ),
-        TokenCommand::List { api } => call_api(client.get(api_url(api, "/api/v1/enroll-tokens"))),
+        TokenCommand::List { api } => call_api(api.get("/api/v1/enroll-tokens")),
     }
 }
 
 fn node_command(command: &NodeCommand) -> anyhow::Result<()> {
-    let client = reqwest::blocking::Client::new();
     match command {
         NodeCommand::Revoke { api, node } => {
             let node = rakkr_protocol::NodeId::new(node.as_str()).context("bad node id")?;
-            call_api(client.post(api_url(
-                api,
-                &format!("/api/v1/nodes/{node}/credential/revoke"),
-            )))
+            call_api(api.post(&format!("/api/v1/nodes/{node}/credential/revoke")))
         }
     }
 }
 
 fn job_command(command: &JobCommand) -> anyhow::Result<()> {
-    let client = reqwest::blocking::Client::new();
-    let url = api_url;
     match command {
         JobCommand::Start {
             api,
@@ -269,16 +279,13 @@ fn job_command(command: &JobCommand) -> anyhow::Result<()> {
                 "duration_s": duration,
                 "profile": {"codec": codec, "bits": bits, "segment_s": segment},
             });
-            call_api(client.post(url(api, "/api/v1/jobs")).json(&body))
+            call_api(api.post("/api/v1/jobs").json(&body))
         }
         JobCommand::Stop { api, id, cancel } => call_api(
-            client
-                .post(url(api, &format!("/api/v1/jobs/{id}/stop")))
+            api.post(&format!("/api/v1/jobs/{id}/stop"))
                 .json(&serde_json::json!({ "cancel": cancel })),
         ),
-        JobCommand::Show { api, id } => {
-            call_api(client.get(url(api, &format!("/api/v1/jobs/{id}"))))
-        }
+        JobCommand::Show { api, id } => call_api(api.get(&format!("/api/v1/jobs/{id}"))),
         JobCommand::List { api, node, limit } => {
             // Node ids need no escaping: they are [a-z0-9_-] only.
             let node = node
@@ -287,7 +294,7 @@ fn job_command(command: &JobCommand) -> anyhow::Result<()> {
                 .transpose()
                 .context("bad --node")?
                 .map_or(String::new(), |n| format!("&node={n}"));
-            call_api(client.get(url(api, &format!("/api/v1/jobs?limit={limit}{node}"))))
+            call_api(api.get(&format!("/api/v1/jobs?limit={limit}{node}")))
         }
     }
 }
@@ -520,6 +527,7 @@ fn real_main() -> anyhow::Result<()> {
     runtime.block_on(async move {
         let shutdown = rakkr_service::shutdown_on_signal();
         let clock = Arc::new(SystemClock);
+        let clock_for_token = clock.clone();
         let server = RunningServer::start(settings, clock.clone(), shutdown.clone())
             .await
             .context("cannot start the server")?;
@@ -564,8 +572,23 @@ fn real_main() -> anyhow::Result<()> {
                         server.data_dir.display()
                     );
                 }
+                // An API token for trying the command line (a day, a new one per run).
+                let store = server.store.clone();
+                let now = rakkr_server::clock::Clock::unix_ms(&*clock_for_token);
+                let (token, _) = tokio::task::spawn_blocking(move || {
+                    rakkr_server::api_tokens::create(
+                        &*store,
+                        "demo",
+                        rakkr_protocol::access::Role::Admin,
+                        Some(1),
+                        now,
+                    )
+                })
+                .await
+                .context("cannot create the demo's API token")?
+                .context("cannot create the demo's API token")?;
                 println!(
-                    "  Jobs:     {} records for an hour into {}; try: rakkr-server job list --server {url}",
+                    "  Jobs:     {} records for an hour into {}; try: RAKKR_TOKEN={token} rakkr-server job list --server {url}",
                     demo::DEMO_NODES[0].0,
                     recordings.display()
                 );

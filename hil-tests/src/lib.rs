@@ -159,6 +159,8 @@ pub struct Server {
     env: Vec<(String, String)>,
     /// Credentials of nodes enrolled on this server (kept across restarts).
     credentials: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, String>>>,
+    /// An API token with the admin role, for the JSON API and `/metrics`.
+    pub api_token: String,
 }
 
 impl Server {
@@ -236,6 +238,7 @@ impl Server {
             args,
             env,
             credentials,
+            api_token,
         } = self;
         proc.signal(if kill { "KILL" } else { "TERM" })?;
         proc.wait_exit(Duration::from_secs(20))?;
@@ -247,6 +250,7 @@ impl Server {
         drop(proc);
         let mut server = Server::spawn(work, &data_dir, http_port, mqtt_port, args, env)?;
         server.credentials = credentials;
+        server.api_token = api_token;
         Ok(server)
     }
 
@@ -316,6 +320,7 @@ impl Server {
         if !ready {
             bail!("server exited during start:\n{}", proc.stderr_text());
         }
+        let api_token = Server::create_api_token(data_dir)?;
         Ok(Server {
             proc,
             http_port,
@@ -324,19 +329,72 @@ impl Server {
             args,
             env,
             credentials: Default::default(),
+            api_token,
         })
+    }
+
+    /// An admin API token on the server owning `data_dir`.
+    fn create_api_token(data_dir: &Path) -> Result<String> {
+        let data = data_dir.to_string_lossy().into_owned();
+        let (ok, out, err) = cli(
+            "rakkr-server",
+            &[
+                "api-token",
+                "create",
+                "--name",
+                "hil",
+                "--role",
+                "admin",
+                "--data-dir",
+                &data,
+            ],
+        )?;
+        let token = out.lines().find_map(|l| l.strip_prefix("token: "));
+        match (ok, token) {
+            (true, Some(t)) => Ok(t.to_owned()),
+            _ => bail!("cannot create an API token: {err}{out}"),
+        }
+    }
+
+    /// `GET` from the JSON API (or `/metrics`) with the harness's token.
+    pub fn get_api(&self, path: &str) -> Result<(u16, String)> {
+        let response = http_client()?
+            .get(self.url(path))
+            .bearer_auth(&self.api_token)
+            .send()?;
+        let code = response.status().as_u16();
+        Ok((code, response.text()?))
+    }
+
+    /// Run `rakkr-server ARGS… --server URL` with the harness's API token.
+    pub fn api_cli(&self, args: &[&str]) -> Result<(bool, String, String)> {
+        let out = Command::new(bin("rakkr-server"))
+            .args(args)
+            .arg("--server")
+            .arg(self.url(""))
+            .env("RAKKR_TOKEN", &self.api_token)
+            .output()?;
+        Ok((
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        ))
     }
 
     /// `POST` JSON to the API: status code and parsed body.
     pub fn post(&self, path: &str, body: &serde_json::Value) -> Result<(u16, serde_json::Value)> {
-        let response = http_client()?.post(self.url(path)).json(body).send()?;
+        let response = http_client()?
+            .post(self.url(path))
+            .bearer_auth(&self.api_token)
+            .json(body)
+            .send()?;
         let code = response.status().as_u16();
         Ok((code, response.json().unwrap_or(serde_json::Value::Null)))
     }
 
     /// `GET` from the API, parsed.
     pub fn get_json(&self, path: &str) -> Result<serde_json::Value> {
-        let (code, body) = http_get(&self.url(path))?;
+        let (code, body) = self.get_api(path)?;
         if code != 200 {
             bail!("{path} answered {code}: {body}");
         }
@@ -349,7 +407,7 @@ impl Server {
 
     /// `GET /api/v1/nodes`, parsed.
     pub fn nodes(&self) -> Result<Vec<serde_json::Value>> {
-        let (code, body) = http_get(&self.url("/api/v1/nodes"))?;
+        let (code, body) = self.get_api("/api/v1/nodes")?;
         if code != 200 {
             bail!("/api/v1/nodes answered {code}");
         }

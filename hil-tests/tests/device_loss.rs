@@ -110,7 +110,7 @@ fn a_lost_device_raises_a_health_event_and_its_return_clears_it() -> Result<()> 
 
     // The server stored both, once each.
     let stored = wait_for("stored health events", Duration::from_secs(10), || {
-        let (code, body) = http_get(&server.url("/api/v1/nodes/hil-loss/events")).ok()?;
+        let (code, body) = server.get_api("/api/v1/nodes/hil-loss/events").ok()?;
         let events: Vec<serde_json::Value> = serde_json::from_str(&body).ok()?;
         (code == 200 && events.len() >= 2).then_some(events)
     })?;
@@ -166,12 +166,12 @@ fn health_events_outlive_a_server_outage_and_an_agent_crash() -> Result<()> {
     let server = Server::start(work.path(), &data)?;
     let config = write_config(server.mqtt_port)?;
     let _agent = Agent::start_for(work.path(), &server, "hil-outbox", &config, &env)?;
-    let events_url = server.url("/api/v1/nodes/hil-outbox/events");
+    let events_url = "/api/v1/nodes/hil-outbox/events";
     let stored = wait_for(
         "events delivered from the outbox",
         Duration::from_secs(30),
         || {
-            let (code, body) = http_get(&events_url).ok()?;
+            let (code, body) = server.get_api(events_url).ok()?;
             let events: Vec<serde_json::Value> = serde_json::from_str(&body).ok()?;
             (code == 200 && events.len() >= 2).then_some(events)
         },
@@ -188,7 +188,7 @@ fn health_events_outlive_a_server_outage_and_an_agent_crash() -> Result<()> {
     // The agent may send a message more than once (a resend before the
     // acknowledgement arrives); it is still stored once.
     std::thread::sleep(Duration::from_secs(2));
-    let (_, body) = http_get(&events_url)?;
+    let (_, body) = server.get_api(events_url)?;
     let again: Vec<serde_json::Value> = serde_json::from_str(&body)?;
     assert_eq!(again.len(), 2, "{again:?}");
     Ok(())
@@ -203,10 +203,10 @@ fn a_loss_open_when_the_agent_restarts_is_cleared_after_it() -> Result<()> {
     let state = format!("state_dir = \"{}\"", work.path().join("state").display());
     let config = device.agent_config(work.path(), "hil-reopen", server.mqtt_port, &state)?;
     let mut agent = Agent::start_for(work.path(), &server, "hil-reopen", &config, &device.env())?;
-    let events_url = server.url("/api/v1/nodes/hil-reopen/events");
+    let events_url = "/api/v1/nodes/hil-reopen/events";
     let stored = |n: usize| {
         wait_for("stored events", Duration::from_secs(30), || {
-            let (code, body) = http_get(&events_url).ok()?;
+            let (code, body) = server.get_api(events_url).ok()?;
             let events: Vec<serde_json::Value> = serde_json::from_str(&body).ok()?;
             (code == 200 && events.len() >= n).then_some(events)
         })

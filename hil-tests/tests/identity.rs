@@ -13,10 +13,9 @@ use rumqttc::{Client, ConnectReturnCode, Event, MqttOptions, Packet, QoS};
 const SOON: Duration = Duration::from_secs(20);
 
 fn new_token(server: &Server, extra: &[&str]) -> Result<String> {
-    let url = server.url("");
-    let mut args = vec!["enroll-token", "create", "--server", url.as_str()];
+    let mut args = vec!["enroll-token", "create"];
     args.extend_from_slice(extra);
-    let (ok, out, err) = cli("rakkr-server", &args)?;
+    let (ok, out, err) = server.api_cli(&args)?;
     if !ok {
         bail!("enroll-token create failed: {err}");
     }
@@ -224,10 +223,7 @@ fn a_node_cannot_speak_for_another_and_a_revoked_node_is_cut_off() -> Result<()>
     );
 
     // Revoked: B is disconnected at once and cannot come back.
-    let (ok, _, err) = cli(
-        "rakkr-server",
-        &["node", "revoke", "node-b", "--server", &server.url("")],
-    )?;
+    let (ok, _, err) = server.api_cli(&["node", "revoke", "node-b"])?;
     assert!(ok, "{err}");
     wait_for("B offline after revocation", SOON, || {
         (server.presence("node-b")? == "offline").then_some(())

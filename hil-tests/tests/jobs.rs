@@ -86,6 +86,7 @@ fn job_cli(server: &Server, args: &[&str]) -> Result<Value> {
         .args(args)
         .arg("--server")
         .arg(server.url(""))
+        .env("RAKKR_TOKEN", &server.api_token)
         .output()?;
     if !out.status.success() {
         bail!(
@@ -539,11 +540,19 @@ fn the_demo_runs_a_recording_on_its_first_appliance() -> Result<()> {
         .arg(format!("127.0.0.1:{mqtt}"));
     let mut demo = Proc::spawn("demo", cmd, work.path())?;
     let url = format!("http://127.0.0.1:{http}/api/v1/jobs");
+    // The demo prints an API token for its command-line hint.
+    let token = wait_for("the demo's API token", Duration::from_secs(30), || {
+        let out = demo.stdout_text();
+        let at = out.find("RAKKR_TOKEN=")? + "RAKKR_TOKEN=".len();
+        Some(out[at..].split_whitespace().next()?.to_owned())
+    })?;
+    let client = http_client()?;
     let job = wait_for(
         "the demo's recording running",
         Duration::from_secs(30),
         || {
-            let (_, body) = http_get(&url).ok()?;
+            let response = client.get(&url).bearer_auth(&token).send().ok()?;
+            let body = response.text().ok()?;
             let jobs: Vec<Value> = serde_json::from_str(&body).ok()?;
             jobs.into_iter()
                 .find(|j| j["node"] == "studio-a" && j["state"] == "running")
@@ -610,7 +619,7 @@ fn the_demo_runs_a_recording_on_its_first_appliance() -> Result<()> {
 
 /// A counter from the server's `/metrics`.
 fn metric(server: &Server, name: &str) -> Result<u64> {
-    let (_, text) = http_get(&server.url("/metrics"))?;
+    let (_, text) = server.get_api("/metrics")?;
     text.lines()
         .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
         .ok_or_else(|| anyhow::anyhow!("{name} not in /metrics"))

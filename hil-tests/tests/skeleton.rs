@@ -99,6 +99,7 @@ fn nodes_reconnect_by_themselves_after_a_server_restart() -> Result<()> {
         (server.presence("hil-restart")? == "online").then_some(())
     })?;
     let http_port = server.http_port;
+    let token = server.api_token.clone(); // kept in the store across the restart
     drop(server); // SIGKILL: the broker and its sessions vanish
 
     // Same ports, same data directory: the node is remembered, shown offline
@@ -109,8 +110,10 @@ fn nodes_reconnect_by_themselves_after_a_server_restart() -> Result<()> {
     cmd.arg("--mqtt-addr").arg(format!("127.0.0.1:{mqtt_port}"));
     let _proc = Proc::spawn("server-2", cmd, work.path())?;
     let url = format!("http://127.0.0.1:{http_port}/api/v1/nodes");
+    let client = http_client()?;
     let back = wait_for("node online after restart", Duration::from_secs(45), || {
-        let (_, body) = http_get(&url).ok()?;
+        let response = client.get(&url).bearer_auth(&token).send().ok()?;
+        let body = response.text().ok()?;
         let nodes: Vec<serde_json::Value> = serde_json::from_str(&body).ok()?;
         nodes
             .into_iter()

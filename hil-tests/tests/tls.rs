@@ -26,13 +26,12 @@ fn appliances_and_dashboards_use_mqtt_over_tls_with_the_pinned_fleet_ca() -> Res
             ("RAKKR_SERVER_HTTP__TLS_ADDR", https_addr.as_str()),
         ],
     )?;
-    let url = server.url("");
     let https = format!("https://127.0.0.1:{https_port}");
     let token = |extra: &[&str]| -> Result<String> {
-        let mut args = vec!["enroll-token", "create", "--server", url.as_str()];
+        let mut args = vec!["enroll-token", "create"];
         args.extend_from_slice(extra);
-        let out = Command::new(bin("rakkr-server")).args(&args).output()?;
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+        let (_, out, _) = server.api_cli(&args)?;
+        let v: serde_json::Value = serde_json::from_str(&out)?;
         Ok(v["token"].as_str().unwrap_or_default().to_owned())
     };
     let state = work.path().join("tls-node-state");

@@ -688,7 +688,7 @@ fn open_fds(pid: u32) -> usize {
 }
 
 fn metrics(server: &Server) -> Result<HashMap<String, f64>> {
-    let (code, body) = http_get(&server.url("/metrics"))?;
+    let (code, body) = server.get_api("/metrics")?;
     if code != 200 {
         bail!("/metrics answered {code}");
     }
@@ -807,6 +807,7 @@ fn enroll_all(server: &Server, ids: &[String]) -> Result<Vec<String>> {
                     let enroll = || -> Result<String> {
                         let token: serde_json::Value = client
                             .post(server.url("/api/v1/enroll-tokens"))
+                            .bearer_auth(&server.api_token)
                             .json(&serde_json::json!({"node": ids[i]}))
                             .send()?
                             .json()?;
@@ -1094,6 +1095,7 @@ fn run_once(target: Target, o: &Opts, run: usize) -> Result<RunResult> {
                             .as_ref()
                             .expect("HTTP client")
                             .post(server.url("/api/v1/jobs"))
+                            .bearer_auth(&server.api_token)
                             .json(&serde_json::json!({"node": sim.id, "duration_s": 5}))
                             .send()
                             .map(|r| r.status().as_u16() == 201)
