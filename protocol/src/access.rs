@@ -75,6 +75,8 @@ named_enum!(
 impl Role {
     pub fn permissions(self) -> &'static [Permission] {
         use Permission::*;
+        // Read-only, metrics included: a Prometheus scrape token needs
+        // nothing more.
         const VIEW: &[Permission] = &[
             NodesRead,
             RecordingsRead,
@@ -82,6 +84,7 @@ impl Role {
             JobsRead,
             SchedulesRead,
             HealthRead,
+            MetricsRead,
         ];
         match self {
             Role::Owner => Permission::ALL,
