@@ -215,6 +215,13 @@ pub trait Store: Send + Sync + 'static {
     /// Revoke a token (refused for an unknown id); revoking twice keeps the first time.
     fn revoke_api_token(&self, id: &str, now_ms: u64) -> Result<ApiTokenRecord>;
 
+    /// Append to the audit log, chaining the record to the last one, in one
+    /// transaction.
+    fn append_audit(&self, entry: AuditEntry) -> Result<AuditRecord>;
+
+    /// Audit records with `seq > after`, oldest first, at most `limit`.
+    fn audit_records(&self, after: u64, limit: usize) -> Result<Vec<AuditRecord>>;
+
     /// Store health events; one already stored (same node and message id) is
     /// left as it is. A node keeps at most [`MAX_HEALTH_EVENTS_PER_NODE`]: the
     /// oldest go first. Returns how many were new.

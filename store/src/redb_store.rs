@@ -17,6 +17,7 @@
 //! | `users`     | login name `&str`       | JSON [`UserRecord`] (password: argon2id PHC string only) |
 //! | `sessions`  | SHA-256 of the session id `&str` | JSON [`SessionRecord`]        |
 //! | `api_tokens` | token id `&str`        | JSON [`ApiTokenRecord`] (secret: SHA-256 only) |
+//! | `audit`     | sequence `u64` (1, 2, …) | JSON [`AuditRecord`], hash-chained; never updated or deleted |
 //!
 //! Invariants, kept by [`JobTables::put`], the only writer of job records: a
 //! job is in `job_queue` exactly while its state is `queued`; in `active_jobs`
@@ -25,8 +26,8 @@
 //!
 //! Schema history: 2 added job specs, leases and the job indexes; version 1
 //! had no way to create jobs, so its (empty) job tables are dropped. `users`,
-//! `sessions` and `api_tokens` came later without a bump: new tables, created
-//! empty when missing.
+//! `sessions`, `api_tokens` and `audit` came later without a bump: new tables,
+//! created empty when missing.
 //! Commits are durable (`Durability::Immediate`: fsync before `commit` returns).
 
 use std::path::Path;
@@ -43,10 +44,10 @@ use rakkr_protocol::job::JobUpdate;
 use rakkr_protocol::payload::{HealthChange, HealthCondition, HealthEvent, Severity};
 
 use crate::{
-    ApiTokenRecord, EnrollTokenRecord, HealthEventRecord, JobId, JobRecord, Lease,
-    MAX_APPLIED_UPDATES, MAX_HEALTH_EVENTS_PER_NODE, MAX_USER_NAME, NewJob, NodeCredentialRecord,
-    NodeRecord, NodeStatusUpdate, Result, SessionRecord, Store, StoreError, UpdateOutcome,
-    UserChange, UserRecord, valid_user_name,
+    AUDIT_GENESIS, ApiTokenRecord, AuditEntry, AuditRecord, EnrollTokenRecord, HealthEventRecord,
+    JobId, JobRecord, Lease, MAX_APPLIED_UPDATES, MAX_HEALTH_EVENTS_PER_NODE, MAX_USER_NAME,
+    NewJob, NodeCredentialRecord, NodeRecord, NodeStatusUpdate, Result, SessionRecord, Store,
+    StoreError, UpdateOutcome, UserChange, UserRecord, audit_hash, valid_user_name,
 };
 
 /// Version of the layout above. Bumped only with a migration.
@@ -67,6 +68,8 @@ const USERS: TableDefinition<&str, &[u8]> = TableDefinition::new("users");
 const SESSIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("sessions");
 /// API tokens by their public id (JSON [`ApiTokenRecord`]).
 const API_TOKENS: TableDefinition<&str, &[u8]> = TableDefinition::new("api_tokens");
+/// The audit log by sequence number (JSON [`AuditRecord`]); append-only.
+const AUDIT: TableDefinition<u64, &[u8]> = TableDefinition::new("audit");
 /// (node, message id as u128) → HealthEventRecord (JSON).
 const HEALTH_EVENTS: TableDefinition<(&str, u128), &[u8]> = TableDefinition::new("health_events");
 
@@ -159,6 +162,7 @@ impl RedbStore {
             tx.open_table(USERS).map_err(backend)?;
             tx.open_table(SESSIONS).map_err(backend)?;
             tx.open_table(API_TOKENS).map_err(backend)?;
+            tx.open_table(AUDIT).map_err(backend)?;
         }
         tx.commit().map_err(backend)
     }
@@ -911,6 +915,50 @@ impl Store for RedbStore {
         };
         tx.commit().map_err(backend)?;
         Ok(token)
+    }
+
+    fn append_audit(&self, entry: AuditEntry) -> Result<AuditRecord> {
+        let tx = self.db.begin_write().map_err(backend)?;
+        let record = {
+            let mut audit = tx.open_table(AUDIT).map_err(backend)?;
+            let last: Option<AuditRecord> = audit
+                .last()
+                .map_err(backend)?
+                .map(|(_, v)| decode("audit record", v.value()))
+                .transpose()?;
+            let (seq, prev) = match last {
+                Some(r) => (r.seq + 1, r.sha256),
+                None => (1, AUDIT_GENESIS.to_owned()),
+            };
+            let sha256 = audit_hash(seq, &prev, &entry);
+            let record = AuditRecord {
+                seq,
+                entry,
+                prev_sha256: prev,
+                sha256,
+            };
+            audit
+                .insert(seq, encode(&record).as_slice())
+                .map_err(backend)?;
+            record
+        };
+        tx.commit().map_err(backend)?;
+        Ok(record)
+    }
+
+    fn audit_records(&self, after: u64, limit: usize) -> Result<Vec<AuditRecord>> {
+        let tx = self.db.begin_read().map_err(backend)?;
+        let audit = tx.open_table(AUDIT).map_err(backend)?;
+        let mut out = Vec::new();
+        for entry in audit
+            .range(after.saturating_add(1)..)
+            .map_err(backend)?
+            .take(limit)
+        {
+            let (_, v) = entry.map_err(backend)?;
+            out.push(decode("audit record", v.value())?);
+        }
+        Ok(out)
     }
 
     fn record_health_events(&self, events: &[HealthEventRecord]) -> Result<usize> {

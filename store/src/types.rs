@@ -269,3 +269,63 @@ impl ApiTokenRecord {
         self.revoked_ms.is_none() && self.expires_ms.is_none_or(|e| now_ms < e)
     }
 }
+
+/// What happened, for the audit log (the store adds sequence, time and hashes).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditEntry {
+    pub at_ms: u64,
+    /// Who: `user:NAME`, `token:ID`, `local-admin:uid=N`, `anonymous@ADDR`.
+    pub actor: String,
+    /// The permission the action needed, if any.
+    pub permission: Option<String>,
+    /// What was asked, e.g. `POST /api/v1/jobs` or `user add`.
+    pub action: String,
+    /// What it was done to (a job, node, account), when known.
+    pub target: Option<String>,
+    /// `allowed` (done), `denied` (refused by access control) or `failed`
+    /// (allowed, but refused or failed in the doing).
+    pub outcome: String,
+    pub reason: Option<String>,
+}
+
+/// One record of the append-only audit log. Each record's `sha256` covers its
+/// content and the previous record's hash, so editing or removing a record
+/// breaks the chain from there on ([`verify_audit_chain`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditRecord {
+    /// 1, 2, 3, … without gaps.
+    pub seq: u64,
+    #[serde(flatten)]
+    pub entry: AuditEntry,
+    /// The previous record's `sha256` (64 zeros before the first).
+    pub prev_sha256: String,
+    pub sha256: String,
+}
+
+/// The hash a record must carry: SHA-256 (hex) of its sequence number, the
+/// previous hash and the entry's canonical JSON.
+pub fn audit_hash(seq: u64, prev_sha256: &str, entry: &AuditEntry) -> String {
+    let json = serde_json::to_string(entry).expect("audit entries serialise");
+    rakkr_protocol::digest::sha256_hex(format!("{seq}\n{prev_sha256}\n{json}").as_bytes())
+}
+
+/// The hash before the first record.
+pub const AUDIT_GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+/// Check that `records` (consecutive, oldest first, starting after a record
+/// whose hash is `prev`) form an unbroken chain; the first bad sequence number.
+pub fn verify_audit_chain(prev: &str, records: &[AuditRecord]) -> Result<(), u64> {
+    let mut prev = prev.to_owned();
+    let mut expected_seq = records.first().map_or(1, |r| r.seq);
+    for r in records {
+        if r.seq != expected_seq
+            || r.prev_sha256 != prev
+            || r.sha256 != audit_hash(r.seq, &prev, &r.entry)
+        {
+            return Err(r.seq);
+        }
+        prev = r.sha256.clone();
+        expected_seq += 1;
+    }
+    Ok(())
+}

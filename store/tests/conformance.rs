@@ -750,6 +750,55 @@ fn redb_sessions_are_bounded_touched_and_pruned() {
     sessions_are_bounded_touched_and_pruned(&s);
 }
 
+fn the_audit_log_is_a_gapless_hash_chain(store: &dyn Store) {
+    let entry = |i: u64| AuditEntry {
+        at_ms: 1000 + i,
+        actor: format!("user:u{i}"),
+        permission: Some("jobs.manage".into()),
+        action: "POST /api/v1/jobs".into(),
+        target: Some(format!("job-{i}")),
+        outcome: if i % 2 == 0 { "allowed" } else { "denied" }.into(),
+        reason: None,
+    };
+    for i in 1..=5 {
+        let r = store.append_audit(entry(i)).unwrap();
+        assert_eq!(r.seq, i);
+    }
+    let all = store.audit_records(0, 100).unwrap();
+    assert_eq!(
+        all.iter().map(|r| r.seq).collect::<Vec<_>>(),
+        [1, 2, 3, 4, 5]
+    );
+    assert_eq!(all[0].prev_sha256, AUDIT_GENESIS);
+    assert_eq!(verify_audit_chain(AUDIT_GENESIS, &all), Ok(()));
+    // A page continues the chain from the record before it.
+    let page = store.audit_records(2, 2).unwrap();
+    assert_eq!(page.iter().map(|r| r.seq).collect::<Vec<_>>(), [3, 4]);
+    assert_eq!(verify_audit_chain(&all[1].sha256, &page), Ok(()));
+
+    // Editing a record, dropping one or reordering is detected where it happens.
+    let mut edited = all.clone();
+    edited[2].entry.outcome = "allowed".into();
+    assert_eq!(verify_audit_chain(AUDIT_GENESIS, &edited), Err(3));
+    let mut dropped = all.clone();
+    dropped.remove(1);
+    assert_eq!(verify_audit_chain(AUDIT_GENESIS, &dropped), Err(3));
+    let mut rehashed = all.clone();
+    rehashed[1].entry.actor = "user:mallory".into();
+    rehashed[1].sha256 = audit_hash(2, &rehashed[0].sha256, &rehashed[1].entry);
+    assert_eq!(
+        verify_audit_chain(AUDIT_GENESIS, &rehashed),
+        Err(3),
+        "re-hashing one breaks the next"
+    );
+}
+
+#[test]
+fn redb_the_audit_log_is_a_gapless_hash_chain() {
+    let (_d, s) = redb();
+    the_audit_log_is_a_gapless_hash_chain(&s);
+}
+
 #[test]
 fn redb_overlapping_channels_are_refused() {
     let (_d, s) = redb();
