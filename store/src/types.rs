@@ -316,8 +316,8 @@ pub const AUDIT_GENESIS: &str = "00000000000000000000000000000000000000000000000
 /// whose hash is `prev`) form an unbroken chain; the first bad sequence number.
 pub fn verify_audit_chain(prev: &str, records: &[AuditRecord]) -> Result<(), u64> {
     let mut prev = prev.to_owned();
-    let mut expected_seq = records.first().map_or(1, |r| r.seq);
-    for r in records {
+    let first = records.first().map_or(1, |r| r.seq);
+    for (expected_seq, r) in (first..).zip(records) {
         if r.seq != expected_seq
             || r.prev_sha256 != prev
             || r.sha256 != audit_hash(r.seq, &prev, &r.entry)
@@ -325,7 +325,6 @@ pub fn verify_audit_chain(prev: &str, records: &[AuditRecord]) -> Result<(), u64
             return Err(r.seq);
         }
         prev = r.sha256.clone();
-        expected_seq += 1;
     }
     Ok(())
 }

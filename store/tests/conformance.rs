@@ -757,7 +757,12 @@ fn the_audit_log_is_a_gapless_hash_chain(store: &dyn Store) {
         permission: Some("jobs.manage".into()),
         action: "POST /api/v1/jobs".into(),
         target: Some(format!("job-{i}")),
-        outcome: if i % 2 == 0 { "allowed" } else { "denied" }.into(),
+        outcome: if i.is_multiple_of(2) {
+            "allowed"
+        } else {
+            "denied"
+        }
+        .into(),
         reason: None,
     };
     for i in 1..=5 {
