@@ -215,8 +215,9 @@ pub async fn serve(
             continue;
         }
         let (store, clock) = (store.clone(), clock.clone());
+        let actor = format!("local-admin:uid={}", peer.unwrap_or_default());
         tokio::spawn(async move {
-            if let Err(e) = answer(stream, store, clock).await {
+            if let Err(e) = answer(stream, store, clock, actor).await {
                 tracing::info!(error = %e, "admin socket request failed");
             }
         });
@@ -228,6 +229,7 @@ async fn answer(
     stream: UnixStream,
     store: Arc<dyn Store>,
     clock: Arc<dyn Clock>,
+    actor: String,
 ) -> Result<(), String> {
     let (read, mut write) = stream.into_split();
     let mut line = String::new();
@@ -243,9 +245,13 @@ async fn answer(
             Err(e) => AdminResponse::refused(format!("bad request: {e}")),
             Ok(request) => {
                 let now = clock.unix_ms();
-                tokio::task::spawn_blocking(move || execute(&*store, request, now))
-                    .await
-                    .unwrap_or_else(|e| AdminResponse::refused(format!("request failed: {e}")))
+                tokio::task::spawn_blocking(move || {
+                    let response = execute(&*store, request.clone(), now);
+                    audit_command(&*store, &actor, &request, &response, now);
+                    response
+                })
+                .await
+                .unwrap_or_else(|e| AdminResponse::refused(format!("request failed: {e}")))
             }
         },
     };
@@ -324,6 +330,60 @@ pub fn execute(store: &dyn Store, request: AdminRequest, now_ms: u64) -> AdminRe
         })
     })();
     result.unwrap_or_else(|e| AdminResponse::refused(e.to_string()))
+}
+
+/// Record an admin-socket command in the audit log (never a password or token).
+fn audit_command(
+    store: &dyn Store,
+    actor: &str,
+    request: &AdminRequest,
+    response: &AdminResponse,
+    now_ms: u64,
+) {
+    let (action, target) = match request {
+        AdminRequest::UserAdd { name, role } => (
+            format!("user add (role {role})"),
+            Some(format!("user:{name}")),
+        ),
+        AdminRequest::UserList => ("user list".to_owned(), None),
+        AdminRequest::UserResetPassword { name } => (
+            "user reset-password".to_owned(),
+            Some(format!("user:{name}")),
+        ),
+        AdminRequest::UserDisable { name } => {
+            ("user disable".to_owned(), Some(format!("user:{name}")))
+        }
+        AdminRequest::UserEnable { name } => {
+            ("user enable".to_owned(), Some(format!("user:{name}")))
+        }
+        AdminRequest::UserRole { name, role } => {
+            (format!("user role {role}"), Some(format!("user:{name}")))
+        }
+        AdminRequest::TokenCreate { name, role, .. } => (
+            format!("api-token create (role {role}, name {name:?})"),
+            response
+                .tokens
+                .as_ref()
+                .and_then(|t| t.first())
+                .map(|t| format!("token:{}", t.id)),
+        ),
+        AdminRequest::TokenList => ("api-token list".to_owned(), None),
+        AdminRequest::TokenRevoke { id } => {
+            ("api-token revoke".to_owned(), Some(format!("token:{id}")))
+        }
+    };
+    let entry = rakkr_store::AuditEntry {
+        at_ms: now_ms,
+        actor: actor.to_owned(),
+        permission: None,
+        action,
+        target,
+        outcome: if response.ok { "allowed" } else { "failed" }.to_owned(),
+        reason: response.error.clone(),
+    };
+    if let Err(e) = store.append_audit(entry) {
+        tracing::error!(error = %e, "audit record not written");
+    }
 }
 
 fn change(

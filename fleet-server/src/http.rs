@@ -22,6 +22,7 @@
 //! | `POST /api/v1/enroll` | appliance | an appliance exchanges `{"token", "node"}` for its credential (shown once) |
 //! | `POST /api/v1/nodes/{id}/credential/revoke` | nodes.manage | revoke a node's credential and disconnect it |
 //! | `POST /api/v1/node/credential/rotate` | appliance | a node (HTTP Basic: node id and credential) gets a new credential |
+//! | `GET /api/v1/audit` | audit.read | the audit log (`?after=SEQ&limit=N&format=json\|csv`), its hash chain checked |
 //! | `GET /metrics`     | metrics.read | counters in the Prometheus text format       |
 //! | `GET /healthz`     | public | liveness: the process serves HTTP          |
 //! | `GET /readyz`      | public | readiness: store readable and broker link connected |
@@ -174,6 +175,12 @@ pub fn route_table() -> Vec<(&'static str, Method, Access, MethodRouter<AppState
             Method::POST,
             Appliance,
             post(api_rotate_credential),
+        ),
+        (
+            "/api/v1/audit",
+            Method::GET,
+            Operator(AuditRead),
+            get(crate::audit::api_audit),
         ),
         ("/metrics", Method::GET, Operator(MetricsRead), get(metrics)),
         ("/healthz", Method::GET, Public, get(|| async { "ok\n" })),

@@ -131,9 +131,36 @@ pub async fn login_submit(
     let now = state.clock.unix_ms();
     let (store, limiter) = (state.store.clone(), state.logins.clone());
     let address = peer.ip().to_string();
+    let name = form.name.clone();
     let attempt = tokio::task::spawn_blocking(move || {
         auth::login(&*store, &limiter, &form.name, &form.password, &address, now)
     })
+    .await;
+    let (actor, outcome, reason) = match &attempt {
+        Ok(Ok(_)) => (format!("user:{name}"), "allowed", None),
+        Ok(Err(e)) => (
+            format!("anonymous@{}", peer.ip()),
+            "denied",
+            Some(e.to_string()),
+        ),
+        Err(e) => (
+            format!("anonymous@{}", peer.ip()),
+            "failed",
+            Some(e.to_string()),
+        ),
+    };
+    crate::audit::record(
+        state.store.clone(),
+        rakkr_store::AuditEntry {
+            at_ms: now,
+            actor,
+            permission: None,
+            action: "login".into(),
+            target: Some(format!("user:{name}")),
+            outcome: outcome.into(),
+            reason,
+        },
+    )
     .await;
     match attempt {
         Ok(Ok((id, signed_in))) => {
@@ -331,6 +358,91 @@ pub async fn enforce(
         Access::SignedIn => None,
         Access::Operator(p) => Some(p),
     };
+    let method = request.method().clone();
+    let route = request
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or_else(
+            || request.uri().path().to_owned(),
+            |m| m.as_str().to_owned(),
+        );
+    let path = request.uri().path().to_owned();
+    let peer = request
+        .extensions()
+        .get::<ConnectInfo<PeerAddr>>()
+        .map(|c| c.0.0.ip().to_string())
+        .unwrap_or_default();
+    let entry = |actor: String, outcome: &str, reason: Option<String>| rakkr_store::AuditEntry {
+        at_ms: state.clock.unix_ms(),
+        actor,
+        permission: permission.map(|p| p.as_str().to_owned()),
+        action: format!("{method} {route}"),
+        target: (path != route).then(|| path.clone()),
+        outcome: outcome.to_owned(),
+        reason,
+    };
+    match decide(&state, permission, request, &peer).await {
+        Err(Refusal {
+            response,
+            actor,
+            outcome,
+            reason,
+        }) => {
+            crate::audit::record(state.store.clone(), entry(actor, outcome, Some(reason))).await;
+            response
+        }
+        Ok((request, actor)) => {
+            let response = next.run(request).await;
+            if is_state_changing(&method) {
+                let status = response.status();
+                let (outcome, reason) = if status.is_client_error() || status.is_server_error() {
+                    ("failed", Some(format!("answered {status}")))
+                } else {
+                    ("allowed", None)
+                };
+                crate::audit::record(state.store.clone(), entry(actor, outcome, reason)).await;
+            }
+            response
+        }
+    }
+}
+
+/// A request the access check stopped: what to answer and what to audit.
+struct Refusal {
+    response: Response,
+    actor: String,
+    /// `denied` by access control, or `failed` (the check itself could not run).
+    outcome: &'static str,
+    reason: String,
+}
+
+fn refused(response: Response, actor: &str, reason: impl Into<String>) -> Refusal {
+    Refusal {
+        response,
+        actor: actor.to_owned(),
+        outcome: "denied",
+        reason: reason.into(),
+    }
+}
+
+fn check_failed(actor: &str, detail: &str) -> Refusal {
+    Refusal {
+        response: server_error(detail),
+        actor: actor.to_owned(),
+        outcome: "failed",
+        reason: detail.to_owned(),
+    }
+}
+
+/// Who is asking and whether they may: the request to pass on (with
+/// [`SignedIn`] or the API token in its extensions) and the actor's name.
+async fn decide(
+    state: &AppState,
+    permission: Option<Permission>,
+    request: Request,
+    peer: &str,
+) -> Result<(Request, String), Refusal> {
+    let anonymous = format!("anonymous@{peer}");
     let bearer = request
         .headers()
         .get(header::AUTHORIZATION)
@@ -347,25 +459,26 @@ pub async fn enforce(
         .await;
         let token = match token {
             Ok(Ok(t)) => t,
-            Ok(Err(e)) => return server_error(&e.to_string()),
-            Err(e) => return server_error(&e.to_string()),
+            Ok(Err(e)) => return Err(check_failed(&anonymous, &e.to_string())),
+            Err(e) => return Err(check_failed(&anonymous, &e.to_string())),
         };
         let Some(token) = token else {
-            return problem(
-                StatusCode::UNAUTHORIZED,
-                "unknown, revoked or expired API token",
-            );
+            let why = "unknown, revoked or expired API token";
+            return Err(refused(
+                problem(StatusCode::UNAUTHORIZED, why),
+                &anonymous,
+                why,
+            ));
         };
+        let actor = format!("token:{}", token.id);
         if !token.role.allows(p) {
             tracing::info!(token = %token.id, permission = %p, path = %request.uri().path(), "refused: no permission");
-            return problem(
-                StatusCode::FORBIDDEN,
-                &format!("this token's role ({}) does not allow {p}", token.role),
-            );
+            let why = format!("this token's role ({}) does not allow {p}", token.role);
+            return Err(refused(problem(StatusCode::FORBIDDEN, &why), &actor, why));
         }
         let mut request = request;
         request.extensions_mut().insert(token);
-        return next.run(request).await;
+        return Ok((request, actor));
     }
     let htmx = request.headers().contains_key("hx-request");
     let api = takes_bearer_tokens(request.uri().path());
@@ -383,41 +496,51 @@ pub async fn enforce(
             let store = state.store.clone();
             match tokio::task::spawn_blocking(move || auth::current(&*store, &id, now)).await {
                 Ok(Ok(s)) => s,
-                Ok(Err(e)) => return server_error(&e.to_string()),
-                Err(e) => return server_error(&e.to_string()),
+                Ok(Err(e)) => return Err(check_failed(&anonymous, &e.to_string())),
+                Err(e) => return Err(check_failed(&anonymous, &e.to_string())),
             }
         }
     };
     let Some(signed_in) = signed_in else {
+        let why = "not signed in";
         if api {
-            return problem(
+            let response = problem(
                 StatusCode::UNAUTHORIZED,
                 "send an API token (Authorization: Bearer …) or log in",
             );
+            return Err(refused(response, &anonymous, why));
         }
         if htmx {
             let mut res = (StatusCode::UNAUTHORIZED, "log in first\n").into_response();
             res.headers_mut()
                 .insert("hx-redirect", HeaderValue::from_static(LOGIN_PATH));
-            return res;
+            return Err(refused(res, &anonymous, why));
         }
         let path = request.uri().path_and_query().map_or("/", |p| p.as_str());
         let to = format!("{LOGIN_PATH}?next={}", urlencode(path));
-        return Redirect::to(&to).into_response();
+        return Err(refused(Redirect::to(&to).into_response(), &anonymous, why));
     };
+    let actor = format!("user:{}", signed_in.user.name);
     let path = request.uri().path().to_owned();
     if signed_in.user.must_change_password && path != PASSWORD_PATH && path != LOGOUT_PATH {
-        return Redirect::to(PASSWORD_PATH).into_response();
+        let response = Redirect::to(PASSWORD_PATH).into_response();
+        return Err(refused(
+            response,
+            &actor,
+            "must change the one-time password first",
+        ));
     }
     if let Some(p) = permission
         && !signed_in.may(p)
     {
         tracing::info!(user = %signed_in.user.name, permission = %p, %path, "refused: no permission");
         let detail = format!("your role ({}) does not allow {p}", signed_in.user.role);
-        if api {
-            return problem(StatusCode::FORBIDDEN, &detail);
-        }
-        return (StatusCode::FORBIDDEN, format!("{detail}\n")).into_response();
+        let response = if api {
+            problem(StatusCode::FORBIDDEN, &detail)
+        } else {
+            (StatusCode::FORBIDDEN, format!("{detail}\n")).into_response()
+        };
+        return Err(refused(response, &actor, detail));
     }
     let mut request = request;
     if is_state_changing(request.method()) {
@@ -435,7 +558,9 @@ pub async fn enforce(
                 let bytes = match axum::body::to_bytes(body, MAX_FORM_BYTES).await {
                     Ok(b) => b,
                     Err(_) => {
-                        return (StatusCode::PAYLOAD_TOO_LARGE, "form too large\n").into_response();
+                        let response =
+                            (StatusCode::PAYLOAD_TOO_LARGE, "form too large\n").into_response();
+                        return Err(refused(response, &actor, "form too large"));
                     }
                 };
                 let token = form_field(&bytes, "csrf");
@@ -445,15 +570,16 @@ pub async fn enforce(
         };
         if !signed_in.csrf_ok(token.as_deref()) {
             tracing::info!(user = %signed_in.user.name, %path, "refused: missing or wrong CSRF token");
-            return (
+            let response = (
                 StatusCode::FORBIDDEN,
                 "missing or wrong CSRF token; reload the page\n",
             )
                 .into_response();
+            return Err(refused(response, &actor, "missing or wrong CSRF token"));
         }
     }
     request.extensions_mut().insert(signed_in);
-    next.run(request).await
+    Ok((request, actor))
 }
 
 fn form_field(body: &[u8], name: &str) -> Option<String> {
