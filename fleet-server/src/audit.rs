@@ -9,6 +9,11 @@
 //!
 //! A failure to write the audit record is logged as an error; the request's
 //! own outcome is not changed by it.
+//!
+//! Bound: refusals of anonymous requests are recorded at most
+//! [`ANONYMOUS_PER_MINUTE`] per client address and minute; the rest are
+//! counted, and the first record of the address's next minute says how many
+//! were left out. A scanner cannot grow the log faster than that per address.
 
 use std::sync::Arc;
 
@@ -22,6 +27,47 @@ use crate::http::{AppState, problem};
 
 /// Most records one API call returns.
 pub const MAX_PAGE: usize = 1000;
+
+/// Anonymous refusals recorded per client address and minute.
+pub const ANONYMOUS_PER_MINUTE: u32 = 60;
+/// Client addresses the budget tracks at once.
+const MAX_ADDRESSES: usize = 10_000;
+
+/// How many anonymous refusals each address may still have recorded.
+#[derive(Debug, Default)]
+pub struct AnonymousBudget {
+    /// Per address: the minute's start, records in it, refusals left out.
+    windows: std::sync::Mutex<std::collections::HashMap<String, (u64, u32, u64)>>,
+}
+
+impl AnonymousBudget {
+    /// Whether to record a refusal from `address` at `now_ms`, and how many
+    /// were left out in the address's previous minute (to say so).
+    pub fn admit(&self, address: &str, now_ms: u64) -> (bool, u64) {
+        let mut windows = self.windows.lock().unwrap_or_else(|e| e.into_inner());
+        if windows.len() >= MAX_ADDRESSES && !windows.contains_key(address) {
+            windows.retain(|_, (start, _, skipped)| {
+                now_ms.saturating_sub(*start) < 60_000 || *skipped > 0
+            });
+            if windows.len() >= MAX_ADDRESSES {
+                return (false, 0);
+            }
+        }
+        let w = windows.entry(address.to_owned()).or_insert((now_ms, 0, 0));
+        let mut left_out = 0;
+        if now_ms.saturating_sub(w.0) >= 60_000 {
+            left_out = w.2;
+            *w = (now_ms, 0, 0);
+        }
+        if w.1 < ANONYMOUS_PER_MINUTE {
+            w.1 += 1;
+            (true, left_out)
+        } else {
+            w.2 += 1;
+            (false, left_out)
+        }
+    }
+}
 
 /// Append `entry` off the async threads.
 pub async fn record(store: Arc<dyn Store>, entry: AuditEntry) {
@@ -139,6 +185,22 @@ fn csv_field(value: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn anonymous_refusals_are_bounded_per_address_and_minute() {
+        let budget = AnonymousBudget::default();
+        let admitted = (0..100)
+            .filter(|i| budget.admit("10.0.0.1", 1_000 + i).0)
+            .count();
+        assert_eq!(admitted, ANONYMOUS_PER_MINUTE as usize);
+        assert!(
+            budget.admit("10.0.0.2", 1_100).0,
+            "another address has its own budget"
+        );
+        // The next minute: recorded again, and told how many were left out.
+        assert_eq!(budget.admit("10.0.0.1", 61_000), (true, 40));
+        assert_eq!(budget.admit("10.0.0.1", 61_001), (true, 0));
+    }
 
     #[test]
     fn csv_fields_are_quoted_and_never_formulas() {

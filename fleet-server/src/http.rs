@@ -75,6 +75,8 @@ pub struct AppState {
     /// enrolling appliances.
     pub ca: Option<Arc<CaInfo>>,
     pub logins: Arc<crate::auth::LoginLimiter>,
+    /// Bounds how many anonymous refusals reach the audit log.
+    pub audit_budget: Arc<crate::audit::AnonymousBudget>,
     /// Session cookies carry `Secure` (the server serves HTTPS).
     pub secure_cookies: bool,
 }

@@ -209,16 +209,11 @@ impl RunningServer {
                     // clients reach it through the gate.
                     config::NodeAuth::Credentials => SocketAddr::from(([127, 0, 0, 1], 0)),
                 };
-                let broker = tokio::task::spawn_blocking(move || {
-                    broker::EmbeddedBroker::start(broker_addr, max_connections)
-                })
-                .await
-                .map_err(|e| ServerError::Task(e.to_string()))??;
-                let public = match node_auth {
-                    config::NodeAuth::None => {
-                        tracing::warn!(addr = %broker.addr, "embedded MQTT broker listening WITHOUT authentication (node_auth = \"none\")");
-                        broker.addr
-                    }
+                // The gate's listeners are bound before the broker picks its
+                // internal port (port 0), so the kernel cannot hand the broker
+                // the port the gate is about to take.
+                let gate_bound = match node_auth {
+                    config::NodeAuth::None => None,
                     config::NodeAuth::Credentials => {
                         let listener = std::net::TcpListener::bind(addr)
                             .and_then(|l| l.set_nonblocking(true).map(|()| l))
@@ -243,6 +238,20 @@ impl RunningServer {
                                 Some(listener)
                             }
                         };
+                        Some((listener, public, tls_listener))
+                    }
+                };
+                let broker = tokio::task::spawn_blocking(move || {
+                    broker::EmbeddedBroker::start(broker_addr, max_connections)
+                })
+                .await
+                .map_err(|e| ServerError::Task(e.to_string()))??;
+                let public = match gate_bound {
+                    None => {
+                        tracing::warn!(addr = %broker.addr, "embedded MQTT broker listening WITHOUT authentication (node_auth = \"none\")");
+                        broker.addr
+                    }
+                    Some((listener, public, tls_listener)) => {
                         gate_listener =
                             Some((listener, broker.in_process.clone(), readers, tls_listener));
                         tracing::info!(addr = %public, broker = %broker.addr, "MQTT gate listening; embedded broker behind it (in-process)");
@@ -366,6 +375,7 @@ impl RunningServer {
             gate: gate_stats.clone(),
             ca,
             logins: Arc::default(),
+            audit_budget: Arc::default(),
             secure_cookies: settings.https_addr.is_some(),
         });
         let mut https_addr = None;

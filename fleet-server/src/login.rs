@@ -386,8 +386,19 @@ pub async fn enforce(
             response,
             actor,
             outcome,
-            reason,
+            mut reason,
         }) => {
+            if actor.starts_with("anonymous@") {
+                let (admit, left_out) = state.audit_budget.admit(&peer, state.clock.unix_ms());
+                if !admit {
+                    return response;
+                }
+                if left_out > 0 {
+                    reason = format!(
+                        "{reason} ({left_out} more refusals from this address in the minute before were not recorded one by one)"
+                    );
+                }
+            }
             crate::audit::record(state.store.clone(), entry(actor, outcome, Some(reason))).await;
             response
         }
