@@ -630,6 +630,21 @@ impl Server {
     }
 }
 
+/// A `kB` field of `/proc/{pid}/status` (e.g. `VmRSS:`), in KiB.
+pub fn proc_status_kib(pid: u32, field: &str) -> Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .with_context(|| format!("no {field} for pid {pid}"))
+}
+
+/// Open file descriptors of process `pid`.
+pub fn open_fds(pid: u32) -> Result<usize> {
+    Ok(std::fs::read_dir(format!("/proc/{pid}/fd"))?.count())
+}
+
 /// Run one of our binaries to completion: success, stdout, stderr.
 pub fn cli(bin_name: &str, args: &[&str]) -> Result<(bool, String, String)> {
     let out = Command::new(bin(bin_name)).args(args).output()?;

@@ -288,11 +288,6 @@ fn a_rotated_credential_takes_over_when_first_used() -> Result<()> {
     Ok(())
 }
 
-/// Open file descriptors of process `pid`.
-fn open_fds(pid: u32) -> Result<usize> {
-    Ok(std::fs::read_dir(format!("/proc/{pid}/fd"))?.count())
-}
-
 /// The gate hands admitted connections to the broker in-process: a node
 /// costs the server its own socket and nothing more (through a loopback
 /// socket pair it cost three, which capped a 20,000-descriptor server at

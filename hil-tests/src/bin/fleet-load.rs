@@ -624,15 +624,6 @@ fn start_reference(port: u16) -> Result<(Arc<Conn>, Arc<RefCounters>)> {
 // ---------------------------------------------------------------------------
 // Measuring processes.
 
-fn proc_kib(pid: u32, field: &str) -> Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(field))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .with_context(|| format!("no {field} for pid {pid}"))
-}
-
 /// utime + stime of a process, in clock ticks.
 fn proc_ticks(pid: &str) -> Result<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
@@ -681,10 +672,6 @@ fn max_open_files(pid: &str) -> String {
                 })
         })
         .unwrap_or_else(|| "?".into())
-}
-
-fn open_fds(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())
 }
 
 fn metrics(server: &Server) -> Result<HashMap<String, f64>> {
@@ -1026,7 +1013,7 @@ fn run_once(target: Target, o: &Opts, run: usize) -> Result<RunResult> {
             Ok(v) => v.to_string(),
             Err(e) => e.to_string(),
         },
-        open_fds(broker_pid),
+        open_fds(broker_pid).unwrap_or(0),
     );
     std::thread::sleep(Duration::from_secs(o.warmup));
 
@@ -1126,8 +1113,8 @@ fn run_once(target: Target, o: &Opts, run: usize) -> Result<RunResult> {
             proc_ticks("self")?,
             machine_ticks()?,
         );
-        r.rss_kib = proc_kib(broker_pid, "VmRSS:")?;
-        r.hwm_kib = proc_kib(broker_pid, "VmHWM:")?;
+        r.rss_kib = proc_status_kib(broker_pid, "VmRSS:")?;
+        r.hwm_kib = proc_status_kib(broker_pid, "VmHWM:")?;
         r.sent_per_s = (sent1 - sent0) as f64 / elapsed;
         r.ingested_per_s = (in1 - in0) / elapsed;
         r.broker_cpu = (bcpu1 - bcpu0) as f64 / clk / elapsed;

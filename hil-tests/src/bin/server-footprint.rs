@@ -14,17 +14,8 @@
 use std::process::Command;
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use rakkr_hil_tests::*;
-
-fn proc_kib(pid: u32, field: &str) -> Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(field))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .with_context(|| format!("no {field} for pid {pid}"))
-}
 
 fn median(mut v: Vec<u64>) -> u64 {
     v.sort_unstable();
@@ -39,8 +30,8 @@ struct Sample {
 fn settle_and_sample(pid: u32, settle: Duration) -> Result<Sample> {
     std::thread::sleep(settle);
     Ok(Sample {
-        rss_kib: proc_kib(pid, "VmRSS:")?,
-        hwm_kib: proc_kib(pid, "VmHWM:")?,
+        rss_kib: proc_status_kib(pid, "VmRSS:")?,
+        hwm_kib: proc_status_kib(pid, "VmHWM:")?,
     })
 }
 
