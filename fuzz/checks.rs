@@ -18,7 +18,9 @@ use std::fmt::Debug;
 use rakkr_protocol::channel_map::{ChannelMap, MAX_OUTPUTS};
 use rakkr_protocol::envelope::Payload;
 use rakkr_protocol::job::{JobCommand, JobReport};
-use rakkr_protocol::payload::{Ack, HealthEvent, MeterFrame, NodeStatus, ServerStatus};
+use rakkr_protocol::payload::{
+    Ack, HealthEvent, LiveRequest, MeterFrame, NodeStatus, ServerStatus,
+};
 use rakkr_protocol::topic::MAX_TOPIC_LEN;
 use rakkr_protocol::{DecodeError, Envelope, MAX_PAYLOAD_BYTES, SCHEMA_VERSION, Topic, TopicError};
 
@@ -37,8 +39,8 @@ pub const TARGETS: [(&str, Check); 3] = [
 
 /// The payload decoders of the `envelope` target, in selector order: an
 /// input whose first byte is `b'0' + i` goes to `PAYLOADS[i]` (any other
-/// byte picks `(byte - b'0') mod 7`), so hand-written seeds stay readable.
-pub const PAYLOADS: [&str; 7] = [
+/// byte picks `(byte - b'0') mod 8`), so hand-written seeds stay readable.
+pub const PAYLOADS: [&str; 8] = [
     "node_status",
     "server_status",
     "meter_frame",
@@ -46,6 +48,7 @@ pub const PAYLOADS: [&str; 7] = [
     "ack",
     "job_report",
     "job_command",
+    "live_request",
 ];
 
 /// `Envelope::<T>::decode` for the payload type the first byte picks.
@@ -59,7 +62,8 @@ pub fn envelope(data: &[u8]) -> Accepted {
         3 => decoder::<HealthEvent>(bytes),
         4 => decoder::<Ack>(bytes),
         5 => decoder::<JobReport>(bytes),
-        _ => decoder::<JobCommand>(bytes),
+        6 => decoder::<JobCommand>(bytes),
+        _ => decoder::<LiveRequest>(bytes),
     };
     accepted.then_some(PAYLOADS[index])
 }

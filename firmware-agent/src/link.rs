@@ -13,6 +13,11 @@
 //! a frame that cannot be sent now is dropped and counted, never queued to
 //! arrive late.
 //!
+//! Live meter frames go to `nodes/{node}/live` at QoS 0 while a request
+//! from `cmd/live` holds (someone watches the node's page): the local meter
+//! frames merged into windows of at least [`LIVE_WINDOW_MS`], so no peak
+//! between two live frames goes unseen. The telemetry frames go on as before.
+//!
 //! Health events (`nodes/{node}/events`) and job updates (`nodes/{node}/jobs`)
 //! go at QoS 1 from the durable [`Outbox`]: sent in order while connected, sent again if no acknowledgement
 //! arrives within [`RESEND_AFTER`] or after a reconnection, and removed only
@@ -33,7 +38,7 @@ use rakkr_mqtt::{Endpoint, LinkState, SessionEvent};
 use rakkr_protocol::Envelope;
 use rakkr_protocol::job::{JobCommand, JobReport};
 use rakkr_protocol::payload::{
-    Ack, Capabilities, MeterFrame, NodeStatus, OfflineReason, RealtimeStatus,
+    Ack, Capabilities, LiveRequest, MeterFrame, NodeStatus, OfflineReason, RealtimeStatus,
 };
 use rakkr_protocol::topic::{Command, NodeChannel, Topic};
 use tokio::sync::mpsc;
@@ -50,6 +55,9 @@ pub const FINISH_TIMEOUT: Duration = Duration::from_secs(2);
 /// An outbox message not acknowledged this long after it was sent is sent again.
 pub const RESEND_AFTER: Duration = Duration::from_secs(10);
 
+/// Shortest window of one live meter frame: about five frames a second.
+pub const LIVE_WINDOW_MS: u32 = 200;
+
 /// Outbox messages in flight (sent, not yet acknowledged) at once.
 const IN_FLIGHT: usize = 64;
 
@@ -57,6 +65,8 @@ const IN_FLIGHT: usize = 64;
 pub struct TelemetryStats {
     pub meter_frames_sent: AtomicU64,
     pub meter_frames_dropped: AtomicU64,
+    /// Live meter frames published (see [`LIVE_WINDOW_MS`]).
+    pub live_frames_sent: AtomicU64,
     /// Messages from the server refused: undecodable, wrong version, on an
     /// unknown command topic, or a packet over the size bound (which also
     /// ends the connection; the link reconnects).
@@ -78,6 +88,7 @@ impl TelemetryStats {
         tracing::info!(
             meter_frames_sent = n(&self.meter_frames_sent),
             meter_frames_dropped = n(&self.meter_frames_dropped),
+            live_frames_sent = n(&self.live_frames_sent),
             bad_messages = n(&self.bad_messages),
             outbox_sent = n(&self.outbox_sent),
             acknowledged = n(&self.acknowledged),
@@ -100,6 +111,8 @@ pub struct Announcement {
 pub struct Outgoing {
     /// Telemetry meter frames.
     pub meters: mpsc::Receiver<MeterFrame>,
+    /// Local meter frames (the short windows), for live meters.
+    pub local_meters: tokio::sync::watch::Receiver<Option<MeterFrame>>,
     /// Messages the server must receive; `outbox_ready` is notified when one is added.
     pub outbox: Arc<Outbox>,
     pub outbox_ready: Arc<tokio::sync::Notify>,
@@ -137,18 +150,22 @@ pub async fn run(
 ) {
     let Outgoing {
         mut meters,
+        mut local_meters,
         outbox,
         outbox_ready,
         mut job_reports,
         job_commands,
     } = outgoing;
     let (acks_tx, mut acks) = mpsc::channel::<Ack>(64);
+    let (live_tx, mut live_requests) = mpsc::channel::<LiveRequest>(4);
     let node = &settings.node_id;
     let status_topic = Topic::node(node, NodeChannel::Status).to_string();
     let meters_topic = Topic::node(node, NodeChannel::Meters).to_string();
     let ack_topic = Topic::command(node, Command::Ack).to_string();
     let jobs_topic = Topic::node(node, NodeChannel::Jobs).to_string();
     let job_commands_topic = Topic::command(node, Command::Jobs).to_string();
+    let live_requests_topic = Topic::command(node, Command::Live).to_string();
+    let live_topic = Topic::node(node, NodeChannel::Live).to_string();
     let endpoint = Endpoint {
         client_id: node.to_string(),
         host: settings.mqtt.host.clone(),
@@ -203,9 +220,54 @@ pub async fn run(
             let mut retry = tokio::time::interval(Duration::from_millis(500));
             let mut connection = 0u64;
             let mut no_job_runner = false;
+            // Live meters: until when they were asked for, and the local
+            // frames gathered since the last live frame.
+            let mut live_until: Option<tokio::time::Instant> = None;
+            let mut live_frame: Option<MeterFrame> = None;
             loop {
+                let live = live_until.is_some_and(|until| until > tokio::time::Instant::now());
                 tokio::select! {
                     _ = shutdown.cancelled() => break,
+                    request = live_requests.recv() => {
+                        let Some(request) = request else { break };
+                        if !live {
+                            // Start from the next local frame, not a stale one.
+                            local_meters.mark_unchanged();
+                            live_frame = None;
+                        }
+                        live_until = Some(
+                            tokio::time::Instant::now()
+                                + Duration::from_millis(u64::from(request.for_ms)),
+                        );
+                        continue;
+                    }
+                    changed = local_meters.changed(), if live => {
+                        if changed.is_err() {
+                            live_until = None;
+                            continue;
+                        }
+                        let Some(frame) = local_meters.borrow_and_update().clone() else { continue };
+                        let merged = match &mut live_frame {
+                            Some(gathered) => {
+                                gathered.merge(&frame);
+                                gathered
+                            }
+                            None => live_frame.insert(frame),
+                        };
+                        if merged.window_ms >= LIVE_WINDOW_MS {
+                            let frame = live_frame.take().expect("just gathered");
+                            if state.is_connected() {
+                                let payload = Envelope::stamped(clock.unix_ms(), frame).encode();
+                                if client
+                                    .try_publish(&live_topic, QoS::AtMostOnce, false, payload)
+                                    .is_ok()
+                                {
+                                    stats.live_frames_sent.fetch_add(1, Ordering::Relaxed);
+                                }
+                            }
+                        }
+                        continue;
+                    }
                     frame = meters.recv() => {
                         let Some(frame) = frame else { break };
                         let sent = state.is_connected() && {
@@ -304,7 +366,7 @@ pub async fn run(
                     ) {
                         tracing::warn!(error = %e, "could not queue online status");
                     }
-                    for topic in [&ack_topic, &job_commands_topic] {
+                    for topic in [&ack_topic, &job_commands_topic, &live_requests_topic] {
                         if let Err(e) = client.try_subscribe(topic, QoS::AtLeastOnce) {
                             tracing::warn!(error = %e, %topic, "could not subscribe");
                         }
@@ -331,6 +393,18 @@ pub async fn run(
                         Err(e) => {
                             stats.bad_messages.fetch_add(1, Ordering::Relaxed);
                             tracing::warn!(error = %e, "bad job command");
+                        }
+                    }
+                }
+                SessionEvent::Message(p) if p.topic == live_requests_topic => {
+                    match Envelope::<LiveRequest>::decode(&p.payload) {
+                        Ok(env) => {
+                            // Requests repeat while someone watches; one lost to a full queue is harmless.
+                            let _ = live_tx.try_send(env.body);
+                        }
+                        Err(e) => {
+                            stats.bad_messages.fetch_add(1, Ordering::Relaxed);
+                            tracing::warn!(error = %e, "bad live meter request");
                         }
                     }
                 }

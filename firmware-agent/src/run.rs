@@ -200,6 +200,7 @@ pub async fn run(
         clock,
         link::Outgoing {
             meters: meters_rx,
+            local_meters: handles.local_meters.subscribe(),
             outbox,
             outbox_ready,
             job_reports,

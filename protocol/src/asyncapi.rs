@@ -15,7 +15,7 @@ use serde_json::{Map, Value, json};
 use crate::envelope::{Envelope, MAX_PAYLOAD_BYTES, SCHEMA_VERSION};
 use crate::ids::MAX_NODE_ID_LEN;
 use crate::job::{JobCommand, JobReport};
-use crate::payload::{Ack, HealthEvent, MeterFrame, NodeStatus, ServerStatus};
+use crate::payload::{Ack, HealthEvent, LiveRequest, MeterFrame, NodeStatus, ServerStatus};
 use crate::topic::{Command, NodeChannel, ROOT};
 
 /// Who publishes on a channel.
@@ -101,6 +101,17 @@ fn channels(generator: &mut SchemaGenerator) -> Vec<ChannelDoc> {
                           come from the node's durable outbox: de-duplicate on `msg_id`.",
                 message: Some(("jobReport", schema_of::<JobReport>(generator))),
             },
+            NodeChannel::Live => ChannelDoc {
+                id: "nodeLive",
+                address,
+                sender: Sender::Node,
+                qos: 0,
+                retained,
+                summary: "Meter frames at the live rate (one per 200 ms, each covering its whole \
+                          window), only while a request on `cmd/live` holds: someone is watching \
+                          the node. The 1 Hz `meters` telemetry continues unchanged meanwhile.",
+                message: Some(("liveMeterFrame", schema_of::<MeterFrame>(generator))),
+            },
         });
     }
     for command in Command::ALL {
@@ -128,6 +139,17 @@ fn channels(generator: &mut SchemaGenerator) -> Vec<ChannelDoc> {
                           job updates) with these ids are durably stored by the server; the node \
                           removes them from its outbox.",
                 message: Some(("ack", schema_of::<Ack>(generator))),
+            },
+            Command::Live => ChannelDoc {
+                id: "nodeCommandLive",
+                address,
+                sender: Sender::Server,
+                qos: 0,
+                retained: false,
+                summary: "Publish live meter frames on `nodes/{node}/live` for `for_ms` from now \
+                          (at most 60 s). The server repeats the request while someone watches; \
+                          when the requests stop, so do the live frames.",
+                message: Some(("liveRequest", schema_of::<LiveRequest>(generator))),
             },
         });
     }

@@ -321,6 +321,68 @@ impl Payload for MeterFrame {
     }
 }
 
+impl MeterFrame {
+    /// Fold the next frame (`later`, the window right after this one) into
+    /// this one, so one frame covers both windows: peaks are the larger,
+    /// RMS the power mean weighted by window length, clip counts add up,
+    /// flags join; the correlation is the later window's. Frames with a
+    /// different channel count do not merge: `later` replaces this one.
+    pub fn merge(&mut self, later: &MeterFrame) {
+        if later.channels.len() != self.channels.len() {
+            *self = later.clone();
+            return;
+        }
+        let (wa, wb) = (self.window_ms as f64, later.window_ms as f64);
+        let total = (wa + wb).max(1.0);
+        for (a, b) in self.channels.iter_mut().zip(&later.channels) {
+            let power = |dbfs: f32| {
+                if dbfs <= DBFS_FLOOR {
+                    0.0
+                } else {
+                    10f64.powf(dbfs as f64 / 10.0)
+                }
+            };
+            let mean_power = (power(a.rms_dbfs) * wa + power(b.rms_dbfs) * wb) / total;
+            a.rms_dbfs = if mean_power > 0.0 {
+                clamp_dbfs((10.0 * mean_power.log10()) as f32)
+            } else {
+                DBFS_FLOOR
+            };
+            a.peak_dbfs = a.peak_dbfs.max(b.peak_dbfs);
+            a.clipped = a.clipped.saturating_add(b.clipped);
+            a.dc_offset = ((a.dc_offset as f64 * wa + b.dc_offset as f64 * wb) / total) as f32;
+            a.stuck_frames = a.stuck_frames.max(b.stuck_frames);
+            a.correlation_next = b.correlation_next;
+            a.flags = a.flags.iter().chain(b.flags.iter()).collect();
+        }
+        self.captured_at_ms = later.captured_at_ms;
+        self.window_ms = self.window_ms.saturating_add(later.window_ms);
+    }
+}
+
+/// Longest live-meter period one request asks for.
+pub const MAX_LIVE_MS: u32 = 60_000;
+
+/// Published by the server on `nodes/{node}/cmd/live`, QoS 0: publish live
+/// meter frames on `nodes/{node}/live` for `for_ms` from receipt.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct LiveRequest {
+    pub for_ms: u32,
+}
+
+impl Payload for LiveRequest {
+    const KIND: &'static str = "live meter request";
+    fn validate(&self) -> Result<(), String> {
+        if self.for_ms == 0 || self.for_ms > MAX_LIVE_MS {
+            return Err(format!(
+                "for_ms is {}; expected 1..={MAX_LIVE_MS}",
+                self.for_ms
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// Bound on a health event's free-text detail.
 pub const MAX_DETAIL_TEXT: usize = 512;
 
@@ -435,4 +497,79 @@ fn check_list<T>(field: &str, items: &[T]) -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(at: u64, window_ms: u32, peak: f32, rms: f32, clipped: u32) -> MeterFrame {
+        MeterFrame {
+            captured_at_ms: at,
+            window_ms,
+            sample_rate: 48_000,
+            channels: vec![ChannelMeter {
+                peak_dbfs: peak,
+                rms_dbfs: rms,
+                clipped,
+                ..Default::default()
+            }],
+        }
+    }
+
+    #[test]
+    fn merged_frames_cover_both_windows() {
+        let mut a = frame(1_000, 100, -12.0, -20.0, 0);
+        a.channels[0].flags.insert(MeterFlag::LowSignal);
+        let mut b = frame(1_100, 100, -3.0, -20.0, 4);
+        b.channels[0].flags.insert(MeterFlag::Clipping);
+        b.channels[0].correlation_next = Some(0.5);
+        a.merge(&b);
+        let ch = a.channels[0];
+        assert_eq!((a.captured_at_ms, a.window_ms), (1_100, 200));
+        assert_eq!(ch.peak_dbfs, -3.0, "the larger peak");
+        assert!(
+            (ch.rms_dbfs + 20.0).abs() < 1e-4,
+            "equal powers: {}",
+            ch.rms_dbfs
+        );
+        assert_eq!(ch.clipped, 4);
+        assert_eq!(ch.correlation_next, Some(0.5));
+        assert!(ch.flags.contains(MeterFlag::LowSignal) && ch.flags.contains(MeterFlag::Clipping));
+        a.validate().unwrap();
+
+        // A silent window halves the power: −3.01 dB, whatever the order.
+        let mut loud = frame(0, 100, -6.0, -10.0, 0);
+        loud.merge(&frame(100, 100, DBFS_FLOOR, DBFS_FLOOR, 0));
+        assert!((loud.channels[0].rms_dbfs + 13.0103).abs() < 1e-3);
+        let mut silent = frame(0, 100, DBFS_FLOOR, DBFS_FLOOR, 0);
+        silent.merge(&silent.clone());
+        assert_eq!(silent.channels[0].rms_dbfs, DBFS_FLOOR);
+        // Weighted by window: 300 ms at −10 and 100 ms of silence is −11.25 dB.
+        let mut long = frame(0, 300, -6.0, -10.0, 0);
+        long.merge(&frame(300, 100, DBFS_FLOOR, DBFS_FLOOR, 0));
+        assert!((long.channels[0].rms_dbfs + 11.249).abs() < 1e-3);
+    }
+
+    #[test]
+    fn a_frame_with_other_channels_replaces_instead_of_merging() {
+        let mut a = frame(0, 100, -1.0, -2.0, 0);
+        let mut b = frame(100, 100, -5.0, -6.0, 0);
+        b.channels.push(ChannelMeter::default());
+        a.merge(&b);
+        assert_eq!(a, b);
+    }
+
+    #[test]
+    fn live_requests_are_bounded() {
+        assert!(LiveRequest { for_ms: 30_000 }.validate().is_ok());
+        assert!(LiveRequest { for_ms: 0 }.validate().is_err());
+        assert!(
+            LiveRequest {
+                for_ms: MAX_LIVE_MS + 1
+            }
+            .validate()
+            .is_err()
+        );
+    }
 }

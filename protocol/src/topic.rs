@@ -4,6 +4,7 @@
 //! rakkr/v1/server/status                 retained, QoS 1   server presence
 //! rakkr/v1/nodes/{node}/status           retained, QoS 1   node presence (Last Will: offline)
 //! rakkr/v1/nodes/{node}/meters           QoS 0             meter frames (1 Hz)
+//! rakkr/v1/nodes/{node}/live             QoS 0             meter frames (5 Hz) while someone watches
 //! rakkr/v1/nodes/{node}/events           QoS 1             health events
 //! rakkr/v1/nodes/{node}/jobs             QoS 1             job claims and updates from the node
 //! rakkr/v1/nodes/{node}/cmd/{command}    QoS 1             server → node commands
@@ -30,15 +31,18 @@ pub enum Command {
     Jobs,
     /// Application-level acknowledgements of messages the node sent.
     Ack,
+    /// Requests for live meters (someone is watching the node's page).
+    Live,
 }
 
 impl Command {
-    pub const ALL: [Command; 2] = [Command::Jobs, Command::Ack];
+    pub const ALL: [Command; 3] = [Command::Jobs, Command::Ack, Command::Live];
 
     pub fn as_str(self) -> &'static str {
         match self {
             Command::Jobs => "jobs",
             Command::Ack => "ack",
+            Command::Live => "live",
         }
     }
 
@@ -54,14 +58,17 @@ pub enum NodeChannel {
     Meters,
     Events,
     Jobs,
+    /// Meter frames at the live rate, only while a live request holds.
+    Live,
 }
 
 impl NodeChannel {
-    pub const ALL: [NodeChannel; 4] = [
+    pub const ALL: [NodeChannel; 5] = [
         NodeChannel::Status,
         NodeChannel::Meters,
         NodeChannel::Events,
         NodeChannel::Jobs,
+        NodeChannel::Live,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -70,6 +77,7 @@ impl NodeChannel {
             NodeChannel::Meters => "meters",
             NodeChannel::Events => "events",
             NodeChannel::Jobs => "jobs",
+            NodeChannel::Live => "live",
         }
     }
 

@@ -134,6 +134,7 @@ fn what_the_code_sends_is_what_the_schemas_describe() {
             }],
         }),
     );
+    conforms("LiveRequestMessage", &wire(LiveRequest { for_ms: 30_000 }));
     conforms(
         "HealthEventMessage",
         &wire(HealthEvent {
