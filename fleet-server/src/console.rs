@@ -3,6 +3,12 @@
 //! Every page reads completely without JavaScript; htmx only swaps fragments in
 //! place. Fragments are served by the same functions that render them inside
 //! full pages, so the two cannot drift apart.
+//!
+//! Every signed-in page goes through [`console_page`]: the navigation, the
+//! account bar, and an `hx-headers` attribute that makes every htmx request
+//! from the page carry the session's CSRF token (`X-CSRF-Token`). Plain forms
+//! carry it as a hidden `csrf` field ([`csrf_field`]). Controls the signed-in
+//! role may not use are not rendered; the server refuses them anyway.
 
 use std::time::Duration;
 
@@ -12,7 +18,46 @@ use rakkr_protocol::state::Presence;
 use rakkr_web::components::{ago, meter_bars, presence_badge};
 use rakkr_web::layout::{Chrome, page_with_head};
 
+use crate::auth::SignedIn;
 use crate::fleet::{FleetCounts, LiveNode};
+
+/// The console's header detail: which server this is.
+const DETAIL: &str = concat!("rakkr-server ", env!("CARGO_PKG_VERSION"));
+
+/// A signed-in page: navigation, account bar, and the CSRF header for htmx.
+pub fn console_page(title: &str, signed_in: &SignedIn, head: Markup, body: Markup) -> Markup {
+    let chrome = Chrome {
+        area: "Fleet console",
+        detail: DETAIL,
+    };
+    let csrf_header =
+        serde_json::json!({ "X-CSRF-Token": signed_in.session.csrf_token }).to_string();
+    page_with_head(
+        title,
+        chrome,
+        head,
+        html! {
+            div.console hx-headers=(csrf_header) {
+                nav.sections aria-label="Console sections" {
+                    a href="/" { "Fleet" }
+                }
+                (crate::login::logout_form(signed_in))
+                (body)
+            }
+        },
+    )
+}
+
+/// The hidden form field that carries the session's CSRF token.
+pub fn csrf_field(signed_in: &SignedIn) -> Markup {
+    html! { input type="hidden" name="csrf" value=(signed_in.session.csrf_token); }
+}
+
+/// `ms` since the epoch as `2026-11-29 20:41:07 UTC`.
+pub fn utc_seconds(ms: u64) -> String {
+    let text = rakkr_agent::clock::utc_rfc3339_micros(ms.saturating_mul(1_000_000));
+    format!("{} UTC", text[..19].replace('T', " "))
+}
 
 /// How often the node list refreshes in the browser.
 pub const REFRESH_EVERY: &str = "1s";
@@ -26,22 +71,17 @@ pub struct FleetView<'a> {
     pub stale_after: Duration,
 }
 
-/// The fleet page; `account` is the signed-in operator's bar (name, logout).
-pub fn dashboard(view: &FleetView<'_>, account: Markup) -> Markup {
-    let chrome = Chrome {
-        area: "Fleet console",
-        detail: concat!("rakkr-server ", env!("CARGO_PKG_VERSION")),
-    };
+/// The fleet page.
+pub fn dashboard(view: &FleetView<'_>, signed_in: &SignedIn) -> Markup {
     let head = html! {
         // Without JavaScript the page still updates, just less smoothly.
         noscript { meta http-equiv="refresh" content="5"; }
     };
-    page_with_head(
+    console_page(
         "Fleet",
-        chrome,
+        signed_in,
         head,
         html! {
-            (account)
             h1 { "Fleet" }
             (nodes_panel(view))
         },
@@ -77,7 +117,7 @@ fn node_row(node: &LiveNode, now_ms: u64, stale_after: Duration) -> Markup {
     let stale = node.meters_stale(now_ms, stale_after);
     html! {
         tr data-node=(r.id) data-presence=(r.presence.as_str()) {
-            td { span.node-id { (r.id) } }
+            td { a.node-id href={ "/nodes/" (r.id) } { (r.id) } }
             td {
                 (presence_badge(r.presence))
                 div.muted { "since " (ago(now_ms, r.presence_since_ms)) }
@@ -116,7 +156,7 @@ pub fn not_found(path: &str) -> Markup {
         "Not found",
         Chrome {
             area: "Fleet console",
-            detail: "",
+            detail: DETAIL,
         },
         html! {},
         html! {

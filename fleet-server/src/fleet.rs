@@ -5,9 +5,14 @@
 //! (presence and details); meter frames are live data and are never written to
 //! disk here. Bounded: at most `max_nodes` nodes are tracked; statuses from
 //! further unknown nodes are refused and counted.
+//!
+//! Live meters: whoever shows a node's live levels holds a
+//! [`LiveWatch`]; live frames for a node nobody watches are dropped at once.
+//! Each watch sees only the newest frame (a slow browser skips frames, it
+//! never queues them), and the node's entry goes with its last watch.
 
 use std::collections::HashMap;
-use std::sync::RwLock;
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use rakkr_protocol::NodeId;
@@ -54,6 +59,30 @@ pub struct FleetCounts {
 pub struct LiveFleet {
     nodes: RwLock<HashMap<NodeId, LiveNode>>,
     max_nodes: usize,
+    live: Mutex<HashMap<NodeId, LiveSender>>,
+}
+
+type LiveSender = tokio::sync::watch::Sender<Option<Arc<MeterFrame>>>;
+
+/// Someone watching one node's live meters; see [`LiveFleet::watch_live`].
+#[derive(Debug)]
+pub struct LiveWatch {
+    pub frames: tokio::sync::watch::Receiver<Option<Arc<MeterFrame>>>,
+    node: NodeId,
+    fleet: Arc<LiveFleet>,
+}
+
+impl Drop for LiveWatch {
+    fn drop(&mut self) {
+        let mut live = self.fleet.live.lock().expect("live lock poisoned");
+        // This watch's receiver is still alive here: the last one counts 1.
+        if live
+            .get(&self.node)
+            .is_some_and(|tx| tx.receiver_count() <= 1)
+        {
+            live.remove(&self.node);
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -100,6 +129,7 @@ impl LiveFleet {
             LiveFleet {
                 nodes: RwLock::new(nodes),
                 max_nodes,
+                live: Mutex::new(HashMap::new()),
             },
             changes,
         )
@@ -178,6 +208,38 @@ impl LiveFleet {
             received_ms: now_ms,
         });
         Ok(())
+    }
+
+    /// Watch `node`'s live meter frames until the returned watch is dropped.
+    pub fn watch_live(self: &Arc<Self>, node: &NodeId) -> LiveWatch {
+        let mut live = self.live.lock().expect("live lock poisoned");
+        let frames = live
+            .entry(node.clone())
+            .or_insert_with(|| tokio::sync::watch::Sender::new(None))
+            .subscribe();
+        LiveWatch {
+            frames,
+            node: node.clone(),
+            fleet: self.clone(),
+        }
+    }
+
+    /// Hand a live frame to whoever watches `node`; false if nobody does.
+    pub fn publish_live(&self, node: &NodeId, frame: MeterFrame) -> bool {
+        let live = self.live.lock().expect("live lock poisoned");
+        match live.get(node) {
+            Some(tx) => {
+                tx.send_replace(Some(Arc::new(frame)));
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// One node, if known.
+    pub fn node(&self, id: &NodeId) -> Option<LiveNode> {
+        let nodes = self.nodes.read().expect("fleet lock poisoned");
+        nodes.get(id).cloned()
     }
 
     /// All nodes, ordered by id.
@@ -316,5 +378,28 @@ mod tests {
         assert_eq!(changes.len(), 1);
         assert_eq!(changes[0].presence, Presence::Offline);
         assert_eq!(fleet.counts().offline, 1);
+    }
+
+    #[test]
+    fn live_frames_reach_only_watchers_and_the_entry_goes_with_the_last() {
+        let (fleet, _) = LiveFleet::from_records(vec![], 10, 0);
+        let fleet = Arc::new(fleet);
+        let a = NodeId::new("a").unwrap();
+        assert!(!fleet.publish_live(&a, frame(1)), "nobody watches");
+        let first = fleet.watch_live(&a);
+        let mut second = fleet.watch_live(&a);
+        assert!(fleet.publish_live(&a, frame(2)));
+        assert!(fleet.publish_live(&a, frame(3)));
+        assert!(second.frames.has_changed().unwrap());
+        let newest = second.frames.borrow_and_update().clone().unwrap();
+        assert_eq!(
+            newest.captured_at_ms, 3,
+            "a watcher sees the newest frame only"
+        );
+        drop(first);
+        assert!(fleet.publish_live(&a, frame(4)), "one watcher is left");
+        drop(second);
+        assert!(!fleet.publish_live(&a, frame(5)));
+        assert!(fleet.live.lock().unwrap().is_empty());
     }
 }

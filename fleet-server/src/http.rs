@@ -7,6 +7,11 @@
 //! |--------------------|--------|--------------------------------------------|
 //! | `GET /`            | nodes.read | fleet dashboard (HTML)                 |
 //! | `GET /console/nodes` | nodes.read | the dashboard's node panel, for htmx refreshes |
+//! | `GET /nodes/{id}`  | nodes.read | a node's page: inventory, live levels, recordings, health |
+//! | `GET /nodes/{id}/live` | nodes.read | the node's live meters (server-sent events, about 5 Hz) |
+//! | `GET /nodes/{id}/jobs` | jobs.read | the node page's recordings panel, for htmx refreshes |
+//! | `POST /nodes/{id}/jobs` | jobs.manage | start a recording (form), then back to the node page |
+//! | `POST /jobs/{id}/stop` | jobs.manage | stop or (`cancel=1`) cancel a recording (form) |
 //! | `GET, POST /login` | public | the login form; sets the session cookie    |
 //! | `POST /logout`     | signed in | ends the session                        |
 //! | `GET, POST /account/password` | signed in | choose a new password (forced after a one-time one) |
@@ -58,6 +63,7 @@ use crate::clock::Clock;
 use crate::console::{self, FleetView, NODES_FRAGMENT_PATH};
 use crate::fleet::LiveFleet;
 use crate::login::{self, Access, LOGIN_PATH, LOGOUT_PATH, PASSWORD_PATH};
+use crate::node_page;
 
 #[derive(Clone)]
 pub struct AppState {
@@ -79,6 +85,7 @@ pub struct AppState {
     pub audit_budget: Arc<crate::audit::AnonymousBudget>,
     /// Session cookies carry `Secure` (the server serves HTTPS).
     pub secure_cookies: bool,
+    pub live_streams: Arc<crate::node_page::LiveStreams>,
 }
 
 #[derive(Debug)]
@@ -100,6 +107,36 @@ pub fn route_table() -> Vec<(&'static str, Method, Access, MethodRouter<AppState
             Method::GET,
             Operator(NodesRead),
             get(nodes_fragment),
+        ),
+        (
+            "/nodes/{id}",
+            Method::GET,
+            Operator(NodesRead),
+            get(node_page::page),
+        ),
+        (
+            "/nodes/{id}/live",
+            Method::GET,
+            Operator(NodesRead),
+            get(node_page::live_stream),
+        ),
+        (
+            "/nodes/{id}/jobs",
+            Method::GET,
+            Operator(JobsRead),
+            get(node_page::jobs_fragment),
+        ),
+        (
+            "/nodes/{id}/jobs",
+            Method::POST,
+            Operator(JobsManage),
+            post(node_page::start),
+        ),
+        (
+            "/jobs/{id}/stop",
+            Method::POST,
+            Operator(JobsManage),
+            post(node_page::stop),
         ),
         (LOGIN_PATH, Method::GET, Public, get(login::login_form)),
         (LOGIN_PATH, Method::POST, Public, post(login::login_submit)),
@@ -227,9 +264,11 @@ async fn security_headers(req: Request, next: Next) -> Response {
         HeaderValue::from_static("nosniff"),
     );
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    // Not `no-referrer`: under it browsers send `Origin: null` with a
+    // same-origin form POST, and the login's origin check must see ours.
     h.insert(
         header::REFERRER_POLICY,
-        HeaderValue::from_static("no-referrer"),
+        HeaderValue::from_static("same-origin"),
     );
     if !h.contains_key(header::CACHE_CONTROL) {
         h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
@@ -252,9 +291,7 @@ async fn dashboard(
     State(state): State<AppState>,
     axum::Extension(signed_in): axum::Extension<crate::auth::SignedIn>,
 ) -> maud::Markup {
-    view(&state, |v| {
-        console::dashboard(v, login::logout_form(&signed_in))
-    })
+    view(&state, |v| console::dashboard(v, &signed_in))
 }
 
 async fn nodes_fragment(State(state): State<AppState>) -> maud::Markup {

@@ -47,6 +47,8 @@ pub const SERVER_CLIENT_ID: &str = "rakkr-server";
 pub struct IngestStats {
     pub statuses: AtomicU64,
     pub meter_frames: AtomicU64,
+    /// Live meter frames handed to someone watching.
+    pub live_frames: AtomicU64,
     pub bad_topics: AtomicU64,
     pub bad_payloads: AtomicU64,
     pub refused: AtomicU64,
@@ -333,6 +335,7 @@ pub async fn run(
                     client.try_publish(&status_topic, QoS::AtLeastOnce, true, server_status(online)),
                     client.try_subscribe(NodeChannel::Status.filter_all_nodes(), QoS::AtLeastOnce),
                     client.try_subscribe(NodeChannel::Meters.filter_all_nodes(), QoS::AtMostOnce),
+                    client.try_subscribe(NodeChannel::Live.filter_all_nodes(), QoS::AtMostOnce),
                     client.try_subscribe(NodeChannel::Events.filter_all_nodes(), QoS::AtLeastOnce),
                     client.try_subscribe(NodeChannel::Jobs.filter_all_nodes(), QoS::AtLeastOnce),
                 ];
@@ -379,6 +382,13 @@ async fn publish_outbound(
         for out in batch.drain(..) {
             match out {
                 jobs::Outbound::Ack(node, id) => acks.push((node, id)),
+                jobs::Outbound::Live(node, request) => {
+                    let topic = Topic::command(&node, Command::Live).to_string();
+                    let payload = Envelope::stamped(clock.unix_ms(), request).encode();
+                    if let Err(e) = client.publish(topic, QoS::AtMostOnce, false, payload).await {
+                        tracing::warn!(node = %node, error = %e, "cannot publish live meter request");
+                    }
+                }
                 jobs::Outbound::Command(node, command) => {
                     let topic = Topic::command(&node, Command::Jobs).to_string();
                     let payload =
@@ -460,6 +470,17 @@ pub fn handle_message(topic: &str, payload: &[u8], sinks: &Sinks, now_ms: u64) {
             Err(e) => {
                 stats.bad_payloads.fetch_add(1, Ordering::Relaxed);
                 tracing::debug!(node = %node, error = %e, "bad meter payload");
+            }
+        },
+        NodeChannel::Live => match Envelope::<MeterFrame>::decode(payload) {
+            Ok(env) => {
+                if fleet.publish_live(&node, env.body) {
+                    stats.live_frames.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            Err(e) => {
+                stats.bad_payloads.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(node = %node, error = %e, "bad live meter payload");
             }
         },
         NodeChannel::Events => match Envelope::<HealthEvent>::decode(payload) {

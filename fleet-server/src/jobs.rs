@@ -72,6 +72,8 @@ pub enum Outbound {
     Command(NodeId, JobCommand),
     /// Acknowledge a message the node sent (it may forget it).
     Ack(NodeId, MessageId),
+    /// Ask the node for live meters (someone watches it).
+    Live(NodeId, rakkr_protocol::payload::LiveRequest),
 }
 
 /// The sending side of the command queue, shared by the desk and the API.

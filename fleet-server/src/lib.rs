@@ -35,6 +35,7 @@ pub mod ingest;
 pub mod jobs;
 pub mod login;
 pub mod metrics;
+pub mod node_page;
 pub mod tls;
 
 use std::net::SocketAddr;
@@ -377,6 +378,7 @@ impl RunningServer {
             logins: Arc::default(),
             audit_budget: Arc::default(),
             secure_cookies: settings.https_addr.is_some(),
+            live_streams: Default::default(),
         });
         let mut https_addr = None;
         if let (Some(addr), Some(tls)) = (settings.https_addr, &server_tls) {

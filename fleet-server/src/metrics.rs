@@ -50,6 +50,11 @@ pub fn render(s: &Sources<'_>) -> String {
             &i.meter_frames,
         ),
         (
+            "rakkr_mqtt_live_meter_frames_total",
+            "Live meter frames handed to someone watching a node page.",
+            &i.live_frames,
+        ),
+        (
             "rakkr_mqtt_health_events_total",
             "Health events queued for storing.",
             &i.health_events,

@@ -21,6 +21,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
+pub mod browser;
+
 /// Where the project's binaries are.
 pub fn bin_dir() -> PathBuf {
     if let Some(dir) = std::env::var_os("RAKKR_BIN_DIR") {

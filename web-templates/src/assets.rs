@@ -66,9 +66,18 @@ pub static STYLESHEET: LazyLock<Asset> = LazyLock::new(|| {
     )
 });
 
+/// Our own script (live meters); see the file's header.
+pub static SCRIPT: LazyLock<Asset> = LazyLock::new(|| {
+    Asset::new(
+        "rakkr.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("../assets/rakkr.js"),
+    )
+});
+
 /// Every embedded asset.
-pub fn all() -> [&'static Asset; 2] {
-    [&HTMX, &STYLESHEET]
+pub fn all() -> [&'static Asset; 3] {
+    [&HTMX, &STYLESHEET, &SCRIPT]
 }
 
 /// The asset served at `path` (the full request path, e.g. `/static/rakkr.0123….css`).

@@ -2,7 +2,7 @@
 
 use maud::{DOCTYPE, Markup, html};
 
-use crate::assets::{HTMX, STYLESHEET};
+use crate::assets::{HTMX, SCRIPT, STYLESHEET};
 
 /// What the header shows about where the user is.
 #[derive(Debug, Clone, Copy)]
@@ -32,6 +32,7 @@ pub fn page_with_head(title: &str, chrome: Chrome<'_>, head_extra: Markup, body:
                 meta name="htmx-config" content=r#"{"includeIndicatorStyles":false}"#;
                 link rel="stylesheet" href=(STYLESHEET.url);
                 script src=(HTMX.url) defer {}
+                script src=(SCRIPT.url) defer {}
                 (head_extra)
             }
             body {

@@ -35,6 +35,9 @@ pub const TEST: &[&str] = &[
     "libasound2-plugins",
     // Wall-clock jumps under a running agent (libfaketime, monotonic clock untouched).
     "faketime",
+    // The console's browser tests: headless Chromium through chromedriver.
+    "chromium",
+    "chromium-driver",
 ];
 
 fn installed(package: &str) -> bool {

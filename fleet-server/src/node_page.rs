@@ -1,0 +1,591 @@
+//! The console's node page: inventory, live meters, recordings (start, stop,
+//! cancel) and health events of one appliance.
+//!
+//! Live meters: the page's `#live-meters` element names its stream in
+//! `data-live-src`; `rakkr.js` opens it with `EventSource` and swaps in each
+//! `meters` event (server-rendered, escaped markup, the same bars as the
+//! fleet table). Without JavaScript the page shows the last telemetry frame.
+//!
+//! The stream ([`live_stream`]) asks the node for live frames
+//! (`cmd/live`, [`LIVE_REQUEST`]) when it opens and again every
+//! [`LIVE_RENEW`] while it stays open; the node stops on its own once the
+//! requests stop. At most [`MAX_LIVE_STREAMS`] streams are open at once.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::{Extension, Form};
+use maud::{Markup, html};
+use rakkr_protocol::access::Permission;
+use rakkr_protocol::job::{CodecName, JobSpec, RecordingProfile};
+use rakkr_protocol::payload::{BootSlot, LiveRequest};
+use rakkr_protocol::state::{JobState, Presence};
+use rakkr_protocol::{JobId, NodeId};
+use rakkr_store::{HealthEventRecord, JobRecord};
+use rakkr_web::components::{ago, meter_bars, presence_badge};
+use serde::Deserialize;
+
+use crate::auth::SignedIn;
+use crate::console::{console_page, csrf_field, utc_seconds};
+use crate::fleet::LiveNode;
+use crate::http::AppState;
+use crate::jobs::{JobRequest, JobRequestError, Outbound};
+
+/// How long one live request asks the node to publish.
+pub const LIVE_REQUEST: Duration = Duration::from_secs(30);
+/// How often an open stream repeats its request (well inside [`LIVE_REQUEST`]).
+pub const LIVE_RENEW: Duration = Duration::from_secs(10);
+/// Most live-meter streams open at once, over all browsers.
+pub const MAX_LIVE_STREAMS: usize = 256;
+/// Jobs listed on a node page.
+const JOBS_SHOWN: usize = 20;
+/// Health events listed on a node page.
+const EVENTS_SHOWN: usize = 20;
+/// How often the jobs panel refreshes in the browser.
+const JOBS_REFRESH: &str = "every 2s";
+
+/// Open live-meter streams (see [`MAX_LIVE_STREAMS`]).
+#[derive(Debug, Default)]
+pub struct LiveStreams {
+    open: AtomicUsize,
+}
+
+struct StreamSlot(Arc<LiveStreams>);
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl LiveStreams {
+    fn admit(self: &Arc<Self>) -> Option<StreamSlot> {
+        self.open
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < MAX_LIVE_STREAMS).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| StreamSlot(self.clone()))
+    }
+
+    pub fn open(&self) -> usize {
+        self.open.load(Ordering::Acquire)
+    }
+}
+
+pub fn live_src(node: &NodeId) -> String {
+    format!("/nodes/{node}/live")
+}
+
+fn jobs_src(node: &NodeId) -> String {
+    format!("/nodes/{node}/jobs")
+}
+
+/// What a node page shows besides the live node.
+pub struct NodePageData {
+    pub jobs: Vec<JobRecord>,
+    pub events: Option<Vec<HealthEventRecord>>,
+}
+
+/// The whole node page; `notice` is an error from a form just sent.
+pub fn node_page(
+    node: &LiveNode,
+    data: &NodePageData,
+    signed_in: &SignedIn,
+    now_ms: u64,
+    stale_after: Duration,
+    notice: Option<&str>,
+) -> Markup {
+    let r = &node.record;
+    let stale = node.meters_stale(now_ms, stale_after);
+    console_page(
+        r.id.as_str(),
+        signed_in,
+        html! {},
+        html! {
+            nav.crumbs aria-label="Breadcrumb" { a href="/" { "Fleet" } " › " span { (r.id) } }
+            h1 { span.node-id { (r.id) } " " (presence_badge(r.presence)) }
+            @if let Some(notice) = notice { p.error role="alert" { (notice) } }
+            div.node-grid {
+                section.panel aria-labelledby="inventory-h" {
+                    h2 #inventory-h { "Inventory" }
+                    (inventory(node, now_ms))
+                }
+                section.panel aria-labelledby="live-h" {
+                    h2 #live-h { "Live levels" }
+                    div #live-meters data-live-src=(live_src(&r.id)) aria-live="off" {
+                        @match (&node.meters, r.presence) {
+                            (Some(m), Presence::Online) => { (meter_bars(&m.frame.channels, stale)) }
+                            _ => { p.muted { "No levels: the node is offline or not capturing." } }
+                        }
+                    }
+                    p.muted #live-state { "Levels from the last telemetry frame; live updates need JavaScript." }
+                }
+            }
+            @if signed_in.may(Permission::JobsManage) {
+                section.panel aria-labelledby="start-h" {
+                    h2 #start-h { "Start a recording" }
+                    (start_form(node, signed_in))
+                }
+            }
+            section.panel aria-labelledby="jobs-h" {
+                h2 #jobs-h { "Recordings" }
+                (jobs_panel(&r.id, &data.jobs, signed_in, now_ms))
+            }
+            @if let Some(events) = &data.events {
+                section.panel aria-labelledby="events-h" {
+                    h2 #events-h { "Health events" }
+                    (events_table(events, now_ms))
+                }
+            }
+        },
+    )
+}
+
+fn inventory(node: &LiveNode, now_ms: u64) -> Markup {
+    let r = &node.record;
+    html! {
+        dl.facts {
+            dt { "State" } dd { (r.presence.as_str()) " since " (utc_seconds(r.presence_since_ms)) }
+            dt { "Last seen" } dd { (ago(now_ms, r.last_seen_ms)) }
+            @match &r.details {
+                Some(d) => {
+                    dt { "Agent" } dd { (d.agent_version) }
+                    dt { "Boot slot" } dd { @match d.slot { BootSlot::None => "no A/B slot", slot => { (slot.as_str().to_uppercase()) } } }
+                    dt { "Channels" } dd { (d.capabilities.channels) }
+                    dt { "Sample rates" } dd { (join(d.capabilities.sample_rates.iter().map(|r| format!("{r} Hz")))) }
+                    dt { "Sources" } dd { (join(d.capabilities.sources.iter())) }
+                    dt { "Codecs" } dd { (join(d.capabilities.codecs.iter())) }
+                    dt { "Recordings at once" } dd { (d.capabilities.max_jobs) }
+                    dt { "Real-time" } dd {
+                        (if d.realtime.sched_fifo { "SCHED_FIFO" } else { "normal scheduling" })
+                        ", " (if d.realtime.memory_locked { "memory locked" } else { "memory not locked" })
+                    }
+                }
+                None => { dt { "Agent" } dd.muted { "not yet announced" } }
+            }
+        }
+    }
+}
+
+fn join(items: impl Iterator<Item = impl std::fmt::Display>) -> String {
+    let text: Vec<String> = items.map(|i| i.to_string()).collect();
+    if text.is_empty() {
+        "none".into()
+    } else {
+        text.join(", ")
+    }
+}
+
+fn start_form(node: &LiveNode, signed_in: &SignedIn) -> Markup {
+    let r = &node.record;
+    let codecs: Vec<String> = r
+        .details
+        .as_ref()
+        .map(|d| d.capabilities.codecs.clone())
+        .unwrap_or_default();
+    let can_record = r.presence == Presence::Online && !codecs.is_empty();
+    html! {
+        form.start method="post" action=(jobs_src(&r.id)) {
+            (csrf_field(signed_in))
+            label { "Device" input type="text" name="device" value="default" required maxlength="128"; }
+            label { "Channels" input type="text" name="channels" placeholder="all, or e.g. 1,2 or 3+4" maxlength="128"; }
+            label { "Format"
+                select name="codec" {
+                    @for codec in [CodecName::Flac, CodecName::Wav, CodecName::Rf64] {
+                        option value=(codec.as_str()) { (codec.as_str().to_uppercase()) }
+                    }
+                }
+            }
+            label { "Bits"
+                select name="bits" { option value="24" { "24" } option value="16" { "16" } option value="32" { "32" } }
+            }
+            label { "Duration (s)" input type="number" name="duration_s" min="1" placeholder="until stopped"; }
+            button type="submit" #start-recording disabled[!can_record] { "Start recording" }
+            @if !can_record { span.muted { "The node must be online and able to record." } }
+        }
+    }
+}
+
+/// The jobs table; also the htmx fragment that replaces itself.
+pub fn jobs_panel(node: &NodeId, jobs: &[JobRecord], signed_in: &SignedIn, now_ms: u64) -> Markup {
+    let manage = signed_in.may(Permission::JobsManage);
+    html! {
+        div #jobs hx-get=(jobs_src(node)) hx-trigger=(JOBS_REFRESH) hx-swap="outerHTML" {
+            @if jobs.is_empty() {
+                p.muted { "No recordings yet." }
+            } @else {
+                table.jobs {
+                    thead { tr { th { "Job" } th { "State" } th { "Started" } th { "Take" } @if manage { th { span.sr-only { "Actions" } } } } }
+                    tbody {
+                        @for job in jobs {
+                            tr data-job=(job.id) data-state=(job.state.as_str()) {
+                                td { code { (short_id(&job.id)) } div.muted { (job.spec.profile.codec.as_str()) " " (job.spec.profile.bits) "-bit" } }
+                                td { span class={ "badge job " (job.state.as_str()) } { (job.state.as_str().replace('_', " ")) }
+                                     @if !job.detail.is_empty() { div.muted { (job.detail) } } }
+                                td { span title=(utc_seconds(job.created_ms)) { (ago(now_ms, job.created_ms)) } }
+                                td { (take_summary(job)) }
+                                @if manage {
+                                    td.actions {
+                                        @if matches!(job.state, JobState::Queued | JobState::Leased | JobState::Running) {
+                                            (stop_button(signed_in, &job.id, false))
+                                            (stop_button(signed_in, &job.id, true))
+                                        }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn short_id(id: &JobId) -> String {
+    id.to_string()
+        .chars()
+        .rev()
+        .take(8)
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+        .collect()
+}
+
+fn take_summary(job: &JobRecord) -> Markup {
+    match &job.recording {
+        Some(rec) => {
+            let secs = rec.frames as f64 / f64::from(rec.sample_rate.max(1));
+            let bytes: u64 = rec.files.iter().map(|f| f.bytes).sum();
+            html! {
+                (format!("{secs:.1} s")) " · " (rec.channels) " ch · " (rec.file_count) " file" @if rec.file_count != 1 { "s" }
+                " · " (format!("{:.1} MB", bytes as f64 / 1e6))
+                @if rec.gaps > 0 { " · " span.warn { (rec.gaps) " gaps" } }
+                @if rec.recovered { " · " span.warn { "recovered after a crash" } }
+                @if let Some(first) = rec.files.first() { div.muted { (first.name) } }
+            }
+        }
+        None => match job.spec.duration_s {
+            Some(d) => html! { span.muted { (d) " s planned" } },
+            None => html! { span.muted { "until stopped" } },
+        },
+    }
+}
+
+fn stop_button(signed_in: &SignedIn, job: &JobId, cancel: bool) -> Markup {
+    html! {
+        form.inline method="post" action={ "/jobs/" (job) "/stop" } {
+            (csrf_field(signed_in))
+            @if cancel {
+                input type="hidden" name="cancel" value="1";
+                button.secondary.cancel type="submit" title="Stop and mark the job cancelled" { "Cancel" }
+            } @else {
+                button.stop type="submit" title="Stop and keep the take" { "Stop" }
+            }
+        }
+    }
+}
+
+fn events_table(events: &[HealthEventRecord], now_ms: u64) -> Markup {
+    html! {
+        @if events.is_empty() {
+            p.muted { "No health events." }
+        } @else {
+            table.events {
+                thead { tr { th { "When" } th { "Condition" } th { "Change" } th { "Detail" } } }
+                tbody {
+                    @for e in events.iter().rev() {
+                        tr {
+                            td { span title=(utc_seconds(e.event.at_ms)) { (ago(now_ms, e.event.at_ms)) } }
+                            td { (format!("{:?}", e.event.condition)) }
+                            td { (format!("{:?}", e.event.change)) }
+                            td { (e.event.detail) }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn no_such_node() -> Response {
+    (StatusCode::NOT_FOUND, "no such node\n").into_response()
+}
+
+async fn page_data(state: &AppState, node: &NodeId, signed_in: &SignedIn) -> NodePageData {
+    let store = state.store.clone();
+    let (node, health) = (node.clone(), signed_in.may(Permission::HealthRead));
+    tokio::task::spawn_blocking(move || NodePageData {
+        jobs: store.jobs(Some(&node), JOBS_SHOWN).unwrap_or_default(),
+        events: health.then(|| store.health_events(&node, EVENTS_SHOWN).unwrap_or_default()),
+    })
+    .await
+    .unwrap_or(NodePageData {
+        jobs: Vec::new(),
+        events: None,
+    })
+}
+
+async fn render_page(
+    state: &AppState,
+    node: &LiveNode,
+    signed_in: &SignedIn,
+    status: StatusCode,
+    notice: Option<&str>,
+) -> Response {
+    let data = page_data(state, &node.record.id, signed_in).await;
+    let page = node_page(
+        node,
+        &data,
+        signed_in,
+        state.clock.unix_ms(),
+        state.stale_after,
+        notice,
+    );
+    (status, page).into_response()
+}
+
+/// `GET /nodes/{id}`
+pub async fn page(
+    State(state): State<AppState>,
+    Extension(signed_in): Extension<SignedIn>,
+    Path(id): Path<String>,
+) -> Response {
+    let Ok(node) = NodeId::new(id) else {
+        return no_such_node();
+    };
+    match state.fleet.node(&node) {
+        Some(live) => render_page(&state, &live, &signed_in, StatusCode::OK, None).await,
+        None => (
+            StatusCode::NOT_FOUND,
+            crate::console::not_found(&format!("/nodes/{node}")),
+        )
+            .into_response(),
+    }
+}
+
+/// `GET /nodes/{id}/jobs`: the jobs panel (htmx refresh).
+pub async fn jobs_fragment(
+    State(state): State<AppState>,
+    Extension(signed_in): Extension<SignedIn>,
+    Path(id): Path<String>,
+) -> Response {
+    let Ok(node) = NodeId::new(id) else {
+        return no_such_node();
+    };
+    let data = page_data(&state, &node, &signed_in).await;
+    jobs_panel(&node, &data.jobs, &signed_in, state.clock.unix_ms()).into_response()
+}
+
+/// The start form as sent.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StartForm {
+    #[allow(dead_code)] // checked by the access layer
+    csrf: String,
+    device: String,
+    #[serde(default)]
+    channels: String,
+    codec: String,
+    bits: u8,
+    #[serde(default)]
+    duration_s: String,
+}
+
+impl StartForm {
+    fn spec(&self) -> Result<JobSpec, String> {
+        let codec = match self.codec.as_str() {
+            "flac" => CodecName::Flac,
+            "wav" => CodecName::Wav,
+            "rf64" => CodecName::Rf64,
+            other => return Err(format!("unknown format {other:?}")),
+        };
+        let duration_s = match self.duration_s.trim() {
+            "" => None,
+            text => Some(text.parse::<u32>().ok().filter(|d| *d > 0).ok_or_else(|| {
+                format!("duration {text:?} is not a whole number of seconds above 0")
+            })?),
+        };
+        let channels = Some(self.channels.trim().to_owned()).filter(|c| !c.is_empty());
+        Ok(JobSpec {
+            device: self.device.trim().to_owned(),
+            channels,
+            profile: RecordingProfile {
+                codec,
+                bits: self.bits,
+                ..RecordingProfile::default()
+            },
+            duration_s,
+        })
+    }
+}
+
+/// `POST /nodes/{id}/jobs`: start a recording, then back to the node page.
+pub async fn start(
+    State(state): State<AppState>,
+    Extension(signed_in): Extension<SignedIn>,
+    Path(id): Path<String>,
+    form: Result<Form<StartForm>, axum::extract::rejection::FormRejection>,
+) -> Response {
+    let Ok(node) = NodeId::new(id) else {
+        return no_such_node();
+    };
+    let Some(live) = state.fleet.node(&node) else {
+        return no_such_node();
+    };
+    let spec = match form {
+        Ok(Form(form)) => form.spec(),
+        Err(e) => Err(e.body_text()),
+    };
+    let spec = match spec {
+        Ok(s) => s,
+        Err(why) => {
+            return render_page(
+                &state,
+                &live,
+                &signed_in,
+                StatusCode::UNPROCESSABLE_ENTITY,
+                Some(&why),
+            )
+            .await;
+        }
+    };
+    let (store, commands, now) = (
+        state.store.clone(),
+        state.commands.clone(),
+        state.clock.unix_ms(),
+    );
+    let request = JobRequest {
+        node: node.clone(),
+        spec,
+    };
+    let created = tokio::task::spawn_blocking(move || {
+        crate::jobs::create_job(&*store, &commands, request, now)
+    })
+    .await;
+    let (status, why) = match created {
+        Ok(Ok(job)) => {
+            tracing::info!(job = %job.id, node = %job.node, user = %signed_in.user.name, "job created from the console");
+            return Redirect::to(&format!("/nodes/{node}")).into_response();
+        }
+        Ok(Err(JobRequestError::Invalid(m))) => (StatusCode::UNPROCESSABLE_ENTITY, m),
+        Ok(Err(JobRequestError::Conflict(m))) => (StatusCode::CONFLICT, m),
+        Ok(Err(e @ JobRequestError::UnknownNode(_))) => (StatusCode::NOT_FOUND, e.to_string()),
+        Ok(Err(JobRequestError::Store(e))) => {
+            tracing::error!(error = %e, "store error");
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the store is unavailable; try again".to_owned(),
+            )
+        }
+        Err(_) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal error".to_owned(),
+        ),
+    };
+    render_page(
+        &state,
+        &live,
+        &signed_in,
+        status,
+        Some(&format!("Not started: {why}")),
+    )
+    .await
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StopForm {
+    #[allow(dead_code)] // checked by the access layer
+    csrf: String,
+    #[serde(default)]
+    cancel: Option<String>,
+}
+
+/// `POST /jobs/{id}/stop`: stop (or cancel) a job, then back to its node.
+pub async fn stop(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    form: Result<Form<StopForm>, axum::extract::rejection::FormRejection>,
+) -> Response {
+    let Ok(id) = id.parse::<JobId>() else {
+        return (StatusCode::NOT_FOUND, "no such job\n").into_response();
+    };
+    let cancel = match form {
+        Ok(Form(f)) => f.cancel.is_some(),
+        Err(e) => return (StatusCode::UNPROCESSABLE_ENTITY, e.body_text()).into_response(),
+    };
+    let (store, commands, now) = (
+        state.store.clone(),
+        state.commands.clone(),
+        state.clock.unix_ms(),
+    );
+    let stopped = tokio::task::spawn_blocking(move || {
+        crate::jobs::stop_job(&*store, &commands, id, cancel, now)
+    })
+    .await;
+    match stopped {
+        Ok(Ok(job)) => Redirect::to(&format!("/nodes/{}", job.node)).into_response(),
+        Ok(Err(rakkr_store::StoreError::NoSuchJob(_))) => {
+            (StatusCode::NOT_FOUND, "no such job\n").into_response()
+        }
+        Ok(Err(e)) => (StatusCode::CONFLICT, format!("not stopped: {e}\n")).into_response(),
+        Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+    }
+}
+
+/// `GET /nodes/{id}/live`: live meters as server-sent events (`meters`,
+/// each the rendered bars).
+pub async fn live_stream(State(state): State<AppState>, Path(id): Path<String>) -> Response {
+    let Ok(node) = NodeId::new(id) else {
+        return no_such_node();
+    };
+    if state.fleet.node(&node).is_none() {
+        return no_such_node();
+    }
+    let Some(slot) = state.live_streams.admit() else {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too many live-meter streams open; try again later\n",
+        )
+            .into_response();
+    };
+    let watch = state.fleet.watch_live(&node);
+    let commands = state.commands.clone();
+    let request = LiveRequest {
+        for_ms: LIVE_REQUEST.as_millis() as u32,
+    };
+    let mut renew = tokio::time::interval(LIVE_RENEW);
+    renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let stream = futures_util::stream::unfold(
+        (watch, renew, slot, commands, node),
+        move |(mut watch, mut renew, slot, commands, node)| {
+            let request = request.clone();
+            async move {
+                loop {
+                    tokio::select! {
+                        _ = renew.tick() => commands.send(Outbound::Live(node.clone(), request.clone())),
+                        changed = watch.frames.changed() => {
+                            changed.ok()?;
+                            let frame = watch.frames.borrow_and_update().clone();
+                            let Some(frame) = frame else { continue };
+                            let bars = meter_bars(&frame.channels, false).into_string();
+                            let event = Event::default().event("meters").data(bars);
+                            return Some((Ok::<_, Infallible>(event), (watch, renew, slot, commands, node)));
+                        }
+                    }
+                }
+            }
+        },
+    );
+    Sse::new(stream)
+        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+        .into_response()
+}

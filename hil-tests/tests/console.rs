@@ -1,0 +1,207 @@
+//! The operator console in a real browser (headless Chromium through
+//! chromedriver): log in, watch live meters, start and stop a recording; a
+//! viewer sees no controls and a forged request is refused and audited; a
+//! request without its CSRF token is refused. Screenshots of the pages, at
+//! desktop width in light and at phone width in dark, are kept in
+//! `target/<profile>/console-screenshots/`.
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::Result;
+use rakkr_hil_tests::browser::{Browser, Look};
+use rakkr_hil_tests::*;
+use serde_json::{Value, json};
+
+const SOON: Duration = Duration::from_secs(20);
+const NODE: &str = "stage-left";
+
+/// An appliance with a synthetic "demo" signal (levels that move) that can record.
+fn recording_agent(work: &Path, server: &Server) -> Result<Agent> {
+    let config = work.join(format!("{NODE}.toml"));
+    std::fs::write(
+        &config,
+        format!(
+            "node_id = \"{NODE}\"\nrealtime = false\nrecordings_dir = \"{}\"\nstate_dir = \"{}\"\n\
+             [mqtt]\nhost = \"127.0.0.1\"\nport = {}\n\
+             [source]\nkind = \"synthetic\"\nchannels = 4\nsample_rate = 48000\nsignal = \"demo\"\n",
+            work.join("recordings").display(),
+            work.join("agent-state").display(),
+            server.mqtt_port,
+        ),
+    )?;
+    Agent::start_for(work, server, NODE, &config, &[])
+}
+
+fn log_in(browser: &Browser, name: &str) -> Result<()> {
+    browser.goto("/login")?;
+    browser.fill("input[name=name]", name)?;
+    browser.fill("input[name=password]", OPERATOR_PASSWORD)?;
+    browser.click("form button[type=submit]")?;
+    wait_for("the fleet page after login", SOON, || {
+        (browser.path().ok()? == "/" && browser.exists("#nodes").ok()?).then_some(())
+    })
+    .map_err(|e| {
+        let _ = browser.screenshot(&format!("failed-login-{name}"));
+        let page = browser.text("body").unwrap_or_default();
+        anyhow::anyhow!("{e}; at {:?}: {page}", browser.path())
+    })
+}
+
+/// `fetch` a form POST from inside the page (the session's cookie goes
+/// along, as it would for any script on the page); the status.
+fn post_from_page(browser: &Browser, path: &str, body: &str) -> Result<u64> {
+    let status = browser.js_async(
+        "const done = arguments[arguments.length - 1];
+         fetch(arguments[0], { method: 'POST', redirect: 'manual',
+             headers: { 'Content-Type': 'application/x-www-form-urlencoded' }, body: arguments[1] })
+           .then(r => done(r.status), e => done(String(e)));",
+        vec![json!(path), json!(body)],
+    )?;
+    status
+        .as_u64()
+        .ok_or_else(|| anyhow::anyhow!("fetch failed: {status}"))
+}
+
+fn audit(server: &Server) -> Result<Vec<Value>> {
+    let page = server.get_json("/api/v1/audit?limit=1000")?;
+    assert_eq!(page["chain"], "ok");
+    Ok(page["records"].as_array().cloned().unwrap_or_default())
+}
+
+#[test]
+fn an_operator_records_from_the_browser_and_a_viewer_cannot() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let work = dir.path();
+    let server = Server::start(work, &work.join("data"))?;
+    let _agent = recording_agent(work, &server)?;
+    wait_for("node online", SOON, || {
+        (server.presence(NODE).as_deref() == Some("online")).then_some(())
+    })?;
+    server.operator("olga", "operator")?;
+    server.operator("vic", "viewer")?;
+
+    let browser = Browser::start(work, &server.url(""), Look::DESKTOP)?;
+    log_in(&browser, "olga")?;
+    browser.wait_css(&format!("tr[data-node={NODE}] .meters"), SOON)?;
+    browser.screenshot("fleet-1280-light")?;
+
+    // The node page: its levels go live and keep changing.
+    browser.click(&format!("a[href='/nodes/{NODE}']"))?;
+    browser.wait_css("#live-meters[data-live=on] .meter", SOON)?;
+    let first = browser.inner_html("#live-meters")?;
+    wait_for("a live meter change", SOON, || {
+        let now = browser.inner_html("#live-meters").ok()?;
+        (now != first && now.contains("class=\"meter\"")).then_some(())
+    })?;
+    assert_eq!(
+        browser.text("#live-state")?,
+        "Live: about five updates a second."
+    );
+    assert!(!browser.overflows_horizontally()?);
+    browser.screenshot("node-1280-light")?;
+
+    // Start a recording until stopped, see it run, stop it.
+    browser.fill("input[name=channels]", "1,2")?;
+    browser.click("#start-recording")?;
+    browser.wait_css("#jobs tr[data-state=running] button.stop", SOON)?;
+    browser.screenshot("node-recording-1280-light")?;
+    let job = browser
+        .js(
+            "return document.querySelector('#jobs tr[data-state=running]').dataset.job;",
+            vec![],
+        )?
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    std::thread::sleep(Duration::from_secs(1));
+    browser.click("#jobs tr[data-state=running] button.stop")?;
+    browser.wait_css(
+        &format!("#jobs tr[data-job='{job}'][data-state=completed]"),
+        SOON,
+    )?;
+    let record = server.get_json(&format!("/api/v1/jobs/{job}"))?;
+    assert_eq!(record["state"], "completed", "{record}");
+    assert_eq!(record["recording"]["channels"], 2, "{record}");
+    assert!(
+        record["recording"]["frames"].as_u64().unwrap_or(0) >= 48_000,
+        "at least a second was recorded: {record}"
+    );
+    assert!(browser.text("#jobs")?.contains("2 ch"));
+
+    // The same session without its CSRF token: refused, nothing started.
+    let jobs_before = server.get_json(&format!("/api/v1/jobs?node={NODE}"))?;
+    let status = post_from_page(
+        &browser,
+        &format!("/nodes/{NODE}/jobs"),
+        "device=default&channels=&codec=flac&bits=24&duration_s=",
+    )?;
+    assert_eq!(status, 403, "a POST without the CSRF token");
+    assert_eq!(
+        server.get_json(&format!("/api/v1/jobs?node={NODE}"))?,
+        jobs_before
+    );
+    browser.click("form.logout button")?;
+    browser.wait_css("input[name=password]", SOON)?;
+
+    // A viewer: the page shows no controls, and a forged start is refused
+    // (with the viewer's own valid CSRF token) and audited.
+    log_in(&browser, "vic")?;
+    browser.goto(&format!("/nodes/{NODE}"))?;
+    browser.wait_css("#live-meters[data-live=on] .meter", SOON)?;
+    assert!(!browser.exists("#start-recording")?);
+    assert!(!browser.exists("form.start")?);
+    assert!(!browser.exists("button.stop, button.cancel")?);
+    assert!(browser.exists(&format!("#jobs tr[data-job='{job}']"))?);
+    let csrf = browser
+        .js(
+            "return document.querySelector('input[name=csrf]').value;",
+            vec![],
+        )?
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(!csrf.is_empty());
+    let status = post_from_page(
+        &browser,
+        &format!("/nodes/{NODE}/jobs"),
+        &format!("csrf={csrf}&device=default&channels=&codec=flac&bits=24&duration_s="),
+    )?;
+    assert_eq!(status, 403, "a viewer's forged start");
+    assert_eq!(
+        server.get_json(&format!("/api/v1/jobs?node={NODE}"))?,
+        jobs_before
+    );
+    let records = audit(&server)?;
+    let refused = |actor: &str, reason: &str| {
+        records.iter().any(|r| {
+            r["actor"] == actor
+                && r["action"] == "POST /nodes/{id}/jobs"
+                && r["outcome"] == "denied"
+                && r["reason"].as_str().unwrap_or("").contains(reason)
+        })
+    };
+    assert!(refused("user:vic", "does not allow jobs.manage"));
+    assert!(refused("user:olga", "CSRF"));
+    assert!(records.iter().any(|r| r["actor"] == "user:olga"
+        && r["action"] == "POST /jobs/{id}/stop"
+        && r["outcome"] == "allowed"));
+    browser.screenshot("node-viewer-1280-light")?;
+    drop(browser);
+
+    // A phone in the dark: nothing wider than the screen.
+    let phone = Browser::start(work, &server.url(""), Look::PHONE_DARK)?;
+    log_in(&phone, "olga")?;
+    let dark = phone.js(
+        "return window.matchMedia('(prefers-color-scheme: dark)').matches;",
+        vec![],
+    )?;
+    assert_eq!(dark, json!(true), "the dark look is in effect");
+    assert!(!phone.overflows_horizontally()?, "the fleet page at 390 px");
+    phone.screenshot("fleet-390-dark")?;
+    phone.goto(&format!("/nodes/{NODE}"))?;
+    phone.wait_css("#live-meters[data-live=on] .meter", SOON)?;
+    assert!(!phone.overflows_horizontally()?, "the node page at 390 px");
+    phone.screenshot("node-390-dark")?;
+    Ok(())
+}
