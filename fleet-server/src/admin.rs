@@ -130,6 +130,9 @@ pub struct AdminResponse {
     pub token: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tokens: Option<Vec<TokenView>>,
+    /// The account before a change, for the audit record (not sent).
+    #[serde(skip)]
+    pub account_before: Option<AccountView>,
 }
 
 impl AdminResponse {
@@ -380,6 +383,16 @@ fn audit_command(
         target,
         outcome: if response.ok { "allowed" } else { "failed" }.to_owned(),
         reason: response.error.clone(),
+        // Account changes (not lists, which return an account too).
+        before: response
+            .account_before
+            .as_ref()
+            .and_then(|a| serde_json::to_value(a).ok()),
+        after: response
+            .account
+            .as_ref()
+            .filter(|_| !matches!(request, AdminRequest::UserList))
+            .and_then(|a| serde_json::to_value(a).ok()),
     };
     if let Err(e) = store.append_audit(entry) {
         tracing::error!(error = %e, "audit record not written");
@@ -398,10 +411,12 @@ fn change(
         UserChange::Disabled(false) => "enabled".to_owned(),
         UserChange::Role(role) => format!("role {role}"),
     };
+    let before = store.user(name)?.map(|u| AccountView::from(&u));
     let account = store.change_user(name, change, now_ms)?;
     tracing::info!(user = %name, change = %what, "account changed (admin socket)");
     Ok(AdminResponse {
         account: Some(AccountView::from(&account)),
+        account_before: before,
         ..AdminResponse::ok()
     })
 }

@@ -20,6 +20,7 @@ use rakkr_web::layout::{Chrome, page_with_head};
 
 use crate::auth::SignedIn;
 use crate::fleet::{FleetCounts, LiveNode};
+use rakkr_protocol::access::Permission;
 
 /// The console's header detail: which server this is.
 const DETAIL: &str = concat!("rakkr-server ", env!("CARGO_PKG_VERSION"));
@@ -40,6 +41,9 @@ pub fn console_page(title: &str, signed_in: &SignedIn, head: Markup, body: Marku
             div.console hx-headers=(csrf_header) {
                 nav.sections aria-label="Console sections" {
                     a href="/" { "Fleet" }
+                    @if signed_in.may(Permission::AuditRead) {
+                        a href=(crate::audit_page::AUDIT_PATH) { "Audit log" }
+                    }
                 }
                 (crate::login::logout_form(signed_in))
                 (body)

@@ -28,6 +28,8 @@
 //! | `POST /api/v1/nodes/{id}/credential/revoke` | nodes.manage | revoke a node's credential and disconnect it |
 //! | `POST /api/v1/node/credential/rotate` | appliance | a node (HTTP Basic: node id and credential) gets a new credential |
 //! | `GET /api/v1/audit` | audit.read | the audit log (`?after=SEQ&limit=N&format=json\|csv`), its hash chain checked |
+//! | `GET /api/v1/audit/search` | audit.read | search (`?actor&outcome&q&from&to&before&limit&format=json\|csv`), newest first, with `next_before` |
+//! | `GET /audit`       | audit.read | the audit log page: the same search, CSV export |
 //! | `GET /metrics`     | metrics.read | counters in the Prometheus text format       |
 //! | `GET /healthz`     | public | liveness: the process serves HTTP          |
 //! | `GET /readyz`      | public | readiness: store readable and broker link connected |
@@ -46,7 +48,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::{Path, Request, State};
+use axum::extract::{ConnectInfo, Path, Request, State};
 use axum::http::Method;
 use axum::http::{HeaderValue, StatusCode, Uri, header};
 use axum::middleware::{self, Next};
@@ -64,6 +66,7 @@ use crate::console::{self, FleetView, NODES_FRAGMENT_PATH};
 use crate::fleet::LiveFleet;
 use crate::login::{self, Access, LOGIN_PATH, LOGOUT_PATH, PASSWORD_PATH};
 use crate::node_page;
+use crate::tls::PeerAddr;
 
 #[derive(Clone)]
 pub struct AppState {
@@ -220,6 +223,18 @@ pub fn route_table() -> Vec<(&'static str, Method, Access, MethodRouter<AppState
             Method::GET,
             Operator(AuditRead),
             get(crate::audit::api_audit),
+        ),
+        (
+            "/api/v1/audit/search",
+            Method::GET,
+            Operator(AuditRead),
+            get(crate::audit::api_search),
+        ),
+        (
+            crate::audit_page::AUDIT_PATH,
+            Method::GET,
+            Operator(AuditRead),
+            get(crate::audit_page::page),
         ),
         ("/metrics", Method::GET, Operator(MetricsRead), get(metrics)),
         ("/healthz", Method::GET, Public, get(|| async { "ok\n" })),
@@ -508,7 +523,8 @@ async fn api_create_job(
     })
     .await?;
     tracing::info!(job = %job.id, node = %job.node, "job created");
-    Ok((StatusCode::CREATED, Json(job)).into_response())
+    let change = crate::jobs::audit_change(None, &job);
+    Ok(change.to((StatusCode::CREATED, Json(job)).into_response()))
 }
 
 /// Most jobs one listing returns.
@@ -567,11 +583,11 @@ async fn api_stop_job(
     let Json(request) = body.map_err(|e| problem(e.status(), e.body_text()))?;
     let now = state.clock.unix_ms();
     let (store, commands) = (state.store.clone(), state.commands.clone());
-    let job = blocking(move || {
+    let (job, change) = blocking(move || {
         crate::jobs::stop_job(&*store, &commands, id, request.cancel, now).map_err(store_problem)
     })
     .await?;
-    Ok(Json(job).into_response())
+    Ok(change.to(Json(job).into_response()))
 }
 
 fn identity_problem(e: crate::identity::IdentityError) -> Problem {
@@ -607,7 +623,17 @@ async fn api_create_enroll_token(
     })
     .await?;
     tracing::info!(token = %token.id, node = ?token.node, "enrollment token created");
-    Ok((StatusCode::CREATED, Json(token)).into_response())
+    let change = crate::audit::AuditChange {
+        target: Some(format!("enroll-token:{}", token.id)),
+        before: None,
+        // Never the secret.
+        after: Some(serde_json::json!({
+            "id": token.id,
+            "node": token.node,
+            "expires_ms": token.expires_ms,
+        })),
+    };
+    Ok(change.to((StatusCode::CREATED, Json(token)).into_response()))
 }
 
 /// A token as listed: never its secret.
@@ -651,8 +677,48 @@ struct EnrolledJson {
     ca_pem: Option<String>,
 }
 
+/// Audit what an appliance did on its own routes (enrollment, rotation).
+/// Refusals are bounded per client address like anonymous ones.
+async fn audit_appliance(
+    state: &AppState,
+    peer: std::net::SocketAddr,
+    node: &rakkr_protocol::NodeId,
+    action: &str,
+    refused: Option<&str>,
+) {
+    let now = state.clock.unix_ms();
+    let mut reason = refused.map(str::to_owned);
+    if let Some(why) = &reason {
+        let (admit, left_out) = state.audit_budget.admit(&peer.ip().to_string(), now);
+        if !admit {
+            return;
+        }
+        if left_out > 0 {
+            reason = Some(format!(
+                "{why} ({left_out} more refusals from this address were not recorded one by one)"
+            ));
+        }
+    }
+    let entry = rakkr_store::AuditEntry {
+        at_ms: now,
+        actor: format!("node:{node}@{}", peer.ip()),
+        action: action.to_owned(),
+        target: Some(format!("node:{node}")),
+        outcome: if refused.is_some() {
+            "denied"
+        } else {
+            "allowed"
+        }
+        .to_owned(),
+        reason,
+        ..Default::default()
+    };
+    crate::audit::record(state.store.clone(), entry).await;
+}
+
 async fn api_enroll(
     State(state): State<AppState>,
+    ConnectInfo(PeerAddr(peer)): ConnectInfo<PeerAddr>,
     body: Result<Json<EnrollRequest>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Response, Problem> {
     let Json(request) = body.map_err(|e| problem(e.status(), e.body_text()))?;
@@ -668,12 +734,15 @@ async fn api_enroll(
         state.clock.unix_ms(),
     );
     let node = request.node.clone();
-    let credential = blocking(move || {
+    let enrolled = blocking(move || {
         ids.enroll(&*store, &request.token, &request.node, now)
             .map_err(identity_problem)
     })
-    .await
-    .inspect_err(|p| tracing::warn!(node = %node, why = %p.detail, "enrollment refused"))?;
+    .await;
+    let refused = enrolled.as_ref().err().map(|p| p.detail.as_str());
+    audit_appliance(&state, peer, &node, "enroll", refused).await;
+    let credential = enrolled
+        .inspect_err(|p| tracing::warn!(node = %node, why = %p.detail, "enrollment refused"))?;
     tracing::info!(node = %node, "node enrolled");
     let ca_pem = state.ca.as_ref().map(|c| c.pem.clone());
     Ok((
@@ -710,13 +779,18 @@ async fn api_revoke_credential(
     let record =
         blocking(move || ids.revoke(&*store, &node, now).map_err(identity_problem)).await?;
     tracing::warn!(node = %record.node, "node credential revoked; node disconnected");
-    Ok(Json(CredentialJson {
+    let view = CredentialJson {
         node: record.node,
         generation: record.generation,
         created_ms: record.created_ms,
         revoked_ms: record.revoked_ms,
-    })
-    .into_response())
+    };
+    let change = crate::audit::AuditChange {
+        target: Some(format!("node:{}", view.node)),
+        before: None,
+        after: serde_json::to_value(&view).ok(),
+    };
+    Ok(change.to(Json(view).into_response()))
 }
 
 /// `Authorization: Basic base64(node:credential)`.
@@ -734,6 +808,7 @@ fn basic_auth(headers: &axum::http::HeaderMap) -> Option<(rakkr_protocol::NodeId
 
 async fn api_rotate_credential(
     State(state): State<AppState>,
+    ConnectInfo(PeerAddr(peer)): ConnectInfo<PeerAddr>,
     headers: axum::http::HeaderMap,
 ) -> Result<Response, Problem> {
     let Some((node, current)) = basic_auth(&headers) else {
@@ -748,7 +823,7 @@ async fn api_rotate_credential(
         state.clock.unix_ms(),
     );
     let name = node.clone();
-    let credential = blocking(move || {
+    let rotated = blocking(move || {
         ids.rotate(&*store, &node, &current, now)
             .map_err(|e| match e {
                 crate::identity::IdentityError::Refused(_) => {
@@ -757,7 +832,10 @@ async fn api_rotate_credential(
                 e => identity_problem(e),
             })
     })
-    .await?;
+    .await;
+    let refused = rotated.as_ref().err().map(|p| p.detail.as_str());
+    audit_appliance(&state, peer, &name, "credential rotate", refused).await;
+    let credential = rotated?;
     tracing::info!(node = %name, "node credential rotated (the old one works until the new one is used)");
     Ok(Json(EnrolledJson {
         node: name,

@@ -26,7 +26,7 @@ use std::time::Duration;
 use rakkr_protocol::job::{JobCommand, JobReport, JobSpec};
 use rakkr_protocol::state::JobState;
 use rakkr_protocol::{MessageId, NodeId};
-use rakkr_store::{JobId, JobRecord, NewJob, Store, StoreError, UpdateOutcome};
+use rakkr_store::{AuditEntry, JobId, JobRecord, NewJob, Store, StoreError, UpdateOutcome};
 use serde::Deserialize;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -97,6 +97,25 @@ impl Commands {
 
     fn command(&self, node: &NodeId, command: JobCommand) {
         self.send(Outbound::Command(node.clone(), command));
+    }
+}
+
+/// What the audit log keeps of a job: enough to tell what was started or stopped.
+pub fn audit_view(job: &JobRecord) -> serde_json::Value {
+    serde_json::json!({
+        "id": job.id.to_string(),
+        "node": job.node.as_str(),
+        "state": job.state.as_str(),
+        "spec": job.spec,
+    })
+}
+
+/// A job created (`before` none) or changed, for the audit record.
+pub fn audit_change(before: Option<&JobRecord>, after: &JobRecord) -> crate::audit::AuditChange {
+    crate::audit::AuditChange {
+        target: Some(format!("job:{}", after.id)),
+        before: before.map(audit_view),
+        after: Some(audit_view(after)),
     }
 }
 
@@ -183,15 +202,18 @@ pub fn create_job(
     Ok(job)
 }
 
-/// Ask a job to stop (or be cancelled) and tell its node.
+/// Ask a job to stop (or be cancelled) and tell its node. Returns the job
+/// and what changed, for the audit record.
 pub fn stop_job(
     store: &dyn Store,
     commands: &Commands,
     id: JobId,
     cancel: bool,
     now_ms: u64,
-) -> Result<JobRecord, StoreError> {
+) -> Result<(JobRecord, crate::audit::AuditChange), StoreError> {
+    let before = store.job(id)?;
     let job = store.request_stop(id, cancel, now_ms)?;
+    let change = audit_change(before.as_ref(), &job);
     if let (JobState::StopRequested, Some(lease)) = (job.state, job.lease) {
         commands.command(
             &job.node,
@@ -202,7 +224,7 @@ pub fn stop_job(
             },
         );
     }
-    Ok(job)
+    Ok((job, change))
 }
 
 /// The lease length as it travels (a `u32` of milliseconds).
@@ -248,6 +270,23 @@ fn handle(
         stats.refused.fetch_add(1, Ordering::Relaxed);
         tracing::warn!(node = %node, error = %e, "job report refused");
     };
+    // Job updates change recordings: each applied or refused one is audited.
+    let audit_update =
+        |job_id: JobId, outcome: &str, reason: Option<String>, after: Option<&JobRecord>| {
+            crate::audit::record_now(
+                store,
+                AuditEntry {
+                    at_ms: now_ms,
+                    actor: format!("node:{node}"),
+                    action: "job update".into(),
+                    target: Some(format!("job:{job_id}")),
+                    outcome: outcome.into(),
+                    reason,
+                    after: after.map(audit_view),
+                    ..Default::default()
+                },
+            )
+        };
     match report {
         JobReport::Claim { free_slots, held } => {
             stats.claims.fetch_add(1, Ordering::Relaxed);
@@ -304,6 +343,10 @@ fn handle(
                     }
                     let job = outcome.job();
                     tracing::info!(node = %node, job = %job.id, state = job.state.as_str(), "job update");
+                    if !matches!(outcome, UpdateOutcome::Duplicate(_)) {
+                        let reported = format!("reported {}", update.state.as_str());
+                        audit_update(job.id, "allowed", Some(reported), Some(job));
+                    }
                     out.push(Outbound::Ack(node.clone(), msg_id));
                     // A stop requested before the node reported running.
                     if update.state == JobState::Running && job.state == JobState::StopRequested {
@@ -314,6 +357,7 @@ fn handle(
                 }
                 Err(e @ StoreError::StaleLease { .. }) => {
                     refused(&e);
+                    audit_update(update.job_id, "denied", Some(e.to_string()), None);
                     out.push(Outbound::Ack(node.clone(), msg_id));
                     out.push(Outbound::Command(
                         node.clone(),
@@ -330,6 +374,7 @@ fn handle(
                     | StoreError::Transition(_)),
                 ) => {
                     refused(&e);
+                    audit_update(update.job_id, "denied", Some(e.to_string()), None);
                     out.push(Outbound::Ack(node.clone(), msg_id));
                 }
                 // Not acknowledged: the node sends it again.
@@ -385,7 +430,26 @@ pub async fn run_lease_expiry(
         }
         let store = store.clone();
         let now = clock.unix_ms();
-        match tokio::task::spawn_blocking(move || store.expire_leases(now)).await {
+        let expired = tokio::task::spawn_blocking(move || {
+            let lost = store.expire_leases(now)?;
+            for job in &lost {
+                crate::audit::record_now(
+                    &*store,
+                    AuditEntry {
+                        at_ms: now,
+                        actor: "runner:lease-expiry".into(),
+                        action: "job lost".into(),
+                        target: Some(format!("job:{}", job.id)),
+                        outcome: "allowed".into(),
+                        reason: Some(format!("no word from node {} within its lease", job.node)),
+                        after: Some(audit_view(job)),
+                        ..Default::default()
+                    },
+                );
+            }
+            Ok::<_, StoreError>(lost)
+        });
+        match expired.await {
             Ok(Ok(lost)) => {
                 for job in &lost {
                     tracing::warn!(node = %job.node, job = %job.id, "job lost: its lease expired");

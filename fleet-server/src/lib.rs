@@ -20,6 +20,7 @@ pub mod accounts;
 pub mod admin;
 pub mod api_tokens;
 pub mod audit;
+pub mod audit_page;
 pub mod auth;
 pub mod broker;
 pub mod clock;

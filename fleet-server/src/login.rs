@@ -159,6 +159,7 @@ pub async fn login_submit(
             target: Some(format!("user:{name}")),
             outcome: outcome.into(),
             reason,
+            ..Default::default()
         },
     )
     .await;
@@ -380,6 +381,7 @@ pub async fn enforce(
         target: (path != route).then(|| path.clone()),
         outcome: outcome.to_owned(),
         reason,
+        ..Default::default()
     };
     match decide(&state, permission, request, &peer).await {
         Err(Refusal {
@@ -411,7 +413,16 @@ pub async fn enforce(
                 } else {
                     ("allowed", None)
                 };
-                crate::audit::record(state.store.clone(), entry(actor, outcome, reason)).await;
+                let mut entry = entry(actor, outcome, reason);
+                // What the handler says it changed.
+                if let Some(change) = response.extensions().get::<crate::audit::AuditChange>() {
+                    if change.target.is_some() {
+                        entry.target.clone_from(&change.target);
+                    }
+                    entry.before.clone_from(&change.before);
+                    entry.after.clone_from(&change.after);
+                }
+                crate::audit::record(state.store.clone(), entry).await;
             }
             response
         }

@@ -473,7 +473,8 @@ pub async fn start(
     let (status, why) = match created {
         Ok(Ok(job)) => {
             tracing::info!(job = %job.id, node = %job.node, user = %signed_in.user.name, "job created from the console");
-            return Redirect::to(&format!("/nodes/{node}")).into_response();
+            let change = crate::jobs::audit_change(None, &job);
+            return change.to(Redirect::to(&format!("/nodes/{node}")).into_response());
         }
         Ok(Err(JobRequestError::Invalid(m))) => (StatusCode::UNPROCESSABLE_ENTITY, m),
         Ok(Err(JobRequestError::Conflict(m))) => (StatusCode::CONFLICT, m),
@@ -532,7 +533,9 @@ pub async fn stop(
     })
     .await;
     match stopped {
-        Ok(Ok(job)) => Redirect::to(&format!("/nodes/{}", job.node)).into_response(),
+        Ok(Ok((job, change))) => {
+            change.to(Redirect::to(&format!("/nodes/{}", job.node)).into_response())
+        }
         Ok(Err(rakkr_store::StoreError::NoSuchJob(_))) => {
             (StatusCode::NOT_FOUND, "no such job\n").into_response()
         }

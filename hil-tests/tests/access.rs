@@ -200,10 +200,9 @@ fn every_guarded_route_refuses_anonymous_unpermitted_and_forged_requests() -> Re
         .send()?;
     assert_eq!(csv.headers()["content-type"], "text/csv; charset=utf-8");
     assert_eq!(csv.headers()["x-audit-chain"], "ok");
-    assert!(
-        csv.text()?
-            .starts_with("seq,at_ms,actor,permission,action,target,outcome,reason,sha256\r\n")
-    );
+    assert!(csv.text()?.starts_with(
+        "seq,at_ms,actor,permission,action,target,outcome,reason,before,after,sha256\r\n"
+    ));
     Ok(())
 }
 

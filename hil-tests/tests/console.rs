@@ -187,6 +187,58 @@ fn an_operator_records_from_the_browser_and_a_viewer_cannot() -> Result<()> {
         && r["action"] == "POST /jobs/{id}/stop"
         && r["outcome"] == "allowed"));
     browser.screenshot("node-viewer-1280-light")?;
+    assert!(
+        !browser.exists("a[href='/audit']")?,
+        "a viewer has no audit log link"
+    );
+    browser.click("form.logout button")?;
+    browser.wait_css("input[name=password]", SOON)?;
+
+    // An auditor finds the forged start, and sees what the stop changed.
+    server.operator("aud", "auditor")?;
+    log_in(&browser, "aud")?;
+    browser.click("a[href='/audit']")?;
+    browser.wait_css("form.search", SOON)?;
+    browser.fill("input[name=actor]", "user:vic")?;
+    browser.js(
+        "document.querySelector('select[name=outcome]').value = 'denied';",
+        vec![],
+    )?;
+    browser.click("form.search button[type=submit]")?;
+    browser.wait_css("table.audit tr[data-outcome=denied]", SOON)?;
+    let rows = browser.text("table.audit tbody")?;
+    assert!(rows.contains("POST /nodes/{id}/jobs"), "{rows}");
+    assert!(rows.contains("does not allow jobs.manage"), "{rows}");
+    assert!(!rows.contains("user:olga"), "{rows}");
+    browser.screenshot("audit-1280-light")?;
+    browser.goto("/audit?q=POST%20%2Fjobs")?;
+    browser.wait_css("table.audit details", SOON)?;
+    let change = browser.js(
+        "const d = document.querySelector('table.audit tr[data-outcome=allowed] details');
+         d.open = true; return d.textContent;",
+        vec![],
+    )?;
+    let change = change.as_str().unwrap_or_default();
+    assert!(
+        change.contains("\"state\":\"running\"") && change.contains("\"state\":\"stop_requested\""),
+        "the stop's before and after: {change}"
+    );
+    // Markup typed into a search comes back as text, never as markup.
+    let evil = "\"><script>window.pwned=1</script><b>";
+    browser.fill("input[name=q]", evil)?;
+    browser.click("form.search button[type=submit]")?;
+    browser.wait_css("p.muted", SOON)?;
+    assert_eq!(
+        browser.js(
+            "return document.querySelector('input[name=q]').value;",
+            vec![]
+        )?,
+        json!(evil)
+    );
+    assert_eq!(
+        browser.js("return typeof window.pwned;", vec![])?,
+        json!("undefined")
+    );
     drop(browser);
 
     // A phone in the dark: nothing wider than the screen.

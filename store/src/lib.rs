@@ -222,6 +222,12 @@ pub trait Store: Send + Sync + 'static {
     /// Audit records with `seq > after`, oldest first, at most `limit`.
     fn audit_records(&self, after: u64, limit: usize) -> Result<Vec<AuditRecord>>;
 
+    /// Search the audit log, newest first, examining at most
+    /// [`MAX_AUDIT_SCAN`] records (see [`AuditPage::next_before`]). Times are
+    /// taken as non-decreasing with `seq` (records are appended as they
+    /// happen): a search by time stops at the first record older than `from_ms`.
+    fn search_audit(&self, search: &AuditSearch) -> Result<AuditPage>;
+
     /// Store health events; one already stored (same node and message id) is
     /// left as it is. A node keeps at most [`MAX_HEALTH_EVENTS_PER_NODE`]: the
     /// oldest go first. Returns how many were new.

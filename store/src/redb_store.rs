@@ -18,6 +18,7 @@
 //! | `sessions`  | SHA-256 of the session id `&str` | JSON [`SessionRecord`]        |
 //! | `api_tokens` | token id `&str`        | JSON [`ApiTokenRecord`] (secret: SHA-256 only) |
 //! | `audit`     | sequence `u64` (1, 2, …) | JSON [`AuditRecord`], hash-chained; never updated or deleted |
+//! | `audit_by_actor` | `(actor, sequence)` | `()`: every record of an actor (built on open when missing) |
 //!
 //! Invariants, kept by [`JobTables::put`], the only writer of job records: a
 //! job is in `job_queue` exactly while its state is `queued`; in `active_jobs`
@@ -44,10 +45,11 @@ use rakkr_protocol::job::JobUpdate;
 use rakkr_protocol::payload::{HealthChange, HealthCondition, HealthEvent, Severity};
 
 use crate::{
-    AUDIT_GENESIS, ApiTokenRecord, AuditEntry, AuditRecord, EnrollTokenRecord, HealthEventRecord,
-    JobId, JobRecord, Lease, MAX_APPLIED_UPDATES, MAX_HEALTH_EVENTS_PER_NODE, MAX_USER_NAME,
-    NewJob, NodeCredentialRecord, NodeRecord, NodeStatusUpdate, Result, SessionRecord, Store,
-    StoreError, UpdateOutcome, UserChange, UserRecord, audit_hash, valid_user_name,
+    AUDIT_GENESIS, ApiTokenRecord, AuditEntry, AuditPage, AuditRecord, AuditSearch,
+    EnrollTokenRecord, HealthEventRecord, JobId, JobRecord, Lease, MAX_APPLIED_UPDATES,
+    MAX_AUDIT_SCAN, MAX_HEALTH_EVENTS_PER_NODE, MAX_USER_NAME, NewJob, NodeCredentialRecord,
+    NodeRecord, NodeStatusUpdate, Result, SessionRecord, Store, StoreError, UpdateOutcome,
+    UserChange, UserRecord, audit_hash, valid_user_name,
 };
 
 /// Version of the layout above. Bumped only with a migration.
@@ -70,6 +72,8 @@ const SESSIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("sessions");
 const API_TOKENS: TableDefinition<&str, &[u8]> = TableDefinition::new("api_tokens");
 /// The audit log by sequence number (JSON [`AuditRecord`]); append-only.
 const AUDIT: TableDefinition<u64, &[u8]> = TableDefinition::new("audit");
+/// (actor, sequence) → (): the audit log by actor.
+const AUDIT_BY_ACTOR: TableDefinition<(&str, u64), ()> = TableDefinition::new("audit_by_actor");
 /// (node, message id as u128) → HealthEventRecord (JSON).
 const HEALTH_EVENTS: TableDefinition<(&str, u128), &[u8]> = TableDefinition::new("health_events");
 
@@ -162,7 +166,18 @@ impl RedbStore {
             tx.open_table(USERS).map_err(backend)?;
             tx.open_table(SESSIONS).map_err(backend)?;
             tx.open_table(API_TOKENS).map_err(backend)?;
-            tx.open_table(AUDIT).map_err(backend)?;
+            let audit = tx.open_table(AUDIT).map_err(backend)?;
+            let mut by_actor = tx.open_table(AUDIT_BY_ACTOR).map_err(backend)?;
+            // Logs from before the index: build it once.
+            if by_actor.is_empty().map_err(backend)? && !audit.is_empty().map_err(backend)? {
+                for entry in audit.iter().map_err(backend)? {
+                    let (seq, v) = entry.map_err(backend)?;
+                    let record: AuditRecord = decode("audit record", v.value())?;
+                    by_actor
+                        .insert((record.entry.actor.as_str(), seq.value()), ())
+                        .map_err(backend)?;
+                }
+            }
         }
         tx.commit().map_err(backend)
     }
@@ -940,6 +955,10 @@ impl Store for RedbStore {
             audit
                 .insert(seq, encode(&record).as_slice())
                 .map_err(backend)?;
+            tx.open_table(AUDIT_BY_ACTOR)
+                .map_err(backend)?
+                .insert((record.entry.actor.as_str(), seq), ())
+                .map_err(backend)?;
             record
         };
         tx.commit().map_err(backend)?;
@@ -959,6 +978,74 @@ impl Store for RedbStore {
             out.push(decode("audit record", v.value())?);
         }
         Ok(out)
+    }
+
+    fn search_audit(&self, search: &AuditSearch) -> Result<AuditPage> {
+        let tx = self.db.begin_read().map_err(backend)?;
+        let audit = tx.open_table(AUDIT).map_err(backend)?;
+        let get = |seq: u64| -> Result<Option<AuditRecord>> {
+            audit
+                .get(seq)
+                .map_err(backend)?
+                .map(|v| decode("audit record", v.value()))
+                .transpose()
+        };
+        // Newest first, below `end` (exclusive).
+        let mut end = search.before.unwrap_or(u64::MAX);
+        if let Some(to_ms) = search.to_ms {
+            // The first record after `to_ms`, by bisection (times grow with seq).
+            let last = audit.last().map_err(backend)?.map_or(0, |(k, _)| k.value());
+            let (mut lo, mut hi) = (1u64, last + 1);
+            while lo < hi {
+                let mid = lo + (hi - lo) / 2;
+                match get(mid)? {
+                    Some(r) if r.entry.at_ms <= to_ms => lo = mid + 1,
+                    _ => hi = mid,
+                }
+            }
+            end = end.min(lo);
+        }
+        let seqs: Box<dyn Iterator<Item = Result<u64>>> = match &search.actor {
+            Some(actor) => {
+                let index = tx.open_table(AUDIT_BY_ACTOR).map_err(backend)?;
+                let range = index
+                    .range((actor.as_str(), 0)..(actor.as_str(), end))
+                    .map_err(backend)?;
+                Box::new(
+                    range
+                        .rev()
+                        .map(|e| e.map(|(k, _)| k.value().1).map_err(backend)),
+                )
+            }
+            None => Box::new(
+                audit
+                    .range(..end)
+                    .map_err(backend)?
+                    .rev()
+                    .map(|e| e.map(|(k, _)| k.value()).map_err(backend)),
+            ),
+        };
+        let mut page = AuditPage {
+            records: Vec::new(),
+            next_before: None,
+            scanned: 0,
+        };
+        for seq in seqs {
+            let seq = seq?;
+            if page.records.len() >= search.limit || page.scanned >= MAX_AUDIT_SCAN {
+                page.next_before = Some(seq + 1);
+                break;
+            }
+            let Some(record) = get(seq)? else { continue };
+            page.scanned += 1;
+            if search.from_ms.is_some_and(|t| record.entry.at_ms < t) {
+                break;
+            }
+            if search.matches(&record) {
+                page.records.push(record);
+            }
+        }
+        Ok(page)
     }
 
     fn record_health_events(&self, events: &[HealthEventRecord]) -> Result<usize> {

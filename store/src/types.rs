@@ -271,7 +271,7 @@ impl ApiTokenRecord {
 }
 
 /// What happened, for the audit log (the store adds sequence, time and hashes).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AuditEntry {
     pub at_ms: u64,
     /// Who: `user:NAME`, `token:ID`, `local-admin:uid=N`, `anonymous@ADDR`.
@@ -286,6 +286,71 @@ pub struct AuditEntry {
     /// (allowed, but refused or failed in the doing).
     pub outcome: String,
     pub reason: Option<String>,
+    /// The changed thing as it was, for changes (absent in older records:
+    /// absent fields are not hashed, so their chain still verifies).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub before: Option<serde_json::Value>,
+    /// The changed thing as it became.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after: Option<serde_json::Value>,
+}
+
+/// What to look for in the audit log: every given filter must match.
+/// Results come newest first.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AuditSearch {
+    /// Only records with `seq < before` (paging further back); `None`: from the newest.
+    pub before: Option<u64>,
+    /// Exactly this actor (`user:olga`, `token:…`, `node:…`, `runner:…`).
+    pub actor: Option<String>,
+    /// Exactly this outcome (`allowed`, `denied`, `failed`).
+    pub outcome: Option<String>,
+    /// Case-insensitive text in the action, target, permission or reason.
+    pub text: Option<String>,
+    /// At or after this time (ms since the epoch).
+    pub from_ms: Option<u64>,
+    /// At or before this time.
+    pub to_ms: Option<u64>,
+    pub limit: usize,
+}
+
+/// Most records one search examines; it says where it stopped so the next
+/// page goes on from there. Bounds the time one search can take.
+pub const MAX_AUDIT_SCAN: usize = 20_000;
+
+/// One page of an audit search.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditPage {
+    /// Matches, newest first.
+    pub records: Vec<AuditRecord>,
+    /// Where to go on (`before` of the next page); `None`: the search reached
+    /// the oldest record it could match.
+    pub next_before: Option<u64>,
+    /// Records examined.
+    pub scanned: usize,
+}
+
+impl AuditSearch {
+    pub fn matches(&self, r: &AuditRecord) -> bool {
+        let e = &r.entry;
+        let text_ok = self.text.as_deref().is_none_or(|needle| {
+            let needle = needle.to_lowercase();
+            [
+                Some(&e.action),
+                e.target.as_ref(),
+                e.permission.as_ref(),
+                e.reason.as_ref(),
+            ]
+            .into_iter()
+            .flatten()
+            .any(|field| field.to_lowercase().contains(&needle))
+        });
+        self.actor.as_deref().is_none_or(|a| e.actor == a)
+            && self.outcome.as_deref().is_none_or(|o| e.outcome == o)
+            && self.from_ms.is_none_or(|t| e.at_ms >= t)
+            && self.to_ms.is_none_or(|t| e.at_ms <= t)
+            && text_ok
+    }
 }
 
 /// One record of the append-only audit log. Each record's `sha256` covers its
