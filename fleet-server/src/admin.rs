@@ -11,6 +11,7 @@
 //! most [`MAX_REQUEST_BYTES`], within [`REQUEST_WAIT`]; one JSON line back,
 //! `{"ok":true,…}` or `{"ok":false,"error":"…"}`.
 
+use crate::audit::AuditChange;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -335,14 +336,10 @@ pub fn execute(store: &dyn Store, request: AdminRequest, now_ms: u64) -> AdminRe
     result.unwrap_or_else(|e| AdminResponse::refused(e.to_string()))
 }
 
-/// Record an admin-socket command in the audit log (never a password or token).
-fn audit_command(
-    store: &dyn Store,
-    actor: &str,
-    request: &AdminRequest,
-    response: &AdminResponse,
-    now_ms: u64,
-) {
+/// What an account or token request did, for the audit log: the action's
+/// name and the change (target, before, after; never a password or token).
+/// The admin socket and the console's account pages describe requests alike.
+pub fn describe(request: &AdminRequest, response: &AdminResponse) -> (String, AuditChange) {
     let (action, target) = match request {
         AdminRequest::UserAdd { name, role } => (
             format!("user add (role {role})"),
@@ -375,28 +372,46 @@ fn audit_command(
             ("api-token revoke".to_owned(), Some(format!("token:{id}")))
         }
     };
+    let lists = matches!(request, AdminRequest::UserList | AdminRequest::TokenList);
+    let change = AuditChange {
+        target,
+        before: json(response.account_before.as_ref()),
+        // Changes, not lists (which return accounts and tokens too).
+        after: if lists {
+            None
+        } else {
+            json(response.account.as_ref())
+                .or_else(|| json(response.tokens.as_ref().and_then(|t| t.first())))
+        },
+    };
+    (action, change)
+}
+
+fn json<T: Serialize>(value: Option<&T>) -> Option<serde_json::Value> {
+    value.and_then(|v| serde_json::to_value(v).ok())
+}
+
+/// Record an admin-socket command in the audit log.
+fn audit_command(
+    store: &dyn Store,
+    actor: &str,
+    request: &AdminRequest,
+    response: &AdminResponse,
+    now_ms: u64,
+) {
+    let (action, change) = describe(request, response);
     let entry = rakkr_store::AuditEntry {
         at_ms: now_ms,
         actor: actor.to_owned(),
         permission: None,
         action,
-        target,
+        target: change.target,
         outcome: if response.ok { "allowed" } else { "failed" }.to_owned(),
         reason: response.error.clone(),
-        // Account changes (not lists, which return an account too).
-        before: response
-            .account_before
-            .as_ref()
-            .and_then(|a| serde_json::to_value(a).ok()),
-        after: response
-            .account
-            .as_ref()
-            .filter(|_| !matches!(request, AdminRequest::UserList))
-            .and_then(|a| serde_json::to_value(a).ok()),
+        before: change.before,
+        after: change.after,
     };
-    if let Err(e) = store.append_audit(entry) {
-        tracing::error!(error = %e, "audit record not written");
-    }
+    crate::audit::record_now(store, entry);
 }
 
 fn change(

@@ -30,6 +30,12 @@
 //! | `GET /api/v1/audit` | audit.read | the audit log (`?after=SEQ&limit=N&format=json\|csv`), its hash chain checked |
 //! | `GET /api/v1/audit/search` | audit.read | search (`?actor&outcome&q&from&to&before&limit&format=json\|csv`), newest first, with `next_before` |
 //! | `GET /audit`       | audit.read | the audit log page: the same search, CSV export |
+//! | `GET /enrollment`, `POST /enrollment` | nodes.manage | enrollment tokens: unused ones, create (shown once) |
+//! | `POST /nodes/{id}/revoke` | nodes.manage | revoke a node's credential (form), then back to its page |
+//! | `GET /users`, `POST /users`, `POST /users/{name}` | users.manage | accounts: list, add (one-time password shown once), role, reset, disable, enable |
+//! | `GET /api-tokens`, `POST /api-tokens`, `POST /api-tokens/{id}/revoke` | users.manage | API tokens: list, create (shown once), revoke |
+//! | `GET, POST /api/v1/users`, `POST /api/v1/users/{name}` | users.manage | the same as JSON (`{"role"}`, `{"disabled"}` or `{"reset_password": true}`) |
+//! | `GET, POST /api/v1/api-tokens`, `POST /api/v1/api-tokens/{id}/revoke` | users.manage | the same as JSON |
 //! | `GET /metrics`     | metrics.read | counters in the Prometheus text format       |
 //! | `GET /healthz`     | public | liveness: the process serves HTTP          |
 //! | `GET /readyz`      | public | readiness: store readable and broker link connected |
@@ -65,8 +71,8 @@ use crate::clock::Clock;
 use crate::console::{self, FleetView, NODES_FRAGMENT_PATH};
 use crate::fleet::LiveFleet;
 use crate::login::{self, Access, LOGIN_PATH, LOGOUT_PATH, PASSWORD_PATH};
-use crate::node_page;
 use crate::tls::PeerAddr;
+use crate::{accounts_page, enrollment_page, node_page};
 
 #[derive(Clone)]
 pub struct AppState {
@@ -235,6 +241,96 @@ pub fn route_table() -> Vec<(&'static str, Method, Access, MethodRouter<AppState
             Method::GET,
             Operator(AuditRead),
             get(crate::audit_page::page),
+        ),
+        (
+            enrollment_page::ENROLLMENT_PATH,
+            Method::GET,
+            Operator(NodesManage),
+            get(enrollment_page::show),
+        ),
+        (
+            enrollment_page::ENROLLMENT_PATH,
+            Method::POST,
+            Operator(NodesManage),
+            post(enrollment_page::create),
+        ),
+        (
+            "/nodes/{id}/revoke",
+            Method::POST,
+            Operator(NodesManage),
+            post(enrollment_page::revoke),
+        ),
+        (
+            accounts_page::USERS_PATH,
+            Method::GET,
+            Operator(UsersManage),
+            get(accounts_page::users),
+        ),
+        (
+            accounts_page::USERS_PATH,
+            Method::POST,
+            Operator(UsersManage),
+            post(accounts_page::add),
+        ),
+        (
+            "/users/{name}",
+            Method::POST,
+            Operator(UsersManage),
+            post(accounts_page::change),
+        ),
+        (
+            accounts_page::TOKENS_PATH,
+            Method::GET,
+            Operator(UsersManage),
+            get(accounts_page::tokens),
+        ),
+        (
+            accounts_page::TOKENS_PATH,
+            Method::POST,
+            Operator(UsersManage),
+            post(accounts_page::create_token),
+        ),
+        (
+            "/api-tokens/{id}/revoke",
+            Method::POST,
+            Operator(UsersManage),
+            post(accounts_page::revoke_token),
+        ),
+        (
+            "/api/v1/users",
+            Method::GET,
+            Operator(UsersManage),
+            get(accounts_page::api_users),
+        ),
+        (
+            "/api/v1/users",
+            Method::POST,
+            Operator(UsersManage),
+            post(accounts_page::api_add_user),
+        ),
+        (
+            "/api/v1/users/{name}",
+            Method::POST,
+            Operator(UsersManage),
+            post(accounts_page::api_change_user),
+        ),
+        (
+            "/api/v1/api-tokens",
+            Method::GET,
+            Operator(UsersManage),
+            get(accounts_page::api_tokens),
+        ),
+        (
+            "/api/v1/api-tokens",
+            Method::POST,
+            Operator(UsersManage),
+            post(accounts_page::api_create_token),
+        ),
+        (
+            "/api/v1/api-tokens/{id}/revoke",
+            Method::POST,
+            Operator(UsersManage),
+            post(accounts_page::api_revoke_token),
         ),
         ("/metrics", Method::GET, Operator(MetricsRead), get(metrics)),
         ("/healthz", Method::GET, Public, get(|| async { "ok\n" })),
@@ -623,16 +719,7 @@ async fn api_create_enroll_token(
     })
     .await?;
     tracing::info!(token = %token.id, node = ?token.node, "enrollment token created");
-    let change = crate::audit::AuditChange {
-        target: Some(format!("enroll-token:{}", token.id)),
-        before: None,
-        // Never the secret.
-        after: Some(serde_json::json!({
-            "id": token.id,
-            "node": token.node,
-            "expires_ms": token.expires_ms,
-        })),
-    };
+    let change = token.audit_change();
     Ok(change.to((StatusCode::CREATED, Json(token)).into_response()))
 }
 

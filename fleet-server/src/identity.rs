@@ -73,6 +73,21 @@ pub struct NewToken {
     pub expires_ms: u64,
 }
 
+impl NewToken {
+    /// The audit record's view of a new token: never its secret.
+    pub fn audit_change(&self) -> crate::audit::AuditChange {
+        crate::audit::AuditChange {
+            target: Some(format!("enroll-token:{}", self.id)),
+            before: None,
+            after: Some(serde_json::json!({
+                "id": self.id,
+                "node": self.node,
+                "expires_ms": self.expires_ms,
+            })),
+        }
+    }
+}
+
 /// Create an enrollment token valid for `ttl`.
 pub fn create_token(
     store: &dyn Store,

@@ -17,6 +17,7 @@
 //! broker cannot be stopped and ends with the process.
 
 pub mod accounts;
+pub mod accounts_page;
 pub mod admin;
 pub mod api_tokens;
 pub mod audit;
@@ -28,6 +29,7 @@ pub mod config;
 pub mod console;
 pub mod datadir;
 pub mod demo;
+pub mod enrollment_page;
 pub mod fleet;
 pub mod gate;
 pub mod http;

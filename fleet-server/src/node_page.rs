@@ -138,6 +138,16 @@ pub fn node_page(
                 h2 #jobs-h { "Recordings" }
                 (jobs_panel(&r.id, &data.jobs, signed_in, now_ms))
             }
+            @if signed_in.may(Permission::NodesManage) {
+                section.panel aria-labelledby="credential-h" {
+                    h2 #credential-h { "Credential" }
+                    form.inline method="post" action={ "/nodes/" (r.id) "/revoke" } {
+                        (csrf_field(signed_in))
+                        button.secondary.danger type="submit" #revoke-credential { "Revoke credential" }
+                    }
+                    span.muted { " Disconnects the node at once; it must enroll again with a new token." }
+                }
+            }
             @if let Some(events) = &data.events {
                 section.panel aria-labelledby="events-h" {
                     h2 #events-h { "Health events" }

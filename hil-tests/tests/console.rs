@@ -257,3 +257,117 @@ fn an_operator_records_from_the_browser_and_a_viewer_cannot() -> Result<()> {
     phone.screenshot("node-390-dark")?;
     Ok(())
 }
+
+/// The text of the shown-once secret on the page.
+fn shown_secret(browser: &Browser) -> Result<String> {
+    browser.wait_css("#secret", SOON)?;
+    browser.text("#secret")
+}
+
+#[test]
+fn an_owner_manages_users_tokens_and_enrollment_in_the_browser() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let work = dir.path();
+    let server = Server::start(work, &work.join("data"))?;
+    server.operator("own", "owner")?;
+    let browser = Browser::start(work, &server.url(""), Look::DESKTOP)?;
+    log_in(&browser, "own")?;
+
+    // Add a user: the one-time password is shown once.
+    browser.click("a[href='/users']")?;
+    browser.fill("form.start input[name=name]", "newbie")?;
+    browser.js(
+        "document.querySelector('form.start select[name=role]').value = 'operator';",
+        vec![],
+    )?;
+    browser.click("form.start button[type=submit]")?;
+    let otp = shown_secret(&browser)?;
+    assert_eq!(otp.replace('-', "").len(), 20, "{otp}");
+    assert!(browser.exists("tr[data-user=newbie]")?);
+    browser.screenshot("users-1280-light")?;
+    browser.goto("/users")?;
+    assert!(!browser.exists("#secret")?, "shown once only");
+
+    // Change the role, then disable and enable: each audited with before and after.
+    browser.js(
+        "document.querySelector('#role-newbie').value = 'viewer';",
+        vec![],
+    )?;
+    browser.click("tr[data-user=newbie] form.inline button.secondary")?;
+    browser.wait_css("p.notice", SOON)?;
+    browser.click("tr[data-user=newbie] button[data-change=disable]")?;
+    browser.wait_css("tr[data-user=newbie] button[data-change=enable]", SOON)?;
+    browser.click("tr[data-user=newbie] button[data-change=enable]")?;
+    browser.wait_css("tr[data-user=newbie] button[data-change=disable]", SOON)?;
+    let records = audit(&server)?;
+    let role_change = records
+        .iter()
+        .find(|r| r["action"] == "POST /users/{name}" && r["after"]["role"] == "viewer")
+        .expect("the role change is audited");
+    assert_eq!(role_change["actor"], "user:own");
+    assert_eq!(role_change["before"]["role"], "operator");
+    assert_eq!(role_change["target"], "user:newbie");
+
+    // An API token: shown once, works, then revoked from the page.
+    browser.click("a[href='/api-tokens']")?;
+    browser.fill("form.start input[name=name]", "prometheus")?;
+    browser.click("form.start button[type=submit]")?;
+    let token = shown_secret(&browser)?;
+    assert!(token.starts_with("rkt1."), "{token}");
+    browser.screenshot("api-tokens-1280-light")?;
+    let metrics = |token: &str| -> Result<u16> {
+        Ok(http_client()?
+            .get(server.url("/metrics"))
+            .bearer_auth(token)
+            .send()?
+            .status()
+            .as_u16())
+    };
+    assert_eq!(metrics(&token)?, 200, "a viewer token reads /metrics");
+    let id = token.split('.').nth(1).unwrap_or_default().to_owned();
+    browser.click(&format!("tr[data-token='{id}'] button"))?;
+    browser.wait_css("p.notice", SOON)?;
+    assert_eq!(metrics(&token)?, 401, "revoked");
+
+    // An enrollment token for one node: shown once, and it enrolls that node.
+    browser.click("a[href='/enrollment']")?;
+    browser.fill("form.start input[name=node]", "stage-right")?;
+    browser.click("form.start button[type=submit]")?;
+    let command = shown_secret(&browser)?;
+    let enroll_token = command
+        .split_whitespace()
+        .last()
+        .unwrap_or_default()
+        .to_owned();
+    browser.screenshot("enrollment-1280-light")?;
+    let enrolled = http_client()?
+        .post(server.url("/api/v1/enroll"))
+        .json(&json!({ "token": enroll_token, "node": "stage-right" }))
+        .send()?;
+    assert_eq!(enrolled.status().as_u16(), 201);
+    drop(browser);
+
+    // The new user's first login asks for a password of their own.
+    let phone = Browser::start(work, &server.url(""), Look::PHONE_DARK)?;
+    phone.goto("/login")?;
+    phone.fill("input[name=name]", "newbie")?;
+    phone.fill("input[name=password]", &otp)?;
+    phone.click("form button[type=submit]")?;
+    phone.wait_css("input[name=repeated]", SOON)?;
+    phone.fill("input[name=current]", &otp)?;
+    phone.fill("input[name=new]", OPERATOR_PASSWORD)?;
+    phone.fill("input[name=repeated]", OPERATOR_PASSWORD)?;
+    phone.click("form:not(.logout) button[type=submit]")?;
+    phone.wait_css("#nodes", SOON)?;
+    assert!(
+        !phone.exists("a[href='/users']")?,
+        "a viewer has no Users link"
+    );
+    phone.click("form.logout button")?;
+    phone.wait_css("input[name=password]", SOON)?;
+    log_in(&phone, "own")?;
+    phone.goto("/users")?;
+    assert!(!phone.overflows_horizontally()?, "the users page at 390 px");
+    phone.screenshot("users-390-dark")?;
+    Ok(())
+}
