@@ -488,7 +488,7 @@ pub async fn api_users(State(state): State<AppState>) -> Response {
     Json(r.accounts.unwrap_or_default()).into_response()
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewUser {
     name: String,
@@ -516,7 +516,7 @@ pub async fn api_add_user(
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UserChangeJson {
     #[serde(default)]
@@ -560,7 +560,7 @@ pub async fn api_tokens(State(state): State<AppState>) -> Response {
     Json(r.tokens.unwrap_or_default()).into_response()
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewToken {
     name: String,

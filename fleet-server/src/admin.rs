@@ -67,7 +67,7 @@ pub enum AdminRequest {
 }
 
 /// An API token as the socket shows it (never its secret or hash).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct TokenView {
     pub id: String,
     pub name: String,
@@ -91,7 +91,7 @@ impl From<&rakkr_store::ApiTokenRecord> for TokenView {
 }
 
 /// An account as the socket shows it (never its hash).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct AccountView {
     pub name: String,
     pub role: String,
@@ -114,7 +114,7 @@ impl From<&rakkr_store::UserRecord> for AccountView {
     }
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct AdminResponse {
     pub ok: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -105,7 +105,7 @@ pub async fn record(store: Arc<dyn Store>, entry: AuditEntry) {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AuditQuery {
     #[serde(default)]
@@ -211,7 +211,7 @@ pub fn csv_of(records: &[AuditRecord]) -> String {
 
 /// The filters of an audit search, as a query string sends them (the
 /// console's form and `GET /api/v1/audit/search`). Empty fields are no filter.
-#[derive(Debug, Default, Clone, Deserialize, serde::Serialize)]
+#[derive(Debug, Default, Clone, Deserialize, serde::Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SearchQuery {
     #[serde(default, skip_serializing_if = "String::is_empty")]

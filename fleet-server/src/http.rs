@@ -16,6 +16,7 @@
 //! | `POST /logout`     | signed in | ends the session                        |
 //! | `GET, POST /account/password` | signed in | choose a new password (forced after a one-time one) |
 //! | `GET /static/…`    | public | embedded assets under content-hashed names, immutable |
+//! | `GET /api/v1/openapi.json` | nodes.read | this API's OpenAPI 3.1 document |
 //! | `GET /api/v1/nodes`| nodes.read | node list (JSON)                            |
 //! | `GET /api/v1/nodes/{id}/events` | health.read | the node's last 100 health events (JSON), oldest first |
 //! | `POST /api/v1/jobs` | jobs.manage | start a recording: `{"node", "device"?, "channels"?, "profile"?, "duration_s"?}` → 201 and the job |
@@ -163,6 +164,12 @@ pub fn route_table() -> Vec<(&'static str, Method, Access, MethodRouter<AppState
             post(login::password_submit),
         ),
         ("/static/{file}", Method::GET, Public, get(static_asset)),
+        (
+            crate::openapi::OPENAPI_PATH,
+            Method::GET,
+            Operator(NodesRead),
+            get(crate::openapi::serve),
+        ),
         (
             "/api/v1/nodes",
             Method::GET,
@@ -431,7 +438,7 @@ async fn not_found(uri: Uri) -> Response {
 }
 
 /// One node in `GET /api/v1/nodes`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, schemars::JsonSchema)]
 pub struct NodeJson {
     pub id: String,
     pub presence: Presence,
@@ -441,7 +448,7 @@ pub struct NodeJson {
     pub meters: Option<MetersJson>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, schemars::JsonSchema)]
 pub struct MetersJson {
     pub captured_at_ms: u64,
     pub received_ms: u64,
@@ -500,8 +507,8 @@ async fn api_node_events(State(state): State<AppState>, Path(id): Path<String>) 
     }
 }
 
-#[derive(Serialize)]
-struct Readiness {
+#[derive(Serialize, schemars::JsonSchema)]
+pub(crate) struct Readiness {
     ready: bool,
     store: String,
     mqtt: &'static str,
@@ -626,9 +633,9 @@ async fn api_create_job(
 /// Most jobs one listing returns.
 const MAX_JOBS_LISTED: usize = 1000;
 
-#[derive(serde::Deserialize)]
+#[derive(serde::Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct JobsQuery {
+pub(crate) struct JobsQuery {
     node: Option<String>,
     limit: Option<usize>,
 }
@@ -663,9 +670,9 @@ async fn api_job(
     }
 }
 
-#[derive(Debug, Default, serde::Deserialize)]
+#[derive(Debug, Default, serde::Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct StopRequest {
+pub(crate) struct StopRequest {
     #[serde(default)]
     cancel: bool,
 }
@@ -697,9 +704,9 @@ fn identity_problem(e: crate::identity::IdentityError) -> Problem {
     }
 }
 
-#[derive(Debug, serde::Deserialize)]
+#[derive(Debug, serde::Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct TokenRequest {
+pub(crate) struct TokenRequest {
     node: Option<rakkr_protocol::NodeId>,
     /// Lifetime in seconds (default one hour).
     ttl_s: Option<u64>,
@@ -724,8 +731,8 @@ async fn api_create_enroll_token(
 }
 
 /// A token as listed: never its secret.
-#[derive(Serialize)]
-struct TokenJson {
+#[derive(Serialize, schemars::JsonSchema)]
+pub(crate) struct TokenJson {
     id: String,
     node: Option<rakkr_protocol::NodeId>,
     created_ms: u64,
@@ -747,15 +754,15 @@ async fn api_enroll_tokens(State(state): State<AppState>) -> Result<Response, Pr
     Ok(Json(listed).into_response())
 }
 
-#[derive(Debug, serde::Deserialize)]
+#[derive(Debug, serde::Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct EnrollRequest {
+pub(crate) struct EnrollRequest {
     token: String,
     node: rakkr_protocol::NodeId,
 }
 
-#[derive(Serialize)]
-struct EnrolledJson {
+#[derive(Serialize, schemars::JsonSchema)]
+pub(crate) struct EnrolledJson {
     node: rakkr_protocol::NodeId,
     /// The node's MQTT password (its user name and client id are the node id). Shown once.
     credential: String,
@@ -844,8 +851,8 @@ async fn api_enroll(
 }
 
 /// A credential as the API shows it: never a hash.
-#[derive(Serialize)]
-struct CredentialJson {
+#[derive(Serialize, schemars::JsonSchema)]
+pub(crate) struct CredentialJson {
     node: rakkr_protocol::NodeId,
     generation: u32,
     created_ms: u64,

@@ -65,7 +65,7 @@ impl From<StoreError> for IdentityError {
 }
 
 /// A token as created: the whole string is shown once.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, schemars::JsonSchema)]
 pub struct NewToken {
     pub token: String,
     pub id: String,

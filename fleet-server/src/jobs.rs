@@ -120,7 +120,7 @@ pub fn audit_change(before: Option<&JobRecord>, after: &JobRecord) -> crate::aud
 }
 
 /// A request to record, from the API or the command line.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct JobRequest {
     pub node: NodeId,

@@ -39,6 +39,7 @@ pub mod jobs;
 pub mod login;
 pub mod metrics;
 pub mod node_page;
+pub mod openapi;
 pub mod tls;
 
 use std::net::SocketAddr;

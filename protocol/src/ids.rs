@@ -99,6 +99,21 @@ pub fn uuid_v7(unix_ms: u64) -> uuid::Uuid {
 #[serde(transparent)]
 pub struct MessageId(uuid::Uuid);
 
+impl schemars::JsonSchema for NodeId {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "NodeId".into()
+    }
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "type": "string",
+            "description": "A node id: lower-case letters, digits, `-` and `_`, starting with a letter or digit.",
+            "pattern": "^[a-z0-9][a-z0-9_-]*$",
+            "minLength": 1,
+            "maxLength": MAX_NODE_ID_LEN,
+        })
+    }
+}
+
 impl schemars::JsonSchema for MessageId {
     fn schema_name() -> std::borrow::Cow<'static, str> {
         "MessageId".into()

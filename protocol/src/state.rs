@@ -51,7 +51,7 @@ pub fn transition<S: Lifecycle>(from: S, to: S) -> Result<S, TransitionError> {
 }
 
 /// Whether a node is connected, as the broker and the node's status say.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Presence {
     Online,

@@ -22,7 +22,7 @@ pub struct NodeRecord {
     pub last_seen_ms: u64,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct NodeDetails {
     pub agent_version: String,
     pub slot: BootSlot,
@@ -53,7 +53,7 @@ pub struct NewJob {
     pub sources: Vec<u16>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Lease {
     /// Fencing token: unique and increasing across the store.
     pub id: u64,
@@ -64,7 +64,7 @@ pub struct Lease {
 /// A job has a handful of updates; the bound only guards the record's size.
 pub const MAX_APPLIED_UPDATES: usize = 16;
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct JobRecord {
     pub id: JobId,
     pub node: NodeId,
@@ -111,7 +111,7 @@ impl UpdateOutcome {
 
 /// A health event as a node sent it. Identified by the node and the message's
 /// id, so a message delivered twice is stored once.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct HealthEventRecord {
     pub node: NodeId,
     pub msg_id: MessageId,
@@ -271,7 +271,7 @@ impl ApiTokenRecord {
 }
 
 /// What happened, for the audit log (the store adds sequence, time and hashes).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct AuditEntry {
     pub at_ms: u64,
     /// Who: `user:NAME`, `token:ID`, `local-admin:uid=N`, `anonymous@ADDR`.
@@ -356,7 +356,7 @@ impl AuditSearch {
 /// One record of the append-only audit log. Each record's `sha256` covers its
 /// content and the previous record's hash, so editing or removing a record
 /// breaks the chain from there on ([`verify_audit_chain`]).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct AuditRecord {
     /// 1, 2, 3, … without gaps.
     pub seq: u64,

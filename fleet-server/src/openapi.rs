@@ -1,0 +1,482 @@
+//! The JSON API's OpenAPI 3.1 document, served at `/api/v1/openapi.json`.
+//!
+//! Built from the route table ([`crate::http::route_access`]): every route
+//! under `/api/`, the probes and `/metrics` gets its operation from
+//! [`operation`]; its permission, path parameters and security come from the
+//! table itself, and its schemas from the types the handlers (de)serialise
+//! (schemars, JSON Schema 2020-12). A route without a description fails the
+//! test that walks the table (`every_api_route_is_in_the_openapi_document`).
+
+use axum::http::Method;
+use schemars::generate::SchemaSettings;
+use schemars::{JsonSchema, SchemaGenerator};
+use serde_json::{Map, Value, json};
+
+use crate::login::Access;
+
+/// Where the document is served.
+pub const OPENAPI_PATH: &str = "/api/v1/openapi.json";
+
+/// One operation as written here; the rest comes from the route table.
+struct Operation {
+    summary: &'static str,
+    /// The JSON request body's schema.
+    body: Option<Value>,
+    /// The success status, and its JSON schema (or a media type and a description).
+    ok: (u16, Answer),
+    /// Query parameters: (name, schema type, description).
+    query: &'static [(&'static str, &'static str, &'static str)],
+}
+
+enum Answer {
+    Json(Value),
+    Media(&'static str, &'static str),
+}
+
+fn schema<T: JsonSchema>(g: &mut SchemaGenerator) -> Value {
+    g.subschema_for::<T>().to_value()
+}
+
+fn list<T: JsonSchema>(g: &mut SchemaGenerator) -> Value {
+    json!({ "type": "array", "items": schema::<T>(g) })
+}
+
+/// Whether a route belongs in the document.
+pub fn documented(path: &str) -> bool {
+    path.starts_with("/api/") || matches!(path, "/metrics" | "/healthz" | "/readyz")
+}
+
+/// The description of one route, `None` if it has none (a test fails then).
+fn operation(method: &Method, path: &str, g: &mut SchemaGenerator) -> Option<Operation> {
+    use crate::admin::{AccountView, AdminResponse, TokenView};
+    use crate::http::{
+        CredentialJson, EnrollRequest, EnrolledJson, NodeJson, Readiness, StopRequest, TokenJson,
+        TokenRequest,
+    };
+    use Answer::*;
+    let op = |summary, body, ok, query| {
+        Some(Operation {
+            summary,
+            body,
+            ok,
+            query,
+        })
+    };
+    const JOBS_QUERY: &[(&str, &str, &str)] = &[
+        ("node", "string", "only this node's jobs"),
+        (
+            "limit",
+            "integer",
+            "at most this many (default 100, at most 1000)",
+        ),
+    ];
+    const AUDIT_QUERY: &[(&str, &str, &str)] = &[
+        (
+            "after",
+            "integer",
+            "records after this sequence number (default 0)",
+        ),
+        (
+            "limit",
+            "integer",
+            "at most this many (default 100, at most 1000)",
+        ),
+        ("format", "string", "`json` (default) or `csv`"),
+    ];
+    const SEARCH_QUERY: &[(&str, &str, &str)] = &[
+        ("actor", "string", "exactly this actor, e.g. `user:olga`"),
+        ("outcome", "string", "`allowed`, `denied` or `failed`"),
+        (
+            "q",
+            "string",
+            "text in the action, target, permission or reason",
+        ),
+        (
+            "from",
+            "string",
+            "from this time: `YYYY-MM-DDTHH:MM` UTC or ms since 1970",
+        ),
+        ("to", "string", "up to this time (its whole last minute)"),
+        (
+            "before",
+            "integer",
+            "records older than this sequence number (`next_before`)",
+        ),
+        (
+            "limit",
+            "integer",
+            "at most this many (default 100, at most 1000)",
+        ),
+        ("format", "string", "`json` (default) or `csv`"),
+    ];
+    match (method.as_str(), path) {
+        ("GET", OPENAPI_PATH) => op(
+            "This document",
+            None,
+            (200, Json(json!({"type": "object"}))),
+            &[],
+        ),
+        ("GET", "/api/v1/nodes") => op(
+            "Every node: presence, details, latest meter frame",
+            None,
+            (200, Json(list::<NodeJson>(g))),
+            &[],
+        ),
+        ("GET", "/api/v1/nodes/{id}/events") => op(
+            "The node's last 100 health events, oldest first",
+            None,
+            (200, Json(list::<rakkr_store::HealthEventRecord>(g))),
+            &[],
+        ),
+        ("POST", "/api/v1/jobs") => op(
+            "Start a recording",
+            Some(schema::<crate::jobs::JobRequest>(g)),
+            (201, Json(schema::<rakkr_store::JobRecord>(g))),
+            &[],
+        ),
+        ("GET", "/api/v1/jobs") => op(
+            "The newest jobs",
+            None,
+            (200, Json(list::<rakkr_store::JobRecord>(g))),
+            JOBS_QUERY,
+        ),
+        ("GET", "/api/v1/jobs/{id}") => op(
+            "One job",
+            None,
+            (200, Json(schema::<rakkr_store::JobRecord>(g))),
+            &[],
+        ),
+        ("POST", "/api/v1/jobs/{id}/stop") => op(
+            "Stop a job (the take is kept) or, with `cancel`, cancel it",
+            Some(schema::<StopRequest>(g)),
+            (200, Json(schema::<rakkr_store::JobRecord>(g))),
+            &[],
+        ),
+        ("GET", "/api/v1/enroll-tokens") => op(
+            "Unused, unexpired enrollment tokens (no secrets)",
+            None,
+            (200, Json(list::<TokenJson>(g))),
+            &[],
+        ),
+        ("POST", "/api/v1/enroll-tokens") => op(
+            "Create a single-use enrollment token (its secret shown once)",
+            Some(schema::<TokenRequest>(g)),
+            (201, Json(schema::<crate::identity::NewToken>(g))),
+            &[],
+        ),
+        ("POST", "/api/v1/enroll") => op(
+            "An appliance exchanges an enrollment token for its credential (shown once)",
+            Some(schema::<EnrollRequest>(g)),
+            (201, Json(schema::<EnrolledJson>(g))),
+            &[],
+        ),
+        ("POST", "/api/v1/nodes/{id}/credential/revoke") => op(
+            "Revoke a node's credential and disconnect it",
+            None,
+            (200, Json(schema::<CredentialJson>(g))),
+            &[],
+        ),
+        ("POST", "/api/v1/node/credential/rotate") => op(
+            "A node (HTTP Basic: node id and credential) gets a new credential",
+            None,
+            (200, Json(schema::<EnrolledJson>(g))),
+            &[],
+        ),
+        ("GET", "/api/v1/audit") => op(
+            "The audit log, oldest first, its hash chain checked (`chain`; CSV: header `X-Audit-Chain`)",
+            None,
+            (
+                200,
+                Json(json!({
+                    "type": "object",
+                    "properties": { "chain": { "type": "string" }, "records": list::<rakkr_store::AuditRecord>(g) },
+                    "required": ["chain", "records"],
+                })),
+            ),
+            AUDIT_QUERY,
+        ),
+        ("GET", "/api/v1/audit/search") => op(
+            "Search the audit log, newest first (CSV: header `X-Next-Before`)",
+            None,
+            (
+                200,
+                Json(json!({
+                    "type": "object",
+                    "properties": {
+                        "records": list::<rakkr_store::AuditRecord>(g),
+                        "next_before": { "type": ["integer", "null"], "description": "`before` of the next page; null: no more" },
+                        "scanned": { "type": "integer", "description": "records examined (at most 20,000 per page)" },
+                    },
+                    "required": ["records", "next_before", "scanned"],
+                })),
+            ),
+            SEARCH_QUERY,
+        ),
+        ("GET", "/api/v1/users") => op(
+            "Every account (never a password hash)",
+            None,
+            (200, Json(list::<AccountView>(g))),
+            &[],
+        ),
+        ("POST", "/api/v1/users") => op(
+            "Add an account; its one-time password is in the answer, once",
+            Some(schema::<crate::accounts_page::NewUser>(g)),
+            (201, Json(schema::<AdminResponse>(g))),
+            &[],
+        ),
+        ("POST", "/api/v1/users/{name}") => op(
+            "Change an account: exactly one of `role`, `disabled`, `reset_password`",
+            Some(schema::<crate::accounts_page::UserChangeJson>(g)),
+            (200, Json(schema::<AdminResponse>(g))),
+            &[],
+        ),
+        ("GET", "/api/v1/api-tokens") => op(
+            "Every API token (never a secret)",
+            None,
+            (200, Json(list::<TokenView>(g))),
+            &[],
+        ),
+        ("POST", "/api/v1/api-tokens") => op(
+            "Create an API token; it is in the answer, once",
+            Some(schema::<crate::accounts_page::NewToken>(g)),
+            (201, Json(schema::<AdminResponse>(g))),
+            &[],
+        ),
+        ("POST", "/api/v1/api-tokens/{id}/revoke") => op(
+            "Revoke an API token",
+            None,
+            (200, Json(schema::<AdminResponse>(g))),
+            &[],
+        ),
+        ("GET", "/metrics") => op(
+            "Counters and gauges",
+            None,
+            (
+                200,
+                Media("text/plain; version=0.0.4", "the Prometheus text format"),
+            ),
+            &[],
+        ),
+        ("GET", "/healthz") => op(
+            "Liveness: the process serves HTTP",
+            None,
+            (200, Media("text/plain", "`ok`")),
+            &[],
+        ),
+        ("GET", "/readyz") => op(
+            "Readiness: store readable and broker link connected (503 otherwise)",
+            None,
+            (200, Json(schema::<Readiness>(g))),
+            &[],
+        ),
+        _ => None,
+    }
+}
+
+fn problem_response(description: &str) -> Value {
+    json!({
+        "description": description,
+        "content": { "application/problem+json": { "schema": { "$ref": "#/components/schemas/Problem" } } },
+    })
+}
+
+/// The whole document. Routes without a description are left out (and
+/// make the test fail).
+pub fn document() -> Value {
+    let mut settings = SchemaSettings::draft2020_12();
+    settings.definitions_path = "/components/schemas/".into();
+    let mut g = settings.into_generator();
+    let mut paths = Map::new();
+    for (path, method, access) in crate::http::route_access() {
+        if !documented(path) {
+            continue;
+        }
+        let Some(op) = operation(&method, path, &mut g) else {
+            continue;
+        };
+        let mut parameters: Vec<Value> = path
+            .split('/')
+            .filter_map(|seg| seg.strip_prefix('{')?.strip_suffix('}'))
+            .map(|name| json!({ "name": name, "in": "path", "required": true, "schema": { "type": "string" } }))
+            .collect();
+        parameters.extend(op.query.iter().map(|(name, ty, description)| {
+            json!({ "name": name, "in": "query", "required": false, "description": description, "schema": { "type": ty } })
+        }));
+        let (status, answer) = op.ok;
+        let ok = match answer {
+            Answer::Json(schema) => json!({
+                "description": "done",
+                "content": { "application/json": { "schema": schema } },
+            }),
+            Answer::Media(media, description) => json!({
+                "description": description,
+                "content": { media: { "schema": { "type": "string" } } },
+            }),
+        };
+        let mut responses = Map::new();
+        responses.insert(status.to_string(), ok);
+        let (security, permission) = match access {
+            Access::Public => (json!([]), None),
+            Access::Appliance => (json!([]), None),
+            Access::SignedIn => (json!([{ "bearer": [] }, { "session": [] }]), None),
+            Access::Operator(p) => (json!([{ "bearer": [] }, { "session": [] }]), Some(p)),
+        };
+        if permission.is_some() {
+            responses.insert(
+                "401".into(),
+                problem_response("no valid API token or session"),
+            );
+            responses.insert(
+                "403".into(),
+                problem_response(
+                    "the role lacks the permission (or a session's CSRF token is missing)",
+                ),
+            );
+        }
+        if op.body.is_some() || path.contains('{') || !op.query.is_empty() {
+            responses.insert(
+                "4XX".into(),
+                problem_response("refused: bad input, unknown item, conflict"),
+            );
+        }
+        let mut operation = json!({
+            "operationId": format!("{} {}", method, path),
+            "summary": op.summary,
+            "parameters": parameters,
+            "responses": responses,
+            "security": security,
+        });
+        if let Some(p) = permission {
+            operation["description"] = json!(format!("Needs the permission `{p}`."));
+            operation["x-permission"] = json!(p.as_str());
+        }
+        if let Some(body) = op.body {
+            operation["requestBody"] = json!({
+                "required": true,
+                "content": { "application/json": { "schema": body } },
+            });
+        }
+        let entry = paths.entry(path.to_owned()).or_insert_with(|| json!({}));
+        entry[method.as_str().to_lowercase()] = operation;
+    }
+    let mut schemas: Map<String, Value> = g.take_definitions(true).into_iter().collect();
+    schemas.insert(
+        "Problem".into(),
+        json!({
+            "type": "object",
+            "description": "RFC 9457 problem details",
+            "properties": {
+                "type": { "type": "string" },
+                "title": { "type": "string" },
+                "status": { "type": "integer" },
+                "detail": { "type": "string" },
+            },
+            "required": ["type", "title", "status", "detail"],
+        }),
+    );
+    json!({
+        "openapi": "3.1.0",
+        "info": {
+            "title": "Rakkr fleet server API",
+            "version": env!("CARGO_PKG_VERSION"),
+            "description": "Everything the console does, for automation. Errors are application/problem+json. \
+                            State-changing requests take JSON bodies; with a session cookie they also need the \
+                            session's CSRF token in `X-CSRF-Token`.",
+        },
+        "jsonSchemaDialect": "https://json-schema.org/draft/2020-12/schema",
+        "paths": paths,
+        "components": {
+            "schemas": schemas,
+            "securitySchemes": {
+                "bearer": { "type": "http", "scheme": "bearer", "description": "an API token, `rkt1.{id}.{secret}`" },
+                "session": { "type": "apiKey", "in": "cookie", "name": crate::auth::COOKIE },
+            },
+        },
+    })
+}
+
+/// `GET /api/v1/openapi.json`
+pub async fn serve() -> axum::Json<Value> {
+    axum::Json(document())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_api_route_is_in_the_openapi_document() {
+        let doc = document();
+        let mut documented_ops = 0;
+        for (path, method, _) in crate::http::route_access() {
+            if !documented(path) {
+                continue;
+            }
+            let op = &doc["paths"][path][method.as_str().to_lowercase()];
+            assert!(
+                op.is_object(),
+                "{method} {path} is not in the OpenAPI document: describe it in openapi::operation"
+            );
+            documented_ops += 1;
+        }
+        // And nothing in the document that the server does not route.
+        let routes: Vec<(String, String)> = crate::http::route_access()
+            .into_iter()
+            .map(|(p, m, _)| (p.to_owned(), m.as_str().to_lowercase()))
+            .collect();
+        let mut in_doc = 0;
+        for (path, item) in doc["paths"].as_object().unwrap() {
+            for method in item.as_object().unwrap().keys() {
+                assert!(
+                    routes.contains(&(path.clone(), method.clone())),
+                    "{method} {path} is documented but not routed"
+                );
+                in_doc += 1;
+            }
+        }
+        assert_eq!(in_doc, documented_ops);
+        assert!(documented_ops >= 20, "{documented_ops}");
+    }
+
+    #[test]
+    fn the_document_is_valid_openapi_3_1_and_every_ref_resolves() {
+        let doc = document();
+        let text = serde_json::to_string(&doc).unwrap();
+        let spec = oas3::from_json(&text).expect("parses as OpenAPI 3.1");
+        assert_eq!(spec.openapi, "3.1.0");
+        // Every $ref points at a schema the document has.
+        fn refs(v: &Value, out: &mut Vec<String>) {
+            match v {
+                Value::Object(m) => {
+                    if let Some(Value::String(r)) = m.get("$ref") {
+                        out.push(r.clone());
+                    }
+                    m.values().for_each(|v| refs(v, out));
+                }
+                Value::Array(a) => a.iter().for_each(|v| refs(v, out)),
+                _ => {}
+            }
+        }
+        let mut all = Vec::new();
+        refs(&doc, &mut all);
+        assert!(!all.is_empty());
+        for r in all {
+            let name = r
+                .strip_prefix("#/components/schemas/")
+                .unwrap_or_else(|| panic!("unexpected $ref {r}"));
+            assert!(
+                doc["components"]["schemas"][name].is_object(),
+                "{r} does not resolve"
+            );
+        }
+        // The permission of every guarded operation is stated.
+        for (path, method, access) in crate::http::route_access() {
+            if let (true, Access::Operator(p)) = (documented(path), access) {
+                assert_eq!(
+                    doc["paths"][path][method.as_str().to_lowercase()]["x-permission"],
+                    p.as_str()
+                );
+            }
+        }
+    }
+}
