@@ -23,7 +23,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use rakkr_protocol::payload::MeterFrame;
+use rakkr_protocol::payload::{MeterFrame, NodeCounters};
 use tokio::sync::mpsc;
 
 use crate::clock::Clock;
@@ -610,6 +610,7 @@ impl Metering {
                 window_ms: self.rates.local.as_millis() as u32,
                 sample_rate: self.sample_rate,
                 channels: self.local.take(),
+                counters: None,
             });
             if self.telemetry.frames() >= self.telemetry_frames {
                 // The device's clock drifts against the host's (50 ppm is 4 s a
@@ -628,6 +629,13 @@ impl Metering {
                     window_ms: self.rates.telemetry.as_millis() as u32,
                     sample_rate: self.sample_rate,
                     channels: self.telemetry.take(),
+                    // The outbox's share is filled in by the link.
+                    counters: stats.map(|s| NodeCounters {
+                        xruns: s.xruns.load(Ordering::Relaxed),
+                        frames_dropped: s.frames_dropped.load(Ordering::Relaxed),
+                        device_returns: s.device_returns.load(Ordering::Relaxed),
+                        outbox_bytes: 0,
+                    }),
                 });
             }
         }

@@ -269,7 +269,10 @@ pub async fn run(
                         continue;
                     }
                     frame = meters.recv() => {
-                        let Some(frame) = frame else { break };
+                        let Some(mut frame) = frame else { break };
+                        if let Some(counters) = &mut frame.counters {
+                            counters.outbox_bytes = outbox.pending_bytes();
+                        }
                         let sent = state.is_connected() && {
                             let payload = Envelope::stamped(clock.unix_ms(), frame).encode();
                             client

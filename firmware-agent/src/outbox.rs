@@ -221,6 +221,11 @@ impl Outbox {
         Ok(())
     }
 
+    /// Bytes of payload waiting for acknowledgement.
+    pub fn pending_bytes(&self) -> u64 {
+        self.bytes.load(Ordering::Relaxed)
+    }
+
     /// Up to `max` waiting messages, oldest first.
     pub fn pending(&self, max: usize) -> Result<Vec<OutboxEntry>, OutboxError> {
         let tx = self.db.begin_read().map_err(|e| self.fail(e))?;

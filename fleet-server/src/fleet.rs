@@ -295,6 +295,7 @@ mod tests {
                 clipped: 0,
                 ..Default::default()
             }],
+            counters: None,
         }
     }
 

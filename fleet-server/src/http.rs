@@ -96,6 +96,7 @@ pub struct AppState {
     /// Session cookies carry `Secure` (the server serves HTTPS).
     pub secure_cookies: bool,
     pub live_streams: Arc<crate::node_page::LiveStreams>,
+    pub http_stats: Arc<crate::metrics::HttpStats>,
 }
 
 #[derive(Debug)]
@@ -359,10 +360,33 @@ pub fn router(state: AppState) -> Router {
         let check = middleware::from_fn_with_state((state.clone(), access), login::enforce);
         router = router.route(path, handler.route_layer(check));
     }
+    let stats = state.http_stats.clone();
     router
         .fallback(not_found)
         .layer(middleware::from_fn(security_headers))
+        .layer(middleware::from_fn(move |req, next| {
+            count_request(stats.clone(), req, next)
+        }))
         .with_state(state)
+}
+
+/// Count every request by its route pattern (not its path: the label set
+/// stays bounded) and time it to the response head.
+async fn count_request(
+    stats: Arc<crate::metrics::HttpStats>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let started = std::time::Instant::now();
+    let method = req.method().as_str().to_owned();
+    let route = req
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or("unmatched", |m| m.as_str())
+        .to_owned();
+    let res = next.run(req).await;
+    stats.observe(&route, &method, res.status().as_u16(), started.elapsed());
+    res
 }
 
 /// The Content-Security-Policy of every response: our own scripts and styles
@@ -940,11 +964,21 @@ async fn api_rotate_credential(
 }
 
 async fn metrics(State(state): State<AppState>) -> Response {
+    let store = state.store.clone();
+    let job_gauges = tokio::task::spawn_blocking(move || store.job_gauges())
+        .await
+        .ok()
+        .and_then(Result::ok);
     let text = crate::metrics::render(&crate::metrics::Sources {
         fleet: &state.fleet,
         ingest: &state.ingest,
         jobs: &state.jobs,
         gate: &state.gate,
+        http: &state.http_stats,
+        job_gauges,
+        now_ms: state.clock.unix_ms(),
+        stale_after: state.stale_after,
+        live_streams: state.live_streams.open(),
     });
     (
         [(

@@ -59,6 +59,31 @@ pub struct IngestStats {
     pub job_reports: AtomicU64,
     /// Job reports dropped because the desk's queue was full.
     pub job_reports_deferred: AtomicU64,
+    /// Health events by (condition, change); bounded by the protocol's conditions.
+    health_by_condition: Mutex<std::collections::BTreeMap<(&'static str, &'static str), u64>>,
+}
+
+impl IngestStats {
+    fn count_health(&self, event: &HealthEvent) {
+        let change = match event.change {
+            rakkr_protocol::payload::HealthChange::Raised => "raised",
+            rakkr_protocol::payload::HealthChange::Cleared => "cleared",
+        };
+        let mut map = self
+            .health_by_condition
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        *map.entry((event.condition.as_str(), change)).or_default() += 1;
+    }
+
+    /// Health events received so far, by (condition, change).
+    pub fn health_by_condition(&self) -> Vec<((&'static str, &'static str), u64)> {
+        let map = self
+            .health_by_condition
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        map.iter().map(|(k, v)| (*k, *v)).collect()
+    }
 }
 
 /// Health events waiting to be stored. Bounded: beyond [`Self::LIMIT`] an
@@ -486,6 +511,7 @@ pub fn handle_message(topic: &str, payload: &[u8], sinks: &Sinks, now_ms: u64) {
         NodeChannel::Events => match Envelope::<HealthEvent>::decode(payload) {
             Ok(env) => {
                 tracing::info!(node = %node, condition = ?env.body.condition, change = ?env.body.change, detail = %env.body.detail, "health event");
+                stats.count_health(&env.body);
                 let queued = events.push(HealthEventRecord {
                     node,
                     msg_id: env.msg_id,

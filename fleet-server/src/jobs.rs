@@ -56,6 +56,29 @@ pub struct JobStats {
     /// Reports or commands dropped because a queue was full.
     pub dropped: AtomicU64,
     pub store_errors: AtomicU64,
+    claim_latency: crate::metrics::Histogram,
+    heartbeat_latency: crate::metrics::Histogram,
+    update_latency: crate::metrics::Histogram,
+}
+
+impl JobStats {
+    /// The desk's latency per report kind.
+    pub fn desk_latency(&self) -> [(&'static str, &crate::metrics::Histogram); 3] {
+        [
+            ("claim", &self.claim_latency),
+            ("heartbeat", &self.heartbeat_latency),
+            ("update", &self.update_latency),
+        ]
+    }
+
+    /// The index of `report`'s kind in [`Self::desk_latency`].
+    fn kind(report: &JobReport) -> usize {
+        match report {
+            JobReport::Claim { .. } => 0,
+            JobReport::Heartbeat { .. } => 1,
+            JobReport::Update(_) => 2,
+        }
+    }
 }
 
 /// A job report from a node.
@@ -407,7 +430,14 @@ pub async fn run_desk(
         };
         let (store, stats2) = (store.clone(), stats.clone());
         let now = clock.unix_ms();
-        match tokio::task::spawn_blocking(move || handle(&*store, msg, now, lease, &stats2)).await {
+        let handled = tokio::task::spawn_blocking(move || {
+            let started = std::time::Instant::now();
+            let kind = JobStats::kind(&msg.report);
+            let out = handle(&*store, msg, now, lease, &stats2);
+            stats2.desk_latency()[kind].1.observe(started.elapsed());
+            out
+        });
+        match handled.await {
             Ok(out) => out.into_iter().for_each(|o| commands.send(o)),
             Err(e) => tracing::error!(error = %e, "job desk task failed"),
         }

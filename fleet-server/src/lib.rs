@@ -383,6 +383,7 @@ impl RunningServer {
             audit_budget: Arc::default(),
             secure_cookies: settings.https_addr.is_some(),
             live_streams: Default::default(),
+            http_stats: Default::default(),
         });
         let mut https_addr = None;
         if let (Some(addr), Some(tls)) = (settings.https_addr, &server_tls) {

@@ -241,6 +241,23 @@ fn an_operator_records_from_the_browser_and_a_viewer_cannot() -> Result<()> {
     );
     drop(browser);
 
+    // What the session did shows in /metrics, with the node's levels and counters.
+    let (code, metrics) = server.get_api("/metrics")?;
+    assert_eq!(code, 200);
+    for expected in [
+        format!("rakkr_meter_peak_dbfs{{node=\"{NODE}\",channel=\"4\"}} "),
+        format!("rakkr_node_xruns_total{{node=\"{NODE}\"}} 0\n"),
+        format!("rakkr_node_outbox_bytes{{node=\"{NODE}\"}} "),
+        "rakkr_http_requests_total{route=\"/nodes/{id}/jobs\",method=\"POST\",status=\"3xx\"} 1\n"
+            .to_owned(),
+        "rakkr_http_requests_total{route=\"/nodes/{id}/jobs\",method=\"POST\",status=\"4xx\"} 2\n"
+            .to_owned(),
+        "rakkr_job_desk_seconds_count{report=\"update\"} ".to_owned(),
+        "rakkr_mqtt_live_meter_frames_total ".to_owned(),
+    ] {
+        assert!(metrics.contains(&expected), "no {expected:?} in /metrics");
+    }
+
     // A phone in the dark: nothing wider than the screen.
     let phone = Browser::start(work, &server.url(""), Look::PHONE_DARK)?;
     log_in(&phone, "olga")?;

@@ -291,6 +291,23 @@ pub struct MeterFrame {
     pub window_ms: u32,
     pub sample_rate: u32,
     pub channels: Vec<ChannelMeter>,
+    /// The node's counters, on telemetry frames (not on live ones).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub counters: Option<NodeCounters>,
+}
+
+/// What a node counted since its agent started (they restart from zero with
+/// it, like Prometheus counters), sent with its telemetry frames.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct NodeCounters {
+    /// Device overruns: each one a gap in the audio.
+    pub xruns: u64,
+    /// Frames lost between capture and processing (ring overflow).
+    pub frames_dropped: u64,
+    /// Times the capture device was lost and came back.
+    pub device_returns: u64,
+    /// Bytes waiting in the durable outbox for the server's acknowledgement.
+    pub outbox_bytes: u64,
 }
 
 impl Payload for MeterFrame {
@@ -514,6 +531,7 @@ mod tests {
                 clipped,
                 ..Default::default()
             }],
+            counters: None,
         }
     }
 

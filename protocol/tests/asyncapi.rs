@@ -132,6 +132,12 @@ fn what_the_code_sends_is_what_the_schemas_describe() {
                 correlation_next: Some(0.5),
                 flags,
             }],
+            counters: Some(NodeCounters {
+                xruns: 2,
+                frames_dropped: 0,
+                device_returns: 1,
+                outbox_bytes: 512,
+            }),
         }),
     );
     conforms("LiveRequestMessage", &wire(LiveRequest { for_ms: 30_000 }));

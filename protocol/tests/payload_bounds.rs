@@ -29,6 +29,7 @@ fn the_widest_valid_meter_frame_fits() {
         window_ms: u32::MAX,
         sample_rate: u32::MAX,
         channels: vec![widest; MAX_CHANNELS],
+        counters: None,
     };
     let bytes = Envelope::stamped(u64::MAX / 2, frame).encode();
     assert!(

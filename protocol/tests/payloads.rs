@@ -81,6 +81,7 @@ fn meter_frame() -> impl Strategy<Value = MeterFrame> {
                 window_ms,
                 sample_rate,
                 channels,
+                counters: None,
             },
         )
 }
@@ -205,6 +206,7 @@ fn meter_frames_are_bounded() {
                 };
                 channels
             ],
+            counters: None,
         };
         let mut json = serde_json::to_value(Envelope::new(MessageId::new(1), 1, f)).unwrap();
         if out_of_range {

@@ -134,6 +134,10 @@ pub trait Store: Send + Sync + 'static {
     /// The newest jobs, of one node or of all, at most `limit`, newest first.
     fn jobs(&self, node: Option<&NodeId>, limit: usize) -> Result<Vec<JobRecord>>;
 
+    /// How many jobs wait for their node and how many are under a lease,
+    /// from the indexes (cheap enough for every metrics scrape).
+    fn job_gauges(&self) -> Result<JobGauges>;
+
     /// Keep a new enrollment token.
     fn create_enroll_token(&self, token: EnrollTokenRecord) -> Result<()>;
 

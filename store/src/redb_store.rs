@@ -46,7 +46,7 @@ use rakkr_protocol::payload::{HealthChange, HealthCondition, HealthEvent, Severi
 
 use crate::{
     AUDIT_GENESIS, ApiTokenRecord, AuditEntry, AuditPage, AuditRecord, AuditSearch,
-    EnrollTokenRecord, HealthEventRecord, JobId, JobRecord, Lease, MAX_APPLIED_UPDATES,
+    EnrollTokenRecord, HealthEventRecord, JobGauges, JobId, JobRecord, Lease, MAX_APPLIED_UPDATES,
     MAX_AUDIT_SCAN, MAX_HEALTH_EVENTS_PER_NODE, MAX_USER_NAME, NewJob, NodeCredentialRecord,
     NodeRecord, NodeStatusUpdate, Result, SessionRecord, Store, StoreError, UpdateOutcome,
     UserChange, UserRecord, audit_hash, valid_user_name,
@@ -978,6 +978,21 @@ impl Store for RedbStore {
             out.push(decode("audit record", v.value())?);
         }
         Ok(out)
+    }
+
+    fn job_gauges(&self) -> Result<JobGauges> {
+        let tx = self.db.begin_read().map_err(backend)?;
+        let queued = tx
+            .open_table(JOB_QUEUE)
+            .map_err(backend)?
+            .len()
+            .map_err(backend)?;
+        let leased = tx
+            .open_table(LEASES)
+            .map_err(backend)?
+            .len()
+            .map_err(backend)?;
+        Ok(JobGauges { queued, leased })
     }
 
     fn search_audit(&self, search: &AuditSearch) -> Result<AuditPage> {

@@ -295,6 +295,15 @@ pub struct AuditEntry {
     pub after: Option<serde_json::Value>,
 }
 
+/// Jobs by phase, for metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct JobGauges {
+    /// Waiting for their node to claim them.
+    pub queued: u64,
+    /// Under a lease: leased, running or stopping.
+    pub leased: u64,
+}
+
 /// What to look for in the audit log: every given filter must match.
 /// Results come newest first.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

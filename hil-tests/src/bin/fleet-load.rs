@@ -361,6 +361,7 @@ fn meter_payload() -> Vec<u8> {
             window_ms: 1000,
             sample_rate: 48_000,
             channels: vec![channel; 2],
+            counters: None,
         },
     )
     .encode()
