@@ -75,11 +75,107 @@ pub const REFRESH_EVERY: &str = "1s";
 
 pub const NODES_FRAGMENT_PATH: &str = "/console/nodes";
 
+/// Nodes one page of the fleet table shows.
+pub const NODES_PER_PAGE: usize = 100;
+
+/// Which nodes the fleet page lists (its query string).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct FleetFilter {
+    /// `online`, `offline`, `recording` or `alerting`; empty: every node.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub state: String,
+    /// Text in the node id.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub q: String,
+    /// 0-based page of [`NODES_PER_PAGE`].
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub page: usize,
+}
+
+/// `path`, with `?query` when there is one.
+fn with_query(path: &str, query: &str) -> String {
+    if query.is_empty() {
+        path.to_owned()
+    } else {
+        format!("{path}?{query}")
+    }
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
+}
+
+/// The states the fleet page filters by, in the order it shows them.
+pub const NODE_STATES: [&str; 4] = ["online", "offline", "recording", "alerting"];
+
+impl FleetFilter {
+    pub fn query(&self) -> String {
+        serde_urlencoded::to_string(self).unwrap_or_default()
+    }
+
+    fn with(&self, state: &str) -> FleetFilter {
+        FleetFilter {
+            state: state.to_owned(),
+            q: self.q.clone(),
+            page: 0,
+        }
+    }
+}
+
+/// What the fleet page shows: counts over the whole fleet, one page of the
+/// nodes that match the filter.
 pub struct FleetView<'a> {
     pub nodes: &'a [LiveNode],
     pub counts: FleetCounts,
     pub now_ms: u64,
     pub stale_after: Duration,
+    pub filter: &'a FleetFilter,
+    /// Nodes recording (a job holds their channels).
+    pub busy: &'a std::collections::BTreeSet<rakkr_protocol::NodeId>,
+}
+
+impl FleetView<'_> {
+    fn state_of(&self, node: &LiveNode, state: &str) -> bool {
+        match state {
+            "online" => node.record.presence == Presence::Online,
+            "offline" => node.record.presence == Presence::Offline,
+            "recording" => self.busy.contains(&node.record.id),
+            "alerting" => node.alerting(self.now_ms, self.stale_after),
+            _ => true,
+        }
+    }
+
+    fn count(&self, state: &str) -> usize {
+        match state {
+            "online" => self.counts.online,
+            "offline" => self.counts.offline,
+            _ => self
+                .nodes
+                .iter()
+                .filter(|n| self.state_of(n, state))
+                .count(),
+        }
+    }
+
+    /// The matching nodes and how many match in all.
+    fn page(&self) -> (Vec<&LiveNode>, usize) {
+        let q = self.filter.q.trim().to_lowercase();
+        let matching: Vec<&LiveNode> = self
+            .nodes
+            .iter()
+            .filter(|n| self.state_of(n, &self.filter.state))
+            .filter(|n| q.is_empty() || n.record.id.as_str().contains(&q))
+            .collect();
+        let total = matching.len();
+        let start = self.filter.page * NODES_PER_PAGE;
+        let shown = matching
+            .into_iter()
+            .skip(start)
+            .take(NODES_PER_PAGE)
+            .collect();
+        (shown, total)
+    }
 }
 
 /// The fleet page.
@@ -99,23 +195,51 @@ pub fn dashboard(view: &FleetView<'_>, signed_in: &SignedIn) -> Markup {
     )
 }
 
-/// The summary and node table; also the htmx fragment that replaces itself.
+/// The summary, filter and node table; also the htmx fragment that
+/// replaces itself (with the same filter).
 pub fn nodes_panel(view: &FleetView<'_>) -> Markup {
+    let f = view.filter;
+    let (shown, matching) = view.page();
+    let pages = matching.div_ceil(NODES_PER_PAGE).max(1);
+    let link = |filter: &FleetFilter| with_query("/", &filter.query());
     html! {
-        section #nodes hx-get=(NODES_FRAGMENT_PATH) hx-trigger={ "every " (REFRESH_EVERY) } hx-swap="outerHTML" {
-            div.summary {
-                div.count { b #count-total { (view.counts.total) } span { "nodes" } }
-                div.count { b #count-online { (view.counts.online) } span { "online" } }
-                div.count { b #count-offline { (view.counts.offline) } span { "offline" } }
+        section #nodes hx-get=(with_query(NODES_FRAGMENT_PATH, &f.query())) hx-trigger={ "every " (REFRESH_EVERY) } hx-swap="outerHTML" {
+            nav.summary aria-label="Nodes by state" {
+                a.count href=(link(&f.with(""))) aria-current=[f.state.is_empty().then_some("true")] {
+                    b #count-total { (view.counts.total) } span { "nodes" }
+                }
+                @for state in NODE_STATES {
+                    a.count href=(link(&f.with(state))) aria-current=[(f.state == state).then_some("true")] {
+                        b id={ "count-" (state) } { (view.count(state)) } span { (state) }
+                    }
+                }
+            }
+            form.filter method="get" action="/" role="search" {
+                @if !f.state.is_empty() { input type="hidden" name="state" value=(f.state); }
+                label { span.sr-only { "Find a node" } input type="search" name="q" value=(f.q) placeholder="Find a node…"; }
+                button.secondary type="submit" { "Find" }
             }
             @if view.nodes.is_empty() {
                 p.empty { "No appliances have connected yet. Start one with "
                     code { "rakkr-agent run --config agent.toml" } "." }
+            } @else if shown.is_empty() {
+                p.empty { "No node matches." }
             } @else {
                 table.nodes {
                     thead { tr { th { "Node" } th { "State" } th { "Agent" } th { "Levels (dBFS)" } th { "Last seen" } } }
                     tbody {
-                        @for node in view.nodes { (node_row(node, view.now_ms, view.stale_after)) }
+                        @for node in &shown { (node_row(view, node)) }
+                    }
+                }
+                @if pages > 1 {
+                    nav.pages aria-label="Pages" {
+                        @if f.page > 0 {
+                            a href=(link(&FleetFilter { page: f.page - 1, ..f.clone() })) { "← Previous" }
+                        }
+                        span.muted { "Page " (f.page + 1) " of " (pages) " (" (matching) " nodes)" }
+                        @if f.page + 1 < pages {
+                            a href=(link(&FleetFilter { page: f.page + 1, ..f.clone() })) { "Next →" }
+                        }
                     }
                 }
             }
@@ -123,7 +247,8 @@ pub fn nodes_panel(view: &FleetView<'_>) -> Markup {
     }
 }
 
-fn node_row(node: &LiveNode, now_ms: u64, stale_after: Duration) -> Markup {
+fn node_row(view: &FleetView<'_>, node: &LiveNode) -> Markup {
+    let (now_ms, stale_after) = (view.now_ms, view.stale_after);
     let r = &node.record;
     let stale = node.meters_stale(now_ms, stale_after);
     html! {
@@ -131,6 +256,8 @@ fn node_row(node: &LiveNode, now_ms: u64, stale_after: Duration) -> Markup {
             td { a.node-id href={ "/nodes/" (r.id) } { (r.id) } }
             td {
                 (presence_badge(r.presence))
+                @if view.busy.contains(&r.id) { " " span.badge.job.running { "recording" } }
+                @if node.alerting(now_ms, stale_after) { " " span.badge.alerting { "alerting" } }
                 div.muted { "since " (ago(now_ms, r.presence_since_ms)) }
             }
             td {
@@ -175,4 +302,110 @@ pub fn not_found(path: &str) -> Markup {
             p { "Nothing lives at " code { (path) } ". " a href="/" { "Back to the fleet" } }
         },
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rakkr_protocol::NodeId;
+    use rakkr_protocol::payload::HealthCondition;
+    use rakkr_store::NodeRecord;
+
+    fn fleet(n: usize) -> Vec<LiveNode> {
+        (0..n)
+            .map(|i| LiveNode {
+                record: NodeRecord {
+                    id: NodeId::new(format!("node-{i:04}")).unwrap(),
+                    presence: if i % 3 == 0 {
+                        Presence::Offline
+                    } else {
+                        Presence::Online
+                    },
+                    presence_since_ms: 0,
+                    first_seen_ms: 0,
+                    last_seen_ms: 0,
+                    details: None,
+                },
+                meters: None,
+                raised: Vec::new(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_fleet_table_filters_by_state_and_text_and_pages() {
+        let mut nodes = fleet(250);
+        nodes[7].raised.push(HealthCondition::DeviceLost);
+        let busy = [NodeId::new("node-0010").unwrap()].into_iter().collect();
+        let counts = FleetCounts {
+            total: 250,
+            online: 166,
+            offline: 84,
+        };
+        let view = |filter: &FleetFilter| -> (Vec<String>, usize) {
+            let v = FleetView {
+                nodes: &nodes,
+                counts,
+                now_ms: 0,
+                stale_after: Duration::from_secs(5),
+                filter,
+                busy: &busy,
+            };
+            let (shown, total) = v.page();
+            (
+                shown.iter().map(|n| n.record.id.to_string()).collect(),
+                total,
+            )
+        };
+        let (all, total) = view(&FleetFilter::default());
+        assert_eq!((all.len(), total), (NODES_PER_PAGE, 250));
+        let (last, _) = view(&FleetFilter {
+            page: 2,
+            ..Default::default()
+        });
+        assert_eq!(last.len(), 50);
+        assert_eq!(last[0], "node-0200");
+        let (offline, total) = view(&FleetFilter {
+            state: "offline".into(),
+            ..Default::default()
+        });
+        assert_eq!(total, 84);
+        assert!(
+            offline
+                .iter()
+                .all(|n| n.trim_start_matches("node-").parse::<usize>().unwrap() % 3 == 0)
+        );
+        assert_eq!(
+            view(&FleetFilter {
+                state: "recording".into(),
+                ..Default::default()
+            })
+            .0,
+            ["node-0010"]
+        );
+        assert_eq!(
+            view(&FleetFilter {
+                state: "alerting".into(),
+                ..Default::default()
+            })
+            .0,
+            ["node-0007"]
+        );
+        assert_eq!(
+            view(&FleetFilter {
+                q: "NODE-012".into(),
+                ..Default::default()
+            })
+            .1,
+            10,
+            "case-insensitive"
+        );
+        let filter = FleetFilter {
+            state: "online".into(),
+            q: "01".into(),
+            page: 1,
+        };
+        let again: FleetFilter = serde_urlencoded::from_str(&filter.query()).unwrap();
+        assert_eq!(again, filter);
+    }
 }

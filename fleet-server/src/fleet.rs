@@ -30,9 +30,23 @@ pub struct LiveMeters {
 pub struct LiveNode {
     pub record: NodeRecord,
     pub meters: Option<LiveMeters>,
+    /// Health conditions the node raised and has not cleared (since this
+    /// server started: after a restart nodes raise what still holds).
+    pub raised: Vec<rakkr_protocol::payload::HealthCondition>,
 }
 
 impl LiveNode {
+    /// Something needs attention: a raised health condition, or a quality
+    /// flag (clipping, silence, stuck, …) on a channel of a live frame.
+    pub fn alerting(&self, now_ms: u64, stale_after: Duration) -> bool {
+        !self.raised.is_empty()
+            || (!self.meters_stale(now_ms, stale_after)
+                && self
+                    .meters
+                    .as_ref()
+                    .is_some_and(|m| m.frame.channels.iter().any(|c| !c.flags.is_empty())))
+    }
+
     /// Whether the meter frame is too old to show as live: it arrived long ago,
     /// or it was already old (by its capture timestamp) when it arrived.
     pub fn meters_stale(&self, now_ms: u64, stale_after: Duration) -> bool {
@@ -121,6 +135,7 @@ impl LiveFleet {
                     LiveNode {
                         record,
                         meters: None,
+                        raised: Vec::new(),
                     },
                 )
             })
@@ -173,6 +188,7 @@ impl LiveFleet {
                 last_seen_ms: now_ms,
             },
             meters: None,
+            raised: Vec::new(),
         });
         let r = &mut entry.record;
         if r.presence != presence {
@@ -208,6 +224,19 @@ impl LiveFleet {
             received_ms: now_ms,
         });
         Ok(())
+    }
+
+    /// Track a health event's condition: raised until cleared.
+    pub fn apply_health(&self, node: &NodeId, event: &rakkr_protocol::payload::HealthEvent) {
+        use rakkr_protocol::payload::HealthChange;
+        let mut nodes = self.nodes.write().expect("fleet lock poisoned");
+        let Some(entry) = nodes.get_mut(node) else {
+            return;
+        };
+        entry.raised.retain(|c| *c != event.condition);
+        if event.change == HealthChange::Raised {
+            entry.raised.push(event.condition);
+        }
     }
 
     /// Watch `node`'s live meter frames until the returned watch is dropped.
@@ -402,5 +431,28 @@ mod tests {
         drop(second);
         assert!(!fleet.publish_live(&a, frame(5)));
         assert!(fleet.live.lock().unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_raised_condition_alerts_until_it_is_cleared() {
+        use rakkr_protocol::payload::{HealthChange, HealthCondition, HealthEvent, Severity};
+        let (fleet, _) = LiveFleet::from_records(vec![], 10, 0);
+        let a = NodeId::new("a").unwrap();
+        fleet.apply_status(&a, &online(), 0).unwrap();
+        let event = |change| HealthEvent {
+            condition: HealthCondition::DeviceLost,
+            change,
+            severity: Severity::Critical,
+            at_ms: 0,
+            detail: String::new(),
+        };
+        let alerting = || fleet.node(&a).unwrap().alerting(0, Duration::from_secs(5));
+        assert!(!alerting());
+        fleet.apply_health(&a, &event(HealthChange::Raised));
+        fleet.apply_health(&a, &event(HealthChange::Raised));
+        assert_eq!(fleet.node(&a).unwrap().raised.len(), 1, "raised once");
+        assert!(alerting());
+        fleet.apply_health(&a, &event(HealthChange::Cleared));
+        assert!(!alerting());
     }
 }

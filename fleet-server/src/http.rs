@@ -418,26 +418,44 @@ async fn security_headers(req: Request, next: Next) -> Response {
     res
 }
 
-fn view<R>(state: &AppState, render: impl FnOnce(&FleetView<'_>) -> R) -> R {
+async fn view<R>(
+    state: &AppState,
+    filter: &console::FleetFilter,
+    render: impl FnOnce(&FleetView<'_>) -> R,
+) -> R {
+    let store = state.store.clone();
+    let busy = tokio::task::spawn_blocking(move || store.busy_nodes())
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .unwrap_or_default();
     let nodes = state.fleet.snapshot();
     let view = FleetView {
         nodes: &nodes,
         counts: state.fleet.counts(),
         now_ms: state.clock.unix_ms(),
         stale_after: state.stale_after,
+        filter,
+        busy: &busy,
     };
     render(&view)
 }
 
+type FleetQuery =
+    Result<axum::extract::Query<console::FleetFilter>, axum::extract::rejection::QueryRejection>;
+
 async fn dashboard(
     State(state): State<AppState>,
     axum::Extension(signed_in): axum::Extension<crate::auth::SignedIn>,
+    query: FleetQuery,
 ) -> maud::Markup {
-    view(&state, |v| console::dashboard(v, &signed_in))
+    let filter = query.map(|q| q.0).unwrap_or_default();
+    view(&state, &filter, |v| console::dashboard(v, &signed_in)).await
 }
 
-async fn nodes_fragment(State(state): State<AppState>) -> maud::Markup {
-    view(&state, console::nodes_panel)
+async fn nodes_fragment(State(state): State<AppState>, query: FleetQuery) -> maud::Markup {
+    let filter = query.map(|q| q.0).unwrap_or_default();
+    view(&state, &filter, console::nodes_panel).await
 }
 
 async fn static_asset(uri: Uri) -> Response {

@@ -512,6 +512,7 @@ pub fn handle_message(topic: &str, payload: &[u8], sinks: &Sinks, now_ms: u64) {
             Ok(env) => {
                 tracing::info!(node = %node, condition = ?env.body.condition, change = ?env.body.change, detail = %env.body.detail, "health event");
                 stats.count_health(&env.body);
+                fleet.apply_health(&node, &env.body);
                 let queued = events.push(HealthEventRecord {
                     node,
                     msg_id: env.msg_id,

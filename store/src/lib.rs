@@ -134,6 +134,9 @@ pub trait Store: Send + Sync + 'static {
     /// The newest jobs, of one node or of all, at most `limit`, newest first.
     fn jobs(&self, node: Option<&NodeId>, limit: usize) -> Result<Vec<JobRecord>>;
 
+    /// Nodes with a job holding their channels (queued, leased, running, stopping).
+    fn busy_nodes(&self) -> Result<std::collections::BTreeSet<NodeId>>;
+
     /// How many jobs wait for their node and how many are under a lease,
     /// from the indexes (cheap enough for every metrics scrape).
     fn job_gauges(&self) -> Result<JobGauges>;

@@ -980,6 +980,19 @@ impl Store for RedbStore {
         Ok(out)
     }
 
+    fn busy_nodes(&self) -> Result<std::collections::BTreeSet<NodeId>> {
+        let tx = self.db.begin_read().map_err(backend)?;
+        let active = tx.open_table(ACTIVE_JOBS).map_err(backend)?;
+        let mut out = std::collections::BTreeSet::new();
+        for entry in active.iter().map_err(backend)? {
+            let (k, _) = entry.map_err(backend)?;
+            if let Ok(node) = NodeId::new(k.value().0) {
+                out.insert(node);
+            }
+        }
+        Ok(out)
+    }
+
     fn job_gauges(&self) -> Result<JobGauges> {
         let tx = self.db.begin_read().map_err(backend)?;
         let queued = tx
