@@ -19,7 +19,7 @@ use rakkr_web::components::{ago, meter_bars, presence_badge};
 use rakkr_web::layout::{Chrome, page_with_head};
 
 use crate::auth::SignedIn;
-use crate::fleet::{FleetCounts, LiveNode};
+use crate::fleet::LiveNode;
 use rakkr_protocol::access::Permission;
 
 /// The console's header detail: which server this is.
@@ -126,8 +126,13 @@ impl FleetFilter {
 /// What the fleet page shows: counts over the whole fleet, one page of the
 /// nodes that match the filter.
 pub struct FleetView<'a> {
-    pub nodes: &'a [LiveNode],
-    pub counts: FleetCounts,
+    /// The nodes on this page.
+    pub shown: Vec<LiveNode>,
+    /// Nodes matching the filter, over all pages.
+    pub matching: usize,
+    pub total: usize,
+    /// Per [`NODE_STATES`].
+    pub state_counts: [usize; NODE_STATES.len()],
     pub now_ms: u64,
     pub stale_after: Duration,
     pub filter: &'a FleetFilter,
@@ -135,7 +140,47 @@ pub struct FleetView<'a> {
     pub busy: &'a std::collections::BTreeSet<rakkr_protocol::NodeId>,
 }
 
-impl FleetView<'_> {
+impl<'a> FleetView<'a> {
+    /// One pass over the nodes (in id order, as `visit` hands them over):
+    /// count them by state, and copy only the page's nodes.
+    pub fn build(
+        visit: impl FnOnce(&mut dyn FnMut(&LiveNode)),
+        filter: &'a FleetFilter,
+        busy: &'a std::collections::BTreeSet<rakkr_protocol::NodeId>,
+        now_ms: u64,
+        stale_after: Duration,
+    ) -> FleetView<'a> {
+        let mut view = FleetView {
+            shown: Vec::new(),
+            matching: 0,
+            total: 0,
+            state_counts: [0; NODE_STATES.len()],
+            now_ms,
+            stale_after,
+            filter,
+            busy,
+        };
+        let q = filter.q.trim().to_ascii_lowercase();
+        let start = filter.page.saturating_mul(NODES_PER_PAGE);
+        visit(&mut |node| {
+            view.total += 1;
+            for (i, state) in NODE_STATES.iter().enumerate() {
+                if view.state_of(node, state) {
+                    view.state_counts[i] += 1;
+                }
+            }
+            let matches = view.state_of(node, &filter.state)
+                && (q.is_empty() || node.record.id.as_str().contains(&q));
+            if matches {
+                if view.matching >= start && view.shown.len() < NODES_PER_PAGE {
+                    view.shown.push(node.clone());
+                }
+                view.matching += 1;
+            }
+        });
+        view
+    }
+
     fn state_of(&self, node: &LiveNode, state: &str) -> bool {
         match state {
             "online" => node.record.presence == Presence::Online,
@@ -144,37 +189,6 @@ impl FleetView<'_> {
             "alerting" => node.alerting(self.now_ms, self.stale_after),
             _ => true,
         }
-    }
-
-    fn count(&self, state: &str) -> usize {
-        match state {
-            "online" => self.counts.online,
-            "offline" => self.counts.offline,
-            _ => self
-                .nodes
-                .iter()
-                .filter(|n| self.state_of(n, state))
-                .count(),
-        }
-    }
-
-    /// The matching nodes and how many match in all.
-    fn page(&self) -> (Vec<&LiveNode>, usize) {
-        let q = self.filter.q.trim().to_lowercase();
-        let matching: Vec<&LiveNode> = self
-            .nodes
-            .iter()
-            .filter(|n| self.state_of(n, &self.filter.state))
-            .filter(|n| q.is_empty() || n.record.id.as_str().contains(&q))
-            .collect();
-        let total = matching.len();
-        let start = self.filter.page * NODES_PER_PAGE;
-        let shown = matching
-            .into_iter()
-            .skip(start)
-            .take(NODES_PER_PAGE)
-            .collect();
-        (shown, total)
     }
 }
 
@@ -199,18 +213,18 @@ pub fn dashboard(view: &FleetView<'_>, signed_in: &SignedIn) -> Markup {
 /// replaces itself (with the same filter).
 pub fn nodes_panel(view: &FleetView<'_>) -> Markup {
     let f = view.filter;
-    let (shown, matching) = view.page();
+    let (shown, matching) = (&view.shown, view.matching);
     let pages = matching.div_ceil(NODES_PER_PAGE).max(1);
     let link = |filter: &FleetFilter| with_query("/", &filter.query());
     html! {
         section #nodes hx-get=(with_query(NODES_FRAGMENT_PATH, &f.query())) hx-trigger={ "every " (REFRESH_EVERY) } hx-swap="outerHTML" {
             nav.summary aria-label="Nodes by state" {
                 a.count href=(link(&f.with(""))) aria-current=[f.state.is_empty().then_some("true")] {
-                    b #count-total { (view.counts.total) } span { "nodes" }
+                    b #count-total { (view.total) } span { "nodes" }
                 }
-                @for state in NODE_STATES {
-                    a.count href=(link(&f.with(state))) aria-current=[(f.state == state).then_some("true")] {
-                        b id={ "count-" (state) } { (view.count(state)) } span { (state) }
+                @for (state, count) in NODE_STATES.iter().zip(view.state_counts) {
+                    a.count href=(link(&f.with(state))) aria-current=[(f.state == *state).then_some("true")] {
+                        b id={ "count-" (state) } { (count) } span { (state) }
                     }
                 }
             }
@@ -219,7 +233,7 @@ pub fn nodes_panel(view: &FleetView<'_>) -> Markup {
                 label { span.sr-only { "Find a node" } input type="search" name="q" value=(f.q) placeholder="Find a node…"; }
                 button.secondary type="submit" { "Find" }
             }
-            @if view.nodes.is_empty() {
+            @if view.total == 0 {
                 p.empty { "No appliances have connected yet. Start one with "
                     code { "rakkr-agent run --config agent.toml" } "." }
             } @else if shown.is_empty() {
@@ -228,7 +242,7 @@ pub fn nodes_panel(view: &FleetView<'_>) -> Markup {
                 table.nodes {
                     thead { tr { th { "Node" } th { "State" } th { "Agent" } th { "Levels (dBFS)" } th { "Last seen" } } }
                     tbody {
-                        @for node in &shown { (node_row(view, node)) }
+                        @for node in shown { (node_row(view, node)) }
                     }
                 }
                 @if pages > 1 {
@@ -337,24 +351,19 @@ mod tests {
         let mut nodes = fleet(250);
         nodes[7].raised.push(HealthCondition::DeviceLost);
         let busy = [NodeId::new("node-0010").unwrap()].into_iter().collect();
-        let counts = FleetCounts {
-            total: 250,
-            online: 166,
-            offline: 84,
-        };
         let view = |filter: &FleetFilter| -> (Vec<String>, usize) {
-            let v = FleetView {
-                nodes: &nodes,
-                counts,
-                now_ms: 0,
-                stale_after: Duration::from_secs(5),
+            let v = FleetView::build(
+                |f| nodes.iter().for_each(f),
                 filter,
-                busy: &busy,
-            };
-            let (shown, total) = v.page();
+                &busy,
+                0,
+                Duration::from_secs(5),
+            );
+            assert_eq!(v.total, 250);
+            assert_eq!(v.state_counts, [166, 84, 1, 1]);
             (
-                shown.iter().map(|n| n.record.id.to_string()).collect(),
-                total,
+                v.shown.iter().map(|n| n.record.id.to_string()).collect(),
+                v.matching,
             )
         };
         let (all, total) = view(&FleetFilter::default());

@@ -71,7 +71,8 @@ pub struct FleetCounts {
 
 #[derive(Debug)]
 pub struct LiveFleet {
-    nodes: RwLock<HashMap<NodeId, LiveNode>>,
+    /// By id, in order (the console pages through them without sorting).
+    nodes: RwLock<std::collections::BTreeMap<NodeId, LiveNode>>,
     max_nodes: usize,
     live: Mutex<HashMap<NodeId, LiveSender>>,
 }
@@ -274,9 +275,14 @@ impl LiveFleet {
     /// All nodes, ordered by id.
     pub fn snapshot(&self) -> Vec<LiveNode> {
         let nodes = self.nodes.read().expect("fleet lock poisoned");
-        let mut out: Vec<LiveNode> = nodes.values().cloned().collect();
-        out.sort_by(|a, b| a.record.id.cmp(&b.record.id));
-        out
+        nodes.values().cloned().collect()
+    }
+
+    /// Look at every node in id order, without copying them (under the
+    /// read lock: keep `f` short).
+    pub fn visit(&self, mut f: impl FnMut(&LiveNode)) {
+        let nodes = self.nodes.read().expect("fleet lock poisoned");
+        nodes.values().for_each(&mut f);
     }
 
     pub fn counts(&self) -> FleetCounts {

@@ -429,15 +429,13 @@ async fn view<R>(
         .ok()
         .and_then(Result::ok)
         .unwrap_or_default();
-    let nodes = state.fleet.snapshot();
-    let view = FleetView {
-        nodes: &nodes,
-        counts: state.fleet.counts(),
-        now_ms: state.clock.unix_ms(),
-        stale_after: state.stale_after,
+    let view = FleetView::build(
+        |f| state.fleet.visit(f),
         filter,
-        busy: &busy,
-    };
+        &busy,
+        state.clock.unix_ms(),
+        state.stale_after,
+    );
     render(&view)
 }
 

@@ -508,6 +508,11 @@ pub fn csrf_in(html: &str) -> Option<String> {
 }
 
 impl Operator {
+    /// The session cookie (`name=value`), once logged in.
+    pub fn cookie(&self) -> Option<&str> {
+        self.cookie.as_deref()
+    }
+
     /// A browser without a session.
     pub fn anonymous(server: &Server) -> Operator {
         Operator {

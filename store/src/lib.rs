@@ -226,6 +226,10 @@ pub trait Store: Send + Sync + 'static {
     /// transaction.
     fn append_audit(&self, entry: AuditEntry) -> Result<AuditRecord>;
 
+    /// Append several entries in order, chained, in one transaction (an
+    /// import, or a burst); returns the last record's sequence number.
+    fn append_audit_many(&self, entries: Vec<AuditEntry>) -> Result<u64>;
+
     /// Audit records with `seq > after`, oldest first, at most `limit`.
     fn audit_records(&self, after: u64, limit: usize) -> Result<Vec<AuditRecord>>;
 

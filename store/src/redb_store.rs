@@ -19,6 +19,7 @@
 //! | `api_tokens` | token id `&str`        | JSON [`ApiTokenRecord`] (secret: SHA-256 only) |
 //! | `audit`     | sequence `u64` (1, 2, …) | JSON [`AuditRecord`], hash-chained; never updated or deleted |
 //! | `audit_by_actor` | `(actor, sequence)` | `()`: every record of an actor (built on open when missing) |
+//! | `audit_by_outcome` | `(outcome, sequence)` | `()`: every record with an outcome (built on open when missing) |
 //!
 //! Invariants, kept by [`JobTables::put`], the only writer of job records: a
 //! job is in `job_queue` exactly while its state is `queued`; in `active_jobs`
@@ -45,7 +46,7 @@ use rakkr_protocol::job::JobUpdate;
 use rakkr_protocol::payload::{HealthChange, HealthCondition, HealthEvent, Severity};
 
 use crate::{
-    AUDIT_GENESIS, ApiTokenRecord, AuditEntry, AuditPage, AuditRecord, AuditSearch,
+    AUDIT_GENESIS, ApiTokenRecord, AuditEntry, AuditPage, AuditProbe, AuditRecord, AuditSearch,
     EnrollTokenRecord, HealthEventRecord, JobGauges, JobId, JobRecord, Lease, MAX_APPLIED_UPDATES,
     MAX_AUDIT_SCAN, MAX_HEALTH_EVENTS_PER_NODE, MAX_USER_NAME, NewJob, NodeCredentialRecord,
     NodeRecord, NodeStatusUpdate, Result, SessionRecord, Store, StoreError, UpdateOutcome,
@@ -74,6 +75,8 @@ const API_TOKENS: TableDefinition<&str, &[u8]> = TableDefinition::new("api_token
 const AUDIT: TableDefinition<u64, &[u8]> = TableDefinition::new("audit");
 /// (actor, sequence) → (): the audit log by actor.
 const AUDIT_BY_ACTOR: TableDefinition<(&str, u64), ()> = TableDefinition::new("audit_by_actor");
+/// (outcome, sequence) → (): the audit log by outcome.
+const AUDIT_BY_OUTCOME: TableDefinition<(&str, u64), ()> = TableDefinition::new("audit_by_outcome");
 /// (node, message id as u128) → HealthEventRecord (JSON).
 const HEALTH_EVENTS: TableDefinition<(&str, u128), &[u8]> = TableDefinition::new("health_events");
 
@@ -98,6 +101,78 @@ fn insert_new_user(tx: &redb::WriteTransaction, user: &UserRecord) -> Result<()>
         .insert(user.name.as_str(), encode(user).as_slice())
         .map_err(backend)?;
     Ok(())
+}
+
+/// The sequence numbers two descending index iterators have in common,
+/// descending (a merge join on keys alone).
+struct Intersect<A: Iterator<Item = Result<u64>>, B: Iterator<Item = Result<u64>>> {
+    a: std::iter::Peekable<A>,
+    b: std::iter::Peekable<B>,
+}
+
+impl<A: Iterator<Item = Result<u64>>, B: Iterator<Item = Result<u64>>> Iterator
+    for Intersect<A, B>
+{
+    type Item = Result<u64>;
+
+    fn next(&mut self) -> Option<Result<u64>> {
+        loop {
+            let a = match self.a.peek()? {
+                Ok(v) => *v,
+                Err(_) => return self.a.next(),
+            };
+            let b = match self.b.peek()? {
+                Ok(v) => *v,
+                Err(_) => return self.b.next(),
+            };
+            match a.cmp(&b) {
+                std::cmp::Ordering::Equal => {
+                    self.b.next();
+                    return self.a.next();
+                }
+                // Descending: drop the larger, it cannot be in the other.
+                std::cmp::Ordering::Greater => {
+                    self.a.next();
+                }
+                std::cmp::Ordering::Less => {
+                    self.b.next();
+                }
+            }
+        }
+    }
+}
+
+/// Append one audit record inside `tx`: chained to the last one, indexed by actor.
+fn append_audit_in(tx: &redb::WriteTransaction, entry: AuditEntry) -> Result<AuditRecord> {
+    let mut audit = tx.open_table(AUDIT).map_err(backend)?;
+    let last: Option<AuditRecord> = audit
+        .last()
+        .map_err(backend)?
+        .map(|(_, v)| decode("audit record", v.value()))
+        .transpose()?;
+    let (seq, prev) = match last {
+        Some(r) => (r.seq + 1, r.sha256),
+        None => (1, AUDIT_GENESIS.to_owned()),
+    };
+    let sha256 = audit_hash(seq, &prev, &entry);
+    let record = AuditRecord {
+        seq,
+        entry,
+        prev_sha256: prev,
+        sha256,
+    };
+    audit
+        .insert(seq, encode(&record).as_slice())
+        .map_err(backend)?;
+    tx.open_table(AUDIT_BY_ACTOR)
+        .map_err(backend)?
+        .insert((record.entry.actor.as_str(), seq), ())
+        .map_err(backend)?;
+    tx.open_table(AUDIT_BY_OUTCOME)
+        .map_err(backend)?
+        .insert((record.entry.outcome.as_str(), seq), ())
+        .map_err(backend)?;
+    Ok(record)
 }
 
 fn backend(e: impl std::fmt::Display) -> StoreError {
@@ -168,14 +243,25 @@ impl RedbStore {
             tx.open_table(API_TOKENS).map_err(backend)?;
             let audit = tx.open_table(AUDIT).map_err(backend)?;
             let mut by_actor = tx.open_table(AUDIT_BY_ACTOR).map_err(backend)?;
-            // Logs from before the index: build it once.
-            if by_actor.is_empty().map_err(backend)? && !audit.is_empty().map_err(backend)? {
+            let mut by_outcome = tx.open_table(AUDIT_BY_OUTCOME).map_err(backend)?;
+            // Logs from before an index: build it once.
+            let build_actor = by_actor.is_empty().map_err(backend)?;
+            let build_outcome = by_outcome.is_empty().map_err(backend)?;
+            if (build_actor || build_outcome) && !audit.is_empty().map_err(backend)? {
                 for entry in audit.iter().map_err(backend)? {
                     let (seq, v) = entry.map_err(backend)?;
                     let record: AuditRecord = decode("audit record", v.value())?;
-                    by_actor
-                        .insert((record.entry.actor.as_str(), seq.value()), ())
-                        .map_err(backend)?;
+                    let (e, seq) = (&record.entry, seq.value());
+                    if build_actor {
+                        by_actor
+                            .insert((e.actor.as_str(), seq), ())
+                            .map_err(backend)?;
+                    }
+                    if build_outcome {
+                        by_outcome
+                            .insert((e.outcome.as_str(), seq), ())
+                            .map_err(backend)?;
+                    }
                 }
             }
         }
@@ -934,35 +1020,19 @@ impl Store for RedbStore {
 
     fn append_audit(&self, entry: AuditEntry) -> Result<AuditRecord> {
         let tx = self.db.begin_write().map_err(backend)?;
-        let record = {
-            let mut audit = tx.open_table(AUDIT).map_err(backend)?;
-            let last: Option<AuditRecord> = audit
-                .last()
-                .map_err(backend)?
-                .map(|(_, v)| decode("audit record", v.value()))
-                .transpose()?;
-            let (seq, prev) = match last {
-                Some(r) => (r.seq + 1, r.sha256),
-                None => (1, AUDIT_GENESIS.to_owned()),
-            };
-            let sha256 = audit_hash(seq, &prev, &entry);
-            let record = AuditRecord {
-                seq,
-                entry,
-                prev_sha256: prev,
-                sha256,
-            };
-            audit
-                .insert(seq, encode(&record).as_slice())
-                .map_err(backend)?;
-            tx.open_table(AUDIT_BY_ACTOR)
-                .map_err(backend)?
-                .insert((record.entry.actor.as_str(), seq), ())
-                .map_err(backend)?;
-            record
-        };
+        let record = append_audit_in(&tx, entry)?;
         tx.commit().map_err(backend)?;
         Ok(record)
+    }
+
+    fn append_audit_many(&self, entries: Vec<AuditEntry>) -> Result<u64> {
+        let tx = self.db.begin_write().map_err(backend)?;
+        let mut last = 0;
+        for entry in entries {
+            last = append_audit_in(&tx, entry)?.seq;
+        }
+        tx.commit().map_err(backend)?;
+        Ok(last)
     }
 
     fn audit_records(&self, after: u64, limit: usize) -> Result<Vec<AuditRecord>> {
@@ -1033,19 +1103,28 @@ impl Store for RedbStore {
             }
             end = end.min(lo);
         }
-        let seqs: Box<dyn Iterator<Item = Result<u64>>> = match &search.actor {
-            Some(actor) => {
-                let index = tx.open_table(AUDIT_BY_ACTOR).map_err(backend)?;
-                let range = index
-                    .range((actor.as_str(), 0)..(actor.as_str(), end))
-                    .map_err(backend)?;
-                Box::new(
+        // Descending sequence numbers from one index (`key`'s entries below `end`).
+        type Index = TableDefinition<'static, (&'static str, u64), ()>;
+        let from_index =
+            |table: Index, key: &str| -> Result<Box<dyn Iterator<Item = Result<u64>> + '_>> {
+                let index = tx.open_table(table).map_err(backend)?;
+                let range = index.range((key, 0)..(key, end)).map_err(backend)?;
+                Ok(Box::new(
                     range
                         .rev()
                         .map(|e| e.map(|(k, _)| k.value().1).map_err(backend)),
-                )
-            }
-            None => Box::new(
+                ))
+            };
+        // The indexes the search allows: actor and outcome together are
+        // intersected on their keys, so only records matching both are read.
+        let seqs: Box<dyn Iterator<Item = Result<u64>>> = match (&search.actor, &search.outcome) {
+            (Some(actor), Some(outcome)) => Box::new(Intersect {
+                a: from_index(AUDIT_BY_ACTOR, actor)?.peekable(),
+                b: from_index(AUDIT_BY_OUTCOME, outcome)?.peekable(),
+            }),
+            (Some(actor), None) => from_index(AUDIT_BY_ACTOR, actor)?,
+            (None, Some(outcome)) => from_index(AUDIT_BY_OUTCOME, outcome)?,
+            (None, None) => Box::new(
                 audit
                     .range(..end)
                     .map_err(backend)?
@@ -1064,13 +1143,18 @@ impl Store for RedbStore {
                 page.next_before = Some(seq + 1);
                 break;
             }
-            let Some(record) = get(seq)? else { continue };
+            let Some(bytes) = audit.get(seq).map_err(backend)? else {
+                continue;
+            };
             page.scanned += 1;
-            if search.from_ms.is_some_and(|t| record.entry.at_ms < t) {
+            // Filter on the few fields a search needs; decode matches only.
+            let probe: AuditProbe<'_> = serde_json::from_slice(bytes.value())
+                .map_err(|e| StoreError::Corrupt(format!("audit record {seq}: {e}")))?;
+            if search.from_ms.is_some_and(|t| probe.at_ms < t) {
                 break;
             }
-            if search.matches(&record) {
-                page.records.push(record);
+            if search.matches_probe(&probe) {
+                page.records.push(decode("audit record", bytes.value())?);
             }
         }
         Ok(page)

@@ -342,24 +342,62 @@ pub struct AuditPage {
 impl AuditSearch {
     pub fn matches(&self, r: &AuditRecord) -> bool {
         let e = &r.entry;
+        self.matches_probe(&AuditProbe {
+            at_ms: e.at_ms,
+            actor: e.actor.as_str().into(),
+            outcome: e.outcome.as_str().into(),
+            action: e.action.as_str().into(),
+            target: e.target.as_deref().map(Into::into),
+            permission: e.permission.as_deref().map(Into::into),
+            reason: e.reason.as_deref().map(Into::into),
+        })
+    }
+
+    /// Whether a record, read only as far as the filters need, matches.
+    /// Text matches ignore ASCII case.
+    pub fn matches_probe(&self, p: &AuditProbe<'_>) -> bool {
         let text_ok = self.text.as_deref().is_none_or(|needle| {
-            let needle = needle.to_lowercase();
             [
-                Some(&e.action),
-                e.target.as_ref(),
-                e.permission.as_ref(),
-                e.reason.as_ref(),
+                Some(&p.action),
+                p.target.as_ref(),
+                p.permission.as_ref(),
+                p.reason.as_ref(),
             ]
             .into_iter()
             .flatten()
-            .any(|field| field.to_lowercase().contains(&needle))
+            .any(|field| contains_ignoring_ascii_case(field, needle))
         });
-        self.actor.as_deref().is_none_or(|a| e.actor == a)
-            && self.outcome.as_deref().is_none_or(|o| e.outcome == o)
-            && self.from_ms.is_none_or(|t| e.at_ms >= t)
-            && self.to_ms.is_none_or(|t| e.at_ms <= t)
+        self.actor.as_deref().is_none_or(|a| p.actor == a)
+            && self.outcome.as_deref().is_none_or(|o| p.outcome == o)
+            && self.from_ms.is_none_or(|t| p.at_ms >= t)
+            && self.to_ms.is_none_or(|t| p.at_ms <= t)
             && text_ok
     }
+}
+
+fn contains_ignoring_ascii_case(haystack: &str, needle: &str) -> bool {
+    let (h, n) = (haystack.as_bytes(), needle.as_bytes());
+    n.is_empty() || h.windows(n.len()).any(|w| w.eq_ignore_ascii_case(n))
+}
+
+/// The fields of a stored audit record a search filters on, borrowed from
+/// its JSON where they need no unescaping (a search reads many records and
+/// keeps few).
+#[derive(Debug, Deserialize)]
+pub struct AuditProbe<'a> {
+    pub at_ms: u64,
+    #[serde(borrow)]
+    pub actor: std::borrow::Cow<'a, str>,
+    #[serde(borrow)]
+    pub outcome: std::borrow::Cow<'a, str>,
+    #[serde(borrow)]
+    pub action: std::borrow::Cow<'a, str>,
+    #[serde(borrow, default)]
+    pub target: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow, default)]
+    pub permission: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow, default)]
+    pub reason: Option<std::borrow::Cow<'a, str>>,
 }
 
 /// One record of the append-only audit log. Each record's `sha256` covers its

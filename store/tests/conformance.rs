@@ -799,27 +799,33 @@ fn the_audit_log_is_a_gapless_hash_chain(store: &dyn Store) {
     );
 }
 
-/// 300 records: actors cycle over 3 users, every 5th denied, times 10 s apart.
+/// 300 records: actors cycle over 3 users, every 5th denied, times 10 s
+/// apart; the first 150 appended one by one, the rest in one batch.
 fn audit_fixture(store: &dyn Store) {
-    for i in 1..=300u64 {
-        store
-            .append_audit(AuditEntry {
-                at_ms: i * 10_000,
-                actor: format!("user:u{}", i % 3),
-                permission: Some("jobs.manage".into()),
-                action: if i % 7 == 0 {
-                    "user disable".into()
-                } else {
-                    "POST /api/v1/jobs".into()
-                },
-                target: Some(format!("job-{i}")),
-                outcome: if i % 5 == 0 { "denied" } else { "allowed" }.into(),
-                reason: (i == 150).then(|| "Needle in the haystack".into()),
-                before: (i % 7 == 0).then(|| serde_json::json!({ "disabled": false })),
-                after: (i % 7 == 0).then(|| serde_json::json!({ "disabled": true })),
-            })
-            .unwrap();
+    let entry = |i: u64| AuditEntry {
+        at_ms: i * 10_000,
+        actor: format!("user:u{}", i % 3),
+        permission: Some("jobs.manage".into()),
+        action: if i.is_multiple_of(7) {
+            "user disable".into()
+        } else {
+            "POST /api/v1/jobs".into()
+        },
+        target: Some(format!("job-{i}")),
+        outcome: if i.is_multiple_of(5) { "denied" } else { "allowed" }.into(),
+        reason: (i == 150).then(|| "Needle in the haystack".into()),
+        before: (i.is_multiple_of(7)).then(|| serde_json::json!({ "disabled": false })),
+        after: (i.is_multiple_of(7)).then(|| serde_json::json!({ "disabled": true })),
+    };
+    for i in 1..=150u64 {
+        store.append_audit(entry(i)).unwrap();
     }
+    assert_eq!(
+        store
+            .append_audit_many((151..=300).map(entry).collect())
+            .unwrap(),
+        300
+    );
 }
 
 fn seqs(page: &AuditPage) -> Vec<u64> {
@@ -859,6 +865,11 @@ fn the_audit_log_is_searchable(store: &dyn Store) {
         .filter(|i| i % 3 == 1 && i % 5 == 0)
         .collect();
     assert_eq!(seqs(&denied_u1), expected);
+    assert_eq!(
+        denied_u1.scanned,
+        expected.len(),
+        "actor and outcome together read only records matching both"
+    );
     assert_eq!(
         seqs(&search(AuditSearch {
             text: Some("needle".into()),
@@ -925,6 +936,15 @@ fn the_audit_log_is_searchable(store: &dyn Store) {
     }
     let denied: Vec<u64> = (1..=300).rev().filter(|i| i % 5 == 0).collect();
     assert_eq!(pages, denied);
+    let by_outcome = search(AuditSearch {
+        outcome: Some("denied".into()),
+        ..Default::default()
+    });
+    assert_eq!(by_outcome.records.len(), 60);
+    assert_eq!(
+        by_outcome.scanned, 60,
+        "the outcome index examines only matches"
+    );
     // The chain is untouched by the index.
     let oldest_first = store.audit_records(0, 1000).unwrap();
     assert_eq!(verify_audit_chain(AUDIT_GENESIS, &oldest_first), Ok(()));
@@ -963,6 +983,14 @@ fn redb_the_actor_index_is_built_for_a_log_from_before_it() {
         })
         .unwrap();
     assert_eq!(page.records.len(), 100);
+    let page = s
+        .search_audit(&AuditSearch {
+            outcome: Some("denied".into()),
+            limit: 1000,
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!((page.records.len(), page.scanned), (60, 60));
 }
 
 #[test]
