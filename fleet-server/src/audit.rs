@@ -37,13 +37,28 @@ pub const ANONYMOUS_PER_MINUTE: u32 = 60;
 const MAX_ADDRESSES: usize = 10_000;
 
 /// How many anonymous refusals each address may still have recorded.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct AnonymousBudget {
     /// Per address: the minute's start, records in it, refusals left out.
     windows: std::sync::Mutex<std::collections::HashMap<String, (u64, u32, u64)>>,
+    per_minute: u32,
+}
+
+impl Default for AnonymousBudget {
+    fn default() -> Self {
+        AnonymousBudget::new(ANONYMOUS_PER_MINUTE)
+    }
 }
 
 impl AnonymousBudget {
+    /// Record at most `per_minute` refusals per address and minute.
+    pub fn new(per_minute: u32) -> AnonymousBudget {
+        AnonymousBudget {
+            windows: Default::default(),
+            per_minute,
+        }
+    }
+
     /// Whether to record a refusal from `address` at `now_ms`, and how many
     /// were left out in the address's previous minute (to say so).
     pub fn admit(&self, address: &str, now_ms: u64) -> (bool, u64) {
@@ -62,7 +77,7 @@ impl AnonymousBudget {
             left_out = w.2;
             *w = (now_ms, 0, 0);
         }
-        if w.1 < ANONYMOUS_PER_MINUTE {
+        if w.1 < self.per_minute {
             w.1 += 1;
             (true, left_out)
         } else {
@@ -271,7 +286,7 @@ impl SearchQuery {
 
 /// `ms` since the epoch, or `YYYY-MM-DDTHH:MM[:SS]` in UTC; `end_of` makes a
 /// minute (or second) mean its last millisecond.
-fn time_ms(text: &str, end_of: bool) -> Result<u64, String> {
+pub fn time_ms(text: &str, end_of: bool) -> Result<u64, String> {
     if let Ok(ms) = text.parse::<u64>() {
         return Ok(ms);
     }

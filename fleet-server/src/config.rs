@@ -7,6 +7,7 @@
 //! [http]
 //! addr = "127.0.0.1:8080"
 //! tls_addr = "0.0.0.0:8443"      # the console and API over HTTPS (the server's own CA)
+//! anonymous_audit_per_minute = 60  # refusals of anonymous requests audited per address and minute
 //!
 //! [mqtt]
 //! broker = "embedded"          # or "external": use a site's broker (e.g. deploy/mosquitto)
@@ -96,6 +97,14 @@ pub struct HttpConfig {
     pub addr: SocketAddr,
     /// Where the same console and API are served over HTTPS (the server's own CA).
     pub tls_addr: Option<SocketAddr>,
+    /// Refusals of anonymous requests recorded in the audit log per client
+    /// address and minute; the rest are counted in the next record.
+    #[serde(default = "default_anonymous_audit")]
+    pub anonymous_audit_per_minute: u32,
+}
+
+fn default_anonymous_audit() -> u32 {
+    crate::audit::ANONYMOUS_PER_MINUTE
 }
 
 fn default_http_addr() -> SocketAddr {
@@ -107,6 +116,7 @@ impl Default for HttpConfig {
         HttpConfig {
             addr: default_http_addr(),
             tls_addr: None,
+            anonymous_audit_per_minute: default_anonymous_audit(),
         }
     }
 }
@@ -254,6 +264,7 @@ pub struct ServerSettings {
     pub tls_names: Vec<String>,
     /// HTTPS listen address, if any.
     pub https_addr: Option<SocketAddr>,
+    pub anonymous_audit_per_minute: u32,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -381,7 +392,14 @@ impl ServerConfig {
         if !(3_000..=3_600_000).contains(&self.jobs.lease_ms) {
             return Err(invalid("jobs.lease_ms", "must be 3000-3600000 ms"));
         }
+        if !(1..=100_000).contains(&self.http.anonymous_audit_per_minute) {
+            return Err(invalid(
+                "http.anonymous_audit_per_minute",
+                "must be 1-100000",
+            ));
+        }
         Ok(ServerSettings {
+            anonymous_audit_per_minute: self.http.anonymous_audit_per_minute,
             https_addr: self.http.tls_addr,
             tls_names: self.tls.server_names.clone(),
             lease: Duration::from_millis(self.jobs.lease_ms),

@@ -41,6 +41,9 @@ pub fn console_page(title: &str, signed_in: &SignedIn, head: Markup, body: Marku
             div.console hx-headers=(csrf_header) {
                 nav.sections aria-label="Console sections" {
                     a href="/" { "Fleet" }
+                    @if signed_in.may(Permission::RecordingsRead) {
+                        a href=(crate::recordings_page::RECORDINGS_PATH) { "Recordings" }
+                    }
                     @if signed_in.may(Permission::AuditRead) {
                         a href=(crate::audit_page::AUDIT_PATH) { "Audit log" }
                     }

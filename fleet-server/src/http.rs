@@ -31,6 +31,9 @@
 //! | `GET /api/v1/audit` | audit.read | the audit log (`?after=SEQ&limit=N&format=json\|csv`), its hash chain checked |
 //! | `GET /api/v1/audit/search` | audit.read | search (`?actor&outcome&q&from&to&before&limit&format=json\|csv`), newest first, with `next_before` |
 //! | `GET /audit`       | audit.read | the audit log page: the same search, CSV export |
+//! | `GET /recordings`, `GET /recordings/{id}` | recordings.read | the recordings library (filters: node, state, tag, days) and one recording |
+//! | `POST /recordings/{id}/notes` | recordings.control | notes and tags (form) |
+//! | `GET /api/v1/recordings`, `POST /api/v1/recordings/{id}/notes` | recordings.read / recordings.control | the same as JSON |
 //! | `GET /enrollment`, `POST /enrollment` | nodes.manage | enrollment tokens: unused ones, create (shown once) |
 //! | `POST /nodes/{id}/revoke` | nodes.manage | revoke a node's credential (form), then back to its page |
 //! | `GET /users`, `POST /users`, `POST /users/{name}` | users.manage | accounts: list, add (one-time password shown once), role, reset, disable, enable |
@@ -249,6 +252,36 @@ pub fn route_table() -> Vec<(&'static str, Method, Access, MethodRouter<AppState
             Method::GET,
             Operator(AuditRead),
             get(crate::audit_page::page),
+        ),
+        (
+            crate::recordings_page::RECORDINGS_PATH,
+            Method::GET,
+            Operator(RecordingsRead),
+            get(crate::recordings_page::list),
+        ),
+        (
+            "/recordings/{id}",
+            Method::GET,
+            Operator(RecordingsRead),
+            get(crate::recordings_page::detail),
+        ),
+        (
+            "/recordings/{id}/notes",
+            Method::POST,
+            Operator(RecordingsControl),
+            post(crate::recordings_page::save_notes),
+        ),
+        (
+            "/api/v1/recordings",
+            Method::GET,
+            Operator(RecordingsRead),
+            get(crate::recordings_page::api_list),
+        ),
+        (
+            "/api/v1/recordings/{id}/notes",
+            Method::POST,
+            Operator(RecordingsControl),
+            post(crate::recordings_page::api_notes),
         ),
         (
             enrollment_page::ENROLLMENT_PATH,

@@ -40,6 +40,7 @@ pub mod login;
 pub mod metrics;
 pub mod node_page;
 pub mod openapi;
+pub mod recordings_page;
 pub mod tls;
 
 use std::net::SocketAddr;
@@ -380,7 +381,9 @@ impl RunningServer {
             gate: gate_stats.clone(),
             ca,
             logins: Arc::default(),
-            audit_budget: Arc::default(),
+            audit_budget: Arc::new(audit::AnonymousBudget::new(
+                settings.anonymous_audit_per_minute,
+            )),
             secure_cookies: settings.https_addr.is_some(),
             live_streams: Default::default(),
             http_stats: Default::default(),

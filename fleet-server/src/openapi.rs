@@ -83,6 +83,22 @@ fn operation(method: &Method, path: &str, g: &mut SchemaGenerator) -> Option<Ope
         ),
         ("format", "string", "`json` (default) or `csv`"),
     ];
+    const RECORDINGS_QUERY: &[(&str, &str, &str)] = &[
+        ("node", "string", "only this node's recordings"),
+        (
+            "state",
+            "string",
+            "`completed`, `failed`, `lost` or `cancelled`",
+        ),
+        ("tag", "string", "only recordings with this tag"),
+        (
+            "from",
+            "string",
+            "started on or after this day (`YYYY-MM-DD`, UTC)",
+        ),
+        ("to", "string", "started on or before this day"),
+        ("limit", "integer", "at most this many (default 100)"),
+    ];
     const SEARCH_QUERY: &[(&str, &str, &str)] = &[
         ("actor", "string", "exactly this actor, e.g. `user:olga`"),
         ("outcome", "string", "`allowed`, `denied` or `failed`"),
@@ -211,6 +227,18 @@ fn operation(method: &Method, path: &str, g: &mut SchemaGenerator) -> Option<Ope
                 })),
             ),
             SEARCH_QUERY,
+        ),
+        ("GET", "/api/v1/recordings") => op(
+            "Recordings (jobs with a recording report), newest first, of the newest 1000 jobs",
+            None,
+            (200, Json(list::<rakkr_store::JobRecord>(g))),
+            RECORDINGS_QUERY,
+        ),
+        ("POST", "/api/v1/recordings/{id}/notes") => op(
+            "Set a recording's notes and tags",
+            Some(schema::<crate::recordings_page::NotesJson>(g)),
+            (200, Json(schema::<rakkr_store::JobRecord>(g))),
+            &[],
         ),
         ("GET", "/api/v1/users") => op(
             "Every account (never a password hash)",

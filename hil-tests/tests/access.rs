@@ -45,7 +45,13 @@ fn request(
 #[test]
 fn every_guarded_route_refuses_anonymous_unpermitted_and_forged_requests() -> Result<()> {
     let work = tempfile::tempdir()?;
-    let server = Server::start(work.path(), &work.path().join("data"))?;
+    // Every anonymous refusal of the walk is checked in the audit log: more
+    // than the default budget of 60 per address and minute records one by one.
+    let server = Server::start_with_env(
+        work.path(),
+        &work.path().join("data"),
+        &[("RAKKR_SERVER_HTTP__ANONYMOUS_AUDIT_PER_MINUTE", "10000")],
+    )?;
     // One signed-in session per role.
     let mut sessions: Vec<(Role, Operator)> = Vec::new();
     for &role in Role::ALL {

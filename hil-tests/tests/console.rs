@@ -129,6 +129,40 @@ fn an_operator_records_from_the_browser_and_a_viewer_cannot() -> Result<()> {
     );
     assert!(browser.text("#jobs")?.contains("2 ch"));
 
+    // The take is in the library; markup in its tags and notes stays text.
+    browser.click("a[href='/recordings']")?;
+    browser.wait_css(&format!("tr[data-job='{job}']"), SOON)?;
+    browser.click(&format!("tr[data-job='{job}'] td a"))?;
+    browser.wait_css("form.notes", SOON)?;
+    let evil_tag = "<img src=x onerror=window.pwned=1>";
+    let evil_notes = "Mic 3 hums <script>window.pwned=2</script>";
+    browser.fill("form.notes input[name=tags]", &format!("choir, {evil_tag}"))?;
+    browser.fill("form.notes textarea[name=notes]", evil_notes)?;
+    browser.click("form.notes button[type=submit]")?;
+    browser.wait_css("form.notes", SOON)?;
+    assert_eq!(
+        browser.js(
+            "return document.querySelector('textarea[name=notes]').value;",
+            vec![]
+        )?,
+        json!(evil_notes)
+    );
+    browser.goto("/recordings?tag=choir")?;
+    browser.wait_css(&format!("tr[data-job='{job}']"), SOON)?;
+    let row = browser.text(&format!("tr[data-job='{job}']"))?;
+    assert!(row.contains(evil_tag) && row.contains(evil_notes), "{row}");
+    assert!(
+        !browser.exists("tr img, tr script")?,
+        "no markup from tags or notes"
+    );
+    assert_eq!(
+        browser.js("return typeof window.pwned;", vec![])?,
+        json!("undefined")
+    );
+    browser.screenshot("recordings-1280-light")?;
+    let annotated = server.get_json(&format!("/api/v1/jobs/{job}"))?;
+    assert_eq!(annotated["tags"], json!([evil_tag, "choir"]));
+
     // The same session without its CSRF token: refused, nothing started.
     let jobs_before = server.get_json(&format!("/api/v1/jobs?node={NODE}"))?;
     let status = post_from_page(
@@ -153,6 +187,12 @@ fn an_operator_records_from_the_browser_and_a_viewer_cannot() -> Result<()> {
     assert!(!browser.exists("form.start")?);
     assert!(!browser.exists("button.stop, button.cancel")?);
     assert!(browser.exists(&format!("#jobs tr[data-job='{job}']"))?);
+    browser.goto(&format!("/recordings/{job}"))?;
+    browser.wait_css("#notes-h", SOON)?;
+    assert!(!browser.exists("form.notes")?, "a viewer cannot edit notes");
+    assert!(browser.text(".notes-text")?.contains("<script>"));
+    browser.goto(&format!("/nodes/{NODE}"))?;
+    browser.wait_css("#live-meters", SOON)?;
     let csrf = browser
         .js(
             "return document.querySelector('input[name=csrf]').value;",

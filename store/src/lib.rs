@@ -120,6 +120,14 @@ pub trait Store: Send + Sync + 'static {
     /// cancelled. A queued job is cancelled at once.
     fn request_stop(&self, job: JobId, cancel: bool, now_ms: u64) -> Result<JobRecord>;
 
+    /// Set a job's notes and tags ([`check_annotation`]); the job before and after.
+    fn annotate_job(
+        &self,
+        job: JobId,
+        notes: &str,
+        tags: &[String],
+    ) -> Result<(JobRecord, JobRecord)>;
+
     /// Mark every job whose lease expired before `now_ms` lost, and store a
     /// `job_lost` health event for each, in one transaction.
     fn expire_leases(&self, now_ms: u64) -> Result<Vec<JobRecord>>;

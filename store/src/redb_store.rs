@@ -50,7 +50,7 @@ use crate::{
     EnrollTokenRecord, HealthEventRecord, JobGauges, JobId, JobRecord, Lease, MAX_APPLIED_UPDATES,
     MAX_AUDIT_SCAN, MAX_HEALTH_EVENTS_PER_NODE, MAX_USER_NAME, NewJob, NodeCredentialRecord,
     NodeRecord, NodeStatusUpdate, Result, SessionRecord, Store, StoreError, UpdateOutcome,
-    UserChange, UserRecord, audit_hash, valid_user_name,
+    UserChange, UserRecord, audit_hash, check_annotation, valid_user_name,
 };
 
 /// Version of the layout above. Bumped only with a migration.
@@ -382,6 +382,8 @@ impl Store for RedbStore {
             detail: String::new(),
             recording: None,
             applied: Vec::new(),
+            notes: String::new(),
+            tags: Vec::new(),
         };
         let tx = self.db.begin_write().map_err(backend)?;
         {
@@ -565,6 +567,29 @@ impl Store for RedbStore {
         };
         tx.commit().map_err(backend)?;
         Ok(job)
+    }
+
+    fn annotate_job(
+        &self,
+        id: JobId,
+        notes: &str,
+        tags: &[String],
+    ) -> Result<(JobRecord, JobRecord)> {
+        let (notes, tags) = check_annotation(notes, tags).map_err(StoreError::Refused)?;
+        let tx = self.db.begin_write().map_err(backend)?;
+        let (old, job) = {
+            let mut tables = JobTables::open(&tx)?;
+            let old = tables.get(id.as_u128())?.ok_or(StoreError::NoSuchJob(id))?;
+            let job = JobRecord {
+                notes,
+                tags,
+                ..old.clone()
+            };
+            tables.put(Some(&old), &job)?;
+            (old, job)
+        };
+        tx.commit().map_err(backend)?;
+        Ok((old, job))
     }
 
     fn expire_leases(&self, now_ms: u64) -> Result<Vec<JobRecord>> {

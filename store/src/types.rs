@@ -90,6 +90,58 @@ pub struct JobRecord {
     /// Node updates applied, newest last (see [`MAX_APPLIED_UPDATES`]).
     #[serde(default)]
     pub applied: Vec<MessageId>,
+    /// Operators' notes on the recording ([`check_annotation`]).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub notes: String,
+    /// Operators' tags on the recording, sorted, each once.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<String>,
+}
+
+/// Longest notes on a recording, in bytes.
+pub const MAX_NOTES_BYTES: usize = 4000;
+/// Most tags on a recording.
+pub const MAX_TAGS: usize = 16;
+/// Longest tag, in bytes.
+pub const MAX_TAG_BYTES: usize = 40;
+
+/// Check and normalise notes and tags: notes without control characters
+/// (line breaks allowed), tags trimmed, non-empty, sorted and unique.
+pub fn check_annotation(
+    notes: &str,
+    tags: &[String],
+) -> std::result::Result<(String, Vec<String>), String> {
+    if notes.len() > MAX_NOTES_BYTES {
+        return Err(format!(
+            "notes are {} bytes; the limit is {MAX_NOTES_BYTES}",
+            notes.len()
+        ));
+    }
+    if notes
+        .chars()
+        .any(|c| c.is_control() && c != '\n' && c != '\r' && c != '\t')
+    {
+        return Err("notes contain control characters".into());
+    }
+    let mut clean: Vec<String> = tags
+        .iter()
+        .map(|t| t.trim().to_owned())
+        .filter(|t| !t.is_empty())
+        .collect();
+    clean.sort();
+    clean.dedup();
+    if clean.len() > MAX_TAGS {
+        return Err(format!("{} tags; the limit is {MAX_TAGS}", clean.len()));
+    }
+    if let Some(t) = clean
+        .iter()
+        .find(|t| t.len() > MAX_TAG_BYTES || t.chars().any(char::is_control))
+    {
+        return Err(format!(
+            "tag {t:?} is longer than {MAX_TAG_BYTES} bytes or has control characters"
+        ));
+    }
+    Ok((notes.replace("\r\n", "\n"), clean))
 }
 
 /// What applying a node's job update did.

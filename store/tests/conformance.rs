@@ -812,7 +812,12 @@ fn audit_fixture(store: &dyn Store) {
             "POST /api/v1/jobs".into()
         },
         target: Some(format!("job-{i}")),
-        outcome: if i.is_multiple_of(5) { "denied" } else { "allowed" }.into(),
+        outcome: if i.is_multiple_of(5) {
+            "denied"
+        } else {
+            "allowed"
+        }
+        .into(),
         reason: (i == 150).then(|| "Needle in the haystack".into()),
         before: (i.is_multiple_of(7)).then(|| serde_json::json!({ "disabled": false })),
         after: (i.is_multiple_of(7)).then(|| serde_json::json!({ "disabled": true })),
@@ -948,6 +953,61 @@ fn the_audit_log_is_searchable(store: &dyn Store) {
     // The chain is untouched by the index.
     let oldest_first = store.audit_records(0, 1000).unwrap();
     assert_eq!(verify_audit_chain(AUDIT_GENESIS, &oldest_first), Ok(()));
+}
+
+fn recordings_take_notes_and_tags(store: &dyn Store) {
+    let n = node("n1");
+    store.record_node_statuses(&[online("n1", "1", 1)]).unwrap();
+    let job = store
+        .enqueue_job(new_job(&n, &[0], Some(60)), 1_000)
+        .unwrap();
+    let tags = vec![
+        " choir ".to_owned(),
+        "live".into(),
+        "choir".into(),
+        "".into(),
+    ];
+    let (before, after) = store
+        .annotate_job(job.id, "Mic 3 <b>hums</b>\r\nafter the break", &tags)
+        .unwrap();
+    assert_eq!((before.notes.as_str(), before.tags.len()), ("", 0));
+    assert_eq!(
+        after.notes, "Mic 3 <b>hums</b>\nafter the break",
+        "kept as text"
+    );
+    assert_eq!(after.tags, ["choir", "live"], "trimmed, sorted, once");
+    assert_eq!(after.state, job.state, "notes change nothing else");
+    assert_eq!(store.job(job.id).unwrap().unwrap(), after);
+    let many: Vec<String> = (0..=MAX_TAGS).map(|i| format!("t{i}")).collect();
+    assert!(matches!(
+        store.annotate_job(job.id, "", &many),
+        Err(StoreError::Refused(_))
+    ));
+    let long = "x".repeat(MAX_NOTES_BYTES + 1);
+    assert!(matches!(
+        store.annotate_job(job.id, &long, &[]),
+        Err(StoreError::Refused(_))
+    ));
+    assert!(matches!(
+        store.annotate_job(job.id, "bell\u{7}", &[]),
+        Err(StoreError::Refused(_))
+    ));
+    assert_eq!(
+        store.job(job.id).unwrap().unwrap(),
+        after,
+        "refusals change nothing"
+    );
+    let unknown = rakkr_protocol::JobId::new(5);
+    assert!(matches!(
+        store.annotate_job(unknown, "", &[]),
+        Err(StoreError::NoSuchJob(_))
+    ));
+}
+
+#[test]
+fn redb_recordings_take_notes_and_tags() {
+    let (_d, s) = redb();
+    recordings_take_notes_and_tags(&s);
 }
 
 #[test]

@@ -1,0 +1,381 @@
+//! The recordings library (`/recordings`, `recordings.read`): every take the
+//! fleet reported, newest first, filtered by node, state, tag and time, with
+//! notes and tags (`recordings.control`). The same in the JSON API
+//! (`/api/v1/recordings`).
+//!
+//! A recording here is a job with a recording report. The files stay on their
+//! appliance until recording delivery brings them to the server; playback,
+//! download, waveform and checksum come with it. Notes and tags are text:
+//! maud escapes them like everything else.
+
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Json, Redirect, Response};
+use axum::{Extension, Form};
+use maud::{Markup, html};
+use rakkr_protocol::JobId;
+use rakkr_protocol::access::Permission;
+use rakkr_protocol::state::JobState;
+use rakkr_store::JobRecord;
+use serde::Deserialize;
+
+use crate::audit::AuditChange;
+use crate::auth::SignedIn;
+use crate::console::{console_page, csrf_field, utc_seconds};
+use crate::http::{AppState, problem};
+
+pub const RECORDINGS_PATH: &str = "/recordings";
+/// Jobs a listing looks through (newest first); the page says so when it
+/// stopped there.
+pub const LOOK_BACK: usize = 1000;
+/// Rows one page shows.
+const ROWS: usize = 100;
+
+/// The library's filters (its query string).
+#[derive(Debug, Clone, Default, Deserialize, serde::Serialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RecordingsQuery {
+    /// Only this node's recordings.
+    #[serde(default)]
+    pub node: String,
+    /// `completed`, `failed`, `lost`, `cancelled`; empty: any.
+    #[serde(default)]
+    pub state: String,
+    /// Only recordings with this tag.
+    #[serde(default)]
+    pub tag: String,
+    /// Started at or after this day (`YYYY-MM-DD`, UTC).
+    #[serde(default)]
+    pub from: String,
+    /// Started on or before this day.
+    #[serde(default)]
+    pub to: String,
+    #[serde(default)]
+    pub limit: Option<usize>,
+}
+
+fn day_ms(day: &str, end: bool) -> Result<Option<u64>, String> {
+    match day.trim() {
+        "" => Ok(None),
+        d => crate::audit::time_ms(
+            &format!("{d}T{}", if end { "23:59:59" } else { "00:00" }),
+            end,
+        )
+        .map(Some),
+    }
+}
+
+/// The recordings matching `q`, newest first, and whether the look-back ran out.
+async fn find(state: &AppState, q: &RecordingsQuery) -> Result<(Vec<JobRecord>, bool), String> {
+    let node = match q.node.trim() {
+        "" => None,
+        n => Some(rakkr_protocol::NodeId::new(n).map_err(|e| format!("node: {e}"))?),
+    };
+    let (from, to) = (day_ms(&q.from, false)?, day_ms(&q.to, true)?);
+    let wanted_state = match q.state.as_str() {
+        "" => None,
+        s => Some(
+            JobState::ALL
+                .into_iter()
+                .find(|j| j.as_str() == s)
+                .ok_or_else(|| format!("unknown state {s:?}"))?,
+        ),
+    };
+    let store = state.store.clone();
+    let jobs = tokio::task::spawn_blocking(move || store.jobs(node.as_ref(), LOOK_BACK))
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
+    let exhausted = jobs.len() >= LOOK_BACK;
+    let tag = q.tag.trim();
+    let limit = q.limit.unwrap_or(ROWS).clamp(1, LOOK_BACK);
+    let found = jobs
+        .into_iter()
+        .filter(|j| {
+            let start = j.recording.as_ref().map_or(0, |r| r.start_unix_ms);
+            j.recording.is_some()
+                && wanted_state.is_none_or(|s| j.state == s)
+                && (tag.is_empty() || j.tags.iter().any(|t| t == tag))
+                && from.is_none_or(|f| start >= f)
+                && to.is_none_or(|t| start <= t)
+        })
+        .take(limit)
+        .collect();
+    Ok((found, exhausted))
+}
+
+fn duration(job: &JobRecord) -> String {
+    let Some(r) = &job.recording else {
+        return String::new();
+    };
+    let secs = r.frames / u64::from(r.sample_rate.max(1));
+    format!("{}:{:02}:{:02}", secs / 3600, secs / 60 % 60, secs % 60)
+}
+
+fn bytes(job: &JobRecord) -> String {
+    let total: u64 = job
+        .recording
+        .as_ref()
+        .map_or(0, |r| r.files.iter().map(|f| f.bytes).sum());
+    format!("{:.1} MB", total as f64 / 1e6)
+}
+
+fn tags(job: &JobRecord) -> Markup {
+    html! { @for t in &job.tags { span.tag { (t) } " " } }
+}
+
+fn list_page(
+    q: &RecordingsQuery,
+    result: Result<&(Vec<JobRecord>, bool), &String>,
+    signed_in: &SignedIn,
+) -> Markup {
+    console_page(
+        "Recordings",
+        signed_in,
+        html! {},
+        html! {
+            h1 { "Recordings" }
+            form.search method="get" action=(RECORDINGS_PATH) role="search" {
+                label { "Node" input type="text" name="node" value=(q.node) placeholder="any"; }
+                label { "State"
+                    select name="state" {
+                        @for (value, label) in [("", "any"), ("completed", "completed"), ("failed", "failed"), ("lost", "lost"), ("cancelled", "cancelled")] {
+                            option value=(value) selected[q.state == value] { (label) }
+                        }
+                    }
+                }
+                label { "Tag" input type="text" name="tag" value=(q.tag); }
+                label { "From (UTC)" input type="date" name="from" value=(q.from); }
+                label { "To (UTC)" input type="date" name="to" value=(q.to); }
+                button type="submit" { "Filter" }
+            }
+            @match result {
+                Err(why) => { p.error role="alert" { (why) } }
+                Ok((found, exhausted)) => {
+                    @if found.is_empty() {
+                        p.muted { "No recordings match." }
+                    } @else {
+                        table.audit.recordings {
+                            thead { tr { th { "Started (UTC)" } th { "Node" } th { "Length" } th { "Format" } th { "Files" } th { "State" } th { "Tags" } th { "Notes" } } }
+                            tbody {
+                                @for j in found {
+                                    @let r = j.recording.as_ref();
+                                    tr data-job=(j.id) {
+                                        td.nowrap { a href={ (RECORDINGS_PATH) "/" (j.id) } { (r.map_or(String::new(), |r| utc_seconds(r.start_unix_ms).trim_end_matches(" UTC").to_owned())) } }
+                                        td { a.node-id href={ "/nodes/" (j.node) } { (j.node) } }
+                                        td { (duration(j)) }
+                                        td.muted { @if let Some(r) = r { (r.channels) " ch · " (r.sample_rate / 1000) " kHz · " (r.bits) "-bit " (j.spec.profile.codec.as_str()) } }
+                                        td { @if let Some(r) = r { (r.file_count) " · " (bytes(j)) } }
+                                        td { span class={ "badge job " (j.state.as_str()) } { (j.state.as_str()) }
+                                             @if r.is_some_and(|r| r.gaps > 0) { div.warn { (r.map_or(0, |r| r.gaps)) " gaps" } } }
+                                        td { (tags(j)) }
+                                        td.notes { (j.notes.lines().next().unwrap_or("")) }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                    @if *exhausted {
+                        p.muted { "Looked through the newest " (LOOK_BACK) " jobs" @if !q.node.is_empty() { " of this node" } "; filter by node for older ones." }
+                    }
+                }
+            }
+        },
+    )
+}
+
+/// `GET /recordings`
+pub async fn list(
+    State(state): State<AppState>,
+    Extension(signed_in): Extension<SignedIn>,
+    query: Result<Query<RecordingsQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let q = query.map(|q| q.0).unwrap_or_default();
+    let result = find(&state, &q).await;
+    let status = if result.is_ok() {
+        StatusCode::OK
+    } else {
+        StatusCode::BAD_REQUEST
+    };
+    (status, list_page(&q, result.as_ref(), &signed_in)).into_response()
+}
+
+fn detail_page(job: &JobRecord, signed_in: &SignedIn, error: Option<&str>) -> Markup {
+    let r = job.recording.as_ref();
+    console_page(
+        "Recording",
+        signed_in,
+        html! {},
+        html! {
+            nav.crumbs aria-label="Breadcrumb" { a href=(RECORDINGS_PATH) { "Recordings" } " › " span { (job.id) } }
+            h1 { "Recording on " a.node-id href={ "/nodes/" (job.node) } { (job.node) } }
+            @if let Some(e) = error { p.error role="alert" { (e) } }
+            section.panel {
+                dl.facts {
+                    dt { "State" } dd { span class={ "badge job " (job.state.as_str()) } { (job.state.as_str()) } @if !job.detail.is_empty() { " " (job.detail) } }
+                    @if let Some(r) = r {
+                        dt { "Started" } dd { (utc_seconds(r.start_unix_ms)) }
+                        dt { "Length" } dd { (duration(job)) " (" (r.frames) " frames at " (r.sample_rate) " Hz)" }
+                        dt { "Format" } dd { (r.channels) " channels, " (r.bits) "-bit " (job.spec.profile.codec.as_str()) }
+                        dt { "Gaps" } dd { (r.gaps) @if r.recovered { " · recovered after a crash" } }
+                        dt { "Where" } dd { "on the appliance " code { (job.node) } " (playback, download and checksum once it is delivered to the server)" }
+                    }
+                }
+                @if let Some(r) = r {
+                    table.jobs {
+                        thead { tr { th { "File" } th { "Frames" } th { "Bytes" } } }
+                        tbody { @for f in &r.files { tr { td { code { (f.name) } } td { (f.frames) } td { (f.bytes) } } } }
+                    }
+                    @if r.file_count as usize > r.files.len() { p.muted { (r.file_count) " files in all; the first " (r.files.len()) " are listed." } }
+                }
+            }
+            section.panel aria-labelledby="notes-h" {
+                h2 #notes-h { "Notes and tags" }
+                @if signed_in.may(Permission::RecordingsControl) {
+                    form.notes method="post" action={ (RECORDINGS_PATH) "/" (job.id) "/notes" } {
+                        (csrf_field(signed_in))
+                        label { "Tags (comma-separated)" input type="text" name="tags" value=(job.tags.join(", ")) maxlength="700"; }
+                        label { "Notes" textarea name="notes" rows="4" maxlength=(rakkr_store::MAX_NOTES_BYTES) { (job.notes) } }
+                        button type="submit" { "Save" }
+                    }
+                } @else {
+                    p { (tags(job)) }
+                    p.notes-text { (job.notes) }
+                }
+            }
+        },
+    )
+}
+
+async fn job_of(state: &AppState, id: &str) -> Result<JobRecord, Response> {
+    let not_found = || (StatusCode::NOT_FOUND, "no such recording\n").into_response();
+    let id: JobId = id.parse().map_err(|_| not_found())?;
+    let store = state.store.clone();
+    match tokio::task::spawn_blocking(move || store.job(id)).await {
+        Ok(Ok(Some(job))) => Ok(job),
+        Ok(Ok(None)) => Err(not_found()),
+        _ => Err(StatusCode::SERVICE_UNAVAILABLE.into_response()),
+    }
+}
+
+/// `GET /recordings/{id}`
+pub async fn detail(
+    State(state): State<AppState>,
+    Extension(signed_in): Extension<SignedIn>,
+    Path(id): Path<String>,
+) -> Response {
+    match job_of(&state, &id).await {
+        Ok(job) => detail_page(&job, &signed_in, None).into_response(),
+        Err(r) => r,
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NotesForm {
+    #[allow(dead_code)] // checked by the access layer
+    csrf: String,
+    #[serde(default)]
+    notes: String,
+    #[serde(default)]
+    tags: String,
+}
+
+/// Set notes and tags; the change for the audit record.
+async fn annotate(
+    state: &AppState,
+    id: JobId,
+    notes: String,
+    tags: Vec<String>,
+) -> Result<(JobRecord, AuditChange), (StatusCode, String)> {
+    let store = state.store.clone();
+    let done = tokio::task::spawn_blocking(move || store.annotate_job(id, &notes, &tags)).await;
+    let view = |j: &JobRecord| serde_json::json!({ "notes": j.notes, "tags": j.tags });
+    match done {
+        Ok(Ok((before, after))) => {
+            let change = AuditChange {
+                target: Some(format!("job:{}", after.id)),
+                before: Some(view(&before)),
+                after: Some(view(&after)),
+            };
+            Ok((after, change))
+        }
+        Ok(Err(rakkr_store::StoreError::NoSuchJob(_))) => {
+            Err((StatusCode::NOT_FOUND, format!("no recording {id}")))
+        }
+        Ok(Err(rakkr_store::StoreError::Refused(why))) => {
+            Err((StatusCode::UNPROCESSABLE_ENTITY, why))
+        }
+        _ => Err((
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the store is unavailable".into(),
+        )),
+    }
+}
+
+/// `POST /recordings/{id}/notes` (form), then back to the recording.
+pub async fn save_notes(
+    State(state): State<AppState>,
+    Extension(signed_in): Extension<SignedIn>,
+    Path(id): Path<String>,
+    Form(form): Form<NotesForm>,
+) -> Response {
+    let job = match job_of(&state, &id).await {
+        Ok(j) => j,
+        Err(r) => return r,
+    };
+    let tags = form.tags.split(',').map(str::to_owned).collect();
+    match annotate(&state, job.id, form.notes, tags).await {
+        Ok((job, change)) => {
+            change.to(Redirect::to(&format!("{RECORDINGS_PATH}/{}", job.id)).into_response())
+        }
+        Err((status, why)) => (status, detail_page(&job, &signed_in, Some(&why))).into_response(),
+    }
+}
+
+/// `GET /api/v1/recordings`
+pub async fn api_list(
+    State(state): State<AppState>,
+    query: Result<Query<RecordingsQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let q = match query {
+        Ok(Query(q)) => q,
+        Err(e) => return problem(StatusCode::BAD_REQUEST, e.body_text()).into_response(),
+    };
+    match find(&state, &q).await {
+        Ok((found, _)) => Json(found).into_response(),
+        Err(why) => problem(StatusCode::BAD_REQUEST, why).into_response(),
+    }
+}
+
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NotesJson {
+    #[serde(default)]
+    pub notes: String,
+    #[serde(default)]
+    pub tags: Vec<String>,
+}
+
+/// `POST /api/v1/recordings/{id}/notes` `{"notes", "tags"}`
+pub async fn api_notes(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    body: Result<Json<NotesJson>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    let Ok(id) = id.parse::<JobId>() else {
+        return problem(
+            StatusCode::NOT_FOUND,
+            format!("{id:?} is not a recording id"),
+        )
+        .into_response();
+    };
+    let Json(body) = match body {
+        Ok(b) => b,
+        Err(e) => return problem(e.status(), e.body_text()).into_response(),
+    };
+    match annotate(&state, id, body.notes, body.tags).await {
+        Ok((job, change)) => change.to(Json(job).into_response()),
+        Err((status, why)) => problem(status, why).into_response(),
+    }
+}
