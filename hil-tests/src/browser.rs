@@ -15,6 +15,10 @@ use serde_json::{Value, json};
 
 use crate::{Proc, bin_dir, free_port, wait_for};
 
+/// WebDriver key codes.
+pub const TAB: &str = "\u{e004}";
+pub const ENTER: &str = "\u{e007}";
+
 /// How the browser presents itself.
 #[derive(Debug, Clone, Copy)]
 pub struct Look {
@@ -195,6 +199,32 @@ impl Browser {
         Ok(self
             .runtime
             .block_on(self.client().execute_async(script, args))?)
+    }
+
+    /// Press a key (a WebDriver key code, e.g. `\u{e004}` Tab, `\u{e007}`
+    /// Enter) in whatever has the focus.
+    pub fn press(&self, key: &str) -> Result<()> {
+        self.runtime.block_on(async {
+            let focused = self.client().active_element().await?;
+            focused.send_keys(key).await?;
+            Ok(())
+        })
+    }
+
+    /// Tab through the page until the focus is on `css` (at most `limit`
+    /// presses); how many it took.
+    pub fn tab_to(&self, css: &str, limit: usize) -> Result<usize> {
+        for presses in 1..=limit {
+            self.press(TAB)?;
+            let there = self.js(
+                "return document.activeElement.matches(arguments[0]);",
+                vec![serde_json::json!(css)],
+            )?;
+            if there == serde_json::json!(true) {
+                return Ok(presses);
+            }
+        }
+        bail!("{css} was not reached with {limit} presses of Tab")
     }
 
     /// Wait until `css` matches something in the page.

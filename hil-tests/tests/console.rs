@@ -1,7 +1,9 @@
 //! The operator console in a real browser (headless Chromium through
-//! chromedriver): log in, watch live meters, start and stop a recording; a
+//! chromedriver): log in, watch live meters, start and stop a recording (by
+//! mouse, and by keyboard alone); notes and tags with markup stay text; a
 //! viewer sees no controls and a forged request is refused and audited; a
-//! request without its CSRF token is refused. Screenshots of the pages, at
+//! request without its CSRF token is refused; an owner manages users, API
+//! tokens and enrollment. Screenshots of the pages, at
 //! desktop width in light and at phone width in dark, are kept in
 //! `target/<profile>/console-screenshots/`.
 
@@ -9,7 +11,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::Result;
-use rakkr_hil_tests::browser::{Browser, Look};
+use rakkr_hil_tests::browser::{Browser, ENTER, Look};
 use rakkr_hil_tests::*;
 use serde_json::{Value, json};
 
@@ -128,6 +130,21 @@ fn an_operator_records_from_the_browser_and_a_viewer_cannot() -> Result<()> {
         "at least a second was recorded: {record}"
     );
     assert!(browser.text("#jobs")?.contains("2 ch"));
+
+    // By keyboard alone: Tab to the start button, Enter; Tab to Stop, Enter.
+    browser.goto(&format!("/nodes/{NODE}"))?;
+    browser.wait_css("#start-recording", SOON)?;
+    browser.tab_to("#start-recording", 60)?;
+    browser.press(ENTER)?;
+    browser.wait_css("#jobs tr[data-state=running] button.stop", SOON)?;
+    browser.tab_to("#jobs tr[data-state=running] button.stop", 80)?;
+    browser.press(ENTER)?;
+    wait_for("the keyboard's take to finish", SOON, || {
+        let running = browser
+            .exists("#jobs tr[data-state=running], #jobs tr[data-state=stop_requested]")
+            .ok()?;
+        (!running).then_some(())
+    })?;
 
     // The take is in the library; markup in its tags and notes stays text.
     browser.click("a[href='/recordings']")?;
@@ -288,7 +305,8 @@ fn an_operator_records_from_the_browser_and_a_viewer_cannot() -> Result<()> {
         format!("rakkr_meter_peak_dbfs{{node=\"{NODE}\",channel=\"4\"}} "),
         format!("rakkr_node_xruns_total{{node=\"{NODE}\"}} 0\n"),
         format!("rakkr_node_outbox_bytes{{node=\"{NODE}\"}} "),
-        "rakkr_http_requests_total{route=\"/nodes/{id}/jobs\",method=\"POST\",status=\"3xx\"} 1\n"
+        // Two starts (mouse, keyboard) redirected back to the node page.
+        "rakkr_http_requests_total{route=\"/nodes/{id}/jobs\",method=\"POST\",status=\"3xx\"} 2\n"
             .to_owned(),
         "rakkr_http_requests_total{route=\"/nodes/{id}/jobs\",method=\"POST\",status=\"4xx\"} 2\n"
             .to_owned(),
