@@ -50,7 +50,8 @@ use crate::{
     EnrollTokenRecord, HealthEventRecord, JobGauges, JobId, JobRecord, Lease, MAX_APPLIED_UPDATES,
     MAX_AUDIT_SCAN, MAX_HEALTH_EVENTS_PER_NODE, MAX_USER_NAME, NewJob, NodeCredentialRecord,
     NodeRecord, NodeStatusUpdate, Result, SessionRecord, Store, StoreError, UpdateOutcome,
-    UserChange, UserRecord, audit_hash, check_annotation, valid_user_name,
+    UserChange, UserRecord, audit_hash, check_annotation, contains_ignoring_ascii_case,
+    valid_user_name,
 };
 
 /// Version of the layout above. Bumped only with a migration.
@@ -1113,35 +1114,81 @@ impl Store for RedbStore {
                 .map(|v| decode("audit record", v.value()))
                 .transpose()
         };
-        // Newest first, below `end` (exclusive).
-        let mut end = search.before.unwrap_or(u64::MAX);
-        if let Some(to_ms) = search.to_ms {
-            // The first record after `to_ms`, by bisection (times grow with seq).
-            let last = audit.last().map_err(backend)?.map_or(0, |(k, _)| k.value());
+        // The first sequence number whose record's time fails `keep`, by
+        // bisection (times grow with seq; records are appended as they happen).
+        let last = audit.last().map_err(backend)?.map_or(0, |(k, _)| k.value());
+        let bisect = |keep: &dyn Fn(u64) -> bool| -> Result<u64> {
             let (mut lo, mut hi) = (1u64, last + 1);
             while lo < hi {
                 let mid = lo + (hi - lo) / 2;
                 match get(mid)? {
-                    Some(r) if r.entry.at_ms <= to_ms => lo = mid + 1,
+                    Some(r) if keep(r.entry.at_ms) => lo = mid + 1,
                     _ => hi = mid,
                 }
             }
-            end = end.min(lo);
+            Ok(lo)
+        };
+        // Newest first, from `begin` (inclusive) to `end` (exclusive).
+        let mut end = search.before.unwrap_or(u64::MAX);
+        if let Some(to_ms) = search.to_ms {
+            end = end.min(bisect(&|at| at <= to_ms)?);
+        }
+        let begin = match search.from_ms {
+            Some(from_ms) => bisect(&|at| at < from_ms)?,
+            None => 0,
+        };
+        if begin >= end {
+            return Ok(AuditPage {
+                records: Vec::new(),
+                next_before: None,
+                scanned: 0,
+            });
         }
         // Descending sequence numbers from one index (`key`'s entries below `end`).
         type Index = TableDefinition<'static, (&'static str, u64), ()>;
         let from_index =
             |table: Index, key: &str| -> Result<Box<dyn Iterator<Item = Result<u64>> + '_>> {
                 let index = tx.open_table(table).map_err(backend)?;
-                let range = index.range((key, 0)..(key, end)).map_err(backend)?;
+                let range = index.range((key, begin)..(key, end)).map_err(backend)?;
                 Ok(Box::new(
                     range
                         .rev()
                         .map(|e| e.map(|(k, _)| k.value().1).map_err(backend)),
                 ))
             };
+        // Text is stored verbatim in the record's JSON unless it has a quote,
+        // a backslash or a control character: a record whose bytes lack the
+        // text cannot match, and is skipped without decoding.
+        let verbatim = search
+            .text
+            .as_deref()
+            .filter(|t| !t.bytes().any(|b| b == b'"' || b == b'\\' || b < 0x20));
+        let mut page = AuditPage {
+            records: Vec::new(),
+            next_before: None,
+            scanned: 0,
+        };
+        // Look at one record; false once the page is full or its bound reached.
+        let mut consider = |seq: u64, raw: &[u8]| -> Result<bool> {
+            if page.records.len() >= search.limit || page.scanned >= MAX_AUDIT_SCAN {
+                page.next_before = Some(seq + 1);
+                return Ok(false);
+            }
+            page.scanned += 1;
+            if verbatim.is_some_and(|t| !contains_ignoring_ascii_case(raw, t.as_bytes())) {
+                return Ok(true);
+            }
+            // Filter on the few fields a search needs; decode matches only.
+            let probe: AuditProbe<'_> = serde_json::from_slice(raw)
+                .map_err(|e| StoreError::Corrupt(format!("audit record {seq}: {e}")))?;
+            if search.matches_probe(&probe) {
+                page.records.push(decode("audit record", raw)?);
+            }
+            Ok(true)
+        };
         // The indexes the search allows: actor and outcome together are
         // intersected on their keys, so only records matching both are read.
+        // Without either, the log itself is read newest first.
         let seqs: Box<dyn Iterator<Item = Result<u64>>> = match (&search.actor, &search.outcome) {
             (Some(actor), Some(outcome)) => Box::new(Intersect {
                 a: from_index(AUDIT_BY_ACTOR, actor)?.peekable(),
@@ -1149,37 +1196,23 @@ impl Store for RedbStore {
             }),
             (Some(actor), None) => from_index(AUDIT_BY_ACTOR, actor)?,
             (None, Some(outcome)) => from_index(AUDIT_BY_OUTCOME, outcome)?,
-            (None, None) => Box::new(
-                audit
-                    .range(..end)
-                    .map_err(backend)?
-                    .rev()
-                    .map(|e| e.map(|(k, _)| k.value()).map_err(backend)),
-            ),
-        };
-        let mut page = AuditPage {
-            records: Vec::new(),
-            next_before: None,
-            scanned: 0,
+            (None, None) => {
+                for entry in audit.range(begin..end).map_err(backend)?.rev() {
+                    let (k, v) = entry.map_err(backend)?;
+                    if !consider(k.value(), v.value())? {
+                        break;
+                    }
+                }
+                return Ok(page);
+            }
         };
         for seq in seqs {
             let seq = seq?;
-            if page.records.len() >= search.limit || page.scanned >= MAX_AUDIT_SCAN {
-                page.next_before = Some(seq + 1);
-                break;
-            }
             let Some(bytes) = audit.get(seq).map_err(backend)? else {
                 continue;
             };
-            page.scanned += 1;
-            // Filter on the few fields a search needs; decode matches only.
-            let probe: AuditProbe<'_> = serde_json::from_slice(bytes.value())
-                .map_err(|e| StoreError::Corrupt(format!("audit record {seq}: {e}")))?;
-            if search.from_ms.is_some_and(|t| probe.at_ms < t) {
+            if !consider(seq, bytes.value())? {
                 break;
-            }
-            if search.matches_probe(&probe) {
-                page.records.push(decode("audit record", bytes.value())?);
             }
         }
         Ok(page)

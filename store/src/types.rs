@@ -417,7 +417,7 @@ impl AuditSearch {
             ]
             .into_iter()
             .flatten()
-            .any(|field| contains_ignoring_ascii_case(field, needle))
+            .any(|field| contains_ignoring_ascii_case(field.as_bytes(), needle.as_bytes()))
         });
         self.actor.as_deref().is_none_or(|a| p.actor == a)
             && self.outcome.as_deref().is_none_or(|o| p.outcome == o)
@@ -427,9 +427,22 @@ impl AuditSearch {
     }
 }
 
-fn contains_ignoring_ascii_case(haystack: &str, needle: &str) -> bool {
-    let (h, n) = (haystack.as_bytes(), needle.as_bytes());
-    n.is_empty() || h.windows(n.len()).any(|w| w.eq_ignore_ascii_case(n))
+/// Whether `needle` occurs in `haystack`, ignoring ASCII case. Jumps from
+/// one occurrence of the needle's first byte (either case) to the next: the
+/// audit search runs this over every record it examines.
+pub fn contains_ignoring_ascii_case(haystack: &[u8], needle: &[u8]) -> bool {
+    let Some((&first, rest)) = needle.split_first() else {
+        return true;
+    };
+    let Some(last_start) = haystack.len().checked_sub(needle.len()) else {
+        return false;
+    };
+    memchr::memchr2_iter(
+        first.to_ascii_lowercase(),
+        first.to_ascii_uppercase(),
+        &haystack[..=last_start],
+    )
+    .any(|at| haystack[at + 1..at + needle.len()].eq_ignore_ascii_case(rest))
 }
 
 /// The fields of a stored audit record a search filters on, borrowed from
@@ -491,4 +504,24 @@ pub fn verify_audit_chain(prev: &str, records: &[AuditRecord]) -> Result<(), u64
         prev = r.sha256.clone();
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::contains_ignoring_ascii_case as has;
+
+    #[test]
+    fn text_is_found_ignoring_ascii_case() {
+        assert!(has(b"POST /api/v1/Jobs", b"jobs"));
+        assert!(has(b"jobs", b"JOBS"));
+        assert!(has(b"anything", b""));
+        assert!(!has(b"job", b"jobs"));
+        assert!(!has(b"", b"a"));
+        assert!(has(b"aab", b"ab"), "a false start before the match");
+        assert!(has(b"x-1", b"-1"), "a first byte without case");
+        assert!(
+            !has("été".as_bytes(), "ÉTÉ".as_bytes()),
+            "non-ASCII is compared exactly"
+        );
+    }
 }

@@ -892,6 +892,34 @@ fn the_audit_log_is_searchable(store: &dyn Store) {
         .len(),
         42
     );
+    // Text in one field only (target), never in fields text does not cover
+    // (actor, hashes); a needle with a quote takes the decoding path.
+    assert_eq!(
+        search(AuditSearch {
+            text: Some("JOB-15".into()),
+            ..Default::default()
+        })
+        .records
+        .len(),
+        11,
+        "job-15 and job-150..=159"
+    );
+    assert!(
+        search(AuditSearch {
+            text: Some("user:u1".into()),
+            ..Default::default()
+        })
+        .records
+        .is_empty()
+    );
+    assert!(
+        search(AuditSearch {
+            text: Some("say \"hi\"".into()),
+            ..Default::default()
+        })
+        .records
+        .is_empty()
+    );
     assert!(
         search(AuditSearch {
             actor: Some("user:nobody".into()),
