@@ -34,6 +34,11 @@ impl Look {
         height: 900,
         dark: false,
     };
+    pub const DESKTOP_DARK: Look = Look {
+        width: 1280,
+        height: 900,
+        dark: true,
+    };
     pub const PHONE_DARK: Look = Look {
         width: 390,
         height: 844,

@@ -330,6 +330,16 @@ fn an_operator_records_from_the_browser_and_a_viewer_cannot() -> Result<()> {
     phone.wait_css("#live-meters[data-live=on] .meter", SOON)?;
     assert!(!phone.overflows_horizontally()?, "the node page at 390 px");
     phone.screenshot("node-390-dark")?;
+    drop(phone);
+
+    // The desktop in the dark.
+    let dark = Browser::start(work, &server.url(""), Look::DESKTOP_DARK)?;
+    log_in(&dark, "olga")?;
+    dark.screenshot("fleet-1280-dark")?;
+    dark.goto(&format!("/nodes/{NODE}"))?;
+    dark.wait_css("#live-meters[data-live=on] .meter", SOON)?;
+    assert!(!dark.overflows_horizontally()?);
+    dark.screenshot("node-1280-dark")?;
     Ok(())
 }
 
