@@ -166,13 +166,24 @@ fn change_button(signed_in: &SignedIn, name: &str, change: &str, label: &str) ->
     }
 }
 
+/// A listing's answer; a failed one becomes the page's error (never an
+/// empty list shown as if there were nothing).
+async fn listed(state: &AppState, request: AdminRequest, shown: &mut Shown) -> AdminResponse {
+    let answer = list(state, request).await;
+    if !answer.ok && shown.error.is_none() {
+        let why = answer.error.clone();
+        shown.error = Some(why.unwrap_or_else(|| "the list could not be read".into()));
+    }
+    answer
+}
+
 async fn render_users(
     state: &AppState,
     signed_in: &SignedIn,
-    shown: Shown,
+    mut shown: Shown,
     status: StatusCode,
 ) -> Response {
-    let accounts = list(state, AdminRequest::UserList)
+    let accounts = listed(state, AdminRequest::UserList, &mut shown)
         .await
         .accounts
         .unwrap_or_default();
@@ -369,10 +380,10 @@ fn tokens_page(tokens: &[TokenView], signed_in: &SignedIn, shown: &Shown, now_ms
 async fn render_tokens(
     state: &AppState,
     signed_in: &SignedIn,
-    shown: Shown,
+    mut shown: Shown,
     status: StatusCode,
 ) -> Response {
-    let tokens = list(state, AdminRequest::TokenList)
+    let tokens = listed(state, AdminRequest::TokenList, &mut shown)
         .await
         .tokens
         .unwrap_or_default();
@@ -482,10 +493,21 @@ async fn api_answer(state: &AppState, request: AdminRequest, created: bool) -> R
     change.to(res)
 }
 
+fn list_failed(r: &AdminResponse) -> Response {
+    let why = r
+        .error
+        .clone()
+        .unwrap_or_else(|| "the list could not be read".into());
+    problem(StatusCode::SERVICE_UNAVAILABLE, why).into_response()
+}
+
 /// `GET /api/v1/users`
 pub async fn api_users(State(state): State<AppState>) -> Response {
     let r = list(&state, AdminRequest::UserList).await;
-    Json(r.accounts.unwrap_or_default()).into_response()
+    match r.accounts {
+        Some(accounts) if r.ok => Json(accounts).into_response(),
+        _ => list_failed(&r),
+    }
 }
 
 #[derive(Debug, Deserialize, schemars::JsonSchema)]
@@ -557,7 +579,10 @@ pub async fn api_change_user(
 /// `GET /api/v1/api-tokens` (never a secret)
 pub async fn api_tokens(State(state): State<AppState>) -> Response {
     let r = list(&state, AdminRequest::TokenList).await;
-    Json(r.tokens.unwrap_or_default()).into_response()
+    match r.tokens {
+        Some(tokens) if r.ok => Json(tokens).into_response(),
+        _ => list_failed(&r),
+    }
 }
 
 #[derive(Debug, Deserialize, schemars::JsonSchema)]

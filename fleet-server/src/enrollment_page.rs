@@ -88,11 +88,16 @@ async fn render(
     status: StatusCode,
 ) -> Response {
     let (store, now) = (state.store.clone(), state.clock.unix_ms());
-    let tokens = tokio::task::spawn_blocking(move || store.enroll_tokens(now))
-        .await
-        .ok()
-        .and_then(Result::ok)
-        .unwrap_or_default();
+    let read = tokio::task::spawn_blocking(move || store.enroll_tokens(now)).await;
+    let (tokens, read_error) = match read {
+        Ok(Ok(tokens)) => (tokens, None),
+        Ok(Err(e)) => (
+            Vec::new(),
+            Some(format!("the store could not be read: {e}")),
+        ),
+        Err(e) => (Vec::new(), Some(e.to_string())),
+    };
+    let error = error.or(read_error.as_deref());
     (status, page(&tokens, signed_in, made, error)).into_response()
 }
 

@@ -457,11 +457,15 @@ async fn view<R>(
     render: impl FnOnce(&FleetView<'_>) -> R,
 ) -> R {
     let store = state.store.clone();
-    let busy = tokio::task::spawn_blocking(move || store.busy_nodes())
-        .await
-        .ok()
-        .and_then(Result::ok)
-        .unwrap_or_default();
+    // Without it the page still shows the fleet; only "recording" is unknown.
+    let busy = match tokio::task::spawn_blocking(move || store.busy_nodes()).await {
+        Ok(Ok(busy)) => busy,
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "fleet page: nodes recording unknown (store read failed)");
+            Default::default()
+        }
+        Err(_) => Default::default(),
+    };
     let view = FleetView::build(
         |f| state.fleet.visit(f),
         filter,

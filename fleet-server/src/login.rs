@@ -258,7 +258,7 @@ fn password_page(signed_in: &SignedIn, error: Option<&str>) -> Markup {
                     p.error role="alert" { (error) }
                 }
                 form method="post" action=(PASSWORD_PATH) {
-                    input type="hidden" name="csrf" value=(signed_in.session.csrf_token);
+                    (crate::console::csrf_field(signed_in))
                     label { "Current password" input type="password" name="current" autocomplete="current-password" required; }
                     label { "New password (at least " (crate::accounts::MIN_PASSWORD_CHARS) " characters)"
                         input type="password" name="new" autocomplete="new-password" required minlength=(crate::accounts::MIN_PASSWORD_CHARS); }
@@ -275,7 +275,7 @@ fn password_page(signed_in: &SignedIn, error: Option<&str>) -> Markup {
 pub fn logout_form(signed_in: &SignedIn) -> Markup {
     html! {
         form.logout method="post" action=(LOGOUT_PATH) {
-            input type="hidden" name="csrf" value=(signed_in.session.csrf_token);
+            (crate::console::csrf_field(signed_in))
             span { (signed_in.user.name) " (" (signed_in.user.role) ")" }
             " "
             a href=(PASSWORD_PATH) { "Change password" }

@@ -527,23 +527,36 @@ mod tests {
         )
     }
 
-    #[test]
-    fn the_exposition_parses_and_carries_levels_counters_and_latencies() {
+    /// The exposition of [`sources_with_a_node`] at `now_ms`.
+    fn exposition(
+        now_ms: u64,
+        job_gauges: Option<rakkr_store::JobGauges>,
+        live_streams: usize,
+    ) -> String {
         let (fleet, ingest, jobs, gate, http) = sources_with_a_node();
-        let text = render(&Sources {
+        render(&Sources {
             fleet: &fleet,
             ingest: &ingest,
             jobs: &jobs,
             gate: &gate,
             http: &http,
-            job_gauges: Some(rakkr_store::JobGauges {
+            job_gauges,
+            now_ms,
+            stale_after: Duration::from_secs(5),
+            live_streams,
+        })
+    }
+
+    #[test]
+    fn the_exposition_parses_and_carries_levels_counters_and_latencies() {
+        let text = exposition(
+            1_500,
+            Some(rakkr_store::JobGauges {
                 queued: 2,
                 leased: 5,
             }),
-            now_ms: 1_500,
-            stale_after: Duration::from_secs(5),
-            live_streams: 1,
-        });
+            1,
+        );
         // A Prometheus text-format parser reads every line.
         let lines = text.lines().map(|l| Ok(l.to_owned()));
         let scrape = prometheus_parse::Scrape::parse(lines).expect("parses");
@@ -631,18 +644,7 @@ mod tests {
 
     #[test]
     fn stale_nodes_export_no_levels() {
-        let (fleet, ingest, jobs, gate, http) = sources_with_a_node();
-        let text = render(&Sources {
-            fleet: &fleet,
-            ingest: &ingest,
-            jobs: &jobs,
-            gate: &gate,
-            http: &http,
-            job_gauges: None,
-            now_ms: 60_000,
-            stale_after: Duration::from_secs(5),
-            live_streams: 0,
-        });
+        let text = exposition(60_000, None, 0);
         assert!(!text.contains("rakkr_meter_peak_dbfs{"), "{text}");
         assert!(!text.contains("rakkr_node_xruns_total{"));
     }
@@ -669,18 +671,7 @@ mod tests {
 
     #[test]
     fn alerts_and_dashboard_use_exported_metrics() {
-        let (fleet, ingest, jobs, gate, http) = sources_with_a_node();
-        let text = render(&Sources {
-            fleet: &fleet,
-            ingest: &ingest,
-            jobs: &jobs,
-            gate: &gate,
-            http: &http,
-            job_gauges: Some(rakkr_store::JobGauges::default()),
-            now_ms: 1_500,
-            stale_after: Duration::from_secs(5),
-            live_streams: 0,
-        });
+        let text = exposition(1_500, Some(rakkr_store::JobGauges::default()), 0);
         let exported: std::collections::HashSet<&str> = text
             .lines()
             .filter_map(|l| l.strip_prefix("# TYPE "))

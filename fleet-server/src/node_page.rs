@@ -37,6 +37,10 @@ use crate::fleet::LiveNode;
 use crate::http::AppState;
 use crate::jobs::{JobRequest, JobRequestError, Outbound};
 
+/// How long one stream lasts. The browser's `EventSource` then reconnects
+/// by itself, through the access check again: a session that ended (logout,
+/// expiry, a disabled account) loses its live levels within this time.
+pub const STREAM_LIFETIME: Duration = Duration::from_secs(300);
 /// How long one live request asks the node to publish.
 pub const LIVE_REQUEST: Duration = Duration::from_secs(30);
 /// How often an open stream repeats its request (well inside [`LIVE_REQUEST`]).
@@ -91,6 +95,9 @@ fn jobs_src(node: &NodeId) -> String {
 pub struct NodePageData {
     pub jobs: Vec<JobRecord>,
     pub events: Option<Vec<HealthEventRecord>>,
+    /// Why jobs or events could not be read (the page says so rather than
+    /// showing an empty list).
+    pub store_error: Option<String>,
 }
 
 /// The whole node page; `notice` is an error from a form just sent.
@@ -112,6 +119,9 @@ pub fn node_page(
             nav.crumbs aria-label="Breadcrumb" { a href="/" { "Fleet" } " › " span { (r.id) } }
             h1 { span.node-id { (r.id) } " " (presence_badge(r.presence)) }
             @if let Some(notice) = notice { p.error role="alert" { (notice) } }
+            @if let Some(e) = &data.store_error {
+                p.error role="alert" { "The store could not be read (" (e) "): recordings and health events below may be missing." }
+            }
             div.node-grid {
                 section.panel aria-labelledby="inventory-h" {
                     h2 #inventory-h { "Inventory" }
@@ -332,14 +342,35 @@ fn no_such_node() -> Response {
 async fn page_data(state: &AppState, node: &NodeId, signed_in: &SignedIn) -> NodePageData {
     let store = state.store.clone();
     let (node, health) = (node.clone(), signed_in.may(Permission::HealthRead));
-    tokio::task::spawn_blocking(move || NodePageData {
-        jobs: store.jobs(Some(&node), JOBS_SHOWN).unwrap_or_default(),
-        events: health.then(|| store.health_events(&node, EVENTS_SHOWN).unwrap_or_default()),
+    tokio::task::spawn_blocking(move || {
+        let mut store_error = None;
+        let mut note = |e: rakkr_store::StoreError| {
+            tracing::error!(error = %e, "node page: store read failed");
+            store_error = Some(e.to_string());
+        };
+        let jobs = store.jobs(Some(&node), JOBS_SHOWN).unwrap_or_else(|e| {
+            note(e);
+            Vec::new()
+        });
+        let events = health.then(|| {
+            store
+                .health_events(&node, EVENTS_SHOWN)
+                .unwrap_or_else(|e| {
+                    note(e);
+                    Vec::new()
+                })
+        });
+        NodePageData {
+            jobs,
+            events,
+            store_error,
+        }
     })
     .await
-    .unwrap_or(NodePageData {
+    .unwrap_or_else(|e| NodePageData {
         jobs: Vec::new(),
         events: None,
+        store_error: Some(e.to_string()),
     })
 }
 
@@ -391,6 +422,10 @@ pub async fn jobs_fragment(
         return no_such_node();
     };
     let data = page_data(&state, &node, &signed_in).await;
+    if data.store_error.is_some() {
+        // htmx keeps the panel it has rather than swapping in an empty one.
+        return StatusCode::SERVICE_UNAVAILABLE.into_response();
+    }
     jobs_panel(&node, &data.jobs, &signed_in, state.clock.unix_ms()).into_response()
 }
 
@@ -577,6 +612,7 @@ pub async fn live_stream(State(state): State<AppState>, Path(id): Path<String>) 
     };
     let mut renew = tokio::time::interval(LIVE_RENEW);
     renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let ends = tokio::time::Instant::now() + STREAM_LIFETIME;
     let stream = futures_util::stream::unfold(
         (watch, renew, slot, commands, node),
         move |(mut watch, mut renew, slot, commands, node)| {
@@ -584,6 +620,7 @@ pub async fn live_stream(State(state): State<AppState>, Path(id): Path<String>) 
             async move {
                 loop {
                     tokio::select! {
+                        _ = tokio::time::sleep_until(ends) => return None,
                         _ = renew.tick() => commands.send(Outbound::Live(node.clone(), request.clone())),
                         changed = watch.frames.changed() => {
                             changed.ok()?;
