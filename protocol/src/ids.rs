@@ -149,51 +149,68 @@ impl fmt::Display for MessageId {
     }
 }
 
-/// A recording job's id: a UUIDv7, so job ids sort by creation time.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct JobId(uuid::Uuid);
+/// An id that is a UUIDv7, so ids of one kind sort by creation time.
+macro_rules! uuid_v7_id {
+    ($(#[$doc:meta])* $name:ident, $schema_description:literal) => {
+        $(#[$doc])*
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+        #[serde(transparent)]
+        pub struct $name(uuid::Uuid);
 
-impl JobId {
-    /// A fresh id for a job created at `unix_ms`.
-    pub fn new(unix_ms: u64) -> Self {
-        JobId(uuid_v7(unix_ms))
-    }
+        impl $name {
+            /// A fresh id for something created at `unix_ms`.
+            pub fn new(unix_ms: u64) -> Self {
+                $name(uuid_v7(unix_ms))
+            }
 
-    pub fn from_u128(v: u128) -> Self {
-        JobId(uuid::Uuid::from_u128(v))
-    }
+            pub fn from_u128(v: u128) -> Self {
+                $name(uuid::Uuid::from_u128(v))
+            }
 
-    pub fn as_u128(&self) -> u128 {
-        self.0.as_u128()
-    }
+            pub fn as_u128(&self) -> u128 {
+                self.0.as_u128()
+            }
+        }
+
+        impl FromStr for $name {
+            type Err = uuid::Error;
+            fn from_str(s: &str) -> Result<Self, Self::Err> {
+                uuid::Uuid::parse_str(s).map($name)
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                self.0.fmt(f)
+            }
+        }
+
+        impl schemars::JsonSchema for $name {
+            fn schema_name() -> std::borrow::Cow<'static, str> {
+                stringify!($name).into()
+            }
+            fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+                schemars::json_schema!({
+                    "description": $schema_description,
+                    "type": "string",
+                    "format": "uuid"
+                })
+            }
+        }
+    };
 }
 
-impl FromStr for JobId {
-    type Err = uuid::Error;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        uuid::Uuid::parse_str(s).map(JobId)
-    }
-}
+uuid_v7_id!(
+    /// A recording job's id.
+    JobId,
+    "A recording job's id (UUIDv7)."
+);
 
-impl fmt::Display for JobId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.0.fmt(f)
-    }
-}
-
-impl schemars::JsonSchema for JobId {
-    fn schema_name() -> std::borrow::Cow<'static, str> {
-        "JobId".into()
-    }
-    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
-        schemars::json_schema!({
-            "description": "A recording job's id (UUIDv7).",
-            "type": "string",
-            "format": "uuid"
-        })
-    }
-}
+uuid_v7_id!(
+    /// A recording schedule's id.
+    ScheduleId,
+    "A recording schedule's id (UUIDv7)."
+);
 
 #[cfg(test)]
 mod tests {

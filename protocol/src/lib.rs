@@ -25,9 +25,10 @@ pub mod envelope;
 pub mod ids;
 pub mod job;
 pub mod payload;
+pub mod schedule;
 pub mod state;
 pub mod topic;
 
 pub use envelope::{DecodeError, Envelope, MAX_PAYLOAD_BYTES, SCHEMA_VERSION};
-pub use ids::{IdError, JobId, MessageId, NodeId};
+pub use ids::{IdError, JobId, MessageId, NodeId, ScheduleId};
 pub use topic::{Topic, TopicError};

@@ -100,10 +100,7 @@ pub struct JobRecord {
 
 /// Longest notes on a recording, in bytes.
 pub const MAX_NOTES_BYTES: usize = 4000;
-/// Most tags on a recording.
-pub const MAX_TAGS: usize = 16;
-/// Longest tag, in bytes.
-pub const MAX_TAG_BYTES: usize = 40;
+pub use rakkr_protocol::schedule::{MAX_TAG_BYTES, MAX_TAGS};
 
 /// Check and normalise notes and tags: notes without control characters
 /// (line breaks allowed), tags trimmed, non-empty, sorted and unique.
@@ -123,24 +120,7 @@ pub fn check_annotation(
     {
         return Err("notes contain control characters".into());
     }
-    let mut clean: Vec<String> = tags
-        .iter()
-        .map(|t| t.trim().to_owned())
-        .filter(|t| !t.is_empty())
-        .collect();
-    clean.sort();
-    clean.dedup();
-    if clean.len() > MAX_TAGS {
-        return Err(format!("{} tags; the limit is {MAX_TAGS}", clean.len()));
-    }
-    if let Some(t) = clean
-        .iter()
-        .find(|t| t.len() > MAX_TAG_BYTES || t.chars().any(char::is_control))
-    {
-        return Err(format!(
-            "tag {t:?} is longer than {MAX_TAG_BYTES} bytes or has control characters"
-        ));
-    }
+    let clean = rakkr_protocol::schedule::normalise_tags(tags)?;
     Ok((notes.replace("\r\n", "\n"), clean))
 }
 
