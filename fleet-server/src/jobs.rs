@@ -209,14 +209,7 @@ pub fn create_job(
     sources.sort_unstable();
     sources.dedup();
     let job = store
-        .enqueue_job(
-            NewJob {
-                node: node.clone(),
-                spec,
-                sources,
-            },
-            now_ms,
-        )
+        .enqueue_job(NewJob::unscheduled(node.clone(), spec, sources), now_ms)
         .map_err(|e| match e {
             StoreError::Refused(reason) => JobRequestError::Conflict(reason),
             e => JobRequestError::Store(e),

@@ -416,6 +416,14 @@ pub enum HealthCondition {
     /// it (node down, partitioned or stuck). Cleared when the node returns
     /// the take.
     JobLost,
+    /// Raised by the server: a scheduled occurrence is due but cannot start
+    /// (its channels are held by another job, or the node cannot take it);
+    /// it is retried until its window ends. Cleared when it starts or its
+    /// window has passed.
+    ScheduleDeferred,
+    /// Raised by the server: a scheduled occurrence's window closed while it
+    /// was deferred, so it was not recorded. Not cleared by itself.
+    ScheduleMissed,
 }
 
 impl HealthCondition {
@@ -424,6 +432,8 @@ impl HealthCondition {
         match self {
             HealthCondition::DeviceLost => "device_lost",
             HealthCondition::JobLost => "job_lost",
+            HealthCondition::ScheduleDeferred => "schedule_deferred",
+            HealthCondition::ScheduleMissed => "schedule_missed",
         }
     }
 }

@@ -27,8 +27,9 @@ pub use redb_store::RedbStore;
 pub use types::*;
 
 use rakkr_protocol::job::JobUpdate;
+use rakkr_protocol::schedule::{Occurrence, ScheduleSpec};
 use rakkr_protocol::state::TransitionError;
-use rakkr_protocol::{MessageId, NodeId};
+use rakkr_protocol::{MessageId, NodeId, ScheduleId};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -44,6 +45,8 @@ pub enum StoreError {
     Transition(#[from] TransitionError),
     #[error("no such job: {0}")]
     NoSuchJob(JobId),
+    #[error("no such schedule: {0}")]
+    NoSuchSchedule(ScheduleId),
     #[error("job {job} belongs to node {owner}, not {node}")]
     WrongNode {
         job: JobId,
@@ -246,6 +249,59 @@ pub trait Store: Send + Sync + 'static {
     /// taken as non-decreasing with `seq` (records are appended as they
     /// happen): a search by time stops at the first record older than `from_ms`.
     fn search_audit(&self, search: &AuditSearch) -> Result<AuditPage>;
+
+    /// Keep a new schedule; refused beyond [`MAX_SCHEDULES`].
+    fn create_schedule(&self, schedule: ScheduleRecord) -> Result<()>;
+
+    /// Replace a schedule's spec (its revision goes up by one); the record
+    /// before and after. Jobs it already started keep running.
+    fn update_schedule(
+        &self,
+        id: ScheduleId,
+        spec: ScheduleSpec,
+        now_ms: u64,
+    ) -> Result<(ScheduleRecord, ScheduleRecord)>;
+
+    /// Delete a schedule and what it kept about its occurrences (an open
+    /// deferral is cleared); its jobs keep naming it.
+    fn delete_schedule(&self, id: ScheduleId, now_ms: u64) -> Result<ScheduleRecord>;
+
+    fn schedule(&self, id: ScheduleId) -> Result<Option<ScheduleRecord>>;
+
+    /// Every schedule, oldest first.
+    fn schedules(&self) -> Result<Vec<ScheduleRecord>>;
+
+    /// A number that changes whenever any schedule does: a runner reloads
+    /// schedules only when it moved.
+    fn schedules_generation(&self) -> Result<u64>;
+
+    /// What became of a schedule's occurrences, newest key first, at most `limit`.
+    fn occurrence_records(&self, id: ScheduleId, limit: usize) -> Result<Vec<OccurrenceRecord>>;
+
+    /// Start `occurrence` of schedule `id` (as of `revision`) in one
+    /// transaction, so that an occurrence gets exactly one job however often
+    /// and from however many runners this is called:
+    /// - the schedule changed, was disabled or deleted: [`OccurrenceStart::Stale`];
+    /// - the occurrence has a job that holds its channels or is lost, or one
+    ///   that ended and `restart` does not allow another: `Handled`;
+    /// - `job` is blocked, or shares channels with a job holding them: the
+    ///   occurrence is `Deferred`; the first time, a `schedule_deferred`
+    ///   health event is raised with it;
+    /// - otherwise the job is queued (a deferral ends, its event is cleared).
+    fn start_occurrence(
+        &self,
+        id: ScheduleId,
+        revision: u64,
+        occurrence: &Occurrence,
+        job: OccurrenceJob,
+        restart: RestartPolicy,
+        now_ms: u64,
+    ) -> Result<OccurrenceStart>;
+
+    /// End the deferral of occurrences whose window closed before `now_ms`
+    /// without a start: their `schedule_deferred` event is cleared and a
+    /// `schedule_missed` event raised. Returns them.
+    fn expire_deferrals(&self, now_ms: u64) -> Result<Vec<OccurrenceRecord>>;
 
     /// Store health events; one already stored (same node and message id) is
     /// left as it is. A node keeps at most [`MAX_HEALTH_EVENTS_PER_NODE`]: the

@@ -20,6 +20,9 @@
 //! | `audit`     | sequence `u64` (1, 2, …) | JSON [`AuditRecord`], hash-chained; never updated or deleted |
 //! | `audit_by_actor` | `(actor, sequence)` | `()`: every record of an actor (built on open when missing) |
 //! | `audit_by_outcome` | `(outcome, sequence)` | `()`: every record with an outcome (built on open when missing) |
+//! | `schedules` | schedule id `u128` (UUIDv7) | JSON [`ScheduleRecord`]                |
+//! | `occurrences` | `(schedule id, occurrence key)` | JSON [`OccurrenceRecord`]: the jobs an occurrence started, its deferral |
+//! | `deferred_occurrences` | `(window end ms, schedule id, key)` | `()`: occurrences waiting to start, by when they are missed |
 //!
 //! Invariants, kept by [`JobTables::put`], the only writer of job records: a
 //! job is in `job_queue` exactly while its state is `queued`; in `active_jobs`
@@ -29,7 +32,8 @@
 //! Schema history: 2 added job specs, leases and the job indexes; version 1
 //! had no way to create jobs, so its (empty) job tables are dropped. `users`,
 //! `sessions`, `api_tokens` and `audit` came later without a bump: new tables,
-//! created empty when missing.
+//! created empty when missing, as did `schedules`, `occurrences` and
+//! `deferred_occurrences`. `meta.schedules_generation` counts schedule changes.
 //! Commits are durable (`Durability::Immediate`: fsync before `commit` returns).
 
 use std::path::Path;
@@ -41,17 +45,22 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use rakkr_protocol::MessageId;
+use rakkr_protocol::ScheduleId;
 use rakkr_protocol::access::Role;
 use rakkr_protocol::job::JobUpdate;
-use rakkr_protocol::payload::{HealthChange, HealthCondition, HealthEvent, Severity};
+use rakkr_protocol::payload::{
+    HealthChange, HealthCondition, HealthEvent, MAX_DETAIL_TEXT, Severity,
+};
+use rakkr_protocol::schedule::{Occurrence, ScheduleSpec};
 
 use crate::{
     AUDIT_GENESIS, ApiTokenRecord, AuditEntry, AuditPage, AuditProbe, AuditRecord, AuditSearch,
-    EnrollTokenRecord, HealthEventRecord, JobGauges, JobId, JobRecord, Lease, MAX_APPLIED_UPDATES,
-    MAX_AUDIT_SCAN, MAX_HEALTH_EVENTS_PER_NODE, MAX_USER_NAME, NewJob, NodeCredentialRecord,
-    NodeRecord, NodeStatusUpdate, Result, SessionRecord, Store, StoreError, UpdateOutcome,
-    UserChange, UserRecord, audit_hash, check_annotation, contains_ignoring_ascii_case,
-    valid_user_name,
+    Deferral, EnrollTokenRecord, HealthEventRecord, JobGauges, JobId, JobRecord, Lease,
+    MAX_APPLIED_UPDATES, MAX_AUDIT_SCAN, MAX_HEALTH_EVENTS_PER_NODE, MAX_OCCURRENCE_JOBS,
+    MAX_SCHEDULES, MAX_USER_NAME, NewJob, NodeCredentialRecord, NodeRecord, NodeStatusUpdate,
+    OccurrenceJob, OccurrenceRecord, OccurrenceStart, RestartPolicy, Result, ScheduleRecord,
+    SessionRecord, Store, StoreError, UpdateOutcome, UserChange, UserRecord, audit_hash,
+    check_annotation, contains_ignoring_ascii_case, valid_user_name,
 };
 
 /// Version of the layout above. Bumped only with a migration.
@@ -80,6 +89,10 @@ const AUDIT_BY_ACTOR: TableDefinition<(&str, u64), ()> = TableDefinition::new("a
 const AUDIT_BY_OUTCOME: TableDefinition<(&str, u64), ()> = TableDefinition::new("audit_by_outcome");
 /// (node, message id as u128) → HealthEventRecord (JSON).
 const HEALTH_EVENTS: TableDefinition<(&str, u128), &[u8]> = TableDefinition::new("health_events");
+const SCHEDULES: TableDefinition<u128, &[u8]> = TableDefinition::new("schedules");
+const OCCURRENCES: TableDefinition<(u128, &str), &[u8]> = TableDefinition::new("occurrences");
+const DEFERRED_OCCURRENCES: TableDefinition<(u64, u128, &str), ()> =
+    TableDefinition::new("deferred_occurrences");
 
 #[derive(Debug)]
 pub struct RedbStore {
@@ -237,6 +250,9 @@ impl RedbStore {
             tx.open_table(LEASES).map_err(backend)?;
             tx.open_table(NODE_JOBS).map_err(backend)?;
             tx.open_table(HEALTH_EVENTS).map_err(backend)?;
+            tx.open_table(SCHEDULES).map_err(backend)?;
+            tx.open_table(OCCURRENCES).map_err(backend)?;
+            tx.open_table(DEFERRED_OCCURRENCES).map_err(backend)?;
             tx.open_table(ENROLL_TOKENS).map_err(backend)?;
             tx.open_table(NODE_CREDENTIALS).map_err(backend)?;
             tx.open_table(USERS).map_err(backend)?;
@@ -370,50 +386,11 @@ impl Store for RedbStore {
     }
 
     fn enqueue_job(&self, new: NewJob, now_ms: u64) -> Result<JobRecord> {
-        let job = JobRecord {
-            id: JobId::new(now_ms),
-            node: new.node,
-            spec: new.spec,
-            sources: new.sources,
-            state: JobState::Queued,
-            created_ms: now_ms,
-            updated_ms: now_ms,
-            lease: None,
-            cancel_requested: false,
-            detail: String::new(),
-            recording: None,
-            applied: Vec::new(),
-            notes: String::new(),
-            tags: Vec::new(),
-        };
+        let job = new_job_record(new, now_ms)?;
         let tx = self.db.begin_write().map_err(backend)?;
         {
             let mut tables = JobTables::open(&tx)?;
-            for id in JobTables::ids_of(&tables.active, &job.node)? {
-                let other = tables.get_existing(id)?;
-                if other.spec.device != job.spec.device {
-                    continue;
-                }
-                let shared: Vec<String> = job
-                    .sources
-                    .iter()
-                    .filter(|c| other.sources.contains(c))
-                    .map(|c| (c + 1).to_string())
-                    .collect();
-                if !shared.is_empty() {
-                    return Err(StoreError::Refused(format!(
-                        "device channel{} {} of {} on node {} {} already taken by job {} ({})",
-                        if shared.len() == 1 { "" } else { "s" },
-                        shared.join(", "),
-                        job.spec.device,
-                        job.node,
-                        if shared.len() == 1 { "is" } else { "are" },
-                        other.id,
-                        other.state.as_str()
-                    )));
-                }
-            }
-            tables.put(None, &job)?;
+            tables.queue_new(&job)?;
         }
         tx.commit().map_err(backend)?;
         Ok(job)
@@ -1218,6 +1195,340 @@ impl Store for RedbStore {
         Ok(page)
     }
 
+    fn create_schedule(&self, schedule: ScheduleRecord) -> Result<()> {
+        let tx = self.db.begin_write().map_err(backend)?;
+        {
+            let mut table = tx.open_table(SCHEDULES).map_err(backend)?;
+            if table.len().map_err(backend)? as usize >= MAX_SCHEDULES {
+                return Err(StoreError::Refused(format!(
+                    "this server keeps at most {MAX_SCHEDULES} schedules"
+                )));
+            }
+            let id = schedule.id.as_u128();
+            if table.get(id).map_err(backend)?.is_some() {
+                return Err(StoreError::Refused(format!(
+                    "schedule {} exists",
+                    schedule.id
+                )));
+            }
+            table
+                .insert(id, encode(&schedule).as_slice())
+                .map_err(backend)?;
+            bump_schedules_generation(&tx)?;
+        }
+        tx.commit().map_err(backend)
+    }
+
+    fn update_schedule(
+        &self,
+        id: ScheduleId,
+        spec: ScheduleSpec,
+        now_ms: u64,
+    ) -> Result<(ScheduleRecord, ScheduleRecord)> {
+        let tx = self.db.begin_write().map_err(backend)?;
+        let pair = {
+            let mut table = tx.open_table(SCHEDULES).map_err(backend)?;
+            let before: ScheduleRecord = match table.get(id.as_u128()).map_err(backend)? {
+                Some(v) => decode("schedule", v.value())?,
+                None => return Err(StoreError::NoSuchSchedule(id)),
+            };
+            let after = ScheduleRecord {
+                spec,
+                updated_ms: now_ms,
+                revision: before.revision + 1,
+                ..before.clone()
+            };
+            table
+                .insert(id.as_u128(), encode(&after).as_slice())
+                .map_err(backend)?;
+            bump_schedules_generation(&tx)?;
+            (before, after)
+        };
+        tx.commit().map_err(backend)?;
+        Ok(pair)
+    }
+
+    fn delete_schedule(&self, id: ScheduleId, now_ms: u64) -> Result<ScheduleRecord> {
+        let tx = self.db.begin_write().map_err(backend)?;
+        let before = {
+            let mut table = tx.open_table(SCHEDULES).map_err(backend)?;
+            let before: ScheduleRecord = match table.remove(id.as_u128()).map_err(backend)? {
+                Some(v) => decode("schedule", v.value())?,
+                None => return Err(StoreError::NoSuchSchedule(id)),
+            };
+            let mut occurrences = tx.open_table(OCCURRENCES).map_err(backend)?;
+            let mut deferred = tx.open_table(DEFERRED_OCCURRENCES).map_err(backend)?;
+            let mut cleared = Vec::new();
+            for record in occurrences_of(&occurrences, id, usize::MAX)? {
+                if let Some(d) = &record.deferred {
+                    deferred
+                        .remove((
+                            record.occurrence.end_ms,
+                            id.as_u128(),
+                            record.occurrence.key.as_str(),
+                        ))
+                        .map_err(backend)?;
+                    cleared.push(deferral_event(
+                        &before,
+                        &record.occurrence,
+                        HealthCondition::ScheduleDeferred,
+                        HealthChange::Cleared,
+                        format!(
+                            "the schedule was deleted; it waited since {} ms: {}",
+                            d.since_ms, d.reason
+                        ),
+                        now_ms,
+                    ));
+                }
+                occurrences
+                    .remove((id.as_u128(), record.occurrence.key.as_str()))
+                    .map_err(backend)?;
+            }
+            insert_health_events(&tx, &cleared)?;
+            bump_schedules_generation(&tx)?;
+            before
+        };
+        tx.commit().map_err(backend)?;
+        Ok(before)
+    }
+
+    fn schedule(&self, id: ScheduleId) -> Result<Option<ScheduleRecord>> {
+        let tx = self.db.begin_read().map_err(backend)?;
+        let table = tx.open_table(SCHEDULES).map_err(backend)?;
+        match table.get(id.as_u128()).map_err(backend)? {
+            Some(v) => Ok(Some(decode("schedule", v.value())?)),
+            None => Ok(None),
+        }
+    }
+
+    fn schedules(&self) -> Result<Vec<ScheduleRecord>> {
+        let tx = self.db.begin_read().map_err(backend)?;
+        let table = tx.open_table(SCHEDULES).map_err(backend)?;
+        table
+            .iter()
+            .map_err(backend)?
+            .map(|entry| {
+                let (_, v) = entry.map_err(backend)?;
+                decode("schedule", v.value())
+            })
+            .collect()
+    }
+
+    fn schedules_generation(&self) -> Result<u64> {
+        let tx = self.db.begin_read().map_err(backend)?;
+        let meta = tx.open_table(META).map_err(backend)?;
+        Ok(meta
+            .get("schedules_generation")
+            .map_err(backend)?
+            .map_or(0, |v| v.value()))
+    }
+
+    fn occurrence_records(&self, id: ScheduleId, limit: usize) -> Result<Vec<OccurrenceRecord>> {
+        let tx = self.db.begin_read().map_err(backend)?;
+        let table = tx.open_table(OCCURRENCES).map_err(backend)?;
+        occurrences_of(&table, id, limit)
+    }
+
+    fn start_occurrence(
+        &self,
+        id: ScheduleId,
+        revision: u64,
+        occurrence: &Occurrence,
+        job: OccurrenceJob,
+        restart: RestartPolicy,
+        now_ms: u64,
+    ) -> Result<OccurrenceStart> {
+        let tx = self.db.begin_write().map_err(backend)?;
+        let outcome = {
+            let schedules = tx.open_table(SCHEDULES).map_err(backend)?;
+            let schedule: ScheduleRecord = match schedules.get(id.as_u128()).map_err(backend)? {
+                Some(v) => decode("schedule", v.value())?,
+                None => return Ok(OccurrenceStart::Stale),
+            };
+            if schedule.revision != revision || !schedule.spec.enabled {
+                return Ok(OccurrenceStart::Stale);
+            }
+            let mut occurrences = tx.open_table(OCCURRENCES).map_err(backend)?;
+            let key = (id.as_u128(), occurrence.key.as_str());
+            let mut record: OccurrenceRecord = match occurrences.get(key).map_err(backend)? {
+                Some(v) => decode("occurrence", v.value())?,
+                None => OccurrenceRecord {
+                    schedule: id,
+                    occurrence: occurrence.clone(),
+                    jobs: Vec::new(),
+                    deferred: None,
+                },
+            };
+            let mut tables = JobTables::open(&tx)?;
+            if let Some(last) = record.jobs.last() {
+                let last = tables.get_existing(last.as_u128())?;
+                let may_restart = match last.state {
+                    JobState::Failed => true,
+                    JobState::Completed | JobState::Cancelled => restart.after_any_end,
+                    _ => false,
+                } && now_ms
+                    >= last.updated_ms.saturating_add(restart.after_failure_ms)
+                    && now_ms < record.occurrence.end_ms
+                    && record.jobs.len() < MAX_OCCURRENCE_JOBS;
+                if !may_restart {
+                    return Ok(OccurrenceStart::Handled(Some(last.id)));
+                }
+            }
+            let queued = match job {
+                OccurrenceJob::Blocked(reason) => Err(reason),
+                OccurrenceJob::Ready(new) => {
+                    let job = new_job_record(new, now_ms)?;
+                    match tables.queue_new(&job) {
+                        Ok(()) => Ok(job),
+                        Err(StoreError::Refused(reason)) => Err(reason),
+                        Err(e) => return Err(e),
+                    }
+                }
+            };
+            let mut deferred = tx.open_table(DEFERRED_OCCURRENCES).map_err(backend)?;
+            let deferred_key = (
+                record.occurrence.end_ms,
+                id.as_u128(),
+                occurrence.key.as_str(),
+            );
+            let outcome = match (queued, record.deferred.clone()) {
+                // Deferred before and still blocked: nothing new to keep.
+                (Err(_), Some(d)) => return Ok(OccurrenceStart::Deferred(d)),
+                (Err(reason), None) => {
+                    let deferral = Deferral {
+                        since_ms: now_ms,
+                        reason,
+                    };
+                    let event = deferral_event(
+                        &schedule,
+                        &record.occurrence,
+                        HealthCondition::ScheduleDeferred,
+                        HealthChange::Raised,
+                        format!("waiting to start: {}", deferral.reason),
+                        now_ms,
+                    );
+                    insert_health_events(&tx, &[event])?;
+                    deferred.insert(deferred_key, ()).map_err(backend)?;
+                    record.deferred = Some(deferral.clone());
+                    OccurrenceStart::Deferred(deferral)
+                }
+                (Ok(job), _) => {
+                    if let Some(d) = record.deferred.take() {
+                        deferred.remove(deferred_key).map_err(backend)?;
+                        let event = deferral_event(
+                            &schedule,
+                            &record.occurrence,
+                            HealthCondition::ScheduleDeferred,
+                            HealthChange::Cleared,
+                            format!(
+                                "started as job {} after waiting {} s",
+                                job.id,
+                                now_ms.saturating_sub(d.since_ms) / 1000
+                            ),
+                            now_ms,
+                        );
+                        insert_health_events(&tx, &[event])?;
+                    }
+                    record.jobs.push(job.id);
+                    OccurrenceStart::Started(Box::new(job))
+                }
+            };
+            occurrences
+                .insert(key, encode(&record).as_slice())
+                .map_err(backend)?;
+            outcome
+        };
+        tx.commit().map_err(backend)?;
+        Ok(outcome)
+    }
+
+    fn expire_deferrals(&self, now_ms: u64) -> Result<Vec<OccurrenceRecord>> {
+        {
+            // Most calls find nothing: look before taking the writer.
+            let tx = self.db.begin_read().map_err(backend)?;
+            let deferred = tx.open_table(DEFERRED_OCCURRENCES).map_err(backend)?;
+            if deferred
+                .range((0u64, 0u128, "")..(now_ms, 0u128, ""))
+                .map_err(backend)?
+                .next()
+                .is_none()
+            {
+                return Ok(Vec::new());
+            }
+        }
+        let tx = self.db.begin_write().map_err(backend)?;
+        let missed = {
+            let mut deferred = tx.open_table(DEFERRED_OCCURRENCES).map_err(backend)?;
+            let mut occurrences = tx.open_table(OCCURRENCES).map_err(backend)?;
+            let schedules = tx.open_table(SCHEDULES).map_err(backend)?;
+            let due: Vec<(u64, u128, String)> = deferred
+                .range((0u64, 0u128, "")..(now_ms, 0u128, ""))
+                .map_err(backend)?
+                .map(|entry| {
+                    entry.map(|(k, _)| {
+                        let (end, id, key) = k.value();
+                        (end, id, key.to_owned())
+                    })
+                })
+                .collect::<std::result::Result<_, _>>()
+                .map_err(backend)?;
+            let mut missed = Vec::new();
+            let mut events = Vec::new();
+            for (end, id, key) in due {
+                deferred.remove((end, id, key.as_str())).map_err(backend)?;
+                let Some(mut record) = occurrences
+                    .get((id, key.as_str()))
+                    .map_err(backend)?
+                    .map(|v| decode::<OccurrenceRecord>("occurrence", v.value()))
+                    .transpose()?
+                else {
+                    continue;
+                };
+                let Some(d) = record.deferred.take() else {
+                    continue;
+                };
+                if let Some(v) = schedules.get(id).map_err(backend)? {
+                    let schedule: ScheduleRecord = decode("schedule", v.value())?;
+                    let o = &record.occurrence;
+                    let why = format!(
+                        "its window closed; it waited since {} ms: {}",
+                        d.since_ms, d.reason
+                    );
+                    let mut cleared = deferral_event(
+                        &schedule,
+                        o,
+                        HealthCondition::ScheduleDeferred,
+                        HealthChange::Cleared,
+                        why.clone(),
+                        now_ms,
+                    );
+                    let mut raised = deferral_event(
+                        &schedule,
+                        o,
+                        HealthCondition::ScheduleMissed,
+                        HealthChange::Raised,
+                        format!("not recorded: {why}"),
+                        now_ms,
+                    );
+                    // Ids of one millisecond order at random; events are
+                    // listed by id, and the clearing comes first.
+                    if cleared.msg_id > raised.msg_id {
+                        std::mem::swap(&mut cleared.msg_id, &mut raised.msg_id);
+                    }
+                    events.extend([cleared, raised]);
+                }
+                occurrences
+                    .insert((id, key.as_str()), encode(&record).as_slice())
+                    .map_err(backend)?;
+                missed.push(record);
+            }
+            insert_health_events(&tx, &events)?;
+            missed
+        };
+        tx.commit().map_err(backend)?;
+        Ok(missed)
+    }
+
     fn record_health_events(&self, events: &[HealthEventRecord]) -> Result<usize> {
         if events.is_empty() {
             return Ok(0);
@@ -1261,7 +1572,59 @@ fn leased(job: &JobRecord) -> Option<u64> {
     .flatten()
 }
 
+/// The record of a job about to be queued.
+fn new_job_record(new: NewJob, now_ms: u64) -> Result<JobRecord> {
+    let tags = rakkr_protocol::schedule::normalise_tags(&new.tags).map_err(StoreError::Refused)?;
+    Ok(JobRecord {
+        id: JobId::new(now_ms),
+        node: new.node,
+        spec: new.spec,
+        sources: new.sources,
+        state: JobState::Queued,
+        created_ms: now_ms,
+        updated_ms: now_ms,
+        lease: None,
+        cancel_requested: false,
+        detail: String::new(),
+        recording: None,
+        applied: Vec::new(),
+        notes: String::new(),
+        tags,
+        scheduled: new.scheduled,
+    })
+}
+
 impl<'txn> JobTables<'txn> {
+    /// Queue a new job, refused when it would share a device channel with a
+    /// job of its node and device that holds its channels.
+    fn queue_new(&mut self, job: &JobRecord) -> Result<()> {
+        for id in JobTables::ids_of(&self.active, &job.node)? {
+            let other = self.get_existing(id)?;
+            if other.spec.device != job.spec.device {
+                continue;
+            }
+            let shared: Vec<String> = job
+                .sources
+                .iter()
+                .filter(|c| other.sources.contains(c))
+                .map(|c| (c + 1).to_string())
+                .collect();
+            if !shared.is_empty() {
+                return Err(StoreError::Refused(format!(
+                    "device channel{} {} of {} on node {} {} already taken by job {} ({})",
+                    if shared.len() == 1 { "" } else { "s" },
+                    shared.join(", "),
+                    job.spec.device,
+                    job.node,
+                    if shared.len() == 1 { "is" } else { "are" },
+                    other.id,
+                    other.state.as_str()
+                )));
+            }
+        }
+        self.put(None, job)
+    }
+
     fn open(tx: &'txn redb::WriteTransaction) -> Result<Self> {
         Ok(JobTables {
             jobs: tx.open_table(JOBS).map_err(backend)?,
@@ -1385,6 +1748,74 @@ fn insert_health_events(
         }
     }
     Ok(new)
+}
+
+/// Tell schedule runners to reload.
+fn bump_schedules_generation(tx: &redb::WriteTransaction) -> Result<()> {
+    let mut meta = tx.open_table(META).map_err(backend)?;
+    let next = meta
+        .get("schedules_generation")
+        .map_err(backend)?
+        .map_or(0, |v| v.value())
+        + 1;
+    meta.insert("schedules_generation", next).map_err(backend)?;
+    Ok(())
+}
+
+/// A schedule's occurrence records, newest key first.
+fn occurrences_of(
+    table: &impl ReadableTable<(u128, &'static str), &'static [u8]>,
+    id: ScheduleId,
+    limit: usize,
+) -> Result<Vec<OccurrenceRecord>> {
+    let id = id.as_u128();
+    table
+        .range((id, "")..(id + 1, ""))
+        .map_err(backend)?
+        .rev()
+        .take(limit)
+        .map(|entry| {
+            let (_, v) = entry.map_err(backend)?;
+            decode("occurrence", v.value())
+        })
+        .collect()
+}
+
+/// The server's own event about a schedule's occurrence, on its node.
+fn deferral_event(
+    schedule: &ScheduleRecord,
+    occurrence: &Occurrence,
+    condition: HealthCondition,
+    change: HealthChange,
+    what: String,
+    now_ms: u64,
+) -> HealthEventRecord {
+    let mut detail = format!(
+        "schedule {:?} ({}), occurrence {}: {what}",
+        schedule.spec.name, schedule.id, occurrence.key
+    );
+    if detail.len() > MAX_DETAIL_TEXT {
+        let mut end = MAX_DETAIL_TEXT;
+        while !detail.is_char_boundary(end) {
+            end -= 1;
+        }
+        detail.truncate(end);
+    }
+    HealthEventRecord {
+        node: schedule.spec.node.clone(),
+        msg_id: MessageId::new(now_ms),
+        event: HealthEvent {
+            condition,
+            change,
+            severity: match condition {
+                HealthCondition::ScheduleMissed => Severity::Critical,
+                _ => Severity::Warning,
+            },
+            at_ms: now_ms,
+            detail,
+        },
+        received_ms: now_ms,
+    }
 }
 
 /// The server's own `job_lost` event for `job`, raised or cleared at `now_ms`.

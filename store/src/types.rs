@@ -4,8 +4,9 @@
 use rakkr_protocol::access::Role;
 use rakkr_protocol::job::{JobSpec, RecordingReport};
 use rakkr_protocol::payload::{BootSlot, Capabilities, HealthEvent, RealtimeStatus};
+use rakkr_protocol::schedule::{Occurrence, ScheduleSpec};
 use rakkr_protocol::state::{JobState, Presence};
-use rakkr_protocol::{MessageId, NodeId};
+use rakkr_protocol::{MessageId, NodeId, ScheduleId};
 use serde::{Deserialize, Serialize};
 
 /// A node as the server last knew it.
@@ -51,6 +52,31 @@ pub struct NewJob {
     /// Device channels (0-based) the job reads, from its channel map: two
     /// jobs on one node and device may not share any while both hold them.
     pub sources: Vec<u16>,
+    /// The schedule occurrence the job records, if a schedule made it.
+    pub scheduled: Option<ScheduledBy>,
+    /// Put on the recording (a schedule's tags).
+    pub tags: Vec<String>,
+}
+
+impl NewJob {
+    /// A job nobody scheduled and nobody tagged yet.
+    pub fn unscheduled(node: NodeId, spec: JobSpec, sources: Vec<u16>) -> NewJob {
+        NewJob {
+            node,
+            spec,
+            sources,
+            scheduled: None,
+            tags: Vec::new(),
+        }
+    }
+}
+
+/// Which schedule occurrence a job records.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct ScheduledBy {
+    pub schedule: ScheduleId,
+    /// The occurrence's key ([`Occurrence::key`]).
+    pub occurrence: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
@@ -96,6 +122,9 @@ pub struct JobRecord {
     /// Operators' tags on the recording, sorted, each once.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tags: Vec<String>,
+    /// The schedule occurrence this job records.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scheduled: Option<ScheduledBy>,
 }
 
 /// Longest notes on a recording, in bytes.
@@ -139,6 +168,78 @@ impl UpdateOutcome {
             UpdateOutcome::Applied(j) | UpdateOutcome::Duplicate(j) => j,
         }
     }
+}
+
+/// Most schedules a store keeps.
+pub const MAX_SCHEDULES: usize = 10_000;
+
+/// Most jobs one occurrence starts (its first, and restarts after failures).
+pub const MAX_OCCURRENCE_JOBS: usize = 16;
+
+/// A recording schedule as stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct ScheduleRecord {
+    pub id: ScheduleId,
+    pub spec: ScheduleSpec,
+    pub created_ms: u64,
+    pub updated_ms: u64,
+    /// 1 when created, one more with every change: a runner holding an older
+    /// revision is refused ([`OccurrenceStart::Stale`]).
+    pub revision: u64,
+}
+
+/// What became of one occurrence of a schedule.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct OccurrenceRecord {
+    pub schedule: ScheduleId,
+    /// The occurrence as it was planned when first due.
+    pub occurrence: Occurrence,
+    /// Jobs started for it, oldest first (a restart after a failure adds
+    /// one), at most [`MAX_OCCURRENCE_JOBS`].
+    pub jobs: Vec<JobId>,
+    /// Since when it waits to start, and why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deferred: Option<Deferral>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct Deferral {
+    pub since_ms: u64,
+    pub reason: String,
+}
+
+/// The job an occurrence would start, or why it cannot start now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OccurrenceJob {
+    Ready(NewJob),
+    /// The node cannot take it now (for people: why).
+    Blocked(String),
+}
+
+/// How an occurrence may start again after its job ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RestartPolicy {
+    /// Start again after a failed job, this long after it failed, while the
+    /// occurrence's window lasts.
+    pub after_failure_ms: u64,
+    /// Also after a job that completed or was cancelled (always-on schedules:
+    /// to stop recording, disable the schedule).
+    pub after_any_end: bool,
+}
+
+/// What [`Store::start_occurrence`](crate::Store::start_occurrence) did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OccurrenceStart {
+    /// A job was queued for the occurrence.
+    Started(Box<JobRecord>),
+    /// The occurrence has its job (or had it, and it ended for good): nothing
+    /// to do. The newest job, if any.
+    Handled(Option<JobId>),
+    /// It cannot start now; it was recorded as deferred and a
+    /// `schedule_deferred` health event raised the first time.
+    Deferred(Deferral),
+    /// The schedule changed, was disabled or deleted since the caller read it.
+    Stale,
 }
 
 /// A health event as a node sent it. Identified by the node and the message's

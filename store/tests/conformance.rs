@@ -90,14 +90,14 @@ fn node_presence_is_tracked(store: &dyn Store) {
 }
 
 fn new_job(n: &NodeId, channels: &[u16], duration_s: Option<u32>) -> NewJob {
-    NewJob {
-        node: n.clone(),
-        spec: JobSpec {
+    NewJob::unscheduled(
+        n.clone(),
+        JobSpec {
             duration_s,
             ..serde_json::from_str("{}").unwrap()
         },
-        sources: channels.to_vec(),
-    }
+        channels.to_vec(),
+    )
 }
 
 fn update(job: &JobRecord, state: JobState) -> JobUpdate {
