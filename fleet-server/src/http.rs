@@ -40,6 +40,10 @@
 //! | `GET /api-tokens`, `POST /api-tokens`, `POST /api-tokens/{id}/revoke` | users.manage | API tokens: list, create (shown once), revoke |
 //! | `GET, POST /api/v1/users`, `POST /api/v1/users/{name}` | users.manage | the same as JSON (`{"role"}`, `{"disabled"}` or `{"reset_password": true}`) |
 //! | `GET, POST /api/v1/api-tokens`, `POST /api/v1/api-tokens/{id}/revoke` | users.manage | the same as JSON |
+//! | `GET, POST /api/v1/schedules` | schedules.read / schedules.manage | schedules with their next occurrence; create one (`ScheduleSpec`) |
+//! | `GET, POST /api/v1/schedules/{id}` | schedules.read / schedules.manage | one schedule with its upcoming occurrences (14 days) and history; replace it |
+//! | `POST /api/v1/schedules/{id}/delete`, `…/skip-next` | schedules.manage | delete it; skip its next occurrence |
+//! | `POST /api/v1/schedules/{id}/run-now` | jobs.manage | record it now, for its window's length → 201 and the job |
 //! | `GET /metrics`     | metrics.read | counters in the Prometheus text format       |
 //! | `GET /healthz`     | public | liveness: the process serves HTTP          |
 //! | `GET /readyz`      | public | readiness: store readable and broker link connected |
@@ -89,6 +93,7 @@ pub struct AppState {
     pub identities: Arc<crate::identity::Identities>,
     pub ingest: Arc<crate::ingest::IngestStats>,
     pub jobs: Arc<crate::jobs::JobStats>,
+    pub schedules: Arc<crate::schedules::ScheduleStats>,
     pub gate: Arc<crate::gate::GateStats>,
     /// The fleet CA, when MQTT over TLS is on: pinned in tokens, handed to
     /// enrolling appliances.
@@ -372,6 +377,48 @@ pub fn route_table() -> Vec<(&'static str, Method, Access, MethodRouter<AppState
             Method::POST,
             Operator(UsersManage),
             post(accounts_page::api_revoke_token),
+        ),
+        (
+            "/api/v1/schedules",
+            Method::GET,
+            Operator(SchedulesRead),
+            get(crate::schedules::api_list),
+        ),
+        (
+            "/api/v1/schedules",
+            Method::POST,
+            Operator(SchedulesManage),
+            post(crate::schedules::api_create),
+        ),
+        (
+            "/api/v1/schedules/{id}",
+            Method::GET,
+            Operator(SchedulesRead),
+            get(crate::schedules::api_get),
+        ),
+        (
+            "/api/v1/schedules/{id}",
+            Method::POST,
+            Operator(SchedulesManage),
+            post(crate::schedules::api_update),
+        ),
+        (
+            "/api/v1/schedules/{id}/delete",
+            Method::POST,
+            Operator(SchedulesManage),
+            post(crate::schedules::api_delete),
+        ),
+        (
+            "/api/v1/schedules/{id}/skip-next",
+            Method::POST,
+            Operator(SchedulesManage),
+            post(crate::schedules::api_skip_next),
+        ),
+        (
+            "/api/v1/schedules/{id}/run-now",
+            Method::POST,
+            Operator(JobsManage),
+            post(crate::schedules::api_run_now),
         ),
         ("/metrics", Method::GET, Operator(MetricsRead), get(metrics)),
         ("/healthz", Method::GET, Public, get(|| async { "ok\n" })),
@@ -659,7 +706,7 @@ impl IntoResponse for Problem {
 }
 
 /// Run a store call off the async threads.
-async fn blocking<T: Send + 'static>(
+pub(crate) async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, Problem> + Send + 'static,
 ) -> Result<T, Problem> {
     tokio::task::spawn_blocking(f)
@@ -667,16 +714,30 @@ async fn blocking<T: Send + 'static>(
         .unwrap_or_else(|_| Err(problem(StatusCode::INTERNAL_SERVER_ERROR, "task failed")))
 }
 
-fn store_problem(e: rakkr_store::StoreError) -> Problem {
+pub(crate) fn store_problem(e: rakkr_store::StoreError) -> Problem {
     use rakkr_store::StoreError;
     match e {
         StoreError::NoSuchJob(id) => problem(StatusCode::NOT_FOUND, format!("no job {id}")),
+        StoreError::NoSuchSchedule(id) => {
+            problem(StatusCode::NOT_FOUND, format!("no schedule {id}"))
+        }
         StoreError::Transition(t) => problem(StatusCode::CONFLICT, t.to_string()),
         StoreError::Refused(r) => problem(StatusCode::CONFLICT, r),
         e => {
             tracing::error!(error = %e, "store error");
             problem(StatusCode::SERVICE_UNAVAILABLE, "store unavailable")
         }
+    }
+}
+
+/// The API's answer to a job that cannot be created.
+pub(crate) fn job_problem(e: crate::jobs::JobRequestError) -> Problem {
+    use crate::jobs::JobRequestError;
+    match e {
+        JobRequestError::Invalid(m) => problem(StatusCode::UNPROCESSABLE_ENTITY, m),
+        e @ JobRequestError::UnknownNode(_) => problem(StatusCode::NOT_FOUND, e.to_string()),
+        JobRequestError::Conflict(m) => problem(StatusCode::CONFLICT, m),
+        JobRequestError::Store(e) => store_problem(e),
     }
 }
 
@@ -689,17 +750,11 @@ async fn api_create_job(
     State(state): State<AppState>,
     body: Result<Json<crate::jobs::JobRequest>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Response, Problem> {
-    use crate::jobs::JobRequestError;
     let Json(request) = body.map_err(|e| problem(e.status(), e.body_text()))?;
     let now = state.clock.unix_ms();
     let (store, commands) = (state.store.clone(), state.commands.clone());
     let job = blocking(move || {
-        crate::jobs::create_job(&*store, &commands, request, now).map_err(|e| match e {
-            JobRequestError::Invalid(m) => problem(StatusCode::UNPROCESSABLE_ENTITY, m),
-            e @ JobRequestError::UnknownNode(_) => problem(StatusCode::NOT_FOUND, e.to_string()),
-            JobRequestError::Conflict(m) => problem(StatusCode::CONFLICT, m),
-            JobRequestError::Store(e) => store_problem(e),
-        })
+        crate::jobs::create_job(&*store, &commands, request, now).map_err(job_problem)
     })
     .await?;
     tracing::info!(job = %job.id, node = %job.node, "job created");
@@ -1026,6 +1081,7 @@ async fn metrics(State(state): State<AppState>) -> Response {
         fleet: &state.fleet,
         ingest: &state.ingest,
         jobs: &state.jobs,
+        schedules: &state.schedules,
         gate: &state.gate,
         http: &state.http_stats,
         job_gauges,

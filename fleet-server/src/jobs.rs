@@ -121,6 +121,11 @@ impl Commands {
     fn command(&self, node: &NodeId, command: JobCommand) {
         self.send(Outbound::Command(node.clone(), command));
     }
+
+    /// Tell an idle node that work waits for it.
+    pub fn wake(&self, node: &NodeId) {
+        self.command(node, JobCommand::Wake);
+    }
 }
 
 /// What the audit log keeps of a job: enough to tell what was started or stopped.
@@ -171,7 +176,20 @@ pub fn create_job(
     request: JobRequest,
     now_ms: u64,
 ) -> Result<JobRecord, JobRequestError> {
-    let JobRequest { node, spec } = request;
+    let new = plan_job(store, request.node, request.spec)?;
+    let node = new.node.clone();
+    let job = store.enqueue_job(new, now_ms).map_err(|e| match e {
+        StoreError::Refused(reason) => JobRequestError::Conflict(reason),
+        e => JobRequestError::Store(e),
+    })?;
+    commands.wake(&node);
+    Ok(job)
+}
+
+/// Check a job against what its node announced (device channels, codecs,
+/// whether it takes jobs at all): the job to queue, with the device
+/// channels it reads.
+pub fn plan_job(store: &dyn Store, node: NodeId, spec: JobSpec) -> Result<NewJob, JobRequestError> {
     spec.validate().map_err(JobRequestError::Invalid)?;
     let record = store
         .node(&node)
@@ -208,14 +226,7 @@ pub fn create_job(
     let mut sources: Vec<u16> = map.sources().map(|c| c as u16).collect();
     sources.sort_unstable();
     sources.dedup();
-    let job = store
-        .enqueue_job(NewJob::unscheduled(node.clone(), spec, sources), now_ms)
-        .map_err(|e| match e {
-            StoreError::Refused(reason) => JobRequestError::Conflict(reason),
-            e => JobRequestError::Store(e),
-        })?;
-    commands.command(&node, JobCommand::Wake);
-    Ok(job)
+    Ok(NewJob::unscheduled(node, spec, sources))
 }
 
 /// Ask a job to stop (or be cancelled) and tell its node. Returns the job

@@ -5,6 +5,7 @@
 //! - the server's MQTT link ([`ingest`]): node presence and telemetry into the
 //!   live fleet view ([`fleet`]) and, batched, into the store;
 //! - the job desk and the lease-expiry runner ([`jobs`]);
+//! - the schedule runner ([`schedules`]): due occurrences become jobs;
 //! - the HTTP server ([`http`]): console ([`console`]), assets, API, probes;
 //! - the store (`rakkr-store`, redb in `{data_dir}/rakkr.redb`), guarded by the
 //!   data-directory lock ([`datadir`]);
@@ -41,6 +42,7 @@ pub mod metrics;
 pub mod node_page;
 pub mod openapi;
 pub mod recordings_page;
+pub mod schedules;
 pub mod tls;
 
 use std::net::SocketAddr;
@@ -94,6 +96,7 @@ pub struct RunningServer {
     pub link: Arc<LinkState>,
     pub ingest: Arc<IngestStats>,
     pub jobs: Arc<jobs::JobStats>,
+    pub schedules: Arc<schedules::ScheduleStats>,
     pub store: Arc<dyn Store>,
     pub identities: Arc<identity::Identities>,
     pub gate: Arc<gate::GateStats>,
@@ -343,6 +346,14 @@ impl RunningServer {
             job_stats.clone(),
             shutdown.clone(),
         ));
+        let schedule_stats = Arc::new(schedules::ScheduleStats::default());
+        tasks.spawn(schedules::run(
+            store.clone(),
+            commands.clone(),
+            clock.clone(),
+            schedule_stats.clone(),
+            shutdown.clone(),
+        ));
         let mut ca = None;
         let mut mqtt_tls_port = None;
         if let Some((listener, upstream, readers, tls_listener)) = gate_listener {
@@ -378,6 +389,7 @@ impl RunningServer {
             identities: identities.clone(),
             ingest: stats.clone(),
             jobs: job_stats.clone(),
+            schedules: schedule_stats.clone(),
             gate: gate_stats.clone(),
             ca,
             logins: Arc::default(),
@@ -459,6 +471,7 @@ impl RunningServer {
             link,
             ingest: stats,
             jobs: job_stats,
+            schedules: schedule_stats,
             store,
             commands,
             data_dir: settings.data_dir.clone(),

@@ -25,6 +25,7 @@ pub struct Sources<'a> {
     pub fleet: &'a LiveFleet,
     pub ingest: &'a IngestStats,
     pub jobs: &'a JobStats,
+    pub schedules: &'a crate::schedules::ScheduleStats,
     pub gate: &'a GateStats,
     pub http: &'a HttpStats,
     /// Jobs waiting and jobs under a lease, from the store.
@@ -292,6 +293,17 @@ pub fn render(s: &Sources<'_>) -> String {
     let _ = writeln!(out, "rakkr_live_meter_streams {}", s.live_streams);
     gauge_header(
         &mut out,
+        "rakkr_schedule_occurrences_deferred",
+        "Scheduled occurrences due but waiting to start (channels busy, node unable).",
+        "gauge",
+    );
+    let _ = writeln!(
+        out,
+        "rakkr_schedule_occurrences_deferred {}",
+        s.schedules.deferred.load(Ordering::Relaxed)
+    );
+    gauge_header(
+        &mut out,
         "rakkr_job_desk_seconds",
         "Time the job desk took per node report, by kind.",
         "histogram",
@@ -429,6 +441,21 @@ pub fn render(s: &Sources<'_>) -> String {
             "Failed store transactions of the job desk.",
             &j.store_errors,
         ),
+        (
+            "rakkr_schedule_occurrences_started_total",
+            "Jobs the schedule runner started for due occurrences.",
+            &s.schedules.started,
+        ),
+        (
+            "rakkr_schedule_occurrences_missed_total",
+            "Scheduled occurrences whose window closed before they could start.",
+            &s.schedules.missed,
+        ),
+        (
+            "rakkr_schedule_store_errors_total",
+            "Failed ticks of the schedule runner (store errors).",
+            &s.schedules.store_errors,
+        ),
     ] {
         counter(&mut out, name, help, v);
     }
@@ -534,10 +561,13 @@ mod tests {
         live_streams: usize,
     ) -> String {
         let (fleet, ingest, jobs, gate, http) = sources_with_a_node();
+        let schedules = crate::schedules::ScheduleStats::default();
+        schedules.missed.store(1, Ordering::Relaxed);
         render(&Sources {
             fleet: &fleet,
             ingest: &ingest,
             jobs: &jobs,
+            schedules: &schedules,
             gate: &gate,
             http: &http,
             job_gauges,

@@ -276,6 +276,48 @@ fn operation(method: &Method, path: &str, g: &mut SchemaGenerator) -> Option<Ope
             (200, Json(schema::<AdminResponse>(g))),
             &[],
         ),
+        ("GET", "/api/v1/schedules") => op(
+            "Every schedule with its next occurrence",
+            None,
+            (200, Json(list::<crate::schedules::ScheduleView>(g))),
+            &[],
+        ),
+        ("POST", "/api/v1/schedules") => op(
+            "Create a schedule (checked against its node's device and codecs)",
+            Some(schema::<rakkr_protocol::schedule::ScheduleSpec>(g)),
+            (201, Json(schema::<crate::schedules::ScheduleView>(g))),
+            &[],
+        ),
+        ("GET", "/api/v1/schedules/{id}") => op(
+            "One schedule, its occurrences in the next 14 days and what became of past ones",
+            None,
+            (200, Json(schema::<crate::schedules::ScheduleDetail>(g))),
+            &[],
+        ),
+        ("POST", "/api/v1/schedules/{id}") => op(
+            "Replace a schedule (takes it already started keep running)",
+            Some(schema::<rakkr_protocol::schedule::ScheduleSpec>(g)),
+            (200, Json(schema::<crate::schedules::ScheduleView>(g))),
+            &[],
+        ),
+        ("POST", "/api/v1/schedules/{id}/delete") => op(
+            "Delete a schedule (takes it started keep running)",
+            None,
+            (200, Json(schema::<rakkr_store::ScheduleRecord>(g))),
+            &[],
+        ),
+        ("POST", "/api/v1/schedules/{id}/skip-next") => op(
+            "Skip the schedule's next occurrence (adds its date to the skip list)",
+            None,
+            (200, Json(schema::<crate::schedules::ScheduleView>(g))),
+            &[],
+        ),
+        ("POST", "/api/v1/schedules/{id}/run-now") => op(
+            "Record the schedule now, for its window's length (until stopped without one)",
+            None,
+            (201, Json(schema::<rakkr_store::JobRecord>(g))),
+            &[],
+        ),
         ("GET", "/metrics") => op(
             "Counters and gauges",
             None,

@@ -26,6 +26,8 @@
 //! - Monthly on a day the month does not have (29–31) falls on its last day.
 //! - Exceptions by occurrence date: `skip` lists dates, `pauses` inclusive
 //!   date ranges. A skipped occurrence is still listed, marked.
+//! - Unknown fields are refused, not ignored: a misspelt buffer or an
+//!   appliance too old for a new rule must not silently record at other times.
 //! - `manual` schedules have no occurrences (only run-now); `always_on` has one
 //!   that never ends, keyed [`ALWAYS_ON_KEY`].
 
@@ -256,7 +258,7 @@ impl Weekday {
 
 /// When a schedule's occurrences fall. No cron syntax: each mode says it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(tag = "mode", rename_all = "snake_case")]
+#[serde(tag = "mode", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Recurrence {
     /// No occurrences: recordings start only by run-now.
     Manual,
@@ -304,6 +306,7 @@ impl Recurrence {
 
 /// The wall-clock window of each occurrence (see the module's rules).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
 pub struct Window {
     pub start: TimeOfDay,
     /// At or before `start`: on the next day.
@@ -320,6 +323,7 @@ impl Window {
 
 /// No occurrences from `from` to `to`, both included.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
 pub struct Pause {
     pub from: CivilDate,
     pub to: CivilDate,
@@ -327,6 +331,7 @@ pub struct Pause {
 
 /// Everything about when a schedule records.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
 pub struct Timing {
     pub recurrence: Recurrence,
     /// IANA time zone name, e.g. `Europe/Berlin`; `UTC` for none.
@@ -642,6 +647,7 @@ fn yes() -> bool {
 
 /// A recording schedule: what to record, where, and when.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
 pub struct ScheduleSpec {
     /// For people; 1–128 bytes.
     pub name: String,

@@ -327,4 +327,15 @@ fn a_schedule_round_trips_through_json_and_checks_its_parts() {
     let err = serde_json::from_str::<ScheduleSpec>(&json.replace("\"weekly\"", "\"hourly\""))
         .unwrap_err();
     assert!(err.to_string().contains("unknown variant"), "{err}");
+    // A misspelt field in the timing, the recurrence, the window, the schedule.
+    for (field, typo) in [
+        ("start_early_s", "start_erly_s"),
+        ("days", "dayz"),
+        ("start", "stat"),
+        ("tags", "tgas"),
+    ] {
+        let bad = json.replace(&format!("\"{field}\""), &format!("\"{typo}\""));
+        let err = serde_json::from_str::<ScheduleSpec>(&bad).unwrap_err();
+        assert!(err.to_string().contains("unknown field"), "{typo}: {err}");
+    }
 }
