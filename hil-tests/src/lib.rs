@@ -940,3 +940,71 @@ impl Drop for Mosquitto {
         let _ = self.child.wait();
     }
 }
+
+/// An agent with a synthetic source, a recordings directory and a durable
+/// state directory; `mqtt_extra` goes into its `[mqtt]` section.
+pub fn job_agent(
+    work: &Path,
+    server: &Server,
+    node: &str,
+    channels: u16,
+    mqtt_extra: &str,
+) -> Result<(Agent, PathBuf)> {
+    let mqtt_port = server.mqtt_port;
+    let recordings = work.join(format!("{node}-recordings"));
+    let config = work.join(format!("{node}.toml"));
+    std::fs::write(
+        &config,
+        format!(
+            "node_id = \"{node}\"\nrealtime = false\nrecordings_dir = \"{}\"\nstate_dir = \"{}\"\n\
+             [mqtt]\nhost = \"127.0.0.1\"\nport = {mqtt_port}\n{mqtt_extra}\n\
+             [source]\nkind = \"synthetic\"\nchannels = {channels}\nsample_rate = 48000\nsignal = \"demo\"\n",
+            recordings.display(),
+            work.join(format!("{node}-state")).display(),
+        ),
+    )?;
+    let agent = if mqtt_extra.is_empty() {
+        Agent::start_for(work, server, node, &config, &[])?
+    } else {
+        Agent::start_with_config(work, node, &config)?
+    };
+    Ok((agent, recordings))
+}
+
+pub fn wait_online(server: &Server, node: &str) -> Result<()> {
+    wait_for(&format!("{node} online"), Duration::from_secs(20), || {
+        (server.presence(node).as_deref() == Some("online")).then_some(())
+    })
+}
+
+/// Wait until the job is in `state`; returns the job.
+pub fn wait_job(
+    server: &Server,
+    id: &str,
+    state: &str,
+    limit: Duration,
+) -> Result<serde_json::Value> {
+    let mut last = serde_json::Value::Null;
+    let found = wait_for(&format!("job {id} {state}"), limit, || {
+        last = server.get_json(&format!("/api/v1/jobs/{id}")).ok()?;
+        (last["state"] == state).then(|| last.clone())
+    });
+    found.map_err(|e| anyhow::anyhow!("{e}; last seen: {last}"))
+}
+
+/// `flac -t` (the reference decoder's test) passes on `path`.
+pub fn flac_test(path: &Path) -> Result<()> {
+    let out = Command::new("flac")
+        .arg("-t")
+        .arg("-s")
+        .arg(path)
+        .output()?;
+    if !out.status.success() {
+        bail!(
+            "flac -t {}: {}",
+            path.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(())
+}

@@ -13,52 +13,6 @@ use serde_json::{Value, json};
 
 const SOON: Duration = Duration::from_secs(20);
 
-/// An agent with a synthetic source, a recordings directory and a durable
-/// state directory; `mqtt_extra` goes into its `[mqtt]` section.
-fn job_agent(
-    work: &Path,
-    server: &Server,
-    node: &str,
-    channels: u16,
-    mqtt_extra: &str,
-) -> Result<(Agent, PathBuf)> {
-    let mqtt_port = server.mqtt_port;
-    let recordings = work.join(format!("{node}-recordings"));
-    let config = work.join(format!("{node}.toml"));
-    std::fs::write(
-        &config,
-        format!(
-            "node_id = \"{node}\"\nrealtime = false\nrecordings_dir = \"{}\"\nstate_dir = \"{}\"\n\
-             [mqtt]\nhost = \"127.0.0.1\"\nport = {mqtt_port}\n{mqtt_extra}\n\
-             [source]\nkind = \"synthetic\"\nchannels = {channels}\nsample_rate = 48000\nsignal = \"demo\"\n",
-            recordings.display(),
-            work.join(format!("{node}-state")).display(),
-        ),
-    )?;
-    let agent = if mqtt_extra.is_empty() {
-        Agent::start_for(work, server, node, &config, &[])?
-    } else {
-        Agent::start_with_config(work, node, &config)?
-    };
-    Ok((agent, recordings))
-}
-
-fn wait_online(server: &Server, node: &str) -> Result<()> {
-    wait_for(&format!("{node} online"), Duration::from_secs(20), || {
-        (server.presence(node).as_deref() == Some("online")).then_some(())
-    })
-}
-
-/// Wait until the job is in `state`; returns the job.
-fn wait_job(server: &Server, id: &str, state: &str, limit: Duration) -> Result<Value> {
-    let mut last = Value::Null;
-    let found = wait_for(&format!("job {id} {state}"), limit, || {
-        last = server.get_json(&format!("/api/v1/jobs/{id}")).ok()?;
-        (last["state"] == state).then(|| last.clone())
-    });
-    found.map_err(|e| anyhow::anyhow!("{e}; last seen: {last}"))
-}
-
 /// A server whose leases last 3 s, so losing one takes seconds, not half a minute.
 fn short_lease_server(work: &Path) -> Result<Server> {
     Server::start_with_env(
@@ -105,22 +59,6 @@ fn has_event(server: &Server, node: &str, condition: &str, change: &str) -> Resu
         .into_iter()
         .flatten()
         .any(|e| e["event"]["condition"] == condition && e["event"]["change"] == change))
-}
-
-fn flac_test(path: &Path) -> Result<()> {
-    let out = Command::new("flac")
-        .arg("-t")
-        .arg("-s")
-        .arg(path)
-        .output()?;
-    if !out.status.success() {
-        bail!(
-            "flac -t {}: {}",
-            path.display(),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    Ok(())
 }
 
 #[test]

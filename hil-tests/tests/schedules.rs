@@ -1,0 +1,206 @@
+//! Schedules end to end through the JSON API: a schedule made over HTTP
+//! starts its recording on a real agent at its window and stops at its end;
+//! bad schedules are refused with the reason; skip-next, run-now, edits and
+//! deletion work and are audited.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::Result;
+use rakkr_hil_tests::*;
+use serde_json::{Value, json};
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+/// `HH:MM:SS` in UTC, `ahead_s` seconds from now.
+fn utc_time_in(ahead_s: u64) -> String {
+    let s = (now_ms() / 1000 + ahead_s) % 86_400;
+    format!("{:02}:{:02}:{:02}", s / 3600, s / 60 % 60, s % 60)
+}
+
+fn schedule(node: &str, start: &str, end: &str) -> Value {
+    json!({
+        "name": "Soundcheck",
+        "node": node,
+        "job": {"channels": "1,2", "profile": {"codec": "flac"}},
+        "timing": {
+            "recurrence": {"mode": "daily"},
+            "time_zone": "UTC",
+            "window": {"start": start, "end": end}
+        },
+        "tags": ["soundcheck"]
+    })
+}
+
+#[test]
+fn a_schedule_made_over_the_api_records_its_window_on_the_appliance() -> Result<()> {
+    let work = tempfile::tempdir()?;
+    let server = Server::start(work.path(), &work.path().join("data"))?;
+    let (_agent, recordings) = job_agent(work.path(), &server, "sched-a", 2, "")?;
+    wait_online(&server, "sched-a")?;
+
+    // A window that opens in 4 s and lasts 4 s.
+    let (start, end) = (utc_time_in(4), utc_time_in(8));
+    let (code, created) = server.post("/api/v1/schedules", &schedule("sched-a", &start, &end))?;
+    assert_eq!(code, 201, "{created}");
+    let id = created["id"].as_str().unwrap().to_owned();
+    assert_eq!(created["revision"], 1);
+    assert!(created["next"]["key"].is_string(), "{created}");
+
+    let job = wait_for("the scheduled job", Duration::from_secs(20), || {
+        let jobs = server.get_json("/api/v1/jobs?node=sched-a").ok()?;
+        jobs.as_array()?
+            .iter()
+            .find(|j| j["scheduled"]["schedule"] == id.as_str())
+            .cloned()
+    })?;
+    let job_id = job["id"].as_str().unwrap().to_owned();
+    assert_eq!(job["tags"], json!(["soundcheck"]));
+    let done = wait_job(&server, &job_id, "completed", Duration::from_secs(30))?;
+    let frames = done["recording"]["frames"].as_u64().unwrap();
+    // Four seconds at 48 kHz, give or take the second the runner ticks in.
+    assert!(
+        (3 * 48_000..=5 * 48_000).contains(&frames),
+        "{frames} frames: {done}"
+    );
+    flac_test(&recordings.join(format!("{job_id}.flac")))?;
+
+    // The detail lists upcoming occurrences and this one's job.
+    let detail = server.get_json(&format!("/api/v1/schedules/{id}"))?;
+    assert_eq!(detail["history"][0]["jobs"], json!([job_id]), "{detail}");
+    assert!(
+        !detail["upcoming"].as_array().unwrap().is_empty(),
+        "{detail}"
+    );
+    // Still exactly one job for the occurrence after the window.
+    std::thread::sleep(Duration::from_secs(2));
+    let jobs = server.get_json("/api/v1/jobs?node=sched-a")?;
+    let scheduled = jobs
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|j| j["scheduled"]["schedule"] == id.as_str())
+        .count();
+    assert_eq!(scheduled, 1);
+
+    // Skip-next adds tomorrow's date; run-now records now for the window's length.
+    let (code, skipped) = server.post(&format!("/api/v1/schedules/{id}/skip-next"), &json!({}))?;
+    assert_eq!(code, 200, "{skipped}");
+    assert_eq!(skipped["revision"], 2);
+    assert_eq!(
+        skipped["spec"]["timing"]["skip"].as_array().unwrap().len(),
+        1
+    );
+    assert_ne!(skipped["next"]["key"], skipped["spec"]["timing"]["skip"][0]);
+    let (code, run) = server.post(&format!("/api/v1/schedules/{id}/run-now"), &json!({}))?;
+    assert_eq!(code, 201, "{run}");
+    assert_eq!(run["spec"]["duration_s"], 4);
+    wait_job(
+        &server,
+        run["id"].as_str().unwrap(),
+        "completed",
+        Duration::from_secs(30),
+    )?;
+
+    // Disable by replacing the spec; run-now is refused then.
+    let mut disabled = schedule("sched-a", &start, &end);
+    disabled["enabled"] = json!(false);
+    let (code, body) = server.post(&format!("/api/v1/schedules/{id}"), &disabled)?;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(body["next"], Value::Null);
+    let (code, body) = server.post(&format!("/api/v1/schedules/{id}/run-now"), &json!({}))?;
+    assert_eq!(code, 409, "{body}");
+
+    // Every change is audited with what it changed.
+    let audit = server.get_json("/api/v1/audit/search?q=schedule&limit=50")?;
+    let records = audit["records"].as_array().unwrap();
+    let target = format!("schedule:{id}");
+    let changes: Vec<&Value> = records
+        .iter()
+        .filter(|r| r["target"] == target.as_str())
+        .collect();
+    assert!(changes.len() >= 3, "{audit}");
+    assert!(
+        changes.iter().any(|r| r["before"].is_null()
+            && r["after"]["spec"]["name"] == "Soundcheck"),
+        "creation with its after: {audit}"
+    );
+    assert!(
+        records
+            .iter()
+            .any(|r| r["actor"] == "runner:schedule"),
+        "the runner's job: {audit}"
+    );
+
+    let (code, gone) = server.post(&format!("/api/v1/schedules/{id}/delete"), &json!({}))?;
+    assert_eq!(code, 200, "{gone}");
+    let (code, _) = server.get_api(&format!("/api/v1/schedules/{id}"))?;
+    assert_eq!(code, 404);
+    Ok(())
+}
+
+#[test]
+fn bad_schedules_are_refused_with_the_reason() -> Result<()> {
+    let work = tempfile::tempdir()?;
+    let server = Server::start(work.path(), &work.path().join("data"))?;
+    let (_agent, _) = job_agent(work.path(), &server, "sched-b", 2, "")?;
+    wait_online(&server, "sched-b")?;
+    let good = schedule("sched-b", "10:00", "11:00");
+    let with = |path: &[&str], value: Value| {
+        let mut v = good.clone();
+        let mut at = &mut v;
+        for p in &path[..path.len() - 1] {
+            at = &mut at[*p];
+        }
+        at[path[path.len() - 1]] = value;
+        v
+    };
+    for (body, code, reason) in [
+        (
+            with(&["timing", "time_zone"], json!("Mars/Olympus")),
+            422,
+            "unknown time zone",
+        ),
+        (
+            with(&["timing", "window", "start"], json!("25:00")),
+            422,
+            "not a time of day",
+        ),
+        (
+            with(
+                &["timing", "recurrence"],
+                json!({"mode": "weekly", "days": []}),
+            ),
+            422,
+            "at least one day",
+        ),
+        (
+            with(&["timing", "start_erly_s"], json!(60)),
+            422,
+            "unknown field",
+        ),
+        (with(&["job", "channels"], json!("7")), 422, "channel"),
+        (with(&["job", "duration_s"], json!(60)), 422, "duration_s"),
+        (with(&["node"], json!("nobody")), 422, "not known"),
+        (with(&["name"], json!("")), 422, "name"),
+    ] {
+        let (got, problem) = server.post("/api/v1/schedules", &body)?;
+        let detail = problem["detail"].as_str().unwrap_or_default();
+        assert_eq!(got, code, "{body}: {problem}");
+        assert!(detail.contains(reason), "{reason}: {detail}");
+    }
+    assert!(
+        server
+            .get_json("/api/v1/schedules")?
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+    let (code, _) = server.get_api("/api/v1/schedules/not-an-id")?;
+    assert_eq!(code, 404);
+    Ok(())
+}
