@@ -493,6 +493,7 @@ fn update(
         at_ms,
         detail,
         recording,
+        autonomous: None,
     }
 }
 

@@ -697,6 +697,7 @@ mod tests {
                 at_ms: now_ms,
                 detail: String::new(),
                 recording: None,
+                autonomous: None,
             };
             let msg = rakkr_protocol::MessageId::new(now_ms + i as u64);
             store

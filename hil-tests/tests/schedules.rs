@@ -125,14 +125,13 @@ fn a_schedule_made_over_the_api_records_its_window_on_the_appliance() -> Result<
         .collect();
     assert!(changes.len() >= 3, "{audit}");
     assert!(
-        changes.iter().any(|r| r["before"].is_null()
-            && r["after"]["spec"]["name"] == "Soundcheck"),
+        changes
+            .iter()
+            .any(|r| r["before"].is_null() && r["after"]["spec"]["name"] == "Soundcheck"),
         "creation with its after: {audit}"
     );
     assert!(
-        records
-            .iter()
-            .any(|r| r["actor"] == "runner:schedule"),
+        records.iter().any(|r| r["actor"] == "runner:schedule"),
         "the runner's job: {audit}"
     );
 

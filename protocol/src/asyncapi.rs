@@ -151,6 +151,21 @@ fn channels(generator: &mut SchemaGenerator) -> Vec<ChannelDoc> {
                           when the requests stop, so do the live frames.",
                 message: Some(("liveRequest", schema_of::<LiveRequest>(generator))),
             },
+            Command::Schedules => ChannelDoc {
+                id: "nodeCommandSchedules",
+                address,
+                sender: Sender::Server,
+                qos: 1,
+                retained: true,
+                summary: "Every schedule of the node, sent again whenever one changes. The node \
+                          keeps them and, while the server is unreachable, starts their due \
+                          occurrences itself under the occurrence's own job id; the server \
+                          reconciles those jobs when it hears of them (decision 0014).",
+                message: Some((
+                    "nodeSchedules",
+                    schema_of::<crate::schedule::NodeSchedules>(generator),
+                )),
+            },
         });
     }
     out

@@ -206,6 +206,25 @@ uuid_v7_id!(
     "A recording job's id (UUIDv7)."
 );
 
+impl JobId {
+    /// The id of the first job of a schedule's occurrence, the same wherever
+    /// it is computed: the server and a node that starts the occurrence on
+    /// its own name the job alike. A UUIDv7 whose time is `at_ms` (when the
+    /// occurrence starts) and whose other bits come from SHA-256 of the
+    /// schedule id and the occurrence key.
+    pub fn for_occurrence(schedule: ScheduleId, key: &str, at_ms: u64) -> JobId {
+        use sha2::Digest;
+        let digest = sha2::Sha256::new()
+            .chain_update(b"rakkr occurrence job\0")
+            .chain_update(schedule.as_u128().to_be_bytes())
+            .chain_update(key.as_bytes())
+            .finalize();
+        let mut bits = [0u8; 10];
+        bits.copy_from_slice(&digest[..10]);
+        JobId(uuid::Builder::from_unix_timestamp_millis(at_ms, &bits).into_uuid())
+    }
+}
+
 uuid_v7_id!(
     /// A recording schedule's id.
     ScheduleId,

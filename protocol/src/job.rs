@@ -225,6 +225,24 @@ pub struct JobUpdate {
     pub detail: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub recording: Option<RecordingReport>,
+    /// Set on the updates of a job the node started by itself (lease id 0):
+    /// what the server needs to reconcile it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autonomous: Option<Box<AutonomousStart>>,
+}
+
+/// A scheduled occurrence a node started on its own while the server was
+/// unreachable. Its job id is [`JobId::for_occurrence`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct AutonomousStart {
+    pub schedule: crate::ScheduleId,
+    /// The schedule's revision the node went by.
+    pub revision: u64,
+    /// The occurrence's key.
+    pub occurrence: String,
+    pub spec: JobSpec,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<String>,
 }
 
 /// Published by a node on `nodes/{node}/jobs`, QoS 1.
@@ -269,6 +287,14 @@ impl Payload for JobReport {
                     return Err(format!("a node cannot report the state {:?}", u.state));
                 }
                 check_detail(&u.detail)?;
+                if let Some(a) = &u.autonomous {
+                    if u.lease_id != 0 {
+                        return Err("an autonomous update has lease id 0".into());
+                    }
+                    check_short("occurrence", &a.occurrence)?;
+                    a.spec.validate()?;
+                    crate::schedule::normalise_tags(&a.tags)?;
+                }
                 if let Some(r) = &u.recording {
                     if r.files.len() > MAX_REPORTED_FILES {
                         return Err(format!(
@@ -400,6 +426,7 @@ mod tests {
                 at_ms: 6,
                 detail: String::new(),
                 recording: None,
+                autonomous: None,
             }),
         );
         let bytes = update.encode();
@@ -469,6 +496,7 @@ mod tests {
                     gaps: 0,
                     recovered: false,
                 }),
+                autonomous: None,
             })
         };
         assert!(update(JobState::Completed, "take.flac").validate().is_ok());

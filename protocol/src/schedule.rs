@@ -685,3 +685,55 @@ impl ScheduleSpec {
         self.timing.calendar()
     }
 }
+
+/// Most schedules one node keeps.
+pub const MAX_NODE_SCHEDULES: usize = 64;
+
+/// The id of an occurrence's first job ([`crate::JobId::for_occurrence`]),
+/// timed at the occurrence's start (or the schedule's creation, for an
+/// always-on schedule whose occurrence starts at the epoch).
+pub fn first_job_id(
+    schedule: crate::ScheduleId,
+    created_ms: u64,
+    occurrence: &Occurrence,
+) -> crate::JobId {
+    crate::JobId::for_occurrence(
+        schedule,
+        &occurrence.key,
+        occurrence.start_ms.max(created_ms),
+    )
+}
+
+/// One schedule as its node keeps it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct NodeSchedule {
+    pub id: crate::ScheduleId,
+    pub revision: u64,
+    pub created_ms: u64,
+    pub spec: ScheduleSpec,
+}
+
+/// Retained on `nodes/{node}/cmd/schedules`: every schedule of the node.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct NodeSchedules {
+    pub schedules: Vec<NodeSchedule>,
+}
+
+impl crate::envelope::Payload for NodeSchedules {
+    const KIND: &'static str = "node schedules";
+    fn validate(&self) -> Result<(), String> {
+        if self.schedules.len() > MAX_NODE_SCHEDULES {
+            return Err(format!(
+                "{} schedules; a node keeps at most {MAX_NODE_SCHEDULES}",
+                self.schedules.len()
+            ));
+        }
+        for s in &self.schedules {
+            s.spec
+                .clone()
+                .check()
+                .map_err(|e| format!("schedule {}: {e}", s.id))?;
+        }
+        Ok(())
+    }
+}

@@ -33,16 +33,25 @@ pub enum Command {
     Ack,
     /// Requests for live meters (someone is watching the node's page).
     Live,
+    /// The schedules the node keeps and runs by itself while the server is
+    /// unreachable (retained).
+    Schedules,
 }
 
 impl Command {
-    pub const ALL: [Command; 3] = [Command::Jobs, Command::Ack, Command::Live];
+    pub const ALL: [Command; 4] = [
+        Command::Jobs,
+        Command::Ack,
+        Command::Live,
+        Command::Schedules,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
             Command::Jobs => "jobs",
             Command::Ack => "ack",
             Command::Live => "live",
+            Command::Schedules => "schedules",
         }
     }
 

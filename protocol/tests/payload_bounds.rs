@@ -3,7 +3,8 @@
 //! connection) for its size.
 
 use rakkr_protocol::job::{
-    JobReport, JobUpdate, MAX_REPORTED_FILES, RecordedFile, RecordingReport,
+    AutonomousStart, JobReport, JobSpec, JobUpdate, MAX_REPORTED_FILES, RecordedFile,
+    RecordingReport,
 };
 use rakkr_protocol::payload::{
     ChannelMeter, DBFS_FLOOR, MAX_CHANNELS, MAX_SHORT_TEXT, MeterFlag, MeterFrame,
@@ -67,12 +68,35 @@ fn the_widest_valid_job_report_fits() {
             gaps: u32::MAX,
             recovered: true,
         }),
+        autonomous: None,
     });
-    let bytes = Envelope::stamped(1, report).encode();
-    assert!(
-        bytes.len() <= MAX_PAYLOAD_BYTES,
-        "{} bytes; the bound is {MAX_PAYLOAD_BYTES}",
-        bytes.len()
-    );
-    assert!(Envelope::<JobReport>::decode(&bytes).is_ok());
+    // The same from a job the node started by itself: lease 0, and what
+    // the server needs to reconcile it, at its widest.
+    let JobReport::Update(mut update) = report.clone() else {
+        unreachable!()
+    };
+    update.lease_id = 0;
+    update.autonomous = Some(Box::new(AutonomousStart {
+        schedule: rakkr_protocol::ScheduleId::new(1),
+        revision: u64::MAX,
+        occurrence: "é".repeat(MAX_SHORT_TEXT / 2),
+        spec: JobSpec {
+            device: "é".repeat(MAX_SHORT_TEXT / 2),
+            channels: Some("é".repeat(MAX_SHORT_TEXT / 2)),
+            profile: Default::default(),
+            duration_s: Some(rakkr_protocol::job::MAX_DURATION_S),
+        },
+        tags: (0..16)
+            .map(|i| format!("{i:02}{}", "é".repeat(19)))
+            .collect(),
+    }));
+    for report in [report, JobReport::Update(update)] {
+        let bytes = Envelope::stamped(1, report).encode();
+        assert!(
+            bytes.len() <= MAX_PAYLOAD_BYTES,
+            "{} bytes; the bound is {MAX_PAYLOAD_BYTES}",
+            bytes.len()
+        );
+        assert!(Envelope::<JobReport>::decode(&bytes).is_ok());
+    }
 }

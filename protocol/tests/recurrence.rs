@@ -339,3 +339,43 @@ fn a_schedule_round_trips_through_json_and_checks_its_parts() {
         assert!(err.to_string().contains("unknown field"), "{typo}: {err}");
     }
 }
+
+#[test]
+fn an_occurrence_names_its_first_job_the_same_everywhere() {
+    use rakkr_protocol::schedule::first_job_id;
+    use rakkr_protocol::{JobId, ScheduleId};
+    let s = ScheduleId::new(1_000);
+    let cal = timing("UTC", Recurrence::Daily, window("10:00", "11:00"))
+        .calendar()
+        .unwrap();
+    let o = cal.occurrence_on(date("2026-11-29").as_jiff()).unwrap();
+    let id = first_job_id(s, 1_000, &o);
+    assert_eq!(id, first_job_id(s, 1_000, &o), "deterministic");
+    assert_eq!(id, JobId::for_occurrence(s, "2026-11-29", o.start_ms));
+    let uuid: uuid::Uuid = id.to_string().parse().unwrap();
+    assert_eq!(uuid.get_version_num(), 7);
+    let (secs, nanos) = uuid.get_timestamp().unwrap().to_unix();
+    assert_eq!(
+        secs * 1000 + u64::from(nanos) / 1_000_000,
+        o.start_ms,
+        "timed at the start"
+    );
+    let next = cal.occurrence_on(date("2026-11-30").as_jiff()).unwrap();
+    assert_ne!(first_job_id(s, 1_000, &next), id, "per occurrence");
+    assert_ne!(
+        first_job_id(ScheduleId::new(2_000), 1_000, &o),
+        id,
+        "per schedule"
+    );
+    // Always-on starts at the epoch: timed at the schedule's creation instead.
+    let on = timing("UTC", Recurrence::AlwaysOn, None)
+        .calendar()
+        .unwrap();
+    let always = on.due_at(5_000_000).unwrap();
+    let (secs, _) = uuid::Uuid::parse_str(&first_job_id(s, 1_000_000, &always).to_string())
+        .unwrap()
+        .get_timestamp()
+        .unwrap()
+        .to_unix();
+    assert_eq!(secs, 1_000);
+}

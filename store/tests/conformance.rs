@@ -108,6 +108,7 @@ fn update(job: &JobRecord, state: JobState) -> JobUpdate {
         at_ms: 0,
         detail: String::new(),
         recording: None,
+        autonomous: None,
     }
 }
 

@@ -100,6 +100,7 @@ fn finish(store: &dyn Store, job: &JobRecord, state: JobState, now_ms: u64) {
         at_ms: now_ms,
         detail: String::new(),
         recording: None,
+        autonomous: None,
     };
     let msg = |i: u64| rakkr_protocol::MessageId::new(now_ms + i);
     store
