@@ -119,6 +119,27 @@ pub trait Store: Send + Sync + 'static {
         now_ms: u64,
     ) -> Result<UpdateOutcome>;
 
+    /// Apply an update of a job its node started on its own (`lease_id` 0,
+    /// `update.autonomous` set: a scheduled occurrence it recorded while the
+    /// server was unreachable; decision 0014), in one transaction:
+    /// - a job the store does not know is created, in the reported state
+    ///   (`running` under a new lease of `lease_ms`, or final with its
+    ///   recording), and joined to its occurrence (ending its deferral);
+    /// - the store's own job for the occurrence (the same id) is taken over:
+    ///   `running` under its lease (a new one if it had none), or final;
+    /// - a `running` for a job already running changes nothing; a final
+    ///   report applies unless the job has ended (audio is never dropped).
+    ///
+    /// The node takes the job's lease when the outcome's job runs under one.
+    fn adopt_job(
+        &self,
+        node: &NodeId,
+        msg_id: MessageId,
+        update: &JobUpdate,
+        now_ms: u64,
+        lease_ms: u64,
+    ) -> Result<UpdateOutcome>;
+
     /// Ask for a job to stop (the take is kept) or, with `cancel`, to end as
     /// cancelled. A queued job is cancelled at once.
     fn request_stop(&self, job: JobId, cancel: bool, now_ms: u64) -> Result<JobRecord>;

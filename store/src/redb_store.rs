@@ -39,7 +39,7 @@
 use std::path::Path;
 
 use rakkr_protocol::NodeId;
-use rakkr_protocol::state::{JobState, Presence, transition};
+use rakkr_protocol::state::{JobState, Lifecycle, Presence, transition};
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -47,11 +47,11 @@ use serde::de::DeserializeOwned;
 use rakkr_protocol::MessageId;
 use rakkr_protocol::ScheduleId;
 use rakkr_protocol::access::Role;
-use rakkr_protocol::job::JobUpdate;
+use rakkr_protocol::job::{AutonomousStart, JobUpdate};
 use rakkr_protocol::payload::{
     HealthChange, HealthCondition, HealthEvent, MAX_DETAIL_TEXT, Severity,
 };
-use rakkr_protocol::schedule::{Occurrence, ScheduleSpec};
+use rakkr_protocol::schedule::{CivilDate, Occurrence, ScheduleSpec, first_job_id};
 
 use crate::{
     AUDIT_GENESIS, ApiTokenRecord, AuditEntry, AuditPage, AuditProbe, AuditRecord, AuditSearch,
@@ -59,8 +59,8 @@ use crate::{
     MAX_APPLIED_UPDATES, MAX_AUDIT_SCAN, MAX_HEALTH_EVENTS_PER_NODE, MAX_OCCURRENCE_JOBS,
     MAX_SCHEDULES, MAX_USER_NAME, NewJob, NodeCredentialRecord, NodeRecord, NodeStatusUpdate,
     OccurrenceJob, OccurrenceRecord, OccurrenceStart, RestartPolicy, Result, ScheduleRecord,
-    SessionRecord, Store, StoreError, UpdateOutcome, UserChange, UserRecord, audit_hash,
-    check_annotation, contains_ignoring_ascii_case, valid_user_name,
+    ScheduledBy, SessionRecord, Store, StoreError, UpdateOutcome, UserChange, UserRecord,
+    audit_hash, check_annotation, contains_ignoring_ascii_case, valid_user_name,
 };
 
 /// Version of the layout above. Bumped only with a migration.
@@ -386,7 +386,7 @@ impl Store for RedbStore {
     }
 
     fn enqueue_job(&self, new: NewJob, now_ms: u64) -> Result<JobRecord> {
-        let job = new_job_record(new, now_ms)?;
+        let job = new_job_record(JobId::new(now_ms), new, now_ms)?;
         let tx = self.db.begin_write().map_err(backend)?;
         {
             let mut tables = JobTables::open(&tx)?;
@@ -519,6 +519,132 @@ impl Store for RedbStore {
                 insert_health_events(&tx, &[job_lost_event(&job, HealthChange::Cleared, now_ms)])?;
             }
             tables.put(Some(&old), &job)?;
+            UpdateOutcome::Applied(job)
+        };
+        tx.commit().map_err(backend)?;
+        Ok(outcome)
+    }
+
+    fn adopt_job(
+        &self,
+        node: &NodeId,
+        msg_id: MessageId,
+        update: &JobUpdate,
+        now_ms: u64,
+        lease_ms: u64,
+    ) -> Result<UpdateOutcome> {
+        let Some(started) = update.autonomous.as_deref() else {
+            return Err(StoreError::Refused(
+                "not an autonomous update (it names no occurrence)".into(),
+            ));
+        };
+        if update.lease_id != 0 {
+            return Err(StoreError::Refused(
+                "an autonomous update has lease id 0".into(),
+            ));
+        }
+        let tx = self.db.begin_write().map_err(backend)?;
+        let outcome = {
+            let mut tables = JobTables::open(&tx)?;
+            let old = tables.get(update.job_id.as_u128())?;
+            let mut job = match &old {
+                Some(job) if &job.node != node => {
+                    return Err(StoreError::WrongNode {
+                        job: job.id,
+                        owner: job.node.clone(),
+                        node: node.clone(),
+                    });
+                }
+                Some(job) if job.applied.contains(&msg_id) => {
+                    return Ok(UpdateOutcome::Duplicate(job.clone()));
+                }
+                Some(job) => job.clone(),
+                None => {
+                    let channels = {
+                        let nodes = tx.open_table(NODES).map_err(backend)?;
+                        match nodes.get(node.as_str()).map_err(backend)? {
+                            Some(v) => decode::<NodeRecord>("node", v.value())?
+                                .details
+                                .map_or(0, |d| usize::from(d.capabilities.channels)),
+                            None => 0,
+                        }
+                    };
+                    let mut sources: Vec<u16> = started
+                        .spec
+                        .channel_map(channels)
+                        .map(|m| m.sources().map(|c| c as u16).collect())
+                        .unwrap_or_default();
+                    sources.sort_unstable();
+                    sources.dedup();
+                    let new = NewJob {
+                        node: node.clone(),
+                        spec: started.spec.clone(),
+                        sources,
+                        scheduled: Some(ScheduledBy {
+                            schedule: started.schedule,
+                            occurrence: started.occurrence.clone(),
+                        }),
+                        tags: started.tags.clone(),
+                    };
+                    let created = update
+                        .recording
+                        .as_ref()
+                        .map_or(update.at_ms, |r| r.start_unix_ms);
+                    let mut job = new_job_record(update.job_id, new, created)?;
+                    job.detail = format!(
+                        "started by the node on its own at {} ms: the server was unreachable",
+                        update.at_ms
+                    );
+                    job
+                }
+            };
+            let before = old.as_ref().map(|j| j.state);
+            if update.state == JobState::Running {
+                // Running already (taken over before, or this message is
+                // older than what the store knows): nothing changes.
+                if matches!(
+                    job.state,
+                    JobState::Queued | JobState::Leased | JobState::Lost
+                ) {
+                    let lease_id = match (job.state, job.lease) {
+                        (JobState::Leased, Some(l)) => l.id,
+                        _ => next_lease_id(&tx)?,
+                    };
+                    if job.state == JobState::Queued {
+                        job.state = transition(job.state, JobState::Leased)?;
+                    }
+                    job.state = transition(job.state, JobState::Running)?;
+                    job.lease = Some(Lease {
+                        id: lease_id,
+                        expires_ms: now_ms + lease_ms,
+                    });
+                    job.updated_ms = now_ms;
+                }
+            } else if !job.state.is_terminal() {
+                if job.state == JobState::Queued {
+                    job.state = transition(job.state, JobState::Leased)?;
+                }
+                job.state = transition(job.state, update.state)?;
+                job.updated_ms = now_ms;
+                if !update.detail.is_empty() {
+                    job.detail = update.detail.clone();
+                }
+                if update.recording.is_some() {
+                    job.recording = update.recording.clone();
+                }
+            }
+            job.applied.push(msg_id);
+            if job.applied.len() > MAX_APPLIED_UPDATES {
+                job.applied.remove(0);
+            }
+            if before == Some(JobState::Lost) {
+                insert_health_events(&tx, &[job_lost_event(&job, HealthChange::Cleared, now_ms)])?;
+            }
+            tables.put(old.as_ref(), &job)?;
+            drop(tables);
+            if old.is_none() {
+                join_occurrence(&tx, &job, started, now_ms)?;
+            }
             UpdateOutcome::Applied(job)
         };
         tx.commit().map_err(backend)?;
@@ -1377,7 +1503,26 @@ impl Store for RedbStore {
             let queued = match job {
                 OccurrenceJob::Blocked(reason) => Err(reason),
                 OccurrenceJob::Ready(new) => {
-                    let job = new_job_record(new, now_ms)?;
+                    // The first job has the occurrence's own id, which a node
+                    // that starts it by itself uses too.
+                    let job_id = if record.jobs.is_empty() {
+                        first_job_id(id, schedule.created_ms, &record.occurrence)
+                    } else {
+                        JobId::new(now_ms)
+                    };
+                    if let Some(existing) = tables.get(job_id.as_u128())? {
+                        // Its node reported it before the occurrence had a record.
+                        record.jobs.push(existing.id);
+                        drop(tables);
+                        occurrences
+                            .insert(key, encode(&record).as_slice())
+                            .map_err(backend)?;
+                        drop(occurrences);
+                        drop(schedules);
+                        tx.commit().map_err(backend)?;
+                        return Ok(OccurrenceStart::Handled(Some(existing.id)));
+                    }
+                    let job = new_job_record(job_id, new, now_ms)?;
                     match tables.queue_new(&job) {
                         Ok(()) => Ok(job),
                         Err(StoreError::Refused(reason)) => Err(reason),
@@ -1573,10 +1718,10 @@ fn leased(job: &JobRecord) -> Option<u64> {
 }
 
 /// The record of a job about to be queued.
-fn new_job_record(new: NewJob, now_ms: u64) -> Result<JobRecord> {
+fn new_job_record(id: JobId, new: NewJob, now_ms: u64) -> Result<JobRecord> {
     let tags = rakkr_protocol::schedule::normalise_tags(&new.tags).map_err(StoreError::Refused)?;
     Ok(JobRecord {
-        id: JobId::new(now_ms),
+        id,
         node: new.node,
         spec: new.spec,
         sources: new.sources,
@@ -1598,6 +1743,9 @@ impl<'txn> JobTables<'txn> {
     /// Queue a new job, refused when it would share a device channel with a
     /// job of its node and device that holds its channels.
     fn queue_new(&mut self, job: &JobRecord) -> Result<()> {
+        if self.get(job.id.as_u128())?.is_some() {
+            return Err(StoreError::Refused(format!("job {} exists", job.id)));
+        }
         for id in JobTables::ids_of(&self.active, &job.node)? {
             let other = self.get_existing(id)?;
             if other.spec.device != job.spec.device {
@@ -1748,6 +1896,87 @@ fn insert_health_events(
         }
     }
     Ok(new)
+}
+
+/// Join a job a node started by itself to its schedule's occurrence record
+/// (made if the store has none; a deferral ends). Nothing when the schedule
+/// is gone.
+fn join_occurrence(
+    tx: &redb::WriteTransaction,
+    job: &JobRecord,
+    started: &AutonomousStart,
+    now_ms: u64,
+) -> Result<()> {
+    let schedules = tx.open_table(SCHEDULES).map_err(backend)?;
+    let Some(schedule) = schedules
+        .get(started.schedule.as_u128())
+        .map_err(backend)?
+        .map(|v| decode::<ScheduleRecord>("schedule", v.value()))
+        .transpose()?
+    else {
+        return Ok(());
+    };
+    let mut occurrences = tx.open_table(OCCURRENCES).map_err(backend)?;
+    let key = (started.schedule.as_u128(), started.occurrence.as_str());
+    let mut record = match occurrences.get(key).map_err(backend)? {
+        Some(v) => decode::<OccurrenceRecord>("occurrence", v.value())?,
+        None => {
+            let planned = schedule
+                .spec
+                .timing
+                .calendar()
+                .ok()
+                .zip(started.occurrence.parse::<CivilDate>().ok())
+                .and_then(|(c, d)| c.occurrence_on(d.as_jiff()));
+            let start = job
+                .recording
+                .as_ref()
+                .map_or(job.created_ms, |r| r.start_unix_ms);
+            OccurrenceRecord {
+                schedule: schedule.id,
+                occurrence: planned.unwrap_or(Occurrence {
+                    key: started.occurrence.clone(),
+                    window_start_ms: start,
+                    window_end_ms: u64::MAX,
+                    start_ms: start,
+                    end_ms: u64::MAX,
+                    exception: None,
+                }),
+                jobs: Vec::new(),
+                deferred: None,
+            }
+        }
+    };
+    if record.jobs.contains(&job.id) || record.jobs.len() >= MAX_OCCURRENCE_JOBS {
+        return Ok(());
+    }
+    record.jobs.push(job.id);
+    if let Some(d) = record.deferred.take() {
+        let mut deferred = tx.open_table(DEFERRED_OCCURRENCES).map_err(backend)?;
+        deferred
+            .remove((
+                record.occurrence.end_ms,
+                schedule.id.as_u128(),
+                started.occurrence.as_str(),
+            ))
+            .map_err(backend)?;
+        let event = deferral_event(
+            &schedule,
+            &record.occurrence,
+            HealthCondition::ScheduleDeferred,
+            HealthChange::Cleared,
+            format!(
+                "the node started it by itself as job {} (it waited since {} ms)",
+                job.id, d.since_ms
+            ),
+            now_ms,
+        );
+        insert_health_events(tx, &[event])?;
+    }
+    occurrences
+        .insert(key, encode(&record).as_slice())
+        .map_err(backend)?;
+    Ok(())
 }
 
 /// Tell schedule runners to reload.

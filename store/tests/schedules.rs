@@ -3,9 +3,11 @@
 
 use std::sync::{Arc, Barrier};
 
-use rakkr_protocol::job::{JobSpec, JobUpdate};
+use rakkr_protocol::job::{AutonomousStart, JobSpec, JobUpdate, RecordingReport};
 use rakkr_protocol::payload::{HealthChange, HealthCondition};
-use rakkr_protocol::schedule::{Occurrence, Recurrence, ScheduleSpec, Timing, Window};
+use rakkr_protocol::schedule::{
+    Occurrence, Recurrence, ScheduleSpec, Timing, Window, first_job_id,
+};
 use rakkr_protocol::state::JobState;
 use rakkr_protocol::{NodeId, ScheduleId};
 use rakkr_store::*;
@@ -409,6 +411,152 @@ fn a_busy_occurrence_is_deferred_then_started_or_missed(store: &dyn Store) {
     drop(blocker);
 }
 
+/// What a node sends about an occurrence it started by itself.
+fn autonomous(
+    s: &ScheduleRecord,
+    o: &Occurrence,
+    state: JobState,
+    recording: Option<RecordingReport>,
+) -> JobUpdate {
+    JobUpdate {
+        job_id: first_job_id(s.id, s.created_ms, o),
+        lease_id: 0,
+        state,
+        at_ms: o.start_ms,
+        detail: String::new(),
+        recording,
+        autonomous: Some(Box::new(AutonomousStart {
+            schedule: s.id,
+            revision: s.revision,
+            occurrence: o.key.clone(),
+            spec: JobSpec {
+                duration_s: Some(90),
+                ..s.spec.job.clone()
+            },
+            tags: s.spec.tags.clone(),
+        })),
+    }
+}
+
+fn take(start_ms: u64) -> RecordingReport {
+    RecordingReport {
+        files: vec![],
+        file_count: 1,
+        frames: 48_000 * 90,
+        sample_rate: 48_000,
+        channels: 1,
+        bits: 24,
+        start_unix_ms: start_ms,
+        gaps: 0,
+        recovered: false,
+    }
+}
+
+fn a_job_a_node_started_alone_is_reconciled_once(store: &dyn Store) {
+    let ids: Vec<_> = (0..6)
+        .map(|i| rakkr_protocol::MessageId::new(1_000_000 + i))
+        .collect();
+    let msg = |i: usize| ids[i];
+    let s = create(store, "alone", 1_000);
+    let n = node("alone");
+
+    // The server was down for the whole window: the final report creates the job.
+    let o = occurrence("2026-11-29", 10_000, 100_000);
+    let done = autonomous(&s, &o, JobState::Completed, Some(take(10_000)));
+    let UpdateOutcome::Applied(job) = store.adopt_job(&n, msg(1), &done, 200_000, 30_000).unwrap()
+    else {
+        panic!()
+    };
+    assert_eq!(job.id, done.job_id);
+    assert_eq!(job.state, JobState::Completed);
+    assert_eq!(job.created_ms, 10_000);
+    assert_eq!(job.tags, ["show"]);
+    assert!(job.recording.is_some());
+    assert_eq!(
+        job.scheduled,
+        Some(ScheduledBy {
+            schedule: s.id,
+            occurrence: o.key.clone()
+        })
+    );
+    assert!(matches!(
+        store.adopt_job(&n, msg(1), &done, 200_001, 30_000).unwrap(),
+        UpdateOutcome::Duplicate(_)
+    ));
+    assert_eq!(
+        store.occurrence_records(s.id, 10).unwrap()[0].jobs,
+        [job.id]
+    );
+    // The runner, back, does not start the occurrence again.
+    assert_eq!(
+        store
+            .start_occurrence(s.id, 1, &o, job_for(&s, &o, &[0]), ONCE, 50_000)
+            .unwrap(),
+        OccurrenceStart::Handled(Some(job.id))
+    );
+
+    // The server is back mid-window and made its own job first: the same id,
+    // taken over under a lease.
+    let o2 = occurrence("2026-11-30", 200_000, 300_000);
+    let OccurrenceStart::Started(queued) = store
+        .start_occurrence(s.id, 1, &o2, job_for(&s, &o2, &[0]), ONCE, 210_000)
+        .unwrap()
+    else {
+        panic!()
+    };
+    let running = autonomous(&s, &o2, JobState::Running, None);
+    assert_eq!(queued.id, running.job_id, "one id for the occurrence");
+    let UpdateOutcome::Applied(taken) = store
+        .adopt_job(&n, msg(2), &running, 211_000, 30_000)
+        .unwrap()
+    else {
+        panic!()
+    };
+    assert_eq!(taken.state, JobState::Running);
+    let lease = taken.lease.unwrap();
+    assert_eq!(lease.expires_ms, 241_000);
+    // The node goes on under that lease.
+    let mut end = autonomous(&s, &o2, JobState::Completed, Some(take(200_000)));
+    end.lease_id = lease.id;
+    end.autonomous = None;
+    let UpdateOutcome::Applied(ended) = store.apply_job_update(&n, msg(3), &end, 300_000).unwrap()
+    else {
+        panic!()
+    };
+    assert_eq!(ended.state, JobState::Completed);
+    assert_eq!(
+        store.occurrence_records(s.id, 10).unwrap()[0].jobs,
+        [queued.id]
+    );
+
+    // The node reports running before the server's runner got to it: created
+    // running under a new lease; the runner then finds it.
+    let o3 = occurrence("2026-12-01", 400_000, 500_000);
+    let early = autonomous(&s, &o3, JobState::Running, None);
+    let UpdateOutcome::Applied(created) = store
+        .adopt_job(&n, msg(4), &early, 401_000, 30_000)
+        .unwrap()
+    else {
+        panic!()
+    };
+    assert_eq!(created.state, JobState::Running);
+    assert!(created.lease.is_some());
+    assert_eq!(
+        store
+            .start_occurrence(s.id, 1, &o3, job_for(&s, &o3, &[0]), ONCE, 402_000)
+            .unwrap(),
+        OccurrenceStart::Handled(Some(created.id))
+    );
+    // Another node cannot report it.
+    assert!(matches!(
+        store.adopt_job(&node("other"), msg(5), &early, 403_000, 30_000),
+        Err(StoreError::WrongNode { .. })
+    ));
+    // Exactly one job per occurrence, three in all.
+    let jobs = store.jobs(Some(&n), 10).unwrap();
+    assert_eq!(jobs.len(), 3, "{jobs:?}");
+}
+
 fn redb() -> (tempfile::TempDir, RedbStore) {
     let dir = tempfile::tempdir().unwrap();
     let store = RedbStore::open(&dir.path().join("rakkr.redb")).unwrap();
@@ -443,6 +591,12 @@ fn redb_a_failed_job_restarts_within_its_window() {
 fn redb_a_busy_occurrence_is_deferred_then_started_or_missed() {
     let (_d, s) = redb();
     a_busy_occurrence_is_deferred_then_started_or_missed(&s);
+}
+
+#[test]
+fn redb_a_job_a_node_started_alone_is_reconciled_once() {
+    let (_d, s) = redb();
+    a_job_a_node_started_alone_is_reconciled_once(&s);
 }
 
 #[test]
