@@ -414,6 +414,13 @@ async fn publish_outbound(
                         tracing::warn!(node = %node, error = %e, "cannot publish live meter request");
                     }
                 }
+                jobs::Outbound::Schedules(node, schedules) => {
+                    let topic = Topic::command(&node, Command::Schedules).to_string();
+                    let payload = Envelope::stamped(clock.unix_ms(), schedules).encode();
+                    if let Err(e) = client.publish(topic, QoS::AtLeastOnce, true, payload).await {
+                        tracing::warn!(node = %node, error = %e, "cannot publish the node's schedules");
+                    }
+                }
                 jobs::Outbound::Command(node, command) => {
                     let topic = Topic::command(&node, Command::Jobs).to_string();
                     let payload =

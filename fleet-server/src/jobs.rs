@@ -97,6 +97,8 @@ pub enum Outbound {
     Ack(NodeId, MessageId),
     /// Ask the node for live meters (someone watches it).
     Live(NodeId, rakkr_protocol::payload::LiveRequest),
+    /// The node's schedules (retained).
+    Schedules(NodeId, rakkr_protocol::schedule::NodeSchedules),
 }
 
 /// The sending side of the command queue, shared by the desk and the API.
@@ -113,9 +115,16 @@ impl Commands {
     }
 
     pub fn send(&self, out: Outbound) {
-        if self.tx.try_send(out).is_err() {
+        self.try_send(out);
+    }
+
+    /// Queue `out`; `false` (and counted) when the queue is full.
+    pub fn try_send(&self, out: Outbound) -> bool {
+        let sent = self.tx.try_send(out).is_ok();
+        if !sent {
             self.stats.dropped.fetch_add(1, Ordering::Relaxed);
         }
+        sent
     }
 
     fn command(&self, node: &NodeId, command: JobCommand) {
@@ -363,7 +372,15 @@ fn handle(
         }
         JobReport::Update(update) => {
             stats.updates.fetch_add(1, Ordering::Relaxed);
-            match store.apply_job_update(&node, msg_id, &update, now_ms) {
+            // A job the node started by itself (a scheduled occurrence while
+            // the server was away): reconciled, then run under a lease.
+            let autonomous = update.autonomous.is_some() && update.lease_id == 0;
+            let applied = if autonomous {
+                store.adopt_job(&node, msg_id, &update, now_ms, lease_len)
+            } else {
+                store.apply_job_update(&node, msg_id, &update, now_ms)
+            };
+            match applied {
                 Ok(outcome) => {
                     if matches!(outcome, UpdateOutcome::Duplicate(_)) {
                         stats.duplicates.fetch_add(1, Ordering::Relaxed);
@@ -375,6 +392,19 @@ fn handle(
                         audit_update(job.id, "allowed", Some(reported), Some(job));
                     }
                     out.push(Outbound::Ack(node.clone(), msg_id));
+                    // The node takes over the lease of the job it runs.
+                    if let (true, JobState::Running, Some(l)) = (autonomous, job.state, job.lease) {
+                        stats.offers.fetch_add(1, Ordering::Relaxed);
+                        out.push(Outbound::Command(
+                            node.clone(),
+                            JobCommand::Offer {
+                                job_id: job.id,
+                                lease_id: l.id,
+                                lease_ms: lease_ms(lease),
+                                spec: job.spec.clone(),
+                            },
+                        ));
+                    }
                     // A stop requested before the node reported running.
                     if update.state == JobState::Running && job.state == JobState::StopRequested {
                         out.extend(

@@ -354,6 +354,11 @@ impl RunningServer {
             schedule_stats.clone(),
             shutdown.clone(),
         ));
+        tasks.spawn(schedules::run_sync(
+            store.clone(),
+            commands.clone(),
+            shutdown.clone(),
+        ));
         let mut ca = None;
         let mut mqtt_tls_port = None;
         if let Some((listener, upstream, readers, tls_listener)) = gate_listener {

@@ -23,6 +23,14 @@
 //!   audio is stopped by people (Stop on the node page or the API).
 //! - Every job the runner creates is in the audit log as `runner:schedule`;
 //!   every change to a schedule as its author's.
+//!
+//! Nodes keep their schedules ([`run_sync`] keeps the retained
+//! `nodes/{node}/cmd/schedules` current) and start due occurrences by
+//! themselves while the server is unreachable. An occurrence's first job has
+//! the occurrence's own id ([`rakkr_protocol::schedule::first_job_id`]) on
+//! both sides, so the job the runner makes and the one the node started are
+//! the same job; the desk reconciles the node's reports
+//! ([`Store::adopt_job`]). Decision 0014 has the whole design.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -33,7 +41,8 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use rakkr_protocol::ScheduleId;
+use rakkr_protocol::schedule::{MAX_NODE_SCHEDULES, NodeSchedule, NodeSchedules};
+use rakkr_protocol::{NodeId, ScheduleId};
 use rakkr_protocol::job::{JobSpec, MAX_DURATION_S};
 use rakkr_protocol::schedule::{Calendar, Occurrence, Recurrence, ScheduleSpec};
 use rakkr_protocol::state::JobState;
@@ -46,7 +55,7 @@ use tokio_util::sync::CancellationToken;
 use crate::audit::AuditChange;
 use crate::clock::Clock;
 use crate::http::{AppState, Problem, blocking, job_problem, problem, store_problem};
-use crate::jobs::{Commands, JobRequestError};
+use crate::jobs::{Commands, JobRequestError, Outbound};
 
 /// How often the runner looks for due occurrences.
 pub const SCHEDULE_INTERVAL: Duration = Duration::from_secs(1);
@@ -306,6 +315,120 @@ pub async fn run(
     }
 }
 
+/// Every schedule of `node`, as the node keeps them, oldest first.
+pub fn node_schedules(all: &[ScheduleRecord], node: &NodeId) -> NodeSchedules {
+    NodeSchedules {
+        schedules: all
+            .iter()
+            .filter(|r| &r.spec.node == node)
+            .map(|r| NodeSchedule {
+                id: r.id,
+                revision: r.revision,
+                created_ms: r.created_ms,
+                spec: r.spec.clone(),
+            })
+            .collect(),
+    }
+}
+
+/// Keep every node's retained `cmd/schedules` equal to its schedules: sent
+/// for every known node when the server starts (a schedule deleted while it
+/// was down must not live on in a broker or on an appliance), then for each
+/// node whose schedules changed. A message the command queue could not take
+/// is sent again on the next pass.
+pub async fn run_sync(store: Arc<dyn Store>, commands: Commands, shutdown: CancellationToken) {
+    let mut interval = tokio::time::interval(SCHEDULE_INTERVAL);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut sent: HashMap<NodeId, NodeSchedules> = HashMap::new();
+    let mut synced: Option<u64> = None;
+    let mut first = true;
+    loop {
+        tokio::select! {
+            _ = interval.tick() => {}
+            _ = shutdown.cancelled() => return,
+        }
+        let store = store.clone();
+        let read = tokio::task::spawn_blocking(move || {
+            let generation = store.schedules_generation()?;
+            if synced == Some(generation) {
+                return Ok(None);
+            }
+            let nodes = if first { store.nodes()? } else { Vec::new() };
+            Ok::<_, StoreError>(Some((generation, store.schedules()?, nodes)))
+        })
+        .await;
+        let (generation, all, known) = match read {
+            Ok(Ok(Some(read))) => read,
+            Ok(Ok(None)) => continue,
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "schedule sync: store error");
+                continue;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "schedule sync task failed");
+                continue;
+            }
+        };
+        let mut nodes: std::collections::BTreeSet<NodeId> =
+            all.iter().map(|r| r.spec.node.clone()).collect();
+        nodes.extend(known.into_iter().map(|n| n.id));
+        nodes.extend(sent.keys().cloned());
+        let mut complete = true;
+        for node in nodes {
+            let list = node_schedules(&all, &node);
+            if !first && sent.get(&node) == Some(&list) {
+                continue;
+            }
+            if commands.try_send(Outbound::Schedules(node.clone(), list.clone())) {
+                sent.insert(node, list);
+            } else {
+                complete = false;
+            }
+        }
+        if complete {
+            synced = Some(generation);
+            first = false;
+        }
+    }
+}
+
+/// Refuse a schedule that would give its node more than it can keep: more
+/// than [`MAX_NODE_SCHEDULES`], or a list over the payload bound.
+fn check_node_room(store: &dyn Store, id: ScheduleId, spec: &ScheduleSpec) -> Result<(), Problem> {
+    let mut all = store.schedules().map_err(store_problem)?;
+    all.retain(|r| r.id != id);
+    all.push(ScheduleRecord {
+        id,
+        spec: spec.clone(),
+        created_ms: 0,
+        updated_ms: 0,
+        revision: 0,
+    });
+    let list = node_schedules(&all, &spec.node);
+    if list.schedules.len() > MAX_NODE_SCHEDULES {
+        return Err(problem(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!(
+                "node {} has {MAX_NODE_SCHEDULES} schedules, the most one node keeps",
+                spec.node
+            ),
+        ));
+    }
+    let bytes = rakkr_protocol::Envelope::stamped(0, list).encode().len();
+    if bytes > rakkr_protocol::MAX_PAYLOAD_BYTES {
+        return Err(problem(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!(
+                "node {}'s schedules would take {bytes} bytes, over the {} a message carries; \
+                 shorten skip lists or merge schedules",
+                spec.node,
+                rakkr_protocol::MAX_PAYLOAD_BYTES
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// Start a recording of `schedule` now, outside its calendar: for the
 /// window's length (and the late buffer), or until stopped when it has no
 /// window. Like any job started by hand, it is refused when its channels are
@@ -499,8 +622,10 @@ pub async fn api_create(
     let (store, now) = (state.store.clone(), state.clock.unix_ms());
     let record = blocking(move || {
         check_spec(&*store, &mut spec)?;
+        let id = ScheduleId::new(now);
+        check_node_room(&*store, id, &spec)?;
         let record = ScheduleRecord {
-            id: ScheduleId::new(now),
+            id,
             spec,
             created_ms: now,
             updated_ms: now,
@@ -526,6 +651,7 @@ pub async fn api_update(
     let (store, now) = (state.store.clone(), state.clock.unix_ms());
     let (before, after) = blocking(move || {
         check_spec(&*store, &mut spec)?;
+        check_node_room(&*store, id, &spec)?;
         store.update_schedule(id, spec, now).map_err(store_problem)
     })
     .await?;
