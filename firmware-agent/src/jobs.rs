@@ -18,6 +18,17 @@
 //! (`run::recover_recordings`) and each is reported `completed` with
 //! `recovered: true`; the server attaches it even if it had marked the job
 //! lost. On an orderly shutdown running takes are finalized and reported.
+//!
+//! Schedules (decision 0014): the node keeps the schedules the server sends
+//! (retained `cmd/schedules`, kept in the outbox database). While the server
+//! is unreachable (no broker connection, or its status is offline) it starts
+//! each due occurrence itself, once, under the occurrence's own job id
+//! ([`first_job_id`]) and lease id 0, and reports it with what the server
+//! needs to reconcile it (`autonomous`). When an offer for that job arrives
+//! (the server made its own job for the occurrence, or reconciled the
+//! node's) the node takes over the offered lease and the take goes on
+//! uninterrupted. Jobs it started are remembered (`Outbox::mark_started`),
+//! so an occurrence is never recorded twice by the node.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -26,13 +37,14 @@ use std::time::{Duration, Instant};
 
 use rakkr_mqtt::LinkState;
 use rakkr_protocol::job::{
-    CodecName, DEFAULT_DEVICE, JobCommand, JobReport, JobSpec, JobUpdate, MAX_REPORTED_FILES,
-    RecordedFile, RecordingReport,
+    AutonomousStart, CodecName, DEFAULT_DEVICE, JobCommand, JobReport, JobSpec, JobUpdate,
+    MAX_REPORTED_FILES, RecordedFile, RecordingReport,
 };
+use rakkr_protocol::schedule::{Calendar, NodeSchedule, NodeSchedules, first_job_id};
 use rakkr_protocol::state::JobState;
 use rakkr_protocol::{Envelope, JobId, NodeId};
 use serde::{Deserialize, Serialize};
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::{Notify, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::capture::CapturePipeline;
@@ -54,6 +66,12 @@ const TICK: Duration = Duration::from_millis(200);
 /// Written audio is made durable this often (the crash-loss bound).
 const SYNC_EVERY: Duration = Duration::from_millis(500);
 
+/// While the server is unreachable, due occurrences are looked for this often.
+const AUTONOMY_EVERY: Duration = Duration::from_secs(1);
+
+/// An occurrence the node could not start by itself is tried again after this.
+const AUTONOMY_RETRY: Duration = Duration::from_secs(10);
+
 /// What the node keeps about a job it holds, across restarts.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HeldJob {
@@ -68,6 +86,9 @@ pub struct HeldJob {
     /// The take ended and its final report waits for acknowledgement.
     #[serde(default)]
     pub finished: bool,
+    /// The node started it by itself (lease id 0 until it takes one over).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autonomous: Option<AutonomousStart>,
 }
 
 /// What the runner needs from the rest of the agent.
@@ -83,6 +104,8 @@ pub struct JobContext {
     pub clock: Arc<dyn Clock>,
     /// Counts job updates the outbox could not keep.
     pub telemetry: Arc<crate::link::TelemetryStats>,
+    /// The server's status says it is online (see `link::Outgoing`).
+    pub server_online: Arc<std::sync::atomic::AtomicBool>,
 }
 
 struct Running {
@@ -103,9 +126,13 @@ pub async fn run(
     ctx: JobContext,
     mut commands: mpsc::Receiver<JobCommand>,
     reports: mpsc::Sender<JobReport>,
+    mut schedules: watch::Receiver<Option<NodeSchedules>>,
     shutdown: CancellationToken,
 ) {
     report_interrupted(&ctx).await;
+    let mut calendars = kept_schedules(&ctx).await;
+    let mut schedules_open = true;
+    let mut autonomy = Autonomy::default();
     let mut running: HashMap<JobId, Running> = HashMap::new();
     let mut wants_claim = true;
     let mut last_claim: Option<Instant> = None;
@@ -120,8 +147,15 @@ pub async fn run(
                 match cmd {
                     JobCommand::Offer { job_id, lease_id, lease_ms, spec } => {
                         // Offered again (its running or final report has not
-                        // arrived yet): it runs, or ran, once.
-                        if !running.contains_key(&job_id) && !held_ids(&ctx).await.contains(&job_id) {
+                        // arrived yet): it runs, or ran, once. A job the node
+                        // started by itself takes the offered lease over.
+                        if let Some(r) = running.get_mut(&job_id) {
+                            if r.held.lease_id == 0 {
+                                take_over(&ctx, r, lease_id, lease_ms).await;
+                            }
+                        } else if !held_ids(&ctx).await.contains(&job_id)
+                            && !was_started(&ctx, job_id).await
+                        {
                             offer(&ctx, &mut running, job_id, lease_id, lease_ms, spec).await;
                         }
                         // More may be waiting.
@@ -147,6 +181,17 @@ pub async fn run(
                         }
                     }
                     JobCommand::Wake => wants_claim = true,
+                }
+            }
+            changed = schedules.changed(), if schedules_open => {
+                if changed.is_err() {
+                    schedules_open = false;
+                    continue;
+                }
+                let received = schedules.borrow_and_update().clone();
+                if let Some(list) = received {
+                    keep_schedules(&ctx, &list).await;
+                    calendars = compile(list);
                 }
             }
             _ = tick.tick() => {}
@@ -177,11 +222,17 @@ pub async fn run(
                 r.last_beat = Instant::now() - r.lease;
             }
         }
+        let reachable = connected && ctx.server_online.load(std::sync::atomic::Ordering::Acquire);
+        if !reachable && autonomy.last.is_none_or(|t| t.elapsed() >= AUTONOMY_EVERY) {
+            autonomy.last = Some(Instant::now());
+            start_due_occurrences(&ctx, &mut running, &calendars, &mut autonomy).await;
+        }
         if !connected {
             continue;
         }
         for (id, r) in running.iter_mut() {
-            if r.revoked.is_none() && r.last_beat.elapsed() >= r.lease / 3 {
+            // A job started by the node alone has no lease to renew yet.
+            if r.held.lease_id != 0 && r.revoked.is_none() && r.last_beat.elapsed() >= r.lease / 3 {
                 let beat = JobReport::Heartbeat {
                     job_id: *id,
                     lease_id: r.held.lease_id,
@@ -236,65 +287,209 @@ async fn offer(
     lease_ms: u32,
     spec: JobSpec,
 ) {
+    let lease = Duration::from_millis(u64::from(lease_ms));
+    if let Err(reason) = begin(ctx, running, job_id, lease_id, lease, spec, None).await {
+        tracing::warn!(job = %job_id, %reason, "job refused");
+        let update = update(
+            job_id,
+            lease_id,
+            JobState::Failed,
+            ctx.clock.unix_ms(),
+            bounded(reason),
+            None,
+        );
+        keep(ctx, None, false, update).await;
+    }
+}
+
+/// Start a take for `job_id` (under `lease_id`, or 0 for one the node starts
+/// by itself), hold it and report it running; or say why it cannot run.
+async fn begin(
+    ctx: &JobContext,
+    running: &mut HashMap<JobId, Running>,
+    job_id: JobId,
+    lease_id: u64,
+    lease: Duration,
+    spec: JobSpec,
+    autonomous: Option<AutonomousStart>,
+) -> Result<(), String> {
     let now = ctx.clock.unix_ms();
     let format = ctx.pipeline.format;
-    let prepared = prepare(ctx, running, job_id, &spec);
-    let started = prepared.and_then(|(take_spec, sources)| {
-        let take = ctx
-            .pipeline
-            .start_take(&take_spec)
-            .map_err(|e| e.to_string())?;
-        Ok((take_spec, sources, take))
-    });
-    match started {
-        Ok((take_spec, sources, take)) => {
-            let held = HeldJob {
-                job_id,
-                lease_id,
-                out: take_spec.out.clone(),
-                sample_rate: format.sample_rate,
-                channels: take_spec
-                    .map
-                    .as_ref()
-                    .map_or(format.channels, |m| m.outputs() as u16),
-                bits: take_spec.bits,
-                started_ms: now,
-                finished: false,
-            };
-            tracing::info!(job = %job_id, lease = lease_id, file = %held.out.display(), "job started");
-            let update = update(
-                job_id,
-                lease_id,
-                JobState::Running,
-                now,
-                String::new(),
-                None,
-            );
-            keep(ctx, Some(&held), false, update).await;
-            running.insert(
-                job_id,
-                Running {
-                    held,
-                    take,
-                    sources,
-                    lease: Duration::from_millis(u64::from(lease_ms)),
-                    last_beat: Instant::now(),
-                    stop: None,
-                    revoked: None,
-                },
-            );
+    let (take_spec, sources) = prepare(ctx, running, job_id, &spec)?;
+    let take = ctx
+        .pipeline
+        .start_take(&take_spec)
+        .map_err(|e| e.to_string())?;
+    let held = HeldJob {
+        job_id,
+        lease_id,
+        out: take_spec.out.clone(),
+        sample_rate: format.sample_rate,
+        channels: take_spec
+            .map
+            .as_ref()
+            .map_or(format.channels, |m| m.outputs() as u16),
+        bits: take_spec.bits,
+        started_ms: now,
+        finished: false,
+        autonomous,
+    };
+    tracing::info!(job = %job_id, lease = lease_id, file = %held.out.display(), "job started");
+    let update = update(
+        job_id,
+        lease_id,
+        JobState::Running,
+        now,
+        String::new(),
+        None,
+    );
+    keep(ctx, Some(&held), false, update).await;
+    let outbox = ctx.outbox.clone();
+    let id = job_id.as_u128();
+    if let Ok(Err(e)) = tokio::task::spawn_blocking(move || outbox.mark_started(id, now)).await {
+        tracing::error!(job = %job_id, error = %e, "cannot remember the job as started");
+    }
+    running.insert(
+        job_id,
+        Running {
+            held,
+            take,
+            sources,
+            lease,
+            last_beat: Instant::now(),
+            stop: None,
+            revoked: None,
+        },
+    );
+    Ok(())
+}
+
+/// A job the node started by itself was offered under `lease_id`: the take
+/// goes on under that lease.
+async fn take_over(ctx: &JobContext, r: &mut Running, lease_id: u64, lease_ms: u32) {
+    r.held.lease_id = lease_id;
+    r.lease = Duration::from_millis(u64::from(lease_ms));
+    // Renew at once: the lease was granted a moment ago, on the server's clock.
+    r.last_beat = Instant::now() - r.lease;
+    tracing::info!(job = %r.held.job_id, lease = lease_id, "took over the server's lease");
+    let record = serde_json::to_vec(&r.held).expect("held jobs serialise");
+    let outbox = ctx.outbox.clone();
+    let id = r.held.job_id.as_u128();
+    if let Ok(Err(e)) = tokio::task::spawn_blocking(move || outbox.update_held(id, &record)).await {
+        tracing::error!(job = %r.held.job_id, error = %e, "cannot keep the lease taken over");
+    }
+}
+
+/// Whether the node started `job` before (it may have let go of it since).
+async fn was_started(ctx: &JobContext, job: JobId) -> bool {
+    let outbox = ctx.outbox.clone();
+    matches!(
+        tokio::task::spawn_blocking(move || outbox.was_started(job.as_u128())).await,
+        Ok(Ok(true))
+    )
+}
+
+/// The node's schedules with their calendars; ones this build cannot read
+/// are left out (and said so).
+fn compile(list: NodeSchedules) -> Vec<(NodeSchedule, Calendar)> {
+    list.schedules
+        .into_iter()
+        .filter_map(|s| match s.spec.timing.calendar() {
+            Ok(c) => Some((s, c)),
+            Err(e) => {
+                tracing::error!(schedule = %s.id, error = %e, "schedule not usable here");
+                None
+            }
+        })
+        .collect()
+}
+
+/// The schedules kept from the last time the server sent them.
+async fn kept_schedules(ctx: &JobContext) -> Vec<(NodeSchedule, Calendar)> {
+    let outbox = ctx.outbox.clone();
+    match tokio::task::spawn_blocking(move || outbox.schedules()).await {
+        Ok(Ok(Some(json))) => match serde_json::from_slice::<NodeSchedules>(&json) {
+            Ok(list) => compile(list),
+            Err(e) => {
+                tracing::error!(error = %e, "kept schedules unreadable; waiting for the server's");
+                Vec::new()
+            }
+        },
+        Ok(Ok(None)) => Vec::new(),
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, "cannot read the kept schedules");
+            Vec::new()
         }
-        Err(reason) => {
-            tracing::warn!(job = %job_id, %reason, "job refused");
-            let update = update(
-                job_id,
-                lease_id,
-                JobState::Failed,
-                now,
-                bounded(reason),
-                None,
-            );
-            keep(ctx, None, false, update).await;
+        Err(_) => Vec::new(),
+    }
+}
+
+async fn keep_schedules(ctx: &JobContext, list: &NodeSchedules) {
+    let json = serde_json::to_vec(list).expect("schedules serialise");
+    let outbox = ctx.outbox.clone();
+    if let Ok(Err(e)) = tokio::task::spawn_blocking(move || outbox.set_schedules(&json)).await {
+        tracing::error!(error = %e, "cannot keep the schedules; a restart without the server forgets them");
+    }
+}
+
+/// What the node remembers between looks for due occurrences.
+#[derive(Default)]
+struct Autonomy {
+    last: Option<Instant>,
+    /// Occurrences it could not start, and when it tried.
+    tried: HashMap<JobId, Instant>,
+}
+
+/// Start, under their own job ids, the due occurrences the node has not
+/// started yet (the server is unreachable).
+async fn start_due_occurrences(
+    ctx: &JobContext,
+    running: &mut HashMap<JobId, Running>,
+    calendars: &[(NodeSchedule, Calendar)],
+    autonomy: &mut Autonomy,
+) {
+    let now = ctx.clock.unix_ms();
+    autonomy.tried.retain(|_, at| at.elapsed() < AUTONOMY_RETRY);
+    for (schedule, calendar) in calendars {
+        if !schedule.spec.enabled {
+            continue;
+        }
+        let Some(occurrence) = calendar.due_at(now) else {
+            continue;
+        };
+        let job_id = first_job_id(schedule.id, schedule.created_ms, &occurrence);
+        if !occurrence.worth_starting(now)
+            || running.contains_key(&job_id)
+            || autonomy.tried.contains_key(&job_id)
+            || held_ids(ctx).await.contains(&job_id)
+            || was_started(ctx, job_id).await
+        {
+            continue;
+        }
+        let spec = JobSpec {
+            duration_s: occurrence.take_length_s(now),
+            ..schedule.spec.job.clone()
+        };
+        let started = AutonomousStart {
+            schedule: schedule.id,
+            revision: schedule.revision,
+            occurrence: occurrence.key.clone(),
+            spec: spec.clone(),
+            tags: schedule.spec.tags.clone(),
+        };
+        // No lease yet: heartbeats wait until the node takes one over.
+        let lease = Duration::from_secs(30);
+        match begin(ctx, running, job_id, 0, lease, spec, Some(started)).await {
+            Ok(()) => tracing::warn!(
+                job = %job_id,
+                schedule = %schedule.id,
+                occurrence = %occurrence.key,
+                "the server is unreachable: recording the scheduled occurrence on our own"
+            ),
+            Err(reason) => {
+                tracing::warn!(job = %job_id, %reason, "cannot start the scheduled occurrence on our own");
+                autonomy.tried.insert(job_id, Instant::now());
+            }
         }
     }
 }
@@ -499,7 +694,12 @@ fn update(
 
 /// Put an update in the outbox: with `held`, hold the job (`finished`: as
 /// finished, let go once the report is acknowledged) in the same transaction.
-async fn keep(ctx: &JobContext, held: Option<&HeldJob>, finished: bool, update: JobUpdate) {
+async fn keep(ctx: &JobContext, held: Option<&HeldJob>, finished: bool, mut update: JobUpdate) {
+    // A job the node started by itself and still has no lease for: its
+    // updates say what the server needs to reconcile it.
+    if let Some(h) = held.filter(|h| h.lease_id == 0) {
+        update.autonomous = h.autonomous.clone().map(Box::new);
+    }
     let job = update.job_id.as_u128();
     let envelope = Envelope::stamped(ctx.clock.unix_ms(), JobReport::Update(update));
     let payload = envelope.encode();
@@ -646,6 +846,7 @@ fn bounded(detail: String) -> String {
 mod tests {
     use super::*;
     use crate::source::{Signal, SyntheticSource};
+    use rakkr_protocol::MessageId;
     use std::sync::atomic::Ordering;
 
     fn context(outbox_limit: u64, dir: &Path) -> JobContext {
@@ -662,6 +863,7 @@ mod tests {
             link: Arc::default(),
             clock: Arc::new(crate::clock::SystemClock),
             telemetry: Arc::default(),
+            server_online: Arc::default(),
         }
     }
 
@@ -703,5 +905,100 @@ mod tests {
         for r in running.values() {
             r.take.stop();
         }
+    }
+
+    #[tokio::test]
+    async fn a_due_occurrence_is_started_once_by_the_node_and_handed_a_lease_later() {
+        let dir = tempfile::tempdir().unwrap();
+        let ctx = context(1 << 20, dir.path());
+        let now = ctx.clock.unix_ms();
+        // A daily window around now, in UTC.
+        let hms = |ms: u64| {
+            let s = ms / 1000 % 86_400;
+            format!("{:02}:{:02}:{:02}", s / 3600, s / 60 % 60, s % 60)
+        };
+        let schedule: NodeSchedule = serde_json::from_value(serde_json::json!({
+            "id": rakkr_protocol::ScheduleId::new(now - 60_000),
+            "revision": 3,
+            "created_ms": now - 60_000,
+            "spec": {
+                "name": "Offline check",
+                "node": "n",
+                "job": {"channels": "2"},
+                "timing": {
+                    "recurrence": {"mode": "daily"},
+                    "time_zone": "UTC",
+                    "window": {"start": hms(now - 1_000), "end": hms(now + 600_000)}
+                },
+                "tags": ["offline"]
+            }
+        }))
+        .unwrap();
+        let calendars = compile(NodeSchedules {
+            schedules: vec![schedule.clone()],
+        });
+        assert_eq!(calendars.len(), 1);
+        let mut running = HashMap::new();
+        let mut autonomy = Autonomy::default();
+        start_due_occurrences(&ctx, &mut running, &calendars, &mut autonomy).await;
+        let occurrence = calendars[0].1.due_at(now).unwrap();
+        let job = first_job_id(schedule.id, schedule.created_ms, &occurrence);
+        assert_eq!(running.keys().copied().collect::<Vec<_>>(), [job]);
+        let r = &running[&job];
+        assert_eq!(r.held.lease_id, 0);
+        assert!(r.sources == [1], "channel 2 only");
+        // Its running report names the occurrence, with lease 0.
+        let pending = ctx.outbox.pending(10).unwrap();
+        assert_eq!(pending.len(), 1);
+        let env = Envelope::<JobReport>::decode(&pending[0].payload).unwrap();
+        let JobReport::Update(u) = env.body else {
+            panic!()
+        };
+        assert_eq!((u.job_id, u.lease_id, u.state), (job, 0, JobState::Running));
+        let a = u.autonomous.unwrap();
+        assert_eq!((a.schedule, a.revision), (schedule.id, 3));
+        assert_eq!(a.occurrence, occurrence.key);
+        assert_eq!(a.tags, ["offline"]);
+        let length = a.spec.duration_s.unwrap();
+        assert!(
+            (599..=601).contains(&length),
+            "to the window's end: {length}"
+        );
+
+        // Looking again starts nothing more, also after the take is let go.
+        start_due_occurrences(&ctx, &mut running, &calendars, &mut autonomy).await;
+        assert_eq!(running.len(), 1);
+        assert!(was_started(&ctx, job).await);
+        // The server's offer hands the take a lease; heartbeats go under it.
+        let r = running.get_mut(&job).unwrap();
+        take_over(&ctx, r, 42, 30_000).await;
+        assert_eq!(r.held.lease_id, 42);
+        let kept: Vec<HeldJob> = ctx
+            .outbox
+            .held_jobs()
+            .unwrap()
+            .iter()
+            .map(|(_, b)| serde_json::from_slice(b).unwrap())
+            .collect();
+        assert_eq!(kept[0].lease_id, 42, "kept across restarts");
+        for r in running.values() {
+            r.take.stop();
+        }
+        let mut gone = HashMap::new();
+        std::mem::swap(&mut gone, &mut running);
+        for (_, r) in gone {
+            finish(&ctx, r, None).await;
+        }
+        let ids: Vec<MessageId> = ctx
+            .outbox
+            .pending(10)
+            .unwrap()
+            .iter()
+            .map(|e| e.msg_id)
+            .collect();
+        ctx.outbox.acknowledge(&ids).unwrap();
+        assert!(ctx.outbox.held_jobs().unwrap().is_empty());
+        start_due_occurrences(&ctx, &mut running, &calendars, &mut Autonomy::default()).await;
+        assert!(running.is_empty(), "never twice");
     }
 }

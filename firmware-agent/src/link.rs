@@ -39,7 +39,9 @@ use rakkr_protocol::Envelope;
 use rakkr_protocol::job::{JobCommand, JobReport};
 use rakkr_protocol::payload::{
     Ack, Capabilities, LiveRequest, MeterFrame, NodeStatus, OfflineReason, RealtimeStatus,
+    ServerStatus,
 };
+use rakkr_protocol::schedule::NodeSchedules;
 use rakkr_protocol::topic::{Command, NodeChannel, Topic};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -120,6 +122,10 @@ pub struct Outgoing {
     pub job_reports: mpsc::Receiver<JobReport>,
     /// Where job commands from the server go.
     pub job_commands: mpsc::Sender<JobCommand>,
+    /// The node's schedules, as the server last sent them (retained).
+    pub schedules: tokio::sync::watch::Sender<Option<NodeSchedules>>,
+    /// The server's retained status says it is online.
+    pub server_online: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// The TLS configuration for the settings' broker, if they ask for TLS:
@@ -155,6 +161,8 @@ pub async fn run(
         outbox_ready,
         mut job_reports,
         job_commands,
+        schedules,
+        server_online,
     } = outgoing;
     let (acks_tx, mut acks) = mpsc::channel::<Ack>(64);
     let (live_tx, mut live_requests) = mpsc::channel::<LiveRequest>(4);
@@ -165,6 +173,8 @@ pub async fn run(
     let jobs_topic = Topic::node(node, NodeChannel::Jobs).to_string();
     let job_commands_topic = Topic::command(node, Command::Jobs).to_string();
     let live_requests_topic = Topic::command(node, Command::Live).to_string();
+    let schedules_topic = Topic::command(node, Command::Schedules).to_string();
+    let server_status_topic = Topic::ServerStatus.to_string();
     let live_topic = Topic::node(node, NodeChannel::Live).to_string();
     let endpoint = Endpoint {
         client_id: node.to_string(),
@@ -369,7 +379,13 @@ pub async fn run(
                     ) {
                         tracing::warn!(error = %e, "could not queue online status");
                     }
-                    for topic in [&ack_topic, &job_commands_topic, &live_requests_topic] {
+                    for topic in [
+                        &ack_topic,
+                        &job_commands_topic,
+                        &live_requests_topic,
+                        &schedules_topic,
+                        &server_status_topic,
+                    ] {
                         if let Err(e) = client.try_subscribe(topic, QoS::AtLeastOnce) {
                             tracing::warn!(error = %e, %topic, "could not subscribe");
                         }
@@ -408,6 +424,34 @@ pub async fn run(
                         Err(e) => {
                             stats.bad_messages.fetch_add(1, Ordering::Relaxed);
                             tracing::warn!(error = %e, "bad live meter request");
+                        }
+                    }
+                }
+                SessionEvent::Message(p) if p.topic == schedules_topic => {
+                    match Envelope::<NodeSchedules>::decode(&p.payload) {
+                        Ok(env) if env.body.schedules.iter().all(|s| &s.spec.node == node) => {
+                            tracing::info!(schedules = env.body.schedules.len(), "schedules received");
+                            schedules.send_replace(Some(env.body));
+                        }
+                        Ok(_) => {
+                            stats.bad_messages.fetch_add(1, Ordering::Relaxed);
+                            tracing::warn!("schedules for another node refused");
+                        }
+                        Err(e) => {
+                            stats.bad_messages.fetch_add(1, Ordering::Relaxed);
+                            tracing::warn!(error = %e, "bad schedules");
+                        }
+                    }
+                }
+                SessionEvent::Message(p) if p.topic == server_status_topic => {
+                    match Envelope::<ServerStatus>::decode(&p.payload) {
+                        Ok(env) => {
+                            let online = matches!(env.body, ServerStatus::Online { .. });
+                            server_online.store(online, Ordering::Release);
+                        }
+                        Err(e) => {
+                            stats.bad_messages.fetch_add(1, Ordering::Relaxed);
+                            tracing::warn!(error = %e, "bad server status");
                         }
                     }
                 }

@@ -22,10 +22,15 @@
 //! | `open`       | condition name `&str`  | since, ms since the epoch `u64`            |
 //! | `jobs`       | job id `u128`          | the held job (JSON, see `crate::jobs::HeldJob`) |
 //! | `job_finals` | message id `u128`      | job id `u128`: the job's final report      |
+//! | `started`    | job id `u128`          | when the node started it, ms `u64` (the newest [`MAX_STARTED`]) |
+//! | `schedules`  | `"node"`               | the node's schedules as last received (JSON `NodeSchedules`) |
 //!
 //! A job is held from its start until the server has acknowledged its final
 //! report: so a claim can name it, and an offer of it (sent again before the
 //! report arrived) is recognised and ignored, also across restarts.
+//! `started` remembers jobs after they are let go, so a scheduled occurrence
+//! the node recorded is never started by it again; `schedules` lets a node
+//! that restarts while the server is unreachable still record on time.
 //!
 //! Payloads are complete envelopes, encoded when the message was created, so a
 //! resend carries the same `msg_id` and the server de-duplicates it. `open`
@@ -44,6 +49,11 @@ const BY_ID: TableDefinition<u128, u64> = TableDefinition::new("by_id");
 const OPEN: TableDefinition<&str, u64> = TableDefinition::new("open");
 const JOBS: TableDefinition<u128, &[u8]> = TableDefinition::new("jobs");
 const JOB_FINALS: TableDefinition<u128, u128> = TableDefinition::new("job_finals");
+const STARTED: TableDefinition<u128, u64> = TableDefinition::new("started");
+const SCHEDULES: TableDefinition<&str, &[u8]> = TableDefinition::new("schedules");
+
+/// Jobs remembered as started: months of a busy schedule.
+pub const MAX_STARTED: u64 = 4096;
 
 /// Default bound: far more health events than a node raises in weeks offline.
 pub const DEFAULT_LIMIT_BYTES: u64 = 64 << 20;
@@ -108,6 +118,8 @@ impl Outbox {
         tx.open_table(OPEN).map_err(|e| outbox.fail(e))?;
         tx.open_table(JOBS).map_err(|e| outbox.fail(e))?;
         tx.open_table(JOB_FINALS).map_err(|e| outbox.fail(e))?;
+        tx.open_table(STARTED).map_err(|e| outbox.fail(e))?;
+        tx.open_table(SCHEDULES).map_err(|e| outbox.fail(e))?;
         tx.commit().map_err(|e| outbox.fail(e))?;
         let bytes = outbox
             .pending(usize::MAX)?
@@ -169,6 +181,66 @@ impl Outbox {
                 .map_err(|e| self.fail(e))?;
             Ok(())
         })
+    }
+
+    /// Replace a held job's record (it took over a lease), no message.
+    pub fn update_held(&self, job: u128, record: &[u8]) -> Result<(), OutboxError> {
+        let tx = self.db.begin_write().map_err(|e| self.fail(e))?;
+        {
+            let mut jobs = tx.open_table(JOBS).map_err(|e| self.fail(e))?;
+            jobs.insert(job, record).map_err(|e| self.fail(e))?;
+        }
+        tx.commit().map_err(|e| self.fail(e))
+    }
+
+    /// Remember that the node started `job` at `at_ms`; the oldest of more
+    /// than [`MAX_STARTED`] are forgotten.
+    pub fn mark_started(&self, job: u128, at_ms: u64) -> Result<(), OutboxError> {
+        let tx = self.db.begin_write().map_err(|e| self.fail(e))?;
+        {
+            let mut started = tx.open_table(STARTED).map_err(|e| self.fail(e))?;
+            started.insert(job, at_ms).map_err(|e| self.fail(e))?;
+            if started.len().map_err(|e| self.fail(e))? > MAX_STARTED {
+                let mut oldest: Option<(u128, u64)> = None;
+                for entry in started.iter().map_err(|e| self.fail(e))? {
+                    let (k, v) = entry.map_err(|e| self.fail(e))?;
+                    if oldest.is_none_or(|(_, t)| v.value() < t) {
+                        oldest = Some((k.value(), v.value()));
+                    }
+                }
+                if let Some((k, _)) = oldest {
+                    started.remove(k).map_err(|e| self.fail(e))?;
+                }
+            }
+        }
+        tx.commit().map_err(|e| self.fail(e))
+    }
+
+    /// Whether the node started `job` (and has not forgotten it since).
+    pub fn was_started(&self, job: u128) -> Result<bool, OutboxError> {
+        let tx = self.db.begin_read().map_err(|e| self.fail(e))?;
+        let started = tx.open_table(STARTED).map_err(|e| self.fail(e))?;
+        Ok(started.get(job).map_err(|e| self.fail(e))?.is_some())
+    }
+
+    /// Keep the node's schedules as received.
+    pub fn set_schedules(&self, json: &[u8]) -> Result<(), OutboxError> {
+        let tx = self.db.begin_write().map_err(|e| self.fail(e))?;
+        {
+            let mut schedules = tx.open_table(SCHEDULES).map_err(|e| self.fail(e))?;
+            schedules.insert("node", json).map_err(|e| self.fail(e))?;
+        }
+        tx.commit().map_err(|e| self.fail(e))
+    }
+
+    /// The node's schedules as last kept.
+    pub fn schedules(&self) -> Result<Option<Vec<u8>>, OutboxError> {
+        let tx = self.db.begin_read().map_err(|e| self.fail(e))?;
+        let schedules = tx.open_table(SCHEDULES).map_err(|e| self.fail(e))?;
+        Ok(schedules
+            .get("node")
+            .map_err(|e| self.fail(e))?
+            .map(|v| v.value().to_vec()))
     }
 
     /// The jobs held: running, or finished with the report not acknowledged.

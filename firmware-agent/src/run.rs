@@ -168,6 +168,8 @@ pub async fn run(
     };
 
     let (job_commands_tx, job_commands) = mpsc::channel(JOB_COMMAND_QUEUE);
+    let (schedules_tx, schedules_rx) = tokio::sync::watch::channel(None);
+    let server_online = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let (job_reports_tx, job_reports) = mpsc::channel(JOB_COMMAND_QUEUE);
     let telemetry = handles.telemetry.clone();
     let job_runner = settings.recordings_dir.clone().map(|recordings_dir| {
@@ -183,9 +185,11 @@ pub async fn run(
                 link: handles.link.clone(),
                 clock: clock.clone(),
                 telemetry: handles.telemetry.clone(),
+                server_online: server_online.clone(),
             },
             job_commands,
             job_reports_tx,
+            schedules_rx,
             stop_link.clone(),
         ))
     });
@@ -205,6 +209,8 @@ pub async fn run(
             outbox_ready,
             job_reports,
             job_commands: job_commands_tx,
+            schedules: schedules_tx,
+            server_online,
         },
         handles.link,
         handles.telemetry,

@@ -11,7 +11,7 @@
 //! - A job runs to its occurrence's end: its duration is the time left,
 //!   rounded up to whole seconds. An occurrence the server reaches late (it
 //!   was down at the start) records what is left of its window; one with less
-//!   than [`MIN_REMAINING_MS`] left is not started.
+//!   than [`rakkr_protocol::schedule::MIN_REMAINING_MS`] left is not started.
 //! - A job that failed is replaced after [`RESTART_AFTER`] while the window
 //!   lasts; an always-on schedule's job is replaced after any end (to stop
 //!   recording, disable the schedule).
@@ -41,11 +41,11 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use rakkr_protocol::schedule::{MAX_NODE_SCHEDULES, NodeSchedule, NodeSchedules};
-use rakkr_protocol::{NodeId, ScheduleId};
-use rakkr_protocol::job::{JobSpec, MAX_DURATION_S};
+use rakkr_protocol::job::JobSpec;
 use rakkr_protocol::schedule::{Calendar, Occurrence, Recurrence, ScheduleSpec};
+use rakkr_protocol::schedule::{MAX_NODE_SCHEDULES, NodeSchedule, NodeSchedules};
 use rakkr_protocol::state::JobState;
+use rakkr_protocol::{NodeId, ScheduleId};
 use rakkr_store::{
     AuditEntry, JobId, JobRecord, OccurrenceJob, OccurrenceRecord, OccurrenceStart, RestartPolicy,
     ScheduleRecord, ScheduledBy, Store, StoreError,
@@ -62,9 +62,6 @@ pub const SCHEDULE_INTERVAL: Duration = Duration::from_secs(1);
 
 /// How long after a failed job its occurrence starts again.
 pub const RESTART_AFTER: Duration = Duration::from_secs(10);
-
-/// An occurrence with less time than this left is not started.
-pub const MIN_REMAINING_MS: u64 = 2_000;
 
 /// How far ahead the API lists upcoming occurrences.
 pub const UPCOMING_DAYS: u64 = 14;
@@ -160,7 +157,7 @@ impl ScheduleRunner {
                 }
                 None => {}
             }
-            if o.end_ms.saturating_sub(now_ms) < MIN_REMAINING_MS {
+            if !o.worth_starting(now_ms) {
                 continue;
             }
             let restart = restart_policy(&record.spec);
@@ -211,19 +208,15 @@ impl ScheduleRunner {
     }
 }
 
-/// The job that records `schedule` from `now_ms` until `end_ms` (`u64::MAX`:
-/// until stopped) for occurrence `key`, or why the node cannot take it.
+/// The job that records `occurrence` of `schedule` from `now_ms` to its
+/// end, or why the node cannot take it.
 fn scheduled_job(
     store: &dyn Store,
     schedule: &ScheduleRecord,
-    key: &str,
-    end_ms: u64,
+    occurrence: &Occurrence,
     now_ms: u64,
 ) -> Result<OccurrenceJob, StoreError> {
-    let duration_s = (end_ms != u64::MAX).then(|| {
-        let left = end_ms.saturating_sub(now_ms);
-        left.div_ceil(1000).min(MAX_DURATION_S as u64) as u32
-    });
+    let duration_s = occurrence.take_length_s(now_ms);
     let spec = JobSpec {
         duration_s,
         ..schedule.spec.job.clone()
@@ -233,7 +226,7 @@ fn scheduled_job(
             Ok(mut new) => {
                 new.scheduled = Some(ScheduledBy {
                     schedule: schedule.id,
-                    occurrence: key.to_owned(),
+                    occurrence: occurrence.key.clone(),
                 });
                 new.tags = schedule.spec.tags.clone();
                 OccurrenceJob::Ready(new)
@@ -252,7 +245,7 @@ fn start_occurrence(
     restart: RestartPolicy,
     now_ms: u64,
 ) -> Result<OccurrenceStart, StoreError> {
-    let job = scheduled_job(store, schedule, &occurrence.key, occurrence.end_ms, now_ms)?;
+    let job = scheduled_job(store, schedule, occurrence, now_ms)?;
     store.start_occurrence(
         schedule.id,
         schedule.revision,
@@ -454,10 +447,15 @@ pub fn run_now(
         Some(w) => now_ms + (w.nominal_s() as u64 + schedule.spec.timing.stop_late_s as u64) * 1000,
         None => u64::MAX,
     };
-    let key = format!("run-{now_ms}");
-    let new = match scheduled_job(store, schedule, &key, end_ms, now_ms)
-        .map_err(JobRequestError::Store)?
-    {
+    let run = Occurrence {
+        key: format!("run-{now_ms}"),
+        window_start_ms: now_ms,
+        window_end_ms: end_ms,
+        start_ms: now_ms,
+        end_ms,
+        exception: None,
+    };
+    let new = match scheduled_job(store, schedule, &run, now_ms).map_err(JobRequestError::Store)? {
         OccurrenceJob::Ready(new) => new,
         OccurrenceJob::Blocked(why) => return Err(JobRequestError::Invalid(why)),
     };

@@ -378,6 +378,26 @@ pub struct Occurrence {
     pub exception: Option<Exception>,
 }
 
+/// An occurrence with less time than this left is not started (by the
+/// server or by a node).
+pub const MIN_REMAINING_MS: u64 = 2_000;
+
+impl Occurrence {
+    /// The length of a take that starts at `now_ms` and ends with the
+    /// occurrence, in whole seconds rounded up; `None` for one that never ends.
+    pub fn take_length_s(&self, now_ms: u64) -> Option<u32> {
+        (self.end_ms != u64::MAX).then(|| {
+            let left = self.end_ms.saturating_sub(now_ms);
+            left.div_ceil(1000).min(crate::job::MAX_DURATION_S as u64) as u32
+        })
+    }
+
+    /// Whether a take starting at `now_ms` would still be worth starting.
+    pub fn worth_starting(&self, now_ms: u64) -> bool {
+        self.end_ms.saturating_sub(now_ms) >= MIN_REMAINING_MS
+    }
+}
+
 /// A [`Timing`] checked and bound to its time zone: computes occurrences.
 #[derive(Clone, Debug)]
 pub struct Calendar {
