@@ -232,6 +232,12 @@ impl Server {
     /// Stop the server (`SIGTERM`, or `SIGKILL` when `kill`) and start it again
     /// on the same ports and data directory.
     pub fn restart(self, work: &Path, kill: bool) -> Result<Server> {
+        self.stop(kill)?.start(work)
+    }
+
+    /// Stop the server (`SIGTERM`, or `SIGKILL` when `kill`), keeping what it
+    /// takes to start it again.
+    pub fn stop(self, kill: bool) -> Result<StoppedServer> {
         let Server {
             mut proc,
             http_port,
@@ -244,16 +250,20 @@ impl Server {
         } = self;
         proc.signal(if kill { "KILL" } else { "TERM" })?;
         proc.wait_exit(Duration::from_secs(20))?;
-        // Keep the first run's log beside the next one's.
+        // Keep this run's log beside the next one's.
         let _ = std::fs::copy(
             &proc.stderr,
             proc.stderr.with_extension("before-restart.stderr"),
         );
-        drop(proc);
-        let mut server = Server::spawn(work, &data_dir, http_port, mqtt_port, args, env)?;
-        server.credentials = credentials;
-        server.api_token = api_token;
-        Ok(server)
+        Ok(StoppedServer {
+            http_port,
+            mqtt_port,
+            data_dir,
+            args,
+            env,
+            credentials,
+            api_token,
+        })
     }
 
     /// The credential of `node` on this server: enrolled the first time (a
@@ -423,6 +433,34 @@ impl Server {
             .into_iter()
             .find(|n| n["id"] == node)
             .map(|n| n["presence"].as_str().unwrap_or("").to_owned())
+    }
+}
+
+/// A server that was stopped: [`StoppedServer::start`] starts it again on the
+/// same ports and data directory.
+pub struct StoppedServer {
+    http_port: u16,
+    mqtt_port: u16,
+    data_dir: PathBuf,
+    args: Vec<std::ffi::OsString>,
+    env: Vec<(String, String)>,
+    credentials: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, String>>>,
+    api_token: String,
+}
+
+impl StoppedServer {
+    pub fn start(self, work: &Path) -> Result<Server> {
+        let mut server = Server::spawn(
+            work,
+            &self.data_dir,
+            self.http_port,
+            self.mqtt_port,
+            self.args,
+            self.env,
+        )?;
+        server.credentials = self.credentials;
+        server.api_token = self.api_token;
+        Ok(server)
     }
 }
 

@@ -203,3 +203,157 @@ fn bad_schedules_are_refused_with_the_reason() -> Result<()> {
     assert_eq!(code, 404);
     Ok(())
 }
+
+/// The recordings in `dir` (finished takes, not `.part` files).
+fn takes_in(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut takes: Vec<_> = std::fs::read_dir(dir)
+        .map(|d| {
+            d.filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|x| x == "flac"))
+                .collect()
+        })
+        .unwrap_or_default();
+    takes.sort();
+    takes
+}
+
+/// The jobs the server has for schedule `id`.
+fn jobs_of(server: &Server, node: &str, id: &str) -> Result<Vec<Value>> {
+    let jobs = server.get_json(&format!("/api/v1/jobs?node={node}"))?;
+    Ok(jobs
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|j| j["scheduled"]["schedule"] == id)
+        .cloned()
+        .collect())
+}
+
+/// A server and an agent that has received a schedule whose window opens
+/// `opens_in_s` from now and lasts `lasts_s`; the schedule's id.
+fn scheduled_agent(
+    work: &std::path::Path,
+    node: &str,
+    opens_in_s: u64,
+    lasts_s: u64,
+) -> Result<(Server, Agent, std::path::PathBuf, String)> {
+    let server = Server::start(work, &work.join("data"))?;
+    let (agent, recordings) = job_agent(work, &server, node, 2, "")?;
+    wait_online(&server, node)?;
+    let (start, end) = (utc_time_in(opens_in_s), utc_time_in(opens_in_s + lasts_s));
+    let (code, created) = server.post("/api/v1/schedules", &schedule(node, &start, &end))?;
+    anyhow::ensure!(code == 201, "schedule not created ({code}): {created}");
+    wait_for(
+        "the agent to keep its schedules",
+        Duration::from_secs(10),
+        || {
+            agent
+                .proc
+                .stderr_text()
+                .contains("schedules received")
+                .then_some(())
+        },
+    )?;
+    let id = created["id"].as_str().unwrap_or_default().to_owned();
+    Ok((server, agent, recordings, id))
+}
+
+#[test]
+fn with_the_server_down_the_appliance_records_on_time_and_is_reconciled_once() -> Result<()> {
+    let work = tempfile::tempdir()?;
+    let (server, agent, recordings, id) = scheduled_agent(work.path(), "sched-off", 6, 5)?;
+    // The server (and its embedded broker) goes away before the window opens.
+    let stopped = server.stop(false)?;
+    let take = wait_for("the appliance's own take", Duration::from_secs(30), || {
+        let takes = takes_in(&recordings);
+        (takes.len() == 1).then(|| takes[0].clone())
+    })?;
+    flac_test(&take)?;
+    assert!(
+        agent
+            .proc
+            .stderr_text()
+            .contains("recording the scheduled occurrence on our own"),
+        "{}",
+        agent.proc.stderr_text()
+    );
+
+    // Back: the appliance reports the take; one job, completed, with it.
+    let server = stopped.start(work.path())?;
+    let job = wait_for("the reconciled job", Duration::from_secs(30), || {
+        let jobs = jobs_of(&server, "sched-off", &id).ok()?;
+        (jobs.len() == 1 && jobs[0]["state"] == "completed").then(|| jobs[0].clone())
+    })?;
+    let frames = job["recording"]["frames"].as_u64().unwrap_or_default();
+    assert!(
+        (4 * 48_000..=6 * 48_000).contains(&frames),
+        "about five seconds: {job}"
+    );
+    assert_eq!(
+        job["recording"]["files"][0]["name"],
+        take.file_name().unwrap().to_string_lossy().as_ref()
+    );
+    assert_eq!(job["tags"], json!(["soundcheck"]));
+    // And it stays one: the runner finds the occurrence recorded.
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(jobs_of(&server, "sched-off", &id)?.len(), 1);
+    assert_eq!(takes_in(&recordings).len(), 1);
+    let detail = server.get_json(&format!("/api/v1/schedules/{id}"))?;
+    assert_eq!(detail["history"][0]["jobs"], json!([job["id"]]), "{detail}");
+    Ok(())
+}
+
+#[test]
+fn a_server_back_mid_window_takes_over_the_appliance_s_take() -> Result<()> {
+    let work = tempfile::tempdir()?;
+    let (server, agent, recordings, id) = scheduled_agent(work.path(), "sched-mid", 6, 14)?;
+    let stopped = server.stop(false)?;
+    wait_for("the appliance's own take", Duration::from_secs(20), || {
+        agent
+            .proc
+            .stderr_text()
+            .contains("recording the scheduled occurrence on our own")
+            .then_some(())
+    })?;
+    // Back while the take runs: the same job, running under a lease.
+    let server = stopped.start(work.path())?;
+    let running = wait_for(
+        "the job running under a lease",
+        Duration::from_secs(20),
+        || {
+            let jobs = jobs_of(&server, "sched-mid", &id).ok()?;
+            (jobs.len() == 1 && jobs[0]["state"] == "running").then(|| jobs[0].clone())
+        },
+    )?;
+    assert!(
+        running["lease"]["id"].as_u64().unwrap_or(0) > 0,
+        "{running}"
+    );
+    assert!(
+        wait_for("the lease taken over", Duration::from_secs(20), || {
+            agent
+                .proc
+                .stderr_text()
+                .contains("took over the server's lease")
+                .then_some(())
+        })
+        .is_ok()
+    );
+    let done = wait_job(
+        &server,
+        running["id"].as_str().unwrap(),
+        "completed",
+        Duration::from_secs(30),
+    )?;
+    // One uninterrupted take over the whole window.
+    let frames = done["recording"]["frames"].as_u64().unwrap_or_default();
+    assert!(
+        (13 * 48_000..=15 * 48_000).contains(&frames),
+        "about fourteen seconds: {done}"
+    );
+    let takes = takes_in(&recordings);
+    assert_eq!(takes.len(), 1, "{takes:?}");
+    flac_test(&takes[0])?;
+    assert_eq!(jobs_of(&server, "sched-mid", &id)?.len(), 1);
+    Ok(())
+}
