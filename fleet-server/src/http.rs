@@ -40,6 +40,9 @@
 //! | `GET /api-tokens`, `POST /api-tokens`, `POST /api-tokens/{id}/revoke` | users.manage | API tokens: list, create (shown once), revoke |
 //! | `GET, POST /api/v1/users`, `POST /api/v1/users/{name}` | users.manage | the same as JSON (`{"role"}`, `{"disabled"}` or `{"reset_password": true}`) |
 //! | `GET, POST /api/v1/api-tokens`, `POST /api/v1/api-tokens/{id}/revoke` | users.manage | the same as JSON |
+//! | `GET /schedules`, `GET /schedules/{id}` | schedules.read | schedules with a week or month calendar (`?view&from&tz`); one schedule: upcoming, past occurrences |
+//! | `GET /schedules/new`, `POST /schedules`, `POST /schedules/{id}` | schedules.manage | the editor: new, create, replace (forms) |
+//! | `POST /schedules/{id}/skip-next`, `…/delete`; `…/run-now` | schedules.manage; jobs.manage | the schedule page's buttons (forms) |
 //! | `GET, POST /api/v1/schedules` | schedules.read / schedules.manage | schedules with their next occurrence; create one (`ScheduleSpec`) |
 //! | `GET, POST /api/v1/schedules/{id}` | schedules.read / schedules.manage | one schedule with its upcoming occurrences (14 days) and history; replace it |
 //! | `POST /api/v1/schedules/{id}/delete`, `…/skip-next` | schedules.manage | delete it; skip its next occurrence |
@@ -377,6 +380,54 @@ pub fn route_table() -> Vec<(&'static str, Method, Access, MethodRouter<AppState
             Method::POST,
             Operator(UsersManage),
             post(accounts_page::api_revoke_token),
+        ),
+        (
+            crate::schedules_page::SCHEDULES_PATH,
+            Method::GET,
+            Operator(SchedulesRead),
+            get(crate::schedules_page::list),
+        ),
+        (
+            crate::schedules_page::SCHEDULES_PATH,
+            Method::POST,
+            Operator(SchedulesManage),
+            post(crate::schedules_page::create),
+        ),
+        (
+            crate::schedules_page::NEW_SCHEDULE_PATH,
+            Method::GET,
+            Operator(SchedulesManage),
+            get(crate::schedules_page::new),
+        ),
+        (
+            "/schedules/{id}",
+            Method::GET,
+            Operator(SchedulesRead),
+            get(crate::schedules_page::detail),
+        ),
+        (
+            "/schedules/{id}",
+            Method::POST,
+            Operator(SchedulesManage),
+            post(crate::schedules_page::update),
+        ),
+        (
+            "/schedules/{id}/skip-next",
+            Method::POST,
+            Operator(SchedulesManage),
+            post(crate::schedules_page::skip_next),
+        ),
+        (
+            "/schedules/{id}/delete",
+            Method::POST,
+            Operator(SchedulesManage),
+            post(crate::schedules_page::delete),
+        ),
+        (
+            "/schedules/{id}/run-now",
+            Method::POST,
+            Operator(JobsManage),
+            post(crate::schedules_page::run_now),
         ),
         (
             "/api/v1/schedules",

@@ -268,6 +268,22 @@ fn lease_ms(lease: Duration) -> u32 {
     u32::try_from(lease.as_millis()).unwrap_or(u32::MAX)
 }
 
+/// The offer of `job` under its lease, if it has one.
+fn offer(node: &NodeId, job: &JobRecord, lease: Duration, stats: &JobStats) -> Option<Outbound> {
+    let l = job.lease?;
+    stats.offers.fetch_add(1, Ordering::Relaxed);
+    tracing::info!(node = %node, job = %job.id, lease = l.id, "job offered");
+    Some(Outbound::Command(
+        node.clone(),
+        JobCommand::Offer {
+            job_id: job.id,
+            lease_id: l.id,
+            lease_ms: lease_ms(lease),
+            spec: job.spec.clone(),
+        },
+    ))
+}
+
 /// The command that keeps a running job going: a stop while one is pending,
 /// else the renewed lease.
 fn keep_going(job: &JobRecord, lease: Duration) -> Option<JobCommand> {
@@ -328,19 +344,8 @@ fn handle(
             stats.claims.fetch_add(1, Ordering::Relaxed);
             match store.claim_jobs(&node, free_slots, &held, now_ms, lease_len) {
                 Ok(jobs) => {
-                    for job in jobs {
-                        let Some(l) = job.lease else { continue };
-                        stats.offers.fetch_add(1, Ordering::Relaxed);
-                        tracing::info!(node = %node, job = %job.id, lease = l.id, "job offered");
-                        out.push(Outbound::Command(
-                            node.clone(),
-                            JobCommand::Offer {
-                                job_id: job.id,
-                                lease_id: l.id,
-                                lease_ms: lease_ms(lease),
-                                spec: job.spec,
-                            },
-                        ));
+                    for job in &jobs {
+                        out.extend(offer(&node, job, lease, stats));
                     }
                 }
                 Err(e) => store_error(stats, &e),
@@ -393,17 +398,8 @@ fn handle(
                     }
                     out.push(Outbound::Ack(node.clone(), msg_id));
                     // The node takes over the lease of the job it runs.
-                    if let (true, JobState::Running, Some(l)) = (autonomous, job.state, job.lease) {
-                        stats.offers.fetch_add(1, Ordering::Relaxed);
-                        out.push(Outbound::Command(
-                            node.clone(),
-                            JobCommand::Offer {
-                                job_id: job.id,
-                                lease_id: l.id,
-                                lease_ms: lease_ms(lease),
-                                spec: job.spec.clone(),
-                            },
-                        ));
+                    if autonomous && job.state == JobState::Running {
+                        out.extend(offer(&node, job, lease, stats));
                     }
                     // A stop requested before the node reported running.
                     if update.state == JobState::Running && job.state == JobState::StopRequested {

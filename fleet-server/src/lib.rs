@@ -43,6 +43,7 @@ pub mod node_page;
 pub mod openapi;
 pub mod recordings_page;
 pub mod schedules;
+pub mod schedules_page;
 pub mod tls;
 
 use std::net::SocketAddr;

@@ -517,7 +517,7 @@ pub fn upcoming(calendar: &Calendar, now_ms: u64) -> Vec<Occurrence> {
     )
 }
 
-fn view(record: ScheduleRecord, now_ms: u64) -> ScheduleView {
+pub fn view(record: ScheduleRecord, now_ms: u64) -> ScheduleView {
     let next = record
         .spec
         .timing
@@ -531,7 +531,7 @@ fn view(record: ScheduleRecord, now_ms: u64) -> ScheduleView {
     }
 }
 
-fn schedule_id(text: &str) -> Result<ScheduleId, Problem> {
+pub fn schedule_id(text: &str) -> Result<ScheduleId, Problem> {
     text.parse().map_err(|_| {
         problem(
             StatusCode::NOT_FOUND,
@@ -582,33 +582,139 @@ pub async fn api_list(State(state): State<AppState>) -> Result<Response, Problem
     Ok(Json(views).into_response())
 }
 
+/// What the console and the API do to schedules, each on a blocking thread,
+/// with the change for the audit record.
+pub mod ops {
+    use super::*;
+
+    fn existing(store: &dyn Store, id: ScheduleId) -> Result<ScheduleRecord, Problem> {
+        store
+            .schedule(id)
+            .map_err(store_problem)?
+            .ok_or_else(|| problem(StatusCode::NOT_FOUND, format!("no schedule {id}")))
+    }
+
+    pub async fn detail(state: &AppState, id: ScheduleId) -> Result<ScheduleDetail, Problem> {
+        let (store, now) = (state.store.clone(), state.clock.unix_ms());
+        blocking(move || {
+            let schedule = existing(&*store, id)?;
+            let history = store
+                .occurrence_records(id, MAX_LISTED_OCCURRENCES)
+                .map_err(store_problem)?;
+            let upcoming = schedule
+                .spec
+                .timing
+                .calendar()
+                .map(|c| upcoming(&c, now))
+                .unwrap_or_default();
+            Ok(ScheduleDetail {
+                schedule,
+                upcoming,
+                history,
+            })
+        })
+        .await
+    }
+
+    pub async fn create(
+        state: &AppState,
+        mut spec: ScheduleSpec,
+    ) -> Result<(ScheduleRecord, AuditChange), Problem> {
+        let (store, now) = (state.store.clone(), state.clock.unix_ms());
+        let record = blocking(move || {
+            check_spec(&*store, &mut spec)?;
+            let id = ScheduleId::new(now);
+            check_node_room(&*store, id, &spec)?;
+            let record = ScheduleRecord {
+                id,
+                spec,
+                created_ms: now,
+                updated_ms: now,
+                revision: 1,
+            };
+            store
+                .create_schedule(record.clone())
+                .map_err(store_problem)?;
+            Ok(record)
+        })
+        .await?;
+        let change = audit_change(record.id, None, Some(&record));
+        Ok((record, change))
+    }
+
+    pub async fn replace(
+        state: &AppState,
+        id: ScheduleId,
+        mut spec: ScheduleSpec,
+    ) -> Result<(ScheduleRecord, AuditChange), Problem> {
+        let (store, now) = (state.store.clone(), state.clock.unix_ms());
+        let (before, after) = blocking(move || {
+            check_spec(&*store, &mut spec)?;
+            check_node_room(&*store, id, &spec)?;
+            store.update_schedule(id, spec, now).map_err(store_problem)
+        })
+        .await?;
+        let change = audit_change(id, Some(&before), Some(&after));
+        Ok((after, change))
+    }
+
+    pub async fn delete(
+        state: &AppState,
+        id: ScheduleId,
+    ) -> Result<(ScheduleRecord, AuditChange), Problem> {
+        let (store, now) = (state.store.clone(), state.clock.unix_ms());
+        let before =
+            blocking(move || store.delete_schedule(id, now).map_err(store_problem)).await?;
+        let change = audit_change(id, Some(&before), None);
+        Ok((before, change))
+    }
+
+    pub async fn skip_next(
+        state: &AppState,
+        id: ScheduleId,
+    ) -> Result<(ScheduleRecord, AuditChange), Problem> {
+        let (store, now) = (state.store.clone(), state.clock.unix_ms());
+        let (before, after) = blocking(move || {
+            let current = existing(&*store, id)?;
+            let spec = super::skip_next(&current.spec, now)
+                .map_err(|e| problem(StatusCode::UNPROCESSABLE_ENTITY, e))?
+                .ok_or_else(|| {
+                    problem(
+                        StatusCode::CONFLICT,
+                        "the schedule has no coming occurrence to skip",
+                    )
+                })?;
+            store.update_schedule(id, spec, now).map_err(store_problem)
+        })
+        .await?;
+        let change = audit_change(id, Some(&before), Some(&after));
+        Ok((after, change))
+    }
+
+    pub async fn run_now(
+        state: &AppState,
+        id: ScheduleId,
+    ) -> Result<(JobRecord, AuditChange), Problem> {
+        let (store, commands, now) = (
+            state.store.clone(),
+            state.commands.clone(),
+            state.clock.unix_ms(),
+        );
+        let job = blocking(move || {
+            let schedule = existing(&*store, id)?;
+            super::run_now(&*store, &commands, &schedule, now).map_err(job_problem)
+        })
+        .await?;
+        let change = crate::jobs::audit_change(None, &job);
+        Ok((job, change))
+    }
+}
+
 pub async fn api_get(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Response, Problem> {
-    let id = schedule_id(&id)?;
-    let (store, now) = (state.store.clone(), state.clock.unix_ms());
-    let detail = blocking(move || {
-        let schedule = store
-            .schedule(id)
-            .map_err(store_problem)?
-            .ok_or_else(|| problem(StatusCode::NOT_FOUND, format!("no schedule {id}")))?;
-        let history = store
-            .occurrence_records(id, MAX_LISTED_OCCURRENCES)
-            .map_err(store_problem)?;
-        let upcoming = schedule
-            .spec
-            .timing
-            .calendar()
-            .map(|c| upcoming(&c, now))
-            .unwrap_or_default();
-        Ok(ScheduleDetail {
-            schedule,
-            upcoming,
-            history,
-        })
-    })
-    .await?;
+    let detail = ops::detail(&state, schedule_id(&id)?).await?;
     Ok(Json(detail).into_response())
 }
 
@@ -616,26 +722,8 @@ pub async fn api_create(
     State(state): State<AppState>,
     spec: JsonBody<ScheduleSpec>,
 ) -> Result<Response, Problem> {
-    let mut spec = body(spec)?;
-    let (store, now) = (state.store.clone(), state.clock.unix_ms());
-    let record = blocking(move || {
-        check_spec(&*store, &mut spec)?;
-        let id = ScheduleId::new(now);
-        check_node_room(&*store, id, &spec)?;
-        let record = ScheduleRecord {
-            id,
-            spec,
-            created_ms: now,
-            updated_ms: now,
-            revision: 1,
-        };
-        store
-            .create_schedule(record.clone())
-            .map_err(store_problem)?;
-        Ok(record)
-    })
-    .await?;
-    let change = audit_change(record.id, None, Some(&record));
+    let (record, change) = ops::create(&state, body(spec)?).await?;
+    let now = state.clock.unix_ms();
     Ok(change.to((StatusCode::CREATED, Json(view(record, now))).into_response()))
 }
 
@@ -645,26 +733,15 @@ pub async fn api_update(
     spec: JsonBody<ScheduleSpec>,
 ) -> Result<Response, Problem> {
     let id = schedule_id(&id)?;
-    let mut spec = body(spec)?;
-    let (store, now) = (state.store.clone(), state.clock.unix_ms());
-    let (before, after) = blocking(move || {
-        check_spec(&*store, &mut spec)?;
-        check_node_room(&*store, id, &spec)?;
-        store.update_schedule(id, spec, now).map_err(store_problem)
-    })
-    .await?;
-    let change = audit_change(id, Some(&before), Some(&after));
-    Ok(change.to(Json(view(after, now)).into_response()))
+    let (after, change) = ops::replace(&state, id, body(spec)?).await?;
+    Ok(change.to(Json(view(after, state.clock.unix_ms())).into_response()))
 }
 
 pub async fn api_delete(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Response, Problem> {
-    let id = schedule_id(&id)?;
-    let (store, now) = (state.store.clone(), state.clock.unix_ms());
-    let before = blocking(move || store.delete_schedule(id, now).map_err(store_problem)).await?;
-    let change = audit_change(id, Some(&before), None);
+    let (before, change) = ops::delete(&state, schedule_id(&id)?).await?;
     Ok(change.to(Json(before).into_response()))
 }
 
@@ -672,47 +749,15 @@ pub async fn api_skip_next(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Response, Problem> {
-    let id = schedule_id(&id)?;
-    let (store, now) = (state.store.clone(), state.clock.unix_ms());
-    let (before, after) = blocking(move || {
-        let current = store
-            .schedule(id)
-            .map_err(store_problem)?
-            .ok_or_else(|| problem(StatusCode::NOT_FOUND, format!("no schedule {id}")))?;
-        let spec = skip_next(&current.spec, now)
-            .map_err(|e| problem(StatusCode::UNPROCESSABLE_ENTITY, e))?
-            .ok_or_else(|| {
-                problem(
-                    StatusCode::CONFLICT,
-                    "the schedule has no coming occurrence to skip",
-                )
-            })?;
-        store.update_schedule(id, spec, now).map_err(store_problem)
-    })
-    .await?;
-    let change = audit_change(id, Some(&before), Some(&after));
-    Ok(change.to(Json(view(after, now)).into_response()))
+    let (after, change) = ops::skip_next(&state, schedule_id(&id)?).await?;
+    Ok(change.to(Json(view(after, state.clock.unix_ms())).into_response()))
 }
 
 pub async fn api_run_now(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Response, Problem> {
-    let id = schedule_id(&id)?;
-    let (store, commands, now) = (
-        state.store.clone(),
-        state.commands.clone(),
-        state.clock.unix_ms(),
-    );
-    let job = blocking(move || {
-        let schedule = store
-            .schedule(id)
-            .map_err(store_problem)?
-            .ok_or_else(|| problem(StatusCode::NOT_FOUND, format!("no schedule {id}")))?;
-        run_now(&*store, &commands, &schedule, now).map_err(job_problem)
-    })
-    .await?;
-    let change = crate::jobs::audit_change(None, &job);
+    let (job, change) = ops::run_now(&state, schedule_id(&id)?).await?;
     Ok(change.to((StatusCode::CREATED, Json(job)).into_response()))
 }
 

@@ -456,3 +456,111 @@ fn an_owner_manages_users_tokens_and_enrollment_in_the_browser() -> Result<()> {
     phone.screenshot("users-390-dark")?;
     Ok(())
 }
+
+#[test]
+fn an_operator_schedules_a_recording_in_the_browser() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let work = dir.path();
+    let server = Server::start(work, &work.join("data"))?;
+    let _agent = recording_agent(work, &server)?;
+    wait_for("the node online", SOON, || {
+        (server.presence(NODE).as_deref() == Some("online")).then_some(())
+    })?;
+    server.operator("sched", "operator")?;
+    let browser = Browser::start(work, &server.url(""), Look::DESKTOP)?;
+    log_in(&browser, "sched")?;
+
+    // From the navigation to the editor; a mistake is shown, nothing is lost.
+    browser.click("nav.sections a[href='/schedules']")?;
+    browser.click("a[href='/schedules/new']")?;
+    browser.fill("input[name=name]", "Morning <b>show</b>")?;
+    browser.fill("input[name=node]", NODE)?;
+    browser.fill("input[name=channels]", "1,2")?;
+    browser.fill("input[name=tags]", "morning, radio")?;
+    browser.js(
+        "document.querySelector('select[name=mode]').value = 'weekly';
+         for (const d of ['monday', 'wednesday', 'friday'])
+             document.querySelector(`input[name=${d}]`).checked = true;
+         document.querySelector('input[name=start]').value = '06:00';
+         document.querySelector('input[name=end]').value = '09:30';",
+        vec![],
+    )?;
+    browser.fill("input[name=time_zone]", "Europe/Brlin")?;
+    browser.click("form.editor button[type=submit]")?;
+    browser.wait_css("p.error", SOON)?;
+    let error = browser.text("p.error")?;
+    assert!(error.contains("unknown time zone"), "{error}");
+    assert_eq!(
+        browser.js(
+            "return document.querySelector('input[name=name]').value;",
+            vec![]
+        )?,
+        json!("Morning <b>show</b>"),
+        "the form keeps what was typed"
+    );
+    browser.js(
+        "document.querySelector('input[name=time_zone]').value = 'Europe/Berlin';",
+        vec![],
+    )?;
+    browser.click("form.editor button[type=submit]")?;
+    wait_for("the schedule's page", SOON, || {
+        let path = browser.path().ok()?;
+        (path.starts_with("/schedules/") && path != "/schedules/new").then_some(())
+    })?;
+    assert_eq!(
+        browser.text("h1")?,
+        "Morning <b>show</b>",
+        "markup stays text"
+    );
+    let upcoming = browser.text("#upcoming-h + table")?;
+    assert!(upcoming.contains("06:00–09:30"), "{upcoming}");
+    browser.screenshot("schedule-1280-light")?;
+
+    // Skip the next one: it is marked skipped.
+    browser.click("form[action$='/skip-next'] button")?;
+    browser.wait_css("tr.excepted", SOON)?;
+
+    // The list and the week calendar show it on Mondays, Wednesdays and Fridays.
+    browser.goto("/schedules?view=week&from=2026-12-07&tz=Europe/Berlin")?;
+    let row = browser.text("table.schedules tbody tr")?;
+    assert!(
+        row.contains("Weekly on Mon, Wed, Fri, 06:00–09:30 Europe/Berlin"),
+        "{row}"
+    );
+    let entries = browser.js(
+        "return [...document.querySelectorAll('.calendar .day')].map(d => d.querySelectorAll('a.occ').length);",
+        vec![],
+    )?;
+    assert_eq!(entries, json!([1, 0, 1, 0, 1, 0, 0]));
+    browser.screenshot("schedules-week-1280-light")?;
+    browser.goto("/schedules?view=month&from=2026-12-07&tz=Europe/Berlin")?;
+    browser.screenshot("schedules-month-1280-light")?;
+    assert!(!browser.overflows_horizontally()?);
+
+    // At phone width in dark, still readable and without sideways scrolling.
+    let phone = Browser::start(work, &server.url(""), Look::PHONE_DARK)?;
+    log_in(&phone, "sched")?;
+    phone.goto("/schedules?view=week&from=2026-12-07&tz=Europe/Berlin")?;
+    assert!(!phone.overflows_horizontally()?);
+    phone.screenshot("schedules-week-390-dark")?;
+
+    // Every change is in the audit log under the operator's name.
+    let records = audit(&server)?;
+    let changes: Vec<&Value> = records
+        .iter()
+        .filter(|r| r["actor"] == "user:sched" && r["permission"] == "schedules.manage")
+        .collect();
+    assert!(
+        changes
+            .iter()
+            .any(|r| r["outcome"] == "allowed" && r["before"].is_null()),
+        "creation: {changes:?}"
+    );
+    assert!(
+        changes
+            .iter()
+            .any(|r| r["outcome"] == "allowed" && r["after"]["spec"]["timing"]["skip"].is_array()),
+        "skip-next: {changes:?}"
+    );
+    Ok(())
+}

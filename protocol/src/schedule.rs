@@ -757,3 +757,70 @@ impl crate::envelope::Payload for NodeSchedules {
         Ok(())
     }
 }
+
+/// An IANA time zone from the bundled database, for showing instants as
+/// wall-clock dates and times.
+#[derive(Clone, Debug)]
+pub struct Zone(TimeZone);
+
+impl Zone {
+    pub fn get(name: &str) -> Result<Zone, String> {
+        TimeZone::get(name)
+            .map(Zone)
+            .map_err(|_| format!("unknown time zone {name:?}"))
+    }
+
+    /// The local date at `ms`.
+    pub fn date_of(&self, ms: u64) -> CivilDate {
+        CivilDate(self.0.to_datetime(timestamp_of(ms)).date())
+    }
+
+    /// The local time of day at `ms`, to the second.
+    pub fn time_of(&self, ms: u64) -> TimeOfDay {
+        let t = self.0.to_datetime(timestamp_of(ms)).time();
+        TimeOfDay(Time::new(t.hour(), t.minute(), t.second(), 0).unwrap_or(Time::midnight()))
+    }
+
+    /// The first instant of `date` here.
+    pub fn start_of(&self, date: CivilDate) -> u64 {
+        let dt = DateTime::from_parts(date.0, Time::midnight());
+        self.0
+            .to_ambiguous_timestamp(dt)
+            .compatible()
+            .map_or(0, ms_of)
+    }
+}
+
+impl CivilDate {
+    /// The date `days` later (earlier when negative), saturating at [`YEARS`].
+    pub fn add_days(self, days: i64) -> CivilDate {
+        let d = self.0.saturating_add(days.days());
+        CivilDate(d.clamp(
+            Date::new(*YEARS.start(), 1, 1).unwrap_or(d),
+            Date::new(*YEARS.end(), 12, 31).unwrap_or(d),
+        ))
+    }
+
+    /// The Monday on or before this date.
+    pub fn monday(self) -> CivilDate {
+        let back = self.0.weekday().to_monday_zero_offset();
+        self.add_days(-i64::from(back))
+    }
+
+    /// The first day of this date's month.
+    pub fn first_of_month(self) -> CivilDate {
+        CivilDate(self.0.first_of_month())
+    }
+
+    pub fn day(self) -> i8 {
+        self.0.day()
+    }
+
+    pub fn month(self) -> i8 {
+        self.0.month()
+    }
+
+    pub fn year(self) -> i16 {
+        self.0.year()
+    }
+}

@@ -505,16 +505,8 @@ impl Store for RedbStore {
                 job.state = transition(job.state, update.state)?;
                 job.updated_ms = now_ms;
             }
-            if !update.detail.is_empty() {
-                job.detail = update.detail.clone();
-            }
-            if update.recording.is_some() {
-                job.recording = update.recording.clone();
-            }
-            job.applied.push(msg_id);
-            if job.applied.len() > MAX_APPLIED_UPDATES {
-                job.applied.remove(0);
-            }
+            take_report(&mut job, update);
+            mark_applied(&mut job, msg_id);
             if old.state == JobState::Lost {
                 insert_health_events(&tx, &[job_lost_event(&job, HealthChange::Cleared, now_ms)])?;
             }
@@ -626,17 +618,9 @@ impl Store for RedbStore {
                 }
                 job.state = transition(job.state, update.state)?;
                 job.updated_ms = now_ms;
-                if !update.detail.is_empty() {
-                    job.detail = update.detail.clone();
-                }
-                if update.recording.is_some() {
-                    job.recording = update.recording.clone();
-                }
+                take_report(&mut job, update);
             }
-            job.applied.push(msg_id);
-            if job.applied.len() > MAX_APPLIED_UPDATES {
-                job.applied.remove(0);
-            }
+            mark_applied(&mut job, msg_id);
             if before == Some(JobState::Lost) {
                 insert_health_events(&tx, &[job_lost_event(&job, HealthChange::Cleared, now_ms)])?;
             }
@@ -1715,6 +1699,24 @@ fn leased(job: &JobRecord) -> Option<u64> {
     )
     .then(|| job.lease.map(|l| l.expires_ms))
     .flatten()
+}
+
+/// Keep what an update reports: its detail and its recording, if it has them.
+fn take_report(job: &mut JobRecord, update: &JobUpdate) {
+    if !update.detail.is_empty() {
+        job.detail = update.detail.clone();
+    }
+    if update.recording.is_some() {
+        job.recording = update.recording.clone();
+    }
+}
+
+/// Note that message `msg_id` was applied (the newest [`MAX_APPLIED_UPDATES`]).
+fn mark_applied(job: &mut JobRecord, msg_id: MessageId) {
+    job.applied.push(msg_id);
+    if job.applied.len() > MAX_APPLIED_UPDATES {
+        job.applied.remove(0);
+    }
 }
 
 /// The record of a job about to be queued.
