@@ -4,7 +4,9 @@
 //! sources, each with its own MQTT connection to the embedded broker, so the
 //! demo exercises the same path as a real fleet. Each records into
 //! `{data_dir}/demo-recordings/{node}/`, and the demo starts one job on the
-//! first appliance so a recording is running from the start.
+//! first appliance so a recording is running from the start. On a first
+//! start it also makes two schedules, so the schedules calendar has
+//! something to show.
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::Path;
@@ -92,6 +94,114 @@ pub fn spawn_appliances(
         });
     }
     Ok(set)
+}
+
+/// The demo's schedules: (node, name, recurrence, start, end), in Berlin time.
+const DEMO_SCHEDULES: [(&str, &str, &str, &str, &str); 2] = [
+    (
+        "lecture-b12",
+        "Lectures",
+        r#"{"mode": "weekly", "days": ["monday", "tuesday", "wednesday", "thursday", "friday"]}"#,
+        "09:00",
+        "10:30",
+    ),
+    (
+        "concert-hall",
+        "Evening concert",
+        r#"{"mode": "weekly", "days": ["friday", "saturday"]}"#,
+        "19:30",
+        "22:00",
+    ),
+];
+
+/// Once their appliances have announced themselves, make the demo's
+/// schedules for the first `nodes` simulated appliances, unless the server
+/// has schedules already (an earlier demo).
+pub async fn make_demo_schedules(
+    nodes: usize,
+    store: Arc<dyn rakkr_store::Store>,
+    clock: Arc<dyn Clock>,
+    shutdown: CancellationToken,
+) {
+    for _ in 0..150 {
+        if shutdown.is_cancelled() {
+            return;
+        }
+        let (store, now) = (store.clone(), clock.unix_ms());
+        let made = tokio::task::spawn_blocking(move || {
+            if !store.schedules().map(|s| s.is_empty()).unwrap_or(false) {
+                return Some(0);
+            }
+            let simulated = |node: &str| DEMO_NODES.iter().take(nodes).any(|(n, _)| *n == node);
+            let wanted: Vec<_> = DEMO_SCHEDULES
+                .iter()
+                .filter(|(node, ..)| simulated(node))
+                .collect();
+            let announced = wanted.iter().all(|(node, ..)| {
+                NodeId::new(*node)
+                    .ok()
+                    .and_then(|n| store.node(&n).ok().flatten())
+                    .is_some_and(|n| n.details.is_some())
+            });
+            if !announced {
+                return None;
+            }
+            let mut made = 0;
+            for (i, (node, name, recurrence, start, end)) in wanted.into_iter().enumerate() {
+                let spec = serde_json::json!({
+                    "name": name,
+                    "node": node,
+                    "job": {"profile": {"codec": "flac", "segment_s": 900}},
+                    "timing": {
+                        "recurrence": serde_json::from_str::<serde_json::Value>(recurrence).ok()?,
+                        "time_zone": "Europe/Berlin",
+                        "window": {"start": start, "end": end},
+                        "start_early_s": 60,
+                        "stop_late_s": 120
+                    },
+                    "tags": ["demo"]
+                });
+                let mut spec: rakkr_protocol::schedule::ScheduleSpec =
+                    serde_json::from_value(spec).ok()?;
+                if crate::schedules::check_spec(&*store, &mut spec).is_err() {
+                    continue;
+                }
+                let record = rakkr_store::ScheduleRecord {
+                    id: rakkr_protocol::ScheduleId::new(now + i as u64),
+                    spec,
+                    created_ms: now,
+                    updated_ms: now,
+                    revision: 1,
+                };
+                if store.create_schedule(record.clone()).is_ok() {
+                    crate::audit::record_now(
+                        &*store,
+                        rakkr_store::AuditEntry {
+                            at_ms: now,
+                            actor: "demo".into(),
+                            action: "create schedule".into(),
+                            target: Some(format!("schedule:{}", record.id)),
+                            outcome: "allowed".into(),
+                            after: serde_json::to_value(&record).ok(),
+                            ..Default::default()
+                        },
+                    );
+                    made += 1;
+                }
+            }
+            Some(made)
+        })
+        .await;
+        match made {
+            Ok(Some(n)) => {
+                if n > 0 {
+                    tracing::info!(schedules = n, "demo schedules made");
+                }
+                return;
+            }
+            Ok(None) | Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    }
 }
 
 /// Once the first appliance has announced itself, start the demo's job on

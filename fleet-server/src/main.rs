@@ -549,6 +549,12 @@ fn real_main() -> anyhow::Result<()> {
                     )
                     .context("cannot enroll the simulated appliances")?,
                 );
+                tokio::spawn(demo::make_demo_schedules(
+                    n,
+                    server.store.clone(),
+                    clock.clone(),
+                    shutdown.clone(),
+                ));
                 tokio::spawn(demo::start_demo_job(
                     server.store.clone(),
                     server.commands.clone(),

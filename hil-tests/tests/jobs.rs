@@ -503,6 +503,25 @@ fn the_demo_runs_a_recording_on_its_first_appliance() -> Result<()> {
     })?;
     let stdout = demo.stdout_text();
     assert!(stdout.contains("studio-a records for an hour"));
+    // Its calendar has the concert hall's schedule (lectures are on a fourth appliance).
+    let schedules = wait_for("the demo's schedules", Duration::from_secs(30), || {
+        let url = format!("http://127.0.0.1:{http}/api/v1/schedules");
+        let body = client
+            .get(&url)
+            .bearer_auth(&token)
+            .send()
+            .ok()?
+            .text()
+            .ok()?;
+        let list: Vec<Value> = serde_json::from_str(&body).ok()?;
+        (!list.is_empty()).then_some(list)
+    })?;
+    assert_eq!(schedules.len(), 1, "{schedules:?}");
+    assert_eq!(schedules[0]["spec"]["node"], "concert-hall");
+    assert!(
+        schedules[0]["next"]["start_ms"].as_u64().is_some(),
+        "{schedules:?}"
+    );
     // The printed dashboard command works: its reader account sees the fleet.
     let line = stdout
         .lines()
