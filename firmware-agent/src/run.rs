@@ -345,6 +345,7 @@ fn device_health(
         severity,
         at_ms: now_ms,
         detail: bounded_detail(detail),
+        subject: String::new(),
     })
 }
 

@@ -451,6 +451,7 @@ mod tests {
             severity: Severity::Critical,
             at_ms: 0,
             detail: String::new(),
+            subject: String::new(),
         };
         let alerting = || fleet.node(&a).unwrap().alerting(0, Duration::from_secs(5));
         assert!(!alerting());

@@ -438,7 +438,9 @@ impl HealthCondition {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Severity {
     Info,
@@ -466,11 +468,17 @@ pub struct HealthEvent {
     pub at_ms: u64,
     /// For people: what happened, with the evidence.
     pub detail: String,
+    /// What on the node it is about: `channel:3`, `device:hw:1`, `job:…`,
+    /// `schedule:…/2026-11-29`; empty: the node as a whole. One condition of
+    /// one subject is one health issue on the server.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub subject: String,
 }
 
 impl Payload for HealthEvent {
     const KIND: &'static str = "health event";
     fn validate(&self) -> Result<(), String> {
+        check_text("subject", &self.subject)?;
         if self.detail.len() > MAX_DETAIL_TEXT {
             return Err(format!(
                 "detail is {} bytes; the limit is {MAX_DETAIL_TEXT}",

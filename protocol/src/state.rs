@@ -191,7 +191,7 @@ impl Lifecycle for RecordingState {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum HealthState {
     Open,
@@ -201,6 +201,15 @@ pub enum HealthState {
 }
 
 impl HealthState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HealthState::Open => "open",
+            HealthState::Acknowledged => "acknowledged",
+            HealthState::Suppressed => "suppressed",
+            HealthState::Resolved => "resolved",
+        }
+    }
+
     pub const ALL: [HealthState; 4] = [
         HealthState::Open,
         HealthState::Acknowledged,
@@ -216,6 +225,7 @@ impl Lifecycle for HealthState {
         matches!(
             (self, next),
             (Open, Acknowledged | Suppressed | Resolved)
+                | (Acknowledged, Suppressed)
                 | (Acknowledged | Suppressed, Resolved)
                 | (Resolved, Open)
         )

@@ -149,6 +149,7 @@ fn what_the_code_sends_is_what_the_schemas_describe() {
             severity: Severity::Critical,
             at_ms: 3,
             detail: "gone".into(),
+            subject: String::new(),
         }),
     );
 }

@@ -256,6 +256,7 @@ fn health_events_have_a_flat_wire_form_and_a_bounded_detail() {
         severity: Severity::Critical,
         at_ms: 1_764_400_000_000,
         detail: "capture device hw:1 stopped delivering audio".into(),
+        subject: String::new(),
     };
     let env = Envelope::new(MessageId::new(1_764_400_000_000), 1, event.clone());
     let json = serde_json::to_value(&env).unwrap();

@@ -329,6 +329,22 @@ pub trait Store: Send + Sync + 'static {
     /// oldest go first. Returns how many were new.
     fn record_health_events(&self, events: &[HealthEventRecord]) -> Result<usize>;
 
+    /// Health issues matching `query`, newest first, at most `query.limit`.
+    /// (Issues are kept from the health events stored: see [`HealthIssue`].)
+    fn health_issues(&self, query: &IssueQuery) -> Result<Vec<HealthIssue>>;
+
+    /// Apply `action` to every issue in `ids` as `actor`, in one transaction:
+    /// all of them or, when one is unknown or cannot take the action (say,
+    /// acknowledging a resolved one), none, refused saying which. Returns
+    /// each issue before and after.
+    fn change_health_issues(
+        &self,
+        ids: &[u64],
+        action: IssueAction,
+        actor: &str,
+        now_ms: u64,
+    ) -> Result<Vec<(HealthIssue, HealthIssue)>>;
+
     /// The node's most recent health events, at most `limit`, oldest first
     /// (message ids are UUIDv7: they order by the time the node created them).
     fn health_events(&self, node: &NodeId, limit: usize) -> Result<Vec<HealthEventRecord>>;

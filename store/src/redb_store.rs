@@ -23,6 +23,9 @@
 //! | `schedules` | schedule id `u128` (UUIDv7) | JSON [`ScheduleRecord`]                |
 //! | `occurrences` | `(schedule id, occurrence key)` | JSON [`OccurrenceRecord`]: the jobs an occurrence started, its deferral |
 //! | `deferred_occurrences` | `(window end ms, schedule id, key)` | `()`: occurrences waiting to start, by when they are missed |
+//! | `health_issues` | issue id `u64` (1, 2, …) | JSON [`HealthIssue`]: a condition of a subject on a node over its life |
+//! | `issue_keys` | `(node, condition, subject)` | issue id `u64`: the latest issue of that key |
+//! | `issues_by_node`, `issues_by_state` | `(node or state, issue id)` | `()` |
 //!
 //! Invariants, kept by [`JobTables::put`], the only writer of job records: a
 //! job is in `job_queue` exactly while its state is `queued`; in `active_jobs`
@@ -39,7 +42,7 @@
 use std::path::Path;
 
 use rakkr_protocol::NodeId;
-use rakkr_protocol::state::{JobState, Lifecycle, Presence, transition};
+use rakkr_protocol::state::{HealthState, JobState, Lifecycle, Presence, transition};
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -55,10 +58,11 @@ use rakkr_protocol::schedule::{CivilDate, Occurrence, ScheduleSpec, first_job_id
 
 use crate::{
     AUDIT_GENESIS, ApiTokenRecord, AuditEntry, AuditPage, AuditProbe, AuditRecord, AuditSearch,
-    Deferral, EnrollTokenRecord, HealthEventRecord, JobGauges, JobId, JobRecord, Lease,
-    MAX_APPLIED_UPDATES, MAX_AUDIT_SCAN, MAX_HEALTH_EVENTS_PER_NODE, MAX_OCCURRENCE_JOBS,
-    MAX_SCHEDULES, MAX_USER_NAME, NewJob, NodeCredentialRecord, NodeRecord, NodeStatusUpdate,
-    OccurrenceJob, OccurrenceRecord, OccurrenceStart, RestartPolicy, Result, ScheduleRecord,
+    Deferral, EnrollTokenRecord, HealthEventRecord, HealthIssue, IssueAction, IssueQuery,
+    JobGauges, JobId, JobRecord, Lease, MAX_APPLIED_UPDATES, MAX_AUDIT_SCAN,
+    MAX_HEALTH_EVENTS_PER_NODE, MAX_ISSUES_PER_NODE, MAX_OCCURRENCE_JOBS, MAX_SCHEDULES,
+    MAX_USER_NAME, NewJob, NodeCredentialRecord, NodeRecord, NodeStatusUpdate, OccurrenceJob,
+    OccurrenceRecord, OccurrenceStart, REOPEN_WITHIN_MS, RestartPolicy, Result, ScheduleRecord,
     ScheduledBy, SessionRecord, Store, StoreError, UpdateOutcome, UserChange, UserRecord,
     audit_hash, check_annotation, contains_ignoring_ascii_case, valid_user_name,
 };
@@ -90,6 +94,10 @@ const AUDIT_BY_OUTCOME: TableDefinition<(&str, u64), ()> = TableDefinition::new(
 /// (node, message id as u128) → HealthEventRecord (JSON).
 const HEALTH_EVENTS: TableDefinition<(&str, u128), &[u8]> = TableDefinition::new("health_events");
 const SCHEDULES: TableDefinition<u128, &[u8]> = TableDefinition::new("schedules");
+const HEALTH_ISSUES: TableDefinition<u64, &[u8]> = TableDefinition::new("health_issues");
+const ISSUE_KEYS: TableDefinition<(&str, &str, &str), u64> = TableDefinition::new("issue_keys");
+const ISSUES_BY_NODE: TableDefinition<(&str, u64), ()> = TableDefinition::new("issues_by_node");
+const ISSUES_BY_STATE: TableDefinition<(&str, u64), ()> = TableDefinition::new("issues_by_state");
 const OCCURRENCES: TableDefinition<(u128, &str), &[u8]> = TableDefinition::new("occurrences");
 const DEFERRED_OCCURRENCES: TableDefinition<(u64, u128, &str), ()> =
     TableDefinition::new("deferred_occurrences");
@@ -251,6 +259,10 @@ impl RedbStore {
             tx.open_table(NODE_JOBS).map_err(backend)?;
             tx.open_table(HEALTH_EVENTS).map_err(backend)?;
             tx.open_table(SCHEDULES).map_err(backend)?;
+            tx.open_table(HEALTH_ISSUES).map_err(backend)?;
+            tx.open_table(ISSUE_KEYS).map_err(backend)?;
+            tx.open_table(ISSUES_BY_NODE).map_err(backend)?;
+            tx.open_table(ISSUES_BY_STATE).map_err(backend)?;
             tx.open_table(OCCURRENCES).map_err(backend)?;
             tx.open_table(DEFERRED_OCCURRENCES).map_err(backend)?;
             tx.open_table(ENROLL_TOKENS).map_err(backend)?;
@@ -1658,6 +1670,107 @@ impl Store for RedbStore {
         Ok(missed)
     }
 
+    fn health_issues(&self, query: &IssueQuery) -> Result<Vec<HealthIssue>> {
+        let tx = self.db.begin_read().map_err(backend)?;
+        let issues = tx.open_table(HEALTH_ISSUES).map_err(backend)?;
+        let get = |id: u64| -> Result<Option<HealthIssue>> {
+            match issues.get(id).map_err(backend)? {
+                Some(v) => Ok(Some(decode("health issue", v.value())?)),
+                None => Ok(None),
+            }
+        };
+        let wanted = |i: &HealthIssue| {
+            query.node.as_ref().is_none_or(|n| &i.node == n)
+                && query.state.is_none_or(|s| i.state == s)
+                && query.condition.is_none_or(|c| i.condition == c)
+        };
+        let limit = query.limit.max(1);
+        let mut out = Vec::new();
+        // The narrowest index first; every candidate is checked against all filters.
+        let ids: Box<dyn Iterator<Item = Result<u64>>> = if let Some(node) = &query.node {
+            let t = tx.open_table(ISSUES_BY_NODE).map_err(backend)?;
+            let ids: Vec<u64> = t
+                .range((node.as_str(), 0u64)..=(node.as_str(), u64::MAX))
+                .map_err(backend)?
+                .rev()
+                .map(|e| e.map(|(k, _)| k.value().1))
+                .collect::<std::result::Result<_, _>>()
+                .map_err(backend)?;
+            Box::new(ids.into_iter().map(Ok))
+        } else if let Some(state) = query.state {
+            let t = tx.open_table(ISSUES_BY_STATE).map_err(backend)?;
+            let ids: Vec<u64> = t
+                .range((state.as_str(), 0u64)..=(state.as_str(), u64::MAX))
+                .map_err(backend)?
+                .rev()
+                .map(|e| e.map(|(k, _)| k.value().1))
+                .collect::<std::result::Result<_, _>>()
+                .map_err(backend)?;
+            Box::new(ids.into_iter().map(Ok))
+        } else {
+            let ids: Vec<u64> = issues
+                .iter()
+                .map_err(backend)?
+                .rev()
+                .take(MAX_AUDIT_SCAN)
+                .map(|e| e.map(|(k, _)| k.value()))
+                .collect::<std::result::Result<_, _>>()
+                .map_err(backend)?;
+            Box::new(ids.into_iter().map(Ok))
+        };
+        for id in ids {
+            if out.len() >= limit {
+                break;
+            }
+            if let Some(issue) = get(id?)?.filter(|i| wanted(i)) {
+                out.push(issue);
+            }
+        }
+        Ok(out)
+    }
+
+    fn change_health_issues(
+        &self,
+        ids: &[u64],
+        action: IssueAction,
+        actor: &str,
+        now_ms: u64,
+    ) -> Result<Vec<(HealthIssue, HealthIssue)>> {
+        let tx = self.db.begin_write().map_err(backend)?;
+        let changed = {
+            let mut tables = IssueTables::open(&tx)?;
+            let mut changed = Vec::new();
+            for &id in ids {
+                let old = tables
+                    .get(id)?
+                    .ok_or_else(|| StoreError::Refused(format!("no health issue {id}")))?;
+                let state = transition(old.state, action.target()).map_err(|_| {
+                    StoreError::Refused(format!(
+                        "issue {id} is {}; it cannot be {}",
+                        old.state.as_str(),
+                        action.target().as_str()
+                    ))
+                })?;
+                let issue = HealthIssue {
+                    state,
+                    changed_ms: now_ms,
+                    by: Some(actor.to_owned()),
+                    opened_ms: if action == IssueAction::Reopen {
+                        now_ms
+                    } else {
+                        old.opened_ms
+                    },
+                    ..old.clone()
+                };
+                tables.put(Some(&old), &issue)?;
+                changed.push((old, issue));
+            }
+            changed
+        };
+        tx.commit().map_err(backend)?;
+        Ok(changed)
+    }
+
     fn record_health_events(&self, events: &[HealthEventRecord]) -> Result<usize> {
         if events.is_empty() {
             return Ok(0);
@@ -1862,6 +1975,182 @@ impl<'txn> JobTables<'txn> {
     }
 }
 
+/// The issue tables, open in one write transaction.
+struct IssueTables<'txn> {
+    issues: redb::Table<'txn, u64, &'static [u8]>,
+    keys: redb::Table<'txn, (&'static str, &'static str, &'static str), u64>,
+    by_node: redb::Table<'txn, (&'static str, u64), ()>,
+    by_state: redb::Table<'txn, (&'static str, u64), ()>,
+}
+
+impl<'txn> IssueTables<'txn> {
+    fn open(tx: &'txn redb::WriteTransaction) -> Result<Self> {
+        Ok(IssueTables {
+            issues: tx.open_table(HEALTH_ISSUES).map_err(backend)?,
+            keys: tx.open_table(ISSUE_KEYS).map_err(backend)?,
+            by_node: tx.open_table(ISSUES_BY_NODE).map_err(backend)?,
+            by_state: tx.open_table(ISSUES_BY_STATE).map_err(backend)?,
+        })
+    }
+
+    fn get(&self, id: u64) -> Result<Option<HealthIssue>> {
+        match self.issues.get(id).map_err(backend)? {
+            Some(v) => Ok(Some(decode("health issue", v.value())?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Write `new` (replacing `old`) and keep the indexes in step.
+    fn put(&mut self, old: Option<&HealthIssue>, new: &HealthIssue) -> Result<()> {
+        self.issues
+            .insert(new.id, encode(new).as_slice())
+            .map_err(backend)?;
+        if let Some(o) = old.filter(|o| o.state != new.state) {
+            self.by_state
+                .remove((o.state.as_str(), o.id))
+                .map_err(backend)?;
+        }
+        if old.is_none_or(|o| o.state != new.state) {
+            self.by_state
+                .insert((new.state.as_str(), new.id), ())
+                .map_err(backend)?;
+        }
+        if old.is_none() {
+            self.by_node
+                .insert((new.node.as_str(), new.id), ())
+                .map_err(backend)?;
+            self.keys
+                .insert(
+                    (
+                        new.node.as_str(),
+                        new.condition.as_str(),
+                        new.subject.as_str(),
+                    ),
+                    new.id,
+                )
+                .map_err(backend)?;
+        }
+        Ok(())
+    }
+
+    /// Forget the oldest resolved issues of `node` beyond [`MAX_ISSUES_PER_NODE`].
+    fn prune(&mut self, node: &NodeId) -> Result<()> {
+        let range = (node.as_str(), 0u64)..=(node.as_str(), u64::MAX);
+        let count = self.by_node.range(range.clone()).map_err(backend)?.count();
+        if count <= MAX_ISSUES_PER_NODE {
+            return Ok(());
+        }
+        let ids: Vec<u64> = self
+            .by_node
+            .range(range)
+            .map_err(backend)?
+            .map(|e| e.map(|(k, _)| k.value().1))
+            .collect::<std::result::Result<_, _>>()
+            .map_err(backend)?;
+        let mut excess = count - MAX_ISSUES_PER_NODE;
+        for id in ids {
+            if excess == 0 {
+                break;
+            }
+            let Some(issue) = self.get(id)? else { continue };
+            if issue.state != HealthState::Resolved {
+                continue;
+            }
+            self.issues.remove(id).map_err(backend)?;
+            self.by_node
+                .remove((issue.node.as_str(), id))
+                .map_err(backend)?;
+            self.by_state
+                .remove((issue.state.as_str(), id))
+                .map_err(backend)?;
+            let key = (
+                issue.node.as_str(),
+                issue.condition.as_str(),
+                issue.subject.as_str(),
+            );
+            if self.keys.get(key).map_err(backend)?.map(|v| v.value()) == Some(id) {
+                self.keys.remove(key).map_err(backend)?;
+            }
+            excess -= 1;
+        }
+        Ok(())
+    }
+}
+
+/// Apply a newly stored health event to its issue: raised opens one (or
+/// updates the open one, or reopens one resolved within
+/// [`REOPEN_WITHIN_MS`]); cleared resolves it by recovery.
+fn apply_to_issue(tx: &redb::WriteTransaction, e: &HealthEventRecord) -> Result<()> {
+    let mut tables = IssueTables::open(tx)?;
+    let ev = &e.event;
+    let latest = tables
+        .keys
+        .get((e.node.as_str(), ev.condition.as_str(), ev.subject.as_str()))
+        .map_err(backend)?
+        .map(|v| v.value());
+    let latest = match latest {
+        Some(id) => tables.get(id)?,
+        None => None,
+    };
+    match (ev.change, latest) {
+        (HealthChange::Raised, Some(old))
+            if old.state != HealthState::Resolved
+                || ev.at_ms.saturating_sub(old.changed_ms) <= REOPEN_WITHIN_MS =>
+        {
+            let mut issue = old.clone();
+            if issue.state == HealthState::Resolved {
+                issue.state = transition(issue.state, HealthState::Open)?;
+                issue.opened_ms = ev.at_ms;
+                issue.changed_ms = ev.at_ms;
+                issue.by = None;
+            }
+            issue.raised = issue.raised.saturating_add(1);
+            issue.severity = issue.severity.max(ev.severity);
+            issue.last_event_ms = ev.at_ms;
+            issue.detail = ev.detail.clone();
+            tables.put(Some(&old), &issue)
+        }
+        (HealthChange::Raised, _) => {
+            let id = next_seq(tx, "issue_seq")?;
+            let issue = HealthIssue {
+                id,
+                node: e.node.clone(),
+                condition: ev.condition,
+                subject: ev.subject.clone(),
+                severity: ev.severity,
+                state: HealthState::Open,
+                opened_ms: ev.at_ms,
+                changed_ms: ev.at_ms,
+                last_event_ms: ev.at_ms,
+                detail: ev.detail.clone(),
+                raised: 1,
+                by: None,
+            };
+            tables.put(None, &issue)?;
+            tables.prune(&e.node)
+        }
+        (HealthChange::Cleared, Some(old)) if old.state != HealthState::Resolved => {
+            let mut issue = old.clone();
+            issue.state = transition(issue.state, HealthState::Resolved)?;
+            issue.changed_ms = ev.at_ms;
+            issue.last_event_ms = ev.at_ms;
+            issue.detail = ev.detail.clone();
+            issue.by = Some("recovery".into());
+            tables.put(Some(&old), &issue)
+        }
+        // Cleared with nothing open: nothing to resolve.
+        (HealthChange::Cleared, _) => Ok(()),
+    }
+}
+
+/// The next number of a sequence kept in `meta`.
+fn next_seq(tx: &redb::WriteTransaction, name: &str) -> Result<u64> {
+    let mut meta = tx.open_table(META).map_err(backend)?;
+    let id = meta.get(name).map_err(backend)?.map_or(0, |v| v.value()) + 1;
+    meta.insert(name, id).map_err(backend)?;
+    Ok(id)
+}
+
 /// Insert health events not stored yet and keep each node's newest
 /// [`MAX_HEALTH_EVENTS_PER_NODE`]. Returns how many were new.
 fn insert_health_events(
@@ -1875,6 +2164,7 @@ fn insert_health_events(
         let key = (e.node.as_str(), e.msg_id.as_uuid().as_u128());
         if table.get(key).map_err(backend)?.is_none() {
             table.insert(key, encode(e).as_slice()).map_err(backend)?;
+            apply_to_issue(tx, e)?;
             new += 1;
             if !touched.contains(&&e.node) {
                 touched.push(&e.node);
@@ -2044,6 +2334,7 @@ fn deferral_event(
             },
             at_ms: now_ms,
             detail,
+            subject: format!("schedule:{}/{}", schedule.id, occurrence.key),
         },
         received_ms: now_ms,
     }
@@ -2079,6 +2370,7 @@ fn job_lost_event(job: &JobRecord, change: HealthChange, now_ms: u64) -> HealthE
             severity: Severity::Warning,
             at_ms: now_ms,
             detail,
+            subject: format!("job:{}", job.id),
         },
         received_ms: now_ms,
     }

@@ -242,6 +242,78 @@ pub enum OccurrenceStart {
     Stale,
 }
 
+/// Most health issues kept per node; beyond, the oldest resolved ones go.
+pub const MAX_ISSUES_PER_NODE: usize = 1_000;
+
+/// A condition raised again within this long of its issue being resolved
+/// reopens that issue instead of opening a new one (a flapping condition is
+/// one issue, not a hundred).
+pub const REOPEN_WITHIN_MS: u64 = 15 * 60 * 1000;
+
+/// One condition of one subject on one node, over its life: opened when
+/// first raised, at most one not resolved per (node, condition, subject),
+/// resolved by recovery (its clearing event) or by people, reopened when
+/// raised again soon after.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct HealthIssue {
+    /// 1, 2, … in the order issues were opened.
+    pub id: u64,
+    pub node: NodeId,
+    pub condition: rakkr_protocol::payload::HealthCondition,
+    /// What on the node it is about (see `HealthEvent::subject`); empty: the node.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub subject: String,
+    /// The highest severity it was raised with.
+    pub severity: rakkr_protocol::payload::Severity,
+    pub state: rakkr_protocol::state::HealthState,
+    /// When it was opened (or reopened).
+    pub opened_ms: u64,
+    /// When its state last changed.
+    pub changed_ms: u64,
+    /// When the last event about it happened.
+    pub last_event_ms: u64,
+    /// The evidence of the last event.
+    pub detail: String,
+    /// Times it was raised.
+    pub raised: u32,
+    /// Who made the last state change: an actor (`user:olga`) or `recovery`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub by: Option<String>,
+}
+
+/// What people do to health issues.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum IssueAction {
+    /// Seen, being handled.
+    Acknowledge,
+    /// Known and accepted: no longer alerting until it recovers.
+    Suppress,
+    Resolve,
+    Reopen,
+}
+
+impl IssueAction {
+    pub fn target(self) -> rakkr_protocol::state::HealthState {
+        use rakkr_protocol::state::HealthState;
+        match self {
+            IssueAction::Acknowledge => HealthState::Acknowledged,
+            IssueAction::Suppress => HealthState::Suppressed,
+            IssueAction::Resolve => HealthState::Resolved,
+            IssueAction::Reopen => HealthState::Open,
+        }
+    }
+}
+
+/// Which health issues to list.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct IssueQuery {
+    pub node: Option<NodeId>,
+    pub state: Option<rakkr_protocol::state::HealthState>,
+    pub condition: Option<rakkr_protocol::payload::HealthCondition>,
+    pub limit: usize,
+}
+
 /// A health event as a node sent it. Identified by the node and the message's
 /// id, so a message delivered twice is stored once.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]

@@ -523,6 +523,7 @@ fn health_events_are_stored_once_per_message(store: &dyn Store) {
             severity: Severity::Critical,
             at_ms: ms,
             detail: format!("at {ms}"),
+            subject: String::new(),
         },
         received_ms: ms + 1,
     };
