@@ -179,7 +179,7 @@ pub async fn api_audit(State(state): State<AppState>, Query(q): Query<AuditQuery
 }
 
 /// `format=json` (the default) or `format=csv`.
-fn wants_csv(format: Option<&str>) -> Result<bool, crate::http::Problem> {
+pub(crate) fn wants_csv(format: Option<&str>) -> Result<bool, crate::http::Problem> {
     match format {
         None | Some("json") => Ok(false),
         Some("csv") => Ok(true),
@@ -192,26 +192,34 @@ fn wants_csv(format: Option<&str>) -> Result<bool, crate::http::Problem> {
 
 /// Records as CSV (RFC 4180, a header line first); before/after as JSON.
 pub fn csv_of(records: &[AuditRecord]) -> String {
-    let mut out = String::from(
-        "seq,at_ms,actor,permission,action,target,outcome,reason,before,after,sha256\r\n",
-    );
     let json =
         |v: &Option<serde_json::Value>| v.as_ref().map(|v| v.to_string()).unwrap_or_default();
-    for r in records {
-        let e = &r.entry;
-        let fields = [
-            r.seq.to_string(),
-            e.at_ms.to_string(),
-            e.actor.clone(),
-            e.permission.clone().unwrap_or_default(),
-            e.action.clone(),
-            e.target.clone().unwrap_or_default(),
-            e.outcome.clone(),
-            e.reason.clone().unwrap_or_default(),
-            json(&e.before),
-            json(&e.after),
-            r.sha256.clone(),
-        ];
+    csv_table(
+        "seq,at_ms,actor,permission,action,target,outcome,reason,before,after,sha256",
+        records.iter().map(|r| {
+            let e = &r.entry;
+            vec![
+                r.seq.to_string(),
+                e.at_ms.to_string(),
+                e.actor.clone(),
+                e.permission.clone().unwrap_or_default(),
+                e.action.clone(),
+                e.target.clone().unwrap_or_default(),
+                e.outcome.clone(),
+                e.reason.clone().unwrap_or_default(),
+                json(&e.before),
+                json(&e.after),
+                r.sha256.clone(),
+            ]
+        }),
+    )
+}
+
+/// A CSV document (RFC 4180): the header line, then a line per row, every
+/// field quoted as needed and never read as a spreadsheet formula.
+pub fn csv_table(header: &str, rows: impl Iterator<Item = Vec<String>>) -> String {
+    let mut out = format!("{header}\r\n");
+    for fields in rows {
         out.push_str(
             &fields
                 .iter()

@@ -56,6 +56,11 @@ pub struct SignedIn {
 }
 
 impl SignedIn {
+    /// How the audit log names this operator.
+    pub fn actor(&self) -> String {
+        format!("user:{}", self.user.name)
+    }
+
     pub fn may(&self, permission: Permission) -> bool {
         self.user.role.permissions().contains(&permission)
     }

@@ -44,6 +44,9 @@ pub fn console_page(title: &str, signed_in: &SignedIn, head: Markup, body: Marku
                     @if signed_in.may(Permission::RecordingsRead) {
                         a href=(crate::recordings_page::RECORDINGS_PATH) { "Recordings" }
                     }
+                    @if signed_in.may(Permission::HealthRead) {
+                        a href=(crate::health_page::HEALTH_PATH) { "Health" }
+                    }
                     @if signed_in.may(Permission::SchedulesRead) {
                         a href=(crate::schedules_page::SCHEDULES_PATH) { "Schedules" }
                     }

@@ -40,6 +40,8 @@
 //! | `GET /api-tokens`, `POST /api-tokens`, `POST /api-tokens/{id}/revoke` | users.manage | API tokens: list, create (shown once), revoke |
 //! | `GET, POST /api/v1/users`, `POST /api/v1/users/{name}` | users.manage | the same as JSON (`{"role"}`, `{"disabled"}` or `{"reset_password": true}`) |
 //! | `GET, POST /api/v1/api-tokens`, `POST /api/v1/api-tokens/{id}/revoke` | users.manage | the same as JSON |
+//! | `GET /health`, `POST /health` | health.read / health.acknowledge | health issues (filters: node, state, condition; CSV), bulk acknowledge / suppress / resolve / reopen (form) |
+//! | `GET /api/v1/health`, `POST /api/v1/health/actions` | health.read / health.acknowledge | the same as JSON (`?format=csv`); `{"ids": [..], "action"}` |
 //! | `GET /schedules`, `GET /schedules/{id}` | schedules.read | schedules with a week or month calendar (`?view&from&tz`); one schedule: upcoming, past occurrences |
 //! | `GET /schedules/new`, `POST /schedules`, `POST /schedules/{id}` | schedules.manage | the editor: new, create, replace (forms) |
 //! | `POST /schedules/{id}/skip-next`, `…/delete`; `…/run-now` | schedules.manage; jobs.manage | the schedule page's buttons (forms) |
@@ -380,6 +382,30 @@ pub fn route_table() -> Vec<(&'static str, Method, Access, MethodRouter<AppState
             Method::POST,
             Operator(UsersManage),
             post(accounts_page::api_revoke_token),
+        ),
+        (
+            crate::health_page::HEALTH_PATH,
+            Method::GET,
+            Operator(HealthRead),
+            get(crate::health_page::list),
+        ),
+        (
+            crate::health_page::HEALTH_PATH,
+            Method::POST,
+            Operator(HealthAcknowledge),
+            post(crate::health_page::bulk),
+        ),
+        (
+            "/api/v1/health",
+            Method::GET,
+            Operator(HealthRead),
+            get(crate::health_page::api_list),
+        ),
+        (
+            "/api/v1/health/actions",
+            Method::POST,
+            Operator(HealthAcknowledge),
+            post(crate::health_page::api_action),
         ),
         (
             crate::schedules_page::SCHEDULES_PATH,

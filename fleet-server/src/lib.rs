@@ -33,6 +33,7 @@ pub mod demo;
 pub mod enrollment_page;
 pub mod fleet;
 pub mod gate;
+pub mod health_page;
 pub mod http;
 pub mod identity;
 pub mod ingest;

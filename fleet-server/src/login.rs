@@ -542,7 +542,7 @@ async fn decide(
         let to = format!("{LOGIN_PATH}?next={}", urlencode(path));
         return Err(refused(Redirect::to(&to).into_response(), &anonymous, why));
     };
-    let actor = format!("user:{}", signed_in.user.name);
+    let actor = signed_in.actor();
     let path = request.uri().path().to_owned();
     if signed_in.user.must_change_password && path != PASSWORD_PATH && path != LOGOUT_PATH {
         let response = Redirect::to(PASSWORD_PATH).into_response();

@@ -99,6 +99,21 @@ fn operation(method: &Method, path: &str, g: &mut SchemaGenerator) -> Option<Ope
         ("to", "string", "started on or before this day"),
         ("limit", "integer", "at most this many (default 100)"),
     ];
+    const HEALTH_QUERY: &[(&str, &str, &str)] = &[
+        ("node", "string", "only this node's issues"),
+        (
+            "state",
+            "string",
+            "`open`, `acknowledged`, `suppressed`, `resolved`, or `active` (not resolved)",
+        ),
+        ("condition", "string", "a condition, e.g. `device_lost`"),
+        (
+            "limit",
+            "integer",
+            "at most this many (default 100, at most 1000)",
+        ),
+        ("format", "string", "`json` (default) or `csv`"),
+    ];
     const SEARCH_QUERY: &[(&str, &str, &str)] = &[
         ("actor", "string", "exactly this actor, e.g. `user:olga`"),
         ("outcome", "string", "`allowed`, `denied` or `failed`"),
@@ -274,6 +289,18 @@ fn operation(method: &Method, path: &str, g: &mut SchemaGenerator) -> Option<Ope
             "Revoke an API token",
             None,
             (200, Json(schema::<AdminResponse>(g))),
+            &[],
+        ),
+        ("GET", "/api/v1/health") => op(
+            "Health issues, newest first (one per condition and subject of a node)",
+            None,
+            (200, Json(list::<rakkr_store::HealthIssue>(g))),
+            HEALTH_QUERY,
+        ),
+        ("POST", "/api/v1/health/actions") => op(
+            "Acknowledge, suppress, resolve or reopen health issues (all or none)",
+            Some(schema::<crate::health_page::ActionRequest>(g)),
+            (200, Json(list::<rakkr_store::HealthIssue>(g))),
             &[],
         ),
         ("GET", "/api/v1/schedules") => op(

@@ -357,3 +357,101 @@ fn a_server_back_mid_window_takes_over_the_appliance_s_take() -> Result<()> {
     assert_eq!(jobs_of(&server, "sched-mid", &id)?.len(), 1);
     Ok(())
 }
+
+/// The node's health issues of `condition` in `state`, through the API.
+fn issues(server: &Server, node: &str, condition: &str, state: &str) -> Result<Vec<Value>> {
+    let list = server.get_json(&format!(
+        "/api/v1/health?node={node}&condition={condition}&state={state}"
+    ))?;
+    Ok(list.as_array().cloned().unwrap_or_default())
+}
+
+#[test]
+fn a_deferred_occurrence_is_an_issue_people_acknowledge_and_recovery_resolves() -> Result<()> {
+    let work = tempfile::tempdir()?;
+    let server = Server::start(work.path(), &work.path().join("data"))?;
+    let (_agent, _) = job_agent(work.path(), &server, "sched-busy", 2, "")?;
+    wait_online(&server, "sched-busy")?;
+    // A take by hand holds both channels; the schedule wants channel 1 from now.
+    let (code, by_hand) = server.post("/api/v1/jobs", &json!({"node": "sched-busy"}))?;
+    assert_eq!(code, 201, "{by_hand}");
+    let by_hand = by_hand["id"].as_str().unwrap().to_owned();
+    wait_job(&server, &by_hand, "running", Duration::from_secs(20))?;
+    let mut busy = schedule("sched-busy", &utc_time_in(1), &utc_time_in(120));
+    busy["job"]["channels"] = json!("1");
+    let (code, created) = server.post("/api/v1/schedules", &busy)?;
+    assert_eq!(code, 201, "{created}");
+    let id = created["id"].as_str().unwrap().to_owned();
+
+    let issue = wait_for("the deferral issue", Duration::from_secs(20), || {
+        let open = issues(&server, "sched-busy", "schedule_deferred", "open").ok()?;
+        (open.len() == 1).then(|| open[0].clone())
+    })?;
+    assert!(
+        issue["subject"]
+            .as_str()
+            .unwrap()
+            .starts_with(&format!("schedule:{id}/")),
+        "{issue}"
+    );
+    assert!(
+        issue["detail"].as_str().unwrap().contains(&by_hand),
+        "{issue}"
+    );
+    let issue_id = issue["id"].as_u64().unwrap().to_string();
+
+    // An operator sees it on the health page and acknowledges it there.
+    let mut op = server.operator("nightshift", "operator")?;
+    let (code, _, page) = op.get("/health?state=active")?;
+    assert_eq!(code, 200);
+    assert!(
+        page.contains(&format!("data-issue=\"{issue_id}\"")),
+        "{page}"
+    );
+    let csrf = op.csrf.clone();
+    let (code, headers, body) = op.post_form(
+        "/health",
+        &[
+            ("csrf", &csrf),
+            ("back", "/health?state=active"),
+            ("ids", &issue_id),
+            ("action", "acknowledge"),
+        ],
+    )?;
+    assert_eq!(code, 303, "{body}");
+    assert_eq!(headers["location"], "/health?state=active");
+    let acked = issues(&server, "sched-busy", "schedule_deferred", "acknowledged")?;
+    assert_eq!(acked.len(), 1);
+    assert_eq!(acked[0]["by"], "user:nightshift");
+    // Acknowledging it again is refused and changes nothing.
+    let (code, problem) = server.post(
+        "/api/v1/health/actions",
+        &json!({"ids": [issue["id"]], "action": "acknowledge"}),
+    )?;
+    assert_eq!(code, 409, "{problem}");
+
+    // The channels come free: the occurrence starts and recovery resolves the issue.
+    let (code, _) = server.post(&format!("/api/v1/jobs/{by_hand}/stop"), &json!({}))?;
+    assert_eq!(code, 200);
+    let resolved = wait_for("the issue resolved", Duration::from_secs(30), || {
+        let done = issues(&server, "sched-busy", "schedule_deferred", "resolved").ok()?;
+        (done.len() == 1).then(|| done[0].clone())
+    })?;
+    assert_eq!(resolved["by"], "recovery");
+    assert_eq!(jobs_of(&server, "sched-busy", &id)?.len(), 1);
+
+    // CSV export, and the acknowledgement in the audit log with before and after.
+    let (code, csv) = server.get_api("/api/v1/health?node=sched-busy&format=csv")?;
+    assert_eq!(code, 200);
+    assert!(csv.starts_with("id,node,condition,subject,"), "{csv}");
+    assert!(
+        csv.contains(&format!("\r\n{issue_id},sched-busy,schedule_deferred,")),
+        "{csv}"
+    );
+    let audit = server.get_json(&format!("/api/v1/audit/search?q=health:{issue_id}"))?;
+    let record = &audit["records"][0];
+    assert_eq!(record["actor"], "user:nightshift");
+    assert_eq!(record["before"][0]["state"], "open");
+    assert_eq!(record["after"][0]["state"], "acknowledged");
+    Ok(())
+}
