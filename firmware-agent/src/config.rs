@@ -81,6 +81,9 @@ pub struct AgentConfig {
     /// Recording jobs the node runs at once. Jobs need `recordings_dir`.
     #[serde(default = "default_max_jobs")]
     pub max_jobs: u16,
+    /// How long the watchdog's quality rules wait (`crate::watchdog`).
+    #[serde(default)]
+    pub watchdog: crate::watchdog::WatchdogPolicy,
 }
 
 fn default_max_jobs() -> u16 {
@@ -281,6 +284,7 @@ pub struct AgentSettings {
     pub state_dir: Option<PathBuf>,
     /// Recording jobs at once; 0 without a recordings directory.
     pub max_jobs: u16,
+    pub watchdog: crate::watchdog::WatchdogPolicy,
 }
 
 #[derive(Debug, Clone)]
@@ -459,6 +463,9 @@ impl AgentConfig {
             )
         })?;
 
+        self.watchdog
+            .validate()
+            .map_err(|e| invalid("watchdog", e))?;
         if usize::from(self.max_jobs) > rakkr_protocol::job::MAX_NODE_JOBS {
             return Err(invalid(
                 "max_jobs",
@@ -485,6 +492,7 @@ impl AgentConfig {
             },
             recordings_dir: self.recordings_dir,
             state_dir: self.state_dir,
+            watchdog: self.watchdog,
         })
     }
 }
@@ -558,6 +566,7 @@ impl AgentSettings {
             recordings_dir: None,
             state_dir: None,
             max_jobs: 0,
+            watchdog: Default::default(),
         }
     }
 }

@@ -379,6 +379,18 @@ impl Outbox {
             .map(|v| v.value()))
     }
 
+    /// Every open condition and since when.
+    pub fn open_conditions(&self) -> Result<Vec<(String, u64)>, OutboxError> {
+        let tx = self.db.begin_read().map_err(|e| self.fail(e))?;
+        let open = tx.open_table(OPEN).map_err(|e| self.fail(e))?;
+        let mut out = Vec::new();
+        for entry in open.iter().map_err(|e| self.fail(e))? {
+            let (k, v) = entry.map_err(|e| self.fail(e))?;
+            out.push((k.value().to_owned(), v.value()));
+        }
+        Ok(out)
+    }
+
     /// Messages waiting.
     pub fn len(&self) -> Result<u64, OutboxError> {
         let tx = self.db.begin_read().map_err(|e| self.fail(e))?;

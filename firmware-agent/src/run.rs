@@ -89,6 +89,16 @@ pub async fn run(
     let (meters_tx, meters_rx) = mpsc::channel(METER_QUEUE);
     let outbox = Arc::new(open_outbox(&settings)?);
     let outbox_ready = Arc::new(tokio::sync::Notify::new());
+    let (link_meters_tx, link_meters_rx) = mpsc::channel(METER_QUEUE);
+    tokio::spawn(watch_quality(
+        meters_rx,
+        link_meters_tx,
+        settings.watchdog,
+        outbox.clone(),
+        outbox_ready.clone(),
+        handles.telemetry.clone(),
+        clock.clone(),
+    ));
     let device = source_name(&settings);
     let memory_locked = settings.realtime
         && match crate::rt::lock_memory() {
@@ -203,7 +213,7 @@ pub async fn run(
         },
         clock,
         link::Outgoing {
-            meters: meters_rx,
+            meters: link_meters_rx,
             local_meters: handles.local_meters.subscribe(),
             outbox,
             outbox_ready,
@@ -237,6 +247,60 @@ pub async fn run(
 /// The key of the device-lost condition among the outbox's open conditions.
 const DEVICE_LOST: &str = HealthCondition::DeviceLost.as_str();
 
+/// How the outbox's open conditions name a condition of a subject.
+fn open_key(condition: HealthCondition, subject: &str) -> String {
+    if subject.is_empty() {
+        condition.as_str().to_owned()
+    } else {
+        format!("{}|{subject}", condition.as_str())
+    }
+}
+
+/// Watch the telemetry frames on their way to the link: the watchdog's
+/// events go to the outbox; the frames go on. Conditions the watchdog raised
+/// before a restart are cleared once gone.
+async fn watch_quality(
+    mut frames: mpsc::Receiver<MeterFrame>,
+    to_link: mpsc::Sender<MeterFrame>,
+    policy: crate::watchdog::WatchdogPolicy,
+    outbox: Arc<Outbox>,
+    ready: Arc<tokio::sync::Notify>,
+    telemetry: Arc<TelemetryStats>,
+    clock: Arc<dyn Clock>,
+) {
+    let mut dog = crate::watchdog::Watchdog::new(policy);
+    let kept = {
+        let outbox = outbox.clone();
+        tokio::task::spawn_blocking(move || outbox.open_conditions()).await
+    };
+    if let Ok(Ok(open)) = kept {
+        for (key, _) in open {
+            let (name, subject) = key.split_once('|').unwrap_or((key.as_str(), ""));
+            let condition = HealthCondition::ALL
+                .into_iter()
+                .find(|c| c.as_str() == name);
+            if let Some(c) = condition.filter(|c| *c != HealthCondition::DeviceLost) {
+                dog.assume_raised(c, subject);
+            }
+        }
+    }
+    while let Some(frame) = frames.recv().await {
+        for event in dog.observe(&frame) {
+            match event.change {
+                HealthChange::Raised => {
+                    tracing::warn!(condition = event.condition.as_str(), subject = %event.subject, detail = %event.detail, "watchdog")
+                }
+                HealthChange::Cleared => {
+                    tracing::info!(condition = event.condition.as_str(), subject = %event.subject, detail = %event.detail, "watchdog")
+                }
+            }
+            keep(&outbox, &ready, &telemetry, clock.unix_ms(), event).await;
+        }
+        // The link drops frames while disconnected; so do we when it lags.
+        let _ = to_link.try_send(frame);
+    }
+}
+
 /// Put a health event in the outbox and wake the link. Encoded once: a resend
 /// carries the same message id, so the server stores it once.
 async fn keep(
@@ -249,12 +313,12 @@ async fn keep(
     // Remember the condition as open (or closed) first: a restart in between
     // then clears it rather than leaving it open for good.
     let open = (event.change == HealthChange::Raised).then_some(event.at_ms);
-    let key = event.condition.as_str();
+    let key = open_key(event.condition, &event.subject);
     let envelope = Envelope::stamped(now_ms, event);
     let payload = envelope.encode();
     let outbox = outbox.clone();
     let kept = tokio::task::spawn_blocking(move || {
-        outbox.set_open(key, open)?;
+        outbox.set_open(&key, open)?;
         outbox.push(NodeChannel::Events, envelope.msg_id, &payload)
     })
     .await;

@@ -51,12 +51,7 @@ pub struct HealthQuery {
     pub format: Option<String>,
 }
 
-const CONDITIONS: [HealthCondition; 4] = [
-    HealthCondition::DeviceLost,
-    HealthCondition::JobLost,
-    HealthCondition::ScheduleDeferred,
-    HealthCondition::ScheduleMissed,
-];
+const CONDITIONS: [HealthCondition; 11] = HealthCondition::ALL;
 
 impl HealthQuery {
     /// The store's query, the "active" filter apart; or what is wrong.

@@ -403,8 +403,7 @@ impl Payload for LiveRequest {
 /// Bound on a health event's free-text detail.
 pub const MAX_DETAIL_TEXT: usize = 512;
 
-/// What a health event is about. (The watchdog's signal rules — low signal,
-/// clipping, flatline, correlation, disk pressure — join this list with it.)
+/// What a health event is about.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum HealthCondition {
@@ -424,6 +423,40 @@ pub enum HealthCondition {
     /// Raised by the server: a scheduled occurrence's window closed while it
     /// was deferred, so it was not recorded. Not cleared by itself.
     ScheduleMissed,
+    /// A channel's level stayed below the low-signal threshold (subject
+    /// `channel:N`): a fader down, a mic unplugged, a wrong input.
+    LowSignal,
+    /// A channel carried digital silence or next to nothing (subject
+    /// `channel:N`): a dead input.
+    Silence,
+    /// A channel kept reaching full scale (subject `channel:N`).
+    Clipping,
+    /// A channel's samples stuck at one value (subject `channel:N`): a stuck
+    /// converter or a broken cable.
+    Flatline,
+    /// Two neighbouring channels carried the same (or the inverted) signal
+    /// (subject `channels:N+M`): a doubled feed or swapped polarity.
+    Correlation,
+    /// The capture kept overrunning: audio was lost.
+    Xruns,
+    /// The capture delivered no audio although the device is open.
+    CaptureStalled,
+}
+
+impl HealthCondition {
+    pub const ALL: [HealthCondition; 11] = [
+        HealthCondition::DeviceLost,
+        HealthCondition::JobLost,
+        HealthCondition::ScheduleDeferred,
+        HealthCondition::ScheduleMissed,
+        HealthCondition::LowSignal,
+        HealthCondition::Silence,
+        HealthCondition::Clipping,
+        HealthCondition::Flatline,
+        HealthCondition::Correlation,
+        HealthCondition::Xruns,
+        HealthCondition::CaptureStalled,
+    ];
 }
 
 impl HealthCondition {
@@ -434,6 +467,13 @@ impl HealthCondition {
             HealthCondition::JobLost => "job_lost",
             HealthCondition::ScheduleDeferred => "schedule_deferred",
             HealthCondition::ScheduleMissed => "schedule_missed",
+            HealthCondition::LowSignal => "low_signal",
+            HealthCondition::Silence => "silence",
+            HealthCondition::Clipping => "clipping",
+            HealthCondition::Flatline => "flatline",
+            HealthCondition::Correlation => "correlation",
+            HealthCondition::Xruns => "xruns",
+            HealthCondition::CaptureStalled => "capture_stalled",
         }
     }
 }

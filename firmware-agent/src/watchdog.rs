@@ -1,0 +1,547 @@
+//! The watchdog: sustained quality rules over the node's telemetry meter
+//! frames, raising and clearing health events.
+//!
+//! The meter flags each window (`crate::meter`); a flag in one window is not
+//! yet a problem. Each rule here watches one thing on one subject and raises
+//! its condition when the thing has held for the rule's time, and clears it
+//! when it has been gone for [`WatchdogPolicy::clear_s`]:
+//!
+//! | condition | subject | a bad window | raised after (default) | severity |
+//! |---|---|---|---|---|
+//! | `silence` | `channel:N` | flagged silence | 10 s | critical |
+//! | `low_signal` | `channel:N` | flagged low signal | 60 s | warning |
+//! | `flatline` | `channel:N` | flagged flatline | 2 s | critical |
+//! | `clipping` | `channel:N` | any clipped sample | 3 s of such windows, none 10 s apart | warning |
+//! | `correlation` | `channels:N+M` | flagged correlated | 10 s | warning |
+//! | `xruns` | (the node) | overruns counted | `xruns` overruns within 60 s | warning |
+//!
+//! Time is the frames' own (their window lengths), so a rule behaves the
+//! same live and in a test that feeds ten minutes of frames in a second.
+//! Invariant: a condition is raised at most once until it is cleared, and
+//! cleared only after it was raised; a watchdog that restarts learns what
+//! was open ([`Watchdog::assume_raised`]) so it can clear it.
+
+use std::collections::{HashMap, VecDeque};
+
+use rakkr_protocol::payload::{
+    HealthChange, HealthCondition, HealthEvent, MeterFlag, MeterFrame, Severity,
+};
+
+/// How long each rule waits. Seconds of the frames' time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WatchdogPolicy {
+    pub silence_s: u32,
+    pub low_signal_s: u32,
+    pub flatline_s: u32,
+    /// Windows with clipped samples adding up to this long raise `clipping`…
+    pub clipping_s: u32,
+    /// …unless this long passes between two of them.
+    pub clipping_forget_s: u32,
+    pub correlation_s: u32,
+    /// Overruns within a minute that raise `xruns`.
+    pub xruns: u32,
+    /// A raised channel condition clears after this long without it (and
+    /// `xruns` after a minute without overruns).
+    pub clear_s: u32,
+}
+
+impl Default for WatchdogPolicy {
+    fn default() -> Self {
+        WatchdogPolicy {
+            silence_s: 10,
+            low_signal_s: 60,
+            flatline_s: 2,
+            clipping_s: 3,
+            clipping_forget_s: 10,
+            correlation_s: 10,
+            xruns: 3,
+            clear_s: 5,
+        }
+    }
+}
+
+impl WatchdogPolicy {
+    pub fn validate(&self) -> Result<(), String> {
+        let day = 86_400;
+        for (name, v) in [
+            ("silence_s", self.silence_s),
+            ("low_signal_s", self.low_signal_s),
+            ("flatline_s", self.flatline_s),
+            ("clipping_s", self.clipping_s),
+            ("clipping_forget_s", self.clipping_forget_s),
+            ("correlation_s", self.correlation_s),
+            ("clear_s", self.clear_s),
+        ] {
+            if v == 0 || v > day {
+                return Err(format!("watchdog.{name} is {v}; use 1 to {day} seconds"));
+            }
+        }
+        if self.xruns == 0 {
+            return Err("watchdog.xruns is 0; use 1 or more".into());
+        }
+        Ok(())
+    }
+}
+
+/// One rule on one subject: bad time gathered, good time since the last bad
+/// window, and whether it is raised.
+#[derive(Debug, Clone, Copy, Default)]
+struct Sustain {
+    bad_ms: u64,
+    good_ms: u64,
+    raised: bool,
+}
+
+impl Sustain {
+    /// Feed one window. Bad time is forgotten after `forget_ms` of good time
+    /// (0: at the first good window).
+    fn feed(
+        &mut self,
+        bad: bool,
+        window_ms: u64,
+        raise_ms: u64,
+        forget_ms: u64,
+        clear_ms: u64,
+    ) -> Option<HealthChange> {
+        if bad {
+            self.bad_ms += window_ms;
+            self.good_ms = 0;
+            if !self.raised && self.bad_ms >= raise_ms {
+                self.raised = true;
+                return Some(HealthChange::Raised);
+            }
+        } else {
+            self.good_ms += window_ms;
+            if self.good_ms > forget_ms {
+                self.bad_ms = 0;
+            }
+            if self.raised && self.good_ms >= clear_ms {
+                self.raised = false;
+                return Some(HealthChange::Cleared);
+            }
+        }
+        None
+    }
+}
+
+/// The rules of one node.
+#[derive(Debug, Default)]
+pub struct Watchdog {
+    policy: WatchdogPolicy,
+    /// The meter's correlation threshold (`MeterPolicy::correlation`).
+    correlation: f32,
+    rules: HashMap<(HealthCondition, String), Sustain>,
+    /// The last overrun total seen, and overruns by frame time in the last minute.
+    xruns_total: Option<u64>,
+    xruns: VecDeque<(u64, u64)>,
+    xruns_raised: bool,
+    last_xrun_ms: u64,
+}
+
+const CHANNEL_RULES: [(HealthCondition, MeterFlag, Severity); 4] = [
+    (
+        HealthCondition::Silence,
+        MeterFlag::Silence,
+        Severity::Critical,
+    ),
+    (
+        HealthCondition::LowSignal,
+        MeterFlag::LowSignal,
+        Severity::Warning,
+    ),
+    (
+        HealthCondition::Flatline,
+        MeterFlag::Flatline,
+        Severity::Critical,
+    ),
+    (
+        HealthCondition::Correlation,
+        MeterFlag::Correlated,
+        Severity::Warning,
+    ),
+];
+
+const XRUN_SPAN_MS: u64 = 60_000;
+
+impl Watchdog {
+    pub fn new(policy: WatchdogPolicy) -> Watchdog {
+        Watchdog {
+            policy,
+            correlation: crate::meter::MeterPolicy::default().correlation,
+            ..Default::default()
+        }
+    }
+
+    /// A condition open before a restart: it is cleared once it is gone.
+    pub fn assume_raised(&mut self, condition: HealthCondition, subject: &str) {
+        if condition == HealthCondition::Xruns {
+            self.xruns_raised = true;
+            return;
+        }
+        self.rules
+            .entry((condition, subject.to_owned()))
+            .or_default()
+            .raised = true;
+    }
+
+    fn raise_ms(&self, condition: HealthCondition) -> (u64, u64) {
+        let s = |v: u32| u64::from(v) * 1000;
+        let p = &self.policy;
+        match condition {
+            HealthCondition::Silence => (s(p.silence_s), 0),
+            HealthCondition::LowSignal => (s(p.low_signal_s), 0),
+            HealthCondition::Flatline => (s(p.flatline_s), 0),
+            HealthCondition::Correlation => (s(p.correlation_s), 0),
+            _ => (s(p.clipping_s), s(p.clipping_forget_s)),
+        }
+    }
+
+    /// Look at one telemetry frame; the events it raises or clears.
+    pub fn observe(&mut self, frame: &MeterFrame) -> Vec<HealthEvent> {
+        let window = u64::from(frame.window_ms);
+        let at = frame.captured_at_ms;
+        let clear = u64::from(self.policy.clear_s) * 1000;
+        let mut out = Vec::new();
+        let count = frame.channels.len();
+        let correlation = self.correlation;
+        for (i, ch) in frame.channels.iter().enumerate() {
+            let n = i + 1;
+            let mut rules: Vec<(HealthCondition, bool, Severity, String, String)> = CHANNEL_RULES
+                .iter()
+                .filter(|(c, ..)| *c != HealthCondition::Correlation || n < count)
+                .map(|&(condition, flag, severity)| {
+                    let subject = match condition {
+                        HealthCondition::Correlation => format!("channels:{n}+{}", n + 1),
+                        _ => format!("channel:{n}"),
+                    };
+                    let evidence = match condition {
+                        HealthCondition::Correlation => format!(
+                            "channels {n} and {} carry the same signal{} (r = {:.4})",
+                            n + 1,
+                            if ch.correlation_next.unwrap_or(0.0) < 0.0 {
+                                ", one inverted"
+                            } else {
+                                ""
+                            },
+                            ch.correlation_next.unwrap_or(0.0)
+                        ),
+                        HealthCondition::Flatline => format!(
+                            "channel {n} stuck at one value for {} frames",
+                            ch.stuck_frames
+                        ),
+                        _ => format!("channel {n} at {:.1} dBFS RMS", ch.rms_dbfs),
+                    };
+                    // Both channels of a matching pair carry the flag: the
+                    // pair is this channel and the next when their own
+                    // coefficient says so.
+                    let bad = match condition {
+                        HealthCondition::Correlation => {
+                            ch.correlation_next.is_some_and(|r| r.abs() >= correlation)
+                        }
+                        _ => ch.flags.contains(flag),
+                    };
+                    (condition, bad, severity, subject, evidence)
+                })
+                .collect();
+            rules.push((
+                HealthCondition::Clipping,
+                ch.clipped > 0,
+                Severity::Warning,
+                format!("channel:{n}"),
+                format!(
+                    "channel {n} clipped {} samples in its last second (peak {:.1} dBFS)",
+                    ch.clipped, ch.peak_dbfs
+                ),
+            ));
+            for (condition, bad, severity, subject, evidence) in rules {
+                let (raise, forget) = self.raise_ms(condition);
+                let rule = self.rules.entry((condition, subject.clone())).or_default();
+                if let Some(change) = rule.feed(bad, window, raise, forget, clear) {
+                    let detail = match change {
+                        HealthChange::Raised => format!("{evidence} for {} s", raise / 1000),
+                        HealthChange::Cleared => format!("{evidence}: back to normal"),
+                    };
+                    out.push(event(condition, change, severity, at, detail, subject));
+                }
+            }
+        }
+        if let Some(total) = frame.counters.map(|c| c.xruns) {
+            out.extend(self.observe_xruns(total, at));
+        }
+        out
+    }
+
+    fn observe_xruns(&mut self, total: u64, at: u64) -> Option<HealthEvent> {
+        // A restarted agent counts from zero again.
+        let new = match self.xruns_total {
+            Some(last) if total >= last => total - last,
+            _ => 0,
+        };
+        self.xruns_total = Some(total);
+        if new > 0 {
+            self.xruns.push_back((at, new));
+            self.last_xrun_ms = at;
+        }
+        while self
+            .xruns
+            .front()
+            .is_some_and(|(t, _)| at.saturating_sub(*t) >= XRUN_SPAN_MS)
+        {
+            self.xruns.pop_front();
+        }
+        let in_span: u64 = self.xruns.iter().map(|(_, n)| n).sum();
+        if !self.xruns_raised && in_span >= u64::from(self.policy.xruns) {
+            self.xruns_raised = true;
+            return Some(event(
+                HealthCondition::Xruns,
+                HealthChange::Raised,
+                Severity::Warning,
+                at,
+                format!("{in_span} capture overruns in the last minute: audio was lost"),
+                String::new(),
+            ));
+        }
+        if self.xruns_raised && in_span == 0 && at.saturating_sub(self.last_xrun_ms) >= XRUN_SPAN_MS
+        {
+            self.xruns_raised = false;
+            return Some(event(
+                HealthCondition::Xruns,
+                HealthChange::Cleared,
+                Severity::Info,
+                at,
+                "no capture overruns for a minute".into(),
+                String::new(),
+            ));
+        }
+        None
+    }
+}
+
+fn event(
+    condition: HealthCondition,
+    change: HealthChange,
+    severity: Severity,
+    at_ms: u64,
+    detail: String,
+    subject: String,
+) -> HealthEvent {
+    HealthEvent {
+        condition,
+        change,
+        severity: match change {
+            HealthChange::Raised => severity,
+            HealthChange::Cleared => Severity::Info,
+        },
+        at_ms,
+        detail: crate::run::bounded_detail(detail),
+        subject,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Real samples through the real meter, one-second windows at 8 kHz, into
+    //! the watchdog: each fault raises exactly its event within the policy's
+    //! time and clears on recovery; a clean signal raises nothing in ten
+    //! minutes.
+
+    use super::*;
+    use crate::meter::MeterAccumulator;
+
+    const RATE: usize = 8000;
+
+    /// What a channel carries in one second.
+    #[derive(Clone, Copy, Debug)]
+    enum Feed {
+        Tone(f64),
+        Quiet,
+        Silent,
+        Clipped,
+        Stuck,
+        /// The previous channel, inverted.
+        InvertedCopy,
+    }
+
+    fn sample(feed: Feed, channel: usize, t: usize, prev: i32) -> i32 {
+        let full = i32::MAX as f64;
+        let phase = t as f64 / RATE as f64;
+        // Each channel its own frequency, so neighbours do not correlate.
+        let freq = 220.0 + 97.0 * channel as f64;
+        let sine = (2.0 * std::f64::consts::PI * freq * phase).sin();
+        match feed {
+            Feed::Tone(dbfs) => (sine * full * 10f64.powf(dbfs / 20.0)) as i32,
+            Feed::Quiet => (sine * full * 10f64.powf(-70.0 / 20.0)) as i32,
+            Feed::Silent => 0,
+            Feed::Clipped => ((sine * 2.0).clamp(-1.0, 1.0) * full) as i32 & !0xff,
+            Feed::Stuck => 0x1234_5600,
+            Feed::InvertedCopy => prev.saturating_neg(),
+        }
+    }
+
+    /// One second's frame of `feeds`, ending at `at_ms`.
+    fn frame(feeds: &[Feed], at_ms: u64, xruns: u64) -> MeterFrame {
+        let mut acc = MeterAccumulator::new(feeds.len(), 24);
+        let mut buf = Vec::with_capacity(RATE * feeds.len());
+        for t in 0..RATE {
+            let mut prev = 0;
+            for (c, f) in feeds.iter().enumerate() {
+                let s = sample(*f, c, t, prev);
+                buf.push(s);
+                prev = s;
+            }
+        }
+        acc.push_interleaved(&buf);
+        MeterFrame {
+            captured_at_ms: at_ms,
+            window_ms: 1000,
+            sample_rate: RATE as u32,
+            channels: acc.take(),
+            counters: Some(rakkr_protocol::payload::NodeCounters {
+                xruns,
+                frames_dropped: 0,
+                device_returns: 0,
+                outbox_bytes: 0,
+            }),
+        }
+    }
+
+    /// Feed `seconds` of `feeds` from second `from`; the events with the
+    /// second they came in.
+    fn run(
+        dog: &mut Watchdog,
+        feeds: &[Feed],
+        from: u64,
+        seconds: u64,
+    ) -> Vec<(u64, HealthCondition, HealthChange, String)> {
+        let mut out = Vec::new();
+        for s in from..from + seconds {
+            for e in dog.observe(&frame(feeds, (s + 1) * 1000, 0)) {
+                out.push((s + 1, e.condition, e.change, e.subject));
+            }
+        }
+        out
+    }
+
+    const GOOD: Feed = Feed::Tone(-18.0);
+
+    #[test]
+    fn a_clean_signal_raises_nothing_in_ten_minutes() {
+        let mut dog = Watchdog::new(WatchdogPolicy::default());
+        assert_eq!(run(&mut dog, &[GOOD, GOOD, GOOD, GOOD], 0, 600), []);
+    }
+
+    #[test]
+    fn each_fault_raises_its_own_event_in_time_and_clears_on_recovery() {
+        use HealthChange::*;
+        use HealthCondition::*;
+        let p = WatchdogPolicy::default();
+        // (fault on channel 2, the events expected by second, why)
+        // The fault on channel 2, how long it takes, what it raises.
+        let cases = [
+            (Feed::Silent, p.silence_s, Silence),
+            (Feed::Quiet, p.low_signal_s, LowSignal),
+            (Feed::Stuck, p.flatline_s, Flatline),
+            (Feed::Clipped, p.clipping_s, Clipping),
+            (Feed::InvertedCopy, p.correlation_s, Correlation),
+        ];
+        for (fault, after_s, condition) in cases {
+            let mut dog = Watchdog::new(p);
+            // Clean for a minute, the fault for two, clean again for a minute.
+            let mut got = run(&mut dog, &[GOOD, GOOD, GOOD], 0, 60);
+            got.extend(run(&mut dog, &[GOOD, fault, GOOD], 60, 120));
+            got.extend(run(&mut dog, &[GOOD, GOOD, GOOD], 180, 60));
+            let subject = |c: HealthCondition| match c {
+                // The inverted copy sits on channel 2: channels 1 and 2 match.
+                Correlation => "channels:1+2".to_owned(),
+                _ => "channel:2".to_owned(),
+            };
+            let want = vec![
+                (
+                    60 + u64::from(after_s),
+                    condition,
+                    Raised,
+                    subject(condition),
+                ),
+                (
+                    180 + u64::from(p.clear_s),
+                    condition,
+                    Cleared,
+                    subject(condition),
+                ),
+            ];
+            assert_eq!(got, want, "{fault:?}");
+        }
+    }
+
+    #[test]
+    fn occasional_clips_are_forgotten_and_overruns_need_several() {
+        let p = WatchdogPolicy::default();
+        let mut dog = Watchdog::new(p);
+        // One clipped second every 15 s for ten minutes: never three close together.
+        let mut got = Vec::new();
+        for s in 0..600u64 {
+            let feed = if s % 15 == 0 { Feed::Clipped } else { GOOD };
+            for e in dog.observe(&frame(&[feed], (s + 1) * 1000, 0)) {
+                got.push((s, e.condition));
+            }
+        }
+        assert_eq!(got, []);
+
+        // Overruns: two in a minute are tolerated, a third raises; a quiet minute clears.
+        let mut dog = Watchdog::new(p);
+        let mut events = Vec::new();
+        for (s, total) in [
+            (1u64, 0u64),
+            (2, 1),
+            (30, 2),
+            (100, 2),
+            (120, 3),
+            (130, 4),
+            (140, 5),
+        ] {
+            events.extend(
+                dog.observe(&frame(&[GOOD], s * 1000, total))
+                    .into_iter()
+                    .map(|e| (s, e.change)),
+            );
+        }
+        for s in 141..=201 {
+            events.extend(
+                dog.observe(&frame(&[GOOD], s * 1000, 5))
+                    .into_iter()
+                    .map(|e| (s, e.change)),
+            );
+        }
+        assert_eq!(
+            events,
+            [(140, HealthChange::Raised), (200, HealthChange::Cleared)]
+        );
+    }
+
+    #[test]
+    fn a_condition_open_before_a_restart_is_cleared_when_gone() {
+        let mut dog = Watchdog::new(WatchdogPolicy::default());
+        dog.assume_raised(HealthCondition::Silence, "channel:1");
+        let got = run(&mut dog, &[GOOD], 0, 10);
+        assert_eq!(
+            got,
+            [(
+                5,
+                HealthCondition::Silence,
+                HealthChange::Cleared,
+                "channel:1".into()
+            )]
+        );
+    }
+
+    #[test]
+    fn bad_policies_are_refused() {
+        let zero = WatchdogPolicy {
+            silence_s: 0,
+            ..Default::default()
+        };
+        assert!(zero.validate().unwrap_err().contains("silence_s"));
+        assert!(WatchdogPolicy::default().validate().is_ok());
+    }
+}

@@ -1,0 +1,80 @@
+//! The watchdog on a real agent: a dead (silent) input becomes one health
+//! issue per channel on the server within the policy's time, and when the
+//! appliance comes back with signal (restarted, as after a repair) the
+//! issues are resolved by recovery.
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::Result;
+use rakkr_hil_tests::*;
+use serde_json::Value;
+
+fn agent_with(work: &Path, server: &Server, node: &str, signal: &str) -> Result<Agent> {
+    let config = work.join(format!("{node}-{signal}.toml"));
+    std::fs::write(
+        &config,
+        format!(
+            "node_id = \"{node}\"\nrealtime = false\nstate_dir = \"{}\"\n\
+             [mqtt]\nhost = \"127.0.0.1\"\nport = {}\n\
+             [source]\nkind = \"synthetic\"\nchannels = 2\nsample_rate = 48000\nsignal = \"{signal}\"\n\
+             [watchdog]\nsilence_s = 3\nclear_s = 2\n",
+            work.join(format!("{node}-state")).display(),
+            server.mqtt_port,
+        ),
+    )?;
+    Agent::start_for(work, server, node, &config, &[])
+}
+
+fn silence_issues(server: &Server, node: &str) -> Result<Vec<Value>> {
+    let list = server.get_json(&format!("/api/v1/health?node={node}&condition=silence"))?;
+    Ok(list.as_array().cloned().unwrap_or_default())
+}
+
+#[test]
+fn a_dead_input_is_an_issue_per_channel_until_the_signal_returns() -> Result<()> {
+    let work = tempfile::tempdir()?;
+    let server = Server::start(work.path(), &work.path().join("data"))?;
+    let mut dead = agent_with(work.path(), &server, "wd-1", "silence")?;
+    let open = wait_for(
+        "silence issues on both channels",
+        Duration::from_secs(30),
+        || {
+            let issues = silence_issues(&server, "wd-1").ok()?;
+            (issues.len() == 2 && issues.iter().all(|i| i["state"] == "open")).then_some(issues)
+        },
+    )?;
+    let mut subjects: Vec<&str> = open
+        .iter()
+        .map(|i| i["subject"].as_str().unwrap())
+        .collect();
+    subjects.sort();
+    assert_eq!(subjects, ["channel:1", "channel:2"]);
+    assert_eq!(open[0]["severity"], "critical");
+    assert!(
+        open[0]["detail"].as_str().unwrap().contains("for 3 s"),
+        "{open:?}"
+    );
+    // Raised once each, not once a second.
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(
+        silence_issues(&server, "wd-1")?
+            .iter()
+            .all(|i| i["raised"] == 1)
+    );
+
+    // Repaired: the same appliance restarts with signal; what it raised
+    // before the restart is cleared once the signal has been good for clear_s.
+    dead.proc.signal("TERM")?;
+    dead.proc.wait_exit(Duration::from_secs(20))?;
+    let _alive = agent_with(work.path(), &server, "wd-1", "demo")?;
+    let resolved = wait_for("the issues resolved", Duration::from_secs(30), || {
+        let issues = silence_issues(&server, "wd-1").ok()?;
+        issues
+            .iter()
+            .all(|i| i["state"] == "resolved" && i["by"] == "recovery")
+            .then_some(issues)
+    })?;
+    assert_eq!(resolved.len(), 2);
+    Ok(())
+}
