@@ -95,6 +95,8 @@ fn jobs_src(node: &NodeId) -> String {
 pub struct NodePageData {
     pub jobs: Vec<JobRecord>,
     pub events: Option<Vec<HealthEventRecord>>,
+    /// The node's health issues not resolved (with health.read).
+    pub issues: Option<Vec<rakkr_store::HealthIssue>>,
     /// Why jobs or events could not be read (the page says so rather than
     /// showing an empty list).
     pub store_error: Option<String>,
@@ -156,6 +158,26 @@ pub fn node_page(
                         button.secondary.danger type="submit" #revoke-credential { "Revoke credential" }
                     }
                     span.muted { " Disconnects the node at once; it must enroll again with a new token." }
+                }
+            }
+            @if let Some(issues) = &data.issues {
+                section.panel aria-labelledby="issues-h" {
+                    h2 #issues-h { "Health issues" }
+                    @if issues.is_empty() {
+                        p.muted { "None open." }
+                    } @else {
+                        ul.issues {
+                            @for i in issues {
+                                li {
+                                    span class={ "badge issue " (i.state.as_str()) } { (i.state.as_str()) } " "
+                                    strong { (i.condition.as_str()) }
+                                    @if !i.subject.is_empty() { " " span.muted { (i.subject) } }
+                                    " — " (i.detail)
+                                }
+                            }
+                        }
+                    }
+                    p { a href={ (crate::health_page::HEALTH_PATH) "?node=" (node.record.id) "&state=active" } { "All of this node's issues" } }
                 }
             }
             @if let Some(events) = &data.events {
@@ -360,9 +382,24 @@ async fn page_data(state: &AppState, node: &NodeId, signed_in: &SignedIn) -> Nod
                     Vec::new()
                 })
         });
+        let issues = health.then(|| {
+            let query = rakkr_store::IssueQuery {
+                node: Some(node.clone()),
+                limit: rakkr_store::MAX_ISSUES_PER_NODE,
+                ..Default::default()
+            };
+            let mut open = store.health_issues(&query).unwrap_or_else(|e| {
+                note(e);
+                Vec::new()
+            });
+            open.retain(|i| i.state != rakkr_protocol::state::HealthState::Resolved);
+            open.truncate(EVENTS_SHOWN);
+            open
+        });
         NodePageData {
             jobs,
             events,
+            issues,
             store_error,
         }
     })
@@ -370,6 +407,7 @@ async fn page_data(state: &AppState, node: &NodeId, signed_in: &SignedIn) -> Nod
     .unwrap_or_else(|e| NodePageData {
         jobs: Vec::new(),
         events: None,
+        issues: None,
         store_error: Some(e.to_string()),
     })
 }

@@ -62,6 +62,15 @@ fn a_dead_input_is_an_issue_per_channel_until_the_signal_returns() -> Result<()>
             .iter()
             .all(|i| i["raised"] == 1)
     );
+    // The node's page lists them for whoever looks after it.
+    let mut op = server.operator("tech", "technician")?;
+    let (code, _, page) = op.get("/nodes/wd-1")?;
+    assert_eq!(code, 200);
+    let issues = &page[page.find("Health issues").expect("an issues panel")..];
+    assert!(
+        issues.contains("silence") && issues.contains("channel:1") && issues.contains("channel:2"),
+        "{issues}"
+    );
 
     // Repaired: the same appliance restarts with signal; what it raised
     // before the restart is cleared once the signal has been good for clear_s.
