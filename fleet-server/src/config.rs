@@ -31,6 +31,10 @@
 //!
 //! [jobs]
 //! lease_ms = 30000               # a job's lease lasts this long unless its node renews it
+//!
+//! [health]
+//! node_offline_after_ms = 120000     # a node offline this long raises node_offline
+//! telemetry_stale_after_ms = 30000   # an online node without meter frames this long: telemetry_stale
 //! ```
 
 use std::net::SocketAddr;
@@ -56,6 +60,35 @@ pub struct ServerConfig {
     pub jobs: JobsConfig,
     #[serde(default)]
     pub tls: TlsConfig,
+    #[serde(default)]
+    pub health: HealthConfig,
+}
+
+/// When the server's own node rules raise their conditions.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthConfig {
+    #[serde(default = "default_node_offline_after_ms")]
+    pub node_offline_after_ms: u64,
+    #[serde(default = "default_telemetry_stale_after_ms")]
+    pub telemetry_stale_after_ms: u64,
+}
+
+fn default_node_offline_after_ms() -> u64 {
+    120_000
+}
+
+fn default_telemetry_stale_after_ms() -> u64 {
+    30_000
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        HealthConfig {
+            node_offline_after_ms: default_node_offline_after_ms(),
+            telemetry_stale_after_ms: default_telemetry_stale_after_ms(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -265,6 +298,8 @@ pub struct ServerSettings {
     /// HTTPS listen address, if any.
     pub https_addr: Option<SocketAddr>,
     pub anonymous_audit_per_minute: u32,
+    /// When the server's node rules raise their conditions.
+    pub node_rules: crate::node_watch::NodeRulesPolicy,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -392,6 +427,18 @@ impl ServerConfig {
         if !(3_000..=3_600_000).contains(&self.jobs.lease_ms) {
             return Err(invalid("jobs.lease_ms", "must be 3000-3600000 ms"));
         }
+        if !(1_000..=86_400_000).contains(&self.health.node_offline_after_ms) {
+            return Err(invalid(
+                "health.node_offline_after_ms",
+                "must be 1000-86400000 ms",
+            ));
+        }
+        if !(2_000..=86_400_000).contains(&self.health.telemetry_stale_after_ms) {
+            return Err(invalid(
+                "health.telemetry_stale_after_ms",
+                "must be 2000-86400000 ms",
+            ));
+        }
         if !(1..=100_000).contains(&self.http.anonymous_audit_per_minute) {
             return Err(invalid(
                 "http.anonymous_audit_per_minute",
@@ -399,6 +446,10 @@ impl ServerConfig {
             ));
         }
         Ok(ServerSettings {
+            node_rules: crate::node_watch::NodeRulesPolicy {
+                offline_after_ms: self.health.node_offline_after_ms,
+                stale_after_ms: self.health.telemetry_stale_after_ms,
+            },
             anonymous_audit_per_minute: self.http.anonymous_audit_per_minute,
             https_addr: self.http.tls_addr,
             tls_names: self.tls.server_names.clone(),

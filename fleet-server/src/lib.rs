@@ -41,6 +41,7 @@ pub mod jobs;
 pub mod login;
 pub mod metrics;
 pub mod node_page;
+pub mod node_watch;
 pub mod openapi;
 pub mod recordings_page;
 pub mod schedules;
@@ -354,6 +355,13 @@ impl RunningServer {
             commands.clone(),
             clock.clone(),
             schedule_stats.clone(),
+            shutdown.clone(),
+        ));
+        tasks.spawn(node_watch::run(
+            settings.node_rules,
+            fleet.clone(),
+            store.clone(),
+            clock.clone(),
             shutdown.clone(),
         ));
         tasks.spawn(schedules::run_sync(

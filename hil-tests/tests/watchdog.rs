@@ -87,3 +87,57 @@ fn a_dead_input_is_an_issue_per_channel_until_the_signal_returns() -> Result<()>
     assert_eq!(resolved.len(), 2);
     Ok(())
 }
+
+fn issues_of(server: &Server, node: &str, condition: &str) -> Result<Vec<Value>> {
+    let list = server.get_json(&format!("/api/v1/health?node={node}&condition={condition}"))?;
+    Ok(list.as_array().cloned().unwrap_or_default())
+}
+
+/// Wait until the node's only issue of `condition` is in `state`.
+fn wait_issue(server: &Server, node: &str, condition: &str, state: &str) -> Result<Value> {
+    wait_for(
+        &format!("{condition} {state}"),
+        Duration::from_secs(30),
+        || {
+            let issues = issues_of(server, node, condition).ok()?;
+            (issues.len() == 1 && issues[0]["state"] == state).then(|| issues[0].clone())
+        },
+    )
+}
+
+#[test]
+fn a_hung_agent_and_a_node_gone_for_long_are_issues_until_they_are_back() -> Result<()> {
+    let work = tempfile::tempdir()?;
+    let server = Server::start_with_env(
+        work.path(),
+        &work.path().join("data"),
+        &[
+            ("RAKKR_SERVER_HEALTH__NODE_OFFLINE_AFTER_MS", "2000"),
+            ("RAKKR_SERVER_HEALTH__TELEMETRY_STALE_AFTER_MS", "3000"),
+        ],
+    )?;
+    let mut agent = agent_with(work.path(), &server, "wd-2", "demo")?;
+    wait_for("wd-2 online", Duration::from_secs(20), || {
+        (server.presence("wd-2").as_deref() == Some("online")).then_some(())
+    })?;
+
+    // Hung (stopped, its connection still open): its telemetry goes stale.
+    agent.proc.signal("STOP")?;
+    let stale = wait_issue(&server, "wd-2", "telemetry_stale", "open")?;
+    assert!(
+        stale["detail"].as_str().unwrap().contains("may be hung"),
+        "{stale}"
+    );
+    agent.proc.signal("CONT")?;
+    let back = wait_issue(&server, "wd-2", "telemetry_stale", "resolved")?;
+    assert_eq!(back["by"], "recovery");
+
+    // Gone (killed: the broker announces it offline) for longer than allowed.
+    agent.proc.signal("KILL")?;
+    let gone = wait_issue(&server, "wd-2", "node_offline", "open")?;
+    assert_eq!(gone["severity"], "critical");
+    let _again = agent_with(work.path(), &server, "wd-2", "demo")?;
+    let back = wait_issue(&server, "wd-2", "node_offline", "resolved")?;
+    assert_eq!(back["by"], "recovery");
+    Ok(())
+}

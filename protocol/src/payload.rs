@@ -441,10 +441,16 @@ pub enum HealthCondition {
     Xruns,
     /// The capture delivered no audio although the device is open.
     CaptureStalled,
+    /// Raised by the server: the node has been offline (its connection
+    /// lost, or shut down) for longer than the server's `health.node_offline_after_ms`.
+    NodeOffline,
+    /// Raised by the server: the node is online but its telemetry stopped
+    /// (no meter frame for `health.telemetry_stale_after_ms`): a hung agent.
+    TelemetryStale,
 }
 
 impl HealthCondition {
-    pub const ALL: [HealthCondition; 11] = [
+    pub const ALL: [HealthCondition; 13] = [
         HealthCondition::DeviceLost,
         HealthCondition::JobLost,
         HealthCondition::ScheduleDeferred,
@@ -456,6 +462,8 @@ impl HealthCondition {
         HealthCondition::Correlation,
         HealthCondition::Xruns,
         HealthCondition::CaptureStalled,
+        HealthCondition::NodeOffline,
+        HealthCondition::TelemetryStale,
     ];
 }
 
@@ -474,6 +482,8 @@ impl HealthCondition {
             HealthCondition::Correlation => "correlation",
             HealthCondition::Xruns => "xruns",
             HealthCondition::CaptureStalled => "capture_stalled",
+            HealthCondition::NodeOffline => "node_offline",
+            HealthCondition::TelemetryStale => "telemetry_stale",
         }
     }
 }
