@@ -437,10 +437,9 @@ pub enum HealthCondition {
     /// Two neighbouring channels carried the same (or the inverted) signal
     /// (subject `channels:N+M`): a doubled feed or swapped polarity.
     Correlation,
-    /// The capture kept overrunning: audio was lost.
+    /// The capture kept overrunning: audio was lost. (A capture that
+    /// delivers nothing at all is `device_lost`.)
     Xruns,
-    /// The capture delivered no audio although the device is open.
-    CaptureStalled,
     /// Raised by the server: the node has been offline (its connection
     /// lost, or shut down) for longer than the server's `health.node_offline_after_ms`.
     NodeOffline,
@@ -450,7 +449,7 @@ pub enum HealthCondition {
 }
 
 impl HealthCondition {
-    pub const ALL: [HealthCondition; 13] = [
+    pub const ALL: [HealthCondition; 12] = [
         HealthCondition::DeviceLost,
         HealthCondition::JobLost,
         HealthCondition::ScheduleDeferred,
@@ -461,7 +460,6 @@ impl HealthCondition {
         HealthCondition::Flatline,
         HealthCondition::Correlation,
         HealthCondition::Xruns,
-        HealthCondition::CaptureStalled,
         HealthCondition::NodeOffline,
         HealthCondition::TelemetryStale,
     ];
@@ -481,7 +479,6 @@ impl HealthCondition {
             HealthCondition::Flatline => "flatline",
             HealthCondition::Correlation => "correlation",
             HealthCondition::Xruns => "xruns",
-            HealthCondition::CaptureStalled => "capture_stalled",
             HealthCondition::NodeOffline => "node_offline",
             HealthCondition::TelemetryStale => "telemetry_stale",
         }
