@@ -586,6 +586,15 @@ async fn finish(ctx: &JobContext, r: Running, note: Option<&str>) {
             (state, String::new(), Some(report))
         }
         Err(e) => {
+            let event = crate::watchdog::take_failed(held.job_id, now, &e.to_string());
+            crate::run::keep_health_event(
+                &ctx.outbox,
+                &ctx.outbox_ready,
+                &ctx.telemetry,
+                now,
+                event,
+            )
+            .await;
             // The files keep what was captured; say what exists.
             let report = files_of(&held).ok().filter(|(files, _)| !files.is_empty());
             let recording = report.map(|(files, frames)| recording(&held, files, frames, false));

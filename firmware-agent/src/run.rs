@@ -89,6 +89,17 @@ pub async fn run(
     let (meters_tx, meters_rx) = mpsc::channel(METER_QUEUE);
     let outbox = Arc::new(open_outbox(&settings)?);
     let outbox_ready = Arc::new(tokio::sync::Notify::new());
+    if let Some(dir) = settings.recordings_dir.clone() {
+        tokio::spawn(watch_disk(
+            dir,
+            settings.watchdog,
+            outbox.clone(),
+            outbox_ready.clone(),
+            handles.telemetry.clone(),
+            clock.clone(),
+            shutdown.clone(),
+        ));
+    }
     let (link_meters_tx, link_meters_rx) = mpsc::channel(METER_QUEUE);
     tokio::spawn(watch_quality(
         meters_rx,
@@ -170,7 +181,7 @@ pub async fn run(
                             tracing::info!(detail = %event.detail, "capture device back")
                         }
                     }
-                    keep(&outbox, &outbox_ready, &telemetry, now, event).await;
+                    keep_health_event(&outbox, &outbox_ready, &telemetry, now, event).await;
                 }
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
@@ -256,6 +267,55 @@ fn open_key(condition: HealthCondition, subject: &str) -> String {
     }
 }
 
+/// How often the recordings' disk is looked at.
+const DISK_CHECK_EVERY: Duration = Duration::from_secs(10);
+
+/// Raise `disk_pressure` when the recordings' disk runs low, and clear it
+/// when there is room again.
+async fn watch_disk(
+    dir: std::path::PathBuf,
+    policy: crate::watchdog::WatchdogPolicy,
+    outbox: Arc<Outbox>,
+    ready: Arc<tokio::sync::Notify>,
+    telemetry: Arc<TelemetryStats>,
+    clock: Arc<dyn Clock>,
+    shutdown: CancellationToken,
+) {
+    let mut rule = crate::watchdog::DiskRule::new(&policy);
+    let key = HealthCondition::DiskPressure.as_str();
+    let open = {
+        let outbox = outbox.clone();
+        tokio::task::spawn_blocking(move || outbox.open_since(key)).await
+    };
+    if let Ok(Ok(Some(_))) = open {
+        rule.assume_raised();
+    }
+    let mut every = tokio::time::interval(DISK_CHECK_EVERY);
+    loop {
+        tokio::select! {
+            _ = every.tick() => {}
+            _ = shutdown.cancelled() => return,
+        }
+        let space = {
+            let dir = dir.clone();
+            tokio::task::spawn_blocking(move || crate::watchdog::disk_space(&dir)).await
+        };
+        let (free, total) = match space {
+            Ok(Ok(space)) => space,
+            Ok(Err(e)) => {
+                tracing::warn!(dir = %dir.display(), error = %e, "cannot read the recordings' disk space");
+                continue;
+            }
+            Err(_) => continue,
+        };
+        let now = clock.unix_ms();
+        if let Some(event) = rule.observe(free, total, now) {
+            tracing::warn!(detail = %event.detail, change = ?event.change, "disk pressure");
+            keep_health_event(&outbox, &ready, &telemetry, now, event).await;
+        }
+    }
+}
+
 /// Watch the telemetry frames on their way to the link: the watchdog's
 /// events go to the outbox; the frames go on. Conditions the watchdog raised
 /// before a restart are cleared once gone.
@@ -294,7 +354,7 @@ async fn watch_quality(
                     tracing::info!(condition = event.condition.as_str(), subject = %event.subject, detail = %event.detail, "watchdog")
                 }
             }
-            keep(&outbox, &ready, &telemetry, clock.unix_ms(), event).await;
+            keep_health_event(&outbox, &ready, &telemetry, clock.unix_ms(), event).await;
         }
         // The link drops frames while disconnected; so do we when it lags.
         let _ = to_link.try_send(frame);
@@ -303,7 +363,7 @@ async fn watch_quality(
 
 /// Put a health event in the outbox and wake the link. Encoded once: a resend
 /// carries the same message id, so the server stores it once.
-async fn keep(
+pub(crate) async fn keep_health_event(
     outbox: &Arc<Outbox>,
     ready: &tokio::sync::Notify,
     telemetry: &TelemetryStats,

@@ -44,6 +44,9 @@ pub struct WatchdogPolicy {
     /// A raised channel condition clears after this long without it (and
     /// `xruns` after a minute without overruns).
     pub clear_s: u32,
+    /// Free space on the recordings' disk below this many MB raises
+    /// `disk_pressure`; above it by a fifth again clears it.
+    pub disk_min_free_mb: u64,
 }
 
 impl Default for WatchdogPolicy {
@@ -57,6 +60,7 @@ impl Default for WatchdogPolicy {
             correlation_s: 10,
             xruns: 3,
             clear_s: 5,
+            disk_min_free_mb: 2048,
         }
     }
 }
@@ -79,6 +83,9 @@ impl WatchdogPolicy {
         }
         if self.xruns == 0 {
             return Err("watchdog.xruns is 0; use 1 or more".into());
+        }
+        if self.disk_min_free_mb == 0 {
+            return Err("watchdog.disk_min_free_mb is 0; use 1 or more".into());
         }
         Ok(())
     }
@@ -318,6 +325,83 @@ impl Watchdog {
     }
 }
 
+/// The recordings' disk: raised below the policy's free space, cleared
+/// above it by a fifth (so a disk hovering at the line does not flap).
+#[derive(Debug, Clone, Copy)]
+pub struct DiskRule {
+    min_free: u64,
+    raised: bool,
+}
+
+impl DiskRule {
+    pub fn new(policy: &WatchdogPolicy) -> DiskRule {
+        DiskRule {
+            min_free: policy.disk_min_free_mb.saturating_mul(1 << 20),
+            raised: false,
+        }
+    }
+
+    /// A condition open before a restart.
+    pub fn assume_raised(&mut self) {
+        self.raised = true;
+    }
+
+    /// Look at the disk's free and total bytes at `at_ms`.
+    pub fn observe(&mut self, free: u64, total: u64, at_ms: u64) -> Option<HealthEvent> {
+        let mb = |b: u64| b >> 20;
+        let detail = format!(
+            "{} MB free of {} MB on the recordings' disk (the limit is {} MB)",
+            mb(free),
+            mb(total),
+            mb(self.min_free)
+        );
+        if !self.raised && free < self.min_free {
+            self.raised = true;
+            return Some(event(
+                HealthCondition::DiskPressure,
+                HealthChange::Raised,
+                Severity::Critical,
+                at_ms,
+                detail,
+                String::new(),
+            ));
+        }
+        if self.raised && free >= self.min_free + self.min_free / 5 {
+            self.raised = false;
+            return Some(event(
+                HealthCondition::DiskPressure,
+                HealthChange::Cleared,
+                Severity::Info,
+                at_ms,
+                detail,
+                String::new(),
+            ));
+        }
+        None
+    }
+}
+
+/// Free and total bytes of the file system holding `path` (statvfs).
+pub fn disk_space(path: &std::path::Path) -> std::io::Result<(u64, u64)> {
+    let st = rustix::fs::statvfs(path)?;
+    Ok((
+        st.f_bavail.saturating_mul(st.f_frsize),
+        st.f_blocks.saturating_mul(st.f_frsize),
+    ))
+}
+
+/// The event for a take that failed while recording job `job`.
+pub fn take_failed(job: rakkr_protocol::JobId, at_ms: u64, why: &str) -> HealthEvent {
+    event(
+        HealthCondition::EncoderFailure,
+        HealthChange::Raised,
+        Severity::Critical,
+        at_ms,
+        format!("the take of job {job} failed: {why}; its files keep what was written"),
+        format!("job:{job}"),
+    )
+}
+
 fn event(
     condition: HealthCondition,
     change: HealthChange,
@@ -533,6 +617,51 @@ mod tests {
                 "channel:1".into()
             )]
         );
+    }
+
+    #[test]
+    fn a_full_disk_raises_once_and_clears_with_room_to_spare() {
+        let policy = WatchdogPolicy {
+            disk_min_free_mb: 100,
+            ..Default::default()
+        };
+        let mut disk = DiskRule::new(&policy);
+        let mb = |n: u64| n << 20;
+        let total = mb(10_000);
+        assert!(disk.observe(mb(500), total, 1).is_none());
+        let raised = disk.observe(mb(99), total, 2).unwrap();
+        assert_eq!(raised.condition, HealthCondition::DiskPressure);
+        assert_eq!(raised.change, HealthChange::Raised);
+        assert!(
+            raised.detail.contains("99 MB free of 10000 MB"),
+            "{}",
+            raised.detail
+        );
+        assert!(disk.observe(mb(50), total, 3).is_none(), "once");
+        assert!(disk.observe(mb(110), total, 4).is_none(), "not at the line");
+        let cleared = disk.observe(mb(120), total, 5).unwrap();
+        assert_eq!(cleared.change, HealthChange::Cleared);
+        // The real call answers for a real directory.
+        let dir = tempfile::tempdir().unwrap();
+        let (free, total) = disk_space(dir.path()).unwrap();
+        assert!(total > 0 && free <= total);
+        assert!(disk_space(std::path::Path::new("/no/such/dir")).is_err());
+    }
+
+    #[test]
+    fn a_failed_take_is_a_critical_event_about_its_job() {
+        let job = rakkr_protocol::JobId::new(7);
+        let e = take_failed(job, 9, "write: No space left on device");
+        assert_eq!(
+            (e.condition, e.change, e.severity),
+            (
+                HealthCondition::EncoderFailure,
+                HealthChange::Raised,
+                Severity::Critical
+            )
+        );
+        assert_eq!(e.subject, format!("job:{job}"));
+        assert!(e.detail.contains("No space left"), "{}", e.detail);
     }
 
     #[test]

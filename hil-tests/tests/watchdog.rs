@@ -116,7 +116,7 @@ fn a_hung_agent_and_a_node_gone_for_long_are_issues_until_they_are_back() -> Res
             ("RAKKR_SERVER_HEALTH__TELEMETRY_STALE_AFTER_MS", "3000"),
         ],
     )?;
-    let mut agent = agent_with(work.path(), &server, "wd-2", "demo")?;
+    let agent = agent_with(work.path(), &server, "wd-2", "demo")?;
     wait_for("wd-2 online", Duration::from_secs(20), || {
         (server.presence("wd-2").as_deref() == Some("online")).then_some(())
     })?;

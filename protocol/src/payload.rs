@@ -440,6 +440,11 @@ pub enum HealthCondition {
     /// The capture kept overrunning: audio was lost. (A capture that
     /// delivers nothing at all is `device_lost`.)
     Xruns,
+    /// The recordings' disk is nearly full: new takes may fail.
+    DiskPressure,
+    /// A take failed while recording (encoder or file error; subject
+    /// `job:…`). Not cleared by itself: the take needs a look.
+    EncoderFailure,
     /// Raised by the server: the node has been offline (its connection
     /// lost, or shut down) for longer than the server's `health.node_offline_after_ms`.
     NodeOffline,
@@ -449,7 +454,7 @@ pub enum HealthCondition {
 }
 
 impl HealthCondition {
-    pub const ALL: [HealthCondition; 12] = [
+    pub const ALL: [HealthCondition; 14] = [
         HealthCondition::DeviceLost,
         HealthCondition::JobLost,
         HealthCondition::ScheduleDeferred,
@@ -460,6 +465,8 @@ impl HealthCondition {
         HealthCondition::Flatline,
         HealthCondition::Correlation,
         HealthCondition::Xruns,
+        HealthCondition::DiskPressure,
+        HealthCondition::EncoderFailure,
         HealthCondition::NodeOffline,
         HealthCondition::TelemetryStale,
     ];
@@ -479,6 +486,8 @@ impl HealthCondition {
             HealthCondition::Flatline => "flatline",
             HealthCondition::Correlation => "correlation",
             HealthCondition::Xruns => "xruns",
+            HealthCondition::DiskPressure => "disk_pressure",
+            HealthCondition::EncoderFailure => "encoder_failure",
             HealthCondition::NodeOffline => "node_offline",
             HealthCondition::TelemetryStale => "telemetry_stale",
         }
