@@ -634,7 +634,7 @@ mod tests {
         // A health event from a newer agent (unknown condition) is refused but
         // acknowledged, so it does not wait in the node's outbox forever.
         let newer = br#"{"v":1,"msg_id":"019acb2e-0000-7000-8000-000000000001","sent_at_ms":1,
-            "condition":"disk_pressure","change":"raised","severity":"warning","at_ms":1,"detail":"x"}"#;
+            "condition":"tape_jam","change":"raised","severity":"warning","at_ms":1,"detail":"x"}"#;
         h("rakkr/v1/nodes/a/events", newer);
         assert!(events.take().is_empty());
         assert_eq!(events.take_refused().len(), 1);
