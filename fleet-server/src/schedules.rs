@@ -229,6 +229,7 @@ fn scheduled_job(
                     occurrence: occurrence.key.clone(),
                 });
                 new.tags = schedule.spec.tags.clone();
+                new.not_after_ms = (occurrence.end_ms != u64::MAX).then_some(occurrence.end_ms);
                 OccurrenceJob::Ready(new)
             }
             Err(JobRequestError::Store(e)) => return Err(e),
@@ -847,7 +848,10 @@ mod tests {
 
     /// The node takes the job and records it to the end.
     fn node_completes(store: &dyn Store, job: &JobRecord, now_ms: u64) {
-        let leased = store.claim_jobs(&job.node, 4, &[], now_ms, 60_000).unwrap();
+        // It claimed the job when it was queued, and records it until `now_ms`.
+        let leased = store
+            .claim_jobs(&job.node, 4, &[], job.created_ms, 60_000)
+            .unwrap();
         let lease_id = leased
             .iter()
             .find(|j| j.id == job.id)

@@ -434,9 +434,22 @@ impl Store for RedbStore {
             }
             out.truncate(usize::from(free_slots));
             let queued = JobTables::ids_of(&tables.queue, node)?;
-            for id in queued.into_iter().take(usize::from(free_slots) - out.len()) {
+            let mut missed = Vec::new();
+            for id in queued {
+                if out.len() >= usize::from(free_slots) {
+                    break;
+                }
                 let old = tables.get_existing(id)?;
                 let mut job = old.clone();
+                if old.not_after_ms.is_some_and(|t| now_ms >= t) {
+                    job.state = transition(job.state, JobState::Cancelled)?;
+                    job.updated_ms = now_ms;
+                    job.detail = "its schedule's window ended before the node took it".into();
+                    tables.put(Some(&old), &job)?;
+                    missed.push(job);
+                    changed = true;
+                    continue;
+                }
                 job.state = transition(job.state, JobState::Leased)?;
                 job.updated_ms = now_ms;
                 job.lease = Some(Lease {
@@ -447,6 +460,9 @@ impl Store for RedbStore {
                 out.push(job);
                 changed = true;
             }
+            drop(tables);
+            let events = window_passed_events(&tx, &missed, now_ms)?;
+            insert_health_events(&tx, &events)?;
         }
         // An idle node's claim changes nothing: no commit, no fsync.
         if changed {
@@ -589,6 +605,7 @@ impl Store for RedbStore {
                             occurrence: started.occurrence.clone(),
                         }),
                         tags: started.tags.clone(),
+                        not_after_ms: None,
                     };
                     let created = update
                         .recording
@@ -1851,6 +1868,7 @@ fn new_job_record(id: JobId, new: NewJob, now_ms: u64) -> Result<JobRecord> {
         notes: String::new(),
         tags,
         scheduled: new.scheduled,
+        not_after_ms: new.not_after_ms,
     })
 }
 
@@ -2269,6 +2287,58 @@ fn join_occurrence(
         .insert(key, encode(&record).as_slice())
         .map_err(backend)?;
     Ok(())
+}
+
+/// `schedule_missed` for scheduled jobs cancelled because their window
+/// passed while they waited for their node.
+fn window_passed_events(
+    tx: &redb::WriteTransaction,
+    jobs: &[JobRecord],
+    now_ms: u64,
+) -> Result<Vec<HealthEventRecord>> {
+    if jobs.is_empty() {
+        return Ok(Vec::new());
+    }
+    let schedules = tx.open_table(SCHEDULES).map_err(backend)?;
+    let occurrences = tx.open_table(OCCURRENCES).map_err(backend)?;
+    let mut events = Vec::new();
+    for job in jobs {
+        let Some(by) = &job.scheduled else { continue };
+        let Some(schedule) = schedules
+            .get(by.schedule.as_u128())
+            .map_err(backend)?
+            .map(|v| decode::<ScheduleRecord>("schedule", v.value()))
+            .transpose()?
+        else {
+            continue;
+        };
+        let occurrence = occurrences
+            .get((by.schedule.as_u128(), by.occurrence.as_str()))
+            .map_err(backend)?
+            .map(|v| decode::<OccurrenceRecord>("occurrence", v.value()))
+            .transpose()?
+            .map(|r| r.occurrence)
+            .unwrap_or(Occurrence {
+                key: by.occurrence.clone(),
+                window_start_ms: job.created_ms,
+                window_end_ms: job.not_after_ms.unwrap_or(now_ms),
+                start_ms: job.created_ms,
+                end_ms: job.not_after_ms.unwrap_or(now_ms),
+                exception: None,
+            });
+        events.push(deferral_event(
+            &schedule,
+            &occurrence,
+            HealthCondition::ScheduleMissed,
+            HealthChange::Raised,
+            format!(
+                "not recorded: job {} waited for the node, which was away until its window ended",
+                job.id
+            ),
+            now_ms,
+        ));
+    }
+    Ok(events)
 }
 
 /// Tell schedule runners to reload.

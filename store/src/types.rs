@@ -56,6 +56,10 @@ pub struct NewJob {
     pub scheduled: Option<ScheduledBy>,
     /// Put on the recording (a schedule's tags).
     pub tags: Vec<String>,
+    /// A job still queued at this time is cancelled, not offered: its
+    /// schedule's window has passed (a node that was away must not record
+    /// at another time).
+    pub not_after_ms: Option<u64>,
 }
 
 impl NewJob {
@@ -67,6 +71,7 @@ impl NewJob {
             sources,
             scheduled: None,
             tags: Vec::new(),
+            not_after_ms: None,
         }
     }
 }
@@ -125,6 +130,9 @@ pub struct JobRecord {
     /// The schedule occurrence this job records.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scheduled: Option<ScheduledBy>,
+    /// Still queued at this time: cancelled instead of offered ([`NewJob::not_after_ms`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_after_ms: Option<u64>,
 }
 
 /// Longest notes on a recording, in bytes.

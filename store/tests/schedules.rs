@@ -74,6 +74,7 @@ fn job_for(s: &ScheduleRecord, o: &Occurrence, channels: &[u16]) -> OccurrenceJo
             occurrence: o.key.clone(),
         }),
         tags: s.spec.tags.clone(),
+        not_after_ms: Some(o.end_ms),
     })
 }
 
@@ -557,6 +558,48 @@ fn a_job_a_node_started_alone_is_reconciled_once(store: &dyn Store) {
     assert_eq!(jobs.len(), 3, "{jobs:?}");
 }
 
+fn a_job_whose_window_passed_is_cancelled_not_offered(store: &dyn Store) {
+    let s = create(store, "away", 1_000);
+    let o = occurrence("2026-11-29", 10_000, 100_000);
+    let OccurrenceStart::Started(job) = store
+        .start_occurrence(s.id, 1, &o, job_for(&s, &o, &[0]), ONCE, 10_000)
+        .unwrap()
+    else {
+        panic!()
+    };
+    assert_eq!(job.not_after_ms, Some(100_000));
+    // The node was away the whole window and claims afterwards.
+    assert!(
+        store
+            .claim_jobs(&node("away"), 4, &[], 100_000, 30_000)
+            .unwrap()
+            .is_empty()
+    );
+    let cancelled = store.job(job.id).unwrap().unwrap();
+    assert_eq!(cancelled.state, JobState::Cancelled);
+    assert!(
+        cancelled.detail.contains("window ended"),
+        "{}",
+        cancelled.detail
+    );
+    assert_eq!(
+        events(store, "away"),
+        [(HealthCondition::ScheduleMissed, HealthChange::Raised)]
+    );
+    // Within its window it is offered as usual.
+    let o2 = occurrence("2026-11-30", 200_000, 300_000);
+    let OccurrenceStart::Started(next) = store
+        .start_occurrence(s.id, 1, &o2, job_for(&s, &o2, &[0]), ONCE, 200_000)
+        .unwrap()
+    else {
+        panic!()
+    };
+    let offered = store
+        .claim_jobs(&node("away"), 4, &[], 250_000, 30_000)
+        .unwrap();
+    assert_eq!(offered.iter().map(|j| j.id).collect::<Vec<_>>(), [next.id]);
+}
+
 fn redb() -> (tempfile::TempDir, RedbStore) {
     let dir = tempfile::tempdir().unwrap();
     let store = RedbStore::open(&dir.path().join("rakkr.redb")).unwrap();
@@ -597,6 +640,12 @@ fn redb_a_busy_occurrence_is_deferred_then_started_or_missed() {
 fn redb_a_job_a_node_started_alone_is_reconciled_once() {
     let (_d, s) = redb();
     a_job_a_node_started_alone_is_reconciled_once(&s);
+}
+
+#[test]
+fn redb_a_job_whose_window_passed_is_cancelled_not_offered() {
+    let (_d, s) = redb();
+    a_job_whose_window_passed_is_cancelled_not_offered(&s);
 }
 
 #[test]
