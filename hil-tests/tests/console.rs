@@ -544,6 +544,43 @@ fn an_operator_schedules_a_recording_in_the_browser() -> Result<()> {
     assert!(!phone.overflows_horizontally()?);
     phone.screenshot("schedules-week-390-dark")?;
 
+    // A take by hand on channel 1 makes a schedule due now wait: a health
+    // issue, acknowledged from the Health page with a checkbox and a button.
+    let (code, by_hand) = server.post("/api/v1/jobs", &json!({"node": NODE, "channels": "1"}))?;
+    assert_eq!(code, 201, "{by_hand}");
+    let now_s = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs();
+    let hms = |s: u64| format!("{:02}:{:02}:{:02}", s / 3600 % 24, s / 60 % 60, s % 60);
+    let (code, busy) = server.post(
+        "/api/v1/schedules",
+        &json!({
+            "name": "Busy now", "node": NODE, "job": {"channels": "1"},
+            "timing": {"recurrence": {"mode": "daily"}, "time_zone": "UTC",
+                       "window": {"start": hms(now_s + 1), "end": hms(now_s + 600)}}
+        }),
+    )?;
+    assert_eq!(code, 201, "{busy}");
+    browser.goto("/health?state=active")?;
+    wait_for("the deferral on the Health page", SOON, || {
+        browser.goto("/health?state=active").ok()?;
+        browser
+            .exists("tr.open input[name=ids]")
+            .ok()?
+            .then_some(())
+    })?;
+    assert!(browser.text("table.issues")?.contains("schedule_deferred"));
+    assert!(!browser.overflows_horizontally()?);
+    browser.screenshot("health-1280-light")?;
+    browser.click("tr.open input[name=ids]")?;
+    browser.click("button[name=action][value=acknowledge]")?;
+    browser.wait_css("tr.acknowledged", SOON)?;
+    assert_eq!(browser.path()?, "/health");
+    browser.screenshot("health-acknowledged-1280-light")?;
+    phone.goto("/health")?;
+    assert!(!phone.overflows_horizontally()?);
+    phone.screenshot("health-390-dark")?;
+
     // Every change is in the audit log under the operator's name.
     let records = audit(&server)?;
     let changes: Vec<&Value> = records
