@@ -2343,14 +2343,7 @@ fn window_passed_events(
 
 /// Tell schedule runners to reload.
 fn bump_schedules_generation(tx: &redb::WriteTransaction) -> Result<()> {
-    let mut meta = tx.open_table(META).map_err(backend)?;
-    let next = meta
-        .get("schedules_generation")
-        .map_err(backend)?
-        .map_or(0, |v| v.value())
-        + 1;
-    meta.insert("schedules_generation", next).map_err(backend)?;
-    Ok(())
+    next_seq(tx, "schedules_generation").map(drop)
 }
 
 /// A schedule's occurrence records, newest key first.
@@ -2468,12 +2461,5 @@ fn leased_job(tables: &JobTables, node: &NodeId, id: JobId, lease_id: u64) -> Re
 
 /// The next lease id (fencing token).
 fn next_lease_id(tx: &redb::WriteTransaction) -> Result<u64> {
-    let mut meta = tx.open_table(META).map_err(backend)?;
-    let id = meta
-        .get("lease_seq")
-        .map_err(backend)?
-        .map_or(0, |v| v.value())
-        + 1;
-    meta.insert("lease_seq", id).map_err(backend)?;
-    Ok(id)
+    next_seq(tx, "lease_seq")
 }
