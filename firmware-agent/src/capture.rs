@@ -30,9 +30,21 @@ use crate::clock::Clock;
 use crate::meter::{MeterAccumulator, MeterPolicy};
 use crate::source::{CaptureError, CaptureSource, StreamFormat};
 
-/// How much audio the ring holds, in periods: enough to ride out a slow
-/// consumer for a while without ever making the producer wait.
-pub const RING_PERIODS: usize = 64;
+/// How much audio a ring holds, in frames: enough to ride out a slow consumer
+/// for a while (1.4 s at 48 kHz, 0.7 s at 96 kHz) without ever making the
+/// producer wait. Sized in frames, not periods, so a larger period (fewer
+/// wake-ups, less CPU) does not multiply the memory of every ring.
+pub const RING_FRAMES: usize = 65_536;
+
+/// The fewest periods a ring holds, whatever the period.
+pub const RING_MIN_PERIODS: usize = 8;
+
+/// Frames in a ring for `period_frames`: [`RING_FRAMES`], or
+/// [`RING_MIN_PERIODS`] periods when those are more, always whole periods.
+pub fn ring_frames(period_frames: usize) -> usize {
+    let period = period_frames.max(1);
+    RING_FRAMES.max(RING_MIN_PERIODS * period).div_ceil(period) * period
+}
 
 /// Gap events the ring holds; beyond that they are counted as lost.
 pub const GAP_RING: usize = 1024;
@@ -356,7 +368,7 @@ impl Capture {
         let channels = usize::from(format.channels);
         let period_frames = source.period_frames();
         let (producer, samples) =
-            rtrb::RingBuffer::<i32>::new(period_frames * channels * RING_PERIODS);
+            rtrb::RingBuffer::<i32>::new(ring_frames(period_frames) * channels);
         let (gap_producer, gaps) = rtrb::RingBuffer::<Gap>::new(GAP_RING);
         let stop = Arc::new(AtomicBool::new(false));
         let stats = Arc::new(CaptureStats::default());
@@ -1173,10 +1185,19 @@ mod tests {
     }
 
     #[test]
+    fn rings_hold_whole_periods_and_a_fixed_time() {
+        assert_eq!(ring_frames(1024), 65_536);
+        assert_eq!(ring_frames(4096), 65_536);
+        assert_eq!(ring_frames(1000), 66_000);
+        assert_eq!(ring_frames(16_384), 8 * 16_384);
+        assert_eq!(ring_frames(0), 65_536);
+    }
+
+    #[test]
     fn a_full_ring_records_overflow_gaps_at_their_position() {
         let source = SyntheticSource::new(48_000, 2, 64, Signal::Silence, 0).unpaced();
         let (capture, mut reader) = Capture::start(Box::new(source), false).unwrap();
-        // Nobody reads: the ring fills after RING_PERIODS periods, then every period is a gap.
+        // Nobody reads: the ring fills after ring_frames(64) frames, then every period is a gap.
         while capture.stats.frames_dropped.load(Ordering::Relaxed) < 64 * 10 {
             std::thread::yield_now();
         }
@@ -1184,7 +1205,7 @@ mod tests {
         let mut gaps = Vec::new();
         reader.take_gaps(|g| gaps.push(g));
         assert!(gaps.len() >= 10);
-        let full = (RING_PERIODS * 64) as u64;
+        let full = ring_frames(64) as u64;
         assert!(
             gaps.iter()
                 .all(|g| g.kind == GapKind::Overflow && g.position == full && g.frames == 64)

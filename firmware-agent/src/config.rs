@@ -22,14 +22,14 @@
 //! channels = 8
 //! sample_rate = 48000
 //! format = "S24_3LE"            # S16_LE | S24_3LE | S24_LE | S32_LE | FLOAT_LE
-//! period_frames = 1024
+//! period_frames = 4096         # default: a power of two near 1/12 s at the rate
 //! periods = 4                   # device buffer, in periods
 //!
 //! [source]                     # … or a synthetic test signal
 //! kind = "synthetic"
 //! channels = 2
 //! sample_rate = 48000
-//! period_frames = 1024
+//! period_frames = 4096
 //! signal = "demo"               # demo | tone | noise | silence | clipping | flatline
 //! level_dbfs = -12.0            # tone and noise
 //! freq_hz = 1000.0              # tone
@@ -48,7 +48,7 @@ use serde::Deserialize;
 
 use crate::capture::MeterRates;
 use crate::source::alsa::AlsaRequest;
-use crate::source::{SampleFormat, Signal};
+use crate::source::{SampleFormat, Signal, default_period_frames};
 
 /// Prefix of environment overrides, e.g. `RAKKR_AGENT_MQTT__PORT=1884`.
 pub const ENV_PREFIX: &str = "RAKKR_AGENT_";
@@ -159,8 +159,9 @@ pub struct AlsaConfig {
     /// S16_LE, S24_3LE, S24_LE, S32_LE or FLOAT_LE.
     #[serde(default = "default_format")]
     pub format: String,
-    #[serde(default = "default_period")]
-    pub period_frames: u32,
+    /// Frames per period; default [`default_period_frames`] of the rate.
+    #[serde(default)]
+    pub period_frames: Option<u32>,
     /// Device buffer, in periods.
     #[serde(default = "default_periods")]
     pub periods: u32,
@@ -197,8 +198,9 @@ pub struct SyntheticConfig {
     pub channels: u16,
     #[serde(default = "default_rate")]
     pub sample_rate: u32,
-    #[serde(default = "default_period")]
-    pub period_frames: u32,
+    /// Frames per period; default [`default_period_frames`] of the rate.
+    #[serde(default)]
+    pub period_frames: Option<u32>,
     #[serde(default = "default_signal")]
     pub signal: SignalKind,
     #[serde(default = "default_level")]
@@ -212,9 +214,6 @@ fn default_channels() -> u16 {
 }
 fn default_rate() -> u32 {
     48000
-}
-fn default_period() -> u32 {
-    1024
 }
 fn default_signal() -> SignalKind {
     SignalKind::Demo
@@ -231,7 +230,7 @@ impl Default for SyntheticConfig {
         SyntheticConfig {
             channels: default_channels(),
             sample_rate: default_rate(),
-            period_frames: default_period(),
+            period_frames: None,
             signal: default_signal(),
             level_dbfs: default_level(),
             freq_hz: default_freq(),
@@ -373,7 +372,10 @@ impl AgentConfig {
 
         let source = match self.source {
             SourceConfig::Alsa(a) => {
-                check_stream(a.channels, a.sample_rate, a.period_frames)?;
+                let period_frames = a
+                    .period_frames
+                    .unwrap_or_else(|| default_period_frames(a.sample_rate));
+                check_stream(a.channels, a.sample_rate, period_frames)?;
                 if a.device.trim().is_empty() {
                     return Err(invalid("source.device", "must name a PCM, e.g. hw:1,0"));
                 }
@@ -394,12 +396,15 @@ impl AgentConfig {
                     channels: a.channels,
                     rate: a.sample_rate,
                     format,
-                    period_frames: a.period_frames,
+                    period_frames,
                     periods: a.periods,
                 })
             }
             SourceConfig::Synthetic(s) => {
-                check_stream(s.channels, s.sample_rate, s.period_frames)?;
+                let period_frames = s
+                    .period_frames
+                    .unwrap_or_else(|| default_period_frames(s.sample_rate));
+                check_stream(s.channels, s.sample_rate, period_frames)?;
                 let level = s.level_dbfs;
                 if !(f64::from(DBFS_FLOOR)..=0.0).contains(&level) {
                     return Err(invalid(
@@ -428,7 +433,7 @@ impl AgentConfig {
                 SourceSettings::Synthetic {
                     channels: s.channels,
                     sample_rate: s.sample_rate,
-                    period_frames: s.period_frames as usize,
+                    period_frames: period_frames as usize,
                     signal,
                 }
             }
@@ -557,7 +562,7 @@ impl AgentSettings {
             source: SourceSettings::Synthetic {
                 channels,
                 sample_rate: default_rate(),
-                period_frames: default_period() as usize,
+                period_frames: default_period_frames(default_rate()) as usize,
                 signal: Signal::Demo,
             },
             meters: MeterRates::default(),
@@ -651,7 +656,11 @@ mod tests {
             (req.channels, req.rate, req.format),
             (8, 96000, SampleFormat::S24_3Le)
         );
-        assert_eq!((req.period_frames, req.periods), (1024, 4));
+        assert_eq!(
+            (req.period_frames, req.periods),
+            (8192, 4),
+            "1/12 s at 96 kHz"
+        );
     }
 
     #[test]

@@ -100,9 +100,9 @@ struct RecordArgs {
     /// FLAC compression level, 0-8.
     #[arg(long, default_value_t = 5)]
     compression: u8,
-    /// Frames per device period.
-    #[arg(long, default_value_t = 1024)]
-    period: u32,
+    /// Frames per device period (default: a power of two near 1/12 s at the rate).
+    #[arg(long)]
+    period: Option<u32>,
     /// Channel names for the file's tags, comma-separated.
     #[arg(long)]
     channel_names: Option<String>,
@@ -358,10 +358,10 @@ fn record(args: RecordArgs) -> anyhow::Result<()> {
         "--channels must be 1-512"
     );
     anyhow::ensure!(args.rate > 0, "--rate must be positive");
-    anyhow::ensure!(
-        (16..=16384).contains(&args.period),
-        "--period must be 16-16384"
-    );
+    let period = args
+        .period
+        .unwrap_or_else(|| rakkr_agent::source::default_period_frames(args.rate));
+    anyhow::ensure!((16..=16384).contains(&period), "--period must be 16-16384");
     let segment = match args.segment {
         Some(s) if s.is_finite() && s >= 1.0 => Some(std::time::Duration::from_secs_f64(s)),
         Some(_) => anyhow::bail!("--segment must be at least one second"),
@@ -376,7 +376,7 @@ fn record(args: RecordArgs) -> anyhow::Result<()> {
         // Channels, rate and resolution are the file's.
         Box::new(FileSource::open(
             std::path::Path::new(file),
-            args.period as usize,
+            period as usize,
         )?)
     } else {
         match args.device.strip_prefix("synthetic") {
@@ -398,7 +398,7 @@ fn record(args: RecordArgs) -> anyhow::Result<()> {
                 Box::new(SyntheticSource::new(
                     args.rate,
                     args.channels,
-                    args.period as usize,
+                    period as usize,
                     signal,
                     1,
                 ))
@@ -415,7 +415,7 @@ fn record(args: RecordArgs) -> anyhow::Result<()> {
                     channels: args.channels,
                     rate: args.rate,
                     format,
-                    period_frames: args.period,
+                    period_frames: period,
                     periods: 4,
                 })?)
             }

@@ -255,7 +255,7 @@ impl RunningTake {
 }
 
 /// Periods an encoder thread lets gather before it wakes: fewer wake-ups, and
-/// libFLAC encodes whole blocks; small against the take ring (`RING_PERIODS`)
+/// libFLAC encodes whole blocks; small against the take ring (`ring_frames`)
 /// and against the ≤ 1 s a crash may lose.
 const TAKE_BATCH_PERIODS: usize = 2;
 
@@ -429,7 +429,7 @@ pub(crate) fn spawn_take(
     start_ms: u64,
 ) -> Result<(TakeFeed, TakeThread), RecordError> {
     let rate = u64::from(format.sample_rate);
-    let ring_frames = period_frames * crate::capture::RING_PERIODS;
+    let ring_frames = crate::capture::ring_frames(period_frames);
     let channels = map.outputs();
     let (samples_tx, samples_rx) = rtrb::RingBuffer::new(ring_frames * channels);
     let (gaps_tx, gaps_rx) = rtrb::RingBuffer::new(crate::capture::GAP_RING);

@@ -53,6 +53,22 @@ pub enum CaptureError {
     EndOfStream,
 }
 
+/// Periods a second the default period gives: about 12 (85 ms at 48 kHz), as
+/// few wake-ups as a recorder needs (arecord's default is 8) while meters at
+/// 10 Hz still see about one period per frame.
+const DEFAULT_PERIODS_PER_SECOND: u32 = 12;
+
+/// The default device period for `sample_rate`: a power of two near
+/// 1/12 s (4,096 frames at 44.1 and 48 kHz, 8,192 at 96 kHz), within the
+/// 16–16,384 frames every source accepts. Fewer, larger reads cost less CPU
+/// (see docs/benchmarks.md); the rings are sized in time, so memory does not grow.
+pub fn default_period_frames(sample_rate: u32) -> u32 {
+    (sample_rate / DEFAULT_PERIODS_PER_SECOND)
+        .clamp(16, 16_384)
+        .next_power_of_two()
+        .min(16_384)
+}
+
 /// The samples one period of `period_frames` × `channels` needs, or the error
 /// a source returns when `buf` cannot hold them.
 pub fn period_samples(
@@ -131,5 +147,26 @@ pub trait CaptureSource: Send + 'static {
     /// estimates from the time the first period arrived.
     fn first_frame_time(&self) -> Option<std::time::Duration> {
         None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::default_period_frames;
+
+    #[test]
+    fn the_default_period_is_about_a_twelfth_of_a_second() {
+        for (rate, frames) in [
+            (8_000, 1_024),
+            (16_000, 2_048),
+            (44_100, 4_096),
+            (48_000, 4_096),
+            (96_000, 8_192),
+            (192_000, 16_384),
+            (384_000, 16_384),
+            (1, 16),
+        ] {
+            assert_eq!(default_period_frames(rate), frames, "{rate} Hz");
+        }
     }
 }

@@ -7,8 +7,8 @@
 //! RAKKR_BIN_DIR=target/release target/release/capture-cpu [SECONDS] [RUNS] [CHANNELS] [PERIOD]
 //! ```
 //!
-//! PERIOD is the agent's ALSA period in frames (its default, 1024, when not
-//! given); `arecord` keeps its own defaults.
+//! PERIOD is the agent's ALSA period in frames (its own default, 4,096 at
+//! 48 kHz, when not given); `arecord` keeps its own defaults.
 //!
 //! The input is SECONDS of 24-bit audio made by sox (pink noise at −20 dBFS plus a
 //! tone per channel: compresses like a real room, not like silence), replayed by
@@ -59,7 +59,8 @@ fn main() -> Result<()> {
     let seconds: u32 = args.first().map_or(Ok(60), |s| s.parse())?;
     let runs: usize = args.get(1).map_or(Ok(5), |s| s.parse())?;
     let channels: u32 = args.get(2).map_or(Ok(8), |s| s.parse())?;
-    let period: u32 = args.get(3).map_or(Ok(1024), |s| s.parse())?;
+    let period: Option<u32> = args.get(3).map(|s| s.parse()).transpose()?;
+    let period_arg = period.map_or(String::new(), |p| format!(" --period {p}"));
     let dir = tempfile::tempdir()?;
     let input = dir.path().join("in.raw");
     let status = Command::new("sox")
@@ -112,14 +113,15 @@ fn main() -> Result<()> {
     let agent = bin("rakkr-agent");
     let (mut ours, mut reference) = (Vec::new(), Vec::new());
     println!(
-        "input: {seconds} s, {channels} ch, 48 kHz, 24-bit (S24_3LE); runs: {runs}; agent period {period} frames"
+        "input: {seconds} s, {channels} ch, 48 kHz, 24-bit (S24_3LE); runs: {runs}; agent period {}",
+        period.map_or("default".to_owned(), |p| format!("{p} frames"))
     );
     for run in 1..=runs {
         let a = dir.path().join(format!("rakkr-{run}.flac"));
         let r = dir.path().join(format!("ref-{run}.flac"));
         let ours_cpu = cpu_seconds(
             &format!(
-                "{} record --device bench --channels {channels} --rate 48000 --format S24_3LE --duration {seconds} --bits 24 --compression 5 --period {period} --out {} 2>/dev/null",
+                "{} record --device bench --channels {channels} --rate 48000 --format S24_3LE --duration {seconds} --bits 24 --compression 5{period_arg} --out {} 2>/dev/null",
                 agent.display(),
                 a.display()
             ),
