@@ -35,6 +35,14 @@
 //! [health]
 //! node_offline_after_ms = 120000     # a node offline this long raises node_offline
 //! telemetry_stale_after_ms = 30000   # an online node without meter frames this long: telemetry_stale
+//!
+//! [watchdog]                     # replaces the built-in list (defaults/watchdog.toml) whole
+//! default = "standard"
+//! [watchdog.policies.standard]
+//! low_signal_dbfs = -50.0
+//! grace_s = 120
+//! cumulative_s = 300
+//! clear_s = 30
 //! ```
 
 use std::net::SocketAddr;
@@ -62,6 +70,9 @@ pub struct ServerConfig {
     pub tls: TlsConfig,
     #[serde(default)]
     pub health: HealthConfig,
+    /// Named watchdog policies; absent: the built-in list.
+    #[serde(default = "crate::policies::WatchdogConfig::builtin")]
+    pub watchdog: crate::policies::WatchdogConfig,
 }
 
 /// When the server's own node rules raise their conditions.
@@ -300,6 +311,8 @@ pub struct ServerSettings {
     pub anonymous_audit_per_minute: u32,
     /// When the server's node rules raise their conditions.
     pub node_rules: crate::node_watch::NodeRulesPolicy,
+    /// The named watchdog policies of the server's sustained rules.
+    pub watchdog: crate::policies::WatchdogPolicies,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -445,7 +458,10 @@ impl ServerConfig {
                 "must be 1-100000",
             ));
         }
+        let watchdog = crate::policies::WatchdogPolicies::from_config(self.watchdog.clone())
+            .map_err(|e| invalid("watchdog", &e))?;
         Ok(ServerSettings {
+            watchdog,
             node_rules: crate::node_watch::NodeRulesPolicy {
                 offline_after_ms: self.health.node_offline_after_ms,
                 stale_after_ms: self.health.telemetry_stale_after_ms,
@@ -472,6 +488,30 @@ mod tests {
         std::fs::write(f.path(), text).unwrap();
         let c: ServerConfig = rakkr_config::load(Some(f.path()), ENV_PREFIX, Vec::new())?;
         c.validate(flags)
+    }
+
+    #[test]
+    fn watchdog_policies_default_to_the_builtin_list_and_a_section_replaces_it() {
+        let s = settings("", &Overrides::default()).unwrap();
+        assert_eq!(s.watchdog, crate::policies::WatchdogPolicies::builtin());
+        let s = settings(
+            "[watchdog]\ndefault = \"quiet\"\n[watchdog.policies.quiet]\n\
+             low_signal_dbfs = -70.0\ngrace_s = 0\ncumulative_s = 60\nclear_s = 10\n",
+            &Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(s.watchdog.names().collect::<Vec<_>>(), ["quiet"]);
+        let e = settings(
+            "[watchdog]\ndefault = \"loud\"\n[watchdog.policies.quiet]\n\
+             low_signal_dbfs = -70.0\ngrace_s = 0\ncumulative_s = 60\nclear_s = 10\n",
+            &Overrides::default(),
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("config `watchdog`: the default \"loud\" is not one of the policies"),
+            "{e}"
+        );
     }
 
     #[test]

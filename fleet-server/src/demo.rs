@@ -163,7 +163,9 @@ pub async fn make_demo_schedules(
                 });
                 let mut spec: rakkr_protocol::schedule::ScheduleSpec =
                     serde_json::from_value(spec).ok()?;
-                if crate::schedules::check_spec(&*store, &mut spec).is_err() {
+                // The demo's schedules name no policy: any list will do.
+                let policies = crate::policies::WatchdogPolicies::builtin();
+                if crate::schedules::check_spec(&*store, &policies, &mut spec).is_err() {
                     continue;
                 }
                 let record = rakkr_store::ScheduleRecord {

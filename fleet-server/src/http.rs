@@ -49,6 +49,7 @@
 //! | `GET, POST /api/v1/schedules/{id}` | schedules.read / schedules.manage | one schedule with its upcoming occurrences (14 days) and history; replace it |
 //! | `POST /api/v1/schedules/{id}/delete`, `…/skip-next` | schedules.manage | delete it; skip its next occurrence |
 //! | `POST /api/v1/schedules/{id}/run-now` | jobs.manage | record it now, for its window's length → 201 and the job |
+//! | `GET /api/v1/watchdog-policies` | schedules.read | the named watchdog policies a schedule may choose, the default marked |
 //! | `GET /metrics`     | metrics.read | counters in the Prometheus text format       |
 //! | `GET /healthz`     | public | liveness: the process serves HTTP          |
 //! | `GET /readyz`      | public | readiness: store readable and broker link connected |
@@ -110,6 +111,8 @@ pub struct AppState {
     pub secure_cookies: bool,
     pub live_streams: Arc<crate::node_page::LiveStreams>,
     pub http_stats: Arc<crate::metrics::HttpStats>,
+    /// The named watchdog policies schedules choose from.
+    pub watchdog_policies: Arc<crate::policies::WatchdogPolicies>,
 }
 
 #[derive(Debug)]
@@ -460,6 +463,12 @@ pub fn route_table() -> Vec<(&'static str, Method, Access, MethodRouter<AppState
             Method::GET,
             Operator(SchedulesRead),
             get(crate::schedules::api_list),
+        ),
+        (
+            "/api/v1/watchdog-policies",
+            Method::GET,
+            Operator(SchedulesRead),
+            get(crate::policies::api_list),
         ),
         (
             "/api/v1/schedules",

@@ -481,12 +481,10 @@ pub async fn run_lease_expiry(
     stats: Arc<JobStats>,
     shutdown: CancellationToken,
 ) {
-    let mut tick = tokio::time::interval(EXPIRY_INTERVAL);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut ticks = crate::clock::Ticks::every(EXPIRY_INTERVAL, shutdown.clone());
     loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = shutdown.cancelled() => return,
+        if !ticks.next().await {
+            return;
         }
         let store = store.clone();
         let now = clock.unix_ms();

@@ -43,9 +43,11 @@ pub mod metrics;
 pub mod node_page;
 pub mod node_watch;
 pub mod openapi;
+pub mod policies;
 pub mod recordings_page;
 pub mod schedules;
 pub mod schedules_page;
+pub mod signal_watch;
 pub mod tls;
 
 use std::net::SocketAddr;
@@ -364,6 +366,14 @@ impl RunningServer {
             clock.clone(),
             shutdown.clone(),
         ));
+        let watchdog_policies = Arc::new(settings.watchdog.clone());
+        tasks.spawn(signal_watch::run(
+            watchdog_policies.clone(),
+            fleet.clone(),
+            store.clone(),
+            clock.clone(),
+            shutdown.clone(),
+        ));
         tasks.spawn(schedules::run_sync(
             store.clone(),
             commands.clone(),
@@ -414,6 +424,7 @@ impl RunningServer {
             secure_cookies: settings.https_addr.is_some(),
             live_streams: Default::default(),
             http_stats: Default::default(),
+            watchdog_policies,
         });
         let mut https_addr = None;
         if let (Some(addr), Some(tls)) = (settings.https_addr, &server_tls) {

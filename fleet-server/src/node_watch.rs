@@ -16,7 +16,7 @@ use std::time::Duration;
 use rakkr_protocol::payload::{HealthChange, HealthCondition, HealthEvent, Severity};
 use rakkr_protocol::state::{HealthState, Presence};
 use rakkr_protocol::{MessageId, NodeId};
-use rakkr_store::{HealthEventRecord, IssueQuery, Store};
+use rakkr_store::{HealthEventRecord, HealthIssue, IssueQuery, Store};
 use tokio_util::sync::CancellationToken;
 
 use crate::clock::Clock;
@@ -154,72 +154,102 @@ pub async fn run(
     shutdown: CancellationToken,
 ) {
     let mut rules = NodeRules::new(policy, clock.unix_ms());
-    let open = {
-        let store = store.clone();
-        tokio::task::spawn_blocking(move || {
-            let mut open = Vec::new();
-            for condition in [
-                HealthCondition::NodeOffline,
-                HealthCondition::TelemetryStale,
-            ] {
-                let query = IssueQuery {
-                    condition: Some(condition),
-                    limit: 100_000,
-                    ..Default::default()
-                };
-                open.extend(
-                    store
-                        .health_issues(&query)?
-                        .into_iter()
-                        .filter(|i| i.state != HealthState::Resolved),
-                );
-            }
-            Ok::<_, rakkr_store::StoreError>(open)
-        })
-        .await
-    };
-    match open {
-        Ok(Ok(open)) => {
-            for issue in open {
-                rules.assume_raised(issue.node, issue.condition);
-            }
-        }
-        Ok(Err(e)) => tracing::error!(error = %e, "node rules: open issues not read"),
-        Err(e) => tracing::error!(error = %e, "node rules: task failed"),
+    for issue in open_issues(
+        "node rules",
+        &store,
+        &[
+            HealthCondition::NodeOffline,
+            HealthCondition::TelemetryStale,
+        ],
+    )
+    .await
+    {
+        rules.assume_raised(issue.node, issue.condition);
     }
-    let mut interval = tokio::time::interval(CHECK_EVERY);
-    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut ticks = crate::clock::Ticks::every(CHECK_EVERY, shutdown.clone());
     loop {
-        tokio::select! {
-            _ = interval.tick() => {}
-            _ = shutdown.cancelled() => return,
+        if !ticks.next().await {
+            return;
         }
         let mut nodes = Vec::new();
         fleet.visit(|n| nodes.push(NodeView::of(n)));
         let now = clock.unix_ms();
         let events = rules.evaluate(&nodes, now);
-        if events.is_empty() {
-            continue;
+        store_server_events("node rules", &fleet, &store, events, now).await;
+    }
+}
+
+/// The issues of `conditions` not resolved: what a server rule raised before
+/// this server started, so it clears them rather than raising them twice.
+/// Empty (and logged) when the store cannot be read.
+pub async fn open_issues(
+    rule: &'static str,
+    store: &Arc<dyn Store>,
+    conditions: &[HealthCondition],
+) -> Vec<HealthIssue> {
+    let (store, conditions) = (store.clone(), conditions.to_vec());
+    let read = tokio::task::spawn_blocking(move || {
+        let mut open = Vec::new();
+        for condition in conditions {
+            let query = IssueQuery {
+                condition: Some(condition),
+                limit: 100_000,
+                ..Default::default()
+            };
+            open.extend(
+                store
+                    .health_issues(&query)?
+                    .into_iter()
+                    .filter(|i| i.state != HealthState::Resolved),
+            );
         }
-        let records: Vec<HealthEventRecord> = events
-            .into_iter()
-            .map(|(node, event)| {
-                fleet.apply_health(&node, &event);
-                tracing::info!(node = %node, condition = event.condition.as_str(), change = ?event.change, detail = %event.detail, "node rule");
-                HealthEventRecord {
-                    node,
-                    msg_id: MessageId::new(now),
-                    event,
-                    received_ms: now,
-                }
-            })
-            .collect();
-        let store = store.clone();
-        match tokio::task::spawn_blocking(move || store.record_health_events(&records)).await {
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => tracing::error!(error = %e, "node rules: events not stored"),
-            Err(e) => tracing::error!(error = %e, "node rules: task failed"),
+        Ok::<_, rakkr_store::StoreError>(open)
+    })
+    .await;
+    match read {
+        Ok(Ok(open)) => open,
+        Ok(Err(e)) => {
+            tracing::error!(rule, error = %e, "open issues not read");
+            Vec::new()
         }
+        Err(e) => {
+            tracing::error!(rule, error = %e, "task failed");
+            Vec::new()
+        }
+    }
+}
+
+/// Keep the events one of the server's own rules raised or cleared: shown on
+/// the live fleet at once, stored (and so opened, de-duplicated and resolved
+/// as health issues) on a blocking thread.
+pub async fn store_server_events(
+    rule: &'static str,
+    fleet: &LiveFleet,
+    store: &Arc<dyn Store>,
+    events: Vec<(NodeId, HealthEvent)>,
+    now: u64,
+) {
+    if events.is_empty() {
+        return;
+    }
+    let records: Vec<HealthEventRecord> = events
+        .into_iter()
+        .map(|(node, event)| {
+            fleet.apply_health(&node, &event);
+            tracing::info!(rule, node = %node, condition = event.condition.as_str(), change = ?event.change, subject = %event.subject, detail = %event.detail, "server rule");
+            HealthEventRecord {
+                node,
+                msg_id: MessageId::new(now),
+                event,
+                received_ms: now,
+            }
+        })
+        .collect();
+    let store = store.clone();
+    match tokio::task::spawn_blocking(move || store.record_health_events(&records)).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => tracing::error!(rule, error = %e, "events not stored"),
+        Err(e) => tracing::error!(rule, error = %e, "task failed"),
     }
 }
 

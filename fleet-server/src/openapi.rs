@@ -303,6 +303,12 @@ fn operation(method: &Method, path: &str, g: &mut SchemaGenerator) -> Option<Ope
             (200, Json(list::<rakkr_store::HealthIssue>(g))),
             &[],
         ),
+        ("GET", "/api/v1/watchdog-policies") => op(
+            "The named watchdog policies schedules choose from (configuration; the default marked)",
+            None,
+            (200, Json(list::<crate::policies::NamedWatchdogPolicy>(g))),
+            &[],
+        ),
         ("GET", "/api/v1/schedules") => op(
             "Every schedule with its next occurrence",
             None,

@@ -56,6 +56,7 @@ use crate::audit::AuditChange;
 use crate::clock::Clock;
 use crate::http::{AppState, Problem, blocking, job_problem, problem, store_problem};
 use crate::jobs::{Commands, JobRequestError, Outbound};
+use crate::policies::WatchdogPolicies;
 
 /// How often the runner looks for due occurrences.
 pub const SCHEDULE_INTERVAL: Duration = Duration::from_secs(1);
@@ -266,13 +267,11 @@ pub async fn run(
     stats: Arc<ScheduleStats>,
     shutdown: CancellationToken,
 ) {
-    let mut interval = tokio::time::interval(SCHEDULE_INTERVAL);
-    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut ticks = crate::clock::Ticks::every(SCHEDULE_INTERVAL, shutdown.clone());
     let runner = Arc::new(std::sync::Mutex::new(ScheduleRunner::default()));
     loop {
-        tokio::select! {
-            _ = interval.tick() => {}
-            _ = shutdown.cancelled() => return,
+        if !ticks.next().await {
+            return;
         }
         let (store, runner) = (store.clone(), runner.clone());
         let now = clock.unix_ms();
@@ -331,15 +330,13 @@ pub fn node_schedules(all: &[ScheduleRecord], node: &NodeId) -> NodeSchedules {
 /// node whose schedules changed. A message the command queue could not take
 /// is sent again on the next pass.
 pub async fn run_sync(store: Arc<dyn Store>, commands: Commands, shutdown: CancellationToken) {
-    let mut interval = tokio::time::interval(SCHEDULE_INTERVAL);
-    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut ticks = crate::clock::Ticks::every(SCHEDULE_INTERVAL, shutdown.clone());
     let mut sent: HashMap<NodeId, NodeSchedules> = HashMap::new();
     let mut synced: Option<u64> = None;
     let mut first = true;
     loop {
-        tokio::select! {
-            _ = interval.tick() => {}
-            _ = shutdown.cancelled() => return,
+        if !ticks.next().await {
+            return;
         }
         let store = store.clone();
         let read = tokio::task::spawn_blocking(move || {
@@ -555,8 +552,15 @@ fn audit_change(
 }
 
 /// Check a schedule as given, and against what its node announced.
-pub fn check_spec(store: &dyn Store, spec: &mut ScheduleSpec) -> Result<(), Problem> {
+pub fn check_spec(
+    store: &dyn Store,
+    policies: &WatchdogPolicies,
+    spec: &mut ScheduleSpec,
+) -> Result<(), Problem> {
     spec.check()
+        .map_err(|e| problem(StatusCode::UNPROCESSABLE_ENTITY, e))?;
+    policies
+        .check_known(spec.watchdog.as_deref())
         .map_err(|e| problem(StatusCode::UNPROCESSABLE_ENTITY, e))?;
     let probe = JobSpec {
         duration_s: Some(1),
@@ -622,8 +626,9 @@ pub mod ops {
         mut spec: ScheduleSpec,
     ) -> Result<(ScheduleRecord, AuditChange), Problem> {
         let (store, now) = (state.store.clone(), state.clock.unix_ms());
+        let policies = state.watchdog_policies.clone();
         let record = blocking(move || {
-            check_spec(&*store, &mut spec)?;
+            check_spec(&*store, &policies, &mut spec)?;
             let id = ScheduleId::new(now);
             check_node_room(&*store, id, &spec)?;
             let record = ScheduleRecord {
@@ -649,8 +654,9 @@ pub mod ops {
         mut spec: ScheduleSpec,
     ) -> Result<(ScheduleRecord, AuditChange), Problem> {
         let (store, now) = (state.store.clone(), state.clock.unix_ms());
+        let policies = state.watchdog_policies.clone();
         let (before, after) = blocking(move || {
-            check_spec(&*store, &mut spec)?;
+            check_spec(&*store, &policies, &mut spec)?;
             check_node_room(&*store, id, &spec)?;
             store.update_schedule(id, spec, now).map_err(store_problem)
         })
@@ -829,8 +835,9 @@ mod tests {
                 pauses: vec![],
             },
             tags: vec!["daily".into()],
+            watchdog: None,
         };
-        check_spec(store, &mut spec).unwrap();
+        check_spec(store, &WatchdogPolicies::builtin(), &mut spec).unwrap();
         let record = ScheduleRecord {
             id: ScheduleId::new(1_000),
             spec,

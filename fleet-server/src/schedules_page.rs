@@ -23,6 +23,7 @@ use serde::Deserialize;
 use crate::auth::SignedIn;
 use crate::console::{console_page, csrf_field, utc_seconds};
 use crate::http::{AppState, Problem};
+use crate::policies::WatchdogPolicies;
 use crate::schedules::{ScheduleDetail, ops, schedule_id};
 
 pub const SCHEDULES_PATH: &str = "/schedules";
@@ -363,6 +364,9 @@ pub struct ScheduleForm {
     pub flac_level: String,
     #[serde(default)]
     pub segment_s: String,
+    /// A watchdog policy's name; empty: the server's default.
+    #[serde(default)]
+    pub watchdog: String,
     #[serde(default)]
     pub mode: String,
     #[serde(default)]
@@ -440,6 +444,7 @@ impl ScheduleForm {
                 .profile
                 .segment_s
                 .map_or(String::new(), |s| s.to_string()),
+            watchdog: spec.watchdog.clone().unwrap_or_default(),
             mode: t.recurrence.mode().to_owned(),
             date: match &t.recurrence {
                 Recurrence::Once { date } => date.to_string(),
@@ -542,7 +547,7 @@ impl ScheduleForm {
         if !self.channels.trim().is_empty() {
             job["channels"] = json!(self.channels.trim());
         }
-        let spec = json!({
+        let mut spec = json!({
             "name": self.name,
             "node": self.node.trim(),
             "enabled": self.enabled.is_some(),
@@ -550,11 +555,19 @@ impl ScheduleForm {
             "timing": timing,
             "tags": self.tags.split(',').map(str::trim).filter(|t| !t.is_empty()).collect::<Vec<_>>(),
         });
+        if !self.watchdog.trim().is_empty() {
+            spec["watchdog"] = json!(self.watchdog.trim());
+        }
         serde_json::from_value(spec).map_err(|e| e.to_string())
     }
 }
 
-fn editor(form: &ScheduleForm, action: &str, signed_in: &SignedIn) -> Markup {
+fn editor(
+    form: &ScheduleForm,
+    action: &str,
+    signed_in: &SignedIn,
+    policies: &WatchdogPolicies,
+) -> Markup {
     let modes = [
         ("daily", "Daily"),
         ("weekly", "Weekly"),
@@ -580,6 +593,20 @@ fn editor(form: &ScheduleForm, action: &str, signed_in: &SignedIn) -> Markup {
                 label { "Bits" input type="number" name="bits" value=(form.bits) min="16" max="32" step="8"; }
                 label { "FLAC level" input type="number" name="flac_level" value=(form.flac_level) min="0" max="8"; }
                 label { "File length (s)" input type="number" name="segment_s" value=(form.segment_s) min="1" placeholder="one file"; }
+                label { "Watchdog policy"
+                    select name="watchdog" {
+                        option value="" selected[form.watchdog.is_empty()] { "Default (" (policies.default_name()) ")" }
+                        @for p in policies.list() {
+                            option value=(p.name) selected[form.watchdog == p.name] {
+                                (p.name) ": below " (p.policy.low_signal_dbfs) " dBFS for " (p.policy.cumulative_s) " s"
+                            }
+                        }
+                        // A name this server no longer has stays visible, so saving does not change it silently.
+                        @if !form.watchdog.is_empty() && policies.get(&form.watchdog).is_none() {
+                            option value=(form.watchdog) selected { (form.watchdog) " (not on this server)" }
+                        }
+                    }
+                }
                 label { "Tags" input type="text" name="tags" value=(form.tags) placeholder="comma-separated"; }
                 label.check { input type="checkbox" name="enabled" checked[form.enabled.is_some()]; " Enabled" }
             }
@@ -611,7 +638,12 @@ fn editor(form: &ScheduleForm, action: &str, signed_in: &SignedIn) -> Markup {
     }
 }
 
-fn new_page(form: &ScheduleForm, error: Option<&str>, signed_in: &SignedIn) -> Markup {
+fn new_page(
+    form: &ScheduleForm,
+    error: Option<&str>,
+    signed_in: &SignedIn,
+    policies: &WatchdogPolicies,
+) -> Markup {
     console_page(
         "New schedule",
         signed_in,
@@ -620,13 +652,16 @@ fn new_page(form: &ScheduleForm, error: Option<&str>, signed_in: &SignedIn) -> M
             nav.crumbs aria-label="Breadcrumb" { a href=(SCHEDULES_PATH) { "Schedules" } " › " span { "New" } }
             h1 { "New schedule" }
             @if let Some(e) = error { p.error role="alert" { (e) } }
-            (editor(form, SCHEDULES_PATH, signed_in))
+            (editor(form, SCHEDULES_PATH, signed_in, policies))
         },
     )
 }
 
 /// `GET /schedules/new`
-pub async fn new(Extension(signed_in): Extension<SignedIn>) -> Response {
+pub async fn new(
+    State(state): State<AppState>,
+    Extension(signed_in): Extension<SignedIn>,
+) -> Response {
     let form = ScheduleForm {
         enabled: Some("on".into()),
         mode: "daily".into(),
@@ -634,7 +669,7 @@ pub async fn new(Extension(signed_in): Extension<SignedIn>) -> Response {
         codec: "flac".into(),
         ..Default::default()
     };
-    new_page(&form, None, &signed_in).into_response()
+    new_page(&form, None, &signed_in, &state.watchdog_policies).into_response()
 }
 
 /// `POST /schedules` (form), then to the new schedule.
@@ -648,7 +683,7 @@ pub async fn create(
         Err(why) => {
             return (
                 StatusCode::UNPROCESSABLE_ENTITY,
-                new_page(&form, Some(&why), &signed_in),
+                new_page(&form, Some(&why), &signed_in, &state.watchdog_policies),
             )
                 .into_response();
         }
@@ -658,7 +693,8 @@ pub async fn create(
             change.to(Redirect::to(&format!("{SCHEDULES_PATH}/{}", record.id)).into_response())
         }
         Err(Problem { status, detail }) => {
-            (status, new_page(&form, Some(&detail), &signed_in)).into_response()
+            let page = new_page(&form, Some(&detail), &signed_in, &state.watchdog_policies);
+            (status, page).into_response()
         }
     }
 }
@@ -682,6 +718,7 @@ fn detail_page(
     form: &ScheduleForm,
     error: Option<&str>,
     signed_in: &SignedIn,
+    policies: &WatchdogPolicies,
 ) -> Markup {
     let s = &detail.schedule;
     let zone = Zone::get(&s.spec.timing.time_zone).ok();
@@ -701,6 +738,15 @@ fn detail_page(
                     dt { "Records" } dd {
                         (s.spec.job.channels.as_deref().unwrap_or("every channel")) " of " (s.spec.job.device) ", "
                         (s.spec.job.profile.codec.as_str()) " " (s.spec.job.profile.bits) "-bit"
+                    }
+                    dt { "Watchdog" } dd {
+                        @let (name, p) = policies.for_schedule(s.spec.watchdog.as_deref());
+                        (name) @if s.spec.watchdog.is_none() { " (the default)" }
+                        @if s.spec.watchdog.as_deref().is_some_and(|w| w != name) {
+                            " (its policy " (s.spec.watchdog.as_deref().unwrap_or_default()) " is not on this server)"
+                        }
+                        ": a channel below " (p.low_signal_dbfs) " dBFS for " (p.cumulative_s) " s in total, after the first "
+                        (p.grace_s) " s of a take, raises low_signal"
                     }
                     dt { "Revision" } dd { (s.revision) ", changed " (utc_seconds(s.updated_ms)) }
                 }
@@ -748,7 +794,7 @@ fn detail_page(
             @if signed_in.may(Permission::SchedulesManage) {
                 section.panel aria-labelledby="edit-h" {
                     h2 #edit-h { "Edit" }
-                    (editor(form, &format!("{SCHEDULES_PATH}/{}", s.id), signed_in))
+                    (editor(form, &format!("{SCHEDULES_PATH}/{}", s.id), signed_in, policies))
                 }
             }
         },
@@ -771,7 +817,8 @@ pub async fn detail(
 ) -> Response {
     match detail_of(&state, &id).await {
         Ok(d) => {
-            detail_page(&d, &ScheduleForm::of(&d.schedule.spec), None, &signed_in).into_response()
+            let form = ScheduleForm::of(&d.schedule.spec);
+            detail_page(&d, &form, None, &signed_in, &state.watchdog_policies).into_response()
         }
         Err(r) => r,
     }
@@ -802,7 +849,13 @@ pub async fn update(
         }
         Err(p) => (
             p.status,
-            detail_page(&detail, &form, Some(&p.detail), &signed_in),
+            detail_page(
+                &detail,
+                &form,
+                Some(&p.detail),
+                &signed_in,
+                &state.watchdog_policies,
+            ),
         )
             .into_response(),
     }
@@ -840,7 +893,13 @@ async fn act(state: &AppState, signed_in: &SignedIn, id: &str, what: &str) -> Re
             let form = ScheduleForm::of(&detail.schedule.spec);
             (
                 p.status,
-                detail_page(&detail, &form, Some(&p.detail), signed_in),
+                detail_page(
+                    &detail,
+                    &form,
+                    Some(&p.detail),
+                    signed_in,
+                    &state.watchdog_policies,
+                ),
             )
                 .into_response()
         }

@@ -174,6 +174,17 @@ impl Server {
     /// A server with its embedded broker and extra environment (e.g.
     /// `RAKKR_SERVER_JOBS__LEASE_MS`).
     pub fn start_with_env(work: &Path, data_dir: &Path, env: &[(&str, &str)]) -> Result<Server> {
+        Server::start_configured(work, data_dir, env, "")
+    }
+
+    /// A server with its embedded broker, extra environment and `extra`
+    /// configuration (TOML sections other than `[mqtt]`).
+    pub fn start_configured(
+        work: &Path,
+        data_dir: &Path,
+        env: &[(&str, &str)],
+        extra: &str,
+    ) -> Result<Server> {
         let mqtt_port = free_port();
         // A reader account for MqttWatch (readers live in the config file).
         let config = work.join("server-readers.toml");
@@ -181,7 +192,7 @@ impl Server {
         std::fs::write(
             &config,
             format!(
-                "[mqtt]\nreaders = [{{ name = \"{READER}\", password_sha256 = \"{hash}\" }}]\n"
+                "[mqtt]\nreaders = [{{ name = \"{READER}\", password_sha256 = \"{hash}\" }}]\n{extra}"
             ),
         )?;
         let args = vec![
@@ -988,6 +999,18 @@ pub fn job_agent(
     channels: u16,
     mqtt_extra: &str,
 ) -> Result<(Agent, PathBuf)> {
+    job_agent_with_signal(work, server, node, channels, mqtt_extra, "demo")
+}
+
+/// [`job_agent`] with another synthetic `signal` (`silence`, `tone`, …).
+pub fn job_agent_with_signal(
+    work: &Path,
+    server: &Server,
+    node: &str,
+    channels: u16,
+    mqtt_extra: &str,
+    signal: &str,
+) -> Result<(Agent, PathBuf)> {
     let mqtt_port = server.mqtt_port;
     let recordings = work.join(format!("{node}-recordings"));
     let config = work.join(format!("{node}.toml"));
@@ -996,7 +1019,7 @@ pub fn job_agent(
         format!(
             "node_id = \"{node}\"\nrealtime = false\nrecordings_dir = \"{}\"\nstate_dir = \"{}\"\n\
              [mqtt]\nhost = \"127.0.0.1\"\nport = {mqtt_port}\n{mqtt_extra}\n\
-             [source]\nkind = \"synthetic\"\nchannels = {channels}\nsample_rate = 48000\nsignal = \"demo\"\n",
+             [source]\nkind = \"synthetic\"\nchannels = {channels}\nsample_rate = 48000\nsignal = \"{signal}\"\n",
             recordings.display(),
             work.join(format!("{node}-state")).display(),
         ),

@@ -682,6 +682,10 @@ pub struct ScheduleSpec {
     /// Put on every recording the schedule makes.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tags: Vec<String>,
+    /// The server's watchdog policy for the schedule's takes, by name; absent:
+    /// the server's default policy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub watchdog: Option<String>,
 }
 
 impl ScheduleSpec {
@@ -702,7 +706,30 @@ impl ScheduleSpec {
         }
         self.job.validate()?;
         self.tags = normalise_tags(&self.tags)?;
+        if let Some(name) = &self.watchdog {
+            check_policy_name(name)?;
+        }
         self.timing.calendar()
+    }
+}
+
+/// Longest name of a policy or profile, in bytes.
+pub const MAX_POLICY_NAME: usize = 64;
+
+/// A policy's or profile's name: 1–64 bytes of lowercase ASCII letters,
+/// digits, `-` and `_`, so it reads the same in TOML, URLs and MQTT payloads.
+pub fn check_policy_name(name: &str) -> Result<(), String> {
+    let fine = !name.is_empty()
+        && name.len() <= MAX_POLICY_NAME
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
+    if fine {
+        Ok(())
+    } else {
+        Err(format!(
+            "{name:?} is not a policy name: 1 to {MAX_POLICY_NAME} lowercase letters, digits, '-' or '_'"
+        ))
     }
 }
 
