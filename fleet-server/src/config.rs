@@ -36,6 +36,17 @@
 //! node_offline_after_ms = 120000     # a node offline this long raises node_offline
 //! telemetry_stale_after_ms = 30000   # an online node without meter frames this long: telemetry_stale
 //!
+//! [recording]                    # replaces the built-in list (defaults/profiles.toml) whole
+//! default_profile = "standard"
+//! [recording.profiles.standard]
+//! codec = "flac"                 # flac | wav | rf64
+//! bits = 24
+//! flac_level = 5
+//! chunk_s = 3600                 # a new file every hour (absent: one file per take)
+//! sample_rate = 48000            # the device must run at this rate (absent: any)
+//! channel_mode = "any"           # any | mono | stereo
+//! max_length_s = 14400           # longest take started by hand (absent: no limit)
+//!
 //! [watchdog]                     # replaces the built-in list (defaults/watchdog.toml) whole
 //! default = "standard"
 //! [watchdog.policies.standard]
@@ -73,6 +84,9 @@ pub struct ServerConfig {
     /// Named watchdog policies; absent: the built-in list.
     #[serde(default = "crate::policies::WatchdogConfig::builtin")]
     pub watchdog: crate::policies::WatchdogConfig,
+    /// Named recording profiles; absent: the built-in list.
+    #[serde(default = "crate::policies::RecordingConfig::builtin")]
+    pub recording: crate::policies::RecordingConfig,
 }
 
 /// When the server's own node rules raise their conditions.
@@ -313,6 +327,8 @@ pub struct ServerSettings {
     pub node_rules: crate::node_watch::NodeRulesPolicy,
     /// The named watchdog policies of the server's sustained rules.
     pub watchdog: crate::policies::WatchdogPolicies,
+    /// The named recording profiles jobs and schedules choose from.
+    pub profiles: crate::policies::RecordingProfiles,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -460,8 +476,11 @@ impl ServerConfig {
         }
         let watchdog = crate::policies::WatchdogPolicies::from_config(self.watchdog.clone())
             .map_err(|e| invalid("watchdog", &e))?;
+        let profiles = crate::policies::RecordingProfiles::from_config(self.recording.clone())
+            .map_err(|e| invalid("recording", &e))?;
         Ok(ServerSettings {
             watchdog,
+            profiles,
             node_rules: crate::node_watch::NodeRulesPolicy {
                 offline_after_ms: self.health.node_offline_after_ms,
                 stale_after_ms: self.health.telemetry_stale_after_ms,
@@ -509,7 +528,30 @@ mod tests {
         .unwrap_err();
         assert!(
             e.to_string()
-                .contains("config `watchdog`: the default \"loud\" is not one of the policies"),
+                .contains("config `watchdog`: the default \"loud\" is not one of them"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn recording_profiles_default_to_the_builtin_list_and_a_section_replaces_it() {
+        let s = settings("", &Overrides::default()).unwrap();
+        assert_eq!(s.profiles, crate::policies::RecordingProfiles::builtin());
+        let s = settings(
+            "[recording]\ndefault_profile = \"mono\"\n[recording.profiles.mono]\nchannel_mode = \"mono\"\n",
+            &Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(s.profiles.names().collect::<Vec<_>>(), ["mono"]);
+        let e = settings(
+            "[recording]\ndefault_profile = \"x\"\n[recording.profiles.x]\nbits = 12\n",
+            &Overrides::default(),
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string().contains(
+                "config `recording`: recording profile \"x\": 12-bit files are not supported"
+            ),
             "{e}"
         );
     }

@@ -163,9 +163,10 @@ pub async fn make_demo_schedules(
                 });
                 let mut spec: rakkr_protocol::schedule::ScheduleSpec =
                     serde_json::from_value(spec).ok()?;
-                // The demo's schedules name no policy: any list will do.
+                // The demo's schedules name no policy or profile: any lists will do.
                 let policies = crate::policies::WatchdogPolicies::builtin();
-                if crate::schedules::check_spec(&*store, &policies, &mut spec).is_err() {
+                let profiles = crate::policies::RecordingProfiles::builtin();
+                if crate::schedules::check_spec(&*store, &policies, &profiles, &mut spec).is_err() {
                     continue;
                 }
                 let record = rakkr_store::ScheduleRecord {
@@ -242,15 +243,15 @@ pub async fn start_demo_job(
             if busy {
                 return Some(Ok(None));
             }
-            let spec: rakkr_protocol::job::JobSpec = serde_json::from_value(serde_json::json!({
+            let request: JobRequest = serde_json::from_value(serde_json::json!({
+                "node": node,
                 "duration_s": DEMO_JOB_SECONDS,
                 "profile": {"codec": "flac", "segment_s": 300},
             }))
             .expect("the demo job is valid");
-            Some(
-                crate::jobs::create_job(&*store, &commands, JobRequest { node, spec }, now)
-                    .map(Some),
-            )
+            // The demo's job spells its encoding out: any profile list will do.
+            let profiles = crate::policies::RecordingProfiles::builtin();
+            Some(crate::jobs::create_job(&*store, &commands, &profiles, request, now).map(Some))
         })
         .await;
         match started {

@@ -117,7 +117,7 @@ fn csv_of(issues: &[HealthIssue]) -> String {
                 i.node.to_string(),
                 i.condition.as_str().to_owned(),
                 i.subject.clone(),
-                format!("{:?}", i.severity).to_lowercase(),
+                i.severity.as_str().to_owned(),
                 i.state.as_str().to_owned(),
                 i.opened_ms.to_string(),
                 i.changed_ms.to_string(),
@@ -281,7 +281,7 @@ fn page(
                                         td.nowrap { (utc_seconds(i.opened_ms).trim_end_matches(" UTC")) }
                                         td { a.node-id href={ "/nodes/" (i.node) } { (i.node) } }
                                         td { (i.condition.as_str()) @if !i.subject.is_empty() { div.muted { (i.subject) } } }
-                                        td { span class={ "badge severity " (format!("{:?}", i.severity).to_lowercase()) } { (format!("{:?}", i.severity).to_lowercase()) } }
+                                        td { span class={ "badge severity " (i.severity.as_str()) } { (i.severity.as_str()) } }
                                         td { span class={ "badge issue " (i.state.as_str()) } { (i.state.as_str()) } @if let Some(by) = &i.by { div.muted { (by) } } }
                                         td { (i.raised) }
                                         td.notes { (i.detail) div.muted { (utc_seconds(i.last_event_ms)) } }

@@ -33,6 +33,7 @@
 //! | `GET /audit`       | audit.read | the audit log page: the same search, CSV export |
 //! | `GET /recordings`, `GET /recordings/{id}` | recordings.read | the recordings library (filters: node, state, tag, days) and one recording |
 //! | `POST /recordings/{id}/notes` | recordings.control | notes and tags (form) |
+//! | `GET /api/v1/recordings/{id}/quality` | recordings.read | the take's quality timeline: the health conditions that held while it recorded, as spans from its start |
 //! | `GET /api/v1/recordings`, `POST /api/v1/recordings/{id}/notes` | recordings.read / recordings.control | the same as JSON |
 //! | `GET /enrollment`, `POST /enrollment` | nodes.manage | enrollment tokens: unused ones, create (shown once) |
 //! | `POST /nodes/{id}/revoke` | nodes.manage | revoke a node's credential (form), then back to its page |
@@ -50,6 +51,7 @@
 //! | `POST /api/v1/schedules/{id}/delete`, `…/skip-next` | schedules.manage | delete it; skip its next occurrence |
 //! | `POST /api/v1/schedules/{id}/run-now` | jobs.manage | record it now, for its window's length → 201 and the job |
 //! | `GET /api/v1/watchdog-policies` | schedules.read | the named watchdog policies a schedule may choose, the default marked |
+//! | `GET /api/v1/profiles` | nodes.read | the named recording profiles jobs and schedules may choose, the default marked |
 //! | `GET /metrics`     | metrics.read | counters in the Prometheus text format       |
 //! | `GET /healthz`     | public | liveness: the process serves HTTP          |
 //! | `GET /readyz`      | public | readiness: store readable and broker link connected |
@@ -113,6 +115,8 @@ pub struct AppState {
     pub http_stats: Arc<crate::metrics::HttpStats>,
     /// The named watchdog policies schedules choose from.
     pub watchdog_policies: Arc<crate::policies::WatchdogPolicies>,
+    /// The named recording profiles jobs and schedules choose from.
+    pub profiles: Arc<crate::policies::RecordingProfiles>,
 }
 
 #[derive(Debug)]
@@ -291,6 +295,12 @@ pub fn route_table() -> Vec<(&'static str, Method, Access, MethodRouter<AppState
             get(crate::recordings_page::api_list),
         ),
         (
+            "/api/v1/recordings/{id}/quality",
+            Method::GET,
+            Operator(RecordingsRead),
+            get(crate::recordings_page::api_quality),
+        ),
+        (
             "/api/v1/recordings/{id}/notes",
             Method::POST,
             Operator(RecordingsControl),
@@ -463,6 +473,12 @@ pub fn route_table() -> Vec<(&'static str, Method, Access, MethodRouter<AppState
             Method::GET,
             Operator(SchedulesRead),
             get(crate::schedules::api_list),
+        ),
+        (
+            "/api/v1/profiles",
+            Method::GET,
+            Operator(NodesRead),
+            get(crate::policies::api_profiles),
         ),
         (
             "/api/v1/watchdog-policies",
@@ -839,8 +855,9 @@ async fn api_create_job(
     let Json(request) = body.map_err(|e| problem(e.status(), e.body_text()))?;
     let now = state.clock.unix_ms();
     let (store, commands) = (state.store.clone(), state.commands.clone());
+    let profiles = state.profiles.clone();
     let job = blocking(move || {
-        crate::jobs::create_job(&*store, &commands, request, now).map_err(job_problem)
+        crate::jobs::create_job(&*store, &commands, &profiles, request, now).map_err(job_problem)
     })
     .await?;
     tracing::info!(job = %job.id, node = %job.node, "job created");

@@ -23,7 +23,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use rakkr_protocol::job::{JobCommand, JobReport, JobSpec};
+use rakkr_protocol::job::{JobCommand, JobReport, JobSpec, RecordingProfile};
 use rakkr_protocol::state::JobState;
 use rakkr_protocol::{MessageId, NodeId};
 use rakkr_store::{AuditEntry, JobId, JobRecord, NewJob, Store, StoreError, UpdateOutcome};
@@ -32,6 +32,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::clock::Clock;
+use crate::policies::{Profile, RecordingProfiles};
 
 /// Node job reports waiting for the desk.
 pub const JOB_QUEUE: usize = 10_000;
@@ -156,13 +157,111 @@ pub fn audit_change(before: Option<&JobRecord>, after: &JobRecord) -> crate::aud
     }
 }
 
-/// A request to record, from the API or the command line.
+/// A request to record, from the API, the console or the command line.
 #[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct JobRequest {
     pub node: NodeId,
-    #[serde(flatten)]
-    pub spec: JobSpec,
+    /// Capture device on the node; `default` is its configured one.
+    #[serde(default = "default_device")]
+    pub device: String,
+    /// Channel map (`3,4`, `1+2`, …); absent: every device channel in order.
+    #[serde(default)]
+    pub channels: Option<String>,
+    /// A recording profile's name (`GET /api/v1/profiles`), or the encoding
+    /// itself (`{"codec": "wav", "bits": 24}`); absent: the server's default profile.
+    #[serde(default)]
+    pub profile: Option<ProfileChoice>,
+    /// Length of the take in seconds; absent: until stopped (or the
+    /// profile's `max_length_s`).
+    #[serde(default)]
+    pub duration_s: Option<u32>,
+}
+
+fn default_device() -> String {
+    rakkr_protocol::job::DEFAULT_DEVICE.into()
+}
+
+/// A named profile or the encoding spelled out.
+#[derive(Debug, Clone, PartialEq, schemars::JsonSchema)]
+#[serde(untagged)]
+pub enum ProfileChoice {
+    Named(String),
+    Custom(RecordingProfile),
+}
+
+impl<'de> Deserialize<'de> for ProfileChoice {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        // By hand, so a bad object says what is wrong with it rather than
+        // "did not match any variant".
+        match serde_json::Value::deserialize(d)? {
+            serde_json::Value::String(name) => Ok(ProfileChoice::Named(name)),
+            object @ serde_json::Value::Object(_) => serde_json::from_value(object)
+                .map(ProfileChoice::Custom)
+                .map_err(D::Error::custom),
+            _ => Err(D::Error::custom(
+                "profile is a profile's name or an object with codec, bits, flac_level and segment_s",
+            )),
+        }
+    }
+}
+
+impl JobRequest {
+    /// The job's spec, with the profile it names (the default when it names
+    /// none; none for an encoding spelled out), whose constraints
+    /// [`plan_job`] checks. A take without a duration gets the profile's
+    /// longest; a longer one is refused.
+    pub fn resolve(
+        self,
+        profiles: &RecordingProfiles,
+    ) -> Result<(NodeId, JobSpec, Option<NamedProfileRef>), JobRequestError> {
+        let named = match self.profile {
+            Some(ProfileChoice::Custom(profile)) => Err(profile),
+            Some(ProfileChoice::Named(name)) => {
+                Ok(profiles.require(&name).map_err(JobRequestError::Invalid)?)
+            }
+            None => Ok(profiles.for_name(None)),
+        };
+        let mut duration_s = self.duration_s;
+        let (profile, named) = match named {
+            Err(custom) => (custom, None),
+            Ok((name, profile)) => {
+                if let Some(max) = profile.max_length_s {
+                    match duration_s {
+                        None => duration_s = Some(max),
+                        Some(d) if d > max => {
+                            return Err(JobRequestError::Invalid(format!(
+                                "{d} s is longer than profile {name:?} allows ({max} s)"
+                            )));
+                        }
+                        Some(_) => {}
+                    }
+                }
+                (
+                    profile.recording(),
+                    Some(NamedProfileRef {
+                        name: name.to_owned(),
+                        profile: profile.clone(),
+                    }),
+                )
+            }
+        };
+        let spec = JobSpec {
+            device: self.device,
+            channels: self.channels,
+            profile,
+            duration_s,
+        };
+        Ok((self.node, spec, named))
+    }
+}
+
+/// A profile from the server's list, with its name.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NamedProfileRef {
+    pub name: String,
+    pub profile: Profile,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -182,10 +281,12 @@ pub enum JobRequestError {
 pub fn create_job(
     store: &dyn Store,
     commands: &Commands,
+    profiles: &RecordingProfiles,
     request: JobRequest,
     now_ms: u64,
 ) -> Result<JobRecord, JobRequestError> {
-    let new = plan_job(store, request.node, request.spec)?;
+    let (node, spec, profile) = request.resolve(profiles)?;
+    let new = plan_job(store, node, spec, profile.as_ref())?;
     let node = new.node.clone();
     let job = store.enqueue_job(new, now_ms).map_err(|e| match e {
         StoreError::Refused(reason) => JobRequestError::Conflict(reason),
@@ -196,9 +297,14 @@ pub fn create_job(
 }
 
 /// Check a job against what its node announced (device channels, codecs,
-/// whether it takes jobs at all): the job to queue, with the device
-/// channels it reads.
-pub fn plan_job(store: &dyn Store, node: NodeId, spec: JobSpec) -> Result<NewJob, JobRequestError> {
+/// whether it takes jobs at all) and against its named profile's
+/// constraints: the job to queue, with the device channels it reads.
+pub fn plan_job(
+    store: &dyn Store,
+    node: NodeId,
+    spec: JobSpec,
+    profile: Option<&NamedProfileRef>,
+) -> Result<NewJob, JobRequestError> {
     spec.validate().map_err(JobRequestError::Invalid)?;
     let record = store
         .node(&node)
@@ -231,6 +337,14 @@ pub fn plan_job(store: &dyn Store, node: NodeId, spec: JobSpec) -> Result<NewJob
             "{} channels: a FLAC file carries at most 8; choose fewer or record WAV/RF64",
             map.outputs()
         )));
+    }
+    if let Some(named) = profile {
+        named
+            .profile
+            .fits(map.outputs(), &capabilities.sample_rates)
+            .map_err(|e| {
+                JobRequestError::Invalid(format!("profile {:?} does not fit: {e}", named.name))
+            })?;
     }
     let mut sources: Vec<u16> = map.sources().map(|c| c as u16).collect();
     sources.sort_unstable();
@@ -517,5 +631,74 @@ pub async fn run_lease_expiry(
             Ok(Err(e)) => store_error(&stats, &e),
             Err(e) => tracing::error!(error = %e, "lease expiry task failed"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(json: serde_json::Value) -> Result<JobRequest, String> {
+        serde_json::from_value(json).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn a_request_names_a_profile_spells_one_out_or_gets_the_default() {
+        let profiles = RecordingProfiles::builtin();
+        let resolve = |json| request(json).unwrap().resolve(&profiles);
+
+        let (_, spec, named) = resolve(serde_json::json!({"node": "n1"})).unwrap();
+        assert_eq!(named.unwrap().name, "standard");
+        assert_eq!(spec.profile, RecordingProfile::default());
+        assert_eq!(spec.duration_s, None);
+
+        let (_, spec, named) =
+            resolve(serde_json::json!({"node": "n1", "profile": "speech", "channels": "1+2"}))
+                .unwrap();
+        assert_eq!(named.unwrap().name, "speech");
+        assert_eq!(
+            (spec.profile.bits, spec.profile.segment_s),
+            (16, Some(3600))
+        );
+        assert_eq!(
+            spec.duration_s,
+            Some(14_400),
+            "open-ended: the profile's longest"
+        );
+        assert_eq!(spec.channels.as_deref(), Some("1+2"));
+
+        let e =
+            resolve(serde_json::json!({"node": "n1", "profile": "speech", "duration_s": 20_000}))
+                .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "20000 s is longer than profile \"speech\" allows (14400 s)"
+        );
+
+        let (_, spec, named) =
+            resolve(serde_json::json!({"node": "n1", "profile": {"codec": "wav", "bits": 16}}))
+                .unwrap();
+        assert!(named.is_none(), "spelled out: no constraints");
+        assert_eq!(spec.profile.codec, rakkr_protocol::job::CodecName::Wav);
+
+        let e = resolve(serde_json::json!({"node": "n1", "profile": "loud"})).unwrap_err();
+        assert!(
+            e.to_string().starts_with("no recording profile \"loud\""),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn bad_profile_values_say_what_is_wrong() {
+        let e = request(serde_json::json!({"node": "n1", "profile": 5})).unwrap_err();
+        assert!(
+            e.contains("profile is a profile's name or an object"),
+            "{e}"
+        );
+        let e =
+            request(serde_json::json!({"node": "n1", "profile": {"codec": "mp3"}})).unwrap_err();
+        assert!(e.contains("unknown variant `mp3`"), "{e}");
+        let e = request(serde_json::json!({"node": "n1", "codec": "flac"})).unwrap_err();
+        assert!(e.contains("unknown field `codec`"), "{e}");
     }
 }

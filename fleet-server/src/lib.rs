@@ -44,6 +44,7 @@ pub mod node_page;
 pub mod node_watch;
 pub mod openapi;
 pub mod policies;
+pub mod quality;
 pub mod recordings_page;
 pub mod schedules;
 pub mod schedules_page;
@@ -351,6 +352,22 @@ impl RunningServer {
             job_stats.clone(),
             shutdown.clone(),
         ));
+        {
+            // Before the runner starts: schedules record with their profiles as configured now.
+            let (store, profiles, now) =
+                (store.clone(), settings.profiles.clone(), clock.unix_ms());
+            match tokio::task::spawn_blocking(move || {
+                schedules::follow_profiles(&*store, &profiles, now)
+            })
+            .await
+            {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => {
+                    tracing::error!(error = %e, "schedules not brought to their profiles")
+                }
+                Err(e) => tracing::error!(error = %e, "profile task failed"),
+            }
+        }
         let schedule_stats = Arc::new(schedules::ScheduleStats::default());
         tasks.spawn(schedules::run(
             store.clone(),
@@ -425,6 +442,7 @@ impl RunningServer {
             live_streams: Default::default(),
             http_stats: Default::default(),
             watchdog_policies,
+            profiles: Arc::new(settings.profiles.clone()),
         });
         let mut https_addr = None;
         if let (Some(addr), Some(tls)) = (settings.https_addr, &server_tls) {

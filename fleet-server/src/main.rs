@@ -99,10 +99,14 @@ enum JobCommand {
         /// Capture device on the node.
         #[arg(long, default_value = "default")]
         device: String,
-        #[arg(long, default_value = "flac", value_parser = ["flac", "wav", "rf64"])]
-        codec: String,
-        #[arg(long, default_value_t = 24, value_parser = clap::value_parser!(u8).range(16..=32))]
-        bits: u8,
+        /// A recording profile's name (see `GET /api/v1/profiles`) [default:
+        /// the server's default profile, unless --codec, --bits or --segment spell one out].
+        #[arg(long, conflicts_with_all = ["codec", "bits", "segment"])]
+        profile: Option<String>,
+        #[arg(long, value_parser = ["flac", "wav", "rf64"])]
+        codec: Option<String>,
+        #[arg(long, value_parser = clap::value_parser!(u8).range(16..=32))]
+        bits: Option<u8>,
         /// Split into files of this many seconds.
         #[arg(long)]
         segment: Option<u32>,
@@ -268,17 +272,26 @@ fn job_command(command: &JobCommand) -> anyhow::Result<()> {
             duration,
             channels,
             device,
+            profile,
             codec,
             bits,
             segment,
         } => {
-            let body = serde_json::json!({
+            let mut body = serde_json::json!({
                 "node": node,
                 "device": device,
                 "channels": channels,
                 "duration_s": duration,
-                "profile": {"codec": codec, "bits": bits, "segment_s": segment},
             });
+            if let Some(name) = profile {
+                body["profile"] = serde_json::json!(name);
+            } else if codec.is_some() || bits.is_some() || segment.is_some() {
+                body["profile"] = serde_json::json!({
+                    "codec": codec.as_deref().unwrap_or("flac"),
+                    "bits": bits.unwrap_or(24),
+                    "segment_s": segment,
+                });
+            }
             call_api(api.post("/api/v1/jobs").json(&body))
         }
         JobCommand::Stop { api, id, cancel } => call_api(

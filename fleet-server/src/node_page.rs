@@ -23,7 +23,6 @@ use axum::response::{IntoResponse, Redirect, Response};
 use axum::{Extension, Form};
 use maud::{Markup, html};
 use rakkr_protocol::access::Permission;
-use rakkr_protocol::job::{CodecName, JobSpec, RecordingProfile};
 use rakkr_protocol::payload::{BootSlot, LiveRequest};
 use rakkr_protocol::state::{JobState, Presence};
 use rakkr_protocol::{JobId, NodeId};
@@ -100,6 +99,8 @@ pub struct NodePageData {
     /// Why jobs or events could not be read (the page says so rather than
     /// showing an empty list).
     pub store_error: Option<String>,
+    /// The recording profiles the start form offers.
+    pub profiles: Vec<crate::policies::NamedProfile>,
 }
 
 /// The whole node page; `notice` is an error from a form just sent.
@@ -143,7 +144,7 @@ pub fn node_page(
             @if signed_in.may(Permission::JobsManage) {
                 section.panel aria-labelledby="start-h" {
                     h2 #start-h { "Start a recording" }
-                    (start_form(node, signed_in))
+                    (start_form(node, &data.profiles, signed_in))
                 }
             }
             section.panel aria-labelledby="jobs-h" {
@@ -225,7 +226,11 @@ fn join(items: impl Iterator<Item = impl std::fmt::Display>) -> String {
     }
 }
 
-fn start_form(node: &LiveNode, signed_in: &SignedIn) -> Markup {
+fn start_form(
+    node: &LiveNode,
+    profiles: &[crate::policies::NamedProfile],
+    signed_in: &SignedIn,
+) -> Markup {
     let r = &node.record;
     let codecs: Vec<String> = r
         .details
@@ -238,15 +243,12 @@ fn start_form(node: &LiveNode, signed_in: &SignedIn) -> Markup {
             (csrf_field(signed_in))
             label { "Device" input type="text" name="device" value="default" required maxlength="128"; }
             label { "Channels" input type="text" name="channels" placeholder="all, or e.g. 1,2 or 3+4" maxlength="128"; }
-            label { "Format"
-                select name="codec" {
-                    @for codec in [CodecName::Flac, CodecName::Wav, CodecName::Rf64] {
-                        option value=(codec.as_str()) { (codec.as_str().to_uppercase()) }
+            label { "Profile"
+                select name="profile" {
+                    @for p in profiles {
+                        option value=(p.name) selected[p.default] { (p.name) " — " (crate::policies::describe_profile(&p.value)) }
                     }
                 }
-            }
-            label { "Bits"
-                select name="bits" { option value="24" { "24" } option value="16" { "16" } option value="32" { "32" } }
             }
             label { "Duration (s)" input type="number" name="duration_s" min="1" placeholder="until stopped"; }
             button type="submit" #start-recording disabled[!can_record] { "Start recording" }
@@ -363,6 +365,7 @@ fn no_such_node() -> Response {
 
 async fn page_data(state: &AppState, node: &NodeId, signed_in: &SignedIn) -> NodePageData {
     let store = state.store.clone();
+    let profiles = state.profiles.list();
     let (node, health) = (node.clone(), signed_in.may(Permission::HealthRead));
     tokio::task::spawn_blocking(move || {
         let mut store_error = None;
@@ -401,6 +404,7 @@ async fn page_data(state: &AppState, node: &NodeId, signed_in: &SignedIn) -> Nod
             events,
             issues,
             store_error,
+            profiles,
         }
     })
     .await
@@ -409,6 +413,7 @@ async fn page_data(state: &AppState, node: &NodeId, signed_in: &SignedIn) -> Nod
         events: None,
         issues: None,
         store_error: Some(e.to_string()),
+        profiles: state.profiles.list(),
     })
 }
 
@@ -476,20 +481,14 @@ pub struct StartForm {
     device: String,
     #[serde(default)]
     channels: String,
-    codec: String,
-    bits: u8,
+    /// A recording profile's name.
+    profile: String,
     #[serde(default)]
     duration_s: String,
 }
 
 impl StartForm {
-    fn spec(&self) -> Result<JobSpec, String> {
-        let codec = match self.codec.as_str() {
-            "flac" => CodecName::Flac,
-            "wav" => CodecName::Wav,
-            "rf64" => CodecName::Rf64,
-            other => return Err(format!("unknown format {other:?}")),
-        };
+    fn request(&self, node: NodeId) -> Result<JobRequest, String> {
         let duration_s = match self.duration_s.trim() {
             "" => None,
             text => Some(text.parse::<u32>().ok().filter(|d| *d > 0).ok_or_else(|| {
@@ -497,14 +496,13 @@ impl StartForm {
             })?),
         };
         let channels = Some(self.channels.trim().to_owned()).filter(|c| !c.is_empty());
-        Ok(JobSpec {
+        Ok(JobRequest {
+            node,
             device: self.device.trim().to_owned(),
             channels,
-            profile: RecordingProfile {
-                codec,
-                bits: self.bits,
-                ..RecordingProfile::default()
-            },
+            profile: Some(crate::jobs::ProfileChoice::Named(
+                self.profile.trim().to_owned(),
+            )),
             duration_s,
         })
     }
@@ -523,11 +521,11 @@ pub async fn start(
     let Some(live) = state.fleet.node(&node) else {
         return no_such_node();
     };
-    let spec = match form {
-        Ok(Form(form)) => form.spec(),
+    let request = match form {
+        Ok(Form(form)) => form.request(node.clone()),
         Err(e) => Err(e.body_text()),
     };
-    let spec = match spec {
+    let request = match request {
         Ok(s) => s,
         Err(why) => {
             return render_page(
@@ -545,12 +543,9 @@ pub async fn start(
         state.commands.clone(),
         state.clock.unix_ms(),
     );
-    let request = JobRequest {
-        node: node.clone(),
-        spec,
-    };
+    let profiles = state.profiles.clone();
     let created = tokio::task::spawn_blocking(move || {
-        crate::jobs::create_job(&*store, &commands, request, now)
+        crate::jobs::create_job(&*store, &commands, &profiles, request, now)
     })
     .await;
     let (status, why) = match created {

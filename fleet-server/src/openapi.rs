@@ -249,6 +249,12 @@ fn operation(method: &Method, path: &str, g: &mut SchemaGenerator) -> Option<Ope
             (200, Json(list::<rakkr_store::JobRecord>(g))),
             RECORDINGS_QUERY,
         ),
+        ("GET", "/api/v1/recordings/{id}/quality") => op(
+            "A take's quality timeline: the health conditions that held while it recorded (409 before it ran)",
+            None,
+            (200, Json(schema::<crate::quality::QualityTimeline>(g))),
+            &[],
+        ),
         ("POST", "/api/v1/recordings/{id}/notes") => op(
             "Set a recording's notes and tags",
             Some(schema::<crate::recordings_page::NotesJson>(g)),
@@ -301,6 +307,12 @@ fn operation(method: &Method, path: &str, g: &mut SchemaGenerator) -> Option<Ope
             "Acknowledge, suppress, resolve or reopen health issues (all or none)",
             Some(schema::<crate::health_page::ActionRequest>(g)),
             (200, Json(list::<rakkr_store::HealthIssue>(g))),
+            &[],
+        ),
+        ("GET", "/api/v1/profiles") => op(
+            "The named recording profiles jobs and schedules choose from (configuration; the default marked)",
+            None,
+            (200, Json(list::<crate::policies::NamedProfile>(g))),
             &[],
         ),
         ("GET", "/api/v1/watchdog-policies") => op(

@@ -1,22 +1,33 @@
-//! Named watchdog policies: the thresholds and durations of the server's
-//! sustained rules ([`crate::signal_watch`]), one list with a default.
+//! Named lists from the server's configuration, each with a default:
 //!
-//! The built-in list is configuration, not code: `defaults/watchdog.toml`,
-//! parsed the same way as a `[watchdog]` section of the server's
-//! configuration, which replaces it whole. A schedule names its policy
-//! (`ScheduleSpec::watchdog`) or gets the default; a name the server does not
-//! know is refused when the schedule is saved. A schedule whose policy was
-//! removed from the configuration later falls back to the default, and the
-//! rule says so in its events.
+//! - **Watchdog policies**: the thresholds and durations of the server's
+//!   sustained rules ([`crate::signal_watch`]). A schedule names its policy
+//!   (`ScheduleSpec::watchdog`) or gets the default; one removed from the
+//!   configuration later falls back to the default (the schedule page says so).
+//! - **Recording profiles**: how takes are encoded (codec, bits, FLAC level,
+//!   file length) and what a recording must be (device sample rate, mono or
+//!   stereo, longest take started by hand). A job or schedule names its profile
+//!   or gets the default; [`resolve_profile`] turns the name into the job's
+//!   `RecordingProfile` and the constraints `jobs::plan_job` checks.
+//!
+//! Built-in lists are configuration, not code: `defaults/watchdog.toml` and
+//! `defaults/profiles.toml`, parsed the same way as the `[watchdog]` and
+//! `[recording]` sections of the server's configuration, each of which
+//! replaces its list whole. A name the server does not know is refused when
+//! whatever names it is saved.
 
 use std::collections::BTreeMap;
 
+use rakkr_protocol::job::{CodecName, JobSpec, RecordingProfile};
 use rakkr_protocol::payload::DBFS_FLOOR;
 use rakkr_protocol::schedule::check_policy_name;
 use serde::{Deserialize, Serialize};
 
 /// The built-in policies (the text of `defaults/watchdog.toml`).
 pub const BUILTIN_WATCHDOG: &str = include_str!("../defaults/watchdog.toml");
+
+/// The built-in recording profiles (the text of `defaults/profiles.toml`).
+pub const BUILTIN_PROFILES: &str = include_str!("../defaults/profiles.toml");
 
 /// Most policies in one list.
 pub const MAX_POLICIES: usize = 64;
@@ -82,84 +93,98 @@ impl WatchdogPolicy {
     }
 }
 
-/// A policy with its name, as the API lists it.
+/// A value in a named list: how it is checked and called in messages.
+pub trait Named: Clone + std::fmt::Debug + PartialEq {
+    /// What one is called, for messages: "watchdog policy", "recording profile".
+    const KIND: &'static str;
+    fn check(&self) -> Result<(), String>;
+}
+
+impl Named for WatchdogPolicy {
+    const KIND: &'static str = "watchdog policy";
+    fn check(&self) -> Result<(), String> {
+        WatchdogPolicy::check(self)
+    }
+}
+
+/// An entry with its name, as the API lists it.
 #[derive(Debug, Clone, PartialEq, Serialize, schemars::JsonSchema)]
-pub struct NamedWatchdogPolicy {
+pub struct NamedEntry<T> {
     pub name: String,
-    /// The default policy (schedules without one use it).
+    /// The default (what names none gets).
     pub default: bool,
     #[serde(flatten)]
-    pub policy: WatchdogPolicy,
+    pub value: T,
 }
 
-/// The validated list.
+/// A validated named list with its default.
 #[derive(Debug, Clone, PartialEq)]
-pub struct WatchdogPolicies {
+pub struct NamedList<T> {
     default: String,
-    by_name: BTreeMap<String, WatchdogPolicy>,
+    by_name: BTreeMap<String, T>,
 }
 
-impl WatchdogPolicies {
+impl<T: Named> NamedList<T> {
     /// Check every name and value; the default must be in the list.
-    pub fn from_config(config: WatchdogConfig) -> Result<WatchdogPolicies, String> {
-        if config.policies.is_empty() || config.policies.len() > MAX_POLICIES {
-            return Err(format!("give 1 to {MAX_POLICIES} policies"));
+    pub fn new(default: String, by_name: BTreeMap<String, T>) -> Result<NamedList<T>, String> {
+        let kind = T::KIND;
+        if by_name.is_empty() || by_name.len() > MAX_POLICIES {
+            return Err(format!("give 1 to {MAX_POLICIES} of them"));
         }
-        for (name, policy) in &config.policies {
+        for (name, value) in &by_name {
             check_policy_name(name)?;
-            policy
-                .check()
-                .map_err(|e| format!("policy {name:?}: {e}"))?;
+            value.check().map_err(|e| format!("{kind} {name:?}: {e}"))?;
         }
-        if !config.policies.contains_key(&config.default) {
+        if !by_name.contains_key(&default) {
             return Err(format!(
-                "the default {:?} is not one of the policies ({})",
-                config.default,
-                config
-                    .policies
+                "the default {default:?} is not one of them ({})",
+                by_name
                     .keys()
                     .map(String::as_str)
                     .collect::<Vec<_>>()
                     .join(", ")
             ));
         }
-        Ok(WatchdogPolicies {
-            default: config.default,
-            by_name: config.policies,
-        })
-    }
-
-    pub fn builtin() -> WatchdogPolicies {
-        WatchdogPolicies::from_config(WatchdogConfig::builtin())
-            .expect("the built-in policies are valid (a unit test checks them)")
+        Ok(NamedList { default, by_name })
     }
 
     pub fn default_name(&self) -> &str {
         &self.default
     }
 
-    /// The policy called `name`.
-    pub fn get(&self, name: &str) -> Option<&WatchdogPolicy> {
+    /// The entry called `name`.
+    pub fn get(&self, name: &str) -> Option<&T> {
         self.by_name.get(name)
     }
 
-    /// The policy a schedule naming `name` gets: that one, or the default
-    /// when it names none or one that no longer exists; with the name used.
-    pub fn for_schedule(&self, name: Option<&str>) -> (&str, &WatchdogPolicy) {
+    /// What naming `name` gets: that entry, or the default when it names
+    /// none or one that no longer exists; with the name used.
+    pub fn for_name(&self, name: Option<&str>) -> (&str, &T) {
         match name.and_then(|n| self.by_name.get_key_value(n)) {
-            Some((n, p)) => (n, p),
+            Some((n, v)) => (n, v),
             None => (&self.default, &self.by_name[&self.default]),
         }
     }
 
-    /// Refuse a name the server does not know (when a schedule is saved).
+    /// The entry called `name`, or what this server has instead.
+    pub fn require(&self, name: &str) -> Result<(&str, &T), String> {
+        self.by_name
+            .get_key_value(name)
+            .map(|(n, v)| (n.as_str(), v))
+            .ok_or_else(|| {
+                format!(
+                    "no {} {name:?}; this server has {}",
+                    T::KIND,
+                    self.names().collect::<Vec<_>>().join(", ")
+                )
+            })
+    }
+
+    /// Refuse a name the server does not know (when something naming one is saved).
     pub fn check_known(&self, name: Option<&str>) -> Result<(), String> {
         match name {
-            Some(n) if !self.by_name.contains_key(n) => Err(format!(
-                "no watchdog policy {n:?}; this server has {}",
-                self.names().collect::<Vec<_>>().join(", ")
-            )),
-            _ => Ok(()),
+            Some(n) => self.require(n).map(|_| ()),
+            None => Ok(()),
         }
     }
 
@@ -167,17 +192,242 @@ impl WatchdogPolicies {
         self.by_name.keys().map(String::as_str)
     }
 
-    /// Every policy, by name.
-    pub fn list(&self) -> Vec<NamedWatchdogPolicy> {
+    /// Every entry, by name.
+    pub fn list(&self) -> Vec<NamedEntry<T>> {
         self.by_name
             .iter()
-            .map(|(name, policy)| NamedWatchdogPolicy {
+            .map(|(name, value)| NamedEntry {
                 name: name.clone(),
                 default: *name == self.default,
-                policy: *policy,
+                value: value.clone(),
             })
             .collect()
     }
+}
+
+/// The watchdog policies.
+pub type WatchdogPolicies = NamedList<WatchdogPolicy>;
+/// A watchdog policy with its name, as the API lists it.
+pub type NamedWatchdogPolicy = NamedEntry<WatchdogPolicy>;
+
+impl WatchdogPolicies {
+    pub fn from_config(config: WatchdogConfig) -> Result<WatchdogPolicies, String> {
+        NamedList::new(config.default, config.policies)
+    }
+
+    pub fn builtin() -> WatchdogPolicies {
+        WatchdogPolicies::from_config(WatchdogConfig::builtin())
+            .expect("the built-in policies are valid (a unit test checks them)")
+    }
+
+    /// The policy a schedule naming `name` gets.
+    pub fn for_schedule(&self, name: Option<&str>) -> (&str, &WatchdogPolicy) {
+        self.for_name(name)
+    }
+}
+
+/// The `[recording]` section as written.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RecordingConfig {
+    /// The profile of a job or schedule that names none.
+    pub default_profile: String,
+    pub profiles: BTreeMap<String, Profile>,
+}
+
+impl RecordingConfig {
+    /// The built-in list.
+    pub fn builtin() -> RecordingConfig {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct File {
+            recording: RecordingConfig,
+        }
+        toml::from_str::<File>(BUILTIN_PROFILES)
+            .expect("defaults/profiles.toml parses (a unit test checks it)")
+            .recording
+    }
+}
+
+/// What a recording's channels must be.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum ChannelMode {
+    /// Whatever the channel selection gives.
+    #[default]
+    Any,
+    /// One channel (a single input, or a mix such as `1+2`).
+    Mono,
+    /// Two channels.
+    Stereo,
+}
+
+impl ChannelMode {
+    fn outputs(self) -> Option<usize> {
+        match self {
+            ChannelMode::Any => None,
+            ChannelMode::Mono => Some(1),
+            ChannelMode::Stereo => Some(2),
+        }
+    }
+}
+
+fn flac() -> CodecName {
+    CodecName::Flac
+}
+fn bits_24() -> u8 {
+    24
+}
+fn level_5() -> u8 {
+    5
+}
+
+/// One recording profile.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Profile {
+    #[serde(default = "flac")]
+    pub codec: CodecName,
+    /// Bits per sample in the file: 16, 24 or 32.
+    #[serde(default = "bits_24")]
+    pub bits: u8,
+    /// FLAC compression level, 0–8 (ignored for WAV).
+    #[serde(default = "level_5")]
+    pub flac_level: u8,
+    /// A new file every this many seconds (absent: one file per take).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chunk_s: Option<u32>,
+    /// The node's capture device must run at this rate, in Hz (absent: any).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sample_rate: Option<u32>,
+    #[serde(default)]
+    pub channel_mode: ChannelMode,
+    /// Longest take a job started by hand may be; one without a duration
+    /// stops there (absent: no limit; schedules' windows set their length).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_length_s: Option<u32>,
+}
+
+impl Profile {
+    /// What the agent records with.
+    pub fn recording(&self) -> RecordingProfile {
+        RecordingProfile {
+            codec: self.codec,
+            bits: self.bits,
+            flac_level: self.flac_level,
+            segment_s: self.chunk_s,
+        }
+    }
+
+    /// Whether a take of `outputs` channels from a device offering
+    /// `device_rates` fits; the reason when not.
+    pub fn fits(&self, outputs: usize, device_rates: &[u32]) -> Result<(), String> {
+        if let Some(want) = self.channel_mode.outputs()
+            && outputs != want
+        {
+            return Err(format!(
+                "the profile records {} ({want} channel{}); the selection gives {outputs}",
+                serde_json::to_value(self.channel_mode)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_owned))
+                    .unwrap_or_default(),
+                if want == 1 { "" } else { "s" }
+            ));
+        }
+        if let Some(rate) = self.sample_rate
+            && !device_rates.contains(&rate)
+        {
+            return Err(format!(
+                "the profile needs the device at {rate} Hz; it runs at {}",
+                if device_rates.is_empty() {
+                    "a rate the node has not announced".to_owned()
+                } else {
+                    device_rates
+                        .iter()
+                        .map(|r| format!("{r} Hz"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                }
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl Named for Profile {
+    const KIND: &'static str = "recording profile";
+    fn check(&self) -> Result<(), String> {
+        let probe = JobSpec {
+            device: rakkr_protocol::job::DEFAULT_DEVICE.into(),
+            channels: None,
+            profile: self.recording(),
+            duration_s: self.max_length_s,
+        };
+        probe.validate()?;
+        if let Some(rate) = self.sample_rate
+            && !(8_000..=768_000).contains(&rate)
+        {
+            return Err(format!("sample_rate {rate} Hz is not 8000 to 768000"));
+        }
+        Ok(())
+    }
+}
+
+/// A profile in a few words, for people: "FLAC 24-bit, level 5, mono, hourly files".
+pub fn describe_profile(p: &Profile) -> String {
+    let mut words = vec![match p.codec {
+        CodecName::Flac => format!("FLAC {}-bit, level {}", p.bits, p.flac_level),
+        CodecName::Wav => format!("WAV {}-bit", p.bits),
+        CodecName::Rf64 => format!("RF64 {}-bit", p.bits),
+    }];
+    match p.channel_mode {
+        ChannelMode::Any => {}
+        ChannelMode::Mono => words.push("mono".into()),
+        ChannelMode::Stereo => words.push("stereo".into()),
+    }
+    if let Some(rate) = p.sample_rate {
+        words.push(format!("{} kHz", f64::from(rate) / 1000.0));
+    }
+    if let Some(c) = p.chunk_s {
+        words.push(match c {
+            3600 => "hourly files".to_owned(),
+            c if c % 60 == 0 => format!("files of {} min", c / 60),
+            c => format!("files of {c} s"),
+        });
+    }
+    if let Some(m) = p.max_length_s {
+        words.push(if m % 3600 == 0 {
+            format!("at most {} h", m / 3600)
+        } else {
+            format!("at most {m} s")
+        });
+    }
+    words.join(", ")
+}
+
+/// The recording profiles.
+pub type RecordingProfiles = NamedList<Profile>;
+/// A recording profile with its name, as the API lists it.
+pub type NamedProfile = NamedEntry<Profile>;
+
+impl RecordingProfiles {
+    pub fn from_config(config: RecordingConfig) -> Result<RecordingProfiles, String> {
+        NamedList::new(config.default_profile, config.profiles)
+    }
+
+    pub fn builtin() -> RecordingProfiles {
+        RecordingProfiles::from_config(RecordingConfig::builtin())
+            .expect("the built-in profiles are valid (a unit test checks them)")
+    }
+}
+
+/// `GET /api/v1/profiles`
+pub async fn api_profiles(
+    axum::extract::State(state): axum::extract::State<crate::http::AppState>,
+) -> axum::Json<Vec<NamedProfile>> {
+    axum::Json(state.profiles.list())
 }
 
 /// `GET /api/v1/watchdog-policies`
@@ -216,13 +466,84 @@ mod tests {
     }
 
     #[test]
+    fn the_builtin_profiles_are_valid_and_say_what_they_record() {
+        let p = RecordingProfiles::builtin();
+        assert_eq!(p.default_name(), "standard");
+        assert_eq!(
+            p.names().collect::<Vec<_>>(),
+            ["long-form", "speech", "standard", "wav"]
+        );
+        let (_, standard) = p.for_name(None);
+        assert_eq!(standard.recording(), RecordingProfile::default());
+        let speech = p.get("speech").unwrap();
+        assert_eq!(
+            describe_profile(speech),
+            "FLAC 16-bit, level 8, mono, hourly files, at most 4 h"
+        );
+        assert_eq!(speech.recording().bits, 16);
+        assert_eq!(speech.recording().segment_s, Some(3600));
+        assert!(speech.fits(1, &[48_000]).is_ok());
+        let e = speech.fits(2, &[48_000]).unwrap_err();
+        assert_eq!(
+            e,
+            "the profile records mono (1 channel); the selection gives 2"
+        );
+        let e = p.require("loud").unwrap_err();
+        assert_eq!(
+            e,
+            "no recording profile \"loud\"; this server has long-form, speech, standard, wav"
+        );
+    }
+
+    #[test]
+    fn profiles_check_rates_and_values() {
+        let profile = |text: &str| -> Result<RecordingProfiles, String> {
+            let config: RecordingConfig =
+                toml::from_str(&format!("default_profile = \"p\"\n[profiles.p]\n{text}"))
+                    .map_err(|e| e.to_string())?;
+            RecordingProfiles::from_config(config)
+        };
+        let p = profile("sample_rate = 96000\nchannel_mode = \"stereo\"\n").unwrap();
+        let p = p.get("p").unwrap();
+        assert!(p.fits(2, &[96_000]).is_ok());
+        assert_eq!(
+            p.fits(2, &[48_000]).unwrap_err(),
+            "the profile needs the device at 96000 Hz; it runs at 48000 Hz"
+        );
+        assert!(
+            p.fits(1, &[96_000])
+                .unwrap_err()
+                .contains("stereo (2 channels)")
+        );
+        for (text, expect) in [
+            ("bits = 20\n", "20-bit files are not supported"),
+            ("flac_level = 9\n", "FLAC level 9 does not exist"),
+            (
+                "chunk_s = 0\n",
+                "segment length must be at least one second",
+            ),
+            ("max_length_s = 0\n", "duration must be at least one second"),
+            (
+                "sample_rate = 100\n",
+                "sample_rate 100 Hz is not 8000 to 768000",
+            ),
+            ("codec = \"mp3\"\n", "unknown variant `mp3`"),
+            ("channel_mode = \"quad\"\n", "unknown variant `quad`"),
+            ("length = 3\n", "unknown field `length`"),
+        ] {
+            let e = profile(text).unwrap_err();
+            assert!(e.contains(expect), "{text}: {e}");
+        }
+    }
+
+    #[test]
     fn bad_lists_are_refused_with_the_reason() {
         let ok = "low_signal_dbfs = -50.0\ngrace_s = 0\ncumulative_s = 10\nclear_s = 5\n";
         assert!(parse(&format!("default = \"a\"\n[policies.a]\n{ok}")).is_ok());
         for (text, expect) in [
             (
                 format!("default = \"b\"\n[policies.a]\n{ok}"),
-                "the default \"b\" is not one of the policies (a)",
+                "the default \"b\" is not one of them (a)",
             ),
             (
                 format!("default = \"A\"\n[policies.A]\n{ok}"),
@@ -232,7 +553,7 @@ mod tests {
             (
                 "default = \"a\"\n[policies.a]\nlow_signal_dbfs = 3.0\ngrace_s = 0\ncumulative_s = 10\nclear_s = 5\n"
                     .to_owned(),
-                "policy \"a\": low_signal_dbfs must be",
+                "watchdog policy \"a\": low_signal_dbfs must be",
             ),
             (
                 "default = \"a\"\n[policies.a]\nlow_signal_dbfs = -50.0\ngrace_s = 0\ncumulative_s = 0\nclear_s = 5\n"

@@ -200,7 +200,39 @@ pub async fn list(
     (status, list_page(&q, result.as_ref(), &signed_in)).into_response()
 }
 
-fn detail_page(job: &JobRecord, signed_in: &SignedIn, error: Option<&str>) -> Markup {
+/// The take's quality timeline; None before it ran. Store errors are
+/// logged and shown as a missing timeline.
+async fn quality_of(
+    state: &AppState,
+    job: &JobRecord,
+) -> Result<Option<crate::quality::QualityTimeline>, String> {
+    let Some((start, end)) = crate::quality::take_span(job, state.clock.unix_ms()) else {
+        return Ok(None);
+    };
+    let (store, job) = (state.store.clone(), job.clone());
+    let read = tokio::task::spawn_blocking(move || {
+        let from = start.saturating_sub(crate::quality::LOOKBACK_MS);
+        let events =
+            store.health_events_between(&job.node, from, end, crate::quality::MAX_EVENTS)?;
+        Ok::<_, rakkr_store::StoreError>(crate::quality::timeline(&job, start, end, &events))
+    })
+    .await;
+    match read {
+        Ok(Ok(t)) => Ok(Some(t)),
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, "quality timeline: events not read");
+            Err(e.to_string())
+        }
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+fn detail_page(
+    job: &JobRecord,
+    quality: &Result<Option<crate::quality::QualityTimeline>, String>,
+    signed_in: &SignedIn,
+    error: Option<&str>,
+) -> Markup {
     let r = job.recording.as_ref();
     console_page(
         "Recording",
@@ -216,7 +248,7 @@ fn detail_page(job: &JobRecord, signed_in: &SignedIn, error: Option<&str>) -> Ma
                     @if let Some(r) = r {
                         dt { "Started" } dd { (utc_seconds(r.start_unix_ms)) }
                         dt { "Length" } dd { (duration(job)) " (" (r.frames) " frames at " (r.sample_rate) " Hz)" }
-                        dt { "Format" } dd { (r.channels) " channels, " (r.bits) "-bit " (job.spec.profile.codec.as_str()) }
+                        dt { "Format" } dd { (r.channels) @if r.channels == 1 { " channel, " } @else { " channels, " } (r.bits) "-bit " (job.spec.profile.codec.as_str()) }
                         dt { "Gaps" } dd { (r.gaps) @if r.recovered { " · recovered after a crash" } }
                         dt { "Where" } dd { "on the appliance " code { (job.node) } " (playback, download and checksum once it is delivered to the server)" }
                     }
@@ -227,6 +259,14 @@ fn detail_page(job: &JobRecord, signed_in: &SignedIn, error: Option<&str>) -> Ma
                         tbody { @for f in &r.files { tr { td { code { (f.name) } } td { (f.frames) } td { (f.bytes) } } } }
                     }
                     @if r.file_count as usize > r.files.len() { p.muted { (r.file_count) " files in all; the first " (r.files.len()) " are listed." } }
+                }
+            }
+            section.panel aria-labelledby="quality-h" {
+                h2 #quality-h { "Quality" }
+                @match quality {
+                    Ok(Some(t)) => (crate::quality::timeline_markup(t)),
+                    Ok(None) => p.muted { "The timeline appears once the take runs." },
+                    Err(e) => p.error { "The health events could not be read: " (e) },
                 }
             }
             section.panel aria-labelledby="notes-h" {
@@ -265,8 +305,28 @@ pub async fn detail(
     Path(id): Path<String>,
 ) -> Response {
     match job_of(&state, &id).await {
-        Ok(job) => detail_page(&job, &signed_in, None).into_response(),
+        Ok(job) => {
+            let quality = quality_of(&state, &job).await;
+            detail_page(&job, &quality, &signed_in, None).into_response()
+        }
         Err(r) => r,
+    }
+}
+
+/// `GET /api/v1/recordings/{id}/quality`: the take's quality timeline.
+pub async fn api_quality(State(state): State<AppState>, Path(id): Path<String>) -> Response {
+    let job = match job_of(&state, &id).await {
+        Ok(job) => job,
+        Err(r) => return r,
+    };
+    match quality_of(&state, &job).await {
+        Ok(Some(t)) => Json(t).into_response(),
+        Ok(None) => problem(
+            StatusCode::CONFLICT,
+            format!("recording {id} has not run yet: no timeline"),
+        )
+        .into_response(),
+        Err(e) => problem(StatusCode::SERVICE_UNAVAILABLE, e).into_response(),
     }
 }
 
@@ -329,7 +389,10 @@ pub async fn save_notes(
         Ok((job, change)) => {
             change.to(Redirect::to(&format!("{RECORDINGS_PATH}/{}", job.id)).into_response())
         }
-        Err((status, why)) => (status, detail_page(&job, &signed_in, Some(&why))).into_response(),
+        Err((status, why)) => {
+            let quality = quality_of(&state, &job).await;
+            (status, detail_page(&job, &quality, &signed_in, Some(&why))).into_response()
+        }
     }
 }
 

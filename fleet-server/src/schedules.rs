@@ -55,8 +55,9 @@ use tokio_util::sync::CancellationToken;
 use crate::audit::AuditChange;
 use crate::clock::Clock;
 use crate::http::{AppState, Problem, blocking, job_problem, problem, store_problem};
+use crate::jobs::NamedProfileRef;
 use crate::jobs::{Commands, JobRequestError, Outbound};
-use crate::policies::WatchdogPolicies;
+use crate::policies::{RecordingProfiles, WatchdogPolicies};
 
 /// How often the runner looks for due occurrences.
 pub const SCHEDULE_INTERVAL: Duration = Duration::from_secs(1);
@@ -223,7 +224,8 @@ fn scheduled_job(
         ..schedule.spec.job.clone()
     };
     Ok(
-        match crate::jobs::plan_job(store, schedule.spec.node.clone(), spec) {
+        // The profile's constraints were checked when the schedule was saved.
+        match crate::jobs::plan_job(store, schedule.spec.node.clone(), spec, None) {
             Ok(mut new) => {
                 new.scheduled = Some(ScheduledBy {
                     schedule: schedule.id,
@@ -538,6 +540,54 @@ pub fn schedule_id(text: &str) -> Result<ScheduleId, Problem> {
     })
 }
 
+/// Make every schedule that names a recording profile record with that
+/// profile as configured now (run at start: profiles change with the
+/// configuration). Each changed schedule gets a new revision, which the sync
+/// sends to its node, and an audit record as `runner:profiles`. A schedule
+/// naming a profile this server no longer has keeps what it had (logged).
+/// Returns how many changed.
+pub fn follow_profiles(
+    store: &dyn Store,
+    profiles: &RecordingProfiles,
+    now_ms: u64,
+) -> Result<usize, StoreError> {
+    let mut changed = 0;
+    for record in store.schedules()? {
+        let Some(name) = record.spec.profile.as_deref() else {
+            continue;
+        };
+        let Some(profile) = profiles.get(name) else {
+            tracing::warn!(schedule = %record.id, profile = name, "the schedule's recording profile is not configured; it keeps recording as before");
+            continue;
+        };
+        let wanted = profile.recording();
+        if record.spec.job.profile == wanted {
+            continue;
+        }
+        let mut spec = record.spec.clone();
+        spec.job.profile = wanted;
+        let (before, after) = store.update_schedule(record.id, spec, now_ms)?;
+        let change = audit_change(record.id, Some(&before), Some(&after));
+        crate::audit::record_now(
+            store,
+            AuditEntry {
+                at_ms: now_ms,
+                actor: "runner:profiles".into(),
+                action: "follow recording profile".into(),
+                target: change.target,
+                outcome: "allowed".into(),
+                reason: Some(format!("profile {name:?} changed in the configuration")),
+                before: change.before,
+                after: change.after,
+                ..Default::default()
+            },
+        );
+        tracing::info!(schedule = %record.id, profile = name, "schedule follows its changed recording profile");
+        changed += 1;
+    }
+    Ok(changed)
+}
+
 fn audit_change(
     id: ScheduleId,
     before: Option<&ScheduleRecord>,
@@ -555,18 +605,30 @@ fn audit_change(
 pub fn check_spec(
     store: &dyn Store,
     policies: &WatchdogPolicies,
+    profiles: &RecordingProfiles,
     spec: &mut ScheduleSpec,
 ) -> Result<(), Problem> {
-    spec.check()
-        .map_err(|e| problem(StatusCode::UNPROCESSABLE_ENTITY, e))?;
+    let invalid = |e| problem(StatusCode::UNPROCESSABLE_ENTITY, e);
+    spec.check().map_err(invalid)?;
     policies
         .check_known(spec.watchdog.as_deref())
-        .map_err(|e| problem(StatusCode::UNPROCESSABLE_ENTITY, e))?;
+        .map_err(invalid)?;
+    let named = match &spec.profile {
+        Some(name) => {
+            let (name, profile) = profiles.require(name).map_err(invalid)?;
+            spec.job.profile = profile.recording();
+            Some(NamedProfileRef {
+                name: name.to_owned(),
+                profile: profile.clone(),
+            })
+        }
+        None => None,
+    };
     let probe = JobSpec {
         duration_s: Some(1),
         ..spec.job.clone()
     };
-    match crate::jobs::plan_job(store, spec.node.clone(), probe) {
+    match crate::jobs::plan_job(store, spec.node.clone(), probe, named.as_ref()) {
         Ok(_) => Ok(()),
         Err(JobRequestError::Store(e)) => Err(store_problem(e)),
         Err(e) => Err(problem(StatusCode::UNPROCESSABLE_ENTITY, e.to_string())),
@@ -626,9 +688,9 @@ pub mod ops {
         mut spec: ScheduleSpec,
     ) -> Result<(ScheduleRecord, AuditChange), Problem> {
         let (store, now) = (state.store.clone(), state.clock.unix_ms());
-        let policies = state.watchdog_policies.clone();
+        let (policies, profiles) = (state.watchdog_policies.clone(), state.profiles.clone());
         let record = blocking(move || {
-            check_spec(&*store, &policies, &mut spec)?;
+            check_spec(&*store, &policies, &profiles, &mut spec)?;
             let id = ScheduleId::new(now);
             check_node_room(&*store, id, &spec)?;
             let record = ScheduleRecord {
@@ -654,9 +716,9 @@ pub mod ops {
         mut spec: ScheduleSpec,
     ) -> Result<(ScheduleRecord, AuditChange), Problem> {
         let (store, now) = (state.store.clone(), state.clock.unix_ms());
-        let policies = state.watchdog_policies.clone();
+        let (policies, profiles) = (state.watchdog_policies.clone(), state.profiles.clone());
         let (before, after) = blocking(move || {
-            check_spec(&*store, &policies, &mut spec)?;
+            check_spec(&*store, &policies, &profiles, &mut spec)?;
             check_node_room(&*store, id, &spec)?;
             store.update_schedule(id, spec, now).map_err(store_problem)
         })
@@ -835,9 +897,16 @@ mod tests {
                 pauses: vec![],
             },
             tags: vec!["daily".into()],
+            profile: None,
             watchdog: None,
         };
-        check_spec(store, &WatchdogPolicies::builtin(), &mut spec).unwrap();
+        check_spec(
+            store,
+            &WatchdogPolicies::builtin(),
+            &RecordingProfiles::builtin(),
+            &mut spec,
+        )
+        .unwrap();
         let record = ScheduleRecord {
             id: ScheduleId::new(1_000),
             spec,
@@ -851,6 +920,71 @@ mod tests {
 
     fn open(dir: &tempfile::TempDir) -> RedbStore {
         RedbStore::open(&dir.path().join("rakkr.redb")).unwrap()
+    }
+
+    fn profiles(toml_text: &str) -> RecordingProfiles {
+        RecordingProfiles::from_config(toml::from_str(toml_text).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn a_schedule_records_with_its_named_profile_and_follows_it_when_it_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir);
+        announce(&store, "n1");
+        let first = profiles(
+            "default_profile = \"talk\"\n[profiles.talk]\nbits = 16\nchannel_mode = \"mono\"\n",
+        );
+        let record = schedule(&store, "n1", "UTC", "06:00", "07:00");
+        let (id, mut spec) = (record.id, record.spec);
+        spec.profile = Some("talk".into());
+        check_spec(&store, &WatchdogPolicies::builtin(), &first, &mut spec).unwrap();
+        assert_eq!(spec.job.profile.bits, 16, "filled from the profile");
+        store.update_schedule(id, spec.clone(), 2_000).unwrap();
+
+        // Mono profile, stereo selection: refused with the reason.
+        let mut stereo = spec.clone();
+        stereo.job.channels = Some("1,2".into());
+        let e = check_spec(&store, &WatchdogPolicies::builtin(), &first, &mut stereo).unwrap_err();
+        assert!(
+            e.detail
+                .contains("profile \"talk\" does not fit: the profile records mono"),
+            "{e:?}"
+        );
+        // A profile the server does not have.
+        let mut unknown = spec.clone();
+        unknown.profile = Some("loud".into());
+        let e = check_spec(&store, &WatchdogPolicies::builtin(), &first, &mut unknown).unwrap_err();
+        assert!(e.detail.contains("no recording profile \"loud\""), "{e:?}");
+
+        // Unchanged profiles change nothing.
+        assert_eq!(follow_profiles(&store, &first, 3_000).unwrap(), 0);
+        // The configuration now says 24-bit WAV: the schedule follows, once.
+        let second = profiles(
+            "default_profile = \"talk\"\n[profiles.talk]\ncodec = \"wav\"\nbits = 24\nchannel_mode = \"mono\"\n",
+        );
+        assert_eq!(follow_profiles(&store, &second, 4_000).unwrap(), 1);
+        assert_eq!(follow_profiles(&store, &second, 5_000).unwrap(), 0);
+        let now = store.schedule(id).unwrap().unwrap();
+        assert_eq!(
+            now.spec.job.profile.codec,
+            rakkr_protocol::job::CodecName::Wav
+        );
+        assert_eq!(now.spec.job.profile.bits, 24);
+        assert_eq!(now.revision, 3);
+        let audit = store.audit_records(0, 100).unwrap();
+        let followed: Vec<_> = audit
+            .iter()
+            .filter(|r| r.entry.actor == "runner:profiles")
+            .collect();
+        assert_eq!(followed.len(), 1);
+        assert_eq!(
+            followed[0].entry.target.as_deref(),
+            Some("schedule:".to_owned() + &id.to_string()).as_deref()
+        );
+        // A profile dropped from the configuration: the schedule keeps what it had.
+        let third = profiles("default_profile = \"other\"\n[profiles.other]\n");
+        assert_eq!(follow_profiles(&store, &third, 6_000).unwrap(), 0);
+        assert_eq!(store.schedule(id).unwrap().unwrap().revision, 3);
     }
 
     /// The node takes the job and records it to the end.

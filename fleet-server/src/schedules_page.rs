@@ -23,7 +23,22 @@ use serde::Deserialize;
 use crate::auth::SignedIn;
 use crate::console::{console_page, csrf_field, utc_seconds};
 use crate::http::{AppState, Problem};
-use crate::policies::WatchdogPolicies;
+use crate::policies::{RecordingProfiles, WatchdogPolicies, describe_profile};
+
+/// The configured lists the editor offers.
+pub struct Lists<'a> {
+    pub watchdog: &'a WatchdogPolicies,
+    pub profiles: &'a RecordingProfiles,
+}
+
+impl Lists<'_> {
+    fn of(state: &AppState) -> Lists<'_> {
+        Lists {
+            watchdog: &state.watchdog_policies,
+            profiles: &state.profiles,
+        }
+    }
+}
 use crate::schedules::{ScheduleDetail, ops, schedule_id};
 
 pub const SCHEDULES_PATH: &str = "/schedules";
@@ -367,6 +382,9 @@ pub struct ScheduleForm {
     /// A watchdog policy's name; empty: the server's default.
     #[serde(default)]
     pub watchdog: String,
+    /// A recording profile's name; empty: codec, bits, level and file length as given.
+    #[serde(default)]
+    pub profile: String,
     #[serde(default)]
     pub mode: String,
     #[serde(default)]
@@ -445,6 +463,7 @@ impl ScheduleForm {
                 .segment_s
                 .map_or(String::new(), |s| s.to_string()),
             watchdog: spec.watchdog.clone().unwrap_or_default(),
+            profile: spec.profile.clone().unwrap_or_default(),
             mode: t.recurrence.mode().to_owned(),
             date: match &t.recurrence {
                 Recurrence::Once { date } => date.to_string(),
@@ -558,16 +577,14 @@ impl ScheduleForm {
         if !self.watchdog.trim().is_empty() {
             spec["watchdog"] = json!(self.watchdog.trim());
         }
+        if !self.profile.trim().is_empty() {
+            spec["profile"] = json!(self.profile.trim());
+        }
         serde_json::from_value(spec).map_err(|e| e.to_string())
     }
 }
 
-fn editor(
-    form: &ScheduleForm,
-    action: &str,
-    signed_in: &SignedIn,
-    policies: &WatchdogPolicies,
-) -> Markup {
+fn editor(form: &ScheduleForm, action: &str, signed_in: &SignedIn, lists: &Lists) -> Markup {
     let modes = [
         ("daily", "Daily"),
         ("weekly", "Weekly"),
@@ -585,6 +602,17 @@ fn editor(
                 label { "Node" input type="text" name="node" value=(form.node) required; }
                 label { "Device" input type="text" name="device" value=(form.device) placeholder="default"; }
                 label { "Channels" input type="text" name="channels" value=(form.channels) placeholder="all (e.g. 1,2 or 3)"; }
+                label { "Profile"
+                    select name="profile" {
+                        option value="" selected[form.profile.is_empty()] { "Custom (the four fields below)" }
+                        @for p in lists.profiles.list() {
+                            option value=(p.name) selected[form.profile == p.name] { (p.name) " — " (describe_profile(&p.value)) }
+                        }
+                        @if !form.profile.is_empty() && lists.profiles.get(&form.profile).is_none() {
+                            option value=(form.profile) selected { (form.profile) " (not on this server)" }
+                        }
+                    }
+                }
                 label { "Codec"
                     select name="codec" {
                         @for c in ["flac", "wav", "rf64"] { option value=(c) selected[form.codec == c] { (c) } }
@@ -595,14 +623,14 @@ fn editor(
                 label { "File length (s)" input type="number" name="segment_s" value=(form.segment_s) min="1" placeholder="one file"; }
                 label { "Watchdog policy"
                     select name="watchdog" {
-                        option value="" selected[form.watchdog.is_empty()] { "Default (" (policies.default_name()) ")" }
-                        @for p in policies.list() {
+                        option value="" selected[form.watchdog.is_empty()] { "Default (" (lists.watchdog.default_name()) ")" }
+                        @for p in lists.watchdog.list() {
                             option value=(p.name) selected[form.watchdog == p.name] {
-                                (p.name) ": below " (p.policy.low_signal_dbfs) " dBFS for " (p.policy.cumulative_s) " s"
+                                (p.name) ": below " (p.value.low_signal_dbfs) " dBFS for " (p.value.cumulative_s) " s"
                             }
                         }
                         // A name this server no longer has stays visible, so saving does not change it silently.
-                        @if !form.watchdog.is_empty() && policies.get(&form.watchdog).is_none() {
+                        @if !form.watchdog.is_empty() && lists.watchdog.get(&form.watchdog).is_none() {
                             option value=(form.watchdog) selected { (form.watchdog) " (not on this server)" }
                         }
                     }
@@ -642,7 +670,7 @@ fn new_page(
     form: &ScheduleForm,
     error: Option<&str>,
     signed_in: &SignedIn,
-    policies: &WatchdogPolicies,
+    lists: &Lists,
 ) -> Markup {
     console_page(
         "New schedule",
@@ -652,7 +680,7 @@ fn new_page(
             nav.crumbs aria-label="Breadcrumb" { a href=(SCHEDULES_PATH) { "Schedules" } " › " span { "New" } }
             h1 { "New schedule" }
             @if let Some(e) = error { p.error role="alert" { (e) } }
-            (editor(form, SCHEDULES_PATH, signed_in, policies))
+            (editor(form, SCHEDULES_PATH, signed_in, lists))
         },
     )
 }
@@ -669,7 +697,7 @@ pub async fn new(
         codec: "flac".into(),
         ..Default::default()
     };
-    new_page(&form, None, &signed_in, &state.watchdog_policies).into_response()
+    new_page(&form, None, &signed_in, &Lists::of(&state)).into_response()
 }
 
 /// `POST /schedules` (form), then to the new schedule.
@@ -683,7 +711,7 @@ pub async fn create(
         Err(why) => {
             return (
                 StatusCode::UNPROCESSABLE_ENTITY,
-                new_page(&form, Some(&why), &signed_in, &state.watchdog_policies),
+                new_page(&form, Some(&why), &signed_in, &Lists::of(&state)),
             )
                 .into_response();
         }
@@ -693,7 +721,7 @@ pub async fn create(
             change.to(Redirect::to(&format!("{SCHEDULES_PATH}/{}", record.id)).into_response())
         }
         Err(Problem { status, detail }) => {
-            let page = new_page(&form, Some(&detail), &signed_in, &state.watchdog_policies);
+            let page = new_page(&form, Some(&detail), &signed_in, &Lists::of(&state));
             (status, page).into_response()
         }
     }
@@ -718,7 +746,7 @@ fn detail_page(
     form: &ScheduleForm,
     error: Option<&str>,
     signed_in: &SignedIn,
-    policies: &WatchdogPolicies,
+    lists: &Lists,
 ) -> Markup {
     let s = &detail.schedule;
     let zone = Zone::get(&s.spec.timing.time_zone).ok();
@@ -738,9 +766,10 @@ fn detail_page(
                     dt { "Records" } dd {
                         (s.spec.job.channels.as_deref().unwrap_or("every channel")) " of " (s.spec.job.device) ", "
                         (s.spec.job.profile.codec.as_str()) " " (s.spec.job.profile.bits) "-bit"
+                        @if let Some(p) = &s.spec.profile { " (profile " (p) ")" }
                     }
                     dt { "Watchdog" } dd {
-                        @let (name, p) = policies.for_schedule(s.spec.watchdog.as_deref());
+                        @let (name, p) = lists.watchdog.for_schedule(s.spec.watchdog.as_deref());
                         (name) @if s.spec.watchdog.is_none() { " (the default)" }
                         @if s.spec.watchdog.as_deref().is_some_and(|w| w != name) {
                             " (its policy " (s.spec.watchdog.as_deref().unwrap_or_default()) " is not on this server)"
@@ -794,7 +823,7 @@ fn detail_page(
             @if signed_in.may(Permission::SchedulesManage) {
                 section.panel aria-labelledby="edit-h" {
                     h2 #edit-h { "Edit" }
-                    (editor(form, &format!("{SCHEDULES_PATH}/{}", s.id), signed_in, policies))
+                    (editor(form, &format!("{SCHEDULES_PATH}/{}", s.id), signed_in, lists))
                 }
             }
         },
@@ -818,7 +847,7 @@ pub async fn detail(
     match detail_of(&state, &id).await {
         Ok(d) => {
             let form = ScheduleForm::of(&d.schedule.spec);
-            detail_page(&d, &form, None, &signed_in, &state.watchdog_policies).into_response()
+            detail_page(&d, &form, None, &signed_in, &Lists::of(&state)).into_response()
         }
         Err(r) => r,
     }
@@ -854,7 +883,7 @@ pub async fn update(
                 &form,
                 Some(&p.detail),
                 &signed_in,
-                &state.watchdog_policies,
+                &Lists::of(&state),
             ),
         )
             .into_response(),
@@ -898,7 +927,7 @@ async fn act(state: &AppState, signed_in: &SignedIn, id: &str, what: &str) -> Re
                     &form,
                     Some(&p.detail),
                     signed_in,
-                    &state.watchdog_policies,
+                    &Lists::of(state),
                 ),
             )
                 .into_response()

@@ -424,6 +424,24 @@ impl Server {
         Ok(serde_json::from_str(&body)?)
     }
 
+    /// A configured named list (`/api/v1/profiles`, `/api/v1/watchdog-policies`)
+    /// as (name, is the default) pairs, and the list itself.
+    pub fn named_list(&self, path: &str) -> Result<(Vec<(String, bool)>, serde_json::Value)> {
+        let listed = self.get_json(path)?;
+        let names = listed
+            .as_array()
+            .ok_or_else(|| anyhow::anyhow!("{path} is not a list: {listed}"))?
+            .iter()
+            .map(|p| {
+                (
+                    p["name"].as_str().unwrap_or_default().to_owned(),
+                    p["default"] == true,
+                )
+            })
+            .collect();
+        Ok((names, listed))
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("http://127.0.0.1:{}{path}", self.http_port)
     }

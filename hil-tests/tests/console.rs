@@ -185,7 +185,7 @@ fn an_operator_records_from_the_browser_and_a_viewer_cannot() -> Result<()> {
     let status = post_from_page(
         &browser,
         &format!("/nodes/{NODE}/jobs"),
-        "device=default&channels=&codec=flac&bits=24&duration_s=",
+        "device=default&channels=&profile=standard&duration_s=",
     )?;
     assert_eq!(status, 403, "a POST without the CSRF token");
     assert_eq!(
@@ -222,7 +222,7 @@ fn an_operator_records_from_the_browser_and_a_viewer_cannot() -> Result<()> {
     let status = post_from_page(
         &browser,
         &format!("/nodes/{NODE}/jobs"),
-        &format!("csrf={csrf}&device=default&channels=&codec=flac&bits=24&duration_s="),
+        &format!("csrf={csrf}&device=default&channels=&profile=standard&duration_s="),
     )?;
     assert_eq!(status, 403, "a viewer's forged start");
     assert_eq!(

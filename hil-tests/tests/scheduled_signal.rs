@@ -4,11 +4,13 @@
 //! policy's grace period and cumulative time have passed, and the issue
 //! outlives the take; a channel that is quiet only part of the time raises
 //! and is resolved by its own recovery within the take. Schedules naming a
-//! policy the server does not have are refused.
+//! policy the server does not have are refused. The dead take's quality
+//! timeline (API and console page, in a real browser) shows the condition.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Result;
+use rakkr_hil_tests::browser::{Browser, Look};
 use rakkr_hil_tests::*;
 use serde_json::{Value, json};
 
@@ -58,16 +60,14 @@ fn scheduled_takes_raise_low_signal_per_policy_and_recovery_resolves_it() -> Res
     let server = Server::start_configured(work.path(), &work.path().join("data"), &[], POLICIES)?;
 
     // The configured list, the default marked.
-    let listed = server.get_json("/api/v1/watchdog-policies")?;
-    let names: Vec<(&str, bool)> = listed
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| (p["name"].as_str().unwrap(), p["default"] == true))
-        .collect();
+    let (names, listed) = server.named_list("/api/v1/watchdog-policies")?;
     assert_eq!(
         names,
-        [("standard", true), ("strict", false), ("swell", false)]
+        [
+            ("standard".into(), true),
+            ("strict".into(), false),
+            ("swell".into(), false)
+        ]
     );
     assert_eq!(listed[1]["cumulative_s"], 3);
 
@@ -140,6 +140,55 @@ fn scheduled_takes_raise_low_signal_per_policy_and_recovery_resolves_it() -> Res
     assert_eq!(issues.len(), 1, "{issues:?}");
     assert_eq!(issues[0]["state"], "open");
     assert_eq!(issues[0]["raised"], 1, "raised once, not once a second");
+
+    // The recording's quality timeline shows it from when it was raised to
+    // the end of the take, on the recorded channel only.
+    let quality = server.get_json(&format!("/api/v1/recordings/{job_id}/quality"))?;
+    let lanes = quality["lanes"].as_array().unwrap();
+    let low = lanes
+        .iter()
+        .find(|l| l["condition"] == "low_signal")
+        .unwrap_or_else(|| panic!("a low_signal lane: {quality}"));
+    assert_eq!(low["subject"], subject, "{quality}");
+    let span = &low["spans"][0];
+    let length = quality["end_ms"].as_u64().unwrap() - quality["start_ms"].as_u64().unwrap();
+    assert!(span["from_ms"].as_u64().unwrap() >= 5_000, "{quality}");
+    assert_eq!(span["to_ms"].as_u64().unwrap(), length, "{quality}");
+    assert_eq!(span["open_at_end"], true);
+    assert!(
+        lanes
+            .iter()
+            .all(|l| !l["subject"].as_str().unwrap().ends_with("channel:2")),
+        "channel 2 was not recorded: {quality}"
+    );
+    // The same on the recording's page, at both widths.
+    server.operator("olga", "operator")?;
+    for look in [Look::DESKTOP, Look::PHONE_DARK] {
+        let browser = Browser::start(work.path(), &server.url(""), look)?;
+        browser.goto("/login")?;
+        browser.fill("input[name=name]", "olga")?;
+        browser.fill("input[name=password]", OPERATOR_PASSWORD)?;
+        browser.click("form button[type=submit]")?;
+        wait_for("signed in", Duration::from_secs(10), || {
+            (browser.path().ok()? == "/").then_some(())
+        })?;
+        browser.goto(&format!("/recordings/{job_id}"))?;
+        browser.wait_css(".quality-track rect.span.warning", Duration::from_secs(10))?;
+        let table = browser.text("table.quality")?;
+        assert!(
+            table.contains("low_signal") && table.contains("(still raised)"),
+            "{table}"
+        );
+        assert!(
+            !browser.overflows_horizontally()?,
+            "the recording page at {look:?}"
+        );
+        browser.screenshot(if !look.dark {
+            "recording-quality-1280"
+        } else {
+            "recording-quality-390-dark"
+        })?;
+    }
 
     // The swelling input: raised while quiet, resolved when it came back.
     let resolved = wait_for(

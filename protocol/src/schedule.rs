@@ -682,6 +682,11 @@ pub struct ScheduleSpec {
     /// Put on every recording the schedule makes.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tags: Vec<String>,
+    /// The server's recording profile for the schedule's takes, by name: the
+    /// server fills `job.profile` from it whenever the schedule is saved and
+    /// when the profile changes. Absent: `job.profile` as given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub profile: Option<String>,
     /// The server's watchdog policy for the schedule's takes, by name; absent:
     /// the server's default policy.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -706,7 +711,7 @@ impl ScheduleSpec {
         }
         self.job.validate()?;
         self.tags = normalise_tags(&self.tags)?;
-        if let Some(name) = &self.watchdog {
+        for name in [&self.watchdog, &self.profile].into_iter().flatten() {
             check_policy_name(name)?;
         }
         self.timing.calendar()

@@ -348,4 +348,14 @@ pub trait Store: Send + Sync + 'static {
     /// The node's most recent health events, at most `limit`, oldest first
     /// (message ids are UUIDv7: they order by the time the node created them).
     fn health_events(&self, node: &NodeId, limit: usize) -> Result<Vec<HealthEventRecord>>;
+
+    /// The node's health events created from `from_ms` to `to_ms` (by their
+    /// message ids' time), oldest first, at most `limit` (the oldest kept).
+    fn health_events_between(
+        &self,
+        node: &NodeId,
+        from_ms: u64,
+        to_ms: u64,
+        limit: usize,
+    ) -> Result<Vec<HealthEventRecord>>;
 }

@@ -1810,6 +1810,34 @@ impl Store for RedbStore {
         out.reverse();
         Ok(out)
     }
+
+    fn health_events_between(
+        &self,
+        node: &NodeId,
+        from_ms: u64,
+        to_ms: u64,
+        limit: usize,
+    ) -> Result<Vec<HealthEventRecord>> {
+        // A UUIDv7's top 48 bits are its creation time in milliseconds.
+        let bound = |ms: u64| u128::from(ms.min((1 << 48) - 1)) << 80;
+        let low = bound(from_ms);
+        let high = bound(to_ms.saturating_add(1)).saturating_sub(1);
+        if low > high {
+            return Ok(Vec::new());
+        }
+        let tx = self.db.begin_read().map_err(backend)?;
+        let table = tx.open_table(HEALTH_EVENTS).map_err(backend)?;
+        let mut out = Vec::new();
+        for entry in table
+            .range((node.as_str(), low)..=(node.as_str(), high))
+            .map_err(backend)?
+            .take(limit)
+        {
+            let (_, v) = entry.map_err(backend)?;
+            out.push(decode("health event", v.value())?);
+        }
+        Ok(out)
+    }
 }
 
 /// The job tables of one write transaction. [`JobTables::put`] is the only

@@ -232,6 +232,32 @@ fn a_node_keeps_a_bounded_number_of_issues(store: &dyn Store) {
     );
 }
 
+fn events_are_found_by_the_time_they_were_made(store: &dyn Store) {
+    use HealthChange::*;
+    let events: Vec<_> = [1_000, 2_000, 2_999, 3_000, 5_000]
+        .into_iter()
+        .map(|ms| event("t", "", Raised, ms))
+        .chain([event("u", "", Raised, 2_500)])
+        .collect();
+    store.record_health_events(&events).unwrap();
+    let times = |from, to, limit| -> Vec<u64> {
+        store
+            .health_events_between(&node("t"), from, to, limit)
+            .unwrap()
+            .iter()
+            .map(|e| e.event.at_ms)
+            .collect()
+    };
+    assert_eq!(
+        times(2_000, 3_000, 100),
+        [2_000, 2_999, 3_000],
+        "both ends included, one node"
+    );
+    assert_eq!(times(0, u64::MAX, 2), [1_000, 2_000], "the oldest kept");
+    assert!(times(6_000, 9_000, 100).is_empty());
+    assert!(times(3_000, 2_000, 100).is_empty());
+}
+
 fn redb() -> (tempfile::TempDir, RedbStore) {
     let dir = tempfile::tempdir().unwrap();
     let store = RedbStore::open(&dir.path().join("rakkr.redb")).unwrap();
@@ -254,4 +280,10 @@ fn redb_people_acknowledge_suppress_resolve_and_reopen() {
 fn redb_a_node_keeps_a_bounded_number_of_issues() {
     let (_d, s) = redb();
     a_node_keeps_a_bounded_number_of_issues(&s);
+}
+
+#[test]
+fn redb_events_are_found_by_the_time_they_were_made() {
+    let (_dir, store) = redb();
+    events_are_found_by_the_time_they_were_made(&store);
 }

@@ -35,6 +35,7 @@ fn spec(n: &str) -> ScheduleSpec {
             pauses: vec![],
         },
         tags: vec!["show".into()],
+        profile: None,
         watchdog: None,
     }
 }
