@@ -83,7 +83,7 @@ pub struct AgentConfig {
     pub max_jobs: u16,
     /// How long the watchdog's quality rules wait (`crate::watchdog`).
     #[serde(default)]
-    pub watchdog: crate::watchdog::WatchdogPolicy,
+    pub watchdog: crate::watchdog::WatchdogRules,
 }
 
 fn default_max_jobs() -> u16 {
@@ -283,7 +283,7 @@ pub struct AgentSettings {
     pub state_dir: Option<PathBuf>,
     /// Recording jobs at once; 0 without a recordings directory.
     pub max_jobs: u16,
-    pub watchdog: crate::watchdog::WatchdogPolicy,
+    pub watchdog: crate::watchdog::WatchdogRules,
 }
 
 #[derive(Debug, Clone)]

@@ -407,7 +407,7 @@ fn compile(list: NodeSchedules) -> Vec<(NodeSchedule, Calendar)> {
 /// The schedules kept from the last time the server sent them.
 async fn kept_schedules(ctx: &JobContext) -> Vec<(NodeSchedule, Calendar)> {
     let outbox = ctx.outbox.clone();
-    match tokio::task::spawn_blocking(move || outbox.schedules()).await {
+    match tokio::task::spawn_blocking(move || outbox.kept(crate::outbox::Kept::Schedules)).await {
         Ok(Ok(Some(json))) => match serde_json::from_slice::<NodeSchedules>(&json) {
             Ok(list) => compile(list),
             Err(e) => {
@@ -427,7 +427,10 @@ async fn kept_schedules(ctx: &JobContext) -> Vec<(NodeSchedule, Calendar)> {
 async fn keep_schedules(ctx: &JobContext, list: &NodeSchedules) {
     let json = serde_json::to_vec(list).expect("schedules serialise");
     let outbox = ctx.outbox.clone();
-    if let Ok(Err(e)) = tokio::task::spawn_blocking(move || outbox.set_schedules(&json)).await {
+    if let Ok(Err(e)) =
+        tokio::task::spawn_blocking(move || outbox.keep(crate::outbox::Kept::Schedules, &json))
+            .await
+    {
         tracing::error!(error = %e, "cannot keep the schedules; a restart without the server forgets them");
     }
 }

@@ -124,6 +124,8 @@ pub struct Outgoing {
     pub job_commands: mpsc::Sender<JobCommand>,
     /// The node's schedules, as the server last sent them (retained).
     pub schedules: tokio::sync::watch::Sender<Option<NodeSchedules>>,
+    /// The rules of the node's watchdog policy, as the server last sent them (retained).
+    pub watchdog: tokio::sync::watch::Sender<Option<rakkr_protocol::watchdog::NodeWatchdog>>,
     /// The server's retained status says it is online.
     pub server_online: Arc<std::sync::atomic::AtomicBool>,
 }
@@ -162,6 +164,7 @@ pub async fn run(
         mut job_reports,
         job_commands,
         schedules,
+        watchdog,
         server_online,
     } = outgoing;
     let (acks_tx, mut acks) = mpsc::channel::<Ack>(64);
@@ -174,6 +177,7 @@ pub async fn run(
     let job_commands_topic = Topic::command(node, Command::Jobs).to_string();
     let live_requests_topic = Topic::command(node, Command::Live).to_string();
     let schedules_topic = Topic::command(node, Command::Schedules).to_string();
+    let watchdog_topic = Topic::command(node, Command::Watchdog).to_string();
     let server_status_topic = Topic::ServerStatus.to_string();
     let live_topic = Topic::node(node, NodeChannel::Live).to_string();
     let endpoint = Endpoint {
@@ -384,6 +388,7 @@ pub async fn run(
                         &job_commands_topic,
                         &live_requests_topic,
                         &schedules_topic,
+                        &watchdog_topic,
                         &server_status_topic,
                     ] {
                         if let Err(e) = client.try_subscribe(topic, QoS::AtLeastOnce) {
@@ -440,6 +445,18 @@ pub async fn run(
                         Err(e) => {
                             stats.bad_messages.fetch_add(1, Ordering::Relaxed);
                             tracing::warn!(error = %e, "bad schedules");
+                        }
+                    }
+                }
+                SessionEvent::Message(p) if p.topic == watchdog_topic => {
+                    // Decoding validates the rules; a bad message changes nothing.
+                    match Envelope::<rakkr_protocol::watchdog::NodeWatchdog>::decode(&p.payload) {
+                        Ok(env) => {
+                            watchdog.send_replace(Some(env.body));
+                        }
+                        Err(e) => {
+                            stats.bad_messages.fetch_add(1, Ordering::Relaxed);
+                            tracing::warn!(error = %e, "bad watchdog rules");
                         }
                     }
                 }

@@ -23,7 +23,7 @@
 //! | `jobs`       | job id `u128`          | the held job (JSON, see `crate::jobs::HeldJob`) |
 //! | `job_finals` | message id `u128`      | job id `u128`: the job's final report      |
 //! | `started`    | job id `u128`          | when the node started it, ms `u64` (the newest [`MAX_STARTED`]) |
-//! | `schedules`  | `"node"`               | the node's schedules as last received (JSON `NodeSchedules`) |
+//! | `schedules`  | [`Kept`] key           | retained commands as last received: `"node"` the node's schedules (JSON `NodeSchedules`), `"watchdog"` its watchdog rules (JSON `NodeWatchdog`) |
 //!
 //! A job is held from its start until the server has acknowledged its final
 //! report: so a claim can name it, and an offer of it (sent again before the
@@ -51,6 +51,24 @@ const JOBS: TableDefinition<u128, &[u8]> = TableDefinition::new("jobs");
 const JOB_FINALS: TableDefinition<u128, u128> = TableDefinition::new("job_finals");
 const STARTED: TableDefinition<u128, u64> = TableDefinition::new("started");
 const SCHEDULES: TableDefinition<&str, &[u8]> = TableDefinition::new("schedules");
+
+/// Retained commands the node keeps across restarts (in the `schedules` table).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kept {
+    /// `cmd/schedules` (key `"node"`, as before there was more than one).
+    Schedules,
+    /// `cmd/watchdog`.
+    Watchdog,
+}
+
+impl Kept {
+    fn key(self) -> &'static str {
+        match self {
+            Kept::Schedules => "node",
+            Kept::Watchdog => "watchdog",
+        }
+    }
+}
 
 /// Jobs remembered as started: months of a busy schedule.
 pub const MAX_STARTED: u64 = 4096;
@@ -223,22 +241,22 @@ impl Outbox {
         Ok(started.get(job).map_err(|e| self.fail(e))?.is_some())
     }
 
-    /// Keep the node's schedules as received.
-    pub fn set_schedules(&self, json: &[u8]) -> Result<(), OutboxError> {
+    /// Keep a retained command as received.
+    pub fn keep(&self, what: Kept, json: &[u8]) -> Result<(), OutboxError> {
         let tx = self.db.begin_write().map_err(|e| self.fail(e))?;
         {
-            let mut schedules = tx.open_table(SCHEDULES).map_err(|e| self.fail(e))?;
-            schedules.insert("node", json).map_err(|e| self.fail(e))?;
+            let mut kept = tx.open_table(SCHEDULES).map_err(|e| self.fail(e))?;
+            kept.insert(what.key(), json).map_err(|e| self.fail(e))?;
         }
         tx.commit().map_err(|e| self.fail(e))
     }
 
-    /// The node's schedules as last kept.
-    pub fn schedules(&self) -> Result<Option<Vec<u8>>, OutboxError> {
+    /// A retained command as last kept.
+    pub fn kept(&self, what: Kept) -> Result<Option<Vec<u8>>, OutboxError> {
         let tx = self.db.begin_read().map_err(|e| self.fail(e))?;
-        let schedules = tx.open_table(SCHEDULES).map_err(|e| self.fail(e))?;
-        Ok(schedules
-            .get("node")
+        let kept = tx.open_table(SCHEDULES).map_err(|e| self.fail(e))?;
+        Ok(kept
+            .get(what.key())
             .map_err(|e| self.fail(e))?
             .map(|v| v.value().to_vec()))
     }

@@ -16,11 +16,13 @@ use crate::capture::CapturePipeline;
 use crate::clock::Clock;
 use crate::config::{AgentSettings, SourceSettings};
 use crate::link::{self, TelemetryStats};
-use crate::outbox::{DEFAULT_LIMIT_BYTES, Outbox};
+use crate::outbox::{DEFAULT_LIMIT_BYTES, Kept, Outbox};
 use crate::source::alsa::AlsaSource;
 use crate::source::{CaptureError, CaptureSource, SyntheticSource};
+use crate::watchdog::WatchdogRules;
 use rakkr_protocol::Envelope;
 use rakkr_protocol::topic::NodeChannel;
+use rakkr_protocol::watchdog::NodeWatchdog;
 
 /// Meter frames waiting for the link. Small: stale frames are worthless.
 pub const METER_QUEUE: usize = 4;
@@ -89,10 +91,20 @@ pub async fn run(
     let (meters_tx, meters_rx) = mpsc::channel(METER_QUEUE);
     let outbox = Arc::new(open_outbox(&settings)?);
     let outbox_ready = Arc::new(tokio::sync::Notify::new());
+    // The watchdog's rules: the server's for this node (kept across
+    // restarts), else the configuration's.
+    let (node_watchdog_tx, node_watchdog_rx) = tokio::sync::watch::channel(None);
+    let rules = follow_watchdog(
+        settings.watchdog,
+        outbox.clone(),
+        node_watchdog_rx,
+        shutdown.clone(),
+    )
+    .await;
     if let Some(dir) = settings.recordings_dir.clone() {
         tokio::spawn(watch_disk(
             dir,
-            settings.watchdog,
+            rules.clone(),
             outbox.clone(),
             outbox_ready.clone(),
             handles.telemetry.clone(),
@@ -104,7 +116,7 @@ pub async fn run(
     tokio::spawn(watch_quality(
         meters_rx,
         link_meters_tx,
-        settings.watchdog,
+        rules,
         outbox.clone(),
         outbox_ready.clone(),
         handles.telemetry.clone(),
@@ -231,6 +243,7 @@ pub async fn run(
             job_reports,
             job_commands: job_commands_tx,
             schedules: schedules_tx,
+            watchdog: node_watchdog_tx,
             server_online,
         },
         handles.link,
@@ -267,6 +280,54 @@ fn open_key(condition: HealthCondition, subject: &str) -> String {
     }
 }
 
+/// The watchdog's rules as they change: the ones the server last sent for
+/// this node (kept in the outbox, so a restart without the server keeps
+/// them), else `configured`. Each `cmd/watchdog` the link hands over is kept,
+/// then applied.
+async fn follow_watchdog(
+    configured: WatchdogRules,
+    outbox: Arc<Outbox>,
+    mut from_server: tokio::sync::watch::Receiver<Option<NodeWatchdog>>,
+    shutdown: CancellationToken,
+) -> tokio::sync::watch::Receiver<WatchdogRules> {
+    let kept = {
+        let outbox = outbox.clone();
+        tokio::task::spawn_blocking(move || outbox.kept(Kept::Watchdog)).await
+    };
+    let start = match kept {
+        Ok(Ok(Some(json))) => match serde_json::from_slice::<NodeWatchdog>(&json) {
+            Ok(w) if w.rules.validate().is_ok() => {
+                tracing::info!(policy = %w.policy, "watchdog rules of the server's policy, as kept");
+                w.rules
+            }
+            _ => configured,
+        },
+        _ => configured,
+    };
+    let (tx, rx) = tokio::sync::watch::channel(start);
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                changed = from_server.changed() => if changed.is_err() { return },
+                _ = shutdown.cancelled() => return,
+            }
+            let Some(node_watchdog) = from_server.borrow_and_update().clone() else {
+                continue;
+            };
+            tracing::info!(policy = %node_watchdog.policy, rules = ?node_watchdog.rules, "watchdog rules from the server");
+            let json = serde_json::to_vec(&node_watchdog).unwrap_or_default();
+            let outbox = outbox.clone();
+            if let Ok(Err(e)) =
+                tokio::task::spawn_blocking(move || outbox.keep(Kept::Watchdog, &json)).await
+            {
+                tracing::warn!(error = %e, "watchdog rules not kept; they apply until a restart");
+            }
+            tx.send_replace(node_watchdog.rules);
+        }
+    });
+    rx
+}
+
 /// How often the recordings' disk is looked at.
 const DISK_CHECK_EVERY: Duration = Duration::from_secs(10);
 
@@ -274,14 +335,14 @@ const DISK_CHECK_EVERY: Duration = Duration::from_secs(10);
 /// when there is room again.
 async fn watch_disk(
     dir: std::path::PathBuf,
-    policy: crate::watchdog::WatchdogPolicy,
+    mut rules: tokio::sync::watch::Receiver<WatchdogRules>,
     outbox: Arc<Outbox>,
     ready: Arc<tokio::sync::Notify>,
     telemetry: Arc<TelemetryStats>,
     clock: Arc<dyn Clock>,
     shutdown: CancellationToken,
 ) {
-    let mut rule = crate::watchdog::DiskRule::new(&policy);
+    let mut rule = crate::watchdog::DiskRule::new(&rules.borrow_and_update());
     let key = HealthCondition::DiskPressure.as_str();
     let open = {
         let outbox = outbox.clone();
@@ -308,6 +369,9 @@ async fn watch_disk(
             }
             Err(_) => continue,
         };
+        if rules.has_changed().unwrap_or(false) {
+            rule.set_rules(&rules.borrow_and_update());
+        }
         let now = clock.unix_ms();
         if let Some(event) = rule.observe(free, total, now) {
             tracing::warn!(detail = %event.detail, change = ?event.change, "disk pressure");
@@ -322,13 +386,13 @@ async fn watch_disk(
 async fn watch_quality(
     mut frames: mpsc::Receiver<MeterFrame>,
     to_link: mpsc::Sender<MeterFrame>,
-    policy: crate::watchdog::WatchdogPolicy,
+    mut rules: tokio::sync::watch::Receiver<WatchdogRules>,
     outbox: Arc<Outbox>,
     ready: Arc<tokio::sync::Notify>,
     telemetry: Arc<TelemetryStats>,
     clock: Arc<dyn Clock>,
 ) {
-    let mut dog = crate::watchdog::Watchdog::new(policy);
+    let mut dog = crate::watchdog::Watchdog::new(*rules.borrow_and_update());
     let kept = {
         let outbox = outbox.clone();
         tokio::task::spawn_blocking(move || outbox.open_conditions()).await
@@ -345,6 +409,9 @@ async fn watch_quality(
         }
     }
     while let Some(frame) = frames.recv().await {
+        if rules.has_changed().unwrap_or(false) {
+            dog.set_rules(*rules.borrow_and_update());
+        }
         for event in dog.observe(&frame) {
             match event.change {
                 HealthChange::Raised => {

@@ -4,7 +4,7 @@
 //! The meter flags each window (`crate::meter`); a flag in one window is not
 //! yet a problem. Each rule here watches one thing on one subject and raises
 //! its condition when the thing has held for the rule's time, and clears it
-//! when it has been gone for [`WatchdogPolicy::clear_s`]:
+//! when it has been gone for [`WatchdogRules::clear_s`]:
 //!
 //! | condition | subject | a bad window | raised after (default) | severity |
 //! |---|---|---|---|---|
@@ -26,70 +26,7 @@ use std::collections::{HashMap, VecDeque};
 use rakkr_protocol::payload::{
     HealthChange, HealthCondition, HealthEvent, MeterFlag, MeterFrame, Severity,
 };
-
-/// How long each rule waits. Seconds of the frames' time.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct WatchdogPolicy {
-    pub silence_s: u32,
-    pub low_signal_s: u32,
-    pub flatline_s: u32,
-    /// Windows with clipped samples adding up to this long raise `clipping`…
-    pub clipping_s: u32,
-    /// …unless this long passes between two of them.
-    pub clipping_forget_s: u32,
-    pub correlation_s: u32,
-    /// Overruns within a minute that raise `xruns`.
-    pub xruns: u32,
-    /// A raised channel condition clears after this long without it (and
-    /// `xruns` after a minute without overruns).
-    pub clear_s: u32,
-    /// Free space on the recordings' disk below this many MB raises
-    /// `disk_pressure`; above it by a fifth again clears it.
-    pub disk_min_free_mb: u64,
-}
-
-impl Default for WatchdogPolicy {
-    fn default() -> Self {
-        WatchdogPolicy {
-            silence_s: 10,
-            low_signal_s: 60,
-            flatline_s: 2,
-            clipping_s: 3,
-            clipping_forget_s: 10,
-            correlation_s: 10,
-            xruns: 3,
-            clear_s: 5,
-            disk_min_free_mb: 2048,
-        }
-    }
-}
-
-impl WatchdogPolicy {
-    pub fn validate(&self) -> Result<(), String> {
-        let day = 86_400;
-        for (name, v) in [
-            ("silence_s", self.silence_s),
-            ("low_signal_s", self.low_signal_s),
-            ("flatline_s", self.flatline_s),
-            ("clipping_s", self.clipping_s),
-            ("clipping_forget_s", self.clipping_forget_s),
-            ("correlation_s", self.correlation_s),
-            ("clear_s", self.clear_s),
-        ] {
-            if v == 0 || v > day {
-                return Err(format!("watchdog.{name} is {v}; use 1 to {day} seconds"));
-            }
-        }
-        if self.xruns == 0 {
-            return Err("watchdog.xruns is 0; use 1 or more".into());
-        }
-        if self.disk_min_free_mb == 0 {
-            return Err("watchdog.disk_min_free_mb is 0; use 1 or more".into());
-        }
-        Ok(())
-    }
-}
+pub use rakkr_protocol::watchdog::WatchdogRules;
 
 /// One rule on one subject: bad time gathered, good time since the last bad
 /// window, and whether it is raised.
@@ -135,7 +72,7 @@ impl Sustain {
 /// The rules of one node.
 #[derive(Debug, Default)]
 pub struct Watchdog {
-    policy: WatchdogPolicy,
+    policy: WatchdogRules,
     /// The meter's correlation threshold (`MeterPolicy::correlation`).
     correlation: f32,
     rules: HashMap<(HealthCondition, String), Sustain>,
@@ -172,12 +109,18 @@ const CHANNEL_RULES: [(HealthCondition, MeterFlag, Severity); 4] = [
 const XRUN_SPAN_MS: u64 = 60_000;
 
 impl Watchdog {
-    pub fn new(policy: WatchdogPolicy) -> Watchdog {
+    pub fn new(policy: WatchdogRules) -> Watchdog {
         Watchdog {
             policy,
             correlation: crate::meter::MeterPolicy::default().correlation,
             ..Default::default()
         }
+    }
+
+    /// Wait as `rules` say from now on (the server sent the node's policy).
+    /// Time already gathered counts against the new durations.
+    pub fn set_rules(&mut self, rules: WatchdogRules) {
+        self.policy = rules;
     }
 
     /// A condition open before a restart: it is cleared once it is gone.
@@ -334,11 +277,16 @@ pub struct DiskRule {
 }
 
 impl DiskRule {
-    pub fn new(policy: &WatchdogPolicy) -> DiskRule {
+    pub fn new(policy: &WatchdogRules) -> DiskRule {
         DiskRule {
             min_free: policy.disk_min_free_mb.saturating_mul(1 << 20),
             raised: false,
         }
+    }
+
+    /// Use the free space `rules` ask for from now on.
+    pub fn set_rules(&mut self, rules: &WatchdogRules) {
+        self.min_free = rules.disk_min_free_mb.saturating_mul(1 << 20);
     }
 
     /// A condition open before a restart.
@@ -511,7 +459,7 @@ mod tests {
 
     #[test]
     fn a_clean_signal_raises_nothing_in_ten_minutes() {
-        let mut dog = Watchdog::new(WatchdogPolicy::default());
+        let mut dog = Watchdog::new(WatchdogRules::default());
         assert_eq!(run(&mut dog, &[GOOD, GOOD, GOOD, GOOD], 0, 600), []);
     }
 
@@ -519,7 +467,7 @@ mod tests {
     fn each_fault_raises_its_own_event_in_time_and_clears_on_recovery() {
         use HealthChange::*;
         use HealthCondition::*;
-        let p = WatchdogPolicy::default();
+        let p = WatchdogRules::default();
         // (fault on channel 2, the events expected by second, why)
         // The fault on channel 2, how long it takes, what it raises.
         let cases = [
@@ -560,7 +508,7 @@ mod tests {
 
     #[test]
     fn occasional_clips_are_forgotten_and_overruns_need_several() {
-        let p = WatchdogPolicy::default();
+        let p = WatchdogRules::default();
         let mut dog = Watchdog::new(p);
         // One clipped second every 15 s for ten minutes: never three close together.
         let mut got = Vec::new();
@@ -605,7 +553,7 @@ mod tests {
 
     #[test]
     fn a_condition_open_before_a_restart_is_cleared_when_gone() {
-        let mut dog = Watchdog::new(WatchdogPolicy::default());
+        let mut dog = Watchdog::new(WatchdogRules::default());
         dog.assume_raised(HealthCondition::Silence, "channel:1");
         let got = run(&mut dog, &[GOOD], 0, 10);
         assert_eq!(
@@ -621,7 +569,7 @@ mod tests {
 
     #[test]
     fn a_full_disk_raises_once_and_clears_with_room_to_spare() {
-        let policy = WatchdogPolicy {
+        let policy = WatchdogRules {
             disk_min_free_mb: 100,
             ..Default::default()
         };
@@ -666,11 +614,11 @@ mod tests {
 
     #[test]
     fn bad_policies_are_refused() {
-        let zero = WatchdogPolicy {
+        let zero = WatchdogRules {
             silence_s: 0,
             ..Default::default()
         };
         assert!(zero.validate().unwrap_err().contains("silence_s"));
-        assert!(WatchdogPolicy::default().validate().is_ok());
+        assert!(WatchdogRules::default().validate().is_ok());
     }
 }

@@ -50,6 +50,8 @@
 //! | `GET, POST /api/v1/schedules/{id}` | schedules.read / schedules.manage | one schedule with its upcoming occurrences (14 days) and history; replace it |
 //! | `POST /api/v1/schedules/{id}/delete`, `…/skip-next` | schedules.manage | delete it; skip its next occurrence |
 //! | `POST /api/v1/schedules/{id}/run-now` | jobs.manage | record it now, for its window's length → 201 and the job |
+//! | `GET, POST /api/v1/nodes/{id}/watchdog` | nodes.read / nodes.manage | the node's watchdog policy (chosen, in effect, the rules it is sent); choose one (`{"policy": "lecture"}`, null: the default) |
+//! | `POST /nodes/{id}/watchdog` | nodes.manage | the same from the node page (form) |
 //! | `GET /api/v1/watchdog-policies` | schedules.read | the named watchdog policies a schedule may choose, the default marked |
 //! | `GET /api/v1/profiles` | nodes.read | the named recording profiles jobs and schedules may choose, the default marked |
 //! | `GET /metrics`     | metrics.read | counters in the Prometheus text format       |
@@ -202,6 +204,24 @@ pub fn route_table() -> Vec<(&'static str, Method, Access, MethodRouter<AppState
             Method::GET,
             Operator(HealthRead),
             get(api_node_events),
+        ),
+        (
+            "/api/v1/nodes/{id}/watchdog",
+            Method::GET,
+            Operator(NodesRead),
+            get(crate::node_page::api_watchdog),
+        ),
+        (
+            "/api/v1/nodes/{id}/watchdog",
+            Method::POST,
+            Operator(NodesManage),
+            post(crate::node_page::api_choose_watchdog),
+        ),
+        (
+            "/nodes/{id}/watchdog",
+            Method::POST,
+            Operator(NodesManage),
+            post(crate::node_page::choose_watchdog_form),
         ),
         (
             "/api/v1/jobs",

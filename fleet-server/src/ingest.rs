@@ -421,6 +421,13 @@ async fn publish_outbound(
                         tracing::warn!(node = %node, error = %e, "cannot publish the node's schedules");
                     }
                 }
+                jobs::Outbound::Watchdog(node, rules) => {
+                    let topic = Topic::command(&node, Command::Watchdog).to_string();
+                    let payload = Envelope::stamped(clock.unix_ms(), rules).encode();
+                    if let Err(e) = client.publish(topic, QoS::AtLeastOnce, true, payload).await {
+                        tracing::warn!(node = %node, error = %e, "cannot publish the node's watchdog rules");
+                    }
+                }
                 jobs::Outbound::Command(node, command) => {
                     let topic = Topic::command(&node, Command::Jobs).to_string();
                     let payload =

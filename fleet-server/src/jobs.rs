@@ -100,6 +100,8 @@ pub enum Outbound {
     Live(NodeId, rakkr_protocol::payload::LiveRequest),
     /// The node's schedules (retained).
     Schedules(NodeId, rakkr_protocol::schedule::NodeSchedules),
+    /// The rules of the node's watchdog policy (retained).
+    Watchdog(NodeId, rakkr_protocol::watchdog::NodeWatchdog),
 }
 
 /// The sending side of the command queue, shared by the desk and the API.

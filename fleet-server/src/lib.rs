@@ -44,6 +44,7 @@ pub mod node_page;
 pub mod node_watch;
 pub mod openapi;
 pub mod policies;
+pub mod policy_sync;
 pub mod quality;
 pub mod recordings_page;
 pub mod schedules;
@@ -389,6 +390,13 @@ impl RunningServer {
             fleet.clone(),
             store.clone(),
             clock.clone(),
+            shutdown.clone(),
+        ));
+        tasks.spawn(policy_sync::run(
+            watchdog_policies.clone(),
+            fleet.clone(),
+            store.clone(),
+            commands.clone(),
             shutdown.clone(),
         ));
         tasks.spawn(schedules::run_sync(

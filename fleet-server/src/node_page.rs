@@ -30,11 +30,13 @@ use rakkr_store::{HealthEventRecord, JobRecord};
 use rakkr_web::components::{ago, meter_bars, presence_badge};
 use serde::Deserialize;
 
+use crate::audit::AuditChange;
 use crate::auth::SignedIn;
 use crate::console::{console_page, csrf_field, utc_seconds};
 use crate::fleet::LiveNode;
-use crate::http::AppState;
+use crate::http::{AppState, Problem, blocking, problem, store_problem};
 use crate::jobs::{JobRequest, JobRequestError, Outbound};
+use axum::Json;
 
 /// How long one stream lasts. The browser's `EventSource` then reconnects
 /// by itself, through the access check again: a session that ended (logout,
@@ -101,6 +103,172 @@ pub struct NodePageData {
     pub store_error: Option<String>,
     /// The recording profiles the start form offers.
     pub profiles: Vec<crate::policies::NamedProfile>,
+    /// The node's watchdog policy and the ones to choose from.
+    pub watchdog: Option<NodeWatchdogView>,
+    pub watchdog_policies: Vec<crate::policies::NamedWatchdogPolicy>,
+}
+
+/// A node's watchdog policy: what operators chose (none: the default) and
+/// what the node is sent.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, schemars::JsonSchema)]
+pub struct NodeWatchdogView {
+    pub node: NodeId,
+    /// The policy operators chose for the node; absent: the server's default.
+    pub chosen: Option<String>,
+    /// The policy in effect and its appliance rules (what the node is sent).
+    #[serde(flatten)]
+    pub effective: rakkr_protocol::watchdog::NodeWatchdog,
+}
+
+impl NodeWatchdogView {
+    fn of(state: &AppState, node: &NodeId, chosen: Option<String>) -> NodeWatchdogView {
+        NodeWatchdogView {
+            node: node.clone(),
+            effective: state.watchdog_policies.for_node(chosen.as_deref()),
+            chosen,
+        }
+    }
+}
+
+/// A node's watchdog policy as chosen now.
+async fn watchdog_view(state: &AppState, node: &NodeId) -> Result<NodeWatchdogView, Problem> {
+    let store = state.store.clone();
+    let target = node.clone();
+    let chosen = blocking(move || {
+        store
+            .node_watchdog_policies()
+            .map(|mut all| all.remove(&target))
+            .map_err(store_problem)
+    })
+    .await?;
+    Ok(NodeWatchdogView::of(state, node, chosen))
+}
+
+/// Choose `node`'s watchdog policy (None: the default again); the node is
+/// sent its rules within [`crate::policy_sync::SYNC_EVERY`].
+async fn choose_watchdog(
+    state: &AppState,
+    node: &NodeId,
+    policy: Option<String>,
+) -> Result<(NodeWatchdogView, AuditChange), Problem> {
+    let policy = policy.filter(|p| !p.trim().is_empty());
+    state
+        .watchdog_policies
+        .check_known(policy.as_deref())
+        .map_err(|e| problem(StatusCode::UNPROCESSABLE_ENTITY, e))?;
+    let (store, target, chosen) = (state.store.clone(), node.clone(), policy.clone());
+    let before = blocking(move || {
+        if store.node(&target).map_err(store_problem)?.is_none() {
+            return Err(problem(
+                StatusCode::NOT_FOUND,
+                format!("node {target} is not known to this server"),
+            ));
+        }
+        store
+            .set_node_watchdog_policy(&target, chosen.as_deref())
+            .map_err(store_problem)
+    })
+    .await?;
+    let view = NodeWatchdogView::of(state, node, policy);
+    let change = AuditChange {
+        target: Some(format!("node:{node}")),
+        before: Some(serde_json::json!({ "watchdog_policy": before })),
+        after: Some(serde_json::json!({ "watchdog_policy": view.chosen })),
+    };
+    Ok((view, change))
+}
+
+/// `GET /api/v1/nodes/{id}/watchdog`
+pub async fn api_watchdog(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, Problem> {
+    let node = NodeId::new(id).map_err(|e| problem(StatusCode::NOT_FOUND, e.to_string()))?;
+    Ok(Json(watchdog_view(&state, &node).await?).into_response())
+}
+
+/// What `POST /api/v1/nodes/{id}/watchdog` takes.
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ChooseWatchdog {
+    /// A watchdog policy's name; null: the server's default.
+    pub policy: Option<String>,
+}
+
+/// `POST /api/v1/nodes/{id}/watchdog` `{"policy": "lecture" | null}`
+pub async fn api_choose_watchdog(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    body: Result<Json<ChooseWatchdog>, axum::extract::rejection::JsonRejection>,
+) -> Result<Response, Problem> {
+    let node = NodeId::new(id).map_err(|e| problem(StatusCode::NOT_FOUND, e.to_string()))?;
+    let Json(body) = body.map_err(|e| problem(e.status(), e.body_text()))?;
+    let (view, change) = choose_watchdog(&state, &node, body.policy).await?;
+    Ok(change.to(Json(view).into_response()))
+}
+
+/// The watchdog form as sent.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WatchdogForm {
+    #[allow(dead_code)] // checked by the access layer
+    csrf: String,
+    #[serde(default)]
+    policy: String,
+}
+
+/// `POST /nodes/{id}/watchdog` (form), then back to the node page.
+pub async fn choose_watchdog_form(
+    State(state): State<AppState>,
+    Extension(signed_in): Extension<SignedIn>,
+    Path(id): Path<String>,
+    Form(form): Form<WatchdogForm>,
+) -> Response {
+    let Ok(node) = NodeId::new(id) else {
+        return no_such_node();
+    };
+    let Some(live) = state.fleet.node(&node) else {
+        return no_such_node();
+    };
+    match choose_watchdog(&state, &node, Some(form.policy)).await {
+        Ok((_, change)) => change.to(Redirect::to(&format!("/nodes/{node}")).into_response()),
+        Err(p) => render_page(&state, &live, &signed_in, p.status, Some(&p.detail)).await,
+    }
+}
+
+fn watchdog_panel(
+    node: &NodeId,
+    view: &NodeWatchdogView,
+    policies: &[crate::policies::NamedWatchdogPolicy],
+    signed_in: &SignedIn,
+) -> Markup {
+    let r = &view.effective.rules;
+    html! {
+        p {
+            "Policy " strong { (view.effective.policy) }
+            @if view.chosen.is_none() { " (the server's default)" }
+            @if view.chosen.as_deref().is_some_and(|c| c != view.effective.policy) {
+                " (its chosen policy " (view.chosen.as_deref().unwrap_or_default()) " is not on this server)"
+            }
+            ": silence after " (r.silence_s) " s, low signal after " (r.low_signal_s) " s, flatline after "
+            (r.flatline_s) " s, clipping after " (r.clipping_s) " s, correlation after " (r.correlation_s)
+            " s, " (r.xruns) " overruns a minute, disk below " (r.disk_min_free_mb) " MB."
+        }
+        @if signed_in.may(Permission::NodesManage) {
+            form.start method="post" action={ "/nodes/" (node) "/watchdog" } {
+                (csrf_field(signed_in))
+                label { "Watchdog policy"
+                    select name="policy" {
+                        option value="" selected[view.chosen.is_none()] { "The default" }
+                        @for p in policies {
+                            option value=(p.name) selected[view.chosen.as_deref() == Some(p.name.as_str())] { (p.name) }
+                        }
+                    }
+                }
+                button.secondary type="submit" #choose-watchdog { "Use this policy" }
+            }
+        }
+    }
 }
 
 /// The whole node page; `notice` is an error from a form just sent.
@@ -150,6 +318,12 @@ pub fn node_page(
             section.panel aria-labelledby="jobs-h" {
                 h2 #jobs-h { "Recordings" }
                 (jobs_panel(&r.id, &data.jobs, signed_in, now_ms))
+            }
+            @if let Some(view) = &data.watchdog {
+                section.panel aria-labelledby="watchdog-h" {
+                    h2 #watchdog-h { "Watchdog" }
+                    (watchdog_panel(&r.id, view, &data.watchdog_policies, signed_in))
+                }
             }
             @if signed_in.may(Permission::NodesManage) {
                 section.panel aria-labelledby="credential-h" {
@@ -364,6 +538,13 @@ fn no_such_node() -> Response {
 }
 
 async fn page_data(state: &AppState, node: &NodeId, signed_in: &SignedIn) -> NodePageData {
+    let mut data = page_records(state, node, signed_in).await;
+    data.watchdog = watchdog_view(state, node).await.ok();
+    data.watchdog_policies = state.watchdog_policies.list();
+    data
+}
+
+async fn page_records(state: &AppState, node: &NodeId, signed_in: &SignedIn) -> NodePageData {
     let store = state.store.clone();
     let profiles = state.profiles.list();
     let (node, health) = (node.clone(), signed_in.may(Permission::HealthRead));
@@ -405,6 +586,8 @@ async fn page_data(state: &AppState, node: &NodeId, signed_in: &SignedIn) -> Nod
             issues,
             store_error,
             profiles,
+            watchdog: None,
+            watchdog_policies: Vec::new(),
         }
     })
     .await
@@ -414,6 +597,8 @@ async fn page_data(state: &AppState, node: &NodeId, signed_in: &SignedIn) -> Nod
         issues: None,
         store_error: Some(e.to_string()),
         profiles: state.profiles.list(),
+        watchdog: None,
+        watchdog_policies: Vec::new(),
     })
 }
 

@@ -153,6 +153,18 @@ fn operation(method: &Method, path: &str, g: &mut SchemaGenerator) -> Option<Ope
             (200, Json(list::<NodeJson>(g))),
             &[],
         ),
+        ("GET", "/api/v1/nodes/{id}/watchdog") => op(
+            "The node's watchdog policy: the one chosen (none: the default), the one in effect and the appliance rules it is sent",
+            None,
+            (200, Json(schema::<crate::node_page::NodeWatchdogView>(g))),
+            &[],
+        ),
+        ("POST", "/api/v1/nodes/{id}/watchdog") => op(
+            "Choose the node's watchdog policy (null: the server's default); the node gets its rules within 2 s",
+            Some(schema::<crate::node_page::ChooseWatchdog>(g)),
+            (200, Json(schema::<crate::node_page::NodeWatchdogView>(g))),
+            &[],
+        ),
         ("GET", "/api/v1/nodes/{id}/events") => op(
             "The node's last 100 health events, oldest first",
             None,

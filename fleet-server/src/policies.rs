@@ -21,6 +21,7 @@ use std::collections::BTreeMap;
 use rakkr_protocol::job::{CodecName, JobSpec, RecordingProfile};
 use rakkr_protocol::payload::DBFS_FLOOR;
 use rakkr_protocol::schedule::check_policy_name;
+use rakkr_protocol::watchdog::{NodeWatchdog, WatchdogRules};
 use serde::{Deserialize, Serialize};
 
 /// The built-in policies (the text of `defaults/watchdog.toml`).
@@ -55,10 +56,15 @@ impl WatchdogConfig {
     }
 }
 
-/// One policy: when the scheduled low-signal rule raises and resolves.
+/// One policy: how long the appliance's rules wait, and when the scheduled
+/// low-signal rule raises and resolves.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct WatchdogPolicy {
+    /// The appliance's own rules, sent to each node whose policy this is
+    /// (`nodes/{node}/cmd/watchdog`); absent fields take their defaults.
+    #[serde(default)]
+    pub appliance: WatchdogRules,
     /// A channel whose RMS over a telemetry frame is below this (dBFS)
     /// counts as low.
     pub low_signal_dbfs: f32,
@@ -89,7 +95,9 @@ impl WatchdogPolicy {
         if !(1..=3_600).contains(&self.clear_s) {
             return Err("clear_s must be 1 to 3600".into());
         }
-        Ok(())
+        self.appliance
+            .validate()
+            .map_err(|e| format!("appliance: {e}"))
     }
 }
 
@@ -223,6 +231,15 @@ impl WatchdogPolicies {
     /// The policy a schedule naming `name` gets.
     pub fn for_schedule(&self, name: Option<&str>) -> (&str, &WatchdogPolicy) {
         self.for_name(name)
+    }
+
+    /// What a node whose chosen policy is `name` (none: the default) is sent.
+    pub fn for_node(&self, name: Option<&str>) -> NodeWatchdog {
+        let (policy, p) = self.for_name(name);
+        NodeWatchdog {
+            policy: policy.to_owned(),
+            rules: p.appliance,
+        }
     }
 }
 
@@ -454,6 +471,14 @@ mod tests {
         let (name, standard) = p.for_schedule(None);
         assert_eq!(name, "standard");
         assert_eq!(standard.cumulative_s, 300);
+        assert_eq!(standard.appliance, WatchdogRules::default());
+        let lecture = p.for_node(Some("lecture"));
+        assert_eq!(lecture.policy, "lecture");
+        assert_eq!(
+            lecture.rules.low_signal_s, 180,
+            "pauses are normal in a lecture"
+        );
+        assert_eq!(p.for_node(None).policy, "standard");
         assert_eq!(p.for_schedule(Some("lecture")).0, "lecture");
         assert_eq!(p.for_schedule(Some("gone")).0, "standard");
         assert!(p.check_known(Some("lecture")).is_ok());
@@ -563,6 +588,10 @@ mod tests {
             (
                 format!("default = \"a\"\n[policies.a]\n{ok}threshold = 1\n"),
                 "unknown field `threshold`",
+            ),
+            (
+                format!("default = \"a\"\n[policies.a]\n{ok}[policies.a.appliance]\nsilence_s = 0\n"),
+                "watchdog policy \"a\": appliance: watchdog.silence_s is 0",
             ),
         ] {
             let e = parse(&text).unwrap_err();

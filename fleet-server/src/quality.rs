@@ -299,6 +299,8 @@ mod tests {
             notes: String::new(),
             tags: vec![],
             scheduled: None,
+            title: None,
+            folder: None,
             not_after_ms: None,
         }
     }

@@ -161,7 +161,10 @@ fn list_page(
                                 @for j in found {
                                     @let r = j.recording.as_ref();
                                     tr data-job=(j.id) {
-                                        td.nowrap { a href={ (RECORDINGS_PATH) "/" (j.id) } { (r.map_or(String::new(), |r| utc_seconds(r.start_unix_ms).trim_end_matches(" UTC").to_owned())) } }
+                                        td.nowrap {
+                                            a href={ (RECORDINGS_PATH) "/" (j.id) } { (r.map_or(String::new(), |r| utc_seconds(r.start_unix_ms).trim_end_matches(" UTC").to_owned())) }
+                                            @if let Some(title) = &j.title { div.title { (title) } }
+                                        }
                                         td { a.node-id href={ "/nodes/" (j.node) } { (j.node) } }
                                         td { (duration(j)) }
                                         td.muted { @if let Some(r) = r { (r.channels) " ch · " (r.sample_rate / 1000) " kHz · " (r.bits) "-bit " (j.spec.profile.codec.as_str()) } }
@@ -240,7 +243,10 @@ fn detail_page(
         html! {},
         html! {
             nav.crumbs aria-label="Breadcrumb" { a href=(RECORDINGS_PATH) { "Recordings" } " › " span { (job.id) } }
-            h1 { "Recording on " a.node-id href={ "/nodes/" (job.node) } { (job.node) } }
+            h1 {
+                @if let Some(title) = &job.title { (title) " · " }
+                "Recording on " a.node-id href={ "/nodes/" (job.node) } { (job.node) }
+            }
             @if let Some(e) = error { p.error role="alert" { (e) } }
             section.panel {
                 dl.facts {
@@ -251,6 +257,7 @@ fn detail_page(
                         dt { "Format" } dd { (r.channels) @if r.channels == 1 { " channel, " } @else { " channels, " } (r.bits) "-bit " (job.spec.profile.codec.as_str()) }
                         dt { "Gaps" } dd { (r.gaps) @if r.recovered { " · recovered after a crash" } }
                         dt { "Where" } dd { "on the appliance " code { (job.node) } " (playback, download and checksum once it is delivered to the server)" }
+                        @if let Some(folder) = &job.folder { dt { "Folder" } dd { code { (folder) } " (where delivery will put it)" } }
                     }
                 }
                 @if let Some(r) = r {

@@ -232,8 +232,9 @@ fn scheduled_job(
                     occurrence: occurrence.key.clone(),
                 });
                 new.tags = schedule.spec.tags.clone();
+                (new.title, new.folder) = schedule.spec.recording_names(&occurrence.key, now_ms);
                 new.not_after_ms = (occurrence.end_ms != u64::MAX).then_some(occurrence.end_ms);
-                OccurrenceJob::Ready(new)
+                OccurrenceJob::Ready(Box::new(new))
             }
             Err(JobRequestError::Store(e)) => return Err(e),
             Err(e) => OccurrenceJob::Blocked(e.to_string()),
@@ -456,7 +457,7 @@ pub fn run_now(
         exception: None,
     };
     let new = match scheduled_job(store, schedule, &run, now_ms).map_err(JobRequestError::Store)? {
-        OccurrenceJob::Ready(new) => new,
+        OccurrenceJob::Ready(new) => *new,
         OccurrenceJob::Blocked(why) => return Err(JobRequestError::Invalid(why)),
     };
     let job = store.enqueue_job(new, now_ms).map_err(|e| match e {
@@ -899,6 +900,8 @@ mod tests {
             tags: vec!["daily".into()],
             profile: None,
             watchdog: None,
+            name_template: None,
+            folder_template: None,
         };
         check_spec(
             store,

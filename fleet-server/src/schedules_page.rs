@@ -386,6 +386,10 @@ pub struct ScheduleForm {
     #[serde(default)]
     pub profile: String,
     #[serde(default)]
+    pub name_template: String,
+    #[serde(default)]
+    pub folder_template: String,
+    #[serde(default)]
     pub mode: String,
     #[serde(default)]
     pub date: String,
@@ -464,6 +468,8 @@ impl ScheduleForm {
                 .map_or(String::new(), |s| s.to_string()),
             watchdog: spec.watchdog.clone().unwrap_or_default(),
             profile: spec.profile.clone().unwrap_or_default(),
+            name_template: spec.name_template.clone().unwrap_or_default(),
+            folder_template: spec.folder_template.clone().unwrap_or_default(),
             mode: t.recurrence.mode().to_owned(),
             date: match &t.recurrence {
                 Recurrence::Once { date } => date.to_string(),
@@ -580,6 +586,14 @@ impl ScheduleForm {
         if !self.profile.trim().is_empty() {
             spec["profile"] = json!(self.profile.trim());
         }
+        for (key, value) in [
+            ("name_template", &self.name_template),
+            ("folder_template", &self.folder_template),
+        ] {
+            if !value.trim().is_empty() {
+                spec[key] = json!(value.trim());
+            }
+        }
         serde_json::from_value(spec).map_err(|e| e.to_string())
     }
 }
@@ -636,6 +650,8 @@ fn editor(form: &ScheduleForm, action: &str, signed_in: &SignedIn, lists: &Lists
                     }
                 }
                 label { "Tags" input type="text" name="tags" value=(form.tags) placeholder="comma-separated"; }
+                label { "Recording name" input type="text" name="name_template" value=(form.name_template) maxlength="200" placeholder="{schedule} {date} {time}"; }
+                label { "Folder" input type="text" name="folder_template" value=(form.folder_template) maxlength="200" placeholder="{node}/{year}/{month}"; }
                 label.check { input type="checkbox" name="enabled" checked[form.enabled.is_some()]; " Enabled" }
             }
             fieldset {

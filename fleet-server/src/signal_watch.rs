@@ -355,6 +355,7 @@ mod tests {
     use super::*;
 
     const POLICY: WatchdogPolicy = WatchdogPolicy {
+        appliance: rakkr_protocol::watchdog::WatchdogRules::DEFAULT,
         low_signal_dbfs: -50.0,
         grace_s: 10,
         cumulative_s: 20,

@@ -32,7 +32,9 @@ fn schedule(node: &str, start: &str, end: &str) -> Value {
             "time_zone": "UTC",
             "window": {"start": start, "end": end}
         },
-        "tags": ["soundcheck"]
+        "tags": ["soundcheck"],
+        "name_template": "{schedule} {date} {time}",
+        "folder_template": "{node}/{year}/{schedule}"
     })
 }
 
@@ -60,6 +62,20 @@ fn a_schedule_made_over_the_api_records_its_window_on_the_appliance() -> Result<
     })?;
     let job_id = job["id"].as_str().unwrap().to_owned();
     assert_eq!(job["tags"], json!(["soundcheck"]));
+    let title = job["title"].as_str().unwrap_or_default();
+    assert!(
+        title.starts_with("Soundcheck 20") && title.len() == "Soundcheck 2026-11-30 0600".len(),
+        "{title:?}"
+    );
+    assert_eq!(
+        job["folder"]
+            .as_str()
+            .unwrap_or_default()
+            .split('/')
+            .count(),
+        3,
+        "{job}"
+    );
     let done = wait_job(&server, &job_id, "completed", Duration::from_secs(30))?;
     let frames = done["recording"]["frames"].as_u64().unwrap();
     // Four seconds at 48 kHz, give or take the second the runner ticks in.
@@ -186,6 +202,16 @@ fn bad_schedules_are_refused_with_the_reason() -> Result<()> {
         (with(&["job", "duration_s"], json!(60)), 422, "duration_s"),
         (with(&["node"], json!("nobody")), 422, "not known"),
         (with(&["name"], json!("")), 422, "name"),
+        (
+            with(&["folder_template"], json!("{node}/../{date}")),
+            422,
+            "folder_template: a folder has no empty, '.' or '..' parts",
+        ),
+        (
+            with(&["name_template"], json!("{when}")),
+            422,
+            "name_template: {when} is not a placeholder",
+        ),
     ] {
         let (got, problem) = server.post("/api/v1/schedules", &body)?;
         let detail = problem["detail"].as_str().unwrap_or_default();
@@ -294,6 +320,19 @@ fn with_the_server_down_the_appliance_records_on_time_and_is_reconciled_once() -
         take.file_name().unwrap().to_string_lossy().as_ref()
     );
     assert_eq!(job["tags"], json!(["soundcheck"]));
+    // Named by the schedule's templates although the server was away.
+    assert!(
+        job["title"]
+            .as_str()
+            .is_some_and(|t| t.starts_with("Soundcheck 20")),
+        "{job}"
+    );
+    assert!(
+        job["folder"]
+            .as_str()
+            .is_some_and(|f| f.starts_with("sched-off/20") && f.ends_with("/Soundcheck")),
+        "{job}"
+    );
     // And it stays one: the runner finds the occurrence recorded.
     std::thread::sleep(Duration::from_secs(3));
     assert_eq!(jobs_of(&server, "sched-off", &id)?.len(), 1);

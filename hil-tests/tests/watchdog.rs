@@ -8,7 +8,15 @@ use std::time::Duration;
 
 use anyhow::Result;
 use rakkr_hil_tests::*;
-use serde_json::Value;
+use serde_json::{Value, json};
+
+/// The server's watchdog policies: the default waits 3 s for silence, as the
+/// agents' own configuration below does not (60 s): the server's rules win.
+const POLICIES: &str = "[watchdog]\ndefault = \"standard\"\n\
+    [watchdog.policies.standard]\nlow_signal_dbfs = -50.0\ngrace_s = 120\ncumulative_s = 300\nclear_s = 30\n\
+    [watchdog.policies.standard.appliance]\nsilence_s = 3\nclear_s = 2\n\
+    [watchdog.policies.patient]\nlow_signal_dbfs = -50.0\ngrace_s = 120\ncumulative_s = 300\nclear_s = 30\n\
+    [watchdog.policies.patient.appliance]\nsilence_s = 600\n";
 
 fn agent_with(work: &Path, server: &Server, node: &str, signal: &str) -> Result<Agent> {
     let config = work.join(format!("{node}-{signal}.toml"));
@@ -18,7 +26,7 @@ fn agent_with(work: &Path, server: &Server, node: &str, signal: &str) -> Result<
             "node_id = \"{node}\"\nrealtime = false\nstate_dir = \"{}\"\n\
              [mqtt]\nhost = \"127.0.0.1\"\nport = {}\n\
              [source]\nkind = \"synthetic\"\nchannels = 2\nsample_rate = 48000\nsignal = \"{signal}\"\n\
-             [watchdog]\nsilence_s = 3\nclear_s = 2\n",
+             [watchdog]\nsilence_s = 60\n",
             work.join(format!("{node}-state")).display(),
             server.mqtt_port,
         ),
@@ -34,7 +42,7 @@ fn silence_issues(server: &Server, node: &str) -> Result<Vec<Value>> {
 #[test]
 fn a_dead_input_is_an_issue_per_channel_until_the_signal_returns() -> Result<()> {
     let work = tempfile::tempdir()?;
-    let server = Server::start(work.path(), &work.path().join("data"))?;
+    let server = Server::start_configured(work.path(), &work.path().join("data"), &[], POLICIES)?;
     let mut dead = agent_with(work.path(), &server, "wd-1", "silence")?;
     let open = wait_for(
         "silence issues on both channels",
@@ -85,6 +93,76 @@ fn a_dead_input_is_an_issue_per_channel_until_the_signal_returns() -> Result<()>
             .then_some(issues)
     })?;
     assert_eq!(resolved.len(), 2);
+    Ok(())
+}
+
+#[test]
+fn a_node_waits_as_its_chosen_policy_says_and_keeps_it_without_the_server() -> Result<()> {
+    let work = tempfile::tempdir()?;
+    let server = Server::start_configured(work.path(), &work.path().join("data"), &[], POLICIES)?;
+    let agent = agent_with(work.path(), &server, "wd-3", "silence")?;
+    wait_for("wd-3 online", Duration::from_secs(20), || {
+        (server.presence("wd-3").as_deref() == Some("online")).then_some(())
+    })?;
+    let view = server.get_json("/api/v1/nodes/wd-3/watchdog")?;
+    assert_eq!(view["chosen"], Value::Null, "{view}");
+    assert_eq!(view["policy"], "standard");
+    assert_eq!(view["rules"]["silence_s"], 3);
+
+    // Patient: silence only after ten minutes.
+    let (code, chosen) =
+        server.post("/api/v1/nodes/wd-3/watchdog", &json!({"policy": "patient"}))?;
+    assert_eq!(code, 200, "{chosen}");
+    assert_eq!(chosen["chosen"], "patient");
+    assert_eq!(chosen["rules"]["silence_s"], 600);
+    wait_for(
+        "the agent on the patient policy",
+        Duration::from_secs(20),
+        || {
+            agent
+                .proc
+                .stderr_text()
+                .contains("watchdog rules from the server policy=patient")
+                .then_some(())
+        },
+    )?;
+    // Restarted while the server is away, the agent keeps the patient rules.
+    let stopped = server.stop(false)?;
+    agent.proc.signal("TERM")?;
+    let mut agent = agent;
+    agent.proc.wait_exit(Duration::from_secs(20))?;
+    let server = stopped.start(work.path())?;
+    let again = agent_with(work.path(), &server, "wd-3", "silence")?;
+    wait_for("the kept rules", Duration::from_secs(20), || {
+        let log = again.proc.stderr_text();
+        (log.contains("as kept") && log.contains("policy=patient")).then_some(())
+    })?;
+
+    // Bad choices change nothing and say why.
+    let (code, refused) = server.post("/api/v1/nodes/wd-3/watchdog", &json!({"policy": "nope"}))?;
+    assert_eq!(code, 422, "{refused}");
+    assert!(
+        refused["detail"]
+            .as_str()
+            .unwrap()
+            .contains("no watchdog policy \"nope\"")
+    );
+    let (code, _) = server.post("/api/v1/nodes/nobody/watchdog", &json!({"policy": null}))?;
+    assert_eq!(code, 404);
+    assert_eq!(
+        server.get_json("/api/v1/nodes/wd-3/watchdog")?["chosen"],
+        "patient"
+    );
+    // The choice is audited with before and after.
+    let audit = server.get_json("/api/v1/audit/search?q=node:wd-3&limit=10")?;
+    let record = audit["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["after"]["watchdog_policy"] == "patient")
+        .cloned()
+        .unwrap_or_else(|| panic!("an audit record of the choice: {audit}"));
+    assert_eq!(record["before"]["watchdog_policy"], Value::Null);
     Ok(())
 }
 

@@ -166,6 +166,21 @@ fn channels(generator: &mut SchemaGenerator) -> Vec<ChannelDoc> {
                     schema_of::<crate::schedule::NodeSchedules>(generator),
                 )),
             },
+            Command::Watchdog => ChannelDoc {
+                id: "nodeCommandWatchdog",
+                address,
+                sender: Sender::Server,
+                qos: 1,
+                retained: true,
+                summary: "The rules of the node's watchdog policy (how long each quality rule \
+                          waits), sent again whenever the policy or the node's choice of it \
+                          changes. The node applies them at once and keeps them; without one it \
+                          uses its own configuration's `[watchdog]`.",
+                message: Some((
+                    "nodeWatchdog",
+                    schema_of::<crate::watchdog::NodeWatchdog>(generator),
+                )),
+            },
         });
     }
     out

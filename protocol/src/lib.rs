@@ -28,6 +28,7 @@ pub mod payload;
 pub mod schedule;
 pub mod state;
 pub mod topic;
+pub mod watchdog;
 
 pub use envelope::{DecodeError, Envelope, MAX_PAYLOAD_BYTES, SCHEMA_VERSION};
 pub use ids::{IdError, JobId, MessageId, NodeId, ScheduleId};

@@ -691,6 +691,14 @@ pub struct ScheduleSpec {
     /// the server's default policy.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub watchdog: Option<String>,
+    /// What each recording is called, e.g. `{schedule} {date} {time}`
+    /// ([`render_template`]); absent: the recording has no title.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name_template: Option<String>,
+    /// Where each recording goes when it is delivered, a relative path such
+    /// as `{node}/{year}/{month}/{day}`; absent: the destination's default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub folder_template: Option<String>,
 }
 
 impl ScheduleSpec {
@@ -714,6 +722,12 @@ impl ScheduleSpec {
         for name in [&self.watchdog, &self.profile].into_iter().flatten() {
             check_policy_name(name)?;
         }
+        if let Some(t) = &self.name_template {
+            check_template(t, false).map_err(|e| format!("name_template: {e}"))?;
+        }
+        if let Some(t) = &self.folder_template {
+            check_template(t, true).map_err(|e| format!("folder_template: {e}"))?;
+        }
         self.timing.calendar()
     }
 }
@@ -735,6 +749,159 @@ pub fn check_policy_name(name: &str) -> Result<(), String> {
         Err(format!(
             "{name:?} is not a policy name: 1 to {MAX_POLICY_NAME} lowercase letters, digits, '-' or '_'"
         ))
+    }
+}
+
+/// Longest template, in bytes.
+pub const MAX_TEMPLATE_BYTES: usize = 200;
+
+/// What a recording's name and folder templates are filled in with.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TemplateVars {
+    /// The schedule's name.
+    pub schedule: String,
+    pub node: String,
+    /// The occurrence's key: its local date (`2026-11-30`) or `always-on`.
+    pub occurrence: String,
+    /// The local date and time the take started, in the schedule's zone.
+    pub start: (CivilDate, TimeOfDay),
+}
+
+/// The placeholders a template may use.
+pub const TEMPLATE_PLACEHOLDERS: [&str; 7] =
+    ["schedule", "node", "date", "year", "month", "day", "time"];
+
+impl TemplateVars {
+    fn value(&self, name: &str) -> Option<String> {
+        let (date, time) = &self.start;
+        Some(match name {
+            "schedule" => self.schedule.clone(),
+            "node" => self.node.clone(),
+            "date" => self.occurrence.clone(),
+            "year" => format!("{:04}", date.year()),
+            "month" => format!("{:02}", date.month()),
+            "day" => format!("{:02}", date.day()),
+            "time" => format!("{:02}{:02}", time.as_jiff().hour(), time.as_jiff().minute()),
+            _ => return None,
+        })
+    }
+
+    /// Values for checking a template without a take.
+    fn example() -> TemplateVars {
+        TemplateVars {
+            schedule: "Morning show".into(),
+            node: "stage-left".into(),
+            occurrence: "2026-11-30".into(),
+            start: (
+                "2026-11-30".parse().expect("a date"),
+                "06:00".parse().expect("a time"),
+            ),
+        }
+    }
+}
+
+/// Fill `template`'s `{placeholder}`s ([`TEMPLATE_PLACEHOLDERS`]) from
+/// `vars`. In a folder (`folder`), a value cannot add or climb a level: `/`,
+/// `\`, control characters and a leading `.` become `-`, so the result stays
+/// a relative path of the template's own segments.
+pub fn render_template(
+    template: &str,
+    vars: &TemplateVars,
+    folder: bool,
+) -> Result<String, String> {
+    let mut out = String::new();
+    let mut rest = template;
+    while let Some(open) = rest.find(['{', '}']) {
+        out.push_str(&rest[..open]);
+        if rest[open..].starts_with('}') {
+            return Err("a '}' without its '{'".into());
+        }
+        let after = &rest[open + 1..];
+        let close = after
+            .find('}')
+            .ok_or_else(|| "a '{' without its '}'".to_owned())?;
+        let name = &after[..close];
+        let value = vars.value(name).ok_or_else(|| {
+            format!(
+                "{{{name}}} is not a placeholder; use {}",
+                TEMPLATE_PLACEHOLDERS.map(|p| format!("{{{p}}}")).join(", ")
+            )
+        })?;
+        if folder {
+            let mut clean: String = value
+                .chars()
+                .map(|c| {
+                    if c == '/' || c == '\\' || c.is_control() {
+                        '-'
+                    } else {
+                        c
+                    }
+                })
+                .collect();
+            if clean.starts_with('.') {
+                clean.replace_range(..1, "-");
+            }
+            out.push_str(&clean);
+        } else {
+            out.extend(value.chars().map(|c| if c.is_control() { ' ' } else { c }));
+        }
+        rest = &after[close + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+/// Check a template: known placeholders, balanced braces, at most
+/// [`MAX_TEMPLATE_BYTES`]; a folder is a relative path without empty,
+/// `.` or `..` segments, backslashes or control characters.
+pub fn check_template(template: &str, folder: bool) -> Result<(), String> {
+    if template.trim().is_empty() || template.len() > MAX_TEMPLATE_BYTES {
+        return Err(format!("a template is 1 to {MAX_TEMPLATE_BYTES} bytes"));
+    }
+    if template.chars().any(char::is_control) {
+        return Err("a template has no control characters".into());
+    }
+    let rendered = render_template(template, &TemplateVars::example(), folder)?;
+    if folder {
+        if template.starts_with('/') || template.contains('\\') {
+            return Err("a folder is a relative path with '/' between its parts".into());
+        }
+        if rendered
+            .split('/')
+            .any(|part| part.trim().is_empty() || part == "." || part == "..")
+        {
+            return Err("a folder has no empty, '.' or '..' parts".into());
+        }
+    }
+    Ok(())
+}
+
+impl ScheduleSpec {
+    /// The title and folder of the recording of occurrence `occurrence`
+    /// (its key) that started at `start_ms`, from the schedule's templates
+    /// (each None without its template).
+    pub fn recording_names(
+        &self,
+        occurrence: &str,
+        start_ms: u64,
+    ) -> (Option<String>, Option<String>) {
+        let Ok(zone) = Zone::get(&self.timing.time_zone) else {
+            return (None, None);
+        };
+        let vars = TemplateVars {
+            schedule: self.name.clone(),
+            node: self.node.to_string(),
+            occurrence: occurrence.to_owned(),
+            start: (zone.date_of(start_ms), zone.time_of(start_ms)),
+        };
+        let render = |t: &Option<String>, folder| {
+            t.as_deref()
+                .and_then(|t| render_template(t, &vars, folder).ok())
+        };
+        (
+            render(&self.name_template, false),
+            render(&self.folder_template, true),
+        )
     }
 }
 

@@ -36,14 +36,17 @@ pub enum Command {
     /// The schedules the node keeps and runs by itself while the server is
     /// unreachable (retained).
     Schedules,
+    /// The rules of the node's watchdog policy (retained).
+    Watchdog,
 }
 
 impl Command {
-    pub const ALL: [Command; 4] = [
+    pub const ALL: [Command; 5] = [
         Command::Jobs,
         Command::Ack,
         Command::Live,
         Command::Schedules,
+        Command::Watchdog,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -52,6 +55,7 @@ impl Command {
             Command::Ack => "ack",
             Command::Live => "live",
             Command::Schedules => "schedules",
+            Command::Watchdog => "watchdog",
         }
     }
 

@@ -79,6 +79,17 @@ pub trait Store: Send + Sync + 'static {
     /// All nodes, ordered by id.
     fn nodes(&self) -> Result<Vec<NodeRecord>>;
 
+    /// The watchdog policy operators chose for each node that has one.
+    fn node_watchdog_policies(&self) -> Result<std::collections::BTreeMap<NodeId, String>>;
+
+    /// Choose `node`'s watchdog policy by name (None: the default again);
+    /// returns the choice before.
+    fn set_node_watchdog_policy(
+        &self,
+        node: &NodeId,
+        policy: Option<&str>,
+    ) -> Result<Option<String>>;
+
     /// Queue a new job. Refused ([`StoreError::Refused`]) when it would share
     /// a device channel with a job of the same node and device that holds
     /// its channels ([`JobState::occupies_channels`](rakkr_protocol::state::JobState::occupies_channels)).

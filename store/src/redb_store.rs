@@ -26,6 +26,7 @@
 //! | `health_issues` | issue id `u64` (1, 2, …) | JSON [`HealthIssue`]: a condition of a subject on a node over its life |
 //! | `issue_keys` | `(node, condition, subject)` | issue id `u64`: the latest issue of that key |
 //! | `issues_by_node`, `issues_by_state` | `(node or state, issue id)` | `()` |
+//! | `node_watchdog_policies` | node id | the watchdog policy's name operators chose for the node (absent: the default) |
 //!
 //! Invariants, kept by [`JobTables::put`], the only writer of job records: a
 //! job is in `job_queue` exactly while its state is `queued`; in `active_jobs`
@@ -95,6 +96,8 @@ const AUDIT_BY_OUTCOME: TableDefinition<(&str, u64), ()> = TableDefinition::new(
 const HEALTH_EVENTS: TableDefinition<(&str, u128), &[u8]> = TableDefinition::new("health_events");
 const SCHEDULES: TableDefinition<u128, &[u8]> = TableDefinition::new("schedules");
 const HEALTH_ISSUES: TableDefinition<u64, &[u8]> = TableDefinition::new("health_issues");
+const NODE_WATCHDOG_POLICIES: TableDefinition<&str, &str> =
+    TableDefinition::new("node_watchdog_policies");
 const ISSUE_KEYS: TableDefinition<(&str, &str, &str), u64> = TableDefinition::new("issue_keys");
 const ISSUES_BY_NODE: TableDefinition<(&str, u64), ()> = TableDefinition::new("issues_by_node");
 const ISSUES_BY_STATE: TableDefinition<(&str, u64), ()> = TableDefinition::new("issues_by_state");
@@ -260,6 +263,7 @@ impl RedbStore {
             tx.open_table(HEALTH_EVENTS).map_err(backend)?;
             tx.open_table(SCHEDULES).map_err(backend)?;
             tx.open_table(HEALTH_ISSUES).map_err(backend)?;
+            tx.open_table(NODE_WATCHDOG_POLICIES).map_err(backend)?;
             tx.open_table(ISSUE_KEYS).map_err(backend)?;
             tx.open_table(ISSUES_BY_NODE).map_err(backend)?;
             tx.open_table(ISSUES_BY_STATE).map_err(backend)?;
@@ -395,6 +399,37 @@ impl Store for RedbStore {
             out.push(decode("node", v.value())?);
         }
         Ok(out)
+    }
+
+    fn node_watchdog_policies(&self) -> Result<std::collections::BTreeMap<NodeId, String>> {
+        let tx = self.db.begin_read().map_err(backend)?;
+        let table = tx.open_table(NODE_WATCHDOG_POLICIES).map_err(backend)?;
+        let mut out = std::collections::BTreeMap::new();
+        for entry in table.iter().map_err(backend)? {
+            let (k, v) = entry.map_err(backend)?;
+            let node = NodeId::new(k.value())
+                .map_err(|e| StoreError::Corrupt(format!("node watchdog policy: {e}")))?;
+            out.insert(node, v.value().to_owned());
+        }
+        Ok(out)
+    }
+
+    fn set_node_watchdog_policy(
+        &self,
+        node: &NodeId,
+        policy: Option<&str>,
+    ) -> Result<Option<String>> {
+        let tx = self.db.begin_write().map_err(backend)?;
+        let before = {
+            let mut table = tx.open_table(NODE_WATCHDOG_POLICIES).map_err(backend)?;
+            let before = match policy {
+                Some(name) => table.insert(node.as_str(), name).map_err(backend)?,
+                None => table.remove(node.as_str()).map_err(backend)?,
+            };
+            before.map(|v| v.value().to_owned())
+        };
+        tx.commit().map_err(backend)?;
+        Ok(before)
     }
 
     fn enqueue_job(&self, new: NewJob, now_ms: u64) -> Result<JobRecord> {
@@ -596,6 +631,20 @@ impl Store for RedbStore {
                         .unwrap_or_default();
                     sources.sort_unstable();
                     sources.dedup();
+                    let created = update
+                        .recording
+                        .as_ref()
+                        .map_or(update.at_ms, |r| r.start_unix_ms);
+                    // Named by the schedule's templates, as the server would have.
+                    let (title, folder) = {
+                        let schedules = tx.open_table(SCHEDULES).map_err(backend)?;
+                        match schedules.get(started.schedule.as_u128()).map_err(backend)? {
+                            Some(v) => decode::<ScheduleRecord>("schedule", v.value())?
+                                .spec
+                                .recording_names(&started.occurrence, created),
+                            None => (None, None),
+                        }
+                    };
                     let new = NewJob {
                         node: node.clone(),
                         spec: started.spec.clone(),
@@ -605,12 +654,10 @@ impl Store for RedbStore {
                             occurrence: started.occurrence.clone(),
                         }),
                         tags: started.tags.clone(),
+                        title,
+                        folder,
                         not_after_ms: None,
                     };
-                    let created = update
-                        .recording
-                        .as_ref()
-                        .map_or(update.at_ms, |r| r.start_unix_ms);
                     let mut job = new_job_record(update.job_id, new, created)?;
                     job.detail = format!(
                         "started by the node on its own at {} ms: the server was unreachable",
@@ -1535,7 +1582,7 @@ impl Store for RedbStore {
                         tx.commit().map_err(backend)?;
                         return Ok(OccurrenceStart::Handled(Some(existing.id)));
                     }
-                    let job = new_job_record(job_id, new, now_ms)?;
+                    let job = new_job_record(job_id, *new, now_ms)?;
                     match tables.queue_new(&job) {
                         Ok(()) => Ok(job),
                         Err(StoreError::Refused(reason)) => Err(reason),
@@ -1896,6 +1943,8 @@ fn new_job_record(id: JobId, new: NewJob, now_ms: u64) -> Result<JobRecord> {
         notes: String::new(),
         tags,
         scheduled: new.scheduled,
+        title: new.title,
+        folder: new.folder,
         not_after_ms: new.not_after_ms,
     })
 }

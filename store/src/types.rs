@@ -56,6 +56,9 @@ pub struct NewJob {
     pub scheduled: Option<ScheduledBy>,
     /// Put on the recording (a schedule's tags).
     pub tags: Vec<String>,
+    /// The recording's title and delivery folder (a schedule's templates).
+    pub title: Option<String>,
+    pub folder: Option<String>,
     /// A job still queued at this time is cancelled, not offered: its
     /// schedule's window has passed (a node that was away must not record
     /// at another time).
@@ -71,6 +74,8 @@ impl NewJob {
             sources,
             scheduled: None,
             tags: Vec::new(),
+            title: None,
+            folder: None,
             not_after_ms: None,
         }
     }
@@ -130,6 +135,13 @@ pub struct JobRecord {
     /// The schedule occurrence this job records.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scheduled: Option<ScheduledBy>,
+    /// What the recording is called (its schedule's name template).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub title: Option<String>,
+    /// Where it goes when delivered, relative to the destination (its
+    /// schedule's folder template).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub folder: Option<String>,
     /// Still queued at this time: cancelled instead of offered ([`NewJob::not_after_ms`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub not_after_ms: Option<u64>,
@@ -219,7 +231,7 @@ pub struct Deferral {
 /// The job an occurrence would start, or why it cannot start now.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum OccurrenceJob {
-    Ready(NewJob),
+    Ready(Box<NewJob>),
     /// The node cannot take it now (for people: why).
     Blocked(String),
 }

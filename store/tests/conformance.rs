@@ -572,6 +572,35 @@ fn health_events_are_stored_once_per_message(store: &dyn Store) {
     );
 }
 
+fn node_watchdog_policies_are_chosen_and_reset(store: &dyn Store) {
+    assert!(store.node_watchdog_policies().unwrap().is_empty());
+    assert_eq!(
+        store
+            .set_node_watchdog_policy(&node("a"), Some("lecture"))
+            .unwrap(),
+        None
+    );
+    assert_eq!(
+        store
+            .set_node_watchdog_policy(&node("a"), Some("strict"))
+            .unwrap(),
+        Some("lecture".into())
+    );
+    store
+        .set_node_watchdog_policy(&node("b"), Some("lecture"))
+        .unwrap();
+    let all = store.node_watchdog_policies().unwrap();
+    assert_eq!(
+        all.into_iter().collect::<Vec<_>>(),
+        [(node("a"), "strict".into()), (node("b"), "lecture".into())]
+    );
+    assert_eq!(
+        store.set_node_watchdog_policy(&node("a"), None).unwrap(),
+        Some("strict".into())
+    );
+    assert_eq!(store.node_watchdog_policies().unwrap().len(), 1);
+}
+
 fn redb() -> (tempfile::TempDir, RedbStore) {
     let dir = tempfile::tempdir().unwrap();
     let store = RedbStore::open(&dir.path().join("rakkr.redb")).unwrap();
@@ -1219,4 +1248,10 @@ fn redb_upgrades_a_version_1_store_keeping_its_nodes() {
     assert!(s.node(&node("old")).unwrap().is_some());
     s.enqueue_job(new_job(&node("old"), &[0], None), 10)
         .unwrap();
+}
+
+#[test]
+fn redb_node_watchdog_policies_are_chosen_and_reset() {
+    let (_dir, store) = redb();
+    node_watchdog_policies_are_chosen_and_reset(&store);
 }

@@ -37,6 +37,8 @@ fn spec(n: &str) -> ScheduleSpec {
         tags: vec!["show".into()],
         profile: None,
         watchdog: None,
+        name_template: None,
+        folder_template: None,
     }
 }
 
@@ -64,7 +66,7 @@ fn occurrence(key: &str, start_ms: u64, end_ms: u64) -> Occurrence {
 }
 
 fn job_for(s: &ScheduleRecord, o: &Occurrence, channels: &[u16]) -> OccurrenceJob {
-    OccurrenceJob::Ready(NewJob {
+    OccurrenceJob::Ready(Box::new(NewJob {
         node: s.spec.node.clone(),
         spec: JobSpec {
             duration_s: Some(60),
@@ -76,8 +78,10 @@ fn job_for(s: &ScheduleRecord, o: &Occurrence, channels: &[u16]) -> OccurrenceJo
             occurrence: o.key.clone(),
         }),
         tags: s.spec.tags.clone(),
+        title: None,
+        folder: None,
         not_after_ms: Some(o.end_ms),
-    })
+    }))
 }
 
 const ONCE: RestartPolicy = RestartPolicy {
