@@ -372,6 +372,7 @@ impl RunningServer {
         let schedule_stats = Arc::new(schedules::ScheduleStats::default());
         tasks.spawn(schedules::run(
             store.clone(),
+            Arc::new(settings.profiles.clone()),
             commands.clone(),
             clock.clone(),
             schedule_stats.clone(),

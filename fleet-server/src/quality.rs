@@ -57,16 +57,17 @@ pub struct QualityTimeline {
     pub lanes: Vec<QualityLane>,
 }
 
-/// The take's time: from its report, or, while it records, from when it
-/// started running until `now_ms`. None before it ran.
+/// The take's time: from its report, or, while it records, from when the
+/// job was made until `now_ms`. None before it ran.
 pub fn take_span(job: &JobRecord, now_ms: u64) -> Option<(u64, u64)> {
+    use rakkr_protocol::state::JobState;
     match &job.recording {
         Some(r) if r.sample_rate > 0 => {
             let length = r.frames * 1000 / u64::from(r.sample_rate);
             Some((r.start_unix_ms, r.start_unix_ms + length))
         }
-        _ if job.state.occupies_channels() && job.updated_ms > 0 => {
-            Some((job.updated_ms, now_ms.max(job.updated_ms)))
+        _ if matches!(job.state, JobState::Running | JobState::StopRequested) => {
+            Some((job.created_ms, now_ms.max(job.created_ms)))
         }
         _ => None,
     }
@@ -405,6 +406,12 @@ mod tests {
             occurrence: "2026-11-30".into(),
         });
         job.recording = None;
+        job.state = JobState::Running;
+        job.state = JobState::Queued;
+        assert!(
+            take_span(&job, START + 40_000).is_none(),
+            "not before it runs"
+        );
         job.state = JobState::Running;
         let (start, end) = take_span(&job, START + 40_000).unwrap();
         assert_eq!(end - start, 40_000);

@@ -107,6 +107,9 @@ pub struct ScheduleRunner {
     generation: Option<u64>,
     schedules: Vec<(ScheduleRecord, Calendar)>,
     known: HashMap<(ScheduleId, String), Known>,
+    /// Whose constraints a schedule naming a profile must meet when each
+    /// occurrence starts (none: not checked).
+    profiles: Option<Arc<RecordingProfiles>>,
 }
 
 fn restart_policy(spec: &ScheduleSpec) -> RestartPolicy {
@@ -117,6 +120,14 @@ fn restart_policy(spec: &ScheduleSpec) -> RestartPolicy {
 }
 
 impl ScheduleRunner {
+    /// A runner that checks occurrences against their named profiles.
+    pub fn with_profiles(profiles: Arc<RecordingProfiles>) -> ScheduleRunner {
+        ScheduleRunner {
+            profiles: Some(profiles),
+            ..ScheduleRunner::default()
+        }
+    }
+
     /// Start what is due at `now_ms`. Runs on a blocking thread.
     pub fn tick(&mut self, store: &dyn Store, now_ms: u64) -> Result<Tick, StoreError> {
         let generation = store.schedules_generation()?;
@@ -163,7 +174,8 @@ impl ScheduleRunner {
                 continue;
             }
             let restart = restart_policy(&record.spec);
-            match start_occurrence(store, record, &o, restart, now_ms)? {
+            let profiles = self.profiles.as_deref();
+            match start_occurrence(store, profiles, record, &o, restart, now_ms)? {
                 OccurrenceStart::Started(job) => {
                     crate::audit::record_now(
                         store,
@@ -211,21 +223,29 @@ impl ScheduleRunner {
 }
 
 /// The job that records `occurrence` of `schedule` from `now_ms` to its
-/// end, or why the node cannot take it.
+/// end, or why the node cannot take it (also: the node no longer fits the
+/// schedule's named profile, e.g. its device runs at another rate now).
 fn scheduled_job(
     store: &dyn Store,
+    profiles: Option<&RecordingProfiles>,
     schedule: &ScheduleRecord,
     occurrence: &Occurrence,
     now_ms: u64,
 ) -> Result<OccurrenceJob, StoreError> {
+    let named = match (profiles, &schedule.spec.profile) {
+        (Some(profiles), Some(name)) => profiles.get(name).map(|p| NamedProfileRef {
+            name: name.clone(),
+            profile: p.clone(),
+        }),
+        _ => None,
+    };
     let duration_s = occurrence.take_length_s(now_ms);
     let spec = JobSpec {
         duration_s,
         ..schedule.spec.job.clone()
     };
     Ok(
-        // The profile's constraints were checked when the schedule was saved.
-        match crate::jobs::plan_job(store, schedule.spec.node.clone(), spec, None) {
+        match crate::jobs::plan_job(store, schedule.spec.node.clone(), spec, named.as_ref()) {
             Ok(mut new) => {
                 new.scheduled = Some(ScheduledBy {
                     schedule: schedule.id,
@@ -245,12 +265,13 @@ fn scheduled_job(
 /// Start `occurrence` of `schedule` at `now_ms`, recording until its end.
 fn start_occurrence(
     store: &dyn Store,
+    profiles: Option<&RecordingProfiles>,
     schedule: &ScheduleRecord,
     occurrence: &Occurrence,
     restart: RestartPolicy,
     now_ms: u64,
 ) -> Result<OccurrenceStart, StoreError> {
-    let job = scheduled_job(store, schedule, occurrence, now_ms)?;
+    let job = scheduled_job(store, profiles, schedule, occurrence, now_ms)?;
     store.start_occurrence(
         schedule.id,
         schedule.revision,
@@ -265,13 +286,16 @@ fn start_occurrence(
 /// nodes with new jobs are woken.
 pub async fn run(
     store: Arc<dyn Store>,
+    profiles: Arc<RecordingProfiles>,
     commands: Commands,
     clock: Arc<dyn Clock>,
     stats: Arc<ScheduleStats>,
     shutdown: CancellationToken,
 ) {
     let mut ticks = crate::clock::Ticks::every(SCHEDULE_INTERVAL, shutdown.clone());
-    let runner = Arc::new(std::sync::Mutex::new(ScheduleRunner::default()));
+    let runner = Arc::new(std::sync::Mutex::new(ScheduleRunner::with_profiles(
+        profiles,
+    )));
     loop {
         if !ticks.next().await {
             return;
@@ -321,7 +345,16 @@ pub fn node_schedules(all: &[ScheduleRecord], node: &NodeId) -> NodeSchedules {
                 id: r.id,
                 revision: r.revision,
                 created_ms: r.created_ms,
-                spec: r.spec.clone(),
+                // What only the server uses stays with it: appliances of an
+                // older build refuse fields they do not know, and a node
+                // records with `job`, which already has the profile's encoding.
+                spec: ScheduleSpec {
+                    profile: None,
+                    watchdog: None,
+                    name_template: None,
+                    folder_template: None,
+                    ..r.spec.clone()
+                },
             })
             .collect(),
     }
@@ -431,6 +464,7 @@ fn check_node_room(store: &dyn Store, id: ScheduleId, spec: &ScheduleSpec) -> Re
 pub fn run_now(
     store: &dyn Store,
     commands: &Commands,
+    profiles: Option<&RecordingProfiles>,
     schedule: &ScheduleRecord,
     now_ms: u64,
 ) -> Result<JobRecord, JobRequestError> {
@@ -456,7 +490,9 @@ pub fn run_now(
         end_ms,
         exception: None,
     };
-    let new = match scheduled_job(store, schedule, &run, now_ms).map_err(JobRequestError::Store)? {
+    let new = match scheduled_job(store, profiles, schedule, &run, now_ms)
+        .map_err(JobRequestError::Store)?
+    {
         OccurrenceJob::Ready(new) => *new,
         OccurrenceJob::Blocked(why) => return Err(JobRequestError::Invalid(why)),
     };
@@ -770,9 +806,10 @@ pub mod ops {
             state.commands.clone(),
             state.clock.unix_ms(),
         );
+        let profiles = state.profiles.clone();
         let job = blocking(move || {
             let schedule = existing(&*store, id)?;
-            super::run_now(&*store, &commands, &schedule, now).map_err(job_problem)
+            super::run_now(&*store, &commands, Some(&profiles), &schedule, now).map_err(job_problem)
         })
         .await?;
         let change = crate::jobs::audit_change(None, &job);
@@ -1031,6 +1068,46 @@ mod tests {
     }
 
     #[test]
+    fn an_occurrence_that_no_longer_fits_its_profile_waits_with_the_reason() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir);
+        announce(&store, "studio");
+        let s = schedule(&store, "studio", "UTC", "10:00", "11:00");
+        // Saved when the device ran at 96 kHz; it runs at 48 kHz now.
+        let mut spec = s.spec.clone();
+        spec.profile = Some("hi".into());
+        store.update_schedule(s.id, spec, 2_000).unwrap();
+        let hi = profiles("default_profile = \"hi\"\n[profiles.hi]\nsample_rate = 96000\n");
+        let mut runner = ScheduleRunner::with_profiles(Arc::new(hi));
+        let tick = runner.tick(&store, ms("2026-11-29T10:00:00Z")).unwrap();
+        assert!(tick.started.is_empty());
+        assert_eq!(tick.deferred, 1);
+        let issues = store
+            .health_issues(&rakkr_store::IssueQuery {
+                limit: 10,
+                ..Default::default()
+            })
+            .unwrap();
+        assert!(
+            issues
+                .iter()
+                .any(|i| i.condition == HealthCondition::ScheduleDeferred
+                    && i.detail.contains("needs the device at 96000 Hz")),
+            "{issues:?}"
+        );
+        // Without profiles to check (or with a fitting one) it records.
+        let mut plain = ScheduleRunner::default();
+        assert_eq!(
+            plain
+                .tick(&store, ms("2026-11-29T10:00:05Z"))
+                .unwrap()
+                .started
+                .len(),
+            1
+        );
+    }
+
+    #[test]
     fn each_occurrence_gets_one_job_across_ticks_and_restarts() {
         let dir = tempfile::tempdir().unwrap();
         let store = open(&dir);
@@ -1258,14 +1335,14 @@ mod tests {
 
         // Run-now: the window's length, refused while the channel is busy.
         let (commands, _rx) = Commands::new(Default::default());
-        let busy = run_now(&store, &commands, &s, ms("2026-12-01T10:30:00Z")).unwrap_err();
+        let busy = run_now(&store, &commands, None, &s, ms("2026-12-01T10:30:00Z")).unwrap_err();
         assert!(matches!(busy, JobRequestError::Conflict(_)), "{busy:?}");
-        let job = run_now(&store, &commands, &s, ms("2026-12-01T12:00:00Z"));
+        let job = run_now(&store, &commands, None, &s, ms("2026-12-01T12:00:00Z"));
         // The scheduled job of 1 December still holds channel 1 (no node took it).
         assert!(job.is_err());
         let first = scheduled_jobs(&store, "skip").remove(0);
         node_completes(&store, &first, ms("2026-12-01T11:00:00Z"));
-        let job = run_now(&store, &commands, &s, ms("2026-12-01T12:00:00Z")).unwrap();
+        let job = run_now(&store, &commands, None, &s, ms("2026-12-01T12:00:00Z")).unwrap();
         assert_eq!(job.spec.duration_s, Some(3600));
         assert_eq!(
             job.scheduled.unwrap().occurrence,
@@ -1273,6 +1350,15 @@ mod tests {
         );
         let mut disabled = s.clone();
         disabled.spec.enabled = false;
-        assert!(run_now(&store, &commands, &disabled, ms("2026-12-01T13:00:00Z")).is_err());
+        assert!(
+            run_now(
+                &store,
+                &commands,
+                None,
+                &disabled,
+                ms("2026-12-01T13:00:00Z")
+            )
+            .is_err()
+        );
     }
 }

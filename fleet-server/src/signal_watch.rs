@@ -42,10 +42,8 @@ pub const CHECK_EVERY: Duration = Duration::from_secs(1);
 
 /// The most one frame counts for when frames were missed (a late tick, a
 /// frame lost on the way): a longer hole is not assumed to be low signal.
+/// Telemetry slower than one frame in 2.5 s may step two windows.
 pub const MAX_STEP_MS: u64 = 5_000;
-
-/// Most jobs one node has running at once that the rule reads.
-const MAX_JOBS_PER_NODE: usize = 64;
 
 /// A running scheduled take as the rule sees it.
 #[derive(Debug, Clone, PartialEq)]
@@ -57,7 +55,8 @@ pub struct WatchedTake {
     pub occurrence: String,
     /// Device channels the take reads, 0-based.
     pub sources: Vec<u16>,
-    /// When the job started running (the grace period starts then).
+    /// When the job was made (the occurrence's start, or the take's start
+    /// for one an appliance began on its own): the grace period starts then.
     pub running_since_ms: u64,
     pub policy_name: String,
     pub policy: WatchdogPolicy,
@@ -131,7 +130,9 @@ impl ScheduledSignalRule {
             if at <= grace_end {
                 continue;
             }
-            let step = at.saturating_sub(previous.max(grace_end)).min(MAX_STEP_MS);
+            // Slower telemetry (a longer window) may step further.
+            let max_step = MAX_STEP_MS.max(2 * u64::from(frame.window_ms));
+            let step = at.saturating_sub(previous.max(grace_end)).min(max_step);
             for &channel in &take.sources {
                 let Some(meter) = frame.channels.get(usize::from(channel)) else {
                     continue;
@@ -222,20 +223,14 @@ impl TakeFinder {
         policies: &WatchdogPolicies,
     ) -> rakkr_store::Result<Vec<WatchedTake>> {
         let mut takes = Vec::new();
-        for node in store.busy_nodes()? {
-            for job in store.jobs(Some(&node), MAX_JOBS_PER_NODE)? {
-                let Some(by) = &job.scheduled else { continue };
-                if job.state != JobState::Running {
-                    continue;
-                }
-                takes.push((
-                    job.id,
-                    node.clone(),
-                    by.clone(),
-                    job.sources,
-                    job.updated_ms,
-                ));
+        for job in store.active_jobs()? {
+            let Some(by) = job.scheduled else { continue };
+            if job.state != JobState::Running {
+                continue;
             }
+            // Its creation, not its last update: a lease lost and regained
+            // mid-take must not start the grace period again.
+            takes.push((job.id, job.node, by, job.sources, job.created_ms));
         }
         if takes.is_empty() {
             return Ok(Vec::new());

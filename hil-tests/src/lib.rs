@@ -48,11 +48,21 @@ pub fn bin(name: &str) -> PathBuf {
 }
 
 /// A TCP port on 127.0.0.1 that was free a moment ago.
+/// A port nothing listens on now, never one this process handed out before:
+/// the kernel may give the same free port to two binds in a row, and a
+/// server started with one port for HTTP and the same again for MQTT fails.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("no free port")
+    static GIVEN: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("no free port");
+        if GIVEN.lock().unwrap_or_else(|p| p.into_inner()).insert(port) {
+            return port;
+        }
+    }
 }
 
 /// Poll `check` every 50 ms until it returns `Some`, or fail after `limit`.

@@ -166,6 +166,41 @@ fn a_node_waits_as_its_chosen_policy_says_and_keeps_it_without_the_server() -> R
     Ok(())
 }
 
+#[test]
+fn disk_pressure_follows_the_chosen_policy_on_the_real_disk() -> Result<()> {
+    // The recordings' disk is whatever this machine has: a policy that asks
+    // for more free space than any disk has raises disk_pressure, one that
+    // asks for 1 MB clears it.
+    const DISK: &str = "[watchdog]\ndefault = \"modest\"\n\
+        [watchdog.policies.modest]\nlow_signal_dbfs = -50.0\ngrace_s = 120\ncumulative_s = 300\nclear_s = 30\n\
+        [watchdog.policies.modest.appliance]\ndisk_min_free_mb = 1\n\
+        [watchdog.policies.hungry]\nlow_signal_dbfs = -50.0\ngrace_s = 120\ncumulative_s = 300\nclear_s = 30\n\
+        [watchdog.policies.hungry.appliance]\ndisk_min_free_mb = 100000000\n";
+    let work = tempfile::tempdir()?;
+    let server = Server::start_configured(work.path(), &work.path().join("data"), &[], DISK)?;
+    let (_agent, _recordings) = job_agent(work.path(), &server, "wd-disk", 2, "")?;
+    wait_online(&server, "wd-disk")?;
+    let (code, _) = server.post(
+        "/api/v1/nodes/wd-disk/watchdog",
+        &json!({"policy": "hungry"}),
+    )?;
+    assert_eq!(code, 200);
+    let raised = wait_issue(&server, "wd-disk", "disk_pressure", "open")?;
+    assert_eq!(raised["severity"], "critical");
+    assert!(
+        raised["detail"]
+            .as_str()
+            .unwrap()
+            .contains("the limit is 100000000 MB"),
+        "{raised}"
+    );
+    let (code, _) = server.post("/api/v1/nodes/wd-disk/watchdog", &json!({"policy": null}))?;
+    assert_eq!(code, 200);
+    let cleared = wait_issue(&server, "wd-disk", "disk_pressure", "resolved")?;
+    assert_eq!(cleared["by"], "recovery");
+    Ok(())
+}
+
 fn issues_of(server: &Server, node: &str, condition: &str) -> Result<Vec<Value>> {
     let list = server.get_json(&format!("/api/v1/health?node={node}&condition={condition}"))?;
     Ok(list.as_array().cloned().unwrap_or_default())

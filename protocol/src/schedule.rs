@@ -828,18 +828,20 @@ pub fn render_template(
             )
         })?;
         if folder {
+            // Characters SMB and Windows refuse in names go too.
             let mut clean: String = value
                 .chars()
                 .map(|c| {
-                    if c == '/' || c == '\\' || c.is_control() {
+                    if "/\\:*?\"<>|".contains(c) || c.is_control() {
                         '-'
                     } else {
                         c
                     }
                 })
                 .collect();
-            if clean.starts_with('.') {
-                clean.replace_range(..1, "-");
+            // Nor may a value be empty or hide (or climb) with a leading dot.
+            if clean.is_empty() || clean.starts_with('.') {
+                clean = format!("-{}", clean.trim_start_matches('.'));
             }
             out.push_str(&clean);
         } else {
@@ -848,7 +850,32 @@ pub fn render_template(
         rest = &after[close + 1..];
     }
     out.push_str(rest);
+    if folder {
+        check_folder(&out)?;
+    }
     Ok(out)
+}
+
+/// Longest part of a folder, in bytes (file systems' name limit).
+pub const MAX_FOLDER_PART_BYTES: usize = 255;
+
+/// A folder as rendered: relative, no empty, `.` or `..` parts, none over
+/// [`MAX_FOLDER_PART_BYTES`].
+fn check_folder(folder: &str) -> Result<(), String> {
+    if folder.starts_with('/') || folder.contains('\\') {
+        return Err("a folder is a relative path with '/' between its parts".into());
+    }
+    for part in folder.split('/') {
+        if part.trim().is_empty() || part == "." || part == ".." {
+            return Err("a folder has no empty, '.' or '..' parts".into());
+        }
+        if part.len() > MAX_FOLDER_PART_BYTES {
+            return Err(format!(
+                "a folder's part is at most {MAX_FOLDER_PART_BYTES} bytes"
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Check a template: known placeholders, balanced braces, at most
@@ -861,19 +888,11 @@ pub fn check_template(template: &str, folder: bool) -> Result<(), String> {
     if template.chars().any(char::is_control) {
         return Err("a template has no control characters".into());
     }
-    let rendered = render_template(template, &TemplateVars::example(), folder)?;
     if folder {
-        if template.starts_with('/') || template.contains('\\') {
-            return Err("a folder is a relative path with '/' between its parts".into());
-        }
-        if rendered
-            .split('/')
-            .any(|part| part.trim().is_empty() || part == "." || part == "..")
-        {
-            return Err("a folder has no empty, '.' or '..' parts".into());
-        }
+        // The template's own text: values can neither add '/' nor make '..'.
+        check_folder(&template.replace(['{', '}'], "x"))?;
     }
-    Ok(())
+    render_template(template, &TemplateVars::example(), folder).map(|_| ())
 }
 
 impl ScheduleSpec {
@@ -888,10 +907,17 @@ impl ScheduleSpec {
         let Ok(zone) = Zone::get(&self.timing.time_zone) else {
             return (None, None);
         };
+        // A calendar occurrence is named by its date; another (a Run now) by
+        // the local date it started on.
+        let calendar = occurrence == ALWAYS_ON_KEY || occurrence.parse::<CivilDate>().is_ok();
         let vars = TemplateVars {
             schedule: self.name.clone(),
             node: self.node.to_string(),
-            occurrence: occurrence.to_owned(),
+            occurrence: if calendar {
+                occurrence.to_owned()
+            } else {
+                zone.date_of(start_ms).to_string()
+            },
             start: (zone.date_of(start_ms), zone.time_of(start_ms)),
         };
         let render = |t: &Option<String>, folder| {

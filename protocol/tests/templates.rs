@@ -50,6 +50,18 @@ fn values_cannot_climb_out_of_a_folder() {
         );
         assert_eq!(folder.split('/').count(), 2, "{schedule:?} gave {folder:?}");
     }
+    assert_eq!(
+        render_template("{schedule}", &vars("a:b", "n"), true).unwrap(),
+        "a-b",
+        "no characters SMB refuses"
+    );
+    // A part longer than file systems allow is refused, not cut.
+    let long = "x".repeat(300);
+    assert!(
+        render_template("{schedule}", &vars(&long, "n"), true)
+            .unwrap_err()
+            .contains("at most 255 bytes")
+    );
     // A name is not a path: it keeps its slashes, loses control characters.
     assert_eq!(
         render_template("{schedule}", &vars("A/B\nC", "n"), false).unwrap(),

@@ -180,6 +180,10 @@ pub trait Store: Send + Sync + 'static {
     /// Nodes with a job holding their channels (queued, leased, running, stopping).
     fn busy_nodes(&self) -> Result<std::collections::BTreeSet<NodeId>>;
 
+    /// Every job holding its channels (queued, leased, running, stopping),
+    /// from the index: however old the job and however many came after it.
+    fn active_jobs(&self) -> Result<Vec<JobRecord>>;
+
     /// How many jobs wait for their node and how many are under a lease,
     /// from the indexes (cheap enough for every metrics scrape).
     fn job_gauges(&self) -> Result<JobGauges>;

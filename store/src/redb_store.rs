@@ -593,6 +593,18 @@ impl Store for RedbStore {
                 "not an autonomous update (it names no occurrence)".into(),
             ));
         };
+        // A node starts calendar occurrences only: named by a local date or always-on.
+        if started.occurrence != rakkr_protocol::schedule::ALWAYS_ON_KEY
+            && started
+                .occurrence
+                .parse::<rakkr_protocol::schedule::CivilDate>()
+                .is_err()
+        {
+            return Err(StoreError::Refused(format!(
+                "{:?} is not an occurrence a node may start",
+                started.occurrence
+            )));
+        }
         if update.lease_id != 0 {
             return Err(StoreError::Refused(
                 "an autonomous update has lease id 0".into(),
@@ -1247,6 +1259,20 @@ impl Store for RedbStore {
             let (k, _) = entry.map_err(backend)?;
             if let Ok(node) = NodeId::new(k.value().0) {
                 out.insert(node);
+            }
+        }
+        Ok(out)
+    }
+
+    fn active_jobs(&self) -> Result<Vec<JobRecord>> {
+        let tx = self.db.begin_read().map_err(backend)?;
+        let active = tx.open_table(ACTIVE_JOBS).map_err(backend)?;
+        let jobs = tx.open_table(JOBS).map_err(backend)?;
+        let mut out = Vec::new();
+        for entry in active.iter().map_err(backend)? {
+            let (k, _) = entry.map_err(backend)?;
+            if let Some(v) = jobs.get(k.value().1).map_err(backend)? {
+                out.push(decode::<JobRecord>("job", v.value())?);
             }
         }
         Ok(out)
