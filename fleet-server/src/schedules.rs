@@ -645,12 +645,44 @@ pub fn check_spec(
     profiles: &RecordingProfiles,
     spec: &mut ScheduleSpec,
 ) -> Result<(), Problem> {
+    check_spec_replacing(store, policies, profiles, spec, None)
+}
+
+/// [`check_spec`] for a schedule that replaces `before`: a policy or
+/// profile name it keeps unchanged may be one the configuration no longer
+/// has, so a schedule can still be edited (say, disabled) without choosing
+/// another first. The policy then falls back to the default and the
+/// schedule keeps the encoding it has.
+pub fn check_spec_replacing(
+    store: &dyn Store,
+    policies: &WatchdogPolicies,
+    profiles: &RecordingProfiles,
+    spec: &mut ScheduleSpec,
+    before: Option<&ScheduleSpec>,
+) -> Result<(), Problem> {
     let invalid = |e| problem(StatusCode::UNPROCESSABLE_ENTITY, e);
     spec.check().map_err(invalid)?;
-    policies
-        .check_known(spec.watchdog.as_deref())
-        .map_err(invalid)?;
+    let kept = |name: &Option<String>, old: fn(&ScheduleSpec) -> &Option<String>| {
+        name.is_some() && before.is_some_and(|b| old(b) == name)
+    };
+    let kept_watchdog = kept(&spec.watchdog, |b| &b.watchdog);
+    if !(kept_watchdog
+        && spec
+            .watchdog
+            .as_deref()
+            .is_some_and(|n| policies.get(n).is_none()))
+    {
+        policies
+            .check_known(spec.watchdog.as_deref())
+            .map_err(invalid)?;
+    }
+    let kept_profile = kept(&spec.profile, |b| &b.profile)
+        && spec
+            .profile
+            .as_deref()
+            .is_some_and(|n| profiles.get(n).is_none());
     let named = match &spec.profile {
+        Some(_) if kept_profile => None,
         Some(name) => {
             let (name, profile) = profiles.require(name).map_err(invalid)?;
             spec.job.profile = profile.recording();
@@ -755,7 +787,8 @@ pub mod ops {
         let (store, now) = (state.store.clone(), state.clock.unix_ms());
         let (policies, profiles) = (state.watchdog_policies.clone(), state.profiles.clone());
         let (before, after) = blocking(move || {
-            check_spec(&*store, &policies, &profiles, &mut spec)?;
+            let old = existing(&*store, id)?;
+            check_spec_replacing(&*store, &policies, &profiles, &mut spec, Some(&old.spec))?;
             check_node_room(&*store, id, &spec)?;
             store.update_schedule(id, spec, now).map_err(store_problem)
         })
@@ -1025,6 +1058,35 @@ mod tests {
         let third = profiles("default_profile = \"other\"\n[profiles.other]\n");
         assert_eq!(follow_profiles(&store, &third, 6_000).unwrap(), 0);
         assert_eq!(store.schedule(id).unwrap().unwrap().revision, 3);
+        // …and can still be edited (disabled here) while it names the old
+        // profile; choosing another missing one is refused.
+        let before = store.schedule(id).unwrap().unwrap().spec;
+        let mut disabled = before.clone();
+        disabled.enabled = false;
+        check_spec_replacing(
+            &store,
+            &WatchdogPolicies::builtin(),
+            &third,
+            &mut disabled,
+            Some(&before),
+        )
+        .unwrap();
+        assert_eq!(
+            disabled.job.profile.codec,
+            rakkr_protocol::job::CodecName::Wav
+        );
+        let mut other = before.clone();
+        other.profile = Some("gone-too".into());
+        assert!(
+            check_spec_replacing(
+                &store,
+                &WatchdogPolicies::builtin(),
+                &third,
+                &mut other,
+                Some(&before)
+            )
+            .is_err()
+        );
     }
 
     /// The node takes the job and records it to the end.
