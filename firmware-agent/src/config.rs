@@ -81,7 +81,9 @@ pub struct AgentConfig {
     /// Recording jobs the node runs at once. Jobs need `recordings_dir`.
     #[serde(default = "default_max_jobs")]
     pub max_jobs: u16,
-    /// How long the watchdog's quality rules wait (`crate::watchdog`).
+    /// How long the watchdog's quality rules wait (`crate::watchdog`) until
+    /// the server sends the rules of the node's watchdog policy
+    /// (`cmd/watchdog`), which then apply instead.
     #[serde(default)]
     pub watchdog: crate::watchdog::WatchdogRules,
 }

@@ -240,6 +240,25 @@ impl Browser {
     }
 
     /// Save a PNG of the viewport as `name.png` in [`screenshot_dir`]; its path.
+    /// Sign in as `name` and wait for the fleet page; on failure the page is
+    /// kept as a screenshot and its text goes into the error.
+    pub fn log_in(&self, name: &str, password: &str) -> Result<()> {
+        self.goto("/login")?;
+        self.fill("input[name=name]", name)?;
+        self.fill("input[name=password]", password)?;
+        self.click("form button[type=submit]")?;
+        wait_for(
+            "the fleet page after login",
+            Duration::from_secs(20),
+            || (self.path().ok()? == "/" && self.exists("#nodes").ok()?).then_some(()),
+        )
+        .map_err(|e| {
+            let _ = self.screenshot(&format!("failed-login-{name}"));
+            let page = self.text("body").unwrap_or_default();
+            anyhow::anyhow!("{e}; at {:?}: {page}", self.path())
+        })
+    }
+
     pub fn screenshot(&self, name: &str) -> Result<PathBuf> {
         let png = self.runtime.block_on(self.client().screenshot())?;
         if !png.starts_with(b"\x89PNG") {

@@ -65,6 +65,15 @@ pub fn free_port() -> u16 {
     }
 }
 
+/// `HH:MM:SS` in UTC, `ahead_s` seconds from now: a schedule window's edge.
+pub fn utc_time_in(ahead_s: u64) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let s = (now + ahead_s) % 86_400;
+    format!("{:02}:{:02}:{:02}", s / 3600, s / 60 % 60, s % 60)
+}
+
 /// Poll `check` every 50 ms until it returns `Some`, or fail after `limit`.
 pub fn wait_for<T>(what: &str, limit: Duration, mut check: impl FnMut() -> Option<T>) -> Result<T> {
     let deadline = Instant::now() + limit;

@@ -36,18 +36,7 @@ fn recording_agent(work: &Path, server: &Server) -> Result<Agent> {
 }
 
 fn log_in(browser: &Browser, name: &str) -> Result<()> {
-    browser.goto("/login")?;
-    browser.fill("input[name=name]", name)?;
-    browser.fill("input[name=password]", OPERATOR_PASSWORD)?;
-    browser.click("form button[type=submit]")?;
-    wait_for("the fleet page after login", SOON, || {
-        (browser.path().ok()? == "/" && browser.exists("#nodes").ok()?).then_some(())
-    })
-    .map_err(|e| {
-        let _ = browser.screenshot(&format!("failed-login-{name}"));
-        let page = browser.text("body").unwrap_or_default();
-        anyhow::anyhow!("{e}; at {:?}: {page}", browser.path())
-    })
+    browser.log_in(name, OPERATOR_PASSWORD)
 }
 
 /// `fetch` a form POST from inside the page (the session's cookie goes

@@ -7,7 +7,7 @@
 //! policy the server does not have are refused. The dead take's quality
 //! timeline (API and console page, in a real browser) shows the condition.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use anyhow::Result;
 use rakkr_hil_tests::browser::{Browser, Look};
@@ -18,19 +18,6 @@ const POLICIES: &str = "[watchdog]\ndefault = \"standard\"\n\
     [watchdog.policies.standard]\nlow_signal_dbfs = -50.0\ngrace_s = 120\ncumulative_s = 300\nclear_s = 30\n\
     [watchdog.policies.strict]\nlow_signal_dbfs = -60.0\ngrace_s = 2\ncumulative_s = 3\nclear_s = 2\n\
     [watchdog.policies.swell]\nlow_signal_dbfs = -20.0\ngrace_s = 0\ncumulative_s = 3\nclear_s = 2\n";
-
-fn now_s() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-}
-
-/// `HH:MM:SS` in UTC, `ahead_s` seconds from now.
-fn utc_time_in(ahead_s: u64) -> String {
-    let s = (now_s() + ahead_s) % 86_400;
-    format!("{:02}:{:02}:{:02}", s / 3600, s / 60 % 60, s % 60)
-}
 
 fn schedule(node: &str, policy: &str, length_s: u64) -> Value {
     json!({
@@ -165,13 +152,7 @@ fn scheduled_takes_raise_low_signal_per_policy_and_recovery_resolves_it() -> Res
     server.operator("olga", "operator")?;
     for look in [Look::DESKTOP, Look::PHONE_DARK] {
         let browser = Browser::start(work.path(), &server.url(""), look)?;
-        browser.goto("/login")?;
-        browser.fill("input[name=name]", "olga")?;
-        browser.fill("input[name=password]", OPERATOR_PASSWORD)?;
-        browser.click("form button[type=submit]")?;
-        wait_for("signed in", Duration::from_secs(10), || {
-            (browser.path().ok()? == "/").then_some(())
-        })?;
+        browser.log_in("olga", OPERATOR_PASSWORD)?;
         browser.goto(&format!("/recordings/{job_id}"))?;
         browser.wait_css(".quality-track rect.span.warning", Duration::from_secs(10))?;
         let table = browser.text("table.quality")?;

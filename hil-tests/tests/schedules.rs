@@ -3,24 +3,11 @@
 //! bad schedules are refused with the reason; skip-next, run-now, edits and
 //! deletion work and are audited.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use anyhow::Result;
 use rakkr_hil_tests::*;
 use serde_json::{Value, json};
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64
-}
-
-/// `HH:MM:SS` in UTC, `ahead_s` seconds from now.
-fn utc_time_in(ahead_s: u64) -> String {
-    let s = (now_ms() / 1000 + ahead_s) % 86_400;
-    format!("{:02}:{:02}:{:02}", s / 3600, s / 60 % 60, s % 60)
-}
 
 fn schedule(node: &str, start: &str, end: &str) -> Value {
     json!({
