@@ -23,12 +23,15 @@
 //! (retained `cmd/schedules`, kept in the outbox database). While the server
 //! is unreachable (no broker connection, or its status is offline) it starts
 //! each due occurrence itself, once, under the occurrence's own job id
-//! ([`first_job_id`]) and lease id 0, and reports it with what the server
+//! ([`occurrence_job_id`]) and lease id 0, and reports it with what the server
 //! needs to reconcile it (`autonomous`). When an offer for that job arrives
 //! (the server made its own job for the occurrence, or reconciled the
 //! node's) the node takes over the offered lease and the take goes on
 //! uninterrupted. Jobs it started are remembered (`Outbox::mark_started`),
-//! so an occurrence is never recorded twice by the node.
+//! so an occurrence is never recorded twice by the node. A take a crash or
+//! power loss cut (`Outbox::mark_interrupted`) is the one exception: the
+//! window goes on under the occurrence's next job id, the one the server
+//! would give its restart.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -40,7 +43,9 @@ use rakkr_protocol::job::{
     AutonomousStart, CodecName, DEFAULT_DEVICE, JobCommand, JobReport, JobSpec, JobUpdate,
     MAX_REPORTED_FILES, RecordedFile, RecordingReport,
 };
-use rakkr_protocol::schedule::{Calendar, NodeSchedule, NodeSchedules, first_job_id};
+use rakkr_protocol::schedule::{
+    Calendar, MAX_OCCURRENCE_JOBS, NodeSchedule, NodeSchedules, Occurrence, occurrence_job_id,
+};
 use rakkr_protocol::state::JobState;
 use rakkr_protocol::{Envelope, JobId, NodeId};
 use serde::{Deserialize, Serialize};
@@ -460,13 +465,13 @@ async fn start_due_occurrences(
         let Some(occurrence) = calendar.due_at(now) else {
             continue;
         };
-        let job_id = first_job_id(schedule.id, schedule.created_ms, &occurrence);
-        if !occurrence.worth_starting(now)
-            || running.contains_key(&job_id)
-            || autonomy.tried.contains_key(&job_id)
-            || held_ids(ctx).await.contains(&job_id)
-            || was_started(ctx, job_id).await
-        {
+        if !occurrence.worth_starting(now) {
+            continue;
+        }
+        let Some(job_id) = next_occurrence_job(ctx, running, schedule, &occurrence).await else {
+            continue;
+        };
+        if autonomy.tried.contains_key(&job_id) {
             continue;
         }
         let spec = JobSpec {
@@ -495,6 +500,34 @@ async fn start_due_occurrences(
             }
         }
     }
+}
+
+/// The job to start for a due `occurrence`, if it needs one: its first job
+/// if the node never started it, the next one if every job the node started
+/// for it had its take cut by a crash or power loss (the window goes on);
+/// `None` while one runs or once one ended otherwise.
+async fn next_occurrence_job(
+    ctx: &JobContext,
+    running: &HashMap<JobId, Running>,
+    schedule: &NodeSchedule,
+    occurrence: &Occurrence,
+) -> Option<JobId> {
+    let held = held_jobs(ctx).await;
+    for n in 0..MAX_OCCURRENCE_JOBS {
+        let id = occurrence_job_id(schedule.id, schedule.created_ms, occurrence, n);
+        if running.contains_key(&id) || held.get(&id).is_some_and(|finished| !finished) {
+            return None;
+        }
+        if !was_started(ctx, id).await {
+            return Some(id);
+        }
+        let outbox = ctx.outbox.clone();
+        let cut = tokio::task::spawn_blocking(move || outbox.was_interrupted(id.as_u128())).await;
+        if !matches!(cut, Ok(Ok(true))) {
+            return None;
+        }
+    }
+    None
 }
 
 /// The take a job asks for, and the device channels it reads; or why it
@@ -681,6 +714,15 @@ async fn report_interrupted(ctx: &JobContext) {
             ),
         };
         tracing::warn!(job = %held.job_id, state = state.as_str(), "reporting a take interrupted before this start");
+        // A scheduled occurrence goes on under its next job (see
+        // `next_occurrence_job`) if the server is still unreachable.
+        let outbox = ctx.outbox.clone();
+        let id = held.job_id.as_u128();
+        if let Ok(Err(e)) =
+            tokio::task::spawn_blocking(move || outbox.mark_interrupted(id, now)).await
+        {
+            tracing::error!(job = %held.job_id, error = %e, "cannot remember the take as cut");
+        }
         release(ctx, &held, state, now, detail, recording).await;
     }
 }
@@ -747,17 +789,26 @@ async fn keep(ctx: &JobContext, held: Option<&HeldJob>, finished: bool, mut upda
 
 /// Jobs held in the outbox: running, or finished and not yet acknowledged.
 async fn held_ids(ctx: &JobContext) -> Vec<JobId> {
+    held_jobs(ctx).await.into_keys().collect()
+}
+
+/// Jobs held in the outbox, and whether each has finished (its final report
+/// waits for acknowledgement).
+async fn held_jobs(ctx: &JobContext) -> HashMap<JobId, bool> {
     let outbox = ctx.outbox.clone();
     match tokio::task::spawn_blocking(move || outbox.held_jobs()).await {
         Ok(Ok(held)) => held
             .into_iter()
-            .map(|(id, _)| JobId::from_u128(id))
+            .map(|(id, bytes)| {
+                let finished = serde_json::from_slice::<HeldJob>(&bytes).is_ok_and(|h| h.finished);
+                (JobId::from_u128(id), finished)
+            })
             .collect(),
         Ok(Err(e)) => {
             tracing::error!(error = %e, "cannot read held jobs");
-            Vec::new()
+            HashMap::new()
         }
-        Err(_) => Vec::new(),
+        Err(_) => HashMap::new(),
     }
 }
 
@@ -919,11 +970,9 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn a_due_occurrence_is_started_once_by_the_node_and_handed_a_lease_later() {
-        let dir = tempfile::tempdir().unwrap();
-        let ctx = context(1 << 20, dir.path());
-        let now = ctx.clock.unix_ms();
+    /// A schedule for channel 2 whose daily window (UTC) opened a second
+    /// before `now` and lasts ten minutes more.
+    fn due_schedule(now: u64) -> (NodeSchedule, Vec<(NodeSchedule, Calendar)>) {
         // A daily window around now, in UTC.
         let hms = |ms: u64| {
             let s = ms / 1000 % 86_400;
@@ -950,11 +999,20 @@ mod tests {
             schedules: vec![schedule.clone()],
         });
         assert_eq!(calendars.len(), 1);
+        (schedule, calendars)
+    }
+
+    #[tokio::test]
+    async fn a_due_occurrence_is_started_once_by_the_node_and_handed_a_lease_later() {
+        let dir = tempfile::tempdir().unwrap();
+        let ctx = context(1 << 20, dir.path());
+        let now = ctx.clock.unix_ms();
+        let (schedule, calendars) = due_schedule(now);
         let mut running = HashMap::new();
         let mut autonomy = Autonomy::default();
         start_due_occurrences(&ctx, &mut running, &calendars, &mut autonomy).await;
         let occurrence = calendars[0].1.due_at(now).unwrap();
-        let job = first_job_id(schedule.id, schedule.created_ms, &occurrence);
+        let job = occurrence_job_id(schedule.id, schedule.created_ms, &occurrence, 0);
         assert_eq!(running.keys().copied().collect::<Vec<_>>(), [job]);
         let r = &running[&job];
         assert_eq!(r.held.lease_id, 0);
@@ -1012,5 +1070,44 @@ mod tests {
         assert!(ctx.outbox.held_jobs().unwrap().is_empty());
         start_due_occurrences(&ctx, &mut running, &calendars, &mut Autonomy::default()).await;
         assert!(running.is_empty(), "never twice");
+    }
+
+    #[tokio::test]
+    async fn a_take_cut_by_a_crash_goes_on_under_the_occurrence_s_next_job() {
+        let dir = tempfile::tempdir().unwrap();
+        let ctx = context(1 << 20, dir.path());
+        let now = ctx.clock.unix_ms();
+        let (schedule, calendars) = due_schedule(now);
+        let occurrence = calendars[0].1.due_at(now).unwrap();
+        let job = |n| occurrence_job_id(schedule.id, schedule.created_ms, &occurrence, n);
+        let mut running = HashMap::new();
+        start_due_occurrences(&ctx, &mut running, &calendars, &mut Autonomy::default()).await;
+        assert_eq!(running.keys().copied().collect::<Vec<_>>(), [job(0)]);
+        // The agent dies: the take is never finished, its job stays held.
+        for (_, r) in running.drain() {
+            r.take.stop();
+        }
+        // The next start reports it and remembers it as cut ...
+        report_interrupted(&ctx).await;
+        assert!(ctx.outbox.was_interrupted(job(0).as_u128()).unwrap());
+        // ... and the window goes on under the next job, once.
+        start_due_occurrences(&ctx, &mut running, &calendars, &mut Autonomy::default()).await;
+        assert_eq!(running.keys().copied().collect::<Vec<_>>(), [job(1)]);
+        let pending = ctx.outbox.pending(10).unwrap();
+        let env = Envelope::<JobReport>::decode(&pending.last().unwrap().payload).unwrap();
+        let JobReport::Update(u) = env.body else {
+            panic!()
+        };
+        assert_eq!((u.job_id, u.state), (job(1), JobState::Running));
+        assert_eq!(u.autonomous.unwrap().occurrence, occurrence.key);
+        start_due_occurrences(&ctx, &mut running, &calendars, &mut Autonomy::default()).await;
+        assert_eq!(running.len(), 1, "one take at a time");
+        // A take that ends as planned ends the occurrence for the node.
+        for (_, r) in running.drain() {
+            r.take.stop();
+            finish(&ctx, r, None).await;
+        }
+        start_due_occurrences(&ctx, &mut running, &calendars, &mut Autonomy::default()).await;
+        assert!(running.is_empty(), "not restarted after a take that ended");
     }
 }

@@ -23,13 +23,16 @@
 //! | `jobs`       | job id `u128`          | the held job (JSON, see `crate::jobs::HeldJob`) |
 //! | `job_finals` | message id `u128`      | job id `u128`: the job's final report      |
 //! | `started`    | job id `u128`          | when the node started it, ms `u64` (the newest [`MAX_STARTED`]) |
+//! | `interrupted`| job id `u128`          | when the node found its take cut by a crash or power loss, ms `u64` (the newest [`MAX_STARTED`]) |
 //! | `schedules`  | [`Kept`] key           | retained commands as last received: `"node"` the node's schedules (JSON `NodeSchedules`), `"watchdog"` its watchdog rules (JSON `NodeWatchdog`) |
 //!
 //! A job is held from its start until the server has acknowledged its final
 //! report: so a claim can name it, and an offer of it (sent again before the
 //! report arrived) is recognised and ignored, also across restarts.
 //! `started` remembers jobs after they are let go, so a scheduled occurrence
-//! the node recorded is never started by it again; `schedules` lets a node
+//! the node recorded is never started by it again, and `interrupted` those
+//! whose take a crash cut, so the node restarts the occurrence (under its
+//! next job id) while the server is unreachable; `schedules` lets a node
 //! that restarts while the server is unreachable still record on time.
 //!
 //! Payloads are complete envelopes, encoded when the message was created, so a
@@ -50,6 +53,7 @@ const OPEN: TableDefinition<&str, u64> = TableDefinition::new("open");
 const JOBS: TableDefinition<u128, &[u8]> = TableDefinition::new("jobs");
 const JOB_FINALS: TableDefinition<u128, u128> = TableDefinition::new("job_finals");
 const STARTED: TableDefinition<u128, u64> = TableDefinition::new("started");
+const INTERRUPTED: TableDefinition<u128, u64> = TableDefinition::new("interrupted");
 const SCHEDULES: TableDefinition<&str, &[u8]> = TableDefinition::new("schedules");
 
 /// Retained commands the node keeps across restarts (in the `schedules` table).
@@ -137,6 +141,7 @@ impl Outbox {
         tx.open_table(JOBS).map_err(|e| outbox.fail(e))?;
         tx.open_table(JOB_FINALS).map_err(|e| outbox.fail(e))?;
         tx.open_table(STARTED).map_err(|e| outbox.fail(e))?;
+        tx.open_table(INTERRUPTED).map_err(|e| outbox.fail(e))?;
         tx.open_table(SCHEDULES).map_err(|e| outbox.fail(e))?;
         tx.commit().map_err(|e| outbox.fail(e))?;
         let bytes = outbox
@@ -214,31 +219,57 @@ impl Outbox {
     /// Remember that the node started `job` at `at_ms`; the oldest of more
     /// than [`MAX_STARTED`] are forgotten.
     pub fn mark_started(&self, job: u128, at_ms: u64) -> Result<(), OutboxError> {
+        self.remember(STARTED, job, at_ms)
+    }
+
+    /// Whether the node started `job` (and has not forgotten it since).
+    pub fn was_started(&self, job: u128) -> Result<bool, OutboxError> {
+        self.remembers(STARTED, job)
+    }
+
+    /// Remember that a crash or power loss cut `job`'s take (found at
+    /// `at_ms`, when the node started again); bounded as `started` is.
+    pub fn mark_interrupted(&self, job: u128, at_ms: u64) -> Result<(), OutboxError> {
+        self.remember(INTERRUPTED, job, at_ms)
+    }
+
+    /// Whether a crash or power loss cut `job`'s take.
+    pub fn was_interrupted(&self, job: u128) -> Result<bool, OutboxError> {
+        self.remembers(INTERRUPTED, job)
+    }
+
+    /// Insert `job → at_ms` into a table of remembered jobs, forgetting the
+    /// oldest beyond [`MAX_STARTED`].
+    fn remember(
+        &self,
+        table: TableDefinition<u128, u64>,
+        job: u128,
+        at_ms: u64,
+    ) -> Result<(), OutboxError> {
         let tx = self.db.begin_write().map_err(|e| self.fail(e))?;
         {
-            let mut started = tx.open_table(STARTED).map_err(|e| self.fail(e))?;
-            started.insert(job, at_ms).map_err(|e| self.fail(e))?;
-            if started.len().map_err(|e| self.fail(e))? > MAX_STARTED {
+            let mut jobs = tx.open_table(table).map_err(|e| self.fail(e))?;
+            jobs.insert(job, at_ms).map_err(|e| self.fail(e))?;
+            if jobs.len().map_err(|e| self.fail(e))? > MAX_STARTED {
                 let mut oldest: Option<(u128, u64)> = None;
-                for entry in started.iter().map_err(|e| self.fail(e))? {
+                for entry in jobs.iter().map_err(|e| self.fail(e))? {
                     let (k, v) = entry.map_err(|e| self.fail(e))?;
                     if oldest.is_none_or(|(_, t)| v.value() < t) {
                         oldest = Some((k.value(), v.value()));
                     }
                 }
                 if let Some((k, _)) = oldest {
-                    started.remove(k).map_err(|e| self.fail(e))?;
+                    jobs.remove(k).map_err(|e| self.fail(e))?;
                 }
             }
         }
         tx.commit().map_err(|e| self.fail(e))
     }
 
-    /// Whether the node started `job` (and has not forgotten it since).
-    pub fn was_started(&self, job: u128) -> Result<bool, OutboxError> {
+    fn remembers(&self, table: TableDefinition<u128, u64>, job: u128) -> Result<bool, OutboxError> {
         let tx = self.db.begin_read().map_err(|e| self.fail(e))?;
-        let started = tx.open_table(STARTED).map_err(|e| self.fail(e))?;
-        Ok(started.get(job).map_err(|e| self.fail(e))?.is_some())
+        let jobs = tx.open_table(table).map_err(|e| self.fail(e))?;
+        Ok(jobs.get(job).map_err(|e| self.fail(e))?.is_some())
     }
 
     /// Keep a retained command as received.
@@ -462,6 +493,32 @@ mod tests {
             .unwrap();
         assert_eq!(o.pending(10).unwrap().last().unwrap().payload, b"m3");
         assert_eq!(o.pending(1).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn started_and_cut_jobs_are_remembered_across_reopening_and_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("outbox.redb");
+        {
+            let o = Outbox::open(&path, 1 << 20).unwrap();
+            o.mark_started(7, 100).unwrap();
+            o.mark_interrupted(7, 200).unwrap();
+            o.mark_started(8, 300).unwrap();
+        }
+        let o = Outbox::open(&path, 1 << 20).unwrap();
+        assert!(o.was_started(7).unwrap() && o.was_started(8).unwrap());
+        assert!(o.was_interrupted(7).unwrap());
+        assert!(!o.was_interrupted(8).unwrap(), "started is not cut");
+        // The bound, in memory: thousands of durable commits take long.
+        let o = Outbox::in_memory(1 << 20).unwrap();
+        o.mark_started(7, 100).unwrap();
+        o.mark_interrupted(7, 200).unwrap();
+        for job in 0..MAX_STARTED as u128 {
+            o.mark_interrupted(1000 + job, 1000 + job as u64).unwrap();
+        }
+        assert!(!o.was_interrupted(7).unwrap(), "the oldest is forgotten");
+        assert!(o.was_interrupted(1000).unwrap());
+        assert!(o.was_started(7).unwrap(), "each table has its own bound");
     }
 
     #[test]

@@ -13,8 +13,9 @@
 //!   was down at the start) records what is left of its window; one with less
 //!   than [`rakkr_protocol::schedule::MIN_REMAINING_MS`] left is not started.
 //! - A job that failed is replaced after [`RESTART_AFTER`] while the window
-//!   lasts; an always-on schedule's job is replaced after any end (to stop
-//!   recording, disable the schedule).
+//!   lasts; one whose take was cut by a crash or power loss (completed,
+//!   `recovered`) at once; an always-on schedule's job after any end (to
+//!   stop recording, disable the schedule).
 //! - An occurrence that cannot start (its channels are busy, the node cannot
 //!   take the job) is deferred and retried every tick; the store raises a
 //!   `schedule_deferred` health event once, and `schedule_missed` if the
@@ -26,10 +27,10 @@
 //!
 //! Nodes keep their schedules ([`run_sync`] keeps the retained
 //! `nodes/{node}/cmd/schedules` current) and start due occurrences by
-//! themselves while the server is unreachable. An occurrence's first job has
-//! the occurrence's own id ([`rakkr_protocol::schedule::first_job_id`]) on
-//! both sides, so the job the runner makes and the one the node started are
-//! the same job; the desk reconciles the node's reports
+//! themselves while the server is unreachable. Each job of an occurrence
+//! (its first, and each restart) has an id both sides compute alike
+//! ([`rakkr_protocol::schedule::occurrence_job_id`]), so the job the runner
+//! makes and the one the node started are the same job; the desk reconciles the node's reports
 //! ([`Store::adopt_job`]). Decision 0014 has the whole design.
 
 use std::collections::HashMap;
@@ -44,7 +45,7 @@ use axum::response::{IntoResponse, Response};
 use rakkr_protocol::job::JobSpec;
 use rakkr_protocol::schedule::{Calendar, Occurrence, Recurrence, ScheduleSpec};
 use rakkr_protocol::schedule::{MAX_NODE_SCHEDULES, NodeSchedule, NodeSchedules};
-use rakkr_protocol::state::JobState;
+use rakkr_protocol::state::{JobState, Lifecycle};
 use rakkr_protocol::{NodeId, ScheduleId};
 use rakkr_store::{
     AuditEntry, JobId, JobRecord, OccurrenceJob, OccurrenceRecord, OccurrenceStart, RestartPolicy,
@@ -196,20 +197,22 @@ impl ScheduleRunner {
                     known.insert(key, Known::Running(job.id));
                     tick.started.push(*job);
                 }
-                OccurrenceStart::Handled(Some(id)) => {
-                    let state = store.job(id)?.map(|j| j.state);
-                    let ended_for_good = match state {
-                        Some(JobState::Completed | JobState::Cancelled) => !restart.after_any_end,
-                        Some(_) => false,
-                        None => true,
-                    };
-                    // A failed job is left to the store's back-off: asked again.
-                    if ended_for_good {
+                OccurrenceStart::Handled(Some(id)) => match store.job(id)? {
+                    None => {
                         known.insert(key, Known::Done);
-                    } else if state != Some(JobState::Failed) {
-                        known.insert(key, Known::Running(id));
                     }
-                }
+                    // Running, or ended for good.
+                    Some(job) if restart.restart_at(&job).is_none() => {
+                        let state = if job.state.is_terminal() {
+                            Known::Done
+                        } else {
+                            Known::Running(id)
+                        };
+                        known.insert(key, state);
+                    }
+                    // Failed or cut: left to the store's back-off, asked again.
+                    Some(_) => {}
+                },
                 OccurrenceStart::Handled(None) => {}
                 OccurrenceStart::Deferred(_) => tick.deferred += 1,
                 // Changed under us: reload on the next tick.

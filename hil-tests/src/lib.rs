@@ -143,6 +143,13 @@ impl Proc {
         self.child.try_wait().ok().flatten()
     }
 
+    /// Wait until the process has logged `text` (on stderr), at most `limit`.
+    pub fn wait_log(&self, text: &str, limit: Duration) -> Result<()> {
+        wait_for(&format!("{} to log {text:?}", self.name), limit, || {
+            self.stderr_text().contains(text).then_some(())
+        })
+    }
+
     pub fn stderr_text(&self) -> String {
         std::fs::read_to_string(&self.stderr).unwrap_or_default()
     }
@@ -517,6 +524,8 @@ pub struct Agent {
     pub proc: Proc,
     pub node_id: String,
     pub config: PathBuf,
+    /// The extra environment it was started with (its credential).
+    env: Vec<(String, std::ffi::OsString)>,
 }
 
 impl Agent {
@@ -566,14 +575,39 @@ impl Agent {
         config: &Path,
         env: &[(&str, &std::ffi::OsStr)],
     ) -> Result<Agent> {
+        let env: Vec<(String, std::ffi::OsString)> = env
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        Agent::spawn(work, &format!("agent-{node_id}"), node_id, config, env)
+    }
+
+    fn spawn(
+        work: &Path,
+        name: &str,
+        node_id: &str,
+        config: &Path,
+        env: Vec<(String, std::ffi::OsString)>,
+    ) -> Result<Agent> {
         let mut cmd = Command::new(bin("rakkr-agent"));
         cmd.arg("run").arg("--config").arg(config);
-        cmd.envs(env.iter().copied());
+        cmd.envs(env.iter().map(|(k, v)| (k, v)));
         Ok(Agent {
-            proc: Proc::spawn(&format!("agent-{node_id}"), cmd, work)?,
+            proc: Proc::spawn(name, cmd, work)?,
             node_id: node_id.to_owned(),
             config: config.to_owned(),
+            env,
         })
+    }
+
+    /// Kill the agent with SIGKILL (as a crash or power loss would) and start
+    /// it again as it was started; the new process logs to `{name}+.stderr`.
+    pub fn crash_and_restart(mut self, work: &Path) -> Result<Agent> {
+        self.proc.signal("KILL")?;
+        self.proc.wait_exit(Duration::from_secs(10))?;
+        let name = format!("{}+", self.proc.name);
+        let env = std::mem::take(&mut self.env);
+        Agent::spawn(work, &name, &self.node_id, &self.config, env)
     }
 }
 

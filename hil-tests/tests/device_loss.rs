@@ -143,21 +143,13 @@ fn health_events_outlive_a_server_outage_and_an_agent_crash() -> Result<()> {
     server.proc.signal("TERM")?;
     server.proc.wait_exit(Duration::from_secs(15))?;
     drop(jack);
-    wait_for("device lost", Duration::from_secs(20), || {
-        agent
-            .proc
-            .stderr_text()
-            .contains("capture device lost")
-            .then_some(())
-    })?;
+    agent
+        .proc
+        .wait_log("capture device lost", Duration::from_secs(20))?;
     let _jack = device.plug_in()?;
-    wait_for("device back", Duration::from_secs(30), || {
-        agent
-            .proc
-            .stderr_text()
-            .contains("capture device back")
-            .then_some(())
-    })?;
+    agent
+        .proc
+        .wait_log("capture device back", Duration::from_secs(30))?;
     // Both events exist only in the agent's outbox now; the agent crashes.
     agent.proc.signal("KILL")?;
     agent.proc.wait_exit(Duration::from_secs(10))?;

@@ -256,17 +256,9 @@ fn scheduled_agent(
     let (start, end) = (utc_time_in(opens_in_s), utc_time_in(opens_in_s + lasts_s));
     let (code, created) = server.post("/api/v1/schedules", &schedule(node, &start, &end))?;
     anyhow::ensure!(code == 201, "schedule not created ({code}): {created}");
-    wait_for(
-        "the agent to keep its schedules",
-        Duration::from_secs(10),
-        || {
-            agent
-                .proc
-                .stderr_text()
-                .contains("schedules received")
-                .then_some(())
-        },
-    )?;
+    agent
+        .proc
+        .wait_log("schedules received", Duration::from_secs(10))?;
     let id = created["id"].as_str().unwrap_or_default().to_owned();
     Ok((server, agent, recordings, id))
 }
@@ -334,13 +326,10 @@ fn a_server_back_mid_window_takes_over_the_appliance_s_take() -> Result<()> {
     let work = tempfile::tempdir()?;
     let (server, agent, recordings, id) = scheduled_agent(work.path(), "sched-mid", 6, 14)?;
     let stopped = server.stop(false)?;
-    wait_for("the appliance's own take", Duration::from_secs(20), || {
-        agent
-            .proc
-            .stderr_text()
-            .contains("recording the scheduled occurrence on our own")
-            .then_some(())
-    })?;
+    agent.proc.wait_log(
+        "recording the scheduled occurrence on our own",
+        Duration::from_secs(20),
+    )?;
     // Back while the take runs: the same job, running under a lease.
     let server = stopped.start(work.path())?;
     let running = wait_for(
@@ -356,14 +345,10 @@ fn a_server_back_mid_window_takes_over_the_appliance_s_take() -> Result<()> {
         "{running}"
     );
     assert!(
-        wait_for("the lease taken over", Duration::from_secs(20), || {
-            agent
-                .proc
-                .stderr_text()
-                .contains("took over the server's lease")
-                .then_some(())
-        })
-        .is_ok()
+        agent
+            .proc
+            .wait_log("took over the server's lease", Duration::from_secs(20))
+            .is_ok()
     );
     let done = wait_job(
         &server,
@@ -381,6 +366,112 @@ fn a_server_back_mid_window_takes_over_the_appliance_s_take() -> Result<()> {
     assert_eq!(takes.len(), 1, "{takes:?}");
     flac_test(&takes[0])?;
     assert_eq!(jobs_of(&server, "sched-mid", &id)?.len(), 1);
+    Ok(())
+}
+
+/// Wait for the two jobs of an occurrence whose take a crash cut, both
+/// completed: the cut one (`recovered`) and the one that recorded the rest of
+/// the window. Checks that together they cover the window but for the
+/// restart and that the schedule's history lists both, in order.
+fn wait_cut_and_rest(
+    server: &Server,
+    node: &str,
+    id: &str,
+    window_s: u64,
+) -> Result<(Value, Value)> {
+    let jobs = wait_for("the cut take and the rest", Duration::from_secs(40), || {
+        let jobs = jobs_of(server, node, id).ok()?;
+        (jobs.len() == 2 && jobs.iter().all(|j| j["state"] == "completed")).then_some(jobs)
+    })?;
+    let cut = jobs
+        .iter()
+        .find(|j| j["recording"]["recovered"] == true)
+        .ok_or_else(|| anyhow::anyhow!("no recovered take: {jobs:?}"))?;
+    let rest = jobs
+        .iter()
+        .find(|j| j["recording"]["recovered"] == false)
+        .ok_or_else(|| anyhow::anyhow!("no take after the crash: {jobs:?}"))?;
+    let frames = |j: &Value| j["recording"]["frames"].as_u64().unwrap_or_default();
+    let start = |j: &Value| j["recording"]["start_unix_ms"].as_u64().unwrap_or_default();
+    let cut_end_ms = start(cut) + frames(cut) * 1000 / 48_000;
+    assert!(
+        frames(cut) >= 2 * 48_000,
+        "the cut take kept its audio: {cut}"
+    );
+    let restart_ms = start(rest).saturating_sub(cut_end_ms);
+    assert!(
+        restart_ms < 8_000,
+        "the rest of the window is recorded soon after the crash ({restart_ms} ms): {cut} {rest}"
+    );
+    let total_s = (frames(cut) + frames(rest)) / 48_000;
+    assert!(
+        total_s + 9 >= window_s,
+        "the takes cover the window but for the restart ({total_s} of {window_s} s)"
+    );
+    let detail = server.get_json(&format!("/api/v1/schedules/{id}"))?;
+    assert_eq!(
+        detail["history"][0]["jobs"],
+        json!([cut["id"], rest["id"]]),
+        "{detail}"
+    );
+    Ok((cut.clone(), rest.clone()))
+}
+
+#[test]
+fn an_appliance_that_crashes_mid_window_records_the_rest_of_it() -> Result<()> {
+    let work = tempfile::tempdir()?;
+    let (server, agent, recordings, id) = scheduled_agent(work.path(), "sched-crash", 4, 16)?;
+    wait_for("the scheduled take", Duration::from_secs(20), || {
+        let jobs = jobs_of(&server, "sched-crash", &id).ok()?;
+        (jobs.len() == 1 && jobs[0]["state"] == "running").then_some(())
+    })?;
+    std::thread::sleep(Duration::from_secs(4));
+    let _agent = agent.crash_and_restart(work.path())?;
+    // The cut take comes back recovered; the server restarts the occurrence.
+    let (_, rest) = wait_cut_and_rest(&server, "sched-crash", &id, 16)?;
+    assert!(
+        rest["lease"]["id"].as_u64().unwrap_or(0) > 0,
+        "offered by the server: {rest}"
+    );
+    let takes = takes_in(&recordings);
+    assert_eq!(takes.len(), 2, "{takes:?}");
+    for take in &takes {
+        flac_test(take)?;
+    }
+    Ok(())
+}
+
+#[test]
+fn an_appliance_that_crashes_while_the_server_is_down_records_the_rest_of_the_window() -> Result<()>
+{
+    let work = tempfile::tempdir()?;
+    let (server, agent, recordings, id) = scheduled_agent(work.path(), "sched-offcrash", 6, 16)?;
+    let stopped = server.stop(false)?;
+    agent.proc.wait_log(
+        "recording the scheduled occurrence on our own",
+        Duration::from_secs(20),
+    )?;
+    std::thread::sleep(Duration::from_secs(4));
+    let agent = agent.crash_and_restart(work.path())?;
+    agent.proc.wait_log(
+        "recording the scheduled occurrence on our own",
+        Duration::from_secs(20),
+    )?;
+    // Both takes finished on the appliance before the server is back (a
+    // take being written is a `.part` file).
+    let takes = wait_for("two takes", Duration::from_secs(30), || {
+        let takes = takes_in(&recordings);
+        (takes.len() == 2).then_some(takes)
+    })?;
+    for take in &takes {
+        flac_test(take)?;
+    }
+    let server = stopped.start(work.path())?;
+    wait_cut_and_rest(&server, "sched-offcrash", &id, 16)?;
+    // And they stay two: the runner finds the occurrence recorded.
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(jobs_of(&server, "sched-offcrash", &id)?.len(), 2);
+    assert_eq!(takes_in(&recordings).len(), 2);
     Ok(())
 }
 

@@ -942,11 +942,34 @@ pub fn first_job_id(
     created_ms: u64,
     occurrence: &Occurrence,
 ) -> crate::JobId {
-    crate::JobId::for_occurrence(
-        schedule,
-        &occurrence.key,
-        occurrence.start_ms.max(created_ms),
-    )
+    occurrence_job_id(schedule, created_ms, occurrence, 0)
+}
+
+/// Most jobs one occurrence starts (its first, and restarts after a take
+/// failed or was cut).
+pub const MAX_OCCURRENCE_JOBS: usize = 16;
+
+/// The id of job number `n` of an occurrence (0: its first, 1: the first
+/// restart after that job was cut or failed, …). The server and a node that
+/// restarts an occurrence on its own name each restart alike, so neither
+/// records it twice. Restart ids are timed `n` ms after the first, so they
+/// sort in order.
+pub fn occurrence_job_id(
+    schedule: crate::ScheduleId,
+    created_ms: u64,
+    occurrence: &Occurrence,
+    n: usize,
+) -> crate::JobId {
+    let at_ms = occurrence.start_ms.max(created_ms);
+    if n == 0 {
+        crate::JobId::for_occurrence(schedule, &occurrence.key, at_ms)
+    } else {
+        crate::JobId::for_occurrence(
+            schedule,
+            &format!("{}#{n}", occurrence.key),
+            at_ms.saturating_add(n as u64),
+        )
+    }
 }
 
 /// One schedule as its node keeps it.

@@ -379,3 +379,27 @@ fn an_occurrence_names_its_first_job_the_same_everywhere() {
         .to_unix();
     assert_eq!(secs, 1_000);
 }
+
+#[test]
+fn restarts_of_an_occurrence_have_their_own_ids_in_order() {
+    use rakkr_protocol::ScheduleId;
+    use rakkr_protocol::schedule::{first_job_id, occurrence_job_id};
+    let s = ScheduleId::new(1_000);
+    let cal = timing("UTC", Recurrence::Daily, window("10:00", "11:00"))
+        .calendar()
+        .unwrap();
+    let o = cal.occurrence_on(date("2026-11-29").as_jiff()).unwrap();
+    let ids: Vec<_> = (0..4).map(|n| occurrence_job_id(s, 1_000, &o, n)).collect();
+    assert_eq!(ids[0], first_job_id(s, 1_000, &o));
+    assert_eq!(ids[2], occurrence_job_id(s, 1_000, &o, 2), "deterministic");
+    let mut sorted = ids.clone();
+    sorted.sort();
+    sorted.dedup();
+    assert_eq!(sorted, ids, "distinct, and in the order they start");
+    let next = cal.occurrence_on(date("2026-11-30").as_jiff()).unwrap();
+    assert_ne!(
+        occurrence_job_id(s, 1_000, &next, 1),
+        ids[1],
+        "per occurrence"
+    );
+}

@@ -55,7 +55,7 @@ use rakkr_protocol::job::{AutonomousStart, JobUpdate};
 use rakkr_protocol::payload::{
     HealthChange, HealthCondition, HealthEvent, MAX_DETAIL_TEXT, Severity,
 };
-use rakkr_protocol::schedule::{CivilDate, Occurrence, ScheduleSpec, first_job_id};
+use rakkr_protocol::schedule::{CivilDate, Occurrence, ScheduleSpec, occurrence_job_id};
 
 use crate::{
     AUDIT_GENESIS, ApiTokenRecord, AuditEntry, AuditPage, AuditProbe, AuditRecord, AuditSearch,
@@ -1574,12 +1574,7 @@ impl Store for RedbStore {
             let mut tables = JobTables::open(&tx)?;
             if let Some(last) = record.jobs.last() {
                 let last = tables.get_existing(last.as_u128())?;
-                let may_restart = match last.state {
-                    JobState::Failed => true,
-                    JobState::Completed | JobState::Cancelled => restart.after_any_end,
-                    _ => false,
-                } && now_ms
-                    >= last.updated_ms.saturating_add(restart.after_failure_ms)
+                let may_restart = restart.restart_at(&last).is_some_and(|at| now_ms >= at)
                     && now_ms < record.occurrence.end_ms
                     && record.jobs.len() < MAX_OCCURRENCE_JOBS;
                 if !may_restart {
@@ -1589,13 +1584,14 @@ impl Store for RedbStore {
             let queued = match job {
                 OccurrenceJob::Blocked(reason) => Err(reason),
                 OccurrenceJob::Ready(new) => {
-                    // The first job has the occurrence's own id, which a node
-                    // that starts it by itself uses too.
-                    let job_id = if record.jobs.is_empty() {
-                        first_job_id(id, schedule.created_ms, &record.occurrence)
-                    } else {
-                        JobId::new(now_ms)
-                    };
+                    // Each job of an occurrence has its own id, which a node
+                    // that starts (or restarts) it by itself uses too.
+                    let job_id = occurrence_job_id(
+                        id,
+                        schedule.created_ms,
+                        &record.occurrence,
+                        record.jobs.len(),
+                    );
                     if let Some(existing) = tables.get(job_id.as_u128())? {
                         // Its node reported it before the occurrence had a record.
                         record.jobs.push(existing.id);

@@ -193,8 +193,7 @@ impl UpdateOutcome {
 /// Most schedules a store keeps.
 pub const MAX_SCHEDULES: usize = 10_000;
 
-/// Most jobs one occurrence starts (its first, and restarts after failures).
-pub const MAX_OCCURRENCE_JOBS: usize = 16;
+pub use rakkr_protocol::schedule::MAX_OCCURRENCE_JOBS;
 
 /// A recording schedule as stored.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
@@ -245,6 +244,24 @@ pub struct RestartPolicy {
     /// Also after a job that completed or was cancelled (always-on schedules:
     /// to stop recording, disable the schedule).
     pub after_any_end: bool,
+}
+
+impl RestartPolicy {
+    /// When an occurrence whose newest job is `last` may start another
+    /// (ms since the epoch), or `None`: it has its job, running or done for
+    /// good. A take cut by a crash or power loss (completed, `recovered`)
+    /// goes on at once under a new job; a failed one after the back-off.
+    pub fn restart_at(&self, last: &JobRecord) -> Option<u64> {
+        let backoff = last.updated_ms.saturating_add(self.after_failure_ms);
+        match last.state {
+            JobState::Completed if last.recording.as_ref().is_some_and(|r| r.recovered) => {
+                Some(last.updated_ms)
+            }
+            JobState::Failed => Some(backoff),
+            JobState::Completed | JobState::Cancelled => self.after_any_end.then_some(backoff),
+            _ => None,
+        }
+    }
 }
 
 /// What [`Store::start_occurrence`](crate::Store::start_occurrence) did.

@@ -6,7 +6,7 @@ use std::sync::{Arc, Barrier};
 use rakkr_protocol::job::{AutonomousStart, JobSpec, JobUpdate, RecordingReport};
 use rakkr_protocol::payload::{HealthChange, HealthCondition};
 use rakkr_protocol::schedule::{
-    Occurrence, Recurrence, ScheduleSpec, Timing, Window, first_job_id,
+    Occurrence, Recurrence, ScheduleSpec, Timing, Window, first_job_id, occurrence_job_id,
 };
 use rakkr_protocol::state::JobState;
 use rakkr_protocol::{NodeId, ScheduleId};
@@ -100,6 +100,17 @@ fn events(store: &dyn Store, n: &str) -> Vec<(HealthCondition, HealthChange)> {
 
 /// Drive a queued job to a final state through a lease, as a node would.
 fn finish(store: &dyn Store, job: &JobRecord, state: JobState, now_ms: u64) {
+    finish_with(store, job, state, None, now_ms)
+}
+
+/// [`finish`] with what the node recorded.
+fn finish_with(
+    store: &dyn Store,
+    job: &JobRecord,
+    state: JobState,
+    recording: Option<RecordingReport>,
+    now_ms: u64,
+) {
     let leased = store.claim_jobs(&job.node, 1, &[], now_ms, 60_000).unwrap();
     let lease_id = leased[0].lease.unwrap().id;
     let up = |s: JobState| JobUpdate {
@@ -115,8 +126,12 @@ fn finish(store: &dyn Store, job: &JobRecord, state: JobState, now_ms: u64) {
     store
         .apply_job_update(&job.node, msg(0), &up(JobState::Running), now_ms)
         .unwrap();
+    let end = JobUpdate {
+        recording,
+        ..up(state)
+    };
     store
-        .apply_job_update(&job.node, msg(1), &up(state), now_ms)
+        .apply_job_update(&job.node, msg(1), &end, now_ms)
         .unwrap();
 }
 
@@ -258,14 +273,23 @@ fn racing_runners_start_one_job(store: Arc<dyn Store>) {
     assert_eq!(store.jobs(Some(&node("race")), 10).unwrap().len(), 1);
 }
 
+/// Ask `store` to start occurrence `o` of `s` (channel 1, restarts as [`ONCE`]) at a time.
+fn starter<'a>(
+    store: &'a dyn Store,
+    s: &'a ScheduleRecord,
+    o: &'a Occurrence,
+) -> impl Fn(u64) -> OccurrenceStart + 'a {
+    move |now| {
+        store
+            .start_occurrence(s.id, 1, o, job_for(s, o, &[0]), ONCE, now)
+            .unwrap()
+    }
+}
+
 fn a_failed_job_restarts_within_its_window(store: &dyn Store) {
     let s = create(store, "retry", 1_000);
     let o = occurrence("2026-11-29", 10_000, 100_000);
-    let start = |now| {
-        store
-            .start_occurrence(s.id, 1, &o, job_for(&s, &o, &[0]), ONCE, now)
-            .unwrap()
-    };
+    let start = starter(store, &s, &o);
     let OccurrenceStart::Started(first) = start(10_000) else {
         panic!()
     };
@@ -310,6 +334,68 @@ fn a_failed_job_restarts_within_its_window(store: &dyn Store) {
             .unwrap(),
         OccurrenceStart::Started(_)
     ));
+}
+
+fn a_take_cut_by_a_crash_restarts_at_once_under_the_id_its_node_would_use(store: &dyn Store) {
+    let s = create(store, "cut", 1_000);
+    let o = occurrence("2026-11-29", 10_000, 100_000);
+    let start = starter(store, &s, &o);
+    let OccurrenceStart::Started(first) = start(10_000) else {
+        panic!()
+    };
+    let cut = RecordingReport {
+        recovered: true,
+        ..take(10_000)
+    };
+    finish_with(store, &first, JobState::Completed, Some(cut), 20_000);
+    // No back-off: the node is back and the window goes on.
+    let OccurrenceStart::Started(second) = start(20_000) else {
+        panic!("a cut take restarts at once")
+    };
+    assert_eq!(second.id, occurrence_job_id(s.id, s.created_ms, &o, 1));
+    // A take that ends as planned ends the occurrence.
+    finish_with(
+        store,
+        &second,
+        JobState::Completed,
+        Some(take(20_000)),
+        50_000,
+    );
+    assert_eq!(start(60_000), OccurrenceStart::Handled(Some(second.id)));
+
+    // The same while the server was away: the node's restart joins the
+    // occurrence, and the runner, back, finds it.
+    let n = node("cut");
+    let o2 = occurrence("2026-11-30", 200_000, 300_000);
+    let msg = |i: u64| rakkr_protocol::MessageId::new(2_000_000 + i);
+    let cut = RecordingReport {
+        recovered: true,
+        ..take(200_000)
+    };
+    let first = autonomous(&s, &o2, JobState::Completed, Some(cut));
+    store
+        .adopt_job(&n, msg(1), &first, 230_000, 30_000)
+        .unwrap();
+    let restart = JobUpdate {
+        job_id: occurrence_job_id(s.id, s.created_ms, &o2, 1),
+        ..autonomous(&s, &o2, JobState::Running, None)
+    };
+    store
+        .adopt_job(&n, msg(2), &restart, 231_000, 30_000)
+        .unwrap();
+    let record = store
+        .occurrence_records(s.id, 10)
+        .unwrap()
+        .into_iter()
+        .find(|r| r.occurrence.key == o2.key)
+        .unwrap();
+    assert_eq!(record.jobs, [first.job_id, restart.job_id]);
+    assert_eq!(
+        store
+            .start_occurrence(s.id, 1, &o2, job_for(&s, &o2, &[0]), ONCE, 232_000)
+            .unwrap(),
+        OccurrenceStart::Handled(Some(restart.job_id))
+    );
 }
 
 fn a_busy_occurrence_is_deferred_then_started_or_missed(store: &dyn Store) {
@@ -634,6 +720,12 @@ fn redb_racing_runners_start_one_job() {
 fn redb_a_failed_job_restarts_within_its_window() {
     let (_d, s) = redb();
     a_failed_job_restarts_within_its_window(&s);
+}
+
+#[test]
+fn redb_a_take_cut_by_a_crash_restarts_at_once_under_the_id_its_node_would_use() {
+    let (_d, s) = redb();
+    a_take_cut_by_a_crash_restarts_at_once_under_the_id_its_node_would_use(&s);
 }
 
 #[test]
