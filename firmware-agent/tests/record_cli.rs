@@ -7,7 +7,10 @@ use std::time::{Duration, Instant};
 use rakkr_agent::source::{Signal, SyntheticSource};
 
 mod common;
+#[path = "../../hil-tests/src/small_fs.rs"]
+mod small_fs;
 use common::{alsa_config, full_range_samples};
+use small_fs::SmallFs;
 
 fn agent() -> Command {
     Command::new(env!("CARGO_BIN_EXE_rakkr-agent"))
@@ -299,27 +302,6 @@ fn kill_9_rounds(ext: &str, rounds: usize, seed: u64) {
     }
     let o = run(agent().arg("recover").arg(dir.path()));
     assert!(String::from_utf8_lossy(&o.stdout).contains("nothing to recover"));
-}
-
-/// A tiny tmpfs to fill up. Needs root (CI runs as root); unmounted on drop.
-struct SmallFs(PathBuf);
-
-impl SmallFs {
-    fn mount(dir: &Path, size: &str) -> Option<SmallFs> {
-        let ok = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(dir)
-            .status()
-            .map(|s| s.success())
-            .unwrap_or(false);
-        ok.then(|| SmallFs(dir.to_owned()))
-    }
-}
-
-impl Drop for SmallFs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg(&self.0).status();
-    }
 }
 
 #[test]

@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 
 pub mod browser;
+pub mod small_fs;
 
 /// Where the project's binaries are.
 pub fn bin_dir() -> PathBuf {

@@ -1,7 +1,9 @@
 //! The watchdog on a real agent: a dead (silent) input becomes one health
 //! issue per channel on the server within the policy's time, and when the
 //! appliance comes back with signal (restarted, as after a repair) the
-//! issues are resolved by recovery.
+//! issues are resolved by recovery. Policies chosen per node, disk pressure
+//! on the real disk, and a disk that fills during a take (a tiny tmpfs): the
+//! take fails as an `encoder_failure` and keeps what it wrote.
 
 use std::path::Path;
 use std::time::Duration;
@@ -252,5 +254,52 @@ fn a_hung_agent_and_a_node_gone_for_long_are_issues_until_they_are_back() -> Res
     let _again = agent_with(work.path(), &server, "wd-2", "demo")?;
     let back = wait_issue(&server, "wd-2", "node_offline", "resolved")?;
     assert_eq!(back["by"], "recovery");
+    Ok(())
+}
+
+#[test]
+fn a_full_disk_fails_the_take_as_an_encoder_failure_and_keeps_its_audio() -> Result<()> {
+    let work = tempfile::tempdir()?;
+    let server = Server::start(work.path(), &work.path().join("data"))?;
+    // The appliance's recordings disk holds about five seconds of noise
+    // (2 ch × 24 bit × 48 kHz barely compresses: ~280 KiB/s).
+    let recordings = work.path().join("wd-full-recordings");
+    std::fs::create_dir(&recordings)?;
+    let Some(_disk) = small_fs::SmallFs::mount(&recordings, "1500k") else {
+        anyhow::bail!("mounting a tmpfs failed: this test needs root, as CI has");
+    };
+    let (_agent, _) = job_agent_with_signal(work.path(), &server, "wd-full", 2, "", "noise")?;
+    wait_online(&server, "wd-full")?;
+    let (code, job) = server.post(
+        "/api/v1/jobs",
+        &json!({"node": "wd-full", "channels": "1,2", "duration_s": 60}),
+    )?;
+    assert_eq!(code, 201, "{job}");
+    let id = job["id"].as_str().unwrap().to_owned();
+    let failed = wait_job(&server, &id, "failed", Duration::from_secs(40))?;
+    assert!(
+        failed["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("No space left")),
+        "the reason: {failed}"
+    );
+    let issue = wait_issue(&server, "wd-full", "encoder_failure", "open")?;
+    assert_eq!(issue["severity"], "critical");
+    assert_eq!(issue["subject"], format!("job:{id}"));
+    assert!(
+        issue["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("its files keep what was written")),
+        "{issue}"
+    );
+    // What was captured before the disk filled is a valid file, reported.
+    let file = &failed["recording"]["files"][0];
+    let path = recordings.join(file["name"].as_str().unwrap_or_default());
+    flac_test(&path)?;
+    assert!(
+        file["frames"].as_u64().unwrap_or_default() >= 2 * 48_000,
+        "seconds of audio kept: {failed}"
+    );
+    assert_eq!(file["bytes"], std::fs::metadata(&path)?.len());
     Ok(())
 }
