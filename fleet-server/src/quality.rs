@@ -55,6 +55,13 @@ pub struct QualityTimeline {
     /// One lane per condition and subject that held at some point, in order
     /// of their first span.
     pub lanes: Vec<QualityLane>,
+    /// The node's events up to this time (ms since the epoch) may have been
+    /// pruned (the store keeps each node's newest
+    /// [`rakkr_store::MAX_HEALTH_EVENTS_PER_NODE`]): a condition raised
+    /// before then may be missing or start late here. Absent when nothing
+    /// the timeline reads was pruned.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub incomplete_until_ms: Option<u64>,
 }
 
 /// The take's time: from its report, or, while it records, from when the
@@ -108,12 +115,14 @@ fn concerns(job: &JobRecord, subject: &str) -> bool {
 }
 
 /// The timeline of `job` over `start_ms..end_ms` from the node's `events`
-/// (oldest first, from before the take).
+/// (oldest first, from [`LOOKBACK_MS`] before the take) and until when they
+/// may have been pruned ([`rakkr_store::Store::health_events_pruned_until`]).
 pub fn timeline(
     job: &JobRecord,
     start_ms: u64,
     end_ms: u64,
     events: &[HealthEventRecord],
+    pruned_until_ms: Option<u64>,
 ) -> QualityTimeline {
     struct Open {
         since_ms: u64,
@@ -192,6 +201,8 @@ pub fn timeline(
         start_ms,
         end_ms,
         lanes,
+        incomplete_until_ms: pruned_until_ms
+            .filter(|&ms| ms >= start_ms.saturating_sub(LOOKBACK_MS)),
     }
 }
 
@@ -217,6 +228,15 @@ pub fn timeline_markup(t: &QualityTimeline) -> Markup {
         )
     };
     html! {
+        @if let Some(until) = t.incomplete_until_ms {
+            p.warn role="note" {
+                "This node's health events up to " (crate::console::utc_seconds(until))
+                " UTC were pruned (the server keeps each node's newest "
+                (rakkr_store::MAX_HEALTH_EVENTS_PER_NODE) "): a condition raised before then may be missing"
+                @if until >= t.start_ms { " or start late" }
+                "."
+            }
+        }
         @if t.lanes.is_empty() {
             p.muted { "No health conditions while this was recorded." }
         } @else {
@@ -361,7 +381,7 @@ mod tests {
             // After the take.
             ev(Xruns, "", Raised, 70),
         ];
-        let t = timeline(&job, start, end, &events);
+        let t = timeline(&job, start, end, &events, None);
         type Spans = Vec<(u64, u64, bool)>;
         let lanes: Vec<(&str, &str, Spans)> = t
             .lanes
@@ -435,15 +455,50 @@ mod tests {
                 1,
             ),
         ];
-        let t = timeline(&job, start, end, &events);
+        let t = timeline(&job, start, end, &events, None);
         assert_eq!(t.lanes.len(), 1, "{t:?}");
         assert!(t.lanes[0].subject.ends_with("/channel:4"));
         assert_eq!(t.lanes[0].spans[0].to_ms, 40_000);
-        assert!(timeline(&job, start, end, &[]).lanes.is_empty());
+        assert!(timeline(&job, start, end, &[], None).lanes.is_empty());
         assert!(
-            timeline_markup(&timeline(&job, start, end, &[]))
+            timeline_markup(&timeline(&job, start, end, &[], None))
                 .into_string()
                 .contains("No health conditions")
+        );
+    }
+
+    #[test]
+    fn a_timeline_says_when_the_events_it_reads_were_pruned() {
+        let mut j = job();
+        if let Some(r) = j.recording.as_mut() {
+            r.start_unix_ms = 3 * LOOKBACK_MS;
+        }
+        let (start, end) = take_span(&j, 3 * LOOKBACK_MS).unwrap();
+        // Pruned long before the look-back: nothing missing.
+        let long_ago = start - LOOKBACK_MS - 1;
+        assert_eq!(
+            timeline(&j, start, end, &[], Some(long_ago)).incomplete_until_ms,
+            None
+        );
+        assert!(
+            !timeline_markup(&timeline(&j, start, end, &[], Some(long_ago)))
+                .into_string()
+                .contains("pruned")
+        );
+        // Pruned inside the look-back: what began before may be missing.
+        let before = timeline(&j, start, end, &[], Some(start - 1000));
+        assert_eq!(before.incomplete_until_ms, Some(start - 1000));
+        let html = timeline_markup(&before).into_string();
+        assert!(
+            html.contains("were pruned") && html.contains("may be missing."),
+            "{html}"
+        );
+        // Pruned inside the take: spans may also start late.
+        let inside = timeline_markup(&timeline(&j, start, end, &[], Some(start + 1000)));
+        assert!(
+            inside
+                .into_string()
+                .contains("may be missing or start late.")
         );
     }
 }

@@ -217,7 +217,10 @@ async fn quality_of(
         let from = start.saturating_sub(crate::quality::LOOKBACK_MS);
         let events =
             store.health_events_between(&job.node, from, end, crate::quality::MAX_EVENTS)?;
-        Ok::<_, rakkr_store::StoreError>(crate::quality::timeline(&job, start, end, &events))
+        let pruned = store.health_events_pruned_until(&job.node)?;
+        Ok::<_, rakkr_store::StoreError>(crate::quality::timeline(
+            &job, start, end, &events, pruned,
+        ))
     })
     .await;
     match read {

@@ -364,6 +364,11 @@ pub trait Store: Send + Sync + 'static {
     /// (message ids are UUIDv7: they order by the time the node created them).
     fn health_events(&self, node: &NodeId, limit: usize) -> Result<Vec<HealthEventRecord>>;
 
+    /// Until when (ms, by message id time) the node's health events may be
+    /// incomplete because the oldest beyond [`MAX_HEALTH_EVENTS_PER_NODE`]
+    /// were pruned; `None` if none ever were.
+    fn health_events_pruned_until(&self, node: &NodeId) -> Result<Option<u64>>;
+
     /// The node's health events created from `from_ms` to `to_ms` (by their
     /// message ids' time), oldest first, at most `limit` (the oldest kept).
     fn health_events_between(

@@ -14,6 +14,7 @@
 //! | `enroll_tokens` | token id `&str`     | JSON [`EnrollTokenRecord`] (secret: SHA-256 only) |
 //! | `node_credentials` | node id `&str`   | JSON [`NodeCredentialRecord`] (secrets: SHA-256 only) |
 //! | `health_events` | `(node id, message id)` | `HealthEventRecord` (JSON); a message id is stored once per node |
+//! | `health_events_pruned` | node id | ms since the epoch: events created up to then may have been pruned (the newest pruned event's id time) |
 //! | `users`     | login name `&str`       | JSON [`UserRecord`] (password: argon2id PHC string only) |
 //! | `sessions`  | SHA-256 of the session id `&str` | JSON [`SessionRecord`]        |
 //! | `api_tokens` | token id `&str`        | JSON [`ApiTokenRecord`] (secret: SHA-256 only) |
@@ -94,6 +95,8 @@ const AUDIT_BY_ACTOR: TableDefinition<(&str, u64), ()> = TableDefinition::new("a
 const AUDIT_BY_OUTCOME: TableDefinition<(&str, u64), ()> = TableDefinition::new("audit_by_outcome");
 /// (node, message id as u128) → HealthEventRecord (JSON).
 const HEALTH_EVENTS: TableDefinition<(&str, u128), &[u8]> = TableDefinition::new("health_events");
+const HEALTH_EVENTS_PRUNED: TableDefinition<&str, u64> =
+    TableDefinition::new("health_events_pruned");
 const SCHEDULES: TableDefinition<u128, &[u8]> = TableDefinition::new("schedules");
 const HEALTH_ISSUES: TableDefinition<u64, &[u8]> = TableDefinition::new("health_issues");
 const NODE_WATCHDOG_POLICIES: TableDefinition<&str, &str> =
@@ -261,6 +264,7 @@ impl RedbStore {
             tx.open_table(LEASES).map_err(backend)?;
             tx.open_table(NODE_JOBS).map_err(backend)?;
             tx.open_table(HEALTH_EVENTS).map_err(backend)?;
+            tx.open_table(HEALTH_EVENTS_PRUNED).map_err(backend)?;
             tx.open_table(SCHEDULES).map_err(backend)?;
             tx.open_table(HEALTH_ISSUES).map_err(backend)?;
             tx.open_table(NODE_WATCHDOG_POLICIES).map_err(backend)?;
@@ -1880,6 +1884,15 @@ impl Store for RedbStore {
         Ok(out)
     }
 
+    fn health_events_pruned_until(&self, node: &NodeId) -> Result<Option<u64>> {
+        let tx = self.db.begin_read().map_err(backend)?;
+        let pruned = tx.open_table(HEALTH_EVENTS_PRUNED).map_err(backend)?;
+        Ok(pruned
+            .get(node.as_str())
+            .map_err(backend)?
+            .map(|v| v.value()))
+    }
+
     fn health_events_between(
         &self,
         node: &NodeId,
@@ -2299,8 +2312,15 @@ fn insert_health_events(
                 .map(|entry| entry.map(|(k, _)| k.value().1))
                 .collect::<std::result::Result<_, _>>()
                 .map_err(backend)?;
-            for id in oldest {
-                table.remove((node.as_str(), id)).map_err(backend)?;
+            for id in &oldest {
+                table.remove((node.as_str(), *id)).map_err(backend)?;
+            }
+            // Oldest first: the last one is the newest pruned.
+            if let Some(newest) = oldest.last() {
+                let mut pruned = tx.open_table(HEALTH_EVENTS_PRUNED).map_err(backend)?;
+                pruned
+                    .insert(node.as_str(), (newest >> 80) as u64)
+                    .map_err(backend)?;
             }
         }
     }

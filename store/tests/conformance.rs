@@ -552,6 +552,7 @@ fn health_events_are_stored_once_per_message(store: &dyn Store) {
     assert!(store.health_events(&node("c"), 10).unwrap().is_empty());
 
     // Bounded per node: the oldest go first.
+    assert_eq!(store.health_events_pruned_until(&node("a")).unwrap(), None);
     let flood: Vec<HealthEventRecord> = (0..MAX_HEALTH_EVENTS_PER_NODE as u64 + 5)
         .map(|i| event("a", 10_000 + i, HealthChange::Raised))
         .collect();
@@ -565,6 +566,12 @@ fn health_events_are_stored_once_per_message(store: &dyn Store) {
         kept[0], flood[5],
         "the two older events and the first five flood ones went"
     );
+    assert_eq!(
+        store.health_events_pruned_until(&node("a")).unwrap(),
+        Some(10_004),
+        "the newest pruned event's time"
+    );
+    assert_eq!(store.health_events_pruned_until(&node("b")).unwrap(), None);
     assert_eq!(
         store.health_events(&node("b"), 10).unwrap().len(),
         1,
