@@ -497,15 +497,18 @@ fn take_summary(job: &JobRecord) -> Markup {
     }
 }
 
+/// Stop or Cancel for a job. The buttons have ids so that htmx gives the
+/// focus back after the jobs table refreshes: a keyboard user on Stop stays
+/// on Stop.
 fn stop_button(signed_in: &SignedIn, job: &JobId, cancel: bool) -> Markup {
     html! {
         form.inline method="post" action={ "/jobs/" (job) "/stop" } {
             (csrf_field(signed_in))
             @if cancel {
                 input type="hidden" name="cancel" value="1";
-                button.secondary.cancel type="submit" title="Stop and mark the job cancelled" { "Cancel" }
+                button.secondary.cancel #{ "cancel-" (job) } type="submit" title="Stop and mark the job cancelled" { "Cancel" }
             } @else {
-                button.stop type="submit" title="Stop and keep the take" { "Stop" }
+                button.stop #{ "stop-" (job) } type="submit" title="Stop and keep the take" { "Stop" }
             }
         }
     }

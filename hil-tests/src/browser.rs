@@ -207,11 +207,19 @@ impl Browser {
     }
 
     /// Press a key (a WebDriver key code, e.g. `\u{e004}` Tab, `\u{e007}`
-    /// Enter) in whatever has the focus.
+    /// Enter) in whatever has the focus, as a keyboard does: WebDriver key
+    /// actions, not keys sent to an element, so a part of the page htmx
+    /// replaces meanwhile cannot turn the press into a stale-element error.
     pub fn press(&self, key: &str) -> Result<()> {
+        use fantoccini::actions::{InputSource, KeyAction, KeyActions};
+        let mut keys = KeyActions::new("keyboard".into());
+        for value in key.chars() {
+            keys = keys
+                .then(KeyAction::Down { value })
+                .then(KeyAction::Up { value });
+        }
         self.runtime.block_on(async {
-            let focused = self.client().active_element().await?;
-            focused.send_keys(key).await?;
+            self.client().perform_actions(keys).await?;
             Ok(())
         })
     }

@@ -127,6 +127,17 @@ fn an_operator_records_from_the_browser_and_a_viewer_cannot() -> Result<()> {
     browser.press(ENTER)?;
     browser.wait_css("#jobs tr[data-state=running] button.stop", SOON)?;
     browser.tab_to("#jobs tr[data-state=running] button.stop", 80)?;
+    // The jobs table refreshes every 2 s; the focus stays on Stop.
+    std::thread::sleep(Duration::from_millis(2500));
+    let kept = browser.js(
+        "return document.activeElement.matches('#jobs tr[data-state=running] button.stop');",
+        vec![],
+    )?;
+    assert_eq!(
+        kept,
+        serde_json::Value::Bool(true),
+        "focus lost by a refresh"
+    );
     browser.press(ENTER)?;
     wait_for("the keyboard's take to finish", SOON, || {
         let running = browser
