@@ -111,6 +111,9 @@ pub struct JobContext {
     pub telemetry: Arc<crate::link::TelemetryStats>,
     /// The server's status says it is online (see `link::Outgoing`).
     pub server_online: Arc<std::sync::atomic::AtomicBool>,
+    /// The watchdog rules of running takes that bring their own
+    /// (`JobSpec::watchdog`), for the watchdog.
+    pub take_rules: Arc<watch::Sender<crate::watchdog::TakeRules>>,
 }
 
 struct Running {
@@ -353,6 +356,11 @@ async fn begin(
     let id = job_id.as_u128();
     if let Ok(Err(e)) = tokio::task::spawn_blocking(move || outbox.mark_started(id, now)).await {
         tracing::error!(job = %job_id, error = %e, "cannot remember the job as started");
+    }
+    if let Some(rules) = spec.watchdog {
+        ctx.take_rules.send_modify(|takes| {
+            takes.insert(job_id, (sources.clone(), rules));
+        });
     }
     running.insert(
         job_id,
@@ -603,6 +611,8 @@ async fn finish(ctx: &JobContext, r: Running, note: Option<&str>) {
         revoked,
         ..
     } = r;
+    ctx.take_rules
+        .send_if_modified(|takes| takes.remove(&held.job_id).is_some());
     let result = tokio::task::spawn_blocking(move || take.join())
         .await
         .unwrap_or_else(|_| {
@@ -910,6 +920,7 @@ mod tests {
     use super::*;
     use crate::source::{Signal, SyntheticSource};
     use rakkr_protocol::MessageId;
+    use rakkr_protocol::watchdog::WatchdogRules;
     use std::sync::atomic::Ordering;
 
     fn context(outbox_limit: u64, dir: &Path) -> JobContext {
@@ -927,6 +938,7 @@ mod tests {
             clock: Arc::new(crate::clock::SystemClock),
             telemetry: Arc::default(),
             server_online: Arc::default(),
+            take_rules: Arc::new(watch::channel(Default::default()).0),
         }
     }
 
@@ -1109,5 +1121,34 @@ mod tests {
         }
         start_due_occurrences(&ctx, &mut running, &calendars, &mut Autonomy::default()).await;
         assert!(running.is_empty(), "not restarted after a take that ended");
+    }
+
+    #[tokio::test]
+    async fn a_take_s_own_watchdog_rules_hold_while_it_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let ctx = context(1 << 20, dir.path());
+        let mut running = HashMap::new();
+        let rules = WatchdogRules {
+            silence_s: 3,
+            ..WatchdogRules::DEFAULT
+        };
+        let spec: JobSpec = serde_json::from_value(serde_json::json!({
+            "channels": "2", "watchdog": {"silence_s": 3}
+        }))
+        .unwrap();
+        let plain: JobSpec = serde_json::from_value(serde_json::json!({"channels": "1"})).unwrap();
+        let (job, other) = (JobId::new(5), JobId::new(6));
+        offer(&ctx, &mut running, job, 7, 30_000, spec).await;
+        offer(&ctx, &mut running, other, 8, 30_000, plain).await;
+        assert_eq!(
+            *ctx.take_rules.borrow(),
+            crate::watchdog::TakeRules::from([(job, (vec![1], rules))]),
+            "the take's channel with its rules; the plain take keeps the node's"
+        );
+        for (_, r) in running.drain() {
+            r.take.stop();
+            finish(&ctx, r, None).await;
+        }
+        assert!(ctx.take_rules.borrow().is_empty(), "gone with the take");
     }
 }

@@ -113,10 +113,17 @@ pub async fn run(
         ));
     }
     let (link_meters_tx, link_meters_rx) = mpsc::channel(METER_QUEUE);
+    // Takes that bring their own watchdog rules (their schedule's policy):
+    // kept by the job runner, followed by the watchdog.
+    let (take_rules_tx, take_rules_rx) =
+        tokio::sync::watch::channel(crate::watchdog::TakeRules::new());
     tokio::spawn(watch_quality(
         meters_rx,
         link_meters_tx,
-        rules,
+        QualityRules {
+            node: rules,
+            takes: take_rules_rx,
+        },
         outbox.clone(),
         outbox_ready.clone(),
         handles.telemetry.clone(),
@@ -219,6 +226,7 @@ pub async fn run(
                 clock: clock.clone(),
                 telemetry: handles.telemetry.clone(),
                 server_online: server_online.clone(),
+                take_rules: Arc::new(take_rules_tx),
             },
             job_commands,
             job_reports_tx,
@@ -380,19 +388,26 @@ async fn watch_disk(
     }
 }
 
+/// The watchdog's rules as they change: the node's, and those of the takes
+/// that bring their own.
+struct QualityRules {
+    node: tokio::sync::watch::Receiver<WatchdogRules>,
+    takes: tokio::sync::watch::Receiver<crate::watchdog::TakeRules>,
+}
+
 /// Watch the telemetry frames on their way to the link: the watchdog's
 /// events go to the outbox; the frames go on. Conditions the watchdog raised
 /// before a restart are cleared once gone.
 async fn watch_quality(
     mut frames: mpsc::Receiver<MeterFrame>,
     to_link: mpsc::Sender<MeterFrame>,
-    mut rules: tokio::sync::watch::Receiver<WatchdogRules>,
+    mut rules: QualityRules,
     outbox: Arc<Outbox>,
     ready: Arc<tokio::sync::Notify>,
     telemetry: Arc<TelemetryStats>,
     clock: Arc<dyn Clock>,
 ) {
-    let mut dog = crate::watchdog::Watchdog::new(*rules.borrow_and_update());
+    let mut dog = crate::watchdog::Watchdog::new(*rules.node.borrow_and_update());
     let kept = {
         let outbox = outbox.clone();
         tokio::task::spawn_blocking(move || outbox.open_conditions()).await
@@ -409,8 +424,11 @@ async fn watch_quality(
         }
     }
     while let Some(frame) = frames.recv().await {
-        if rules.has_changed().unwrap_or(false) {
-            dog.set_rules(*rules.borrow_and_update());
+        if rules.node.has_changed().unwrap_or(false) {
+            dog.set_rules(*rules.node.borrow_and_update());
+        }
+        if rules.takes.has_changed().unwrap_or(false) {
+            dog.set_take_rules(&rules.takes.borrow_and_update());
         }
         for event in dog.observe(&frame) {
             match event.change {

@@ -15,6 +15,11 @@
 //! | `correlation` | `channels:N+M` | flagged correlated | 10 s | warning |
 //! | `xruns` | (the node) | overruns counted | `xruns` overruns within 60 s | warning |
 //!
+//! A take whose schedule names a watchdog policy brings that policy's rules
+//! for the channels it records, while it records ([`TakeRules`]); the rest
+//! follow the node's rules, as do `xruns` and disk pressure. A correlated
+//! pair follows its first channel's rules.
+//!
 //! Time is the frames' own (their window lengths), so a rule behaves the
 //! same live and in a test that feeds ten minutes of frames in a second.
 //! Invariant: a condition is raised at most once until it is cleared, and
@@ -69,10 +74,18 @@ impl Sustain {
     }
 }
 
+/// The appliance rules of the takes that bring their own (their schedule's
+/// watchdog policy), by job: the device channels each take records
+/// (0-based) and its rules. Kept by the job runner, read by the watchdog.
+pub type TakeRules = std::collections::BTreeMap<rakkr_protocol::JobId, (Vec<usize>, WatchdogRules)>;
+
 /// The rules of one node.
 #[derive(Debug, Default)]
 pub struct Watchdog {
     policy: WatchdogRules,
+    /// Rules for single channels (1-based), while a take with its own rules
+    /// records them; the node's `policy` for the rest.
+    channel_rules: HashMap<usize, WatchdogRules>,
     /// The meter's correlation threshold (`MeterPolicy::correlation`).
     correlation: f32,
     rules: HashMap<(HealthCondition, String), Sustain>,
@@ -123,6 +136,21 @@ impl Watchdog {
         self.policy = rules;
     }
 
+    /// The takes recording now with rules of their own. A channel two such
+    /// takes share (a take may read a channel twice only within itself, so
+    /// this is not expected) follows the later job.
+    pub fn set_take_rules(&mut self, takes: &TakeRules) {
+        self.channel_rules = takes
+            .values()
+            .flat_map(|(sources, rules)| sources.iter().map(move |&c| (c + 1, *rules)))
+            .collect();
+    }
+
+    /// The rules channel `n` (1-based) follows now.
+    fn rules_for(&self, n: usize) -> &WatchdogRules {
+        self.channel_rules.get(&n).unwrap_or(&self.policy)
+    }
+
     /// A condition open before a restart: it is cleared once it is gone.
     pub fn assume_raised(&mut self, condition: HealthCondition, subject: &str) {
         if condition == HealthCondition::Xruns {
@@ -135,9 +163,11 @@ impl Watchdog {
             .raised = true;
     }
 
-    fn raise_ms(&self, condition: HealthCondition) -> (u64, u64) {
+    /// How long `condition` on channel `n` must hold to be raised, and for
+    /// clipping how long without it forgets what was gathered.
+    fn raise_ms(&self, condition: HealthCondition, n: usize) -> (u64, u64) {
         let s = |v: u32| u64::from(v) * 1000;
-        let p = &self.policy;
+        let p = self.rules_for(n);
         match condition {
             HealthCondition::Silence => (s(p.silence_s), 0),
             HealthCondition::LowSignal => (s(p.low_signal_s), 0),
@@ -151,7 +181,6 @@ impl Watchdog {
     pub fn observe(&mut self, frame: &MeterFrame) -> Vec<HealthEvent> {
         let window = u64::from(frame.window_ms);
         let at = frame.captured_at_ms;
-        let clear = u64::from(self.policy.clear_s) * 1000;
         let mut out = Vec::new();
         let count = frame.channels.len();
         let correlation = self.correlation;
@@ -204,8 +233,9 @@ impl Watchdog {
                     ch.clipped, ch.peak_dbfs
                 ),
             ));
+            let clear = u64::from(self.rules_for(n).clear_s) * 1000;
             for (condition, bad, severity, subject, evidence) in rules {
-                let (raise, forget) = self.raise_ms(condition);
+                let (raise, forget) = self.raise_ms(condition, n);
                 let rule = self.rules.entry((condition, subject.clone())).or_default();
                 if let Some(change) = rule.feed(bad, window, raise, forget, clear) {
                     let detail = match change {
@@ -620,5 +650,42 @@ mod tests {
         };
         assert!(zero.validate().unwrap_err().contains("silence_s"));
         assert!(WatchdogRules::default().validate().is_ok());
+    }
+
+    #[test]
+    fn a_take_with_its_own_rules_watches_its_channels_by_them_while_it_records() {
+        use HealthChange::*;
+        use HealthCondition::*;
+        // The node waits 10 s for silence; a take on channel 2 brings 3 s.
+        let mut dog = Watchdog::new(WatchdogRules::DEFAULT);
+        let take_rules = WatchdogRules {
+            silence_s: 3,
+            clear_s: 2,
+            ..WatchdogRules::DEFAULT
+        };
+        let job = rakkr_protocol::JobId::new(1);
+        dog.set_take_rules(&TakeRules::from([(job, (vec![1], take_rules))]));
+        let dead = [Feed::Silent, Feed::Silent];
+        assert_eq!(
+            run(&mut dog, &dead, 0, 10),
+            [
+                (3, Silence, Raised, "channel:2".into()),
+                (10, Silence, Raised, "channel:1".into())
+            ],
+            "channel 2 by the take's rules, channel 1 by the node's"
+        );
+        // It clears by the take's rules too.
+        let back = [Feed::Silent, Feed::Tone(-20.0)];
+        assert_eq!(
+            run(&mut dog, &back, 10, 2),
+            [(12, Silence, Cleared, "channel:2".into())]
+        );
+        // The take ended: the node's rules again.
+        dog.set_take_rules(&TakeRules::new());
+        assert!(run(&mut dog, &dead, 12, 9).is_empty(), "waits 10 s again");
+        assert_eq!(
+            run(&mut dog, &dead, 21, 1),
+            [(22, Silence, Raised, "channel:2".into())]
+        );
     }
 }

@@ -254,6 +254,8 @@ impl JobRequest {
             channels: self.channels,
             profile,
             duration_s,
+            // Manual takes watch as their node's policy says.
+            watchdog: None,
         };
         Ok((self.node, spec, named))
     }

@@ -354,11 +354,16 @@ impl RunningServer {
             shutdown.clone(),
         ));
         {
-            // Before the runner starts: schedules record with their profiles as configured now.
-            let (store, profiles, now) =
-                (store.clone(), settings.profiles.clone(), clock.unix_ms());
+            // Before the runner starts: schedules record with their profiles
+            // and policies as configured now.
+            let (store, profiles, policies, now) = (
+                store.clone(),
+                settings.profiles.clone(),
+                settings.watchdog.clone(),
+                clock.unix_ms(),
+            );
             match tokio::task::spawn_blocking(move || {
-                schedules::follow_profiles(&*store, &profiles, now)
+                schedules::follow_policies(&*store, &profiles, &policies, now)
             })
             .await
             {

@@ -381,6 +381,7 @@ impl Named for Profile {
             channels: None,
             profile: self.recording(),
             duration_s: self.max_length_s,
+            watchdog: None,
         };
         probe.validate()?;
         if let Some(rate) = self.sample_rate

@@ -580,49 +580,68 @@ pub fn schedule_id(text: &str) -> Result<ScheduleId, Problem> {
     })
 }
 
-/// Make every schedule that names a recording profile record with that
-/// profile as configured now (run at start: profiles change with the
-/// configuration). Each changed schedule gets a new revision, which the sync
-/// sends to its node, and an audit record as `runner:profiles`. A schedule
-/// naming a profile this server no longer has keeps what it had (logged).
-/// Returns how many changed.
-pub fn follow_profiles(
+/// Bring every schedule that names a recording profile or a watchdog
+/// policy to that profile's encoding and that policy's appliance rules as
+/// configured now (run at start: both change with the configuration). Each
+/// changed schedule gets a new revision, which the sync sends to its node,
+/// and an audit record as `runner:policies`. A schedule naming a profile or
+/// policy this server no longer has keeps what it had (logged). Returns how
+/// many changed.
+pub fn follow_policies(
     store: &dyn Store,
     profiles: &RecordingProfiles,
+    policies: &WatchdogPolicies,
     now_ms: u64,
 ) -> Result<usize, StoreError> {
     let mut changed = 0;
     for record in store.schedules()? {
-        let Some(name) = record.spec.profile.as_deref() else {
-            continue;
-        };
-        let Some(profile) = profiles.get(name) else {
-            tracing::warn!(schedule = %record.id, profile = name, "the schedule's recording profile is not configured; it keeps recording as before");
-            continue;
-        };
-        let wanted = profile.recording();
-        if record.spec.job.profile == wanted {
+        let mut spec = record.spec.clone();
+        let mut why = Vec::new();
+        if let Some(name) = record.spec.profile.as_deref() {
+            match profiles.get(name) {
+                Some(profile) if spec.job.profile != profile.recording() => {
+                    spec.job.profile = profile.recording();
+                    why.push(format!("recording profile {name:?}"));
+                }
+                Some(_) => {}
+                None => {
+                    tracing::warn!(schedule = %record.id, profile = name, "the schedule's recording profile is not configured; it keeps recording as before")
+                }
+            }
+        }
+        if let Some(name) = record.spec.watchdog.as_deref() {
+            match policies.get(name) {
+                Some(policy) if spec.job.watchdog != Some(policy.appliance) => {
+                    spec.job.watchdog = Some(policy.appliance);
+                    why.push(format!("watchdog policy {name:?}"));
+                }
+                Some(_) => {}
+                None => {
+                    tracing::warn!(schedule = %record.id, policy = name, "the schedule's watchdog policy is not configured; its takes keep the rules they had")
+                }
+            }
+        }
+        if why.is_empty() {
             continue;
         }
-        let mut spec = record.spec.clone();
-        spec.job.profile = wanted;
         let (before, after) = store.update_schedule(record.id, spec, now_ms)?;
         let change = audit_change(record.id, Some(&before), Some(&after));
+        let reason = format!("{} changed in the configuration", why.join(" and "));
         crate::audit::record_now(
             store,
             AuditEntry {
                 at_ms: now_ms,
-                actor: "runner:profiles".into(),
-                action: "follow recording profile".into(),
+                actor: "runner:policies".into(),
+                action: "follow configured policies".into(),
                 target: change.target,
                 outcome: "allowed".into(),
-                reason: Some(format!("profile {name:?} changed in the configuration")),
+                reason: Some(reason.clone()),
                 before: change.before,
                 after: change.after,
                 ..Default::default()
             },
         );
-        tracing::info!(schedule = %record.id, profile = name, "schedule follows its changed recording profile");
+        tracing::info!(schedule = %record.id, %reason, "schedule follows its changed profile or policy");
         changed += 1;
     }
     Ok(changed)
@@ -669,15 +688,18 @@ pub fn check_spec_replacing(
         name.is_some() && before.is_some_and(|b| old(b) == name)
     };
     let kept_watchdog = kept(&spec.watchdog, |b| &b.watchdog);
-    if !(kept_watchdog
-        && spec
-            .watchdog
-            .as_deref()
-            .is_some_and(|n| policies.get(n).is_none()))
-    {
-        policies
-            .check_known(spec.watchdog.as_deref())
-            .map_err(invalid)?;
+    // The appliance's rules for the schedule's takes come from its policy
+    // (none named: the node's own); a kept policy the configuration dropped
+    // keeps the rules the schedule had.
+    match spec.watchdog.as_deref().map(|n| (n, policies.get(n))) {
+        Some((_, Some(policy))) => spec.job.watchdog = Some(policy.appliance),
+        Some((_, None)) if kept_watchdog => {
+            spec.job.watchdog = before.and_then(|b| b.job.watchdog);
+        }
+        Some((name, None)) => {
+            policies.check_known(Some(name)).map_err(invalid)?;
+        }
+        None => spec.job.watchdog = None,
     }
     let kept_profile = kept(&spec.profile, |b| &b.profile)
         && spec
@@ -918,6 +940,7 @@ mod tests {
     };
     use rakkr_protocol::schedule::{Timing, Window};
     use rakkr_protocol::state::Presence;
+    use rakkr_protocol::watchdog::WatchdogRules;
     use rakkr_store::{NewJob, NodeDetails, NodeStatusUpdate, RedbStore};
 
     fn ms(s: &str) -> u64 {
@@ -1002,6 +1025,59 @@ mod tests {
         RecordingProfiles::from_config(toml::from_str(toml_text).unwrap()).unwrap()
     }
 
+    fn policies(toml_text: &str) -> WatchdogPolicies {
+        WatchdogPolicies::from_config(toml::from_str(toml_text).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn a_schedule_s_takes_carry_its_policy_s_appliance_rules_and_follow_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir);
+        announce(&store, "n1");
+        let policy = |silence_s: u32| {
+            policies(&format!(
+                "default = \"quiet\"\n[policies.quiet]\nlow_signal_dbfs = -50.0\ngrace_s = 60\n\
+                 cumulative_s = 60\nclear_s = 10\n[policies.quiet.appliance]\nsilence_s = {silence_s}\n"
+            ))
+        };
+        let (first, profiles) = (policy(4), RecordingProfiles::builtin());
+        let record = schedule(&store, "n1", "UTC", "06:00", "07:00");
+        assert_eq!(
+            record.spec.job.watchdog, None,
+            "no policy named: the node's"
+        );
+        let (id, mut spec) = (record.id, record.spec);
+        spec.watchdog = Some("quiet".into());
+        // Rules given by hand are not the schedule's to choose: the policy's win.
+        spec.job.watchdog = Some(WatchdogRules::DEFAULT);
+        check_spec(&store, &first, &profiles, &mut spec).unwrap();
+        assert_eq!(spec.job.watchdog.map(|r| r.silence_s), Some(4));
+        store.update_schedule(id, spec.clone(), 2_000).unwrap();
+        // The node keeps them with the schedule, for takes it starts alone.
+        let kept = node_schedules(&store.schedules().unwrap(), &NodeId::new("n1").unwrap());
+        assert_eq!(kept.schedules[0].spec.watchdog, None, "the name stays here");
+        assert_eq!(
+            kept.schedules[0].spec.job.watchdog.map(|r| r.silence_s),
+            Some(4)
+        );
+        // The policy changes in the configuration: the schedule follows, once.
+        assert_eq!(
+            follow_policies(&store, &profiles, &first, 3_000).unwrap(),
+            0
+        );
+        assert_eq!(
+            follow_policies(&store, &profiles, &policy(9), 4_000).unwrap(),
+            1
+        );
+        let now = store.schedule(id).unwrap().unwrap();
+        assert_eq!(now.spec.job.watchdog.map(|r| r.silence_s), Some(9));
+        // Dropping the policy name drops the rules.
+        let mut plain = now.spec.clone();
+        plain.watchdog = None;
+        check_spec(&store, &policy(9), &profiles, &mut plain).unwrap();
+        assert_eq!(plain.job.watchdog, None);
+    }
+
     #[test]
     fn a_schedule_records_with_its_named_profile_and_follows_it_when_it_changes() {
         let dir = tempfile::tempdir().unwrap();
@@ -1033,13 +1109,22 @@ mod tests {
         assert!(e.detail.contains("no recording profile \"loud\""), "{e:?}");
 
         // Unchanged profiles change nothing.
-        assert_eq!(follow_profiles(&store, &first, 3_000).unwrap(), 0);
+        assert_eq!(
+            follow_policies(&store, &first, &WatchdogPolicies::builtin(), 3_000).unwrap(),
+            0
+        );
         // The configuration now says 24-bit WAV: the schedule follows, once.
         let second = profiles(
             "default_profile = \"talk\"\n[profiles.talk]\ncodec = \"wav\"\nbits = 24\nchannel_mode = \"mono\"\n",
         );
-        assert_eq!(follow_profiles(&store, &second, 4_000).unwrap(), 1);
-        assert_eq!(follow_profiles(&store, &second, 5_000).unwrap(), 0);
+        assert_eq!(
+            follow_policies(&store, &second, &WatchdogPolicies::builtin(), 4_000).unwrap(),
+            1
+        );
+        assert_eq!(
+            follow_policies(&store, &second, &WatchdogPolicies::builtin(), 5_000).unwrap(),
+            0
+        );
         let now = store.schedule(id).unwrap().unwrap();
         assert_eq!(
             now.spec.job.profile.codec,
@@ -1050,7 +1135,7 @@ mod tests {
         let audit = store.audit_records(0, 100).unwrap();
         let followed: Vec<_> = audit
             .iter()
-            .filter(|r| r.entry.actor == "runner:profiles")
+            .filter(|r| r.entry.actor == "runner:policies")
             .collect();
         assert_eq!(followed.len(), 1);
         assert_eq!(
@@ -1059,7 +1144,10 @@ mod tests {
         );
         // A profile dropped from the configuration: the schedule keeps what it had.
         let third = profiles("default_profile = \"other\"\n[profiles.other]\n");
-        assert_eq!(follow_profiles(&store, &third, 6_000).unwrap(), 0);
+        assert_eq!(
+            follow_policies(&store, &third, &WatchdogPolicies::builtin(), 6_000).unwrap(),
+            0
+        );
         assert_eq!(store.schedule(id).unwrap().unwrap().revision, 3);
         // …and can still be edited (disabled here) while it names the old
         // profile; choosing another missing one is refused.

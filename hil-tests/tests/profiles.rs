@@ -128,7 +128,7 @@ fn jobs_and_schedules_record_with_their_named_profiles() -> Result<()> {
     let schedule = &detail["schedule"];
     assert_eq!(schedule["spec"]["job"]["profile"]["bits"], 24, "{detail}");
     assert_eq!(schedule["revision"], 2, "{detail}");
-    let audit = server.get_json("/api/v1/audit/search?actor=runner:profiles&limit=10")?;
+    let audit = server.get_json("/api/v1/audit/search?actor=runner:policies&limit=10")?;
     let records = audit["records"].as_array().unwrap();
     assert_eq!(records.len(), 1, "{audit}");
     assert_eq!(records[0]["target"], format!("schedule:{sid}"));

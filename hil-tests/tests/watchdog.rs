@@ -303,3 +303,55 @@ fn a_full_disk_fails_the_take_as_an_encoder_failure_and_keeps_its_audio() -> Res
     assert_eq!(file["bytes"], std::fs::metadata(&path)?.len());
     Ok(())
 }
+
+#[test]
+fn a_scheduled_take_watches_its_channels_by_its_schedule_s_policy() -> Result<()> {
+    // The node's policy waits ten minutes for silence; the schedule's, 3 s.
+    const TWO: &str = "[watchdog]\ndefault = \"patient\"\n\
+        [watchdog.policies.patient]\nlow_signal_dbfs = -50.0\ngrace_s = 120\ncumulative_s = 300\nclear_s = 30\n\
+        [watchdog.policies.patient.appliance]\nsilence_s = 600\n\
+        [watchdog.policies.quick]\nlow_signal_dbfs = -50.0\ngrace_s = 120\ncumulative_s = 300\nclear_s = 30\n\
+        [watchdog.policies.quick.appliance]\nsilence_s = 3\n";
+    let work = tempfile::tempdir()?;
+    let server = Server::start_configured(work.path(), &work.path().join("data"), &[], TWO)?;
+    let (_agent, _) = job_agent_with_signal(work.path(), &server, "wd-take", 2, "", "silence")?;
+    wait_online(&server, "wd-take")?;
+    let (code, created) = server.post(
+        "/api/v1/schedules",
+        &json!({
+            "name": "Lecture",
+            "node": "wd-take",
+            "job": {"channels": "2"},
+            "timing": {
+                "recurrence": {"mode": "daily"},
+                "time_zone": "UTC",
+                "window": {"start": utc_time_in(2), "end": utc_time_in(40)}
+            },
+            "watchdog": "quick"
+        }),
+    )?;
+    assert_eq!(code, 201, "{created}");
+    assert_eq!(
+        created["spec"]["job"]["watchdog"]["silence_s"], 3,
+        "{created}"
+    );
+    let issue = wait_for(
+        "silence on the take's channel",
+        Duration::from_secs(30),
+        || {
+            let issues = silence_issues(&server, "wd-take").ok()?;
+            issues.into_iter().find(|i| i["subject"] == "channel:2")
+        },
+    )?;
+    assert!(
+        issue["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("for 3 s")),
+        "by the schedule's policy: {issue}"
+    );
+    // The channel the take does not record waits as the node's policy says.
+    std::thread::sleep(Duration::from_secs(3));
+    let issues = silence_issues(&server, "wd-take")?;
+    assert_eq!(issues.len(), 1, "{issues:?}");
+    Ok(())
+}

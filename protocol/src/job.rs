@@ -130,6 +130,10 @@ pub struct JobSpec {
     /// Length of the take in seconds; absent: until stopped.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub duration_s: Option<u32>,
+    /// The appliance's watchdog rules for this take's channels while it
+    /// records (its schedule's watchdog policy); absent: the node's own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub watchdog: Option<crate::watchdog::WatchdogRules>,
 }
 
 fn default_device() -> String {
@@ -160,6 +164,9 @@ impl JobSpec {
         }
         if self.profile.segment_s == Some(0) {
             return Err("segment length must be at least one second".into());
+        }
+        if let Some(rules) = &self.watchdog {
+            rules.validate()?;
         }
         match self.duration_s {
             Some(0) => Err("duration must be at least one second".into()),
@@ -397,6 +404,7 @@ mod tests {
             channels: Some("3,4".into()),
             profile: RecordingProfile::default(),
             duration_s: Some(60),
+            watchdog: None,
         }
     }
 

@@ -85,6 +85,17 @@ fn the_widest_valid_job_report_fits() {
             channels: Some("é".repeat(MAX_SHORT_TEXT / 2)),
             profile: Default::default(),
             duration_s: Some(rakkr_protocol::job::MAX_DURATION_S),
+            watchdog: Some(rakkr_protocol::watchdog::WatchdogRules {
+                silence_s: 86_400,
+                low_signal_s: 86_400,
+                flatline_s: 86_400,
+                clipping_s: 86_400,
+                clipping_forget_s: 86_400,
+                correlation_s: 86_400,
+                xruns: u32::MAX,
+                clear_s: 86_400,
+                disk_min_free_mb: u64::MAX,
+            }),
         },
         tags: (0..16)
             .map(|i| format!("{i:02}{}", "é".repeat(19)))

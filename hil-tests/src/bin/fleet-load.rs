@@ -554,6 +554,7 @@ fn ref_offer(now_ms: u64) -> Vec<u8> {
                 channels: None,
                 profile: RecordingProfile::default(),
                 duration_s: Some(5),
+                watchdog: None,
             },
         },
     )
