@@ -47,6 +47,9 @@
 //! channel_mode = "any"           # any | mono | stereo
 //! max_length_s = 14400           # longest take started by hand (absent: no limit)
 //!
+//! [uploads]                      # recordings appliances send (decision 0016)
+//! max_file_mb = 65536            # the largest file a take may have (larger: 413)
+//!
 //! [watchdog]                     # replaces the built-in list (defaults/watchdog.toml) whole
 //! default = "standard"
 //! [watchdog.policies.standard]
@@ -87,6 +90,30 @@ pub struct ServerConfig {
     /// Named recording profiles; absent: the built-in list.
     #[serde(default = "crate::policies::RecordingConfig::builtin")]
     pub recording: crate::policies::RecordingConfig,
+    #[serde(default)]
+    pub uploads: UploadsConfig,
+}
+
+/// What appliances may upload (decision 0016).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UploadsConfig {
+    /// The largest file a take may have, in MB (larger: 413).
+    #[serde(default = "default_max_file_mb")]
+    pub max_file_mb: u64,
+}
+
+fn default_max_file_mb() -> u64 {
+    // A 24-hour 8-channel 96 kHz 24-bit WAV is about 60 GB.
+    65_536
+}
+
+impl Default for UploadsConfig {
+    fn default() -> Self {
+        UploadsConfig {
+            max_file_mb: default_max_file_mb(),
+        }
+    }
 }
 
 /// When the server's own node rules raise their conditions.
@@ -329,6 +356,8 @@ pub struct ServerSettings {
     pub watchdog: crate::policies::WatchdogPolicies,
     /// The named recording profiles jobs and schedules choose from.
     pub profiles: crate::policies::RecordingProfiles,
+    /// The largest file an appliance may upload, in bytes.
+    pub max_upload_bytes: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -474,6 +503,9 @@ impl ServerConfig {
                 "must be 1-100000",
             ));
         }
+        if !(1..=16 << 20).contains(&self.uploads.max_file_mb) {
+            return Err(invalid("uploads.max_file_mb", "must be 1-16777216 MB"));
+        }
         let watchdog = crate::policies::WatchdogPolicies::from_config(self.watchdog.clone())
             .map_err(|e| invalid("watchdog", &e))?;
         let profiles = crate::policies::RecordingProfiles::from_config(self.recording.clone())
@@ -481,6 +513,7 @@ impl ServerConfig {
         Ok(ServerSettings {
             watchdog,
             profiles,
+            max_upload_bytes: self.uploads.max_file_mb << 20,
             node_rules: crate::node_watch::NodeRulesPolicy {
                 offline_after_ms: self.health.node_offline_after_ms,
                 stale_after_ms: self.health.telemetry_stale_after_ms,

@@ -28,6 +28,8 @@
 //! | `POST /api/v1/enroll` | appliance | an appliance exchanges `{"token", "node"}` for its credential (shown once) |
 //! | `POST /api/v1/nodes/{id}/credential/revoke` | nodes.manage | revoke a node's credential and disconnect it |
 //! | `POST /api/v1/node/credential/rotate` | appliance | a node (HTTP Basic: node id and credential) gets a new credential |
+//! | `HEAD, PATCH /api/v1/node/recordings/{job}/files/{name}` | appliance | resumable upload of a take's file: the offset held; a chunk at it (decision 0016, [`crate::uploads`]) |
+//! | `POST /api/v1/node/recordings/{job}/files/{name}/complete` | appliance | verify the whole file, keep it, confirm |
 //! | `GET /api/v1/audit` | audit.read | the audit log (`?after=SEQ&limit=N&format=json\|csv`), its hash chain checked |
 //! | `GET /api/v1/audit/search` | audit.read | search (`?actor&outcome&q&from&to&before&limit&format=json\|csv`), newest first, with `next_before` |
 //! | `GET /audit`       | audit.read | the audit log page: the same search, CSV export |
@@ -119,6 +121,8 @@ pub struct AppState {
     pub watchdog_policies: Arc<crate::policies::WatchdogPolicies>,
     /// The named recording profiles jobs and schedules choose from.
     pub profiles: Arc<crate::policies::RecordingProfiles>,
+    /// Recordings arriving from appliances.
+    pub uploads: Arc<crate::uploads::Uploads>,
 }
 
 #[derive(Debug)]
@@ -271,6 +275,26 @@ pub fn route_table() -> Vec<(&'static str, Method, Access, MethodRouter<AppState
             Method::POST,
             Appliance,
             post(api_rotate_credential),
+        ),
+        (
+            "/api/v1/node/recordings/{job}/files/{name}",
+            Method::HEAD,
+            Appliance,
+            axum::routing::head(crate::uploads::head_file),
+        ),
+        (
+            "/api/v1/node/recordings/{job}/files/{name}",
+            Method::PATCH,
+            Appliance,
+            axum::routing::patch(crate::uploads::patch_file).layer(
+                axum::extract::DefaultBodyLimit::max(rakkr_protocol::upload::MAX_CHUNK_BYTES),
+            ),
+        ),
+        (
+            "/api/v1/node/recordings/{job}/files/{name}/complete",
+            Method::POST,
+            Appliance,
+            post(crate::uploads::complete_file),
         ),
         (
             "/api/v1/audit",
@@ -1027,12 +1051,25 @@ pub(crate) struct EnrolledJson {
 }
 
 /// Audit what an appliance did on its own routes (enrollment, rotation).
-/// Refusals are bounded per client address like anonymous ones.
 async fn audit_appliance(
     state: &AppState,
     peer: std::net::SocketAddr,
     node: &rakkr_protocol::NodeId,
     action: &str,
+    refused: Option<&str>,
+) {
+    audit_node_request(state, peer, Some(node), action, None, refused).await;
+}
+
+/// Audit a request on an appliance route: as the node (`None`: one that did
+/// not authenticate), on `target` (default: the node). Refusals are bounded
+/// per client address like anonymous ones.
+pub(crate) async fn audit_node_request(
+    state: &AppState,
+    peer: std::net::SocketAddr,
+    node: Option<&rakkr_protocol::NodeId>,
+    action: &str,
+    target: Option<String>,
     refused: Option<&str>,
 ) {
     let now = state.clock.unix_ms();
@@ -1050,9 +1087,12 @@ async fn audit_appliance(
     }
     let entry = rakkr_store::AuditEntry {
         at_ms: now,
-        actor: format!("node:{node}@{}", peer.ip()),
+        actor: match node {
+            Some(node) => format!("node:{node}@{}", peer.ip()),
+            None => format!("anonymous@{}", peer.ip()),
+        },
         action: action.to_owned(),
-        target: Some(format!("node:{node}")),
+        target: target.or_else(|| node.map(|n| format!("node:{n}"))),
         outcome: if refused.is_some() {
             "denied"
         } else {
@@ -1143,7 +1183,9 @@ async fn api_revoke_credential(
 }
 
 /// `Authorization: Basic base64(node:credential)`.
-fn basic_auth(headers: &axum::http::HeaderMap) -> Option<(rakkr_protocol::NodeId, String)> {
+pub(crate) fn basic_auth(
+    headers: &axum::http::HeaderMap,
+) -> Option<(rakkr_protocol::NodeId, String)> {
     use base64::Engine;
     let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
     let encoded = value.strip_prefix("Basic ")?;

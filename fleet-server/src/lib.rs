@@ -51,6 +51,7 @@ pub mod schedules;
 pub mod schedules_page;
 pub mod signal_watch;
 pub mod tls;
+pub mod uploads;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -457,6 +458,10 @@ impl RunningServer {
             http_stats: Default::default(),
             watchdog_policies,
             profiles: Arc::new(settings.profiles.clone()),
+            uploads: Arc::new(uploads::Uploads::new(
+                &settings.data_dir,
+                settings.max_upload_bytes,
+            )),
         });
         let mut https_addr = None;
         if let (Some(addr), Some(tls)) = (settings.https_addr, &server_tls) {

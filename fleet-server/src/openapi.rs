@@ -31,6 +31,8 @@ struct Operation {
 enum Answer {
     Json(Value),
     Media(&'static str, &'static str),
+    /// No body; what the headers say.
+    Headers(&'static str),
 }
 
 fn schema<T: JsonSchema>(g: &mut SchemaGenerator) -> Value {
@@ -223,6 +225,30 @@ fn operation(method: &Method, path: &str, g: &mut SchemaGenerator) -> Option<Ope
             "A node (HTTP Basic: node id and credential) gets a new credential",
             None,
             (200, Json(schema::<EnrolledJson>(g))),
+            &[],
+        ),
+        ("HEAD", "/api/v1/node/recordings/{job}/files/{name}") => op(
+            "A node asks how much of a take's file the server holds (HTTP Basic; decision 0016)",
+            None,
+            (
+                200,
+                Headers("`Upload-Offset`: bytes held durably; `Upload-Length` once known"),
+            ),
+            &[],
+        ),
+        ("PATCH", "/api/v1/node/recordings/{job}/files/{name}") => op(
+            "A node sends a chunk at `Upload-Offset` with `Upload-Length` and `Upload-Checksum: sha256 <base64>` (409: resume from the `Upload-Offset` answered; 460: checksum mismatch; 413: too large)",
+            None,
+            (204, Headers("`Upload-Offset`: the new offset")),
+            &[],
+        ),
+        ("POST", "/api/v1/node/recordings/{job}/files/{name}/complete") => op(
+            "A node completes a file: the server checks its SHA-256, size and type, keeps it and confirms (409: discarded, send it again)",
+            Some(schema::<rakkr_protocol::upload::CompleteUpload>(g)),
+            (
+                200,
+                Json(schema::<rakkr_protocol::upload::UploadConfirmation>(g)),
+            ),
             &[],
         ),
         ("GET", "/api/v1/audit") => op(
@@ -439,6 +465,7 @@ pub fn document() -> Value {
                 "description": description,
                 "content": { media: { "schema": { "type": "string" } } },
             }),
+            Answer::Headers(description) => json!({ "description": description }),
         };
         let mut responses = Map::new();
         responses.insert(status.to_string(), ok);

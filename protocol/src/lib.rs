@@ -10,6 +10,8 @@
 //!   transitions allowed between them ([`state`]);
 //! - recording jobs: what a job asks for and the messages that lease, run and
 //!   finish it ([`job`]), with the channel-map text form ([`channel_map`]);
+//! - recording delivery: the URL and file names of a take's upload, and its
+//!   headers and bodies ([`upload`]);
 //! - permission and role names ([`access`]).
 //!
 //! Invariants: the crate is pure (no IO, no async runtime, no clock reads: callers
@@ -28,6 +30,7 @@ pub mod payload;
 pub mod schedule;
 pub mod state;
 pub mod topic;
+pub mod upload;
 pub mod watchdog;
 
 pub use envelope::{DecodeError, Envelope, MAX_PAYLOAD_BYTES, SCHEMA_VERSION};

@@ -378,4 +378,14 @@ pub trait Store: Send + Sync + 'static {
         to_ms: u64,
         limit: usize,
     ) -> Result<Vec<HealthEventRecord>>;
+
+    /// The upload of one file of `job`'s take, if it began.
+    fn upload(&self, job: JobId, name: &str) -> Result<Option<UploadRecord>>;
+
+    /// Keep an upload's record as it is now (the server serializes the
+    /// requests of one file, so last writer wins).
+    fn put_upload(&self, record: &UploadRecord) -> Result<()>;
+
+    /// Every upload of `job`'s files, by name.
+    fn uploads_of_job(&self, job: JobId) -> Result<Vec<UploadRecord>>;
 }

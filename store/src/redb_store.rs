@@ -14,6 +14,7 @@
 //! | `enroll_tokens` | token id `&str`     | JSON [`EnrollTokenRecord`] (secret: SHA-256 only) |
 //! | `node_credentials` | node id `&str`   | JSON [`NodeCredentialRecord`] (secrets: SHA-256 only) |
 //! | `health_events` | `(node id, message id)` | `HealthEventRecord` (JSON); a message id is stored once per node |
+//! | `uploads` | `(job id, file name)` | `UploadRecord` (JSON): a take's file on its way from its node (decision 0016) |
 //! | `health_events_pruned` | node id | ms since the epoch: events created up to then may have been pruned (the newest pruned event's id time) |
 //! | `users`     | login name `&str`       | JSON [`UserRecord`] (password: argon2id PHC string only) |
 //! | `sessions`  | SHA-256 of the session id `&str` | JSON [`SessionRecord`]        |
@@ -65,8 +66,8 @@ use crate::{
     MAX_HEALTH_EVENTS_PER_NODE, MAX_ISSUES_PER_NODE, MAX_OCCURRENCE_JOBS, MAX_SCHEDULES,
     MAX_USER_NAME, NewJob, NodeCredentialRecord, NodeRecord, NodeStatusUpdate, OccurrenceJob,
     OccurrenceRecord, OccurrenceStart, REOPEN_WITHIN_MS, RestartPolicy, Result, ScheduleRecord,
-    ScheduledBy, SessionRecord, Store, StoreError, UpdateOutcome, UserChange, UserRecord,
-    audit_hash, check_annotation, contains_ignoring_ascii_case, valid_user_name,
+    ScheduledBy, SessionRecord, Store, StoreError, UpdateOutcome, UploadRecord, UserChange,
+    UserRecord, audit_hash, check_annotation, contains_ignoring_ascii_case, valid_user_name,
 };
 
 /// Version of the layout above. Bumped only with a migration.
@@ -95,6 +96,7 @@ const AUDIT_BY_ACTOR: TableDefinition<(&str, u64), ()> = TableDefinition::new("a
 const AUDIT_BY_OUTCOME: TableDefinition<(&str, u64), ()> = TableDefinition::new("audit_by_outcome");
 /// (node, message id as u128) → HealthEventRecord (JSON).
 const HEALTH_EVENTS: TableDefinition<(&str, u128), &[u8]> = TableDefinition::new("health_events");
+const UPLOADS: TableDefinition<(u128, &str), &[u8]> = TableDefinition::new("uploads");
 const HEALTH_EVENTS_PRUNED: TableDefinition<&str, u64> =
     TableDefinition::new("health_events_pruned");
 const SCHEDULES: TableDefinition<u128, &[u8]> = TableDefinition::new("schedules");
@@ -265,6 +267,7 @@ impl RedbStore {
             tx.open_table(NODE_JOBS).map_err(backend)?;
             tx.open_table(HEALTH_EVENTS).map_err(backend)?;
             tx.open_table(HEALTH_EVENTS_PRUNED).map_err(backend)?;
+            tx.open_table(UPLOADS).map_err(backend)?;
             tx.open_table(SCHEDULES).map_err(backend)?;
             tx.open_table(HEALTH_ISSUES).map_err(backend)?;
             tx.open_table(NODE_WATCHDOG_POLICIES).map_err(backend)?;
@@ -1881,6 +1884,45 @@ impl Store for RedbStore {
             out.push(decode("health event", v.value())?);
         }
         out.reverse();
+        Ok(out)
+    }
+
+    fn upload(&self, job: JobId, name: &str) -> Result<Option<UploadRecord>> {
+        let tx = self.db.begin_read().map_err(backend)?;
+        let table = tx.open_table(UPLOADS).map_err(backend)?;
+        table
+            .get((job.as_u128(), name))
+            .map_err(backend)?
+            .map(|v| decode("upload", v.value()))
+            .transpose()
+    }
+
+    fn put_upload(&self, record: &UploadRecord) -> Result<()> {
+        let tx = self.db.begin_write().map_err(backend)?;
+        {
+            let mut table = tx.open_table(UPLOADS).map_err(backend)?;
+            table
+                .insert(
+                    (record.job.as_u128(), record.name.as_str()),
+                    encode(record).as_slice(),
+                )
+                .map_err(backend)?;
+        }
+        tx.commit().map_err(backend)
+    }
+
+    fn uploads_of_job(&self, job: JobId) -> Result<Vec<UploadRecord>> {
+        let tx = self.db.begin_read().map_err(backend)?;
+        let table = tx.open_table(UPLOADS).map_err(backend)?;
+        let id = job.as_u128();
+        let mut out = Vec::new();
+        for entry in table
+            .range((id, "")..(id.saturating_add(1), ""))
+            .map_err(backend)?
+        {
+            let (_, v) = entry.map_err(backend)?;
+            out.push(decode("upload", v.value())?);
+        }
         Ok(out)
     }
 

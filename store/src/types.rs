@@ -696,6 +696,37 @@ pub fn verify_audit_chain(prev: &str, records: &[AuditRecord]) -> Result<(), u64
     Ok(())
 }
 
+/// Where a file of a take stands on its way from its node to the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum UploadState {
+    /// Chunks arrive; `offset` bytes are held durably in the staging file.
+    Receiving,
+    /// Complete, verified (size, type, SHA-256) and in the server's cache;
+    /// the node was told so.
+    Cached,
+}
+
+/// One file of a take being uploaded, or uploaded (decision 0016).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct UploadRecord {
+    pub job: JobId,
+    /// A name `rakkr_protocol::upload::check_file_name` accepts for `job`.
+    pub name: String,
+    pub node: NodeId,
+    /// The file's size, fixed by its first chunk.
+    pub length: u64,
+    /// Bytes held durably (the staging file may have more after a crash;
+    /// they are cut off before the next chunk is written).
+    pub offset: u64,
+    pub state: UploadState,
+    /// SHA-256 of the verified file (lower-case hex), once cached.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+    pub started_ms: u64,
+    pub updated_ms: u64,
+}
+
 #[cfg(test)]
 mod tests {
     use super::contains_ignoring_ascii_case as has;

@@ -1262,3 +1262,51 @@ fn redb_node_watchdog_policies_are_chosen_and_reset() {
     let (_dir, store) = redb();
     node_watchdog_policies_are_chosen_and_reset(&store);
 }
+
+fn uploads_are_kept_per_file_and_listed_per_job(store: &dyn Store) {
+    let (job, other) = (JobId::new(5_000), JobId::new(6_000));
+    let name = |j: JobId, i: u32| format!("{j}.{i:04}.flac");
+    assert_eq!(store.upload(job, &name(job, 1)).unwrap(), None);
+    let mut first = UploadRecord {
+        job,
+        name: name(job, 1),
+        node: node("a"),
+        length: 1_000,
+        offset: 0,
+        state: UploadState::Receiving,
+        sha256: None,
+        started_ms: 10,
+        updated_ms: 10,
+    };
+    store.put_upload(&first).unwrap();
+    first.offset = 600;
+    first.updated_ms = 20;
+    store.put_upload(&first).unwrap();
+    let second = UploadRecord {
+        name: name(job, 2),
+        ..first.clone()
+    };
+    store.put_upload(&second).unwrap();
+    let elsewhere = UploadRecord {
+        job: other,
+        name: name(other, 1),
+        ..first.clone()
+    };
+    store.put_upload(&elsewhere).unwrap();
+    assert_eq!(
+        store.upload(job, &name(job, 1)).unwrap(),
+        Some(first.clone())
+    );
+    assert_eq!(
+        store.uploads_of_job(job).unwrap(),
+        vec![first, second],
+        "its files only, by name"
+    );
+    assert_eq!(store.uploads_of_job(JobId::new(1)).unwrap(), vec![]);
+}
+
+#[test]
+fn redb_uploads_are_kept_per_file_and_listed_per_job() {
+    let (_d, s) = redb();
+    uploads_are_kept_per_file_and_listed_per_job(&s);
+}

@@ -1,0 +1,294 @@
+//! Recording delivery, the server's side (decision 0016), against a real
+//! server and a real take: a node uploads a file of its take in chunks,
+//! resumes after the server restarts, and gets a confirmation only for a
+//! byte-identical file; bad requests are refused with the reason, audited,
+//! and lose nothing.
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::Result;
+use rakkr_hil_tests::*;
+use rakkr_protocol::upload::{
+    UPLOAD_CHECKSUM, UPLOAD_LENGTH, UPLOAD_OFFSET, checksum_header, complete_path, file_path,
+};
+use reqwest::blocking::{Client, Response};
+use serde_json::{Value, json};
+
+/// A node's HTTP requests to `server`, as `node` with its credential.
+struct NodeClient {
+    http: Client,
+    base: String,
+    node: String,
+    credential: String,
+}
+
+impl NodeClient {
+    fn new(server: &Server, node: &str) -> Result<NodeClient> {
+        Ok(NodeClient {
+            http: Client::builder().timeout(Duration::from_secs(20)).build()?,
+            base: server.url(""),
+            node: node.to_owned(),
+            credential: server.credential_for(node)?,
+        })
+    }
+
+    fn head(&self, path: &str) -> Result<Response> {
+        Ok(self
+            .http
+            .head(format!("{}{path}", self.base))
+            .basic_auth(&self.node, Some(&self.credential))
+            .send()?)
+    }
+
+    /// A chunk at `offset` of a file of `length` bytes, with its checksum
+    /// (of `checksum_of`, normally the chunk itself).
+    fn patch(
+        &self,
+        path: &str,
+        offset: u64,
+        length: u64,
+        chunk: &[u8],
+        checksum_of: &[u8],
+    ) -> Result<Response> {
+        Ok(self
+            .http
+            .patch(format!("{}{path}", self.base))
+            .basic_auth(&self.node, Some(&self.credential))
+            .header(UPLOAD_OFFSET, offset)
+            .header(UPLOAD_LENGTH, length)
+            .header(UPLOAD_CHECKSUM, checksum_header(checksum_of))
+            .header("content-type", "application/offset+octet-stream")
+            .body(chunk.to_vec())
+            .send()?)
+    }
+
+    fn complete(&self, path: &str, sha256: &str) -> Result<Response> {
+        Ok(self
+            .http
+            .post(format!("{}{path}", self.base))
+            .basic_auth(&self.node, Some(&self.credential))
+            .json(&json!({ "sha256": sha256 }))
+            .send()?)
+    }
+}
+
+fn offset_of(r: &Response) -> Option<u64> {
+    r.headers().get(UPLOAD_OFFSET)?.to_str().ok()?.parse().ok()
+}
+
+/// A finished take of `node` (2 s, 2 channels) on a real agent: its job id
+/// and its file.
+fn recorded_take(server: &Server, work: &Path, node: &str) -> Result<(String, std::path::PathBuf)> {
+    let (_agent, recordings) = job_agent(work, server, node, 2, "")?;
+    wait_online(server, node)?;
+    let (code, job) = server.post(
+        "/api/v1/jobs",
+        &json!({"node": node, "channels": "1,2", "duration_s": 2}),
+    )?;
+    anyhow::ensure!(code == 201, "job not created ({code}): {job}");
+    let id = job["id"].as_str().unwrap_or_default().to_owned();
+    wait_job(server, &id, "completed", Duration::from_secs(30))?;
+    let file = recordings.join(format!("{id}.flac"));
+    flac_test(&file)?;
+    Ok((id, file))
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    rakkr_protocol::digest::sha256_hex(bytes)
+}
+
+fn audit_denials(server: &Server, node: &str) -> Result<Vec<Value>> {
+    let found = server.get_json(&format!(
+        "/api/v1/audit/search?outcome=denied&q=recording:&limit=100&actor=node:{node}@127.0.0.1"
+    ))?;
+    Ok(found["records"].as_array().cloned().unwrap_or_default())
+}
+
+#[test]
+fn a_take_s_file_arrives_in_chunks_resumes_after_a_restart_and_is_confirmed_identical() -> Result<()>
+{
+    let work = tempfile::tempdir()?;
+    let data = work.path().join("data");
+    let server = Server::start(work.path(), &data)?;
+    let (job, file) = recorded_take(&server, work.path(), "up-a")?;
+    let bytes = std::fs::read(&file)?;
+    let name = format!("{job}.flac");
+    let (path, done) = (
+        file_path(job.parse()?, &name),
+        complete_path(job.parse()?, &name),
+    );
+    let node = NodeClient::new(&server, "up-a")?;
+    let length = bytes.len() as u64;
+    let third = bytes.len() / 3;
+
+    let head = node.head(&path)?;
+    assert_eq!((head.status().as_u16(), offset_of(&head)), (200, Some(0)));
+    let r = node.patch(&path, 0, length, &bytes[..third], &bytes[..third])?;
+    assert_eq!(r.status().as_u16(), 204, "{:?}", r.text());
+    // Not complete yet: the server says where it stands.
+    let early = node.complete(&done, &sha256_hex(&bytes))?;
+    assert_eq!(
+        (early.status().as_u16(), offset_of(&early)),
+        (409, Some(third as u64))
+    );
+
+    // The server restarts: the offset held survives it.
+    let server = server.restart(work.path(), true)?;
+    let head = node.head(&path)?;
+    assert_eq!(offset_of(&head), Some(third as u64));
+    // A chunk sent again at an old offset: 409 with the offset to resume from.
+    let stale = node.patch(&path, 0, length, &bytes[..third], &bytes[..third])?;
+    assert_eq!(
+        (stale.status().as_u16(), offset_of(&stale)),
+        (409, Some(third as u64))
+    );
+    // A corrupted chunk (its checksum is of other bytes): refused, nothing kept.
+    let mut garbled = bytes[third..2 * third].to_vec();
+    garbled[10] ^= 0xff;
+    let bad = node.patch(
+        &path,
+        third as u64,
+        length,
+        &garbled,
+        &bytes[third..2 * third],
+    )?;
+    assert_eq!(bad.status().as_u16(), 460);
+    assert_eq!(offset_of(&node.head(&path)?), Some(third as u64));
+    // The rest, then completion.
+    let r = node.patch(
+        &path,
+        third as u64,
+        length,
+        &bytes[third..],
+        &bytes[third..],
+    )?;
+    assert_eq!((r.status().as_u16(), offset_of(&r)), (204, Some(length)));
+    let confirmed = node.complete(&done, &sha256_hex(&bytes))?;
+    assert_eq!(confirmed.status().as_u16(), 200);
+    let confirmation: Value = confirmed.json()?;
+    assert_eq!(confirmation["sha256"], sha256_hex(&bytes));
+    assert_eq!(confirmation["bytes"], length);
+    // Byte-identical in the server's cache, and a valid FLAC file.
+    let kept = data.join("recordings/up-a").join(&job).join(&name);
+    assert_eq!(std::fs::read(&kept)?, bytes);
+    flac_test(&kept)?;
+    // Asked again (the confirmation was lost): the same answer.
+    let again = node.complete(&done, &sha256_hex(&bytes))?;
+    assert_eq!(again.json::<Value>()?, confirmation);
+    // The confirmation is in the audit log, as the node.
+    let audit = server.get_json(&format!(
+        "/api/v1/audit/search?outcome=allowed&actor=node:up-a@127.0.0.1&q=recording:{job}"
+    ))?;
+    assert_eq!(audit["records"][0]["action"], "upload recording", "{audit}");
+    // The corrupted chunk's refusal too.
+    let denied = audit_denials(&server, "up-a")?;
+    assert!(
+        denied
+            .iter()
+            .any(|r| r["reason"].as_str().is_some_and(|w| w.contains("checksum"))),
+        "{denied:?}"
+    );
+    Ok(())
+}
+
+#[test]
+fn bad_uploads_are_refused_with_the_reason_and_audited() -> Result<()> {
+    let work = tempfile::tempdir()?;
+    let data = work.path().join("data");
+    let server = Server::start_with_env(
+        work.path(),
+        &data,
+        &[("RAKKR_SERVER_UPLOADS__MAX_FILE_MB", "1")],
+    )?;
+    let (job, file) = recorded_take(&server, work.path(), "up-b")?;
+    let bytes = std::fs::read(&file)?;
+    let id: rakkr_protocol::JobId = job.parse()?;
+    let name = format!("{job}.flac");
+    let path = file_path(id, &name);
+    let node = NodeClient::new(&server, "up-b")?;
+    let other = NodeClient::new(&server, "up-c")?;
+    let length = bytes.len() as u64;
+    let chunk = &bytes[..1000];
+
+    // Another node's recording: 403.
+    let r = other.patch(&path, 0, length, chunk, chunk)?;
+    assert_eq!(r.status().as_u16(), 403, "{:?}", r.text());
+    // A wrong credential: 401.
+    let stranger = NodeClient {
+        credential: "not-it".into(),
+        ..NodeClient::new(&server, "up-b")?
+    };
+    assert_eq!(
+        stranger
+            .patch(&path, 0, length, chunk, chunk)?
+            .status()
+            .as_u16(),
+        401
+    );
+    // Names that are not a file of the take, traversal among them: 400.
+    for bad in [
+        format!("{job}.flac.part"),
+        "..%2F..%2Fetc%2Fpasswd".to_owned(),
+        format!("..%2F{job}.flac"),
+        format!("{job}.0001.mp3"),
+    ] {
+        let r = node.patch(
+            &format!("/api/v1/node/recordings/{job}/files/{bad}"),
+            0,
+            length,
+            chunk,
+            chunk,
+        )?;
+        assert!(
+            matches!(r.status().as_u16(), 400 | 404),
+            "{bad}: {}",
+            r.status()
+        );
+    }
+    // A job the server does not know: 404.
+    let unknown = rakkr_protocol::JobId::new(1_000);
+    let r = node.patch(
+        &file_path(unknown, &format!("{unknown}.flac")),
+        0,
+        length,
+        chunk,
+        chunk,
+    )?;
+    assert_eq!(r.status().as_u16(), 404);
+    // Larger than the server takes (1 MB here): 413.
+    let r = node.patch(&path, 0, 2 << 20, chunk, chunk)?;
+    assert_eq!(r.status().as_u16(), 413, "{:?}", r.text());
+    // A whole file whose digest is not the one claimed: discarded, 409, from 0 again.
+    let r = node.patch(&path, 0, length, &bytes, &bytes)?;
+    assert_eq!(r.status().as_u16(), 204);
+    let wrong = node.complete(&complete_path(id, &name), &sha256_hex(b"other"))?;
+    assert_eq!((wrong.status().as_u16(), offset_of(&wrong)), (409, Some(0)));
+    assert_eq!(offset_of(&node.head(&path)?), Some(0));
+    assert!(!data.join("recordings/up-b").join(&job).join(&name).exists());
+    // Nothing of it reached the cache, and the node's copy is untouched.
+    assert_eq!(std::fs::read(&file)?, bytes);
+
+    // Each refusal is in the audit log with its reason.
+    let denied = audit_denials(&server, "up-b")?;
+    let reasons: Vec<&str> = denied.iter().filter_map(|r| r["reason"].as_str()).collect();
+    for why in [
+        "is not a file of job",
+        "no recording of job",
+        "at most 1048576 bytes",
+        "SHA-256",
+    ] {
+        assert!(
+            reasons.iter().any(|r| r.contains(why)),
+            "{why}: {reasons:?}"
+        );
+    }
+    let by_other = audit_denials(&server, "up-c")?;
+    assert!(
+        by_other.iter().any(|r| r["reason"]
+            .as_str()
+            .is_some_and(|w| w.contains("is not node up-c's"))),
+        "the other node's attempt is audited: {by_other:?}"
+    );
+    Ok(())
+}
