@@ -34,6 +34,13 @@
 //! level_dbfs = -12.0            # tone and noise
 //! freq_hz = 1000.0              # tone
 //!
+//! [upload]                     # finished takes go to the fleet server (absent: they stay)
+//! server = "https://fleet.example:8443"
+//! chunk_mib = 8                 # per request: what a cut costs at most (1-16)
+//! max_kbps = 0                  # bandwidth cap for metered links (0: none)
+//! delete_confirmed = true       # delete a file once the server confirmed it, verified
+//! ca_file = "/data/rakkr/ca.pem"  # default with https: {state_dir}/ca.pem (from `enroll`)
+//!
 //! [meters]
 //! local_interval_ms = 100       # the appliance's own display: 10 Hz
 //! telemetry_interval_ms = 1000  # MQTT: 1 Hz; a multiple of the local interval
@@ -86,6 +93,36 @@ pub struct AgentConfig {
     /// (`cmd/watchdog`), which then apply instead.
     #[serde(default)]
     pub watchdog: crate::watchdog::WatchdogRules,
+    /// Where finished takes go (decision 0016); absent: they stay here.
+    pub upload: Option<UploadConfig>,
+}
+
+/// `[upload]`: sending finished takes to the fleet server.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UploadConfig {
+    /// The server's address, `https://host:8443` (or `http://` on a
+    /// trusted network).
+    pub server: String,
+    /// Bytes per request, in MiB (1-16): what a cut costs at most.
+    #[serde(default = "default_chunk_mib")]
+    pub chunk_mib: u32,
+    /// Upload at most this many kbit/s (0: as fast as the link allows).
+    #[serde(default)]
+    pub max_kbps: u32,
+    /// Delete a file once the server confirmed it holds it, verified.
+    #[serde(default = "default_true")]
+    pub delete_confirmed: bool,
+    /// The CA to trust over HTTPS (default: `{state_dir}/ca.pem`, from `enroll`).
+    pub ca_file: Option<PathBuf>,
+}
+
+fn default_chunk_mib() -> u32 {
+    8
+}
+
+fn default_true() -> bool {
+    true
 }
 
 fn default_max_jobs() -> u16 {
@@ -286,6 +323,20 @@ pub struct AgentSettings {
     /// Recording jobs at once; 0 without a recordings directory.
     pub max_jobs: u16,
     pub watchdog: crate::watchdog::WatchdogRules,
+    pub upload: Option<UploadSettings>,
+}
+
+/// Validated `[upload]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UploadSettings {
+    /// The server's base URL, without a trailing `/`.
+    pub server: String,
+    pub chunk_bytes: usize,
+    /// Bytes per second at most; 0: no cap.
+    pub max_bytes_per_s: u64,
+    pub delete_confirmed: bool,
+    /// With HTTPS: the CA file to trust.
+    pub ca_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone)]
@@ -479,7 +530,51 @@ impl AgentConfig {
                 format!("must be 0-{}", rakkr_protocol::job::MAX_NODE_JOBS),
             ));
         }
+        let upload = match self.upload {
+            None => None,
+            Some(u) => {
+                let server = u.server.trim().trim_end_matches('/').to_owned();
+                let https = server.starts_with("https://");
+                if !(https || server.starts_with("http://")) || server.len() < 10 {
+                    return Err(invalid(
+                        "upload.server",
+                        format!("{server:?} is not an http:// or https:// address"),
+                    ));
+                }
+                if !(1..=16).contains(&u.chunk_mib) {
+                    return Err(invalid("upload.chunk_mib", "must be 1-16"));
+                }
+                if self.recordings_dir.is_none() {
+                    return Err(invalid(
+                        "upload",
+                        "uploads send the takes in recordings_dir: set it",
+                    ));
+                }
+                let ca_file = match (https, u.ca_file, &self.state_dir) {
+                    (false, None, _) => None,
+                    (false, Some(_), _) => {
+                        return Err(invalid("upload.ca_file", "is for an https:// server"));
+                    }
+                    (true, Some(f), _) => Some(f),
+                    (true, None, Some(dir)) => Some(dir.join(crate::identity::CA_FILE)),
+                    (true, None, None) => {
+                        return Err(invalid(
+                            "upload.ca_file",
+                            "an https:// server needs the CA to trust: give ca_file, or a state_dir where enroll keeps it",
+                        ));
+                    }
+                };
+                Some(UploadSettings {
+                    server,
+                    chunk_bytes: (u.chunk_mib as usize) << 20,
+                    max_bytes_per_s: u64::from(u.max_kbps) * 1000 / 8,
+                    delete_confirmed: u.delete_confirmed,
+                    ca_file,
+                })
+            }
+        };
         Ok(AgentSettings {
+            upload,
             node_id,
             slot: self.slot,
             mqtt: MqttSettings {
@@ -574,6 +669,7 @@ impl AgentSettings {
             state_dir: None,
             max_jobs: 0,
             watchdog: Default::default(),
+            upload: None,
         }
     }
 }

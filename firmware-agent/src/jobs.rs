@@ -114,6 +114,9 @@ pub struct JobContext {
     /// The watchdog rules of running takes that bring their own
     /// (`JobSpec::watchdog`), for the watchdog.
     pub take_rules: Arc<watch::Sender<crate::watchdog::TakeRules>>,
+    /// Queue finished takes' files for upload, and wake the uploader
+    /// (`None`: uploads are off).
+    pub uploads: Option<Arc<Notify>>,
 }
 
 struct Running {
@@ -775,9 +778,26 @@ async fn keep(ctx: &JobContext, held: Option<&HeldJob>, finished: bool, mut upda
         serde_json::to_vec(&h).expect("held jobs serialise")
     });
     let outbox = ctx.outbox.clone();
+    // A finished take's files go on the upload queue with its final report.
+    let upload = held.filter(|_| finished && ctx.uploads.is_some()).cloned();
+    let now = ctx.clock.unix_ms();
     let kept = tokio::task::spawn_blocking(move || match (record, finished) {
         (Some(record), false) => outbox.hold_job(job, &record, envelope.msg_id, &payload),
-        (Some(record), true) => outbox.finish_job(job, &record, envelope.msg_id, &payload),
+        (Some(record), true) => {
+            let files = upload
+                .map(|h| match files_of(&h) {
+                    Ok((files, _)) => files
+                        .into_iter()
+                        .map(|f| (f.name, crate::upload::queued(f.bytes, now)))
+                        .collect(),
+                    Err(e) => {
+                        tracing::error!(job = %h.job_id, error = %e, "cannot list the take's files: not queued for upload");
+                        Vec::new()
+                    }
+                })
+                .unwrap_or_default();
+            outbox.finish_job(job, &record, envelope.msg_id, &payload, &files)
+        }
         (None, _) => outbox.push(
             rakkr_protocol::topic::NodeChannel::Jobs,
             envelope.msg_id,
@@ -786,7 +806,12 @@ async fn keep(ctx: &JobContext, held: Option<&HeldJob>, finished: bool, mut upda
     })
     .await;
     match kept {
-        Ok(Ok(())) => ctx.outbox_ready.notify_one(),
+        Ok(Ok(())) => {
+            ctx.outbox_ready.notify_one();
+            if let Some(wake) = ctx.uploads.as_ref().filter(|_| finished) {
+                wake.notify_one();
+            }
+        }
         Ok(Err(e)) => {
             ctx.telemetry
                 .job_updates_dropped
@@ -939,6 +964,7 @@ mod tests {
             telemetry: Arc::default(),
             server_online: Arc::default(),
             take_rules: Arc::new(watch::channel(Default::default()).0),
+            uploads: None,
         }
     }
 

@@ -37,6 +37,7 @@ pub mod rt;
 pub mod run;
 pub mod source;
 pub mod take_file;
+pub mod upload;
 pub mod watchdog;
 
 pub use config::{AgentConfig, AgentSettings};

@@ -23,6 +23,7 @@
 //! | `jobs`       | job id `u128`          | the held job (JSON, see `crate::jobs::HeldJob`) |
 //! | `job_finals` | message id `u128`      | job id `u128`: the job's final report      |
 //! | `started`    | job id `u128`          | when the node started it, ms `u64` (the newest [`MAX_STARTED`]) |
+//! | `uploads`    | (job id `u128`, file name) | a take's file on its way to the server (JSON, see `crate::upload::QueuedFile`) |
 //! | `interrupted`| job id `u128`          | when the node found its take cut by a crash or power loss, ms `u64` (the newest [`MAX_STARTED`]) |
 //! | `schedules`  | [`Kept`] key           | retained commands as last received: `"node"` the node's schedules (JSON `NodeSchedules`), `"watchdog"` its watchdog rules (JSON `NodeWatchdog`) |
 //!
@@ -54,6 +55,7 @@ const JOBS: TableDefinition<u128, &[u8]> = TableDefinition::new("jobs");
 const JOB_FINALS: TableDefinition<u128, u128> = TableDefinition::new("job_finals");
 const STARTED: TableDefinition<u128, u64> = TableDefinition::new("started");
 const INTERRUPTED: TableDefinition<u128, u64> = TableDefinition::new("interrupted");
+const UPLOADS: TableDefinition<(u128, &str), &[u8]> = TableDefinition::new("uploads");
 const SCHEDULES: TableDefinition<&str, &[u8]> = TableDefinition::new("schedules");
 
 /// Retained commands the node keeps across restarts (in the `schedules` table).
@@ -142,6 +144,7 @@ impl Outbox {
         tx.open_table(JOB_FINALS).map_err(|e| outbox.fail(e))?;
         tx.open_table(STARTED).map_err(|e| outbox.fail(e))?;
         tx.open_table(INTERRUPTED).map_err(|e| outbox.fail(e))?;
+        tx.open_table(UPLOADS).map_err(|e| outbox.fail(e))?;
         tx.open_table(SCHEDULES).map_err(|e| outbox.fail(e))?;
         tx.commit().map_err(|e| outbox.fail(e))?;
         let bytes = outbox
@@ -186,7 +189,8 @@ impl Outbox {
         })
     }
 
-    /// Keep a job's final report (`record`: the job as finished), in one
+    /// Keep a job's final report (`record`: the job as finished) and queue
+    /// its files for upload (`uploads`: name and queue entry), in one
     /// transaction; the job is let go when the report is acknowledged.
     pub fn finish_job(
         &self,
@@ -194,8 +198,15 @@ impl Outbox {
         record: &[u8],
         msg_id: MessageId,
         payload: &[u8],
+        uploads: &[(String, Vec<u8>)],
     ) -> Result<(), OutboxError> {
         self.write_with(NodeChannel::Jobs, msg_id, payload, |tx| {
+            let mut queue = tx.open_table(UPLOADS).map_err(|e| self.fail(e))?;
+            for (name, entry) in uploads {
+                queue
+                    .insert((job, name.as_str()), entry.as_slice())
+                    .map_err(|e| self.fail(e))?;
+            }
             let mut jobs = tx.open_table(JOBS).map_err(|e| self.fail(e))?;
             jobs.insert(job, record).map_err(|e| self.fail(e))?;
             let mut finals = tx.open_table(JOB_FINALS).map_err(|e| self.fail(e))?;
@@ -270,6 +281,38 @@ impl Outbox {
         let tx = self.db.begin_read().map_err(|e| self.fail(e))?;
         let jobs = tx.open_table(table).map_err(|e| self.fail(e))?;
         Ok(jobs.get(job).map_err(|e| self.fail(e))?.is_some())
+    }
+
+    /// The upload queue, oldest job first: (job, file name, entry).
+    pub fn uploads(&self) -> Result<Vec<(u128, String, Vec<u8>)>, OutboxError> {
+        let tx = self.db.begin_read().map_err(|e| self.fail(e))?;
+        let queue = tx.open_table(UPLOADS).map_err(|e| self.fail(e))?;
+        let mut out = Vec::new();
+        for entry in queue.iter().map_err(|e| self.fail(e))? {
+            let (k, v) = entry.map_err(|e| self.fail(e))?;
+            let (job, name) = k.value();
+            out.push((job, name.to_owned(), v.value().to_vec()));
+        }
+        Ok(out)
+    }
+
+    /// Replace a queued file's entry (`None`: take it off the queue).
+    pub fn set_upload(
+        &self,
+        job: u128,
+        name: &str,
+        entry: Option<&[u8]>,
+    ) -> Result<(), OutboxError> {
+        let tx = self.db.begin_write().map_err(|e| self.fail(e))?;
+        {
+            let mut queue = tx.open_table(UPLOADS).map_err(|e| self.fail(e))?;
+            match entry {
+                Some(e) => queue.insert((job, name), e).map(|_| ()),
+                None => queue.remove((job, name)).map(|_| ()),
+            }
+            .map_err(|e| self.fail(e))?;
+        }
+        tx.commit().map_err(|e| self.fail(e))
     }
 
     /// Keep a retained command as received.
@@ -530,14 +573,25 @@ mod tests {
             let o = Outbox::open(&path, 1 << 20).unwrap();
             o.hold_job(7, b"started", running, b"running").unwrap();
             assert_eq!(o.held_jobs().unwrap(), [(7, b"started".to_vec())]);
-            o.finish_job(7, b"finished", done, b"completed").unwrap();
+            let files = [("7.flac".to_owned(), b"queued".to_vec())];
+            o.finish_job(7, b"finished", done, b"completed", &files)
+                .unwrap();
             // Acknowledging the `running` report does not let go of the job.
             o.acknowledge(&[running]).unwrap();
             assert_eq!(o.held_jobs().unwrap(), [(7, b"finished".to_vec())]);
         }
-        // Across a restart, until the final report is acknowledged.
+        // Across a restart, until the final report is acknowledged; its
+        // files were queued with the report.
         let o = Outbox::open(&path, 1 << 20).unwrap();
         assert_eq!(o.held_jobs().unwrap().len(), 1);
+        assert_eq!(
+            o.uploads().unwrap(),
+            [(7, "7.flac".to_owned(), b"queued".to_vec())]
+        );
+        o.set_upload(7, "7.flac", Some(b"sent")).unwrap();
+        assert_eq!(o.uploads().unwrap()[0].2, b"sent");
+        o.set_upload(7, "7.flac", None).unwrap();
+        assert!(o.uploads().unwrap().is_empty());
         assert_eq!(o.pending(10).unwrap()[0].channel, NodeChannel::Jobs);
         o.acknowledge(&[done]).unwrap();
         assert!(o.held_jobs().unwrap().is_empty());

@@ -56,6 +56,8 @@ pub struct AgentHandles {
     /// The latest local meter frame (10 Hz by default), for the appliance's
     /// own display: `local_meters.subscribe()`.
     pub local_meters: Arc<tokio::sync::watch::Sender<Option<MeterFrame>>>,
+    /// What the uploader has done.
+    pub uploads: Arc<crate::upload::UploadStats>,
 }
 
 impl Default for AgentHandles {
@@ -64,6 +66,7 @@ impl Default for AgentHandles {
             link: Arc::default(),
             telemetry: Arc::default(),
             local_meters: Arc::new(tokio::sync::watch::Sender::new(None)),
+            uploads: Arc::default(),
         }
     }
 }
@@ -212,6 +215,8 @@ pub async fn run(
     let server_online = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let (job_reports_tx, job_reports) = mpsc::channel(JOB_COMMAND_QUEUE);
     let telemetry = handles.telemetry.clone();
+    // Finished takes to the server (decision 0016), when configured.
+    let uploads_wake = start_uploads(&settings, &outbox, &handles, &shutdown);
     let job_runner = settings.recordings_dir.clone().map(|recordings_dir| {
         tokio::spawn(crate::jobs::run(
             crate::jobs::JobContext {
@@ -227,6 +232,7 @@ pub async fn run(
                 telemetry: handles.telemetry.clone(),
                 server_online: server_online.clone(),
                 take_rules: Arc::new(take_rules_tx),
+                uploads: uploads_wake,
             },
             job_commands,
             job_reports_tx,
@@ -386,6 +392,36 @@ async fn watch_disk(
             keep_health_event(&outbox, &ready, &telemetry, now, event).await;
         }
     }
+}
+
+/// Start the uploader if `[upload]` is configured; what wakes it.
+fn start_uploads(
+    settings: &AgentSettings,
+    outbox: &Arc<Outbox>,
+    handles: &AgentHandles,
+    shutdown: &CancellationToken,
+) -> Option<Arc<tokio::sync::Notify>> {
+    let upload = settings.upload.clone()?;
+    let recordings_dir = settings.recordings_dir.clone()?;
+    let Some((node, credential)) = settings.mqtt.credentials.clone() else {
+        tracing::error!(
+            "uploads need the node's credential: run `rakkr-agent enroll`; takes stay here"
+        );
+        return None;
+    };
+    let wake = Arc::new(tokio::sync::Notify::new());
+    tracing::info!(server = %upload.server, "finished takes go to the server");
+    let uploader = crate::upload::Uploader {
+        settings: upload,
+        node,
+        credential,
+        recordings_dir,
+        outbox: outbox.clone(),
+        wake: wake.clone(),
+        stats: handles.uploads.clone(),
+    };
+    tokio::spawn(uploader.run(shutdown.clone()));
+    Some(wake)
 }
 
 /// The watchdog's rules as they change: the node's, and those of the takes

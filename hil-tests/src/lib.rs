@@ -1083,6 +1083,20 @@ pub fn job_agent_with_signal(
     mqtt_extra: &str,
     signal: &str,
 ) -> Result<(Agent, PathBuf)> {
+    job_agent_with_tables(work, server, node, channels, mqtt_extra, signal, "")
+}
+
+/// [`job_agent_with_signal`] with more of the configuration: `tables`
+/// (e.g. `[upload]` with its keys) goes at its end.
+pub fn job_agent_with_tables(
+    work: &Path,
+    server: &Server,
+    node: &str,
+    channels: u16,
+    mqtt_extra: &str,
+    signal: &str,
+    tables: &str,
+) -> Result<(Agent, PathBuf)> {
     let mqtt_port = server.mqtt_port;
     let recordings = work.join(format!("{node}-recordings"));
     let config = work.join(format!("{node}.toml"));
@@ -1091,7 +1105,8 @@ pub fn job_agent_with_signal(
         format!(
             "node_id = \"{node}\"\nrealtime = false\nrecordings_dir = \"{}\"\nstate_dir = \"{}\"\n\
              [mqtt]\nhost = \"127.0.0.1\"\nport = {mqtt_port}\n{mqtt_extra}\n\
-             [source]\nkind = \"synthetic\"\nchannels = {channels}\nsample_rate = 48000\nsignal = \"{signal}\"\n",
+             [source]\nkind = \"synthetic\"\nchannels = {channels}\nsample_rate = 48000\nsignal = \"{signal}\"\n\
+             {tables}\n",
             recordings.display(),
             work.join(format!("{node}-state")).display(),
         ),

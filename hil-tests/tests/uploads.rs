@@ -292,3 +292,102 @@ fn bad_uploads_are_refused_with_the_reason_and_audited() -> Result<()> {
     );
     Ok(())
 }
+
+/// An agent of `server` recording `signal` whose takes go to the server
+/// (`upload`: the rest of its `[upload]` table); its recordings directory.
+fn uploading_agent(
+    work: &Path,
+    server: &Server,
+    node: &str,
+    signal: &str,
+    upload: &str,
+) -> Result<(Agent, std::path::PathBuf)> {
+    let tables = format!("[upload]\nserver = \"{}\"\n{upload}", server.url(""));
+    let agent = job_agent_with_tables(work, server, node, 2, "", signal, &tables)?;
+    wait_online(server, node)?;
+    Ok(agent)
+}
+
+/// Start a take of `seconds` on `node` and wait for it to complete; its id.
+fn take(server: &Server, node: &str, seconds: u32) -> Result<String> {
+    let (code, job) = server.post(
+        "/api/v1/jobs",
+        &json!({"node": node, "channels": "1,2", "duration_s": seconds}),
+    )?;
+    anyhow::ensure!(code == 201, "job not created ({code}): {job}");
+    let id = job["id"].as_str().unwrap_or_default().to_owned();
+    wait_job(
+        server,
+        &id,
+        "completed",
+        Duration::from_secs(30 + u64::from(seconds)),
+    )?;
+    Ok(id)
+}
+
+#[test]
+fn an_appliance_uploads_its_take_and_deletes_it_only_once_confirmed() -> Result<()> {
+    let work = tempfile::tempdir()?;
+    let data = work.path().join("data");
+    let server = Server::start(work.path(), &data)?;
+    let (agent, recordings) = uploading_agent(work.path(), &server, "up-d", "demo", "")?;
+    let job = take(&server, "up-d", 3)?;
+    let name = format!("{job}.flac");
+    let kept = data.join("recordings/up-d").join(&job).join(&name);
+    wait_for("the take on the server", Duration::from_secs(30), || {
+        (kept.exists() && !recordings.join(&name).exists()).then_some(())
+    })?;
+    flac_test(&kept)?;
+    agent
+        .proc
+        .wait_log("take file uploaded and confirmed", Duration::from_secs(5))?;
+    let (info, comments) = rakkr_flac::read_stream_info(&kept)?;
+    assert_eq!(info.total_samples, 3 * 48_000, "the whole take");
+    assert_eq!(comments.get("RAKKR_JOB"), Some(job.as_str()));
+    Ok(())
+}
+
+#[test]
+fn an_upload_cut_by_a_server_crash_resumes_and_arrives_identical() -> Result<()> {
+    let work = tempfile::tempdir()?;
+    let data = work.path().join("data");
+    let server = Server::start(work.path(), &data)?;
+    // Noise barely compresses: 10 s × 2 ch × 24 bit ≈ 2.8 MB, sent in 1 MiB
+    // chunks at 2 Mbit/s, so the upload takes about eleven seconds.
+    let (agent, recordings) = uploading_agent(
+        work.path(),
+        &server,
+        "up-e",
+        "noise",
+        "chunk_mib = 1\nmax_kbps = 2000\ndelete_confirmed = false",
+    )?;
+    let job = take(&server, "up-e", 10)?;
+    let name = format!("{job}.flac");
+    let source = std::fs::read(recordings.join(&name))?;
+    // Kill the server in the middle of the upload; bring it back after
+    // longer than a chunk takes, so the appliance finds it gone.
+    std::thread::sleep(Duration::from_secs(4));
+    let stopped = server.stop(true)?;
+    std::thread::sleep(Duration::from_secs(6));
+    let server = stopped.start(work.path())?;
+    let kept = data.join("recordings/up-e").join(&job).join(&name);
+    wait_for("the take on the server", Duration::from_secs(90), || {
+        kept.exists().then_some(())
+    })?;
+    assert_eq!(std::fs::read(&kept)?, source, "byte-identical");
+    assert!(
+        agent
+            .proc
+            .stderr_text()
+            .contains("upload failed; will retry"),
+        "the cut was seen: {}",
+        agent.proc.stderr_text()
+    );
+    // Kept on the appliance as configured, and confirmed once.
+    assert!(recordings.join(&name).exists());
+    agent
+        .proc
+        .wait_log("take file uploaded and confirmed", Duration::from_secs(5))?;
+    drop(server);
+    Ok(())
+}

@@ -1,0 +1,443 @@
+//! Sending finished takes to the fleet server (decision 0016).
+//!
+//! Every file of a finished take is queued in the state database (outbox
+//! table `uploads`) in the transaction that keeps the take's final report
+//! ([`QueuedFile`]). This task works through the queue, oldest job first:
+//! the file's SHA-256 is computed once and kept; `HEAD` asks the server how
+//! much it holds; chunks go from there with their checksum (`PATCH`); once
+//! all are there, `POST …/complete` makes the server verify the whole file.
+//! Only when its confirmation (same size, same SHA-256) has been recorded
+//! is the file deleted (`delete_confirmed`). A failure backs off per file
+//! (1 s doubling to 5 min); a refusal (4xx other than a conflict over the
+//! offset) is logged and retried after the longest back-off, so a fault on
+//! the server's side heals without people and the file is never lost.
+//!
+//! The task reads files with a bounded buffer (one chunk) on blocking
+//! threads; it shares nothing with the capture path.
+
+use std::collections::HashMap;
+use std::io::{Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use rakkr_protocol::JobId;
+use rakkr_protocol::upload::{
+    CHECKSUM_MISMATCH, CompleteUpload, OFFSET_OCTET_STREAM, UPLOAD_CHECKSUM, UPLOAD_LENGTH,
+    UPLOAD_OFFSET, UploadConfirmation, checksum_header, complete_path, file_path,
+};
+use serde::{Deserialize, Serialize};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::UploadSettings;
+use crate::outbox::Outbox;
+
+/// A file on the upload queue.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueuedFile {
+    pub bytes: u64,
+    /// SHA-256 of the file (hex), once computed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+    /// The server confirmed it holds the file, verified.
+    #[serde(default)]
+    pub confirmed: bool,
+    pub queued_ms: u64,
+}
+
+/// What the uploader has done, for status and telemetry.
+#[derive(Debug, Default)]
+pub struct UploadStats {
+    pub files_confirmed: AtomicU64,
+    pub bytes_sent: AtomicU64,
+    pub failures: AtomicU64,
+    /// Files on the queue, not yet confirmed.
+    pub queued: AtomicU64,
+}
+
+const FIRST_BACKOFF: Duration = Duration::from_secs(1);
+const LAST_BACKOFF: Duration = Duration::from_secs(300);
+/// An idle uploader looks at its queue at least this often.
+const IDLE_LOOK: Duration = Duration::from_secs(30);
+
+/// Why a file did not get through this time.
+#[derive(Debug, thiserror::Error)]
+enum UploadError {
+    /// The network or the server failed: try again soon.
+    #[error("{0}")]
+    Retry(String),
+    /// The server refused the request: try again much later.
+    #[error("refused: {0}")]
+    Refused(String),
+    /// The file is gone from the appliance.
+    #[error("{0}")]
+    Missing(String),
+}
+
+fn retry(e: impl std::fmt::Display) -> UploadError {
+    UploadError::Retry(e.to_string())
+}
+
+/// Who the node is and how to reach the server.
+pub struct Uploader {
+    pub settings: UploadSettings,
+    pub node: String,
+    pub credential: String,
+    pub recordings_dir: PathBuf,
+    pub outbox: Arc<Outbox>,
+    /// Woken when a take's files are queued.
+    pub wake: Arc<Notify>,
+    pub stats: Arc<UploadStats>,
+}
+
+/// One file's back-off.
+struct Backoff {
+    until: Instant,
+    next: Duration,
+}
+
+impl Uploader {
+    fn client(&self) -> Result<reqwest::Client, String> {
+        let builder = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(10))
+            .timeout(Duration::from_secs(120));
+        let builder = match &self.settings.ca_file {
+            Some(ca) => {
+                let pem = std::fs::read(ca)
+                    .map_err(|e| format!("cannot read the CA {}: {e}", ca.display()))?;
+                let tls = rakkr_mqtt::tls_trusting(&pem).map_err(|e| e.to_string())?;
+                builder.use_preconfigured_tls((*tls).clone())
+            }
+            None => builder,
+        };
+        builder.build().map_err(|e| e.to_string())
+    }
+
+    /// Run until `shutdown`.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let client = match self.client() {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(error = %e, "uploads are off: no HTTP client");
+                return;
+            }
+        };
+        let mut backoff: HashMap<(u128, String), Backoff> = HashMap::new();
+        loop {
+            let queue = self.pending().await;
+            self.stats
+                .queued
+                .store(queue.len() as u64, Ordering::Relaxed);
+            let now = Instant::now();
+            let due = queue
+                .iter()
+                .find(|(job, name, _)| {
+                    backoff
+                        .get(&(*job, name.clone()))
+                        .is_none_or(|b| b.until <= now)
+                })
+                .cloned();
+            let Some((job, name, entry)) = due else {
+                let wait = backoff
+                    .values()
+                    .map(|b| b.until.saturating_duration_since(now))
+                    .min()
+                    .unwrap_or(IDLE_LOOK)
+                    .min(IDLE_LOOK);
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = self.wake.notified() => {}
+                    _ = tokio::time::sleep(wait) => {}
+                }
+                continue;
+            };
+            let key = (job, name.clone());
+            let result = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                r = self.send(&client, JobId::from_u128(job), &name, entry, &shutdown) => r,
+            };
+            match result {
+                Ok(()) => {
+                    backoff.remove(&key);
+                }
+                Err(UploadError::Missing(why)) => {
+                    tracing::error!(file = %name, %why, "a queued take file is gone; taken off the queue");
+                    self.set(job, &name, None).await;
+                    backoff.remove(&key);
+                }
+                Err(e) => {
+                    self.stats.failures.fetch_add(1, Ordering::Relaxed);
+                    let b = backoff.entry(key).or_insert(Backoff {
+                        until: now,
+                        next: FIRST_BACKOFF,
+                    });
+                    let wait = match e {
+                        UploadError::Refused(_) => LAST_BACKOFF,
+                        _ => b.next,
+                    };
+                    // Jitter: nodes cut off together do not return together.
+                    let jitter = Duration::from_millis(
+                        u64::from(rand_jitter()) % (wait.as_millis() as u64 / 4 + 1),
+                    );
+                    b.until = Instant::now() + wait + jitter;
+                    b.next = (b.next * 2).min(LAST_BACKOFF);
+                    tracing::warn!(file = %name, error = %e, retry_in_s = (wait + jitter).as_secs(), "upload failed; will retry");
+                }
+            }
+        }
+    }
+
+    /// The files not confirmed yet, oldest job first.
+    async fn pending(&self) -> Vec<(u128, String, QueuedFile)> {
+        let outbox = self.outbox.clone();
+        match tokio::task::spawn_blocking(move || outbox.uploads()).await {
+            Ok(Ok(all)) => all
+                .into_iter()
+                .filter_map(|(job, name, bytes)| {
+                    let entry: QueuedFile = serde_json::from_slice(&bytes).ok()?;
+                    (!entry.confirmed).then_some((job, name, entry))
+                })
+                .collect(),
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "cannot read the upload queue");
+                Vec::new()
+            }
+            Err(_) => Vec::new(),
+        }
+    }
+
+    async fn set(&self, job: u128, name: &str, entry: Option<&QueuedFile>) {
+        let outbox = self.outbox.clone();
+        let name = name.to_owned();
+        let bytes = entry.map(|e| serde_json::to_vec(e).expect("queue entries serialise"));
+        let kept =
+            tokio::task::spawn_blocking(move || outbox.set_upload(job, &name, bytes.as_deref()))
+                .await;
+        if !matches!(kept, Ok(Ok(()))) {
+            tracing::error!("cannot update the upload queue");
+        }
+    }
+
+    /// Send one file to the end and record the confirmation.
+    async fn send(
+        &self,
+        client: &reqwest::Client,
+        job: JobId,
+        name: &str,
+        mut entry: QueuedFile,
+        shutdown: &CancellationToken,
+    ) -> Result<(), UploadError> {
+        let path = self.recordings_dir.join(name);
+        if entry.sha256.is_none() {
+            let p = path.clone();
+            let (sha256, bytes) = tokio::task::spawn_blocking(move || sha256_of(&p))
+                .await
+                .map_err(retry)?
+                .map_err(|e| UploadError::Missing(format!("{}: {e}", path.display())))?;
+            entry.sha256 = Some(sha256);
+            entry.bytes = bytes;
+            self.set(job.as_u128(), name, Some(&entry)).await;
+        }
+        let sha256 = entry.sha256.clone().unwrap_or_default();
+        let url = format!("{}{}", self.settings.server, file_path(job, name));
+        let auth = |r: reqwest::RequestBuilder| r.basic_auth(&self.node, Some(&self.credential));
+        let head = auth(client.head(&url)).send().await.map_err(retry)?;
+        let mut offset = match head.status().as_u16() {
+            200 => offset_of(&head).ok_or_else(|| retry("no Upload-Offset in the answer"))?,
+            s if s >= 500 => return Err(retry(format!("the server answered {s}"))),
+            _ => return Err(refused(head).await),
+        };
+        let mut mismatches = 0;
+        while offset < entry.bytes {
+            if shutdown.is_cancelled() {
+                return Err(retry("shutting down"));
+            }
+            let started = Instant::now();
+            let (p, at, len) = (path.clone(), offset, self.settings.chunk_bytes);
+            let chunk = tokio::task::spawn_blocking(move || read_chunk(&p, at, len))
+                .await
+                .map_err(retry)?
+                .map_err(|e| UploadError::Missing(format!("{}: {e}", path.display())))?;
+            if chunk.is_empty() {
+                return Err(UploadError::Missing(format!(
+                    "{} is shorter than the {} bytes queued",
+                    path.display(),
+                    entry.bytes
+                )));
+            }
+            let sent = chunk.len() as u64;
+            let answer = auth(client.patch(&url))
+                .header(UPLOAD_OFFSET, offset)
+                .header(UPLOAD_LENGTH, entry.bytes)
+                .header(UPLOAD_CHECKSUM, checksum_header(&chunk))
+                .header(reqwest::header::CONTENT_TYPE, OFFSET_OCTET_STREAM)
+                .body(chunk)
+                .send()
+                .await
+                .map_err(retry)?;
+            match answer.status().as_u16() {
+                204 => {
+                    offset = offset_of(&answer).unwrap_or(offset + sent);
+                    self.stats.bytes_sent.fetch_add(sent, Ordering::Relaxed);
+                }
+                409 => match offset_of(&answer) {
+                    // Resume where the server stands.
+                    Some(held) => offset = held,
+                    None => return Err(refused(answer).await),
+                },
+                CHECKSUM_MISMATCH if mismatches < 3 => mismatches += 1,
+                s if s >= 500 || s == CHECKSUM_MISMATCH => {
+                    return Err(retry(format!("the server answered {s}")));
+                }
+                _ => return Err(refused(answer).await),
+            }
+            self.pace(sent, started, shutdown).await;
+        }
+        let done = auth(client.post(format!(
+            "{}{}",
+            self.settings.server,
+            complete_path(job, name)
+        )))
+        .json(&CompleteUpload {
+            sha256: sha256.clone(),
+        })
+        .send()
+        .await
+        .map_err(retry)?;
+        match done.status().as_u16() {
+            200 => {}
+            // Not all there, or discarded: the next round resumes from its offset.
+            409 => return Err(retry(refused(done).await)),
+            s if s >= 500 => return Err(retry(format!("the server answered {s}"))),
+            _ => return Err(refused(done).await),
+        }
+        let confirmation: UploadConfirmation = done.json().await.map_err(retry)?;
+        if confirmation.bytes != entry.bytes || !confirmation.sha256.eq_ignore_ascii_case(&sha256) {
+            return Err(UploadError::Refused(format!(
+                "the server confirmed {} bytes with SHA-256 {}, not {} with {sha256}",
+                confirmation.bytes, confirmation.sha256, entry.bytes
+            )));
+        }
+        // The confirmation is durable before the file may go.
+        entry.confirmed = true;
+        self.set(job.as_u128(), name, Some(&entry)).await;
+        self.stats.files_confirmed.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(job = %job, file = name, bytes = entry.bytes, "take file uploaded and confirmed");
+        if self.settings.delete_confirmed {
+            match std::fs::remove_file(&path) {
+                Ok(()) => self.set(job.as_u128(), name, None).await,
+                Err(e) => {
+                    tracing::warn!(file = %path.display(), error = %e, "cannot delete the confirmed file")
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Keep to the bandwidth cap: a chunk of `sent` bytes takes at least
+    /// `sent / max_bytes_per_s`.
+    async fn pace(&self, sent: u64, started: Instant, shutdown: &CancellationToken) {
+        let rate = self.settings.max_bytes_per_s;
+        if rate == 0 {
+            return;
+        }
+        let due = Duration::from_secs_f64(sent as f64 / rate as f64);
+        let wait = due.saturating_sub(started.elapsed());
+        tokio::select! {
+            _ = shutdown.cancelled() => {}
+            _ = tokio::time::sleep(wait) => {}
+        }
+    }
+}
+
+/// A small pseudo-random number for jitter (no cryptographic need).
+fn rand_jitter() -> u32 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos(),
+    );
+    h.finish() as u32
+}
+
+fn offset_of(r: &reqwest::Response) -> Option<u64> {
+    r.headers().get(UPLOAD_OFFSET)?.to_str().ok()?.parse().ok()
+}
+
+/// A refusal with the server's reason.
+async fn refused(r: reqwest::Response) -> UploadError {
+    let status = r.status();
+    let body: serde_json::Value = r.json().await.unwrap_or_default();
+    UploadError::Refused(format!(
+        "{status}: {}",
+        body["detail"].as_str().unwrap_or("no reason given")
+    ))
+}
+
+/// SHA-256 (hex) and length of the file at `path`.
+fn sha256_of(path: &Path) -> std::io::Result<(String, u64)> {
+    use sha2::Digest;
+    let mut file = std::fs::File::open(path)?;
+    let mut hasher = sha2::Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut total = 0u64;
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        total += n as u64;
+    }
+    Ok((
+        hasher
+            .finalize()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect(),
+        total,
+    ))
+}
+
+/// Up to `len` bytes of `path` from `offset`.
+fn read_chunk(path: &Path, offset: u64, len: usize) -> std::io::Result<Vec<u8>> {
+    let mut file = std::fs::File::open(path)?;
+    file.seek(SeekFrom::Start(offset))?;
+    let mut chunk = Vec::with_capacity(len);
+    file.take(len as u64).read_to_end(&mut chunk)?;
+    Ok(chunk)
+}
+
+/// The queue entry for a finished take's file of `bytes` bytes.
+pub fn queued(bytes: u64, now_ms: u64) -> Vec<u8> {
+    serde_json::to_vec(&QueuedFile {
+        bytes,
+        sha256: None,
+        confirmed: false,
+        queued_ms: now_ms,
+    })
+    .expect("queue entries serialise")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn files_are_read_in_chunks_and_hashed_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        std::fs::write(&path, b"hello world").unwrap();
+        assert_eq!(read_chunk(&path, 0, 5).unwrap(), b"hello");
+        assert_eq!(read_chunk(&path, 6, 100).unwrap(), b"world");
+        assert!(read_chunk(&path, 11, 5).unwrap().is_empty());
+        let (hex, len) = sha256_of(&path).unwrap();
+        assert_eq!(len, 11);
+        assert_eq!(hex, rakkr_protocol::digest::sha256_hex(b"hello world"));
+    }
+}
