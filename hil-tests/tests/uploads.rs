@@ -1,8 +1,9 @@
-//! Recording delivery, the server's side (decision 0016), against a real
-//! server and a real take: a node uploads a file of its take in chunks,
-//! resumes after the server restarts, and gets a confirmation only for a
-//! byte-identical file; bad requests are refused with the reason, audited,
-//! and lose nothing.
+//! Recording delivery (decision 0016) against a real server and real
+//! agents: a node's take arrives in chunks, resumes after the server
+//! restarts, and is confirmed only byte-identical; bad requests are refused
+//! with the reason, audited, and lose nothing; an appliance uploads its takes
+//! itself, through cuts of either side at random moments, and deletes its
+//! copy only once the server confirmed it.
 
 use std::path::Path;
 use std::time::Duration;
@@ -348,46 +349,61 @@ fn an_appliance_uploads_its_take_and_deletes_it_only_once_confirmed() -> Result<
 }
 
 #[test]
-fn an_upload_cut_by_a_server_crash_resumes_and_arrives_identical() -> Result<()> {
+fn uploads_cut_again_and_again_on_either_side_arrive_identical() -> Result<()> {
     let work = tempfile::tempdir()?;
     let data = work.path().join("data");
-    let server = Server::start(work.path(), &data)?;
-    // Noise barely compresses: 10 s × 2 ch × 24 bit ≈ 2.8 MB, sent in 1 MiB
-    // chunks at 2 Mbit/s, so the upload takes about eleven seconds.
-    let (agent, recordings) = uploading_agent(
+    let first = Server::start(work.path(), &data)?;
+    // Noise barely compresses: 12 s × 2 ch × 24 bit ≈ 3.4 MB, sent in 1 MiB
+    // chunks at 2 Mbit/s: about fourteen seconds without cuts.
+    let (mut agent, recordings) = uploading_agent(
         work.path(),
-        &server,
+        &first,
         "up-e",
         "noise",
-        "chunk_mib = 1\nmax_kbps = 2000\ndelete_confirmed = false",
+        "chunk_mib = 1\nmax_kbps = 2000",
     )?;
-    let job = take(&server, "up-e", 10)?;
+    let job = take(&first, "up-e", 12)?;
+    let mut server = Some(first);
     let name = format!("{job}.flac");
-    let source = std::fs::read(recordings.join(&name))?;
-    // Kill the server in the middle of the upload; bring it back after
-    // longer than a chunk takes, so the appliance finds it gone.
-    std::thread::sleep(Duration::from_secs(4));
-    let stopped = server.stop(true)?;
-    std::thread::sleep(Duration::from_secs(6));
-    let server = stopped.start(work.path())?;
+    let on_node = recordings.join(&name);
+    let source = std::fs::read(&on_node)?;
     let kept = data.join("recordings/up-e").join(&job).join(&name);
-    wait_for("the take on the server", Duration::from_secs(90), || {
-        kept.exists().then_some(())
+    // Cut at random moments, the server (SIGKILL, down 2 s) and the
+    // appliance (SIGKILL, started again) in turn.
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .subsec_nanos();
+    eprintln!("cut times from seed {seed}");
+    let mut next = u64::from(seed);
+    let mut cuts = 0;
+    for round in 0..6 {
+        next = next
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        std::thread::sleep(Duration::from_millis(800 + (next >> 33) % 1_700));
+        if kept.exists() {
+            break;
+        }
+        assert!(
+            on_node.exists(),
+            "the appliance's copy stays until confirmed"
+        );
+        if round % 2 == 0 {
+            let stopped = server.take().map(|s| s.stop(true)).transpose()?;
+            std::thread::sleep(Duration::from_secs(2));
+            server = stopped.map(|s| s.start(work.path())).transpose()?;
+        } else {
+            agent = agent.crash_and_restart(work.path())?;
+        }
+        cuts += 1;
+    }
+    assert!(cuts >= 3, "the upload outlived only {cuts} cuts");
+    wait_for("the take on the server", Duration::from_secs(120), || {
+        (kept.exists() && !on_node.exists()).then_some(())
     })?;
     assert_eq!(std::fs::read(&kept)?, source, "byte-identical");
-    assert!(
-        agent
-            .proc
-            .stderr_text()
-            .contains("upload failed; will retry"),
-        "the cut was seen: {}",
-        agent.proc.stderr_text()
-    );
-    // Kept on the appliance as configured, and confirmed once.
-    assert!(recordings.join(&name).exists());
-    agent
-        .proc
-        .wait_log("take file uploaded and confirmed", Duration::from_secs(5))?;
+    flac_test(&kept)?;
+    drop(agent);
     drop(server);
     Ok(())
 }
