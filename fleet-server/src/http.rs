@@ -35,6 +35,8 @@
 //! | `GET /audit`       | audit.read | the audit log page: the same search, CSV export |
 //! | `GET /recordings`, `GET /recordings/{id}` | recordings.read | the recordings library (filters: node, state, tag, days) and one recording |
 //! | `POST /recordings/{id}/notes` | recordings.control | notes and tags (form) |
+//! | `GET /recordings/{id}/play/{name}` | recordings.playback | a file on the server, inline for the page's player (byte ranges) |
+//! | `GET /recordings/{id}/files/{name}` | recordings.download | a file on the server, as a download (byte ranges; audited) |
 //! | `GET /api/v1/recordings/{id}/quality` | recordings.read | the take's quality timeline: the health conditions that held while it recorded, as spans from its start |
 //! | `GET /api/v1/recordings`, `POST /api/v1/recordings/{id}/notes` | recordings.read / recordings.control | the same as JSON |
 //! | `GET /enrollment`, `POST /enrollment` | nodes.manage | enrollment tokens: unused ones, create (shown once) |
@@ -295,6 +297,18 @@ pub fn route_table() -> Vec<(&'static str, Method, Access, MethodRouter<AppState
             Method::POST,
             Appliance,
             post(crate::uploads::complete_file),
+        ),
+        (
+            "/recordings/{id}/play/{name}",
+            Method::GET,
+            Operator(RecordingsPlayback),
+            get(crate::recordings_page::play),
+        ),
+        (
+            "/recordings/{id}/files/{name}",
+            Method::GET,
+            Operator(RecordingsDownload),
+            get(crate::recordings_page::download),
         ),
         (
             "/api/v1/audit",
@@ -618,7 +632,7 @@ async fn count_request(
 /// The Content-Security-Policy of every response: our own scripts and styles
 /// only, no inline script or style, no framing.
 pub const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; style-src 'self'; \
-     img-src 'self' data:; connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
+     img-src 'self' data:; media-src 'self'; connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
 
 async fn security_headers(req: Request, next: Next) -> Response {
     let mut res = next.run(req).await;

@@ -3,10 +3,14 @@
 //! notes and tags (`recordings.control`). The same in the JSON API
 //! (`/api/v1/recordings`).
 //!
-//! A recording here is a job with a recording report. The files stay on their
-//! appliance until recording delivery brings them to the server; playback,
-//! download, waveform and checksum come with it. Notes and tags are text:
-//! maud escapes them like everything else.
+//! A recording here is a job with a recording report. Its files are on the
+//! appliance until they are uploaded (decision 0016); the page shows each
+//! file's place (on the appliance, uploading with its progress, on the
+//! server with its verified SHA-256) and, for files on the server, a player
+//! (`/recordings/{id}/play/{name}`, recordings.playback, byte ranges for
+//! seeking) and a download (`/recordings/{id}/files/{name}`,
+//! recordings.download, audited). Notes and tags are text: maud escapes them
+//! like everything else.
 
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
@@ -233,13 +237,43 @@ async fn quality_of(
     }
 }
 
+/// Where one file of a take is, for people.
+fn file_state(upload: Option<&rakkr_store::UploadRecord>) -> Markup {
+    use rakkr_store::UploadState;
+    match upload {
+        Some(u) if u.state == UploadState::Cached => html! {
+            span.badge.ok { "on the server" }
+            " verified, SHA-256 "
+            code.digest title=(u.sha256.as_deref().unwrap_or_default()) {
+                (u.sha256.as_deref().unwrap_or_default().get(..16).unwrap_or_default()) "…"
+            }
+        },
+        Some(u) => html! {
+            span.badge.job.running { "uploading" }
+            " " (u.offset * 100 / u.length.max(1)) " % (" (u.offset) " of " (u.length) " bytes)"
+        },
+        None => html! { span.muted { "on the appliance" } },
+    }
+}
+
 fn detail_page(
     job: &JobRecord,
+    uploads: &[rakkr_store::UploadRecord],
     quality: &Result<Option<crate::quality::QualityTimeline>, String>,
     signed_in: &SignedIn,
     error: Option<&str>,
 ) -> Markup {
     let r = job.recording.as_ref();
+    let upload_of = |name: &str| uploads.iter().find(|u| u.name == name);
+    let on_server =
+        |name: &str| upload_of(name).is_some_and(|u| u.state == rakkr_store::UploadState::Cached);
+    let all_there = r.is_some_and(|r| {
+        r.file_count as usize == r.files.len() && r.files.iter().all(|f| on_server(&f.name))
+    });
+    let (may_play, may_download) = (
+        signed_in.may(Permission::RecordingsPlayback),
+        signed_in.may(Permission::RecordingsDownload),
+    );
     console_page(
         "Recording",
         signed_in,
@@ -259,14 +293,37 @@ fn detail_page(
                         dt { "Length" } dd { (duration(job)) " (" (r.frames) " frames at " (r.sample_rate) " Hz)" }
                         dt { "Format" } dd { (r.channels) @if r.channels == 1 { " channel, " } @else { " channels, " } (r.bits) "-bit " (job.spec.profile.codec.as_str()) }
                         dt { "Gaps" } dd { (r.gaps) @if r.recovered { " · recovered after a crash" } }
-                        dt { "Where" } dd { "on the appliance " code { (job.node) } " (playback, download and checksum once it is delivered to the server)" }
+                        dt { "Where" } dd {
+                            @if all_there { "on the server, every file verified (SHA-256)" }
+                            @else if uploads.is_empty() { "on the appliance " code { (job.node) } " (playback, download and checksum once it is uploaded)" }
+                            @else { "being uploaded from " code { (job.node) } }
+                        }
                         @if let Some(folder) = &job.folder { dt { "Folder" } dd { code { (folder) } " (where delivery will put it)" } }
                     }
                 }
                 @if let Some(r) = r {
-                    table.jobs {
-                        thead { tr { th { "File" } th { "Frames" } th { "Bytes" } } }
-                        tbody { @for f in &r.files { tr { td { code { (f.name) } } td { (f.frames) } td { (f.bytes) } } } }
+                    table.jobs.files {
+                        thead { tr { th { "File" } th { "Frames" } th { "Bytes" } th { "Where" } th { span.visually-hidden { "Listen or download" } } } }
+                        tbody {
+                            @for f in &r.files {
+                                tr data-file=(f.name) {
+                                    td { code { (f.name) } }
+                                    td { (f.frames) }
+                                    td { (f.bytes) }
+                                    td { (file_state(upload_of(&f.name))) }
+                                    td {
+                                        @if on_server(&f.name) {
+                                            @if may_play {
+                                                audio controls preload="none" src={ (RECORDINGS_PATH) "/" (job.id) "/play/" (f.name) } aria-label={ "Play " (f.name) } {}
+                                            }
+                                            @if may_download {
+                                                " " a.download href={ (RECORDINGS_PATH) "/" (job.id) "/files/" (f.name) } download=(f.name) { "Download" }
+                                            }
+                                        }
+                                    }
+                                }
+                            }
+                        }
                     }
                     @if r.file_count as usize > r.files.len() { p.muted { (r.file_count) " files in all; the first " (r.files.len()) " are listed." } }
                 }
@@ -308,6 +365,192 @@ async fn job_of(state: &AppState, id: &str) -> Result<JobRecord, Response> {
     }
 }
 
+/// The byte range a `Range` header asks of a file of `len` bytes: one
+/// `bytes=a-b`, `bytes=a-` or `bytes=-n` range (what players send to seek);
+/// `Err` when it lies outside the file (416), `Ok(None)` for the whole file.
+fn byte_range(header: Option<&str>, len: u64) -> Result<Option<(u64, u64)>, ()> {
+    let Some(spec) = header.and_then(|h| h.trim().strip_prefix("bytes=")) else {
+        return Ok(None);
+    };
+    // Several ranges: the whole file instead (allowed by RFC 9110).
+    if spec.contains(',') {
+        return Ok(None);
+    }
+    let (a, b) = spec.split_once('-').ok_or(())?;
+    let (start, end) = match (a.trim(), b.trim()) {
+        ("", n) => {
+            let n: u64 = n.parse().map_err(|_| ())?;
+            (len.saturating_sub(n), len.checked_sub(1).ok_or(())?)
+        }
+        (a, "") => (a.parse().map_err(|_| ())?, len.checked_sub(1).ok_or(())?),
+        (a, b) => {
+            let (a, b): (u64, u64) = (a.parse().map_err(|_| ())?, b.parse().map_err(|_| ())?);
+            (a, b.min(len.saturating_sub(1)))
+        }
+    };
+    if start > end || start >= len {
+        return Err(());
+    }
+    Ok(Some((start, end)))
+}
+
+/// Serve a cached file of a take: its media type, ranges for seeking, and
+/// `attachment` (download) or `inline` (playback).
+async fn serve_file(
+    path: std::path::PathBuf,
+    name: &str,
+    range: Option<String>,
+    attachment: bool,
+) -> Response {
+    use axum::http::header;
+    use tokio::io::{AsyncReadExt, AsyncSeekExt};
+    let Ok(mut file) = tokio::fs::File::open(&path).await else {
+        return (StatusCode::NOT_FOUND, "the file is not on the server\n").into_response();
+    };
+    let Ok(len) = file.metadata().await.map(|m| m.len()) else {
+        return StatusCode::SERVICE_UNAVAILABLE.into_response();
+    };
+    let media = if name.ends_with(".flac") {
+        "audio/flac"
+    } else {
+        "audio/wav"
+    };
+    let disposition = format!(
+        "{}; filename=\"{name}\"",
+        if attachment { "attachment" } else { "inline" }
+    );
+    let (status, start, end) = match byte_range(range.as_deref(), len) {
+        Ok(None) => (StatusCode::OK, 0, len.saturating_sub(1)),
+        Ok(Some((a, b))) => (StatusCode::PARTIAL_CONTENT, a, b),
+        Err(()) => {
+            return (
+                StatusCode::RANGE_NOT_SATISFIABLE,
+                [(header::CONTENT_RANGE, format!("bytes */{len}"))],
+            )
+                .into_response();
+        }
+    };
+    if start > 0 && file.seek(std::io::SeekFrom::Start(start)).await.is_err() {
+        return StatusCode::SERVICE_UNAVAILABLE.into_response();
+    }
+    let count = if len == 0 { 0 } else { end - start + 1 };
+    let body = axum::body::Body::from_stream(tokio_util::io::ReaderStream::new(file.take(count)));
+    let mut res = (
+        status,
+        [
+            (header::CONTENT_TYPE, media.to_owned()),
+            (header::CONTENT_DISPOSITION, disposition),
+            (header::ACCEPT_RANGES, "bytes".to_owned()),
+            (header::CONTENT_LENGTH, count.to_string()),
+        ],
+        body,
+    )
+        .into_response();
+    if status == StatusCode::PARTIAL_CONTENT
+        && let Ok(v) = axum::http::HeaderValue::from_str(&format!("bytes {start}-{end}/{len}"))
+    {
+        res.headers_mut().insert(header::CONTENT_RANGE, v);
+    }
+    res
+}
+
+fn range_of(headers: &axum::http::HeaderMap) -> Option<String> {
+    headers
+        .get(axum::http::header::RANGE)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+}
+
+/// A file of the take `id` the server holds, verified; or the answer why not.
+async fn cached_file(
+    state: &AppState,
+    id: &str,
+    name: &str,
+) -> Result<(JobRecord, std::path::PathBuf), Response> {
+    let job = job_of(state, id).await?;
+    let gone = || {
+        (
+            StatusCode::NOT_FOUND,
+            "the file is not on the server (yet)\n",
+        )
+            .into_response()
+    };
+    if rakkr_protocol::upload::check_file_name(job.id, name).is_err() {
+        return Err(gone());
+    }
+    let (store, job_id, file) = (state.store.clone(), job.id, name.to_owned());
+    let upload = tokio::task::spawn_blocking(move || store.upload(job_id, &file))
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .flatten();
+    match upload {
+        Some(u) if u.state == rakkr_store::UploadState::Cached => {
+            let path = state.uploads.cached(&job.node, job.id, name);
+            Ok((job, path))
+        }
+        _ => Err(gone()),
+    }
+}
+
+/// `GET /recordings/{id}/files/{name}` (recordings.download): the file, as
+/// a download; audited.
+pub async fn download(
+    State(state): State<AppState>,
+    Extension(signed_in): Extension<SignedIn>,
+    Path((id, name)): Path<(String, String)>,
+    headers: axum::http::HeaderMap,
+) -> Response {
+    let (job, path) = match cached_file(&state, &id, &name).await {
+        Ok(found) => found,
+        Err(r) => return r,
+    };
+    let range = range_of(&headers);
+    // One record per download, not per resumed range.
+    if range.is_none() {
+        crate::audit::record(
+            state.store.clone(),
+            rakkr_store::AuditEntry {
+                at_ms: state.clock.unix_ms(),
+                actor: signed_in.actor(),
+                action: "download recording".into(),
+                permission: Some(Permission::RecordingsDownload.as_str().into()),
+                target: Some(format!("recording:{}/{name}", job.id)),
+                outcome: "allowed".into(),
+                ..Default::default()
+            },
+        )
+        .await;
+    }
+    serve_file(path, &name, range, true).await
+}
+
+/// `GET /recordings/{id}/play/{name}` (recordings.playback): the file for
+/// the page's player (inline, ranges for seeking).
+pub async fn play(
+    State(state): State<AppState>,
+    Path((id, name)): Path<(String, String)>,
+    headers: axum::http::HeaderMap,
+) -> Response {
+    match cached_file(&state, &id, &name).await {
+        Ok((_, path)) => serve_file(path, &name, range_of(&headers), false).await,
+        Err(r) => r,
+    }
+}
+
+/// The uploads of the take's files (none when the store cannot say).
+async fn uploads_of(state: &AppState, job: &JobRecord) -> Vec<rakkr_store::UploadRecord> {
+    let (store, id) = (state.store.clone(), job.id);
+    match tokio::task::spawn_blocking(move || store.uploads_of_job(id)).await {
+        Ok(Ok(list)) => list,
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, "uploads of a take not read");
+            Vec::new()
+        }
+        Err(_) => Vec::new(),
+    }
+}
+
 /// `GET /recordings/{id}`
 pub async fn detail(
     State(state): State<AppState>,
@@ -317,7 +560,8 @@ pub async fn detail(
     match job_of(&state, &id).await {
         Ok(job) => {
             let quality = quality_of(&state, &job).await;
-            detail_page(&job, &quality, &signed_in, None).into_response()
+            let uploads = uploads_of(&state, &job).await;
+            detail_page(&job, &uploads, &quality, &signed_in, None).into_response()
         }
         Err(r) => r,
     }
@@ -401,7 +645,9 @@ pub async fn save_notes(
         }
         Err((status, why)) => {
             let quality = quality_of(&state, &job).await;
-            (status, detail_page(&job, &quality, &signed_in, Some(&why))).into_response()
+            let uploads = uploads_of(&state, &job).await;
+            let page = detail_page(&job, &uploads, &quality, &signed_in, Some(&why));
+            (status, page).into_response()
         }
     }
 }
@@ -450,5 +696,37 @@ pub async fn api_notes(
     match annotate(&state, id, body.notes, body.tags).await {
         Ok((job, change)) => change.to(Json(job).into_response()),
         Err((status, why)) => problem(status, why).into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::byte_range;
+
+    #[test]
+    fn players_get_the_ranges_they_ask_for() {
+        assert_eq!(byte_range(None, 100), Ok(None));
+        assert_eq!(byte_range(Some("bytes=0-9"), 100), Ok(Some((0, 9))));
+        assert_eq!(byte_range(Some("bytes=90-"), 100), Ok(Some((90, 99))));
+        assert_eq!(byte_range(Some("bytes=-10"), 100), Ok(Some((90, 99))));
+        assert_eq!(
+            byte_range(Some("bytes=50-500"), 100),
+            Ok(Some((50, 99))),
+            "clipped"
+        );
+        assert_eq!(
+            byte_range(Some("bytes=0-1,5-6"), 100),
+            Ok(None),
+            "several: all"
+        );
+        assert_eq!(byte_range(Some("bytes=100-"), 100), Err(()));
+        assert_eq!(byte_range(Some("bytes=9-3"), 100), Err(()));
+        assert_eq!(byte_range(Some("bytes=x-"), 100), Err(()));
+        assert_eq!(byte_range(Some("bytes=0-"), 0), Err(()));
+        assert_eq!(
+            byte_range(Some("items=0-1"), 100),
+            Ok(None),
+            "other units: all"
+        );
     }
 }

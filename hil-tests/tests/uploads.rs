@@ -407,3 +407,83 @@ fn uploads_cut_again_and_again_on_either_side_arrive_identical() -> Result<()> {
     drop(server);
     Ok(())
 }
+
+#[test]
+fn an_operator_plays_and_downloads_an_uploaded_take_and_a_viewer_only_plays() -> Result<()> {
+    use rakkr_hil_tests::browser::{Browser, Look};
+    let work = tempfile::tempdir()?;
+    let data = work.path().join("data");
+    let server = Server::start(work.path(), &data)?;
+    let (_agent, _) = uploading_agent(work.path(), &server, "up-f", "demo", "")?;
+    let job = take(&server, "up-f", 3)?;
+    let name = format!("{job}.flac");
+    let kept = data.join("recordings/up-f").join(&job).join(&name);
+    wait_for("the take on the server", Duration::from_secs(30), || {
+        kept.exists().then_some(())
+    })?;
+    let digest = sha256_hex(&std::fs::read(&kept)?);
+    server.operator("olga", "operator")?;
+    let mut vic = server.operator("vic", "viewer")?;
+
+    let browser = Browser::start(work.path(), &server.url(""), Look::DESKTOP)?;
+    browser.log_in("olga", OPERATOR_PASSWORD)?;
+    browser.goto(&format!("/recordings/{job}"))?;
+    browser.wait_css("table.files .badge.ok", Duration::from_secs(10))?;
+    assert!(browser.text("table.files")?.contains("verified, SHA-256"));
+    // The player decodes the FLAC file and plays it (after a click: the
+    // browser lets a page play sound only once the user interacted with it).
+    browser.click("table.files audio")?;
+    let played = browser.js_async(
+        "const done = arguments[arguments.length - 1];
+         const a = document.querySelector('table.files audio');
+         a.muted = true;
+         a.play().then(() => setTimeout(() => done([a.currentTime, a.duration]), 1500))
+                 .catch(e => done('error: ' + e));",
+        vec![],
+    )?;
+    let (at, length) = (played[0].as_f64(), played[1].as_f64());
+    assert!(at.is_some_and(|t| t > 0.5), "it plays: {played}");
+    assert!(
+        length.is_some_and(|d| (d - 3.0).abs() < 0.05),
+        "three seconds: {played}"
+    );
+    // Seeking asks for a byte range; the answer is the file's bytes.
+    let ranged = browser.js_async(
+        "const done = arguments[arguments.length - 1];
+         fetch(document.querySelector('table.files audio').src, { headers: { Range: 'bytes=4-7' } })
+           .then(r => r.arrayBuffer().then(b => done([r.status, Array.from(new Uint8Array(b))])))
+           .catch(e => done('error: ' + e));",
+        vec![],
+    )?;
+    let bytes = std::fs::read(&kept)?;
+    assert_eq!(ranged, json!([206, bytes[4..8]]));
+    browser.screenshot("recording-uploaded-1280-light")?;
+    // The download is the file the server verified.
+    let downloaded = browser.js_async(
+        "const done = arguments[arguments.length - 1];
+         fetch(document.querySelector('a.download').href)
+           .then(r => r.arrayBuffer())
+           .then(b => crypto.subtle.digest('SHA-256', b))
+           .then(d => done(Array.from(new Uint8Array(d)).map(x => x.toString(16).padStart(2, '0')).join('')))
+           .catch(e => done('error: ' + e));",
+        vec![],
+    )?;
+    assert_eq!(downloaded, json!(digest));
+    let audit = server.get_json("/api/v1/audit/search?actor=user:olga&q=download%20recording")?;
+    assert_eq!(
+        audit["records"][0]["target"],
+        format!("recording:{job}/{name}"),
+        "{audit}"
+    );
+
+    // A viewer may listen but not download: no link, and a request is refused.
+    let (code, _, page) = vic.get(&format!("/recordings/{job}"))?;
+    assert_eq!(code, 200);
+    assert!(
+        page.contains("<audio") && !page.contains("class=\"download\""),
+        "{page}"
+    );
+    let (code, _, _) = vic.get(&format!("/recordings/{job}/files/{name}"))?;
+    assert_eq!(code, 403);
+    Ok(())
+}
