@@ -95,6 +95,8 @@ fn jobs_src(node: &NodeId) -> String {
 /// What a node page shows besides the live node.
 pub struct NodePageData {
     pub jobs: Vec<JobRecord>,
+    /// The uploads of the listed jobs' files, by job.
+    pub uploads: std::collections::HashMap<JobId, Vec<rakkr_store::UploadRecord>>,
     pub events: Option<Vec<HealthEventRecord>>,
     /// The node's health issues not resolved (with health.read).
     pub issues: Option<Vec<rakkr_store::HealthIssue>>,
@@ -317,7 +319,7 @@ pub fn node_page(
             }
             section.panel aria-labelledby="jobs-h" {
                 h2 #jobs-h { "Recordings" }
-                (jobs_panel(&r.id, &data.jobs, signed_in, now_ms))
+                (jobs_panel(&r.id, data, signed_in, now_ms))
             }
             @if let Some(view) = &data.watchdog {
                 section.panel aria-labelledby="watchdog-h" {
@@ -432,7 +434,8 @@ fn start_form(
 }
 
 /// The jobs table; also the htmx fragment that replaces itself.
-pub fn jobs_panel(node: &NodeId, jobs: &[JobRecord], signed_in: &SignedIn, now_ms: u64) -> Markup {
+pub fn jobs_panel(node: &NodeId, data: &NodePageData, signed_in: &SignedIn, now_ms: u64) -> Markup {
+    let jobs = &data.jobs;
     let manage = signed_in.may(Permission::JobsManage);
     html! {
         div #jobs hx-get=(jobs_src(node)) hx-trigger=(JOBS_REFRESH) hx-swap="outerHTML" {
@@ -448,7 +451,7 @@ pub fn jobs_panel(node: &NodeId, jobs: &[JobRecord], signed_in: &SignedIn, now_m
                                 td { span class={ "badge job " (job.state.as_str()) } { (job.state.as_str().replace('_', " ")) }
                                      @if !job.detail.is_empty() { div.muted { (job.detail) } } }
                                 td { span title=(utc_seconds(job.created_ms)) { (ago(now_ms, job.created_ms)) } }
-                                td { (take_summary(job)) }
+                                td { (take_summary(job)) (delivery(job, data.uploads.get(&job.id))) }
                                 @if manage {
                                     td.actions {
                                         @if matches!(job.state, JobState::Queued | JobState::Leased | JobState::Running) {
@@ -500,6 +503,34 @@ fn take_summary(job: &JobRecord) -> Markup {
 /// Stop or Cancel for a job. The buttons have ids so that htmx gives the
 /// focus back after the jobs table refreshes: a keyboard user on Stop stays
 /// on Stop.
+/// Where a finished take's files are: on the server, uploading (with the
+/// share of its bytes that arrived), or still only on the appliance.
+fn delivery(job: &JobRecord, uploads: Option<&Vec<rakkr_store::UploadRecord>>) -> Markup {
+    let Some(r) = job.recording.as_ref() else {
+        return html! {};
+    };
+    let uploads = uploads.map(Vec::as_slice).unwrap_or_default();
+    let cached = uploads
+        .iter()
+        .filter(|u| u.state == rakkr_store::UploadState::Cached)
+        .count();
+    let (held, total): (u64, u64) = uploads
+        .iter()
+        .fold((0, 0), |(h, t), u| (h + u.offset, t + u.length));
+    html! {
+        div.delivery data-delivery=(if cached as u32 >= r.file_count { "server" } else if uploads.is_empty() { "appliance" } else { "uploading" }) {
+            @if cached as u32 >= r.file_count {
+                span.badge.ok { "on the server" }
+            } @else if uploads.is_empty() {
+                span.muted { "on the appliance" }
+            } @else {
+                progress max=(total.max(1)) value=(held) aria-label="Upload" {}
+                " uploading " (held * 100 / total.max(1)) " % · " (cached) " of " (r.file_count) " files"
+            }
+        }
+    }
+}
+
 fn stop_button(signed_in: &SignedIn, job: &JobId, cancel: bool) -> Markup {
     html! {
         form.inline method="post" action={ "/jobs/" (job) "/stop" } {
@@ -561,6 +592,16 @@ async fn page_records(state: &AppState, node: &NodeId, signed_in: &SignedIn) -> 
             note(e);
             Vec::new()
         });
+        let mut uploads = std::collections::HashMap::new();
+        for job in jobs.iter().filter(|j| j.recording.is_some()) {
+            match store.uploads_of_job(job.id) {
+                Ok(list) if !list.is_empty() => {
+                    uploads.insert(job.id, list);
+                }
+                Ok(_) => {}
+                Err(e) => note(e),
+            }
+        }
         let events = health.then(|| {
             store
                 .health_events(&node, EVENTS_SHOWN)
@@ -585,6 +626,7 @@ async fn page_records(state: &AppState, node: &NodeId, signed_in: &SignedIn) -> 
         });
         NodePageData {
             jobs,
+            uploads,
             events,
             issues,
             store_error,
@@ -596,6 +638,7 @@ async fn page_records(state: &AppState, node: &NodeId, signed_in: &SignedIn) -> 
     .await
     .unwrap_or_else(|e| NodePageData {
         jobs: Vec::new(),
+        uploads: Default::default(),
         events: None,
         issues: None,
         store_error: Some(e.to_string()),
@@ -657,7 +700,7 @@ pub async fn jobs_fragment(
         // htmx keeps the panel it has rather than swapping in an empty one.
         return StatusCode::SERVICE_UNAVAILABLE.into_response();
     }
-    jobs_panel(&node, &data.jobs, &signed_in, state.clock.unix_ms()).into_response()
+    jobs_panel(&node, &data, &signed_in, state.clock.unix_ms()).into_response()
 }
 
 /// The start form as sent.

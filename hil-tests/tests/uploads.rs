@@ -342,6 +342,10 @@ fn an_appliance_uploads_its_take_and_deletes_it_only_once_confirmed() -> Result<
     agent
         .proc
         .wait_log("take file uploaded and confirmed", Duration::from_secs(5))?;
+    // The node page says where the take is.
+    let mut olga = server.operator("olga", "operator")?;
+    let (_, _, panel) = olga.get("/nodes/up-d/jobs")?;
+    assert!(panel.contains("data-delivery=\"server\""), "{panel}");
     let (info, comments) = rakkr_flac::read_stream_info(&kept)?;
     assert_eq!(info.total_samples, 3 * 48_000, "the whole take");
     assert_eq!(comments.get("RAKKR_JOB"), Some(job.as_str()));
@@ -363,11 +367,18 @@ fn uploads_cut_again_and_again_on_either_side_arrive_identical() -> Result<()> {
         "chunk_mib = 1\nmax_kbps = 2000",
     )?;
     let job = take(&first, "up-e", 12)?;
-    let mut server = Some(first);
+    let running = first;
     let name = format!("{job}.flac");
     let on_node = recordings.join(&name);
     let source = std::fs::read(&on_node)?;
     let kept = data.join("recordings/up-e").join(&job).join(&name);
+    // The node page shows the upload's progress.
+    let mut olga = running.operator("olga", "operator")?;
+    wait_for("the upload's progress", Duration::from_secs(10), || {
+        let (_, _, panel) = olga.get("/nodes/up-e/jobs").ok()?;
+        (panel.contains("data-delivery=\"uploading\"") && panel.contains("<progress")).then_some(())
+    })?;
+    let mut server = Some(running);
     // Cut at random moments, the server (SIGKILL, down 2 s) and the
     // appliance (SIGKILL, started again) in turn.
     let seed = std::time::SystemTime::now()
