@@ -41,6 +41,11 @@
 //! delete_confirmed = true       # delete a file once the server confirmed it, verified
 //! ca_file = "/data/rakkr/ca.pem"  # default with https: {state_dir}/ca.pem (from `enroll`)
 //!
+//! [retention]                  # uploaded takes kept here (delete_confirmed = false)
+//! max_age_days = 30             # go this long after they ended (absent: no limit)
+//! max_mb = 100000               # the recordings directory stays under this (absent: no limit)
+//! min_free_mb = 4096            # the disk keeps this much free; takes not uploaded never go
+//!
 //! [meters]
 //! local_interval_ms = 100       # the appliance's own display: 10 Hz
 //! telemetry_interval_ms = 1000  # MQTT: 1 Hz; a multiple of the local interval
@@ -95,6 +100,36 @@ pub struct AgentConfig {
     pub watchdog: crate::watchdog::WatchdogRules,
     /// Where finished takes go (decision 0016); absent: they stay here.
     pub upload: Option<UploadConfig>,
+    /// When uploaded takes kept here (`delete_confirmed = false`) go.
+    #[serde(default)]
+    pub retention: RetentionConfig,
+}
+
+/// `[retention]`: which uploaded takes the appliance keeps (`crate::retention`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionConfig {
+    /// Delete an uploaded take this many days after it ended.
+    pub max_age_days: Option<u32>,
+    /// Keep the recordings directory under this many MB (uploaded takes go).
+    pub max_mb: Option<u64>,
+    /// Keep at least this much of the disk free (uploaded takes go).
+    #[serde(default = "default_min_free_mb")]
+    pub min_free_mb: u64,
+}
+
+fn default_min_free_mb() -> u64 {
+    4096
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        RetentionConfig {
+            max_age_days: None,
+            max_mb: None,
+            min_free_mb: default_min_free_mb(),
+        }
+    }
 }
 
 /// `[upload]`: sending finished takes to the fleet server.
@@ -324,6 +359,7 @@ pub struct AgentSettings {
     pub max_jobs: u16,
     pub watchdog: crate::watchdog::WatchdogRules,
     pub upload: Option<UploadSettings>,
+    pub retention: crate::retention::RetentionRules,
 }
 
 /// Validated `[upload]`.
@@ -573,8 +609,23 @@ impl AgentConfig {
                 })
             }
         };
+        if self.retention.max_age_days == Some(0) || self.retention.max_mb == Some(0) {
+            return Err(invalid(
+                "retention",
+                "max_age_days and max_mb are at least 1 (leave them out for no limit)",
+            ));
+        }
+        let retention = crate::retention::RetentionRules {
+            max_age_ms: self
+                .retention
+                .max_age_days
+                .map(|d| u64::from(d) * 86_400_000),
+            max_bytes: self.retention.max_mb.map(|m| m << 20),
+            min_free_bytes: self.retention.min_free_mb << 20,
+        };
         Ok(AgentSettings {
             upload,
+            retention,
             node_id,
             slot: self.slot,
             mqtt: MqttSettings {
@@ -670,6 +721,11 @@ impl AgentSettings {
             max_jobs: 0,
             watchdog: Default::default(),
             upload: None,
+            retention: crate::retention::RetentionRules {
+                max_age_ms: None,
+                max_bytes: None,
+                min_free_bytes: default_min_free_mb() << 20,
+            },
         }
     }
 }

@@ -33,6 +33,7 @@ pub mod link;
 pub mod meter;
 pub mod outbox;
 pub mod record;
+pub mod retention;
 pub mod rt;
 pub mod run;
 pub mod source;

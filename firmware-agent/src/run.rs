@@ -216,7 +216,7 @@ pub async fn run(
     let (job_reports_tx, job_reports) = mpsc::channel(JOB_COMMAND_QUEUE);
     let telemetry = handles.telemetry.clone();
     // Finished takes to the server (decision 0016), when configured.
-    let uploads_wake = start_uploads(&settings, &outbox, &handles, &shutdown);
+    let uploads_wake = start_uploads(&settings, &outbox, &handles, &clock, &shutdown);
     let job_runner = settings.recordings_dir.clone().map(|recordings_dir| {
         tokio::spawn(crate::jobs::run(
             crate::jobs::JobContext {
@@ -394,11 +394,13 @@ async fn watch_disk(
     }
 }
 
-/// Start the uploader if `[upload]` is configured; what wakes it.
+/// Start the uploader and the retention of uploaded takes if `[upload]` is
+/// configured; what wakes the uploader.
 fn start_uploads(
     settings: &AgentSettings,
     outbox: &Arc<Outbox>,
     handles: &AgentHandles,
+    clock: &Arc<dyn Clock>,
     shutdown: &CancellationToken,
 ) -> Option<Arc<tokio::sync::Notify>> {
     let upload = settings.upload.clone()?;
@@ -421,6 +423,13 @@ fn start_uploads(
         stats: handles.uploads.clone(),
     };
     tokio::spawn(uploader.run(shutdown.clone()));
+    tokio::spawn(crate::retention::run(
+        settings.retention,
+        settings.recordings_dir.clone()?,
+        outbox.clone(),
+        clock.clone(),
+        shutdown.clone(),
+    ));
     Some(wake)
 }
 

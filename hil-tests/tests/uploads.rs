@@ -498,3 +498,71 @@ fn an_operator_plays_and_downloads_an_uploaded_take_and_a_viewer_only_plays() ->
     assert_eq!(code, 403);
     Ok(())
 }
+
+#[test]
+fn a_full_appliance_disk_deletes_the_oldest_uploaded_takes_first_and_never_others() -> Result<()> {
+    let work = tempfile::tempdir()?;
+    // The server takes files up to 1 MB: a 5 s take of noise (≈1.4 MB) is
+    // refused, so it is never uploaded.
+    let server = Server::start_with_env(
+        work.path(),
+        &work.path().join("data"),
+        &[("RAKKR_SERVER_UPLOADS__MAX_FILE_MB", "1")],
+    )?;
+    let recordings = work.path().join("up-g-recordings");
+    std::fs::create_dir(&recordings)?;
+    let Some(_disk) = rakkr_hil_tests::small_fs::SmallFs::mount(&recordings, "6m") else {
+        anyhow::bail!("mounting a tmpfs failed: this test needs root, as CI has");
+    };
+    let tables = format!(
+        "[upload]\nserver = \"{}\"\ndelete_confirmed = false\n[retention]\nmin_free_mb = 2\n",
+        server.url("")
+    );
+    let (agent, _) = job_agent_with_tables(work.path(), &server, "up-g", 2, "", "noise", &tables)?;
+    wait_online(&server, "up-g")?;
+    let confirmed = |n: usize| {
+        wait_for("uploads confirmed", Duration::from_secs(30), || {
+            (agent
+                .proc
+                .stderr_text()
+                .matches("take file uploaded and confirmed")
+                .count()
+                >= n)
+                .then_some(())
+        })
+    };
+    // Two takes of 2 s (≈0.56 MB each) are uploaded and kept; one of 5 s is not.
+    let a = take(&server, "up-g", 2)?;
+    confirmed(1)?;
+    let b = take(&server, "up-g", 2)?;
+    confirmed(2)?;
+    let c = take(&server, "up-g", 5)?;
+    agent
+        .proc
+        .wait_log("refused: 413", Duration::from_secs(20))?;
+    // A 10 s take (≈2.8 MB) would leave less than 2 MB free: the uploaded
+    // takes make room, oldest first; the take records to its end.
+    let d = take(&server, "up-g", 10)?;
+    let file = |job: &str| recordings.join(format!("{job}.flac"));
+    wait_for("room made", Duration::from_secs(20), || {
+        (!file(&a).exists() && !file(&b).exists()).then_some(())
+    })?;
+    assert!(file(&c).exists(), "a take not uploaded is never deleted");
+    assert!(file(&d).exists());
+    flac_test(&file(&d))?;
+    let log = agent.proc.stderr_text();
+    let deleted = |job: &str| {
+        log.lines()
+            .position(|l| l.contains("deleted an uploaded take file") && l.contains(job))
+    };
+    assert!(
+        deleted(&a) < deleted(&b) && deleted(&a).is_some(),
+        "the oldest first: {log}"
+    );
+    assert!(
+        log.contains("rule=\"min_free_mb\"") || log.contains("rule=min_free_mb"),
+        "{log}"
+    );
+    drop(agent);
+    Ok(())
+}
