@@ -39,6 +39,7 @@
 //! chunk_mib = 8                 # per request: what a cut costs at most (1-16)
 //! max_kbps = 0                  # bandwidth cap for metered links (0: none)
 //! delete_confirmed = true       # delete a file once the server confirmed it, verified
+//! alert_after_s = 600           # no upload through this long: upload_failing (a refusal: at once)
 //! ca_file = "/data/rakkr/ca.pem"  # default with https: {state_dir}/ca.pem (from `enroll`)
 //!
 //! [retention]                  # uploaded takes kept here (delete_confirmed = false)
@@ -150,6 +151,13 @@ pub struct UploadConfig {
     pub delete_confirmed: bool,
     /// The CA to trust over HTTPS (default: `{state_dir}/ca.pem`, from `enroll`).
     pub ca_file: Option<PathBuf>,
+    /// Raise `upload_failing` when no upload got through for this long.
+    #[serde(default = "default_alert_after_s")]
+    pub alert_after_s: u32,
+}
+
+fn default_alert_after_s() -> u32 {
+    600
 }
 
 fn default_chunk_mib() -> u32 {
@@ -373,6 +381,8 @@ pub struct UploadSettings {
     pub delete_confirmed: bool,
     /// With HTTPS: the CA file to trust.
     pub ca_file: Option<PathBuf>,
+    /// Failing uploads become a health issue after this long.
+    pub alert_after: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -600,7 +610,11 @@ impl AgentConfig {
                         ));
                     }
                 };
+                if !(1..=604_800).contains(&u.alert_after_s) {
+                    return Err(invalid("upload.alert_after_s", "must be 1-604800 seconds"));
+                }
                 Some(UploadSettings {
+                    alert_after: Duration::from_secs(u64::from(u.alert_after_s)),
                     server,
                     chunk_bytes: (u.chunk_mib as usize) << 20,
                     max_bytes_per_s: u64::from(u.max_kbps) * 1000 / 8,

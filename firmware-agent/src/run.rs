@@ -216,7 +216,14 @@ pub async fn run(
     let (job_reports_tx, job_reports) = mpsc::channel(JOB_COMMAND_QUEUE);
     let telemetry = handles.telemetry.clone();
     // Finished takes to the server (decision 0016), when configured.
-    let uploads_wake = start_uploads(&settings, &outbox, &handles, &clock, &shutdown);
+    let uploads_wake = start_uploads(
+        &settings,
+        &outbox,
+        &outbox_ready,
+        &handles,
+        &clock,
+        &shutdown,
+    );
     let job_runner = settings.recordings_dir.clone().map(|recordings_dir| {
         tokio::spawn(crate::jobs::run(
             crate::jobs::JobContext {
@@ -399,6 +406,7 @@ async fn watch_disk(
 fn start_uploads(
     settings: &AgentSettings,
     outbox: &Arc<Outbox>,
+    outbox_ready: &Arc<tokio::sync::Notify>,
     handles: &AgentHandles,
     clock: &Arc<dyn Clock>,
     shutdown: &CancellationToken,
@@ -421,6 +429,11 @@ fn start_uploads(
         outbox: outbox.clone(),
         wake: wake.clone(),
         stats: handles.uploads.clone(),
+        events: crate::upload::EventSink {
+            ready: outbox_ready.clone(),
+            telemetry: handles.telemetry.clone(),
+            clock: clock.clone(),
+        },
     };
     tokio::spawn(uploader.run(shutdown.clone()));
     tokio::spawn(crate::retention::run(

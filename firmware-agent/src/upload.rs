@@ -23,6 +23,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use rakkr_protocol::JobId;
+use rakkr_protocol::payload::{HealthChange, HealthCondition};
 use rakkr_protocol::upload::{
     CHECKSUM_MISMATCH, CompleteUpload, OFFSET_OCTET_STREAM, UPLOAD_CHECKSUM, UPLOAD_LENGTH,
     UPLOAD_OFFSET, UploadConfirmation, checksum_header, complete_path, file_path,
@@ -80,6 +81,126 @@ fn retry(e: impl std::fmt::Display) -> UploadError {
     UploadError::Retry(e.to_string())
 }
 
+/// When failing uploads become a health issue (`upload_failing`): retryable
+/// failures once nothing got through for `alert_after` (node-wide, cleared by
+/// the next confirmation); a refusal at once, for its file (cleared when that
+/// file is confirmed after all).
+#[derive(Debug)]
+pub struct FailureWatch {
+    alert_after_ms: u64,
+    /// Since when every attempt failed (None: the last one got through).
+    failing_since_ms: Option<u64>,
+    raised: bool,
+    /// Files the server refused, raised.
+    refused: std::collections::BTreeSet<String>,
+}
+
+impl FailureWatch {
+    pub fn new(alert_after: Duration) -> FailureWatch {
+        FailureWatch {
+            alert_after_ms: alert_after.as_millis() as u64,
+            failing_since_ms: None,
+            raised: false,
+            refused: Default::default(),
+        }
+    }
+
+    /// What was open before a restart (subjects of `upload_failing`), so
+    /// it can be cleared.
+    pub fn assume_raised(&mut self, subject: &str) {
+        match subject.strip_prefix("file:") {
+            Some(name) => {
+                self.refused.insert(name.to_owned());
+            }
+            None => self.raised = true,
+        }
+    }
+
+    /// An attempt for `name` failed at `now_ms` (`refused`: the server said no).
+    pub fn failed(
+        &mut self,
+        name: &str,
+        refused: bool,
+        why: &str,
+        now_ms: u64,
+    ) -> Option<rakkr_protocol::payload::HealthEvent> {
+        if refused {
+            return self.refused.insert(name.to_owned()).then(|| {
+                failing_event(
+                    HealthChange::Raised,
+                    format!("file:{name}"),
+                    format!("the server refused {name}: {why}; it stays on the appliance"),
+                    now_ms,
+                )
+            });
+        }
+        let since = *self.failing_since_ms.get_or_insert(now_ms);
+        if self.raised || now_ms.saturating_sub(since) < self.alert_after_ms {
+            return None;
+        }
+        self.raised = true;
+        Some(failing_event(
+            HealthChange::Raised,
+            String::new(),
+            format!(
+                "no upload got through for {} s; last: {why}; takes wait on the appliance",
+                now_ms.saturating_sub(since) / 1000
+            ),
+            now_ms,
+        ))
+    }
+
+    /// `name` was confirmed at `now_ms`: what this clears.
+    pub fn confirmed(
+        &mut self,
+        name: &str,
+        now_ms: u64,
+    ) -> Vec<rakkr_protocol::payload::HealthEvent> {
+        self.failing_since_ms = None;
+        let mut out = Vec::new();
+        if std::mem::take(&mut self.raised) {
+            out.push(failing_event(
+                HealthChange::Cleared,
+                String::new(),
+                "uploads get through again".into(),
+                now_ms,
+            ));
+        }
+        if self.refused.remove(name) {
+            out.push(failing_event(
+                HealthChange::Cleared,
+                format!("file:{name}"),
+                format!("{name} was uploaded and confirmed"),
+                now_ms,
+            ));
+        }
+        out
+    }
+}
+
+fn failing_event(
+    change: HealthChange,
+    subject: String,
+    detail: String,
+    at_ms: u64,
+) -> rakkr_protocol::payload::HealthEvent {
+    rakkr_protocol::payload::HealthEvent {
+        condition: rakkr_protocol::payload::HealthCondition::UploadFailing,
+        change,
+        severity: rakkr_protocol::payload::Severity::Warning,
+        at_ms,
+        detail,
+        subject,
+    }
+}
+
+/// Where the uploader's health events go.
+pub struct EventSink {
+    pub ready: Arc<Notify>,
+    pub telemetry: Arc<crate::link::TelemetryStats>,
+    pub clock: Arc<dyn crate::clock::Clock>,
+}
+
 /// Who the node is and how to reach the server.
 pub struct Uploader {
     pub settings: UploadSettings,
@@ -90,6 +211,7 @@ pub struct Uploader {
     /// Woken when a take's files are queued.
     pub wake: Arc<Notify>,
     pub stats: Arc<UploadStats>,
+    pub events: EventSink,
 }
 
 /// One file's back-off.
@@ -125,6 +247,21 @@ impl Uploader {
             }
         };
         let mut backoff: HashMap<(u128, String), Backoff> = HashMap::new();
+        let mut watch = FailureWatch::new(self.settings.alert_after);
+        let open = {
+            let outbox = self.outbox.clone();
+            tokio::task::spawn_blocking(move || outbox.open_conditions()).await
+        };
+        if let Ok(Ok(open)) = open {
+            let name = HealthCondition::UploadFailing.as_str();
+            for (key, _) in open {
+                match key.split_once('|') {
+                    Some((c, subject)) if c == name => watch.assume_raised(subject),
+                    None if key == name => watch.assume_raised(""),
+                    _ => {}
+                }
+            }
+        }
         loop {
             let queue = self.pending().await;
             self.stats
@@ -158,9 +295,13 @@ impl Uploader {
                 _ = shutdown.cancelled() => return,
                 r = self.send(&client, JobId::from_u128(job), &name, entry, &shutdown) => r,
             };
+            let now_ms = self.events.clock.unix_ms();
             match result {
                 Ok(()) => {
                     backoff.remove(&key);
+                    for event in watch.confirmed(&name, now_ms) {
+                        self.tell(event).await;
+                    }
                 }
                 Err(UploadError::Missing(why)) => {
                     tracing::error!(file = %name, %why, "a queued take file is gone; taken off the queue");
@@ -169,6 +310,10 @@ impl Uploader {
                 }
                 Err(e) => {
                     self.stats.failures.fetch_add(1, Ordering::Relaxed);
+                    let refused = matches!(e, UploadError::Refused(_));
+                    if let Some(event) = watch.failed(&name, refused, &e.to_string(), now_ms) {
+                        self.tell(event).await;
+                    }
                     let b = backoff.entry(key).or_insert(Backoff {
                         until: now,
                         next: FIRST_BACKOFF,
@@ -187,6 +332,18 @@ impl Uploader {
                 }
             }
         }
+    }
+
+    async fn tell(&self, event: rakkr_protocol::payload::HealthEvent) {
+        tracing::warn!(condition = event.condition.as_str(), subject = %event.subject, detail = %event.detail, change = ?event.change, "uploads");
+        crate::run::keep_health_event(
+            &self.outbox,
+            &self.events.ready,
+            &self.events.telemetry,
+            self.events.clock.unix_ms(),
+            event,
+        )
+        .await;
     }
 
     /// The files not confirmed yet, oldest job first.
@@ -427,6 +584,49 @@ pub fn queued(bytes: u64, now_ms: u64) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn failing_uploads_become_an_issue_after_a_while_and_refusals_at_once() {
+        let mut w = FailureWatch::new(Duration::from_secs(60));
+        assert!(w.failed("a.flac", false, "connection refused", 0).is_none());
+        assert!(
+            w.failed("b.flac", false, "connection refused", 59_000)
+                .is_none()
+        );
+        let raised = w
+            .failed("a.flac", false, "connection refused", 60_000)
+            .unwrap();
+        assert_eq!(
+            (raised.change, raised.subject.as_str()),
+            (HealthChange::Raised, "")
+        );
+        assert!(raised.detail.contains("for 60 s"), "{}", raised.detail);
+        assert!(w.failed("a.flac", false, "again", 90_000).is_none(), "once");
+        // A refusal is its file's, at once, once.
+        let refused = w
+            .failed("c.flac", true, "413 Payload Too Large: too big", 91_000)
+            .unwrap();
+        assert_eq!(refused.subject, "file:c.flac");
+        assert!(w.failed("c.flac", true, "again", 92_000).is_none());
+        // One gets through: the node-wide issue clears; the refused file's stays.
+        let cleared = w.confirmed("a.flac", 100_000);
+        assert_eq!(cleared.len(), 1);
+        assert_eq!(
+            (cleared[0].change, cleared[0].subject.as_str()),
+            (HealthChange::Cleared, "")
+        );
+        // The refused file confirmed after all (the server's limit raised).
+        let cleared = w.confirmed("c.flac", 200_000);
+        assert_eq!(cleared[0].subject, "file:c.flac");
+        // The clock starts again after a success.
+        assert!(w.failed("d.flac", false, "x", 200_001).is_none());
+        assert!(w.failed("d.flac", false, "x", 259_000).is_none());
+        // A restart remembers what was open, so it can clear it.
+        let mut again = FailureWatch::new(Duration::from_secs(60));
+        again.assume_raised("");
+        again.assume_raised("file:e.flac");
+        assert_eq!(again.confirmed("e.flac", 1).len(), 2);
+    }
 
     #[test]
     fn files_are_read_in_chunks_and_hashed_whole() {

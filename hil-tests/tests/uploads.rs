@@ -540,6 +540,19 @@ fn a_full_appliance_disk_deletes_the_oldest_uploaded_takes_first_and_never_other
     agent
         .proc
         .wait_log("refused: 413", Duration::from_secs(20))?;
+    // The refusal is a health issue of that file on the server, at once.
+    let issue = wait_for("upload_failing", Duration::from_secs(20), || {
+        let list = server
+            .get_json("/api/v1/health?node=up-g&condition=upload_failing")
+            .ok()?;
+        list.as_array()?.first().cloned()
+    })?;
+    assert_eq!(issue["subject"], format!("file:{c}.flac"), "{issue}");
+    assert_eq!(issue["state"], "open");
+    assert!(
+        issue["detail"].as_str().is_some_and(|d| d.contains("413")),
+        "{issue}"
+    );
     // A 10 s take (≈2.8 MB) would leave less than 2 MB free: the uploaded
     // takes make room, oldest first; the take records to its end.
     let d = take(&server, "up-g", 10)?;

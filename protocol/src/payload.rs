@@ -451,10 +451,16 @@ pub enum HealthCondition {
     /// Raised by the server: the node is online but its telemetry stopped
     /// (no meter frame for `health.telemetry_stale_after_ms`): a hung agent.
     TelemetryStale,
+    /// Finished takes do not reach the server. Subject empty: every upload
+    /// has failed for the node's `upload.alert_after_s` (the server
+    /// unreachable or failing), cleared by the next one that gets through;
+    /// subject `file:{name}`: the server refused that file (it needs people),
+    /// cleared when it is confirmed after all.
+    UploadFailing,
 }
 
 impl HealthCondition {
-    pub const ALL: [HealthCondition; 14] = [
+    pub const ALL: [HealthCondition; 15] = [
         HealthCondition::DeviceLost,
         HealthCondition::JobLost,
         HealthCondition::ScheduleDeferred,
@@ -469,6 +475,7 @@ impl HealthCondition {
         HealthCondition::EncoderFailure,
         HealthCondition::NodeOffline,
         HealthCondition::TelemetryStale,
+        HealthCondition::UploadFailing,
     ];
 }
 
@@ -490,6 +497,7 @@ impl HealthCondition {
             HealthCondition::EncoderFailure => "encoder_failure",
             HealthCondition::NodeOffline => "node_offline",
             HealthCondition::TelemetryStale => "telemetry_stale",
+            HealthCondition::UploadFailing => "upload_failing",
         }
     }
 }
