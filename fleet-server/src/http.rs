@@ -1267,6 +1267,7 @@ async fn metrics(State(state): State<AppState>) -> Response {
         now_ms: state.clock.unix_ms(),
         stale_after: state.stale_after,
         live_streams: state.live_streams.open(),
+        uploads: &state.uploads.stats,
     });
     (
         [(

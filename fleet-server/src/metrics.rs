@@ -33,6 +33,7 @@ pub struct Sources<'a> {
     pub now_ms: u64,
     pub stale_after: Duration,
     pub live_streams: usize,
+    pub uploads: &'a crate::uploads::UploadStats,
 }
 
 /// Upper bounds of the latency histograms' buckets, in seconds.
@@ -456,6 +457,21 @@ pub fn render(s: &Sources<'_>) -> String {
             "Failed ticks of the schedule runner (store errors).",
             &s.schedules.store_errors,
         ),
+        (
+            "rakkr_upload_bytes_received_total",
+            "Bytes of recording uploads received, checked and made durable.",
+            &s.uploads.bytes_received,
+        ),
+        (
+            "rakkr_upload_files_confirmed_total",
+            "Recording files received whole, verified and confirmed to their node.",
+            &s.uploads.files_confirmed,
+        ),
+        (
+            "rakkr_upload_refused_total",
+            "Upload requests refused (bad name, another node's job, too large, checksum).",
+            &s.uploads.refused,
+        ),
     ] {
         counter(&mut out, name, help, v);
     }
@@ -574,6 +590,7 @@ mod tests {
             now_ms,
             stale_after: Duration::from_secs(5),
             live_streams,
+            uploads: &Default::default(),
         })
     }
 

@@ -22,6 +22,7 @@
 
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use axum::body::Bytes;
 use axum::extract::{ConnectInfo, Path as UrlPath, State};
@@ -41,12 +42,24 @@ use crate::tls::PeerAddr;
 /// Locks striped over files: bounded, and one file's requests never run at once.
 const LOCK_STRIPES: usize = 64;
 
+/// What arrived, for `/metrics`.
+#[derive(Debug, Default)]
+pub struct UploadStats {
+    /// Bytes of chunks kept (checked and made durable).
+    pub bytes_received: AtomicU64,
+    /// Files verified and confirmed.
+    pub files_confirmed: AtomicU64,
+    /// Requests refused (audited ones: not offset conflicts).
+    pub refused: AtomicU64,
+}
+
 /// Where uploads are staged and cached, and what they may be.
 pub struct Uploads {
     staging: PathBuf,
     cache: PathBuf,
     max_bytes: u64,
     locks: Vec<tokio::sync::Mutex<()>>,
+    pub stats: UploadStats,
 }
 
 impl Uploads {
@@ -58,6 +71,7 @@ impl Uploads {
             locks: (0..LOCK_STRIPES)
                 .map(|_| tokio::sync::Mutex::new(()))
                 .collect(),
+            stats: UploadStats::default(),
         }
     }
 
@@ -244,6 +258,7 @@ async fn serve(
         }
         Ok(Err((node, refusal))) => {
             if refusal.audited {
+                state.uploads.stats.refused.fetch_add(1, Ordering::Relaxed);
                 let why = refusal.problem.detail.clone();
                 crate::http::audit_node_request(
                     &state,
@@ -389,6 +404,10 @@ pub async fn patch_file(
         record.offset += body.len() as u64;
         record.updated_ms = now;
         state.store.put_upload(&record).map_err(internal)?;
+        uploads
+            .stats
+            .bytes_received
+            .fetch_add(body.len() as u64, Ordering::Relaxed);
         Ok((offset_answer(StatusCode::NO_CONTENT, Some(&record)), false))
     })
     .await
@@ -532,6 +551,11 @@ pub async fn complete_file(
         record.sha256 = Some(sha256);
         record.updated_ms = now;
         state.store.put_upload(&record).map_err(internal)?;
+        state
+            .uploads
+            .stats
+            .files_confirmed
+            .fetch_add(1, Ordering::Relaxed);
         tracing::info!(job = %job.id, file = name, bytes = record.length, "recording file received and verified");
         Ok((confirmation(&record), true))
     })

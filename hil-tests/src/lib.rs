@@ -406,6 +406,14 @@ impl Server {
         }
     }
 
+    /// A counter or gauge from the server's `/metrics` (a series without labels).
+    pub fn metric(&self, name: &str) -> Result<u64> {
+        let (_, text) = self.get_api("/metrics")?;
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+            .ok_or_else(|| anyhow::anyhow!("{name} not in /metrics"))
+    }
+
     /// `GET` from the JSON API (or `/metrics`) with the harness's token.
     pub fn get_api(&self, path: &str) -> Result<(u16, String)> {
         let response = http_client()?

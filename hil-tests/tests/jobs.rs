@@ -574,14 +574,6 @@ fn the_demo_runs_a_recording_on_its_first_appliance() -> Result<()> {
     Ok(())
 }
 
-/// A counter from the server's `/metrics`.
-fn metric(server: &Server, name: &str) -> Result<u64> {
-    let (_, text) = server.get_api("/metrics")?;
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
-        .ok_or_else(|| anyhow::anyhow!("{name} not in /metrics"))
-}
-
 /// Bad input on every topic, both ways: malformed, wrong-shape, wrong-version
 /// and oversized payloads sent to the node's command topics and, as if from
 /// the node, to the server's. Each side refuses and counts them, neither
@@ -645,7 +637,7 @@ fn bad_payloads_on_every_topic_are_refused_and_counted_and_the_node_records_on()
         ("events", wrong_version.clone().into_bytes()),
         ("jobs", Vec::new()),
     ];
-    let bad_payloads_before = metric(&server, "rakkr_mqtt_bad_payloads_total")?;
+    let bad_payloads_before = server.metric("rakkr_mqtt_bad_payloads_total")?;
     let sent = to_node.len() + to_server.len();
     for (topic, payload) in to_node.iter().chain(&to_server) {
         publish(topic, payload.clone())?;
@@ -660,12 +652,12 @@ fn bad_payloads_on_every_topic_are_refused_and_counted_and_the_node_records_on()
     // the sender; nothing reaches the node or the server.
     publish("cmd/jobs", vec![b'x'; rakkr_mqtt::MAX_PACKET_BYTES + 1])?;
     wait_for("server counts the bad node payloads", SOON, || {
-        let now = metric(&server, "rakkr_mqtt_bad_payloads_total").ok()?;
+        let now = server.metric("rakkr_mqtt_bad_payloads_total").ok()?;
         (now >= bad_payloads_before + to_server.len() as u64).then_some(now)
     })?;
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(
-        metric(&server, "rakkr_mqtt_bad_payloads_total")?,
+        server.metric("rakkr_mqtt_bad_payloads_total")?,
         bad_payloads_before + to_server.len() as u64
     );
     assert!(agent.proc.try_exit().is_none(), "the agent survived");

@@ -182,6 +182,10 @@ fn a_take_s_file_arrives_in_chunks_resumes_after_a_restart_and_is_confirmed_iden
         "/api/v1/audit/search?outcome=allowed&actor=node:up-a@127.0.0.1&q=recording:{job}"
     ))?;
     assert_eq!(audit["records"][0]["action"], "upload recording", "{audit}");
+    // Counted for dashboards.
+    assert_eq!(server.metric("rakkr_upload_files_confirmed_total")?, 1);
+    assert!(server.metric("rakkr_upload_refused_total")? >= 1);
+    assert!(server.metric("rakkr_upload_bytes_received_total")? >= length - third as u64);
     // The corrupted chunk's refusal too.
     let denied = audit_denials(&server, "up-a")?;
     assert!(
