@@ -1,8 +1,9 @@
 //! TLS with the server's own CA: an appliance enrolls over HTTPS with a token
 //! that pins the CA (a server with another CA is refused during the
 //! handshake, before the token is spent), keeps the CA, connects over MQTT
-//! over TLS and rotates its credential over HTTPS; a dashboard (mosquitto_sub)
-//! reads through TLS too; plain MQTT on the TLS port gets nowhere.
+//! over TLS, rotates its credential over HTTPS and uploads its takes over
+//! HTTPS; a dashboard (mosquitto_sub) reads through TLS too; plain MQTT on
+//! the TLS port gets nowhere.
 
 use std::process::Command;
 use std::time::Duration;
@@ -13,7 +14,7 @@ use rakkr_hil_tests::*;
 const SOON: Duration = Duration::from_secs(20);
 
 #[test]
-fn appliances_and_dashboards_use_mqtt_over_tls_with_the_pinned_fleet_ca() -> Result<()> {
+fn appliances_and_dashboards_use_mqtt_and_https_with_the_pinned_fleet_ca() -> Result<()> {
     let work = tempfile::tempdir()?;
     let (tls_port, https_port) = (free_port(), free_port());
     let tls_addr = format!("127.0.0.1:{tls_port}");
@@ -35,14 +36,18 @@ fn appliances_and_dashboards_use_mqtt_over_tls_with_the_pinned_fleet_ca() -> Res
         Ok(v["token"].as_str().unwrap_or_default().to_owned())
     };
     let state = work.path().join("tls-node-state");
+    let recordings = work.path().join("tls-node-recordings");
     let config = work.path().join("tls-node.toml");
+    // Its takes go to the server over HTTPS too, trusting the CA `enroll` keeps.
     std::fs::write(
         &config,
         format!(
-            "node_id = \"tls-node\"\nrealtime = false\nstate_dir = \"{}\"\n\
+            "node_id = \"tls-node\"\nrealtime = false\nstate_dir = \"{}\"\nrecordings_dir = \"{}\"\n\
              [mqtt]\nhost = \"127.0.0.1\"\nport = {tls_port}\ntls = true\n\
-             [source]\nkind = \"synthetic\"\nchannels = 2\n",
-            state.display()
+             [source]\nkind = \"synthetic\"\nchannels = 2\n\
+             [upload]\nserver = \"{https}\"\n",
+            state.display(),
+            recordings.display(),
         ),
     )?;
     let agent = |args: &[&str]| {
@@ -93,10 +98,31 @@ fn appliances_and_dashboards_use_mqtt_over_tls_with_the_pinned_fleet_ca() -> Res
         String::from_utf8_lossy(&out.stderr)
     );
 
-    let _agent = Agent::start_with_config(work.path(), "tls-node", &config)?;
+    let agent = Agent::start_with_config(work.path(), "tls-node", &config)?;
     wait_for("online over TLS", SOON, || {
         (server.presence("tls-node")? == "online").then_some(())
     })?;
+
+    // A take reaches the server over HTTPS, verified, and leaves the appliance.
+    let (code, job) = server.post(
+        "/api/v1/jobs",
+        &serde_json::json!({"node": "tls-node", "channels": "1,2", "duration_s": 2}),
+    )?;
+    assert_eq!(code, 201, "{job}");
+    let id = job["id"].as_str().unwrap_or_default().to_owned();
+    let name = format!("{id}.flac");
+    let kept = work
+        .path()
+        .join("data/recordings/tls-node")
+        .join(&id)
+        .join(&name);
+    wait_for("the take on the server over HTTPS", SOON * 2, || {
+        (kept.exists() && !recordings.join(&name).exists()).then_some(())
+    })?;
+    flac_test(&kept)?;
+    agent
+        .proc
+        .wait_log("take file uploaded and confirmed", SOON)?;
 
     // A dashboard reads through TLS with the same CA (mosquitto's client).
     let sub = Command::new("mosquitto_sub")
