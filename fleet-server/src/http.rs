@@ -288,9 +288,8 @@ pub fn route_table() -> Vec<(&'static str, Method, Access, MethodRouter<AppState
             "/api/v1/node/recordings/{job}/files/{name}",
             Method::PATCH,
             Appliance,
-            axum::routing::patch(crate::uploads::patch_file).layer(
-                axum::extract::DefaultBodyLimit::max(rakkr_protocol::upload::MAX_CHUNK_BYTES),
-            ),
+            // The handler reads the body itself, bounded, once the node is known.
+            axum::routing::patch(crate::uploads::patch_file),
         ),
         (
             "/api/v1/node/recordings/{job}/files/{name}/complete",

@@ -29,8 +29,8 @@ use axum::extract::{ConnectInfo, Path as UrlPath, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Json, Response};
 use rakkr_protocol::upload::{
-    CHECKSUM_MISMATCH, CompleteUpload, UPLOAD_CHECKSUM, UPLOAD_LENGTH, UPLOAD_OFFSET,
-    UploadConfirmation, check_file_name, parse_checksum,
+    CHECKSUM_MISMATCH, CompleteUpload, MAX_CHUNK_BYTES, UPLOAD_CHECKSUM, UPLOAD_LENGTH,
+    UPLOAD_OFFSET, UploadConfirmation, check_file_name, parse_checksum,
 };
 use rakkr_protocol::{JobId, NodeId};
 use rakkr_store::{JobRecord, UploadRecord, UploadState};
@@ -320,12 +320,28 @@ pub async fn patch_file(
     ConnectInfo(PeerAddr(peer)): ConnectInfo<PeerAddr>,
     UrlPath(file): UrlPath<(String, String)>,
     headers: HeaderMap,
-    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+    body: axum::body::Body,
 ) -> Response {
     let now = state.clock.unix_ms();
     let checks = headers.clone();
+    // Only a node that proves who it is gets its body read (at most one
+    // chunk): a stranger cannot make the server buffer anything.
+    let known = crate::http::basic_auth(&headers)
+        .is_some_and(|(node, secret)| state.identities.verify(&node, &secret).is_ok());
+    let body: Result<Bytes, Refusal> = if known {
+        axum::body::to_bytes(body, MAX_CHUNK_BYTES)
+            .await
+            .map_err(|_| {
+                Refusal::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    format!("a chunk is at most {MAX_CHUNK_BYTES} bytes (or its body broke off)"),
+                )
+            })
+    } else {
+        Ok(Bytes::new())
+    };
     serve(state, peer, headers, file, "upload chunk", move |state, node, job, name| {
-        let body = body.map_err(|e| Refusal::new(e.status(), e.body_text()))?;
+        let body = body?;
         let length = header_u64(&checks, UPLOAD_LENGTH)?;
         let offset = header_u64(&checks, UPLOAD_OFFSET)?;
         let uploads = &state.uploads;

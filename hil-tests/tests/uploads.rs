@@ -264,6 +264,11 @@ fn bad_uploads_are_refused_with_the_reason_and_audited() -> Result<()> {
     // Larger than the server takes (1 MB here): 413.
     let r = node.patch(&path, 0, 2 << 20, chunk, chunk)?;
     assert_eq!(r.status().as_u16(), 413, "{:?}", r.text());
+    // A chunk larger than any the server reads: 413 as well.
+    let huge = vec![0u8; rakkr_protocol::upload::MAX_CHUNK_BYTES + 1];
+    let r = node.patch(&path, 0, length, &huge, &huge)?;
+    assert_eq!(r.status().as_u16(), 413);
+    assert!(r.text()?.contains("a chunk is at most"));
     // A whole file whose digest is not the one claimed: discarded, 409, from 0 again.
     let r = node.patch(&path, 0, length, &bytes, &bytes)?;
     assert_eq!(r.status().as_u16(), 204);
