@@ -38,6 +38,7 @@
 //! | `GET /recordings/{id}/play/{name}` | recordings.playback | a file on the server, inline for the page's player (byte ranges) |
 //! | `GET /recordings/{id}/files/{name}` | recordings.download | a file on the server, as a download (byte ranges; audited) |
 //! | `GET /api/v1/recordings/{id}/quality` | recordings.read | the take's quality timeline: the health conditions that held while it recorded, as spans from its start |
+//! | `GET /api/v1/recordings/{id}/files` | recordings.read | where each of the take's files is (on the appliance, arriving, on the server verified) and its waveform preview |
 //! | `GET /api/v1/recordings`, `POST /api/v1/recordings/{id}/notes` | recordings.read / recordings.control | the same as JSON |
 //! | `GET /enrollment`, `POST /enrollment` | nodes.manage | enrollment tokens: unused ones, create (shown once) |
 //! | `POST /nodes/{id}/revoke` | nodes.manage | revoke a node's credential (form), then back to its page |
@@ -356,6 +357,12 @@ pub fn route_table() -> Vec<(&'static str, Method, Access, MethodRouter<AppState
             Method::GET,
             Operator(RecordingsRead),
             get(crate::recordings_page::api_quality),
+        ),
+        (
+            "/api/v1/recordings/{id}/files",
+            Method::GET,
+            Operator(RecordingsRead),
+            get(crate::recordings_page::api_files),
         ),
         (
             "/api/v1/recordings/{id}/notes",

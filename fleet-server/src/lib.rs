@@ -52,6 +52,7 @@ pub mod schedules_page;
 pub mod signal_watch;
 pub mod tls;
 pub mod uploads;
+pub mod waveform;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -293,6 +293,12 @@ fn operation(method: &Method, path: &str, g: &mut SchemaGenerator) -> Option<Ope
             (200, Json(schema::<crate::quality::QualityTimeline>(g))),
             &[],
         ),
+        ("GET", "/api/v1/recordings/{id}/files") => op(
+            "Where each file of a take is, with its verified SHA-256 and waveform preview once on the server",
+            None,
+            (200, Json(list::<crate::recordings_page::RecordingFile>(g))),
+            &[],
+        ),
         ("POST", "/api/v1/recordings/{id}/notes") => op(
             "Set a recording's notes and tags",
             Some(schema::<crate::recordings_page::NotesJson>(g)),

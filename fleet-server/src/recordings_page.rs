@@ -21,6 +21,7 @@ use rakkr_protocol::JobId;
 use rakkr_protocol::access::Permission;
 use rakkr_protocol::state::JobState;
 use rakkr_store::JobRecord;
+use rakkr_web::components::{WaveformStretch, waveform_lane};
 use serde::Deserialize;
 
 use crate::audit::AuditChange;
@@ -256,6 +257,63 @@ fn file_state(upload: Option<&rakkr_store::UploadRecord>) -> Markup {
     }
 }
 
+/// The take's waveform, one lane per channel, each file of it drawn over its
+/// share of the take once the server holds it (the server draws a file's
+/// preview when it verifies it).
+fn waveform_panel(
+    r: &rakkr_protocol::job::RecordingReport,
+    uploads: &[rakkr_store::UploadRecord],
+) -> Markup {
+    let total: u64 = r.files.iter().map(|f| f.frames).sum();
+    let mut start = 0u64;
+    // Per file: where it starts, its share, its preview if drawn.
+    let mut files = Vec::new();
+    for f in &r.files {
+        let preview = uploads
+            .iter()
+            .find(|u| u.name == f.name && u.state == rakkr_store::UploadState::Cached)
+            .and_then(|u| u.waveform.as_ref());
+        if total > 0 {
+            files.push((
+                start as f64 / total as f64,
+                f.frames as f64 / total as f64,
+                preview,
+            ));
+        }
+        start += f.frames;
+    }
+    let drawn = files.iter().filter(|f| f.2.is_some()).count();
+    let channels: Vec<Vec<Vec<(i8, i8)>>> = (0..r.channels)
+        .map(|c| {
+            files
+                .iter()
+                .map(|f| {
+                    f.2.map(|w| crate::waveform::channel_peaks(w, c))
+                        .unwrap_or_default()
+                })
+                .collect()
+        })
+        .collect();
+    html! {
+        section.panel aria-labelledby="waveform-h" {
+            h2 #waveform-h { "Waveform" }
+            @if drawn == 0 {
+                p.muted { "The waveform appears once the server has the take's files." }
+            } @else {
+                @if drawn < files.len() { p.muted { (drawn) " of " (files.len()) " files are drawn; the rest are still on their way." } }
+                div.waveform {
+                    @for (c, per_file) in channels.iter().enumerate() {
+                        @let stretches: Vec<WaveformStretch<'_>> = files.iter().zip(per_file).map(|(f, peaks)| WaveformStretch { start: f.0, width: f.1, peaks }).collect();
+                        span.label aria-hidden="true" { "ch " (c + 1) }
+                        (waveform_lane(&format!("Waveform of channel {} of {}", c + 1, r.channels), &stretches))
+                    }
+                }
+                p.muted { "Red marks: the signal reaches full scale (clipping)." }
+            }
+        }
+    }
+}
+
 fn detail_page(
     job: &JobRecord,
     uploads: &[rakkr_store::UploadRecord],
@@ -328,6 +386,7 @@ fn detail_page(
                     @if r.file_count as usize > r.files.len() { p.muted { (r.file_count) " files in all; the first " (r.files.len()) " are listed." } }
                 }
             }
+            @if let Some(r) = r { (waveform_panel(r, uploads)) }
             section.panel aria-labelledby="quality-h" {
                 h2 #quality-h { "Quality" }
                 @match quality {
@@ -582,6 +641,41 @@ pub async fn api_quality(State(state): State<AppState>, Path(id): Path<String>) 
         .into_response(),
         Err(e) => problem(StatusCode::SERVICE_UNAVAILABLE, e).into_response(),
     }
+}
+
+/// One file of a take and where it is (`GET /api/v1/recordings/{id}/files`).
+#[derive(Debug, serde::Serialize, schemars::JsonSchema)]
+pub struct RecordingFile {
+    pub name: String,
+    pub frames: u64,
+    pub bytes: u64,
+    /// The upload's record once the node began sending the file; absent
+    /// while the file is only on the appliance.
+    pub upload: Option<rakkr_store::UploadRecord>,
+}
+
+/// `GET /api/v1/recordings/{id}/files`: the take's files and their delivery.
+pub async fn api_files(State(state): State<AppState>, Path(id): Path<String>) -> Response {
+    let job = match job_of(&state, &id).await {
+        Ok(job) => job,
+        Err(r) => return r,
+    };
+    let mut uploads = uploads_of(&state, &job).await;
+    let files: Vec<RecordingFile> = job
+        .recording
+        .iter()
+        .flat_map(|r| &r.files)
+        .map(|f| RecordingFile {
+            name: f.name.clone(),
+            frames: f.frames,
+            bytes: f.bytes,
+            upload: uploads
+                .iter()
+                .position(|u| u.name == f.name)
+                .map(|i| uploads.swap_remove(i)),
+        })
+        .collect();
+    Json(files).into_response()
 }
 
 #[derive(Debug, Deserialize)]

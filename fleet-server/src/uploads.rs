@@ -376,6 +376,7 @@ pub async fn patch_file(
                 sha256: None,
                 started_ms: now,
                 updated_ms: now,
+                waveform: None,
             },
         };
         if record.state == UploadState::Cached {
@@ -549,22 +550,33 @@ pub async fn complete_file(
         } else {
             None
         };
-        if let Some(why) = wrong {
-            // Start again from nothing: the node still has its copy.
-            let _ = std::fs::remove_file(&staged);
-            record.offset = 0;
-            record.updated_ms = now;
-            state.store.put_upload(&record).map_err(internal)?;
-            return Err(Refusal {
-                problem: problem(StatusCode::CONFLICT, why),
-                offset: Some(0),
-                audited: true,
-            });
-        }
+        // Only a file that decodes to its end is kept; drawing its preview
+        // is that check.
+        let waveform = match wrong {
+            Some(why) => Err(why),
+            None => crate::waveform::of_file(&staged, expected_kind)
+                .map_err(|e| format!("the file does not decode ({e}): it was discarded")),
+        };
+        let waveform = match waveform {
+            Ok(w) => w,
+            Err(why) => {
+                // Start again from nothing: the node still has its copy.
+                let _ = std::fs::remove_file(&staged);
+                record.offset = 0;
+                record.updated_ms = now;
+                state.store.put_upload(&record).map_err(internal)?;
+                return Err(Refusal {
+                    problem: problem(StatusCode::CONFLICT, why),
+                    offset: Some(0),
+                    audited: true,
+                });
+            }
+        };
         let kept = state.uploads.cached(node, job.id, name);
         move_durably(&staged, &kept).map_err(internal)?;
         record.state = UploadState::Cached;
         record.sha256 = Some(sha256);
+        record.waveform = Some(waveform);
         record.updated_ms = now;
         state.store.put_upload(&record).map_err(internal)?;
         state

@@ -278,6 +278,18 @@ fn bad_uploads_are_refused_with_the_reason_and_audited() -> Result<()> {
     assert!(!data.join("recordings/up-b").join(&job).join(&name).exists());
     // Nothing of it reached the cache, and the node's copy is untouched.
     assert_eq!(std::fs::read(&file)?, bytes);
+    // A file that arrives as sent but does not decode (a frame damaged before
+    // it was hashed): refused too, nothing kept.
+    let mut damaged = bytes.clone();
+    let middle = damaged.len() / 2;
+    damaged[middle] ^= 0x55;
+    let r = node.patch(&path, 0, length, &damaged, &damaged)?;
+    assert_eq!(r.status().as_u16(), 204);
+    let r = node.complete(&complete_path(id, &name), &sha256_hex(&damaged))?;
+    assert_eq!(offset_of(&r), Some(0));
+    assert_eq!(r.status().as_u16(), 409);
+    assert!(r.text()?.contains("does not decode"));
+    assert!(!data.join("recordings/up-b").join(&job).join(&name).exists());
 
     // Each refusal is in the audit log with its reason.
     let denied = audit_denials(&server, "up-b")?;
@@ -287,6 +299,7 @@ fn bad_uploads_are_refused_with_the_reason_and_audited() -> Result<()> {
         "no recording of job",
         "at most 1048576 bytes",
         "SHA-256",
+        "does not decode",
     ] {
         assert!(
             reasons.iter().any(|r| r.contains(why)),
@@ -442,6 +455,18 @@ fn an_operator_plays_and_downloads_an_uploaded_take_and_a_viewer_only_plays() ->
         kept.exists().then_some(())
     })?;
     let digest = sha256_hex(&std::fs::read(&kept)?);
+    // The API says the same as the page will: where the file is, its digest
+    // and its preview.
+    let files = server.get_json(&format!("/api/v1/recordings/{job}/files"))?;
+    assert_eq!(files[0]["name"], json!(name), "{files}");
+    assert_eq!(files[0]["upload"]["state"], json!("cached"), "{files}");
+    assert_eq!(files[0]["upload"]["sha256"], json!(digest), "{files}");
+    let preview = &files[0]["upload"]["waveform"];
+    assert_eq!(
+        (preview["channels"].as_u64(), preview["frames"].as_u64()),
+        (Some(2), Some(144_000)),
+        "{files}"
+    );
     server.operator("olga", "operator")?;
     let mut vic = server.operator("vic", "viewer")?;
 
@@ -477,6 +502,22 @@ fn an_operator_plays_and_downloads_an_uploaded_take_and_a_viewer_only_plays() ->
     )?;
     let bytes = std::fs::read(&kept)?;
     assert_eq!(ranged, json!([206, bytes[4..8]]));
+    // The server drew the take's waveform when it verified the file: a lane
+    // per channel, with the band of the signal in it.
+    let lanes = browser.js(
+        "return Array.from(document.querySelectorAll('.waveform svg.lane'))
+           .map(l => [l.getAttribute('aria-label'), l.querySelector('path.band')?.getAttribute('d').length ?? 0]);",
+        vec![],
+    )?;
+    let lanes = lanes.as_array().cloned().unwrap_or_default();
+    assert_eq!(lanes.len(), 2, "two channels: {lanes:?}");
+    for (i, lane) in lanes.iter().enumerate() {
+        assert_eq!(
+            lane[0],
+            json!(format!("Waveform of channel {} of 2", i + 1))
+        );
+        assert!(lane[1].as_u64().is_some_and(|n| n > 1000), "drawn: {lane}");
+    }
     browser.screenshot("recording-uploaded-1280-light")?;
     // The download is the file the server verified.
     let downloaded = browser.js_async(

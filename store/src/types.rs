@@ -725,6 +725,25 @@ pub struct UploadRecord {
     pub sha256: Option<String>,
     pub started_ms: u64,
     pub updated_ms: u64,
+    /// The preview the server drew when it verified the file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waveform: Option<Waveform>,
+}
+
+/// A file's waveform preview: per column, per channel, the lowest and
+/// highest sample, scaled to −127…127 of full scale. About a thousand
+/// columns whatever the length, so a preview stays a few kilobytes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct Waveform {
+    pub channels: u16,
+    pub sample_rate: u32,
+    /// Frames in the file.
+    pub frames: u64,
+    /// Frames summarized by one column (the last may have fewer).
+    pub frames_per_column: u64,
+    /// Standard base64 of `i8` pairs (min, max): column by column, within a
+    /// column channel by channel.
+    pub peaks: String,
 }
 
 #[cfg(test)]

@@ -1277,6 +1277,7 @@ fn uploads_are_kept_per_file_and_listed_per_job(store: &dyn Store) {
         sha256: None,
         started_ms: 10,
         updated_ms: 10,
+        waveform: None,
     };
     store.put_upload(&first).unwrap();
     first.offset = 600;

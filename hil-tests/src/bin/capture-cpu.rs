@@ -21,38 +21,11 @@
 //! not counted for either. Prints per-run figures, medians, CPU-seconds per
 //! channel-hour and the ratio rakkr / reference.
 
-use std::path::Path;
 use std::process::Command;
 
 use anyhow::{Context, Result, bail};
+use rakkr_hil_tests::bench::{cpu_seconds, median};
 use rakkr_hil_tests::{JackServer, bin};
-
-fn cpu_seconds(shell: &str, env: &[(&str, &Path)]) -> Result<f64> {
-    let out = Command::new("/usr/bin/time")
-        .args(["-f", "CPU %U %S", "bash", "-c", shell])
-        .envs(env.iter().map(|(k, v)| (*k, *v)))
-        .output()
-        .context("run /usr/bin/time (package `time`)")?;
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    if !out.status.success() {
-        bail!("`{shell}` failed:\n{stderr}");
-    }
-    let line = stderr
-        .lines()
-        .rev()
-        .find(|l| l.starts_with("CPU "))
-        .context("no CPU line")?;
-    let v: Vec<f64> = line[4..]
-        .split_whitespace()
-        .map(|x| x.parse().unwrap_or(0.0))
-        .collect();
-    Ok(v.iter().sum())
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();

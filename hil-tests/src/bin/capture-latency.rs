@@ -20,11 +20,7 @@ use rakkr_agent::capture::Capture;
 use rakkr_agent::source::SampleFormat;
 use rakkr_agent::source::alsa::{AlsaRequest, AlsaSource};
 use rakkr_hil_tests::JackServer;
-
-fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort();
-    v[v.len() / 2]
-}
+use rakkr_hil_tests::bench::median;
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();

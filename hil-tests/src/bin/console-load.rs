@@ -22,6 +22,7 @@
 use std::process::Command;
 
 use anyhow::{Context, Result, bail};
+use rakkr_hil_tests::bench::median;
 use rakkr_hil_tests::*;
 use rakkr_protocol::NodeId;
 use rakkr_protocol::payload::{BootSlot, Capabilities};
@@ -115,11 +116,6 @@ fn wrk(url: &str, cookie: &str, seconds: u64) -> Result<(f64, f64, f64)> {
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or(0.0);
     Ok((ms("50%")?, ms("99%")?, rps))
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
 }
 
 fn main() -> Result<()> {
