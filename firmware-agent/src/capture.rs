@@ -647,6 +647,8 @@ impl Metering {
                         frames_dropped: s.frames_dropped.load(Ordering::Relaxed),
                         device_returns: s.device_returns.load(Ordering::Relaxed),
                         outbox_bytes: 0,
+                        upload_files: 0,
+                        upload_bytes: 0,
                     }),
                 });
             }

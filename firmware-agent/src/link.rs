@@ -128,6 +128,8 @@ pub struct Outgoing {
     pub watchdog: tokio::sync::watch::Sender<Option<rakkr_protocol::watchdog::NodeWatchdog>>,
     /// The server's retained status says it is online.
     pub server_online: Arc<std::sync::atomic::AtomicBool>,
+    /// The uploader's queue, reported with each telemetry frame.
+    pub uploads: Arc<crate::upload::UploadStats>,
 }
 
 /// The TLS configuration for the settings' broker, if they ask for TLS:
@@ -166,6 +168,7 @@ pub async fn run(
         schedules,
         watchdog,
         server_online,
+        uploads,
     } = outgoing;
     let (acks_tx, mut acks) = mpsc::channel::<Ack>(64);
     let (live_tx, mut live_requests) = mpsc::channel::<LiveRequest>(4);
@@ -286,6 +289,8 @@ pub async fn run(
                         let Some(mut frame) = frame else { break };
                         if let Some(counters) = &mut frame.counters {
                             counters.outbox_bytes = outbox.pending_bytes();
+                            counters.upload_files = uploads.queued.load(Ordering::Relaxed);
+                            counters.upload_bytes = uploads.queued_bytes.load(Ordering::Relaxed);
                         }
                         let sent = state.is_connected() && {
                             let payload = Envelope::stamped(clock.unix_ms(), frame).encode();

@@ -266,6 +266,7 @@ pub async fn run(
             schedules: schedules_tx,
             watchdog: node_watchdog_tx,
             server_online,
+            uploads: handles.uploads.clone(),
         },
         handles.link,
         handles.telemetry,

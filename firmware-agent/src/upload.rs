@@ -56,6 +56,8 @@ pub struct UploadStats {
     pub failures: AtomicU64,
     /// Files on the queue, not yet confirmed.
     pub queued: AtomicU64,
+    /// Their size in bytes.
+    pub queued_bytes: AtomicU64,
 }
 
 const FIRST_BACKOFF: Duration = Duration::from_secs(1);
@@ -267,6 +269,10 @@ impl Uploader {
             self.stats
                 .queued
                 .store(queue.len() as u64, Ordering::Relaxed);
+            self.stats.queued_bytes.store(
+                queue.iter().map(|(_, _, f)| f.bytes).sum(),
+                Ordering::Relaxed,
+            );
             let now = Instant::now();
             let due = queue
                 .iter()

@@ -464,6 +464,8 @@ mod tests {
                 frames_dropped: 0,
                 device_returns: 0,
                 outbox_bytes: 0,
+                upload_files: 0,
+                upload_bytes: 0,
             }),
         }
     }

@@ -223,7 +223,7 @@ fn node_series(out: &mut String, s: &Sources<'_>) {
             );
         }
     }
-    let counters: [Series<rakkr_protocol::payload::NodeCounters, u64>; 4] = [
+    let counters: [Series<rakkr_protocol::payload::NodeCounters, u64>; 6] = [
         (
             "rakkr_node_xruns_total",
             "Capture overruns on the node since its agent started (each a gap).",
@@ -243,6 +243,16 @@ fn node_series(out: &mut String, s: &Sources<'_>) {
             "rakkr_node_outbox_bytes",
             "Bytes in the node's outbox waiting for the server's acknowledgement.",
             |c| c.outbox_bytes,
+        ),
+        (
+            "rakkr_node_upload_queue_files",
+            "Recording files on the node waiting for the server's confirmation.",
+            |c| c.upload_files,
+        ),
+        (
+            "rakkr_node_upload_queue_bytes",
+            "Bytes of the recording files on the node waiting for the server's confirmation.",
+            |c| c.upload_bytes,
         ),
     ];
     for (name, help, value) in counters {
@@ -553,6 +563,8 @@ mod tests {
                 frames_dropped: 0,
                 device_returns: 1,
                 outbox_bytes: 2048,
+                upload_files: 3,
+                upload_bytes: 123_456,
             }),
         };
         fleet.apply_meters(&node, frame, 1_000).unwrap();
@@ -650,6 +662,14 @@ mod tests {
         assert_eq!(
             value("rakkr_node_outbox_bytes", &[("node", "stage-left")]),
             2048.0
+        );
+        assert_eq!(
+            value("rakkr_node_upload_queue_files", &[("node", "stage-left")]),
+            3.0
+        );
+        assert_eq!(
+            value("rakkr_node_upload_queue_bytes", &[("node", "stage-left")]),
+            123_456.0
         );
         assert_eq!(value("rakkr_jobs", &[("state", "leased")]), 5.0);
         assert_eq!(value("rakkr_live_meter_streams", &[]), 1.0);

@@ -603,6 +603,17 @@ fn a_full_appliance_disk_deletes_the_oldest_uploaded_takes_first_and_never_other
         issue["detail"].as_str().is_some_and(|d| d.contains("413")),
         "{issue}"
     );
+    // The node's telemetry reports the file waiting: one, of its size.
+    let waiting = std::fs::metadata(recordings.join(format!("{c}.flac")))?.len();
+    wait_for("the queue in telemetry", Duration::from_secs(10), || {
+        let files = server
+            .metric("rakkr_node_upload_queue_files{node=\"up-g\"}")
+            .ok()?;
+        let bytes = server
+            .metric("rakkr_node_upload_queue_bytes{node=\"up-g\"}")
+            .ok()?;
+        (files == 1 && bytes == waiting).then_some(())
+    })?;
     // A 10 s take (≈2.8 MB) would leave less than 2 MB free: the uploaded
     // takes make room, oldest first; the take records to its end.
     let d = take(&server, "up-g", 10)?;

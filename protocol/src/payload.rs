@@ -308,6 +308,12 @@ pub struct NodeCounters {
     pub device_returns: u64,
     /// Bytes waiting in the durable outbox for the server's acknowledgement.
     pub outbox_bytes: u64,
+    /// Recording files waiting for the server's confirmation (a gauge).
+    #[serde(default)]
+    pub upload_files: u64,
+    /// Their size in bytes (a gauge).
+    #[serde(default)]
+    pub upload_bytes: u64,
 }
 
 impl Payload for MeterFrame {

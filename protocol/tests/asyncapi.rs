@@ -137,6 +137,8 @@ fn what_the_code_sends_is_what_the_schemas_describe() {
                 frames_dropped: 0,
                 device_returns: 1,
                 outbox_bytes: 512,
+                upload_files: 1,
+                upload_bytes: 4_096,
             }),
         }),
     );
