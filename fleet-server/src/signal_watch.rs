@@ -22,6 +22,12 @@
 //!   open: nothing recovered, the recording has the gap in its signal.
 //! - After a server restart the totals start from zero; issues still open
 //!   are taken as raised, so recovery resolves them and nothing is raised twice.
+//! - Frames are stamped by the node's clock, the take's start by the
+//!   server's. The grace period's end is moved onto the node's clock by the
+//!   node's offset, estimated as the largest `captured − received` of the
+//!   take's last [`OFFSET_FRAMES`] frames (the frame that travelled fastest),
+//!   so a node whose clock is off by an hour still gets its grace period,
+//!   no more and no less, to within the fastest frame's latency.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
@@ -34,7 +40,7 @@ use rakkr_store::Store;
 use tokio_util::sync::CancellationToken;
 
 use crate::clock::Clock;
-use crate::fleet::LiveFleet;
+use crate::fleet::{LiveFleet, LiveMeters};
 use crate::policies::{WatchdogPolicies, WatchdogPolicy};
 
 /// How often the rule looks (telemetry arrives once a second).
@@ -44,6 +50,10 @@ pub const CHECK_EVERY: Duration = Duration::from_secs(1);
 /// frame lost on the way): a longer hole is not assumed to be low signal.
 /// Telemetry slower than one frame in 2.5 s may step two windows.
 pub const MAX_STEP_MS: u64 = 5_000;
+
+/// Frames the clock-offset estimate looks back over: long enough to meet a
+/// fast one, short enough to follow a node whose clock was just set.
+pub const OFFSET_FRAMES: usize = 30;
 
 /// A running scheduled take as the rule sees it.
 #[derive(Debug, Clone, PartialEq)]
@@ -84,6 +94,8 @@ struct ChannelTotals {
 #[derive(Debug, Default)]
 struct TakeTotals {
     last_frame_ms: Option<u64>,
+    /// `captured − received` of the last frames, newest last.
+    node_ahead_ms: std::collections::VecDeque<i64>,
     channels: BTreeMap<u16, ChannelTotals>,
 }
 
@@ -105,17 +117,20 @@ impl ScheduledSignalRule {
         self.open_before.insert((node, subject));
     }
 
-    /// Count `frame` (each take's node's newest telemetry frame) for every
-    /// running take; takes not listed have ended and are forgotten.
+    /// Count each take's node's newest telemetry frame (with when the server
+    /// received it) for every running take; takes not listed have ended and
+    /// are forgotten.
     pub fn evaluate(
         &mut self,
-        takes: &[(WatchedTake, Option<&MeterFrame>)],
+        takes: &[(WatchedTake, Option<&LiveMeters>)],
     ) -> Vec<(NodeId, HealthEvent)> {
         let running: HashSet<JobId> = takes.iter().map(|(t, _)| t.job).collect();
         self.takes.retain(|job, _| running.contains(job));
         let mut out = Vec::new();
-        for (take, frame) in takes {
-            let Some(frame) = frame else { continue };
+        for (take, meters) in takes {
+            let Some(LiveMeters { frame, received_ms }) = meters else {
+                continue;
+            };
             let totals = self.takes.entry(take.job).or_default();
             let at = frame.captured_at_ms;
             if totals.last_frame_ms.is_some_and(|last| at <= last) {
@@ -125,8 +140,16 @@ impl ScheduledSignalRule {
                 .last_frame_ms
                 .unwrap_or(at.saturating_sub(u64::from(frame.window_ms)));
             totals.last_frame_ms = Some(at);
+            if totals.node_ahead_ms.len() == OFFSET_FRAMES {
+                totals.node_ahead_ms.pop_front();
+            }
+            totals
+                .node_ahead_ms
+                .push_back(at as i64 - *received_ms as i64);
+            let node_ahead = totals.node_ahead_ms.iter().copied().max().unwrap_or(0);
             let p = &take.policy;
-            let grace_end = take.running_since_ms + u64::from(p.grace_s) * 1000;
+            let grace_end = (take.running_since_ms as i64 + node_ahead).max(0) as u64
+                + u64::from(p.grace_s) * 1000;
             if at <= grace_end {
                 continue;
             }
@@ -317,14 +340,11 @@ pub async fn run(
                 continue;
             }
         };
-        let frames: HashMap<NodeId, MeterFrame> = takes
+        let frames: HashMap<NodeId, LiveMeters> = takes
             .iter()
-            .filter_map(|t| {
-                let node = fleet.node(&t.node)?;
-                Some((t.node.clone(), node.meters?.frame))
-            })
+            .filter_map(|t| Some((t.node.clone(), fleet.node(&t.node)?.meters?)))
             .collect();
-        let views: Vec<(WatchedTake, Option<&MeterFrame>)> = takes
+        let views: Vec<(WatchedTake, Option<&LiveMeters>)> = takes
             .into_iter()
             .map(|t| {
                 let frame = frames.get(&t.node);
@@ -365,7 +385,7 @@ mod tests {
             schedule_name: "Morning".into(),
             occurrence: "2026-11-30".into(),
             sources: sources.to_vec(),
-            running_since_ms: 100_000,
+            running_since_ms: 1_796_000_000_000,
             policy_name: "standard".into(),
             policy: POLICY,
         }
@@ -401,14 +421,50 @@ mod tests {
         count: u64,
         levels: &[f32],
     ) -> Vec<(u64, HealthEvent)> {
+        feed_skewed(rule, t, from_s, count, levels, 0, 0)
+    }
+
+    /// As [`feed`], from a node whose clock is `ahead_ms` ahead of the
+    /// server's, each frame arriving `latency_ms` after it was captured.
+    fn feed_skewed(
+        rule: &mut ScheduledSignalRule,
+        t: &WatchedTake,
+        from_s: u64,
+        count: u64,
+        levels: &[f32],
+        ahead_ms: i64,
+        latency_ms: u64,
+    ) -> Vec<(u64, HealthEvent)> {
         let mut out = Vec::new();
         for s in from_s..from_s + count {
-            let f = frame(t.running_since_ms + s * 1000, levels);
-            for (_, e) in rule.evaluate(&[(t.clone(), Some(&f))]) {
+            let server_ms = t.running_since_ms + s * 1000;
+            let meters = LiveMeters {
+                frame: frame((server_ms as i64 + ahead_ms) as u64, levels),
+                received_ms: server_ms + latency_ms,
+            };
+            for (_, e) in rule.evaluate(&[(t.clone(), Some(&meters))]) {
                 out.push((s, e));
             }
         }
         out
+    }
+
+    #[test]
+    fn the_grace_period_holds_whatever_the_node_s_clock_says() {
+        for ahead_ms in [-3_600_000, -45_000, 45_000, 3_600_000] {
+            let mut rule = ScheduledSignalRule::new();
+            let t = take(&[0]);
+            // Dead from the start; the frames take 150 ms (one took 20).
+            let mut events = feed_skewed(&mut rule, &t, 1, 5, &[-90.0], ahead_ms, 150);
+            events.extend(feed_skewed(&mut rule, &t, 6, 1, &[-90.0], ahead_ms, 20));
+            events.extend(feed_skewed(&mut rule, &t, 7, 40, &[-90.0], ahead_ms, 150));
+            assert_eq!(events.len(), 1, "{ahead_ms}: {events:?}");
+            assert_eq!(
+                events[0].0,
+                10 + 20,
+                "{ahead_ms}: grace 10 s, then 20 s low"
+            );
+        }
     }
 
     #[test]
@@ -475,12 +531,18 @@ mod tests {
     fn frames_count_once_and_holes_count_at_most_the_step() {
         let mut rule = ScheduledSignalRule::new();
         let t = take(&[0]);
-        let f = frame(t.running_since_ms + 11_000, &[-90.0]);
+        let f = LiveMeters {
+            frame: frame(t.running_since_ms + 11_000, &[-90.0]),
+            received_ms: t.running_since_ms + 11_000,
+        };
         for _ in 0..50 {
             assert!(rule.evaluate(&[(t.clone(), Some(&f))]).is_empty());
         }
         // 10 s later (frames lost): counts as 5 s, not 10.
-        let f = frame(t.running_since_ms + 21_000, &[-90.0]);
+        let f = LiveMeters {
+            frame: frame(t.running_since_ms + 21_000, &[-90.0]),
+            received_ms: t.running_since_ms + 21_000,
+        };
         assert!(rule.evaluate(&[(t.clone(), Some(&f))]).is_empty());
         // 1 + 5 so far; 14 more seconds raise.
         let events = feed(&mut rule, &t, 22, 20, &[-90.0]);
