@@ -33,7 +33,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use rakkr_protocol::payload::{HealthChange, HealthCondition, HealthEvent, MeterFrame, Severity};
+use rakkr_protocol::payload::{HealthChange, HealthCondition, HealthEvent, Severity};
 use rakkr_protocol::state::JobState;
 use rakkr_protocol::{JobId, NodeId, ScheduleId};
 use rakkr_store::Store;
@@ -365,7 +365,7 @@ pub async fn run(
 
 #[cfg(test)]
 mod tests {
-    use rakkr_protocol::payload::ChannelMeter;
+    use rakkr_protocol::payload::{ChannelMeter, MeterFrame};
 
     use super::*;
 
