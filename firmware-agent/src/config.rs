@@ -38,6 +38,8 @@
 //! server = "https://fleet.example:8443"
 //! chunk_mib = 8                 # per request: what a cut costs at most (1-16)
 //! max_kbps = 0                  # bandwidth cap for metered links (0: none)
+//! windows = ["22:00-06:00"]     # only at these times of day (absent: any time)
+//! time_zone = "Europe/Berlin"   # of the windows (default UTC)
 //! delete_confirmed = true       # delete a file once the server confirmed it, verified
 //! alert_after_s = 600           # no upload through this long: upload_failing (a refusal: at once)
 //! ca_file = "/data/rakkr/ca.pem"  # default with https: {state_dir}/ca.pem (from `enroll`)
@@ -154,6 +156,16 @@ pub struct UploadConfig {
     /// Raise `upload_failing` when no upload got through for this long.
     #[serde(default = "default_alert_after_s")]
     pub alert_after_s: u32,
+    /// Times of day uploads may go, `HH:MM-HH:MM` each (none: any time).
+    #[serde(default)]
+    pub windows: Vec<String>,
+    /// The IANA time zone of `windows`.
+    #[serde(default = "default_time_zone")]
+    pub time_zone: String,
+}
+
+fn default_time_zone() -> String {
+    "UTC".into()
 }
 
 fn default_alert_after_s() -> u32 {
@@ -381,8 +393,11 @@ pub struct UploadSettings {
     pub delete_confirmed: bool,
     /// With HTTPS: the CA file to trust.
     pub ca_file: Option<PathBuf>,
-    /// Failing uploads become a health issue after this long.
+    /// Failing uploads become a health issue after this long (counted only
+    /// while a window is open).
     pub alert_after: Duration,
+    /// When uploads may go.
+    pub windows: crate::upload_window::UploadWindows,
 }
 
 #[derive(Debug, Clone)]
@@ -613,7 +628,10 @@ impl AgentConfig {
                 if !(1..=604_800).contains(&u.alert_after_s) {
                     return Err(invalid("upload.alert_after_s", "must be 1-604800 seconds"));
                 }
+                let windows = crate::upload_window::UploadWindows::parse(&u.windows, &u.time_zone)
+                    .map_err(|e| invalid("upload.windows", &e))?;
                 Some(UploadSettings {
+                    windows,
                     alert_after: Duration::from_secs(u64::from(u.alert_after_s)),
                     server,
                     chunk_bytes: (u.chunk_mib as usize) << 20,
@@ -878,6 +896,14 @@ mod tests {
             (
                 "node_id = \"n\"\n[telemetry]\nmeter_interval_ms = 500\n[meters]\ntelemetry_interval_ms = 2000",
                 "telemetry.meter_interval_ms",
+            ),
+            (
+                "node_id = \"n\"\nrecordings_dir = \"/tmp\"\n[upload]\nserver = \"http://s:8080\"\nwindows = [\"22-06\"]",
+                "upload.windows",
+            ),
+            (
+                "node_id = \"n\"\nrecordings_dir = \"/tmp\"\n[upload]\nserver = \"http://s:8080\"\nwindows = [\"22:00-06:00\"]\ntime_zone = \"Berlin\"",
+                "not an IANA time zone",
             ),
         ] {
             let e = parse(text).unwrap_err().to_string();

@@ -39,6 +39,7 @@ pub mod run;
 pub mod source;
 pub mod take_file;
 pub mod upload;
+pub mod upload_window;
 pub mod watchdog;
 
 pub use config::{AgentConfig, AgentSettings};

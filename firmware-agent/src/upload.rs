@@ -77,6 +77,10 @@ enum UploadError {
     /// The file is gone from the appliance.
     #[error("{0}")]
     Missing(String),
+    /// The upload window closed between chunks: the file resumes from the
+    /// server's offset when the next one opens.
+    #[error("the upload window closed")]
+    WindowClosed,
 }
 
 fn retry(e: impl std::fmt::Display) -> UploadError {
@@ -150,6 +154,11 @@ impl FailureWatch {
             ),
             now_ms,
         ))
+    }
+
+    /// No upload window is open: time without one is not time failing.
+    pub fn window_closed(&mut self) {
+        self.failing_since_ms = None;
     }
 
     /// `name` was confirmed at `now_ms`: what this clears.
@@ -250,6 +259,7 @@ impl Uploader {
         };
         let mut backoff: HashMap<(u128, String), Backoff> = HashMap::new();
         let mut watch = FailureWatch::new(self.settings.alert_after);
+        let mut waiting_for_window = false;
         let open = {
             let outbox = self.outbox.clone();
             tokio::task::spawn_blocking(move || outbox.open_conditions()).await
@@ -273,6 +283,32 @@ impl Uploader {
                 queue.iter().map(|(_, _, f)| f.bytes).sum(),
                 Ordering::Relaxed,
             );
+            let now_ms = self.events.clock.unix_ms();
+            let opens_ms = self.settings.windows.opens_at(now_ms);
+            if opens_ms > now_ms {
+                if !queue.is_empty() && !waiting_for_window {
+                    tracing::info!(
+                        windows = %self.settings.windows.describe(),
+                        opens_in_s = (opens_ms - now_ms) / 1000,
+                        files = queue.len(),
+                        "uploads wait for their window"
+                    );
+                    waiting_for_window = true;
+                }
+                watch.window_closed();
+                // Looked at again at least every IDLE_LOOK (the clock may be
+                // set) and when a take is queued (the queue's size is news).
+                let wait = Duration::from_millis(opens_ms - now_ms).min(IDLE_LOOK);
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = self.wake.notified() => {}
+                    _ = tokio::time::sleep(wait) => {}
+                }
+                continue;
+            }
+            if std::mem::take(&mut waiting_for_window) {
+                tracing::info!("the upload window opened");
+            }
             let now = Instant::now();
             let due = queue
                 .iter()
@@ -308,6 +344,9 @@ impl Uploader {
                     for event in watch.confirmed(&name, now_ms) {
                         self.tell(event).await;
                     }
+                }
+                Err(UploadError::WindowClosed) => {
+                    tracing::info!(file = %name, "the upload window closed; the file resumes when the next one opens");
                 }
                 Err(UploadError::Missing(why)) => {
                     tracing::error!(file = %name, %why, "a queued take file is gone; taken off the queue");
@@ -416,6 +455,9 @@ impl Uploader {
         while offset < entry.bytes {
             if shutdown.is_cancelled() {
                 return Err(retry("shutting down"));
+            }
+            if !self.settings.windows.is_open(self.events.clock.unix_ms()) {
+                return Err(UploadError::WindowClosed);
             }
             let started = Instant::now();
             let (p, at, len) = (path.clone(), offset, self.settings.chunk_bytes);
@@ -632,6 +674,21 @@ mod tests {
         again.assume_raised("");
         again.assume_raised("file:e.flac");
         assert_eq!(again.confirmed("e.flac", 1).len(), 2);
+    }
+
+    #[test]
+    fn time_outside_the_upload_windows_is_not_time_failing() {
+        let mut w = FailureWatch::new(Duration::from_secs(60));
+        assert!(w.failed("a.flac", false, "connection refused", 0).is_none());
+        // The window closes at 30 s and opens again hours later.
+        w.window_closed();
+        assert!(
+            w.failed("a.flac", false, "connection refused", 10_000_000)
+                .is_none(),
+            "the count starts again in the new window"
+        );
+        assert!(w.failed("a.flac", false, "again", 10_059_000).is_none());
+        assert!(w.failed("a.flac", false, "again", 10_060_000).is_some());
     }
 
     #[test]

@@ -375,6 +375,58 @@ fn an_appliance_uploads_its_take_and_deletes_it_only_once_confirmed() -> Result<
 }
 
 #[test]
+fn a_take_waits_for_the_upload_window_and_goes_when_it_opens() -> Result<()> {
+    let work = tempfile::tempdir()?;
+    let data = work.path().join("data");
+    let server = Server::start(work.path(), &data)?;
+    // A window from the next whole minute (UTC) at least 12 s away: time
+    // for the take to finish before it opens.
+    let unix_s = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or_default()
+    };
+    let now = unix_s();
+    let mut opens = (now / 60 + 1) * 60;
+    if opens - now < 12 {
+        opens += 60;
+    }
+    let hm = |t: u64| format!("{:02}:{:02}", (t / 3600) % 24, (t / 60) % 60);
+    let upload = format!(
+        "windows = [\"{}-{}\"]\ntime_zone = \"UTC\"\nalert_after_s = 1\n",
+        hm(opens),
+        hm(opens + 600)
+    );
+    let (agent, recordings) = uploading_agent(work.path(), &server, "up-w", "demo", &upload)?;
+    let job = take(&server, "up-w", 2)?;
+    let name = format!("{job}.flac");
+    let kept = data.join("recordings/up-w").join(&job).join(&name);
+    agent
+        .proc
+        .wait_log("uploads wait for their window", Duration::from_secs(10))?;
+    assert!(
+        unix_s() < opens,
+        "the test's timing: the take ended before the window"
+    );
+    assert!(recordings.join(&name).exists() && !kept.exists());
+    wait_for(
+        "the take on the server",
+        Duration::from_secs(opens.saturating_sub(unix_s()) + 30),
+        || kept.exists().then_some(()),
+    )?;
+    assert!(unix_s() >= opens, "not before the window opened");
+    agent
+        .proc
+        .wait_log("the upload window opened", Duration::from_secs(1))?;
+    flac_test(&kept)?;
+    // Waiting for a window is not failing.
+    let issues = server.get_json("/api/v1/health?node=up-w&condition=upload_failing")?;
+    assert_eq!(issues, json!([]), "{issues}");
+    Ok(())
+}
+
+#[test]
 fn uploads_cut_again_and_again_on_either_side_arrive_identical() -> Result<()> {
     let work = tempfile::tempdir()?;
     let data = work.path().join("data");
