@@ -122,7 +122,7 @@ pub struct RetentionConfig {
 }
 
 fn default_min_free_mb() -> u64 {
-    4096
+    rakkr_protocol::retention::ApplianceRetention::DEFAULT.min_free_mb
 }
 
 impl Default for RetentionConfig {
@@ -390,7 +390,6 @@ pub struct UploadSettings {
     pub chunk_bytes: usize,
     /// Bytes per second at most; 0: no cap.
     pub max_bytes_per_s: u64,
-    pub delete_confirmed: bool,
     /// With HTTPS: the CA file to trust.
     pub ca_file: Option<PathBuf>,
     /// Failing uploads become a health issue after this long (counted only
@@ -591,6 +590,7 @@ impl AgentConfig {
                 format!("must be 0-{}", rakkr_protocol::job::MAX_NODE_JOBS),
             ));
         }
+        let delete_confirmed = self.upload.as_ref().is_none_or(|u| u.delete_confirmed);
         let upload = match self.upload {
             None => None,
             Some(u) => {
@@ -636,25 +636,18 @@ impl AgentConfig {
                     server,
                     chunk_bytes: (u.chunk_mib as usize) << 20,
                     max_bytes_per_s: u64::from(u.max_kbps) * 1000 / 8,
-                    delete_confirmed: u.delete_confirmed,
                     ca_file,
                 })
             }
         };
-        if self.retention.max_age_days == Some(0) || self.retention.max_mb == Some(0) {
-            return Err(invalid(
-                "retention",
-                "max_age_days and max_mb are at least 1 (leave them out for no limit)",
-            ));
-        }
-        let retention = crate::retention::RetentionRules {
-            max_age_ms: self
-                .retention
-                .max_age_days
-                .map(|d| u64::from(d) * 86_400_000),
-            max_bytes: self.retention.max_mb.map(|m| m << 20),
-            min_free_bytes: self.retention.min_free_mb << 20,
+        let local = rakkr_protocol::retention::ApplianceRetention {
+            delete_confirmed,
+            max_age_days: self.retention.max_age_days,
+            max_mb: self.retention.max_mb,
+            min_free_mb: self.retention.min_free_mb,
         };
+        local.validate().map_err(|e| invalid("retention", e))?;
+        let retention = crate::retention::RetentionRules::of(&local);
         Ok(AgentSettings {
             upload,
             retention,
@@ -753,11 +746,9 @@ impl AgentSettings {
             max_jobs: 0,
             watchdog: Default::default(),
             upload: None,
-            retention: crate::retention::RetentionRules {
-                max_age_ms: None,
-                max_bytes: None,
-                min_free_bytes: default_min_free_mb() << 20,
-            },
+            retention: crate::retention::RetentionRules::of(
+                &rakkr_protocol::retention::ApplianceRetention::DEFAULT,
+            ),
         }
     }
 }

@@ -126,10 +126,30 @@ pub struct Outgoing {
     pub schedules: tokio::sync::watch::Sender<Option<NodeSchedules>>,
     /// The rules of the node's watchdog policy, as the server last sent them (retained).
     pub watchdog: tokio::sync::watch::Sender<Option<rakkr_protocol::watchdog::NodeWatchdog>>,
+    /// The rules of the node's retention policy, as the server last sent them (retained).
+    pub retention: tokio::sync::watch::Sender<Option<rakkr_protocol::retention::NodeRetention>>,
     /// The server's retained status says it is online.
     pub server_online: Arc<std::sync::atomic::AtomicBool>,
     /// The uploader's queue, reported with each telemetry frame.
     pub uploads: Arc<crate::upload::UploadStats>,
+}
+
+/// Pass a policy's rules the server sent on to whoever follows them.
+/// Decoding validates them; a bad message is counted and changes nothing.
+fn hand_over<T: rakkr_protocol::envelope::Payload>(
+    payload: &[u8],
+    to: &tokio::sync::watch::Sender<Option<T>>,
+    stats: &TelemetryStats,
+) {
+    match Envelope::<T>::decode(payload) {
+        Ok(env) => {
+            to.send_replace(Some(env.body));
+        }
+        Err(e) => {
+            stats.bad_messages.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(error = %e, kind = T::KIND, "bad rules from the server");
+        }
+    }
 }
 
 /// The TLS configuration for the settings' broker, if they ask for TLS:
@@ -167,6 +187,7 @@ pub async fn run(
         job_commands,
         schedules,
         watchdog,
+        retention,
         server_online,
         uploads,
     } = outgoing;
@@ -181,6 +202,7 @@ pub async fn run(
     let live_requests_topic = Topic::command(node, Command::Live).to_string();
     let schedules_topic = Topic::command(node, Command::Schedules).to_string();
     let watchdog_topic = Topic::command(node, Command::Watchdog).to_string();
+    let retention_topic = Topic::command(node, Command::Retention).to_string();
     let server_status_topic = Topic::ServerStatus.to_string();
     let live_topic = Topic::node(node, NodeChannel::Live).to_string();
     let endpoint = Endpoint {
@@ -394,6 +416,7 @@ pub async fn run(
                         &live_requests_topic,
                         &schedules_topic,
                         &watchdog_topic,
+                        &retention_topic,
                         &server_status_topic,
                     ] {
                         if let Err(e) = client.try_subscribe(topic, QoS::AtLeastOnce) {
@@ -454,16 +477,10 @@ pub async fn run(
                     }
                 }
                 SessionEvent::Message(p) if p.topic == watchdog_topic => {
-                    // Decoding validates the rules; a bad message changes nothing.
-                    match Envelope::<rakkr_protocol::watchdog::NodeWatchdog>::decode(&p.payload) {
-                        Ok(env) => {
-                            watchdog.send_replace(Some(env.body));
-                        }
-                        Err(e) => {
-                            stats.bad_messages.fetch_add(1, Ordering::Relaxed);
-                            tracing::warn!(error = %e, "bad watchdog rules");
-                        }
-                    }
+                    hand_over(&p.payload, &watchdog, &stats);
+                }
+                SessionEvent::Message(p) if p.topic == retention_topic => {
+                    hand_over(&p.payload, &retention, &stats);
                 }
                 SessionEvent::Message(p) if p.topic == server_status_topic => {
                     match Envelope::<ServerStatus>::decode(&p.payload) {

@@ -65,6 +65,8 @@ pub enum Kept {
     Schedules,
     /// `cmd/watchdog`.
     Watchdog,
+    /// `cmd/retention`.
+    Retention,
 }
 
 impl Kept {
@@ -72,6 +74,7 @@ impl Kept {
         match self {
             Kept::Schedules => "node",
             Kept::Watchdog => "watchdog",
+            Kept::Retention => "retention",
         }
     }
 }

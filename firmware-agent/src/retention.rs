@@ -5,6 +5,9 @@
 //! deleted here; a file not yet uploaded is never touched, whatever the
 //! disk. Rules, in this order, oldest confirmed file first:
 //!
+//! - `delete_confirmed`: every confirmed file goes (the uploader deletes a
+//!   file when it is confirmed; this catches files kept under a policy that
+//!   has since changed);
 //! - `max_age_days`: a file confirmed this long ago goes;
 //! - `max_mb`: while the recordings directory holds more, the oldest goes;
 //! - `min_free_mb`: while the disk has less free space, the oldest goes —
@@ -27,12 +30,27 @@ use crate::upload::QueuedFile;
 /// How often the rules are applied.
 pub const RETENTION_EVERY: Duration = Duration::from_secs(5);
 
-/// Validated `[retention]`.
+/// The rules in force: the server's for this node (its retention policy,
+/// `cmd/retention`), else `[retention]` and `[upload] delete_confirmed`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RetentionRules {
+    /// A confirmed file goes at once.
+    pub delete_confirmed: bool,
     pub max_age_ms: Option<u64>,
     pub max_bytes: Option<u64>,
     pub min_free_bytes: u64,
+}
+
+impl RetentionRules {
+    /// The rules of a policy (validated by whoever made it).
+    pub fn of(policy: &rakkr_protocol::retention::ApplianceRetention) -> RetentionRules {
+        RetentionRules {
+            delete_confirmed: policy.delete_confirmed,
+            max_age_ms: policy.max_age_days.map(|d| u64::from(d) * 86_400_000),
+            max_bytes: policy.max_mb.map(|m| m << 20),
+            min_free_bytes: policy.min_free_mb << 20,
+        }
+    }
 }
 
 /// A confirmed file that may go.
@@ -48,6 +66,9 @@ pub struct Deletable {
 /// Which rule deletes a file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Reason {
+    /// The policy deletes every confirmed file (it changed to say so after
+    /// the file was confirmed and kept).
+    Confirmed,
     Age,
     Size,
     FreeSpace,
@@ -56,6 +77,7 @@ pub enum Reason {
 impl Reason {
     pub fn as_str(self) -> &'static str {
         match self {
+            Reason::Confirmed => "delete_confirmed",
             Reason::Age => "max_age_days",
             Reason::Size => "max_mb",
             Reason::FreeSpace => "min_free_mb",
@@ -78,7 +100,9 @@ pub fn choose(
     let mut out = Vec::new();
     for i in order {
         let f = &files[i];
-        let reason = if rules
+        let reason = if rules.delete_confirmed {
+            Reason::Confirmed
+        } else if rules
             .max_age_ms
             .is_some_and(|age| now_ms.saturating_sub(f.since_ms) >= age)
         {
@@ -98,9 +122,9 @@ pub fn choose(
     out
 }
 
-/// Apply the rules every [`RETENTION_EVERY`] until `shutdown`.
+/// Apply the rules in force every [`RETENTION_EVERY`] until `shutdown`.
 pub async fn run(
-    rules: RetentionRules,
+    rules: tokio::sync::watch::Receiver<RetentionRules>,
     dir: PathBuf,
     outbox: Arc<Outbox>,
     clock: Arc<dyn crate::clock::Clock>,
@@ -112,6 +136,7 @@ pub async fn run(
             _ = every.tick() => {}
             _ = shutdown.cancelled() => return,
         }
+        let rules = *rules.borrow();
         let (outbox, dir, now) = (outbox.clone(), dir.clone(), clock.unix_ms());
         let done = tokio::task::spawn_blocking(move || apply(&rules, &dir, &outbox, now)).await;
         if let Ok(Err(e)) = done {
@@ -186,6 +211,7 @@ mod tests {
     fn the_oldest_uploaded_files_go_first_and_only_as_far_as_the_rules_ask() {
         let files = [file(3, 300, 10), file(1, 100, 10), file(2, 200, 10)];
         let rules = RetentionRules {
+            delete_confirmed: false,
             max_age_ms: None,
             max_bytes: None,
             min_free_bytes: 25,
@@ -199,6 +225,7 @@ mod tests {
         assert!(choose(&rules, &files, 1_000, 30, 25).is_empty());
         // Age first, then size.
         let rules = RetentionRules {
+            delete_confirmed: false,
             max_age_ms: Some(850),
             max_bytes: Some(15),
             min_free_bytes: 0,
@@ -209,5 +236,20 @@ mod tests {
         );
         // Nothing to delete when nothing is uploaded.
         assert!(choose(&rules, &[], 1_000, 1_000, 0).is_empty());
+        // A policy that deletes confirmed files: every one goes, oldest first.
+        let rules = RetentionRules {
+            delete_confirmed: true,
+            max_age_ms: None,
+            max_bytes: None,
+            min_free_bytes: 0,
+        };
+        assert_eq!(
+            choose(&rules, &files, 1_000, 30, 1_000),
+            [
+                (1, Reason::Confirmed),
+                (2, Reason::Confirmed),
+                (0, Reason::Confirmed)
+            ]
+        );
     }
 }

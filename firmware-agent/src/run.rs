@@ -97,10 +97,29 @@ pub async fn run(
     // The watchdog's rules: the server's for this node (kept across
     // restarts), else the configuration's.
     let (node_watchdog_tx, node_watchdog_rx) = tokio::sync::watch::channel(None);
-    let rules = follow_watchdog(
+    let rules = follow_server_rules(
+        Kept::Watchdog,
         settings.watchdog,
+        |w: &NodeWatchdog| (w.policy.as_str(), w.rules),
         outbox.clone(),
         node_watchdog_rx,
+        shutdown.clone(),
+    )
+    .await;
+    // Which uploaded takes go: the server's retention policy for this node,
+    // else the configuration's.
+    let (node_retention_tx, node_retention_rx) = tokio::sync::watch::channel(None);
+    let retention = follow_server_rules(
+        Kept::Retention,
+        settings.retention,
+        |r: &rakkr_protocol::retention::NodeRetention| {
+            (
+                r.policy.as_str(),
+                crate::retention::RetentionRules::of(&r.rules),
+            )
+        },
+        outbox.clone(),
+        node_retention_rx,
         shutdown.clone(),
     )
     .await;
@@ -218,6 +237,7 @@ pub async fn run(
     // Finished takes to the server (decision 0016), when configured.
     let uploads_wake = start_uploads(
         &settings,
+        retention,
         &outbox,
         &outbox_ready,
         &handles,
@@ -265,6 +285,7 @@ pub async fn run(
             job_commands: job_commands_tx,
             schedules: schedules_tx,
             watchdog: node_watchdog_tx,
+            retention: node_retention_tx,
             server_online,
             uploads: handles.uploads.clone(),
         },
@@ -302,25 +323,36 @@ fn open_key(condition: HealthCondition, subject: &str) -> String {
     }
 }
 
-/// The watchdog's rules as they change: the ones the server last sent for
-/// this node (kept in the outbox, so a restart without the server keeps
-/// them), else `configured`. Each `cmd/watchdog` the link hands over is kept,
-/// then applied.
-async fn follow_watchdog(
-    configured: WatchdogRules,
+/// A policy's rules as they change: the ones the server last sent for this
+/// node (kept in the outbox as `kind`, so a restart without the server keeps
+/// them), else `configured`. Each message the link hands over is kept, then
+/// applied. `rules_of` gives a message's policy name and rules.
+async fn follow_server_rules<T, R>(
+    kind: Kept,
+    configured: R,
+    rules_of: fn(&T) -> (&str, R),
     outbox: Arc<Outbox>,
-    mut from_server: tokio::sync::watch::Receiver<Option<NodeWatchdog>>,
+    mut from_server: tokio::sync::watch::Receiver<Option<T>>,
     shutdown: CancellationToken,
-) -> tokio::sync::watch::Receiver<WatchdogRules> {
+) -> tokio::sync::watch::Receiver<R>
+where
+    T: rakkr_protocol::envelope::Payload + Clone + Send + Sync + 'static,
+    R: std::fmt::Debug + Send + Sync + 'static,
+{
     let kept = {
         let outbox = outbox.clone();
-        tokio::task::spawn_blocking(move || outbox.kept(Kept::Watchdog)).await
+        tokio::task::spawn_blocking(move || outbox.kept(kind)).await
     };
     let start = match kept {
-        Ok(Ok(Some(json))) => match serde_json::from_slice::<NodeWatchdog>(&json) {
-            Ok(w) if w.rules.validate().is_ok() => {
-                tracing::info!(policy = %w.policy, "watchdog rules of the server's policy, as kept");
-                w.rules
+        Ok(Ok(Some(json))) => match serde_json::from_slice::<T>(&json) {
+            Ok(message) if message.validate().is_ok() => {
+                let (policy, rules) = rules_of(&message);
+                tracing::info!(
+                    kind = T::KIND,
+                    policy = %policy,
+                    "rules of the server's policy, as kept"
+                );
+                rules
             }
             _ => configured,
         },
@@ -333,18 +365,18 @@ async fn follow_watchdog(
                 changed = from_server.changed() => if changed.is_err() { return },
                 _ = shutdown.cancelled() => return,
             }
-            let Some(node_watchdog) = from_server.borrow_and_update().clone() else {
+            let Some(message) = from_server.borrow_and_update().clone() else {
                 continue;
             };
-            tracing::info!(policy = %node_watchdog.policy, rules = ?node_watchdog.rules, "watchdog rules from the server");
-            let json = serde_json::to_vec(&node_watchdog).unwrap_or_default();
+            let (policy, rules) = rules_of(&message);
+            tracing::info!(kind = T::KIND, policy = %policy, ?rules, "rules from the server");
+            let json = serde_json::to_vec(&message).unwrap_or_default();
             let outbox = outbox.clone();
-            if let Ok(Err(e)) =
-                tokio::task::spawn_blocking(move || outbox.keep(Kept::Watchdog, &json)).await
+            if let Ok(Err(e)) = tokio::task::spawn_blocking(move || outbox.keep(kind, &json)).await
             {
-                tracing::warn!(error = %e, "watchdog rules not kept; they apply until a restart");
+                tracing::warn!(kind = T::KIND, error = %e, "rules not kept; they apply until a restart");
             }
-            tx.send_replace(node_watchdog.rules);
+            tx.send_replace(rules);
         }
     });
     rx
@@ -406,6 +438,7 @@ async fn watch_disk(
 /// configured; what wakes the uploader.
 fn start_uploads(
     settings: &AgentSettings,
+    retention: tokio::sync::watch::Receiver<crate::retention::RetentionRules>,
     outbox: &Arc<Outbox>,
     outbox_ready: &Arc<tokio::sync::Notify>,
     handles: &AgentHandles,
@@ -430,6 +463,7 @@ fn start_uploads(
         outbox: outbox.clone(),
         wake: wake.clone(),
         stats: handles.uploads.clone(),
+        retention: retention.clone(),
         events: crate::upload::EventSink {
             ready: outbox_ready.clone(),
             telemetry: handles.telemetry.clone(),
@@ -438,7 +472,7 @@ fn start_uploads(
     };
     tokio::spawn(uploader.run(shutdown.clone()));
     tokio::spawn(crate::retention::run(
-        settings.retention,
+        retention,
         settings.recordings_dir.clone()?,
         outbox.clone(),
         clock.clone(),

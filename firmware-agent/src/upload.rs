@@ -222,6 +222,8 @@ pub struct Uploader {
     /// Woken when a take's files are queued.
     pub wake: Arc<Notify>,
     pub stats: Arc<UploadStats>,
+    /// The retention rules in force (whether a confirmed file goes at once).
+    pub retention: tokio::sync::watch::Receiver<crate::retention::RetentionRules>,
     pub events: EventSink,
 }
 
@@ -530,9 +532,13 @@ impl Uploader {
         self.set(job.as_u128(), name, Some(&entry)).await;
         self.stats.files_confirmed.fetch_add(1, Ordering::Relaxed);
         tracing::info!(job = %job, file = name, bytes = entry.bytes, "take file uploaded and confirmed");
-        if self.settings.delete_confirmed {
+        if self.retention.borrow().delete_confirmed {
             match std::fs::remove_file(&path) {
+                // Gone already: retention (which applies the same policy) was first.
                 Ok(()) => self.set(job.as_u128(), name, None).await,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    self.set(job.as_u128(), name, None).await
+                }
                 Err(e) => {
                     tracing::warn!(file = %path.display(), error = %e, "cannot delete the confirmed file")
                 }

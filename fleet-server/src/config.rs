@@ -50,6 +50,12 @@
 //! [uploads]                      # recordings appliances send (decision 0016)
 //! max_file_mb = 65536            # the largest file a take may have (larger: 413)
 //!
+//! [retention]                    # replaces the built-in list (defaults/retention.toml) whole
+//! default = "standard"
+//! [retention.policies.standard.appliance]
+//! delete_confirmed = true        # delete from the appliance once the server confirmed
+//! min_free_mb = 4096             # (also max_age_days, max_mb: see defaults/retention.toml)
+//!
 //! [watchdog]                     # replaces the built-in list (defaults/watchdog.toml) whole
 //! default = "standard"
 //! [watchdog.policies.standard]
@@ -92,6 +98,9 @@ pub struct ServerConfig {
     pub recording: crate::policies::RecordingConfig,
     #[serde(default)]
     pub uploads: UploadsConfig,
+    /// Named retention policies; absent: the built-in list.
+    #[serde(default = "crate::policies::RetentionConfig::builtin")]
+    pub retention: crate::policies::RetentionConfig,
 }
 
 /// What appliances may upload (decision 0016).
@@ -354,6 +363,8 @@ pub struct ServerSettings {
     pub node_rules: crate::node_watch::NodeRulesPolicy,
     /// The named watchdog policies of the server's sustained rules.
     pub watchdog: crate::policies::WatchdogPolicies,
+    /// The named retention policies.
+    pub retention: crate::policies::RetentionPolicies,
     /// The named recording profiles jobs and schedules choose from.
     pub profiles: crate::policies::RecordingProfiles,
     /// The largest file an appliance may upload, in bytes.
@@ -510,8 +521,11 @@ impl ServerConfig {
             .map_err(|e| invalid("watchdog", &e))?;
         let profiles = crate::policies::RecordingProfiles::from_config(self.recording.clone())
             .map_err(|e| invalid("recording", &e))?;
+        let retention = crate::policies::RetentionPolicies::from_config(self.retention.clone())
+            .map_err(|e| invalid("retention", &e))?;
         Ok(ServerSettings {
             watchdog,
+            retention,
             profiles,
             max_upload_bytes: self.uploads.max_file_mb << 20,
             node_rules: crate::node_watch::NodeRulesPolicy {

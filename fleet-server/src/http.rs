@@ -57,7 +57,9 @@
 //! | `POST /api/v1/schedules/{id}/run-now` | jobs.manage | record it now, for its window's length → 201 and the job |
 //! | `GET, POST /api/v1/nodes/{id}/watchdog` | nodes.read / nodes.manage | the node's watchdog policy (chosen, in effect, the rules it is sent); choose one (`{"policy": "lecture"}`, null: the default) |
 //! | `POST /nodes/{id}/watchdog` | nodes.manage | the same from the node page (form) |
+//! | `GET, POST /api/v1/nodes/{id}/retention`, `POST /nodes/{id}/retention` | nodes.read / nodes.manage | the same for the node's retention policy (which uploaded takes it deletes) |
 //! | `GET /api/v1/watchdog-policies` | schedules.read | the named watchdog policies a schedule may choose, the default marked |
+//! | `GET /api/v1/retention-policies` | nodes.read | the named retention policies a node may be given, the default marked |
 //! | `GET /api/v1/profiles` | nodes.read | the named recording profiles jobs and schedules may choose, the default marked |
 //! | `GET /metrics`     | metrics.read | counters in the Prometheus text format       |
 //! | `GET /healthz`     | public | liveness: the process serves HTTP          |
@@ -94,6 +96,7 @@ use crate::clock::Clock;
 use crate::console::{self, FleetView, NODES_FRAGMENT_PATH};
 use crate::fleet::LiveFleet;
 use crate::login::{self, Access, LOGIN_PATH, LOGOUT_PATH, PASSWORD_PATH};
+use crate::node_page::{RetentionChoice, WatchdogChoice};
 use crate::tls::PeerAddr;
 use crate::{accounts_page, enrollment_page, node_page};
 
@@ -122,6 +125,8 @@ pub struct AppState {
     pub http_stats: Arc<crate::metrics::HttpStats>,
     /// The named watchdog policies schedules choose from.
     pub watchdog_policies: Arc<crate::policies::WatchdogPolicies>,
+    /// The named retention policies nodes choose from.
+    pub retention_policies: Arc<crate::policies::RetentionPolicies>,
     /// The named recording profiles jobs and schedules choose from.
     pub profiles: Arc<crate::policies::RecordingProfiles>,
     /// Recordings arriving from appliances.
@@ -216,19 +221,37 @@ pub fn route_table() -> Vec<(&'static str, Method, Access, MethodRouter<AppState
             "/api/v1/nodes/{id}/watchdog",
             Method::GET,
             Operator(NodesRead),
-            get(crate::node_page::api_watchdog),
+            get(crate::node_page::api_policy::<WatchdogChoice>),
         ),
         (
             "/api/v1/nodes/{id}/watchdog",
             Method::POST,
             Operator(NodesManage),
-            post(crate::node_page::api_choose_watchdog),
+            post(crate::node_page::api_choose_policy::<WatchdogChoice>),
         ),
         (
             "/nodes/{id}/watchdog",
             Method::POST,
             Operator(NodesManage),
-            post(crate::node_page::choose_watchdog_form),
+            post(crate::node_page::choose_policy_form::<WatchdogChoice>),
+        ),
+        (
+            "/api/v1/nodes/{id}/retention",
+            Method::GET,
+            Operator(NodesRead),
+            get(crate::node_page::api_policy::<RetentionChoice>),
+        ),
+        (
+            "/api/v1/nodes/{id}/retention",
+            Method::POST,
+            Operator(NodesManage),
+            post(crate::node_page::api_choose_policy::<RetentionChoice>),
+        ),
+        (
+            "/nodes/{id}/retention",
+            Method::POST,
+            Operator(NodesManage),
+            post(crate::node_page::choose_policy_form::<RetentionChoice>),
         ),
         (
             "/api/v1/jobs",
@@ -549,6 +572,12 @@ pub fn route_table() -> Vec<(&'static str, Method, Access, MethodRouter<AppState
             Method::GET,
             Operator(SchedulesRead),
             get(crate::policies::api_list),
+        ),
+        (
+            "/api/v1/retention-policies",
+            Method::GET,
+            Operator(NodesRead),
+            get(crate::policies::api_retention_list),
         ),
         (
             "/api/v1/schedules",

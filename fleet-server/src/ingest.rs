@@ -138,6 +138,22 @@ impl PendingEvents {
     }
 }
 
+/// Publish what a node keeps (its schedules, its policies' rules) as the
+/// retained message of its `command` topic.
+async fn publish_retained<T: rakkr_protocol::envelope::Payload>(
+    client: &rakkr_mqtt::rumqttc::AsyncClient,
+    clock: &dyn Clock,
+    node: &NodeId,
+    command: Command,
+    body: T,
+) {
+    let topic = Topic::command(node, command).to_string();
+    let payload = Envelope::stamped(clock.unix_ms(), body).encode();
+    if let Err(e) = client.publish(topic, QoS::AtLeastOnce, true, payload).await {
+        tracing::warn!(node = %node, error = %e, kind = T::KIND, "cannot publish to the node");
+    }
+}
+
 /// Publish acknowledgements, one message per node (in chunks of [`MAX_ACK_IDS`]).
 /// One that cannot be queued now (disconnected) is not retried: the node sends
 /// again and is acknowledged then.
@@ -415,18 +431,13 @@ async fn publish_outbound(
                     }
                 }
                 jobs::Outbound::Schedules(node, schedules) => {
-                    let topic = Topic::command(&node, Command::Schedules).to_string();
-                    let payload = Envelope::stamped(clock.unix_ms(), schedules).encode();
-                    if let Err(e) = client.publish(topic, QoS::AtLeastOnce, true, payload).await {
-                        tracing::warn!(node = %node, error = %e, "cannot publish the node's schedules");
-                    }
+                    publish_retained(&client, &*clock, &node, Command::Schedules, schedules).await;
                 }
                 jobs::Outbound::Watchdog(node, rules) => {
-                    let topic = Topic::command(&node, Command::Watchdog).to_string();
-                    let payload = Envelope::stamped(clock.unix_ms(), rules).encode();
-                    if let Err(e) = client.publish(topic, QoS::AtLeastOnce, true, payload).await {
-                        tracing::warn!(node = %node, error = %e, "cannot publish the node's watchdog rules");
-                    }
+                    publish_retained(&client, &*clock, &node, Command::Watchdog, rules).await;
+                }
+                jobs::Outbound::Retention(node, rules) => {
+                    publish_retained(&client, &*clock, &node, Command::Retention, rules).await;
                 }
                 jobs::Outbound::Command(node, command) => {
                     let topic = Topic::command(&node, Command::Jobs).to_string();

@@ -102,6 +102,8 @@ pub enum Outbound {
     Schedules(NodeId, rakkr_protocol::schedule::NodeSchedules),
     /// The rules of the node's watchdog policy (retained).
     Watchdog(NodeId, rakkr_protocol::watchdog::NodeWatchdog),
+    /// The rules of the node's retention policy (retained).
+    Retention(NodeId, rakkr_protocol::retention::NodeRetention),
 }
 
 /// The sending side of the command queue, shared by the desk and the API.

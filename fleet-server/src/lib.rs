@@ -393,6 +393,7 @@ impl RunningServer {
             shutdown.clone(),
         ));
         let watchdog_policies = Arc::new(settings.watchdog.clone());
+        let retention_policies = Arc::new(settings.retention.clone());
         tasks.spawn(signal_watch::run(
             watchdog_policies.clone(),
             fleet.clone(),
@@ -402,6 +403,7 @@ impl RunningServer {
         ));
         tasks.spawn(policy_sync::run(
             watchdog_policies.clone(),
+            retention_policies.clone(),
             fleet.clone(),
             store.clone(),
             commands.clone(),
@@ -458,6 +460,7 @@ impl RunningServer {
             live_streams: Default::default(),
             http_stats: Default::default(),
             watchdog_policies,
+            retention_policies,
             profiles: Arc::new(settings.profiles.clone()),
             uploads: Arc::new(uploads::Uploads::new(
                 &settings.data_dir,

@@ -26,7 +26,7 @@ use rakkr_protocol::access::Permission;
 use rakkr_protocol::payload::{BootSlot, LiveRequest};
 use rakkr_protocol::state::{JobState, Presence};
 use rakkr_protocol::{JobId, NodeId};
-use rakkr_store::{HealthEventRecord, JobRecord};
+use rakkr_store::{HealthEventRecord, JobRecord, NodePolicyKind};
 use rakkr_web::components::{ago, meter_bars, presence_badge};
 use serde::Deserialize;
 
@@ -36,6 +36,7 @@ use crate::console::{console_page, csrf_field, utc_seconds};
 use crate::fleet::LiveNode;
 use crate::http::{AppState, Problem, blocking, problem, store_problem};
 use crate::jobs::{JobRequest, JobRequestError, Outbound};
+use crate::policies::NodePolicies;
 use axum::Json;
 
 /// How long one stream lasts. The browser's `EventSource` then reconnects
@@ -105,57 +106,113 @@ pub struct NodePageData {
     pub store_error: Option<String>,
     /// The recording profiles the start form offers.
     pub profiles: Vec<crate::policies::NamedProfile>,
-    /// The node's watchdog policy and the ones to choose from.
+    /// The node's watchdog and retention policies, and the names of the
+    /// ones to choose from.
     pub watchdog: Option<NodeWatchdogView>,
-    pub watchdog_policies: Vec<crate::policies::NamedWatchdogPolicy>,
+    pub watchdog_policies: Vec<String>,
+    pub retention: Option<NodeRetentionView>,
+    pub retention_policies: Vec<String>,
 }
 
-/// A node's watchdog policy: what operators chose (none: the default) and
-/// what the node is sent.
+/// A kind of policy operators choose per node, with its list on the server.
+pub trait ChosenPerNode: Send + Sync + 'static {
+    const KIND: NodePolicyKind;
+    /// For people: "watchdog policy".
+    const LABEL: &'static str;
+    type Entry: crate::policies::Named;
+    fn list(state: &AppState) -> &crate::policies::NamedList<Self::Entry>;
+}
+
+/// Watchdog policies (the appliance's quality rules).
+pub struct WatchdogChoice;
+/// Retention policies (which uploaded takes the appliance deletes).
+pub struct RetentionChoice;
+
+impl ChosenPerNode for WatchdogChoice {
+    const KIND: NodePolicyKind = NodePolicyKind::Watchdog;
+    const LABEL: &'static str = "watchdog policy";
+    type Entry = crate::policies::WatchdogPolicy;
+    fn list(state: &AppState) -> &crate::policies::WatchdogPolicies {
+        &state.watchdog_policies
+    }
+}
+
+impl ChosenPerNode for RetentionChoice {
+    const KIND: NodePolicyKind = NodePolicyKind::Retention;
+    const LABEL: &'static str = "retention policy";
+    type Entry = crate::policies::RetentionPolicy;
+    fn list(state: &AppState) -> &crate::policies::RetentionPolicies {
+        &state.retention_policies
+    }
+}
+
+/// What a node is sent for its policy of kind `C`.
+type Sent<C> = <crate::policies::NamedList<<C as ChosenPerNode>::Entry> as NodePolicies>::Message;
+
+/// A node's policy of one kind: what operators chose (none: the default)
+/// and what the node is sent.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, schemars::JsonSchema)]
-pub struct NodeWatchdogView {
+pub struct NodePolicyView<M> {
     pub node: NodeId,
     /// The policy operators chose for the node; absent: the server's default.
     pub chosen: Option<String>,
     /// The policy in effect and its appliance rules (what the node is sent).
     #[serde(flatten)]
-    pub effective: rakkr_protocol::watchdog::NodeWatchdog,
+    pub effective: M,
 }
 
-impl NodeWatchdogView {
-    fn of(state: &AppState, node: &NodeId, chosen: Option<String>) -> NodeWatchdogView {
-        NodeWatchdogView {
-            node: node.clone(),
-            effective: state.watchdog_policies.for_node(chosen.as_deref()),
-            chosen,
-        }
+/// A node's watchdog policy.
+pub type NodeWatchdogView = NodePolicyView<rakkr_protocol::watchdog::NodeWatchdog>;
+/// A node's retention policy.
+pub type NodeRetentionView = NodePolicyView<rakkr_protocol::retention::NodeRetention>;
+
+fn view_of<C: ChosenPerNode>(
+    state: &AppState,
+    node: &NodeId,
+    chosen: Option<String>,
+) -> NodePolicyView<Sent<C>>
+where
+    crate::policies::NamedList<C::Entry>: NodePolicies,
+{
+    NodePolicyView {
+        node: node.clone(),
+        effective: C::list(state).for_node(chosen.as_deref()),
+        chosen,
     }
 }
 
-/// A node's watchdog policy as chosen now.
-async fn watchdog_view(state: &AppState, node: &NodeId) -> Result<NodeWatchdogView, Problem> {
+/// A node's policy of kind `C` as chosen now.
+async fn policy_view<C: ChosenPerNode>(
+    state: &AppState,
+    node: &NodeId,
+) -> Result<NodePolicyView<Sent<C>>, Problem>
+where
+    crate::policies::NamedList<C::Entry>: NodePolicies,
+{
     let store = state.store.clone();
     let target = node.clone();
     let chosen = blocking(move || {
         store
-            .node_watchdog_policies()
+            .node_policies(C::KIND)
             .map(|mut all| all.remove(&target))
             .map_err(store_problem)
     })
     .await?;
-    Ok(NodeWatchdogView::of(state, node, chosen))
+    Ok(view_of::<C>(state, node, chosen))
 }
 
-/// Choose `node`'s watchdog policy (None: the default again); the node is
-/// sent its rules within [`crate::policy_sync::SYNC_EVERY`].
-async fn choose_watchdog(
+/// Choose `node`'s policy of kind `C` (None: the default again); the node
+/// is sent its rules within [`crate::policy_sync::SYNC_EVERY`].
+async fn choose_policy<C: ChosenPerNode>(
     state: &AppState,
     node: &NodeId,
     policy: Option<String>,
-) -> Result<(NodeWatchdogView, AuditChange), Problem> {
+) -> Result<(NodePolicyView<Sent<C>>, AuditChange), Problem>
+where
+    crate::policies::NamedList<C::Entry>: NodePolicies,
+{
     let policy = policy.filter(|p| !p.trim().is_empty());
-    state
-        .watchdog_policies
+    C::list(state)
         .check_known(policy.as_deref())
         .map_err(|e| problem(StatusCode::UNPROCESSABLE_ENTITY, e))?;
     let (store, target, chosen) = (state.store.clone(), node.clone(), policy.clone());
@@ -167,110 +224,170 @@ async fn choose_watchdog(
             ));
         }
         store
-            .set_node_watchdog_policy(&target, chosen.as_deref())
+            .set_node_policy(C::KIND, &target, chosen.as_deref())
             .map_err(store_problem)
     })
     .await?;
-    let view = NodeWatchdogView::of(state, node, policy);
+    let view = view_of::<C>(state, node, policy);
+    let key = format!("{}_policy", C::KIND.as_str());
     let change = AuditChange {
         target: Some(format!("node:{node}")),
-        before: Some(serde_json::json!({ "watchdog_policy": before })),
-        after: Some(serde_json::json!({ "watchdog_policy": view.chosen })),
+        before: Some(serde_json::json!({ key.clone(): before })),
+        after: Some(serde_json::json!({ key: view.chosen })),
     };
     Ok((view, change))
 }
 
-/// `GET /api/v1/nodes/{id}/watchdog`
-pub async fn api_watchdog(
+/// `GET /api/v1/nodes/{id}/watchdog` and `…/retention`
+pub async fn api_policy<C: ChosenPerNode>(
     State(state): State<AppState>,
     Path(id): Path<String>,
-) -> Result<Response, Problem> {
+) -> Result<Response, Problem>
+where
+    crate::policies::NamedList<C::Entry>: NodePolicies,
+    Sent<C>: serde::Serialize,
+{
     let node = NodeId::new(id).map_err(|e| problem(StatusCode::NOT_FOUND, e.to_string()))?;
-    Ok(Json(watchdog_view(&state, &node).await?).into_response())
+    Ok(Json(policy_view::<C>(&state, &node).await?).into_response())
 }
 
-/// What `POST /api/v1/nodes/{id}/watchdog` takes.
+/// What `POST /api/v1/nodes/{id}/watchdog` (or `…/retention`) takes.
 #[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
-pub struct ChooseWatchdog {
-    /// A watchdog policy's name; null: the server's default.
+pub struct ChoosePolicy {
+    /// A policy's name; null: the server's default.
     pub policy: Option<String>,
 }
 
-/// `POST /api/v1/nodes/{id}/watchdog` `{"policy": "lecture" | null}`
-pub async fn api_choose_watchdog(
+/// `POST /api/v1/nodes/{id}/watchdog` (or `…/retention`) `{"policy": "lecture" | null}`
+pub async fn api_choose_policy<C: ChosenPerNode>(
     State(state): State<AppState>,
     Path(id): Path<String>,
-    body: Result<Json<ChooseWatchdog>, axum::extract::rejection::JsonRejection>,
-) -> Result<Response, Problem> {
+    body: Result<Json<ChoosePolicy>, axum::extract::rejection::JsonRejection>,
+) -> Result<Response, Problem>
+where
+    crate::policies::NamedList<C::Entry>: NodePolicies,
+    Sent<C>: serde::Serialize,
+{
     let node = NodeId::new(id).map_err(|e| problem(StatusCode::NOT_FOUND, e.to_string()))?;
     let Json(body) = body.map_err(|e| problem(e.status(), e.body_text()))?;
-    let (view, change) = choose_watchdog(&state, &node, body.policy).await?;
+    let (view, change) = choose_policy::<C>(&state, &node, body.policy).await?;
     Ok(change.to(Json(view).into_response()))
 }
 
-/// The watchdog form as sent.
+/// A policy form as sent.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct WatchdogForm {
+pub struct PolicyForm {
     #[allow(dead_code)] // checked by the access layer
     csrf: String,
     #[serde(default)]
     policy: String,
 }
 
-/// `POST /nodes/{id}/watchdog` (form), then back to the node page.
-pub async fn choose_watchdog_form(
+/// `POST /nodes/{id}/watchdog` (or `…/retention`, a form), then back to the node page.
+pub async fn choose_policy_form<C: ChosenPerNode>(
     State(state): State<AppState>,
     Extension(signed_in): Extension<SignedIn>,
     Path(id): Path<String>,
-    Form(form): Form<WatchdogForm>,
-) -> Response {
+    Form(form): Form<PolicyForm>,
+) -> Response
+where
+    crate::policies::NamedList<C::Entry>: NodePolicies,
+{
     let Ok(node) = NodeId::new(id) else {
         return no_such_node();
     };
     let Some(live) = state.fleet.node(&node) else {
         return no_such_node();
     };
-    match choose_watchdog(&state, &node, Some(form.policy)).await {
+    match choose_policy::<C>(&state, &node, Some(form.policy)).await {
         Ok((_, change)) => change.to(Redirect::to(&format!("/nodes/{node}")).into_response()),
         Err(p) => render_page(&state, &live, &signed_in, p.status, Some(&p.detail)).await,
+    }
+}
+
+/// A node's policy of one kind, said in a sentence, and the form to choose
+/// another: `kind` names it in URLs and ids, `label` for people, `rules`
+/// says what its appliance rules do.
+fn policy_panel(
+    node: &NodeId,
+    (kind, label): (NodePolicyKind, &str),
+    (chosen, effective, rules): (Option<&str>, &str, Markup),
+    names: &[String],
+    signed_in: &SignedIn,
+) -> Markup {
+    html! {
+        p {
+            "Policy " strong { (effective) }
+            @if chosen.is_none() { " (the server's default)" }
+            @if chosen.is_some_and(|c| c != effective) {
+                " (its chosen policy " (chosen.unwrap_or_default()) " is not on this server)"
+            }
+            ": " (rules)
+        }
+        @if signed_in.may(Permission::NodesManage) {
+            form.start method="post" action={ "/nodes/" (node) "/" (kind.as_str()) } {
+                (csrf_field(signed_in))
+                label { (label)
+                    select name="policy" {
+                        option value="" selected[chosen.is_none()] { "The default" }
+                        @for name in names {
+                            option value=(name) selected[chosen == Some(name.as_str())] { (name) }
+                        }
+                    }
+                }
+                button.secondary type="submit" id={ "choose-" (kind.as_str()) } { "Use this policy" }
+            }
+        }
     }
 }
 
 fn watchdog_panel(
     node: &NodeId,
     view: &NodeWatchdogView,
-    policies: &[crate::policies::NamedWatchdogPolicy],
+    names: &[String],
     signed_in: &SignedIn,
 ) -> Markup {
     let r = &view.effective.rules;
-    html! {
-        p {
-            "Policy " strong { (view.effective.policy) }
-            @if view.chosen.is_none() { " (the server's default)" }
-            @if view.chosen.as_deref().is_some_and(|c| c != view.effective.policy) {
-                " (its chosen policy " (view.chosen.as_deref().unwrap_or_default()) " is not on this server)"
-            }
-            ": silence after " (r.silence_s) " s, low signal after " (r.low_signal_s) " s, flatline after "
-            (r.flatline_s) " s, clipping after " (r.clipping_s) " s, correlation after " (r.correlation_s)
-            " s, " (r.xruns) " overruns a minute, disk below " (r.disk_min_free_mb) " MB."
+    let rules = html! {
+        "silence after " (r.silence_s) " s, low signal after " (r.low_signal_s) " s, flatline after "
+        (r.flatline_s) " s, clipping after " (r.clipping_s) " s, correlation after " (r.correlation_s)
+        " s, " (r.xruns) " overruns a minute, disk below " (r.disk_min_free_mb) " MB."
+    };
+    policy_panel(
+        node,
+        (NodePolicyKind::Watchdog, "Watchdog policy"),
+        (view.chosen.as_deref(), &view.effective.policy, rules),
+        names,
+        signed_in,
+    )
+}
+
+fn retention_panel(
+    node: &NodeId,
+    view: &NodeRetentionView,
+    names: &[String],
+    signed_in: &SignedIn,
+) -> Markup {
+    let r = &view.effective.rules;
+    let rules = html! {
+        @if r.delete_confirmed {
+            "each file is deleted from the appliance once the server confirmed it"
+        } @else {
+            "uploaded files stay on the appliance"
+            @if let Some(days) = r.max_age_days { " for " (days) " days" }
+            @if let Some(mb) = r.max_mb { ", at most " (mb) " MB of them" }
         }
-        @if signed_in.may(Permission::NodesManage) {
-            form.start method="post" action={ "/nodes/" (node) "/watchdog" } {
-                (csrf_field(signed_in))
-                label { "Watchdog policy"
-                    select name="policy" {
-                        option value="" selected[view.chosen.is_none()] { "The default" }
-                        @for p in policies {
-                            option value=(p.name) selected[view.chosen.as_deref() == Some(p.name.as_str())] { (p.name) }
-                        }
-                    }
-                }
-                button.secondary type="submit" #choose-watchdog { "Use this policy" }
-            }
-        }
-    }
+        "; uploaded files make room when the disk has less than " (r.min_free_mb) " MB free. Files not yet uploaded are never deleted."
+    };
+    policy_panel(
+        node,
+        (NodePolicyKind::Retention, "Retention policy"),
+        (view.chosen.as_deref(), &view.effective.policy, rules),
+        names,
+        signed_in,
+    )
 }
 
 /// The whole node page; `notice` is an error from a form just sent.
@@ -325,6 +442,12 @@ pub fn node_page(
                 section.panel aria-labelledby="watchdog-h" {
                     h2 #watchdog-h { "Watchdog" }
                     (watchdog_panel(&r.id, view, &data.watchdog_policies, signed_in))
+                }
+            }
+            @if let Some(view) = &data.retention {
+                section.panel aria-labelledby="retention-h" {
+                    h2 #retention-h { "Retention" }
+                    (retention_panel(&r.id, view, &data.retention_policies, signed_in))
                 }
             }
             @if signed_in.may(Permission::NodesManage) {
@@ -573,8 +696,10 @@ fn no_such_node() -> Response {
 
 async fn page_data(state: &AppState, node: &NodeId, signed_in: &SignedIn) -> NodePageData {
     let mut data = page_records(state, node, signed_in).await;
-    data.watchdog = watchdog_view(state, node).await.ok();
-    data.watchdog_policies = state.watchdog_policies.list();
+    data.watchdog = policy_view::<WatchdogChoice>(state, node).await.ok();
+    data.watchdog_policies = state.watchdog_policies.names().map(String::from).collect();
+    data.retention = policy_view::<RetentionChoice>(state, node).await.ok();
+    data.retention_policies = state.retention_policies.names().map(String::from).collect();
     data
 }
 
@@ -633,6 +758,8 @@ async fn page_records(state: &AppState, node: &NodeId, signed_in: &SignedIn) -> 
             profiles,
             watchdog: None,
             watchdog_policies: Vec::new(),
+            retention: None,
+            retention_policies: Vec::new(),
         }
     })
     .await
@@ -645,6 +772,8 @@ async fn page_records(state: &AppState, node: &NodeId, signed_in: &SignedIn) -> 
         profiles: state.profiles.list(),
         watchdog: None,
         watchdog_policies: Vec::new(),
+        retention: None,
+        retention_policies: Vec::new(),
     })
 }
 

@@ -163,8 +163,20 @@ fn operation(method: &Method, path: &str, g: &mut SchemaGenerator) -> Option<Ope
         ),
         ("POST", "/api/v1/nodes/{id}/watchdog") => op(
             "Choose the node's watchdog policy (null: the server's default); the node gets its rules within 2 s",
-            Some(schema::<crate::node_page::ChooseWatchdog>(g)),
+            Some(schema::<crate::node_page::ChoosePolicy>(g)),
             (200, Json(schema::<crate::node_page::NodeWatchdogView>(g))),
+            &[],
+        ),
+        ("GET", "/api/v1/nodes/{id}/retention") => op(
+            "The node's retention policy: the one chosen (none: the default), the one in effect and the appliance rules it is sent",
+            None,
+            (200, Json(schema::<crate::node_page::NodeRetentionView>(g))),
+            &[],
+        ),
+        ("POST", "/api/v1/nodes/{id}/retention") => op(
+            "Choose the node's retention policy (null: the server's default); the node gets its rules within 2 s",
+            Some(schema::<crate::node_page::ChoosePolicy>(g)),
+            (200, Json(schema::<crate::node_page::NodeRetentionView>(g))),
             &[],
         ),
         ("GET", "/api/v1/nodes/{id}/events") => op(
@@ -357,6 +369,12 @@ fn operation(method: &Method, path: &str, g: &mut SchemaGenerator) -> Option<Ope
             "The named recording profiles jobs and schedules choose from (configuration; the default marked)",
             None,
             (200, Json(list::<crate::policies::NamedProfile>(g))),
+            &[],
+        ),
+        ("GET", "/api/v1/retention-policies") => op(
+            "The named retention policies nodes are given (configuration; the default marked)",
+            None,
+            (200, Json(list::<crate::policies::NamedRetentionPolicy>(g))),
             &[],
         ),
         ("GET", "/api/v1/watchdog-policies") => op(

@@ -10,16 +10,21 @@
 //!   or gets the default; [`resolve_profile`] turns the name into the job's
 //!   `RecordingProfile` and the constraints `jobs::plan_job` checks.
 //!
-//! Built-in lists are configuration, not code: `defaults/watchdog.toml` and
-//! `defaults/profiles.toml`, parsed the same way as the `[watchdog]` and
-//! `[recording]` sections of the server's configuration, each of which
-//! replaces its list whole. A name the server does not know is refused when
+//! - **Retention policies**: which uploaded takes an appliance deletes, and
+//!   when. A node's policy is the one operators chose for it, else the
+//!   default; its appliance rules are sent to it (`cmd/retention`).
+//!
+//! Built-in lists are configuration, not code: `defaults/watchdog.toml`,
+//! `defaults/profiles.toml` and `defaults/retention.toml`, parsed the same way
+//! as the `[watchdog]`, `[recording]` and `[retention]` sections of the
+//! server's configuration, each of which replaces its list whole. A name the server does not know is refused when
 //! whatever names it is saved.
 
 use std::collections::BTreeMap;
 
 use rakkr_protocol::job::{CodecName, JobSpec, RecordingProfile};
 use rakkr_protocol::payload::DBFS_FLOOR;
+use rakkr_protocol::retention::{ApplianceRetention, NodeRetention};
 use rakkr_protocol::schedule::check_policy_name;
 use rakkr_protocol::watchdog::{NodeWatchdog, WatchdogRules};
 use serde::{Deserialize, Serialize};
@@ -243,6 +248,93 @@ impl WatchdogPolicies {
     }
 }
 
+/// The built-in retention policies (the text of `defaults/retention.toml`).
+pub const BUILTIN_RETENTION: &str = include_str!("../defaults/retention.toml");
+
+/// The `[retention]` section as written.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionConfig {
+    /// The policy of a node that names none.
+    pub default: String,
+    pub policies: BTreeMap<String, RetentionPolicy>,
+}
+
+impl RetentionConfig {
+    /// The built-in list.
+    pub fn builtin() -> RetentionConfig {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct File {
+            retention: RetentionConfig,
+        }
+        toml::from_str::<File>(BUILTIN_RETENTION)
+            .expect("defaults/retention.toml parses (a unit test checks it)")
+            .retention
+    }
+}
+
+/// One retention policy: which uploaded takes an appliance deletes, and when.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionPolicy {
+    /// Sent to each node whose policy this is (`nodes/{node}/cmd/retention`);
+    /// absent fields take their defaults.
+    #[serde(default)]
+    pub appliance: ApplianceRetention,
+}
+
+impl Named for RetentionPolicy {
+    const KIND: &'static str = "retention policy";
+    fn check(&self) -> Result<(), String> {
+        self.appliance
+            .validate()
+            .map_err(|e| format!("appliance: {e}"))
+    }
+}
+
+/// The retention policies.
+pub type RetentionPolicies = NamedList<RetentionPolicy>;
+/// A retention policy with its name, as the API lists it.
+pub type NamedRetentionPolicy = NamedEntry<RetentionPolicy>;
+
+impl RetentionPolicies {
+    pub fn from_config(config: RetentionConfig) -> Result<RetentionPolicies, String> {
+        NamedList::new(config.default, config.policies)
+    }
+
+    pub fn builtin() -> RetentionPolicies {
+        RetentionPolicies::from_config(RetentionConfig::builtin())
+            .expect("the built-in retention policies are valid (a unit test checks them)")
+    }
+}
+
+/// A policy list whose entries are sent to the nodes that chose them.
+pub trait NodePolicies {
+    /// The retained message a node is sent.
+    type Message: Clone + PartialEq + std::fmt::Debug + Send + Sync + 'static;
+    /// What a node whose chosen policy is `name` (none: the default) is sent.
+    fn for_node(&self, name: Option<&str>) -> Self::Message;
+}
+
+impl NodePolicies for WatchdogPolicies {
+    type Message = NodeWatchdog;
+    fn for_node(&self, name: Option<&str>) -> NodeWatchdog {
+        WatchdogPolicies::for_node(self, name)
+    }
+}
+
+impl NodePolicies for RetentionPolicies {
+    type Message = NodeRetention;
+    fn for_node(&self, name: Option<&str>) -> NodeRetention {
+        let (policy, p) = self.for_name(name);
+        NodeRetention {
+            policy: policy.to_owned(),
+            rules: p.appliance,
+        }
+    }
+}
+
 /// The `[recording]` section as written.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -455,6 +547,13 @@ pub async fn api_list(
     axum::Json(state.watchdog_policies.list())
 }
 
+/// `GET /api/v1/retention-policies`
+pub async fn api_retention_list(
+    axum::extract::State(state): axum::extract::State<crate::http::AppState>,
+) -> axum::Json<Vec<NamedRetentionPolicy>> {
+    axum::Json(state.retention_policies.list())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -489,6 +588,34 @@ mod tests {
         let listed = p.list();
         assert_eq!(listed.len(), 2);
         assert!(listed.iter().any(|l| l.name == "standard" && l.default));
+    }
+
+    #[test]
+    fn the_builtin_retention_policies_are_valid_and_each_node_gets_one() {
+        let p = RetentionPolicies::builtin();
+        assert_eq!(p.default_name(), "standard");
+        assert_eq!(
+            p.names().collect::<Vec<_>>(),
+            ["keep-30-days", "keep-while-room", "standard"]
+        );
+        let standard = p.for_node(None);
+        assert_eq!(standard.policy, "standard");
+        assert!(standard.rules.delete_confirmed);
+        let month = p.for_node(Some("keep-30-days"));
+        assert_eq!(
+            (month.rules.delete_confirmed, month.rules.max_age_days),
+            (false, Some(30))
+        );
+        // A name the list no longer has: the default.
+        assert_eq!(p.for_node(Some("gone")).policy, "standard");
+        // Bad values are refused with the policy's name.
+        let mut bad = RetentionConfig::builtin();
+        bad.policies.get_mut("standard").unwrap().appliance.max_mb = Some(0);
+        let e = RetentionPolicies::from_config(bad).unwrap_err();
+        assert!(
+            e.contains("retention policy \"standard\": appliance: max_mb"),
+            "{e}"
+        );
     }
 
     #[test]

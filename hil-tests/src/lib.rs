@@ -152,6 +152,20 @@ impl Proc {
         })
     }
 
+    /// Wait until one line of stderr contains every one of `fragments`.
+    pub fn wait_log_line(&self, fragments: &[&str], limit: Duration) -> Result<()> {
+        wait_for(
+            &format!("{} to log a line with {fragments:?}", self.name),
+            limit,
+            || {
+                self.stderr_text()
+                    .lines()
+                    .any(|l| fragments.iter().all(|f| l.contains(f)))
+                    .then_some(())
+            },
+        )
+    }
+
     pub fn stderr_text(&self) -> String {
         std::fs::read_to_string(&self.stderr).unwrap_or_default()
     }

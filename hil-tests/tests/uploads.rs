@@ -427,6 +427,99 @@ fn a_take_waits_for_the_upload_window_and_goes_when_it_opens() -> Result<()> {
 }
 
 #[test]
+fn a_node_keeps_or_deletes_uploaded_takes_as_its_chosen_retention_policy_says() -> Result<()> {
+    let work = tempfile::tempdir()?;
+    let data = work.path().join("data");
+    // The built-in policies keep 4 GiB free, more than a test machine's
+    // disk may have: the same policies, keeping 1 MiB free.
+    let policies = "[retention]\ndefault = \"standard\"\n\
+        [retention.policies.standard.appliance]\ndelete_confirmed = true\nmin_free_mb = 1\n\
+        [retention.policies.keep-30-days.appliance]\ndelete_confirmed = false\n\
+        max_age_days = 30\nmin_free_mb = 1\n";
+    let server = Server::start_configured(work.path(), &data, &[], policies)?;
+    let (agent, recordings) = uploading_agent(work.path(), &server, "up-r", "demo", "")?;
+    let view = server.get_json("/api/v1/nodes/up-r/retention")?;
+    assert_eq!(view["chosen"], Value::Null, "{view}");
+    assert_eq!(view["policy"], "standard");
+    assert_eq!(view["rules"]["delete_confirmed"], true);
+    let listed = server.get_json("/api/v1/retention-policies")?;
+    assert!(
+        listed
+            .as_array()
+            .is_some_and(|l| l.iter().any(|p| p["name"] == "keep-30-days")),
+        "{listed}"
+    );
+
+    // Kept for a month: the appliance keeps its copy after the upload.
+    let (code, chosen) = server.post(
+        "/api/v1/nodes/up-r/retention",
+        &json!({"policy": "keep-30-days"}),
+    )?;
+    assert_eq!(code, 200, "{chosen}");
+    assert_eq!(chosen["rules"]["max_age_days"], 30);
+    let on_policy = |policy: &str| {
+        agent.proc.wait_log_line(
+            &[
+                "rules from the server",
+                "retention",
+                &format!("policy={policy}"),
+            ],
+            Duration::from_secs(20),
+        )
+    };
+    on_policy("keep-30-days")?;
+    let job = take(&server, "up-r", 2)?;
+    let name = format!("{job}.flac");
+    let kept = data.join("recordings/up-r").join(&job).join(&name);
+    wait_for("the take on the server", Duration::from_secs(30), || {
+        kept.exists().then_some(())
+    })?;
+    agent
+        .proc
+        .wait_log("take file uploaded and confirmed", Duration::from_secs(5))?;
+    std::thread::sleep(Duration::from_secs(6));
+    assert!(
+        recordings.join(&name).exists(),
+        "kept on the appliance under keep-30-days: {}",
+        agent.proc.stderr_text()
+    );
+
+    // Back to the default (delete once confirmed): the kept copy goes too.
+    let (code, _) = server.post("/api/v1/nodes/up-r/retention", &json!({"policy": null}))?;
+    assert_eq!(code, 200);
+    on_policy("standard")?;
+    wait_for("the kept copy deleted", Duration::from_secs(20), || {
+        (!recordings.join(&name).exists()).then_some(())
+    })?;
+    assert!(agent.proc.stderr_text().contains("delete_confirmed"));
+    assert!(kept.exists(), "the server's copy stays");
+
+    // Bad choices change nothing and say why; the choice is audited.
+    let (code, refused) =
+        server.post("/api/v1/nodes/up-r/retention", &json!({"policy": "nope"}))?;
+    assert_eq!(code, 422, "{refused}");
+    assert!(
+        refused["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("no retention policy \"nope\""))
+    );
+    let audit = server.get_json("/api/v1/audit/search?q=node:up-r&limit=10")?;
+    assert!(
+        audit["records"].as_array().is_some_and(|r| r
+            .iter()
+            .any(|r| r["after"]["retention_policy"] == "keep-30-days"
+                && r["before"]["retention_policy"].is_null())),
+        "{audit}"
+    );
+    // The node page shows the policy and, to an operator who may, the form.
+    let mut olga = server.operator("olga", "admin")?;
+    let (_, _, page) = olga.get("/nodes/up-r")?;
+    assert!(page.contains("id=\"retention-h\""), "{page}");
+    assert!(page.contains("action=\"/nodes/up-r/retention\""), "{page}");
+    Ok(())
+}
+
+#[test]
 fn uploads_cut_again_and_again_on_either_side_arrive_identical() -> Result<()> {
     let work = tempfile::tempdir()?;
     let data = work.path().join("data");
@@ -606,10 +699,15 @@ fn a_full_appliance_disk_deletes_the_oldest_uploaded_takes_first_and_never_other
     let work = tempfile::tempdir()?;
     // The server takes files up to 1 MB: a 5 s take of noise (≈1.4 MB) is
     // refused, so it is never uploaded.
-    let server = Server::start_with_env(
+    // The node's retention policy keeps uploaded takes until the disk
+    // needs the room (the appliance's own configuration says the same, for
+    // before it hears from the server).
+    let server = Server::start_configured(
         work.path(),
         &work.path().join("data"),
         &[("RAKKR_SERVER_UPLOADS__MAX_FILE_MB", "1")],
+        "[retention]\ndefault = \"keep\"\n[retention.policies.keep.appliance]\n\
+         delete_confirmed = false\nmin_free_mb = 2\n",
     )?;
     let recordings = work.path().join("up-g-recordings");
     std::fs::create_dir(&recordings)?;
@@ -622,6 +720,10 @@ fn a_full_appliance_disk_deletes_the_oldest_uploaded_takes_first_and_never_other
     );
     let (agent, _) = job_agent_with_tables(work.path(), &server, "up-g", 2, "", "noise", &tables)?;
     wait_online(&server, "up-g")?;
+    agent.proc.wait_log_line(
+        &["rules from the server", "retention", "policy=keep"],
+        Duration::from_secs(10),
+    )?;
     let confirmed = |n: usize| {
         wait_for("uploads confirmed", Duration::from_secs(30), || {
             (agent

@@ -117,16 +117,9 @@ fn a_node_waits_as_its_chosen_policy_says_and_keeps_it_without_the_server() -> R
     assert_eq!(code, 200, "{chosen}");
     assert_eq!(chosen["chosen"], "patient");
     assert_eq!(chosen["rules"]["silence_s"], 600);
-    wait_for(
-        "the agent on the patient policy",
+    agent.proc.wait_log_line(
+        &["rules from the server", "watchdog", "policy=patient"],
         Duration::from_secs(20),
-        || {
-            agent
-                .proc
-                .stderr_text()
-                .contains("watchdog rules from the server policy=patient")
-                .then_some(())
-        },
     )?;
     // Restarted while the server is away, the agent keeps the patient rules.
     let stopped = server.stop(false)?;

@@ -181,6 +181,23 @@ fn channels(generator: &mut SchemaGenerator) -> Vec<ChannelDoc> {
                     schema_of::<crate::watchdog::NodeWatchdog>(generator),
                 )),
             },
+            Command::Retention => ChannelDoc {
+                id: "nodeCommandRetention",
+                address,
+                sender: Sender::Server,
+                qos: 1,
+                retained: true,
+                summary: "The appliance rules of the node's retention policy (which uploaded \
+                          takes it deletes, and when), sent again whenever the policy or the \
+                          node's choice of it changes. The node applies them at once and keeps \
+                          them; without one it uses its own configuration's `[retention]` and \
+                          `[upload] delete_confirmed`. Whatever the rules, only files the server \
+                          confirmed are ever deleted.",
+                message: Some((
+                    "nodeRetention",
+                    schema_of::<crate::retention::NodeRetention>(generator),
+                )),
+            },
         });
     }
     out

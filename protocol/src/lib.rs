@@ -27,6 +27,8 @@ pub mod envelope;
 pub mod ids;
 pub mod job;
 pub mod payload;
+pub mod policy;
+pub mod retention;
 pub mod schedule;
 pub mod state;
 pub mod topic;

@@ -38,15 +38,18 @@ pub enum Command {
     Schedules,
     /// The rules of the node's watchdog policy (retained).
     Watchdog,
+    /// The rules of the node's retention policy (retained).
+    Retention,
 }
 
 impl Command {
-    pub const ALL: [Command; 5] = [
+    pub const ALL: [Command; 6] = [
         Command::Jobs,
         Command::Ack,
         Command::Live,
         Command::Schedules,
         Command::Watchdog,
+        Command::Retention,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -56,6 +59,7 @@ impl Command {
             Command::Live => "live",
             Command::Schedules => "schedules",
             Command::Watchdog => "watchdog",
+            Command::Retention => "retention",
         }
     }
 

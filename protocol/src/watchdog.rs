@@ -83,19 +83,12 @@ impl WatchdogRules {
 /// Retained on `nodes/{node}/cmd/watchdog`: the rules of the node's
 /// watchdog policy, sent again whenever the policy or the node's choice of
 /// it changes.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct NodeWatchdog {
-    /// The policy's name, for the node's status page and logs.
-    pub policy: String,
-    pub rules: WatchdogRules,
-}
+pub type NodeWatchdog = crate::policy::NodePolicy<WatchdogRules>;
 
-impl crate::envelope::Payload for NodeWatchdog {
+impl crate::policy::PolicyRules for WatchdogRules {
     const KIND: &'static str = "node watchdog";
     fn validate(&self) -> Result<(), String> {
-        crate::schedule::check_policy_name(&self.policy)?;
-        self.rules.validate()
+        WatchdogRules::validate(self)
     }
 }
 

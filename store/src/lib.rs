@@ -79,13 +79,17 @@ pub trait Store: Send + Sync + 'static {
     /// All nodes, ordered by id.
     fn nodes(&self) -> Result<Vec<NodeRecord>>;
 
-    /// The watchdog policy operators chose for each node that has one.
-    fn node_watchdog_policies(&self) -> Result<std::collections::BTreeMap<NodeId, String>>;
-
-    /// Choose `node`'s watchdog policy by name (None: the default again);
-    /// returns the choice before.
-    fn set_node_watchdog_policy(
+    /// The policy of `kind` operators chose for each node that has one.
+    fn node_policies(
         &self,
+        kind: NodePolicyKind,
+    ) -> Result<std::collections::BTreeMap<NodeId, String>>;
+
+    /// Choose `node`'s policy of `kind` by name (None: the default again);
+    /// returns the choice before.
+    fn set_node_policy(
+        &self,
+        kind: NodePolicyKind,
         node: &NodeId,
         policy: Option<&str>,
     ) -> Result<Option<String>>;

@@ -28,7 +28,7 @@
 //! | `health_issues` | issue id `u64` (1, 2, …) | JSON [`HealthIssue`]: a condition of a subject on a node over its life |
 //! | `issue_keys` | `(node, condition, subject)` | issue id `u64`: the latest issue of that key |
 //! | `issues_by_node`, `issues_by_state` | `(node or state, issue id)` | `()` |
-//! | `node_watchdog_policies` | node id | the watchdog policy's name operators chose for the node (absent: the default) |
+//! | `node_watchdog_policies`, `node_retention_policies` | node id | the name of the watchdog or retention policy operators chose for the node (absent: the default) |
 //!
 //! Invariants, kept by [`JobTables::put`], the only writer of job records: a
 //! job is in `job_queue` exactly while its state is `queued`; in `active_jobs`
@@ -64,10 +64,11 @@ use crate::{
     Deferral, EnrollTokenRecord, HealthEventRecord, HealthIssue, IssueAction, IssueQuery,
     JobGauges, JobId, JobRecord, Lease, MAX_APPLIED_UPDATES, MAX_AUDIT_SCAN,
     MAX_HEALTH_EVENTS_PER_NODE, MAX_ISSUES_PER_NODE, MAX_OCCURRENCE_JOBS, MAX_SCHEDULES,
-    MAX_USER_NAME, NewJob, NodeCredentialRecord, NodeRecord, NodeStatusUpdate, OccurrenceJob,
-    OccurrenceRecord, OccurrenceStart, REOPEN_WITHIN_MS, RestartPolicy, Result, ScheduleRecord,
-    ScheduledBy, SessionRecord, Store, StoreError, UpdateOutcome, UploadRecord, UserChange,
-    UserRecord, audit_hash, check_annotation, contains_ignoring_ascii_case, valid_user_name,
+    MAX_USER_NAME, NewJob, NodeCredentialRecord, NodePolicyKind, NodeRecord, NodeStatusUpdate,
+    OccurrenceJob, OccurrenceRecord, OccurrenceStart, REOPEN_WITHIN_MS, RestartPolicy, Result,
+    ScheduleRecord, ScheduledBy, SessionRecord, Store, StoreError, UpdateOutcome, UploadRecord,
+    UserChange, UserRecord, audit_hash, check_annotation, contains_ignoring_ascii_case,
+    valid_user_name,
 };
 
 /// Version of the layout above. Bumped only with a migration.
@@ -103,6 +104,16 @@ const SCHEDULES: TableDefinition<u128, &[u8]> = TableDefinition::new("schedules"
 const HEALTH_ISSUES: TableDefinition<u64, &[u8]> = TableDefinition::new("health_issues");
 const NODE_WATCHDOG_POLICIES: TableDefinition<&str, &str> =
     TableDefinition::new("node_watchdog_policies");
+const NODE_RETENTION_POLICIES: TableDefinition<&str, &str> =
+    TableDefinition::new("node_retention_policies");
+
+/// Where the nodes' choices of a kind of policy are kept.
+fn node_policy_table(kind: NodePolicyKind) -> TableDefinition<'static, &'static str, &'static str> {
+    match kind {
+        NodePolicyKind::Watchdog => NODE_WATCHDOG_POLICIES,
+        NodePolicyKind::Retention => NODE_RETENTION_POLICIES,
+    }
+}
 const ISSUE_KEYS: TableDefinition<(&str, &str, &str), u64> = TableDefinition::new("issue_keys");
 const ISSUES_BY_NODE: TableDefinition<(&str, u64), ()> = TableDefinition::new("issues_by_node");
 const ISSUES_BY_STATE: TableDefinition<(&str, u64), ()> = TableDefinition::new("issues_by_state");
@@ -270,7 +281,9 @@ impl RedbStore {
             tx.open_table(UPLOADS).map_err(backend)?;
             tx.open_table(SCHEDULES).map_err(backend)?;
             tx.open_table(HEALTH_ISSUES).map_err(backend)?;
-            tx.open_table(NODE_WATCHDOG_POLICIES).map_err(backend)?;
+            for kind in NodePolicyKind::ALL {
+                tx.open_table(node_policy_table(kind)).map_err(backend)?;
+            }
             tx.open_table(ISSUE_KEYS).map_err(backend)?;
             tx.open_table(ISSUES_BY_NODE).map_err(backend)?;
             tx.open_table(ISSUES_BY_STATE).map_err(backend)?;
@@ -408,27 +421,31 @@ impl Store for RedbStore {
         Ok(out)
     }
 
-    fn node_watchdog_policies(&self) -> Result<std::collections::BTreeMap<NodeId, String>> {
+    fn node_policies(
+        &self,
+        kind: NodePolicyKind,
+    ) -> Result<std::collections::BTreeMap<NodeId, String>> {
         let tx = self.db.begin_read().map_err(backend)?;
-        let table = tx.open_table(NODE_WATCHDOG_POLICIES).map_err(backend)?;
+        let table = tx.open_table(node_policy_table(kind)).map_err(backend)?;
         let mut out = std::collections::BTreeMap::new();
         for entry in table.iter().map_err(backend)? {
             let (k, v) = entry.map_err(backend)?;
             let node = NodeId::new(k.value())
-                .map_err(|e| StoreError::Corrupt(format!("node watchdog policy: {e}")))?;
+                .map_err(|e| StoreError::Corrupt(format!("node {} policy: {e}", kind.as_str())))?;
             out.insert(node, v.value().to_owned());
         }
         Ok(out)
     }
 
-    fn set_node_watchdog_policy(
+    fn set_node_policy(
         &self,
+        kind: NodePolicyKind,
         node: &NodeId,
         policy: Option<&str>,
     ) -> Result<Option<String>> {
         let tx = self.db.begin_write().map_err(backend)?;
         let before = {
-            let mut table = tx.open_table(NODE_WATCHDOG_POLICIES).map_err(backend)?;
+            let mut table = tx.open_table(node_policy_table(kind)).map_err(backend)?;
             let before = match policy {
                 Some(name) => table.insert(node.as_str(), name).map_err(backend)?,
                 None => table.remove(node.as_str()).map_err(backend)?,

@@ -707,6 +707,25 @@ pub enum UploadState {
     Cached,
 }
 
+/// The kinds of policy operators choose per node (the server's named lists).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum NodePolicyKind {
+    Watchdog,
+    Retention,
+}
+
+impl NodePolicyKind {
+    pub const ALL: [NodePolicyKind; 2] = [NodePolicyKind::Watchdog, NodePolicyKind::Retention];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NodePolicyKind::Watchdog => "watchdog",
+            NodePolicyKind::Retention => "retention",
+        }
+    }
+}
+
 /// One file of a take being uploaded, or uploaded (decision 0016).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct UploadRecord {

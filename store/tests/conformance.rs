@@ -579,33 +579,43 @@ fn health_events_are_stored_once_per_message(store: &dyn Store) {
     );
 }
 
-fn node_watchdog_policies_are_chosen_and_reset(store: &dyn Store) {
-    assert!(store.node_watchdog_policies().unwrap().is_empty());
+fn node_policies_are_chosen_and_reset_per_kind(store: &dyn Store) {
+    use rakkr_store::NodePolicyKind::{Retention, Watchdog};
+    assert!(store.node_policies(Watchdog).unwrap().is_empty());
     assert_eq!(
         store
-            .set_node_watchdog_policy(&node("a"), Some("lecture"))
+            .set_node_policy(Watchdog, &node("a"), Some("lecture"))
             .unwrap(),
         None
     );
     assert_eq!(
         store
-            .set_node_watchdog_policy(&node("a"), Some("strict"))
+            .set_node_policy(Watchdog, &node("a"), Some("strict"))
             .unwrap(),
         Some("lecture".into())
     );
     store
-        .set_node_watchdog_policy(&node("b"), Some("lecture"))
+        .set_node_policy(Watchdog, &node("b"), Some("lecture"))
         .unwrap();
-    let all = store.node_watchdog_policies().unwrap();
+    let all = store.node_policies(Watchdog).unwrap();
     assert_eq!(
         all.into_iter().collect::<Vec<_>>(),
         [(node("a"), "strict".into()), (node("b"), "lecture".into())]
     );
+    // Each kind is its own choice.
+    assert!(store.node_policies(Retention).unwrap().is_empty());
+    store
+        .set_node_policy(Retention, &node("a"), Some("keep-30-days"))
+        .unwrap();
     assert_eq!(
-        store.set_node_watchdog_policy(&node("a"), None).unwrap(),
+        store.set_node_policy(Watchdog, &node("a"), None).unwrap(),
         Some("strict".into())
     );
-    assert_eq!(store.node_watchdog_policies().unwrap().len(), 1);
+    assert_eq!(store.node_policies(Watchdog).unwrap().len(), 1);
+    assert_eq!(
+        store.node_policies(Retention).unwrap()[&node("a")],
+        "keep-30-days"
+    );
 }
 
 fn redb() -> (tempfile::TempDir, RedbStore) {
@@ -1258,9 +1268,9 @@ fn redb_upgrades_a_version_1_store_keeping_its_nodes() {
 }
 
 #[test]
-fn redb_node_watchdog_policies_are_chosen_and_reset() {
+fn redb_node_policies_are_chosen_and_reset_per_kind() {
     let (_dir, store) = redb();
-    node_watchdog_policies_are_chosen_and_reset(&store);
+    node_policies_are_chosen_and_reset_per_kind(&store);
 }
 
 fn uploads_are_kept_per_file_and_listed_per_job(store: &dyn Store) {
