@@ -50,6 +50,15 @@
 //! [uploads]                      # recordings appliances send (decision 0016)
 //! max_file_mb = 65536            # the largest file a take may have (larger: 413)
 //!
+//! [delivery]                     # upload policies; replaces defaults/delivery.toml whole
+//! default = "archive"
+//! [delivery.policies.archive]
+//! destinations = ["nas", "s3-main"]   # named in the console or /api/v1/destinations
+//! retry_budget_h = 72            # failed deliveries are retried this long, then wait for an operator
+//!
+//! [secrets]
+//! key_file = "/etc/rakkr/secrets.key"  # seals destination secrets (default {data_dir}/secrets.key)
+//!
 //! [retention]                    # replaces the built-in list (defaults/retention.toml) whole
 //! default = "standard"
 //! [retention.policies.standard.appliance]
@@ -101,6 +110,19 @@ pub struct ServerConfig {
     /// Named retention policies; absent: the built-in list.
     #[serde(default = "crate::policies::RetentionConfig::builtin")]
     pub retention: crate::policies::RetentionConfig,
+    /// Named upload policies; absent: the built-in list.
+    #[serde(default = "crate::policies::DeliveryConfig::builtin")]
+    pub delivery: crate::policies::DeliveryConfig,
+    #[serde(default)]
+    pub secrets: SecretsConfig,
+}
+
+/// Where the key that seals destination secrets lives (decision 0017).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecretsConfig {
+    /// Default: `{data_dir}/secrets.key`.
+    pub key_file: Option<PathBuf>,
 }
 
 /// What appliances may upload (decision 0016).
@@ -365,6 +387,10 @@ pub struct ServerSettings {
     pub watchdog: crate::policies::WatchdogPolicies,
     /// The named retention policies.
     pub retention: crate::policies::RetentionPolicies,
+    /// The named upload policies.
+    pub delivery: crate::policies::DeliveryPolicies,
+    /// The key that seals destination secrets.
+    pub secrets_key_file: PathBuf,
     /// The named recording profiles jobs and schedules choose from.
     pub profiles: crate::policies::RecordingProfiles,
     /// The largest file an appliance may upload, in bytes.
@@ -523,7 +549,15 @@ impl ServerConfig {
             .map_err(|e| invalid("recording", &e))?;
         let retention = crate::policies::RetentionPolicies::from_config(self.retention.clone())
             .map_err(|e| invalid("retention", &e))?;
+        let delivery = crate::policies::DeliveryPolicies::from_config(self.delivery.clone())
+            .map_err(|e| invalid("delivery", &e))?;
         Ok(ServerSettings {
+            secrets_key_file: self
+                .secrets
+                .key_file
+                .clone()
+                .unwrap_or_else(|| data_dir.join("secrets.key")),
+            delivery,
             watchdog,
             retention,
             profiles,

@@ -59,6 +59,10 @@
 //! | `POST /nodes/{id}/watchdog` | nodes.manage | the same from the node page (form) |
 //! | `GET, POST /api/v1/nodes/{id}/retention`, `POST /nodes/{id}/retention` | nodes.read / nodes.manage | the same for the node's retention policy (which uploaded takes it deletes) |
 //! | `GET /api/v1/watchdog-policies` | schedules.read | the named watchdog policies a schedule may choose, the default marked |
+//! | `GET, POST /api/v1/destinations` | settings.manage | storage destinations (secrets never shown: `secret_set`); make or replace one (a secret left out stays) |
+//! | `POST /api/v1/destinations/{name}/delete`, `…/test` | settings.manage | delete one no upload policy uses; write, read back and delete a probe object |
+//! | `GET /api/v1/deliveries` | recordings.read | the delivery queue, newest jobs first (`state`, `destination`, `limit`) |
+//! | `POST /api/v1/deliveries/retry` | recordings.control | try a delivery again now, with a fresh retry budget |
 //! | `GET /api/v1/retention-policies` | nodes.read | the named retention policies a node may be given, the default marked |
 //! | `GET /api/v1/profiles` | nodes.read | the named recording profiles jobs and schedules may choose, the default marked |
 //! | `GET /metrics`     | metrics.read | counters in the Prometheus text format       |
@@ -127,6 +131,12 @@ pub struct AppState {
     pub watchdog_policies: Arc<crate::policies::WatchdogPolicies>,
     /// The named retention policies nodes choose from.
     pub retention_policies: Arc<crate::policies::RetentionPolicies>,
+    /// Seals and opens destination secrets.
+    pub secrets: Arc<crate::secrets::SecretBox>,
+    /// The named upload policies.
+    pub delivery_policies: Arc<crate::policies::DeliveryPolicies>,
+    /// Wakes the delivery runner (a file confirmed, a delivery retried).
+    pub delivery_wake: Arc<tokio::sync::Notify>,
     /// The named recording profiles jobs and schedules choose from.
     pub profiles: Arc<crate::policies::RecordingProfiles>,
     /// Recordings arriving from appliances.
@@ -572,6 +582,42 @@ pub fn route_table() -> Vec<(&'static str, Method, Access, MethodRouter<AppState
             Method::GET,
             Operator(SchedulesRead),
             get(crate::policies::api_list),
+        ),
+        (
+            "/api/v1/destinations",
+            Method::GET,
+            Operator(SettingsManage),
+            get(crate::destinations::api_list),
+        ),
+        (
+            "/api/v1/destinations",
+            Method::POST,
+            Operator(SettingsManage),
+            post(crate::destinations::api_put),
+        ),
+        (
+            "/api/v1/destinations/{name}/delete",
+            Method::POST,
+            Operator(SettingsManage),
+            post(crate::destinations::api_delete),
+        ),
+        (
+            "/api/v1/destinations/{name}/test",
+            Method::POST,
+            Operator(SettingsManage),
+            post(crate::destinations::api_test),
+        ),
+        (
+            "/api/v1/deliveries",
+            Method::GET,
+            Operator(RecordingsRead),
+            get(crate::deliveries_page::api_list),
+        ),
+        (
+            "/api/v1/deliveries/retry",
+            Method::POST,
+            Operator(RecordingsControl),
+            post(crate::deliveries_page::api_retry),
         ),
         (
             "/api/v1/retention-policies",

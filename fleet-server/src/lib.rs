@@ -29,7 +29,10 @@ pub mod clock;
 pub mod config;
 pub mod console;
 pub mod datadir;
+pub mod deliveries_page;
+pub mod delivery;
 pub mod demo;
+pub mod destinations;
 pub mod enrollment_page;
 pub mod fleet;
 pub mod gate;
@@ -49,6 +52,7 @@ pub mod quality;
 pub mod recordings_page;
 pub mod schedules;
 pub mod schedules_page;
+pub mod secrets;
 pub mod signal_watch;
 pub mod tls;
 pub mod uploads;
@@ -89,6 +93,8 @@ pub enum ServerError {
     Accounts(#[from] accounts::AccountError),
     #[error(transparent)]
     Admin(#[from] admin::AdminError),
+    #[error(transparent)]
+    Secrets(#[from] secrets::SecretError),
 }
 
 /// A started server: its bound addresses and shared state.
@@ -392,6 +398,26 @@ impl RunningServer {
             clock.clone(),
             shutdown.clone(),
         ));
+        let secrets = Arc::new(secrets::SecretBox::open_or_create(
+            &settings.secrets_key_file,
+        )?);
+        let delivery_policies = Arc::new(settings.delivery.clone());
+        let uploads = Arc::new(uploads::Uploads::new(
+            &settings.data_dir,
+            settings.max_upload_bytes,
+        ));
+        let delivery_wake = Arc::new(tokio::sync::Notify::new());
+        tasks.spawn(
+            delivery::DeliveryRunner {
+                store: store.clone(),
+                policies: delivery_policies.clone(),
+                secrets: secrets.clone(),
+                uploads: uploads.clone(),
+                clock: clock.clone(),
+                wake: delivery_wake.clone(),
+            }
+            .run(shutdown.clone()),
+        );
         let watchdog_policies = Arc::new(settings.watchdog.clone());
         let retention_policies = Arc::new(settings.retention.clone());
         tasks.spawn(signal_watch::run(
@@ -462,10 +488,10 @@ impl RunningServer {
             watchdog_policies,
             retention_policies,
             profiles: Arc::new(settings.profiles.clone()),
-            uploads: Arc::new(uploads::Uploads::new(
-                &settings.data_dir,
-                settings.max_upload_bytes,
-            )),
+            uploads,
+            secrets,
+            delivery_policies,
+            delivery_wake,
         });
         let mut https_addr = None;
         if let (Some(addr), Some(tls)) = (settings.https_addr, &server_tls) {

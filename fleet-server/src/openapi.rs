@@ -371,6 +371,50 @@ fn operation(method: &Method, path: &str, g: &mut SchemaGenerator) -> Option<Ope
             (200, Json(list::<crate::policies::NamedProfile>(g))),
             &[],
         ),
+        ("GET", "/api/v1/destinations") => op(
+            "Storage destinations (their secrets are never shown: `secret_set` says whether one is set)",
+            None,
+            (200, Json(list::<crate::destinations::DestinationView>(g))),
+            &[],
+        ),
+        ("POST", "/api/v1/destinations") => op(
+            "Make or replace a destination; a secret left out keeps the one set",
+            Some(schema::<crate::destinations::DestinationInput>(g)),
+            (200, Json(schema::<crate::destinations::DestinationView>(g))),
+            &[],
+        ),
+        ("POST", "/api/v1/destinations/{name}/delete") => op(
+            "Delete a destination no upload policy sends to (409 while one does)",
+            None,
+            (204, Headers("none")),
+            &[],
+        ),
+        ("POST", "/api/v1/destinations/{name}/test") => op(
+            "Write, read back and delete a probe object; whether it worked and, if not, why",
+            None,
+            (200, Json(schema::<crate::destinations::DestinationTest>(g))),
+            &[],
+        ),
+        ("GET", "/api/v1/deliveries") => op(
+            "The delivery queue: each file's delivery to each destination, newest jobs first",
+            None,
+            (200, Json(list::<rakkr_store::DeliveryRecord>(g))),
+            &[
+                ("state", "string", "`pending`, `delivered` or `failed`"),
+                ("destination", "string", "only this destination's"),
+                (
+                    "limit",
+                    "integer",
+                    "at most this many (1 to 1000, default 1000)",
+                ),
+            ],
+        ),
+        ("POST", "/api/v1/deliveries/retry") => op(
+            "Try a delivery again now, with a fresh retry budget",
+            Some(schema::<crate::deliveries_page::RetryDelivery>(g)),
+            (200, Json(schema::<rakkr_store::DeliveryRecord>(g))),
+            &[],
+        ),
         ("GET", "/api/v1/retention-policies") => op(
             "The named retention policies nodes are given (configuration; the default marked)",
             None,

@@ -35,6 +35,17 @@ pub const BUILTIN_WATCHDOG: &str = include_str!("../defaults/watchdog.toml");
 /// The built-in recording profiles (the text of `defaults/profiles.toml`).
 pub const BUILTIN_PROFILES: &str = include_str!("../defaults/profiles.toml");
 
+/// The section `key` of a built-in list's file (`defaults/*.toml`, compiled
+/// in; a unit test parses each).
+fn builtin_section<T: serde::de::DeserializeOwned>(text: &str, key: &str) -> T {
+    let mut file: toml::Table = toml::from_str(text).expect("a built-in list parses");
+    assert_eq!(file.len(), 1, "a built-in list's file has one section");
+    file.remove(key)
+        .expect("a built-in list's file has its section")
+        .try_into()
+        .expect("a built-in list's section parses")
+}
+
 /// Most policies in one list.
 pub const MAX_POLICIES: usize = 64;
 
@@ -50,14 +61,7 @@ pub struct WatchdogConfig {
 impl WatchdogConfig {
     /// The built-in list.
     pub fn builtin() -> WatchdogConfig {
-        #[derive(Deserialize)]
-        #[serde(deny_unknown_fields)]
-        struct File {
-            watchdog: WatchdogConfig,
-        }
-        toml::from_str::<File>(BUILTIN_WATCHDOG)
-            .expect("defaults/watchdog.toml parses (a unit test checks it)")
-            .watchdog
+        builtin_section(BUILTIN_WATCHDOG, "watchdog")
     }
 }
 
@@ -263,14 +267,7 @@ pub struct RetentionConfig {
 impl RetentionConfig {
     /// The built-in list.
     pub fn builtin() -> RetentionConfig {
-        #[derive(Deserialize)]
-        #[serde(deny_unknown_fields)]
-        struct File {
-            retention: RetentionConfig,
-        }
-        toml::from_str::<File>(BUILTIN_RETENTION)
-            .expect("defaults/retention.toml parses (a unit test checks it)")
-            .retention
+        builtin_section(BUILTIN_RETENTION, "retention")
     }
 }
 
@@ -306,6 +303,89 @@ impl RetentionPolicies {
     pub fn builtin() -> RetentionPolicies {
         RetentionPolicies::from_config(RetentionConfig::builtin())
             .expect("the built-in retention policies are valid (a unit test checks them)")
+    }
+}
+
+/// The built-in upload policies (the text of `defaults/delivery.toml`).
+pub const BUILTIN_DELIVERY: &str = include_str!("../defaults/delivery.toml");
+
+/// Most destinations one upload policy sends to.
+pub const MAX_POLICY_DESTINATIONS: usize = 16;
+
+/// The `[delivery]` section as written.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeliveryConfig {
+    /// The policy of a recording that names none.
+    pub default: String,
+    pub policies: BTreeMap<String, DeliveryPolicy>,
+}
+
+impl DeliveryConfig {
+    /// The built-in list.
+    pub fn builtin() -> DeliveryConfig {
+        builtin_section(BUILTIN_DELIVERY, "delivery")
+    }
+}
+
+fn retry_budget_72() -> u32 {
+    72
+}
+
+/// One upload policy: which destinations each file of a recording goes to,
+/// and how long failed deliveries are tried again.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DeliveryPolicy {
+    /// Destinations by name (`/api/v1/destinations`); none: the server's
+    /// recordings directory is the only copy.
+    #[serde(default)]
+    pub destinations: Vec<String>,
+    /// Hours from a delivery's first failed attempt until it is given up
+    /// (`failed`, retried by an operator).
+    #[serde(default = "retry_budget_72")]
+    pub retry_budget_h: u32,
+}
+
+impl Named for DeliveryPolicy {
+    const KIND: &'static str = "upload policy";
+    fn check(&self) -> Result<(), String> {
+        if self.destinations.len() > MAX_POLICY_DESTINATIONS {
+            return Err(format!("at most {MAX_POLICY_DESTINATIONS} destinations"));
+        }
+        for (i, d) in self.destinations.iter().enumerate() {
+            check_policy_name(d).map_err(|e| format!("destination {d:?}: {e}"))?;
+            if self.destinations[..i].contains(d) {
+                return Err(format!("destination {d:?} is listed twice"));
+            }
+        }
+        if !(1..=8_760).contains(&self.retry_budget_h) {
+            return Err("retry_budget_h must be 1 to 8760 (a year)".into());
+        }
+        Ok(())
+    }
+}
+
+/// The upload policies.
+pub type DeliveryPolicies = NamedList<DeliveryPolicy>;
+
+impl DeliveryPolicies {
+    pub fn from_config(config: DeliveryConfig) -> Result<DeliveryPolicies, String> {
+        NamedList::new(config.default, config.policies)
+    }
+
+    pub fn builtin() -> DeliveryPolicies {
+        DeliveryPolicies::from_config(DeliveryConfig::builtin())
+            .expect("the built-in upload policies are valid (a unit test checks them)")
+    }
+
+    /// The policies that send to `destination`.
+    pub fn using(&self, destination: &str) -> Vec<String> {
+        self.list()
+            .into_iter()
+            .filter(|p| p.value.destinations.iter().any(|d| d == destination))
+            .map(|p| p.name)
+            .collect()
     }
 }
 
@@ -347,14 +427,7 @@ pub struct RecordingConfig {
 impl RecordingConfig {
     /// The built-in list.
     pub fn builtin() -> RecordingConfig {
-        #[derive(Deserialize)]
-        #[serde(deny_unknown_fields)]
-        struct File {
-            recording: RecordingConfig,
-        }
-        toml::from_str::<File>(BUILTIN_PROFILES)
-            .expect("defaults/profiles.toml parses (a unit test checks it)")
-            .recording
+        builtin_section(BUILTIN_PROFILES, "recording")
     }
 }
 
@@ -588,6 +661,40 @@ mod tests {
         let listed = p.list();
         assert_eq!(listed.len(), 2);
         assert!(listed.iter().any(|l| l.name == "standard" && l.default));
+    }
+
+    #[test]
+    fn upload_policies_name_destinations_once_and_bound_their_budget() {
+        let builtin = DeliveryPolicies::builtin();
+        assert_eq!(builtin.default_name(), "server-only");
+        assert!(builtin.for_name(None).1.destinations.is_empty());
+        let parse = |text: &str| {
+            #[derive(Deserialize)]
+            struct File {
+                delivery: DeliveryConfig,
+            }
+            let file: File = toml::from_str(text).map_err(|e| e.to_string())?;
+            DeliveryPolicies::from_config(file.delivery)
+        };
+        let p = parse(
+            "[delivery]\ndefault = \"archive\"\n[delivery.policies.archive]\n\
+             destinations = [\"nas\", \"s3\"]\n[delivery.policies.local]\ndestinations = [\"nas\"]\n",
+        )
+        .unwrap();
+        assert_eq!(p.for_name(None).1.retry_budget_h, 72);
+        assert_eq!(p.using("nas"), ["archive", "local"]);
+        assert_eq!(p.using("s3"), ["archive"]);
+        for (text, why) in [
+            ("destinations = [\"a\", \"a\"]", "listed twice"),
+            ("destinations = [\"../x\"]", "destination \"../x\""),
+            ("retry_budget_h = 0", "retry_budget_h"),
+        ] {
+            let e = parse(&format!(
+                "[delivery]\ndefault = \"p\"\n[delivery.policies.p]\n{text}\n"
+            ))
+            .unwrap_err();
+            assert!(e.contains(why), "{text}: {e}");
+        }
     }
 
     #[test]

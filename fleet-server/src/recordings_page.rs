@@ -314,9 +314,27 @@ fn waveform_panel(
     }
 }
 
+/// Where a file's deliveries stand, one badge per destination.
+fn deliveries_markup(deliveries: &[&rakkr_store::DeliveryRecord]) -> Markup {
+    use rakkr_store::DeliveryState;
+    html! {
+        @for d in deliveries {
+            " "
+            @match d.state {
+                DeliveryState::Delivered => span.badge.ok title={ "delivered as " (d.key) } { (d.destination) " ✓" },
+                DeliveryState::Pending => span.badge.job.running title=(d.last_error) {
+                    (d.destination) @if d.attempts > 0 { " retrying (" (d.attempts) ")" } @else { " pending" }
+                },
+                DeliveryState::Failed => span.badge.job.failed title=(d.last_error) { (d.destination) " failed" },
+            }
+        }
+    }
+}
+
 fn detail_page(
     job: &JobRecord,
     uploads: &[rakkr_store::UploadRecord],
+    deliveries: &[rakkr_store::DeliveryRecord],
     quality: &Result<Option<crate::quality::QualityTimeline>, String>,
     signed_in: &SignedIn,
     error: Option<&str>,
@@ -356,6 +374,17 @@ fn detail_page(
                             @else if uploads.is_empty() { "on the appliance " code { (job.node) } " (playback, download and checksum once it is uploaded)" }
                             @else { "being uploaded from " code { (job.node) } }
                         }
+                        @let state = crate::delivery::recording_delivery(r, uploads, deliveries);
+                        {
+                            dt { "Delivery" } dd.delivery data-delivery=(serde_json::to_value(state).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default()) {
+                                @match state {
+                                    crate::delivery::RecordingDelivery::Arriving => "the files are on their way to the server",
+                                    crate::delivery::RecordingDelivery::Delivering => "on the server; copies to its destinations under way",
+                                    crate::delivery::RecordingDelivery::Uploaded => @if deliveries.is_empty() { "uploaded (the server is its only destination)" } @else { "uploaded: every destination holds every file" },
+                                    crate::delivery::RecordingDelivery::Partial => "partial: a destination failed (retry it from the delivery queue)",
+                                }
+                            }
+                        }
                         @if let Some(folder) = &job.folder { dt { "Folder" } dd { code { (folder) } " (where delivery will put it)" } }
                     }
                 }
@@ -368,7 +397,10 @@ fn detail_page(
                                     td { code { (f.name) } }
                                     td { (f.frames) }
                                     td { (f.bytes) }
-                                    td { (file_state(upload_of(&f.name))) }
+                                    td {
+                                        (file_state(upload_of(&f.name)))
+                                        (deliveries_markup(&deliveries.iter().filter(|d| d.name == f.name).collect::<Vec<_>>()))
+                                    }
                                     td {
                                         @if on_server(&f.name) {
                                             @if may_play {
@@ -620,7 +652,8 @@ pub async fn detail(
         Ok(job) => {
             let quality = quality_of(&state, &job).await;
             let uploads = uploads_of(&state, &job).await;
-            detail_page(&job, &uploads, &quality, &signed_in, None).into_response()
+            let deliveries = crate::delivery::deliveries_of(&state.store, job.id).await;
+            detail_page(&job, &uploads, &deliveries, &quality, &signed_in, None).into_response()
         }
         Err(r) => r,
     }
@@ -652,6 +685,8 @@ pub struct RecordingFile {
     /// The upload's record once the node began sending the file; absent
     /// while the file is only on the appliance.
     pub upload: Option<rakkr_store::UploadRecord>,
+    /// Its copies to the destinations of its upload policy.
+    pub deliveries: Vec<rakkr_store::DeliveryRecord>,
 }
 
 /// `GET /api/v1/recordings/{id}/files`: the take's files and their delivery.
@@ -661,6 +696,7 @@ pub async fn api_files(State(state): State<AppState>, Path(id): Path<String>) ->
         Err(r) => return r,
     };
     let mut uploads = uploads_of(&state, &job).await;
+    let deliveries = crate::delivery::deliveries_of(&state.store, job.id).await;
     let files: Vec<RecordingFile> = job
         .recording
         .iter()
@@ -673,6 +709,11 @@ pub async fn api_files(State(state): State<AppState>, Path(id): Path<String>) ->
                 .iter()
                 .position(|u| u.name == f.name)
                 .map(|i| uploads.swap_remove(i)),
+            deliveries: deliveries
+                .iter()
+                .filter(|d| d.name == f.name)
+                .cloned()
+                .collect(),
         })
         .collect();
     Json(files).into_response()
@@ -740,7 +781,15 @@ pub async fn save_notes(
         Err((status, why)) => {
             let quality = quality_of(&state, &job).await;
             let uploads = uploads_of(&state, &job).await;
-            let page = detail_page(&job, &uploads, &quality, &signed_in, Some(&why));
+            let deliveries = crate::delivery::deliveries_of(&state.store, job.id).await;
+            let page = detail_page(
+                &job,
+                &uploads,
+                &deliveries,
+                &quality,
+                &signed_in,
+                Some(&why),
+            );
             (status, page).into_response()
         }
     }

@@ -584,6 +584,8 @@ pub async fn complete_file(
             .stats
             .files_confirmed
             .fetch_add(1, Ordering::Relaxed);
+        crate::delivery::queue_file(&*state.store, &state.delivery_policies, job, &record, now);
+        state.delivery_wake.notify_one();
         tracing::info!(job = %job.id, file = name, bytes = record.length, "recording file received and verified");
         Ok((confirmation(&record), true))
     })

@@ -1005,6 +1005,56 @@ impl Drop for JackServer {
     }
 }
 
+/// s3s-fs, an S3 server over a directory that checks SigV4 signatures (so
+/// wrong credentials fail), on a free loopback port; killed on drop.
+/// `xtask test` installs it (`cargo install s3s-fs@0.14.1`).
+pub struct S3Server {
+    pub proc: Proc,
+    pub port: u16,
+    /// Where the buckets are: `{root}/{bucket}/{key}`.
+    pub root: PathBuf,
+    pub access_key: String,
+    pub secret_key: String,
+}
+
+impl S3Server {
+    pub fn start(dir: &Path, buckets: &[&str]) -> Result<S3Server> {
+        let root = dir.join("s3");
+        for b in buckets {
+            std::fs::create_dir_all(root.join(b))?;
+        }
+        let port = free_port();
+        let (access_key, secret_key) = (
+            "rakkr-test-key".to_owned(),
+            "rakkr-test-secret-0123456789".to_owned(),
+        );
+        let program = std::env::var_os("HOME")
+            .map(|h| Path::new(&h).join(".cargo/bin/s3s-fs"))
+            .filter(|p| p.exists())
+            .unwrap_or_else(|| "s3s-fs".into());
+        let mut cmd = Command::new(program);
+        cmd.args(["--host", "127.0.0.1", "--port", &port.to_string()])
+            .args(["--access-key", &access_key, "--secret-key", &secret_key])
+            .arg(&root);
+        let proc = Proc::spawn("s3s-fs", cmd, dir)
+            .context("start s3s-fs (`cargo xtask test` installs it)")?;
+        wait_for("s3s-fs listening", Duration::from_secs(10), || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).ok()
+        })?;
+        Ok(S3Server {
+            proc,
+            port,
+            root,
+            access_key,
+            secret_key,
+        })
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+}
+
 /// Debian mosquitto with the shipped configuration (deploy/mosquitto: ACLs,
 /// no anonymous clients), on a free loopback port, with `users` (name,
 /// password) in its password file. Killed on drop.

@@ -794,3 +794,243 @@ fn a_full_appliance_disk_deletes_the_oldest_uploaded_takes_first_and_never_other
     drop(agent);
     Ok(())
 }
+
+/// A server whose default upload policy sends every file to a local
+/// directory (`nas`) and an S3 bucket (`s3`, s3s-fs checking signatures).
+fn delivering_server(work: &Path) -> Result<(Server, S3Server)> {
+    let s3 = S3Server::start(work, &["takes"])?;
+    let server = Server::start_configured(
+        work,
+        &work.join("data"),
+        &[],
+        "[delivery]\ndefault = \"archive\"\n[delivery.policies.archive]\n\
+         destinations = [\"nas\", \"s3\"]\nretry_budget_h = 1\n",
+    )?;
+    Ok((server, s3))
+}
+
+fn s3_destination(s3: &S3Server, secret: Option<&str>) -> Value {
+    let mut d = json!({
+        "name": "s3", "kind": "s3", "endpoint": s3.endpoint(), "region": "us-east-1",
+        "bucket": "takes", "prefix": "site-1", "access_key_id": s3.access_key,
+        "allow_http": true,
+    });
+    if let Some(secret) = secret {
+        d["secret"] = json!(secret);
+    }
+    d
+}
+
+/// Wait until every delivery of `job` is in `state`; them.
+fn deliveries_in(server: &Server, job: &str, state: &str, count: usize) -> Result<Vec<Value>> {
+    wait_for(
+        &format!("{count} deliveries {state}"),
+        Duration::from_secs(30),
+        || {
+            let all = server.get_json("/api/v1/deliveries").ok()?;
+            let mine: Vec<Value> = all
+                .as_array()?
+                .iter()
+                .filter(|d| d["job"] == job)
+                .cloned()
+                .collect();
+            (mine.len() == count && mine.iter().all(|d| d["state"] == state)).then_some(mine)
+        },
+    )
+}
+
+#[test]
+fn a_take_is_delivered_to_every_destination_byte_identical_and_secrets_stay_sealed() -> Result<()> {
+    let work = tempfile::tempdir()?;
+    let (server, s3) = delivering_server(work.path())?;
+    let nas = work.path().join("nas");
+    let (code, made) = server.post(
+        "/api/v1/destinations",
+        &json!({"name": "nas", "kind": "local", "path": nas.display().to_string()}),
+    )?;
+    assert_eq!(code, 200, "{made}");
+    let (code, made) = server.post(
+        "/api/v1/destinations",
+        &s3_destination(&s3, Some(&s3.secret_key)),
+    )?;
+    assert_eq!(code, 200, "{made}");
+    // The secret is write-only: never in an answer, not in the store's file.
+    let listed = server.get_json("/api/v1/destinations")?;
+    let text = listed.to_string();
+    assert!(
+        !text.contains(&s3.secret_key) && !text.contains("sealed"),
+        "{text}"
+    );
+    assert_eq!(listed[1]["name"], "s3");
+    assert_eq!(listed[1]["secret_set"], true);
+    assert_eq!(listed[1]["used_by"], json!(["archive"]));
+    let store_bytes = std::fs::read(work.path().join("data/rakkr.redb"))?;
+    assert!(
+        !store_bytes
+            .windows(s3.secret_key.len())
+            .any(|w| w == s3.secret_key.as_bytes()),
+        "the secret is not in the store in clear"
+    );
+    let (code, probe) = server.post("/api/v1/destinations/s3/test", &json!({}))?;
+    assert_eq!((code, &probe["ok"]), (200, &json!(true)), "{probe}");
+    // A destination an upload policy sends to cannot go.
+    let (code, refused) = server.post("/api/v1/destinations/s3/delete", &json!({}))?;
+    assert_eq!(code, 409, "{refused}");
+    // Saved again without a secret: the one set stays.
+    let (code, _) = server.post("/api/v1/destinations", &s3_destination(&s3, None))?;
+    assert_eq!(code, 200);
+
+    let (_agent, _) = uploading_agent(work.path(), &server, "dl-a", "demo", "")?;
+    let job = take(&server, "dl-a", 3)?;
+    let name = format!("{job}.flac");
+    let delivered = deliveries_in(&server, &job, "delivered", 2)?;
+    let cached = std::fs::read(
+        work.path()
+            .join("data/recordings/dl-a")
+            .join(&job)
+            .join(&name),
+    )?;
+    let key = delivered[0]["key"].as_str().unwrap_or_default().to_owned();
+    assert!(key.starts_with("dl-a/") && key.ends_with(&name), "{key}");
+    assert_eq!(std::fs::read(nas.join(&key))?, cached, "the local copy");
+    assert_eq!(
+        std::fs::read(s3.root.join("takes/site-1").join(&key))?,
+        cached,
+        "the S3 object"
+    );
+    // The recording says so.
+    let files = server.get_json(&format!("/api/v1/recordings/{job}/files"))?;
+    assert_eq!(
+        files[0]["deliveries"].as_array().map(Vec::len),
+        Some(2),
+        "{files}"
+    );
+    let mut olga = server.operator("olga", "admin")?;
+    let (_, _, page) = olga.get(&format!("/recordings/{job}"))?;
+    assert!(page.contains("data-delivery=\"uploaded\""), "{page}");
+    // Each change to a destination is audited, without its secret.
+    let audit = server.get_json("/api/v1/audit/search?q=destination:s3&limit=20")?;
+    let text = audit.to_string();
+    assert!(
+        text.contains("\"secret_set\":true") && !text.contains(&s3.secret_key),
+        "{text}"
+    );
+    Ok(())
+}
+
+#[test]
+fn wrong_s3_credentials_fail_with_the_reason_and_a_retry_delivers_once_fixed() -> Result<()> {
+    let work = tempfile::tempdir()?;
+    let (server, s3) = delivering_server(work.path())?;
+    let (code, _) = server.post(
+        "/api/v1/destinations",
+        &json!({"name": "nas", "kind": "local", "path": work.path().join("nas").display().to_string()}),
+    )?;
+    assert_eq!(code, 200);
+    let (code, _) = server.post(
+        "/api/v1/destinations",
+        &s3_destination(&s3, Some("not-the-secret")),
+    )?;
+    assert_eq!(code, 200);
+    let (_, probe) = server.post("/api/v1/destinations/s3/test", &json!({}))?;
+    assert_eq!(probe["ok"], false, "{probe}");
+    let why = probe["error"].as_str().unwrap_or_default().to_owned();
+    assert!(
+        why.contains("403") || why.contains("Signature") || why.contains("Access"),
+        "a clear error: {why}"
+    );
+
+    let (_agent, _) = uploading_agent(work.path(), &server, "dl-b", "demo", "")?;
+    let job = take(&server, "dl-b", 2)?;
+    // The local copy arrives; the S3 one fails, says why, and waits to retry.
+    let failing = wait_for("the S3 delivery failing", Duration::from_secs(30), || {
+        let all = server.get_json("/api/v1/deliveries?destination=s3").ok()?;
+        let d = all.as_array()?.iter().find(|d| d["job"] == job)?.clone();
+        (d["attempts"].as_u64() >= Some(1)).then_some(d)
+    })?;
+    assert_eq!(failing["state"], "pending", "{failing}");
+    let why = failing["last_error"].as_str().unwrap_or_default();
+    assert!(
+        why.contains("403") || why.contains("Signature") || why.contains("Access"),
+        "{failing}"
+    );
+    // Fixed, then retried by an operator: delivered, byte-identical.
+    let (code, _) = server.post(
+        "/api/v1/destinations",
+        &s3_destination(&s3, Some(&s3.secret_key)),
+    )?;
+    assert_eq!(code, 200);
+    let (code, retried) = server.post(
+        "/api/v1/deliveries/retry",
+        &json!({"job": job, "name": format!("{job}.flac"), "destination": "s3"}),
+    )?;
+    assert_eq!(code, 200, "{retried}");
+    let delivered = deliveries_in(&server, &job, "delivered", 2)?;
+    let key = delivered[0]["key"].as_str().unwrap_or_default().to_owned();
+    let cached = std::fs::read(
+        work.path()
+            .join("data/recordings/dl-b")
+            .join(&job)
+            .join(format!("{job}.flac")),
+    )?;
+    assert_eq!(
+        std::fs::read(s3.root.join("takes/site-1").join(&key))?,
+        cached
+    );
+    // A retry of a delivered one is refused; the retry was audited.
+    let (code, _) = server.post(
+        "/api/v1/deliveries/retry",
+        &json!({"job": job, "name": format!("{job}.flac"), "destination": "s3"}),
+    )?;
+    assert_eq!(code, 409);
+    let audit = server.get_json(&format!("/api/v1/audit/search?q=delivery:{job}&limit=5"))?;
+    assert!(
+        audit["records"].as_array().is_some_and(|r| !r.is_empty()),
+        "{audit}"
+    );
+    Ok(())
+}
+
+#[test]
+fn a_file_larger_than_a_part_reaches_s3_in_parts_byte_identical() -> Result<()> {
+    use rakkr_server::{delivery, destinations, secrets::SecretBox};
+    use rakkr_store::{DestinationRecord, DestinationSpec};
+    let work = tempfile::tempdir()?;
+    let s3 = S3Server::start(work.path(), &["takes"])?;
+    let secrets = SecretBox::open_or_create(&work.path().join("secrets.key"))?;
+    let spec = DestinationSpec::S3 {
+        endpoint: Some(s3.endpoint()),
+        region: "us-east-1".into(),
+        bucket: "takes".into(),
+        prefix: "site-1".into(),
+        access_key_id: s3.access_key.clone(),
+        allow_http: true,
+    };
+    let record = DestinationRecord {
+        name: "s3".into(),
+        sealed_secret: Some(destinations::seal_secret(
+            &secrets,
+            "s3",
+            &spec,
+            &s3.secret_key,
+        )?),
+        spec,
+        created_ms: 0,
+        updated_ms: 0,
+    };
+    // Two and a half parts of bytes that differ from part to part.
+    let bytes: Vec<u8> = (0..(delivery::CHUNK_BYTES * 5 / 2) as u64)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 9) as u8)
+        .collect();
+    let file = work.path().join("big.flac");
+    std::fs::write(&file, &bytes)?;
+    let os = destinations::open(&secrets, &record).map_err(anyhow::Error::msg)?;
+    let path =
+        delivery::object_path("site-1", "n/2026-11-30/big.flac").map_err(anyhow::Error::msg)?;
+    tokio::runtime::Runtime::new()?
+        .block_on(delivery::copy_file(&*os, &path, &file, bytes.len() as u64))
+        .map_err(anyhow::Error::msg)?;
+    let stored = std::fs::read(s3.root.join("takes/site-1/n/2026-11-30/big.flac"))?;
+    assert!(stored == bytes, "the object is byte-identical");
+    Ok(())
+}

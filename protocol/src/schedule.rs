@@ -861,7 +861,7 @@ pub const MAX_FOLDER_PART_BYTES: usize = 255;
 
 /// A folder as rendered: relative, no empty, `.` or `..` parts, none over
 /// [`MAX_FOLDER_PART_BYTES`].
-fn check_folder(folder: &str) -> Result<(), String> {
+pub fn check_folder(folder: &str) -> Result<(), String> {
     if folder.starts_with('/') || folder.contains('\\') {
         return Err("a folder is a relative path with '/' between its parts".into());
     }

@@ -392,4 +392,35 @@ pub trait Store: Send + Sync + 'static {
 
     /// Every upload of `job`'s files, by name.
     fn uploads_of_job(&self, job: JobId) -> Result<Vec<UploadRecord>>;
+
+    /// Every upload the server holds, verified (`cached`), by job and name.
+    fn cached_uploads(&self) -> Result<Vec<UploadRecord>>;
+
+    /// Every storage destination, by name.
+    fn destinations(&self) -> Result<Vec<DestinationRecord>>;
+
+    /// Keep a destination as it is now; returns it as it was.
+    fn put_destination(&self, record: &DestinationRecord) -> Result<Option<DestinationRecord>>;
+
+    /// Forget a destination; returns it as it was.
+    fn delete_destination(&self, name: &str) -> Result<Option<DestinationRecord>>;
+
+    /// Queue deliveries that are not queued yet (one per job, file and
+    /// destination; one already there is left as it is). Returns how many
+    /// were added.
+    fn queue_deliveries(&self, records: &[DeliveryRecord]) -> Result<usize>;
+
+    /// Keep a delivery as it is now (the runner's outcome, an operator's retry).
+    fn put_delivery(&self, record: &DeliveryRecord) -> Result<()>;
+
+    /// Pending deliveries whose next attempt is due at `now_ms`, soonest
+    /// first, at most `limit`.
+    fn due_deliveries(&self, now_ms: u64, limit: usize) -> Result<Vec<DeliveryRecord>>;
+
+    /// Every delivery of `job`'s files.
+    fn deliveries_of_job(&self, job: JobId) -> Result<Vec<DeliveryRecord>>;
+
+    /// Deliveries newest job first (in one `state`, or any), at most `limit`.
+    fn deliveries(&self, state: Option<DeliveryState>, limit: usize)
+    -> Result<Vec<DeliveryRecord>>;
 }

@@ -15,6 +15,9 @@
 //! | `node_credentials` | node id `&str`   | JSON [`NodeCredentialRecord`] (secrets: SHA-256 only) |
 //! | `health_events` | `(node id, message id)` | `HealthEventRecord` (JSON); a message id is stored once per node |
 //! | `uploads` | `(job id, file name)` | `UploadRecord` (JSON): a take's file on its way from its node (decision 0016) |
+//! | `destinations` | name | JSON [`DestinationRecord`]: a storage destination, its secret sealed by the server (decision 0017) |
+//! | `deliveries` | `(job id, file name, destination)` | JSON [`DeliveryRecord`]: a file on its way to a destination |
+//! | `deliveries_due` | `(next attempt ms, job id, file name, destination)` | `()`: exactly the `pending` deliveries |
 //! | `health_events_pruned` | node id | ms since the epoch: events created up to then may have been pruned (the newest pruned event's id time) |
 //! | `users`     | login name `&str`       | JSON [`UserRecord`] (password: argon2id PHC string only) |
 //! | `sessions`  | SHA-256 of the session id `&str` | JSON [`SessionRecord`]        |
@@ -61,14 +64,14 @@ use rakkr_protocol::schedule::{CivilDate, Occurrence, ScheduleSpec, occurrence_j
 
 use crate::{
     AUDIT_GENESIS, ApiTokenRecord, AuditEntry, AuditPage, AuditProbe, AuditRecord, AuditSearch,
-    Deferral, EnrollTokenRecord, HealthEventRecord, HealthIssue, IssueAction, IssueQuery,
-    JobGauges, JobId, JobRecord, Lease, MAX_APPLIED_UPDATES, MAX_AUDIT_SCAN,
-    MAX_HEALTH_EVENTS_PER_NODE, MAX_ISSUES_PER_NODE, MAX_OCCURRENCE_JOBS, MAX_SCHEDULES,
-    MAX_USER_NAME, NewJob, NodeCredentialRecord, NodePolicyKind, NodeRecord, NodeStatusUpdate,
-    OccurrenceJob, OccurrenceRecord, OccurrenceStart, REOPEN_WITHIN_MS, RestartPolicy, Result,
-    ScheduleRecord, ScheduledBy, SessionRecord, Store, StoreError, UpdateOutcome, UploadRecord,
-    UserChange, UserRecord, audit_hash, check_annotation, contains_ignoring_ascii_case,
-    valid_user_name,
+    Deferral, DeliveryRecord, DeliveryState, DestinationRecord, EnrollTokenRecord,
+    HealthEventRecord, HealthIssue, IssueAction, IssueQuery, JobGauges, JobId, JobRecord, Lease,
+    MAX_APPLIED_UPDATES, MAX_AUDIT_SCAN, MAX_HEALTH_EVENTS_PER_NODE, MAX_ISSUES_PER_NODE,
+    MAX_OCCURRENCE_JOBS, MAX_SCHEDULES, MAX_USER_NAME, NewJob, NodeCredentialRecord,
+    NodePolicyKind, NodeRecord, NodeStatusUpdate, OccurrenceJob, OccurrenceRecord, OccurrenceStart,
+    REOPEN_WITHIN_MS, RestartPolicy, Result, ScheduleRecord, ScheduledBy, SessionRecord, Store,
+    StoreError, UpdateOutcome, UploadRecord, UserChange, UserRecord, audit_hash, check_annotation,
+    contains_ignoring_ascii_case, valid_user_name,
 };
 
 /// Version of the layout above. Bumped only with a migration.
@@ -98,6 +101,13 @@ const AUDIT_BY_OUTCOME: TableDefinition<(&str, u64), ()> = TableDefinition::new(
 /// (node, message id as u128) → HealthEventRecord (JSON).
 const HEALTH_EVENTS: TableDefinition<(&str, u128), &[u8]> = TableDefinition::new("health_events");
 const UPLOADS: TableDefinition<(u128, &str), &[u8]> = TableDefinition::new("uploads");
+/// Storage destinations by name (JSON [`DestinationRecord`], secret sealed).
+const DESTINATIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("destinations");
+/// Deliveries by (job, file, destination) (JSON [`DeliveryRecord`]).
+const DELIVERIES: TableDefinition<(u128, &str, &str), &[u8]> = TableDefinition::new("deliveries");
+/// Pending deliveries by (next attempt, job, file, destination).
+const DELIVERIES_DUE: TableDefinition<(u64, u128, &str, &str), ()> =
+    TableDefinition::new("deliveries_due");
 const HEALTH_EVENTS_PRUNED: TableDefinition<&str, u64> =
     TableDefinition::new("health_events_pruned");
 const SCHEDULES: TableDefinition<u128, &[u8]> = TableDefinition::new("schedules");
@@ -279,6 +289,9 @@ impl RedbStore {
             tx.open_table(HEALTH_EVENTS).map_err(backend)?;
             tx.open_table(HEALTH_EVENTS_PRUNED).map_err(backend)?;
             tx.open_table(UPLOADS).map_err(backend)?;
+            tx.open_table(DESTINATIONS).map_err(backend)?;
+            tx.open_table(DELIVERIES).map_err(backend)?;
+            tx.open_table(DELIVERIES_DUE).map_err(backend)?;
             tx.open_table(SCHEDULES).map_err(backend)?;
             tx.open_table(HEALTH_ISSUES).map_err(backend)?;
             for kind in NodePolicyKind::ALL {
@@ -1939,6 +1952,168 @@ impl Store for RedbStore {
         {
             let (_, v) = entry.map_err(backend)?;
             out.push(decode("upload", v.value())?);
+        }
+        Ok(out)
+    }
+
+    fn cached_uploads(&self) -> Result<Vec<UploadRecord>> {
+        let tx = self.db.begin_read().map_err(backend)?;
+        let table = tx.open_table(UPLOADS).map_err(backend)?;
+        let mut out = Vec::new();
+        for entry in table.iter().map_err(backend)? {
+            let (_, v) = entry.map_err(backend)?;
+            let record: UploadRecord = decode("upload", v.value())?;
+            if record.state == crate::UploadState::Cached {
+                out.push(record);
+            }
+        }
+        Ok(out)
+    }
+
+    fn destinations(&self) -> Result<Vec<DestinationRecord>> {
+        let tx = self.db.begin_read().map_err(backend)?;
+        let table = tx.open_table(DESTINATIONS).map_err(backend)?;
+        let mut out = Vec::new();
+        for entry in table.iter().map_err(backend)? {
+            let (_, v) = entry.map_err(backend)?;
+            out.push(decode("destination", v.value())?);
+        }
+        Ok(out)
+    }
+
+    fn put_destination(&self, record: &DestinationRecord) -> Result<Option<DestinationRecord>> {
+        let tx = self.db.begin_write().map_err(backend)?;
+        let before = {
+            let mut table = tx.open_table(DESTINATIONS).map_err(backend)?;
+            let before = table
+                .insert(record.name.as_str(), encode(record).as_slice())
+                .map_err(backend)?;
+            before
+                .map(|v| decode("destination", v.value()))
+                .transpose()?
+        };
+        tx.commit().map_err(backend)?;
+        Ok(before)
+    }
+
+    fn delete_destination(&self, name: &str) -> Result<Option<DestinationRecord>> {
+        let tx = self.db.begin_write().map_err(backend)?;
+        let before = {
+            let mut table = tx.open_table(DESTINATIONS).map_err(backend)?;
+            let before = table.remove(name).map_err(backend)?;
+            before
+                .map(|v| decode("destination", v.value()))
+                .transpose()?
+        };
+        tx.commit().map_err(backend)?;
+        Ok(before)
+    }
+
+    fn queue_deliveries(&self, records: &[DeliveryRecord]) -> Result<usize> {
+        let tx = self.db.begin_write().map_err(backend)?;
+        let mut added = 0;
+        {
+            let mut table = tx.open_table(DELIVERIES).map_err(backend)?;
+            let mut due = tx.open_table(DELIVERIES_DUE).map_err(backend)?;
+            for r in records {
+                let key = (r.job.as_u128(), r.name.as_str(), r.destination.as_str());
+                if table.get(key).map_err(backend)?.is_some() {
+                    continue;
+                }
+                table.insert(key, encode(r).as_slice()).map_err(backend)?;
+                if r.state == DeliveryState::Pending {
+                    due.insert((r.next_attempt_ms, key.0, key.1, key.2), ())
+                        .map_err(backend)?;
+                }
+                added += 1;
+            }
+        }
+        tx.commit().map_err(backend)?;
+        Ok(added)
+    }
+
+    fn put_delivery(&self, record: &DeliveryRecord) -> Result<()> {
+        let tx = self.db.begin_write().map_err(backend)?;
+        {
+            let mut table = tx.open_table(DELIVERIES).map_err(backend)?;
+            let mut due = tx.open_table(DELIVERIES_DUE).map_err(backend)?;
+            let key = (
+                record.job.as_u128(),
+                record.name.as_str(),
+                record.destination.as_str(),
+            );
+            // The index follows the record: out under the old attempt time,
+            // in under the new one while pending.
+            if let Some(old) = table.get(key).map_err(backend)? {
+                let old: DeliveryRecord = decode("delivery", old.value())?;
+                if old.state == DeliveryState::Pending {
+                    due.remove((old.next_attempt_ms, key.0, key.1, key.2))
+                        .map_err(backend)?;
+                }
+            }
+            table
+                .insert(key, encode(record).as_slice())
+                .map_err(backend)?;
+            if record.state == DeliveryState::Pending {
+                due.insert((record.next_attempt_ms, key.0, key.1, key.2), ())
+                    .map_err(backend)?;
+            }
+        }
+        tx.commit().map_err(backend)
+    }
+
+    fn due_deliveries(&self, now_ms: u64, limit: usize) -> Result<Vec<DeliveryRecord>> {
+        let tx = self.db.begin_read().map_err(backend)?;
+        let due = tx.open_table(DELIVERIES_DUE).map_err(backend)?;
+        let table = tx.open_table(DELIVERIES).map_err(backend)?;
+        let mut out = Vec::new();
+        for entry in due
+            .range((0, 0, "", "")..=(now_ms, u128::MAX, "\u{10ffff}", "\u{10ffff}"))
+            .map_err(backend)?
+            .take(limit)
+        {
+            let (k, _) = entry.map_err(backend)?;
+            let (_, job, name, destination) = k.value();
+            if let Some(v) = table.get((job, name, destination)).map_err(backend)? {
+                out.push(decode("delivery", v.value())?);
+            }
+        }
+        Ok(out)
+    }
+
+    fn deliveries_of_job(&self, job: JobId) -> Result<Vec<DeliveryRecord>> {
+        let tx = self.db.begin_read().map_err(backend)?;
+        let table = tx.open_table(DELIVERIES).map_err(backend)?;
+        let id = job.as_u128();
+        let mut out = Vec::new();
+        for entry in table
+            .range((id, "", "")..(id.saturating_add(1), "", ""))
+            .map_err(backend)?
+        {
+            let (_, v) = entry.map_err(backend)?;
+            out.push(decode("delivery", v.value())?);
+        }
+        Ok(out)
+    }
+
+    fn deliveries(
+        &self,
+        state: Option<DeliveryState>,
+        limit: usize,
+    ) -> Result<Vec<DeliveryRecord>> {
+        let tx = self.db.begin_read().map_err(backend)?;
+        let table = tx.open_table(DELIVERIES).map_err(backend)?;
+        let mut out = Vec::new();
+        // Job ids are UUIDv7: the newest jobs come last.
+        for entry in table.iter().map_err(backend)?.rev() {
+            if out.len() == limit {
+                break;
+            }
+            let (_, v) = entry.map_err(backend)?;
+            let record: DeliveryRecord = decode("delivery", v.value())?;
+            if state.is_none_or(|s| s == record.state) {
+                out.push(record);
+            }
         }
         Ok(out)
     }

@@ -707,6 +707,102 @@ pub enum UploadState {
     Cached,
 }
 
+/// Where a storage destination writes (decision 0017). Secrets are not here:
+/// [`DestinationRecord::sealed_secret`] holds the one a kind needs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum DestinationSpec {
+    /// A directory on the server (a local disk or a mounted share).
+    Local {
+        /// Absolute path of the directory objects go under.
+        path: String,
+    },
+    /// An S3-compatible bucket; the secret is the secret access key.
+    S3 {
+        /// `https://host:port` of an S3-compatible service; absent: AWS.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        endpoint: Option<String>,
+        region: String,
+        bucket: String,
+        /// Objects go under this key prefix (`a/b`; empty: the bucket's root).
+        #[serde(default)]
+        prefix: String,
+        access_key_id: String,
+        /// Allow `http://` endpoints (a trusted network only).
+        #[serde(default)]
+        allow_http: bool,
+    },
+}
+
+impl DestinationSpec {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            DestinationSpec::Local { .. } => "local",
+            DestinationSpec::S3 { .. } => "s3",
+        }
+    }
+}
+
+/// A named storage destination.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct DestinationRecord {
+    /// `[a-z0-9_-]{1,64}`, as policy names.
+    pub name: String,
+    pub spec: DestinationSpec,
+    /// The kind's secret, sealed by the server (never shown).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(skip)]
+    pub sealed_secret: Option<String>,
+    pub created_ms: u64,
+    pub updated_ms: u64,
+}
+
+/// Where one delivery of a file stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum DeliveryState {
+    /// Waiting for its next attempt.
+    Pending,
+    /// The destination holds the file.
+    Delivered,
+    /// Its retry budget is spent; waits for an operator's retry.
+    Failed,
+}
+
+impl DeliveryState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeliveryState::Pending => "pending",
+            DeliveryState::Delivered => "delivered",
+            DeliveryState::Failed => "failed",
+        }
+    }
+}
+
+/// One file of a take on its way to one destination (decision 0017).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct DeliveryRecord {
+    pub job: JobId,
+    /// The file's name (as its upload's).
+    pub name: String,
+    pub destination: String,
+    pub node: NodeId,
+    /// The object's key under the destination (its prefix not included).
+    pub key: String,
+    pub bytes: u64,
+    pub state: DeliveryState,
+    pub attempts: u32,
+    /// No attempt after this (the upload policy's budget from the first).
+    pub give_up_ms: Option<u64>,
+    pub next_attempt_ms: u64,
+    /// Why the last attempt failed (empty: it did not).
+    #[serde(default)]
+    pub last_error: String,
+    pub queued_ms: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delivered_ms: Option<u64>,
+}
+
 /// The kinds of policy operators choose per node (the server's named lists).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]

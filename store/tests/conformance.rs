@@ -1321,3 +1321,125 @@ fn redb_uploads_are_kept_per_file_and_listed_per_job() {
     let (_d, s) = redb();
     uploads_are_kept_per_file_and_listed_per_job(&s);
 }
+
+fn destinations_are_kept_replaced_and_deleted(store: &dyn Store) {
+    assert!(store.destinations().unwrap().is_empty());
+    let mut nas = DestinationRecord {
+        name: "nas".into(),
+        spec: DestinationSpec::Local {
+            path: "/srv/nas".into(),
+        },
+        sealed_secret: None,
+        created_ms: 1,
+        updated_ms: 1,
+    };
+    assert_eq!(store.put_destination(&nas).unwrap(), None);
+    let s3 = DestinationRecord {
+        name: "archive".into(),
+        spec: DestinationSpec::S3 {
+            endpoint: Some("https://s3.example:9000".into()),
+            region: "eu-1".into(),
+            bucket: "takes".into(),
+            prefix: "rakkr".into(),
+            access_key_id: "AKIA".into(),
+            allow_http: false,
+        },
+        sealed_secret: Some("v1.sealed".into()),
+        created_ms: 2,
+        updated_ms: 2,
+    };
+    store.put_destination(&s3).unwrap();
+    nas.updated_ms = 3;
+    let before = store.put_destination(&nas).unwrap().unwrap();
+    assert_eq!(before.updated_ms, 1);
+    assert_eq!(store.destinations().unwrap(), [s3.clone(), nas.clone()]);
+    assert_eq!(store.delete_destination("nas").unwrap(), Some(nas));
+    assert_eq!(store.delete_destination("nas").unwrap(), None);
+    assert_eq!(store.destinations().unwrap(), [s3]);
+}
+
+#[test]
+fn redb_destinations_are_kept_replaced_and_deleted() {
+    let (_dir, store) = redb();
+    destinations_are_kept_replaced_and_deleted(&store);
+}
+
+fn deliveries_are_queued_once_and_come_due_in_order(store: &dyn Store) {
+    let (a, b) = (JobId::new(7_000), JobId::new(8_000));
+    let delivery = |job: JobId, name: &str, destination: &str, at: u64| DeliveryRecord {
+        job,
+        name: name.into(),
+        destination: destination.into(),
+        node: node("n"),
+        key: format!("n/{name}"),
+        bytes: 10,
+        state: DeliveryState::Pending,
+        attempts: 0,
+        give_up_ms: None,
+        next_attempt_ms: at,
+        last_error: String::new(),
+        queued_ms: at,
+        delivered_ms: None,
+    };
+    let first = delivery(a, "a.flac", "nas", 100);
+    let second = delivery(a, "a.flac", "s3", 100);
+    let third = delivery(b, "b.flac", "nas", 50);
+    assert_eq!(
+        store
+            .queue_deliveries(&[first.clone(), second.clone(), third.clone()])
+            .unwrap(),
+        3
+    );
+    // Queued again (a restart's reconciliation): nothing changes.
+    let mut changed = first.clone();
+    changed.next_attempt_ms = 1;
+    assert_eq!(store.queue_deliveries(&[changed]).unwrap(), 0);
+    let due = |now| {
+        store
+            .due_deliveries(now, 10)
+            .unwrap()
+            .into_iter()
+            .map(|d| (d.name, d.destination))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(due(49), []);
+    assert_eq!(due(100).len(), 3);
+    assert_eq!(
+        due(100)[0],
+        ("b.flac".into(), "nas".into()),
+        "soonest first"
+    );
+    // A failed attempt moves it later; delivered and failed ones are not due.
+    let mut retry = first.clone();
+    retry.attempts = 1;
+    retry.next_attempt_ms = 500;
+    retry.last_error = "connection refused".into();
+    store.put_delivery(&retry).unwrap();
+    let mut done = third.clone();
+    done.state = DeliveryState::Delivered;
+    done.delivered_ms = Some(60);
+    store.put_delivery(&done).unwrap();
+    let mut gave_up = second.clone();
+    gave_up.state = DeliveryState::Failed;
+    store.put_delivery(&gave_up).unwrap();
+    assert_eq!(due(499), []);
+    assert_eq!(due(500), [("a.flac".into(), "nas".into())]);
+    assert_eq!(
+        store.deliveries_of_job(a).unwrap(),
+        [retry.clone(), gave_up.clone()]
+    );
+    assert_eq!(
+        store.deliveries(Some(DeliveryState::Failed), 10).unwrap(),
+        [gave_up]
+    );
+    let all = store.deliveries(None, 10).unwrap();
+    assert_eq!(all.len(), 3);
+    assert_eq!(all[0].job, b, "newest job first");
+    assert_eq!(store.deliveries(None, 1).unwrap().len(), 1);
+}
+
+#[test]
+fn redb_deliveries_are_queued_once_and_come_due_in_order() {
+    let (_dir, store) = redb();
+    deliveries_are_queued_once_and_come_due_in_order(&store);
+}

@@ -99,8 +99,29 @@ fn has_command(name: &str, arg: &str) -> bool {
         .unwrap_or(false)
 }
 
+/// The S3 server the delivery tests write to: s3s-fs checks SigV4
+/// signatures, so wrong credentials fail as they would against a bucket.
+/// Installed once into cargo's bin directory (newer versions need a newer
+/// Rust than ours).
+fn ensure_s3s_fs() -> Result<()> {
+    let installed = std::env::var_os("HOME")
+        .map(|h| std::path::Path::new(&h).join(".cargo/bin/s3s-fs"))
+        .is_some_and(|p| p.exists());
+    if installed || has_command("s3s-fs", "--help") {
+        return Ok(());
+    }
+    run(cargo().args([
+        "install",
+        "s3s-fs@0.14.1",
+        "--features",
+        "binary",
+        "--locked",
+    ]))
+}
+
 fn test() -> Result<()> {
     packages::ensure(&[packages::BUILD, packages::TEST].concat())?;
+    ensure_s3s_fs()?;
     run(cargo().args(["fmt", "--all", "--check"]))?;
     run(cargo().args([
         "clippy",

@@ -1,0 +1,409 @@
+//! Storage destinations (decision 0017): named places recordings are copied
+//! to once the server holds them, managed at run time with `settings.manage`.
+//!
+//! A destination is opened as an `object_store::ObjectStore` (the delivery
+//! runner does not know kinds): `local` as `LocalFileSystem` under its
+//! directory, `s3` through `object_store::aws` with path-style requests and a
+//! SHA-256 checksum on every put, which the bucket verifies. Its secret is
+//! kept sealed ([`crate::secrets`]) and never shown: views say whether one is
+//! set, and saving without one keeps the one there.
+
+use std::sync::Arc;
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Json, Response};
+use object_store::{ObjectStore, ObjectStoreExt as _};
+use rakkr_store::{DestinationRecord, DestinationSpec};
+use serde::{Deserialize, Serialize};
+
+use crate::audit::AuditChange;
+use crate::http::{AppState, Problem, blocking, problem, store_problem};
+
+/// Most destinations a server keeps.
+pub const MAX_DESTINATIONS: usize = 64;
+
+/// What the associated data of a destination's sealed secret is.
+fn secret_context(name: &str, spec: &DestinationSpec) -> String {
+    format!("destination:{}:{name}", spec.kind())
+}
+
+/// `secret` sealed for the destination `name` of `spec`'s kind.
+pub fn seal_secret(
+    secrets: &crate::secrets::SecretBox,
+    name: &str,
+    spec: &DestinationSpec,
+    secret: &str,
+) -> Result<String, crate::secrets::SecretError> {
+    secrets.seal(secret, &secret_context(name, spec))
+}
+
+/// A destination as the API and console show it: everything but the secret.
+#[derive(Debug, Clone, PartialEq, Serialize, schemars::JsonSchema)]
+pub struct DestinationView {
+    pub name: String,
+    #[serde(flatten)]
+    pub spec: DestinationSpec,
+    /// A secret is set (it is never shown).
+    pub secret_set: bool,
+    /// The upload policies that send to it.
+    pub used_by: Vec<String>,
+    pub created_ms: u64,
+    pub updated_ms: u64,
+}
+
+impl DestinationView {
+    fn of(state: &AppState, r: &DestinationRecord) -> DestinationView {
+        DestinationView {
+            name: r.name.clone(),
+            spec: r.spec.clone(),
+            secret_set: r.sealed_secret.is_some(),
+            used_by: state.delivery_policies.using(&r.name),
+            created_ms: r.created_ms,
+            updated_ms: r.updated_ms,
+        }
+    }
+}
+
+/// What `POST /api/v1/destinations` takes: a destination and, for a kind
+/// that needs one, its secret (absent: the one already set stays).
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
+pub struct DestinationInput {
+    pub name: String,
+    #[serde(flatten)]
+    pub spec: DestinationSpec,
+    /// S3: the secret access key. Write-only.
+    #[serde(default)]
+    pub secret: Option<String>,
+}
+
+/// Check what a destination says; the error names the field.
+pub fn check_spec(name: &str, spec: &DestinationSpec) -> Result<(), String> {
+    rakkr_protocol::schedule::check_policy_name(name).map_err(|e| format!("name: {e}"))?;
+    match spec {
+        DestinationSpec::Local { path } => {
+            if !path.starts_with('/') || path.split('/').any(|p| p == "..") {
+                return Err("path: an absolute directory without '..'".into());
+            }
+        }
+        DestinationSpec::S3 {
+            endpoint,
+            region,
+            bucket,
+            prefix,
+            access_key_id,
+            allow_http,
+        } => {
+            if let Some(e) = endpoint {
+                let http = e.starts_with("http://");
+                if !(http || e.starts_with("https://")) || e.len() > 512 {
+                    return Err("endpoint: an http:// or https:// address".into());
+                }
+                if http && !allow_http {
+                    return Err(
+                        "endpoint: http:// sends the data in clear; set allow_http to mean it"
+                            .into(),
+                    );
+                }
+            }
+            if region.trim().is_empty() || region.len() > 64 {
+                return Err("region: 1 to 64 characters".into());
+            }
+            let bucket_ok = (3..=63).contains(&bucket.len())
+                && bucket.bytes().all(|b| {
+                    b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.'
+                });
+            if !bucket_ok {
+                return Err("bucket: 3 to 63 lowercase letters, digits, '-' or '.'".into());
+            }
+            if !prefix.is_empty() {
+                rakkr_protocol::schedule::check_folder(prefix)
+                    .map_err(|e| format!("prefix: {e}"))?;
+            }
+            if access_key_id.trim().is_empty() || access_key_id.len() > 256 {
+                return Err("access_key_id: 1 to 256 characters".into());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Open `record` as an object store (its secret unsealed with `state`'s key).
+pub fn open(
+    secrets: &crate::secrets::SecretBox,
+    record: &DestinationRecord,
+) -> Result<Arc<dyn ObjectStore>, String> {
+    match &record.spec {
+        DestinationSpec::Local { path } => {
+            std::fs::create_dir_all(path).map_err(|e| format!("cannot make {path}: {e}"))?;
+            let fs = object_store::local::LocalFileSystem::new_with_prefix(path)
+                .map_err(|e| e.to_string())?
+                .with_fsync(true);
+            Ok(Arc::new(fs))
+        }
+        DestinationSpec::S3 {
+            endpoint,
+            region,
+            bucket,
+            prefix: _,
+            access_key_id,
+            allow_http,
+        } => {
+            let sealed = record
+                .sealed_secret
+                .as_deref()
+                .ok_or("no secret access key is set")?;
+            let secret = secrets
+                .open(sealed, &secret_context(&record.name, &record.spec))
+                .map_err(|e| e.to_string())?;
+            let mut builder = object_store::aws::AmazonS3Builder::new()
+                .with_region(region)
+                .with_bucket_name(bucket)
+                .with_access_key_id(access_key_id)
+                .with_secret_access_key(secret)
+                .with_virtual_hosted_style_request(false)
+                .with_allow_http(*allow_http)
+                .with_checksum_algorithm(object_store::aws::Checksum::SHA256);
+            if let Some(e) = endpoint {
+                builder = builder.with_endpoint(e);
+            }
+            Ok(Arc::new(builder.build().map_err(|e| e.to_string())?))
+        }
+    }
+}
+
+/// The key prefix a destination puts objects under (S3's `prefix`).
+pub fn key_prefix(spec: &DestinationSpec) -> &str {
+    match spec {
+        DestinationSpec::Local { .. } => "",
+        DestinationSpec::S3 { prefix, .. } => prefix,
+    }
+}
+
+/// `GET /api/v1/destinations`
+pub async fn api_list(State(state): State<AppState>) -> Result<Response, Problem> {
+    let store = state.store.clone();
+    let all = blocking(move || store.destinations().map_err(store_problem)).await?;
+    let views: Vec<DestinationView> = all.iter().map(|r| DestinationView::of(&state, r)).collect();
+    Ok(Json(views).into_response())
+}
+
+fn audit_view(v: &DestinationView) -> serde_json::Value {
+    serde_json::to_value(v).unwrap_or_default()
+}
+
+/// `POST /api/v1/destinations`: make or replace a destination (audited
+/// with before and after, never the secret).
+pub async fn api_put(
+    State(state): State<AppState>,
+    body: Result<Json<DestinationInput>, axum::extract::rejection::JsonRejection>,
+) -> Result<Response, Problem> {
+    let Json(input) = body.map_err(|e| problem(e.status(), e.body_text()))?;
+    check_spec(&input.name, &input.spec)
+        .map_err(|e| problem(StatusCode::UNPROCESSABLE_ENTITY, e))?;
+    let secrets = state.secrets.clone();
+    let now = state.clock.unix_ms();
+    let store = state.store.clone();
+    let (before, after) = blocking(move || {
+        let all = store.destinations().map_err(store_problem)?;
+        let before = all.iter().find(|d| d.name == input.name).cloned();
+        if before.is_none() && all.len() >= MAX_DESTINATIONS {
+            return Err(problem(
+                StatusCode::CONFLICT,
+                format!("a server keeps at most {MAX_DESTINATIONS} destinations"),
+            ));
+        }
+        let sealed_secret = match (input.secret.filter(|s| !s.is_empty()), &before) {
+            (Some(secret), _) => Some(
+                seal_secret(&secrets, &input.name, &input.spec, &secret)
+                    .map_err(|e| problem(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()))?,
+            ),
+            // Kept only while it stays bound to the same kind and name.
+            (None, Some(b)) if b.spec.kind() == input.spec.kind() => b.sealed_secret.clone(),
+            (None, _) => None,
+        };
+        if matches!(input.spec, DestinationSpec::S3 { .. }) && sealed_secret.is_none() {
+            return Err(problem(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "secret: an S3 destination needs its secret access key",
+            ));
+        }
+        let record = DestinationRecord {
+            name: input.name,
+            spec: input.spec,
+            sealed_secret,
+            created_ms: before.as_ref().map_or(now, |b| b.created_ms),
+            updated_ms: now,
+        };
+        store.put_destination(&record).map_err(store_problem)?;
+        Ok((before, record))
+    })
+    .await?;
+    let after = DestinationView::of(&state, &after);
+    let change = AuditChange {
+        target: Some(format!("destination:{}", after.name)),
+        before: before.map(|b| audit_view(&DestinationView::of(&state, &b))),
+        after: Some(audit_view(&after)),
+    };
+    Ok(change.to(Json(after).into_response()))
+}
+
+/// `POST /api/v1/destinations/{name}/delete`: refused while an upload policy
+/// sends to it.
+pub async fn api_delete(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Response, Problem> {
+    let used_by = state.delivery_policies.using(&name);
+    if !used_by.is_empty() {
+        return Err(problem(
+            StatusCode::CONFLICT,
+            format!(
+                "destination {name:?} is used by the upload policies {}: change the configuration first",
+                used_by.join(", ")
+            ),
+        ));
+    }
+    let store = state.store.clone();
+    let target = name.clone();
+    let before = blocking(move || store.delete_destination(&target).map_err(store_problem)).await?;
+    let Some(before) = before else {
+        return Err(problem(
+            StatusCode::NOT_FOUND,
+            format!("no destination {name:?}"),
+        ));
+    };
+    let change = AuditChange {
+        target: Some(format!("destination:{name}")),
+        before: Some(audit_view(&DestinationView::of(&state, &before))),
+        after: None,
+    };
+    Ok(change.to(StatusCode::NO_CONTENT.into_response()))
+}
+
+/// What a destination test found.
+#[derive(Debug, Serialize, schemars::JsonSchema)]
+pub struct DestinationTest {
+    pub ok: bool,
+    /// What failed, as the destination said it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// `POST /api/v1/destinations/{name}/test`: write, read back and delete a
+/// small probe object (`.rakkr-probe-{ms}` under its prefix).
+pub async fn api_test(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Response, Problem> {
+    let store = state.store.clone();
+    let target = name.clone();
+    let record = blocking(move || {
+        store
+            .destinations()
+            .map_err(store_problem)
+            .map(|all| all.into_iter().find(|d| d.name == target))
+    })
+    .await?
+    .ok_or_else(|| problem(StatusCode::NOT_FOUND, format!("no destination {name:?}")))?;
+    let probe = async {
+        let os = open(&state.secrets, &record)?;
+        let key = crate::delivery::object_path(
+            key_prefix(&record.spec),
+            &format!(".rakkr-probe-{}", state.clock.unix_ms()),
+        )?;
+        let body = bytes::Bytes::from_static(b"rakkr destination probe\n");
+        os.put(&key, body.clone().into())
+            .await
+            .map_err(|e| e.to_string())?;
+        let back = os
+            .get(&key)
+            .await
+            .map_err(|e| e.to_string())?
+            .bytes()
+            .await
+            .map_err(|e| e.to_string())?;
+        os.delete(&key).await.map_err(|e| e.to_string())?;
+        if back != body {
+            return Err("the probe read back differs from what was written".to_owned());
+        }
+        Ok::<(), String>(())
+    };
+    let result = tokio::time::timeout(std::time::Duration::from_secs(30), probe)
+        .await
+        .unwrap_or_else(|_| Err("no answer within 30 s".into()));
+    Ok(Json(DestinationTest {
+        ok: result.is_ok(),
+        error: result.err(),
+    })
+    .into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn s3(endpoint: &str, allow_http: bool, bucket: &str, prefix: &str) -> DestinationSpec {
+        DestinationSpec::S3 {
+            endpoint: Some(endpoint.into()),
+            region: "us-east-1".into(),
+            bucket: bucket.into(),
+            prefix: prefix.into(),
+            access_key_id: "AKIA".into(),
+            allow_http,
+        }
+    }
+
+    #[test]
+    fn destinations_are_checked_field_by_field() {
+        assert!(
+            check_spec(
+                "nas",
+                &DestinationSpec::Local {
+                    path: "/srv/nas".into()
+                }
+            )
+            .is_ok()
+        );
+        assert!(
+            check_spec(
+                "s3",
+                &s3("https://s3.example", false, "takes", "rakkr/site-1")
+            )
+            .is_ok()
+        );
+        for (name, spec, field) in [
+            (
+                "Bad Name",
+                DestinationSpec::Local { path: "/x".into() },
+                "name",
+            ),
+            (
+                "nas",
+                DestinationSpec::Local {
+                    path: "relative".into(),
+                },
+                "path",
+            ),
+            (
+                "nas",
+                DestinationSpec::Local {
+                    path: "/srv/../etc".into(),
+                },
+                "path",
+            ),
+            (
+                "s3",
+                s3("http://127.0.0.1:9000", false, "takes", ""),
+                "allow_http",
+            ),
+            ("s3", s3("ftp://x", true, "takes", ""), "endpoint"),
+            ("s3", s3("https://x", false, "Takes", ""), "bucket"),
+            ("s3", s3("https://x", false, "takes", "../up"), "prefix"),
+            ("s3", s3("https://x", false, "takes", "/abs"), "prefix"),
+        ] {
+            let e = check_spec(name, &spec).unwrap_err();
+            assert!(e.contains(field), "{spec:?}: {e}");
+        }
+    }
+}
