@@ -43,6 +43,7 @@ pub fn console_page(title: &str, signed_in: &SignedIn, head: Markup, body: Marku
                     a href="/" { "Fleet" }
                     @if signed_in.may(Permission::RecordingsRead) {
                         a href=(crate::recordings_page::RECORDINGS_PATH) { "Recordings" }
+                        a href=(crate::deliveries_page::DELIVERIES_PATH) { "Deliveries" }
                     }
                     @if signed_in.may(Permission::HealthRead) {
                         a href=(crate::health_page::HEALTH_PATH) { "Health" }

@@ -5,19 +5,30 @@
 
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
-use axum::response::{IntoResponse, Json, Response};
+use axum::response::{IntoResponse, Json, Redirect, Response};
+use axum::{Extension, Form};
+use maud::{Markup, html};
 use rakkr_protocol::JobId;
+use rakkr_protocol::access::Permission;
 use rakkr_store::{DeliveryRecord, DeliveryState};
 use serde::Deserialize;
 
 use crate::audit::AuditChange;
+use crate::auth::SignedIn;
+use crate::console::{console_page, csrf_field, utc_seconds};
 use crate::http::{AppState, Problem, blocking, problem, store_problem};
+
+/// The console's delivery queue.
+pub const DELIVERIES_PATH: &str = "/deliveries";
+
+/// Deliveries the console page lists at most.
+const PAGE_LISTED: usize = 200;
 
 /// Most deliveries one answer lists.
 pub const MAX_LISTED: usize = 1000;
 
-/// What `GET /api/v1/deliveries` takes.
-#[derive(Debug, Default, Deserialize)]
+/// What `GET /api/v1/deliveries` (and the console's page) takes.
+#[derive(Debug, Default, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DeliveriesQuery {
     /// `pending`, `delivered` or `failed` (absent: all).
@@ -153,4 +164,136 @@ pub async fn api_retry(
     let Json(body) = body.map_err(|e| problem(e.status(), e.body_text()))?;
     let (after, change) = retry(&state, body).await?;
     Ok(change.to(Json(after).into_response()))
+}
+
+/// An id-like text shortened for a table cell (the whole in its title).
+fn short(text: &str) -> String {
+    match text.char_indices().nth(13) {
+        Some((i, _)) => format!("{}…", &text[..i]),
+        None => text.to_owned(),
+    }
+}
+
+fn queue_page(
+    q: &DeliveriesQuery,
+    result: Result<&Vec<DeliveryRecord>, &Problem>,
+    signed_in: &SignedIn,
+    now_ms: u64,
+) -> Markup {
+    let state = q.state.clone().unwrap_or_default();
+    let may_retry = signed_in.may(Permission::RecordingsControl);
+    console_page(
+        "Deliveries",
+        signed_in,
+        html! {},
+        html! {
+            h1 { "Deliveries" }
+            p.muted { "Each file the server holds, on its way to each destination of its upload policy. Newest recordings first." }
+            form.search method="get" action=(DELIVERIES_PATH) role="search" {
+                label { "State"
+                    select name="state" {
+                        @for (value, label) in [("", "any"), ("pending", "pending"), ("failed", "failed"), ("delivered", "delivered")] {
+                            option value=(value) selected[state == value] { (label) }
+                        }
+                    }
+                }
+                label { "Destination" input type="text" name="destination" value=(q.destination.clone().unwrap_or_default()) placeholder="any"; }
+                button type="submit" { "Filter" }
+            }
+            @match result {
+                Err(p) => { p.error role="alert" { (p.detail) } }
+                Ok(found) if found.is_empty() => { p.muted { "No deliveries match." } }
+                Ok(found) => {
+                    table.audit.deliveries {
+                        thead { tr { th { "Recording" } th { "File" } th { "Destination" } th { "State" } th { "Attempts" } th { "Why it failed, or when" } th { span.visually-hidden { "Retry" } } } }
+                        tbody {
+                            @for d in found {
+                                tr data-delivery=(d.state.as_str()) data-destination=(d.destination) {
+                                    td.nowrap { a href={ (crate::recordings_page::RECORDINGS_PATH) "/" (d.job) } title=(d.job) { code { (short(&d.job.to_string())) } } div.muted { (d.node) } }
+                                    td.nowrap { code title=(d.key) { (short(&d.name)) } }
+                                    td { (d.destination) }
+                                    td { span class={ "badge delivery " (d.state.as_str()) } { (d.state.as_str()) } }
+                                    td { (d.attempts) }
+                                    td.notes {
+                                        @match d.state {
+                                            DeliveryState::Delivered => { "delivered " (d.delivered_ms.map(utc_seconds).unwrap_or_default()) }
+                                            DeliveryState::Pending if d.attempts == 0 => { "queued" }
+                                            DeliveryState::Pending => {
+                                                (d.last_error)
+                                                div.muted { "next attempt in " (d.next_attempt_ms.saturating_sub(now_ms) / 1000) " s" }
+                                            }
+                                            DeliveryState::Failed => { (d.last_error) div.muted { "gave up: retry it once the cause is fixed" } }
+                                        }
+                                    }
+                                    td {
+                                        @if may_retry && d.state != DeliveryState::Delivered {
+                                            form method="post" action={ (DELIVERIES_PATH) "/retry" } {
+                                                (csrf_field(signed_in))
+                                                input type="hidden" name="job" value=(d.job);
+                                                input type="hidden" name="name" value=(d.name);
+                                                input type="hidden" name="destination" value=(d.destination);
+                                                button.secondary type="submit" { "Retry now" }
+                                            }
+                                        }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        },
+    )
+}
+
+/// `GET /deliveries`
+pub async fn page(
+    State(state): State<AppState>,
+    Extension(signed_in): Extension<SignedIn>,
+    query: Result<Query<DeliveriesQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let mut q = query.map(|q| q.0).unwrap_or_default();
+    q.limit = Some(q.limit.unwrap_or(PAGE_LISTED).min(PAGE_LISTED));
+    let result = find(&state, &q).await;
+    let status = if result.is_ok() {
+        StatusCode::OK
+    } else {
+        StatusCode::BAD_REQUEST
+    };
+    let now = state.clock.unix_ms();
+    (status, queue_page(&q, result.as_ref(), &signed_in, now)).into_response()
+}
+
+/// The retry form as sent.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetryForm {
+    #[allow(dead_code)] // checked by the access layer
+    csrf: String,
+    job: JobId,
+    name: String,
+    destination: String,
+}
+
+/// `POST /deliveries/retry` (form), then back to the queue.
+pub async fn retry_form(
+    State(state): State<AppState>,
+    Extension(signed_in): Extension<SignedIn>,
+    Form(form): Form<RetryForm>,
+) -> Response {
+    let r = RetryDelivery {
+        job: form.job,
+        name: form.name,
+        destination: form.destination,
+    };
+    match retry(&state, r).await {
+        Ok((_, change)) => change.to(Redirect::to(DELIVERIES_PATH).into_response()),
+        Err(p) => {
+            let q = DeliveriesQuery::default();
+            let found = find(&state, &q).await;
+            let now = state.clock.unix_ms();
+            let page = queue_page(&q, found.as_ref(), &signed_in, now);
+            (p.status, html! { (page) }).into_response()
+        }
+    }
 }

@@ -61,6 +61,7 @@
 //! | `GET /api/v1/watchdog-policies` | schedules.read | the named watchdog policies a schedule may choose, the default marked |
 //! | `GET, POST /api/v1/destinations` | settings.manage | storage destinations (secrets never shown: `secret_set`); make or replace one (a secret left out stays) |
 //! | `POST /api/v1/destinations/{name}/delete`, `…/test` | settings.manage | delete one no upload policy uses; write, read back and delete a probe object |
+//! | `GET /deliveries`, `POST /deliveries/retry` | recordings.read / recordings.control | the delivery queue in the console, with a retry per delivery |
 //! | `GET /api/v1/deliveries` | recordings.read | the delivery queue, newest jobs first (`state`, `destination`, `limit`) |
 //! | `POST /api/v1/deliveries/retry` | recordings.control | try a delivery again now, with a fresh retry budget |
 //! | `GET /api/v1/retention-policies` | nodes.read | the named retention policies a node may be given, the default marked |
@@ -606,6 +607,18 @@ pub fn route_table() -> Vec<(&'static str, Method, Access, MethodRouter<AppState
             Method::POST,
             Operator(SettingsManage),
             post(crate::destinations::api_test),
+        ),
+        (
+            crate::deliveries_page::DELIVERIES_PATH,
+            Method::GET,
+            Operator(RecordingsRead),
+            get(crate::deliveries_page::page),
+        ),
+        (
+            "/deliveries/retry",
+            Method::POST,
+            Operator(RecordingsControl),
+            post(crate::deliveries_page::retry_form),
         ),
         (
             "/api/v1/deliveries",

@@ -1034,3 +1034,60 @@ fn a_file_larger_than_a_part_reaches_s3_in_parts_byte_identical() -> Result<()> 
     assert!(stored == bytes, "the object is byte-identical");
     Ok(())
 }
+
+#[test]
+fn operators_see_the_delivery_queue_filter_it_and_retry_from_the_console() -> Result<()> {
+    use rakkr_hil_tests::browser::{Browser, Look};
+    let work = tempfile::tempdir()?;
+    let (server, s3) = delivering_server(work.path())?;
+    let (code, _) = server.post(
+        "/api/v1/destinations",
+        &json!({"name": "nas", "kind": "local", "path": work.path().join("nas").display().to_string()}),
+    )?;
+    assert_eq!(code, 200);
+    let (code, _) = server.post("/api/v1/destinations", &s3_destination(&s3, Some("wrong")))?;
+    assert_eq!(code, 200);
+    let (_agent, _) = uploading_agent(work.path(), &server, "dl-c", "demo", "")?;
+    let job = take(&server, "dl-c", 2)?;
+    wait_for("the S3 delivery failing", Duration::from_secs(30), || {
+        let all = server.get_json("/api/v1/deliveries?destination=s3").ok()?;
+        all.as_array()?
+            .iter()
+            .any(|d| d["job"] == job && d["attempts"].as_u64() >= Some(1))
+            .then_some(())
+    })?;
+    server.operator("olga", "operator")?;
+    let browser = Browser::start(work.path(), &server.url(""), Look::DESKTOP)?;
+    browser.log_in("olga", OPERATOR_PASSWORD)?;
+    browser.goto("/deliveries?state=pending")?;
+    browser.wait_css("tr[data-destination=\"s3\"]", Duration::from_secs(10))?;
+    let table = browser.text("table.deliveries")?;
+    assert!(
+        table.contains(&job) && !table.contains("nas"),
+        "filtered to what waits: {table}"
+    );
+    assert!(
+        table.contains("403") || table.contains("Signature"),
+        "{table}"
+    );
+    browser.screenshot("deliveries-1280-light")?;
+    // Fixed, then retried from the page: delivered.
+    let (code, _) = server.post(
+        "/api/v1/destinations",
+        &s3_destination(&s3, Some(&s3.secret_key)),
+    )?;
+    assert_eq!(code, 200);
+    browser.click("tr[data-destination=\"s3\"] button")?;
+    deliveries_in(&server, &job, "delivered", 2)?;
+    browser.goto("/deliveries?destination=s3")?;
+    browser.wait_css("tr[data-delivery=\"delivered\"]", Duration::from_secs(10))?;
+    // A viewer sees the queue but no retry button.
+    let mut vic = server.operator("vic", "viewer")?;
+    let (code, _, page) = vic.get("/deliveries")?;
+    assert_eq!(code, 200);
+    assert!(
+        page.contains("data-delivery=") && !page.contains("Retry now"),
+        "{page}"
+    );
+    Ok(())
+}
