@@ -68,14 +68,25 @@ pub fn object_key(job: &JobRecord, name: &str) -> String {
     format!("{folder}/{name}")
 }
 
-/// The deliveries `upload` (cached) of `job` needs under `policies`.
+/// The upload policy `job`'s recording names: its schedule's, if any (a
+/// name the configuration dropped, or none: the default applies).
+pub fn policy_of(store: &dyn Store, job: &JobRecord) -> rakkr_store::Result<Option<String>> {
+    let Some(by) = &job.scheduled else {
+        return Ok(None);
+    };
+    Ok(store.schedule(by.schedule)?.and_then(|s| s.spec.delivery))
+}
+
+/// The deliveries `upload` (cached) of `job` needs under `policies`, whose
+/// policy is the one called `policy` (none: the default).
 pub fn deliveries_for(
     policies: &DeliveryPolicies,
+    policy: Option<&str>,
     job: &JobRecord,
     upload: &UploadRecord,
     now_ms: u64,
 ) -> Vec<DeliveryRecord> {
-    let (_, policy) = policies.for_name(None);
+    let (_, policy) = policies.for_name(policy);
     policy
         .destinations
         .iter()
@@ -107,11 +118,14 @@ pub fn queue_file(
     upload: &UploadRecord,
     now_ms: u64,
 ) {
-    let wanted = deliveries_for(policies, job, upload, now_ms);
-    if wanted.is_empty() {
-        return;
-    }
-    if let Err(e) = store.queue_deliveries(&wanted) {
+    let queued = policy_of(store, job).and_then(|policy| {
+        let wanted = deliveries_for(policies, policy.as_deref(), job, upload, now_ms);
+        if wanted.is_empty() {
+            return Ok(0);
+        }
+        store.queue_deliveries(&wanted)
+    });
+    if let Err(e) = queued {
         tracing::error!(job = %job.id, file = %upload.name, error = %e, "deliveries not queued; the next start queues them");
     }
 }
@@ -290,7 +304,14 @@ impl DeliveryRunner {
                 let Some(job) = store.job(upload.job)? else {
                     continue;
                 };
-                added += store.queue_deliveries(&deliveries_for(&policies, &job, &upload, now))?;
+                let policy = policy_of(&*store, &job)?;
+                added += store.queue_deliveries(&deliveries_for(
+                    &policies,
+                    policy.as_deref(),
+                    &job,
+                    &upload,
+                    now,
+                ))?;
             }
             Ok(added)
         })

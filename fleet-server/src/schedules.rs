@@ -354,6 +354,7 @@ pub fn node_schedules(all: &[ScheduleRecord], node: &NodeId) -> NodeSchedules {
                 spec: ScheduleSpec {
                     profile: None,
                     watchdog: None,
+                    delivery: None,
                     name_template: None,
                     folder_template: None,
                     ..r.spec.clone()
@@ -660,6 +661,22 @@ fn audit_change(
     }
 }
 
+/// A schedule's upload policy must be one the server has, unless it keeps
+/// one the configuration has since dropped (its recordings then get the
+/// default).
+fn check_delivery(
+    policies: &crate::policies::DeliveryPolicies,
+    spec: &ScheduleSpec,
+    before: Option<&ScheduleSpec>,
+) -> Result<(), Problem> {
+    if before.is_some_and(|b| b.delivery == spec.delivery) {
+        return Ok(());
+    }
+    policies
+        .check_known(spec.delivery.as_deref())
+        .map_err(|e| problem(StatusCode::UNPROCESSABLE_ENTITY, format!("delivery: {e}")))
+}
+
 /// Check a schedule as given, and against what its node announced.
 pub fn check_spec(
     store: &dyn Store,
@@ -783,8 +800,10 @@ pub mod ops {
     ) -> Result<(ScheduleRecord, AuditChange), Problem> {
         let (store, now) = (state.store.clone(), state.clock.unix_ms());
         let (policies, profiles) = (state.watchdog_policies.clone(), state.profiles.clone());
+        let delivery = state.delivery_policies.clone();
         let record = blocking(move || {
             check_spec(&*store, &policies, &profiles, &mut spec)?;
+            check_delivery(&delivery, &spec, None)?;
             let id = ScheduleId::new(now);
             check_node_room(&*store, id, &spec)?;
             let record = ScheduleRecord {
@@ -811,9 +830,11 @@ pub mod ops {
     ) -> Result<(ScheduleRecord, AuditChange), Problem> {
         let (store, now) = (state.store.clone(), state.clock.unix_ms());
         let (policies, profiles) = (state.watchdog_policies.clone(), state.profiles.clone());
+        let delivery = state.delivery_policies.clone();
         let (before, after) = blocking(move || {
             let old = existing(&*store, id)?;
             check_spec_replacing(&*store, &policies, &profiles, &mut spec, Some(&old.spec))?;
+            check_delivery(&delivery, &spec, Some(&old.spec))?;
             check_node_room(&*store, id, &spec)?;
             store.update_schedule(id, spec, now).map_err(store_problem)
         })
@@ -996,6 +1017,7 @@ mod tests {
             tags: vec!["daily".into()],
             profile: None,
             watchdog: None,
+            delivery: None,
             name_template: None,
             folder_template: None,
         };

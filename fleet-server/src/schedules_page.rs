@@ -23,12 +23,13 @@ use serde::Deserialize;
 use crate::auth::SignedIn;
 use crate::console::{console_page, csrf_field, utc_seconds};
 use crate::http::{AppState, Problem};
-use crate::policies::{RecordingProfiles, WatchdogPolicies, describe_profile};
+use crate::policies::{DeliveryPolicies, RecordingProfiles, WatchdogPolicies, describe_profile};
 
 /// The configured lists the editor offers.
 pub struct Lists<'a> {
     pub watchdog: &'a WatchdogPolicies,
     pub profiles: &'a RecordingProfiles,
+    pub delivery: &'a DeliveryPolicies,
 }
 
 impl Lists<'_> {
@@ -36,6 +37,7 @@ impl Lists<'_> {
         Lists {
             watchdog: &state.watchdog_policies,
             profiles: &state.profiles,
+            delivery: &state.delivery_policies,
         }
     }
 }
@@ -382,6 +384,9 @@ pub struct ScheduleForm {
     /// A watchdog policy's name; empty: the server's default.
     #[serde(default)]
     pub watchdog: String,
+    /// An upload policy's name; empty: the server's default.
+    #[serde(default)]
+    pub delivery: String,
     /// A recording profile's name; empty: codec, bits, level and file length as given.
     #[serde(default)]
     pub profile: String,
@@ -467,6 +472,7 @@ impl ScheduleForm {
                 .segment_s
                 .map_or(String::new(), |s| s.to_string()),
             watchdog: spec.watchdog.clone().unwrap_or_default(),
+            delivery: spec.delivery.clone().unwrap_or_default(),
             profile: spec.profile.clone().unwrap_or_default(),
             name_template: spec.name_template.clone().unwrap_or_default(),
             folder_template: spec.folder_template.clone().unwrap_or_default(),
@@ -583,6 +589,9 @@ impl ScheduleForm {
         if !self.watchdog.trim().is_empty() {
             spec["watchdog"] = json!(self.watchdog.trim());
         }
+        if !self.delivery.trim().is_empty() {
+            spec["delivery"] = json!(self.delivery.trim());
+        }
         if !self.profile.trim().is_empty() {
             spec["profile"] = json!(self.profile.trim());
         }
@@ -646,6 +655,20 @@ fn editor(form: &ScheduleForm, action: &str, signed_in: &SignedIn, lists: &Lists
                         // A name this server no longer has stays visible, so saving does not change it silently.
                         @if !form.watchdog.is_empty() && lists.watchdog.get(&form.watchdog).is_none() {
                             option value=(form.watchdog) selected { (form.watchdog) " (not on this server)" }
+                        }
+                    }
+                }
+                label { "Upload policy"
+                    select name="delivery" {
+                        option value="" selected[form.delivery.is_empty()] { "Default (" (lists.delivery.default_name()) ")" }
+                        @for p in lists.delivery.list() {
+                            option value=(p.name) selected[form.delivery == p.name] {
+                                (p.name) ": "
+                                @if p.value.destinations.is_empty() { "the server only" } @else { (p.value.destinations.join(", ")) }
+                            }
+                        }
+                        @if !form.delivery.is_empty() && lists.delivery.get(&form.delivery).is_none() {
+                            option value=(form.delivery) selected { (form.delivery) " (not on this server)" }
                         }
                     }
                 }

@@ -1091,3 +1091,70 @@ fn operators_see_the_delivery_queue_filter_it_and_retry_from_the_console() -> Re
     );
     Ok(())
 }
+
+#[test]
+fn a_schedule_s_upload_policy_sends_its_recordings_and_takes_by_hand_follow_the_default()
+-> Result<()> {
+    let work = tempfile::tempdir()?;
+    let server = Server::start_configured(
+        work.path(),
+        &work.path().join("data"),
+        &[],
+        "[delivery]\ndefault = \"server-only\"\n[delivery.policies.server-only]\n\
+         [delivery.policies.archive]\ndestinations = [\"nas\"]\n",
+    )?;
+    let nas = work.path().join("nas");
+    let (code, _) = server.post(
+        "/api/v1/destinations",
+        &json!({"name": "nas", "kind": "local", "path": nas.display().to_string()}),
+    )?;
+    assert_eq!(code, 200);
+    let (_agent, _) = uploading_agent(work.path(), &server, "dl-d", "demo", "")?;
+    // A window hours away: only run-now records it.
+    let schedule = |delivery: &str| {
+        json!({
+            "name": "Lecture", "node": "dl-d",
+            "job": {"channels": "1,2", "profile": {"codec": "flac"}},
+            "timing": {"recurrence": {"mode": "daily"}, "time_zone": "UTC",
+                       "window": {"start": utc_time_in(6 * 3600), "end": utc_time_in(6 * 3600 + 3)}},
+            "folder_template": "{node}/{year}/lectures",
+            "delivery": delivery,
+        })
+    };
+    let (code, refused) = server.post("/api/v1/schedules", &schedule("nope"))?;
+    assert_eq!(code, 422, "{refused}");
+    assert!(
+        refused["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("delivery")),
+        "{refused}"
+    );
+    let (code, created) = server.post("/api/v1/schedules", &schedule("archive"))?;
+    assert_eq!(code, 201, "{created}");
+    assert_eq!(created["spec"]["delivery"], "archive");
+    let id = created["id"].as_str().unwrap_or_default().to_owned();
+    let (code, run) = server.post(&format!("/api/v1/schedules/{id}/run-now"), &json!({}))?;
+    assert_eq!(code, 201, "{run}");
+    let scheduled = run["id"].as_str().unwrap_or_default().to_owned();
+    wait_job(&server, &scheduled, "completed", Duration::from_secs(30))?;
+    let delivered = deliveries_in(&server, &scheduled, "delivered", 1)?;
+    let key = delivered[0]["key"].as_str().unwrap_or_default().to_owned();
+    assert!(
+        key.starts_with("dl-d/") && key.contains("/lectures/"),
+        "the schedule's folder: {key}"
+    );
+    assert!(nas.join(&key).exists());
+    // A take by hand follows the default: the server only.
+    let by_hand = take(&server, "dl-d", 2)?;
+    let kept = work
+        .path()
+        .join("data/recordings/dl-d")
+        .join(&by_hand)
+        .join(format!("{by_hand}.flac"));
+    wait_for("the take on the server", Duration::from_secs(30), || {
+        kept.exists().then_some(())
+    })?;
+    let files = server.get_json(&format!("/api/v1/recordings/{by_hand}/files"))?;
+    assert_eq!(files[0]["deliveries"], json!([]), "{files}");
+    Ok(())
+}

@@ -691,6 +691,10 @@ pub struct ScheduleSpec {
     /// the server's default policy.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub watchdog: Option<String>,
+    /// The server's upload policy for the schedule's recordings (which
+    /// destinations they are copied to), by name; absent: the default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delivery: Option<String>,
     /// What each recording is called, e.g. `{schedule} {date} {time}`
     /// ([`render_template`]); absent: the recording has no title.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -719,7 +723,10 @@ impl ScheduleSpec {
         }
         self.job.validate()?;
         self.tags = normalise_tags(&self.tags)?;
-        for name in [&self.watchdog, &self.profile].into_iter().flatten() {
+        for name in [&self.watchdog, &self.profile, &self.delivery]
+            .into_iter()
+            .flatten()
+        {
             check_policy_name(name)?;
         }
         if let Some(t) = &self.name_template {

@@ -37,6 +37,7 @@ fn spec(n: &str) -> ScheduleSpec {
         tags: vec!["show".into()],
         profile: None,
         watchdog: None,
+        delivery: None,
         name_template: None,
         folder_template: None,
     }
