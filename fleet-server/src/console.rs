@@ -57,6 +57,9 @@ pub fn console_page(title: &str, signed_in: &SignedIn, head: Markup, body: Marku
                     @if signed_in.may(Permission::NodesManage) {
                         a href=(crate::enrollment_page::ENROLLMENT_PATH) { "Enrollment" }
                     }
+                    @if signed_in.may(Permission::SettingsManage) {
+                        a href=(crate::destinations::DESTINATIONS_PATH) { "Destinations" }
+                    }
                     @if signed_in.may(Permission::UsersManage) {
                         a href=(crate::accounts_page::USERS_PATH) { "Users" }
                         a href=(crate::accounts_page::TOKENS_PATH) { "API tokens" }

@@ -12,12 +12,16 @@ use std::sync::Arc;
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use axum::response::{IntoResponse, Json, Response};
+use axum::response::{IntoResponse, Json, Redirect, Response};
+use axum::{Extension, Form};
+use maud::{Markup, html};
 use object_store::{ObjectStore, ObjectStoreExt as _};
 use rakkr_store::{DestinationRecord, DestinationSpec};
 use serde::{Deserialize, Serialize};
 
 use crate::audit::AuditChange;
+use crate::auth::SignedIn;
+use crate::console::{console_page, csrf_field};
 use crate::http::{AppState, Problem, blocking, problem, store_problem};
 
 /// Most destinations a server keeps.
@@ -192,13 +196,12 @@ fn audit_view(v: &DestinationView) -> serde_json::Value {
     serde_json::to_value(v).unwrap_or_default()
 }
 
-/// `POST /api/v1/destinations`: make or replace a destination (audited
-/// with before and after, never the secret).
-pub async fn api_put(
-    State(state): State<AppState>,
-    body: Result<Json<DestinationInput>, axum::extract::rejection::JsonRejection>,
-) -> Result<Response, Problem> {
-    let Json(input) = body.map_err(|e| problem(e.status(), e.body_text()))?;
+/// Make or replace a destination; its view and the change to audit (with
+/// before and after, never the secret).
+async fn save(
+    state: &AppState,
+    input: DestinationInput,
+) -> Result<(DestinationView, AuditChange), Problem> {
     check_spec(&input.name, &input.spec)
         .map_err(|e| problem(StatusCode::UNPROCESSABLE_ENTITY, e))?;
     let secrets = state.secrets.clone();
@@ -239,22 +242,28 @@ pub async fn api_put(
         Ok((before, record))
     })
     .await?;
-    let after = DestinationView::of(&state, &after);
+    let after = DestinationView::of(state, &after);
     let change = AuditChange {
         target: Some(format!("destination:{}", after.name)),
-        before: before.map(|b| audit_view(&DestinationView::of(&state, &b))),
+        before: before.map(|b| audit_view(&DestinationView::of(state, &b))),
         after: Some(audit_view(&after)),
     };
-    Ok(change.to(Json(after).into_response()))
+    Ok((after, change))
 }
 
-/// `POST /api/v1/destinations/{name}/delete`: refused while an upload policy
-/// sends to it.
-pub async fn api_delete(
+/// `POST /api/v1/destinations`: make or replace a destination.
+pub async fn api_put(
     State(state): State<AppState>,
-    Path(name): Path<String>,
+    body: Result<Json<DestinationInput>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Response, Problem> {
-    let used_by = state.delivery_policies.using(&name);
+    let Json(input) = body.map_err(|e| problem(e.status(), e.body_text()))?;
+    let (view, change) = save(&state, input).await?;
+    Ok(change.to(Json(view).into_response()))
+}
+
+/// Delete a destination (refused while an upload policy sends to it).
+async fn delete(state: &AppState, name: &str) -> Result<AuditChange, Problem> {
+    let used_by = state.delivery_policies.using(name);
     if !used_by.is_empty() {
         return Err(problem(
             StatusCode::CONFLICT,
@@ -265,7 +274,7 @@ pub async fn api_delete(
         ));
     }
     let store = state.store.clone();
-    let target = name.clone();
+    let target = name.to_owned();
     let before = blocking(move || store.delete_destination(&target).map_err(store_problem)).await?;
     let Some(before) = before else {
         return Err(problem(
@@ -273,11 +282,19 @@ pub async fn api_delete(
             format!("no destination {name:?}"),
         ));
     };
-    let change = AuditChange {
+    Ok(AuditChange {
         target: Some(format!("destination:{name}")),
-        before: Some(audit_view(&DestinationView::of(&state, &before))),
+        before: Some(audit_view(&DestinationView::of(state, &before))),
         after: None,
-    };
+    })
+}
+
+/// `POST /api/v1/destinations/{name}/delete`
+pub async fn api_delete(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Response, Problem> {
+    let change = delete(&state, &name).await?;
     Ok(change.to(StatusCode::NO_CONTENT.into_response()))
 }
 
@@ -290,14 +307,11 @@ pub struct DestinationTest {
     pub error: Option<String>,
 }
 
-/// `POST /api/v1/destinations/{name}/test`: write, read back and delete a
-/// small probe object (`.rakkr-probe-{ms}` under its prefix).
-pub async fn api_test(
-    State(state): State<AppState>,
-    Path(name): Path<String>,
-) -> Result<Response, Problem> {
+/// Write, read back and delete a small probe object (`.rakkr-probe-{ms}`
+/// under its prefix) at the destination `name`.
+async fn test(state: &AppState, name: &str) -> Result<DestinationTest, Problem> {
     let store = state.store.clone();
-    let target = name.clone();
+    let target = name.to_owned();
     let record = blocking(move || {
         store
             .destinations()
@@ -332,11 +346,247 @@ pub async fn api_test(
     let result = tokio::time::timeout(std::time::Duration::from_secs(30), probe)
         .await
         .unwrap_or_else(|_| Err("no answer within 30 s".into()));
-    Ok(Json(DestinationTest {
+    Ok(DestinationTest {
         ok: result.is_ok(),
         error: result.err(),
     })
-    .into_response())
+}
+
+/// `POST /api/v1/destinations/{name}/test`
+pub async fn api_test(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Response, Problem> {
+    Ok(Json(test(&state, &name).await?).into_response())
+}
+
+/// The console's destinations page.
+pub const DESTINATIONS_PATH: &str = "/destinations";
+
+/// What the page shows besides the list: a test's outcome, an error.
+enum Notice<'a> {
+    Tested(&'a str, &'a DestinationTest),
+    Error(&'a str),
+}
+
+fn where_of(spec: &DestinationSpec) -> String {
+    match spec {
+        DestinationSpec::Local { path } => path.clone(),
+        DestinationSpec::S3 {
+            endpoint,
+            bucket,
+            prefix,
+            ..
+        } => format!(
+            "{} · s3://{bucket}/{prefix}",
+            endpoint.as_deref().unwrap_or("AWS")
+        ),
+    }
+}
+
+fn destinations_page(
+    views: &[DestinationView],
+    notice: Option<Notice<'_>>,
+    signed_in: &SignedIn,
+) -> Markup {
+    html! {
+        (console_page("Destinations", signed_in, html! {}, html! {
+            h1 { "Destinations" }
+            p.muted { "Where the server copies recordings once it holds them, as the upload policies of the configuration say. Secrets are sealed and never shown." }
+            @match notice {
+                Some(Notice::Error(e)) => p.error role="alert" { (e) },
+                Some(Notice::Tested(name, t)) => {
+                    @if t.ok { p.ok role="status" { "Destination " (name) " works: a probe was written, read back and deleted." } }
+                    @else { p.error role="alert" { "Destination " (name) " failed its test: " (t.error.as_deref().unwrap_or_default()) } }
+                },
+                None => {},
+            }
+            @if views.is_empty() {
+                p.muted { "No destinations yet: the server's own recordings directory is the only copy." }
+            } @else {
+                table.audit.destinations {
+                    thead { tr { th { "Name" } th { "Kind" } th { "Where" } th { "Secret" } th { "Upload policies" } th { span.visually-hidden { "Actions" } } } }
+                    tbody {
+                        @for v in views {
+                            tr data-destination=(v.name) {
+                                td { strong { (v.name) } }
+                                td { (v.spec.kind()) }
+                                td { code { (where_of(&v.spec)) } }
+                                td { @if v.secret_set { "set" } @else { span.muted { "none" } } }
+                                td { @if v.used_by.is_empty() { span.muted { "none" } } @else { (v.used_by.join(", ")) } }
+                                td.nowrap {
+                                    form.inline method="post" action={ (DESTINATIONS_PATH) "/" (v.name) "/test" } {
+                                        (csrf_field(signed_in))
+                                        button.secondary type="submit" { "Test" }
+                                    }
+                                    @if v.used_by.is_empty() {
+                                        " "
+                                        form.inline method="post" action={ (DESTINATIONS_PATH) "/" (v.name) "/delete" } {
+                                            (csrf_field(signed_in))
+                                            button.secondary type="submit" { "Delete" }
+                                        }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            section.panel aria-labelledby="dest-h" {
+                h2 #dest-h { "Add or change a destination" }
+                form.start method="post" action=(DESTINATIONS_PATH) autocomplete="off" {
+                    (csrf_field(signed_in))
+                    label { "Name" input type="text" name="name" required maxlength="64" pattern="[a-z0-9_-]+"; }
+                    label { "Kind"
+                        select name="kind" { option value="local" { "local directory" } option value="s3" { "S3 bucket" } }
+                    }
+                    label { "Directory (local)" input type="text" name="path" placeholder="/srv/nas/rakkr"; }
+                    label { "Endpoint (S3)" input type="text" name="endpoint" placeholder="https://s3.example:9000 (empty: AWS)"; }
+                    label { "Region (S3)" input type="text" name="region" placeholder="us-east-1"; }
+                    label { "Bucket (S3)" input type="text" name="bucket"; }
+                    label { "Prefix (S3)" input type="text" name="prefix" placeholder="site-1"; }
+                    label { "Access key id (S3)" input type="text" name="access_key_id"; }
+                    label { "Secret access key (S3)" input type="password" name="secret" autocomplete="new-password" placeholder="leave empty to keep the one set"; }
+                    label.check { input type="checkbox" name="allow_http" value="on"; " Allow http:// (trusted networks only)" }
+                    button type="submit" { "Save destination" }
+                }
+            }
+        }))
+    }
+}
+
+async fn list_views(state: &AppState) -> Result<Vec<DestinationView>, Problem> {
+    let store = state.store.clone();
+    let all = blocking(move || store.destinations().map_err(store_problem)).await?;
+    Ok(all.iter().map(|r| DestinationView::of(state, r)).collect())
+}
+
+async fn render(
+    state: &AppState,
+    signed_in: &SignedIn,
+    status: StatusCode,
+    notice: Option<Notice<'_>>,
+) -> Response {
+    match list_views(state).await {
+        Ok(views) => (status, destinations_page(&views, notice, signed_in)).into_response(),
+        Err(p) => p.into_response(),
+    }
+}
+
+/// `GET /destinations`
+pub async fn page(
+    State(state): State<AppState>,
+    Extension(signed_in): Extension<SignedIn>,
+) -> Response {
+    render(&state, &signed_in, StatusCode::OK, None).await
+}
+
+/// The destination form as sent.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DestinationForm {
+    #[allow(dead_code)] // checked by the access layer
+    csrf: String,
+    name: String,
+    kind: String,
+    #[serde(default)]
+    path: String,
+    #[serde(default)]
+    endpoint: String,
+    #[serde(default)]
+    region: String,
+    #[serde(default)]
+    bucket: String,
+    #[serde(default)]
+    prefix: String,
+    #[serde(default)]
+    access_key_id: String,
+    #[serde(default)]
+    secret: String,
+    #[serde(default)]
+    allow_http: Option<String>,
+}
+
+impl DestinationForm {
+    fn input(self) -> Result<DestinationInput, String> {
+        let spec = match self.kind.as_str() {
+            "local" => DestinationSpec::Local {
+                path: self.path.trim().to_owned(),
+            },
+            "s3" => DestinationSpec::S3 {
+                endpoint: Some(self.endpoint.trim().to_owned()).filter(|e| !e.is_empty()),
+                region: self.region.trim().to_owned(),
+                bucket: self.bucket.trim().to_owned(),
+                prefix: self.prefix.trim().trim_matches('/').to_owned(),
+                access_key_id: self.access_key_id.trim().to_owned(),
+                allow_http: self.allow_http.is_some(),
+            },
+            other => return Err(format!("kind {other:?}: local or s3")),
+        };
+        Ok(DestinationInput {
+            name: self.name.trim().to_owned(),
+            spec,
+            secret: Some(self.secret).filter(|s| !s.is_empty()),
+        })
+    }
+}
+
+/// `POST /destinations` (form)
+pub async fn save_form(
+    State(state): State<AppState>,
+    Extension(signed_in): Extension<SignedIn>,
+    Form(form): Form<DestinationForm>,
+) -> Response {
+    let saved = match form.input() {
+        Ok(input) => save(&state, input).await,
+        Err(e) => Err(problem(StatusCode::UNPROCESSABLE_ENTITY, e)),
+    };
+    match saved {
+        Ok((_, change)) => change.to(Redirect::to(DESTINATIONS_PATH).into_response()),
+        Err(p) => render(&state, &signed_in, p.status, Some(Notice::Error(&p.detail))).await,
+    }
+}
+
+/// The CSRF-only form of the row buttons.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RowForm {
+    #[allow(dead_code)] // checked by the access layer
+    csrf: String,
+}
+
+/// `POST /destinations/{name}/test` (form)
+pub async fn test_form(
+    State(state): State<AppState>,
+    Extension(signed_in): Extension<SignedIn>,
+    Path(name): Path<String>,
+    Form(_): Form<RowForm>,
+) -> Response {
+    match test(&state, &name).await {
+        Ok(t) => {
+            render(
+                &state,
+                &signed_in,
+                StatusCode::OK,
+                Some(Notice::Tested(&name, &t)),
+            )
+            .await
+        }
+        Err(p) => render(&state, &signed_in, p.status, Some(Notice::Error(&p.detail))).await,
+    }
+}
+
+/// `POST /destinations/{name}/delete` (form)
+pub async fn delete_form(
+    State(state): State<AppState>,
+    Extension(signed_in): Extension<SignedIn>,
+    Path(name): Path<String>,
+    Form(_): Form<RowForm>,
+) -> Response {
+    match delete(&state, &name).await {
+        Ok(change) => change.to(Redirect::to(DESTINATIONS_PATH).into_response()),
+        Err(p) => render(&state, &signed_in, p.status, Some(Notice::Error(&p.detail))).await,
+    }
 }
 
 #[cfg(test)]

@@ -59,6 +59,7 @@
 //! | `POST /nodes/{id}/watchdog` | nodes.manage | the same from the node page (form) |
 //! | `GET, POST /api/v1/nodes/{id}/retention`, `POST /nodes/{id}/retention` | nodes.read / nodes.manage | the same for the node's retention policy (which uploaded takes it deletes) |
 //! | `GET /api/v1/watchdog-policies` | schedules.read | the named watchdog policies a schedule may choose, the default marked |
+//! | `GET, POST /destinations`, `POST /destinations/{name}/test`, `…/delete` | settings.manage | the same in the console (the secret a password field, never filled in) |
 //! | `GET, POST /api/v1/destinations` | settings.manage | storage destinations (secrets never shown: `secret_set`); make or replace one (a secret left out stays) |
 //! | `POST /api/v1/destinations/{name}/delete`, `…/test` | settings.manage | delete one no upload policy uses; write, read back and delete a probe object |
 //! | `GET /deliveries`, `POST /deliveries/retry` | recordings.read / recordings.control | the delivery queue in the console, with a retry per delivery |
@@ -583,6 +584,30 @@ pub fn route_table() -> Vec<(&'static str, Method, Access, MethodRouter<AppState
             Method::GET,
             Operator(SchedulesRead),
             get(crate::policies::api_list),
+        ),
+        (
+            crate::destinations::DESTINATIONS_PATH,
+            Method::GET,
+            Operator(SettingsManage),
+            get(crate::destinations::page),
+        ),
+        (
+            crate::destinations::DESTINATIONS_PATH,
+            Method::POST,
+            Operator(SettingsManage),
+            post(crate::destinations::save_form),
+        ),
+        (
+            "/destinations/{name}/test",
+            Method::POST,
+            Operator(SettingsManage),
+            post(crate::destinations::test_form),
+        ),
+        (
+            "/destinations/{name}/delete",
+            Method::POST,
+            Operator(SettingsManage),
+            post(crate::destinations::delete_form),
         ),
         (
             "/api/v1/destinations",

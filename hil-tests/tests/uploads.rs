@@ -1158,3 +1158,50 @@ fn a_schedule_s_upload_policy_sends_its_recordings_and_takes_by_hand_follow_the_
     assert_eq!(files[0]["deliveries"], json!([]), "{files}");
     Ok(())
 }
+
+#[test]
+fn an_admin_manages_destinations_in_the_console_and_the_secret_is_never_shown() -> Result<()> {
+    use rakkr_hil_tests::browser::{Browser, Look};
+    let work = tempfile::tempdir()?;
+    let (server, s3) = delivering_server(work.path())?;
+    server.operator("ada", "admin")?;
+    let browser = Browser::start(work.path(), &server.url(""), Look::DESKTOP)?;
+    browser.log_in("ada", OPERATOR_PASSWORD)?;
+    browser.goto("/destinations")?;
+    browser.wait_css("form.start", Duration::from_secs(10))?;
+    let fill =
+        |field: &str, value: &str| browser.fill(&format!("form.start [name=\"{field}\"]"), value);
+    fill("name", "s3")?;
+    browser.js(
+        "document.querySelector('form.start [name=kind]').value = 's3';
+         document.querySelector('form.start [name=allow_http]').checked = true;",
+        vec![],
+    )?;
+    fill("endpoint", &s3.endpoint())?;
+    fill("region", "us-east-1")?;
+    fill("bucket", "takes")?;
+    fill("access_key_id", &s3.access_key)?;
+    fill("secret", &s3.secret_key)?;
+    browser.click("form.start button[type=submit]")?;
+    browser.wait_css("tr[data-destination=\"s3\"]", Duration::from_secs(10))?;
+    let row = browser.text("tr[data-destination=\"s3\"]")?;
+    assert!(row.contains("set") && row.contains("archive"), "{row}");
+    let page = browser.inner_html("body")?;
+    assert!(!page.contains(&s3.secret_key), "the secret is never shown");
+    browser.click("tr[data-destination=\"s3\"] form[action$=\"/test\"] button")?;
+    browser.wait_css("p.ok", Duration::from_secs(20))?;
+    browser.screenshot("destinations-1280-light")?;
+    // Used by a policy: no delete button, and a forged delete is refused.
+    assert!(
+        !browser
+            .inner_html("body")?
+            .contains("/destinations/s3/delete")
+    );
+    // An operator may not see or change destinations.
+    let mut olga = server.operator("olga", "operator")?;
+    let (code, _, _) = olga.get("/destinations")?;
+    assert_eq!(code, 403);
+    let view = server.get_json("/api/v1/destinations")?;
+    assert_eq!(view[0]["secret_set"], true, "{view}");
+    Ok(())
+}
