@@ -34,3 +34,23 @@ pub fn cpu_seconds(shell: &str, env: &[(&str, &Path)]) -> Result<f64> {
         .map(|x| x.parse::<f64>().unwrap_or(0.0))
         .sum())
 }
+
+/// Write `seconds` of `channels`-channel 24-bit 48 kHz pink noise at
+/// −20 dBFS (sox; compresses like a real room, not like silence), encoded by
+/// `flac -5`, to `file`; its size in bytes.
+pub fn noise_flac(file: &Path, seconds: u32, channels: u16) -> Result<u64> {
+    let made = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "sox -n -t raw -e signed -b 24 -r 48000 -c {channels} - synth {seconds} pinknoise vol -20dB \
+             | flac -5 -s --force-raw-format --endian=little --sign=signed \
+               --channels={channels} --bps=24 --sample-rate=48000 -o '{}' -",
+            file.display()
+        ))
+        .status()
+        .context("run sox | flac (packages `sox`, `flac`)")?;
+    if !made.success() {
+        bail!("making the noise input failed");
+    }
+    Ok(std::fs::metadata(file)?.len())
+}

@@ -821,6 +821,29 @@ fn s3_destination(s3: &S3Server, secret: Option<&str>) -> Value {
     d
 }
 
+/// Make the destinations `nas` (a directory under `work`) and `s3` with
+/// `secret` (the right one or not).
+fn add_destinations(server: &Server, s3: &S3Server, work: &Path, secret: &str) -> Result<()> {
+    let nas = work.join("nas").display().to_string();
+    for d in [
+        json!({"name": "nas", "kind": "local", "path": nas}),
+        s3_destination(s3, Some(secret)),
+    ] {
+        let (code, made) = server.post("/api/v1/destinations", &d)?;
+        anyhow::ensure!(code == 200, "destination not made ({code}): {made}");
+    }
+    Ok(())
+}
+
+/// Wait until `job`'s S3 delivery has failed at least once; it.
+fn s3_delivery_failing(server: &Server, job: &str) -> Result<Value> {
+    wait_for("the S3 delivery failing", Duration::from_secs(30), || {
+        let all = server.get_json("/api/v1/deliveries?destination=s3").ok()?;
+        let d = all.as_array()?.iter().find(|d| d["job"] == job)?.clone();
+        (d["attempts"].as_u64() >= Some(1)).then_some(d)
+    })
+}
+
 /// Wait until every delivery of `job` is in `state`; them.
 fn deliveries_in(server: &Server, job: &str, state: &str, count: usize) -> Result<Vec<Value>> {
     wait_for(
@@ -922,16 +945,7 @@ fn a_take_is_delivered_to_every_destination_byte_identical_and_secrets_stay_seal
 fn wrong_s3_credentials_fail_with_the_reason_and_a_retry_delivers_once_fixed() -> Result<()> {
     let work = tempfile::tempdir()?;
     let (server, s3) = delivering_server(work.path())?;
-    let (code, _) = server.post(
-        "/api/v1/destinations",
-        &json!({"name": "nas", "kind": "local", "path": work.path().join("nas").display().to_string()}),
-    )?;
-    assert_eq!(code, 200);
-    let (code, _) = server.post(
-        "/api/v1/destinations",
-        &s3_destination(&s3, Some("not-the-secret")),
-    )?;
-    assert_eq!(code, 200);
+    add_destinations(&server, &s3, work.path(), "not-the-secret")?;
     let (_, probe) = server.post("/api/v1/destinations/s3/test", &json!({}))?;
     assert_eq!(probe["ok"], false, "{probe}");
     let why = probe["error"].as_str().unwrap_or_default().to_owned();
@@ -943,11 +957,7 @@ fn wrong_s3_credentials_fail_with_the_reason_and_a_retry_delivers_once_fixed() -
     let (_agent, _) = uploading_agent(work.path(), &server, "dl-b", "demo", "")?;
     let job = take(&server, "dl-b", 2)?;
     // The local copy arrives; the S3 one fails, says why, and waits to retry.
-    let failing = wait_for("the S3 delivery failing", Duration::from_secs(30), || {
-        let all = server.get_json("/api/v1/deliveries?destination=s3").ok()?;
-        let d = all.as_array()?.iter().find(|d| d["job"] == job)?.clone();
-        (d["attempts"].as_u64() >= Some(1)).then_some(d)
-    })?;
+    let failing = s3_delivery_failing(&server, &job)?;
     assert_eq!(failing["state"], "pending", "{failing}");
     let why = failing["last_error"].as_str().unwrap_or_default();
     assert!(
@@ -1040,22 +1050,10 @@ fn operators_see_the_delivery_queue_filter_it_and_retry_from_the_console() -> Re
     use rakkr_hil_tests::browser::{Browser, Look};
     let work = tempfile::tempdir()?;
     let (server, s3) = delivering_server(work.path())?;
-    let (code, _) = server.post(
-        "/api/v1/destinations",
-        &json!({"name": "nas", "kind": "local", "path": work.path().join("nas").display().to_string()}),
-    )?;
-    assert_eq!(code, 200);
-    let (code, _) = server.post("/api/v1/destinations", &s3_destination(&s3, Some("wrong")))?;
-    assert_eq!(code, 200);
+    add_destinations(&server, &s3, work.path(), "wrong")?;
     let (_agent, _) = uploading_agent(work.path(), &server, "dl-c", "demo", "")?;
     let job = take(&server, "dl-c", 2)?;
-    wait_for("the S3 delivery failing", Duration::from_secs(30), || {
-        let all = server.get_json("/api/v1/deliveries?destination=s3").ok()?;
-        all.as_array()?
-            .iter()
-            .any(|d| d["job"] == job && d["attempts"].as_u64() >= Some(1))
-            .then_some(())
-    })?;
+    s3_delivery_failing(&server, &job)?;
     server.operator("olga", "operator")?;
     let browser = Browser::start(work.path(), &server.url(""), Look::DESKTOP)?;
     browser.log_in("olga", OPERATOR_PASSWORD)?;

@@ -44,20 +44,7 @@ fn main() -> Result<()> {
     let runs: usize = args.get(1).map_or(Ok(3), |s| s.parse())?;
     let work = tempfile::tempdir()?;
     let file = work.path().join("take.flac");
-    let made = Command::new("sh")
-        .arg("-c")
-        .arg(format!(
-            "sox -n -t raw -e signed -b 24 -r 48000 -c 2 - synth {seconds} pinknoise vol -20dB \
-             | flac -5 -s --force-raw-format --endian=little --sign=signed \
-               --channels=2 --bps=24 --sample-rate=48000 -o {} -",
-            file.display()
-        ))
-        .status()
-        .context("run sox | flac")?;
-    if !made.success() {
-        bail!("making the input failed");
-    }
-    let bytes = std::fs::metadata(&file)?.len();
+    let bytes = rakkr_hil_tests::bench::noise_flac(&file, seconds, 2)?;
     let gb = bytes as f64 / 1e9;
     println!("file: {seconds} s of 2 ch 24-bit noise, {bytes} B of FLAC");
 

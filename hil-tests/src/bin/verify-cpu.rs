@@ -14,9 +14,7 @@
 //! reference's that of its process (GNU time). Prints per-run figures,
 //! medians, CPU-seconds per GB of FLAC and the ratio rakkr / reference.
 
-use std::process::Command;
-
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use rakkr_hil_tests::bench::{cpu_seconds, median};
 
 /// CPU time of the calling thread (the kernel's schedstat, nanoseconds).
@@ -37,20 +35,7 @@ fn main() -> Result<()> {
     let channels: u16 = args.get(2).map_or(Ok(2), |s| s.parse())?;
     let dir = tempfile::tempdir()?;
     let file = dir.path().join("input.flac");
-    let made = Command::new("sh")
-        .arg("-c")
-        .arg(format!(
-            "sox -n -t raw -e signed -b 24 -r 48000 -c {channels} - synth {seconds} pinknoise vol -20dB \
-             | flac -5 -s --force-raw-format --endian=little --sign=signed \
-               --channels={channels} --bps=24 --sample-rate=48000 -o {} -",
-            file.display()
-        ))
-        .status()
-        .context("run sox | flac (packages `sox`, `flac`)")?;
-    if !made.success() {
-        bail!("making the input failed");
-    }
-    let bytes = std::fs::metadata(&file)?.len();
+    let bytes = rakkr_hil_tests::bench::noise_flac(&file, seconds, channels)?;
     let gb = bytes as f64 / 1e9;
     println!("input: {seconds} s × {channels} ch, 24-bit 48 kHz, {bytes} B of FLAC");
     let (mut ours, mut reference) = (Vec::new(), Vec::new());
