@@ -38,6 +38,7 @@
 //! server = "https://fleet.example:8443"
 //! chunk_mib = 8                 # per request: what a cut costs at most (1-16)
 //! max_kbps = 0                  # bandwidth cap for metered links (0: none)
+//! stall_timeout_s = 60           # a request moving no byte this long is resumed on a new connection
 //! windows = ["22:00-06:00"]     # only at these times of day (absent: any time)
 //! time_zone = "Europe/Berlin"   # of the windows (default UTC)
 //! delete_confirmed = true       # delete a file once the server confirmed it, verified
@@ -162,6 +163,14 @@ pub struct UploadConfig {
     /// The IANA time zone of `windows`.
     #[serde(default = "default_time_zone")]
     pub time_zone: String,
+    /// A request that moves no byte and gets no answer for this long is
+    /// given up and resumed on a new connection (a cut link sends no reset).
+    #[serde(default = "default_stall_timeout_s")]
+    pub stall_timeout_s: u32,
+}
+
+fn default_stall_timeout_s() -> u32 {
+    60
 }
 
 fn default_time_zone() -> String {
@@ -397,6 +406,8 @@ pub struct UploadSettings {
     pub alert_after: Duration,
     /// When uploads may go.
     pub windows: crate::upload_window::UploadWindows,
+    /// A request moving no byte and getting no answer this long is given up.
+    pub stall_timeout: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -628,6 +639,9 @@ impl AgentConfig {
                 if !(1..=604_800).contains(&u.alert_after_s) {
                     return Err(invalid("upload.alert_after_s", "must be 1-604800 seconds"));
                 }
+                if !(1..=3_600).contains(&u.stall_timeout_s) {
+                    return Err(invalid("upload.stall_timeout_s", "must be 1-3600 seconds"));
+                }
                 let windows = crate::upload_window::UploadWindows::parse(&u.windows, &u.time_zone)
                     .map_err(|e| invalid("upload.windows", &e))?;
                 Some(UploadSettings {
@@ -637,6 +651,7 @@ impl AgentConfig {
                     chunk_bytes: (u.chunk_mib as usize) << 20,
                     max_bytes_per_s: u64::from(u.max_kbps) * 1000 / 8,
                     ca_file,
+                    stall_timeout: Duration::from_secs(u64::from(u.stall_timeout_s)),
                 })
             }
         };

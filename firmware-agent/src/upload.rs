@@ -35,6 +35,58 @@ use tokio_util::sync::CancellationToken;
 use crate::config::UploadSettings;
 use crate::outbox::Outbox;
 
+/// The slowest pace at which the server is expected to verify a file.
+const VERIFY_BYTES_PER_S: u64 = 20 << 20;
+/// What a request body is handed to the connection in.
+const BODY_PIECE: usize = 64 << 10;
+
+/// Send `request` (with `body`), giving it up when the connection takes no
+/// byte of the body and no answer comes for `stall`. A cut link (a pulled
+/// cable, a dead modem) sends no reset, so without this a request would
+/// wait for TCP to give up, which takes many minutes; a slow link still
+/// moves bytes, so it is never cut short.
+pub async fn send_watched(
+    request: reqwest::RequestBuilder,
+    body: Option<bytes::Bytes>,
+    stall: Duration,
+) -> Result<reqwest::Response, String> {
+    let taken = Arc::new(AtomicU64::new(0));
+    let request =
+        match body {
+            None => request,
+            Some(body) => {
+                let counter = taken.clone();
+                let len = body.len();
+                let pieces = (0..len).step_by(BODY_PIECE).map(move |at| {
+                    let piece = body.slice(at..(at + BODY_PIECE).min(len));
+                    counter.fetch_add(piece.len() as u64, Ordering::Relaxed);
+                    Ok::<_, std::io::Error>(piece)
+                });
+                request.header(reqwest::header::CONTENT_LENGTH, len).body(
+                    reqwest::Body::wrap_stream(futures_util::stream::iter(pieces)),
+                )
+            }
+        };
+    let send = request.send();
+    tokio::pin!(send);
+    let mut seen = 0;
+    loop {
+        tokio::select! {
+            answer = &mut send => return answer.map_err(|e| e.to_string()),
+            _ = tokio::time::sleep(stall) => {
+                let now = taken.load(Ordering::Relaxed);
+                if now == seen {
+                    return Err(format!(
+                        "no byte moved and no answer for {} s (the link looks cut); resuming on a new connection",
+                        stall.as_secs()
+                    ));
+                }
+                seen = now;
+            }
+        }
+    }
+}
+
 /// A file on the upload queue.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct QueuedFile {
@@ -235,9 +287,9 @@ struct Backoff {
 
 impl Uploader {
     fn client(&self) -> Result<reqwest::Client, String> {
-        let builder = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(10))
-            .timeout(Duration::from_secs(120));
+        // No total timeout: a chunk on a slow link may rightly take minutes.
+        // Each request is watched for stalls instead ([`send_watched`]).
+        let builder = reqwest::Client::builder().connect_timeout(Duration::from_secs(10));
         let builder = match &self.settings.ca_file {
             Some(ca) => {
                 let pem = std::fs::read(ca)
@@ -447,7 +499,10 @@ impl Uploader {
         let sha256 = entry.sha256.clone().unwrap_or_default();
         let url = format!("{}{}", self.settings.server, file_path(job, name));
         let auth = |r: reqwest::RequestBuilder| r.basic_auth(&self.node, Some(&self.credential));
-        let head = auth(client.head(&url)).send().await.map_err(retry)?;
+        let stall = self.settings.stall_timeout;
+        let head = send_watched(auth(client.head(&url)), None, stall)
+            .await
+            .map_err(retry)?;
         let mut offset = match head.status().as_u16() {
             200 => offset_of(&head).ok_or_else(|| retry("no Upload-Offset in the answer"))?,
             s if s >= 500 => return Err(retry(format!("the server answered {s}"))),
@@ -475,13 +530,12 @@ impl Uploader {
                 )));
             }
             let sent = chunk.len() as u64;
-            let answer = auth(client.patch(&url))
+            let request = auth(client.patch(&url))
                 .header(UPLOAD_OFFSET, offset)
                 .header(UPLOAD_LENGTH, entry.bytes)
                 .header(UPLOAD_CHECKSUM, checksum_header(&chunk))
-                .header(reqwest::header::CONTENT_TYPE, OFFSET_OCTET_STREAM)
-                .body(chunk)
-                .send()
+                .header(reqwest::header::CONTENT_TYPE, OFFSET_OCTET_STREAM);
+            let answer = send_watched(request, Some(chunk.into()), stall)
                 .await
                 .map_err(retry)?;
             match answer.status().as_u16() {
@@ -502,15 +556,21 @@ impl Uploader {
             }
             self.pace(sent, started, shutdown).await;
         }
-        let done = auth(client.post(format!(
-            "{}{}",
-            self.settings.server,
-            complete_path(job, name)
-        )))
-        .json(&CompleteUpload {
-            sha256: sha256.clone(),
-        })
-        .send()
+        // The server reads the whole file before it answers: allow for that
+        // at a slow disk's pace on top of the stall limit.
+        let verify = stall + Duration::from_secs(entry.bytes / VERIFY_BYTES_PER_S);
+        let done = send_watched(
+            auth(client.post(format!(
+                "{}{}",
+                self.settings.server,
+                complete_path(job, name)
+            )))
+            .json(&CompleteUpload {
+                sha256: sha256.clone(),
+            }),
+            None,
+            verify,
+        )
         .await
         .map_err(retry)?;
         match done.status().as_u16() {

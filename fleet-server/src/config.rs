@@ -49,12 +49,14 @@
 //!
 //! [uploads]                      # recordings appliances send (decision 0016)
 //! max_file_mb = 65536            # the largest file a take may have (larger: 413)
+//! cache_max_mb = 500000         # past this, the oldest files every destination holds are deleted
 //!
 //! [delivery]                     # upload policies; replaces defaults/delivery.toml whole
 //! default = "archive"
 //! [delivery.policies.archive]
 //! destinations = ["nas", "s3-main"]   # named in the console or /api/v1/destinations
 //! retry_budget_h = 72            # failed deliveries are retried this long, then wait for an operator
+//! delete_server_copy_after_h = 168  # once every destination holds a file (absent: keep it)
 //!
 //! [secrets]
 //! key_file = "/etc/rakkr/secrets.key"  # seals destination secrets (default {data_dir}/secrets.key)
@@ -132,6 +134,10 @@ pub struct UploadsConfig {
     /// The largest file a take may have, in MB (larger: 413).
     #[serde(default = "default_max_file_mb")]
     pub max_file_mb: u64,
+    /// Most MB the server's copies may take: past it, the oldest files every
+    /// destination holds are deleted first (never others). Absent: no cap.
+    #[serde(default)]
+    pub cache_max_mb: Option<u64>,
 }
 
 fn default_max_file_mb() -> u64 {
@@ -143,6 +149,7 @@ impl Default for UploadsConfig {
     fn default() -> Self {
         UploadsConfig {
             max_file_mb: default_max_file_mb(),
+            cache_max_mb: None,
         }
     }
 }
@@ -395,6 +402,8 @@ pub struct ServerSettings {
     pub profiles: crate::policies::RecordingProfiles,
     /// The largest file an appliance may upload, in bytes.
     pub max_upload_bytes: u64,
+    /// `[uploads] cache_max_mb` in bytes.
+    pub cache_max_bytes: Option<u64>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -543,6 +552,13 @@ impl ServerConfig {
         if !(1..=16 << 20).contains(&self.uploads.max_file_mb) {
             return Err(invalid("uploads.max_file_mb", "must be 1-16777216 MB"));
         }
+        if self
+            .uploads
+            .cache_max_mb
+            .is_some_and(|mb| !(1..=1 << 34).contains(&mb))
+        {
+            return Err(invalid("uploads.cache_max_mb", "must be 1-17179869184 MB"));
+        }
         let watchdog = crate::policies::WatchdogPolicies::from_config(self.watchdog.clone())
             .map_err(|e| invalid("watchdog", &e))?;
         let profiles = crate::policies::RecordingProfiles::from_config(self.recording.clone())
@@ -562,6 +578,7 @@ impl ServerConfig {
             retention,
             profiles,
             max_upload_bytes: self.uploads.max_file_mb << 20,
+            cache_max_bytes: self.uploads.cache_max_mb.map(|mb| mb << 20),
             node_rules: crate::node_watch::NodeRulesPolicy {
                 offline_after_ms: self.health.node_offline_after_ms,
                 stale_after_ms: self.health.telemetry_stale_after_ms,

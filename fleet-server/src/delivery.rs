@@ -7,7 +7,8 @@
 //!   lacks one (a crash between the two); queuing again changes nothing.
 //! - A delivery is `pending` until the destination holds an object of the
 //!   file's size at `{prefix}/{key}` (S3: after the bucket verified the
-//!   SHA-256 checksum the put carried; local: written, fsynced, renamed).
+//!   SHA-256 checksum the put carried; local: written, fsynced, renamed;
+//!   SMB: written, flushed, renamed, as [`crate::smb`] says).
 //! - A failed attempt is tried again after 30 s, doubling to 1 h (jittered),
 //!   until the policy's retry budget from the first failure is spent; then
 //!   the delivery is `failed` until an operator retries it.
@@ -235,6 +236,8 @@ pub struct DeliveryRunner {
     pub clock: Arc<dyn Clock>,
     /// Notified when deliveries are queued or retried.
     pub wake: Arc<tokio::sync::Notify>,
+    /// Notified when a delivery arrived (server retention looks again).
+    pub delivered: Arc<tokio::sync::Notify>,
 }
 
 impl DeliveryRunner {
@@ -251,10 +254,10 @@ impl DeliveryRunner {
                 Some(dest) => {
                     let file = self.uploads.cached(&d.node, d.job, &d.name);
                     let copied = async {
-                        let os = crate::destinations::open(&self.secrets, &dest)?;
+                        let opened = crate::destinations::open(&self.secrets, &dest)?;
                         let path =
                             object_path(crate::destinations::key_prefix(&dest.spec), &d.key)?;
-                        copy_file(&*os, &path, &file, d.bytes).await
+                        opened.deliver(&path, &file, d.bytes).await
                     };
                     copied.await
                 }
@@ -301,6 +304,10 @@ impl DeliveryRunner {
         let done = tokio::task::spawn_blocking(move || -> rakkr_store::Result<usize> {
             let mut added = 0;
             for upload in store.cached_uploads()? {
+                // Deleted by retention once delivered everywhere: nothing to send.
+                if upload.removed_ms.is_some() {
+                    continue;
+                }
                 let Some(job) = store.job(upload.job)? else {
                     continue;
                 };
@@ -350,11 +357,14 @@ impl DeliveryRunner {
             let finished = async {
                 while let Some(done) = attempts.join_next().await {
                     let Ok(record) = done else { continue };
+                    let arrived = record.state == DeliveryState::Delivered;
                     let store = self.store.clone();
-                    if let Ok(Err(e)) =
-                        tokio::task::spawn_blocking(move || store.put_delivery(&record)).await
-                    {
-                        tracing::error!(error = %e, "a delivery's outcome not kept; it will be tried again");
+                    match tokio::task::spawn_blocking(move || store.put_delivery(&record)).await {
+                        Ok(Ok(())) if arrived => self.delivered.notify_one(),
+                        Ok(Err(e)) => {
+                            tracing::error!(error = %e, "a delivery's outcome not kept; it will be tried again")
+                        }
+                        _ => {}
                     }
                 }
             };
@@ -481,6 +491,7 @@ mod tests {
             started_ms: 0,
             updated_ms: 0,
             waveform: None,
+            removed_ms: None,
         };
         let state = |u, ds: &[DeliveryState]| {
             let ds: Vec<DeliveryRecord> = ds

@@ -1,20 +1,24 @@
 //! Storage destinations (decision 0017): named places recordings are copied
 //! to once the server holds them, managed at run time with `settings.manage`.
 //!
-//! A destination is opened as an `object_store::ObjectStore` (the delivery
-//! runner does not know kinds): `local` as `LocalFileSystem` under its
-//! directory, `s3` through `object_store::aws` with path-style requests and a
-//! SHA-256 checksum on every put, which the bucket verifies. Its secret is
-//! kept sealed ([`crate::secrets`]) and never shown: views say whether one is
-//! set, and saving without one keeps the one there.
+//! A destination is opened as an [`Opened`], which delivers a file and runs
+//! the probe whatever its kind (the delivery runner does not know kinds):
+//! `local` as `object_store`'s `LocalFileSystem` under its directory, `s3`
+//! through `object_store::aws` with path-style requests and a SHA-256
+//! checksum on every put, which the bucket verifies, and `smb` through
+//! [`crate::smb`] (decision 0018). Its secret (S3's secret access key, SMB's
+//! password) is kept sealed ([`crate::secrets`]) and never shown: views say
+//! whether one is set, and saving without one keeps the one there.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Json, Redirect, Response};
 use axum::{Extension, Form};
 use maud::{Markup, html};
+use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt as _};
 use rakkr_store::{DestinationRecord, DestinationSpec};
 use serde::{Deserialize, Serialize};
@@ -76,7 +80,7 @@ pub struct DestinationInput {
     pub name: String,
     #[serde(flatten)]
     pub spec: DestinationSpec,
-    /// S3: the secret access key. Write-only.
+    /// S3: the secret access key; SMB: the account's password. Write-only.
     #[serde(default)]
     pub secret: Option<String>,
 }
@@ -128,22 +132,140 @@ pub fn check_spec(name: &str, spec: &DestinationSpec) -> Result<(), String> {
                 return Err("access_key_id: 1 to 256 characters".into());
             }
         }
+        DestinationSpec::Smb {
+            server,
+            share,
+            prefix,
+            user,
+            domain,
+            require_encryption: _,
+        } => {
+            let server_ok = !server.is_empty()
+                && server.len() <= 255
+                && !server
+                    .chars()
+                    .any(|c| c.is_whitespace() || "/\\@".contains(c));
+            if !server_ok {
+                return Err("server: a host name or address, with :port if not 445".into());
+            }
+            // What Windows and Samba refuse in a share name.
+            let share_ok = !share.trim().is_empty()
+                && share.len() <= 80
+                && !share
+                    .chars()
+                    .any(|c| c.is_control() || "\\/:*?\"<>|[]+=;,".contains(c));
+            if !share_ok {
+                return Err(
+                    "share: 1 to 80 characters, without \\ / : * ? \" < > | [ ] + = ; ,".into(),
+                );
+            }
+            if !prefix.is_empty() {
+                rakkr_protocol::schedule::check_folder(prefix)
+                    .map_err(|e| format!("prefix: {e}"))?;
+            }
+            if user.trim().is_empty() || user.len() > 256 {
+                return Err("user: 1 to 256 characters".into());
+            }
+            if domain.len() > 256 {
+                return Err("domain: at most 256 characters".into());
+            }
+        }
     }
     Ok(())
 }
 
-/// Open `record` as an object store (its secret unsealed with `state`'s key).
+/// `record`'s secret, unsealed; `what` names it in the error when none is set.
+fn unseal(
+    secrets: &crate::secrets::SecretBox,
+    record: &DestinationRecord,
+    what: &str,
+) -> Result<String, String> {
+    let sealed = record
+        .sealed_secret
+        .as_deref()
+        .ok_or_else(|| format!("no {what} is set"))?;
+    secrets
+        .open(sealed, &secret_context(&record.name, &record.spec))
+        .map_err(|e| e.to_string())
+}
+
+/// A destination ready to take files.
+pub enum Opened {
+    /// A local directory or an S3 bucket.
+    Objects(Arc<dyn ObjectStore>),
+    /// An SMB share, connected per delivery.
+    Smb(crate::smb::SmbTarget),
+}
+
+impl Opened {
+    /// Deliver `file` (`bytes` long) to `path`, checked as the runner's
+    /// invariants say: whole and of the right size at the destination.
+    pub async fn deliver(
+        &self,
+        path: &ObjectPath,
+        file: &std::path::Path,
+        bytes: u64,
+    ) -> Result<(), String> {
+        match self {
+            Opened::Objects(os) => crate::delivery::copy_file(&**os, path, file, bytes).await,
+            Opened::Smb(target) => {
+                let mut share = target.connect().await?;
+                let delivered = share.put_file(path.as_ref(), file, bytes).await;
+                share.close().await;
+                delivered
+            }
+        }
+    }
+
+    /// Write `body` to `path`, read it back and delete it.
+    async fn probe(&self, path: &ObjectPath, body: bytes::Bytes) -> Result<(), String> {
+        let back = match self {
+            Opened::Objects(os) => {
+                os.put(path, body.clone().into())
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let back = os
+                    .get(path)
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .bytes()
+                    .await
+                    .map_err(|e| e.to_string())?;
+                os.delete(path).await.map_err(|e| e.to_string())?;
+                back.to_vec()
+            }
+            Opened::Smb(target) => {
+                let mut share = target.connect().await?;
+                let probed = async {
+                    share.write(path.as_ref(), &body).await?;
+                    let back = share.read(path.as_ref()).await?;
+                    share.delete(path.as_ref()).await?;
+                    Ok::<_, String>(back)
+                }
+                .await;
+                share.close().await;
+                probed?
+            }
+        };
+        if back != body {
+            return Err("the probe read back differs from what was written".to_owned());
+        }
+        Ok(())
+    }
+}
+
+/// Open `record` (its secret unsealed with `secrets`).
 pub fn open(
     secrets: &crate::secrets::SecretBox,
     record: &DestinationRecord,
-) -> Result<Arc<dyn ObjectStore>, String> {
+) -> Result<Opened, String> {
     match &record.spec {
         DestinationSpec::Local { path } => {
             std::fs::create_dir_all(path).map_err(|e| format!("cannot make {path}: {e}"))?;
             let fs = object_store::local::LocalFileSystem::new_with_prefix(path)
                 .map_err(|e| e.to_string())?
                 .with_fsync(true);
-            Ok(Arc::new(fs))
+            Ok(Opened::Objects(Arc::new(fs)))
         }
         DestinationSpec::S3 {
             endpoint,
@@ -153,13 +275,7 @@ pub fn open(
             access_key_id,
             allow_http,
         } => {
-            let sealed = record
-                .sealed_secret
-                .as_deref()
-                .ok_or("no secret access key is set")?;
-            let secret = secrets
-                .open(sealed, &secret_context(&record.name, &record.spec))
-                .map_err(|e| e.to_string())?;
+            let secret = unseal(secrets, record, "secret access key")?;
             let mut builder = object_store::aws::AmazonS3Builder::new()
                 .with_region(region)
                 .with_bucket_name(bucket)
@@ -171,16 +287,33 @@ pub fn open(
             if let Some(e) = endpoint {
                 builder = builder.with_endpoint(e);
             }
-            Ok(Arc::new(builder.build().map_err(|e| e.to_string())?))
+            Ok(Opened::Objects(Arc::new(
+                builder.build().map_err(|e| e.to_string())?,
+            )))
         }
+        DestinationSpec::Smb {
+            server,
+            share,
+            prefix: _,
+            user,
+            domain,
+            require_encryption,
+        } => Ok(Opened::Smb(crate::smb::SmbTarget {
+            server: server.clone(),
+            share: share.clone(),
+            user: user.clone(),
+            domain: domain.clone(),
+            password: unseal(secrets, record, "password")?,
+            require_encryption: *require_encryption,
+        })),
     }
 }
 
-/// The key prefix a destination puts objects under (S3's `prefix`).
+/// The key prefix a destination puts objects under (S3's and SMB's `prefix`).
 pub fn key_prefix(spec: &DestinationSpec) -> &str {
     match spec {
         DestinationSpec::Local { .. } => "",
-        DestinationSpec::S3 { prefix, .. } => prefix,
+        DestinationSpec::S3 { prefix, .. } | DestinationSpec::Smb { prefix, .. } => prefix,
     }
 }
 
@@ -321,29 +454,14 @@ async fn test(state: &AppState, name: &str) -> Result<DestinationTest, Problem> 
     .await?
     .ok_or_else(|| problem(StatusCode::NOT_FOUND, format!("no destination {name:?}")))?;
     let probe = async {
-        let os = open(&state.secrets, &record)?;
         let key = crate::delivery::object_path(
             key_prefix(&record.spec),
             &format!(".rakkr-probe-{}", state.clock.unix_ms()),
         )?;
         let body = bytes::Bytes::from_static(b"rakkr destination probe\n");
-        os.put(&key, body.clone().into())
-            .await
-            .map_err(|e| e.to_string())?;
-        let back = os
-            .get(&key)
-            .await
-            .map_err(|e| e.to_string())?
-            .bytes()
-            .await
-            .map_err(|e| e.to_string())?;
-        os.delete(&key).await.map_err(|e| e.to_string())?;
-        if back != body {
-            return Err("the probe read back differs from what was written".to_owned());
-        }
-        Ok::<(), String>(())
+        open(&state.secrets, &record)?.probe(&key, body).await
     };
-    let result = tokio::time::timeout(std::time::Duration::from_secs(30), probe)
+    let result = tokio::time::timeout(Duration::from_secs(30), probe)
         .await
         .unwrap_or_else(|_| Err("no answer within 30 s".into()));
     Ok(DestinationTest {
@@ -380,6 +498,21 @@ fn where_of(spec: &DestinationSpec) -> String {
         } => format!(
             "{} · s3://{bucket}/{prefix}",
             endpoint.as_deref().unwrap_or("AWS")
+        ),
+        DestinationSpec::Smb {
+            server,
+            share,
+            prefix,
+            user,
+            require_encryption,
+            ..
+        } => format!(
+            "smb://{user}@{server}/{share}/{prefix}{}",
+            if *require_encryption {
+                " · encrypted"
+            } else {
+                ""
+            }
         ),
     }
 }
@@ -438,16 +571,21 @@ fn destinations_page(
                     (csrf_field(signed_in))
                     label { "Name" input type="text" name="name" required maxlength="64" pattern="[a-z0-9_-]+"; }
                     label { "Kind"
-                        select name="kind" { option value="local" { "local directory" } option value="s3" { "S3 bucket" } }
+                        select name="kind" { option value="local" { "local directory" } option value="s3" { "S3 bucket" } option value="smb" { "SMB share" } }
                     }
                     label { "Directory (local)" input type="text" name="path" placeholder="/srv/nas/rakkr"; }
                     label { "Endpoint (S3)" input type="text" name="endpoint" placeholder="https://s3.example:9000 (empty: AWS)"; }
                     label { "Region (S3)" input type="text" name="region" placeholder="us-east-1"; }
                     label { "Bucket (S3)" input type="text" name="bucket"; }
-                    label { "Prefix (S3)" input type="text" name="prefix" placeholder="site-1"; }
+                    label { "Server (SMB)" input type="text" name="server" placeholder="nas.local or nas.local:445"; }
+                    label { "Share (SMB)" input type="text" name="share" placeholder="recordings"; }
+                    label { "Prefix (S3, SMB)" input type="text" name="prefix" placeholder="site-1"; }
                     label { "Access key id (S3)" input type="text" name="access_key_id"; }
-                    label { "Secret access key (S3)" input type="password" name="secret" autocomplete="new-password" placeholder="leave empty to keep the one set"; }
-                    label.check { input type="checkbox" name="allow_http" value="on"; " Allow http:// (trusted networks only)" }
+                    label { "User (SMB)" input type="text" name="user"; }
+                    label { "Domain (SMB)" input type="text" name="domain" placeholder="empty: the server's own accounts"; }
+                    label { "Secret access key (S3) or password (SMB)" input type="password" name="secret" autocomplete="new-password" placeholder="leave empty to keep the one set"; }
+                    label.check { input type="checkbox" name="allow_http" value="on"; " Allow http:// (S3, trusted networks only)" }
+                    label.check { input type="checkbox" name="require_encryption" value="on"; " Require encryption (SMB 3)" }
                     button type="submit" { "Save destination" }
                 }
             }
@@ -505,6 +643,16 @@ pub struct DestinationForm {
     secret: String,
     #[serde(default)]
     allow_http: Option<String>,
+    #[serde(default)]
+    server: String,
+    #[serde(default)]
+    share: String,
+    #[serde(default)]
+    user: String,
+    #[serde(default)]
+    domain: String,
+    #[serde(default)]
+    require_encryption: Option<String>,
 }
 
 impl DestinationForm {
@@ -521,7 +669,15 @@ impl DestinationForm {
                 access_key_id: self.access_key_id.trim().to_owned(),
                 allow_http: self.allow_http.is_some(),
             },
-            other => return Err(format!("kind {other:?}: local or s3")),
+            "smb" => DestinationSpec::Smb {
+                server: self.server.trim().to_owned(),
+                share: self.share.trim().to_owned(),
+                prefix: self.prefix.trim().trim_matches('/').to_owned(),
+                user: self.user.trim().to_owned(),
+                domain: self.domain.trim().to_owned(),
+                require_encryption: self.require_encryption.is_some(),
+            },
+            other => return Err(format!("kind {other:?}: local, s3 or smb")),
         };
         Ok(DestinationInput {
             name: self.name.trim().to_owned(),
@@ -604,8 +760,20 @@ mod tests {
         }
     }
 
+    fn smb(server: &str, share: &str, prefix: &str, user: &str) -> DestinationSpec {
+        DestinationSpec::Smb {
+            server: server.into(),
+            share: share.into(),
+            prefix: prefix.into(),
+            user: user.into(),
+            domain: String::new(),
+            require_encryption: false,
+        }
+    }
+
     #[test]
     fn destinations_are_checked_field_by_field() {
+        assert!(check_spec("office", &smb("nas.local:1445", "takes", "site-1", "rakkr")).is_ok());
         assert!(
             check_spec(
                 "nas",
@@ -651,6 +819,12 @@ mod tests {
             ("s3", s3("https://x", false, "Takes", ""), "bucket"),
             ("s3", s3("https://x", false, "takes", "../up"), "prefix"),
             ("s3", s3("https://x", false, "takes", "/abs"), "prefix"),
+            ("smb", smb("", "takes", "", "rakkr"), "server"),
+            ("smb", smb("user@nas", "takes", "", "rakkr"), "server"),
+            ("smb", smb("nas", "", "", "rakkr"), "share"),
+            ("smb", smb("nas", "a/b", "", "rakkr"), "share"),
+            ("smb", smb("nas", "takes", "x/../y", "rakkr"), "prefix"),
+            ("smb", smb("nas", "takes", "", " "), "user"),
         ] {
             let e = check_spec(name, &spec).unwrap_err();
             assert!(e.contains(field), "{spec:?}: {e}");

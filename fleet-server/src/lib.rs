@@ -53,7 +53,9 @@ pub mod recordings_page;
 pub mod schedules;
 pub mod schedules_page;
 pub mod secrets;
+pub mod server_retention;
 pub mod signal_watch;
+pub mod smb;
 pub mod tls;
 pub mod uploads;
 pub mod waveform;
@@ -407,6 +409,7 @@ impl RunningServer {
             settings.max_upload_bytes,
         ));
         let delivery_wake = Arc::new(tokio::sync::Notify::new());
+        let delivered = Arc::new(tokio::sync::Notify::new());
         tasks.spawn(
             delivery::DeliveryRunner {
                 store: store.clone(),
@@ -415,6 +418,18 @@ impl RunningServer {
                 uploads: uploads.clone(),
                 clock: clock.clone(),
                 wake: delivery_wake.clone(),
+                delivered: delivered.clone(),
+            }
+            .run(shutdown.clone()),
+        );
+        tasks.spawn(
+            server_retention::ServerRetention {
+                store: store.clone(),
+                policies: delivery_policies.clone(),
+                uploads: uploads.clone(),
+                clock: clock.clone(),
+                cap_bytes: settings.cache_max_bytes,
+                wake: delivered,
             }
             .run(shutdown.clone()),
         );

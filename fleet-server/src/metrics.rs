@@ -313,6 +313,21 @@ pub fn render(s: &Sources<'_>) -> String {
         "rakkr_schedule_occurrences_deferred {}",
         s.schedules.deferred.load(Ordering::Relaxed)
     );
+    for (name, help, v) in [
+        (
+            "rakkr_server_copies_bytes",
+            "Bytes the server's copies of recordings take (after the last retention pass).",
+            &s.uploads.held_bytes,
+        ),
+        (
+            "rakkr_server_copies_over_cap_bytes",
+            "Bytes over [uploads] cache_max_mb held by files not yet delivered everywhere (never deleted).",
+            &s.uploads.over_cap_bytes,
+        ),
+    ] {
+        gauge_header(&mut out, name, help, "gauge");
+        let _ = writeln!(out, "{name} {}", v.load(Ordering::Relaxed));
+    }
     gauge_header(
         &mut out,
         "rakkr_job_desk_seconds",
@@ -481,6 +496,16 @@ pub fn render(s: &Sources<'_>) -> String {
             "rakkr_upload_refused_total",
             "Upload requests refused (bad name, another node's job, too large, checksum).",
             &s.uploads.refused,
+        ),
+        (
+            "rakkr_server_copies_removed_total",
+            "Server copies of recordings deleted by retention (every destination held them).",
+            &s.uploads.removed_files,
+        ),
+        (
+            "rakkr_server_copies_removed_bytes_total",
+            "Bytes of server copies deleted by retention.",
+            &s.uploads.removed_bytes,
         ),
     ] {
         counter(&mut out, name, help, v);

@@ -345,6 +345,11 @@ pub struct DeliveryPolicy {
     /// (`failed`, retried by an operator).
     #[serde(default = "retry_budget_72")]
     pub retry_budget_h: u32,
+    /// Hours after every destination holds a file until the server deletes
+    /// its own copy (0: at once). Absent: the server keeps it, until
+    /// `[uploads] cache_max_mb` needs the room. Needs destinations.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delete_server_copy_after_h: Option<u32>,
 }
 
 impl Named for DeliveryPolicy {
@@ -361,6 +366,14 @@ impl Named for DeliveryPolicy {
         }
         if !(1..=8_760).contains(&self.retry_budget_h) {
             return Err("retry_budget_h must be 1 to 8760 (a year)".into());
+        }
+        if let Some(h) = self.delete_server_copy_after_h {
+            if self.destinations.is_empty() {
+                return Err("delete_server_copy_after_h needs destinations: without them the server's copy is the only one".into());
+            }
+            if h > 87_600 {
+                return Err("delete_server_copy_after_h must be 0 to 87600 (ten years)".into());
+            }
         }
         Ok(())
     }

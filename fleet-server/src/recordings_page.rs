@@ -242,6 +242,16 @@ async fn quality_of(
 fn file_state(upload: Option<&rakkr_store::UploadRecord>) -> Markup {
     use rakkr_store::UploadState;
     match upload {
+        Some(u) if u.state == UploadState::Cached && u.removed_ms.is_some() => html! {
+            span.badge.muted data-removed="true" { "delivered" }
+            " every destination holds it; the server deleted its copy "
+            (utc_seconds(u.removed_ms.unwrap_or_default()))
+            " (SHA-256 "
+            code.digest title=(u.sha256.as_deref().unwrap_or_default()) {
+                (u.sha256.as_deref().unwrap_or_default().get(..16).unwrap_or_default()) "…"
+            }
+            ")"
+        },
         Some(u) if u.state == UploadState::Cached => html! {
             span.badge.ok { "on the server" }
             " verified, SHA-256 "
@@ -341,10 +351,20 @@ fn detail_page(
 ) -> Markup {
     let r = job.recording.as_ref();
     let upload_of = |name: &str| uploads.iter().find(|u| u.name == name);
-    let on_server =
+    let on_server = |name: &str| {
+        upload_of(name)
+            .is_some_and(|u| u.state == rakkr_store::UploadState::Cached && u.removed_ms.is_none())
+    };
+    let verified =
         |name: &str| upload_of(name).is_some_and(|u| u.state == rakkr_store::UploadState::Cached);
     let all_there = r.is_some_and(|r| {
-        r.file_count as usize == r.files.len() && r.files.iter().all(|f| on_server(&f.name))
+        r.file_count as usize == r.files.len() && r.files.iter().all(|f| verified(&f.name))
+    });
+    let removed = r.map_or(0, |r| {
+        r.files
+            .iter()
+            .filter(|f| verified(&f.name) && !on_server(&f.name))
+            .count()
     });
     let (may_play, may_download) = (
         signed_in.may(Permission::RecordingsPlayback),
@@ -370,7 +390,8 @@ fn detail_page(
                         dt { "Format" } dd { (r.channels) @if r.channels == 1 { " channel, " } @else { " channels, " } (r.bits) "-bit " (job.spec.profile.codec.as_str()) }
                         dt { "Gaps" } dd { (r.gaps) @if r.recovered { " · recovered after a crash" } }
                         dt { "Where" } dd {
-                            @if all_there { "on the server, every file verified (SHA-256)" }
+                            @if all_there && removed == 0 { "on the server, every file verified (SHA-256)" }
+                            @else if all_there { "every file verified (SHA-256); the server deleted its copy of " (removed) " of " (r.files.len()) " once every destination held them" }
                             @else if uploads.is_empty() { "on the appliance " code { (job.node) } " (playback, download and checksum once it is uploaded)" }
                             @else { "being uploaded from " code { (job.node) } }
                         }
@@ -576,6 +597,11 @@ async fn cached_file(
         .and_then(Result::ok)
         .flatten();
     match upload {
+        Some(u) if u.state == rakkr_store::UploadState::Cached && u.removed_ms.is_some() => Err((
+            StatusCode::GONE,
+            "every destination holds this file and the server deleted its copy, as its upload policy says; fetch it from a destination\n",
+        )
+            .into_response()),
         Some(u) if u.state == rakkr_store::UploadState::Cached => {
             let path = state.uploads.cached(&job.node, job.id, name);
             Ok((job, path))

@@ -51,6 +51,13 @@ pub struct UploadStats {
     pub files_confirmed: AtomicU64,
     /// Requests refused (audited ones: not offset conflicts).
     pub refused: AtomicU64,
+    /// Bytes the server's copies take (after the last retention pass).
+    pub held_bytes: AtomicU64,
+    /// Bytes over `cache_max_mb` that only files not delivered everywhere hold.
+    pub over_cap_bytes: AtomicU64,
+    /// Server copies deleted by retention since start, and their bytes.
+    pub removed_files: AtomicU64,
+    pub removed_bytes: AtomicU64,
 }
 
 /// Where uploads are staged and cached, and what they may be.
@@ -314,6 +321,51 @@ pub async fn head_file(
     .await
 }
 
+/// How long a chunk's body may move no byte before the server gives it up
+/// (a node behind a cut link never closes its connection).
+pub const BODY_STALL: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// A chunk's body, at most `limit` bytes, given up when no byte arrives for
+/// `stall`: too large is 413, broken off 400, stalled 408.
+async fn read_chunk(
+    body: axum::body::Body,
+    limit: usize,
+    stall: std::time::Duration,
+) -> Result<Bytes, Refusal> {
+    use futures_util::StreamExt as _;
+    let mut data = body.into_data_stream();
+    let mut out = Vec::new();
+    loop {
+        match tokio::time::timeout(stall, data.next()).await {
+            Err(_) => {
+                return Err(Refusal::new(
+                    StatusCode::REQUEST_TIMEOUT,
+                    format!(
+                        "no byte of the chunk for {stall:?}; {} bytes of it were dropped",
+                        out.len()
+                    ),
+                ));
+            }
+            Ok(None) => return Ok(out.into()),
+            Ok(Some(Err(e))) => {
+                return Err(Refusal::new(
+                    StatusCode::BAD_REQUEST,
+                    format!("the chunk's body broke off: {e}"),
+                ));
+            }
+            Ok(Some(Ok(piece))) => {
+                if out.len() + piece.len() > limit {
+                    return Err(Refusal::new(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        format!("a chunk is at most {limit} bytes"),
+                    ));
+                }
+                out.extend_from_slice(&piece);
+            }
+        }
+    }
+}
+
 /// `PATCH …/files/{name}`: one chunk at the server's offset.
 pub async fn patch_file(
     State(state): State<AppState>,
@@ -329,14 +381,7 @@ pub async fn patch_file(
     let known = crate::http::basic_auth(&headers)
         .is_some_and(|(node, secret)| state.identities.verify(&node, &secret).is_ok());
     let body: Result<Bytes, Refusal> = if known {
-        axum::body::to_bytes(body, MAX_CHUNK_BYTES)
-            .await
-            .map_err(|_| {
-                Refusal::new(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    format!("a chunk is at most {MAX_CHUNK_BYTES} bytes (or its body broke off)"),
-                )
-            })
+        read_chunk(body, MAX_CHUNK_BYTES, BODY_STALL).await
     } else {
         Ok(Bytes::new())
     };
@@ -377,6 +422,7 @@ pub async fn patch_file(
                 started_ms: now,
                 updated_ms: now,
                 waveform: None,
+                removed_ms: None,
             },
         };
         if record.state == UploadState::Cached {
@@ -612,6 +658,44 @@ fn move_durably(from: &Path, to: &Path) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A body of `pieces`, then (when `stalls`) nothing more, ever.
+    fn body_of(pieces: &[&'static [u8]], stalls: bool) -> axum::body::Body {
+        let given = futures_util::stream::iter(
+            pieces
+                .iter()
+                .map(|p| Ok::<_, std::io::Error>(Bytes::from_static(p)))
+                .collect::<Vec<_>>(),
+        );
+        if stalls {
+            use futures_util::StreamExt as _;
+            axum::body::Body::from_stream(given.chain(futures_util::stream::pending()))
+        } else {
+            axum::body::Body::from_stream(given)
+        }
+    }
+
+    #[tokio::test]
+    async fn a_chunk_body_is_read_whole_refused_when_too_large_and_given_up_when_stalled() {
+        let stall = std::time::Duration::from_millis(50);
+        let whole = read_chunk(body_of(&[b"abc", b"def"], false), 6, stall).await;
+        assert_eq!(whole.ok().as_deref(), Some(&b"abcdef"[..]));
+        let large = read_chunk(body_of(&[b"abc", b"defg"], false), 6, stall)
+            .await
+            .err()
+            .map(|r| r.problem.status);
+        assert_eq!(large, Some(StatusCode::PAYLOAD_TOO_LARGE));
+        let stalled = read_chunk(body_of(&[b"abc"], true), 6, stall)
+            .await
+            .err()
+            .map(|r| (r.problem.status, r.problem.detail));
+        let (status, detail) = stalled.unwrap_or_default();
+        assert_eq!(status, StatusCode::REQUEST_TIMEOUT);
+        assert!(
+            detail.contains("50ms") && detail.contains("3 bytes"),
+            "{detail}"
+        );
+    }
 
     #[test]
     fn files_are_told_apart_by_their_first_bytes() {

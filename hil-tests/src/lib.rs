@@ -1055,6 +1055,267 @@ impl S3Server {
     }
 }
 
+/// A TCP relay on a free loopback port to `127.0.0.1:{target}` that a test
+/// cuts like a pulled cable: while cut, nothing passes either way and
+/// nothing is closed (a cut link sends no reset, so each side only sees
+/// silence); once restored, connections that lived through the cut are
+/// closed (their peers gave up on them meanwhile) and the others pass.
+pub struct CutProxy {
+    pub port: u16,
+    state: std::sync::Arc<CutState>,
+}
+
+#[derive(Default)]
+struct CutState {
+    cut: std::sync::atomic::AtomicBool,
+    /// Bumped by each cut: a connection older than the last cut is dead.
+    epoch: std::sync::atomic::AtomicU64,
+    stop: std::sync::atomic::AtomicBool,
+    /// Cuts so far, and connections closed after one.
+    cuts: std::sync::atomic::AtomicU64,
+    dropped: std::sync::atomic::AtomicU64,
+}
+
+impl CutProxy {
+    pub fn start(target: u16) -> Result<CutProxy> {
+        use std::sync::atomic::Ordering::SeqCst;
+        let listener = TcpListener::bind(("127.0.0.1", 0))?;
+        let port = listener.local_addr()?.port();
+        listener.set_nonblocking(true)?;
+        let state = std::sync::Arc::new(CutState::default());
+        let shared = state.clone();
+        std::thread::spawn(move || {
+            while !shared.stop.load(SeqCst) {
+                let Ok((near, _)) = listener.accept() else {
+                    std::thread::sleep(Duration::from_millis(10));
+                    continue;
+                };
+                let _ = near.set_nonblocking(false);
+                let Ok(far) = std::net::TcpStream::connect(("127.0.0.1", target)) else {
+                    continue;
+                };
+                let born = shared.epoch.load(SeqCst);
+                for (from, to) in [(&near, &far), (&far, &near)] {
+                    let (Ok(from), Ok(to)) = (from.try_clone(), to.try_clone()) else {
+                        continue;
+                    };
+                    let shared = shared.clone();
+                    std::thread::spawn(move || CutProxy::pump(from, to, born, &shared));
+                }
+            }
+        });
+        Ok(CutProxy { port, state })
+    }
+
+    /// Copy `from` to `to` while the link is up and this connection has not
+    /// lived through a cut.
+    fn pump(
+        mut from: std::net::TcpStream,
+        mut to: std::net::TcpStream,
+        born: u64,
+        state: &CutState,
+    ) {
+        use std::io::{Read as _, Write as _};
+        use std::sync::atomic::Ordering::SeqCst;
+        let _ = from.set_read_timeout(Some(Duration::from_millis(50)));
+        let mut buf = vec![0u8; 64 << 10];
+        let close = |from: &std::net::TcpStream, to: &std::net::TcpStream| {
+            let _ = from.shutdown(std::net::Shutdown::Both);
+            let _ = to.shutdown(std::net::Shutdown::Both);
+        };
+        loop {
+            if state.stop.load(SeqCst) {
+                return close(&from, &to);
+            }
+            if state.cut.load(SeqCst) {
+                // Silence: hold everything, close nothing.
+                std::thread::sleep(Duration::from_millis(20));
+                continue;
+            }
+            if state.epoch.load(SeqCst) != born {
+                state.dropped.fetch_add(1, SeqCst);
+                return close(&from, &to);
+            }
+            match from.read(&mut buf) {
+                Ok(0) => return close(&from, &to),
+                Ok(n) => {
+                    while state.cut.load(SeqCst) {
+                        std::thread::sleep(Duration::from_millis(20));
+                    }
+                    if state.epoch.load(SeqCst) != born || to.write_all(&buf[..n]).is_err() {
+                        return close(&from, &to);
+                    }
+                }
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) => {}
+                Err(_) => return close(&from, &to),
+            }
+        }
+    }
+
+    /// Pull the cable.
+    pub fn cut(&self) {
+        use std::sync::atomic::Ordering::SeqCst;
+        self.state.epoch.fetch_add(1, SeqCst);
+        self.state.cuts.fetch_add(1, SeqCst);
+        self.state.cut.store(true, SeqCst);
+    }
+
+    /// Plug it back in.
+    pub fn restore(&self) {
+        self.state
+            .cut
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Connections closed because they lived through a cut.
+    pub fn dropped(&self) -> u64 {
+        self.state.dropped.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for CutProxy {
+    fn drop(&mut self) {
+        self.restore();
+        self.state
+            .stop
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// Debian's Samba (`smbd` in the foreground, its own process group, every
+/// state directory under `{dir}/samba`) on a free loopback port, with one
+/// account (this Unix user, [`SambaServer::PASSWORD`]) and the given shares
+/// (name, encryption required) over `{dir}/samba/{share}`. Killed, with the
+/// per-connection processes it forked, on drop. The recipe is in
+/// ../shared/TESTING.md; `xtask test` installs the package.
+pub struct SambaServer {
+    child: Option<Child>,
+    pub port: u16,
+    pub user: String,
+    conf: PathBuf,
+    dir: PathBuf,
+    /// Where the shares are: `{root}/{share}/{path}`.
+    pub root: PathBuf,
+}
+
+impl SambaServer {
+    pub const PASSWORD: &str = "samba-test-pw-7";
+
+    pub fn start(dir: &Path, shares: &[(&str, bool)]) -> Result<SambaServer> {
+        let root = dir.join("samba");
+        let state = root.join(".state");
+        std::fs::create_dir_all(state.join("ncalrpc"))?;
+        let user = String::from_utf8(Command::new("id").arg("-un").output()?.stdout)?
+            .trim()
+            .to_owned();
+        let port = free_port();
+        let st = state.display();
+        let mut conf = format!(
+            "[global]\n  interfaces = 127.0.0.1\n  bind interfaces only = yes\n  smb ports = {port}\n  \
+             disable netbios = yes\n  server role = standalone server\n  map to guest = never\n  \
+             passdb backend = tdbsam:{st}/passdb.tdb\n  private dir = {st}\n  lock directory = {st}\n  \
+             state directory = {st}\n  cache directory = {st}\n  pid directory = {st}\n  \
+             ncalrpc dir = {st}/ncalrpc\n  log file = {st}/log.%m\n  log level = 1\n  \
+             load printers = no\n  printing = bsd\n  printcap name = /dev/null\n  disable spoolss = yes\n"
+        );
+        for (share, encrypt) in shares {
+            let path = root.join(share);
+            std::fs::create_dir_all(&path)?;
+            conf.push_str(&format!(
+                "[{share}]\n  path = {}\n  read only = no\n  smb encrypt = {}\n",
+                path.display(),
+                if *encrypt { "required" } else { "off" }
+            ));
+        }
+        let conf_path = root.join(".state/smb.conf");
+        std::fs::write(&conf_path, conf)?;
+        let mut add = Command::new("smbpasswd")
+            .arg("-c")
+            .arg(&conf_path)
+            .args(["-s", "-a", &user])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("run smbpasswd (package samba)")?;
+        {
+            use std::io::Write as _;
+            let mut stdin = add.stdin.take().context("smbpasswd stdin")?;
+            writeln!(stdin, "{}\n{}", Self::PASSWORD, Self::PASSWORD)?;
+        }
+        if !add.wait()?.success() {
+            bail!("smbpasswd -a {user} failed");
+        }
+        let mut server = SambaServer {
+            child: None,
+            port,
+            user,
+            conf: conf_path,
+            dir: dir.to_owned(),
+            root,
+        };
+        server.run()?;
+        Ok(server)
+    }
+
+    /// Start smbd (again, after [`SambaServer::kill`]) and wait until it listens.
+    pub fn run(&mut self) -> Result<()> {
+        use std::os::unix::process::CommandExt as _;
+        let mut cmd = Command::new("smbd");
+        cmd.args(["--foreground", "--no-process-group", "--debug-stdout", "-s"])
+            .arg(&self.conf)
+            .process_group(0)
+            .stdin(Stdio::null())
+            .stdout(
+                File::options()
+                    .create(true)
+                    .append(true)
+                    .open(self.dir.join("smbd.log"))?,
+            )
+            .stderr(
+                File::options()
+                    .create(true)
+                    .append(true)
+                    .open(self.dir.join("smbd.log"))?,
+            );
+        self.child = Some(cmd.spawn().context("start smbd (package samba)")?);
+        let port = self.port;
+        wait_for("smbd listening", Duration::from_secs(15), || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).ok()
+        })?;
+        Ok(())
+    }
+
+    /// SIGKILL smbd and every connection process it forked.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill")
+                .args(["-KILL", "--", &format!("-{}", child.id())])
+                .status();
+            let _ = child.wait();
+        }
+    }
+
+    /// `host:port` for a destination's `server`.
+    pub fn server(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for SambaServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
 /// Debian mosquitto with the shipped configuration (deploy/mosquitto: ACLs,
 /// no anonymous clients), on a free loopback port, with `users` (name,
 /// password) in its password file. Killed on drop.

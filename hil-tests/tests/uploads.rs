@@ -587,6 +587,69 @@ fn uploads_cut_again_and_again_on_either_side_arrive_identical() -> Result<()> {
 }
 
 #[test]
+fn uploads_through_a_link_cut_again_and_again_arrive_identical() -> Result<()> {
+    let work = tempfile::tempdir()?;
+    let data = work.path().join("data");
+    let server = Server::start(work.path(), &data)?;
+    // The appliance reaches the server's HTTP through a link the test cuts;
+    // its MQTT link stays up. A request that moves nothing for 2 s is given
+    // up, so each cut (longer than that) ends the connection it silenced.
+    let link = CutProxy::start(server.http_port)?;
+    let tables = format!(
+        "[upload]\nserver = \"{}\"\nchunk_mib = 1\nmax_kbps = 2000\nstall_timeout_s = 2\n",
+        link.url()
+    );
+    let (agent, recordings) =
+        job_agent_with_tables(work.path(), &server, "up-cut", 2, "", "noise", &tables)?;
+    wait_online(&server, "up-cut")?;
+    let job = take(&server, "up-cut", 12)?;
+    let name = format!("{job}.flac");
+    let on_node = recordings.join(&name);
+    let source = std::fs::read(&on_node)?;
+    let kept = data.join("recordings/up-cut").join(&job).join(&name);
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .subsec_nanos();
+    eprintln!("cut times from seed {seed}");
+    let mut next = u64::from(seed);
+    let mut random = |below: u64| {
+        next = next
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        (next >> 33) % below
+    };
+    let mut cuts = 0;
+    for _ in 0..5 {
+        std::thread::sleep(Duration::from_millis(500 + random(2_000)));
+        if kept.exists() {
+            break;
+        }
+        link.cut();
+        std::thread::sleep(Duration::from_millis(3_000 + random(2_000)));
+        assert!(
+            on_node.exists(),
+            "the appliance's copy stays until confirmed"
+        );
+        link.restore();
+        cuts += 1;
+    }
+    assert!(cuts >= 3, "the upload outlived only {cuts} cuts");
+    wait_for("the take on the server", Duration::from_secs(120), || {
+        (kept.exists() && !on_node.exists()).then_some(())
+    })?;
+    assert_eq!(std::fs::read(&kept)?, source, "byte-identical");
+    flac_test(&kept)?;
+    // The appliance saw the silence and moved on; nothing waited for TCP.
+    let log = std::fs::read_to_string(&agent.proc.stderr)?;
+    assert!(log.contains("the link looks cut"), "{log}");
+    assert!(
+        link.dropped() > 0,
+        "connections silenced by a cut were ended"
+    );
+    Ok(())
+}
+
+#[test]
 fn an_operator_plays_and_downloads_an_uploaded_take_and_a_viewer_only_plays() -> Result<()> {
     use rakkr_hil_tests::browser::{Browser, Look};
     let work = tempfile::tempdir()?;
@@ -795,6 +858,35 @@ fn a_full_appliance_disk_deletes_the_oldest_uploaded_takes_first_and_never_other
     Ok(())
 }
 
+/// A server with its data under `{work}/data` and `config` as its configuration.
+fn configured_server(work: &Path, config: &str) -> Result<Server> {
+    Server::start_configured(work, &work.join("data"), &[], config)
+}
+
+/// Make the local destination `name` (the directory `{work}/{name}`); that directory.
+fn add_local_destination(server: &Server, work: &Path, name: &str) -> Result<std::path::PathBuf> {
+    let dir = work.join(name);
+    let (code, made) = server.post(
+        "/api/v1/destinations",
+        &json!({"name": name, "kind": "local", "path": dir.display().to_string()}),
+    )?;
+    anyhow::ensure!(code == 200, "destination {name} not made ({code}): {made}");
+    Ok(dir)
+}
+
+/// Ask for `job`'s file `name` to go to `destination` again now.
+fn retry_delivery(
+    server: &Server,
+    job: &str,
+    name: &str,
+    destination: &str,
+) -> Result<(u16, Value)> {
+    server.post(
+        "/api/v1/deliveries/retry",
+        &json!({"job": job, "name": name, "destination": destination}),
+    )
+}
+
 /// A server whose default upload policy sends every file to a local
 /// directory (`nas`) and an S3 bucket (`s3`, s3s-fs checking signatures).
 fn delivering_server(work: &Path) -> Result<(Server, S3Server)> {
@@ -835,13 +927,19 @@ fn add_destinations(server: &Server, s3: &S3Server, work: &Path, secret: &str) -
     Ok(())
 }
 
-/// Wait until `job`'s S3 delivery has failed at least once; it.
-fn s3_delivery_failing(server: &Server, job: &str) -> Result<Value> {
-    wait_for("the S3 delivery failing", Duration::from_secs(30), || {
-        let all = server.get_json("/api/v1/deliveries?destination=s3").ok()?;
-        let d = all.as_array()?.iter().find(|d| d["job"] == job)?.clone();
-        (d["attempts"].as_u64() >= Some(1)).then_some(d)
-    })
+/// Wait until `job`'s delivery to `destination` has failed at least once; it.
+fn delivery_failing(server: &Server, job: &str, destination: &str) -> Result<Value> {
+    wait_for(
+        &format!("the delivery to {destination} failing"),
+        Duration::from_secs(30),
+        || {
+            let all = server
+                .get_json(&format!("/api/v1/deliveries?destination={destination}"))
+                .ok()?;
+            let d = all.as_array()?.iter().find(|d| d["job"] == job)?.clone();
+            (d["attempts"].as_u64() >= Some(1)).then_some(d)
+        },
+    )
 }
 
 /// Wait until every delivery of `job` is in `state`; them.
@@ -866,12 +964,7 @@ fn deliveries_in(server: &Server, job: &str, state: &str, count: usize) -> Resul
 fn a_take_is_delivered_to_every_destination_byte_identical_and_secrets_stay_sealed() -> Result<()> {
     let work = tempfile::tempdir()?;
     let (server, s3) = delivering_server(work.path())?;
-    let nas = work.path().join("nas");
-    let (code, made) = server.post(
-        "/api/v1/destinations",
-        &json!({"name": "nas", "kind": "local", "path": nas.display().to_string()}),
-    )?;
-    assert_eq!(code, 200, "{made}");
+    let nas = add_local_destination(&server, work.path(), "nas")?;
     let (code, made) = server.post(
         "/api/v1/destinations",
         &s3_destination(&s3, Some(&s3.secret_key)),
@@ -957,7 +1050,7 @@ fn wrong_s3_credentials_fail_with_the_reason_and_a_retry_delivers_once_fixed() -
     let (_agent, _) = uploading_agent(work.path(), &server, "dl-b", "demo", "")?;
     let job = take(&server, "dl-b", 2)?;
     // The local copy arrives; the S3 one fails, says why, and waits to retry.
-    let failing = s3_delivery_failing(&server, &job)?;
+    let failing = delivery_failing(&server, &job, "s3")?;
     assert_eq!(failing["state"], "pending", "{failing}");
     let why = failing["last_error"].as_str().unwrap_or_default();
     assert!(
@@ -970,10 +1063,7 @@ fn wrong_s3_credentials_fail_with_the_reason_and_a_retry_delivers_once_fixed() -
         &s3_destination(&s3, Some(&s3.secret_key)),
     )?;
     assert_eq!(code, 200);
-    let (code, retried) = server.post(
-        "/api/v1/deliveries/retry",
-        &json!({"job": job, "name": format!("{job}.flac"), "destination": "s3"}),
-    )?;
+    let (code, retried) = retry_delivery(&server, &job, &format!("{job}.flac"), "s3")?;
     assert_eq!(code, 200, "{retried}");
     let delivered = deliveries_in(&server, &job, "delivered", 2)?;
     let key = delivered[0]["key"].as_str().unwrap_or_default().to_owned();
@@ -988,10 +1078,7 @@ fn wrong_s3_credentials_fail_with_the_reason_and_a_retry_delivers_once_fixed() -
         cached
     );
     // A retry of a delivered one is refused; the retry was audited.
-    let (code, _) = server.post(
-        "/api/v1/deliveries/retry",
-        &json!({"job": job, "name": format!("{job}.flac"), "destination": "s3"}),
-    )?;
+    let (code, _) = retry_delivery(&server, &job, &format!("{job}.flac"), "s3")?;
     assert_eq!(code, 409);
     let audit = server.get_json(&format!("/api/v1/audit/search?q=delivery:{job}&limit=5"))?;
     assert!(
@@ -1034,14 +1121,231 @@ fn a_file_larger_than_a_part_reaches_s3_in_parts_byte_identical() -> Result<()> 
         .collect();
     let file = work.path().join("big.flac");
     std::fs::write(&file, &bytes)?;
-    let os = destinations::open(&secrets, &record).map_err(anyhow::Error::msg)?;
+    let opened = destinations::open(&secrets, &record).map_err(anyhow::Error::msg)?;
     let path =
         delivery::object_path("site-1", "n/2026-11-30/big.flac").map_err(anyhow::Error::msg)?;
     tokio::runtime::Runtime::new()?
-        .block_on(delivery::copy_file(&*os, &path, &file, bytes.len() as u64))
+        .block_on(opened.deliver(&path, &file, bytes.len() as u64))
         .map_err(anyhow::Error::msg)?;
     let stored = std::fs::read(s3.root.join("takes/site-1/n/2026-11-30/big.flac"))?;
     assert!(stored == bytes, "the object is byte-identical");
+    Ok(())
+}
+
+/// The SMB destination `name` on `samba`'s share `share` with `password`.
+fn smb_destination(
+    samba: &SambaServer,
+    name: &str,
+    share: &str,
+    password: &str,
+    require_encryption: bool,
+) -> Value {
+    json!({
+        "name": name, "kind": "smb", "server": samba.server(), "share": share,
+        "prefix": "site-1/takes", "user": samba.user, "secret": password,
+        "require_encryption": require_encryption,
+    })
+}
+
+/// Files under `dir` whose names end with `suffix`, searched through.
+fn files_ending(dir: &Path, suffix: &str) -> Vec<std::path::PathBuf> {
+    let mut found = Vec::new();
+    let mut todo = vec![dir.to_owned()];
+    while let Some(d) = todo.pop() {
+        for entry in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                todo.push(path);
+            } else if path.to_string_lossy().ends_with(suffix) {
+                found.push(path);
+            }
+        }
+    }
+    found
+}
+
+#[test]
+fn a_take_is_delivered_to_an_smb_share_byte_identical_and_the_password_stays_sealed() -> Result<()>
+{
+    let work = tempfile::tempdir()?;
+    let samba = SambaServer::start(work.path(), &[("takes", false)])?;
+    let server = configured_server(
+        work.path(),
+        "[delivery]\ndefault = \"office\"\n[delivery.policies.office]\n\
+         destinations = [\"office\"]\nretry_budget_h = 1\n",
+    )?;
+    let (code, made) = server.post(
+        "/api/v1/destinations",
+        &smb_destination(&samba, "office", "takes", SambaServer::PASSWORD, false),
+    )?;
+    assert_eq!(code, 200, "{made}");
+    let (code, probe) = server.post("/api/v1/destinations/office/test", &json!({}))?;
+    assert_eq!((code, &probe["ok"]), (200, &json!(true)), "{probe}");
+    let listed = server.get_json("/api/v1/destinations")?;
+    assert_eq!(listed[0]["kind"], "smb", "{listed}");
+    assert_eq!(listed[0]["secret_set"], true, "{listed}");
+    assert!(
+        !listed.to_string().contains(SambaServer::PASSWORD),
+        "{listed}"
+    );
+
+    let (_agent, _) = uploading_agent(work.path(), &server, "smb-a", "demo", "")?;
+    let job = take(&server, "smb-a", 3)?;
+    let name = format!("{job}.flac");
+    let delivered = deliveries_in(&server, &job, "delivered", 1)?;
+    let key = delivered[0]["key"].as_str().unwrap_or_default().to_owned();
+    let cached = std::fs::read(
+        work.path()
+            .join("data/recordings/smb-a")
+            .join(&job)
+            .join(&name),
+    )?;
+    let share = samba.root.join("takes");
+    assert_eq!(
+        std::fs::read(share.join("site-1/takes").join(&key))?,
+        cached,
+        "the file on the share"
+    );
+    assert_eq!(
+        files_ending(&share, ""),
+        [share.join("site-1/takes").join(&key)],
+        "only the take is on the share: no probe, nothing unfinished"
+    );
+    let audit = server.get_json("/api/v1/audit/search?q=destination:office&limit=20")?;
+    let text = audit.to_string();
+    assert!(
+        text.contains("\"secret_set\":true") && !text.contains(SambaServer::PASSWORD),
+        "{text}"
+    );
+    Ok(())
+}
+
+#[test]
+fn smb_destinations_that_cannot_work_say_why() -> Result<()> {
+    let work = tempfile::tempdir()?;
+    let samba = SambaServer::start(work.path(), &[("takes", false), ("sealed", true)])?;
+    let server = configured_server(work.path(), "")?;
+    let mut nowhere = smb_destination(&samba, "nowhere", "takes", "x", false);
+    nowhere["server"] = json!(format!("127.0.0.1:{}", free_port()));
+    for (destination, says) in [
+        (
+            smb_destination(&samba, "wrong-pw", "takes", "not-the-password", false),
+            "signing in",
+        ),
+        (
+            smb_destination(&samba, "no-share", "missing", SambaServer::PASSWORD, false),
+            "cannot connect the share",
+        ),
+        (
+            smb_destination(&samba, "clear", "takes", SambaServer::PASSWORD, true),
+            "does not encrypt",
+        ),
+        (nowhere, "cannot reach"),
+    ] {
+        let name = destination["name"].as_str().unwrap_or_default().to_owned();
+        let (code, made) = server.post("/api/v1/destinations", &destination)?;
+        assert_eq!(code, 200, "{made}");
+        let (_, probe) = server.post(&format!("/api/v1/destinations/{name}/test"), &json!({}))?;
+        assert_eq!(probe["ok"], false, "{name}: {probe}");
+        let why = probe["error"].as_str().unwrap_or_default();
+        assert!(why.contains(says), "{name}: {why}");
+        assert!(!why.contains(SambaServer::PASSWORD), "{why}");
+    }
+    // Nothing was written by any of them.
+    assert!(files_ending(&samba.root.join("takes"), "").is_empty());
+    // A share that encrypts satisfies a destination that requires it.
+    let (code, _) = server.post(
+        "/api/v1/destinations",
+        &smb_destination(&samba, "sealed", "sealed", SambaServer::PASSWORD, true),
+    )?;
+    assert_eq!(code, 200);
+    let (_, probe) = server.post("/api/v1/destinations/sealed/test", &json!({}))?;
+    assert_eq!(probe["ok"], true, "{probe}");
+    // Bad fields are refused with the field named.
+    let mut bad = smb_destination(&samba, "bad", "a/b", "pw", false);
+    let (code, refused) = server.post("/api/v1/destinations", &bad)?;
+    assert_eq!(code, 422, "{refused}");
+    assert!(refused.to_string().contains("share"), "{refused}");
+    bad["share"] = json!("takes");
+    bad["prefix"] = json!("../up");
+    let (code, refused) = server.post("/api/v1/destinations", &bad)?;
+    assert_eq!(code, 422, "{refused}");
+    assert!(refused.to_string().contains("prefix"), "{refused}");
+    Ok(())
+}
+
+#[test]
+fn an_smb_delivery_cut_by_a_killed_server_leaves_no_final_file_and_arrives_whole_after()
+-> Result<()> {
+    use rakkr_server::{delivery, destinations, secrets::SecretBox};
+    use rakkr_store::{DestinationRecord, DestinationSpec};
+    let work = tempfile::tempdir()?;
+    let mut samba = SambaServer::start(work.path(), &[("takes", false)])?;
+    let secrets = SecretBox::open_or_create(&work.path().join("secrets.key"))?;
+    let spec = DestinationSpec::Smb {
+        server: samba.server(),
+        share: "takes".into(),
+        prefix: "site-1".into(),
+        user: samba.user.clone(),
+        domain: String::new(),
+        require_encryption: false,
+    };
+    let record = DestinationRecord {
+        name: "office".into(),
+        sealed_secret: Some(destinations::seal_secret(
+            &secrets,
+            "office",
+            &spec,
+            SambaServer::PASSWORD,
+        )?),
+        spec,
+        created_ms: 0,
+        updated_ms: 0,
+    };
+    // Six parts' worth, so the cut lands well inside the file.
+    let bytes: Vec<u8> = (0..(delivery::CHUNK_BYTES * 6) as u64)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 11) as u8)
+        .collect();
+    let file = work.path().join("big.flac");
+    std::fs::write(&file, &bytes)?;
+    let path =
+        delivery::object_path("site-1", "n/2026-11-30/big.flac").map_err(anyhow::Error::msg)?;
+    let on_share = samba.root.join("takes/site-1/n/2026-11-30/big.flac");
+    let partial = samba
+        .root
+        .join("takes/site-1/n/2026-11-30/big.flac.rakkr-partial");
+    let len = bytes.len() as u64;
+    let runtime = tokio::runtime::Runtime::new()?;
+    let opened =
+        std::sync::Arc::new(destinations::open(&secrets, &record).map_err(anyhow::Error::msg)?);
+    let first = {
+        let (opened, path, file) = (opened.clone(), path.clone(), file.clone());
+        runtime.spawn(async move { opened.deliver(&path, &file, len).await })
+    };
+    // Kill smbd once part of the file is on the share, not all of it.
+    let seen = wait_for(
+        "part of the file on the share",
+        Duration::from_secs(30),
+        || {
+            let len = std::fs::metadata(&partial).ok()?.len();
+            (len >= 2 * delivery::CHUNK_BYTES as u64).then_some(len)
+        },
+    )?;
+    samba.kill();
+    assert!(seen < len, "cut mid-file at {seen}");
+    let cut = runtime.block_on(first)?;
+    assert!(cut.is_err(), "a cut delivery fails: {cut:?}");
+    assert!(!on_share.exists(), "no final file from a cut delivery");
+    // The server comes back; the retry writes the whole file again.
+    samba.run()?;
+    runtime
+        .block_on(opened.deliver(&path, &file, len))
+        .map_err(anyhow::Error::msg)?;
+    assert!(
+        std::fs::read(&on_share)? == bytes,
+        "the file on the share is byte-identical"
+    );
+    assert!(!partial.exists(), "the partial file became the final one");
     Ok(())
 }
 
@@ -1053,7 +1357,7 @@ fn operators_see_the_delivery_queue_filter_it_and_retry_from_the_console() -> Re
     add_destinations(&server, &s3, work.path(), "wrong")?;
     let (_agent, _) = uploading_agent(work.path(), &server, "dl-c", "demo", "")?;
     let job = take(&server, "dl-c", 2)?;
-    s3_delivery_failing(&server, &job)?;
+    delivery_failing(&server, &job, "s3")?;
     server.operator("olga", "operator")?;
     let browser = Browser::start(work.path(), &server.url(""), Look::DESKTOP)?;
     browser.log_in("olga", OPERATOR_PASSWORD)?;
@@ -1094,19 +1398,12 @@ fn operators_see_the_delivery_queue_filter_it_and_retry_from_the_console() -> Re
 fn a_schedule_s_upload_policy_sends_its_recordings_and_takes_by_hand_follow_the_default()
 -> Result<()> {
     let work = tempfile::tempdir()?;
-    let server = Server::start_configured(
+    let server = configured_server(
         work.path(),
-        &work.path().join("data"),
-        &[],
         "[delivery]\ndefault = \"server-only\"\n[delivery.policies.server-only]\n\
          [delivery.policies.archive]\ndestinations = [\"nas\"]\n",
     )?;
-    let nas = work.path().join("nas");
-    let (code, _) = server.post(
-        "/api/v1/destinations",
-        &json!({"name": "nas", "kind": "local", "path": nas.display().to_string()}),
-    )?;
-    assert_eq!(code, 200);
+    let nas = add_local_destination(&server, work.path(), "nas")?;
     let (_agent, _) = uploading_agent(work.path(), &server, "dl-d", "demo", "")?;
     // A window hours away: only run-now records it.
     let schedule = |delivery: &str| {
@@ -1201,5 +1498,169 @@ fn an_admin_manages_destinations_in_the_console_and_the_secret_is_never_shown() 
     assert_eq!(code, 403);
     let view = server.get_json("/api/v1/destinations")?;
     assert_eq!(view[0]["secret_set"], true, "{view}");
+    Ok(())
+}
+
+/// The server's record of `job`'s file `name` (`GET /api/v1/recordings/{id}/files`).
+fn file_record(server: &Server, job: &str, name: &str) -> Result<Value> {
+    let files = server.get_json(&format!("/api/v1/recordings/{job}/files"))?;
+    files
+        .as_array()
+        .and_then(|all| all.iter().find(|f| f["name"] == name))
+        .cloned()
+        .ok_or_else(|| anyhow::anyhow!("no file {name} in {files}"))
+}
+
+/// The audit records of the server deleting its copy of `job`'s files.
+fn copy_deletions(server: &Server, job: &str) -> Result<Vec<Value>> {
+    let audit = server.get_json(&format!(
+        "/api/v1/audit/search?actor=runner:retention&q={job}&limit=20"
+    ))?;
+    Ok(audit["records"].as_array().cloned().unwrap_or_default())
+}
+
+#[test]
+fn the_server_deletes_its_copy_only_once_every_destination_holds_it_and_audits_it() -> Result<()> {
+    let work = tempfile::tempdir()?;
+    // `later` is not a destination yet: its deliveries fail until it is made.
+    let server = configured_server(
+        work.path(),
+        "[delivery]\ndefault = \"archive\"\n[delivery.policies.archive]\n\
+         destinations = [\"nas\", \"later\"]\nretry_budget_h = 1\ndelete_server_copy_after_h = 0\n",
+    )?;
+    let nas = add_local_destination(&server, work.path(), "nas")?;
+    let (_agent, _) = uploading_agent(work.path(), &server, "sr-a", "demo", "")?;
+    let job = take(&server, "sr-a", 2)?;
+    let name = format!("{job}.flac");
+    let cached = work
+        .path()
+        .join("data/recordings/sr-a")
+        .join(&job)
+        .join(&name);
+    // One destination holds it, the other failed: the server keeps its copy.
+    delivery_failing(&server, &job, "later")?;
+    wait_for("the copy to nas", Duration::from_secs(30), || {
+        let all = server.get_json("/api/v1/deliveries?destination=nas").ok()?;
+        all.as_array()?
+            .iter()
+            .any(|d| d["job"] == job && d["state"] == "delivered")
+            .then_some(())
+    })?;
+    let before = std::fs::read(&cached)?;
+    let kept = file_record(&server, &job, &name)?;
+    assert!(
+        kept["upload"]["state"] == "cached" && kept["upload"]["removed_ms"].is_null(),
+        "not delivered everywhere: kept {kept}"
+    );
+    assert!(copy_deletions(&server, &job)?.is_empty());
+
+    // The second destination made and the delivery retried: both hold it,
+    // and the policy deletes the server's copy at once.
+    let later = add_local_destination(&server, work.path(), "later")?;
+    let (code, retried) = retry_delivery(&server, &job, &name, "later")?;
+    assert_eq!(code, 200, "{retried}");
+    let delivered = deliveries_in(&server, &job, "delivered", 2)?;
+    let key = delivered[0]["key"].as_str().unwrap_or_default().to_owned();
+    wait_for("the server's copy deleted", Duration::from_secs(30), || {
+        (!cached.exists()).then_some(())
+    })?;
+    for dir in [&nas, &later] {
+        assert_eq!(std::fs::read(dir.join(&key))?, before, "{}", dir.display());
+    }
+    let record = wait_for("the deletion recorded", Duration::from_secs(10), || {
+        let r = file_record(&server, &job, &name).ok()?;
+        r["upload"]["removed_ms"].is_u64().then_some(r)
+    })?;
+    assert_eq!(record["upload"]["state"], "cached", "{record}");
+    let deletions = copy_deletions(&server, &job)?;
+    assert_eq!(deletions.len(), 1, "{deletions:?}");
+    let reason = deletions[0]["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains("nas, later") && reason.contains("0 h after delivery"),
+        "{reason}"
+    );
+    assert_eq!(deletions[0]["outcome"], "allowed");
+    // The take stays uploaded; its file can no longer be fetched from the server.
+    let mut olga = server.operator("olga", "admin")?;
+    let (_, _, page) = olga.get(&format!("/recordings/{job}"))?;
+    assert!(
+        page.contains("data-delivery=\"uploaded\"") && page.contains("data-removed=\"true\""),
+        "{page}"
+    );
+    let (code, _, said) = olga.get(&format!("/recordings/{job}/files/{name}"))?;
+    assert_eq!(code, 410, "{said}");
+    // A restart neither queues deliveries for it nor deletes anything again.
+    let server = server.restart(work.path(), false)?;
+    wait_for("the server back", Duration::from_secs(20), || {
+        server.get_json("/api/v1/deliveries").ok()
+    })?;
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(copy_deletions(&server, &job)?.len(), 1);
+    assert_eq!(deliveries_in(&server, &job, "delivered", 2)?.len(), 2);
+    Ok(())
+}
+
+#[test]
+fn past_its_cap_the_server_deletes_its_oldest_delivered_copies_and_never_undelivered_ones()
+-> Result<()> {
+    let work = tempfile::tempdir()?;
+    // Takes by hand go to `nas` and `later` (missing at first); a cap of
+    // 1 MB, which one take of noise passes.
+    let server = configured_server(
+        work.path(),
+        "[uploads]\ncache_max_mb = 1\n[delivery]\ndefault = \"archive\"\n\
+         [delivery.policies.archive]\ndestinations = [\"nas\", \"later\"]\nretry_budget_h = 1\n",
+    )?;
+    add_local_destination(&server, work.path(), "nas")?;
+    let (_agent, _) = uploading_agent(work.path(), &server, "sr-b", "noise", "")?;
+    let first = take(&server, "sr-b", 4)?;
+    let second = take(&server, "sr-b", 4)?;
+    let cached = |job: &str| {
+        work.path()
+            .join("data/recordings/sr-b")
+            .join(job)
+            .join(format!("{job}.flac"))
+    };
+    wait_for("both takes on the server", Duration::from_secs(60), || {
+        (cached(&first).exists() && cached(&second).exists()).then_some(())
+    })?;
+    let bytes =
+        std::fs::metadata(cached(&first))?.len() + std::fs::metadata(cached(&second))?.len();
+    assert!(
+        bytes > 2 << 20,
+        "two takes pass the cap twice over: {bytes}"
+    );
+    // Over the cap, but neither take is at every destination: both stay, and
+    // the metrics say by how much the cap is passed.
+    let over = wait_for("the excess reported", Duration::from_secs(30), || {
+        let v = server.metric("rakkr_server_copies_over_cap_bytes").ok()?;
+        (v + (1 << 20) == bytes).then_some(v)
+    })?;
+    assert!(over > 1 << 20, "{over} of {bytes}");
+    assert!(cached(&first).exists() && cached(&second).exists());
+
+    // Once `later` exists and both are retried, the oldest goes first; then
+    // the second, since one take alone passes the cap.
+    add_local_destination(&server, work.path(), "later")?;
+    let (code, retried) = retry_delivery(&server, &first, &format!("{first}.flac"), "later")?;
+    assert_eq!(code, 200, "{retried}");
+    deliveries_in(&server, &first, "delivered", 2)?;
+    wait_for("the oldest copy deleted", Duration::from_secs(30), || {
+        (!cached(&first).exists()).then_some(())
+    })?;
+    assert!(cached(&second).exists(), "not everywhere yet: kept");
+    let reason = copy_deletions(&server, &first)?[0]["reason"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(reason.contains("cache_max_mb (1 MB)"), "{reason}");
+    let (code, _) = retry_delivery(&server, &second, &format!("{second}.flac"), "later")?;
+    assert_eq!(code, 200);
+    deliveries_in(&server, &second, "delivered", 2)?;
+    wait_for("the second copy deleted", Duration::from_secs(30), || {
+        (!cached(&second).exists()).then_some(())
+    })?;
+    assert_eq!(server.metric("rakkr_server_copies_removed_total")?, 2);
+    assert_eq!(server.metric("rakkr_server_copies_over_cap_bytes")?, 0);
     Ok(())
 }

@@ -732,6 +732,23 @@ pub enum DestinationSpec {
         #[serde(default)]
         allow_http: bool,
     },
+    /// A share on an SMB 2/3 server, spoken to directly (no OS mount);
+    /// the secret is the account's password (decision 0018).
+    Smb {
+        /// `host` or `host:port` (port 445 when absent).
+        server: String,
+        share: String,
+        /// Files go under this folder of the share (`a/b`; empty: its root).
+        #[serde(default)]
+        prefix: String,
+        user: String,
+        /// The account's NTLM domain (empty: the server's own accounts).
+        #[serde(default)]
+        domain: String,
+        /// Refuse to deliver unless the server encrypts the session (SMB 3).
+        #[serde(default)]
+        require_encryption: bool,
+    },
 }
 
 impl DestinationSpec {
@@ -739,6 +756,7 @@ impl DestinationSpec {
         match self {
             DestinationSpec::Local { .. } => "local",
             DestinationSpec::S3 { .. } => "s3",
+            DestinationSpec::Smb { .. } => "smb",
         }
     }
 }
@@ -843,6 +861,10 @@ pub struct UploadRecord {
     /// The preview the server drew when it verified the file.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub waveform: Option<Waveform>,
+    /// When the server deleted its copy, every destination holding the file
+    /// (its retention said so); the record, checksum and preview stay.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub removed_ms: Option<u64>,
 }
 
 /// A file's waveform preview: per column, per channel, the lowest and

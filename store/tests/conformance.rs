@@ -1288,6 +1288,7 @@ fn uploads_are_kept_per_file_and_listed_per_job(store: &dyn Store) {
         started_ms: 10,
         updated_ms: 10,
         waveform: None,
+        removed_ms: None,
     };
     store.put_upload(&first).unwrap();
     first.offset = 600;
@@ -1349,13 +1350,31 @@ fn destinations_are_kept_replaced_and_deleted(store: &dyn Store) {
         updated_ms: 2,
     };
     store.put_destination(&s3).unwrap();
+    let office = DestinationRecord {
+        name: "office".into(),
+        spec: DestinationSpec::Smb {
+            server: "nas.local:1445".into(),
+            share: "takes".into(),
+            prefix: "site-1".into(),
+            user: "rakkr".into(),
+            domain: "OFFICE".into(),
+            require_encryption: true,
+        },
+        sealed_secret: Some("v1.password".into()),
+        created_ms: 4,
+        updated_ms: 4,
+    };
+    store.put_destination(&office).unwrap();
     nas.updated_ms = 3;
     let before = store.put_destination(&nas).unwrap().unwrap();
     assert_eq!(before.updated_ms, 1);
-    assert_eq!(store.destinations().unwrap(), [s3.clone(), nas.clone()]);
+    assert_eq!(
+        store.destinations().unwrap(),
+        [s3.clone(), nas.clone(), office.clone()]
+    );
     assert_eq!(store.delete_destination("nas").unwrap(), Some(nas));
     assert_eq!(store.delete_destination("nas").unwrap(), None);
-    assert_eq!(store.destinations().unwrap(), [s3]);
+    assert_eq!(store.destinations().unwrap(), [s3, office]);
 }
 
 #[test]

@@ -38,6 +38,9 @@ pub const TEST: &[&str] = &[
     // The console's browser tests: headless Chromium through chromedriver.
     "chromium",
     "chromium-driver",
+    // SMB delivery destinations are tested against a real Samba server.
+    "samba",
+    "smbclient",
 ];
 
 fn installed(package: &str) -> bool {

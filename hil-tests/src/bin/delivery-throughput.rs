@@ -114,6 +114,7 @@ fn main() -> Result<()> {
                 ca_file: None,
                 alert_after: Duration::from_secs(600),
                 windows: rakkr_agent::upload_window::UploadWindows::always(),
+                stall_timeout: Duration::from_secs(60),
             },
             node: node.to_owned(),
             credential: credential.clone(),
