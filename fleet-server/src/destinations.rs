@@ -567,25 +567,37 @@ fn destinations_page(
             }
             section.panel aria-labelledby="dest-h" {
                 h2 #dest-h { "Add or change a destination" }
-                form.start method="post" action=(DESTINATIONS_PATH) autocomplete="off" {
+                form.editor.destination method="post" action=(DESTINATIONS_PATH) autocomplete="off" {
                     (csrf_field(signed_in))
-                    label { "Name" input type="text" name="name" required maxlength="64" pattern="[a-z0-9_-]+"; }
-                    label { "Kind"
-                        select name="kind" { option value="local" { "local directory" } option value="s3" { "S3 bucket" } option value="smb" { "SMB share" } }
+                    fieldset {
+                        legend { "Destination" }
+                        label { "Name" input type="text" name="name" required maxlength="64" pattern="[a-z0-9_-]+"; }
+                        label { "Kind"
+                            select name="kind" { option value="local" { "local directory" } option value="s3" { "S3 bucket" } option value="smb" { "SMB share" } }
+                        }
+                        label { "Folder prefix (S3, SMB)" input type="text" name="prefix" placeholder="site-1"; }
+                        label { "Secret access key (S3) or password (SMB)" input type="password" name="secret" autocomplete="new-password" placeholder="leave empty to keep the one set"; }
                     }
-                    label { "Directory (local)" input type="text" name="path" placeholder="/srv/nas/rakkr"; }
-                    label { "Endpoint (S3)" input type="text" name="endpoint" placeholder="https://s3.example:9000 (empty: AWS)"; }
-                    label { "Region (S3)" input type="text" name="region" placeholder="us-east-1"; }
-                    label { "Bucket (S3)" input type="text" name="bucket"; }
-                    label { "Server (SMB)" input type="text" name="server" placeholder="nas.local or nas.local:445"; }
-                    label { "Share (SMB)" input type="text" name="share" placeholder="recordings"; }
-                    label { "Prefix (S3, SMB)" input type="text" name="prefix" placeholder="site-1"; }
-                    label { "Access key id (S3)" input type="text" name="access_key_id"; }
-                    label { "User (SMB)" input type="text" name="user"; }
-                    label { "Domain (SMB)" input type="text" name="domain" placeholder="empty: the server's own accounts"; }
-                    label { "Secret access key (S3) or password (SMB)" input type="password" name="secret" autocomplete="new-password" placeholder="leave empty to keep the one set"; }
-                    label.check { input type="checkbox" name="allow_http" value="on"; " Allow http:// (S3, trusted networks only)" }
-                    label.check { input type="checkbox" name="require_encryption" value="on"; " Require encryption (SMB 3)" }
+                    fieldset {
+                        legend { "Local directory" }
+                        label { "Directory" input type="text" name="path" placeholder="/srv/nas/rakkr"; }
+                    }
+                    fieldset {
+                        legend { "S3 bucket" }
+                        label { "Endpoint" input type="text" name="endpoint" placeholder="https://s3.example:9000 (empty: AWS)"; }
+                        label { "Region" input type="text" name="region" placeholder="us-east-1"; }
+                        label { "Bucket" input type="text" name="bucket"; }
+                        label { "Access key id" input type="text" name="access_key_id"; }
+                        label.check { input type="checkbox" name="allow_http" value="on"; " Allow http:// (trusted networks only)" }
+                    }
+                    fieldset {
+                        legend { "SMB share" }
+                        label { "Server" input type="text" name="server" placeholder="nas.local or nas.local:445"; }
+                        label { "Share" input type="text" name="share" placeholder="recordings"; }
+                        label { "User" input type="text" name="user"; }
+                        label { "Domain" input type="text" name="domain" placeholder="empty: the server's own accounts"; }
+                        label.check { input type="checkbox" name="require_encryption" value="on"; " Require encryption (SMB 3)" }
+                    }
                     button type="submit" { "Save destination" }
                 }
             }

@@ -624,13 +624,16 @@ pub async fn complete_file(
         record.sha256 = Some(sha256);
         record.waveform = Some(waveform);
         record.updated_ms = now;
+        // Deliveries first: a recording whose files are all cached and that
+        // has no deliveries reads as `uploaded` (server-only), which it
+        // must never do, even for a moment, while its copies are still due.
+        crate::delivery::queue_file(&*state.store, &state.delivery_policies, job, &record, now);
         state.store.put_upload(&record).map_err(internal)?;
         state
             .uploads
             .stats
             .files_confirmed
             .fetch_add(1, Ordering::Relaxed);
-        crate::delivery::queue_file(&*state.store, &state.delivery_policies, job, &record, now);
         state.delivery_wake.notify_one();
         tracing::info!(job = %job.id, file = name, bytes = record.length, "recording file received and verified");
         Ok((confirmation(&record), true))

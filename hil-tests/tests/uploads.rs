@@ -1463,13 +1463,14 @@ fn an_admin_manages_destinations_in_the_console_and_the_secret_is_never_shown() 
     let browser = Browser::start(work.path(), &server.url(""), Look::DESKTOP)?;
     browser.log_in("ada", OPERATOR_PASSWORD)?;
     browser.goto("/destinations")?;
-    browser.wait_css("form.start", Duration::from_secs(10))?;
-    let fill =
-        |field: &str, value: &str| browser.fill(&format!("form.start [name=\"{field}\"]"), value);
+    browser.wait_css("form.destination", Duration::from_secs(10))?;
+    let fill = |field: &str, value: &str| {
+        browser.fill(&format!("form.destination [name=\"{field}\"]"), value)
+    };
     fill("name", "s3")?;
     browser.js(
-        "document.querySelector('form.start [name=kind]').value = 's3';
-         document.querySelector('form.start [name=allow_http]').checked = true;",
+        "document.querySelector('form.destination [name=kind]').value = 's3';
+         document.querySelector('form.destination [name=allow_http]').checked = true;",
         vec![],
     )?;
     fill("endpoint", &s3.endpoint())?;
@@ -1477,12 +1478,43 @@ fn an_admin_manages_destinations_in_the_console_and_the_secret_is_never_shown() 
     fill("bucket", "takes")?;
     fill("access_key_id", &s3.access_key)?;
     fill("secret", &s3.secret_key)?;
-    browser.click("form.start button[type=submit]")?;
+    browser.click("form.destination button[type=submit]")?;
     browser.wait_css("tr[data-destination=\"s3\"]", Duration::from_secs(10))?;
     let row = browser.text("tr[data-destination=\"s3\"]")?;
     assert!(row.contains("set") && row.contains("archive"), "{row}");
     let page = browser.inner_html("body")?;
     assert!(!page.contains(&s3.secret_key), "the secret is never shown");
+    // An SMB share, encryption required (saved; not reachable, not tested).
+    fill("name", "office")?;
+    browser.js(
+        "document.querySelector('form.destination [name=kind]').value = 'smb';
+         document.querySelector('form.destination [name=allow_http]').checked = false;
+         document.querySelector('form.destination [name=require_encryption]').checked = true;",
+        vec![],
+    )?;
+    for (field, value) in [
+        ("endpoint", ""),
+        ("region", ""),
+        ("bucket", ""),
+        ("access_key_id", ""),
+        ("server", "nas.local:1445"),
+        ("share", "recordings"),
+        ("prefix", "site-1"),
+        ("user", "rakkr"),
+        ("secret", "smb-password-9"),
+    ] {
+        fill(field, value)?;
+    }
+    browser.click("form.destination button[type=submit]")?;
+    browser.wait_css("tr[data-destination=\"office\"]", Duration::from_secs(10))?;
+    let row = browser.text("tr[data-destination=\"office\"]")?;
+    assert!(
+        row.contains("smb://rakkr@nas.local:1445/recordings/site-1")
+            && row.contains("encrypted")
+            && row.contains("set"),
+        "{row}"
+    );
+    assert!(!browser.inner_html("body")?.contains("smb-password-9"));
     browser.click("tr[data-destination=\"s3\"] form[action$=\"/test\"] button")?;
     browser.wait_css("p.ok", Duration::from_secs(20))?;
     browser.screenshot("destinations-1280-light")?;
@@ -1589,6 +1621,14 @@ fn the_server_deletes_its_copy_only_once_every_destination_holds_it_and_audits_i
     );
     let (code, _, said) = olga.get(&format!("/recordings/{job}/files/{name}"))?;
     assert_eq!(code, 410, "{said}");
+    {
+        use rakkr_hil_tests::browser::{Browser, Look};
+        let browser = Browser::start(work.path(), &server.url(""), Look::DESKTOP)?;
+        browser.log_in("olga", OPERATOR_PASSWORD)?;
+        browser.goto(&format!("/recordings/{job}"))?;
+        browser.wait_css("[data-removed]", Duration::from_secs(10))?;
+        browser.screenshot("recording-server-copy-deleted-1280-light")?;
+    }
     // A restart neither queues deliveries for it nor deletes anything again.
     let server = server.restart(work.path(), false)?;
     wait_for("the server back", Duration::from_secs(20), || {
