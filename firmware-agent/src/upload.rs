@@ -3,8 +3,9 @@
 //! Every file of a finished take is queued in the state database (outbox
 //! table `uploads`) in the transaction that keeps the take's final report
 //! ([`QueuedFile`]). This task works through the queue, oldest job first:
-//! the file's SHA-256 is computed once and kept; `HEAD` asks the server how
-//! much it holds; chunks go from there with their checksum (`PATCH`); once
+//! `HEAD` asks the server how much it holds; chunks go from there with their
+//! checksum (`PATCH`), and the file's SHA-256 is carried on as they go (the
+//! part the server already holds is read again first), kept once whole; once
 //! all are there, `POST …/complete` makes the server verify the whole file.
 //! Only when its confirmation (same size, same SHA-256) has been recorded
 //! is the file deleted (`delete_confirmed`). A failure backs off per file
@@ -486,17 +487,16 @@ impl Uploader {
         shutdown: &CancellationToken,
     ) -> Result<(), UploadError> {
         let path = self.recordings_dir.join(name);
+        let missing = |e: std::io::Error| UploadError::Missing(format!("{}: {e}", path.display()));
+        // The file's SHA-256 is computed as its chunks go out (no pass over
+        // the file before the first byte); once known, it is kept.
         if entry.sha256.is_none() {
-            let p = path.clone();
-            let (sha256, bytes) = tokio::task::spawn_blocking(move || sha256_of(&p))
-                .await
-                .map_err(retry)?
-                .map_err(|e| UploadError::Missing(format!("{}: {e}", path.display())))?;
-            entry.sha256 = Some(sha256);
-            entry.bytes = bytes;
-            self.set(job.as_u128(), name, Some(&entry)).await;
+            let bytes = tokio::fs::metadata(&path).await.map_err(missing)?.len();
+            if bytes != entry.bytes {
+                entry.bytes = bytes;
+                self.set(job.as_u128(), name, Some(&entry)).await;
+            }
         }
-        let sha256 = entry.sha256.clone().unwrap_or_default();
         let url = format!("{}{}", self.settings.server, file_path(job, name));
         let auth = |r: reqwest::RequestBuilder| r.basic_auth(&self.node, Some(&self.credential));
         let stall = self.settings.stall_timeout;
@@ -508,6 +508,11 @@ impl Uploader {
             s if s >= 500 => return Err(retry(format!("the server answered {s}"))),
             _ => return Err(refused(head).await),
         };
+        // SHA-256 of the bytes before `offset`, while the whole is not known.
+        let mut running = match entry.sha256 {
+            Some(_) => None,
+            None => Some(hash_prefix(&path, offset).await.map_err(missing)?),
+        };
         let mut mismatches = 0;
         while offset < entry.bytes {
             if shutdown.is_cancelled() {
@@ -517,11 +522,23 @@ impl Uploader {
                 return Err(UploadError::WindowClosed);
             }
             let started = Instant::now();
-            let (p, at, len) = (path.clone(), offset, self.settings.chunk_bytes);
-            let chunk = tokio::task::spawn_blocking(move || read_chunk(&p, at, len))
-                .await
-                .map_err(retry)?
-                .map_err(|e| UploadError::Missing(format!("{}: {e}", path.display())))?;
+            let (p, at, len, before) = (
+                path.clone(),
+                offset,
+                self.settings.chunk_bytes,
+                running.clone(),
+            );
+            let (chunk, after) = tokio::task::spawn_blocking(move || {
+                let chunk = read_chunk(&p, at, len)?;
+                let after = before.map(|mut h| {
+                    sha2::Digest::update(&mut h, &chunk);
+                    h
+                });
+                Ok::<_, std::io::Error>((chunk, after))
+            })
+            .await
+            .map_err(retry)?
+            .map_err(missing)?;
             if chunk.is_empty() {
                 return Err(UploadError::Missing(format!(
                     "{} is shorter than the {} bytes queued",
@@ -538,24 +555,44 @@ impl Uploader {
             let answer = send_watched(request, Some(chunk.into()), stall)
                 .await
                 .map_err(retry)?;
-            match answer.status().as_u16() {
+            let resume_at = match answer.status().as_u16() {
                 204 => {
-                    offset = offset_of(&answer).unwrap_or(offset + sent);
                     self.stats.bytes_sent.fetch_add(sent, Ordering::Relaxed);
+                    offset_of(&answer).unwrap_or(offset + sent)
                 }
                 409 => match offset_of(&answer) {
                     // Resume where the server stands.
-                    Some(held) => offset = held,
+                    Some(held) => held,
                     None => return Err(refused(answer).await),
                 },
-                CHECKSUM_MISMATCH if mismatches < 3 => mismatches += 1,
+                CHECKSUM_MISMATCH if mismatches < 3 => {
+                    mismatches += 1;
+                    offset
+                }
                 s if s >= 500 || s == CHECKSUM_MISMATCH => {
                     return Err(retry(format!("the server answered {s}")));
                 }
                 _ => return Err(refused(answer).await),
+            };
+            if running.is_some() && resume_at != offset {
+                running = if resume_at == offset + sent {
+                    after
+                } else {
+                    Some(hash_prefix(&path, resume_at).await.map_err(missing)?)
+                };
             }
+            offset = resume_at;
             self.pace(sent, started, shutdown).await;
         }
+        let sha256 = match running {
+            Some(h) => {
+                let whole = hex_of(h);
+                entry.sha256 = Some(whole.clone());
+                self.set(job.as_u128(), name, Some(&entry)).await;
+                whole
+            }
+            None => entry.sha256.clone().unwrap_or_default(),
+        };
         // The server reads the whole file before it answers: allow for that
         // at a slow disk's pace on top of the stall limit.
         let verify = stall + Duration::from_secs(entry.bytes / VERIFY_BYTES_PER_S);
@@ -651,28 +688,34 @@ async fn refused(r: reqwest::Response) -> UploadError {
 }
 
 /// SHA-256 (hex) and length of the file at `path`.
-fn sha256_of(path: &Path) -> std::io::Result<(String, u64)> {
-    use sha2::Digest;
-    let mut file = std::fs::File::open(path)?;
-    let mut hasher = sha2::Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    let mut total = 0u64;
-    loop {
-        let n = file.read(&mut buf)?;
-        if n == 0 {
-            break;
+/// SHA-256 of the first `upto` bytes of `path` (on a blocking thread).
+async fn hash_prefix(path: &Path, upto: u64) -> std::io::Result<sha2::Sha256> {
+    let path = path.to_owned();
+    tokio::task::spawn_blocking(move || {
+        use sha2::Digest;
+        let mut file = std::fs::File::open(&path)?.take(upto);
+        let mut hasher = sha2::Sha256::new();
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            let n = file.read(&mut buf)?;
+            if n == 0 {
+                return Ok(hasher);
+            }
+            hasher.update(&buf[..n]);
         }
-        hasher.update(&buf[..n]);
-        total += n as u64;
-    }
-    Ok((
-        hasher
-            .finalize()
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect(),
-        total,
-    ))
+    })
+    .await
+    .map_err(std::io::Error::other)?
+}
+
+/// A finished SHA-256 as lower-case hex.
+fn hex_of(hasher: sha2::Sha256) -> String {
+    use sha2::Digest;
+    hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// Up to `len` bytes of `path` from `offset`.
@@ -758,15 +801,29 @@ mod tests {
     }
 
     #[test]
-    fn files_are_read_in_chunks_and_hashed_whole() {
+    fn files_are_read_in_chunks() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("f");
         std::fs::write(&path, b"hello world").unwrap();
         assert_eq!(read_chunk(&path, 0, 5).unwrap(), b"hello");
         assert_eq!(read_chunk(&path, 6, 100).unwrap(), b"world");
         assert!(read_chunk(&path, 11, 5).unwrap().is_empty());
-        let (hex, len) = sha256_of(&path).unwrap();
-        assert_eq!(len, 11);
-        assert_eq!(hex, rakkr_protocol::digest::sha256_hex(b"hello world"));
+    }
+
+    #[tokio::test]
+    async fn a_file_s_hash_is_its_prefix_hash_carried_on_chunk_by_chunk() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        std::fs::write(&path, b"hello world").unwrap();
+        let whole = rakkr_protocol::digest::sha256_hex(b"hello world");
+        assert_eq!(hex_of(hash_prefix(&path, 11).await.unwrap()), whole);
+        assert_eq!(hex_of(hash_prefix(&path, 99).await.unwrap()), whole);
+        let mut carried = hash_prefix(&path, 6).await.unwrap();
+        sha2::Digest::update(&mut carried, read_chunk(&path, 6, 5).unwrap());
+        assert_eq!(hex_of(carried), whole);
+        assert_eq!(
+            hex_of(hash_prefix(&path, 0).await.unwrap()),
+            rakkr_protocol::digest::sha256_hex(b"")
+        );
     }
 }

@@ -573,8 +573,19 @@ pub async fn complete_file(
             ));
         }
         let staged = state.uploads.staged(job.id, name);
-        let (sha256, head) = digest_of(&staged, record.length).map_err(internal)?;
         let expected_kind = name.rsplit('.').next().unwrap_or_default();
+        // Hash and decode at once, on two cores: each reads the whole file,
+        // and the node waits for both. The decode of a file that turns out
+        // to be wrong is wasted, which only a bad upload pays for.
+        let (digest, decoded) = std::thread::scope(|both| {
+            let decoding = both.spawn(|| crate::waveform::of_file(&staged, expected_kind));
+            let digest = digest_of(&staged, record.length);
+            let decoded = decoding
+                .join()
+                .unwrap_or_else(|_| Err("the decoder panicked".to_owned()));
+            (digest, decoded)
+        });
+        let (sha256, head) = digest.map_err(internal)?;
         let reported = job
             .recording
             .as_ref()
@@ -600,7 +611,7 @@ pub async fn complete_file(
         // is that check.
         let waveform = match wrong {
             Some(why) => Err(why),
-            None => crate::waveform::of_file(&staged, expected_kind)
+            None => decoded
                 .map_err(|e| format!("the file does not decode ({e}): it was discarded")),
         };
         let waveform = match waveform {
