@@ -9,8 +9,8 @@
 //!
 //! The file is SECONDS of 2-channel 24-bit 48 kHz pink noise (sox) encoded by
 //! `flac -5`. The appliance side is the agent's own uploader
-//! (`rakkr_agent::upload::Uploader`, in this process, 8 MiB chunks, SHA-256
-//! of the file first), talking HTTP to a release `rakkr-server` whose upload
+//! (`rakkr_agent::upload::Uploader`, in this process, 8 MiB chunks, the
+//! file's SHA-256 carried on chunk by chunk), talking HTTP to a release `rakkr-server` whose upload
 //! policy sends every file to an S3 destination served by s3s-fs (which
 //! checks SigV4 and stores to a directory). Measured: from queuing the file
 //! to the server's confirmation (appliance → server), and on to the S3
