@@ -29,6 +29,9 @@ use crate::policies::DeliveryPolicies;
 
 /// How often a pass runs when no delivery wakes it.
 pub const LOOK_EVERY: Duration = Duration::from_secs(300);
+/// The least time between passes: a pass reads every file the server holds,
+/// and a busy queue delivers many files a minute.
+pub const MIN_GAP: Duration = Duration::from_secs(10);
 const HOUR_MS: u64 = 3_600_000;
 
 /// A file the server holds, as retention sees it.
@@ -295,13 +298,17 @@ impl ServerRetention {
         }
     }
 
-    /// Run a pass now, when a delivery arrives, and every [`LOOK_EVERY`],
-    /// until `shutdown`.
+    /// Run a pass now, when a delivery arrives (at most one per
+    /// [`MIN_GAP`]), and every [`LOOK_EVERY`], until `shutdown`.
     pub async fn run(self, shutdown: CancellationToken) {
         loop {
             let this = self.clone();
             if let Err(e) = tokio::task::spawn_blocking(move || this.pass()).await {
                 tracing::error!(error = %e, "server retention pass failed");
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(MIN_GAP) => {}
             }
             tokio::select! {
                 _ = shutdown.cancelled() => return,

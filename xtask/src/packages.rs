@@ -27,8 +27,10 @@ pub const TEST: &[&str] = &[
     "flac",
     // sox reads our WAV/RF64 files as a second reference.
     "sox",
-    // The shipped external-broker configuration is tested against mosquitto.
+    // The shipped external-broker configuration is tested against mosquitto;
+    // dashboards' commands (mosquitto_sub) are run as printed.
     "mosquitto",
+    "mosquitto-clients",
     // Real-time pacing, overruns and device loss: JACK's dummy backend behind
     // alsa-lib's jack plugin.
     "jackd2",
