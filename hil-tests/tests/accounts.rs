@@ -40,8 +40,9 @@ fn the_first_start_creates_an_owner_once_and_the_cli_manages_accounts() -> Resul
         std::fs::metadata(&file)?.permissions().mode() & 0o777,
         0o600
     );
+    // The file is written before the line that points to it is logged.
+    server.proc.wait_log("initial-owner-password", SOON)?;
     let log = server.proc.stderr_text();
-    assert!(log.contains("initial-owner-password"), "{log}");
     assert!(
         !log.contains(&owner_password),
         "the password is not in the log"
