@@ -711,11 +711,7 @@ async fn hash_prefix(path: &Path, upto: u64) -> std::io::Result<sha2::Sha256> {
 /// A finished SHA-256 as lower-case hex.
 fn hex_of(hasher: sha2::Sha256) -> String {
     use sha2::Digest;
-    hasher
-        .finalize()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    rakkr_protocol::digest::hex(&hasher.finalize())
 }
 
 /// Up to `len` bytes of `path` from `offset`.

@@ -1,7 +1,8 @@
 //! The one place that calls libFLAC (libflac-sys, bundled libFLAC 1.5).
 //!
 //! Two safe types wrap the C API: [`RawEncoder`] (a stream encoder writing to any
-//! `Write`) and [`FlacReader`] (a file decoder handing out interleaved blocks).
+//! `Write`) and [`FlacReader`] (a decoder of a file or of any `Read`, handing out
+//! interleaved blocks).
 //!
 //! Invariants the unsafe code relies on:
 //! - The client state behind libFLAC's `client_data` pointer is a leaked `Box`
@@ -17,7 +18,7 @@
 #![allow(unsafe_code)] // the FFI boundary to libFLAC; audited as described above
 
 use std::ffi::{CStr, CString, c_char, c_void};
-use std::io::Write;
+use std::io::{Read, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::ptr::NonNull;
@@ -230,6 +231,53 @@ struct DecoderClient {
     /// The last decoded block, interleaved.
     block: Vec<i32>,
     error: Option<String>,
+    /// Where the stream's bytes come from, when not a file libFLAC opens.
+    source: Option<Box<dyn Read + Send>>,
+}
+
+unsafe extern "C" fn decoder_read(
+    _decoder: *const sys::FLAC__StreamDecoder,
+    buffer: *mut sys::FLAC__byte,
+    bytes: *mut usize,
+    client_data: *mut c_void,
+) -> sys::FLAC__StreamDecoderReadStatus {
+    // SAFETY: client_data is our DecoderClient; libFLAC gives a buffer of
+    // `*bytes` writable bytes and reads back how many we filled.
+    unsafe {
+        let client = &mut *client_data.cast::<DecoderClient>();
+        let want = *bytes;
+        *bytes = 0;
+        let Some(source) = client.source.as_mut() else {
+            return sys::FLAC__STREAM_DECODER_READ_STATUS_ABORT;
+        };
+        let buf = std::slice::from_raw_parts_mut(buffer, want);
+        // The source is caller code: a panic must not unwind into libFLAC.
+        let read = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            loop {
+                match source.read(buf) {
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                    other => return other,
+                }
+            }
+        }));
+        match read {
+            Ok(Ok(0)) => sys::FLAC__STREAM_DECODER_READ_STATUS_END_OF_STREAM,
+            Ok(Ok(n)) => {
+                *bytes = n;
+                sys::FLAC__STREAM_DECODER_READ_STATUS_CONTINUE
+            }
+            Ok(Err(e)) => {
+                client.error.get_or_insert_with(|| format!("reading: {e}"));
+                sys::FLAC__STREAM_DECODER_READ_STATUS_ABORT
+            }
+            Err(_) => {
+                client
+                    .error
+                    .get_or_insert_with(|| "the source panicked".to_owned());
+                sys::FLAC__STREAM_DECODER_READ_STATUS_ABORT
+            }
+        }
+    }
 }
 
 unsafe extern "C" fn decoder_write(
@@ -302,17 +350,77 @@ pub struct FlacReader {
 }
 
 impl FlacReader {
+    /// Decode the file at `path`.
     pub fn open(path: &Path) -> Result<FlacReader, FlacError> {
-        let fail = |detail: String| FlacError::Decode {
+        let c_path = CString::new(path.as_os_str().as_bytes()).map_err(|_| FlacError::Decode {
             path: path.display().to_string(),
+            detail: "NUL in the path".into(),
+        })?;
+        FlacReader::init(path.display().to_string(), None, |decoder, client| {
+            // SAFETY: a fresh decoder, initialised once with valid callbacks;
+            // the client outlives the decoder.
+            unsafe {
+                sys::FLAC__stream_decoder_init_file(
+                    decoder,
+                    c_path.as_ptr(),
+                    Some(decoder_write),
+                    Some(decoder_metadata),
+                    Some(decoder_error),
+                    client,
+                )
+            }
+        })
+    }
+
+    /// Decode the stream `source` gives, read front to back (no seeking);
+    /// `name` names it in errors. A read that blocks holds the decoder, so a
+    /// source may hand out a file as it grows.
+    pub fn from_read(
+        name: &str,
+        source: impl Read + Send + 'static,
+    ) -> Result<FlacReader, FlacError> {
+        FlacReader::init(
+            name.to_owned(),
+            Some(Box::new(source)),
+            |decoder, client| {
+                // SAFETY: as in `open`; the read callback is the only way in.
+                unsafe {
+                    sys::FLAC__stream_decoder_init_stream(
+                        decoder,
+                        Some(decoder_read),
+                        None,
+                        None,
+                        None,
+                        None,
+                        Some(decoder_write),
+                        Some(decoder_metadata),
+                        Some(decoder_error),
+                        client,
+                    )
+                }
+            },
+        )
+    }
+
+    fn init(
+        path: String,
+        source: Option<Box<dyn Read + Send>>,
+        init: impl FnOnce(
+            *mut sys::FLAC__StreamDecoder,
+            *mut c_void,
+        ) -> sys::FLAC__StreamDecoderInitStatus,
+    ) -> Result<FlacReader, FlacError> {
+        let fail = |detail: String| FlacError::Decode {
+            path: path.clone(),
             detail,
         };
-        let c_path = CString::new(path.as_os_str().as_bytes())
-            .map_err(|_| fail("NUL in the path".into()))?;
-        // SAFETY: a fresh decoder, initialised once with valid callbacks.
+        // SAFETY: allocating a decoder has no precondition.
         let decoder = NonNull::new(unsafe { sys::FLAC__stream_decoder_new() })
             .ok_or_else(|| fail("cannot allocate a decoder".into()))?;
-        let client = NonNull::from(Box::leak(Box::<DecoderClient>::default()));
+        let client = NonNull::from(Box::leak(Box::new(DecoderClient {
+            source,
+            ..DecoderClient::default()
+        })));
         let mut reader = FlacReader {
             decoder,
             client,
@@ -322,19 +430,9 @@ impl FlacReader {
                 sample_rate: 0,
                 total_samples: 0,
             },
-            path: path.display().to_string(),
+            path: path.clone(),
         };
-        // SAFETY: as above; the client outlives the decoder.
-        let status = unsafe {
-            sys::FLAC__stream_decoder_init_file(
-                decoder.as_ptr(),
-                c_path.as_ptr(),
-                Some(decoder_write),
-                Some(decoder_metadata),
-                Some(decoder_error),
-                client.as_ptr().cast(),
-            )
-        };
+        let status = init(decoder.as_ptr(), client.as_ptr().cast());
         if status != sys::FLAC__STREAM_DECODER_INIT_STATUS_OK {
             let table = std::ptr::addr_of!(sys::FLAC__StreamDecoderInitStatusString);
             return Err(fail(table_string(table.cast(), status)));

@@ -72,6 +72,42 @@ fn decode_ours(path: &Path) -> Vec<i32> {
     out
 }
 
+/// Hands out a file's bytes a few at a time (as a growing upload does),
+/// then fails instead of ending when `fail_at` is reached.
+struct Trickle {
+    bytes: Vec<u8>,
+    at: usize,
+    fail_at: Option<usize>,
+}
+
+impl std::io::Read for Trickle {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.fail_at.is_some_and(|f| self.at >= f) {
+            return Err(std::io::Error::other("the link broke"));
+        }
+        let end = self.bytes.len().min(self.fail_at.unwrap_or(usize::MAX));
+        // Uneven pieces, never more than 1,021 bytes.
+        let n = buf.len().min(end - self.at).min(1 + self.at % 1_021);
+        buf[..n].copy_from_slice(&self.bytes[self.at..self.at + n]);
+        self.at += n;
+        Ok(n)
+    }
+}
+
+fn decode_streamed(path: &Path, fail_at: Option<usize>) -> Result<Vec<i32>, FlacError> {
+    let source = Trickle {
+        bytes: std::fs::read(path).unwrap(),
+        at: 0,
+        fail_at,
+    };
+    let mut r = FlacReader::from_read("trickle", source)?;
+    let mut out = Vec::new();
+    while let Some(block) = r.next_block()? {
+        out.extend_from_slice(block);
+    }
+    Ok(out)
+}
+
 fn decode_reference(path: &Path, bits: u8) -> Vec<i32> {
     let out = Command::new("flac")
         .args([
@@ -152,6 +188,22 @@ fn files_pass_flac_t_and_decode_bit_exactly() {
             decode_ours(&path) == samples,
             "{channels} ch {bits} bit: FlacReader differs"
         );
+        assert!(
+            decode_streamed(&path, None).unwrap() == samples,
+            "{channels} ch {bits} bit: FlacReader::from_read differs"
+        );
+        let len = std::fs::metadata(&path).unwrap().len() as usize;
+        for fail_at in [10, len / 2] {
+            let broken = decode_streamed(&path, Some(fail_at))
+                .err()
+                .map(|e| e.to_string());
+            assert!(
+                broken
+                    .as_deref()
+                    .is_some_and(|e| e.contains("the link broke")),
+                "{channels} ch {bits} bit, source failing at {fail_at}: {broken:?}"
+            );
+        }
         assert!(
             decode_reference(&path, bits) == samples,
             "{channels} ch {bits} bit: flac -d differs"

@@ -21,6 +21,7 @@ pub mod accounts;
 pub mod accounts_page;
 pub mod admin;
 pub mod api_tokens;
+pub mod arrival;
 pub mod audit;
 pub mod audit_page;
 pub mod auth;

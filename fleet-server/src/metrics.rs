@@ -493,6 +493,11 @@ pub fn render(s: &Sources<'_>) -> String {
             &s.uploads.files_confirmed,
         ),
         (
+            "rakkr_upload_files_verified_on_arrival_total",
+            "Confirmed files whose hash and decode ran while they arrived (not after).",
+            &s.uploads.verified_on_arrival,
+        ),
+        (
             "rakkr_upload_refused_total",
             "Upload requests refused (bad name, another node's job, too large, checksum).",
             &s.uploads.refused,

@@ -126,21 +126,7 @@ pub fn channel_peaks(waveform: &Waveform, channel: u16) -> Vec<(i8, i8)> {
 /// says why the file does not decode.
 pub fn of_file(path: &Path, kind: &str) -> Result<Waveform, String> {
     match kind {
-        "flac" => {
-            let mut reader = rakkr_flac::FlacReader::open(path).map_err(|e| e.to_string())?;
-            let format = reader.format();
-            let mut peaks = PeakColumns::new(u16::from(format.channels), format.bits_per_sample);
-            while let Some(block) = reader.next_block().map_err(|e| e.to_string())? {
-                peaks.push(block);
-            }
-            if format.total_samples != 0 && format.total_samples != peaks.frames {
-                return Err(format!(
-                    "its header gives {} frames, its audio has {}",
-                    format.total_samples, peaks.frames
-                ));
-            }
-            Ok(peaks.finish(format.sample_rate))
-        }
+        "flac" => of_flac(rakkr_flac::FlacReader::open(path)),
         "wav" => {
             let mut reader = rakkr_wav::WavReader::open(path).map_err(|e| e.to_string())?;
             let format = reader.header().format;
@@ -153,6 +139,25 @@ pub fn of_file(path: &Path, kind: &str) -> Result<Waveform, String> {
         }
         other => Err(format!("no decoder for `{other}` files")),
     }
+}
+
+/// Decode the FLAC stream `opened` to its end and draw its preview.
+pub fn of_flac(
+    opened: Result<rakkr_flac::FlacReader, rakkr_flac::FlacError>,
+) -> Result<Waveform, String> {
+    let mut reader = opened.map_err(|e| e.to_string())?;
+    let format = reader.format();
+    let mut peaks = PeakColumns::new(u16::from(format.channels), format.bits_per_sample);
+    while let Some(block) = reader.next_block().map_err(|e| e.to_string())? {
+        peaks.push(block);
+    }
+    if format.total_samples != 0 && format.total_samples != peaks.frames {
+        return Err(format!(
+            "its header gives {} frames, its audio has {}",
+            format.total_samples, peaks.frames
+        ));
+    }
+    Ok(peaks.finish(format.sample_rate))
 }
 
 #[cfg(test)]

@@ -184,6 +184,12 @@ fn a_take_s_file_arrives_in_chunks_resumes_after_a_restart_and_is_confirmed_iden
     assert_eq!(audit["records"][0]["action"], "upload recording", "{audit}");
     // Counted for dashboards.
     assert_eq!(server.metric("rakkr_upload_files_confirmed_total")?, 1);
+    // Checked while it arrived: the restarted server's follower read the
+    // first third back from disk, then followed the rest.
+    assert_eq!(
+        server.metric("rakkr_upload_files_verified_on_arrival_total")?,
+        1
+    );
     assert!(server.metric("rakkr_upload_refused_total")? >= 1);
     assert!(server.metric("rakkr_upload_bytes_received_total")? >= length - third as u64);
     // The corrupted chunk's refusal too.
@@ -290,6 +296,11 @@ fn bad_uploads_are_refused_with_the_reason_and_audited() -> Result<()> {
     assert_eq!(r.status().as_u16(), 409);
     assert!(r.text()?.contains("does not decode"));
     assert!(!data.join("recordings/up-b").join(&job).join(&name).exists());
+    // The follower's verdict on either file was not taken on trust.
+    assert_eq!(
+        server.metric("rakkr_upload_files_verified_on_arrival_total")?,
+        0
+    );
 
     // Each refusal is in the audit log with its reason.
     let denied = audit_denials(&server, "up-b")?;

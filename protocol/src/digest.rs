@@ -5,10 +5,18 @@
 /// certificates are pinned everywhere in Rakkr.
 pub fn sha256_hex(bytes: &[u8]) -> String {
     use sha2::Digest;
-    sha2::Sha256::digest(bytes)
+    hex(&sha2::Sha256::digest(bytes))
+}
+
+/// `digest` as lower-case hex, the form every SHA-256 takes in Rakkr.
+pub fn hex(digest: &[u8]) -> String {
+    use std::fmt::Write as _;
+    digest
         .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+        .fold(String::with_capacity(2 * digest.len()), |mut out, b| {
+            let _ = write!(out, "{b:02x}");
+            out
+        })
 }
 
 /// Compare two hashes without an early exit that would time them.

@@ -193,6 +193,12 @@ fn main() -> Result<()> {
         curl.push(reference.as_secs_f64());
         cpu.push(server_cpu);
     }
+    // The server's follower must have verified each file while it arrived;
+    // a run that fell back to checking after the last chunk measures that.
+    println!(
+        "files verified while arriving: {} of {runs}",
+        server.metric("rakkr_upload_files_verified_on_arrival_total")?
+    );
     let (to_server, to_s3, curl, cpu) =
         (median(to_server), median(to_s3), median(curl), median(cpu));
     let mb_s = |s: f64| bytes as f64 / 1e6 / s;
