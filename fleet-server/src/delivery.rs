@@ -12,6 +12,10 @@
 //! - A failed attempt is tried again after 30 s, doubling to 1 h (jittered),
 //!   until the policy's retry budget from the first failure is spent; then
 //!   the delivery is `failed` until an operator retries it.
+//! - An S3 copy may have started while the file arrived
+//!   ([`crate::early_delivery`]); the runner then only completes it (the
+//!   file is verified by then) and checks the size, or, when that copy does
+//!   not fit or failed, copies from the cache as below.
 //! - The file is read in [`CHUNK_BYTES`] pieces; at most [`AT_ONCE`]
 //!   deliveries run together, each with at most two parts in flight, so
 //!   memory stays bounded whatever the file's size.
@@ -254,9 +258,25 @@ impl DeliveryRunner {
                 Some(dest) => {
                     let file = self.uploads.cached(&d.node, d.job, &d.name);
                     let copied = async {
-                        let opened = crate::destinations::open(&self.secrets, &dest)?;
                         let path =
                             object_path(crate::destinations::key_prefix(&dest.spec), &d.key)?;
+                        // Sent while the file arrived: only completing it is left.
+                        if let Some(early) = self.uploads.early.claim(d.job, &d.name, &dest, &path)
+                        {
+                            match early.finish().await {
+                                Ok(()) => {
+                                    self.uploads
+                                        .stats
+                                        .early_copies_delivered
+                                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                                    return Ok(());
+                                }
+                                Err(e) => {
+                                    tracing::info!(job = %d.job, file = %d.name, destination = %d.destination, error = %e, "the early copy failed; copying from the server's copy")
+                                }
+                            }
+                        }
+                        let opened = crate::destinations::open(&self.secrets, &dest)?;
                         opened.deliver(&path, &file, d.bytes).await
                     };
                     copied.await

@@ -34,6 +34,7 @@ pub mod deliveries_page;
 pub mod delivery;
 pub mod demo;
 pub mod destinations;
+pub mod early_delivery;
 pub mod enrollment_page;
 pub mod fleet;
 pub mod gate;

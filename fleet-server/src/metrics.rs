@@ -498,6 +498,16 @@ pub fn render(s: &Sources<'_>) -> String {
             &s.uploads.verified_on_arrival,
         ),
         (
+            "rakkr_delivery_early_copies_started_total",
+            "S3 copies started while their file still arrived.",
+            &s.uploads.early_copies_started,
+        ),
+        (
+            "rakkr_delivery_early_copies_delivered_total",
+            "Deliveries completed by a copy that started while the file arrived.",
+            &s.uploads.early_copies_delivered,
+        ),
+        (
             "rakkr_upload_refused_total",
             "Upload requests refused (bad name, another node's job, too large, checksum).",
             &s.uploads.refused,

@@ -51,6 +51,10 @@ pub struct UploadStats {
     pub files_confirmed: AtomicU64,
     /// Of those, files whose hash and decode ran while they arrived.
     pub verified_on_arrival: AtomicU64,
+    /// S3 copies started while their file arrived, and deliveries they
+    /// completed (`early_delivery`).
+    pub early_copies_started: AtomicU64,
+    pub early_copies_delivered: AtomicU64,
     /// Requests refused (audited ones: not offset conflicts).
     pub refused: AtomicU64,
     /// Bytes the server's copies take (after the last retention pass).
@@ -71,6 +75,8 @@ pub struct Uploads {
     pub stats: UploadStats,
     /// FLAC files checked while they arrive.
     pub followers: crate::arrival::Followers,
+    /// S3 copies of files that are still arriving.
+    pub early: crate::early_delivery::EarlyCopies,
 }
 
 impl Uploads {
@@ -84,6 +90,7 @@ impl Uploads {
                 .collect(),
             stats: UploadStats::default(),
             followers: crate::arrival::Followers::default(),
+            early: crate::early_delivery::EarlyCopies::default(),
         }
     }
 
@@ -478,6 +485,14 @@ pub async fn patch_file(
                 .followers
                 .advanced(job.id, name, &staged, record.offset, record.length);
         }
+        crate::early_delivery::chunk_arrived(
+            state,
+            job,
+            name,
+            &staged,
+            record.offset,
+            record.length,
+        );
         uploads
             .stats
             .bytes_received
@@ -643,6 +658,7 @@ pub async fn complete_file(
             Err(why) => {
                 // Start again from nothing: the node still has its copy.
                 followers.discard(job.id, name);
+                state.uploads.early.discard(job.id, name);
                 let _ = std::fs::remove_file(&staged);
                 record.offset = 0;
                 record.updated_ms = now;
@@ -656,6 +672,7 @@ pub async fn complete_file(
         };
         let kept = state.uploads.cached(node, job.id, name);
         move_durably(&staged, &kept).map_err(internal)?;
+        state.uploads.early.arrived(job.id, name);
         record.state = UploadState::Cached;
         record.sha256 = Some(sha256);
         record.waveform = Some(waveform);

@@ -1715,3 +1715,202 @@ fn past_its_cap_the_server_deletes_its_oldest_delivered_copies_and_never_undeliv
     assert_eq!(server.metric("rakkr_server_copies_over_cap_bytes")?, 0);
     Ok(())
 }
+
+/// The parts of open multipart uploads, which s3s-fs keeps in its root.
+fn upload_parts(s3: &S3Server) -> Vec<std::path::PathBuf> {
+    files_ending(&s3.root, "")
+        .into_iter()
+        .filter(|f| {
+            f.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with(".upload_id-"))
+        })
+        .collect()
+}
+
+/// A server whose default policy sends every file to S3 (s3s-fs), a job of
+/// `node`'s, and a FLAC file of 170 s of noise: more than one 16 MiB part.
+fn large_take_for_s3(work: &Path, node: &str) -> Result<(Server, S3Server, String, Vec<u8>)> {
+    let s3 = S3Server::start(work, &["takes"])?;
+    let server = configured_server(
+        work,
+        "[delivery]\ndefault = \"s3\"\n[delivery.policies.s3]\ndestinations = [\"s3\"]\n",
+    )?;
+    let (code, made) = server.post(
+        "/api/v1/destinations",
+        &s3_destination(&s3, Some(&s3.secret_key)),
+    )?;
+    anyhow::ensure!(code == 200, "destination not made ({code}): {made}");
+    let (job, _) = recorded_take(&server, work, node)?;
+    let source = work.join("noise.flac");
+    rakkr_hil_tests::bench::noise_flac(&source, 170, 2)?;
+    let bytes = std::fs::read(&source)?;
+    anyhow::ensure!(bytes.len() > 16 << 20, "only {} bytes", bytes.len());
+    Ok((server, s3, job, bytes))
+}
+
+/// Complete the upload of `bytes` as `name` (the job's is in the name),
+/// then wait until it is delivered; its delivery.
+fn confirmed_and_delivered(
+    node: &NodeClient,
+    server: &Server,
+    name: &str,
+    bytes: &[u8],
+) -> Result<Value> {
+    let job = name.split('.').next().unwrap_or_default().parse()?;
+    let confirmed = node.complete(&complete_path(job, name), &sha256_hex(bytes))?;
+    anyhow::ensure!(
+        confirmed.status().as_u16() == 200,
+        "not confirmed: {:?}",
+        confirmed.text()
+    );
+    wait_for("the S3 delivery", Duration::from_secs(30), || {
+        let all = server.get_json("/api/v1/deliveries?state=delivered").ok()?;
+        all.as_array()?.iter().find(|d| d["name"] == name).cloned()
+    })
+}
+
+/// Send `bytes` as `name` of `job` in 8 MiB chunks, each taken; then the
+/// server has started `early` S3 copies in all.
+fn send_in_chunks(
+    node: &NodeClient,
+    server: &Server,
+    job: &str,
+    name: &str,
+    bytes: &[u8],
+    early: u64,
+) -> Result<()> {
+    let path = file_path(job.parse()?, name);
+    for (i, chunk) in bytes.chunks(8 << 20).enumerate() {
+        let offset = (i * (8 << 20)) as u64;
+        let r = node.patch(&path, offset, bytes.len() as u64, chunk, chunk)?;
+        anyhow::ensure!(
+            r.status().as_u16() == 204,
+            "chunk at {offset}: {:?}",
+            r.text()
+        );
+    }
+    let started = server.metric("rakkr_delivery_early_copies_started_total")?;
+    anyhow::ensure!(started == early, "{started} early copies, not {early}");
+    Ok(())
+}
+
+#[test]
+fn a_large_take_goes_to_s3_while_it_arrives_and_a_discarded_one_leaves_nothing() -> Result<()> {
+    let work = tempfile::tempdir()?;
+    let (server, s3, job, bytes) = large_take_for_s3(work.path(), "early-a")?;
+    let node = NodeClient::new(&server, "early-a")?;
+    let name = format!("{job}.0002.flac");
+    let done = complete_path(job.parse()?, &name);
+
+    // All of it arrives, but its digest is not the one claimed: the copy
+    // that went to S3 meanwhile is aborted, and the bucket shows nothing.
+    send_in_chunks(&node, &server, &job, &name, &bytes, 1)?;
+    let parts = || upload_parts(&s3);
+    wait_for(
+        "both parts in S3 before the completion",
+        Duration::from_secs(20),
+        || (parts().len() == 2).then_some(()),
+    )?;
+    let wrong = node.complete(&done, &sha256_hex(b"other"))?;
+    assert_eq!(wrong.status().as_u16(), 409);
+    let bucket = s3.root.join("takes");
+    wait_for(
+        "the aborted upload's parts gone",
+        Duration::from_secs(20),
+        || parts().is_empty().then_some(()),
+    )?;
+    assert!(
+        files_ending(&bucket, ".flac").is_empty(),
+        "{:?}",
+        files_ending(&bucket, ".flac")
+    );
+
+    // Sent again: its parts travel while it arrives; the runner completes
+    // the upload after the server verified the file.
+    send_in_chunks(&node, &server, &job, &name, &bytes, 2)?;
+    let delivered = confirmed_and_delivered(&node, &server, &name, &bytes)?;
+    assert_eq!(
+        server.metric("rakkr_delivery_early_copies_delivered_total")?,
+        1
+    );
+    let key = delivered["key"].as_str().unwrap_or_default();
+    let object = bucket.join("site-1").join(key);
+    assert_eq!(
+        std::fs::read(&object)?,
+        bytes,
+        "byte-identical in the bucket"
+    );
+    flac_test(&object)?;
+    // Nothing else there: the aborted upload left no object or part.
+    assert_eq!(files_ending(&bucket, ".flac"), [object]);
+    assert!(parts().is_empty(), "{:?}", parts());
+    Ok(())
+}
+
+#[test]
+fn an_early_copy_restarts_with_the_server_and_one_that_no_longer_fits_gives_way() -> Result<()> {
+    let work = tempfile::tempdir()?;
+    let (server, s3, job, bytes) = large_take_for_s3(work.path(), "early-b")?;
+    let node = NodeClient::new(&server, "early-b")?;
+    let name = format!("{job}.0002.flac");
+    let id = job.parse()?;
+    let path = file_path(id, &name);
+    let length = bytes.len() as u64;
+    let chunk = 8 << 20;
+
+    // The first chunk, then the server is killed.
+    let r = node.patch(&path, 0, length, &bytes[..chunk], &bytes[..chunk])?;
+    assert_eq!(r.status().as_u16(), 204);
+    assert_eq!(
+        server.metric("rakkr_delivery_early_copies_started_total")?,
+        1
+    );
+    let server = server.restart(work.path(), true)?;
+    // The restarted server starts a copy at the next chunk, from the
+    // file's first byte.
+    let r = node.patch(
+        &path,
+        chunk as u64,
+        length,
+        &bytes[chunk..2 * chunk],
+        &bytes[chunk..2 * chunk],
+    )?;
+    assert_eq!(r.status().as_u16(), 204);
+    assert_eq!(
+        server.metric("rakkr_delivery_early_copies_started_total")?,
+        1
+    );
+    let r = node.patch(
+        &path,
+        2 * chunk as u64,
+        length,
+        &bytes[2 * chunk..],
+        &bytes[2 * chunk..],
+    )?;
+    assert_eq!(r.status().as_u16(), 204);
+    // The destination changes before the file is confirmed: the copy that
+    // went to the old prefix gives way, and the runner copies the file to
+    // the new one from the server's copy.
+    let mut moved = s3_destination(&s3, None);
+    moved["prefix"] = json!("site-2");
+    let (code, made) = server.post("/api/v1/destinations", &moved)?;
+    assert_eq!(code, 200, "{made}");
+    let delivered = confirmed_and_delivered(&node, &server, &name, &bytes)?;
+    assert_eq!(
+        server.metric("rakkr_delivery_early_copies_delivered_total")?,
+        0
+    );
+    let key = delivered["key"].as_str().unwrap_or_default();
+    let bucket = s3.root.join("takes");
+    assert_eq!(std::fs::read(bucket.join("site-2").join(key))?, bytes);
+    wait_for(
+        "the dropped copy's parts gone",
+        Duration::from_secs(20),
+        || upload_parts(&s3).is_empty().then_some(()),
+    )?;
+    assert!(
+        !bucket.join("site-1").join(key).exists(),
+        "nothing completed under the old prefix"
+    );
+    Ok(())
+}
