@@ -16,10 +16,13 @@
 //! the file while it arrives and sends its S3 parts meanwhile; the benchmark
 //! prints how many runs took those paths. Measured: from queuing the file
 //! to the server's confirmation (appliance → server), and on to the S3
-//! delivery (→ S3). The reference is `sha256sum` then `curl -X PUT
-//! --data-binary @file --aws-sigv4` to the same s3s-fs (SigV4 signs the
-//! payload's hash; curl 7.88 does not compute it for a PUT). Server CPU is its process's user + system time over the run
-//! (`/proc/PID/stat`), per GB of file.
+//! delivery (→ S3). The reference is `curl -X PUT --data-binary @file
+//! --aws-sigv4` to the same s3s-fs, timed alone, and with the payload's
+//! SHA-256 that SigV4 signs (curl 7.88 does not compute it for a PUT; s3s
+//! requires it) computed first by `sha256sum` (coreutils, no SHA
+//! extensions) and by `openssl dgst -sha256`. CPU is each process's user +
+//! system time over the run (`/proc/PID/stat`): the server's, the
+//! appliance side's (this process) and s3s-fs's, per GB of file.
 
 use std::process::Command;
 use std::sync::Arc;
@@ -30,14 +33,26 @@ use rakkr_hil_tests::bench::median;
 use rakkr_hil_tests::{S3Server, Server, job_agent, wait_for, wait_job, wait_online};
 use serde_json::json;
 
-/// User + system CPU seconds of process `pid` so far.
-fn process_cpu_seconds(pid: u32) -> Result<f64> {
+/// User + system CPU seconds of process `pid` (`self`: this one) so far.
+fn process_cpu_seconds(pid: impl std::fmt::Display) -> Result<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
     // Fields after the command name (which is in parentheses).
     let rest = stat.rsplit_once(')').context("stat format")?.1;
     let fields: Vec<&str> = rest.split_whitespace().collect();
     let ticks: f64 = fields[11].parse::<f64>()? + fields[12].parse::<f64>()?;
     Ok(ticks / 100.0)
+}
+
+/// Each run's figures, for the medians.
+#[derive(Default)]
+struct Measured {
+    to_server: Vec<f64>,
+    to_s3: Vec<f64>,
+    curl: Vec<f64>,
+    coreutils: Vec<f64>,
+    openssl: Vec<f64>,
+    /// Server, appliance side, s3s-fs.
+    cpu: [Vec<f64>; 3],
 }
 
 fn main() -> Result<()> {
@@ -85,8 +100,7 @@ fn main() -> Result<()> {
     let runtime = tokio::runtime::Runtime::new()?;
     let job: rakkr_protocol::JobId = job_id.parse()?;
 
-    let (mut to_server, mut to_s3, mut curl, mut cpu) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut m = Measured::default();
     for run in 1..=runs {
         // A fresh segment name each run: the server treats it as a new file.
         let name = format!("{job}.{run:04}.flac");
@@ -131,7 +145,11 @@ fn main() -> Result<()> {
                 clock,
             },
         };
-        let cpu_before = process_cpu_seconds(server.proc.pid())?;
+        let cpu_before = [
+            process_cpu_seconds(server.proc.pid())?,
+            process_cpu_seconds("self")?,
+            process_cpu_seconds(s3.proc.pid())?,
+        ];
         let stop = tokio_util::sync::CancellationToken::new();
         let started = Instant::now();
         let task = runtime.spawn(uploader.run(stop.clone()));
@@ -154,18 +172,32 @@ fn main() -> Result<()> {
                 .any(|d| d["name"] == name.as_str())
                 .then(|| started.elapsed())
         })?;
-        let server_cpu = process_cpu_seconds(server.proc.pid())? - cpu_before;
-        // The reference: curl's PUT of the same file to the same S3 server,
-        // with the payload's SHA-256 that SigV4 signs (curl 7.88 does not
-        // compute it for a PUT; s3s requires it), timed together.
+        let cpu = [
+            process_cpu_seconds(server.proc.pid())? - cpu_before[0],
+            process_cpu_seconds("self")? - cpu_before[1],
+            process_cpu_seconds(s3.proc.pid())? - cpu_before[2],
+        ];
+        // The reference: the payload's SHA-256 (two tools), then curl's PUT
+        // of the same file to the same S3 server, timed apart.
+        let hashed = |tool: &[&str]| -> Result<(String, f64)> {
+            let began = Instant::now();
+            let out = Command::new(tool[0]).args(&tool[1..]).arg(&file).output()?;
+            let text = String::from_utf8_lossy(&out.stdout);
+            // `HASH  file` (sha256sum) or `SHA2-256(file)= HASH` (openssl).
+            let hash = text
+                .split_whitespace()
+                .find(|w| w.len() == 64 && w.bytes().all(|b| b.is_ascii_hexdigit()))
+                .unwrap_or_default()
+                .to_owned();
+            Ok((hash, began.elapsed().as_secs_f64()))
+        };
+        let (hash, coreutils) = hashed(&["sha256sum"])?;
+        let (same, openssl) = hashed(&["openssl", "dgst", "-sha256"])?;
+        if hash.is_empty() || hash != same {
+            bail!("sha256sum and openssl disagree: {hash} {same}");
+        }
         let key = format!("reference/{run}.flac");
         let began = Instant::now();
-        let hashed = Command::new("sha256sum").arg(&file).output()?;
-        let hash = String::from_utf8_lossy(&hashed.stdout)
-            .split_whitespace()
-            .next()
-            .unwrap_or_default()
-            .to_owned();
         let put = Command::new("curl")
             .args(["-sS", "-f", "-o", "/dev/null", "-X", "PUT", "--data-binary"])
             .arg(format!("@{}", file.display()))
@@ -176,7 +208,7 @@ fn main() -> Result<()> {
             .arg(format!("{}/takes/{key}", s3.endpoint()))
             .status()
             .context("run curl")?;
-        let reference = began.elapsed();
+        let curl = began.elapsed().as_secs_f64();
         if !put.success() {
             bail!("curl's PUT failed");
         }
@@ -184,16 +216,23 @@ fn main() -> Result<()> {
             bail!("curl's object has another size");
         }
         println!(
-            "run {run}: appliance → server {:.2} s, → S3 {:.2} s in all; curl PUT {:.2} s; server CPU {:.2} s",
+            "run {run}: appliance → server {:.2} s, → S3 {:.2} s in all; curl PUT {curl:.2} s \
+             (sha256sum {coreutils:.2} s, openssl {openssl:.2} s before it); \
+             CPU: server {:.2} s, appliance {:.2} s, s3s-fs {:.2} s",
             confirmed.as_secs_f64(),
             delivered.as_secs_f64(),
-            reference.as_secs_f64(),
-            server_cpu
+            cpu[0],
+            cpu[1],
+            cpu[2],
         );
-        to_server.push(confirmed.as_secs_f64());
-        to_s3.push(delivered.as_secs_f64());
-        curl.push(reference.as_secs_f64());
-        cpu.push(server_cpu);
+        m.to_server.push(confirmed.as_secs_f64());
+        m.to_s3.push(delivered.as_secs_f64());
+        m.curl.push(curl);
+        m.coreutils.push(coreutils + curl);
+        m.openssl.push(openssl + curl);
+        for (all, one) in m.cpu.iter_mut().zip(cpu) {
+            all.push(one);
+        }
     }
     // The server's follower must have verified each file while it arrived;
     // a run that fell back to checking after the last chunk measures that.
@@ -202,18 +241,25 @@ fn main() -> Result<()> {
         server.metric("rakkr_upload_files_verified_on_arrival_total")?,
         server.metric("rakkr_delivery_early_copies_delivered_total")?
     );
-    let (to_server, to_s3, curl, cpu) =
-        (median(to_server), median(to_s3), median(curl), median(cpu));
+    let to_s3 = median(m.to_s3);
     let mb_s = |s: f64| bytes as f64 / 1e6 / s;
+    let [server_cpu, appliance_cpu, s3_cpu] = m.cpu.map(median);
+    let to_server = median(m.to_server);
+    let (curl, coreutils, openssl) = (median(m.curl), median(m.coreutils), median(m.openssl));
     println!(
         "median: appliance → server {to_server:.2} s ({:.0} MB/s), appliance → server → S3 {to_s3:.2} s ({:.0} MB/s); \
-         curl PUT {curl:.2} s ({:.0} MB/s); ratio (throughput, end to end / curl) {:.2}; \
-         server CPU {cpu:.2} s = {:.2} CPU-s per GB stored",
+         curl PUT alone {curl:.2} s ({:.0} MB/s), with openssl's hash {openssl:.2} s, with sha256sum's {coreutils:.2} s; \
+         ratio (throughput, end to end / reference): {:.2} of curl alone, {:.2} of openssl + curl, {:.2} of sha256sum + curl; \
+         CPU per GB stored: server {:.2} s, appliance {:.2} s, s3s-fs {:.2} s",
         mb_s(to_server),
         mb_s(to_s3),
         mb_s(curl),
         curl / to_s3,
-        cpu / gb
+        openssl / to_s3,
+        coreutils / to_s3,
+        server_cpu / gb,
+        appliance_cpu / gb,
+        s3_cpu / gb,
     );
     Ok(())
 }
