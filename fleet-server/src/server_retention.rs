@@ -379,6 +379,140 @@ mod tests {
         assert_eq!(plan(&files, 10, Some(50)).remove, []);
     }
 
+    /// A clock the test moves.
+    struct ManualClock(std::sync::atomic::AtomicU64);
+
+    impl Clock for ManualClock {
+        fn unix_ms(&self) -> u64 {
+            self.0.load(Ordering::SeqCst)
+        }
+    }
+
+    /// A runner over a real store and data directory under `dir`, whose
+    /// default upload policy is `policy` (TOML), with a copy of `bytes`
+    /// bytes of one job's file held and, when `delivered_ms`, delivered to
+    /// every destination then.
+    fn held_copy(
+        dir: &std::path::Path,
+        policy: &str,
+        cap_bytes: Option<u64>,
+        delivered_ms: Option<u64>,
+    ) -> (ServerRetention, std::path::PathBuf, Arc<ManualClock>) {
+        let store: Arc<dyn Store> =
+            Arc::new(rakkr_store::RedbStore::open(&dir.join("s.redb")).unwrap());
+        let config: crate::policies::DeliveryConfig =
+            toml::from_str(&format!("default = \"p\"\n[policies.p]\n{policy}\n")).unwrap();
+        let policies = Arc::new(DeliveryPolicies::from_config(config).unwrap());
+        let node = NodeId::new("n1").unwrap();
+        let job = store
+            .enqueue_job(
+                rakkr_store::NewJob::unscheduled(
+                    node.clone(),
+                    serde_json::from_str("{}").unwrap(),
+                    vec![0, 1],
+                ),
+                1_000,
+            )
+            .unwrap();
+        let name = format!("{}.flac", job.id);
+        let uploads = Arc::new(crate::uploads::Uploads::new(dir, 1 << 40));
+        let path = uploads.cached(&node, job.id, &name);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, vec![7u8; 1_000]).unwrap();
+        let upload = UploadRecord {
+            job: job.id,
+            name: name.clone(),
+            node: node.clone(),
+            length: 1_000,
+            offset: 1_000,
+            state: rakkr_store::UploadState::Cached,
+            sha256: Some("00".repeat(32)),
+            started_ms: 1_000,
+            updated_ms: 2_000,
+            waveform: None,
+            removed_ms: None,
+        };
+        store.put_upload(&upload).unwrap();
+        let mut deliveries = crate::delivery::deliveries_for(&policies, None, &job, &upload, 2_000);
+        store.queue_deliveries(&deliveries).unwrap();
+        if let Some(at) = delivered_ms {
+            for d in &mut deliveries {
+                d.state = DeliveryState::Delivered;
+                d.delivered_ms = Some(at);
+                store.put_delivery(d).unwrap();
+            }
+        }
+        let clock = Arc::new(ManualClock(std::sync::atomic::AtomicU64::new(3_000)));
+        let runner = ServerRetention {
+            store,
+            policies,
+            uploads,
+            clock: clock.clone(),
+            cap_bytes,
+            wake: Arc::default(),
+        };
+        (runner, path, clock)
+    }
+
+    fn removed(runner: &ServerRetention) -> Vec<Option<u64>> {
+        let all = runner.store.cached_uploads().unwrap();
+        all.iter().map(|u| u.removed_ms).collect()
+    }
+
+    #[test]
+    fn a_pass_deletes_a_delivered_copy_only_once_the_policy_s_hours_have_passed() {
+        let dir = tempfile::tempdir().unwrap();
+        let (runner, path, clock) = held_copy(
+            dir.path(),
+            "destinations = [\"nas\"]\ndelete_server_copy_after_h = 2",
+            None,
+            Some(10_000),
+        );
+        // Just short of two hours after the delivery: kept.
+        clock.0.store(10_000 + 2 * HOUR_MS - 1, Ordering::SeqCst);
+        runner.pass();
+        assert!(path.exists());
+        assert_eq!(removed(&runner), [None]);
+        // Two hours after it: deleted, recorded, audited with the reason.
+        clock.0.store(10_000 + 2 * HOUR_MS, Ordering::SeqCst);
+        runner.pass();
+        assert!(!path.exists());
+        assert_eq!(removed(&runner), [Some(10_000 + 2 * HOUR_MS)]);
+        let audit = runner.store.audit_records(0, 10).unwrap();
+        let record = &audit
+            .iter()
+            .find(|r| r.entry.actor == "runner:retention")
+            .unwrap()
+            .entry;
+        assert_eq!(record.action, "delete server copy");
+        assert!(
+            record
+                .reason
+                .as_deref()
+                .is_some_and(|r| r.contains("2 h after delivery") && r.contains("nas")),
+            "{:?}",
+            record.reason
+        );
+        assert_eq!(runner.uploads.stats.removed_files.load(Ordering::SeqCst), 1);
+        // A pass later changes nothing.
+        runner.pass();
+        assert_eq!(runner.uploads.stats.removed_files.load(Ordering::SeqCst), 1);
+    }
+
+    #[test]
+    fn a_copy_whose_policy_has_no_destinations_is_never_deleted_even_over_the_cap() {
+        let dir = tempfile::tempdir().unwrap();
+        let (runner, path, clock) = held_copy(dir.path(), "destinations = []", Some(10), None);
+        clock.0.store(10 * 8_760 * HOUR_MS, Ordering::SeqCst);
+        runner.pass();
+        assert!(path.exists(), "the server's copy is the only one");
+        assert_eq!(removed(&runner), [None]);
+        assert_eq!(
+            runner.uploads.stats.over_cap_bytes.load(Ordering::SeqCst),
+            1_000 - 10
+        );
+    }
+
     #[test]
     fn a_file_its_policy_deletes_counts_before_the_cap_is_applied() {
         let files = [file(1, 10, Some(0), Some(0)), file(2, 10, Some(0), None)];
