@@ -324,7 +324,12 @@ fn with_the_server_down_the_appliance_records_on_time_and_is_reconciled_once() -
 #[test]
 fn a_server_back_mid_window_takes_over_the_appliance_s_take() -> Result<()> {
     let work = tempfile::tempdir()?;
-    let (server, agent, recordings, id) = scheduled_agent(work.path(), "sched-mid", 6, 14)?;
+    // A window long enough for the agent's reconnect: the broker was away
+    // for the first seconds of the window, so its backoff (0.5 s doubling,
+    // full jitter) may wait up to 16 s once the server is back. With 14 s
+    // the take could end before the node reconnected, and the job went
+    // straight to `completed` (a flaky failure under load).
+    let (server, agent, recordings, id) = scheduled_agent(work.path(), "sched-mid", 6, 30)?;
     let stopped = server.stop(false)?;
     agent.proc.wait_log(
         "recording the scheduled occurrence on our own",
@@ -339,7 +344,16 @@ fn a_server_back_mid_window_takes_over_the_appliance_s_take() -> Result<()> {
             let jobs = jobs_of(&server, "sched-mid", &id).ok()?;
             (jobs.len() == 1 && jobs[0]["state"] == "running").then(|| jobs[0].clone())
         },
-    )?;
+    )
+    .map_err(|e| {
+        // What the next failure needs to be understood: the jobs, and when
+        // the node connected again.
+        anyhow::anyhow!(
+            "{e}\njobs: {:?}\nagent log:\n{}",
+            jobs_of(&server, "sched-mid", &id),
+            agent.proc.stderr_text()
+        )
+    })?;
     assert!(
         running["lease"]["id"].as_u64().unwrap_or(0) > 0,
         "{running}"
@@ -354,13 +368,13 @@ fn a_server_back_mid_window_takes_over_the_appliance_s_take() -> Result<()> {
         &server,
         running["id"].as_str().unwrap(),
         "completed",
-        Duration::from_secs(30),
+        Duration::from_secs(45),
     )?;
     // One uninterrupted take over the whole window.
     let frames = done["recording"]["frames"].as_u64().unwrap_or_default();
     assert!(
-        (13 * 48_000..=15 * 48_000).contains(&frames),
-        "about fourteen seconds: {done}"
+        (29 * 48_000..=31 * 48_000).contains(&frames),
+        "about thirty seconds: {done}"
     );
     let takes = takes_in(&recordings);
     assert_eq!(takes.len(), 1, "{takes:?}");
