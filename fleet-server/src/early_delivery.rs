@@ -22,7 +22,8 @@
 //!   Anything else (a changed destination, a failed part, no new byte for
 //!   [`IDLE`], no confirmation within [`CONFIRM_WAIT`], a server restart)
 //!   ends the copy and the runner copies from the cache as it always did. An
-//!   ended copy aborts its multipart upload; only a crash of the server
+//!   ended copy aborts its multipart upload, and so does every copy when the
+//!   server stops ([`EarlyCopies::close`]); only a crash of the server
 //!   leaves one behind (a bucket's lifecycle rule for incomplete multipart
 //!   uploads removes those; docs/operations.md).
 //! - Bounded: at most [`MAX_EARLY`] copies at once, each with at most two
@@ -34,7 +35,6 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures_util::StreamExt as _;
 use object_store::path::Path as ObjectPath;
 use object_store::{MultipartUpload, ObjectStore, ObjectStoreExt as _};
 use rakkr_protocol::JobId;
@@ -100,6 +100,25 @@ impl EarlyCopies {
     /// byte's progress already).
     pub fn arrived(&self, job: JobId, name: &str) {
         self.arriving().remove(&(job, name.to_owned()));
+    }
+
+    /// The server stops: every copy aborts its multipart upload (waiting at
+    /// most `within` for them), so a clean stop leaves nothing behind.
+    pub async fn close(&self, within: Duration) {
+        for (_, tx) in self.arriving().drain() {
+            tx.send_replace(Arrived::Discarded);
+        }
+        let copies: Vec<Copy> = self.copies().drain().map(|(_, c)| c).collect();
+        let aborting = copies.into_iter().map(|c| {
+            drop(c.go);
+            c.task
+        });
+        let all = futures_util::future::join_all(aborting);
+        if tokio::time::timeout(within, all).await.is_err() {
+            tracing::warn!(
+                "early S3 copies still aborting at shutdown; the bucket's lifecycle rule removes what they leave"
+            );
+        }
     }
 
     /// The runner's delivery of `name` of `job` to `destination` (as it is
@@ -264,6 +283,32 @@ async fn copy_while_arriving(
     Ok(())
 }
 
+/// Parts being sent, oldest first; those left when it is dropped (a failure)
+/// are cancelled.
+#[derive(Default)]
+struct InFlight(std::collections::VecDeque<tokio::task::JoinHandle<object_store::Result<()>>>);
+
+impl InFlight {
+    /// Wait for the oldest part to arrive.
+    async fn oldest(&mut self) -> Result<(), String> {
+        match self.0.pop_front() {
+            Some(part) => part
+                .await
+                .map_err(|e| e.to_string())?
+                .map_err(|e| e.to_string()),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        for part in &self.0 {
+            part.abort();
+        }
+    }
+}
+
 async fn send_parts(
     upload: &mut dyn MultipartUpload,
     file: std::fs::File,
@@ -272,8 +317,9 @@ async fn send_parts(
     go: oneshot::Receiver<()>,
 ) -> Result<(), String> {
     let file = Arc::new(file);
-    let mut in_flight: futures_util::stream::FuturesUnordered<object_store::UploadPart> =
-        futures_util::stream::FuturesUnordered::new();
+    // Parts go on tasks of their own, so they travel while this waits for
+    // the next part's bytes (a part's future does nothing until polled).
+    let mut in_flight = InFlight::default();
     let mut sent = 0u64;
     while sent < length {
         let end = (sent + CHUNK_BYTES as u64).min(length);
@@ -304,16 +350,16 @@ async fn send_parts(
         .await
         .map_err(|e| e.to_string())?
         .map_err(|e| format!("reading the staged file: {e}"))?;
-        if in_flight.len() >= 2
-            && let Some(done) = in_flight.next().await
-        {
-            done.map_err(|e| e.to_string())?;
+        if in_flight.0.len() >= 2 {
+            in_flight.oldest().await?;
         }
-        in_flight.push(upload.put_part(part.into()));
+        in_flight
+            .0
+            .push_back(tokio::spawn(upload.put_part(part.into())));
         sent = end;
     }
-    while let Some(done) = in_flight.next().await {
-        done.map_err(|e| e.to_string())?;
+    while !in_flight.0.is_empty() {
+        in_flight.oldest().await?;
     }
     match tokio::time::timeout(CONFIRM_WAIT, go).await {
         Ok(Ok(())) => Ok(()),

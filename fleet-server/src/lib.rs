@@ -424,6 +424,13 @@ impl RunningServer {
             }
             .run(shutdown.clone()),
         );
+        {
+            let (uploads, shutdown) = (uploads.clone(), shutdown.clone());
+            tasks.spawn(async move {
+                shutdown.cancelled().await;
+                uploads.early.close(std::time::Duration::from_secs(5)).await;
+            });
+        }
         tasks.spawn(
             server_retention::ServerRetention {
                 store: store.clone(),

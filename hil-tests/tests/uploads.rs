@@ -1848,7 +1848,8 @@ fn a_large_take_goes_to_s3_while_it_arrives_and_a_discarded_one_leaves_nothing()
 }
 
 #[test]
-fn an_early_copy_restarts_with_the_server_and_one_that_no_longer_fits_gives_way() -> Result<()> {
+fn an_early_copy_aborts_when_the_server_stops_restarts_with_it_and_gives_way_when_it_no_longer_fits()
+-> Result<()> {
     let work = tempfile::tempdir()?;
     let (server, s3, job, bytes) = large_take_for_s3(work.path(), "early-b")?;
     let node = NodeClient::new(&server, "early-b")?;
@@ -1858,28 +1859,24 @@ fn an_early_copy_restarts_with_the_server_and_one_that_no_longer_fits_gives_way(
     let length = bytes.len() as u64;
     let chunk = 8 << 20;
 
-    // The first chunk, then the server is killed.
-    let r = node.patch(&path, 0, length, &bytes[..chunk], &bytes[..chunk])?;
-    assert_eq!(r.status().as_u16(), 204);
+    // Two chunks: the first part goes to S3. Then the server stops; its
+    // copy aborts, and the part is gone from the bucket's server.
+    for at in [0, chunk] {
+        let piece = &bytes[at..at + chunk];
+        let r = node.patch(&path, at as u64, length, piece, piece)?;
+        assert_eq!(r.status().as_u16(), 204);
+    }
     assert_eq!(
         server.metric("rakkr_delivery_early_copies_started_total")?,
         1
     );
-    let server = server.restart(work.path(), true)?;
+    wait_for("the first part in S3", Duration::from_secs(20), || {
+        (upload_parts(&s3).len() == 1).then_some(())
+    })?;
+    let server = server.restart(work.path(), false)?;
+    assert!(upload_parts(&s3).is_empty(), "{:?}", upload_parts(&s3));
     // The restarted server starts a copy at the next chunk, from the
     // file's first byte.
-    let r = node.patch(
-        &path,
-        chunk as u64,
-        length,
-        &bytes[chunk..2 * chunk],
-        &bytes[chunk..2 * chunk],
-    )?;
-    assert_eq!(r.status().as_u16(), 204);
-    assert_eq!(
-        server.metric("rakkr_delivery_early_copies_started_total")?,
-        1
-    );
     let r = node.patch(
         &path,
         2 * chunk as u64,
@@ -1888,6 +1885,10 @@ fn an_early_copy_restarts_with_the_server_and_one_that_no_longer_fits_gives_way(
         &bytes[2 * chunk..],
     )?;
     assert_eq!(r.status().as_u16(), 204);
+    assert_eq!(
+        server.metric("rakkr_delivery_early_copies_started_total")?,
+        1
+    );
     // The destination changes before the file is confirmed: the copy that
     // went to the old prefix gives way, and the runner copies the file to
     // the new one from the server's copy.
