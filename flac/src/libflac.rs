@@ -13,7 +13,9 @@
 //!   threaded encoder/decoder), so a callback's `&mut` to the client state never
 //!   overlaps another.
 //! - Callbacks do not panic across the FFI boundary: they only copy bytes and
-//!   record errors.
+//!   record errors; the caller's `Read` behind the read callback runs under
+//!   `catch_unwind`, gets a zeroed (initialised) buffer, and a count it
+//!   returns beyond that buffer is refused.
 
 #![allow(unsafe_code)] // the FFI boundary to libFLAC; audited as described above
 
@@ -250,6 +252,9 @@ unsafe extern "C" fn decoder_read(
         let Some(source) = client.source.as_mut() else {
             return sys::FLAC__STREAM_DECODER_READ_STATUS_ABORT;
         };
+        // libFLAC's buffer may be uninitialised memory, which a `&mut [u8]`
+        // must not be: zero it first (a few KiB per call).
+        std::ptr::write_bytes(buffer, 0, want);
         let buf = std::slice::from_raw_parts_mut(buffer, want);
         // The source is caller code: a panic must not unwind into libFLAC.
         let read = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
@@ -262,6 +267,14 @@ unsafe extern "C" fn decoder_read(
         }));
         match read {
             Ok(Ok(0)) => sys::FLAC__STREAM_DECODER_READ_STATUS_END_OF_STREAM,
+            // A `Read` may not claim more than it was given; libFLAC would
+            // read past its buffer.
+            Ok(Ok(n)) if n > want => {
+                client
+                    .error
+                    .get_or_insert_with(|| format!("the source claimed {n} of {want} bytes"));
+                sys::FLAC__STREAM_DECODER_READ_STATUS_ABORT
+            }
             Ok(Ok(n)) => {
                 *bytes = n;
                 sys::FLAC__STREAM_DECODER_READ_STATUS_CONTINUE

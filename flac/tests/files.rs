@@ -372,3 +372,23 @@ fn bad_specs_and_bad_files_are_clear_errors() {
     assert!(e.unwrap_err().to_string().contains("not whole frames"));
     assert!(flac_test(&odd).0, "the file is still finished");
 }
+
+/// A `Read` that claims more bytes than it was given.
+struct Boastful;
+
+impl std::io::Read for Boastful {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        Ok(buf.len() + 1)
+    }
+}
+
+#[test]
+fn a_source_claiming_more_than_its_buffer_is_refused() {
+    let refused = FlacReader::from_read("boastful", Boastful)
+        .err()
+        .map(|e| e.to_string());
+    assert!(
+        refused.as_deref().is_some_and(|e| e.contains("claimed")),
+        "{refused:?}"
+    );
+}

@@ -22,7 +22,9 @@
 //! - Bounded: at most [`MAX_FOLLOWED`] followers (threads) at once; a file
 //!   beyond that is checked at its completion. A follower that sees no new
 //!   byte for [`IDLE`] ends (an upload window closed, a node gone); the next
-//!   chunk starts a new one, which reads the staged file from its start.
+//!   chunk starts a new one, which reads the staged file from its start. One
+//!   that ended on a verdict (a file that does not decode) is kept and not
+//!   started again, so a bad upload is read twice at most.
 
 use std::collections::HashMap;
 use std::io::Read;
@@ -36,6 +38,10 @@ use sha2::Digest;
 
 /// Followers (threads) at once.
 pub const MAX_FOLLOWED: usize = 8;
+
+/// Followers kept at most, ended ones included (uploads abandoned after a
+/// verdict); beyond it the ended ones are dropped.
+const MAX_KEPT: usize = 1_024;
 
 /// How long a follower waits for a new byte before it ends.
 pub const IDLE: Duration = Duration::from_secs(300);
@@ -68,6 +74,9 @@ struct Follow {
     progress: Mutex<Progress>,
     moved: Condvar,
     thread: Mutex<Option<std::thread::JoinHandle<Verdict>>>,
+    /// It ended because no byte came for [`IDLE`] (not on a verdict): a new
+    /// one may follow the file when bytes come again.
+    idled: std::sync::atomic::AtomicBool,
 }
 
 impl Follow {
@@ -127,6 +136,9 @@ impl Read for Arrival {
                     .unwrap_or_else(|p| p.into_inner());
                 p = next;
                 if waited.timed_out() && p.durable <= at && at < p.length {
+                    self.follow
+                        .idled
+                        .store(true, std::sync::atomic::Ordering::SeqCst);
                     return Err(std::io::Error::new(
                         std::io::ErrorKind::TimedOut,
                         format!("no new byte for {IDLE:?}"),
@@ -197,7 +209,12 @@ impl Followers {
         let mut live = self.live();
         let key = (job, name.to_owned());
         if let Some(f) = live.get(&key) {
-            if !f.ended() {
+            let idled = f.idled.load(std::sync::atomic::Ordering::SeqCst);
+            if !f.ended() || !idled {
+                // Running, or ended on its verdict (a file that does not
+                // decode): that stands, and the completion checks the file
+                // from disk; a new follower would read it all again for
+                // every chunk.
                 let mut p = f.lock();
                 p.durable = durable;
                 p.length = length;
@@ -207,9 +224,13 @@ impl Followers {
             }
             live.remove(&key);
         }
-        live.retain(|_, f| !f.ended());
-        if live.len() >= MAX_FOLLOWED {
+        // The bound is on threads: ended followers (their verdicts kept
+        // until their files complete) do not count.
+        if live.values().filter(|f| !f.ended()).count() >= MAX_FOLLOWED {
             return;
+        }
+        if live.len() >= MAX_KEPT {
+            live.retain(|_, f| !f.ended());
         }
         let Ok(file) = std::fs::File::open(path) else {
             return;
@@ -222,6 +243,7 @@ impl Followers {
             }),
             moved: Condvar::new(),
             thread: Mutex::new(None),
+            idled: std::sync::atomic::AtomicBool::new(false),
         });
         let arrival = Arrival {
             follow: f.clone(),
@@ -268,11 +290,18 @@ impl Followers {
     }
 }
 
-impl Drop for Followers {
-    fn drop(&mut self) {
+impl Followers {
+    /// Stop every follower (the server stops).
+    pub fn close_all(&self) {
         for f in self.live().values() {
             f.close();
         }
+    }
+}
+
+impl Drop for Followers {
+    fn drop(&mut self) {
+        self.close_all();
     }
 }
 
@@ -340,24 +369,33 @@ mod tests {
     }
 
     #[test]
-    fn a_damaged_file_gets_a_verdict_against_it() {
+    fn a_damaged_file_gets_a_verdict_against_it_once() {
         let dir = tempfile::tempdir().unwrap();
         let mut bytes = flac_bytes(dir.path());
+        // In the audio (the header's padding would not matter).
         let middle = bytes.len() / 2;
         bytes[middle] ^= 0x55;
+        let length = bytes.len() as u64;
         let followers = Followers::default();
         let job = JobId::new(1_000);
-        arrive(
-            &followers,
-            job,
-            &dir.path().join("staged.flac"),
-            &bytes,
-            65_536,
-        );
-        let v = followers
-            .finish(job, "f.flac", bytes.len() as u64)
-            .expect("a verdict");
+        let staged = dir.path().join("staged.flac");
+        let key = (job, "f.flac".to_owned());
+        // The follower ends on the damaged frame.
+        std::fs::write(&staged, &bytes).unwrap();
+        followers.advanced(job, "f.flac", &staged, length, length);
+        let first = followers.live().get(&key).cloned().unwrap();
+        let t0 = std::time::Instant::now();
+        while !first.ended() && t0.elapsed() < Duration::from_secs(10) {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert!(first.ended());
+        // A chunk sent again: no new follower reads the file again (as one
+        // would for every later chunk of a long file).
+        followers.advanced(job, "f.flac", &staged, length, length);
+        assert!(Arc::ptr_eq(&first, followers.live().get(&key).unwrap()));
+        let v = followers.finish(job, "f.flac", length).expect("a verdict");
         assert!(v.waveform.is_err(), "a CRC failure is not a preview");
+        assert!(v.bytes < length);
     }
 
     #[test]

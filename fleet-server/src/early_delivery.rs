@@ -21,10 +21,11 @@
 //!   the copy began (same settings and secret) and the same object path.
 //!   Anything else (a changed destination, a failed part, no new byte for
 //!   [`IDLE`], no confirmation within [`CONFIRM_WAIT`], a server restart)
-//!   ends the copy and the runner copies from the cache as it always did. An
-//!   ended copy aborts its multipart upload, and so does every copy when the
-//!   server stops ([`EarlyCopies::close`]); only a crash of the server
-//!   leaves one behind (a bucket's lifecycle rule for incomplete multipart
+//!   ends the copy and the runner copies from the cache as it always did; a
+//!   copy that ended is not started again for that file in this process. An
+//!   ended copy aborts its multipart upload, and so does every copy the
+//!   server still holds when it stops ([`EarlyCopies::close`]); a crash, or
+//!   a stop while the runner completes one, can leave one behind (a bucket's lifecycle rule for incomplete multipart
 //!   uploads removes those; docs/operations.md).
 //! - Bounded: at most [`MAX_EARLY`] copies at once, each with at most two
 //!   parts in flight.
@@ -46,6 +47,8 @@ use crate::http::AppState;
 
 /// Early copies at once.
 pub const MAX_EARLY: usize = 4;
+/// Arriving files remembered (each looked up once per process).
+const MAX_FILES: usize = 4_096;
 /// How long a copy waits for the next part's bytes before it ends.
 pub const IDLE: Duration = Duration::from_secs(300);
 /// How long a copy that sent every part waits for the runner.
@@ -75,6 +78,8 @@ pub struct EarlyCopies {
     arriving: Mutex<HashMap<FileKey, watch::Sender<Arrived>>>,
     /// Copies by file and destination, until the runner takes them.
     copies: Mutex<HashMap<(FileKey, String), Copy>>,
+    /// The server is stopping: no copy starts.
+    closed: std::sync::atomic::AtomicBool,
 }
 
 impl EarlyCopies {
@@ -100,11 +105,14 @@ impl EarlyCopies {
     /// byte's progress already).
     pub fn arrived(&self, job: JobId, name: &str) {
         self.arriving().remove(&(job, name.to_owned()));
+        // Copies that ended unclaimed (failed) free their place.
+        self.copies().retain(|_, c| !c.task.is_finished());
     }
 
     /// The server stops: every copy aborts its multipart upload (waiting at
     /// most `within` for them), so a clean stop leaves nothing behind.
     pub async fn close(&self, within: Duration) {
+        self.closed.store(true, Ordering::SeqCst);
         for (_, tx) in self.arriving().drain() {
             tx.send_replace(Arrived::Discarded);
         }
@@ -172,18 +180,23 @@ pub fn chunk_arrived(
     {
         let mut arriving = early.arriving();
         if let Some(tx) = arriving.get(&key) {
-            if tx.receiver_count() > 0 {
-                tx.send_replace(Arrived::UpTo(durable));
-                return;
-            }
-            // Its copies ended: new ones may start, from the first byte.
-            arriving.remove(&key);
+            // Seen before in this process: its copies (if any) read on. Copies
+            // that ended are not started again; the runner copies the file
+            // from the cache once it is verified.
+            tx.send_replace(Arrived::UpTo(durable));
+            return;
+        }
+        if arriving.len() >= MAX_FILES {
+            arriving.retain(|_, tx| tx.receiver_count() > 0);
+        }
+        if arriving.len() >= MAX_FILES || early.closed.load(Ordering::SeqCst) {
+            return;
         }
     }
+    let (tx, _) = watch::channel(Arrived::UpTo(durable));
     if length <= CHUNK_BYTES as u64 {
         return;
     }
-    let (tx, _) = watch::channel(Arrived::UpTo(durable));
     let mut started = 0;
     for (destination, path) in s3_destinations(state, job, name) {
         let mut copies = early.copies();
@@ -196,7 +209,11 @@ pub fn chunk_arrived(
         };
         let os = match crate::destinations::open(&state.secrets, &destination) {
             Ok(crate::destinations::Opened::Objects(os)) => os,
-            _ => continue,
+            Ok(crate::destinations::Opened::Smb(_)) => continue,
+            Err(e) => {
+                tracing::warn!(destination = %destination.name, error = %e, "no early copy: the destination does not open");
+                continue;
+            }
         };
         let (go, went) = oneshot::channel();
         let task = tokio::spawn(copy_while_arriving(
@@ -218,14 +235,12 @@ pub fn chunk_arrived(
             },
         );
     }
-    if started > 0 {
-        state
-            .uploads
-            .stats
-            .early_copies_started
-            .fetch_add(started, Ordering::Relaxed);
-        early.arriving().insert(key, tx);
-    }
+    state
+        .uploads
+        .stats
+        .early_copies_started
+        .fetch_add(started, Ordering::Relaxed);
+    early.arriving().insert(key, tx);
 }
 
 /// The S3 destinations `name` of `job` goes to, with its object path there.
@@ -266,13 +281,28 @@ async fn copy_while_arriving(
     arrived: watch::Receiver<Arrived>,
     go: oneshot::Receiver<()>,
 ) -> Result<(), String> {
-    let mut upload = os.put_multipart(&path).await.map_err(|e| e.to_string())?;
-    let sent = send_parts(&mut *upload, file, length, arrived, go).await;
-    if let Err(e) = sent {
-        let _ = upload.abort().await;
+    let copied = async {
+        let mut upload = os.put_multipart(&path).await.map_err(|e| e.to_string())?;
+        let sent = match send_parts(&mut *upload, file, length, arrived, go).await {
+            Ok(()) => upload
+                .complete()
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string()),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = sent {
+            if let Err(abort) = upload.abort().await {
+                tracing::warn!(path = %path, error = %abort, "an early copy's multipart upload not aborted; the bucket's lifecycle rule removes it");
+            }
+            return Err(e);
+        }
+        Ok(())
+    };
+    if let Err(e) = copied.await {
+        tracing::info!(path = %path, error = %e, "early copy ended; the delivery copies from the server's copy");
         return Err(e);
     }
-    upload.complete().await.map_err(|e| e.to_string())?;
     let meta = os.head(&path).await.map_err(|e| e.to_string())?;
     if meta.size != length {
         return Err(format!(

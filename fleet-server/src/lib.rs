@@ -428,6 +428,7 @@ impl RunningServer {
             let (uploads, shutdown) = (uploads.clone(), shutdown.clone());
             tasks.spawn(async move {
                 shutdown.cancelled().await;
+                uploads.followers.close_all();
                 uploads.early.close(std::time::Duration::from_secs(5)).await;
             });
         }

@@ -598,11 +598,26 @@ pub async fn complete_file(
         // The follower's verdict when it read the whole file and found it
         // sound (arrival.rs); any doubt and the file is checked from disk.
         let followers = &state.uploads.followers;
-        let followed = followers.finish(job.id, name, record.length).filter(|v| {
-            v.bytes == record.length
-                && v.waveform.is_ok()
-                && v.sha256.eq_ignore_ascii_case(claim.sha256.trim())
-        });
+        let followed = followers
+            .finish(job.id, name, record.length)
+            .and_then(|v| {
+                let doubt = if v.bytes != record.length {
+                    Some(format!("it read {} of {} bytes", v.bytes, record.length))
+                } else if let Err(e) = &v.waveform {
+                    Some(e.clone())
+                } else if !v.sha256.eq_ignore_ascii_case(claim.sha256.trim()) {
+                    Some("another SHA-256 than the node's".to_owned())
+                } else {
+                    None
+                };
+                match doubt {
+                    None => Some(v),
+                    Some(why) => {
+                        tracing::info!(job = %job.id, file = name, reason = %why, "the follower's verdict is not taken; checking the file from disk");
+                        None
+                    }
+                }
+            });
         let (digest, decoded) = match followed {
             Some(v) => {
                 state
