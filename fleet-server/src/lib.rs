@@ -218,6 +218,21 @@ impl RunningServer {
         } else {
             None
         };
+        // HTTP is bound before the embedded broker picks its internal port
+        // (port 0): on a restart at the same address the kernel could hand
+        // the broker the HTTP port just freed (a test caught it).
+        let listener = tokio::net::TcpListener::bind(settings.http_addr)
+            .await
+            .map_err(|source| ServerError::HttpBind {
+                addr: settings.http_addr,
+                source,
+            })?;
+        let http_addr = listener
+            .local_addr()
+            .map_err(|source| ServerError::HttpBind {
+                addr: settings.http_addr,
+                source,
+            })?;
         // (where the server's own link connects, where clients connect, credentials)
         let mut gate_listener = None;
         let ((link_host, link_port), (public_host, public_port), credentials) = match settings
@@ -298,18 +313,6 @@ impl RunningServer {
                 ((host.clone(), port), (host, port), credentials)
             }
         };
-        let listener = tokio::net::TcpListener::bind(settings.http_addr)
-            .await
-            .map_err(|source| ServerError::HttpBind {
-                addr: settings.http_addr,
-                source,
-            })?;
-        let http_addr = listener
-            .local_addr()
-            .map_err(|source| ServerError::HttpBind {
-                addr: settings.http_addr,
-                source,
-            })?;
 
         let link = Arc::new(LinkState::default());
         let stats = Arc::new(IngestStats::default());
