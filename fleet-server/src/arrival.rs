@@ -311,22 +311,8 @@ mod tests {
 
     /// A FLAC file of a few seconds of a 2-channel tone, as bytes.
     fn flac_bytes(dir: &Path) -> Vec<u8> {
-        let frames: Vec<i32> = (0..3 * 48_000)
-            .flat_map(|i| {
-                let s = ((f64::from(i) / 48.0).sin() * 20_000.0) as i32;
-                [s, -s / 2]
-            })
-            .collect();
         let path = dir.join("source.flac");
-        let spec = rakkr_flac::StreamSpec {
-            channels: 2,
-            bits_per_sample: 16,
-            sample_rate: 48_000,
-            compression_level: 5,
-            comments: Default::default(),
-            sync_every_frames: 1 << 20,
-        };
-        rakkr_flac::encode_file(&path, &spec, |e| e.write(&frames), |_| Vec::new()).unwrap();
+        crate::waveform::tone_flac(&path, 3);
         std::fs::read(path).unwrap()
     }
 

@@ -220,6 +220,11 @@ pub async fn copy_file(
             }
         }
     }
+    check_size(os, path, bytes).await
+}
+
+/// The destination holds `bytes` bytes at `path`, or why not.
+pub async fn check_size(os: &dyn ObjectStore, path: &ObjectPath, bytes: u64) -> Result<(), String> {
     let meta = os.head(path).await.map_err(|e| e.to_string())?;
     if meta.size != bytes {
         return Err(format!(

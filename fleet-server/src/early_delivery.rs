@@ -303,14 +303,7 @@ async fn copy_while_arriving(
         tracing::info!(path = %path, error = %e, "early copy ended; the delivery copies from the server's copy");
         return Err(e);
     }
-    let meta = os.head(&path).await.map_err(|e| e.to_string())?;
-    if meta.size != length {
-        return Err(format!(
-            "the destination holds {} bytes, not {length}",
-            meta.size
-        ));
-    }
-    Ok(())
+    crate::delivery::check_size(&*os, &path, length).await
 }
 
 /// Parts being sent, oldest first; those left when it is dropped (a failure)

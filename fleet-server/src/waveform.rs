@@ -160,6 +160,28 @@ pub fn of_flac(
     Ok(peaks.finish(format.sample_rate))
 }
 
+/// `seconds` of a 2-channel 16-bit 48 kHz tone written to `path` as FLAC
+/// (for tests); its interleaved samples.
+#[cfg(test)]
+pub(crate) fn tone_flac(path: &Path, seconds: u32) -> Vec<i32> {
+    let frames: Vec<i32> = (0..seconds * 48_000)
+        .flat_map(|i| {
+            let s = ((f64::from(i) / 48.0).sin() * 20_000.0) as i32;
+            [s, -s / 2]
+        })
+        .collect();
+    let spec = rakkr_flac::StreamSpec {
+        channels: 2,
+        bits_per_sample: 16,
+        sample_rate: 48_000,
+        compression_level: 5,
+        comments: Default::default(),
+        sync_every_frames: 1 << 20,
+    };
+    rakkr_flac::encode_file(path, &spec, |e| e.write(&frames), |_| Vec::new()).unwrap();
+    frames
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -243,22 +265,8 @@ mod tests {
     #[test]
     fn flac_and_wav_files_decode_and_a_damaged_frame_is_an_error() {
         let dir = tempfile::tempdir().unwrap();
-        let frames: Vec<i32> = (0..48_000)
-            .flat_map(|i| {
-                let s = ((i as f64 / 48.0).sin() * 20_000.0) as i32;
-                [s, -s / 2]
-            })
-            .collect();
         let flac = dir.path().join("t.flac");
-        let spec = rakkr_flac::StreamSpec {
-            channels: 2,
-            bits_per_sample: 16,
-            sample_rate: 48_000,
-            compression_level: 5,
-            comments: Default::default(),
-            sync_every_frames: 1 << 20,
-        };
-        rakkr_flac::encode_file(&flac, &spec, |e| e.write(&frames), |_| Vec::new()).unwrap();
+        let frames = tone_flac(&flac, 1);
         let w = of_file(&flac, "flac").unwrap();
         assert_eq!((w.channels, w.frames, w.sample_rate), (2, 48_000, 48_000));
         let left = channel_peaks(&w, 0);
