@@ -43,6 +43,10 @@ pub const TEST: &[&str] = &[
     // SMB delivery destinations are tested against a real Samba server.
     "samba",
     "smbclient",
+    // Update images are signed with the minisign CLI in the tests, and the boot
+    // environment we write is read back with grub-editenv (and the other way round).
+    "minisign",
+    "grub-common",
 ];
 
 fn installed(package: &str) -> bool {

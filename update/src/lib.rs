@@ -1,0 +1,99 @@
+//! A/B image updates for Rakkr appliances.
+//!
+//! An appliance has two root-filesystem slots, A and B, and boots one of them read-only.
+//! An update writes a new image into the slot it is *not* running from, checks it, and asks
+//! the bootloader to try that slot once. The new system commits itself only after it came
+//! up healthy; if it does not (a kernel panic, a hang the watchdog resets, an agent that
+//! never commits), the next boot falls back to the slot that worked.
+//!
+//! # Invariants
+//! - The booted slot is never written. [`install`] refuses a target equal to the booted
+//!   slot, so a failed or interrupted install leaves a bootable system.
+//! - A slot is marked for a trial only after every byte written to it has been read back
+//!   from the device and the image's minisign signature verified over those bytes. Until
+//!   then the boot environment is untouched: a power cut mid-install boots the old slot.
+//! - The signature covers the trusted comment, which carries the image's version, target
+//!   and size ([`ImageManifest`]): nothing about the image is believed before the
+//!   signature is checked, and the size only bounds how much is read.
+//! - The boot environment is replaced whole and atomically (temporary file, fsync,
+//!   rename, fsync of the directory): the bootloader sees the old or the new one.
+//!
+//! # On-disk formats
+//! - **Image**: the raw bytes of one root filesystem (squashfs or ext4), written from
+//!   offset 0 of the slot; the rest of the slot is left as it was.
+//! - **Signature**: a minisign signature file (`IMAGE.minisig`), prehashed (the minisign
+//!   CLI's default since 0.8), made with
+//!   `minisign -S -s KEY -m IMAGE -t "rakkr-image version=V target=T size=N"`.
+//! - **Boot environment**: a GRUB environment block (`grubenv`, 1024 bytes, the format
+//!   `grub-editenv` writes and GRUB's `load_env`/`save_env` read) with three variables:
+//!   `rakkr_default` (`a` or `b`: the committed slot), `rakkr_trial` (empty, or the slot
+//!   to try) and `rakkr_tries` (`1`: the trial has not been booted yet; `0`: it has).
+//!   Other variables in the block are kept. The boot script that reads them is in
+//!   `docs/operations.md` ("Image updates").
+
+mod boot;
+mod image;
+mod install;
+
+pub use boot::{
+    BootAssessment, BootEnv, BootEnvStore, GrubEnvFile, Slot, booted_slot_from_cmdline,
+};
+pub use image::{ImageManifest, ImageSignature, PublicKey};
+pub use install::{CHUNK, InstallProgress, InstallRequest, SlotDevice, SlotMedium, install};
+
+use std::path::PathBuf;
+
+/// Why an update could not be installed or the boot environment not be read or written.
+/// Whatever the error, the booted slot and the boot environment are as they were.
+#[derive(Debug, thiserror::Error)]
+pub enum UpdateError {
+    #[error("public key: {0}")]
+    PublicKey(String),
+    #[error("image signature: {0}")]
+    Signature(String),
+    #[error("image signature's trusted comment: {0}")]
+    Manifest(String),
+    #[error("the image was signed by key {found}, not by this appliance's key {trusted}")]
+    WrongKey { trusted: String, found: String },
+    #[error("the image is for target {image}; this appliance is {appliance}")]
+    WrongTarget { image: String, appliance: String },
+    #[error("the image ({size} bytes) does not fit slot {slot} ({capacity} bytes)")]
+    TooLarge {
+        slot: Slot,
+        size: u64,
+        capacity: u64,
+    },
+    #[error("slot {0} is the one running: an update goes to the other slot")]
+    BootedSlot(Slot),
+    #[error("the image ended after {got} of {expected} bytes")]
+    Truncated { expected: u64, got: u64 },
+    #[error("the image has more than the {expected} bytes its signature names")]
+    Overlong { expected: u64 },
+    #[error("the image does not match its signature ({0}); slot left unbootable")]
+    BadImage(String),
+    #[error(
+        "slot {0} does not read back as the image that was written to it; slot left unbootable"
+    )]
+    ReadBack(Slot),
+    #[error("install cancelled; slot left unbootable")]
+    Cancelled,
+    #[error("boot environment {path}: {reason}")]
+    BootEnv { path: PathBuf, reason: String },
+    #[error("{context} {path}: {source}")]
+    Io {
+        context: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl UpdateError {
+    fn io(context: &'static str, path: &std::path::Path, source: std::io::Error) -> Self {
+        UpdateError::Io {
+            context,
+            path: path.to_owned(),
+            source,
+        }
+    }
+}
