@@ -50,6 +50,14 @@
 //! max_mb = 100000               # the recordings directory stays under this (absent: no limit)
 //! min_free_mb = 4096            # the disk keeps this much free; takes not uploaded never go
 //!
+//! [update]                   # A/B image updates (absent: this is not an A/B appliance)
+//! public_key = "RWQ…"           # the release key's minisign public key line
+//! target = "x86_64"             # the appliance type; images for another are refused
+//! boot_env = "/boot/grub/grubenv"  # GRUB environment block the boot script reads
+//! slot_a = "/dev/disk/by-partlabel/root-a"
+//! slot_b = "/dev/disk/by-partlabel/root-b"
+//! cmdline = "/proc/cmdline"     # names the booted slot: rakkr.slot=a|b
+//!
 //! [meters]
 //! local_interval_ms = 100       # the appliance's own display: 10 Hz
 //! telemetry_interval_ms = 1000  # MQTT: 1 Hz; a multiple of the local interval
@@ -107,6 +115,36 @@ pub struct AgentConfig {
     /// When uploaded takes kept here (`delete_confirmed = false`) go.
     #[serde(default)]
     pub retention: RetentionConfig,
+    /// A/B image updates (`crate::update`); absent: not an A/B appliance.
+    pub update: Option<UpdateConfig>,
+}
+
+/// `[update]`: where the slots and the boot environment are, and whose images to trust.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateConfig {
+    pub public_key: String,
+    pub target: String,
+    pub boot_env: PathBuf,
+    pub slot_a: PathBuf,
+    pub slot_b: PathBuf,
+    #[serde(default = "default_cmdline")]
+    pub cmdline: PathBuf,
+}
+
+fn default_cmdline() -> PathBuf {
+    PathBuf::from("/proc/cmdline")
+}
+
+/// Validated `[update]`.
+#[derive(Debug, Clone)]
+pub struct UpdateSettings {
+    pub public_key: rakkr_update::PublicKey,
+    pub target: String,
+    pub boot_env: PathBuf,
+    pub slot_a: PathBuf,
+    pub slot_b: PathBuf,
+    pub cmdline: PathBuf,
 }
 
 /// `[retention]`: which uploaded takes the appliance keeps (`crate::retention`).
@@ -389,6 +427,7 @@ pub struct AgentSettings {
     pub watchdog: crate::watchdog::WatchdogRules,
     pub upload: Option<UploadSettings>,
     pub retention: crate::retention::RetentionRules,
+    pub update: Option<UpdateSettings>,
 }
 
 /// Validated `[upload]`.
@@ -663,7 +702,9 @@ impl AgentConfig {
         };
         local.validate().map_err(|e| invalid("retention", e))?;
         let retention = crate::retention::RetentionRules::of(&local);
+        let update = self.update.map(UpdateConfig::validate).transpose()?;
         Ok(AgentSettings {
+            update,
             upload,
             retention,
             node_id,
@@ -686,6 +727,28 @@ impl AgentConfig {
             recordings_dir: self.recordings_dir,
             state_dir: self.state_dir,
             watchdog: self.watchdog,
+        })
+    }
+}
+
+impl UpdateConfig {
+    fn validate(self) -> Result<UpdateSettings, ConfigError> {
+        let public_key = rakkr_update::PublicKey::parse(&self.public_key)
+            .map_err(|e| invalid("update.public_key", e.to_string()))?;
+        let target = self.target.trim().to_owned();
+        if !rakkr_update::is_valid_target(&target) {
+            return Err(invalid("update.target", "letters, digits, - and _ (1-32)"));
+        }
+        if self.slot_a == self.slot_b {
+            return Err(invalid("update.slot_b", "must not be slot_a"));
+        }
+        Ok(UpdateSettings {
+            public_key,
+            target,
+            boot_env: self.boot_env,
+            slot_a: self.slot_a,
+            slot_b: self.slot_b,
+            cmdline: self.cmdline,
         })
     }
 }
@@ -740,6 +803,7 @@ impl AgentSettings {
         AgentSettings {
             node_id,
             slot: BootSlot::None,
+            update: None,
             mqtt: MqttSettings {
                 host: mqtt_host.to_owned(),
                 port: mqtt_port,
@@ -777,6 +841,36 @@ mod tests {
         std::fs::write(f.path(), text).unwrap();
         let c: AgentConfig = rakkr_config::load(Some(f.path()), ENV_PREFIX, Vec::new())?;
         c.validate()
+    }
+
+    #[test]
+    fn an_update_section_is_checked_before_anything_is_written() {
+        let section = |key: &str, target: &str, b: &str| {
+            format!(
+                "node_id = \"n\"\n[update]\npublic_key = \"{key}\"\ntarget = \"{target}\"\n\
+                 boot_env = \"/boot/grub/grubenv\"\nslot_a = \"/dev/a\"\nslot_b = \"{b}\"\n"
+            )
+        };
+        let key = "RWR65r76Y9WgHPHfaA7SfiQXZVyv60hVaUEAJI8+HI/+SOxBnqZed9+W";
+        let u = parse(&section(key, "x86_64", "/dev/b"))
+            .unwrap()
+            .update
+            .unwrap();
+        assert_eq!(u.public_key.id(), "1CA0D563FABEE67A");
+        assert_eq!(u.cmdline, Path::new("/proc/cmdline"));
+        assert!(parse("node_id = \"n\"\n").unwrap().update.is_none());
+        for (text, key_name) in [
+            (section("RWRnot", "x86_64", "/dev/b"), "update.public_key"),
+            (section(key, "x86 64", "/dev/b"), "update.target"),
+            (section(key, "x86_64", "/dev/a"), "update.slot_b"),
+        ] {
+            match parse(&text) {
+                Err(ConfigError::Invalid { key, .. }) => assert_eq!(key, key_name),
+                other => panic!("{key_name}: {other:?}"),
+            }
+        }
+        let unknown = section(key, "x86_64", "/dev/b") + "slot_c = \"/dev/c\"\n";
+        assert!(parse(&unknown).is_err());
     }
 
     #[test]

@@ -38,6 +38,7 @@ pub mod rt;
 pub mod run;
 pub mod source;
 pub mod take_file;
+pub mod update;
 pub mod upload;
 pub mod upload_window;
 pub mod watchdog;

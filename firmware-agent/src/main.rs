@@ -57,6 +57,34 @@ enum Command {
         /// Directory holding the takes.
         dir: PathBuf,
     },
+    /// A/B image updates (the configuration's `[update]`).
+    #[command(subcommand)]
+    Update(UpdateCommand),
+}
+
+#[derive(Subcommand)]
+enum UpdateCommand {
+    /// Write a signed image into the slot not running, check it, and stage it for one
+    /// trial boot. Reboot to try it; the agent commits it once it reaches the fleet.
+    Install {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// The root filesystem image.
+        image: PathBuf,
+        /// Its minisign signature (default: IMAGE.minisig).
+        #[arg(long)]
+        signature: Option<PathBuf>,
+    },
+    /// Print the booted slot and what the boot environment will do next.
+    Status {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Commit the running trial now (the running agent does this once it reaches the fleet).
+    Commit {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
 }
 
 #[derive(clap::Args)]
@@ -211,6 +239,7 @@ fn real_main() -> anyhow::Result<()> {
             )?;
             save_identity(state_dir, &settings, answer)
         }
+        Command::Update(command) => update(command),
         Command::Run { config } => {
             let settings = load_settings(&config)?;
             let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -229,6 +258,93 @@ fn real_main() -> anyhow::Result<()> {
                 .await
                 .context("agent stopped")
             })
+        }
+    }
+}
+
+fn update(command: UpdateCommand) -> anyhow::Result<()> {
+    use rakkr_update::{BootAssessment, InstallProgress};
+    let settings_of = |config: &std::path::Path| -> anyhow::Result<_> {
+        // No identity needed: an appliance not enrolled yet can still be updated.
+        let settings = AgentConfig::load(config)
+            .and_then(AgentConfig::validate)
+            .with_context(|| format!("bad configuration in {}", config.display()))?;
+        settings.update.with_context(|| {
+            format!(
+                "{} has no [update] section: this is not an A/B appliance",
+                config.display()
+            )
+        })
+    };
+    match command {
+        UpdateCommand::Install {
+            config,
+            image,
+            signature,
+        } => {
+            let settings = settings_of(&config)?;
+            let signature = signature.unwrap_or_else(|| {
+                let mut s = image.clone().into_os_string();
+                s.push(".minisig");
+                PathBuf::from(s)
+            });
+            let cancel = rakkr_service::stop_flag_on_signal();
+            // A line per tenth of each pass.
+            let mut shown = ("", u64::MAX);
+            let manifest = rakkr_agent::update::install_file(
+                &settings,
+                &image,
+                &signature,
+                &cancel,
+                &mut |p| {
+                    let (what, done, total) = match p {
+                        InstallProgress::Writing { written, total } => ("written", written, total),
+                        InstallProgress::Checking { read, total } => ("read back", read, total),
+                        InstallProgress::Staged => return,
+                    };
+                    let tenth = done * 10 / total.max(1);
+                    if (what, tenth) != shown {
+                        shown = (what, tenth);
+                        eprintln!("{what}: {done} of {total} bytes");
+                    }
+                },
+            )
+            .with_context(|| format!("cannot install {}", image.display()))?;
+            let booted = settings.booted_slot()?;
+            println!(
+                "version {} ({} bytes) is in slot {} and will be tried at the next boot; \
+                 slot {booted} stays the fallback",
+                manifest.version,
+                manifest.size,
+                booted.other()
+            );
+            Ok(())
+        }
+        UpdateCommand::Status { config } => {
+            let settings = settings_of(&config)?;
+            let booted = settings.booted_slot()?;
+            let line = match settings.assess()? {
+                BootAssessment::Committed(slot) => format!("committed: slot {slot}"),
+                BootAssessment::Staged { next } => {
+                    format!("staged: slot {next} is tried at the next boot")
+                }
+                BootAssessment::Trial(slot) => {
+                    format!(
+                        "trial: slot {slot} runs uncommitted; a reboot before the commit goes back"
+                    )
+                }
+                BootAssessment::RolledBack { failed, running } => format!(
+                    "rolled back: the trial of slot {failed} failed; running slot {running}"
+                ),
+            };
+            println!("booted slot {booted}; {line}");
+            Ok(())
+        }
+        UpdateCommand::Commit { config } => {
+            let settings = settings_of(&config)?;
+            let slot = rakkr_agent::update::commit_trial(&settings)?;
+            println!("committed: slot {slot} boots from now on");
+            Ok(())
         }
     }
 }

@@ -73,11 +73,20 @@ impl Default for AgentHandles {
 
 /// Run the agent until `shutdown` fires (or capture fails).
 pub async fn run(
-    settings: AgentSettings,
+    mut settings: AgentSettings,
     clock: Arc<dyn Clock>,
     handles: AgentHandles,
     shutdown: CancellationToken,
 ) -> Result<(), AgentError> {
+    if let Some(update) = &settings.update {
+        // On an A/B appliance the bootloader, not the configuration, says which slot runs.
+        match update.booted_slot() {
+            Ok(slot) => settings.slot = slot.into(),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot tell the booted slot; A/B updates will fail")
+            }
+        }
+    }
     if let Some(dir) = &settings.recordings_dir {
         recover_recordings(dir)?;
     }
@@ -127,6 +136,17 @@ pub async fn run(
         tokio::spawn(watch_disk(
             dir,
             rules.clone(),
+            outbox.clone(),
+            outbox_ready.clone(),
+            handles.telemetry.clone(),
+            clock.clone(),
+            shutdown.clone(),
+        ));
+    }
+    if let Some(update) = settings.update.clone() {
+        tokio::spawn(settle_update(
+            update,
+            handles.link.clone(),
             outbox.clone(),
             outbox_ready.clone(),
             handles.telemetry.clone(),
@@ -598,6 +618,66 @@ pub(crate) fn bounded_detail(mut detail: String) -> String {
         detail.push('…');
     }
     detail
+}
+
+/// After an A/B update (`crate::update`): a trial that rolled back is reported as a
+/// health event; a running trial is committed once this agent has captured and reached
+/// the fleet's broker, so an image that cannot do both goes back at the next reboot.
+async fn settle_update(
+    update: crate::config::UpdateSettings,
+    link: Arc<LinkState>,
+    outbox: Arc<Outbox>,
+    ready: Arc<tokio::sync::Notify>,
+    telemetry: Arc<TelemetryStats>,
+    clock: Arc<dyn Clock>,
+    shutdown: CancellationToken,
+) {
+    use rakkr_update::BootAssessment;
+    let settled = {
+        let update = update.clone();
+        tokio::task::spawn_blocking(move || crate::update::settle_after_boot(&update)).await
+    };
+    match settled {
+        Ok(Ok(BootAssessment::RolledBack { failed, running })) => {
+            let now = clock.unix_ms();
+            let detail = format!(
+                "the image tried in slot {failed} did not come up healthy; the bootloader went \
+                 back to slot {running}, which runs now"
+            );
+            tracing::error!(%detail, "update rolled back");
+            let event = HealthEvent {
+                condition: HealthCondition::UpdateRolledBack,
+                change: HealthChange::Raised,
+                severity: Severity::Warning,
+                at_ms: now,
+                detail,
+                subject: format!("slot:{failed}"),
+            };
+            keep_health_event(&outbox, &ready, &telemetry, now, event).await;
+        }
+        Ok(Ok(BootAssessment::Trial(slot))) => {
+            tracing::info!(%slot, "running a new image on trial; committing once the broker is reached");
+            // Connection is a flag on the link; a poll at 2 Hz costs nothing.
+            while !link.is_connected() {
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                    _ = shutdown.cancelled() => return,
+                }
+            }
+            let committed =
+                tokio::task::spawn_blocking(move || crate::update::commit_trial(&update)).await;
+            match committed {
+                Ok(Ok(slot)) => {
+                    tracing::info!(%slot, "update committed: this slot boots from now on")
+                }
+                Ok(Err(e)) => tracing::error!(error = %e, "cannot commit the running trial"),
+                Err(e) => tracing::error!(error = %e, "commit task failed"),
+            }
+        }
+        Ok(Ok(state)) => tracing::info!(?state, "A/B boot state"),
+        Ok(Err(e)) => tracing::error!(error = %e, "cannot read the A/B boot state"),
+        Err(e) => tracing::error!(error = %e, "boot state task failed"),
+    }
 }
 
 /// The capture device's name for people.

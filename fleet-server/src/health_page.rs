@@ -51,7 +51,7 @@ pub struct HealthQuery {
     pub format: Option<String>,
 }
 
-const CONDITIONS: [HealthCondition; 15] = HealthCondition::ALL;
+const CONDITIONS: [HealthCondition; HealthCondition::ALL.len()] = HealthCondition::ALL;
 
 impl HealthQuery {
     /// The store's query, the "active" filter apart; or what is wrong.

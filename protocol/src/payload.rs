@@ -463,10 +463,15 @@ pub enum HealthCondition {
     /// subject `file:{name}`: the server refused that file (it needs people),
     /// cleared when it is confirmed after all.
     UploadFailing,
+    /// A new image was tried and did not come up healthy (it did not boot, or
+    /// its agent never reached the fleet before the next reboot): the
+    /// bootloader went back to the previous slot (subject `slot:a|b`, the one
+    /// that failed). Not cleared by itself: the image needs a look.
+    UpdateRolledBack,
 }
 
 impl HealthCondition {
-    pub const ALL: [HealthCondition; 15] = [
+    pub const ALL: [HealthCondition; 16] = [
         HealthCondition::DeviceLost,
         HealthCondition::JobLost,
         HealthCondition::ScheduleDeferred,
@@ -482,6 +487,7 @@ impl HealthCondition {
         HealthCondition::NodeOffline,
         HealthCondition::TelemetryStale,
         HealthCondition::UploadFailing,
+        HealthCondition::UpdateRolledBack,
     ];
 }
 
@@ -504,6 +510,7 @@ impl HealthCondition {
             HealthCondition::NodeOffline => "node_offline",
             HealthCondition::TelemetryStale => "telemetry_stale",
             HealthCondition::UploadFailing => "upload_failing",
+            HealthCondition::UpdateRolledBack => "update_rolled_back",
         }
     }
 }

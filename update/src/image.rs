@@ -41,6 +41,18 @@ impl PublicKey {
     }
 }
 
+/// Whether `target` is a valid appliance type name: letters, digits, `-` and `_`, 1-32.
+pub fn is_valid_target(target: &str) -> bool {
+    is_name(target, MAX_TARGET, "-_")
+}
+
+fn is_name(s: &str, max: usize, extra: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= max
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || extra.contains(c))
+}
+
 /// What the signed trusted comment says about an image:
 /// `rakkr-image version=V target=T size=N`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -85,16 +97,10 @@ impl ImageManifest {
         let version = version.ok_or_else(|| bad("no version".into()))?;
         let target = target.ok_or_else(|| bad("no target".into()))?;
         let size = size.ok_or_else(|| bad("no size".into()))?;
-        let name_ok = |s: &str, max: usize, extra: &str| {
-            !s.is_empty()
-                && s.len() <= max
-                && s.chars()
-                    .all(|c| c.is_ascii_alphanumeric() || extra.contains(c))
-        };
-        if !name_ok(version, MAX_VERSION, ".-+_") {
+        if !is_name(version, MAX_VERSION, ".-+_") {
             return Err(bad(format!("bad version {version:?}")));
         }
-        if !name_ok(target, MAX_TARGET, "-_") {
+        if !is_valid_target(target) {
             return Err(bad(format!("bad target {target:?}")));
         }
         let size: u64 = size

@@ -38,7 +38,7 @@ mod install;
 pub use boot::{
     BootAssessment, BootEnv, BootEnvStore, GrubEnvFile, Slot, booted_slot_from_cmdline,
 };
-pub use image::{ImageManifest, ImageSignature, PublicKey};
+pub use image::{ImageManifest, ImageSignature, MAX_SIGNATURE_BYTES, PublicKey, is_valid_target};
 pub use install::{CHUNK, InstallProgress, InstallRequest, SlotDevice, SlotMedium, install};
 
 use std::path::PathBuf;
