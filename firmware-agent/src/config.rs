@@ -57,6 +57,7 @@
 //! slot_a = "/dev/disk/by-partlabel/root-a"
 //! slot_b = "/dev/disk/by-partlabel/root-b"
 //! cmdline = "/proc/cmdline"     # names the booted slot: rakkr.slot=a|b
+//! reboot_command = ["systemctl", "reboot"]  # run once an ordered image is staged
 //!
 //! [meters]
 //! local_interval_ms = 100       # the appliance's own display: 10 Hz
@@ -130,10 +131,17 @@ pub struct UpdateConfig {
     pub slot_b: PathBuf,
     #[serde(default = "default_cmdline")]
     pub cmdline: PathBuf,
+    /// Run after an image ordered by the server is staged.
+    #[serde(default = "default_reboot_command")]
+    pub reboot_command: Vec<String>,
 }
 
 fn default_cmdline() -> PathBuf {
     PathBuf::from("/proc/cmdline")
+}
+
+fn default_reboot_command() -> Vec<String> {
+    vec!["systemctl".into(), "reboot".into()]
 }
 
 /// Validated `[update]`.
@@ -145,6 +153,8 @@ pub struct UpdateSettings {
     pub slot_a: PathBuf,
     pub slot_b: PathBuf,
     pub cmdline: PathBuf,
+    /// Program and arguments; never empty.
+    pub reboot_command: Vec<String>,
 }
 
 /// `[retention]`: which uploaded takes the appliance keeps (`crate::retention`).
@@ -742,6 +752,13 @@ impl UpdateConfig {
         if self.slot_a == self.slot_b {
             return Err(invalid("update.slot_b", "must not be slot_a"));
         }
+        if self
+            .reboot_command
+            .first()
+            .is_none_or(|p| p.trim().is_empty())
+        {
+            return Err(invalid("update.reboot_command", "must name a program"));
+        }
         Ok(UpdateSettings {
             public_key,
             target,
@@ -749,6 +766,7 @@ impl UpdateConfig {
             slot_a: self.slot_a,
             slot_b: self.slot_b,
             cmdline: self.cmdline,
+            reboot_command: self.reboot_command,
         })
     }
 }

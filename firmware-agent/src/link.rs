@@ -132,6 +132,11 @@ pub struct Outgoing {
     pub server_online: Arc<std::sync::atomic::AtomicBool>,
     /// The uploader's queue, reported with each telemetry frame.
     pub uploads: Arc<crate::upload::UploadStats>,
+    /// The A/B update the server last ordered (retained `cmd/update`).
+    pub update_orders: tokio::sync::watch::Sender<Option<rakkr_protocol::update::UpdateOrder>>,
+    /// The node's latest update step, published retained on `update` (again on every
+    /// new connection).
+    pub update_reports: tokio::sync::watch::Receiver<Option<rakkr_protocol::update::UpdateReport>>,
 }
 
 /// Pass a policy's rules the server sent on to whoever follows them.
@@ -190,6 +195,8 @@ pub async fn run(
         retention,
         server_online,
         uploads,
+        update_orders,
+        mut update_reports,
     } = outgoing;
     let (acks_tx, mut acks) = mpsc::channel::<Ack>(64);
     let (live_tx, mut live_requests) = mpsc::channel::<LiveRequest>(4);
@@ -203,6 +210,8 @@ pub async fn run(
     let schedules_topic = Topic::command(node, Command::Schedules).to_string();
     let watchdog_topic = Topic::command(node, Command::Watchdog).to_string();
     let retention_topic = Topic::command(node, Command::Retention).to_string();
+    let update_orders_topic = Topic::command(node, Command::Update).to_string();
+    let update_topic = Topic::node(node, NodeChannel::Update).to_string();
     let server_status_topic = Topic::ServerStatus.to_string();
     let live_topic = Topic::node(node, NodeChannel::Live).to_string();
     let endpoint = Endpoint {
@@ -263,6 +272,17 @@ pub async fn run(
             // frames gathered since the last live frame.
             let mut live_until: Option<tokio::time::Instant> = None;
             let mut live_frame: Option<MeterFrame> = None;
+            let publish_update = |report: Option<rakkr_protocol::update::UpdateReport>| {
+                if let Some(report) = report {
+                    let payload = Envelope::stamped(clock.unix_ms(), report).encode();
+                    if let Err(e) =
+                        client.try_publish(&update_topic, QoS::AtLeastOnce, true, payload)
+                    {
+                        tracing::warn!(error = %e, "could not queue an update report");
+                    }
+                }
+            };
+            let mut update_reports_open = true;
             loop {
                 let live = live_until.is_some_and(|until| until > tokio::time::Instant::now());
                 tokio::select! {
@@ -340,6 +360,14 @@ pub async fn run(
                         }
                         continue;
                     }
+                    changed = update_reports.changed(), if update_reports_open => {
+                        if changed.is_err() {
+                            update_reports_open = false;
+                        } else if state.is_connected() {
+                            publish_update(update_reports.borrow_and_update().clone());
+                        }
+                        continue;
+                    }
                     ack = acks.recv() => {
                         let Some(ack) = ack else { break };
                         for id in &ack.msg_ids {
@@ -361,6 +389,10 @@ pub async fn run(
                 if epoch != connection {
                     connection = epoch;
                     in_flight.clear();
+                    // Retained state the broker may not hold (a restarted embedded broker).
+                    if state.is_connected() {
+                        publish_update(update_reports.borrow().clone());
+                    }
                 }
                 if !state.is_connected() {
                     continue;
@@ -417,6 +449,7 @@ pub async fn run(
                         &schedules_topic,
                         &watchdog_topic,
                         &retention_topic,
+                        &update_orders_topic,
                         &server_status_topic,
                     ] {
                         if let Err(e) = client.try_subscribe(topic, QoS::AtLeastOnce) {
@@ -481,6 +514,12 @@ pub async fn run(
                 }
                 SessionEvent::Message(p) if p.topic == retention_topic => {
                     hand_over(&p.payload, &retention, &stats);
+                }
+                SessionEvent::Message(p) if p.topic == update_orders_topic => {
+                    // An empty retained message withdraws the order: nothing to do.
+                    if !p.payload.is_empty() {
+                        hand_over(&p.payload, &update_orders, &stats);
+                    }
                 }
                 SessionEvent::Message(p) if p.topic == server_status_topic => {
                     match Envelope::<ServerStatus>::decode(&p.payload) {

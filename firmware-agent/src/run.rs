@@ -143,16 +143,25 @@ pub async fn run(
             shutdown.clone(),
         ));
     }
+    let (update_orders_tx, update_orders_rx) = tokio::sync::watch::channel(None);
+    let (update_reports_tx, update_reports_rx) = tokio::sync::watch::channel(None);
     if let Some(update) = settings.update.clone() {
-        tokio::spawn(settle_update(
+        let follower = UpdateFollower {
             update,
-            handles.link.clone(),
-            outbox.clone(),
-            outbox_ready.clone(),
-            handles.telemetry.clone(),
-            clock.clone(),
-            shutdown.clone(),
-        ));
+            state_dir: settings.state_dir.clone(),
+            server: settings
+                .upload
+                .as_ref()
+                .map(|u| (u.server.clone(), u.ca_file.clone())),
+            credentials: settings.mqtt.credentials.clone(),
+            link: handles.link.clone(),
+            reports: update_reports_tx,
+            outbox: outbox.clone(),
+            ready: outbox_ready.clone(),
+            telemetry: handles.telemetry.clone(),
+            clock: clock.clone(),
+        };
+        tokio::spawn(follow_updates(follower, update_orders_rx, shutdown.clone()));
     }
     let (link_meters_tx, link_meters_rx) = mpsc::channel(METER_QUEUE);
     // Takes that bring their own watchdog rules (their schedule's policy):
@@ -308,6 +317,8 @@ pub async fn run(
             retention: node_retention_tx,
             server_online,
             uploads: handles.uploads.clone(),
+            update_orders: update_orders_tx,
+            update_reports: update_reports_rx,
         },
         handles.link,
         handles.telemetry,
@@ -620,31 +631,85 @@ pub(crate) fn bounded_detail(mut detail: String) -> String {
     detail
 }
 
-/// After an A/B update (`crate::update`): a trial that rolled back is reported as a
-/// health event; a running trial is committed once this agent has captured and reached
-/// the fleet's broker, so an image that cannot do both goes back at the next reboot.
-async fn settle_update(
+/// What the A/B update follower works with (`crate::update`).
+struct UpdateFollower {
     update: crate::config::UpdateSettings,
+    state_dir: Option<std::path::PathBuf>,
+    /// The fleet server's base URL and the CA to trust, from `[upload]`.
+    server: Option<(String, Option<std::path::PathBuf>)>,
+    credentials: Option<(String, String)>,
     link: Arc<LinkState>,
+    reports: tokio::sync::watch::Sender<Option<rakkr_protocol::update::UpdateReport>>,
     outbox: Arc<Outbox>,
     ready: Arc<tokio::sync::Notify>,
     telemetry: Arc<TelemetryStats>,
     clock: Arc<dyn Clock>,
+}
+
+impl UpdateFollower {
+    /// Publishes `report` as the node's latest update step and keeps it for after a reboot.
+    async fn report(&self, report: rakkr_protocol::update::UpdateReport) {
+        if let Some(dir) = self.state_dir.clone() {
+            let kept = report.clone();
+            let saved =
+                tokio::task::spawn_blocking(move || crate::update::save_report(&dir, &kept)).await;
+            if !matches!(saved, Ok(Ok(()))) {
+                tracing::warn!("cannot keep the update step in the state directory");
+            }
+        }
+        self.reports.send_replace(Some(report));
+    }
+
+    /// The step kept before the last restart, with a new phase and detail.
+    fn next_step(
+        &self,
+        kept: &Option<rakkr_protocol::update::UpdateReport>,
+        phase: rakkr_protocol::update::UpdatePhase,
+        detail: String,
+    ) -> Option<rakkr_protocol::update::UpdateReport> {
+        kept.clone().map(|r| rakkr_protocol::update::UpdateReport {
+            phase,
+            done_bytes: 0,
+            total_bytes: 0,
+            detail,
+            ..r
+        })
+    }
+}
+
+/// A/B updates (`crate::update`). At start: a trial that rolled back is reported (a
+/// health event, and the order's step); a running trial is committed once this agent has
+/// captured and reached the fleet's broker, so an image that cannot do both goes back at
+/// the next reboot. Then: each new order from the server is installed and rebooted into.
+async fn follow_updates(
+    follower: UpdateFollower,
+    mut orders: tokio::sync::watch::Receiver<Option<rakkr_protocol::update::UpdateOrder>>,
     shutdown: CancellationToken,
 ) {
+    use rakkr_protocol::update::UpdatePhase;
     use rakkr_update::BootAssessment;
+    let kept = follower
+        .state_dir
+        .as_deref()
+        .and_then(crate::update::load_report);
+    if let Some(report) = kept.clone() {
+        follower.reports.send_replace(Some(report));
+    }
     let settled = {
-        let update = update.clone();
+        let update = follower.update.clone();
         tokio::task::spawn_blocking(move || crate::update::settle_after_boot(&update)).await
     };
     match settled {
         Ok(Ok(BootAssessment::RolledBack { failed, running })) => {
-            let now = clock.unix_ms();
+            let now = follower.clock.unix_ms();
             let detail = format!(
                 "the image tried in slot {failed} did not come up healthy; the bootloader went \
                  back to slot {running}, which runs now"
             );
             tracing::error!(%detail, "update rolled back");
+            if let Some(step) = follower.next_step(&kept, UpdatePhase::RolledBack, detail.clone()) {
+                follower.report(step).await;
+            }
             let event = HealthEvent {
                 condition: HealthCondition::UpdateRolledBack,
                 change: HealthChange::Raised,
@@ -653,30 +718,208 @@ async fn settle_update(
                 detail,
                 subject: format!("slot:{failed}"),
             };
-            keep_health_event(&outbox, &ready, &telemetry, now, event).await;
+            keep_health_event(
+                &follower.outbox,
+                &follower.ready,
+                &follower.telemetry,
+                now,
+                event,
+            )
+            .await;
         }
         Ok(Ok(BootAssessment::Trial(slot))) => {
             tracing::info!(%slot, "running a new image on trial; committing once the broker is reached");
+            if let Some(step) = follower.next_step(&kept, UpdatePhase::Trial, String::new()) {
+                follower.report(step).await;
+            }
             // Connection is a flag on the link; a poll at 2 Hz costs nothing.
-            while !link.is_connected() {
+            while !follower.link.is_connected() {
                 tokio::select! {
                     _ = tokio::time::sleep(Duration::from_millis(500)) => {}
                     _ = shutdown.cancelled() => return,
                 }
             }
+            let update = follower.update.clone();
             let committed =
                 tokio::task::spawn_blocking(move || crate::update::commit_trial(&update)).await;
             match committed {
                 Ok(Ok(slot)) => {
-                    tracing::info!(%slot, "update committed: this slot boots from now on")
+                    tracing::info!(%slot, "update committed: this slot boots from now on");
+                    if let Some(step) =
+                        follower.next_step(&kept, UpdatePhase::Committed, String::new())
+                    {
+                        follower.report(step).await;
+                    }
                 }
                 Ok(Err(e)) => tracing::error!(error = %e, "cannot commit the running trial"),
                 Err(e) => tracing::error!(error = %e, "commit task failed"),
             }
         }
-        Ok(Ok(state)) => tracing::info!(?state, "A/B boot state"),
+        Ok(Ok(state)) => {
+            tracing::info!(?state, "A/B boot state");
+            // Rebooting was announced but the system came back on the old slot without
+            // a trial: the reboot did not happen, or the bootloader never took it.
+            if kept
+                .as_ref()
+                .is_some_and(|r| r.phase == UpdatePhase::Rebooting)
+                && matches!(state, BootAssessment::Committed(_))
+            {
+                let detail = "the node restarted without trying the new image".to_owned();
+                if let Some(step) = follower.next_step(&kept, UpdatePhase::Failed, detail) {
+                    follower.report(step).await;
+                }
+            }
+        }
         Ok(Err(e)) => tracing::error!(error = %e, "cannot read the A/B boot state"),
         Err(e) => tracing::error!(error = %e, "boot state task failed"),
+    }
+    let mut acted_on = kept.map(|r| r.update_id);
+    loop {
+        tokio::select! {
+            changed = orders.changed() => if changed.is_err() { return },
+            _ = shutdown.cancelled() => return,
+        }
+        let Some(order) = orders.borrow_and_update().clone() else {
+            continue;
+        };
+        if acted_on == Some(order.update_id) {
+            continue;
+        }
+        acted_on = Some(order.update_id);
+        install_ordered(&follower, order, &shutdown).await;
+    }
+}
+
+/// Installs one ordered image, reporting each step, and reboots into it.
+async fn install_ordered(
+    follower: &UpdateFollower,
+    order: rakkr_protocol::update::UpdateOrder,
+    shutdown: &CancellationToken,
+) {
+    use rakkr_protocol::update::{UpdatePhase, UpdateReport};
+    use rakkr_update::InstallProgress;
+    let step = |phase, done_bytes, total_bytes, detail: String| UpdateReport {
+        update_id: order.update_id,
+        version: order.version.clone(),
+        phase,
+        done_bytes,
+        total_bytes,
+        detail: detail
+            .chars()
+            .take(rakkr_protocol::update::MAX_UPDATE_DETAIL)
+            .collect(),
+    };
+    tracing::info!(update = %order.update_id, version = %order.version, image = %order.image, "installing an ordered update");
+    let (Some((base, ca)), Some((node, credential)), Some(_)) = (
+        follower.server.clone(),
+        follower.credentials.clone(),
+        follower.state_dir.as_ref(),
+    ) else {
+        let why =
+            "an ordered update needs [upload] (the server), the node's credential and a state_dir";
+        tracing::error!(why, "update refused");
+        follower
+            .report(step(UpdatePhase::Failed, 0, 0, why.into()))
+            .await;
+        return;
+    };
+    follower
+        .report(step(UpdatePhase::Installing, 0, order.size, String::new()))
+        .await;
+    let cancel = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop = {
+        let (cancel, shutdown) = (cancel.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            shutdown.cancelled().await;
+            cancel.store(true, Ordering::Relaxed);
+        })
+    };
+    let installed = {
+        let (update, order, reports) = (
+            follower.update.clone(),
+            order.clone(),
+            follower.reports.clone(),
+        );
+        let cancel = cancel.clone();
+        tokio::task::spawn_blocking(move || {
+            // A report per whole percent of each pass: enough to watch, few messages.
+            let mut shown = (UpdatePhase::Installing, 0u64);
+            crate::update::install_from_server(
+                &update,
+                &order,
+                &base,
+                ca.as_deref(),
+                (&node, &credential),
+                &cancel,
+                &mut |p| {
+                    let (phase, done, total) = match p {
+                        InstallProgress::Writing { written, total } => {
+                            (UpdatePhase::Installing, written, total)
+                        }
+                        InstallProgress::Checking { read, total } => {
+                            (UpdatePhase::Checking, read, total)
+                        }
+                        InstallProgress::Staged => return,
+                    };
+                    let percent = done * 100 / total.max(1);
+                    if (phase, percent) != shown {
+                        shown = (phase, percent);
+                        reports.send_replace(Some(UpdateReport {
+                            update_id: order.update_id,
+                            version: order.version.clone(),
+                            phase,
+                            done_bytes: done,
+                            total_bytes: total,
+                            detail: String::new(),
+                        }));
+                    }
+                },
+            )
+        })
+        .await
+    };
+    stop.abort();
+    let manifest = match installed {
+        Ok(Ok(manifest)) => manifest,
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, "update failed");
+            follower
+                .report(step(UpdatePhase::Failed, 0, 0, e.to_string()))
+                .await;
+            return;
+        }
+        Err(e) => {
+            follower
+                .report(step(UpdatePhase::Failed, 0, 0, e.to_string()))
+                .await;
+            return;
+        }
+    };
+    tracing::warn!(version = %manifest.version, "update staged; rebooting into it");
+    follower
+        .report(step(UpdatePhase::Rebooting, 0, 0, String::new()))
+        .await;
+    // Let the report reach the broker before the system goes down.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let command = follower.update.reboot_command.clone();
+    let rebooted = {
+        let command = command.clone();
+        tokio::task::spawn_blocking(move || {
+            std::process::Command::new(&command[0])
+                .args(&command[1..])
+                .status()
+        })
+        .await
+    };
+    match rebooted {
+        Ok(Ok(status)) if status.success() => {}
+        other => {
+            let why = format!(
+                "staged, but the reboot command {command:?} failed ({other:?}); the image is tried at the next reboot"
+            );
+            tracing::error!(%why, "reboot failed");
+            follower.report(step(UpdatePhase::Failed, 0, 0, why)).await;
+        }
     }
 }
 

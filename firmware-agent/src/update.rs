@@ -35,6 +35,8 @@ pub enum UpdateFailure {
     NoBootedSlot(PathBuf),
     #[error("nothing to commit: {0:?}")]
     NotOnTrial(BootAssessment),
+    #[error("cannot fetch the image: {0}")]
+    Download(String),
 }
 
 impl UpdateSettings {
@@ -79,17 +81,29 @@ pub fn install_file(
     progress: &mut dyn FnMut(InstallProgress),
 ) -> Result<ImageManifest, UpdateFailure> {
     let signature = ImageSignature::parse(&read(signature, MAX_SIGNATURE_BYTES)?)?;
-    let booted = settings.booted_slot()?;
-    let device = settings.device(booted.other());
-    let boot_env = settings.boot_env();
     let mut source = std::fs::File::open(image).map_err(|source| UpdateFailure::Read {
         path: image.to_owned(),
         source,
     })?;
+    install_into_other_slot(settings, &signature, &mut source, cancel, progress)
+}
+
+/// Streams `source` into the slot not running, checks it against `signature` and stages
+/// it (`rakkr_update::install`).
+fn install_into_other_slot(
+    settings: &UpdateSettings,
+    signature: &ImageSignature,
+    source: &mut dyn std::io::Read,
+    cancel: &AtomicBool,
+    progress: &mut dyn FnMut(InstallProgress),
+) -> Result<ImageManifest, UpdateFailure> {
+    let booted = settings.booted_slot()?;
+    let device = settings.device(booted.other());
+    let boot_env = settings.boot_env();
     let mut medium = device.open()?;
     let request = InstallRequest {
         key: &settings.public_key,
-        signature: &signature,
+        signature,
         target: &settings.target,
         booted,
         device: &device,
@@ -98,7 +112,7 @@ pub fn install_file(
     };
     Ok(rakkr_update::install(
         &request,
-        &mut source,
+        source,
         &mut medium,
         progress,
     )?)
@@ -150,4 +164,71 @@ fn read(path: &Path, max: usize) -> Result<String, UpdateFailure> {
         ))));
     }
     Ok(text)
+}
+
+/// The image of `order` from the fleet server at `base` (`/api/v1/node/images/{image}`,
+/// HTTP Basic with the node's credential, trusting only `ca`), streamed into the slot not
+/// running and staged, as [`install_file`] does with a local file.
+pub fn install_from_server(
+    settings: &UpdateSettings,
+    order: &rakkr_protocol::update::UpdateOrder,
+    base: &str,
+    ca: Option<&Path>,
+    (node, credential): (&str, &str),
+    cancel: &AtomicBool,
+    progress: &mut dyn FnMut(InstallProgress),
+) -> Result<ImageManifest, UpdateFailure> {
+    let signature = ImageSignature::parse(&order.signature)?;
+    let download = |e: &dyn std::fmt::Display| UpdateFailure::Download(e.to_string());
+    // A whole-request limit, so a download that stalls ends: a minute plus the image at
+    // 100 kB/s (about 3 hours per GB) covers slow links.
+    let limit = std::time::Duration::from_secs(60 + order.size / 100_000);
+    let mut builder = reqwest::blocking::Client::builder()
+        .connect_timeout(std::time::Duration::from_secs(10))
+        .timeout(limit);
+    if let Some(tls) = crate::upload::server_tls(ca).map_err(|e| download(&e))? {
+        builder = builder.use_preconfigured_tls(tls);
+    }
+    let client = builder.build().map_err(|e| download(&e))?;
+    let url = format!("{base}/api/v1/node/images/{}", order.image);
+    let mut response = client
+        .get(&url)
+        .basic_auth(node, Some(credential))
+        .send()
+        .map_err(|e| download(&e))?;
+    if !response.status().is_success() {
+        let status = response.status();
+        let body: String = response
+            .text()
+            .unwrap_or_default()
+            .chars()
+            .take(300)
+            .collect();
+        return Err(UpdateFailure::Download(format!("{url}: {status} {body}")));
+    }
+    install_into_other_slot(settings, &signature, &mut response, cancel, progress)
+}
+
+/// Where the node's latest update step is kept across reboots.
+pub const REPORT_FILE: &str = "update.json";
+
+/// The update step kept in `state_dir`, if any (a damaged file reads as none).
+pub fn load_report(state_dir: &Path) -> Option<rakkr_protocol::update::UpdateReport> {
+    let text = read(&state_dir.join(REPORT_FILE), 16 * 1024).ok()?;
+    serde_json::from_str(&text).ok()
+}
+
+/// Keeps `report` in `state_dir`, replacing the file atomically.
+pub fn save_report(
+    state_dir: &Path,
+    report: &rakkr_protocol::update::UpdateReport,
+) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let path = state_dir.join(REPORT_FILE);
+    let tmp = state_dir.join(format!("{REPORT_FILE}.new"));
+    let mut file = std::fs::File::create(&tmp)?;
+    file.write_all(&serde_json::to_vec(report).map_err(std::io::Error::other)?)?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, &path)?;
+    std::fs::File::open(state_dir)?.sync_all()
 }

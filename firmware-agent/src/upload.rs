@@ -286,18 +286,26 @@ struct Backoff {
     next: Duration,
 }
 
+/// The TLS setup for requests to the fleet server: trusting only the fleet CA in
+/// `ca_file` (none: plain HTTP on loopback).
+pub(crate) fn server_tls(
+    ca_file: Option<&std::path::Path>,
+) -> Result<Option<rakkr_mqtt::rustls::ClientConfig>, String> {
+    let Some(ca) = ca_file else {
+        return Ok(None);
+    };
+    let pem = std::fs::read(ca).map_err(|e| format!("cannot read the CA {}: {e}", ca.display()))?;
+    let tls = rakkr_mqtt::tls_trusting(&pem).map_err(|e| e.to_string())?;
+    Ok(Some((*tls).clone()))
+}
+
 impl Uploader {
     fn client(&self) -> Result<reqwest::Client, String> {
         // No total timeout: a chunk on a slow link may rightly take minutes.
         // Each request is watched for stalls instead ([`send_watched`]).
         let builder = reqwest::Client::builder().connect_timeout(Duration::from_secs(10));
-        let builder = match &self.settings.ca_file {
-            Some(ca) => {
-                let pem = std::fs::read(ca)
-                    .map_err(|e| format!("cannot read the CA {}: {e}", ca.display()))?;
-                let tls = rakkr_mqtt::tls_trusting(&pem).map_err(|e| e.to_string())?;
-                builder.use_preconfigured_tls((*tls).clone())
-            }
+        let builder = match server_tls(self.settings.ca_file.as_deref())? {
+            Some(tls) => builder.use_preconfigured_tls(tls),
             None => builder,
         };
         builder.build().map_err(|e| e.to_string())

@@ -95,7 +95,7 @@ pub const NODES_PER_PAGE: usize = 100;
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct FleetFilter {
-    /// `online`, `offline`, `recording` or `alerting`; empty: every node.
+    /// `online`, `offline`, `recording`, `alerting` or `updating`; empty: every node.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub state: String,
     /// Text in the node id.
@@ -120,7 +120,7 @@ fn is_zero(n: &usize) -> bool {
 }
 
 /// The states the fleet page filters by, in the order it shows them.
-pub const NODE_STATES: [&str; 4] = ["online", "offline", "recording", "alerting"];
+pub const NODE_STATES: [&str; 5] = ["online", "offline", "recording", "alerting", "updating"];
 
 impl FleetFilter {
     pub fn query(&self) -> String {
@@ -200,6 +200,7 @@ impl<'a> FleetView<'a> {
             "offline" => node.record.presence == Presence::Offline,
             "recording" => self.busy.contains(&node.record.id),
             "alerting" => node.alerting(self.now_ms, self.stale_after),
+            "updating" => node.updating(),
             _ => true,
         }
     }
@@ -274,6 +275,18 @@ pub fn nodes_panel(view: &FleetView<'_>) -> Markup {
     }
 }
 
+/// An update step for people: `installing 1.4.0: 42 %`.
+pub fn update_step(u: &rakkr_protocol::update::UpdateReport) -> String {
+    let mut text = format!("{} {}", u.phase.as_str().replace('_', " "), u.version);
+    if u.total_bytes > 0 && u.phase.in_progress() && u.done_bytes < u.total_bytes {
+        text.push_str(&format!(": {} %", u.done_bytes * 100 / u.total_bytes));
+    }
+    if !u.detail.is_empty() {
+        text.push_str(&format!(" ({})", u.detail));
+    }
+    text
+}
+
 fn node_row(view: &FleetView<'_>, node: &LiveNode) -> Markup {
     let (now_ms, stale_after) = (view.now_ms, view.stale_after);
     let r = &node.record;
@@ -285,6 +298,10 @@ fn node_row(view: &FleetView<'_>, node: &LiveNode) -> Markup {
                 (presence_badge(r.presence))
                 @if view.busy.contains(&r.id) { " " span.badge.job.running { "recording" } }
                 @if node.alerting(now_ms, stale_after) { " " span.badge.alerting { "alerting" } }
+                @if let Some(u) = node.update.as_ref().filter(|u| u.phase.in_progress()) {
+                    " " span.badge.updating title={ "update to " (u.version) } { "updating" }
+                    div.muted { (update_step(u)) }
+                }
                 div.muted { "since " (ago(now_ms, r.presence_since_ms)) }
             }
             td {
@@ -355,6 +372,7 @@ mod tests {
                 },
                 meters: None,
                 raised: Vec::new(),
+                update: None,
             })
             .collect()
     }
@@ -363,6 +381,17 @@ mod tests {
     fn the_fleet_table_filters_by_state_and_text_and_pages() {
         let mut nodes = fleet(250);
         nodes[7].raised.push(HealthCondition::DeviceLost);
+        let step = |phase| rakkr_protocol::update::UpdateReport {
+            update_id: rakkr_protocol::UpdateId::from_u128(1),
+            version: "2.0.0".into(),
+            phase,
+            done_bytes: 0,
+            total_bytes: 0,
+            detail: String::new(),
+        };
+        nodes[20].update = Some(step(rakkr_protocol::update::UpdatePhase::Installing));
+        // A finished update is not updating.
+        nodes[21].update = Some(step(rakkr_protocol::update::UpdatePhase::Committed));
         let busy = [NodeId::new("node-0010").unwrap()].into_iter().collect();
         let view = |filter: &FleetFilter| -> (Vec<String>, usize) {
             let v = FleetView::build(
@@ -373,7 +402,7 @@ mod tests {
                 Duration::from_secs(5),
             );
             assert_eq!(v.total, 250);
-            assert_eq!(v.state_counts, [166, 84, 1, 1]);
+            assert_eq!(v.state_counts, [166, 84, 1, 1, 1]);
             (
                 v.shown.iter().map(|n| n.record.id.to_string()).collect(),
                 v.matching,
@@ -412,6 +441,14 @@ mod tests {
             })
             .0,
             ["node-0007"]
+        );
+        assert_eq!(
+            view(&FleetFilter {
+                state: "updating".into(),
+                ..Default::default()
+            })
+            .0,
+            ["node-0020"]
         );
         assert_eq!(
             view(&FleetFilter {

@@ -33,9 +33,17 @@ pub struct LiveNode {
     /// Health conditions the node raised and has not cleared (since this
     /// server started: after a restart nodes raise what still holds).
     pub raised: Vec<rakkr_protocol::payload::HealthCondition>,
+    /// The node's latest A/B update step (`nodes/{node}/update`), if it reported one
+    /// since this server started.
+    pub update: Option<rakkr_protocol::update::UpdateReport>,
 }
 
 impl LiveNode {
+    /// An A/B update is under way: the node's latest step is not final.
+    pub fn updating(&self) -> bool {
+        self.update.as_ref().is_some_and(|u| u.phase.in_progress())
+    }
+
     /// Something needs attention: a raised health condition, or a quality
     /// flag (clipping, silence, stuck, …) on a channel of a live frame.
     pub fn alerting(&self, now_ms: u64, stale_after: Duration) -> bool {
@@ -137,6 +145,7 @@ impl LiveFleet {
                         record,
                         meters: None,
                         raised: Vec::new(),
+                        update: None,
                     },
                 )
             })
@@ -190,6 +199,7 @@ impl LiveFleet {
             },
             meters: None,
             raised: Vec::new(),
+            update: None,
         });
         let r = &mut entry.record;
         if r.presence != presence {
@@ -237,6 +247,22 @@ impl LiveFleet {
         entry.raised.retain(|c| *c != event.condition);
         if event.change == HealthChange::Raised {
             entry.raised.push(event.condition);
+        }
+    }
+
+    /// Keep `node`'s latest update step; false for a node not known.
+    pub fn apply_update(
+        &self,
+        node: &NodeId,
+        report: rakkr_protocol::update::UpdateReport,
+    ) -> bool {
+        let mut nodes = self.nodes.write().expect("fleet lock poisoned");
+        match nodes.get_mut(node) {
+            Some(entry) => {
+                entry.update = Some(report);
+                true
+            }
+            None => false,
         }
     }
 

@@ -143,6 +143,8 @@ pub struct AppState {
     pub profiles: Arc<crate::policies::RecordingProfiles>,
     /// Recordings arriving from appliances.
     pub uploads: Arc<crate::uploads::Uploads>,
+    /// A/B images and their signatures (`crate::updates`).
+    pub images_dir: std::path::PathBuf,
 }
 
 #[derive(Debug)]
@@ -307,6 +309,18 @@ pub fn route_table() -> Vec<(&'static str, Method, Access, MethodRouter<AppState
             Method::POST,
             Operator(NodesManage),
             post(api_revoke_credential),
+        ),
+        (
+            "/api/v1/nodes/{id}/update",
+            Method::POST,
+            Operator(UpdatesManage),
+            post(crate::updates::api_order_update),
+        ),
+        (
+            "/api/v1/node/images/{image}",
+            Method::GET,
+            Appliance,
+            get(crate::updates::node_image),
         ),
         (
             "/api/v1/node/credential/rotate",
@@ -849,6 +863,9 @@ pub struct NodeJson {
     pub last_seen_ms: u64,
     pub details: Option<NodeDetails>,
     pub meters: Option<MetersJson>,
+    /// The node's latest A/B update step since this server started; a phase that is not
+    /// final (`committed`, `failed`, `rolled_back`) means the node is updating.
+    pub update: Option<rakkr_protocol::update::UpdateReport>,
 }
 
 #[derive(Debug, Serialize, schemars::JsonSchema)]
@@ -868,6 +885,7 @@ async fn api_nodes(State(state): State<AppState>) -> Json<Vec<NodeJson>> {
         .map(|n| {
             let stale = n.meters_stale(now, state.stale_after);
             NodeJson {
+                update: n.update,
                 meters: n.meters.map(|m| {
                     let MeterFrame {
                         captured_at_ms,

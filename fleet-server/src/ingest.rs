@@ -379,6 +379,7 @@ pub async fn run(
                     client.try_subscribe(NodeChannel::Live.filter_all_nodes(), QoS::AtMostOnce),
                     client.try_subscribe(NodeChannel::Events.filter_all_nodes(), QoS::AtLeastOnce),
                     client.try_subscribe(NodeChannel::Jobs.filter_all_nodes(), QoS::AtLeastOnce),
+                    client.try_subscribe(NodeChannel::Update.filter_all_nodes(), QoS::AtLeastOnce),
                 ];
                 for r in requests {
                     if let Err(e) = r {
@@ -438,6 +439,9 @@ async fn publish_outbound(
                 }
                 jobs::Outbound::Retention(node, rules) => {
                     publish_retained(&client, &*clock, &node, Command::Retention, rules).await;
+                }
+                jobs::Outbound::Update(node, order) => {
+                    publish_retained(&client, &*clock, &node, Command::Update, order).await;
                 }
                 jobs::Outbound::Command(node, command) => {
                     let topic = Topic::command(&node, Command::Jobs).to_string();
@@ -522,6 +526,25 @@ pub fn handle_message(topic: &str, payload: &[u8], sinks: &Sinks, now_ms: u64) {
                 tracing::debug!(node = %node, error = %e, "bad meter payload");
             }
         },
+        NodeChannel::Update => {
+            // An empty retained message clears the retained report; nothing to apply.
+            if payload.is_empty() {
+                return;
+            }
+            match Envelope::<rakkr_protocol::update::UpdateReport>::decode(payload) {
+                Ok(env) => {
+                    let report = env.body;
+                    tracing::info!(node = %node, update = %report.update_id, version = %report.version, phase = report.phase.as_str(), detail = %report.detail, "update step");
+                    if !fleet.apply_update(&node, report) {
+                        stats.refused.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                Err(e) => {
+                    stats.bad_payloads.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(node = %node, error = %e, "bad update report");
+                }
+            }
+        }
         NodeChannel::Live => match Envelope::<MeterFrame>::decode(payload) {
             Ok(env) => {
                 if fleet.publish_live(&node, env.body) {

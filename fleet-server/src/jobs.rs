@@ -104,6 +104,8 @@ pub enum Outbound {
     Watchdog(NodeId, rakkr_protocol::watchdog::NodeWatchdog),
     /// The rules of the node's retention policy (retained).
     Retention(NodeId, rakkr_protocol::retention::NodeRetention),
+    /// An A/B image update to install (retained).
+    Update(NodeId, rakkr_protocol::update::UpdateOrder),
 }
 
 /// The sending side of the command queue, shared by the desk and the API.

@@ -59,6 +59,7 @@ pub mod server_retention;
 pub mod signal_watch;
 pub mod smb;
 pub mod tls;
+pub mod updates;
 pub mod uploads;
 pub mod waveform;
 
@@ -520,6 +521,7 @@ impl RunningServer {
             secrets,
             delivery_policies,
             delivery_wake,
+            images_dir: updates::images_dir(&settings.data_dir),
         });
         let mut https_addr = None;
         if let (Some(addr), Some(tls)) = (settings.https_addr, &server_tls) {

@@ -500,6 +500,9 @@ fn inventory(node: &LiveNode, now_ms: u64) -> Markup {
                 Some(d) => {
                     dt { "Agent" } dd { (d.agent_version) }
                     dt { "Boot slot" } dd { @match d.slot { BootSlot::None => "no A/B slot", slot => { (slot.as_str().to_uppercase()) } } }
+                    @if let Some(u) = &node.update {
+                        dt { "Update" } dd #update-step { (crate::console::update_step(u)) }
+                    }
                     dt { "Channels" } dd { (d.capabilities.channels) }
                     dt { "Sample rates" } dd { (join(d.capabilities.sample_rates.iter().map(|r| format!("{r} Hz")))) }
                     dt { "Sources" } dd { (join(d.capabilities.sources.iter())) }

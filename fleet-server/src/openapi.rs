@@ -179,6 +179,18 @@ fn operation(method: &Method, path: &str, g: &mut SchemaGenerator) -> Option<Ope
             (200, Json(schema::<crate::node_page::NodeRetentionView>(g))),
             &[],
         ),
+        ("POST", "/api/v1/nodes/{id}/update") => op(
+            "Order the node to install an A/B image from the server's images directory (its `.minisig` beside it); the node reports its steps on `nodes/{node}/update` (decision 0019)",
+            Some(schema::<crate::updates::OrderUpdate>(g)),
+            (202, Json(schema::<crate::updates::OrderedUpdate>(g))),
+            &[],
+        ),
+        ("GET", "/api/v1/node/images/{image}") => op(
+            "A node fetches an A/B image (HTTP Basic: its node id and credential)",
+            None,
+            (200, Answer::Media("application/octet-stream", "the image")),
+            &[],
+        ),
         ("GET", "/api/v1/nodes/{id}/events") => op(
             "The node's last 100 health events, oldest first",
             None,

@@ -50,17 +50,22 @@ impl Appliance {
         std::fs::write(
             &config,
             format!(
-                "node_id = \"{node}\"\nrealtime = false\nstate_dir = \"{}\"\n\
+                "node_id = \"{node}\"\nrealtime = false\nstate_dir = \"{}\"\nrecordings_dir = \"{}\"\n\
                  [mqtt]\nhost = \"127.0.0.1\"\nport = {}\n\
                  [source]\nkind = \"synthetic\"\nchannels = 2\nsignal = \"demo\"\n\
+                 [upload]\nserver = \"{}\"\n\
                  [update]\npublic_key = \"{key_line}\"\ntarget = \"x86_64\"\n\
-                 boot_env = \"{}\"\nslot_a = \"{}\"\nslot_b = \"{}\"\ncmdline = \"{}\"\n",
+                 boot_env = \"{}\"\nslot_a = \"{}\"\nslot_b = \"{}\"\ncmdline = \"{}\"\n\
+                 reboot_command = [\"sh\", \"-c\", \"echo reboot >> {}\"]\n",
                 work.join("state").display(),
+                work.join("recordings").display(),
                 server.mqtt_port,
+                server.url("").trim_end_matches('/'),
                 grubenv.display(),
                 work.join("root-a").display(),
                 work.join("root-b").display(),
                 cmdline.display(),
+                work.join("reboots").display(),
             ),
         )?;
         let appliance = Appliance {
@@ -205,4 +210,174 @@ fn a_signed_image_is_tried_committed_once_the_fleet_is_reached_and_a_failed_tria
     );
     drop(agent);
     Ok(())
+}
+
+/// The node's latest update step, as the API reports it.
+fn update_of(server: &Server, node: &str) -> Option<serde_json::Value> {
+    let nodes = server.nodes().ok()?;
+    let n = nodes.into_iter().find(|n| n["id"] == node)?;
+    (!n["update"].is_null()).then(|| n["update"].clone())
+}
+
+#[test]
+fn the_server_orders_an_update_and_the_console_shows_the_node_updating_until_it_commits()
+-> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let work = dir.path();
+    let data = work.join("data");
+    let server = Server::start(work, &data)?;
+    let node = "upd-2";
+    let appliance = Appliance::new(work, &server, node)?;
+    let viewer = server.operator("vera", "viewer")?;
+    let mut owner = server.operator("olga", "owner")?;
+    let agent = Agent::start_for(work, &server, node, &appliance.config, &[])?;
+    wait_for("node online", Duration::from_secs(20), || {
+        (server.presence(node).as_deref() == Some("online")).then_some(())
+    })?;
+
+    // The release process puts the image and its signature in the images directory.
+    let image = appliance.image("2.0.0", 3_000_000)?;
+    let images = data.join("images");
+    std::fs::create_dir_all(&images)?;
+    std::fs::copy(&image, images.join("rootfs-2.0.0.img"))?;
+    std::fs::copy(
+        image.with_file_name("rootfs-2.0.0.img.minisig"),
+        images.join("rootfs-2.0.0.img.minisig"),
+    )?;
+
+    // Orders that cannot be carried out are refused before anything is sent.
+    let order = |image: &str| {
+        server.post(
+            &format!("/api/v1/nodes/{node}/update"),
+            &serde_json::json!({ "image": image }),
+        )
+    };
+    assert_eq!(order("../rakkr.redb")?.0, 422);
+    assert_eq!(order("rootfs-9.img")?.0, 404);
+    assert_eq!(order_as(&server, &viewer, node, "rootfs-2.0.0.img")?, 403);
+
+    // An image changed on the server after signing: the node fetches it, finds it does
+    // not match, reports the failure and stages nothing.
+    let mut tampered = std::fs::read(&image)?;
+    tampered[2_000_000] ^= 1;
+    std::fs::write(images.join("rootfs-2.0.0-x.img"), &tampered)?;
+    std::fs::copy(
+        image.with_file_name("rootfs-2.0.0.img.minisig"),
+        images.join("rootfs-2.0.0-x.img.minisig"),
+    )?;
+    let env_before = appliance.env()?;
+    let (code, answer) = order("rootfs-2.0.0-x.img")?;
+    assert_eq!(code, 202, "{answer}");
+    let failed = wait_for("the failure reported", Duration::from_secs(60), || {
+        update_of(&server, node).filter(|u| u["phase"] == "failed")
+    })?;
+    assert!(
+        failed["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("does not match its signature")),
+        "{failed}"
+    );
+    assert_eq!(appliance.env()?, env_before);
+    assert!(!work.join("reboots").exists());
+
+    // The node installs the intact image, reports each step, and reboots into it.
+    let (code, answer) = order("rootfs-2.0.0.img")?;
+    assert_eq!(code, 202, "{answer}");
+    assert_eq!(answer["version"], "2.0.0");
+    wait_for("the reboot", Duration::from_secs(60), || {
+        std::fs::read_to_string(work.join("reboots"))
+            .ok()
+            .filter(|t| t.contains("reboot"))
+    })?;
+    let step = wait_for("rebooting reported", Duration::from_secs(10), || {
+        update_of(&server, node).filter(|u| u["phase"] == "rebooting")
+    })?;
+    assert_eq!(step["update_id"], answer["update_id"]);
+    assert!(appliance.env_has("rakkr_trial=b") && appliance.env_has("rakkr_tries=1"));
+    let good = std::fs::read(&image)?;
+    assert_eq!(
+        &std::fs::read(work.join("root-b"))?[..good.len()],
+        &good[..]
+    );
+
+    // Meanwhile the fleet page counts and lists it as updating.
+    let (status, _, page) = owner.get("/?state=updating")?;
+    assert_eq!(status, 200);
+    assert!(page.contains(&format!("data-node=\"{node}\"")), "{page}");
+    assert!(page.contains(r#"<b id="count-updating">1</b>"#), "{page}");
+    assert!(page.contains("rebooting 2.0.0"), "{page}");
+    let browser = rakkr_hil_tests::browser::Browser::start(
+        work,
+        &server.url(""),
+        rakkr_hil_tests::browser::Look::DESKTOP,
+    )?;
+    browser.log_in("olga", OPERATOR_PASSWORD)?;
+    browser.goto("/?state=updating")?;
+    browser.wait_css(
+        &format!("tr[data-node={node}] .badge.updating"),
+        Duration::from_secs(10),
+    )?;
+    assert!(!browser.overflows_horizontally()?);
+    browser.screenshot("fleet-updating-1280-light")?;
+    browser.goto(&format!("/nodes/{node}"))?;
+    browser.wait_css("#update-step", Duration::from_secs(10))?;
+    browser.screenshot("node-updating-1280-light")?;
+    drop(browser);
+
+    // The reboot: the bootloader takes the trial, the new system's agent commits it.
+    drop(agent);
+    appliance.bootloader_takes_trial()?;
+    appliance.boot("b")?;
+    let agent = Agent::start_for(work, &server, node, &appliance.config, &[])?;
+    wait_for("committed reported", Duration::from_secs(30), || {
+        update_of(&server, node).filter(|u| u["phase"] == "committed")
+    })?;
+    assert!(appliance.env_has("rakkr_default=b"));
+    let (_, _, page) = owner.get("/?state=updating")?;
+    assert!(page.contains(r#"<b id="count-updating">0</b>"#), "{page}");
+    let (_, _, page) = owner.get(&format!("/nodes/{node}"))?;
+    assert!(
+        page.contains(r#"<dd id="update-step">committed 2.0.0</dd>"#),
+        "{page}"
+    );
+    // The same order, still retained, is not carried out twice.
+    agent
+        .proc
+        .wait_log("update committed", Duration::from_secs(5))?;
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        std::fs::read_to_string(work.join("reboots"))?
+            .lines()
+            .count(),
+        1
+    );
+
+    // The audit log has the order, by whom, and the node's download.
+    let audit = server.get_json("/api/v1/audit")?;
+    let records = audit["records"].as_array().cloned().unwrap_or_default();
+    assert!(
+        records.iter().any(
+            |r| r["action"].as_str().is_some_and(|a| a.contains("/update"))
+                && r["outcome"] == "allowed"
+        ),
+        "{audit}"
+    );
+    assert!(
+        records.iter().any(|r| r["action"] == "image download"
+            && r["actor"].as_str().is_some_and(|a| a.contains(node))),
+        "{audit}"
+    );
+    drop(agent);
+    Ok(())
+}
+
+/// `POST /nodes/{node}/update` as a console user (a session, no API token): the status.
+fn order_as(server: &Server, user: &Operator, node: &str, image: &str) -> Result<u16> {
+    let response = http_client()?
+        .post(server.url(&format!("/api/v1/nodes/{node}/update")))
+        .header("cookie", user.cookie().unwrap_or_default())
+        .header("x-csrf-token", &user.csrf)
+        .json(&serde_json::json!({ "image": image }))
+        .send()?;
+    Ok(response.status().as_u16())
 }

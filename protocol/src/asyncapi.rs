@@ -112,6 +112,22 @@ fn channels(generator: &mut SchemaGenerator) -> Vec<ChannelDoc> {
                           the node. The 1 Hz `meters` telemetry continues unchanged meanwhile.",
                 message: Some(("liveMeterFrame", schema_of::<MeterFrame>(generator))),
             },
+            NodeChannel::Update => ChannelDoc {
+                id: "nodeUpdate",
+                address,
+                sender: Sender::Node,
+                qos: 1,
+                retained,
+                summary: "The node's latest A/B image update step (`phase`): `installing` and \
+                          `checking` with bytes done, `rebooting`, `trial` (running the new \
+                          image, not committed), then `committed`, `failed` or `rolled_back` \
+                          (decision 0019). The console shows a node whose last step is not \
+                          final as `updating`.",
+                message: Some((
+                    "updateReport",
+                    schema_of::<crate::update::UpdateReport>(generator),
+                )),
+            },
         });
     }
     for command in Command::ALL {
@@ -196,6 +212,22 @@ fn channels(generator: &mut SchemaGenerator) -> Vec<ChannelDoc> {
                 message: Some((
                     "nodeRetention",
                     schema_of::<crate::retention::NodeRetention>(generator),
+                )),
+            },
+            Command::Update => ChannelDoc {
+                id: "nodeCommandUpdate",
+                address,
+                sender: Sender::Server,
+                qos: 1,
+                retained: true,
+                summary: "Install this A/B image: the node fetches it from the server \
+                          (`/api/v1/node/images/{image}`, with its credential), checks its \
+                          minisign signature against its own release key, writes it into the \
+                          slot it is not running, reboots into it once and commits it after it \
+                          reached the broker again. Acted on once per `update_id`.",
+                message: Some((
+                    "updateOrder",
+                    schema_of::<crate::update::UpdateOrder>(generator),
                 )),
             },
         });

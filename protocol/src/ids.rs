@@ -201,6 +201,12 @@ macro_rules! uuid_v7_id {
 }
 
 uuid_v7_id!(
+    /// An A/B image update's id.
+    UpdateId,
+    "An A/B image update's id (UUIDv7)."
+);
+
+uuid_v7_id!(
     /// A recording job's id.
     JobId,
     "A recording job's id (UUIDv7)."

@@ -32,9 +32,10 @@ pub mod retention;
 pub mod schedule;
 pub mod state;
 pub mod topic;
+pub mod update;
 pub mod upload;
 pub mod watchdog;
 
 pub use envelope::{DecodeError, Envelope, MAX_PAYLOAD_BYTES, SCHEMA_VERSION};
-pub use ids::{IdError, JobId, MessageId, NodeId, ScheduleId};
+pub use ids::{IdError, JobId, MessageId, NodeId, ScheduleId, UpdateId};
 pub use topic::{Topic, TopicError};

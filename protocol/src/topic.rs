@@ -7,6 +7,7 @@
 //! rakkr/v1/nodes/{node}/live             QoS 0             meter frames (5 Hz) while someone watches
 //! rakkr/v1/nodes/{node}/events           QoS 1             health events
 //! rakkr/v1/nodes/{node}/jobs             QoS 1             job claims and updates from the node
+//! rakkr/v1/nodes/{node}/update           retained, QoS 1   the node's latest A/B update step
 //! rakkr/v1/nodes/{node}/cmd/{command}    QoS 1             server → node commands
 //! ```
 //!
@@ -40,16 +41,19 @@ pub enum Command {
     Watchdog,
     /// The rules of the node's retention policy (retained).
     Retention,
+    /// An A/B image update to install (retained).
+    Update,
 }
 
 impl Command {
-    pub const ALL: [Command; 6] = [
+    pub const ALL: [Command; 7] = [
         Command::Jobs,
         Command::Ack,
         Command::Live,
         Command::Schedules,
         Command::Watchdog,
         Command::Retention,
+        Command::Update,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -60,6 +64,7 @@ impl Command {
             Command::Schedules => "schedules",
             Command::Watchdog => "watchdog",
             Command::Retention => "retention",
+            Command::Update => "update",
         }
     }
 
@@ -77,15 +82,18 @@ pub enum NodeChannel {
     Jobs,
     /// Meter frames at the live rate, only while a live request holds.
     Live,
+    /// The node's latest A/B update step (retained).
+    Update,
 }
 
 impl NodeChannel {
-    pub const ALL: [NodeChannel; 5] = [
+    pub const ALL: [NodeChannel; 6] = [
         NodeChannel::Status,
         NodeChannel::Meters,
         NodeChannel::Events,
         NodeChannel::Jobs,
         NodeChannel::Live,
+        NodeChannel::Update,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -95,6 +103,7 @@ impl NodeChannel {
             NodeChannel::Events => "events",
             NodeChannel::Jobs => "jobs",
             NodeChannel::Live => "live",
+            NodeChannel::Update => "update",
         }
     }
 
@@ -109,7 +118,7 @@ impl NodeChannel {
 
     /// Whether messages on this channel are retained by the broker.
     pub fn retained(self) -> bool {
-        matches!(self, NodeChannel::Status)
+        matches!(self, NodeChannel::Status | NodeChannel::Update)
     }
 }
 
