@@ -317,6 +317,12 @@ pub fn route_table() -> Vec<(&'static str, Method, Access, MethodRouter<AppState
             post(crate::updates::api_order_update),
         ),
         (
+            "/nodes/{id}/update",
+            Method::POST,
+            Operator(UpdatesManage),
+            post(crate::node_page::order_update_form),
+        ),
+        (
             "/api/v1/node/images/{image}",
             Method::GET,
             Appliance,

@@ -112,6 +112,8 @@ pub struct NodePageData {
     pub watchdog_policies: Vec<String>,
     pub retention: Option<NodeRetentionView>,
     pub retention_policies: Vec<String>,
+    /// Images the update form offers (with updates.manage, for an A/B node).
+    pub images: Vec<String>,
 }
 
 /// A kind of policy operators choose per node, with its list on the server.
@@ -273,6 +275,34 @@ where
     let Json(body) = body.map_err(|e| problem(e.status(), e.body_text()))?;
     let (view, change) = choose_policy::<C>(&state, &node, body.policy).await?;
     Ok(change.to(Json(view).into_response()))
+}
+
+/// The update form as sent.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateForm {
+    #[allow(dead_code)] // checked by the access layer
+    csrf: String,
+    image: String,
+}
+
+/// `POST /nodes/{id}/update` (a form), then back to the node page.
+pub async fn order_update_form(
+    State(state): State<AppState>,
+    Extension(signed_in): Extension<SignedIn>,
+    Path(id): Path<String>,
+    Form(form): Form<UpdateForm>,
+) -> Response {
+    let Ok(node) = NodeId::new(id) else {
+        return no_such_node();
+    };
+    let Some(live) = state.fleet.node(&node) else {
+        return no_such_node();
+    };
+    match crate::updates::order_update(&state, &node, form.image).await {
+        Ok((_, change)) => change.to(Redirect::to(&format!("/nodes/{node}")).into_response()),
+        Err(p) => render_page(&state, &live, &signed_in, p.status, Some(&p.detail)).await,
+    }
 }
 
 /// A policy form as sent.
@@ -448,6 +478,25 @@ pub fn node_page(
                 section.panel aria-labelledby="retention-h" {
                     h2 #retention-h { "Retention" }
                     (retention_panel(&r.id, view, &data.retention_policies, signed_in))
+                }
+            }
+            @if signed_in.may(Permission::UpdatesManage) && r.details.as_ref().is_some_and(|d| d.slot != BootSlot::None) {
+                section.panel aria-labelledby="update-h" {
+                    h2 #update-h { "Image update" }
+                    @if data.images.is_empty() {
+                        p.muted { "No signed images on the server: put an image and its .minisig in the server's images directory." }
+                    } @else {
+                        form.start method="post" action={ "/nodes/" (r.id) "/update" } {
+                            (csrf_field(signed_in))
+                            label { "Image"
+                                select name="image" {
+                                    @for name in &data.images { option value=(name) { (name) } }
+                                }
+                            }
+                            button.secondary type="submit" #order-update { "Install and reboot" }
+                        }
+                        p.muted { "The node writes the image to its other slot, checks its signature, reboots into it once and keeps it only if it comes back and reaches the server." }
+                    }
                 }
             }
             @if signed_in.may(Permission::NodesManage) {
@@ -703,6 +752,12 @@ async fn page_data(state: &AppState, node: &NodeId, signed_in: &SignedIn) -> Nod
     data.watchdog_policies = state.watchdog_policies.names().map(String::from).collect();
     data.retention = policy_view::<RetentionChoice>(state, node).await.ok();
     data.retention_policies = state.retention_policies.names().map(String::from).collect();
+    if signed_in.may(Permission::UpdatesManage) {
+        let dir = state.images_dir.clone();
+        data.images = tokio::task::spawn_blocking(move || crate::updates::list_images(&dir))
+            .await
+            .unwrap_or_default();
+    }
     data
 }
 
@@ -763,6 +818,7 @@ async fn page_records(state: &AppState, node: &NodeId, signed_in: &SignedIn) -> 
             watchdog_policies: Vec::new(),
             retention: None,
             retention_policies: Vec::new(),
+            images: Vec::new(),
         }
     })
     .await
@@ -777,6 +833,7 @@ async fn page_records(state: &AppState, node: &NodeId, signed_in: &SignedIn) -> 
         watchdog_policies: Vec::new(),
         retention: None,
         retention_policies: Vec::new(),
+        images: Vec::new(),
     })
 }
 

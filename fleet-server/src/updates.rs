@@ -109,23 +109,21 @@ fn read_bounded(path: &Path, max: usize) -> std::io::Result<String> {
     Ok(text)
 }
 
-/// `POST /api/v1/nodes/{id}/update` `{"image": "rootfs-1.4.0.img"}`: order the node to
-/// install the image (202: sent; the node reports its steps).
-pub async fn api_order_update(
-    State(state): State<AppState>,
-    UrlPath(id): UrlPath<String>,
-    body: Result<Json<OrderUpdate>, axum::extract::rejection::JsonRejection>,
-) -> Result<Response, Problem> {
-    let node = NodeId::new(id).map_err(|e| problem(StatusCode::NOT_FOUND, e.to_string()))?;
-    let Json(body) = body.map_err(|e| problem(e.status(), e.body_text()))?;
-    if state.fleet.node(&node).is_none() {
+/// Orders `node` to install `image`: the order is checked, sent (retained) and described
+/// for the audit log. Shared by the API and the node page's form.
+pub async fn order_update(
+    state: &AppState,
+    node: &NodeId,
+    image: String,
+) -> Result<(OrderedUpdate, AuditChange), Problem> {
+    if state.fleet.node(node).is_none() {
         return Err(problem(
             StatusCode::NOT_FOUND,
             format!("node {node} is not known to this server"),
         ));
     }
     let (images, now) = (state.images_dir.clone(), state.clock.unix_ms());
-    let (order, target) = tokio::task::spawn_blocking(move || order_for(&images, &body.image, now))
+    let (order, target) = tokio::task::spawn_blocking(move || order_for(&images, &image, now))
         .await
         .map_err(|e| problem(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
     let answer = OrderedUpdate {
@@ -155,7 +153,38 @@ pub async fn api_order_update(
             "version": answer.version,
         })),
     };
+    Ok((answer, change))
+}
+
+/// `POST /api/v1/nodes/{id}/update` `{"image": "rootfs-1.4.0.img"}`: order the node to
+/// install the image (202: sent; the node reports its steps).
+pub async fn api_order_update(
+    State(state): State<AppState>,
+    UrlPath(id): UrlPath<String>,
+    body: Result<Json<OrderUpdate>, axum::extract::rejection::JsonRejection>,
+) -> Result<Response, Problem> {
+    let node = NodeId::new(id).map_err(|e| problem(StatusCode::NOT_FOUND, e.to_string()))?;
+    let Json(body) = body.map_err(|e| problem(e.status(), e.body_text()))?;
+    let (answer, change) = order_update(&state, &node, body.image).await?;
     Ok(change.to((StatusCode::ACCEPTED, Json(answer)).into_response()))
+}
+
+/// Most images the node page offers.
+pub const MAX_IMAGES_LISTED: usize = 100;
+
+/// Images in `dir` that have a signature beside them, newest name first (bounded).
+pub fn list_images(dir: &Path) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut names: Vec<String> = entries
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|name| is_image_name(name) && !name.ends_with(".minisig"))
+        .filter(|name| dir.join(format!("{name}.minisig")).is_file())
+        .collect();
+    names.sort_unstable_by(|a, b| b.cmp(a));
+    names.truncate(MAX_IMAGES_LISTED);
+    names
 }
 
 /// `GET /api/v1/node/images/{image}`: a node (HTTP Basic, its credential) fetches an image.
@@ -295,5 +324,9 @@ mod tests {
             ("1.4.0", 10, "x86_64")
         );
         assert!(order.signature.contains("size=10"));
+        std::fs::write(images.join("b.img"), b"unsigned").unwrap();
+        std::fs::write(images.join(".hidden.img.minisig"), b"x").unwrap();
+        assert_eq!(list_images(images), ["a.img"]);
+        assert!(list_images(&images.join("none")).is_empty());
     }
 }

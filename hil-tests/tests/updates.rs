@@ -228,7 +228,7 @@ fn the_server_orders_an_update_and_the_console_shows_the_node_updating_until_it_
     let server = Server::start(work, &data)?;
     let node = "upd-2";
     let appliance = Appliance::new(work, &server, node)?;
-    let viewer = server.operator("vera", "viewer")?;
+    let mut viewer = server.operator("vera", "viewer")?;
     let mut owner = server.operator("olga", "owner")?;
     let agent = Agent::start_for(work, &server, node, &appliance.config, &[])?;
     wait_for("node online", Duration::from_secs(20), || {
@@ -280,10 +280,32 @@ fn the_server_orders_an_update_and_the_console_shows_the_node_updating_until_it_
     assert_eq!(appliance.env()?, env_before);
     assert!(!work.join("reboots").exists());
 
-    // The node installs the intact image, reports each step, and reboots into it.
-    let (code, answer) = order("rootfs-2.0.0.img")?;
-    assert_eq!(code, 202, "{answer}");
-    assert_eq!(answer["version"], "2.0.0");
+    // A viewer is not offered the update form (and the API refused it above).
+    let (_, _, page) = viewer.get(&format!("/nodes/{node}"))?;
+    assert!(!page.contains("order-update"), "{page}");
+
+    // The owner orders the intact image from the node page; the node installs it,
+    // reports each step, and reboots into it. Meanwhile the console shows it updating.
+    let browser = rakkr_hil_tests::browser::Browser::start(
+        work,
+        &server.url(""),
+        rakkr_hil_tests::browser::Look::DESKTOP,
+    )?;
+    browser.log_in("olga", OPERATOR_PASSWORD)?;
+    browser.goto(&format!("/nodes/{node}"))?;
+    browser.wait_css("#order-update", Duration::from_secs(10))?;
+    let offered = browser.inner_html("select[name=image]")?;
+    assert!(
+        offered.contains("rootfs-2.0.0.img") && offered.contains("rootfs-2.0.0-x.img"),
+        "{offered}"
+    );
+    browser.js(
+        "document.querySelector('select[name=image]').value = arguments[0];
+         document.querySelector('#update-h').scrollIntoView();",
+        vec![serde_json::json!("rootfs-2.0.0.img")],
+    )?;
+    browser.screenshot("node-update-form-1280-light")?;
+    browser.click("#order-update")?;
     wait_for("the reboot", Duration::from_secs(60), || {
         std::fs::read_to_string(work.join("reboots"))
             .ok()
@@ -292,7 +314,8 @@ fn the_server_orders_an_update_and_the_console_shows_the_node_updating_until_it_
     let step = wait_for("rebooting reported", Duration::from_secs(10), || {
         update_of(&server, node).filter(|u| u["phase"] == "rebooting")
     })?;
-    assert_eq!(step["update_id"], answer["update_id"]);
+    assert_eq!(step["version"], "2.0.0");
+    assert_ne!(step["update_id"], answer["update_id"], "a new order");
     assert!(appliance.env_has("rakkr_trial=b") && appliance.env_has("rakkr_tries=1"));
     let good = std::fs::read(&image)?;
     assert_eq!(
@@ -300,18 +323,11 @@ fn the_server_orders_an_update_and_the_console_shows_the_node_updating_until_it_
         &good[..]
     );
 
-    // Meanwhile the fleet page counts and lists it as updating.
     let (status, _, page) = owner.get("/?state=updating")?;
     assert_eq!(status, 200);
     assert!(page.contains(&format!("data-node=\"{node}\"")), "{page}");
     assert!(page.contains(r#"<b id="count-updating">1</b>"#), "{page}");
     assert!(page.contains("rebooting 2.0.0"), "{page}");
-    let browser = rakkr_hil_tests::browser::Browser::start(
-        work,
-        &server.url(""),
-        rakkr_hil_tests::browser::Look::DESKTOP,
-    )?;
-    browser.log_in("olga", OPERATOR_PASSWORD)?;
     browser.goto("/?state=updating")?;
     browser.wait_css(
         &format!("tr[data-node={node}] .badge.updating"),
