@@ -263,7 +263,7 @@ fn real_main() -> anyhow::Result<()> {
 }
 
 fn update(command: UpdateCommand) -> anyhow::Result<()> {
-    use rakkr_update::{BootAssessment, InstallProgress};
+    use rakkr_update::InstallProgress;
     let settings_of = |config: &std::path::Path| -> anyhow::Result<_> {
         // No identity needed: an appliance not enrolled yet can still be updated.
         let settings = AgentConfig::load(config)
@@ -323,20 +323,7 @@ fn update(command: UpdateCommand) -> anyhow::Result<()> {
         UpdateCommand::Status { config } => {
             let settings = settings_of(&config)?;
             let booted = settings.booted_slot()?;
-            let line = match settings.assess()? {
-                BootAssessment::Committed(slot) => format!("committed: slot {slot}"),
-                BootAssessment::Staged { next } => {
-                    format!("staged: slot {next} is tried at the next boot")
-                }
-                BootAssessment::Trial(slot) => {
-                    format!(
-                        "trial: slot {slot} runs uncommitted; a reboot before the commit goes back"
-                    )
-                }
-                BootAssessment::RolledBack { failed, running } => format!(
-                    "rolled back: the trial of slot {failed} failed; running slot {running}"
-                ),
-            };
+            let line = settings.assess()?;
             println!("booted slot {booted}; {line}");
             Ok(())
         }

@@ -143,26 +143,6 @@ pub async fn run(
             shutdown.clone(),
         ));
     }
-    let (update_orders_tx, update_orders_rx) = tokio::sync::watch::channel(None);
-    let (update_reports_tx, update_reports_rx) = tokio::sync::watch::channel(None);
-    if let Some(update) = settings.update.clone() {
-        let follower = UpdateFollower {
-            update,
-            state_dir: settings.state_dir.clone(),
-            server: settings
-                .upload
-                .as_ref()
-                .map(|u| (u.server.clone(), u.ca_file.clone())),
-            credentials: settings.mqtt.credentials.clone(),
-            link: handles.link.clone(),
-            reports: update_reports_tx,
-            outbox: outbox.clone(),
-            ready: outbox_ready.clone(),
-            telemetry: handles.telemetry.clone(),
-            clock: clock.clone(),
-        };
-        tokio::spawn(follow_updates(follower, update_orders_rx, shutdown.clone()));
-    }
     let (link_meters_tx, link_meters_rx) = mpsc::channel(METER_QUEUE);
     // Takes that bring their own watchdog rules (their schedule's policy):
     // kept by the job runner, followed by the watchdog.
@@ -203,6 +183,28 @@ pub async fn run(
     };
     if settings.realtime && !realtime.sched_fifo {
         tracing::warn!("SCHED_FIFO denied for the capture thread; running with normal scheduling");
+    }
+    let (update_orders_tx, update_orders_rx) = tokio::sync::watch::channel(None);
+    let (update_reports_tx, update_reports_rx) = tokio::sync::watch::channel(None);
+    // Started once capture runs: a trial commits only after it captured and reached
+    // the broker.
+    if let Some(update) = settings.update.clone() {
+        let follower = UpdateFollower {
+            update,
+            state_dir: settings.state_dir.clone(),
+            server: settings
+                .upload
+                .as_ref()
+                .map(|u| (u.server.clone(), u.ca_file.clone())),
+            credentials: settings.mqtt.credentials.clone(),
+            link: handles.link.clone(),
+            reports: update_reports_tx,
+            outbox: outbox.clone(),
+            ready: outbox_ready.clone(),
+            telemetry: handles.telemetry.clone(),
+            clock: clock.clone(),
+        };
+        tokio::spawn(follow_updates(follower, update_orders_rx, shutdown.clone()));
     }
     let stats = pipeline.stats.clone();
     let pipeline = Arc::new(pipeline);
@@ -742,8 +744,11 @@ async fn follow_updates(
             let update = follower.update.clone();
             let committed =
                 tokio::task::spawn_blocking(move || crate::update::commit_trial(&update)).await;
+            let committed = committed
+                .map_err(|e| e.to_string())
+                .and_then(|r| r.map_err(|e| e.to_string()));
             match committed {
-                Ok(Ok(slot)) => {
+                Ok(slot) => {
                     tracing::info!(%slot, "update committed: this slot boots from now on");
                     if let Some(step) =
                         follower.next_step(&kept, UpdatePhase::Committed, String::new())
@@ -751,23 +756,64 @@ async fn follow_updates(
                         follower.report(step).await;
                     }
                 }
-                Ok(Err(e)) => tracing::error!(error = %e, "cannot commit the running trial"),
-                Err(e) => tracing::error!(error = %e, "commit task failed"),
+                Err(why) => {
+                    tracing::error!(error = %why, "cannot commit the running trial");
+                    let detail = format!(
+                        "running the new image but cannot commit it ({why}); the next reboot goes back"
+                    );
+                    if let Some(step) = follower.next_step(&kept, UpdatePhase::Failed, detail) {
+                        follower.report(step).await;
+                    }
+                }
             }
         }
         Ok(Ok(state)) => {
-            tracing::info!(?state, "A/B boot state");
-            // Rebooting was announced but the system came back on the old slot without
-            // a trial: the reboot did not happen, or the bootloader never took it.
-            if kept
-                .as_ref()
-                .is_some_and(|r| r.phase == UpdatePhase::Rebooting)
-                && matches!(state, BootAssessment::Committed(_))
-            {
-                let detail = "the node restarted without trying the new image".to_owned();
-                if let Some(step) = follower.next_step(&kept, UpdatePhase::Failed, detail) {
-                    follower.report(step).await;
+            tracing::info!(%state, "A/B boot state");
+            // A step kept from before the restart that is not final, on a system that
+            // is not on trial: what became of it.
+            let reconciled = match (kept.as_ref().map(|r| r.phase), state) {
+                (
+                    Some(UpdatePhase::Installing | UpdatePhase::Checking),
+                    BootAssessment::Committed(_),
+                ) => Some((
+                    UpdatePhase::Failed,
+                    "the agent stopped during the install; nothing was staged: order it again",
+                )),
+                (
+                    Some(UpdatePhase::Installing | UpdatePhase::Checking | UpdatePhase::Rebooting),
+                    BootAssessment::Staged { .. },
+                ) => {
+                    // Staged, but the reboot never came: a failed step changes nothing
+                    // that boots.
+                    let update = follower.update.clone();
+                    let unstaged =
+                        tokio::task::spawn_blocking(move || crate::update::unstage(&update)).await;
+                    Some(if matches!(unstaged, Ok(Ok(()))) {
+                        (
+                            UpdatePhase::Failed,
+                            "the agent restarted before rebooting into the image; it was unstaged: order it again",
+                        )
+                    } else {
+                        (
+                            UpdatePhase::Rebooting,
+                            "the agent restarted before rebooting; the image is tried at the next reboot",
+                        )
+                    })
                 }
+                (Some(UpdatePhase::Rebooting), BootAssessment::Committed(_)) => Some((
+                    UpdatePhase::Failed,
+                    "the node restarted without trying the new image",
+                )),
+                // Committed before the restart, its report not kept (or by hand).
+                (Some(UpdatePhase::Trial), BootAssessment::Committed(_)) => {
+                    Some((UpdatePhase::Committed, ""))
+                }
+                _ => None,
+            };
+            if let Some((phase, detail)) = reconciled
+                && let Some(step) = follower.next_step(&kept, phase, detail.to_owned())
+            {
+                follower.report(step).await;
             }
         }
         Ok(Err(e)) => tracing::error!(error = %e, "cannot read the A/B boot state"),
@@ -786,16 +832,20 @@ async fn follow_updates(
             continue;
         }
         acted_on = Some(order.update_id);
-        install_ordered(&follower, order, &shutdown).await;
+        if install_ordered(&follower, order, &shutdown).await {
+            // The system is going down into the new image; no other order now.
+            return;
+        }
     }
 }
 
-/// Installs one ordered image, reporting each step, and reboots into it.
+/// Installs one ordered image, reporting each step, and reboots into it; whether the
+/// reboot was started (then no further order is taken).
 async fn install_ordered(
     follower: &UpdateFollower,
     order: rakkr_protocol::update::UpdateOrder,
     shutdown: &CancellationToken,
-) {
+) -> bool {
     use rakkr_protocol::update::{UpdatePhase, UpdateReport};
     use rakkr_update::InstallProgress;
     let step = |phase, done_bytes, total_bytes, detail: String| UpdateReport {
@@ -821,7 +871,7 @@ async fn install_ordered(
         follower
             .report(step(UpdatePhase::Failed, 0, 0, why.into()))
             .await;
-        return;
+        return false;
     };
     follower
         .report(step(UpdatePhase::Installing, 0, order.size, String::new()))
@@ -834,6 +884,9 @@ async fn install_ordered(
             cancel.store(true, Ordering::Relaxed);
         })
     };
+    let url = format!("{base}/api/v1/node/images/{}", order.image);
+    let download =
+        crate::update::fetch_image(url, ca.as_deref(), (node, credential), shutdown.clone());
     let installed = {
         let (update, order, reports) = (
             follower.update.clone(),
@@ -842,14 +895,13 @@ async fn install_ordered(
         );
         let cancel = cancel.clone();
         tokio::task::spawn_blocking(move || {
+            let mut download = download?;
             // A report per whole percent of each pass: enough to watch, few messages.
             let mut shown = (UpdatePhase::Installing, 0u64);
-            crate::update::install_from_server(
+            crate::update::install_ordered_image(
                 &update,
                 &order,
-                &base,
-                ca.as_deref(),
-                (&node, &credential),
+                &mut download,
                 &cancel,
                 &mut |p| {
                     let (phase, done, total) = match p {
@@ -886,13 +938,13 @@ async fn install_ordered(
             follower
                 .report(step(UpdatePhase::Failed, 0, 0, e.to_string()))
                 .await;
-            return;
+            return false;
         }
         Err(e) => {
             follower
                 .report(step(UpdatePhase::Failed, 0, 0, e.to_string()))
                 .await;
-            return;
+            return false;
         }
     };
     tracing::warn!(version = %manifest.version, "update staged; rebooting into it");
@@ -912,13 +964,28 @@ async fn install_ordered(
         .await
     };
     match rebooted {
-        Ok(Ok(status)) if status.success() => {}
+        Ok(Ok(status)) if status.success() => true,
         other => {
-            let why = format!(
-                "staged, but the reboot command {command:?} failed ({other:?}); the image is tried at the next reboot"
-            );
+            // A failed step must change nothing that boots: the image is unstaged.
+            let update = follower.update.clone();
+            let unstaged =
+                tokio::task::spawn_blocking(move || crate::update::unstage(&update)).await;
+            let outcome = match other {
+                Ok(Ok(status)) => status.to_string(),
+                Ok(Err(e)) => e.to_string(),
+                Err(e) => e.to_string(),
+            };
+            let why = match unstaged {
+                Ok(Ok(())) => format!(
+                    "the reboot command {command:?} failed ({outcome}); the image was unstaged: order it again"
+                ),
+                _ => format!(
+                    "the reboot command {command:?} failed ({outcome}) and the image could not be unstaged: it is tried at the next reboot"
+                ),
+            };
             tracing::error!(%why, "reboot failed");
             follower.report(step(UpdatePhase::Failed, 0, 0, why)).await;
+            false
         }
     }
 }

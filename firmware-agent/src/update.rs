@@ -33,10 +33,20 @@ pub enum UpdateFailure {
         "{0} names no booted slot (rakkr.slot=a or b): this system was not started by the A/B boot script"
     )]
     NoBootedSlot(PathBuf),
-    #[error("nothing to commit: {0:?}")]
+    #[error("nothing to commit: {0}")]
     NotOnTrial(BootAssessment),
     #[error("cannot fetch the image: {0}")]
     Download(String),
+    #[error(
+        "the order says version {ordered} of {ordered_size} bytes, the image's signature \
+         says {signed} of {signed_size}: refused"
+    )]
+    OrderMismatch {
+        ordered: String,
+        ordered_size: u64,
+        signed: String,
+        signed_size: u64,
+    },
 }
 
 impl UpdateSettings {
@@ -132,17 +142,37 @@ pub fn commit_trial(settings: &UpdateSettings) -> Result<Slot, UpdateFailure> {
     }
 }
 
-/// At start: forgets a trial that rolled back (so the next install may use its slot and
-/// the report is made once), and says what the last boot was.
+/// At start: says what the last boot was, and tidies the boot environment for it. A
+/// trial that rolled back is forgotten (so the next install may use its slot, and the
+/// report is made once); a trial booted while the bootloader could not clear its flag
+/// gets the flag cleared now, so a hang does not boot it again and again. A failure to
+/// write the environment is logged, not returned: what happened is still reported.
 pub fn settle_after_boot(settings: &UpdateSettings) -> Result<BootAssessment, UpdateFailure> {
     let booted = settings.booted_slot()?;
     let store = settings.boot_env();
     let env = store.load()?;
     let assessment = env.assess(booted);
-    if let BootAssessment::RolledBack { .. } = assessment {
-        store.store(&env.without_trial())?;
+    let tidied = match assessment {
+        BootAssessment::RolledBack { .. } => Some(env.without_trial()),
+        BootAssessment::Trial(_) if env.trial_pending => Some(env.trial_booted()),
+        _ => None,
+    };
+    if let Some(tidied) = tidied
+        && let Err(e) = store.store(&tidied)
+    {
+        tracing::error!(error = %e, %assessment, "cannot write the boot environment");
     }
     Ok(assessment)
+}
+
+/// Forgets a staged trial (after the reboot into it could not be started).
+pub fn unstage(settings: &UpdateSettings) -> Result<(), UpdateFailure> {
+    let store = settings.boot_env();
+    let env = store.load()?;
+    if env.trial_pending {
+        store.store(&env.without_trial())?;
+    }
+    Ok(())
 }
 
 /// Reads a small text file, refusing one larger than `max` bytes.
@@ -166,47 +196,122 @@ fn read(path: &Path, max: usize) -> Result<String, UpdateFailure> {
     Ok(text)
 }
 
-/// The image of `order` from the fleet server at `base` (`/api/v1/node/images/{image}`,
-/// HTTP Basic with the node's credential, trusting only `ca`), streamed into the slot not
-/// running and staged, as [`install_file`] does with a local file.
-pub fn install_from_server(
+/// Installs the image of `order`, read from `image` (the server's download), into the
+/// slot not running and stages it. The order must name the version and size the
+/// image's signature names: reports then carry a version the signature vouches for.
+pub fn install_ordered_image(
     settings: &UpdateSettings,
     order: &rakkr_protocol::update::UpdateOrder,
-    base: &str,
-    ca: Option<&Path>,
-    (node, credential): (&str, &str),
+    image: &mut dyn std::io::Read,
     cancel: &AtomicBool,
     progress: &mut dyn FnMut(InstallProgress),
 ) -> Result<ImageManifest, UpdateFailure> {
     let signature = ImageSignature::parse(&order.signature)?;
+    let signed = signature.manifest();
+    if signed.version != order.version || signed.size != order.size {
+        return Err(UpdateFailure::OrderMismatch {
+            ordered: order.version.clone(),
+            ordered_size: order.size,
+            signed: signed.version.clone(),
+            signed_size: signed.size,
+        });
+    }
+    install_into_other_slot(settings, &signature, image, cancel, progress)
+}
+
+/// How long an image download may move no byte before it is given up.
+pub const DOWNLOAD_STALL: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Chunks of a download on their way to the installer's thread.
+const DOWNLOAD_QUEUE: usize = 8;
+
+/// The installer's end of a download: a blocking [`std::io::Read`] over the chunks an
+/// async task fetches ([`fetch_image`]). An error from the fetch is a read error; the
+/// fetch ending is the end of the image.
+#[derive(Debug)]
+pub struct DownloadReader {
+    chunks: tokio::sync::mpsc::Receiver<Result<bytes::Bytes, String>>,
+    current: bytes::Bytes,
+}
+
+impl std::io::Read for DownloadReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while self.current.is_empty() {
+            match self.chunks.blocking_recv() {
+                Some(Ok(chunk)) => self.current = chunk,
+                Some(Err(why)) => return Err(std::io::Error::other(why)),
+                None => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.current.len());
+        buf[..n].copy_from_slice(&self.current.split_to(n));
+        Ok(n)
+    }
+}
+
+/// Starts fetching `url` (HTTP Basic with the node's credential, trusting only `ca`);
+/// the installer reads it through the returned reader. A download that moves no byte
+/// for [`DOWNLOAD_STALL`], fails, or is cancelled by `shutdown` ends in a read error.
+pub fn fetch_image(
+    url: String,
+    ca: Option<&Path>,
+    (node, credential): (String, String),
+    shutdown: tokio_util::sync::CancellationToken,
+) -> Result<DownloadReader, UpdateFailure> {
     let download = |e: &dyn std::fmt::Display| UpdateFailure::Download(e.to_string());
-    // A whole-request limit, so a download that stalls ends: a minute plus the image at
-    // 100 kB/s (about 3 hours per GB) covers slow links.
-    let limit = std::time::Duration::from_secs(60 + order.size / 100_000);
-    let mut builder = reqwest::blocking::Client::builder()
-        .connect_timeout(std::time::Duration::from_secs(10))
-        .timeout(limit);
+    let mut builder =
+        reqwest::Client::builder().connect_timeout(std::time::Duration::from_secs(10));
     if let Some(tls) = crate::upload::server_tls(ca).map_err(|e| download(&e))? {
         builder = builder.use_preconfigured_tls(tls);
     }
     let client = builder.build().map_err(|e| download(&e))?;
-    let url = format!("{base}/api/v1/node/images/{}", order.image);
-    let mut response = client
-        .get(&url)
-        .basic_auth(node, Some(credential))
-        .send()
-        .map_err(|e| download(&e))?;
-    if !response.status().is_success() {
-        let status = response.status();
-        let body: String = response
-            .text()
-            .unwrap_or_default()
-            .chars()
-            .take(300)
-            .collect();
-        return Err(UpdateFailure::Download(format!("{url}: {status} {body}")));
-    }
-    install_into_other_slot(settings, &signature, &mut response, cancel, progress)
+    let (tx, rx) = tokio::sync::mpsc::channel(DOWNLOAD_QUEUE);
+    tokio::spawn(async move {
+        let fetched = async {
+            let mut response = tokio::time::timeout(
+                DOWNLOAD_STALL,
+                client.get(&url).basic_auth(&node, Some(&credential)).send(),
+            )
+            .await
+            .map_err(|_| format!("{url}: no answer in {DOWNLOAD_STALL:?}"))?
+            .map_err(|e| format!("{url}: {e}"))?;
+            if !response.status().is_success() {
+                let status = response.status();
+                // A few hundred bytes of the answer say why; no more is read.
+                let mut why = String::new();
+                if let Ok(Ok(Some(chunk))) =
+                    tokio::time::timeout(DOWNLOAD_STALL, response.chunk()).await
+                {
+                    why = String::from_utf8_lossy(&chunk[..chunk.len().min(300)]).into_owned();
+                }
+                return Err(format!("{url}: {status} {why}"));
+            }
+            loop {
+                match tokio::time::timeout(DOWNLOAD_STALL, response.chunk()).await {
+                    Err(_) => return Err(format!("{url}: no byte for {DOWNLOAD_STALL:?}")),
+                    Ok(Err(e)) => return Err(format!("{url}: {e}")),
+                    Ok(Ok(None)) => return Ok(()),
+                    Ok(Ok(Some(chunk))) => {
+                        if tx.send(Ok(chunk)).await.is_err() {
+                            // The installer stopped reading (it failed or finished).
+                            return Ok(());
+                        }
+                    }
+                }
+            }
+        };
+        let outcome = tokio::select! {
+            outcome = fetched => outcome,
+            _ = shutdown.cancelled() => Err("the agent is stopping".to_owned()),
+        };
+        if let Err(why) = outcome {
+            let _ = tx.send(Err(why)).await;
+        }
+    });
+    Ok(DownloadReader {
+        chunks: rx,
+        current: bytes::Bytes::new(),
+    })
 }
 
 /// Where the node's latest update step is kept across reboots.
@@ -231,4 +336,76 @@ pub fn save_report(
     file.sync_all()?;
     std::fs::rename(&tmp, &path)?;
     std::fs::File::open(state_dir)?.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rakkr_update::BootEnv;
+
+    fn settings(dir: &Path, booted: &str) -> UpdateSettings {
+        std::fs::write(dir.join("cmdline"), format!("ro rakkr.slot={booted}\n")).unwrap();
+        UpdateSettings {
+            public_key: rakkr_update::PublicKey::parse(
+                "RWR65r76Y9WgHPHfaA7SfiQXZVyv60hVaUEAJI8+HI/+SOxBnqZed9+W",
+            )
+            .unwrap(),
+            target: "x86_64".into(),
+            boot_env: dir.join("grubenv"),
+            slot_a: dir.join("root-a"),
+            slot_b: dir.join("root-b"),
+            cmdline: dir.join("cmdline"),
+            reboot_command: vec!["true".into()],
+        }
+    }
+
+    #[test]
+    fn a_trial_booted_with_its_flag_still_set_is_not_booted_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = settings(dir.path(), "b");
+        let env = s.boot_env();
+        env.create(Slot::A).unwrap();
+        // The bootloader booted B but could not clear the flag.
+        env.store(&BootEnv::new(Slot::A).staged(Slot::B)).unwrap();
+        assert_eq!(
+            settle_after_boot(&s).unwrap(),
+            BootAssessment::Trial(Slot::B)
+        );
+        let after = env.load().unwrap();
+        assert_eq!((after.trial, after.trial_pending), (Some(Slot::B), false));
+        // A reboot now, before the commit, goes back to A.
+        assert_eq!(
+            after.assess(Slot::A),
+            BootAssessment::RolledBack {
+                failed: Slot::B,
+                running: Slot::A
+            }
+        );
+    }
+
+    #[test]
+    fn an_order_must_name_what_the_signature_names() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = settings(dir.path(), "a");
+        let signature = "untrusted comment: signature from minisign secret key\n\
+            RUTwtBMSZ5L69spvl3ceqfbiWNiKUgfV5Xci8QoFmRNTk5ovaypFenzl+U0y7GDdYHr2uIio3a4pIBOmntnxT04CdevZVKc97AI=\n\
+            trusted comment: rakkr-image version=1.4.0 target=x86_64 size=10\n\
+            p30WVoWDSbFdgfJ0CIA+GfMb1ZlTus+yQ1oIEmuCX/jFPLGbZ1D7SfMCNxNmd5uehSB65tAwwoqG/r4JH58vCw==\n";
+        let order = rakkr_protocol::update::UpdateOrder {
+            update_id: rakkr_protocol::UpdateId::from_u128(1),
+            image: "rootfs.img".into(),
+            version: "9.9.9".into(),
+            size: 10,
+            signature: signature.into(),
+        };
+        let err = install_ordered_image(
+            &s,
+            &order,
+            &mut &b"0123456789"[..],
+            &AtomicBool::new(false),
+            &mut |_| {},
+        )
+        .unwrap_err();
+        assert!(matches!(err, UpdateFailure::OrderMismatch { .. }), "{err}");
+    }
 }

@@ -279,7 +279,9 @@ pub fn nodes_panel(view: &FleetView<'_>) -> Markup {
 pub fn update_step(u: &rakkr_protocol::update::UpdateReport) -> String {
     let mut text = format!("{} {}", u.phase.as_str().replace('_', " "), u.version);
     if u.total_bytes > 0 && u.phase.in_progress() && u.done_bytes < u.total_bytes {
-        text.push_str(&format!(": {} %", u.done_bytes * 100 / u.total_bytes));
+        // Numbers from the node: computed wide, so no value overflows.
+        let percent = u128::from(u.done_bytes) * 100 / u128::from(u.total_bytes);
+        text.push_str(&format!(": {percent} %"));
     }
     if !u.detail.is_empty() {
         text.push_str(&format!(" ({})", u.detail));

@@ -119,6 +119,13 @@ impl Appliance {
         Ok(())
     }
 
+    /// Changes the agent's configuration text (for the next start).
+    fn reconfigure(&self, from: &str, to: &str) -> Result<()> {
+        let text = std::fs::read_to_string(&self.config)?;
+        assert!(text.contains(from), "{from} not in {text}");
+        Ok(std::fs::write(&self.config, text.replace(from, to))?)
+    }
+
     fn env(&self) -> Result<String> {
         run(Command::new("grub-editenv").arg(&self.grubenv).arg("list"))
     }
@@ -396,4 +403,86 @@ fn order_as(server: &Server, user: &Operator, node: &str, image: &str) -> Result
         .json(&serde_json::json!({ "image": image }))
         .send()?;
     Ok(response.status().as_u16())
+}
+
+#[test]
+fn an_image_that_cannot_be_fetched_or_rebooted_into_is_reported_failed_and_nothing_boots_it()
+-> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let work = dir.path();
+    let data = work.join("data");
+    let server = Server::start(work, &data)?;
+    let node = "upd-3";
+    let appliance = Appliance::new(work, &server, node)?;
+    let image = appliance.image("3.0.0", 1_500_000)?;
+    let images = data.join("images");
+    std::fs::create_dir_all(&images)?;
+    std::fs::copy(&image, images.join("rootfs-3.0.0.img"))?;
+    std::fs::copy(
+        image.with_file_name("rootfs-3.0.0.img.minisig"),
+        images.join("rootfs-3.0.0.img.minisig"),
+    )?;
+    let order = || {
+        server.post(
+            &format!("/api/v1/nodes/{node}/update"),
+            &serde_json::json!({ "image": "rootfs-3.0.0.img" }),
+        )
+    };
+    let env_before = appliance.env()?;
+
+    // The node's idea of the server is wrong: the download fails, with the reason.
+    let right = server.url("").trim_end_matches('/').to_owned();
+    let port = free_port();
+    appliance.reconfigure(&right, &format!("http://127.0.0.1:{port}"))?;
+    let agent = Agent::start_for(work, &server, node, &appliance.config, &[])?;
+    wait_for("node online", Duration::from_secs(20), || {
+        (server.presence(node).as_deref() == Some("online")).then_some(())
+    })?;
+    let (code, first) = order()?;
+    assert_eq!(code, 202, "{first}");
+    let failed = wait_for("download failure", Duration::from_secs(30), || {
+        update_of(&server, node).filter(|u| u["phase"] == "failed")
+    })?;
+    assert!(
+        failed["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains(&format!("127.0.0.1:{port}"))),
+        "{failed}"
+    );
+    assert_eq!(appliance.env()?, env_before);
+    drop(agent);
+
+    // Now the download works but the reboot command fails: the image is unstaged.
+    appliance.reconfigure(&format!("http://127.0.0.1:{port}"), &right)?;
+    appliance.reconfigure(
+        "[\"sh\", \"-c\", \"echo reboot",
+        "[\"sh\", \"-c\", \"exit 3; echo reboot",
+    )?;
+    let agent = Agent::start_for(work, &server, node, &appliance.config, &[])?;
+    // The old order, still retained, is not tried again after the restart…
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        update_of(&server, node).map(|u| u["update_id"].clone()),
+        Some(first["update_id"].clone())
+    );
+    // …a new one is.
+    let (code, second) = order()?;
+    assert_eq!(code, 202, "{second}");
+    let failed = wait_for("reboot failure", Duration::from_secs(60), || {
+        update_of(&server, node)
+            .filter(|u| u["phase"] == "failed" && u["update_id"] == second["update_id"])
+    })?;
+    let detail = failed["detail"].as_str().unwrap_or_default();
+    assert!(
+        detail.contains("reboot command") && detail.contains("unstaged"),
+        "{failed}"
+    );
+    assert!(appliance.env_has("rakkr_trial=") && appliance.env_has("rakkr_default=a"));
+    let (_, status, _) = appliance.update(&["status"])?;
+    assert!(
+        status.contains("booted slot a; committed: slot a"),
+        "{status}"
+    );
+    drop(agent);
+    Ok(())
 }

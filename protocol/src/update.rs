@@ -7,8 +7,9 @@
 //! `nodes/{node}/update`, so the latest state survives the node's reboot.
 //!
 //! Invariants: one order per node at a time (a new order replaces the old one); a node
-//! acts on an order once (it keeps the ids it has acted on), and never on an order whose
-//! image is not signed by its release key.
+//! acts on an order once (it keeps the id of the latest order it acted on, with that
+//! order's latest step), and never on an order whose image is not signed by its release
+//! key or whose version and size are not the ones the signature names.
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};

@@ -77,8 +77,8 @@ pub struct BootEnv {
     /// Whether the trial is still to be booted (the boot script clears it as it boots
     /// the trial, so a trial that does not come up is not booted again).
     pub trial_pending: bool,
-    /// Other variables of the environment block, kept as they were (raw `key=value`).
-    others: Vec<String>,
+    /// Other variables of the environment block, kept byte for byte (raw `key=value`).
+    others: Vec<Vec<u8>>,
 }
 
 /// What the last boot was, read from the boot environment and the booted slot.
@@ -92,6 +92,25 @@ pub enum BootAssessment {
     Trial(Slot),
     /// The trial of `failed` did not come up and the bootloader fell back to `running`.
     RolledBack { failed: Slot, running: Slot },
+}
+
+impl std::fmt::Display for BootAssessment {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BootAssessment::Committed(slot) => write!(f, "committed: slot {slot}"),
+            BootAssessment::Staged { next } => {
+                write!(f, "staged: slot {next} is tried at the next boot")
+            }
+            BootAssessment::Trial(slot) => write!(
+                f,
+                "trial: slot {slot} runs uncommitted; a reboot before the commit goes back"
+            ),
+            BootAssessment::RolledBack { failed, running } => write!(
+                f,
+                "rolled back: the trial of slot {failed} failed; running slot {running}"
+            ),
+        }
+    }
 }
 
 impl BootEnv {
@@ -143,6 +162,14 @@ impl BootEnv {
     pub fn without_trial(&self) -> Self {
         self.committed(self.default)
     }
+
+    /// The environment after the trial was booted: not booted again, whatever happens.
+    pub fn trial_booted(&self) -> Self {
+        BootEnv {
+            trial_pending: false,
+            ..self.clone()
+        }
+    }
 }
 
 /// Where the boot environment lives: the IO edge, so tests can inject failures.
@@ -191,10 +218,11 @@ impl GrubEnvFile {
             .strip_prefix(GRUB_HEADER.as_bytes())
             .ok_or_else(|| self.invalid("not a GRUB environment block (bad header)"))?;
         let (mut default, mut trial, mut tries, mut others) = (None, None, None, Vec::new());
-        for line in grub_lines(body) {
-            if line.is_empty() || line.starts_with('#') {
+        for raw in grub_lines(body) {
+            if raw.is_empty() || raw.starts_with(b"#") {
                 continue;
             }
+            let line = String::from_utf8_lossy(&raw);
             let (key, value) = line
                 .split_once('=')
                 .ok_or_else(|| self.invalid(format!("line {line:?} is not key=value")))?;
@@ -206,7 +234,7 @@ impl GrubEnvFile {
                 KEY_TRIAL if value.is_empty() => trial = None,
                 KEY_TRIAL => trial = Some(slot_value(value)?),
                 KEY_TRIES => tries = Some(value.to_owned()),
-                _ => others.push(line),
+                _ => others.push(raw),
             }
         }
         let default = default.ok_or_else(|| self.invalid(format!("no {KEY_DEFAULT}")))?;
@@ -214,7 +242,10 @@ impl GrubEnvFile {
             (None, _) => false,
             (Some(_), Some("1")) => true,
             (Some(_), Some("0")) => false,
-            (Some(_), other) => {
+            (Some(_), None) => {
+                return Err(self.invalid(format!("{KEY_TRIAL} is set but {KEY_TRIES} is missing")));
+            }
+            (Some(_), Some(other)) => {
                 return Err(self.invalid(format!("{KEY_TRIES}={other:?} is not 0 or 1")));
             }
         };
@@ -231,7 +262,7 @@ impl GrubEnvFile {
         out.extend_from_slice(GRUB_HEADER.as_bytes());
         out.extend_from_slice(GRUB_WARNING.as_bytes());
         for line in &env.others {
-            out.extend_from_slice(line.as_bytes());
+            out.extend_from_slice(line);
             out.push(b'\n');
         }
         let trial = env.trial.map_or("", Slot::as_str);
@@ -302,7 +333,7 @@ impl BootEnvStore for GrubEnvFile {
 /// Splits a block body into lines, a backslash escaping the byte after it (newline
 /// included). Lines are returned raw (escapes kept), so other tools' variables are
 /// written back byte for byte.
-fn grub_lines(body: &[u8]) -> Vec<String> {
+fn grub_lines(body: &[u8]) -> Vec<Vec<u8>> {
     let mut lines = Vec::new();
     let mut start = 0;
     let mut i = 0;
@@ -310,7 +341,7 @@ fn grub_lines(body: &[u8]) -> Vec<String> {
         match body[i] {
             b'\\' => i += 2,
             b'\n' => {
-                lines.push(String::from_utf8_lossy(&body[start..i]).into_owned());
+                lines.push(body[start..i].to_vec());
                 i += 1;
                 start = i;
             }
@@ -318,7 +349,7 @@ fn grub_lines(body: &[u8]) -> Vec<String> {
         }
     }
     if start < body.len() {
-        lines.push(String::from_utf8_lossy(&body[start..body.len().min(i)]).into_owned());
+        lines.push(body[start..body.len().min(i)].to_vec());
     }
     lines
 }
@@ -378,7 +409,8 @@ mod tests {
         assert_eq!(file.load().unwrap(), BootEnv::new(Slot::A));
         let mut block = std::fs::read(file.path()).unwrap();
         let at = GRUB_HEADER.len() + GRUB_WARNING.len();
-        let extra = b"saved_entry=rakkr\\\nx\n";
+        // Another tool's variable: an escaped newline and bytes that are not UTF-8.
+        let extra = b"saved_entry=rakkr\\\nx\xff\n";
         block.splice(at..at, extra.iter().copied());
         block.truncate(1024);
         std::fs::write(file.path(), &block).unwrap();

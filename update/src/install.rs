@@ -24,13 +24,33 @@ pub struct SlotDevice {
 }
 
 impl SlotDevice {
-    /// Opens the slot for [`install`]: read and write, never created or truncated.
+    /// Opens the slot for [`install`]: read and write, never created or truncated. A
+    /// block device is opened exclusively (Linux refuses `O_EXCL` on a mounted one), and
+    /// the file is locked for as long as it is open, so two installs never write one slot.
     pub fn open(&self) -> Result<File, UpdateError> {
-        OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(&self.path)
-            .map_err(|e| UpdateError::io("open slot", &self.path, e))
+        use std::os::unix::fs::{FileTypeExt as _, OpenOptionsExt as _};
+        let busy = || UpdateError::Busy {
+            slot: self.slot,
+            path: self.path.clone(),
+        };
+        let block = std::fs::metadata(&self.path)
+            .map(|m| m.file_type().is_block_device())
+            .map_err(|e| UpdateError::io("open slot", &self.path, e))?;
+        let mut options = OpenOptions::new();
+        options.read(true).write(true);
+        if block {
+            options.custom_flags(rustix::fs::OFlags::EXCL.bits() as i32);
+        }
+        let file = options.open(&self.path).map_err(|e| {
+            if e.raw_os_error() == Some(rustix::io::Errno::BUSY.raw_os_error()) {
+                busy()
+            } else {
+                UpdateError::io("open slot", &self.path, e)
+            }
+        })?;
+        rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive)
+            .map_err(|_| busy())?;
+        Ok(file)
     }
 }
 
@@ -114,13 +134,9 @@ pub fn install(
     let env = request.boot_env.load()?;
     if env.default == slot {
         // Running an uncommitted trial: the slot to write is the fallback.
-        return Err(UpdateError::BootEnv {
-            path: request.device.path.clone(),
-            reason: format!(
-                "slot {slot} is the committed fallback while slot {} runs on trial; \
-                 commit or roll back first",
-                request.booted
-            ),
+        return Err(UpdateError::FallbackSlot {
+            slot,
+            running: request.booted,
         });
     }
     if env.trial == Some(slot) {
@@ -176,6 +192,14 @@ pub fn install(
     device.drop_cache(total);
 
     read_back(request, device, &mut buf, progress)?;
+    // Stage on the environment as it is now, not as it was minutes ago.
+    let env = request.boot_env.load()?;
+    if env.default == slot {
+        return Err(UpdateError::FallbackSlot {
+            slot,
+            running: request.booted,
+        });
+    }
     request.boot_env.store(&env.staged(slot))?;
     progress(InstallProgress::Staged);
     Ok(manifest.clone())

@@ -9,9 +9,15 @@
 //! # Invariants
 //! - The booted slot is never written. [`install`] refuses a target equal to the booted
 //!   slot, so a failed or interrupted install leaves a bootable system.
+//! - The slot the boot environment falls back to is never written either: while a trial
+//!   runs uncommitted, that is the slot it came from.
 //! - A slot is marked for a trial only after every byte written to it has been read back
-//!   from the device and the image's minisign signature verified over those bytes. Until
-//!   then the boot environment is untouched: a power cut mid-install boots the old slot.
+//!   from the device and the image's minisign signature verified over those bytes. Before
+//!   the first byte is written, a trial still pointing at the slot is cleared: a power
+//!   cut mid-install boots the running slot, never a half-written one.
+//! - One install at a time per slot: the slot is locked (`flock`) for the whole install,
+//!   and a block device is opened exclusively (`O_EXCL`), which Linux refuses for a
+//!   mounted one, so a configuration that names the running root fails before writing.
 //! - The signature covers the trusted comment, which carries the image's version, target
 //!   and size ([`ImageManifest`]): nothing about the image is believed before the
 //!   signature is checked, and the size only bounds how much is read.
@@ -44,7 +50,8 @@ pub use install::{CHUNK, InstallProgress, InstallRequest, SlotDevice, SlotMedium
 use std::path::PathBuf;
 
 /// Why an update could not be installed or the boot environment not be read or written.
-/// Whatever the error, the booted slot and the boot environment are as they were.
+/// Whatever the error, the booted slot is as it was and the boot environment does not
+/// point at a slot that was written.
 #[derive(Debug, thiserror::Error)]
 pub enum UpdateError {
     #[error("public key: {0}")]
@@ -65,6 +72,13 @@ pub enum UpdateError {
     },
     #[error("slot {0} is the one running: an update goes to the other slot")]
     BootedSlot(Slot),
+    #[error(
+        "slot {slot} is the one the boot environment falls back to while slot {running} runs \
+         uncommitted: commit the running slot (`rakkr-agent update commit`) or reboot first"
+    )]
+    FallbackSlot { slot: Slot, running: Slot },
+    #[error("slot {slot} ({path}) is busy: another install holds it, or it is mounted")]
+    Busy { slot: Slot, path: PathBuf },
     #[error("the image ended after {got} of {expected} bytes")]
     Truncated { expected: u64, got: u64 },
     #[error("the image has more than the {expected} bytes its signature names")]

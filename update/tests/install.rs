@@ -347,8 +347,21 @@ fn a_running_trial_must_commit_before_its_fallback_is_overwritten() {
         ..app.request(&sig, &app.slot_a)
     };
     let (result, _) = app.install(&request, &image);
-    let err = result.unwrap_err().to_string();
-    assert!(err.contains("commit or roll back first"), "{err}");
+    let err = result.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            UpdateError::FallbackSlot {
+                slot: Slot::A,
+                running: Slot::B
+            }
+        ),
+        "{err}"
+    );
+    assert!(
+        err.to_string().contains("rakkr-agent update commit"),
+        "{err}"
+    );
     assert!(app.slot_bytes(&app.slot_a).iter().all(|&b| b == 0xA5));
 }
 
@@ -441,4 +454,17 @@ fn a_boot_environment_that_cannot_be_written_fails_the_install() {
     assert!(err.contains("read-only file system"), "{err}");
     assert!(!progress.contains(&InstallProgress::Staged));
     assert_eq!(app.grub_list(), before);
+}
+
+#[test]
+fn a_slot_another_install_holds_is_busy() {
+    let app = Appliance::new();
+    let held = app.slot_b.open().unwrap();
+    let err = app.slot_b.open().unwrap_err();
+    assert!(
+        matches!(err, UpdateError::Busy { slot: Slot::B, .. }),
+        "{err}"
+    );
+    drop(held);
+    assert!(app.slot_b.open().is_ok());
 }
