@@ -145,6 +145,8 @@ pub struct AppState {
     pub uploads: Arc<crate::uploads::Uploads>,
     /// A/B images and their signatures (`crate::updates`).
     pub images_dir: std::path::PathBuf,
+    /// Wakes the update order sync (an order was stored).
+    pub update_sync: Arc<tokio::sync::Notify>,
 }
 
 #[derive(Debug)]

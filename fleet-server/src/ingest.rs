@@ -443,6 +443,16 @@ async fn publish_outbound(
                 jobs::Outbound::Update(node, order) => {
                     publish_retained(&client, &*clock, &node, Command::Update, order).await;
                 }
+                jobs::Outbound::ClearUpdate(node) => {
+                    // An empty retained message removes the retained order.
+                    let topic = Topic::command(&node, Command::Update).to_string();
+                    if let Err(e) = client
+                        .publish(topic, QoS::AtLeastOnce, true, Vec::new())
+                        .await
+                    {
+                        tracing::warn!(node = %node, error = %e, "cannot clear the update order");
+                    }
+                }
                 jobs::Outbound::Command(node, command) => {
                     let topic = Topic::command(&node, Command::Jobs).to_string();
                     let payload =

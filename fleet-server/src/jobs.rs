@@ -106,6 +106,8 @@ pub enum Outbound {
     Retention(NodeId, rakkr_protocol::retention::NodeRetention),
     /// An A/B image update to install (retained).
     Update(NodeId, rakkr_protocol::update::UpdateOrder),
+    /// The node finished its update: its retained order is cleared.
+    ClearUpdate(NodeId),
 }
 
 /// The sending side of the command queue, shared by the desk and the API.

@@ -456,6 +456,14 @@ impl RunningServer {
             clock.clone(),
             shutdown.clone(),
         ));
+        let update_sync = Arc::new(tokio::sync::Notify::new());
+        tasks.spawn(updates::run_sync(
+            store.clone(),
+            fleet.clone(),
+            commands.clone(),
+            update_sync.clone(),
+            shutdown.clone(),
+        ));
         tasks.spawn(policy_sync::run(
             watchdog_policies.clone(),
             retention_policies.clone(),
@@ -522,6 +530,7 @@ impl RunningServer {
             delivery_policies,
             delivery_wake,
             images_dir: updates::images_dir(&settings.data_dir),
+            update_sync,
         });
         let mut https_addr = None;
         if let (Some(addr), Some(tls)) = (settings.https_addr, &server_tls) {

@@ -7,9 +7,13 @@
 //! never names an image that is not all there; the cryptographic check is the node's,
 //! against its own release key, before anything it downloaded can boot.
 //!
-//! An order is retained on the node's `cmd/update` (a node offline now finds it when it
-//! connects). The node reports its steps on `nodes/{node}/update`; the console shows a
-//! node whose latest step is not final as `updating`.
+//! An order is kept in the store until the node reports it final, and sent retained on
+//! the node's `cmd/update` by [`run_sync`]: a node offline now finds it when it connects,
+//! also after the server restarted (the embedded broker forgets retained messages). Once
+//! the node reports the order's final step, the order is forgotten and its retained
+//! message cleared, so a node re-imaged with an empty state directory never sees it again.
+//! The node reports its steps on `nodes/{node}/update`; the console shows a node whose
+//! latest step is not final as `updating`.
 
 use std::path::{Path, PathBuf};
 
@@ -134,15 +138,13 @@ pub async fn order_update(
         target,
         size: order.size,
     };
-    if !state
-        .commands
-        .try_send(crate::jobs::Outbound::Update(node.clone(), order))
-    {
-        return Err(problem(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "the command queue is full; try again",
-        ));
-    }
+    let (store, target_node) = (state.store.clone(), node.clone());
+    tokio::task::spawn_blocking(move || store.set_update_order(&target_node, Some(&order)))
+        .await
+        .map_err(|e| problem(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+        .map_err(|e| problem(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
+    // The sync runner sends it within a tick.
+    state.update_sync.notify_one();
     tracing::info!(%node, image = %answer.image, version = %answer.version, update = %answer.update_id, "update ordered");
     let change = AuditChange {
         target: Some(format!("node:{node}")),
@@ -167,6 +169,64 @@ pub async fn api_order_update(
     let Json(body) = body.map_err(|e| problem(e.status(), e.body_text()))?;
     let (answer, change) = order_update(&state, &node, body.image).await?;
     Ok(change.to((StatusCode::ACCEPTED, Json(answer)).into_response()))
+}
+
+/// How often the stored orders are compared with what was sent and what the nodes report.
+pub const SYNC_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Keeps every stored order sent (retained) until its node reports it final, then
+/// forgets it and clears its retained message. Runs until `shutdown`.
+pub async fn run_sync(
+    store: std::sync::Arc<dyn rakkr_store::Store>,
+    fleet: std::sync::Arc<crate::fleet::LiveFleet>,
+    commands: crate::jobs::Commands,
+    wake: std::sync::Arc<tokio::sync::Notify>,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
+    use crate::jobs::Outbound;
+    // Orders sent since this server started, by node: a restarted server sends all again.
+    let mut sent: std::collections::HashMap<NodeId, rakkr_protocol::UpdateId> =
+        std::collections::HashMap::new();
+    loop {
+        let orders = {
+            let store = store.clone();
+            tokio::task::spawn_blocking(move || store.update_orders()).await
+        };
+        match orders {
+            Ok(Ok(orders)) => {
+                for (node, order) in orders {
+                    let finished = fleet
+                        .node(&node)
+                        .and_then(|n| n.update)
+                        .is_some_and(|r| r.update_id == order.update_id && !r.phase.in_progress());
+                    if finished {
+                        let (store, done) = (store.clone(), node.clone());
+                        let forgotten = tokio::task::spawn_blocking(move || {
+                            store.set_update_order(&done, None)
+                        })
+                        .await;
+                        if matches!(forgotten, Ok(Ok(())))
+                            && commands.try_send(Outbound::ClearUpdate(node.clone()))
+                        {
+                            sent.remove(&node);
+                        }
+                    } else if sent.get(&node) != Some(&order.update_id) {
+                        let id = order.update_id;
+                        if commands.try_send(Outbound::Update(node.clone(), order)) {
+                            sent.insert(node, id);
+                        }
+                    }
+                }
+            }
+            Ok(Err(e)) => tracing::error!(error = %e, "cannot read the update orders"),
+            Err(e) => tracing::error!(error = %e, "update order task failed"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(SYNC_EVERY) => {}
+            _ = wake.notified() => {}
+            _ = shutdown.cancelled() => return,
+        }
+    }
 }
 
 /// Most images the node page offers.

@@ -96,6 +96,21 @@ impl Appliance {
         Ok(path)
     }
 
+    /// [`Appliance::image`], put in the server's images directory the way the release
+    /// process does: the image and its signature; the image's path and that directory.
+    fn release(&self, version: &str, len: usize, data: &Path) -> Result<(PathBuf, PathBuf)> {
+        let image = self.image(version, len)?;
+        let images = data.join("images");
+        std::fs::create_dir_all(&images)?;
+        for name in [
+            format!("rootfs-{version}.img"),
+            format!("rootfs-{version}.img.minisig"),
+        ] {
+            std::fs::copy(image.with_file_name(&name), images.join(&name))?;
+        }
+        Ok((image, images))
+    }
+
     fn update(&self, args: &[&str]) -> Result<(bool, String, String)> {
         let config = self.config.to_str().context("path")?;
         let mut all = vec!["update", args[0], "--config", config];
@@ -243,14 +258,7 @@ fn the_server_orders_an_update_and_the_console_shows_the_node_updating_until_it_
     })?;
 
     // The release process puts the image and its signature in the images directory.
-    let image = appliance.image("2.0.0", 3_000_000)?;
-    let images = data.join("images");
-    std::fs::create_dir_all(&images)?;
-    std::fs::copy(&image, images.join("rootfs-2.0.0.img"))?;
-    std::fs::copy(
-        image.with_file_name("rootfs-2.0.0.img.minisig"),
-        images.join("rootfs-2.0.0.img.minisig"),
-    )?;
+    let (image, images) = appliance.release("2.0.0", 3_000_000, &data)?;
 
     // Orders that cannot be carried out are refused before anything is sent.
     let order = |image: &str| {
@@ -414,14 +422,7 @@ fn an_image_that_cannot_be_fetched_or_rebooted_into_is_reported_failed_and_nothi
     let server = Server::start(work, &data)?;
     let node = "upd-3";
     let appliance = Appliance::new(work, &server, node)?;
-    let image = appliance.image("3.0.0", 1_500_000)?;
-    let images = data.join("images");
-    std::fs::create_dir_all(&images)?;
-    std::fs::copy(&image, images.join("rootfs-3.0.0.img"))?;
-    std::fs::copy(
-        image.with_file_name("rootfs-3.0.0.img.minisig"),
-        images.join("rootfs-3.0.0.img.minisig"),
-    )?;
+    appliance.release("3.0.0", 1_500_000, &data)?;
     let order = || {
         server.post(
             &format!("/api/v1/nodes/{node}/update"),
@@ -483,6 +484,67 @@ fn an_image_that_cannot_be_fetched_or_rebooted_into_is_reported_failed_and_nothi
         status.contains("booted slot a; committed: slot a"),
         "{status}"
     );
+    drop(agent);
+    Ok(())
+}
+
+#[test]
+fn an_order_for_an_offline_node_survives_a_server_restart_and_is_cleared_once_final() -> Result<()>
+{
+    let dir = tempfile::tempdir()?;
+    let work = dir.path();
+    let data = work.join("data");
+    let server = Server::start(work, &data)?;
+    let node = "upd-4";
+    let appliance = Appliance::new(work, &server, node)?;
+    // The node has been seen once, then goes away.
+    let agent = Agent::start_for(work, &server, node, &appliance.config, &[])?;
+    wait_for("node online", Duration::from_secs(20), || {
+        (server.presence(node).as_deref() == Some("online")).then_some(())
+    })?;
+    drop(agent);
+    appliance.release("4.0.0", 1_200_000, &data)?;
+    let (code, answer) = server.post(
+        &format!("/api/v1/nodes/{node}/update"),
+        &serde_json::json!({ "image": "rootfs-4.0.0.img" }),
+    )?;
+    assert_eq!(code, 202, "{answer}");
+
+    // The server restarts (its embedded broker forgets retained messages); the order
+    // is kept in the store and reaches the node when it connects.
+    let server = server.restart(work, false)?;
+    let topic = format!("rakkr/v1/nodes/{node}/cmd/update");
+    let retained =
+        MqttWatch::of(&server, &topic)?.wait_json(&topic, Duration::from_secs(15), |_| true)?;
+    assert_eq!(retained["update_id"], answer["update_id"], "{retained}");
+    let agent = Agent::start_for(work, &server, node, &appliance.config, &[])?;
+    wait_for("the reboot", Duration::from_secs(60), || {
+        std::fs::read_to_string(work.join("reboots"))
+            .ok()
+            .filter(|t| t.contains("reboot"))
+    })?;
+    drop(agent);
+    appliance.bootloader_takes_trial()?;
+    appliance.boot("b")?;
+    let agent = Agent::start_for(work, &server, node, &appliance.config, &[])?;
+    let done = wait_for("committed", Duration::from_secs(30), || {
+        update_of(&server, node).filter(|u| u["phase"] == "committed")
+    })?;
+    assert_eq!(done["update_id"], answer["update_id"]);
+
+    // Final: the order is forgotten and its retained message cleared, so a node whose
+    // state directory is wiped never sees it again.
+    wait_for(
+        "the retained order cleared",
+        Duration::from_secs(15),
+        || {
+            let mut watch = MqttWatch::of(&server, &topic).ok()?;
+            watch
+                .wait_json(&topic, Duration::from_secs(2), |_| true)
+                .is_err()
+                .then_some(())
+        },
+    )?;
     drop(agent);
     Ok(())
 }

@@ -94,6 +94,16 @@ pub trait Store: Send + Sync + 'static {
         policy: Option<&str>,
     ) -> Result<Option<String>>;
 
+    /// Every node's A/B update order not yet finished (decision 0019), in node order.
+    fn update_orders(&self) -> Result<Vec<(NodeId, rakkr_protocol::update::UpdateOrder)>>;
+
+    /// Keep `order` as `node`'s update order, replacing any other (None: forget it).
+    fn set_update_order(
+        &self,
+        node: &NodeId,
+        order: Option<&rakkr_protocol::update::UpdateOrder>,
+    ) -> Result<()>;
+
     /// Queue a new job. Refused ([`StoreError::Refused`]) when it would share
     /// a device channel with a job of the same node and device that holds
     /// its channels ([`JobState::occupies_channels`](rakkr_protocol::state::JobState::occupies_channels)).

@@ -124,6 +124,8 @@ fn node_policy_table(kind: NodePolicyKind) -> TableDefinition<'static, &'static 
         NodePolicyKind::Retention => NODE_RETENTION_POLICIES,
     }
 }
+/// node id → its A/B update order (JSON), until the node reports it final.
+const UPDATE_ORDERS: TableDefinition<&str, &[u8]> = TableDefinition::new("update_orders");
 const ISSUE_KEYS: TableDefinition<(&str, &str, &str), u64> = TableDefinition::new("issue_keys");
 const ISSUES_BY_NODE: TableDefinition<(&str, u64), ()> = TableDefinition::new("issues_by_node");
 const ISSUES_BY_STATE: TableDefinition<(&str, u64), ()> = TableDefinition::new("issues_by_state");
@@ -298,6 +300,7 @@ impl RedbStore {
                 tx.open_table(node_policy_table(kind)).map_err(backend)?;
             }
             tx.open_table(ISSUE_KEYS).map_err(backend)?;
+            tx.open_table(UPDATE_ORDERS).map_err(backend)?;
             tx.open_table(ISSUES_BY_NODE).map_err(backend)?;
             tx.open_table(ISSUES_BY_STATE).map_err(backend)?;
             tx.open_table(OCCURRENCES).map_err(backend)?;
@@ -467,6 +470,46 @@ impl Store for RedbStore {
         };
         tx.commit().map_err(backend)?;
         Ok(before)
+    }
+
+    fn update_orders(&self) -> Result<Vec<(NodeId, rakkr_protocol::update::UpdateOrder)>> {
+        let tx = self.db.begin_read().map_err(backend)?;
+        let table = tx.open_table(UPDATE_ORDERS).map_err(backend)?;
+        let mut out = Vec::new();
+        for entry in table.iter().map_err(backend)? {
+            let (k, v) = entry.map_err(backend)?;
+            let node = NodeId::new(k.value())
+                .map_err(|e| StoreError::Corrupt(format!("update order: {e}")))?;
+            let order = serde_json::from_slice(v.value())
+                .map_err(|e| StoreError::Corrupt(format!("update order of {node}: {e}")))?;
+            out.push((node, order));
+        }
+        Ok(out)
+    }
+
+    fn set_update_order(
+        &self,
+        node: &NodeId,
+        order: Option<&rakkr_protocol::update::UpdateOrder>,
+    ) -> Result<()> {
+        let tx = self.db.begin_write().map_err(backend)?;
+        {
+            let mut table = tx.open_table(UPDATE_ORDERS).map_err(backend)?;
+            match order {
+                Some(order) => {
+                    let bytes = serde_json::to_vec(order)
+                        .map_err(|e| StoreError::Corrupt(format!("update order: {e}")))?;
+                    table
+                        .insert(node.as_str(), bytes.as_slice())
+                        .map_err(backend)?;
+                }
+                None => {
+                    table.remove(node.as_str()).map_err(backend)?;
+                }
+            }
+        }
+        tx.commit().map_err(backend)?;
+        Ok(())
     }
 
     fn enqueue_job(&self, new: NewJob, now_ms: u64) -> Result<JobRecord> {

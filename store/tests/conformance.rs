@@ -1267,6 +1267,44 @@ fn redb_upgrades_a_version_1_store_keeping_its_nodes() {
         .unwrap();
 }
 
+fn update_orders_are_kept_one_per_node_until_forgotten(store: &dyn Store) {
+    use rakkr_protocol::update::UpdateOrder;
+    let order = |id: u128, version: &str| UpdateOrder {
+        update_id: rakkr_protocol::UpdateId::from_u128(id),
+        image: format!("rootfs-{version}.img"),
+        version: version.into(),
+        size: 10,
+        signature: "sig".into(),
+    };
+    assert!(store.update_orders().unwrap().is_empty());
+    store
+        .set_update_order(&node("b"), Some(&order(1, "1.0")))
+        .unwrap();
+    store
+        .set_update_order(&node("a"), Some(&order(2, "1.0")))
+        .unwrap();
+    // A new order replaces the node's old one.
+    store
+        .set_update_order(&node("b"), Some(&order(3, "2.0")))
+        .unwrap();
+    assert_eq!(
+        store.update_orders().unwrap(),
+        [(node("a"), order(2, "1.0")), (node("b"), order(3, "2.0"))]
+    );
+    store.set_update_order(&node("a"), None).unwrap();
+    store.set_update_order(&node("zz"), None).unwrap();
+    assert_eq!(
+        store.update_orders().unwrap(),
+        [(node("b"), order(3, "2.0"))]
+    );
+}
+
+#[test]
+fn redb_update_orders_are_kept_one_per_node_until_forgotten() {
+    let (_dir, store) = redb();
+    update_orders_are_kept_one_per_node_until_forgotten(&store);
+}
+
 #[test]
 fn redb_node_policies_are_chosen_and_reset_per_kind() {
     let (_dir, store) = redb();
