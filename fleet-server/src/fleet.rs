@@ -75,6 +75,8 @@ pub struct FleetCounts {
     pub total: usize,
     pub online: usize,
     pub offline: usize,
+    /// Nodes whose latest A/B update step is not final.
+    pub updating: usize,
 }
 
 #[derive(Debug)]
@@ -321,6 +323,7 @@ impl LiveFleet {
             total: nodes.len(),
             online,
             offline: nodes.len() - online,
+            updating: nodes.values().filter(|n| n.updating()).count(),
         }
     }
 }
@@ -421,9 +424,27 @@ mod tests {
             FleetCounts {
                 total: 2,
                 online: 2,
-                offline: 0
+                offline: 0,
+                updating: 0,
             }
         );
+        let step = |phase| rakkr_protocol::update::UpdateReport {
+            update_id: rakkr_protocol::UpdateId::from_u128(7),
+            version: "2.0.0".into(),
+            phase,
+            done_bytes: 0,
+            total_bytes: 0,
+            detail: String::new(),
+        };
+        let a = NodeId::new("a").unwrap();
+        assert!(fleet.apply_update(&a, step(rakkr_protocol::update::UpdatePhase::Rebooting)));
+        assert!(!fleet.apply_update(
+            &NodeId::new("unknown").unwrap(),
+            step(rakkr_protocol::update::UpdatePhase::Rebooting)
+        ));
+        assert_eq!(fleet.counts().updating, 1);
+        fleet.apply_update(&a, step(rakkr_protocol::update::UpdatePhase::RolledBack));
+        assert_eq!(fleet.counts().updating, 0);
     }
 
     #[test]

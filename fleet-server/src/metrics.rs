@@ -364,6 +364,12 @@ pub fn render(s: &Sources<'_>) -> String {
         "rakkr_nodes{{presence=\"offline\"}} {}",
         counts.offline
     );
+    let _ = writeln!(
+        out,
+        "# HELP rakkr_nodes_updating Nodes whose latest A/B update step is not final.\n\
+         # TYPE rakkr_nodes_updating gauge\nrakkr_nodes_updating {}",
+        counts.updating
+    );
     let i = s.ingest;
     for (name, help, v) in [
         (
@@ -676,6 +682,7 @@ mod tests {
         };
         assert_eq!(value("rakkr_mqtt_meter_frames_total", &[]), 42.0);
         assert_eq!(value("rakkr_nodes", &[("presence", "online")]), 1.0);
+        assert_eq!(value("rakkr_nodes_updating", &[]), 0.0);
         assert_eq!(value("rakkr_node_online", &[("node", "stage-left")]), 1.0);
         assert_eq!(
             value(
