@@ -71,7 +71,7 @@ use crate::{
     NodePolicyKind, NodeRecord, NodeStatusUpdate, OccurrenceJob, OccurrenceRecord, OccurrenceStart,
     REOPEN_WITHIN_MS, RestartPolicy, Result, ScheduleRecord, ScheduledBy, SessionRecord, Store,
     StoreError, UpdateOutcome, UploadRecord, UserChange, UserRecord, audit_hash, check_annotation,
-    contains_ignoring_ascii_case, valid_user_name,
+    valid_user_name,
 };
 
 /// Version of the layout above. Bumped only with a migration.
@@ -1431,7 +1431,8 @@ impl Store for RedbStore {
         let verbatim = search
             .text
             .as_deref()
-            .filter(|t| !t.bytes().any(|b| b == b'"' || b == b'\\' || b < 0x20));
+            .filter(|t| !t.bytes().any(|b| b == b'"' || b == b'\\' || b < 0x20))
+            .map(|t| crate::types::CaselessFinder::new(t.as_bytes()));
         let mut page = AuditPage {
             records: Vec::new(),
             next_before: None,
@@ -1444,7 +1445,7 @@ impl Store for RedbStore {
                 return Ok(false);
             }
             page.scanned += 1;
-            if verbatim.is_some_and(|t| !contains_ignoring_ascii_case(raw, t.as_bytes())) {
+            if verbatim.as_ref().is_some_and(|finder| !finder.is_in(raw)) {
                 return Ok(true);
             }
             // Filter on the few fields a search needs; decode matches only.
