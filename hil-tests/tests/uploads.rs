@@ -670,15 +670,21 @@ fn an_operator_plays_and_downloads_an_uploaded_take_and_a_viewer_only_plays() ->
     let job = take(&server, "up-f", 3)?;
     let name = format!("{job}.flac");
     let kept = data.join("recordings/up-f").join(&job).join(&name);
-    wait_for("the take on the server", Duration::from_secs(30), || {
-        kept.exists().then_some(())
-    })?;
+    // The file lands in the cache a moment before its record says `cached`.
+    let files = wait_for(
+        "the take cached on the server",
+        Duration::from_secs(30),
+        || {
+            let files = server
+                .get_json(&format!("/api/v1/recordings/{job}/files"))
+                .ok()?;
+            (kept.exists() && files[0]["upload"]["state"] == "cached").then_some(files)
+        },
+    )?;
     let digest = sha256_hex(&std::fs::read(&kept)?);
     // The API says the same as the page will: where the file is, its digest
     // and its preview.
-    let files = server.get_json(&format!("/api/v1/recordings/{job}/files"))?;
     assert_eq!(files[0]["name"], json!(name), "{files}");
-    assert_eq!(files[0]["upload"]["state"], json!("cached"), "{files}");
     assert_eq!(files[0]["upload"]["sha256"], json!(digest), "{files}");
     let preview = &files[0]["upload"]["waveform"];
     assert_eq!(
