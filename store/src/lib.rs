@@ -20,6 +20,7 @@
 //! Methods are synchronous. The async server calls them on a blocking thread
 //! pool; a PostgreSQL backend would use a synchronous client with a pool.
 
+mod audit_text;
 mod redb_store;
 mod types;
 

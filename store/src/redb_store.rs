@@ -25,6 +25,7 @@
 //! | `audit`     | sequence `u64` (1, 2, …) | JSON [`AuditRecord`], hash-chained; never updated or deleted |
 //! | `audit_by_actor` | `(actor, sequence)` | `()`: every record of an actor (built on open when missing) |
 //! | `audit_by_outcome` | `(outcome, sequence)` | `()`: every record with an outcome (built on open when missing) |
+//! | `audit_text` | block `u64` | the searchable text of 64 records, packed for scanning (see [`crate::audit_text`]; built on open when missing) |
 //! | `schedules` | schedule id `u128` (UUIDv7) | JSON [`ScheduleRecord`]                |
 //! | `occurrences` | `(schedule id, occurrence key)` | JSON [`OccurrenceRecord`]: the jobs an occurrence started, its deferral |
 //! | `deferred_occurrences` | `(window end ms, schedule id, key)` | `()`: occurrences waiting to start, by when they are missed |
@@ -62,6 +63,7 @@ use rakkr_protocol::payload::{
 };
 use rakkr_protocol::schedule::{CivilDate, Occurrence, ScheduleSpec, occurrence_job_id};
 
+use crate::audit_text::{self, BlockFinder};
 use crate::{
     AUDIT_GENESIS, ApiTokenRecord, AuditEntry, AuditPage, AuditProbe, AuditRecord, AuditSearch,
     Deferral, DeliveryRecord, DeliveryState, DestinationRecord, EnrollTokenRecord,
@@ -98,6 +100,8 @@ const AUDIT: TableDefinition<u64, &[u8]> = TableDefinition::new("audit");
 const AUDIT_BY_ACTOR: TableDefinition<(&str, u64), ()> = TableDefinition::new("audit_by_actor");
 /// (outcome, sequence) → (): the audit log by outcome.
 const AUDIT_BY_OUTCOME: TableDefinition<(&str, u64), ()> = TableDefinition::new("audit_by_outcome");
+/// Block → the searchable text of its 64 records ([`crate::audit_text`]).
+const AUDIT_TEXT: TableDefinition<u64, &[u8]> = TableDefinition::new("audit_text");
 /// (node, message id as u128) → HealthEventRecord (JSON).
 const HEALTH_EVENTS: TableDefinition<(&str, u128), &[u8]> = TableDefinition::new("health_events");
 const UPLOADS: TableDefinition<(u128, &str), &[u8]> = TableDefinition::new("uploads");
@@ -225,6 +229,15 @@ fn append_audit_in(tx: &redb::WriteTransaction, entry: AuditEntry) -> Result<Aud
         .map_err(backend)?
         .insert((record.entry.outcome.as_str(), seq), ())
         .map_err(backend)?;
+    let mut text = tx.open_table(AUDIT_TEXT).map_err(backend)?;
+    let (block_no, _) = audit_text::block_of(seq);
+    let mut block = text
+        .get(block_no)
+        .map_err(backend)?
+        .map(|v| v.value().to_vec())
+        .unwrap_or_default();
+    audit_text::push_record(&mut block, &record.entry);
+    text.insert(block_no, block.as_slice()).map_err(backend)?;
     Ok(record)
 }
 
@@ -313,10 +326,14 @@ impl RedbStore {
             let audit = tx.open_table(AUDIT).map_err(backend)?;
             let mut by_actor = tx.open_table(AUDIT_BY_ACTOR).map_err(backend)?;
             let mut by_outcome = tx.open_table(AUDIT_BY_OUTCOME).map_err(backend)?;
+            let mut text = tx.open_table(AUDIT_TEXT).map_err(backend)?;
             // Logs from before an index: build it once.
             let build_actor = by_actor.is_empty().map_err(backend)?;
             let build_outcome = by_outcome.is_empty().map_err(backend)?;
-            if (build_actor || build_outcome) && !audit.is_empty().map_err(backend)? {
+            let build_text = text.is_empty().map_err(backend)?;
+            if (build_actor || build_outcome || build_text) && !audit.is_empty().map_err(backend)? {
+                // The text block being built, and its number.
+                let mut block: (u64, Vec<u8>) = (0, Vec::new());
                 for entry in audit.iter().map_err(backend)? {
                     let (seq, v) = entry.map_err(backend)?;
                     let record: AuditRecord = decode("audit record", v.value())?;
@@ -331,6 +348,18 @@ impl RedbStore {
                             .insert((e.outcome.as_str(), seq), ())
                             .map_err(backend)?;
                     }
+                    if build_text {
+                        let (block_no, _) = audit_text::block_of(seq);
+                        if block_no != block.0 && !block.1.is_empty() {
+                            text.insert(block.0, block.1.as_slice()).map_err(backend)?;
+                            block.1.clear();
+                        }
+                        block.0 = block_no;
+                        audit_text::push_record(&mut block.1, e);
+                    }
+                }
+                if build_text && !block.1.is_empty() {
+                    text.insert(block.0, block.1.as_slice()).map_err(backend)?;
                 }
             }
         }
@@ -1438,13 +1467,17 @@ impl Store for RedbStore {
             next_before: None,
             scanned: 0,
         };
-        // Look at one record; false once the page is full or its bound reached.
-        let mut consider = |seq: u64, raw: &[u8]| -> Result<bool> {
+        // Look at one record (`None`: known not to match); false once the
+        // page is full or its bound reached.
+        let mut consider = |seq: u64, raw: Option<&[u8]>| -> Result<bool> {
             if page.records.len() >= search.limit || page.scanned >= MAX_AUDIT_SCAN {
                 page.next_before = Some(seq + 1);
                 return Ok(false);
             }
             page.scanned += 1;
+            let Some(raw) = raw else {
+                return Ok(true);
+            };
             if verbatim.as_ref().is_some_and(|finder| !finder.is_in(raw)) {
                 return Ok(true);
             }
@@ -1467,9 +1500,36 @@ impl Store for RedbStore {
             (Some(actor), None) => from_index(AUDIT_BY_ACTOR, actor)?,
             (None, Some(outcome)) => from_index(AUDIT_BY_OUTCOME, outcome)?,
             (None, None) => {
+                // Text alone: the packed text blocks say which records to read.
+                if let Some(finder) = search.text.as_deref().and_then(BlockFinder::new) {
+                    let text = tx.open_table(AUDIT_TEXT).map_err(backend)?;
+                    let (first, past) = (begin.max(1), end.min(last.saturating_add(1)));
+                    let mut seq = past;
+                    while seq > first {
+                        let (block_no, _) = audit_text::block_of(seq - 1);
+                        let block_first = block_no * audit_text::BLOCK_RECORDS + 1;
+                        let records = (last - block_first + 1).min(audit_text::BLOCK_RECORDS);
+                        let candidates = match text.get(block_no).map_err(backend)? {
+                            Some(block) => finder.candidates(block.value(), records as u32),
+                            None => u64::MAX,
+                        };
+                        while seq > first.max(block_first) {
+                            seq -= 1;
+                            let bit = 1u64 << (seq - block_first);
+                            let raw = match candidates & bit {
+                                0 => None,
+                                _ => audit.get(seq).map_err(backend)?,
+                            };
+                            if !consider(seq, raw.as_ref().map(|v| v.value()))? {
+                                return Ok(page);
+                            }
+                        }
+                    }
+                    return Ok(page);
+                }
                 for entry in audit.range(begin..end).map_err(backend)?.rev() {
                     let (k, v) = entry.map_err(backend)?;
-                    if !consider(k.value(), v.value())? {
+                    if !consider(k.value(), Some(v.value()))? {
                         break;
                     }
                 }
@@ -1481,7 +1541,7 @@ impl Store for RedbStore {
             let Some(bytes) = audit.get(seq).map_err(backend)? else {
                 continue;
             };
-            if !consider(seq, bytes.value())? {
+            if !consider(seq, Some(bytes.value()))? {
                 break;
             }
         }
