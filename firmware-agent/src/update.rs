@@ -177,23 +177,11 @@ pub fn unstage(settings: &UpdateSettings) -> Result<(), UpdateFailure> {
 
 /// Reads a small text file, refusing one larger than `max` bytes.
 fn read(path: &Path, max: usize) -> Result<String, UpdateFailure> {
-    use std::io::Read as _;
     let failure = |source| UpdateFailure::Read {
         path: path.to_owned(),
         source,
     };
-    let mut text = String::new();
-    std::fs::File::open(path)
-        .map_err(failure)?
-        .take(max as u64 + 1)
-        .read_to_string(&mut text)
-        .map_err(failure)?;
-    if text.len() > max {
-        return Err(failure(std::io::Error::other(format!(
-            "larger than {max} bytes"
-        ))));
-    }
-    Ok(text)
+    rakkr_update::read_text_bounded(path, max).map_err(failure)
 }
 
 /// Installs the image of `order`, read from `image` (the server's download), into the

@@ -73,12 +73,13 @@ fn order_for(images: &Path, image: &str, now_ms: u64) -> Result<(UpdateOrder, St
             )
         })?;
     let sig_path = images.join(format!("{image}.minisig"));
-    let text = read_bounded(&sig_path, rakkr_update::MAX_SIGNATURE_BYTES).map_err(|e| {
-        problem(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            format!("no usable signature {image}.minisig beside the image: {e}"),
-        )
-    })?;
+    let text = rakkr_update::read_text_bounded(&sig_path, rakkr_update::MAX_SIGNATURE_BYTES)
+        .map_err(|e| {
+            problem(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                format!("no usable signature {image}.minisig beside the image: {e}"),
+            )
+        })?;
     let signature = rakkr_update::ImageSignature::parse(&text)
         .map_err(|e| problem(StatusCode::UNPROCESSABLE_ENTITY, format!("{image}: {e}")))?;
     let manifest = signature.manifest();
@@ -99,18 +100,6 @@ fn order_for(images: &Path, image: &str, now_ms: u64) -> Result<(UpdateOrder, St
         signature: text,
     };
     Ok((order, manifest.target.clone()))
-}
-
-fn read_bounded(path: &Path, max: usize) -> std::io::Result<String> {
-    use std::io::Read as _;
-    let mut text = String::new();
-    std::fs::File::open(path)?
-        .take(max as u64 + 1)
-        .read_to_string(&mut text)?;
-    if text.len() > max {
-        return Err(std::io::Error::other(format!("over {max} bytes")));
-    }
-    Ok(text)
 }
 
 /// Orders `node` to install `image`: the order is checked, sent (retained) and described

@@ -47,7 +47,21 @@ pub use boot::{
 pub use image::{ImageManifest, ImageSignature, MAX_SIGNATURE_BYTES, PublicKey, is_valid_target};
 pub use install::{CHUNK, InstallProgress, InstallRequest, SlotDevice, SlotMedium, install};
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+
+/// Reads a text file of at most `max` bytes (a signature, the kernel command line, a
+/// report): a larger file is refused after `max + 1` bytes instead of read whole.
+pub fn read_text_bounded(path: &Path, max: usize) -> std::io::Result<String> {
+    use std::io::Read as _;
+    let mut text = String::new();
+    std::fs::File::open(path)?
+        .take(max as u64 + 1)
+        .read_to_string(&mut text)?;
+    if text.len() > max {
+        return Err(std::io::Error::other(format!("larger than {max} bytes")));
+    }
+    Ok(text)
+}
 
 /// Why an update could not be installed or the boot environment not be read or written.
 /// Whatever the error, the booted slot is as it was and the boot environment does not
@@ -109,5 +123,20 @@ impl UpdateError {
             path: path.to_owned(),
             source,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_text_file_over_its_bound_is_refused_not_read_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sig");
+        std::fs::write(&path, "x".repeat(10)).unwrap();
+        assert_eq!(super::read_text_bounded(&path, 10).unwrap().len(), 10);
+        let over = super::read_text_bounded(&path, 9).unwrap_err();
+        assert!(over.to_string().contains("larger than 9 bytes"), "{over}");
+        let missing = super::read_text_bounded(&dir.path().join("none"), 9).unwrap_err();
+        assert_eq!(missing.kind(), std::io::ErrorKind::NotFound);
     }
 }
