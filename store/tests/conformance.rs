@@ -1154,8 +1154,11 @@ fn redb_text_searches_page_like_a_plain_filter() {
     text_searches_page_like_a_plain_filter(&s);
 }
 
-#[test]
-fn redb_the_text_blocks_are_built_for_a_log_from_before_them() {
+/// A store with [`audit_fixture`] in it, changed behind the store's back by
+/// `tamper` (as an older version or a damaged file would leave it), and opened again.
+fn audit_fixture_tampered(
+    tamper: impl FnOnce(&redb::WriteTransaction),
+) -> (tempfile::TempDir, RedbStore) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("rakkr.redb");
     {
@@ -1165,11 +1168,28 @@ fn redb_the_text_blocks_are_built_for_a_log_from_before_them() {
     {
         let db = redb::Database::create(&path).unwrap();
         let tx = db.begin_write().unwrap();
-        tx.delete_table(redb::TableDefinition::<u64, &[u8]>::new("audit_text"))
-            .unwrap();
+        tamper(&tx);
         tx.commit().unwrap();
     }
     let s = RedbStore::open(&path).unwrap();
+    (dir, s)
+}
+
+/// The first 1000 matches of `search`.
+fn audit_search(s: &RedbStore, search: AuditSearch) -> AuditPage {
+    s.search_audit(&AuditSearch {
+        limit: 1000,
+        ..search
+    })
+    .unwrap()
+}
+
+#[test]
+fn redb_the_text_blocks_are_built_for_a_log_from_before_them() {
+    let (_d, s) = audit_fixture_tampered(|tx| {
+        tx.delete_table(redb::TableDefinition::<u64, &[u8]>::new("audit_text"))
+            .unwrap();
+    });
     text_search_finds_the_fixture_needle(&s, 300);
     // Appends after the rebuild go on in the last, partial block.
     for i in 0..70 {
@@ -1186,48 +1206,36 @@ fn redb_the_text_blocks_are_built_for_a_log_from_before_them() {
         })
         .unwrap();
     }
-    let late = s
-        .search_audit(&AuditSearch {
+    let late = audit_search(
+        &s,
+        AuditSearch {
             text: Some("LATE".into()),
-            limit: 1000,
             ..Default::default()
-        })
-        .unwrap();
+        },
+    );
     assert_eq!(seqs(&late), (301..=370).rev().collect::<Vec<_>>());
     text_search_finds_the_fixture_needle(&s, 370);
 }
 
 #[test]
 fn redb_a_damaged_text_block_costs_reads_not_matches() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("rakkr.redb");
-    {
-        let s = RedbStore::open(&path).unwrap();
-        audit_fixture(&s);
-    }
     // Record 150 is in block 2 (records 129..=192). Lose that block, and cut
     // block 1 short; the other blocks stay.
-    {
-        let db = redb::Database::create(&path).unwrap();
-        let tx = db.begin_write().unwrap();
-        {
-            let mut t = tx
-                .open_table(redb::TableDefinition::<u64, &[u8]>::new("audit_text"))
-                .unwrap();
-            t.remove(2).unwrap();
-            t.insert(1, &b"job-100\x1f\x1f\x1f\x1f\x1e"[..]).unwrap();
-        }
-        tx.commit().unwrap();
-    }
-    let s = RedbStore::open(&path).unwrap();
+    let (_d, s) = audit_fixture_tampered(|tx| {
+        let mut t = tx
+            .open_table(redb::TableDefinition::<u64, &[u8]>::new("audit_text"))
+            .unwrap();
+        t.remove(2).unwrap();
+        t.insert(1, &b"job-100\x1f\x1f\x1f\x1f\x1e"[..]).unwrap();
+    });
     text_search_finds_the_fixture_needle(&s, 300);
-    let page = s
-        .search_audit(&AuditSearch {
+    let page = audit_search(
+        &s,
+        AuditSearch {
             text: Some("job-10".into()),
-            limit: 1000,
             ..Default::default()
-        })
-        .unwrap();
+        },
+    );
     assert_eq!(
         seqs(&page),
         [109, 108, 107, 106, 105, 104, 103, 102, 101, 100, 10],
@@ -1236,50 +1244,40 @@ fn redb_a_damaged_text_block_costs_reads_not_matches() {
 }
 
 fn text_search_finds_the_fixture_needle(s: &RedbStore, records: usize) {
-    let page = s
-        .search_audit(&AuditSearch {
+    let page = audit_search(
+        s,
+        AuditSearch {
             text: Some("needle".into()),
-            limit: 1000,
             ..Default::default()
-        })
-        .unwrap();
+        },
+    );
     assert_eq!((seqs(&page), page.scanned), (vec![150], records));
 }
 
 #[test]
 fn redb_the_actor_index_is_built_for_a_log_from_before_it() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("rakkr.redb");
-    {
-        let s = RedbStore::open(&path).unwrap();
-        audit_fixture(&s);
-    }
-    {
-        // Drop the index, as a store from before it would be.
-        let db = redb::Database::create(&path).unwrap();
-        let tx = db.begin_write().unwrap();
+    // Drop the index, as a store from before it would be.
+    let (_d, s) = audit_fixture_tampered(|tx| {
         tx.delete_table(redb::TableDefinition::<(&str, u64), ()>::new(
             "audit_by_actor",
         ))
         .unwrap();
-        tx.commit().unwrap();
-    }
-    let s = RedbStore::open(&path).unwrap();
-    let page = s
-        .search_audit(&AuditSearch {
+    });
+    let page = audit_search(
+        &s,
+        AuditSearch {
             actor: Some("user:u2".into()),
-            limit: 1000,
             ..Default::default()
-        })
-        .unwrap();
+        },
+    );
     assert_eq!(page.records.len(), 100);
-    let page = s
-        .search_audit(&AuditSearch {
+    let page = audit_search(
+        &s,
+        AuditSearch {
             outcome: Some("denied".into()),
-            limit: 1000,
             ..Default::default()
-        })
-        .unwrap();
+        },
+    );
     assert_eq!((page.records.len(), page.scanned), (60, 60));
 }
 
