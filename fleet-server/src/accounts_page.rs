@@ -27,7 +27,7 @@ pub const TOKENS_PATH: &str = "/api-tokens";
 
 /// Carry out one request on a blocking thread (password hashing is slow by
 /// design): the answer and its description for the audit record.
-async fn perform(state: &AppState, request: AdminRequest) -> (AdminResponse, AuditChange) {
+pub async fn perform(state: &AppState, request: AdminRequest) -> (AdminResponse, AuditChange) {
     let store = state.store.clone();
     let now = state.clock.unix_ms();
     tokio::task::spawn_blocking(move || {
@@ -141,6 +141,7 @@ fn users_page(
                                 td.muted { span title=(utc_seconds(a.password_changed_ms)) { (rakkr_web::components::ago(now_ms, a.password_changed_ms)) } }
                                 td.actions {
                                     (change_button(signed_in, &a.name, "reset", "Reset password"))
+                                    (change_button(signed_in, &a.name, "end-sessions", "End sessions"))
                                     @if a.disabled {
                                         (change_button(signed_in, &a.name, "enable", "Enable"))
                                     } @else {
@@ -283,7 +284,7 @@ pub async fn add(
 pub struct ChangeForm {
     #[allow(dead_code)] // checked by the access layer
     csrf: String,
-    /// `role`, `reset`, `disable` or `enable`.
+    /// `role`, `reset`, `disable`, `enable` or `end-sessions`.
     change: String,
     #[serde(default)]
     role: Option<String>,
@@ -304,6 +305,7 @@ pub async fn change(
         ("reset", _) => AdminRequest::UserResetPassword { name: name.clone() },
         ("disable", _) => AdminRequest::UserDisable { name: name.clone() },
         ("enable", _) => AdminRequest::UserEnable { name: name.clone() },
+        ("end-sessions", _) => AdminRequest::UserEndSessions { name: name.clone() },
         (other, _) => {
             let shown = Shown {
                 error: Some(format!("unknown change {other:?}")),
@@ -547,10 +549,13 @@ pub struct UserChangeJson {
     disabled: Option<bool>,
     #[serde(default)]
     reset_password: bool,
+    /// `true`: end every session of the account.
+    #[serde(default)]
+    end_sessions: bool,
 }
 
 /// `POST /api/v1/users/{name}` with exactly one of `{"role"}`,
-/// `{"disabled": bool}`, `{"reset_password": true}`.
+/// `{"disabled": bool}`, `{"reset_password": true}`, `{"end_sessions": true}`.
 pub async fn api_change_user(
     State(state): State<AppState>,
     Path(name): Path<String>,
@@ -560,15 +565,21 @@ pub async fn api_change_user(
         Ok(Json(c)) => c,
         Err(e) => return problem(e.status(), e.body_text()).into_response(),
     };
-    let request = match (change.role, change.disabled, change.reset_password) {
-        (Some(role), None, false) => AdminRequest::UserRole { name, role },
-        (None, Some(true), false) => AdminRequest::UserDisable { name },
-        (None, Some(false), false) => AdminRequest::UserEnable { name },
-        (None, None, true) => AdminRequest::UserResetPassword { name },
+    let request = match (
+        change.role,
+        change.disabled,
+        change.reset_password,
+        change.end_sessions,
+    ) {
+        (Some(role), None, false, false) => AdminRequest::UserRole { name, role },
+        (None, Some(true), false, false) => AdminRequest::UserDisable { name },
+        (None, Some(false), false, false) => AdminRequest::UserEnable { name },
+        (None, None, true, false) => AdminRequest::UserResetPassword { name },
+        (None, None, false, true) => AdminRequest::UserEndSessions { name },
         _ => {
             return problem(
                 StatusCode::UNPROCESSABLE_ENTITY,
-                "send exactly one of role, disabled or reset_password",
+                "send exactly one of role, disabled, reset_password or end_sessions",
             )
             .into_response();
         }

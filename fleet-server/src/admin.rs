@@ -50,6 +50,10 @@ pub enum AdminRequest {
     UserEnable {
         name: String,
     },
+    /// End every session of the account ("log out everywhere").
+    UserEndSessions {
+        name: String,
+    },
     UserRole {
         name: String,
         role: String,
@@ -300,6 +304,9 @@ pub fn execute(store: &dyn Store, request: AdminRequest, now_ms: u64) -> AdminRe
             AdminRequest::UserEnable { name } => {
                 change(store, &name, UserChange::Disabled(false), now_ms)?
             }
+            AdminRequest::UserEndSessions { name } => {
+                change(store, &name, UserChange::EndSessions, now_ms)?
+            }
             AdminRequest::UserRole { name, role } => {
                 let role = accounts::parse_role(&role)?;
                 change(store, &name, UserChange::Role(role), now_ms)?
@@ -355,6 +362,9 @@ pub fn describe(request: &AdminRequest, response: &AdminResponse) -> (String, Au
         }
         AdminRequest::UserEnable { name } => {
             ("user enable".to_owned(), Some(format!("user:{name}")))
+        }
+        AdminRequest::UserEndSessions { name } => {
+            ("user end-sessions".to_owned(), Some(format!("user:{name}")))
         }
         AdminRequest::UserRole { name, role } => {
             (format!("user role {role}"), Some(format!("user:{name}")))
@@ -425,6 +435,7 @@ fn change(
         UserChange::Disabled(true) => "disabled".to_owned(),
         UserChange::Disabled(false) => "enabled".to_owned(),
         UserChange::Role(role) => format!("role {role}"),
+        UserChange::EndSessions => "sessions ended".to_owned(),
     };
     let before = store.user(name)?.map(|u| AccountView::from(&u));
     let account = store.change_user(name, change, now_ms)?;

@@ -55,6 +55,37 @@ pub struct SignedIn {
     pub session: SessionRecord,
 }
 
+/// Who a request acts as, as the audit log names it: the signed-in operator
+/// (`user:NAME`) or the API token (`token:ID`) the access check let through.
+/// A handler behind [`crate::login::enforce`] always finds one.
+pub struct Actor(pub String);
+
+impl Actor {
+    pub fn of_token(token: &rakkr_store::ApiTokenRecord) -> String {
+        format!("token:{}", token.id)
+    }
+}
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Actor {
+    type Rejection = crate::http::Problem;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _: &S,
+    ) -> Result<Actor, Self::Rejection> {
+        if let Some(s) = parts.extensions.get::<SignedIn>() {
+            return Ok(Actor(s.actor()));
+        }
+        match parts.extensions.get::<rakkr_store::ApiTokenRecord>() {
+            Some(t) => Ok(Actor(Actor::of_token(t))),
+            None => Err(crate::http::problem(
+                axum::http::StatusCode::UNAUTHORIZED,
+                "not signed in",
+            )),
+        }
+    }
+}
+
 impl SignedIn {
     /// How the audit log names this operator.
     pub fn actor(&self) -> String {

@@ -199,16 +199,10 @@ async fn act(
 /// `POST /api/v1/health/actions` `{"ids": [..], "action": "acknowledge"}`
 pub async fn api_action(
     State(state): State<AppState>,
-    signed_in: Option<Extension<SignedIn>>,
-    token: Option<Extension<rakkr_store::ApiTokenRecord>>,
+    crate::auth::Actor(actor): crate::auth::Actor,
     body: Result<Json<ActionRequest>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Response, Problem> {
     let Json(request) = body.map_err(|e| problem(e.status(), e.body_text()))?;
-    let actor = match (signed_in, token) {
-        (Some(Extension(s)), _) => s.actor(),
-        (None, Some(Extension(t))) => format!("token:{}", t.id),
-        (None, None) => return Err(problem(StatusCode::UNAUTHORIZED, "not signed in")),
-    };
     let (after, change) = act(&state, actor, request.ids, request.action).await?;
     Ok(change.to(Json(after).into_response()))
 }

@@ -14,6 +14,7 @@
 //! | `POST /jobs/{id}/stop` | jobs.manage | stop or (`cancel=1`) cancel a recording (form) |
 //! | `GET, POST /login` | public | the login form; sets the session cookie    |
 //! | `POST /logout`     | signed in | ends the session                        |
+//! | `POST /logout/everywhere` | signed in | ends every session of the account |
 //! | `GET, POST /account/password` | signed in | choose a new password (forced after a one-time one) |
 //! | `GET /static/…`    | public | embedded assets under content-hashed names, immutable |
 //! | `GET /api/v1/openapi.json` | nodes.read | this API's OpenAPI 3.1 document |
@@ -39,6 +40,7 @@
 //! | `GET /recordings/{id}/files/{name}` | recordings.download | a file on the server, as a download (byte ranges; audited) |
 //! | `GET /api/v1/recordings/{id}/quality` | recordings.read | the take's quality timeline: the health conditions that held while it recorded, as spans from its start |
 //! | `GET /api/v1/recordings/{id}/files` | recordings.read | where each of the take's files is (on the appliance, arriving, on the server verified) and its waveform preview |
+//! | `GET /api/v1/recordings/{id}/files/{name}` | recordings.download | the same download for automation (API token) |
 //! | `GET /api/v1/recordings`, `POST /api/v1/recordings/{id}/notes` | recordings.read / recordings.control | the same as JSON |
 //! | `GET /enrollment`, `POST /enrollment` | nodes.manage | enrollment tokens: unused ones, create (shown once) |
 //! | `POST /nodes/{id}/revoke` | nodes.manage | revoke a node's credential (form), then back to its page |
@@ -202,6 +204,12 @@ pub fn route_table() -> Vec<(&'static str, Method, Access, MethodRouter<AppState
         (LOGIN_PATH, Method::GET, Public, get(login::login_form)),
         (LOGIN_PATH, Method::POST, Public, post(login::login_submit)),
         (LOGOUT_PATH, Method::POST, SignedIn, post(login::logout)),
+        (
+            login::LOGOUT_EVERYWHERE_PATH,
+            Method::POST,
+            SignedIn,
+            post(login::logout_everywhere),
+        ),
         (
             PASSWORD_PATH,
             Method::GET,
@@ -420,6 +428,12 @@ pub fn route_table() -> Vec<(&'static str, Method, Access, MethodRouter<AppState
             Method::GET,
             Operator(RecordingsRead),
             get(crate::recordings_page::api_files),
+        ),
+        (
+            "/api/v1/recordings/{id}/files/{name}",
+            Method::GET,
+            Operator(RecordingsDownload),
+            get(crate::recordings_page::download),
         ),
         (
             "/api/v1/recordings/{id}/notes",
@@ -744,6 +758,7 @@ pub fn router(state: AppState) -> Router {
     let stats = state.http_stats.clone();
     router
         .fallback(not_found)
+        .layer(middleware::from_fn(api_problems))
         .layer(middleware::from_fn(security_headers))
         .layer(middleware::from_fn(move |req, next| {
             count_request(stats.clone(), req, next)
@@ -768,6 +783,57 @@ async fn count_request(
     let res = next.run(req).await;
     stats.observe(&route, &method, res.status().as_u16(), started.elapsed());
     res
+}
+
+/// Largest plain-text error body [`api_problems`] carries over as the detail.
+const MAX_PLAIN_ERROR: usize = 4096;
+
+/// Every error under `/api/` is `application/problem+json` (RFC 9457),
+/// whoever answered it: a handler, an extractor's rejection, the access check,
+/// the method check or the fallback. Other headers (`Retry-After`,
+/// `WWW-Authenticate`) are kept.
+async fn api_problems(req: Request, next: Next) -> Response {
+    if !req.uri().path().starts_with("/api/") {
+        return next.run(req).await;
+    }
+    let res = next.run(req).await;
+    let status = res.status();
+    let content_type = res
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    if !(status.is_client_error() || status.is_server_error())
+        || content_type.starts_with("application/problem+json")
+    {
+        return res;
+    }
+    let (parts, body) = res.into_parts();
+    let text = axum::body::to_bytes(body, MAX_PLAIN_ERROR).await.ok();
+    let mut answer = as_problem(status, &content_type, text.as_deref()).into_response();
+    for (name, value) in &parts.headers {
+        if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
+            answer.headers_mut().insert(name, value.clone());
+        }
+    }
+    answer
+}
+
+/// The problem an error answer becomes: its plain text (or none) as the
+/// detail; an HTML page or an unreadable body says only the status.
+fn as_problem(status: StatusCode, content_type: &str, body: Option<&[u8]>) -> Problem {
+    let plain = content_type.is_empty() || content_type.starts_with("text/plain");
+    let detail = body
+        .filter(|_| plain)
+        .and_then(|b| std::str::from_utf8(b).ok())
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .map_or_else(
+            || status.canonical_reason().unwrap_or("error").to_owned(),
+            str::to_owned,
+        );
+    problem(status, detail)
 }
 
 /// The Content-Security-Policy of every response: our own scripts and styles
@@ -923,16 +989,16 @@ const EVENTS_LISTED: usize = 100;
 
 async fn api_node_events(State(state): State<AppState>, Path(id): Path<String>) -> Response {
     let Ok(node) = rakkr_protocol::NodeId::new(id) else {
-        return (StatusCode::NOT_FOUND, "no such node\n").into_response();
+        return problem(StatusCode::NOT_FOUND, "no such node").into_response();
     };
     let store = state.store.clone();
     match tokio::task::spawn_blocking(move || store.health_events(&node, EVENTS_LISTED)).await {
         Ok(Ok(events)) => Json(events).into_response(),
         Ok(Err(e)) => {
             tracing::error!(error = %e, "cannot read health events");
-            (StatusCode::SERVICE_UNAVAILABLE, "store unavailable\n").into_response()
+            problem(StatusCode::SERVICE_UNAVAILABLE, "the store is unavailable").into_response()
         }
-        Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+        Err(_) => problem(StatusCode::INTERNAL_SERVER_ERROR, "the read failed").into_response(),
     }
 }
 
@@ -1422,4 +1488,35 @@ async fn metrics(State(state): State<AppState>) -> Response {
         text,
     )
         .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_api_error_becomes_a_problem_with_its_plain_text_as_detail() {
+        let p = as_problem(
+            StatusCode::BAD_REQUEST,
+            "text/plain; charset=utf-8",
+            Some(b"Failed to deserialize query string: limit: invalid digit\n"),
+        );
+        assert_eq!(p.status, StatusCode::BAD_REQUEST);
+        assert_eq!(
+            p.detail,
+            "Failed to deserialize query string: limit: invalid digit"
+        );
+        let html = as_problem(
+            StatusCode::NOT_FOUND,
+            "text/html; charset=utf-8",
+            Some(b"<!DOCTYPE html><p>Not here</p>"),
+        );
+        assert_eq!(html.detail, "Not Found", "a page is not a detail");
+        let empty = as_problem(StatusCode::METHOD_NOT_ALLOWED, "", Some(b""));
+        assert_eq!(empty.detail, "Method Not Allowed");
+        let unreadable = as_problem(StatusCode::FORBIDDEN, "text/plain", None);
+        assert_eq!(unreadable.detail, "Forbidden");
+        let not_text = as_problem(StatusCode::FORBIDDEN, "text/plain", Some(&[0xff, 0xfe]));
+        assert_eq!(not_text.detail, "Forbidden");
+    }
 }

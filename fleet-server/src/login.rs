@@ -16,6 +16,8 @@ use crate::tls::PeerAddr;
 
 pub const LOGIN_PATH: &str = "/login";
 pub const LOGOUT_PATH: &str = "/logout";
+/// Ends every session of the signed-in account, in every browser.
+pub const LOGOUT_EVERYWHERE_PATH: &str = "/logout/everywhere";
 pub const PASSWORD_PATH: &str = "/account/password";
 
 /// Largest form body accepted by the access check (it reads the CSRF field).
@@ -244,6 +246,27 @@ pub async fn logout(State(state): State<AppState>, request: Request) -> Response
     )
 }
 
+/// `POST /logout/everywhere`: end every session of the signed-in account
+/// (a browser left signed in elsewhere, a lost laptop), this one included.
+pub async fn logout_everywhere(State(state): State<AppState>, request: Request) -> Response {
+    let Some(signed_in) = request.extensions().get::<SignedIn>().cloned() else {
+        return Redirect::to(LOGIN_PATH).into_response();
+    };
+    let request = crate::admin::AdminRequest::UserEndSessions {
+        name: signed_in.user.name.clone(),
+    };
+    let (response, change) = crate::accounts_page::perform(&state, request).await;
+    if !response.ok {
+        let why = response.error.unwrap_or_default();
+        tracing::error!(user = %signed_in.user.name, %why, "could not end the sessions");
+        return server_error("the sessions could not be ended; try again");
+    }
+    change.to(with_cookie(
+        Redirect::to(LOGIN_PATH).into_response(),
+        &auth::clear_cookie(state.secure_cookies),
+    ))
+}
+
 fn password_page(signed_in: &SignedIn, error: Option<&str>) -> Markup {
     page(
         "Change password",
@@ -264,6 +287,12 @@ fn password_page(signed_in: &SignedIn, error: Option<&str>) -> Markup {
                         input type="password" name="new" autocomplete="new-password" required minlength=(crate::accounts::MIN_PASSWORD_CHARS); }
                     label { "New password again" input type="password" name="repeated" autocomplete="new-password" required; }
                     button type="submit" { "Change password" }
+                }
+                h2 { "Sessions" }
+                form method="post" action=(LOGOUT_EVERYWHERE_PATH) {
+                    (crate::console::csrf_field(signed_in))
+                    p.muted { "Ends every session of " (signed_in.user.name) ", in every browser, this one included. A password change does this too." }
+                    button.secondary type="submit" { "Log out everywhere" }
                 }
                 (logout_form(signed_in))
             }
@@ -492,7 +521,7 @@ async fn decide(
                 why,
             ));
         };
-        let actor = format!("token:{}", token.id);
+        let actor = auth::Actor::of_token(&token);
         if !token.role.allows(p) {
             tracing::info!(token = %token.id, permission = %p, path = %request.uri().path(), "refused: no permission");
             let why = format!("this token's role ({}) does not allow {p}", token.role);

@@ -216,6 +216,8 @@ enum UserCommand {
     Disable { name: String },
     /// Enable a disabled account.
     Enable { name: String },
+    /// End every session of an account, in every browser ("log out everywhere").
+    EndSessions { name: String },
     /// Change an account's role.
     Role { name: String, role: String },
 }
@@ -409,6 +411,7 @@ fn user_command(args: &UserArgs) -> anyhow::Result<()> {
         }
         UserCommand::Disable { name } => AdminRequest::UserDisable { name: name.clone() },
         UserCommand::Enable { name } => AdminRequest::UserEnable { name: name.clone() },
+        UserCommand::EndSessions { name } => AdminRequest::UserEndSessions { name: name.clone() },
         UserCommand::Role { name, role } => AdminRequest::UserRole {
             name: name.clone(),
             role: role.clone(),

@@ -289,11 +289,17 @@ pub fn render(s: &Sources<'_>) -> String {
         gauge_header(
             &mut out,
             "rakkr_jobs",
-            "Jobs by state: waiting for their node, or under a lease (leased, running, stopping).",
+            "Jobs in each state that is not final: waiting for their node, claimed, recording, told to stop.",
             "gauge",
         );
-        let _ = writeln!(out, "rakkr_jobs{{state=\"queued\"}} {}", g.queued);
-        let _ = writeln!(out, "rakkr_jobs{{state=\"leased\"}} {}", g.leased);
+        for (state, n) in [
+            ("queued", g.queued),
+            ("leased", g.leased),
+            ("running", g.running),
+            ("stop_requested", g.stop_requested),
+        ] {
+            let _ = writeln!(out, "rakkr_jobs{{state=\"{state}\"}} {n}");
+        }
     }
     gauge_header(
         &mut out,
@@ -659,6 +665,8 @@ mod tests {
             Some(rakkr_store::JobGauges {
                 queued: 2,
                 leased: 5,
+                running: 3,
+                stop_requested: 1,
             }),
             1,
         );
@@ -719,6 +727,8 @@ mod tests {
             123_456.0
         );
         assert_eq!(value("rakkr_jobs", &[("state", "leased")]), 5.0);
+        assert_eq!(value("rakkr_jobs", &[("state", "running")]), 3.0);
+        assert_eq!(value("rakkr_jobs", &[("state", "stop_requested")]), 1.0);
         assert_eq!(value("rakkr_live_meter_streams", &[]), 1.0);
         assert_eq!(
             value(

@@ -323,6 +323,12 @@ fn operation(method: &Method, path: &str, g: &mut SchemaGenerator) -> Option<Ope
             (200, Json(list::<crate::recordings_page::RecordingFile>(g))),
             &[],
         ),
+        ("GET", "/api/v1/recordings/{id}/files/{name}") => op(
+            "Download one file of a take the server holds (`audio/flac` or `audio/wav`; `Range` for a part, answered 206). Audited once per whole download; 410 once the server deleted its copy",
+            None,
+            (200, Answer::Media("audio/flac", "the file")),
+            &[],
+        ),
         ("POST", "/api/v1/recordings/{id}/notes") => op(
             "Set a recording's notes and tags",
             Some(schema::<crate::recordings_page::NotesJson>(g)),
@@ -342,7 +348,7 @@ fn operation(method: &Method, path: &str, g: &mut SchemaGenerator) -> Option<Ope
             &[],
         ),
         ("POST", "/api/v1/users/{name}") => op(
-            "Change an account: exactly one of `role`, `disabled`, `reset_password`",
+            "Change an account: exactly one of `role`, `disabled`, `reset_password`, `end_sessions`",
             Some(schema::<crate::accounts_page::UserChangeJson>(g)),
             (200, Json(schema::<AdminResponse>(g))),
             &[],

@@ -610,11 +610,12 @@ async fn cached_file(
     }
 }
 
-/// `GET /recordings/{id}/files/{name}` (recordings.download): the file, as
-/// a download; audited.
+/// `GET /recordings/{id}/files/{name}` and, with an API token,
+/// `GET /api/v1/recordings/{id}/files/{name}` (recordings.download): the
+/// file, as a download, resumable with byte ranges; audited.
 pub async fn download(
     State(state): State<AppState>,
-    Extension(signed_in): Extension<SignedIn>,
+    crate::auth::Actor(actor): crate::auth::Actor,
     Path((id, name)): Path<(String, String)>,
     headers: axum::http::HeaderMap,
 ) -> Response {
@@ -629,7 +630,7 @@ pub async fn download(
             state.store.clone(),
             rakkr_store::AuditEntry {
                 at_ms: state.clock.unix_ms(),
-                actor: signed_in.actor(),
+                actor,
                 action: "download recording".into(),
                 permission: Some(Permission::RecordingsDownload.as_str().into()),
                 target: Some(format!("recording:{}/{name}", job.id)),

@@ -1163,6 +1163,8 @@ impl Store for RedbStore {
                     }
                 }
                 UserChange::Role(role) => user.role = role,
+                // Sessions started in this very millisecond end too.
+                UserChange::EndSessions => user.sessions_valid_after_ms = now_ms + 1,
             }
             let still_active_owner = user.role == Role::Owner && !user.disabled;
             if was_active_owner && !still_active_owner {
@@ -1394,12 +1396,32 @@ impl Store for RedbStore {
             .map_err(backend)?
             .len()
             .map_err(backend)?;
-        let leased = tx
+        let mut gauges = JobGauges {
+            queued,
+            ..JobGauges::default()
+        };
+        // Jobs under a lease, by their state: as many as run at once, not
+        // every job there ever was.
+        let jobs = tx.open_table(JOBS).map_err(backend)?;
+        for entry in tx
             .open_table(LEASES)
             .map_err(backend)?
-            .len()
-            .map_err(backend)?;
-        Ok(JobGauges { queued, leased })
+            .iter()
+            .map_err(backend)?
+        {
+            let (k, _) = entry.map_err(backend)?;
+            let Some(v) = jobs.get(k.value().1).map_err(backend)? else {
+                continue;
+            };
+            let job: JobRecord = decode("job", v.value())?;
+            match job.state {
+                JobState::Leased => gauges.leased += 1,
+                JobState::Running => gauges.running += 1,
+                JobState::StopRequested => gauges.stop_requested += 1,
+                _ => {}
+            }
+        }
+        Ok(gauges)
     }
 
     fn search_audit(&self, search: &AuditSearch) -> Result<AuditPage> {

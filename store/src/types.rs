@@ -413,8 +413,9 @@ pub struct UserRecord {
     pub disabled: bool,
     pub created_ms: u64,
     pub password_changed_ms: u64,
-    /// Sessions started before this are void ("log out everywhere"; set on
-    /// a password change, a reset and when the account is disabled).
+    /// Sessions started before this are void: set on a password change, a
+    /// reset, when the account is disabled, and past now by "log out
+    /// everywhere" ([`UserChange::EndSessions`]).
     pub sessions_valid_after_ms: u64,
 }
 
@@ -459,6 +460,9 @@ pub enum UserChange {
     /// Disable (ending its sessions) or enable the account.
     Disabled(bool),
     Role(Role),
+    /// End every session of the account started up to now, in any browser
+    /// ("log out everywhere"); the account stays as it is.
+    EndSessions,
 }
 
 /// A console login. The session id itself is only in the browser's cookie;
@@ -486,6 +490,7 @@ impl std::fmt::Debug for UserChange {
                 .finish_non_exhaustive(),
             UserChange::Disabled(d) => f.debug_tuple("Disabled").field(d).finish(),
             UserChange::Role(r) => f.debug_tuple("Role").field(r).finish(),
+            UserChange::EndSessions => f.write_str("EndSessions"),
         }
     }
 }
@@ -537,13 +542,16 @@ pub struct AuditEntry {
     pub after: Option<serde_json::Value>,
 }
 
-/// Jobs by phase, for metrics.
+/// Jobs in each state that is not final, for metrics.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct JobGauges {
     /// Waiting for their node to claim them.
     pub queued: u64,
-    /// Under a lease: leased, running or stopping.
+    /// Claimed by their node, not recording yet.
     pub leased: u64,
+    pub running: u64,
+    /// Told to stop, not finished yet.
+    pub stop_requested: u64,
 }
 
 /// What to look for in the audit log: every given filter must match.

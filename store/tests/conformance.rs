@@ -205,14 +205,29 @@ fn overlapping_channels_are_refused(store: &dyn Store) {
 
 fn a_job_runs_under_its_lease_and_finishes_once(store: &dyn Store) {
     use rakkr_protocol::MessageId;
+    // The metrics' gauges follow the job through every state that is not final.
+    let gauges = |queued, leased, running, stop_requested| {
+        assert_eq!(
+            store.job_gauges().unwrap(),
+            JobGauges {
+                queued,
+                leased,
+                running,
+                stop_requested
+            }
+        );
+    };
     let n = node("run");
     store.enqueue_job(new_job(&n, &[0], Some(10)), 1).unwrap();
+    gauges(1, 0, 0, 0);
     let job = store.claim_jobs(&n, 1, &[], 10, 1_000).unwrap().remove(0);
+    gauges(0, 1, 0, 0);
     let running = MessageId::new(20);
     let r = store
         .apply_job_update(&n, running, &update(&job, JobState::Running), 20)
         .unwrap();
     assert!(matches!(&r, UpdateOutcome::Applied(j) if j.state == JobState::Running));
+    gauges(0, 0, 1, 0);
     // Redelivered: applied once.
     assert!(matches!(
         store
@@ -261,6 +276,7 @@ fn a_job_runs_under_its_lease_and_finishes_once(store: &dyn Store) {
         (stopped.state, stopped.cancel_requested),
         (JobState::StopRequested, false)
     );
+    gauges(0, 0, 0, 1);
     let mut done = update(&job, JobState::Completed);
     done.recording = Some(report(false));
     let fin = store
@@ -268,6 +284,7 @@ fn a_job_runs_under_its_lease_and_finishes_once(store: &dyn Store) {
         .unwrap();
     assert_eq!(fin.job().state, JobState::Completed);
     assert_eq!(fin.job().recording, Some(report(false)));
+    gauges(0, 0, 0, 0);
     assert!(
         store.expire_leases(u64::MAX / 2).unwrap().is_empty(),
         "a finished job has no lease"
@@ -710,6 +727,14 @@ fn accounts_are_unique_and_the_last_owner_stays(store: &dyn Store) {
     assert_eq!(
         enabled.sessions_valid_after_ms, 60,
         "enabling does not revive sessions"
+    );
+    let ended = store
+        .change_user("ann", UserChange::EndSessions, 75)
+        .unwrap();
+    assert_eq!(
+        (ended.sessions_valid_after_ms, ended.disabled, ended.role),
+        (76, false, enabled.role),
+        "sessions of the very millisecond end too; nothing else changes"
     );
 
     // The last enabled owner can be neither disabled nor demoted.
