@@ -19,6 +19,7 @@
 //! | `GET /static/…`    | public | embedded assets under content-hashed names, immutable |
 //! | `GET /api/v1/openapi.json` | nodes.read | this API's OpenAPI 3.1 document |
 //! | `GET /api/v1/nodes`| nodes.read | node list (JSON)                            |
+//! | `GET /api/v1/nodes/{id}` | nodes.read | one node (JSON)                      |
 //! | `GET /api/v1/nodes/{id}/events` | health.read | the node's last 100 health events (JSON), oldest first |
 //! | `POST /api/v1/jobs` | jobs.manage | start a recording: `{"node", "device"?, "channels"?, "profile"?, "duration_s"?}` → 201 and the job |
 //! | `GET /api/v1/jobs` | jobs.read | the newest jobs (`?node=ID&limit=N`, at most 1000) |
@@ -234,6 +235,12 @@ pub fn route_table() -> Vec<(&'static str, Method, Access, MethodRouter<AppState
             Method::GET,
             Operator(NodesRead),
             get(api_nodes),
+        ),
+        (
+            "/api/v1/nodes/{id}",
+            Method::GET,
+            Operator(NodesRead),
+            get(api_node),
         ),
         (
             "/api/v1/nodes/{id}/events",
@@ -950,38 +957,53 @@ pub struct MetersJson {
     pub channels: Vec<ChannelMeter>,
 }
 
+impl NodeJson {
+    fn of(n: crate::fleet::LiveNode, now_ms: u64, stale_after: Duration) -> NodeJson {
+        let stale = n.meters_stale(now_ms, stale_after);
+        NodeJson {
+            update: n.update,
+            meters: n.meters.map(|m| {
+                let MeterFrame {
+                    captured_at_ms,
+                    channels,
+                    ..
+                } = m.frame;
+                MetersJson {
+                    captured_at_ms,
+                    received_ms: m.received_ms,
+                    stale,
+                    channels,
+                }
+            }),
+            id: n.record.id.to_string(),
+            presence: n.record.presence,
+            presence_since_ms: n.record.presence_since_ms,
+            last_seen_ms: n.record.last_seen_ms,
+            details: n.record.details,
+        }
+    }
+}
+
 async fn api_nodes(State(state): State<AppState>) -> Json<Vec<NodeJson>> {
     let now = state.clock.unix_ms();
     let nodes = state
         .fleet
         .snapshot()
         .into_iter()
-        .map(|n| {
-            let stale = n.meters_stale(now, state.stale_after);
-            NodeJson {
-                update: n.update,
-                meters: n.meters.map(|m| {
-                    let MeterFrame {
-                        captured_at_ms,
-                        channels,
-                        ..
-                    } = m.frame;
-                    MetersJson {
-                        captured_at_ms,
-                        received_ms: m.received_ms,
-                        stale,
-                        channels,
-                    }
-                }),
-                id: n.record.id.to_string(),
-                presence: n.record.presence,
-                presence_since_ms: n.record.presence_since_ms,
-                last_seen_ms: n.record.last_seen_ms,
-                details: n.record.details,
-            }
-        })
+        .map(|n| NodeJson::of(n, now, state.stale_after))
         .collect();
     Json(nodes)
+}
+
+/// `GET /api/v1/nodes/{id}`: one node, as in the list.
+async fn api_node(State(state): State<AppState>, Path(id): Path<String>) -> Response {
+    let node = rakkr_protocol::NodeId::new(id)
+        .ok()
+        .and_then(|id| state.fleet.node(&id));
+    match node {
+        Some(n) => Json(NodeJson::of(n, state.clock.unix_ms(), state.stale_after)).into_response(),
+        None => problem(StatusCode::NOT_FOUND, "no such node").into_response(),
+    }
 }
 
 /// Health events shown per node by the API.

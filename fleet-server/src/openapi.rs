@@ -155,6 +155,12 @@ fn operation(method: &Method, path: &str, g: &mut SchemaGenerator) -> Option<Ope
             (200, Json(list::<NodeJson>(g))),
             &[],
         ),
+        ("GET", "/api/v1/nodes/{id}") => op(
+            "One node, as in the list (404 for a node this server does not know)",
+            None,
+            (200, Json(schema::<NodeJson>(g))),
+            &[],
+        ),
         ("GET", "/api/v1/nodes/{id}/watchdog") => op(
             "The node's watchdog policy: the one chosen (none: the default), the one in effect and the appliance rules it is sent",
             None,
