@@ -100,6 +100,11 @@ fn operation(method: &Method, path: &str, g: &mut SchemaGenerator) -> Option<Ope
         ),
         ("to", "string", "started on or before this day"),
         ("limit", "integer", "at most this many (default 100)"),
+        (
+            "before",
+            "string",
+            "only jobs older than this recording id: the next page, from the `X-Next-Before` header of the previous one (a page looks through 1000 jobs at most)",
+        ),
     ];
     const HEALTH_QUERY: &[(&str, &str, &str)] = &[
         ("node", "string", "only this node's issues"),
@@ -312,7 +317,7 @@ fn operation(method: &Method, path: &str, g: &mut SchemaGenerator) -> Option<Ope
             SEARCH_QUERY,
         ),
         ("GET", "/api/v1/recordings") => op(
-            "Recordings (jobs with a recording report), newest first, of the newest 1000 jobs",
+            "Recordings (jobs with a recording report), newest first; a page looks through 1000 jobs at most and, when older ones are left, says where the next goes on in `X-Next-Before`",
             None,
             (200, Json(list::<rakkr_store::JobRecord>(g))),
             RECORDINGS_QUERY,

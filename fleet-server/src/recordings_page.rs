@@ -30,8 +30,8 @@ use crate::console::{console_page, csrf_field, utc_seconds};
 use crate::http::{AppState, problem};
 
 pub const RECORDINGS_PATH: &str = "/recordings";
-/// Jobs a listing looks through (newest first); the page says so when it
-/// stopped there.
+/// Jobs one page of a listing looks through (newest first); where it stopped,
+/// the next page goes on (`before`).
 pub const LOOK_BACK: usize = 1000;
 /// Rows one page shows.
 const ROWS: usize = 100;
@@ -57,6 +57,19 @@ pub struct RecordingsQuery {
     pub to: String,
     #[serde(default)]
     pub limit: Option<usize>,
+    /// Only jobs older than this one (a recording id): the next page, as the
+    /// previous one said (`next_before`).
+    #[serde(default)]
+    pub before: String,
+}
+
+/// One page of the library.
+#[derive(Debug)]
+pub struct Found {
+    /// Matches, newest first.
+    pub recordings: Vec<JobRecord>,
+    /// Where the next page goes on (`before`), when older jobs are left.
+    pub next_before: Option<JobId>,
 }
 
 fn day_ms(day: &str, end: bool) -> Result<Option<u64>, String> {
@@ -70,8 +83,9 @@ fn day_ms(day: &str, end: bool) -> Result<Option<u64>, String> {
     }
 }
 
-/// The recordings matching `q`, newest first, and whether the look-back ran out.
-async fn find(state: &AppState, q: &RecordingsQuery) -> Result<(Vec<JobRecord>, bool), String> {
+/// The recordings matching `q`, newest first: a page of at most `limit`,
+/// looking through at most [`LOOK_BACK`] jobs.
+async fn find(state: &AppState, q: &RecordingsQuery) -> Result<Found, String> {
     let node = match q.node.trim() {
         "" => None,
         n => Some(rakkr_protocol::NodeId::new(n).map_err(|e| format!("node: {e}"))?),
@@ -86,27 +100,63 @@ async fn find(state: &AppState, q: &RecordingsQuery) -> Result<(Vec<JobRecord>, 
                 .ok_or_else(|| format!("unknown state {s:?}"))?,
         ),
     };
+    let before = match q.before.trim() {
+        "" => None,
+        b => Some(
+            b.parse::<JobId>()
+                .map_err(|_| format!("before: {b:?} is not a recording id"))?,
+        ),
+    };
     let store = state.store.clone();
-    let jobs = tokio::task::spawn_blocking(move || store.jobs(node.as_ref(), LOOK_BACK))
-        .await
-        .map_err(|e| e.to_string())?
-        .map_err(|e| e.to_string())?;
-    let exhausted = jobs.len() >= LOOK_BACK;
+    let jobs =
+        tokio::task::spawn_blocking(move || store.jobs_before(node.as_ref(), before, LOOK_BACK))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())?;
     let tag = q.tag.trim();
     let limit = q.limit.unwrap_or(ROWS).clamp(1, LOOK_BACK);
-    let found = jobs
-        .into_iter()
-        .filter(|j| {
-            let start = j.recording.as_ref().map_or(0, |r| r.start_unix_ms);
-            j.recording.is_some()
-                && wanted_state.is_none_or(|s| j.state == s)
-                && (tag.is_empty() || j.tags.iter().any(|t| t == tag))
-                && from.is_none_or(|f| start >= f)
-                && to.is_none_or(|t| start <= t)
-        })
-        .take(limit)
-        .collect();
-    Ok((found, exhausted))
+    let matches = |j: &JobRecord| {
+        let start = j.recording.as_ref().map_or(0, |r| r.start_unix_ms);
+        j.recording.is_some()
+            && wanted_state.is_none_or(|s| j.state == s)
+            && (tag.is_empty() || j.tags.iter().any(|t| t == tag))
+            && from.is_none_or(|f| start >= f)
+            && to.is_none_or(|t| start <= t)
+    };
+    let (recordings, next_before) = page_of(jobs, |j| j.id, matches, limit, LOOK_BACK);
+    Ok(Found {
+        recordings,
+        next_before,
+    })
+}
+
+/// The page `items` (newest first, at most `look_back` of them, as read)
+/// make: the first `limit` that match, and the key of the item the next page
+/// goes on before, when older items may be left (the page filled up before
+/// the last item read, or all `look_back` were read).
+fn page_of<T, K: Copy>(
+    items: Vec<T>,
+    key: impl Fn(&T) -> K,
+    matches: impl Fn(&T) -> bool,
+    limit: usize,
+    look_back: usize,
+) -> (Vec<T>, Option<K>) {
+    let more_left = items.len() >= look_back;
+    let last_key = items.last().map(&key);
+    let read = items.len();
+    let mut page = Vec::new();
+    for (i, item) in items.into_iter().enumerate() {
+        if !matches(&item) {
+            continue;
+        }
+        let k = key(&item);
+        page.push(item);
+        if page.len() == limit {
+            let older = i + 1 < read || more_left;
+            return (page, older.then_some(k));
+        }
+    }
+    (page, last_key.filter(|_| more_left))
 }
 
 fn duration(job: &JobRecord) -> String {
@@ -129,11 +179,7 @@ fn tags(job: &JobRecord) -> Markup {
     html! { @for t in &job.tags { span.tag { (t) } " " } }
 }
 
-fn list_page(
-    q: &RecordingsQuery,
-    result: Result<&(Vec<JobRecord>, bool), &String>,
-    signed_in: &SignedIn,
-) -> Markup {
+fn list_page(q: &RecordingsQuery, result: Result<&Found, &String>, signed_in: &SignedIn) -> Markup {
     console_page(
         "Recordings",
         signed_in,
@@ -156,7 +202,7 @@ fn list_page(
             }
             @match result {
                 Err(why) => { p.error role="alert" { (why) } }
-                Ok((found, exhausted)) => {
+                Ok(Found { recordings: found, next_before }) => {
                     @if found.is_empty() {
                         p.muted { "No recordings match." }
                     } @else {
@@ -183,8 +229,10 @@ fn list_page(
                             }
                         }
                     }
-                    @if *exhausted {
-                        p.muted { "Looked through the newest " (LOOK_BACK) " jobs" @if !q.node.is_empty() { " of this node" } "; filter by node for older ones." }
+                    @if let Some(before) = next_before {
+                        @let next = RecordingsQuery { before: before.to_string(), ..q.clone() };
+                        p.muted { "A page looks through " (LOOK_BACK) " jobs at most." }
+                        a.older href={ (RECORDINGS_PATH) "?" (serde_urlencoded::to_string(&next).unwrap_or_default()) } { "Older recordings →" }
                     }
                 }
             }
@@ -832,7 +880,17 @@ pub async fn api_list(
         Err(e) => return problem(StatusCode::BAD_REQUEST, e.body_text()).into_response(),
     };
     match find(&state, &q).await {
-        Ok((found, _)) => Json(found).into_response(),
+        Ok(found) => {
+            let mut res = Json(found.recordings).into_response();
+            if let Some(before) = found.next_before {
+                res.headers_mut().insert(
+                    axum::http::header::HeaderName::from_static("x-next-before"),
+                    axum::http::HeaderValue::from_str(&before.to_string())
+                        .expect("a job id is a header value"),
+                );
+            }
+            res
+        }
         Err(why) => problem(StatusCode::BAD_REQUEST, why).into_response(),
     }
 }
@@ -871,7 +929,48 @@ pub async fn api_notes(
 
 #[cfg(test)]
 mod tests {
-    use super::byte_range;
+    use super::{byte_range, page_of};
+
+    #[test]
+    fn pages_go_on_where_the_last_one_stopped() {
+        // Items 100, 99, … newest first; even ones match.
+        let read = |from: u32, n: u32| (0..n).map(|i| from - i).collect::<Vec<_>>();
+        let even = |i: &u32| i.is_multiple_of(2);
+        // Full before the end of what was read: on after the last shown.
+        assert_eq!(
+            page_of(read(100, 10), |i| *i, even, 3, 10),
+            (vec![100, 98, 96], Some(96))
+        );
+        // All the look-back read without filling the page: on after the last read.
+        assert_eq!(
+            page_of(read(100, 10), |i| *i, |i| *i > 95, 10, 10),
+            (vec![100, 99, 98, 97, 96], Some(91))
+        );
+        // Fewer read than the look-back: that was everything.
+        assert_eq!(
+            page_of(read(6, 6), |i| *i, even, 10, 10),
+            (vec![6, 4, 2], None)
+        );
+        // Full with older items read: on after the last shown.
+        assert_eq!(
+            page_of(read(6, 6), |i| *i, even, 3, 10),
+            (vec![6, 4, 2], Some(2))
+        );
+        // Full on the very last item there was: nothing older.
+        assert_eq!(
+            page_of(read(6, 5), |i| *i, even, 3, 10),
+            (vec![6, 4, 2], None)
+        );
+        // Full on the last item read, but the look-back ran out: maybe more.
+        assert_eq!(
+            page_of(read(6, 5), |i| *i, |i| *i > 3, 3, 5),
+            (vec![6, 5, 4], Some(4))
+        );
+        assert_eq!(
+            page_of(Vec::<u32>::new(), |i| *i, even, 3, 10),
+            (vec![], None)
+        );
+    }
 
     #[test]
     fn players_get_the_ranges_they_ask_for() {

@@ -190,7 +190,18 @@ pub trait Store: Send + Sync + 'static {
     fn job(&self, id: JobId) -> Result<Option<JobRecord>>;
 
     /// The newest jobs, of one node or of all, at most `limit`, newest first.
-    fn jobs(&self, node: Option<&NodeId>, limit: usize) -> Result<Vec<JobRecord>>;
+    fn jobs(&self, node: Option<&NodeId>, limit: usize) -> Result<Vec<JobRecord>> {
+        self.jobs_before(node, None, limit)
+    }
+
+    /// As [`Store::jobs`], but only jobs older than `before` (ids are
+    /// UUIDv7: their order is their creation's): the next page of a listing.
+    fn jobs_before(
+        &self,
+        node: Option<&NodeId>,
+        before: Option<JobId>,
+        limit: usize,
+    ) -> Result<Vec<JobRecord>>;
 
     /// Nodes with a job holding their channels (queued, leased, running, stopping).
     fn busy_nodes(&self) -> Result<std::collections::BTreeSet<NodeId>>;

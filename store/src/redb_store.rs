@@ -935,20 +935,26 @@ impl Store for RedbStore {
         }
     }
 
-    fn jobs(&self, node: Option<&NodeId>, limit: usize) -> Result<Vec<JobRecord>> {
+    fn jobs_before(
+        &self,
+        node: Option<&NodeId>,
+        before: Option<JobId>,
+        limit: usize,
+    ) -> Result<Vec<JobRecord>> {
         let tx = self.db.begin_read().map_err(backend)?;
         let jobs = tx.open_table(JOBS).map_err(backend)?;
+        let below = before.map_or(u128::MAX, |b| b.as_u128());
         let mut out = Vec::new();
         match node {
             None => {
-                for entry in jobs.iter().map_err(backend)?.rev().take(limit) {
+                for entry in jobs.range(..below).map_err(backend)?.rev().take(limit) {
                     let (_, v) = entry.map_err(backend)?;
                     out.push(decode("job", v.value())?);
                 }
             }
             Some(node) => {
                 let index = tx.open_table(NODE_JOBS).map_err(backend)?;
-                let range = (node.as_str(), 0u128)..=(node.as_str(), u128::MAX);
+                let range = (node.as_str(), 0u128)..(node.as_str(), below);
                 for entry in index.range(range).map_err(backend)?.rev().take(limit) {
                     let (k, _) = entry.map_err(backend)?;
                     if let Some(v) = jobs.get(k.value().1).map_err(backend)? {

@@ -177,6 +177,55 @@ fn jobs_are_claimed_oldest_first_with_increasing_leases(store: &dyn Store) {
     assert!(store.jobs(Some(&other), 10).unwrap().is_empty());
 }
 
+/// Listings page through jobs newest first, per node or for all, with
+/// `jobs_before` going on exactly where the previous page ended.
+fn jobs_are_listed_newest_first_page_by_page(store: &dyn Store) {
+    let (a, b) = (node("list-a"), node("list-b"));
+    let mut ids = Vec::new();
+    for i in 0..7u64 {
+        let n = if i % 2 == 0 { &a } else { &b };
+        ids.push(
+            store
+                .enqueue_job(new_job(n, &[i as u16], None), 1_000 + i)
+                .unwrap()
+                .id,
+        );
+    }
+    let listed = |node: Option<&NodeId>, before: Option<JobId>, limit| -> Vec<JobId> {
+        store
+            .jobs_before(node, before, limit)
+            .unwrap()
+            .iter()
+            .map(|j| j.id)
+            .collect()
+    };
+    let newest_first: Vec<JobId> = ids.iter().rev().copied().collect();
+    assert_eq!(listed(None, None, 100), newest_first);
+    assert_eq!(store.jobs(None, 3).unwrap().len(), 3);
+    let mut paged = Vec::new();
+    let mut before = None;
+    loop {
+        let page = listed(None, before, 3);
+        if page.is_empty() {
+            break;
+        }
+        before = page.last().copied();
+        paged.extend(page);
+    }
+    assert_eq!(paged, newest_first, "pages of three, no gaps, no repeats");
+    assert_eq!(
+        listed(Some(&a), Some(ids[4]), 100),
+        vec![ids[2], ids[0]],
+        "one node's, older than a job of its own"
+    );
+    assert_eq!(
+        listed(Some(&b), Some(ids[4]), 100),
+        vec![ids[3], ids[1]],
+        "or older than another node's"
+    );
+    assert!(listed(Some(&a), Some(ids[0]), 100).is_empty());
+}
+
 fn overlapping_channels_are_refused(store: &dyn Store) {
     let n = node("ov");
     let a = store.enqueue_job(new_job(&n, &[0, 1], None), 1).unwrap();
@@ -1310,6 +1359,12 @@ fn redb_the_actor_index_is_built_for_a_log_from_before_it() {
 fn redb_the_audit_log_is_a_gapless_hash_chain() {
     let (_d, s) = redb();
     the_audit_log_is_a_gapless_hash_chain(&s);
+}
+
+#[test]
+fn redb_jobs_are_listed_newest_first_page_by_page() {
+    let (_d, s) = redb();
+    jobs_are_listed_newest_first_page_by_page(&s);
 }
 
 #[test]
