@@ -383,8 +383,15 @@ impl DeliveryRunner {
                 while let Some(done) = attempts.join_next().await {
                     let Ok(record) = done else { continue };
                     let arrived = record.state == DeliveryState::Delivered;
-                    let store = self.store.clone();
-                    match tokio::task::spawn_blocking(move || store.put_delivery(&record)).await {
+                    let (store, now) = (self.store.clone(), self.clock.unix_ms());
+                    let kept = tokio::task::spawn_blocking(move || {
+                        store.put_delivery(&record)?;
+                        if let Some(entry) = final_audit(&record, now) {
+                            crate::audit::record_now(&*store, entry);
+                        }
+                        Ok::<_, rakkr_store::StoreError>(())
+                    });
+                    match kept.await {
                         Ok(Ok(())) if arrived => self.delivered.notify_one(),
                         Ok(Err(e)) => {
                             tracing::error!(error = %e, "a delivery's outcome not kept; it will be tried again")
@@ -407,6 +414,33 @@ impl DeliveryRunner {
             }
         }
     }
+}
+
+/// The audit record of a delivery that reached its end (arrived, or failed
+/// with its budget spent), by `runner:delivery`; none for an attempt that
+/// will be tried again.
+pub fn final_audit(d: &DeliveryRecord, now_ms: u64) -> Option<rakkr_store::AuditEntry> {
+    let (outcome, reason) = match d.state {
+        DeliveryState::Delivered => ("allowed", None),
+        DeliveryState::Failed => ("failed", Some(d.last_error.clone())),
+        DeliveryState::Pending => return None,
+    };
+    Some(rakkr_store::AuditEntry {
+        at_ms: now_ms,
+        actor: "runner:delivery".into(),
+        action: "deliver recording".into(),
+        target: Some(format!("recording:{}/{}", d.job, d.name)),
+        outcome: outcome.into(),
+        reason,
+        after: Some(serde_json::json!({
+            "node": d.node.as_str(),
+            "destination": d.destination,
+            "key": d.key,
+            "bytes": d.bytes,
+            "attempts": d.attempts,
+        })),
+        ..Default::default()
+    })
 }
 
 /// A recording's delivery as a whole (decision 0017).
@@ -483,6 +517,38 @@ mod tests {
             queued_ms: 0,
             delivered_ms: None,
         }
+    }
+
+    #[test]
+    fn a_delivery_is_audited_once_at_its_end() {
+        assert!(final_audit(&delivery(), 5).is_none(), "not while retried");
+        let arrived = DeliveryRecord {
+            state: DeliveryState::Delivered,
+            attempts: 2,
+            ..delivery()
+        };
+        let entry = final_audit(&arrived, 5).unwrap();
+        assert_eq!(
+            (entry.actor.as_str(), entry.outcome.as_str(), entry.at_ms),
+            ("runner:delivery", "allowed", 5)
+        );
+        let target = format!("recording:{}/a.flac", arrived.job);
+        assert_eq!(entry.target.as_deref(), Some(target.as_str()));
+        let after = entry.after.unwrap();
+        assert_eq!(
+            (&after["destination"], &after["attempts"], &after["key"]),
+            (&"s3".into(), &2.into(), &"n/2026-11-30/a.flac".into())
+        );
+        let spent = DeliveryRecord {
+            state: DeliveryState::Failed,
+            last_error: "access denied".into(),
+            ..delivery()
+        };
+        let entry = final_audit(&spent, 6).unwrap();
+        assert_eq!(
+            (entry.outcome.as_str(), entry.reason.as_deref()),
+            ("failed", Some("access denied"))
+        );
     }
 
     #[test]
