@@ -291,7 +291,7 @@ fn password_page(signed_in: &SignedIn, error: Option<&str>) -> Markup {
                 h2 { "Sessions" }
                 form method="post" action=(LOGOUT_EVERYWHERE_PATH) {
                     (crate::console::csrf_field(signed_in))
-                    p.muted { "Ends every session of " (signed_in.user.name) ", in every browser, this one included. A password change does this too." }
+                    p.muted { "Ends every session of your account, in every browser, this one included. Changing your password does this too." }
                     button.secondary type="submit" { "Log out everywhere" }
                 }
                 (logout_form(signed_in))

@@ -1490,3 +1490,40 @@ pub fn flac_test(path: &Path) -> Result<()> {
     }
     Ok(())
 }
+
+/// Reads a Prometheus text exposition with the Prometheus project's Python
+/// client parser (Debian's `python3-prometheus-client`, run by Debian's
+/// python3): an error for any line it cannot read, and every sample line must
+/// come out as a sample. The number of samples.
+pub fn parse_prometheus_text(text: &str) -> Result<usize> {
+    const SCRIPT: &str = r##"
+import sys
+from prometheus_client.parser import text_string_to_metric_families
+text = sys.stdin.read()
+samples = sum(len(f.samples) for f in text_string_to_metric_families(text))
+lines = sum(1 for l in text.splitlines() if l.strip() and not l.startswith("#"))
+if samples != lines:
+    sys.exit(f"{lines} sample lines, {samples} samples read")
+print(samples)
+"##;
+    let mut child = Command::new("/usr/bin/python3")
+        .args(["-c", SCRIPT])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("python3 (Debian package python3-prometheus-client)")?;
+    {
+        use std::io::Write as _;
+        let mut stdin = child.stdin.take().context("python3's stdin")?;
+        stdin.write_all(text.as_bytes())?;
+    }
+    let out = child.wait_with_output()?;
+    if !out.status.success() {
+        bail!(
+            "the Prometheus parser refused the exposition: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().parse()?)
+}

@@ -98,7 +98,43 @@ fn every_guarded_route_refuses_anonymous_unpermitted_and_forged_requests() -> Re
         let needs = match access {
             Access::SignedIn => None,
             Access::Operator(p) => Some(p),
-            Access::Public | Access::Appliance => continue,
+            Access::Appliance => {
+                // Appliances authenticate in the handler: nothing without a
+                // node's credential (or, to enroll, a valid enrollment token),
+                // and never with an operator's token.
+                let owner = &tokens.iter().find(|(r, _)| *r == Role::Owner).unwrap().1;
+                let url = server.url(&path);
+                let attempts = [
+                    ("no credential", client.request(method.clone(), &url)),
+                    (
+                        "a forged node credential",
+                        client
+                            .request(method.clone(), &url)
+                            .basic_auth("node-x", Some("forged")),
+                    ),
+                    (
+                        "an owner's API token",
+                        client.request(method.clone(), &url).bearer_auth(owner),
+                    ),
+                ];
+                for (what, attempt) in attempts {
+                    let response = attempt.json(&serde_json::json!({})).send()?;
+                    let code = response.status().as_u16();
+                    let body = response.text()?;
+                    let expected: &[u16] = if pattern == "/api/v1/enroll" {
+                        &[400, 401, 403, 422]
+                    } else {
+                        &[401]
+                    };
+                    assert!(
+                        expected.contains(&code),
+                        "{method} {path} with {what}: {code} {body}"
+                    );
+                }
+                guarded += 1;
+                continue;
+            }
+            Access::Public => continue,
         };
         guarded += 1;
         // Anonymous: sent to the login page (or 401 for the API).
@@ -228,6 +264,39 @@ fn logins_are_limited_forced_to_a_new_password_and_end_at_logout() -> Result<()>
     assert_eq!(code, 303);
     assert_eq!(again.get("/")?.0, 200);
 
+    // Over plain HTTP the cookie is HttpOnly and SameSite=Strict, not Secure
+    // (a browser would drop it); every login gets a new session id, whatever
+    // cookie the browser came with (no session fixation).
+    let raw_login = |cookie: Option<&str>| -> Result<String> {
+        let mut request = reqwest::blocking::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()?
+            .post(server.url("/login"))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(serde_urlencoded::to_string([
+                ("name", "ann"),
+                ("password", OPERATOR_PASSWORD),
+            ])?);
+        if let Some(c) = cookie {
+            request = request.header("cookie", c);
+        }
+        let response = request.send()?;
+        assert_eq!(response.status().as_u16(), 303);
+        Ok(response.headers()["set-cookie"].to_str()?.to_owned())
+    };
+    let first = raw_login(None)?;
+    for attribute in ["; HttpOnly", "; SameSite=Strict", "; Path=/"] {
+        assert!(first.contains(attribute), "{attribute} missing: {first}");
+    }
+    assert!(!first.contains("Secure"), "{first}");
+    let presented = first.split(';').next().unwrap_or_default().to_owned();
+    let second = raw_login(Some(&presented))?;
+    assert_ne!(
+        second.split(';').next(),
+        Some(presented.as_str()),
+        "a login always starts a new session"
+    );
+
     // Logout ends that session only for this browser.
     let csrf = op.csrf.clone();
     let (code, _, _) = op.post_form("/logout", &[("csrf", &csrf)])?;
@@ -267,5 +336,270 @@ fn logins_are_limited_forced_to_a_new_password_and_end_at_logout() -> Result<()>
     assert_eq!(code, 303);
     assert_eq!(headers["location"], "/account/password");
     std::thread::sleep(Duration::from_millis(10));
+    Ok(())
+}
+
+#[test]
+fn logging_out_everywhere_ends_every_session_of_the_account() -> Result<()> {
+    let work = tempfile::tempdir()?;
+    let server = Server::start(work.path(), &work.path().join("data"))?;
+    let mut laptop = server.operator("ann", "operator")?;
+    let sign_in = || -> Result<Operator> {
+        let (code, mut op) = Operator::login(&server, "ann", OPERATOR_PASSWORD)?;
+        assert_eq!(code, 303);
+        assert_eq!(op.get("/")?.0, 200);
+        Ok(op)
+    };
+    let mut phone = sign_in()?;
+    let mut kiosk = sign_in()?;
+
+    // From her own account page, for all her browsers at once.
+    let (code, _, page) = laptop.get("/account/password")?;
+    assert_eq!(code, 200);
+    assert!(page.contains("Log out everywhere"), "{page}");
+    let (code, _, _) = laptop.post_form("/logout/everywhere", &[("csrf", "forged")])?;
+    assert_eq!(code, 403, "a forged request is refused");
+    assert_eq!(phone.get("/")?.0, 200, "and ends nothing");
+    let csrf = laptop.csrf.clone();
+    let (code, headers, _) = laptop.post_form("/logout/everywhere", &[("csrf", &csrf)])?;
+    assert_eq!((code, &headers["location"]), (303, &"/login".parse()?));
+    assert!(
+        headers["set-cookie"].to_str()?.contains("Max-Age=0"),
+        "this browser's cookie is cleared"
+    );
+    for op in [&mut laptop, &mut phone, &mut kiosk] {
+        assert_eq!(op.get("/")?.0, 303, "every session ended");
+    }
+    let audit = server.get_json("/api/v1/audit/search?actor=user:ann&q=everywhere")?;
+    let record = &audit["records"][0];
+    assert_eq!(record["action"], "POST /logout/everywhere", "{audit}");
+    assert_eq!(
+        (&record["outcome"], &record["target"]),
+        (&"allowed".into(), &"user:ann".into())
+    );
+
+    // The account itself is untouched: she signs in again.
+    let mut phone = sign_in()?;
+    let mut laptop = sign_in()?;
+
+    // An owner ends them for her: from the users page, the CLI and the API.
+    let mut admin = server.operator("root", "owner")?;
+    let (_, _, users) = admin.get("/users")?;
+    assert!(users.contains(r#"data-change="end-sessions""#), "{users}");
+    let csrf = admin.csrf.clone();
+    let (code, _, _) =
+        admin.post_form("/users/ann", &[("csrf", &csrf), ("change", "end-sessions")])?;
+    assert_eq!(code, 200);
+    assert_eq!(phone.get("/")?.0, 303);
+    assert_eq!(laptop.get("/")?.0, 303);
+    assert_eq!(admin.get("/")?.0, 200, "the owner's own session lives on");
+
+    let mut phone = sign_in()?;
+    let data = server.data_dir.to_string_lossy().into_owned();
+    let (ok, out, err) = cli(
+        "rakkr-server",
+        &["user", "end-sessions", "ann", "--data-dir", &data],
+    )?;
+    assert!(
+        ok && out.contains("ann: role operator, enabled"),
+        "{out}{err}"
+    );
+    assert_eq!(phone.get("/")?.0, 303);
+
+    let mut phone = sign_in()?;
+    let (ok, out, err) = cli(
+        "rakkr-server",
+        &[
+            "api-token",
+            "create",
+            "--name",
+            "accounts",
+            "--role",
+            "owner",
+            "--data-dir",
+            &data,
+        ],
+    )?;
+    assert!(ok, "{err}");
+    let owner_token = out
+        .lines()
+        .find_map(|l| l.strip_prefix("token: "))
+        .unwrap_or_default()
+        .to_owned();
+    let change_ann = |body: serde_json::Value| -> Result<(u16, String)> {
+        let response = http_client()?
+            .post(server.url("/api/v1/users/ann"))
+            .bearer_auth(&owner_token)
+            .json(&body)
+            .send()?;
+        Ok((response.status().as_u16(), response.text()?))
+    };
+    let (code, body) = change_ann(serde_json::json!({ "end_sessions": true }))?;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(phone.get("/")?.0, 303);
+    let (code, body) = change_ann(serde_json::json!({ "end_sessions": true, "disabled": true }))?;
+    assert_eq!(code, 422, "one change at a time: {body}");
+    // Each of the three is audited with the account as its target.
+    let audit = server.get_json("/api/v1/audit/search?q=user:ann&limit=50")?;
+    let actions: Vec<&str> = audit["records"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|r| r["target"] == "user:ann" && r["outcome"] == "allowed")
+        .filter_map(|r| r["action"].as_str())
+        .collect();
+    for action in [
+        "POST /logout/everywhere",
+        "POST /users/{name}",
+        "user end-sessions",
+        "POST /api/v1/users/{name}",
+    ] {
+        assert!(actions.contains(&action), "{action} not in {actions:?}");
+    }
+    Ok(())
+}
+
+#[test]
+fn every_api_error_is_problem_json() -> Result<()> {
+    let work = tempfile::tempdir()?;
+    let server = Server::start(work.path(), &work.path().join("data"))?;
+    let client = http_client()?;
+    let token = |r: reqwest::blocking::RequestBuilder| r.bearer_auth(&server.api_token);
+    let mut admin = server.operator("ada", "admin")?;
+    let cookie = admin.cookie().unwrap_or_default().to_owned();
+    let requests: Vec<(&str, reqwest::blocking::RequestBuilder, u16)> = vec![
+        (
+            "an unknown API route",
+            token(client.get(server.url("/api/v1/no-such-thing"))),
+            404,
+        ),
+        (
+            "a query that does not parse",
+            token(client.get(server.url("/api/v1/audit?limit=many"))),
+            400,
+        ),
+        (
+            "a node this server does not know",
+            token(client.get(server.url("/api/v1/nodes/no-such-node"))),
+            404,
+        ),
+        (
+            "a node id that cannot be one",
+            token(client.get(server.url("/api/v1/nodes/Not%20A%20Node/events"))),
+            404,
+        ),
+        (
+            "a method the route does not have",
+            token(client.delete(server.url("/api/v1/nodes"))),
+            405,
+        ),
+        (
+            "a body that is not JSON",
+            token(
+                client
+                    .post(server.url("/api/v1/jobs"))
+                    .header("content-type", "application/json")
+                    .body("{"),
+            ),
+            400,
+        ),
+        (
+            "no credential",
+            client.get(server.url("/api/v1/nodes")),
+            401,
+        ),
+        (
+            "a session without the CSRF token",
+            client
+                .post(server.url("/api/v1/jobs"))
+                .header("cookie", &cookie)
+                .json(&serde_json::json!({ "node": "n1" })),
+            403,
+        ),
+    ];
+    for (what, request, status) in requests {
+        let response = request.send()?;
+        let (code, headers) = (response.status().as_u16(), response.headers().clone());
+        let body: serde_json::Value = response.json().unwrap_or_default();
+        assert_eq!(code, status, "{what}: {body}");
+        assert_eq!(
+            headers["content-type"], "application/problem+json",
+            "{what}: {body}"
+        );
+        assert_eq!(body["status"], status, "{what}: {body}");
+        assert!(
+            body["detail"].as_str().is_some_and(|d| !d.is_empty()),
+            "{what}: {body}"
+        );
+        if what.contains("CSRF") {
+            assert!(
+                body["detail"].as_str().is_some_and(|d| d.contains("CSRF")),
+                "refused for the token, not the role: {body}"
+            );
+        }
+    }
+    // The console's own pages keep their HTML errors.
+    let (code, headers, _) = admin.get("/no-such-page")?;
+    assert_eq!(code, 404);
+    assert!(headers["content-type"].to_str()?.starts_with("text/html"));
+    Ok(())
+}
+
+#[test]
+fn what_a_node_reports_about_itself_renders_as_text() -> Result<()> {
+    use rakkr_protocol::payload::{BootSlot, Capabilities, NodeStatus};
+    let work = tempfile::tempdir()?;
+    let server = Server::start(work.path(), &work.path().join("data"))?;
+    // A node with a real credential (a compromised appliance, or a bug)
+    // announces markup where its version and capabilities go.
+    let node = "xss-1";
+    let credential = server.credential_for(node)?;
+    let mut opts = rumqttc::MqttOptions::new(node, "127.0.0.1", server.mqtt_port);
+    opts.set_credentials(node, credential);
+    let (client, mut connection) = rumqttc::Client::new(opts, 16);
+    std::thread::spawn(move || for _ in connection.iter() {});
+    let version = "<script>window.pwned=1</script>";
+    let source = "<img src=x onerror=alert(1)>";
+    let status = NodeStatus::Online {
+        agent_version: version.into(),
+        slot: BootSlot::A,
+        capabilities: Capabilities {
+            sources: vec![source.into()],
+            channels: 2,
+            sample_rates: vec![48_000],
+            codecs: vec!["fl\"ac' onmouseover='x".into()],
+            max_jobs: 1,
+        },
+        realtime: Default::default(),
+    };
+    client.publish(
+        format!("{}/nodes/{node}/status", rakkr_protocol::topic::ROOT),
+        rumqttc::QoS::AtLeastOnce,
+        true,
+        rakkr_protocol::Envelope::stamped(1, status).encode(),
+    )?;
+    wait_for("the node online", Duration::from_secs(20), || {
+        (server.presence(node).as_deref() == Some("online")).then_some(())
+    })?;
+    let mut viewer = server.operator("vic", "viewer")?;
+    for path in [format!("/nodes/{node}"), "/".to_owned()] {
+        let (code, _, page) = viewer.get(&path)?;
+        assert_eq!(code, 200, "{path}");
+        assert!(!page.contains("<script>window.pwned"), "{path}: {page}");
+        assert!(!page.contains("<img src=x"), "{path}: {page}");
+    }
+    let (_, _, page) = viewer.get(&format!("/nodes/{node}"))?;
+    assert!(
+        page.contains("&lt;script&gt;window.pwned=1&lt;/script&gt;")
+            && page.contains("&lt;img src=x onerror=alert(1)&gt;")
+            && page.contains("<dd>fl&quot;ac' onmouseover='x</dd>"),
+        "shown, as text: {page}"
+    );
+    // The API hands the text back as it came.
+    let nodes = server.nodes()?;
+    let listed = nodes.iter().find(|n| n["id"] == node).expect("listed");
+    assert_eq!(listed["details"]["agent_version"], version, "{listed}");
+    let one = server.get_json(&format!("/api/v1/nodes/{node}"))?;
+    assert_eq!(&one, listed, "one node is as in the list");
     Ok(())
 }

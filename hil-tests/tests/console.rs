@@ -301,6 +301,8 @@ fn an_operator_records_from_the_browser_and_a_viewer_cannot() -> Result<()> {
     // What the session did shows in /metrics, with the node's levels and counters.
     let (code, metrics) = server.get_api("/metrics")?;
     assert_eq!(code, 200);
+    let samples = parse_prometheus_text(&metrics)?;
+    assert!(samples > 100, "{samples} samples");
     for expected in [
         format!("rakkr_meter_peak_dbfs{{node=\"{NODE}\",channel=\"4\"}} "),
         format!("rakkr_node_xruns_total{{node=\"{NODE}\"}} 0\n"),
@@ -454,6 +456,20 @@ fn an_owner_manages_users_tokens_and_enrollment_in_the_browser() -> Result<()> {
     phone.goto("/users")?;
     assert!(!phone.overflows_horizontally()?, "the users page at 390 px");
     phone.screenshot("users-390-dark")?;
+    // The owner's other pages fit a phone too.
+    for (path, shot) in [
+        ("/api-tokens", "api-tokens-390-dark"),
+        ("/enrollment", "enrollment-390-dark"),
+        ("/audit", "audit-390-dark"),
+        ("/recordings", "recordings-390-dark"),
+        ("/deliveries", "deliveries-390-dark"),
+        ("/account/password", "account-390-dark"),
+    ] {
+        phone.goto(path)?;
+        phone.wait_css("main h1", SOON)?;
+        assert!(!phone.overflows_horizontally()?, "{path} at 390 px");
+        phone.screenshot(shot)?;
+    }
     Ok(())
 }
 

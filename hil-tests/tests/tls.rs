@@ -153,6 +153,54 @@ fn appliances_and_dashboards_use_mqtt_and_https_with_the_pinned_fleet_ca() -> Re
         String::from_utf8_lossy(&sub.stderr)
     );
 
+    // The console over HTTPS (curl, trusting the same CA): the session cookie
+    // is Secure, HttpOnly and SameSite=Strict, and the security headers are there.
+    let data = server.data_dir.to_string_lossy().into_owned();
+    let (ok, out, err) = cli(
+        "rakkr-server",
+        &[
+            "user",
+            "add",
+            "tina",
+            "--role",
+            "viewer",
+            "--data-dir",
+            &data,
+        ],
+    )?;
+    assert!(ok, "{err}");
+    let otp = out
+        .lines()
+        .find_map(|l| l.strip_prefix("one-time password: "))
+        .unwrap_or_default();
+    let login = Command::new("curl")
+        .args(["-sS", "-D", "-", "-o", "/dev/null", "--cacert"])
+        .arg(&ca)
+        .args(["--data-urlencode", "name=tina", "--data-urlencode"])
+        .arg(format!("password={otp}"))
+        .arg(format!("{https}/login"))
+        .output()?;
+    let head = String::from_utf8_lossy(&login.stdout).to_lowercase();
+    assert!(
+        head.starts_with("http/1.1 303"),
+        "{head}{}",
+        String::from_utf8_lossy(&login.stderr)
+    );
+    let cookie = head
+        .lines()
+        .find(|l| l.starts_with("set-cookie: rakkr_session="))
+        .unwrap_or_else(|| panic!("no session cookie: {head}"));
+    for attribute in ["; httponly", "; samesite=strict", "; secure", "; path=/"] {
+        assert!(cookie.contains(attribute), "{attribute} missing: {cookie}");
+    }
+    for header in [
+        "x-content-type-options: nosniff",
+        "x-frame-options: deny",
+        "frame-ancestors 'none'",
+    ] {
+        assert!(head.contains(header), "{header} missing: {head}");
+    }
+
     // Without the CA, or in plain MQTT, the TLS port gives nothing.
     let no_ca = Command::new("mosquitto_sub")
         .args(["-h", "127.0.0.1", "-p", &tls_port.to_string()])

@@ -762,6 +762,39 @@ fn an_operator_plays_and_downloads_an_uploaded_take_and_a_viewer_only_plays() ->
         "{audit}"
     );
 
+    // Automation downloads the same file with an API token, whole or by range.
+    let api_url = server.url(&format!("/api/v1/recordings/{job}/files/{name}"));
+    let whole = http_client()?
+        .get(&api_url)
+        .bearer_auth(&server.api_token)
+        .send()?;
+    assert_eq!(whole.status().as_u16(), 200);
+    assert_eq!(whole.headers()["content-type"], "audio/flac");
+    let bytes = whole.bytes()?;
+    assert_eq!(rakkr_protocol::digest::sha256_hex(&bytes), digest);
+    let part = http_client()?
+        .get(&api_url)
+        .bearer_auth(&server.api_token)
+        .header("range", "bytes=4-")
+        .send()?;
+    assert_eq!(part.status().as_u16(), 206);
+    assert_eq!(part.bytes()?, bytes.slice(4..));
+    let missing = http_client()?
+        .get(server.url(&format!("/api/v1/recordings/{job}/files/{job}.9999.flac")))
+        .bearer_auth(&server.api_token)
+        .send()?;
+    assert_eq!(
+        missing.headers()["content-type"],
+        "application/problem+json"
+    );
+    assert!(missing.status().is_client_error());
+    let audit = server.get_json("/api/v1/audit/search?q=download%20recording&limit=20")?;
+    let by_token = audit["records"].as_array().into_iter().flatten().any(|r| {
+        r["actor"].as_str().is_some_and(|a| a.starts_with("token:"))
+            && r["target"] == format!("recording:{job}/{name}").as_str()
+    });
+    assert!(by_token, "the token's download is audited once: {audit}");
+
     // A viewer may listen but not download: no link, and a request is refused.
     let (code, _, page) = vic.get(&format!("/recordings/{job}"))?;
     assert_eq!(code, 200);
@@ -1102,6 +1135,21 @@ fn wrong_s3_credentials_fail_with_the_reason_and_a_retry_delivers_once_fixed() -
         audit["records"].as_array().is_some_and(|r| !r.is_empty()),
         "{audit}"
     );
+    // The runner's copies are audited once each, when they arrived: not the
+    // attempts that failed on the way.
+    let copies = server.get_json(&format!(
+        "/api/v1/audit/search?actor=runner:delivery&q=recording:{job}&limit=20"
+    ))?;
+    let mut destinations: Vec<&str> = copies["records"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|r| r["outcome"] == "allowed" && r["action"] == "deliver recording")
+        .filter_map(|r| r["after"]["destination"].as_str())
+        .collect();
+    destinations.sort_unstable();
+    assert_eq!(destinations.len(), 2, "{copies}");
+    assert!(destinations.contains(&"s3"), "{copies}");
     Ok(())
 }
 
@@ -1568,6 +1616,19 @@ fn copy_deletions(server: &Server, job: &str) -> Result<Vec<Value>> {
     Ok(audit["records"].as_array().cloned().unwrap_or_default())
 }
 
+/// Waits until retention has deleted `job`'s copy at `cached` all the way:
+/// the file gone and, its last step, the deletion audited. The deletions.
+fn wait_copy_deleted(server: &Server, job: &str, cached: &Path) -> Result<Vec<Value>> {
+    wait_for(
+        "the server's copy deleted and audited",
+        Duration::from_secs(30),
+        || {
+            let deletions = copy_deletions(server, job).ok()?;
+            (!cached.exists() && !deletions.is_empty()).then_some(deletions)
+        },
+    )
+}
+
 #[test]
 fn the_server_deletes_its_copy_only_once_every_destination_holds_it_and_audits_it() -> Result<()> {
     let work = tempfile::tempdir()?;
@@ -1610,9 +1671,7 @@ fn the_server_deletes_its_copy_only_once_every_destination_holds_it_and_audits_i
     assert_eq!(code, 200, "{retried}");
     let delivered = deliveries_in(&server, &job, "delivered", 2)?;
     let key = delivered[0]["key"].as_str().unwrap_or_default().to_owned();
-    wait_for("the server's copy deleted", Duration::from_secs(30), || {
-        (!cached.exists()).then_some(())
-    })?;
+    let deletions = wait_copy_deleted(&server, &job, &cached)?;
     for dir in [&nas, &later] {
         assert_eq!(std::fs::read(dir.join(&key))?, before, "{}", dir.display());
     }
@@ -1621,7 +1680,6 @@ fn the_server_deletes_its_copy_only_once_every_destination_holds_it_and_audits_i
         r["upload"]["removed_ms"].is_u64().then_some(r)
     })?;
     assert_eq!(record["upload"]["state"], "cached", "{record}");
-    let deletions = copy_deletions(&server, &job)?;
     assert_eq!(deletions.len(), 1, "{deletions:?}");
     let reason = deletions[0]["reason"].as_str().unwrap_or_default();
     assert!(
@@ -1702,11 +1760,9 @@ fn past_its_cap_the_server_deletes_its_oldest_delivered_copies_and_never_undeliv
     let (code, retried) = retry_delivery(&server, &first, &format!("{first}.flac"), "later")?;
     assert_eq!(code, 200, "{retried}");
     deliveries_in(&server, &first, "delivered", 2)?;
-    wait_for("the oldest copy deleted", Duration::from_secs(30), || {
-        (!cached(&first).exists()).then_some(())
-    })?;
+    let deletions = wait_copy_deleted(&server, &first, &cached(&first))?;
     assert!(cached(&second).exists(), "not everywhere yet: kept");
-    let reason = copy_deletions(&server, &first)?[0]["reason"]
+    let reason = deletions[0]["reason"]
         .as_str()
         .unwrap_or_default()
         .to_owned();
@@ -1714,9 +1770,8 @@ fn past_its_cap_the_server_deletes_its_oldest_delivered_copies_and_never_undeliv
     let (code, _) = retry_delivery(&server, &second, &format!("{second}.flac"), "later")?;
     assert_eq!(code, 200);
     deliveries_in(&server, &second, "delivered", 2)?;
-    wait_for("the second copy deleted", Duration::from_secs(30), || {
-        (!cached(&second).exists()).then_some(())
-    })?;
+    // Counted before it is audited.
+    wait_copy_deleted(&server, &second, &cached(&second))?;
     assert_eq!(server.metric("rakkr_server_copies_removed_total")?, 2);
     assert_eq!(server.metric("rakkr_server_copies_over_cap_bytes")?, 0);
     Ok(())
