@@ -18,7 +18,10 @@
 //!    node's own topics, SUBSCRIBE only to its own commands (readers: the
 //!    tree, no PUBLISH at all), no second CONNECT. A violation closes the
 //!    connection (MQTT 3.1.1 has no per-message refusal for PUBLISH) and is
-//!    counted and logged.
+//!    counted and logged. Refused logins, Last Wills, publishes and
+//!    subscriptions are also audited (`mqtt connect`, `mqtt publish`,
+//!    `mqtt subscribe`, outcome `denied`), bounded per client address like
+//!    the HTTP side's anonymous refusals.
 //! 4. Frames pass to the broker unchanged; the broker's packets pass back
 //!    unchanged (it sends only what the client was allowed to subscribe to).
 //!    The hand-over is in-process ([`rumqttd::InProcessV4`], a patch of the
@@ -97,6 +100,80 @@ pub struct Gate {
     pub store: Arc<dyn Store>,
     pub clock: Arc<dyn Clock>,
     pub stats: Arc<GateStats>,
+    /// Bounds the refusals audited per client address (shared with HTTP).
+    pub audit_budget: Arc<crate::audit::AnonymousBudget>,
+}
+
+/// Why the gate closed a connection.
+#[derive(Debug)]
+enum Closed {
+    /// The access rules refused it: audited. `who` is the principal, once
+    /// the CONNECT proved one.
+    Refused {
+        who: Option<Principal>,
+        action: &'static str,
+        why: String,
+    },
+    /// Anything else (a protocol error, silence, the broker): logged only.
+    Other(String),
+}
+
+impl Closed {
+    fn refused(who: Option<&Principal>, action: &'static str, why: String) -> Closed {
+        Closed::Refused {
+            who: who.cloned(),
+            action,
+            why,
+        }
+    }
+}
+
+impl std::fmt::Display for Closed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Closed::Refused { why, .. } | Closed::Other(why) => f.write_str(why),
+        }
+    }
+}
+
+/// Audits a refusal of the client at `peer`, within the address's budget.
+async fn audit_refusal(
+    gate: &Gate,
+    peer: std::net::IpAddr,
+    who: Option<Principal>,
+    action: &str,
+    why: String,
+) {
+    let now = gate.clock.unix_ms();
+    let (admit, left_out) = gate.audit_budget.admit(&peer.to_string(), now);
+    if !admit {
+        return;
+    }
+    let reason = match left_out {
+        0 => why,
+        n => format!("{why} ({n} more refusals from this address were not recorded one by one)"),
+    };
+    let actor = match &who {
+        Some(Principal::Node(node)) => format!("node:{node}@{peer}"),
+        Some(Principal::Reader(name)) => format!("reader:{name}@{peer}"),
+        None => format!("anonymous@{peer}"),
+    };
+    crate::audit::record(
+        gate.store.clone(),
+        rakkr_store::AuditEntry {
+            at_ms: now,
+            actor,
+            action: action.to_owned(),
+            target: match &who {
+                Some(Principal::Node(node)) => Some(format!("node:{node}")),
+                _ => None,
+            },
+            outcome: "denied".into(),
+            reason: Some(reason),
+            ..Default::default()
+        },
+    )
+    .await;
 }
 
 /// CONNACK return codes (MQTT 3.1.1).
@@ -142,17 +219,27 @@ pub async fn run(
                         Ok(Ok(stream)) => serve(stream, &gate).await,
                         Ok(Err(e)) => {
                             gate.stats.protocol_errors.fetch_add(1, Ordering::Relaxed);
-                            Err(format!("TLS handshake failed: {e}"))
+                            Err(Closed::Other(format!("TLS handshake failed: {e}")))
                         }
                         Err(_) => {
                             gate.stats.protocol_errors.fetch_add(1, Ordering::Relaxed);
-                            Err(format!("no TLS handshake within {:?}", gate.connect_wait))
+                            Err(Closed::Other(format!(
+                                "no TLS handshake within {:?}",
+                                gate.connect_wait
+                            )))
                         }
                     }
                 }
             };
-            if let Err(why) = served {
-                tracing::info!(%peer, %why, "MQTT connection closed by the gate");
+            match served {
+                Ok(()) => {}
+                Err(Closed::Other(why)) => {
+                    tracing::info!(%peer, %why, "MQTT connection closed by the gate")
+                }
+                Err(Closed::Refused { who, action, why }) => {
+                    tracing::info!(%peer, %why, "MQTT connection refused by the gate");
+                    audit_refusal(&gate, peer.ip(), who, action, why).await;
+                }
             }
         });
     }
@@ -278,7 +365,7 @@ fn allowed(principal: &Principal, packet: &Packet, stats: &GateStats) -> Result<
 /// Serve one client. At shutdown the gate only stops accepting: open
 /// connections pass traffic until the process ends, like the broker behind
 /// them, so clients still get the server's final `offline` status.
-async fn serve<S>(mut client: S, gate: &Gate) -> Result<(), String>
+async fn serve<S>(mut client: S, gate: &Gate) -> Result<(), Closed>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
@@ -289,30 +376,38 @@ where
         Ok(Ok(None)) => return Ok(()),
         Ok(Ok(Some(_))) => {
             gate.stats.protocol_errors.fetch_add(1, Ordering::Relaxed);
-            return Err("the first packet is not CONNECT".into());
+            return Err(Closed::Other("the first packet is not CONNECT".into()));
         }
         Ok(Err(e)) => {
             gate.stats.protocol_errors.fetch_add(1, Ordering::Relaxed);
-            return Err(e);
+            return Err(Closed::Other(e));
         }
         Err(_) => {
             gate.stats.protocol_errors.fetch_add(1, Ordering::Relaxed);
-            return Err(format!("no CONNECT within {:?}", gate.connect_wait));
+            return Err(Closed::Other(format!(
+                "no CONNECT within {:?}",
+                gate.connect_wait
+            )));
         }
     };
     let (principal, verified) = match authenticate(gate, &connect) {
         Ok(p) => p,
-        Err((code, why)) => return Err(refuse_login(&mut client, code, why, &gate.stats).await),
+        Err((code, why)) => {
+            let why = refuse_login(&mut client, code, why, &gate.stats).await;
+            return Err(Closed::refused(None, "mqtt connect", why));
+        }
     };
     if let (Principal::Node(node), Some(will)) = (&principal, &connect.last_will)
         && !node_may_publish(node, &will.topic)
     {
         let why = format!("node {node}'s Last Will goes to {:?}", will.topic);
-        return Err(refuse_login(&mut client, NOT_AUTHORIZED, why, &gate.stats).await);
+        let why = refuse_login(&mut client, NOT_AUTHORIZED, why, &gate.stats).await;
+        return Err(Closed::refused(Some(&principal), "mqtt connect", why));
     }
     if let (Principal::Reader(name), Some(_)) = (&principal, &connect.last_will) {
         let why = format!("reader {name} may not set a Last Will");
-        return Err(refuse_login(&mut client, NOT_AUTHORIZED, why, &gate.stats).await);
+        let why = refuse_login(&mut client, NOT_AUTHORIZED, why, &gate.stats).await;
+        return Err(Closed::refused(Some(&principal), "mqtt connect", why));
     }
     let (mut upstream, broker_end) = tokio::io::duplex(PIPE_BYTES);
     let broker = gate.upstream.clone();
@@ -320,7 +415,7 @@ where
     upstream
         .write_all(&frame)
         .await
-        .map_err(|e| format!("broker: {e}"))?;
+        .map_err(|e| Closed::Other(format!("broker: {e}")))?;
 
     let (connection, ended) = match &principal {
         Principal::Node(node) => {
@@ -348,14 +443,24 @@ where
     let downstream = tokio::io::copy(&mut broker_rx, &mut client_tx);
     let upstream = async {
         loop {
-            let Some((packet, frame)) = read_packet(&mut client_rx, &mut buf).await? else {
-                return Ok::<(), String>(());
+            let Some((packet, frame)) = read_packet(&mut client_rx, &mut buf)
+                .await
+                .map_err(Closed::Other)?
+            else {
+                return Ok::<(), Closed>(());
             };
-            allowed(&principal, &packet, &gate.stats)?;
+            allowed(&principal, &packet, &gate.stats).map_err(|why| {
+                let action = match packet {
+                    Packet::Publish(_) => "mqtt publish",
+                    Packet::Subscribe(_) => "mqtt subscribe",
+                    _ => return Closed::Other(why),
+                };
+                Closed::refused(Some(&principal), action, why)
+            })?;
             broker_tx
                 .write_all(&frame)
                 .await
-                .map_err(|e| format!("broker: {e}"))?;
+                .map_err(|e| Closed::Other(format!("broker: {e}")))?;
         }
     };
     let result = tokio::select! {
@@ -363,7 +468,7 @@ where
         _ = downstream => Ok(()),
         _ = ended.cancelled() => {
             gate.stats.ended.fetch_add(1, Ordering::Relaxed);
-            Err(format!("{principal:?}: connected again elsewhere, or its credential was revoked"))
+            Err(Closed::Other(format!("{principal:?}: connected again elsewhere, or its credential was revoked")))
         }
     };
     if let Some((node, n)) = connection {
@@ -396,6 +501,7 @@ mod tests {
             store: Arc::new(store),
             clock: Arc::new(crate::clock::SystemClock),
             stats: Arc::default(),
+            audit_budget: Arc::default(),
         }
     }
 

@@ -478,6 +478,10 @@ impl RunningServer {
             shutdown.clone(),
         ));
         let mut ca = None;
+        // Refusals audited per client address and minute, over HTTP and MQTT together.
+        let audit_budget = Arc::new(audit::AnonymousBudget::new(
+            settings.anonymous_audit_per_minute,
+        ));
         let mut mqtt_tls_port = None;
         if let Some((listener, upstream, readers, tls_listener)) = gate_listener {
             let gate = Arc::new(gate::Gate {
@@ -488,6 +492,7 @@ impl RunningServer {
                 store: store.clone(),
                 clock: clock.clone(),
                 stats: gate_stats.clone(),
+                audit_budget: audit_budget.clone(),
             });
             tasks.spawn(gate::run(listener, None, gate.clone(), shutdown.clone()));
             if let (Some(listener), Some(tls)) = (tls_listener, &server_tls) {
@@ -516,9 +521,7 @@ impl RunningServer {
             gate: gate_stats.clone(),
             ca,
             logins: Arc::default(),
-            audit_budget: Arc::new(audit::AnonymousBudget::new(
-                settings.anonymous_audit_per_minute,
-            )),
+            audit_budget,
             secure_cookies: settings.https_addr.is_some(),
             live_streams: Default::default(),
             http_stats: Default::default(),

@@ -603,3 +603,92 @@ fn what_a_node_reports_about_itself_renders_as_text() -> Result<()> {
     assert_eq!(&one, listed, "one node is as in the list");
     Ok(())
 }
+
+/// Connects to the server's MQTT gate as `user`, does `then` once the
+/// connection is up, and reads on until the gate closes it (or 10 s pass).
+/// Whether the gate let it connect.
+fn mqtt_session(
+    server: &Server,
+    user: &str,
+    password: &str,
+    then: impl FnOnce(&rumqttc::Client) -> Result<()>,
+) -> Result<bool> {
+    let mut opts = rumqttc::MqttOptions::new(user, "127.0.0.1", server.mqtt_port);
+    opts.set_credentials(user, password);
+    let (client, mut connection) = rumqttc::Client::new(opts, 16);
+    let mut then = Some(then);
+    let mut connected = false;
+    let until = std::time::Instant::now() + Duration::from_secs(10);
+    while std::time::Instant::now() < until {
+        match connection.recv_timeout(Duration::from_millis(500)) {
+            Ok(Ok(rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(_)))) => {
+                connected = true;
+                if let Some(then) = then.take() {
+                    then(&client)?;
+                }
+            }
+            Ok(Ok(_)) | Err(rumqttc::RecvTimeoutError::Timeout) => {}
+            Ok(Err(_)) | Err(rumqttc::RecvTimeoutError::Disconnected) => break,
+        }
+    }
+    Ok(connected)
+}
+
+#[test]
+fn the_mqtt_gate_s_refusals_are_audited() -> Result<()> {
+    let work = tempfile::tempdir()?;
+    let server = Server::start(work.path(), &work.path().join("data"))?;
+    let credential = server.credential_for("mq-1")?;
+    let ns = rakkr_protocol::topic::ROOT;
+
+    assert!(!mqtt_session(
+        &server,
+        "mq-1",
+        "not the credential",
+        |_| Ok(())
+    )?);
+    let connected = mqtt_session(&server, "mq-1", &credential, |c| {
+        let topic = format!("{ns}/nodes/mq-2/status");
+        c.publish(topic, rumqttc::QoS::AtLeastOnce, false, b"{}".to_vec())?;
+        Ok(())
+    })?;
+    assert!(connected, "its own credential lets it in");
+    mqtt_session(&server, "mq-1", &credential, |c| {
+        c.subscribe(format!("{ns}/nodes/mq-2/cmd/#"), rumqttc::QoS::AtLeastOnce)?;
+        Ok(())
+    })?;
+
+    let refused = |actor: &str, action: &str| -> Result<Vec<serde_json::Value>> {
+        let audit = server.get_json(&format!(
+            "/api/v1/audit/search?actor={actor}&outcome=denied&q={}",
+            action.replace(' ', "%20")
+        ))?;
+        Ok(audit["records"].as_array().cloned().unwrap_or_default())
+    };
+    let login = wait_for("the refused login audited", Duration::from_secs(10), || {
+        refused("anonymous@127.0.0.1", "mqtt connect")
+            .ok()
+            .filter(|r| !r.is_empty())
+    })?;
+    assert!(
+        login[0]["reason"].as_str().is_some_and(|r| !r.is_empty()),
+        "{login:?}"
+    );
+    for action in ["mqtt publish", "mqtt subscribe"] {
+        let records = wait_for(action, Duration::from_secs(10), || {
+            refused("node:mq-1@127.0.0.1", action)
+                .ok()
+                .filter(|r| !r.is_empty())
+        })?;
+        assert_eq!(records.len(), 1, "{records:?}");
+        assert_eq!(records[0]["target"], "node:mq-1");
+        assert!(
+            records[0]["reason"]
+                .as_str()
+                .is_some_and(|r| r.contains("mq-2")),
+            "{records:?}"
+        );
+    }
+    assert!(server.metric("rakkr_gate_refused_publishes_total")? >= 1);
+    Ok(())
+}
