@@ -692,3 +692,29 @@ fn the_mqtt_gate_s_refusals_are_audited() -> Result<()> {
     assert!(server.metric("rakkr_gate_refused_publishes_total")? >= 1);
     Ok(())
 }
+
+#[test]
+fn many_failed_logins_from_one_address_lock_the_address() -> Result<()> {
+    let work = tempfile::tempdir()?;
+    let server = Server::start(work.path(), &work.path().join("data"))?;
+    let mut zed = server.operator("zed", "viewer")?;
+    // Four tries for each of five names: no account reaches its own limit,
+    // but the address reaches its twenty.
+    for i in 0..rakkr_server::auth::ADDRESS_FREE_FAILURES {
+        let name = format!("guess-{}", i % 5);
+        assert_eq!(Operator::login(&server, &name, "wrong")?.0, 401, "try {i}");
+    }
+    let (code, _) = Operator::login(&server, "zed", OPERATOR_PASSWORD)?;
+    assert_eq!(
+        code, 429,
+        "the address is locked, even for a right password"
+    );
+    assert_eq!(zed.get("/")?.0, 200, "sessions already open go on");
+    let audit = server.get_json("/api/v1/audit/search?q=login&outcome=denied&limit=50")?;
+    let denied = audit["records"].as_array().map_or(0, Vec::len);
+    assert!(
+        denied > rakkr_server::auth::ADDRESS_FREE_FAILURES as usize,
+        "every refused login audited: {denied}"
+    );
+    Ok(())
+}

@@ -146,6 +146,29 @@ fn an_operator_records_from_the_browser_and_a_viewer_cannot() -> Result<()> {
         (!running).then_some(())
     })?;
 
+    // Cancel: the take stops and the job says cancelled, not completed.
+    browser.click("#start-recording")?;
+    browser.wait_css("#jobs tr[data-state=running] button.cancel", SOON)?;
+    let cancelled = browser
+        .js(
+            "return document.querySelector('#jobs tr[data-state=running]').dataset.job;",
+            vec![],
+        )?
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    browser.click("#jobs tr[data-state=running] button.cancel")?;
+    browser.wait_css(
+        &format!("#jobs tr[data-job='{cancelled}'][data-state=cancelled]"),
+        SOON,
+    )?;
+    let record = server.get_json(&format!("/api/v1/jobs/{cancelled}"))?;
+    assert_eq!(
+        (&record["state"], &record["cancel_requested"]),
+        (&json!("cancelled"), &json!(true)),
+        "{record}"
+    );
+
     // The take is in the library; markup in its tags and notes stays text.
     browser.click("a[href='/recordings']")?;
     browser.wait_css(&format!("tr[data-job='{job}']"), SOON)?;
@@ -307,8 +330,8 @@ fn an_operator_records_from_the_browser_and_a_viewer_cannot() -> Result<()> {
         format!("rakkr_meter_peak_dbfs{{node=\"{NODE}\",channel=\"4\"}} "),
         format!("rakkr_node_xruns_total{{node=\"{NODE}\"}} 0\n"),
         format!("rakkr_node_outbox_bytes{{node=\"{NODE}\"}} "),
-        // Two starts (mouse, keyboard) redirected back to the node page.
-        "rakkr_http_requests_total{route=\"/nodes/{id}/jobs\",method=\"POST\",status=\"3xx\"} 2\n"
+        // Three starts (mouse, keyboard, the cancelled one) redirected back to the node page.
+        "rakkr_http_requests_total{route=\"/nodes/{id}/jobs\",method=\"POST\",status=\"3xx\"} 3\n"
             .to_owned(),
         "rakkr_http_requests_total{route=\"/nodes/{id}/jobs\",method=\"POST\",status=\"4xx\"} 2\n"
             .to_owned(),
