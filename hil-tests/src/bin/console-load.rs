@@ -11,7 +11,9 @@
 //! (2 threads, 8 connections, the session cookie) for SECONDS, RUNS times.
 //! Prints wrk's p50/p99 per run and the medians. Pages:
 //! - the fleet dashboard (first page of 100 of NODES),
-//! - a node page (inventory, jobs, health events),
+//! - a node page, of a node with a history: 500 finished takes and 10,000
+//!   health events (the most a node keeps), raised and cleared in turn on
+//!   eight channels, so it has open and resolved health issues,
 //! - the audit log filtered by actor and outcome (the actor index),
 //! - the audit log filtered by outcome only (a scan, newest first),
 //! - the audit log searched for text that matches nothing (the worst case:
@@ -55,6 +57,12 @@ fn populate(data: &std::path::Path, nodes: usize, records: u64) -> Result<()> {
     for chunk in updates.chunks(1000) {
         store.record_node_statuses(chunk)?;
     }
+    history(
+        &store,
+        &NodeId::new(format!("node-{:05}", nodes * 42 / 100))?,
+        500,
+        10_000,
+    )?;
     let start_ms = 1_790_000_000_000u64;
     let entry = |i: u64| {
         let denied = i.is_multiple_of(17);
@@ -75,6 +83,104 @@ fn populate(data: &std::path::Path, nodes: usize, records: u64) -> Result<()> {
         let end = (next + 50_000).min(records + 1);
         store.append_audit_many((next..end).map(entry).collect())?;
         next = end;
+    }
+    Ok(())
+}
+
+/// A node's past: `takes` finished recordings (30 s, 2 channels, a minute
+/// apart) and `events` health events, raised and cleared in turn.
+fn history(store: &RedbStore, node: &NodeId, takes: u64, events: u64) -> Result<()> {
+    use rakkr_protocol::MessageId;
+    use rakkr_protocol::job::{JobSpec, JobUpdate, RecordedFile, RecordingReport};
+    use rakkr_protocol::payload::{HealthChange, HealthCondition, HealthEvent, Severity};
+    use rakkr_protocol::state::JobState;
+    let start_ms = 1_790_000_000_000u64;
+    for i in 0..takes {
+        let at = start_ms + i * 60_000;
+        let spec = JobSpec {
+            duration_s: Some(30),
+            ..serde_json::from_str("{}")?
+        };
+        store.enqueue_job(
+            rakkr_store::NewJob::unscheduled(node.clone(), spec, vec![0, 1]),
+            at,
+        )?;
+        let job = store
+            .claim_jobs(node, 1, &[], at, 60_000)?
+            .pop()
+            .context("the queued take")?;
+        let update = |state, recording| JobUpdate {
+            job_id: job.id,
+            lease_id: job.lease.map_or(0, |l| l.id),
+            state,
+            at_ms: at,
+            detail: String::new(),
+            recording,
+            autonomous: None,
+        };
+        store.apply_job_update(
+            node,
+            MessageId::new(at),
+            &update(JobState::Running, None),
+            at,
+        )?;
+        let report = RecordingReport {
+            files: vec![RecordedFile {
+                name: format!("{}.flac", job.id),
+                frames: 30 * 48_000,
+                bytes: 4_000_000,
+            }],
+            file_count: 1,
+            frames: 30 * 48_000,
+            sample_rate: 48_000,
+            channels: 2,
+            bits: 24,
+            start_unix_ms: at,
+            gaps: 0,
+            recovered: false,
+        };
+        store.apply_job_update(
+            node,
+            MessageId::new(at + 30_000),
+            &update(JobState::Completed, Some(report)),
+            at + 30_000,
+        )?;
+    }
+    let conditions = [
+        HealthCondition::Silence,
+        HealthCondition::Clipping,
+        HealthCondition::LowSignal,
+        HealthCondition::Flatline,
+    ];
+    let records: Vec<rakkr_store::HealthEventRecord> = (0..events)
+        .map(|i| {
+            let at_ms = start_ms + i * 5_000;
+            // Pairs on one subject: raised, then cleared; the last pairs stay open.
+            let change = if i % 2 == 0 || i + 8 >= events {
+                HealthChange::Raised
+            } else {
+                HealthChange::Cleared
+            };
+            rakkr_store::HealthEventRecord {
+                node: node.clone(),
+                msg_id: MessageId::new(at_ms),
+                event: HealthEvent {
+                    condition: conditions[(i / 2 % 4) as usize],
+                    change,
+                    severity: match change {
+                        HealthChange::Raised => Severity::Warning,
+                        HealthChange::Cleared => Severity::Info,
+                    },
+                    at_ms,
+                    detail: format!("channel {} for a while", i / 8 % 8 + 1),
+                    subject: format!("ch{}", i / 8 % 8 + 1),
+                },
+                received_ms: at_ms,
+            }
+        })
+        .collect();
+    for chunk in records.chunks(1000) {
+        store.record_health_events(chunk)?;
     }
     Ok(())
 }
