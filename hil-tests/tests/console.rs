@@ -69,7 +69,7 @@ fn an_operator_records_from_the_browser_and_a_viewer_cannot() -> Result<()> {
     wait_for("node online", SOON, || {
         (server.presence(NODE).as_deref() == Some("online")).then_some(())
     })?;
-    server.operator("olga", "operator")?;
+    let olga = server.operator("olga", "operator")?;
     server.operator("vic", "viewer")?;
 
     let browser = Browser::start(work, &server.url(""), Look::DESKTOP)?;
@@ -89,6 +89,35 @@ fn an_operator_records_from_the_browser_and_a_viewer_cannot() -> Result<()> {
         browser.text("#live-state")?,
         "Live: about five updates a second."
     );
+    // What the page says is so: the stream behind it sends about five frames a
+    // second (a wide band; the machine is shared).
+    {
+        use std::io::Read as _;
+        let mut stream = reqwest::blocking::Client::builder()
+            .build()?
+            .get(server.url(&format!("/nodes/{NODE}/live")))
+            .header("cookie", olga.cookie().unwrap_or_default())
+            .send()?;
+        assert_eq!(stream.headers()["content-type"], "text/event-stream");
+        let (mut seen, mut buf) = (String::new(), [0u8; 4096]);
+        let started = std::time::Instant::now();
+        // The first frame, then four seconds of them.
+        while !seen.contains("event: meters") {
+            let n = stream.read(&mut buf)?;
+            seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+        let (before, from) = (
+            seen.matches("event: meters").count(),
+            std::time::Instant::now(),
+        );
+        while from.elapsed() < Duration::from_secs(4) && started.elapsed() < SOON {
+            let n = stream.read(&mut buf)?;
+            seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+        let rate =
+            (seen.matches("event: meters").count() - before) as f64 / from.elapsed().as_secs_f64();
+        assert!((2.5..=8.0).contains(&rate), "{rate:.1} frames a second");
+    }
     assert!(!browser.overflows_horizontally()?);
     browser.screenshot("node-1280-light")?;
 
