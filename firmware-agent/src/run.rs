@@ -1077,6 +1077,7 @@ pub fn build_source(
         sample_rates: vec![rate],
         codecs: Vec::new(),
         max_jobs: 0,
+        devices: Vec::new(),
     };
     Ok(match &settings.source {
         SourceSettings::Alsa(req) => {
@@ -1091,7 +1092,14 @@ pub fn build_source(
                 buffer_frames = g.buffer_frames,
                 "capture device opened"
             );
-            let caps = capabilities(source.kind(), g.channels, g.rate);
+            let present = crate::source::alsa::capture_device_names().unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "the other capture devices could not be listed");
+                Vec::new()
+            });
+            let caps = Capabilities {
+                devices: announced_devices(&source_name(settings), present),
+                ..capabilities(source.kind(), g.channels, g.rate)
+            };
             (Box::new(source) as Box<dyn CaptureSource>, caps)
         }
         SourceSettings::Synthetic {
@@ -1103,10 +1111,58 @@ pub fn build_source(
             let seed = fnv1a(settings.node_id.as_str().as_bytes());
             let source =
                 SyntheticSource::new(*sample_rate, *channels, *period_frames, *signal, seed);
-            let caps = capabilities(source.kind(), *channels, *sample_rate);
+            let caps = Capabilities {
+                devices: announced_devices(
+                    &source_name(settings),
+                    vec![("synthetic".into(), "a generated test signal".into())],
+                ),
+                ..capabilities(source.kind(), *channels, *sample_rate)
+            };
             (Box::new(source), caps)
         }
     })
+}
+
+/// The devices a node announces: the one it captures from first (whether or
+/// not the audio system lists it: a plugin name need not be), then the others
+/// it lists, each once, within the protocol's bounds (descriptions cut at a
+/// character boundary).
+pub fn announced_devices(
+    in_use: &str,
+    present: Vec<(String, String)>,
+) -> Vec<rakkr_protocol::payload::CaptureDevice> {
+    use rakkr_protocol::payload::{CaptureDevice, MAX_LIST_ITEMS, MAX_SHORT_TEXT};
+    let cut = |text: &str| -> String {
+        let mut end = text.len().min(MAX_SHORT_TEXT);
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text[..end].to_owned()
+    };
+    let description_of_in_use = present
+        .iter()
+        .find(|(name, _)| name == in_use)
+        .map(|(_, d)| cut(d))
+        .unwrap_or_default();
+    let mut devices = vec![CaptureDevice {
+        name: cut(in_use),
+        description: description_of_in_use,
+        in_use: true,
+    }];
+    for (name, description) in present {
+        if devices.len() >= MAX_LIST_ITEMS {
+            break;
+        }
+        if name.len() > MAX_SHORT_TEXT || devices.iter().any(|d| d.name == name) {
+            continue;
+        }
+        devices.push(CaptureDevice {
+            name,
+            description: cut(&description),
+            in_use: false,
+        });
+    }
+    devices
 }
 
 /// FNV-1a: a stable per-node seed, so each simulated node sounds different.
@@ -1119,6 +1175,41 @@ fn fnv1a(bytes: &[u8]) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_device_in_use_is_announced_first_and_others_once_within_bounds() {
+        let present = vec![
+            ("default".to_owned(), "Default ALSA Output".to_owned()),
+            (
+                "hw:CARD=USB,DEV=0".to_owned(),
+                "USB Audio — 8 in".to_owned(),
+            ),
+            ("default".to_owned(), "listed twice".to_owned()),
+            ("x".repeat(200), "a name too long to announce".to_owned()),
+        ];
+        let devices = announced_devices("hw:CARD=USB,DEV=0", present);
+        let names: Vec<(&str, bool)> = devices
+            .iter()
+            .map(|d| (d.name.as_str(), d.in_use))
+            .collect();
+        assert_eq!(names, [("hw:CARD=USB,DEV=0", true), ("default", false)]);
+        assert_eq!(devices[0].description, "USB Audio — 8 in");
+        // A plugin the audio system does not list is still the one in use.
+        let devices = announced_devices("rakkr_test_pcm", Vec::new());
+        assert_eq!(devices.len(), 1);
+        assert!(devices[0].in_use && devices[0].description.is_empty());
+        // Descriptions are cut at a character boundary; the list is bounded.
+        let many: Vec<(String, String)> = (0..100)
+            .map(|i| (format!("hw:{i}"), "é".repeat(100)))
+            .collect();
+        let devices = announced_devices("hw:0", many);
+        assert_eq!(devices.len(), rakkr_protocol::payload::MAX_LIST_ITEMS);
+        assert!(
+            devices
+                .iter()
+                .all(|d| d.description.len() <= 128 && d.description.chars().all(|c| c == 'é'))
+        );
+    }
 
     #[test]
     fn device_loss_raises_once_and_clears_once_with_its_duration() {

@@ -642,6 +642,7 @@ mod tests {
                     sample_rates: vec![],
                     codecs: vec![],
                     max_jobs: 0,
+                    devices: Vec::new(),
                 },
                 realtime: Default::default(),
             },

@@ -552,6 +552,18 @@ fn inventory(node: &LiveNode, now_ms: u64) -> Markup {
                     @if let Some(u) = &node.update {
                         dt { "Update" } dd #update-step { (crate::console::update_step(u)) }
                     }
+                    dt { "Devices" } dd {
+                        @if d.capabilities.devices.is_empty() { span.muted { "not announced (an older agent)" } }
+                        ul.devices {
+                            @for dev in &d.capabilities.devices {
+                                li data-in-use=(dev.in_use) {
+                                    code { (dev.name) }
+                                    @if dev.in_use { " " span.badge.online { "capturing" } }
+                                    @if !dev.description.is_empty() { " " span.muted { (dev.description) } }
+                                }
+                            }
+                        }
+                    }
                     dt { "Channels" } dd { (d.capabilities.channels) }
                     dt { "Sample rates" } dd { (join(d.capabilities.sample_rates.iter().map(|r| format!("{r} Hz")))) }
                     dt { "Sources" } dd { (join(d.capabilities.sources.iter())) }
@@ -589,10 +601,20 @@ fn start_form(
         .map(|d| d.capabilities.codecs.clone())
         .unwrap_or_default();
     let can_record = r.presence == Presence::Online && !codecs.is_empty();
+    // Jobs record from the device the node captures from (`default` names it).
+    let in_use = r.details.as_ref().and_then(|d| {
+        d.capabilities
+            .devices
+            .iter()
+            .find(|dev| dev.in_use)
+            .map(|dev| dev.name.clone())
+    });
     html! {
         form.start method="post" action=(jobs_src(&r.id)) {
             (csrf_field(signed_in))
-            label { "Device" input type="text" name="device" value="default" required maxlength="128"; }
+            label { "Device"
+                input type="text" name="device" value=(in_use.as_deref().unwrap_or("default")) required maxlength="128";
+            }
             label { "Channels" input type="text" name="channels" placeholder="all, or e.g. 1,2 or 3+4" maxlength="128"; }
             label { "Profile"
                 select name="profile" {

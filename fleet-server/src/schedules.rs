@@ -982,6 +982,7 @@ mod tests {
                         sample_rates: vec![48_000],
                         codecs: vec!["flac".into(), "wav".into()],
                         max_jobs: 4,
+                        devices: Vec::new(),
                     },
                     realtime: RealtimeStatus::default(),
                 }),

@@ -569,6 +569,7 @@ fn what_a_node_reports_about_itself_renders_as_text() -> Result<()> {
             sample_rates: vec![48_000],
             codecs: vec!["fl\"ac' onmouseover='x".into()],
             max_jobs: 1,
+            devices: Vec::new(),
         },
         realtime: Default::default(),
     };

@@ -119,6 +119,20 @@ fn an_operator_records_from_the_browser_and_a_viewer_cannot() -> Result<()> {
         assert!((2.5..=8.0).contains(&rate), "{rate:.1} frames a second");
     }
     assert!(!browser.overflows_horizontally()?);
+    assert!(
+        browser
+            .text("ul.devices li[data-in-use=true]")?
+            .contains("synthetic"),
+        "the inventory names the device the node captures from"
+    );
+    assert_eq!(
+        browser.js(
+            "return document.querySelector('form.start input[name=device]').value;",
+            vec![]
+        )?,
+        json!("synthetic"),
+        "and a new recording uses it"
+    );
     browser.screenshot("node-1280-light")?;
 
     // Start a recording until stopped, see it run, stop it.

@@ -81,6 +81,12 @@ fn a_lost_device_raises_a_health_event_and_its_return_clears_it() -> Result<()> 
             (n["meters"]["stale"] == false).then_some(())
         },
     )?;
+    // The node announces the device it captures from (a plugin alsa-lib's
+    // hints do not list) for the console's inventory.
+    let node = server.get_json("/api/v1/nodes/hil-loss")?;
+    let devices = &node["details"]["capabilities"]["devices"];
+    assert_eq!(devices[0]["name"], "jackcap", "{node}");
+    assert_eq!(devices[0]["in_use"], true, "{node}");
 
     drop(jack); // the device is gone
     let raised = watch.wait_json(events, Duration::from_secs(20), |v| {

@@ -67,6 +67,24 @@ pub struct Capabilities {
     pub codecs: Vec<String>,
     /// How many recording jobs the node runs at once.
     pub max_jobs: u16,
+    /// The capture devices the node's audio system names: the one it
+    /// captures from (`in_use`; jobs record from it) and the others present.
+    /// Absent from older agents.
+    #[serde(default)]
+    pub devices: Vec<CaptureDevice>,
+}
+
+/// A capture device on a node (an ALSA PCM name, or `synthetic`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct CaptureDevice {
+    /// What the node's configuration calls it, e.g. `hw:CARD=USB,DEV=0`.
+    pub name: String,
+    /// What the audio system says it is (at most 128 bytes).
+    #[serde(default)]
+    pub description: String,
+    /// The node captures from this one.
+    #[serde(default)]
+    pub in_use: bool,
 }
 
 /// Whether the capture path got the real-time treatment it asked for.
@@ -120,6 +138,11 @@ impl Payload for NodeStatus {
             check_list("capabilities.codecs", &capabilities.codecs)?;
             for s in capabilities.sources.iter().chain(&capabilities.codecs) {
                 check_text("capability name", s)?;
+            }
+            check_list("capabilities.devices", &capabilities.devices)?;
+            for d in &capabilities.devices {
+                check_text("device name", &d.name)?;
+                check_text("device description", &d.description)?;
             }
         }
         Ok(())
@@ -625,6 +648,35 @@ fn check_list<T>(field: &str, items: &[T]) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_older_agent_s_status_has_no_devices_and_devices_are_bounded() {
+        let older = r#"{"state":"online","agent_version":"0.1.0","slot":"a",
+            "capabilities":{"sources":["alsa"],"channels":2,"sample_rates":[48000],
+            "codecs":["flac"],"max_jobs":1}}"#;
+        let status: NodeStatus = serde_json::from_str(older).unwrap();
+        let NodeStatus::Online { capabilities, .. } = &status else {
+            panic!("{status:?}")
+        };
+        assert!(capabilities.devices.is_empty());
+        assert_eq!(status.validate(), Ok(()));
+        let with = |devices: Vec<CaptureDevice>| {
+            let mut s = status.clone();
+            if let NodeStatus::Online { capabilities, .. } = &mut s {
+                capabilities.devices = devices;
+            }
+            s.validate()
+        };
+        let device = |name: &str, description: &str| CaptureDevice {
+            name: name.into(),
+            description: description.into(),
+            in_use: false,
+        };
+        assert_eq!(with(vec![device("hw:0", "USB")]), Ok(()));
+        assert!(with(vec![device(&"x".repeat(MAX_SHORT_TEXT + 1), "")]).is_err());
+        assert!(with(vec![device("hw:0", &"x".repeat(MAX_SHORT_TEXT + 1))]).is_err());
+        assert!(with(vec![device("hw:0", ""); MAX_LIST_ITEMS + 1]).is_err());
+    }
 
     fn frame(at: u64, window_ms: u32, peak: f32, rms: f32, clipped: u32) -> MeterFrame {
         MeterFrame {

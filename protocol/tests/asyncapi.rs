@@ -99,6 +99,7 @@ fn what_the_code_sends_is_what_the_schemas_describe() {
                 sample_rates: vec![48_000],
                 codecs: vec!["flac".into()],
                 max_jobs: 1,
+                devices: Vec::new(),
             },
             realtime: RealtimeStatus::default(),
         }),

@@ -23,6 +23,11 @@ fn status() -> impl Strategy<Value = NodeStatus> {
                         sample_rates,
                         codecs: vec!["flac".into()],
                         max_jobs,
+                        devices: vec![rakkr_protocol::payload::CaptureDevice {
+                            name: "hw:CARD=USB,DEV=0".into(),
+                            description: "USB Audio — 8 in".into(),
+                            in_use: true,
+                        }],
                     },
                     realtime: Default::default(),
                 }
@@ -134,6 +139,7 @@ fn sample_online() -> serde_json::Value {
                 sample_rates: vec![48000],
                 codecs: vec![],
                 max_jobs: 1,
+                devices: Vec::new(),
             },
             realtime: Default::default(),
         },

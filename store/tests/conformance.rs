@@ -24,6 +24,7 @@ fn details(version: &str) -> NodeDetails {
             sample_rates: vec![48000],
             codecs: vec![],
             max_jobs: 1,
+            devices: Vec::new(),
         },
         realtime: Default::default(),
     }

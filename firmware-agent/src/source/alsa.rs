@@ -410,25 +410,30 @@ pub fn probe(device: &str) -> Result<DeviceCapabilities, CaptureError> {
     })
 }
 
-/// Every PCM that alsa-lib's configuration names for capture, probed.
-pub fn list_capture_devices() -> Result<Vec<DeviceInfo>, CaptureError> {
+/// Every PCM that alsa-lib's configuration names for capture (name and
+/// description), without opening any.
+pub fn capture_device_names() -> Result<Vec<(String, String)>, CaptureError> {
     let hints = HintIter::new_str(None, "pcm")
         .map_err(|e| CaptureError::Device(format!("cannot list devices: {e}")))?;
-    let mut out = Vec::new();
-    for hint in hints {
-        if hint.direction == Some(Direction::Playback) {
-            continue;
-        }
-        let Some(name) = hint.name else { continue };
-        let description = hint.desc.unwrap_or_default().replace('\n', " — ");
-        let capabilities = probe(&name).ok();
-        out.push(DeviceInfo {
+    Ok(hints
+        .filter(|hint| hint.direction != Some(Direction::Playback))
+        .filter_map(|hint| {
+            let description = hint.desc.unwrap_or_default().replace('\n', " — ");
+            Some((hint.name?, description))
+        })
+        .collect())
+}
+
+/// Every PCM that alsa-lib's configuration names for capture, probed.
+pub fn list_capture_devices() -> Result<Vec<DeviceInfo>, CaptureError> {
+    Ok(capture_device_names()?
+        .into_iter()
+        .map(|(name, description)| DeviceInfo {
+            capabilities: probe(&name).ok(),
             name,
             description,
-            capabilities,
-        });
-    }
-    Ok(out)
+        })
+        .collect())
 }
 
 #[cfg(test)]

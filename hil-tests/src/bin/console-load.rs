@@ -43,6 +43,7 @@ fn populate(data: &std::path::Path, nodes: usize, records: u64) -> Result<()> {
             sample_rates: vec![48_000],
             codecs: vec!["flac".into()],
             max_jobs: 2,
+            devices: Vec::new(),
         },
         realtime: Default::default(),
     };

@@ -341,6 +341,7 @@ fn status_payload() -> Vec<u8> {
                 sample_rates: vec![48_000],
                 codecs: vec!["flac".into()],
                 max_jobs: 1,
+                devices: Vec::new(),
             },
             realtime: Default::default(),
         },
