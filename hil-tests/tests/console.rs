@@ -140,14 +140,7 @@ fn an_operator_records_from_the_browser_and_a_viewer_cannot() -> Result<()> {
     browser.click("#start-recording")?;
     browser.wait_css("#jobs tr[data-state=running] button.stop", SOON)?;
     browser.screenshot("node-recording-1280-light")?;
-    let job = browser
-        .js(
-            "return document.querySelector('#jobs tr[data-state=running]').dataset.job;",
-            vec![],
-        )?
-        .as_str()
-        .unwrap_or_default()
-        .to_owned();
+    let job = running_job(&browser)?;
     std::thread::sleep(Duration::from_secs(1));
     browser.click("#jobs tr[data-state=running] button.stop")?;
     browser.wait_css(
@@ -192,14 +185,7 @@ fn an_operator_records_from_the_browser_and_a_viewer_cannot() -> Result<()> {
     // Cancel: the take stops and the job says cancelled, not completed.
     browser.click("#start-recording")?;
     browser.wait_css("#jobs tr[data-state=running] button.cancel", SOON)?;
-    let cancelled = browser
-        .js(
-            "return document.querySelector('#jobs tr[data-state=running]').dataset.job;",
-            vec![],
-        )?
-        .as_str()
-        .unwrap_or_default()
-        .to_owned();
+    let cancelled = running_job(&browser)?;
     browser.click("#jobs tr[data-state=running] button.cancel")?;
     browser.wait_css(
         &format!("#jobs tr[data-job='{cancelled}'][data-state=cancelled]"),
@@ -409,6 +395,15 @@ fn an_operator_records_from_the_browser_and_a_viewer_cannot() -> Result<()> {
     assert!(!dark.overflows_horizontally()?);
     dark.screenshot("node-1280-dark")?;
     Ok(())
+}
+
+/// The id of the job running in the node page's recordings panel.
+fn running_job(browser: &Browser) -> Result<String> {
+    let id = browser.js(
+        "return document.querySelector('#jobs tr[data-state=running]').dataset.job;",
+        vec![],
+    )?;
+    Ok(id.as_str().unwrap_or_default().to_owned())
 }
 
 /// The text of the shown-once secret on the page.
