@@ -61,9 +61,40 @@ pub struct IngestStats {
     pub job_reports_deferred: AtomicU64,
     /// Health events by (condition, change); bounded by the protocol's conditions.
     health_by_condition: Mutex<std::collections::BTreeMap<(&'static str, &'static str), u64>>,
+    /// Time to decode and apply one node message, per channel (in the order
+    /// of [`NodeChannel::ALL`]).
+    message_latency: MessageLatency,
+    /// Time from taking a batch of health events to their being stored and
+    /// acknowledged.
+    pub events_persist_latency: crate::metrics::Histogram,
+}
+
+#[derive(Debug)]
+struct MessageLatency([crate::metrics::Histogram; NodeChannel::ALL.len()]);
+
+impl Default for MessageLatency {
+    fn default() -> Self {
+        MessageLatency(std::array::from_fn(|_| crate::metrics::Histogram::fine()))
+    }
 }
 
 impl IngestStats {
+    /// The message latencies, by channel name.
+    pub fn message_latency(
+        &self,
+    ) -> impl Iterator<Item = (&'static str, &crate::metrics::Histogram)> {
+        NodeChannel::ALL
+            .iter()
+            .map(|c| c.as_str())
+            .zip(self.message_latency.0.iter())
+    }
+
+    pub(crate) fn observe_message(&self, channel: NodeChannel, took: Duration) {
+        if let Some(i) = NodeChannel::ALL.iter().position(|c| *c == channel) {
+            self.message_latency.0[i].observe(took);
+        }
+    }
+
     fn count_health(&self, event: &HealthEvent) {
         let change = match event.change {
             rakkr_protocol::payload::HealthChange::Raised => "raised",
@@ -201,6 +232,7 @@ pub async fn persist_events(
         if batch.is_empty() {
             continue;
         }
+        let started = std::time::Instant::now();
         let stored = {
             let store = store.clone();
             tokio::task::spawn_blocking(move || {
@@ -216,6 +248,7 @@ pub async fn persist_events(
                     &*clock,
                     batch.into_iter().map(|e| (e.node, e.msg_id)).collect(),
                 );
+                stats.events_persist_latency.observe(started.elapsed());
             }
             Ok((batch, Err(e))) => {
                 stats.store_errors.fetch_add(1, Ordering::Relaxed);
@@ -482,8 +515,17 @@ pub struct Sinks {
     pub stats: Arc<IngestStats>,
 }
 
-/// Decode and apply one incoming message. Never panics; every refusal is counted.
+/// Decode and apply one incoming message, timed per channel. Never panics;
+/// every refusal is counted.
 pub fn handle_message(topic: &str, payload: &[u8], sinks: &Sinks, now_ms: u64) {
+    let started = std::time::Instant::now();
+    if let Some(channel) = apply_message(topic, payload, sinks, now_ms) {
+        sinks.stats.observe_message(channel, started.elapsed());
+    }
+}
+
+/// [`handle_message`]'s work: the node channel the message came on, if any.
+fn apply_message(topic: &str, payload: &[u8], sinks: &Sinks, now_ms: u64) -> Option<NodeChannel> {
     let Sinks {
         fleet,
         pending,
@@ -496,14 +538,14 @@ pub fn handle_message(topic: &str, payload: &[u8], sinks: &Sinks, now_ms: u64) {
         Ok(_) | Err(_) => {
             stats.bad_topics.fetch_add(1, Ordering::Relaxed);
             tracing::debug!(topic, "ignoring message on unexpected topic");
-            return;
+            return None;
         }
     };
     match channel {
         NodeChannel::Status => {
             // An empty retained message clears the retained status; nothing to apply.
             if payload.is_empty() {
-                return;
+                return None;
             }
             match Envelope::<NodeStatus>::decode(payload) {
                 Ok(env) => match fleet.apply_status(&node, &env.body, now_ms) {
@@ -539,7 +581,7 @@ pub fn handle_message(topic: &str, payload: &[u8], sinks: &Sinks, now_ms: u64) {
         NodeChannel::Update => {
             // An empty retained message clears the retained report; nothing to apply.
             if payload.is_empty() {
-                return;
+                return None;
             }
             match Envelope::<rakkr_protocol::update::UpdateReport>::decode(payload) {
                 Ok(env) => {
@@ -614,6 +656,7 @@ pub fn handle_message(topic: &str, payload: &[u8], sinks: &Sinks, now_ms: u64) {
             }
         },
     }
+    Some(channel)
 }
 
 /// The `msg_id` of a payload that may not decode as a whole.

@@ -41,17 +41,44 @@ pub const BUCKETS: [f64; 12] = [
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
 ];
 
-/// A latency histogram with fixed [`BUCKETS`] (cumulative when rendered).
-#[derive(Debug, Default)]
+/// Upper bounds (seconds) for work done in memory, per message: 10 µs to 100 ms.
+pub const FINE_BUCKETS: [f64; 12] = [
+    0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025,
+    0.1,
+];
+
+/// A latency histogram with fixed bounds, [`BUCKETS`] unless made
+/// [`Histogram::fine`] (cumulative when rendered).
+#[derive(Debug)]
 pub struct Histogram {
+    bounds: &'static [f64; BUCKETS.len()],
     counts: [AtomicU64; BUCKETS.len() + 1],
     sum_ns: AtomicU64,
 }
 
+impl Default for Histogram {
+    fn default() -> Self {
+        Histogram {
+            bounds: &BUCKETS,
+            counts: Default::default(),
+            sum_ns: AtomicU64::new(0),
+        }
+    }
+}
+
 impl Histogram {
+    /// One with [`FINE_BUCKETS`].
+    pub fn fine() -> Histogram {
+        Histogram {
+            bounds: &FINE_BUCKETS,
+            ..Histogram::default()
+        }
+    }
+
     pub fn observe(&self, took: Duration) {
         let secs = took.as_secs_f64();
-        let i = BUCKETS
+        let i = self
+            .bounds
             .iter()
             .position(|b| secs <= *b)
             .unwrap_or(BUCKETS.len());
@@ -63,7 +90,8 @@ impl Histogram {
     fn render(&self, out: &mut String, name: &str, labels: &str) {
         let mut cumulative = 0;
         let sep = if labels.is_empty() { "" } else { "," };
-        for (i, le) in BUCKETS
+        for (i, le) in self
+            .bounds
             .iter()
             .map(|b| b.to_string())
             .chain(["+Inf".to_owned()])
@@ -349,6 +377,28 @@ pub fn render(s: &Sources<'_>) -> String {
     }
     gauge_header(
         &mut out,
+        "rakkr_mqtt_message_seconds",
+        "Time the server's link took to decode and apply one node message, by channel.",
+        "histogram",
+    );
+    for (channel, h) in s.ingest.message_latency() {
+        h.render(
+            &mut out,
+            "rakkr_mqtt_message_seconds",
+            &format!("channel=\"{channel}\""),
+        );
+    }
+    gauge_header(
+        &mut out,
+        "rakkr_health_events_persist_seconds",
+        "Time from taking a batch of health events to their being stored and acknowledged to their nodes.",
+        "histogram",
+    );
+    s.ingest
+        .events_persist_latency
+        .render(&mut out, "rakkr_health_events_persist_seconds", "");
+    gauge_header(
+        &mut out,
         "rakkr_health_events_by_condition_total",
         "Health events received, by condition and change.",
         "counter",
@@ -623,6 +673,10 @@ mod tests {
         fleet.apply_meters(&node, frame, 1_000).unwrap();
         let ingest = IngestStats::default();
         ingest.meter_frames.store(42, Ordering::Relaxed);
+        ingest.observe_message(
+            rakkr_protocol::topic::NodeChannel::Meters,
+            Duration::from_micros(30),
+        );
         let http = HttpStats::default();
         http.observe("/api/v1/jobs", "POST", 201, Duration::from_millis(3));
         http.observe("/api/v1/jobs", "POST", 409, Duration::from_millis(700));
@@ -752,6 +806,24 @@ mod tests {
             }
             other => panic!("not a histogram: {other:?}"),
         }
+        // Messages are timed in microseconds, per channel.
+        let meters = scrape
+            .samples
+            .iter()
+            .find(|s| {
+                s.metric == "rakkr_mqtt_message_seconds"
+                    && s.labels.get("channel") == Some("meters")
+            })
+            .expect("the meters' latency");
+        match &meters.value {
+            prometheus_parse::Value::Histogram(buckets) => {
+                let at = |le: f64| buckets.iter().find(|b| b.less_than == le).unwrap().count;
+                assert_eq!((at(0.000_025), at(0.000_05)), (0.0, 1.0), "30 µs");
+            }
+            other => panic!("not a histogram: {other:?}"),
+        }
+        assert!(text.contains("rakkr_mqtt_message_seconds_count{channel=\"status\"} 0\n"));
+        assert!(text.contains("rakkr_health_events_persist_seconds_count 0\n"));
         // Every sample has HELP and TYPE.
         for line in text.lines().filter(|l| !l.starts_with('#')) {
             let name = line.split(['{', ' ']).next().unwrap();

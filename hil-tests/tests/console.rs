@@ -366,6 +366,8 @@ fn an_operator_records_from_the_browser_and_a_viewer_cannot() -> Result<()> {
             .to_owned(),
         "rakkr_job_desk_seconds_count{report=\"update\"} ".to_owned(),
         "rakkr_mqtt_live_meter_frames_total ".to_owned(),
+        "rakkr_mqtt_message_seconds_bucket{channel=\"meters\",le=\"0.1\"} ".to_owned(),
+        "rakkr_health_events_persist_seconds_count ".to_owned(),
     ] {
         assert!(metrics.contains(&expected), "no {expected:?} in /metrics");
     }
