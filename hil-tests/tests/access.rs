@@ -545,6 +545,30 @@ fn every_api_error_is_problem_json() -> Result<()> {
     Ok(())
 }
 
+/// Enrolls `node` and announces `status` for it over MQTT with its own
+/// credential, as its agent would; waits until the server has it.
+fn announce(
+    server: &Server,
+    node: &str,
+    status: rakkr_protocol::payload::NodeStatus,
+) -> Result<()> {
+    let credential = server.credential_for(node)?;
+    let mut opts = rumqttc::MqttOptions::new(node, "127.0.0.1", server.mqtt_port);
+    opts.set_credentials(node, credential);
+    let (client, mut connection) = rumqttc::Client::new(opts, 16);
+    std::thread::spawn(move || for _ in connection.iter() {});
+    client.publish(
+        format!("{}/nodes/{node}/status", rakkr_protocol::topic::ROOT),
+        rumqttc::QoS::AtLeastOnce,
+        true,
+        rakkr_protocol::Envelope::stamped(1, status).encode(),
+    )?;
+    wait_for("the node online", Duration::from_secs(20), || {
+        (server.presence(node).as_deref() == Some("online")).then_some(())
+    })?;
+    Ok(())
+}
+
 #[test]
 fn what_a_node_reports_about_itself_renders_as_text() -> Result<()> {
     use rakkr_protocol::payload::{BootSlot, Capabilities, NodeStatus};
@@ -553,11 +577,6 @@ fn what_a_node_reports_about_itself_renders_as_text() -> Result<()> {
     // A node with a real credential (a compromised appliance, or a bug)
     // announces markup where its version and capabilities go.
     let node = "xss-1";
-    let credential = server.credential_for(node)?;
-    let mut opts = rumqttc::MqttOptions::new(node, "127.0.0.1", server.mqtt_port);
-    opts.set_credentials(node, credential);
-    let (client, mut connection) = rumqttc::Client::new(opts, 16);
-    std::thread::spawn(move || for _ in connection.iter() {});
     let version = "<script>window.pwned=1</script>";
     let source = "<img src=x onerror=alert(1)>";
     let status = NodeStatus::Online {
@@ -573,15 +592,7 @@ fn what_a_node_reports_about_itself_renders_as_text() -> Result<()> {
         },
         realtime: Default::default(),
     };
-    client.publish(
-        format!("{}/nodes/{node}/status", rakkr_protocol::topic::ROOT),
-        rumqttc::QoS::AtLeastOnce,
-        true,
-        rakkr_protocol::Envelope::stamped(1, status).encode(),
-    )?;
-    wait_for("the node online", Duration::from_secs(20), || {
-        (server.presence(node).as_deref() == Some("online")).then_some(())
-    })?;
+    announce(&server, node, status)?;
     let mut viewer = server.operator("vic", "viewer")?;
     for path in [format!("/nodes/{node}"), "/".to_owned()] {
         let (code, _, page) = viewer.get(&path)?;
@@ -717,5 +728,121 @@ fn many_failed_logins_from_one_address_lock_the_address() -> Result<()> {
         denied > rakkr_server::auth::ADDRESS_FREE_FAILURES as usize,
         "every refused login audited: {denied}"
     );
+    Ok(())
+}
+
+/// The route `path` (no query) is an instance of, for `method`.
+fn route_of(method: &Method, path: &str) -> Option<(&'static str, Access)> {
+    let segments: Vec<&str> = path.split('/').collect();
+    rakkr_server::http::route_access()
+        .into_iter()
+        .filter(|(_, m, _)| m == method)
+        .find(|(pattern, _, _)| {
+            let parts: Vec<&str> = pattern.split('/').collect();
+            parts.len() == segments.len()
+                && parts
+                    .iter()
+                    .zip(&segments)
+                    .all(|(p, s)| p.starts_with('{') || p == s)
+        })
+        .map(|(pattern, _, access)| (pattern, access))
+}
+
+/// The value of `attr` in a tag's text (what follows its name up to `>`).
+fn attribute(head: &str, attr: &str) -> Option<String> {
+    let at = head.find(&format!(" {attr}=\""))?;
+    let value = head[at + attr.len() + 3..].split('"').next()?;
+    Some(value.replace("&amp;", "&"))
+}
+
+/// The forms (method, action) and links (GET, href) on `page`.
+fn targets(page: &str) -> Vec<(Method, String)> {
+    let heads = |tag: &str| -> Vec<String> {
+        page.split(tag)
+            .skip(1)
+            .filter_map(|part| part.split('>').next().map(|head| format!(" {head}")))
+            .collect()
+    };
+    let forms = heads("<form ").into_iter().filter_map(|head| {
+        let method = match attribute(&head, "method").as_deref() {
+            Some("post") => Method::POST,
+            _ => Method::GET,
+        };
+        Some((method, attribute(&head, "action")?))
+    });
+    let links = heads("<a ")
+        .into_iter()
+        .filter_map(|head| Some((Method::GET, attribute(&head, "href")?)));
+    forms.chain(links).collect()
+}
+
+#[test]
+fn no_page_offers_a_role_a_control_or_link_it_may_not_use() -> Result<()> {
+    use rakkr_protocol::payload::{BootSlot, Capabilities, NodeStatus};
+    let work = tempfile::tempdir()?;
+    let server = Server::start(work.path(), &work.path().join("data"))?;
+    announce(
+        &server,
+        "walk-1",
+        NodeStatus::Online {
+            agent_version: "0.1.0".into(),
+            slot: BootSlot::A,
+            capabilities: Capabilities {
+                sources: vec!["synthetic".into()],
+                channels: 2,
+                sample_rates: vec![48_000],
+                codecs: vec!["flac".into()],
+                max_jobs: 1,
+                devices: Vec::new(),
+            },
+            realtime: Default::default(),
+        },
+    )?;
+    // Every console page without a parameter, and the node's page.
+    let pages: Vec<String> = rakkr_server::http::route_access()
+        .into_iter()
+        .filter(|(p, m, a)| {
+            *m == Method::GET
+                && !matches!(a, Access::Public | Access::Appliance)
+                && !p.starts_with("/api/")
+                && !p.starts_with("/console/")
+                && *p != "/metrics"
+                && !p.contains('{')
+        })
+        .map(|(p, _, _)| p.to_owned())
+        .chain(["/nodes/walk-1".to_owned()])
+        .collect();
+    assert!(pages.len() >= 10, "{pages:?}");
+    let mut checked = 0;
+    for &role in Role::ALL {
+        let mut op = server.operator(&format!("walk-{}", role.as_str()), role.as_str())?;
+        for page in &pages {
+            let (_, access) = route_of(&Method::GET, page).expect("a route");
+            if let Access::Operator(p) = access
+                && !role.allows(p)
+            {
+                continue;
+            }
+            let (code, _, html) = op.get(page)?;
+            assert_eq!(code, 200, "{page} as {role}");
+            for (method, target) in targets(&html) {
+                let path = target.split(['?', '#']).next().unwrap_or_default();
+                if !path.starts_with('/') {
+                    continue;
+                }
+                let Some((pattern, access)) = route_of(&method, path) else {
+                    panic!("{page} as {role}: {method} {path} is no route");
+                };
+                checked += 1;
+                if let Access::Operator(p) = access {
+                    assert!(
+                        role.allows(p),
+                        "{page} offers a {role} {method} {pattern}, which needs {p}"
+                    );
+                }
+            }
+        }
+    }
+    assert!(checked > 100, "{checked} controls and links checked");
     Ok(())
 }
