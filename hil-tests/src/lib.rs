@@ -1527,3 +1527,13 @@ print(samples)
     }
     Ok(String::from_utf8_lossy(&out.stdout).trim().parse()?)
 }
+
+/// Debian's libfaketime (package `faketime`), to give a process a wall clock
+/// tests move (`FAKETIME_TIMESTAMP_FILE`), its monotonic clock left alone.
+pub fn libfaketime() -> Result<PathBuf> {
+    let found = std::fs::read_dir("/usr/lib")?
+        .filter_map(|e| e.ok())
+        .map(|e| e.path().join("faketime/libfaketime.so.1"))
+        .find(|p| p.exists());
+    found.ok_or_else(|| anyhow::anyhow!("libfaketime not found (package faketime)"))
+}

@@ -846,3 +846,51 @@ fn no_page_offers_a_role_a_control_or_link_it_may_not_use() -> Result<()> {
     assert!(checked > 100, "{checked} controls and links checked");
     Ok(())
 }
+
+#[test]
+fn sessions_end_after_an_idle_hour_and_after_twelve_hours_in_use() -> Result<()> {
+    let work = tempfile::tempdir()?;
+    // The server's wall clock is read from a file the test moves forward.
+    let offset = work.path().join("faketime-offset");
+    std::fs::write(&offset, "+0\n")?;
+    let lib = libfaketime()?;
+    let server = Server::start_with_env(
+        work.path(),
+        &work.path().join("data"),
+        &[
+            ("LD_PRELOAD", lib.to_str().unwrap_or_default()),
+            (
+                "FAKETIME_TIMESTAMP_FILE",
+                offset.to_str().unwrap_or_default(),
+            ),
+            ("FAKETIME_NO_CACHE", "1"),
+            ("FAKETIME_DONT_FAKE_MONOTONIC", "1"),
+        ],
+    )?;
+    let set_clock = |minutes: u64| std::fs::write(&offset, format!("+{minutes}m\n"));
+
+    // Idle: 59 minutes is fine, 61 more minutes is not.
+    let mut ann = server.operator("ann", "operator")?;
+    set_clock(59)?;
+    assert_eq!(ann.get("/")?.0, 200, "59 minutes idle");
+    set_clock(59 + 61)?;
+    let (code, headers, _) = ann.get("/")?;
+    assert_eq!(code, 303, "61 minutes idle");
+    assert!(headers["location"].to_str()?.starts_with("/login"));
+
+    // In use: a request every 50 minutes keeps it for twelve hours, no more.
+    let start = 59 + 61;
+    let (code, mut ann) = Operator::login(&server, "ann", OPERATOR_PASSWORD)?;
+    assert_eq!(code, 303);
+    let mut minutes = 0;
+    while minutes + 50 < 12 * 60 {
+        minutes += 50;
+        set_clock(start + minutes)?;
+        assert_eq!(ann.get("/")?.0, 200, "{minutes} minutes in, in use");
+    }
+    set_clock(start + 12 * 60 + 1)?;
+    assert_eq!(ann.get("/")?.0, 303, "past twelve hours, however busy");
+    // An orderly stop lets libfaketime remove its shared-memory segments.
+    server.stop(false)?;
+    Ok(())
+}

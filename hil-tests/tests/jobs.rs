@@ -3,7 +3,7 @@
 //! request, refused when its channels are taken, and survives the agent
 //! being killed mid-take (lost, then recovered and attached).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
@@ -389,14 +389,6 @@ fn a_network_cut_longer_than_the_lease_loses_no_audio() -> Result<()> {
 }
 
 /// libfaketime from Debian's `faketime` package.
-fn libfaketime() -> Result<PathBuf> {
-    let found = std::fs::read_dir("/usr/lib")?
-        .filter_map(|e| e.ok())
-        .map(|e| e.path().join("faketime/libfaketime.so.1"))
-        .find(|p| p.exists());
-    found.ok_or_else(|| anyhow::anyhow!("libfaketime not found (package faketime)"))
-}
-
 #[test]
 fn a_wall_clock_jump_on_the_node_does_not_cost_the_lease() -> Result<()> {
     let work = tempfile::tempdir()?;
