@@ -1144,11 +1144,16 @@ pub fn announced_devices(
         .find(|(name, _)| name == in_use)
         .map(|(_, d)| cut(d))
         .unwrap_or_default();
-    let mut devices = vec![CaptureDevice {
-        name: cut(in_use),
-        description: description_of_in_use,
-        in_use: true,
-    }];
+    // A name too long to announce whole is not announced as in use: a cut
+    // name would be offered to jobs and refused by them (`default` still works).
+    let mut devices: Vec<CaptureDevice> = (in_use.len() <= MAX_SHORT_TEXT)
+        .then(|| CaptureDevice {
+            name: in_use.to_owned(),
+            description: description_of_in_use,
+            in_use: true,
+        })
+        .into_iter()
+        .collect();
     for (name, description) in present {
         if devices.len() >= MAX_LIST_ITEMS {
             break;
@@ -1198,6 +1203,11 @@ mod tests {
         let devices = announced_devices("rakkr_test_pcm", Vec::new());
         assert_eq!(devices.len(), 1);
         assert!(devices[0].in_use && devices[0].description.is_empty());
+        // One too long to announce whole is not offered as the one in use.
+        let long = "p".repeat(200);
+        let devices = announced_devices(&long, vec![("default".into(), String::new())]);
+        assert_eq!(devices.len(), 1);
+        assert!(!devices[0].in_use);
         // Descriptions are cut at a character boundary; the list is bounded.
         let many: Vec<(String, String)> = (0..100)
             .map(|i| (format!("hw:{i}"), "é".repeat(100)))

@@ -111,6 +111,8 @@ enum Closed {
     /// the CONNECT proved one.
     Refused {
         who: Option<Principal>,
+        /// The node a refused login claimed to be, for the audit's target.
+        claimed: Option<NodeId>,
         action: &'static str,
         why: String,
     },
@@ -122,6 +124,7 @@ impl Closed {
     fn refused(who: Option<&Principal>, action: &'static str, why: String) -> Closed {
         Closed::Refused {
             who: who.cloned(),
+            claimed: None,
             action,
             why,
         }
@@ -141,6 +144,7 @@ async fn audit_refusal(
     gate: &Gate,
     peer: std::net::IpAddr,
     who: Option<Principal>,
+    claimed: Option<NodeId>,
     action: &str,
     why: String,
 ) {
@@ -164,8 +168,10 @@ async fn audit_refusal(
             at_ms: now,
             actor,
             action: action.to_owned(),
-            target: match &who {
-                Some(Principal::Node(node)) => Some(format!("node:{node}")),
+            target: match (&who, &claimed) {
+                (Some(Principal::Node(node)), _) | (None, Some(node)) => {
+                    Some(format!("node:{node}"))
+                }
                 _ => None,
             },
             outcome: "denied".into(),
@@ -236,9 +242,14 @@ pub async fn run(
                 Err(Closed::Other(why)) => {
                     tracing::info!(%peer, %why, "MQTT connection closed by the gate")
                 }
-                Err(Closed::Refused { who, action, why }) => {
+                Err(Closed::Refused {
+                    who,
+                    claimed,
+                    action,
+                    why,
+                }) => {
                     tracing::info!(%peer, %why, "MQTT connection refused by the gate");
-                    audit_refusal(&gate, peer.ip(), who, action, why).await;
+                    audit_refusal(&gate, peer.ip(), who, claimed, action, why).await;
                 }
             }
         });
@@ -305,7 +316,10 @@ fn authenticate(
             }
             _ => Err((
                 BAD_USER_NAME_OR_PASSWORD,
-                format!("unknown reader or wrong password ({})", login.username),
+                format!(
+                    "unknown reader or wrong password ({:?})",
+                    login.username.chars().take(64).collect::<String>()
+                ),
             )),
         };
     }
@@ -394,7 +408,18 @@ where
         Ok(p) => p,
         Err((code, why)) => {
             let why = refuse_login(&mut client, code, why, &gate.stats).await;
-            return Err(Closed::refused(None, "mqtt connect", why));
+            // A node's login names the node (its user name and client id).
+            let claimed = connect
+                .login
+                .as_ref()
+                .filter(|_| !connect.client_id.contains(':'))
+                .and_then(|l| NodeId::new(l.username.as_str()).ok());
+            return Err(Closed::Refused {
+                who: None,
+                claimed,
+                action: "mqtt connect",
+                why,
+            });
         }
     };
     if let (Principal::Node(node), Some(will)) = (&principal, &connect.last_will)

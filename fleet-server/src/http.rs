@@ -819,9 +819,13 @@ async fn api_problems(req: Request, next: Next) -> Response {
     let (parts, body) = res.into_parts();
     let text = axum::body::to_bytes(body, MAX_PLAIN_ERROR).await.ok();
     let mut answer = as_problem(status, &content_type, text.as_deref()).into_response();
+    // The original's challenges replace the problem's own; repeated headers stay repeated.
+    if parts.headers.contains_key(header::WWW_AUTHENTICATE) {
+        answer.headers_mut().remove(header::WWW_AUTHENTICATE);
+    }
     for (name, value) in &parts.headers {
         if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
-            answer.headers_mut().insert(name, value.clone());
+            answer.headers_mut().append(name, value.clone());
         }
     }
     answer

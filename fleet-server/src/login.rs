@@ -288,11 +288,15 @@ fn password_page(signed_in: &SignedIn, error: Option<&str>) -> Markup {
                     label { "New password again" input type="password" name="repeated" autocomplete="new-password" required; }
                     button type="submit" { "Change password" }
                 }
-                h2 { "Sessions" }
-                form method="post" action=(LOGOUT_EVERYWHERE_PATH) {
-                    (crate::console::csrf_field(signed_in))
-                    p.muted { "Ends every session of your account, in every browser, this one included. Changing your password does this too." }
-                    button.secondary type="submit" { "Log out everywhere" }
+                // An account that must choose a password may do nothing else yet
+                // (and choosing one ends its other sessions anyway).
+                @if !signed_in.user.must_change_password {
+                    h2 { "Sessions" }
+                    form method="post" action=(LOGOUT_EVERYWHERE_PATH) {
+                        (crate::console::csrf_field(signed_in))
+                        p.muted { "Ends every session of your account, in every browser, this one included. Changing your password does this too." }
+                        button.secondary type="submit" { "Log out everywhere" }
+                    }
                 }
                 (logout_form(signed_in))
             }

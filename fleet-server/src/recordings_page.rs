@@ -672,8 +672,11 @@ pub async fn download(
         Err(r) => return r,
     };
     let range = range_of(&headers);
-    // One record per download, not per resumed range.
-    if range.is_none() {
+    // One record per download: whatever serves the file from its first byte
+    // (no range, `bytes=0-`, a range the server answers whole), not each
+    // resumed part.
+    let len = tokio::fs::metadata(&path).await.map_or(0, |m| m.len());
+    if matches!(byte_range(range.as_deref(), len), Ok(None | Some((0, _)))) {
         crate::audit::record(
             state.store.clone(),
             rakkr_store::AuditEntry {

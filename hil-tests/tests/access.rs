@@ -686,6 +686,7 @@ fn the_mqtt_gate_s_refusals_are_audited() -> Result<()> {
         login[0]["reason"].as_str().is_some_and(|r| !r.is_empty()),
         "{login:?}"
     );
+    assert_eq!(login[0]["target"], "node:mq-1", "the node it claimed to be");
     for action in ["mqtt publish", "mqtt subscribe"] {
         let records = wait_for(action, Duration::from_secs(10), || {
             refused("node:mq-1@127.0.0.1", action)

@@ -201,6 +201,7 @@ impl<A: Iterator<Item = Result<u64>>, B: Iterator<Item = Result<u64>>> Iterator
 
 /// Append one audit record inside `tx`: chained to the last one, indexed by actor.
 fn append_audit_in(tx: &redb::WriteTransaction, entry: AuditEntry) -> Result<AuditRecord> {
+    let entry = entry.bounded();
     let mut audit = tx.open_table(AUDIT).map_err(backend)?;
     let last: Option<AuditRecord> = audit
         .last()

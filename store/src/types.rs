@@ -542,6 +542,39 @@ pub struct AuditEntry {
     pub after: Option<serde_json::Value>,
 }
 
+/// Most bytes an audit record keeps of its actor, permission, action, target,
+/// outcome or reason: what a client sends (a path, a topic, a user name) ends
+/// up there, and the log is forever.
+pub const MAX_AUDIT_FIELD: usize = 512;
+
+impl AuditEntry {
+    /// This entry with every text field cut to [`MAX_AUDIT_FIELD`] bytes (at
+    /// a character boundary, marked with `…`); the store keeps only these.
+    pub fn bounded(mut self) -> AuditEntry {
+        fn cut(text: &mut String) {
+            if text.len() <= MAX_AUDIT_FIELD {
+                return;
+            }
+            let mut end = MAX_AUDIT_FIELD - '…'.len_utf8();
+            while !text.is_char_boundary(end) {
+                end -= 1;
+            }
+            text.truncate(end);
+            text.push('…');
+        }
+        for field in [&mut self.actor, &mut self.action, &mut self.outcome] {
+            cut(field);
+        }
+        for field in [&mut self.permission, &mut self.target, &mut self.reason]
+            .into_iter()
+            .flatten()
+        {
+            cut(field);
+        }
+        self
+    }
+}
+
 /// Jobs in each state that is not final, for metrics.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct JobGauges {

@@ -1293,6 +1293,77 @@ fn redb_the_text_blocks_are_built_for_a_log_from_before_them() {
 }
 
 #[test]
+fn redb_audit_text_fields_are_bounded_as_they_are_appended() {
+    let (_d, s) = redb();
+    let huge = format!("wrong password for {}", "é".repeat(60_000));
+    let record = s
+        .append_audit(AuditEntry {
+            at_ms: 1,
+            actor: format!("anonymous@{}", "x".repeat(10_000)),
+            action: "mqtt connect".into(),
+            target: Some("t".repeat(MAX_AUDIT_FIELD)),
+            reason: Some(huge),
+            outcome: "denied".into(),
+            ..Default::default()
+        })
+        .unwrap();
+    let e = &record.entry;
+    assert!(e.actor.len() <= MAX_AUDIT_FIELD && e.actor.ends_with('…'));
+    let reason = e.reason.as_deref().unwrap();
+    assert!(
+        reason.len() <= MAX_AUDIT_FIELD && reason.ends_with('…'),
+        "{}",
+        reason.len()
+    );
+    assert!(
+        reason.starts_with("wrong password for éé"),
+        "cut at a character"
+    );
+    assert_eq!(
+        e.target.as_deref().map(str::len),
+        Some(MAX_AUDIT_FIELD),
+        "a field at the bound is kept whole"
+    );
+    assert_eq!(s.audit_records(0, 10).unwrap(), vec![record.clone()]);
+    assert_eq!(verify_audit_chain(AUDIT_GENESIS, &[record]), Ok(()));
+    let found = audit_search(
+        &s,
+        AuditSearch {
+            text: Some("WRONG PASSWORD".into()),
+            ..Default::default()
+        },
+    );
+    assert_eq!(seqs(&found), [1]);
+}
+
+#[test]
+fn redb_a_well_formed_text_block_is_trusted() {
+    // The search reads only what the blocks point at: a block rewritten
+    // behind the store's back with 64 empty parts hides record 150's
+    // needle from a text search alone (verify_audit_chain is what finds
+    // tampering), while a search by actor, which reads records, still sees it.
+    let (_d, s) = audit_fixture_tampered(|tx| {
+        let mut t = tx
+            .open_table(redb::TableDefinition::<u64, &[u8]>::new("audit_text"))
+            .unwrap();
+        let empty = b"\x1f\x1f\x1f\x1f\x1e".repeat(64);
+        t.insert(2, empty.as_slice()).unwrap();
+    });
+    let text = |actor: Option<&str>| {
+        seqs(&audit_search(
+            &s,
+            AuditSearch {
+                text: Some("needle".into()),
+                actor: actor.map(Into::into),
+                ..Default::default()
+            },
+        ))
+    };
+    assert!(text(None).is_empty(), "the filter is in use");
+    assert_eq!(text(Some("user:u0")), [150]);
+}
+
+#[test]
 fn redb_a_damaged_text_block_costs_reads_not_matches() {
     // Record 150 is in block 2 (records 129..=192). Lose that block, and cut
     // block 1 short; the other blocks stay.
