@@ -21,7 +21,7 @@
 //!    counted and logged. Refused logins, Last Wills, publishes and
 //!    subscriptions are also audited (`mqtt connect`, `mqtt publish`,
 //!    `mqtt subscribe`, outcome `denied`), bounded per client address like
-//!    the HTTP side's anonymous refusals.
+//!    the HTTP side's anonymous refusals (with a budget of their own).
 //! 4. Frames pass to the broker unchanged; the broker's packets pass back
 //!    unchanged (it sends only what the client was allowed to subscribe to).
 //!    The hand-over is in-process ([`rumqttd::InProcessV4`], a patch of the
@@ -100,7 +100,7 @@ pub struct Gate {
     pub store: Arc<dyn Store>,
     pub clock: Arc<dyn Clock>,
     pub stats: Arc<GateStats>,
-    /// Bounds the refusals audited per client address (shared with HTTP).
+    /// Bounds the refusals audited per client address (the gate's own; HTTP has another).
     pub audit_budget: Arc<crate::audit::AnonymousBudget>,
 }
 

@@ -478,10 +478,14 @@ impl RunningServer {
             shutdown.clone(),
         ));
         let mut ca = None;
-        // Refusals audited per client address and minute, over HTTP and MQTT together.
-        let audit_budget = Arc::new(audit::AnonymousBudget::new(
-            settings.anonymous_audit_per_minute,
-        ));
+        // Refusals audited per client address and minute: HTTP and the MQTT gate
+        // each have a budget, so a noisy node behind a site's NAT cannot crowd
+        // out the record of someone guessing passwords from the same address.
+        let audit_budget = || {
+            Arc::new(audit::AnonymousBudget::new(
+                settings.anonymous_audit_per_minute,
+            ))
+        };
         let mut mqtt_tls_port = None;
         if let Some((listener, upstream, readers, tls_listener)) = gate_listener {
             let gate = Arc::new(gate::Gate {
@@ -492,7 +496,7 @@ impl RunningServer {
                 store: store.clone(),
                 clock: clock.clone(),
                 stats: gate_stats.clone(),
-                audit_budget: audit_budget.clone(),
+                audit_budget: audit_budget(),
             });
             tasks.spawn(gate::run(listener, None, gate.clone(), shutdown.clone()));
             if let (Some(listener), Some(tls)) = (tls_listener, &server_tls) {
@@ -521,7 +525,7 @@ impl RunningServer {
             gate: gate_stats.clone(),
             ca,
             logins: Arc::default(),
-            audit_budget,
+            audit_budget: audit_budget(),
             secure_cookies: settings.https_addr.is_some(),
             live_streams: Default::default(),
             http_stats: Default::default(),
