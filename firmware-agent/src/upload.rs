@@ -41,26 +41,28 @@ const VERIFY_BYTES_PER_S: u64 = 20 << 20;
 /// What a request body is handed to the connection in.
 const BODY_PIECE: usize = 64 << 10;
 
-/// Send `request` (with `body`), giving it up when the connection takes no
-/// byte of the body and no answer comes for `stall`. A cut link (a pulled
-/// cable, a dead modem) sends no reset, so without this a request would
-/// wait for TCP to give up, which takes many minutes; a slow link still
-/// moves bytes, so it is never cut short.
+/// Send `request` (with `body`), giving it up once the connection has taken
+/// no byte of the body and no answer has come for `stall`. A cut link (a
+/// pulled cable, a dead modem) sends no reset, so without this a request
+/// would wait for TCP to give up, which takes many minutes; a slow link
+/// still moves bytes, so it is never cut short.
 pub async fn send_watched(
     request: reqwest::RequestBuilder,
     body: Option<bytes::Bytes>,
     stall: Duration,
 ) -> Result<reqwest::Response, String> {
-    let taken = Arc::new(AtomicU64::new(0));
+    let start = tokio::time::Instant::now();
+    // When the connection last took a piece of the body, in ms after `start`.
+    let moved_ms = Arc::new(AtomicU64::new(0));
     let request =
         match body {
             None => request,
             Some(body) => {
-                let counter = taken.clone();
+                let moved = moved_ms.clone();
                 let len = body.len();
                 let pieces = (0..len).step_by(BODY_PIECE).map(move |at| {
                     let piece = body.slice(at..(at + BODY_PIECE).min(len));
-                    counter.fetch_add(piece.len() as u64, Ordering::Relaxed);
+                    moved.store(start.elapsed().as_millis() as u64, Ordering::Relaxed);
                     Ok::<_, std::io::Error>(piece)
                 });
                 request.header(reqwest::header::CONTENT_LENGTH, len).body(
@@ -70,19 +72,18 @@ pub async fn send_watched(
         };
     let send = request.send();
     tokio::pin!(send);
-    let mut seen = 0;
     loop {
+        let silent_until = start + Duration::from_millis(moved_ms.load(Ordering::Relaxed)) + stall;
         tokio::select! {
             answer = &mut send => return answer.map_err(|e| e.to_string()),
-            _ = tokio::time::sleep(stall) => {
-                let now = taken.load(Ordering::Relaxed);
-                if now == seen {
+            _ = tokio::time::sleep_until(silent_until) => {
+                let last = start + Duration::from_millis(moved_ms.load(Ordering::Relaxed));
+                if last + stall <= tokio::time::Instant::now() {
                     return Err(format!(
                         "no byte moved and no answer for {} s (the link looks cut); resuming on a new connection",
                         stall.as_secs()
                     ));
                 }
-                seen = now;
             }
         }
     }
@@ -280,10 +281,38 @@ pub struct Uploader {
     pub events: EventSink,
 }
 
-/// One file's back-off.
+/// One file's back-off: doubling from [`FIRST_BACKOFF`] to [`LAST_BACKOFF`]
+/// while attempts fail without moving a byte. An attempt that moved bytes
+/// before it failed (a link that keeps dropping but works between drops)
+/// starts the doubling over, so a long take on a flaky link is not left
+/// waiting minutes between attempts that each get somewhere.
+#[derive(Debug)]
 struct Backoff {
     until: Instant,
     next: Duration,
+}
+
+impl Backoff {
+    fn new(now: Instant) -> Backoff {
+        Backoff {
+            until: now,
+            next: FIRST_BACKOFF,
+        }
+    }
+
+    /// The wait (before jitter) after a failed attempt, which the server
+    /// `refused` or not, having `progressed` (moved bytes) or not.
+    fn after_failure(&mut self, refused: bool, progressed: bool) -> Duration {
+        if refused {
+            return LAST_BACKOFF;
+        }
+        if progressed {
+            self.next = FIRST_BACKOFF;
+        }
+        let wait = self.next;
+        self.next = (self.next * 2).min(LAST_BACKOFF);
+        wait
+    }
 }
 
 /// The TLS setup for requests to the fleet server: trusting only the fleet CA in
@@ -396,6 +425,7 @@ impl Uploader {
                 continue;
             };
             let key = (job, name.clone());
+            let sent_before = self.stats.bytes_sent.load(Ordering::Relaxed);
             let result = tokio::select! {
                 _ = shutdown.cancelled() => return,
                 r = self.send(&client, JobId::from_u128(job), &name, entry, &shutdown) => r,
@@ -422,20 +452,14 @@ impl Uploader {
                     if let Some(event) = watch.failed(&name, refused, &e.to_string(), now_ms) {
                         self.tell(event).await;
                     }
-                    let b = backoff.entry(key).or_insert(Backoff {
-                        until: now,
-                        next: FIRST_BACKOFF,
-                    });
-                    let wait = match e {
-                        UploadError::Refused(_) => LAST_BACKOFF,
-                        _ => b.next,
-                    };
+                    let progressed = self.stats.bytes_sent.load(Ordering::Relaxed) != sent_before;
+                    let b = backoff.entry(key).or_insert_with(|| Backoff::new(now));
+                    let wait = b.after_failure(refused, progressed);
                     // Jitter: nodes cut off together do not return together.
                     let jitter = Duration::from_millis(
                         u64::from(rand_jitter()) % (wait.as_millis() as u64 / 4 + 1),
                     );
                     b.until = Instant::now() + wait + jitter;
-                    b.next = (b.next * 2).min(LAST_BACKOFF);
                     tracing::warn!(file = %name, error = %e, retry_in_s = (wait + jitter).as_secs(), "upload failed; will retry");
                 }
             }
@@ -802,6 +826,46 @@ mod tests {
         );
         assert!(w.failed("a.flac", false, "again", 10_059_000).is_none());
         assert!(w.failed("a.flac", false, "again", 10_060_000).is_some());
+    }
+
+    #[test]
+    fn back_off_doubles_while_nothing_moves_and_starts_over_after_progress() {
+        let mut b = Backoff::new(Instant::now());
+        let waits: Vec<u64> = (0..10)
+            .map(|_| b.after_failure(false, false).as_secs())
+            .collect();
+        assert_eq!(waits, [1, 2, 4, 8, 16, 32, 64, 128, 256, 300]);
+        // A refusal waits the longest and does not change the doubling.
+        assert_eq!(b.after_failure(true, true), LAST_BACKOFF);
+        assert_eq!(b.after_failure(false, false), LAST_BACKOFF);
+        // An attempt that moved bytes before the link dropped again.
+        assert_eq!(b.after_failure(false, true), FIRST_BACKOFF);
+        assert_eq!(b.after_failure(false, false), 2 * FIRST_BACKOFF);
+    }
+
+    /// A server that accepts a connection and then neither reads nor answers:
+    /// a cut link. The request is given up `stall` after its last byte went
+    /// into the connection, not at the next multiple of `stall`.
+    #[tokio::test(start_paused = true)]
+    async fn a_silenced_request_is_given_up_a_stall_after_its_last_byte() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/", listener.local_addr().unwrap());
+        let held = tokio::spawn(async move {
+            let (socket, _) = listener.accept().await.unwrap();
+            std::future::pending::<()>().await;
+            drop(socket);
+        });
+        rakkr_mqtt::install_tls_provider();
+        let client = reqwest::Client::new();
+        let stall = Duration::from_secs(2);
+        let start = tokio::time::Instant::now();
+        let body = bytes::Bytes::from(vec![7u8; 256 << 10]);
+        let e = send_watched(client.patch(&url), Some(body), stall)
+            .await
+            .unwrap_err();
+        assert!(e.contains("the link looks cut"), "{e}");
+        assert_eq!(start.elapsed(), stall, "given up on time");
+        held.abort();
     }
 
     #[test]

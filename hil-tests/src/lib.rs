@@ -1068,12 +1068,23 @@ pub struct CutProxy {
 #[derive(Default)]
 struct CutState {
     cut: std::sync::atomic::AtomicBool,
+    /// Cut as soon as the client next sends a byte.
+    armed: std::sync::atomic::AtomicBool,
     /// Bumped by each cut: a connection older than the last cut is dead.
     epoch: std::sync::atomic::AtomicU64,
     stop: std::sync::atomic::AtomicBool,
     /// Cuts so far, and connections closed after one.
     cuts: std::sync::atomic::AtomicU64,
     dropped: std::sync::atomic::AtomicU64,
+}
+
+impl CutState {
+    fn cut_now(&self) {
+        use std::sync::atomic::Ordering::SeqCst;
+        self.epoch.fetch_add(1, SeqCst);
+        self.cuts.fetch_add(1, SeqCst);
+        self.cut.store(true, SeqCst);
+    }
 }
 
 impl CutProxy {
@@ -1095,12 +1106,12 @@ impl CutProxy {
                     continue;
                 };
                 let born = shared.epoch.load(SeqCst);
-                for (from, to) in [(&near, &far), (&far, &near)] {
+                for (from, to, upstream) in [(&near, &far, true), (&far, &near, false)] {
                     let (Ok(from), Ok(to)) = (from.try_clone(), to.try_clone()) else {
                         continue;
                     };
                     let shared = shared.clone();
-                    std::thread::spawn(move || CutProxy::pump(from, to, born, &shared));
+                    std::thread::spawn(move || CutProxy::pump(from, to, upstream, born, &shared));
                 }
             }
         });
@@ -1108,10 +1119,11 @@ impl CutProxy {
     }
 
     /// Copy `from` to `to` while the link is up and this connection has not
-    /// lived through a cut.
+    /// lived through a cut. `upstream`: from the client to the server.
     fn pump(
         mut from: std::net::TcpStream,
         mut to: std::net::TcpStream,
+        upstream: bool,
         born: u64,
         state: &CutState,
     ) {
@@ -1139,6 +1151,9 @@ impl CutProxy {
             match from.read(&mut buf) {
                 Ok(0) => return close(&from, &to),
                 Ok(n) => {
+                    if upstream && state.armed.swap(false, SeqCst) {
+                        state.cut_now();
+                    }
                     while state.cut.load(SeqCst) {
                         std::thread::sleep(Duration::from_millis(20));
                     }
@@ -1156,19 +1171,24 @@ impl CutProxy {
         }
     }
 
-    /// Pull the cable.
-    pub fn cut(&self) {
-        use std::sync::atomic::Ordering::SeqCst;
-        self.state.epoch.fetch_add(1, SeqCst);
-        self.state.cuts.fetch_add(1, SeqCst);
-        self.state.cut.store(true, SeqCst);
+    /// Pull the cable as the client next sends anything, so the cut
+    /// silences a request in flight; [`CutProxy::cuts`] says when it did.
+    pub fn cut_at_next_request(&self) {
+        self.state
+            .armed
+            .store(true, std::sync::atomic::Ordering::SeqCst);
     }
 
-    /// Plug it back in.
+    /// Plug it back in (and disarm a cut not made yet).
     pub fn restore(&self) {
-        self.state
-            .cut
-            .store(false, std::sync::atomic::Ordering::SeqCst);
+        use std::sync::atomic::Ordering::SeqCst;
+        self.state.armed.store(false, SeqCst);
+        self.state.cut.store(false, SeqCst);
+    }
+
+    /// Cuts made so far.
+    pub fn cuts(&self) -> u64 {
+        self.state.cuts.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Connections closed because they lived through a cut.
