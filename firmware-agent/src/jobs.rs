@@ -192,6 +192,15 @@ pub async fn run(
                         }
                     }
                     JobCommand::Wake => wants_claim = true,
+                    JobCommand::Delete { job_id } => {
+                        if running.contains_key(&job_id) {
+                            // The order comes again with the answer to a
+                            // claim, and the take is deleted once it ended.
+                            tracing::warn!(job = %job_id, "the server ordered a take deleted that still records; it is deleted when the order comes again after the take ends");
+                        } else {
+                            delete_take(&ctx, job_id).await;
+                        }
+                    }
                 }
             }
             changed = schedules.changed(), if schedules_open => {
@@ -287,6 +296,74 @@ pub async fn run(
     for (_, r) in running.drain() {
         finish(&ctx, r, Some("ended early: the agent was shut down")).await;
     }
+}
+
+/// Delete every file of `job_id`'s take as the server ordered (decision
+/// 0020), then, in one outbox transaction, take them off the upload queue and
+/// report the take `deleted`. The files go first: after a crash between the
+/// two the report is not sent, the server's order comes again, and the take
+/// (its files already gone) is reported then.
+async fn delete_take(ctx: &JobContext, job_id: JobId) {
+    let dir = ctx.recordings_dir.clone();
+    let removed = tokio::task::spawn_blocking(move || remove_take_files(&dir, job_id)).await;
+    let files = match removed {
+        Ok(Ok(files)) => files,
+        Ok(Err(e)) => {
+            tracing::error!(job = %job_id, error = %e, "the take the server ordered deleted could not be deleted; it is tried again when the order comes again");
+            return;
+        }
+        Err(_) => return,
+    };
+    let envelope = Envelope::stamped(ctx.clock.unix_ms(), JobReport::Deleted { job_id });
+    let payload = envelope.encode();
+    let outbox = ctx.outbox.clone();
+    let kept = tokio::task::spawn_blocking(move || {
+        outbox.forget_take(job_id.as_u128(), envelope.msg_id, &payload)
+    })
+    .await;
+    match kept {
+        Ok(Ok(())) => {
+            tracing::info!(job = %job_id, files = ?files, "deleted the take as the server ordered");
+            ctx.outbox_ready.notify_one();
+        }
+        Ok(Err(e)) => {
+            ctx.telemetry
+                .job_updates_dropped
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            tracing::error!(job = %job_id, error = %e, "the take's files are deleted but the report could not be kept; the server's order comes again");
+        }
+        Err(_) => {}
+    }
+}
+
+/// Delete every file of `job_id`'s take in `dir` (`{job id}.…`: the take,
+/// its segments, a `.part` being written or recovered) and make the
+/// deletions durable; the names deleted. Files already gone are not an error.
+fn remove_take_files(dir: &Path, job_id: JobId) -> std::io::Result<Vec<String>> {
+    let prefix = format!("{job_id}.");
+    let mut removed = Vec::new();
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(removed),
+        Err(e) => return Err(e),
+    };
+    for entry in entries {
+        let entry = entry?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !name.starts_with(&prefix) {
+            continue;
+        }
+        match std::fs::remove_file(entry.path()) {
+            Ok(()) => removed.push(name),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+    }
+    if !removed.is_empty() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    removed.sort();
+    Ok(removed)
 }
 
 /// Start the offered job, or report why not.
@@ -1006,6 +1083,65 @@ mod tests {
         for r in running.values() {
             r.take.stop();
         }
+    }
+
+    /// The order to delete a take: its files and queue entries go, other
+    /// takes stay, and the report waits in the outbox. A crash after the
+    /// files went and before the report was kept (the first step alone)
+    /// is finished when the order comes again.
+    #[tokio::test]
+    async fn a_take_ordered_deleted_goes_with_its_queue_entries_and_is_reported_once_done() {
+        let dir = tempfile::tempdir().unwrap();
+        let ctx = context(1 << 20, dir.path());
+        let (gone, kept) = (JobId::new(10), JobId::new(11));
+        let names = [
+            format!("{gone}.flac"),
+            format!("{gone}.0001.flac"),
+            format!("{gone}.0002.flac.part"),
+        ];
+        for name in &names {
+            std::fs::write(dir.path().join(name), b"audio").unwrap();
+            ctx.outbox
+                .set_upload(gone.as_u128(), name, Some(b"{}"))
+                .unwrap();
+        }
+        let other = format!("{kept}.flac");
+        std::fs::write(dir.path().join(&other), b"audio").unwrap();
+        ctx.outbox
+            .set_upload(kept.as_u128(), &other, Some(b"{}"))
+            .unwrap();
+
+        // The crash: the files went, nothing else did.
+        let mut removed = remove_take_files(dir.path(), gone).unwrap();
+        removed.sort();
+        let mut want = names.to_vec();
+        want.sort();
+        assert_eq!(removed, want);
+        assert!(ctx.outbox.is_empty().unwrap(), "no report yet");
+        assert_eq!(ctx.outbox.uploads().unwrap().len(), 4);
+
+        // The order again: nothing left to delete, and the take is reported.
+        delete_take(&ctx, gone).await;
+        let queue: Vec<_> = ctx
+            .outbox
+            .uploads()
+            .unwrap()
+            .into_iter()
+            .map(|(job, name, _)| (job, name))
+            .collect();
+        assert_eq!(
+            queue,
+            [(kept.as_u128(), other.clone())],
+            "the other take stays queued"
+        );
+        assert!(dir.path().join(&other).exists(), "the other take stays");
+        let pending = ctx.outbox.pending(10).unwrap();
+        assert_eq!(pending.len(), 1);
+        let report = Envelope::<JobReport>::decode(&pending[0].payload).unwrap();
+        assert_eq!(report.body, JobReport::Deleted { job_id: gone });
+        // A third time (the report crossed the order): reported again, harmless.
+        delete_take(&ctx, gone).await;
+        assert_eq!(ctx.outbox.pending(10).unwrap().len(), 2);
     }
 
     /// A schedule for channel 2 whose daily window (UTC) opened a second

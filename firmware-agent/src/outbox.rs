@@ -220,6 +220,23 @@ impl Outbox {
         })
     }
 
+    /// Take every file of `job`'s take off the upload queue and keep the
+    /// message that reports the take deleted, in one transaction.
+    pub fn forget_take(
+        &self,
+        job: u128,
+        msg_id: MessageId,
+        payload: &[u8],
+    ) -> Result<(), OutboxError> {
+        self.write_with(NodeChannel::Jobs, msg_id, payload, |tx| {
+            let mut queue = tx.open_table(UPLOADS).map_err(|e| self.fail(e))?;
+            queue
+                .retain_in((job, "")..(job.saturating_add(1), ""), |_, _| false)
+                .map_err(|e| self.fail(e))?;
+            Ok(())
+        })
+    }
+
     /// Replace a held job's record (it took over a lease), no message.
     pub fn update_held(&self, job: u128, record: &[u8]) -> Result<(), OutboxError> {
         let tx = self.db.begin_write().map_err(|e| self.fail(e))?;

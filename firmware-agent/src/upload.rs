@@ -135,6 +135,10 @@ enum UploadError {
     /// server's offset when the next one opens.
     #[error("the upload window closed")]
     WindowClosed,
+    /// The server answered 410: an operator deleted the recording. The file
+    /// leaves the queue; the server's order to delete the take removes it.
+    #[error("{0}")]
+    Deleted(String),
 }
 
 fn retry(e: impl std::fmt::Display) -> UploadError {
@@ -441,6 +445,11 @@ impl Uploader {
                 Err(UploadError::WindowClosed) => {
                     tracing::info!(file = %name, "the upload window closed; the file resumes when the next one opens");
                 }
+                Err(UploadError::Deleted(why)) => {
+                    tracing::info!(file = %name, %why, "the server deleted this recording: the file leaves the upload queue, and the take is deleted when the server's order arrives");
+                    self.set(job, &name, None).await;
+                    backoff.remove(&key);
+                }
                 Err(UploadError::Missing(why)) => {
                     tracing::error!(file = %name, %why, "a queued take file is gone; taken off the queue");
                     self.set(job, &name, None).await;
@@ -709,14 +718,19 @@ fn offset_of(r: &reqwest::Response) -> Option<u64> {
     r.headers().get(UPLOAD_OFFSET)?.to_str().ok()?.parse().ok()
 }
 
-/// A refusal with the server's reason.
+/// A refusal with the server's reason (410: the recording was deleted).
 async fn refused(r: reqwest::Response) -> UploadError {
     let status = r.status();
     let body: serde_json::Value = r.json().await.unwrap_or_default();
-    UploadError::Refused(format!(
+    let why = format!(
         "{status}: {}",
         body["detail"].as_str().unwrap_or("no reason given")
-    ))
+    );
+    if status == reqwest::StatusCode::GONE {
+        UploadError::Deleted(why)
+    } else {
+        UploadError::Refused(why)
+    }
 }
 
 /// SHA-256 (hex) and length of the file at `path`.

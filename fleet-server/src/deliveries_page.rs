@@ -47,6 +47,7 @@ fn state_of(text: &str) -> Result<DeliveryState, Problem> {
         DeliveryState::Pending,
         DeliveryState::Delivered,
         DeliveryState::Failed,
+        DeliveryState::Cancelled,
     ]
     .into_iter()
     .find(|s| s.as_str() == text)
@@ -130,6 +131,12 @@ pub async fn retry(
             return Err(problem(
                 StatusCode::CONFLICT,
                 "it was delivered: nothing to retry",
+            ));
+        }
+        if found.state == DeliveryState::Cancelled {
+            return Err(problem(
+                StatusCode::GONE,
+                "its recording was deleted: nothing to deliver",
             ));
         }
         let again = DeliveryRecord {
@@ -223,10 +230,11 @@ fn queue_page(
                                                 div.muted { "next attempt in " (d.next_attempt_ms.saturating_sub(now_ms) / 1000) " s" }
                                             }
                                             DeliveryState::Failed => { (d.last_error) div.muted { "gave up: retry it once the cause is fixed" } }
+                                            DeliveryState::Cancelled => { (d.last_error) }
                                         }
                                     }
                                     td {
-                                        @if may_retry && d.state != DeliveryState::Delivered {
+                                        @if may_retry && matches!(d.state, DeliveryState::Pending | DeliveryState::Failed) {
                                             form method="post" action={ (DELIVERIES_PATH) "/retry" } {
                                                 (csrf_field(signed_in))
                                                 input type="hidden" name="job" value=(d.job);

@@ -336,6 +336,9 @@ impl DeliveryRunner {
                 let Some(job) = store.job(upload.job)? else {
                     continue;
                 };
+                if job.deleted.is_some() {
+                    continue;
+                }
                 let policy = policy_of(&*store, &job)?;
                 added += store.queue_deliveries(&deliveries_for(
                     &policies,
@@ -423,7 +426,8 @@ pub fn final_audit(d: &DeliveryRecord, now_ms: u64) -> Option<rakkr_store::Audit
     let (outcome, reason) = match d.state {
         DeliveryState::Delivered => ("allowed", None),
         DeliveryState::Failed => ("failed", Some(d.last_error.clone())),
-        DeliveryState::Pending => return None,
+        // Pending goes on; cancelled was audited as its recording's deletion.
+        DeliveryState::Pending | DeliveryState::Cancelled => return None,
     };
     Some(rakkr_store::AuditEntry {
         at_ms: now_ms,

@@ -37,6 +37,7 @@
 //! | `GET /audit`       | audit.read | the audit log page: the same search, CSV export |
 //! | `GET /recordings`, `GET /recordings/{id}` | recordings.read | the recordings library (filters: node, state, tag, days) and one recording |
 //! | `POST /recordings/{id}/notes` | recordings.control | notes and tags (form) |
+//! | `POST /recordings/{id}/delete`, `POST /api/v1/recordings/{id}/delete` | recordings.delete | delete a finished recording everywhere Rakkr holds it but archive destinations (form with a typed confirmation; JSON `{"reason"}`; decision 0020, [`crate::deletion`]) |
 //! | `GET /recordings/{id}/play/{name}` | recordings.playback | a file on the server, inline for the page's player (byte ranges) |
 //! | `GET /recordings/{id}/files/{name}` | recordings.download | a file on the server, as a download (byte ranges; audited) |
 //! | `GET /api/v1/recordings/{id}/quality` | recordings.read | the take's quality timeline: the health conditions that held while it recorded, as spans from its start |
@@ -419,6 +420,12 @@ pub fn route_table() -> Vec<(&'static str, Method, Access, MethodRouter<AppState
             post(crate::recordings_page::save_notes),
         ),
         (
+            "/recordings/{id}/delete",
+            Method::POST,
+            Operator(RecordingsDelete),
+            post(crate::recordings_page::delete_form),
+        ),
+        (
             "/api/v1/recordings",
             Method::GET,
             Operator(RecordingsRead),
@@ -447,6 +454,12 @@ pub fn route_table() -> Vec<(&'static str, Method, Access, MethodRouter<AppState
             Method::POST,
             Operator(RecordingsControl),
             post(crate::recordings_page::api_notes),
+        ),
+        (
+            "/api/v1/recordings/{id}/delete",
+            Method::POST,
+            Operator(RecordingsDelete),
+            post(crate::recordings_page::api_delete),
         ),
         (
             enrollment_page::ENROLLMENT_PATH,

@@ -10,7 +10,11 @@
 //! outbox until acknowledged.
 //!
 //! Answers:
-//! - claim → one `offer` per job leased (or leased before and not held);
+//! - claim → one `offer` per job leased (or leased before and not held),
+//!   and a `delete` per take the node was ordered to delete and has not
+//!   reported deleted yet (decision 0020: so an order reaches a node that
+//!   was offline, or lost it, whenever it next asks for work);
+//! - deleted → the node's order is done; `ack` (also for one it had not);
 //! - heartbeat → `lease` (renewed), or `stop` again while a stop is pending
 //!   (so a lost stop command is repeated), or `revoked` for a lease that is
 //!   not the job's current one;
@@ -40,6 +44,10 @@ pub const JOB_QUEUE: usize = 10_000;
 /// Commands and acknowledgements waiting to be published.
 pub const COMMAND_QUEUE: usize = 10_000;
 
+/// Orders to delete a take sent with the answer to one claim (more wait
+/// for the next claim).
+pub const DELETES_PER_CLAIM: usize = 64;
+
 /// How often the lease-expiry runner looks for expired leases.
 pub const EXPIRY_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -60,15 +68,19 @@ pub struct JobStats {
     claim_latency: crate::metrics::Histogram,
     heartbeat_latency: crate::metrics::Histogram,
     update_latency: crate::metrics::Histogram,
+    deleted_latency: crate::metrics::Histogram,
+    /// Nodes' reports that a take they were ordered to delete is gone.
+    pub takes_deleted: AtomicU64,
 }
 
 impl JobStats {
     /// The desk's latency per report kind.
-    pub fn desk_latency(&self) -> [(&'static str, &crate::metrics::Histogram); 3] {
+    pub fn desk_latency(&self) -> [(&'static str, &crate::metrics::Histogram); 4] {
         [
             ("claim", &self.claim_latency),
             ("heartbeat", &self.heartbeat_latency),
             ("update", &self.update_latency),
+            ("deleted", &self.deleted_latency),
         ]
     }
 
@@ -78,6 +90,7 @@ impl JobStats {
             JobReport::Claim { .. } => 0,
             JobReport::Heartbeat { .. } => 1,
             JobReport::Update(_) => 2,
+            JobReport::Deleted { .. } => 3,
         }
     }
 }
@@ -472,6 +485,37 @@ fn handle(
                         out.extend(offer(&node, job, lease, stats));
                     }
                 }
+                Err(e) => store_error(stats, &e),
+            }
+            match store.deletion_orders(Some(&node), DELETES_PER_CLAIM) {
+                Ok(orders) => out.extend(orders.into_iter().map(|(node, job_id, _)| {
+                    Outbound::Command(node, JobCommand::Delete { job_id })
+                })),
+                Err(e) => store_error(stats, &e),
+            }
+        }
+        JobReport::Deleted { job_id } => {
+            match store.complete_deletion_order(&node, job_id, now_ms) {
+                Ok(done) => {
+                    if done {
+                        stats.takes_deleted.fetch_add(1, Ordering::Relaxed);
+                        tracing::info!(node = %node, job = %job_id, "the node deleted its copy of a deleted recording");
+                        crate::audit::record_now(
+                            store,
+                            AuditEntry {
+                                at_ms: now_ms,
+                                actor: format!("node:{node}"),
+                                action: "delete take on node".into(),
+                                target: Some(format!("job:{job_id}")),
+                                outcome: "allowed".into(),
+                                reason: Some("ordered by the recording's deletion".into()),
+                                ..Default::default()
+                            },
+                        );
+                    }
+                    out.push(Outbound::Ack(node.clone(), msg_id));
+                }
+                // Not acknowledged: the node sends it again.
                 Err(e) => store_error(stats, &e),
             }
         }

@@ -30,6 +30,7 @@ pub mod clock;
 pub mod config;
 pub mod console;
 pub mod datadir;
+pub mod deletion;
 pub mod deliveries_page;
 pub mod delivery;
 pub mod demo;

@@ -520,6 +520,11 @@ pub fn render(s: &Sources<'_>) -> String {
             &j.lost,
         ),
         (
+            "rakkr_takes_deleted_on_nodes_total",
+            "Takes of deleted recordings that nodes reported deleted as ordered.",
+            &j.takes_deleted,
+        ),
+        (
             "rakkr_job_dropped_total",
             "Job reports or commands dropped (queue full).",
             &j.dropped,

@@ -346,6 +346,12 @@ fn operation(method: &Method, path: &str, g: &mut SchemaGenerator) -> Option<Ope
             (200, Json(schema::<rakkr_store::JobRecord>(g))),
             &[],
         ),
+        ("POST", "/api/v1/recordings/{id}/delete") => op(
+            "Delete a finished recording everywhere Rakkr holds it: the server's copies at once, the appliance's when it next asks for work, deliveries not yet made cancelled; copies destinations already hold stay (archives). The body (`reason`) may be empty. Answers the job with `deleted` set, the same for a second delete; 409 while the job runs",
+            Some(schema::<crate::recordings_page::DeleteJson>(g)),
+            (200, Json(schema::<rakkr_store::JobRecord>(g))),
+            &[],
+        ),
         ("GET", "/api/v1/users") => op(
             "Every account (never a password hash)",
             None,

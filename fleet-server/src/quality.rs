@@ -323,6 +323,7 @@ mod tests {
             title: None,
             folder: None,
             not_after_ms: None,
+            deleted: None,
         }
     }
 

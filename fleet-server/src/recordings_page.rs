@@ -10,7 +10,10 @@
 //! (`/recordings/{id}/play/{name}`, recordings.playback, byte ranges for
 //! seeking) and a download (`/recordings/{id}/files/{name}`,
 //! recordings.download, audited). Notes and tags are text: maud escapes them
-//! like everything else.
+//! like everything else. A finished recording can be deleted
+//! (recordings.delete, a typed confirmation; [`crate::deletion`]): its page
+//! then says who deleted it and which copies remain where, and the library
+//! lists it only under the state `deleted`.
 
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
@@ -43,7 +46,8 @@ pub struct RecordingsQuery {
     /// Only this node's recordings.
     #[serde(default)]
     pub node: String,
-    /// `completed`, `failed`, `lost`, `cancelled`; empty: any.
+    /// `completed`, `failed`, `lost`, `cancelled`; empty: any. Deleted
+    /// recordings are listed only with `deleted`.
     #[serde(default)]
     pub state: String,
     /// Only recordings with this tag.
@@ -91,8 +95,10 @@ async fn find(state: &AppState, q: &RecordingsQuery) -> Result<Found, String> {
         n => Some(rakkr_protocol::NodeId::new(n).map_err(|e| format!("node: {e}"))?),
     };
     let (from, to) = (day_ms(&q.from, false)?, day_ms(&q.to, true)?);
+    // `deleted` lists the deleted recordings; every other choice hides them.
+    let want_deleted = q.state == "deleted";
     let wanted_state = match q.state.as_str() {
-        "" => None,
+        "" | "deleted" => None,
         s => Some(
             JobState::ALL
                 .into_iter()
@@ -118,6 +124,7 @@ async fn find(state: &AppState, q: &RecordingsQuery) -> Result<Found, String> {
     let matches = |j: &JobRecord| {
         let start = j.recording.as_ref().map_or(0, |r| r.start_unix_ms);
         j.recording.is_some()
+            && j.deleted.is_some() == want_deleted
             && wanted_state.is_none_or(|s| j.state == s)
             && (tag.is_empty() || j.tags.iter().any(|t| t == tag))
             && from.is_none_or(|f| start >= f)
@@ -190,7 +197,7 @@ fn list_page(q: &RecordingsQuery, result: Result<&Found, &String>, signed_in: &S
                 label { "Node" input type="text" name="node" value=(q.node) placeholder="any"; }
                 label { "State"
                     select name="state" {
-                        @for (value, label) in [("", "any"), ("completed", "completed"), ("failed", "failed"), ("lost", "lost"), ("cancelled", "cancelled")] {
+                        @for (value, label) in [("", "any"), ("completed", "completed"), ("failed", "failed"), ("lost", "lost"), ("cancelled", "cancelled"), ("deleted", "deleted")] {
                             option value=(value) selected[q.state == value] { (label) }
                         }
                     }
@@ -221,6 +228,7 @@ fn list_page(q: &RecordingsQuery, result: Result<&Found, &String>, signed_in: &S
                                         td.muted { @if let Some(r) = r { (r.channels) " ch · " (r.sample_rate / 1000) " kHz · " (r.bits) "-bit " (j.spec.profile.codec.as_str()) } }
                                         td { @if let Some(r) = r { (r.file_count) " · " (bytes(j)) } }
                                         td { span class={ "badge job " (j.state.as_str()) } { (j.state.as_str()) }
+                                             @if j.deleted.is_some() { " " span.badge.job.failed { "deleted" } }
                                              @if r.is_some_and(|r| r.gaps > 0) { div.warn { (r.map_or(0, |r| r.gaps)) " gaps" } } }
                                         td { (tags(j)) }
                                         td.notes { (j.notes.lines().next().unwrap_or("")) }
@@ -384,6 +392,70 @@ fn deliveries_markup(deliveries: &[&rakkr_store::DeliveryRecord]) -> Markup {
                     (d.destination) @if d.attempts > 0 { " retrying (" (d.attempts) ")" } @else { " pending" }
                 },
                 DeliveryState::Failed => span.badge.job.failed title=(d.last_error) { (d.destination) " failed" },
+                DeliveryState::Cancelled => span.badge.job.cancelled title=(d.last_error) { (d.destination) " cancelled" },
+            }
+        }
+    }
+}
+
+/// What a deleted recording's page says first: who deleted it, when, and
+/// which copies remain where.
+fn deleted_panel(
+    job: &JobRecord,
+    d: &rakkr_store::JobDeletion,
+    deliveries: &[rakkr_store::DeliveryRecord],
+) -> Markup {
+    let archived: Vec<_> = deliveries
+        .iter()
+        .filter(|x| x.state == rakkr_store::DeliveryState::Delivered)
+        .collect();
+    html! {
+        section.panel.deleted aria-labelledby="deleted-h" {
+            h2 #deleted-h { "Deleted" }
+            p {
+                "Deleted by " strong { (d.by) } " at " (utc_seconds(d.at_ms))
+                @if d.reason.is_empty() { "." } @else { ": " span.notes-text { (d.reason) } }
+            }
+            ul.deleted-copies {
+                li { "The server: its copies are deleted." }
+                li data-node-copy=(if d.node_deleted_ms.is_some() { "deleted" } else { "ordered" }) {
+                    "The appliance " code { (job.node) } ": "
+                    @match d.node_deleted_ms {
+                        Some(at) => { "deleted its copy at " (utc_seconds(at)) "." }
+                        None => { "ordered to delete its copy; it is told again each time it asks for work until it confirms (it may be offline)." }
+                    }
+                }
+                @if archived.is_empty() {
+                    li { "No destination had received a copy; deliveries not yet made are cancelled." }
+                } @else {
+                    li {
+                        "Copies destinations already hold are archives and remain:"
+                        ul {
+                            @for x in &archived {
+                                li data-archive=(x.destination) { (x.destination) ": " code { (x.key) } " (" (x.name) ")" }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The form that deletes a finished recording, with its typed confirmation.
+fn delete_panel(job: &JobRecord, signed_in: &SignedIn) -> Markup {
+    html! {
+        section.panel aria-labelledby="delete-h" {
+            h2 #delete-h { "Delete this recording" }
+            p {
+                "Deletes the take from the appliance " code { (job.node) } " and from the server, and cancels deliveries that have not arrived. "
+                "Copies destinations already hold stay. This cannot be undone."
+            }
+            form.delete-recording method="post" action={ (RECORDINGS_PATH) "/" (job.id) "/delete" } {
+                (csrf_field(signed_in))
+                label { "Reason (kept in the audit log)" input type="text" name="reason" maxlength=(rakkr_store::MAX_DELETION_REASON); }
+                label { "Type “" (DELETE_CONFIRMATION) "” to confirm" input type="text" name="confirm" required autocomplete="off" spellcheck="false"; }
+                button.danger type="submit" { "Delete recording" }
             }
         }
     }
@@ -429,6 +501,7 @@ fn detail_page(
                 "Recording on " a.node-id href={ "/nodes/" (job.node) } { (job.node) }
             }
             @if let Some(e) = error { p.error role="alert" { (e) } }
+            @if let Some(d) = &job.deleted { (deleted_panel(job, d, deliveries)) }
             section.panel {
                 dl.facts {
                     dt { "State" } dd { span class={ "badge job " (job.state.as_str()) } { (job.state.as_str()) } @if !job.detail.is_empty() { " " (job.detail) } }
@@ -438,13 +511,14 @@ fn detail_page(
                         dt { "Format" } dd { (r.channels) @if r.channels == 1 { " channel, " } @else { " channels, " } (r.bits) "-bit " (job.spec.profile.codec.as_str()) }
                         dt { "Gaps" } dd { (r.gaps) @if r.recovered { " · recovered after a crash" } }
                         dt { "Where" } dd {
-                            @if all_there && removed == 0 { "on the server, every file verified (SHA-256)" }
+                            @if job.deleted.is_some() { "deleted" }
+                            @else if all_there && removed == 0 { "on the server, every file verified (SHA-256)" }
                             @else if all_there { "every file verified (SHA-256); the server deleted its copy of " (removed) " of " (r.files.len()) " once every destination held them" }
                             @else if uploads.is_empty() { "on the appliance " code { (job.node) } " (playback, download and checksum once it is uploaded)" }
                             @else { "being uploaded from " code { (job.node) } }
                         }
                         @let state = crate::delivery::recording_delivery(r, uploads, deliveries);
-                        {
+                        @if job.deleted.is_none() {
                             dt { "Delivery" } dd.delivery data-delivery=(serde_json::to_value(state).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default()) {
                                 @match state {
                                     crate::delivery::RecordingDelivery::Arriving => "the files are on their way to the server",
@@ -495,6 +569,9 @@ fn detail_page(
                     Ok(None) => p.muted { "The timeline appears once the take runs." },
                     Err(e) => p.error { "The health events could not be read: " (e) },
                 }
+            }
+            @if job.deleted.is_none() && !job.state.occupies_channels() && signed_in.may(Permission::RecordingsDelete) {
+                (delete_panel(job, signed_in))
             }
             section.panel aria-labelledby="notes-h" {
                 h2 #notes-h { "Notes and tags" }
@@ -638,6 +715,17 @@ async fn cached_file(
     if rakkr_protocol::upload::check_file_name(job.id, name).is_err() {
         return Err(gone());
     }
+    if let Some(d) = &job.deleted {
+        return Err((
+            StatusCode::GONE,
+            format!(
+                "the recording was deleted by {} at {}\n",
+                d.by,
+                utc_seconds(d.at_ms)
+            ),
+        )
+            .into_response());
+    }
     let (store, job_id, file) = (state.store.clone(), job.id, name.to_owned());
     let upload = tokio::task::spawn_blocking(move || store.upload(job_id, &file))
         .await
@@ -720,6 +808,19 @@ async fn uploads_of(state: &AppState, job: &JobRecord) -> Vec<rakkr_store::Uploa
     }
 }
 
+/// The recording page of `job`, with `error` said at its top.
+async fn render_detail(
+    state: &AppState,
+    job: &JobRecord,
+    signed_in: &SignedIn,
+    error: Option<&str>,
+) -> Markup {
+    let quality = quality_of(state, job).await;
+    let uploads = uploads_of(state, job).await;
+    let deliveries = crate::delivery::deliveries_of(&state.store, job.id).await;
+    detail_page(job, &uploads, &deliveries, &quality, signed_in, error)
+}
+
 /// `GET /recordings/{id}`
 pub async fn detail(
     State(state): State<AppState>,
@@ -727,12 +828,9 @@ pub async fn detail(
     Path(id): Path<String>,
 ) -> Response {
     match job_of(&state, &id).await {
-        Ok(job) => {
-            let quality = quality_of(&state, &job).await;
-            let uploads = uploads_of(&state, &job).await;
-            let deliveries = crate::delivery::deliveries_of(&state.store, job.id).await;
-            detail_page(&job, &uploads, &deliveries, &quality, &signed_in, None).into_response()
-        }
+        Ok(job) => render_detail(&state, &job, &signed_in, None)
+            .await
+            .into_response(),
         Err(r) => r,
     }
 }
@@ -856,20 +954,108 @@ pub async fn save_notes(
         Ok((job, change)) => {
             change.to(Redirect::to(&format!("{RECORDINGS_PATH}/{}", job.id)).into_response())
         }
-        Err((status, why)) => {
-            let quality = quality_of(&state, &job).await;
-            let uploads = uploads_of(&state, &job).await;
-            let deliveries = crate::delivery::deliveries_of(&state.store, job.id).await;
-            let page = detail_page(
-                &job,
-                &uploads,
-                &deliveries,
-                &quality,
-                &signed_in,
-                Some(&why),
-            );
-            (status, page).into_response()
+        Err((status, why)) => (
+            status,
+            render_detail(&state, &job, &signed_in, Some(&why)).await,
+        )
+            .into_response(),
+    }
+}
+
+/// What the console's delete form sends.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeleteForm {
+    #[allow(dead_code)] // checked by the access layer
+    csrf: String,
+    /// The word `delete`, typed: the explicit confirmation.
+    #[serde(default)]
+    confirm: String,
+    #[serde(default)]
+    reason: String,
+}
+
+/// The word an operator types to confirm a deletion.
+pub const DELETE_CONFIRMATION: &str = "delete";
+
+/// `POST /recordings/{id}/delete` (form, recordings.delete): delete the
+/// recording everywhere Rakkr holds it, then back to its page, which says so.
+pub async fn delete_form(
+    State(state): State<AppState>,
+    Extension(signed_in): Extension<SignedIn>,
+    Path(id): Path<String>,
+    Form(form): Form<DeleteForm>,
+) -> Response {
+    let job = match job_of(&state, &id).await {
+        Ok(j) => j,
+        Err(r) => return r,
+    };
+    if !form
+        .confirm
+        .trim()
+        .eq_ignore_ascii_case(DELETE_CONFIRMATION)
+    {
+        let why = format!("Type “{DELETE_CONFIRMATION}” to confirm: nothing was deleted.");
+        return (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            render_detail(&state, &job, &signed_in, Some(&why)).await,
+        )
+            .into_response();
+    }
+    match crate::deletion::delete_recording(&state, job.id, &signed_in.actor(), &form.reason).await
+    {
+        Ok(deleted) => crate::deletion::audit_change(&deleted).to(Redirect::to(&format!(
+            "{RECORDINGS_PATH}/{}",
+            job.id
+        ))
+        .into_response()),
+        Err(p) => (
+            p.status,
+            render_detail(&state, &job, &signed_in, Some(&p.detail)).await,
+        )
+            .into_response(),
+    }
+}
+
+/// `POST /api/v1/recordings/{id}/delete` `{"reason"}` (optional body)
+#[derive(Debug, Default, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DeleteJson {
+    /// Why, for the audit log and the recording page (one line, at most 500 bytes).
+    #[serde(default)]
+    pub reason: String,
+}
+
+/// `POST /api/v1/recordings/{id}/delete`: the job as it is now, `deleted`
+/// set; the same answer for a second delete.
+pub async fn api_delete(
+    State(state): State<AppState>,
+    crate::auth::Actor(actor): crate::auth::Actor,
+    Path(id): Path<String>,
+    body: axum::body::Bytes,
+) -> Response {
+    let Ok(id) = id.parse::<JobId>() else {
+        return problem(
+            StatusCode::NOT_FOUND,
+            format!("{id:?} is not a recording id"),
+        )
+        .into_response();
+    };
+    let body: DeleteJson = if body.iter().all(u8::is_ascii_whitespace) {
+        DeleteJson::default()
+    } else {
+        match serde_json::from_slice(&body) {
+            Ok(b) => b,
+            Err(e) => {
+                return problem(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()).into_response();
+            }
         }
+    };
+    match crate::deletion::delete_recording(&state, id, &actor, &body.reason).await {
+        Ok(deleted) => {
+            crate::deletion::audit_change(&deleted).to(Json(deleted.after).into_response())
+        }
+        Err(p) => p.into_response(),
     }
 }
 

@@ -15,6 +15,8 @@
 //!   (a crash between the two is finished by the next pass: a file already
 //!   gone counts as deleted). Every deletion is audited as
 //!   `runner:retention`, with its reason, bytes, checksum and destinations.
+//! - Each pass first deletes what a deleted recording still has on the
+//!   server (its deletion was cut short by a crash; decision 0020).
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -196,22 +198,12 @@ impl ServerRetention {
     /// Delete one file and keep that it is gone; the audit record's reason.
     fn remove(
         &self,
-        file: &HeldFile,
         mut upload: UploadRecord,
         destinations: &[String],
         why: Why,
         now_ms: u64,
     ) -> Result<String, String> {
-        let path = self.uploads.cached(&file.node, file.job, &file.name);
-        match std::fs::remove_file(&path) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(format!("cannot delete {}: {e}", path.display())),
-        }
-        if let Some(dir) = path.parent() {
-            // Empty once the take's last file is gone; not empty is fine.
-            let _ = std::fs::remove_dir(dir);
-        }
+        self.uploads.remove_copy(&upload)?;
         upload.removed_ms = Some(now_ms);
         self.store
             .put_upload(&upload)
@@ -228,9 +220,50 @@ impl ServerRetention {
         })
     }
 
+    /// Delete what deleted recordings still have on the server (a crash cut
+    /// their deletion short; [`crate::deletion`]).
+    fn finish_deletions(&self, now_ms: u64) -> rakkr_store::Result<()> {
+        let mut deleted = std::collections::BTreeMap::new();
+        for upload in self.store.cached_uploads()? {
+            if upload.removed_ms.is_some() {
+                continue;
+            }
+            let job = match deleted.entry(upload.job) {
+                std::collections::btree_map::Entry::Occupied(o) => o.into_mut(),
+                std::collections::btree_map::Entry::Vacant(v) => {
+                    let job = self.store.job(upload.job)?;
+                    v.insert(job.filter(|j| j.deleted.is_some()))
+                }
+            };
+            let Some(job) = job.as_ref() else {
+                continue;
+            };
+            let why = crate::deletion::why_removed(job);
+            match crate::deletion::remove_copy(
+                &*self.store,
+                &self.uploads,
+                &upload,
+                "runner:retention",
+                &why,
+                now_ms,
+            ) {
+                Ok(()) => {
+                    tracing::info!(job = %upload.job, file = %upload.name, "a deleted recording's server copy deleted")
+                }
+                Err(e) => {
+                    tracing::error!(job = %upload.job, file = %upload.name, error = %e, "a deleted recording's server copy not deleted")
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// One pass (on a blocking thread).
     pub fn pass(&self) {
         let now = self.clock.unix_ms();
+        if let Err(e) = self.finish_deletions(now) {
+            tracing::error!(error = %e, "server retention: deleted recordings not looked at");
+        }
         let files = match held_files(&*self.store, &self.policies) {
             Ok(files) => files,
             Err(e) => {
@@ -243,7 +276,7 @@ impl ServerRetention {
         let mut held_bytes = plan.held_bytes;
         for &(i, why) in &plan.remove {
             let (file, upload, destinations) = &files[i];
-            let done = self.remove(file, upload.clone(), destinations, why, now);
+            let done = self.remove(upload.clone(), destinations, why, now);
             let (outcome, reason) = match done {
                 Ok(reason) => {
                     tracing::info!(job = %file.job, file = %file.name, bytes = file.bytes, reason = %reason, "server copy deleted");

@@ -94,7 +94,8 @@ impl Uploads {
         }
     }
 
-    fn lock(&self, job: JobId, name: &str) -> &tokio::sync::Mutex<()> {
+    /// The lock every request about this file holds while it runs.
+    pub(crate) fn lock(&self, job: JobId, name: &str) -> &tokio::sync::Mutex<()> {
         use std::hash::{Hash, Hasher};
         let mut h = std::collections::hash_map::DefaultHasher::new();
         (job, name).hash(&mut h);
@@ -103,6 +104,26 @@ impl Uploads {
 
     fn staged(&self, job: JobId, name: &str) -> PathBuf {
         self.staging.join(job.to_string()).join(name)
+    }
+
+    /// Delete the server's copy of `upload`'s file (in the cache, or in
+    /// staging while it arrives), and its directory once empty. A file
+    /// already gone is not an error (a pass after a crash finishes the job).
+    pub fn remove_copy(&self, upload: &UploadRecord) -> Result<(), String> {
+        let path = match upload.state {
+            UploadState::Cached => self.cached(&upload.node, upload.job, &upload.name),
+            UploadState::Receiving => self.staged(upload.job, &upload.name),
+        };
+        match std::fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(format!("cannot delete {}: {e}", path.display())),
+        }
+        if let Some(dir) = path.parent() {
+            // Empty once the take's last file is gone; not empty is fine.
+            let _ = std::fs::remove_dir(dir);
+        }
+        Ok(())
     }
 
     /// Where a confirmed file of `node`'s take of `job` is kept.
@@ -209,6 +230,15 @@ fn authorize(
         return Err(refuse(Refusal::new(
             StatusCode::FORBIDDEN,
             format!("job {job} is not node {node}'s"),
+        )));
+    }
+    if let Some(d) = &record.deleted {
+        return Err(refuse(Refusal::new(
+            StatusCode::GONE,
+            format!(
+                "the recording of job {job} was deleted by {}; its take is not wanted",
+                d.by
+            ),
         )));
     }
     Ok((node, record))

@@ -2,8 +2,8 @@
 //! lease, run and finish it.
 //!
 //! ```text
-//! node → server  nodes/{node}/jobs      JobReport  (claim | heartbeat | update)
-//! server → node  nodes/{node}/cmd/jobs  JobCommand (offer | lease | stop | revoked | wake)
+//! node → server  nodes/{node}/jobs      JobReport  (claim | heartbeat | update | deleted)
+//! server → node  nodes/{node}/cmd/jobs  JobCommand (offer | lease | stop | revoked | wake | delete)
 //! ```
 //!
 //! The exchange:
@@ -21,6 +21,14 @@
 //! 4. The final `update` (`completed`, `failed` or `cancelled`) carries a
 //!    [`RecordingReport`]. Updates go through the node's durable outbox and
 //!    are acknowledged on `cmd/ack`; the server applies each message id once.
+//!
+//! 5. `delete` (decision 0020) orders the node to delete a take an operator
+//!    deleted: every file of it and its place on the upload queue. The node
+//!    answers `deleted` through its outbox once the files are gone (also when
+//!    they already were: the order is idempotent); until then the server
+//!    sends the order again with its answer to each claim. A node refuses
+//!    nothing but a take it still records, which it deletes when the order
+//!    comes again after the take ended.
 //!
 //! Every command and update names the lease id (fencing token) it is about; a
 //! message with a lease that is not the job's current one is refused.
@@ -268,6 +276,9 @@ pub enum JobReport {
     Heartbeat { job_id: JobId, lease_id: u64 },
     /// A state change (sent through the node's durable outbox).
     Update(JobUpdate),
+    /// The take of `job_id` is deleted from the node as ordered (`delete`),
+    /// files and upload queue (sent through the node's durable outbox).
+    Deleted { job_id: JobId },
 }
 
 impl JobReport {
@@ -288,7 +299,9 @@ impl Payload for JobReport {
                 "{} held jobs; the limit is {MAX_HELD_JOBS}",
                 held.len()
             )),
-            JobReport::Claim { .. } | JobReport::Heartbeat { .. } => Ok(()),
+            JobReport::Claim { .. } | JobReport::Heartbeat { .. } | JobReport::Deleted { .. } => {
+                Ok(())
+            }
             JobReport::Update(u) => {
                 if !JobReport::REPORTABLE.contains(&u.state) {
                     return Err(format!("a node cannot report the state {:?}", u.state));
@@ -360,6 +373,9 @@ pub enum JobCommand {
     },
     /// Work is waiting: claim now.
     Wake,
+    /// An operator deleted this job's recording: delete every file of its
+    /// take and drop them from the upload queue, then report `deleted`.
+    Delete { job_id: JobId },
 }
 
 impl Payload for JobCommand {
@@ -444,6 +460,18 @@ mod tests {
                 .contains(r#""type":"update""#)
         );
         assert_eq!(Envelope::<JobReport>::decode(&bytes).unwrap(), update);
+
+        // The order to delete a take and the node's answer name only the job.
+        let order = Envelope::stamped(7, JobCommand::Delete { job_id: id });
+        let bytes = order.encode();
+        let text = std::str::from_utf8(&bytes).unwrap();
+        assert!(text.contains(r#""type":"delete""#), "{text}");
+        assert_eq!(Envelope::<JobCommand>::decode(&bytes).unwrap(), order);
+        let done = Envelope::stamped(8, JobReport::Deleted { job_id: id });
+        let bytes = done.encode();
+        let text = std::str::from_utf8(&bytes).unwrap();
+        assert!(text.contains(r#""type":"deleted""#), "{text}");
+        assert_eq!(Envelope::<JobReport>::decode(&bytes).unwrap(), done);
     }
 
     #[test]

@@ -433,6 +433,8 @@ pub trait Store: Send + Sync + 'static {
     fn queue_deliveries(&self, records: &[DeliveryRecord]) -> Result<usize>;
 
     /// Keep a delivery as it is now (the runner's outcome, an operator's retry).
+    /// A `cancelled` delivery stays cancelled unless the new record says it
+    /// arrived (an attempt under way when its recording was deleted).
     fn put_delivery(&self, record: &DeliveryRecord) -> Result<()>;
 
     /// Pending deliveries whose next attempt is due at `now_ms`, soonest
@@ -445,4 +447,25 @@ pub trait Store: Send + Sync + 'static {
     /// Deliveries newest job first (in one `state`, or any), at most `limit`.
     fn deliveries(&self, state: Option<DeliveryState>, limit: usize)
     -> Result<Vec<DeliveryRecord>>;
+
+    /// Delete a recording (decision 0020), in one transaction: mark the job
+    /// `deleted` by `by` (an actor as the audit log names it), cancel its
+    /// deliveries that have not arrived, and keep an order for its node to
+    /// delete its copy. Only a job in a final state can be deleted
+    /// ([`StoreError::Refused`] otherwise). Deleting a deleted job changes
+    /// nothing (`already`).
+    fn delete_job(&self, job: JobId, by: &str, reason: &str, now_ms: u64) -> Result<Deleted>;
+
+    /// Orders to delete a take that nodes have not reported done, for one
+    /// node or all, oldest job first, at most `limit`: `(node, job, ordered ms)`.
+    fn deletion_orders(
+        &self,
+        node: Option<&NodeId>,
+        limit: usize,
+    ) -> Result<Vec<(NodeId, JobId, u64)>>;
+
+    /// `node` reports its copy of `job`'s take deleted: its order is done and
+    /// the job says when. `false` (and nothing changed) when no such order
+    /// was open (a repeated report, another node's job).
+    fn complete_deletion_order(&self, node: &NodeId, job: JobId, now_ms: u64) -> Result<bool>;
 }

@@ -33,6 +33,7 @@
 //! | `issue_keys` | `(node, condition, subject)` | issue id `u64`: the latest issue of that key |
 //! | `issues_by_node`, `issues_by_state` | `(node or state, issue id)` | `()` |
 //! | `node_watchdog_policies`, `node_retention_policies` | node id | the name of the watchdog or retention policy operators chose for the node (absent: the default) |
+//! | `deletion_orders` | `(node id, job id)` | ms the recording was deleted: its node has not reported its copy gone yet (decision 0020) |
 //!
 //! Invariants, kept by [`JobTables::put`], the only writer of job records: a
 //! job is in `job_queue` exactly while its state is `queued`; in `active_jobs`
@@ -66,14 +67,14 @@ use rakkr_protocol::schedule::{CivilDate, Occurrence, ScheduleSpec, occurrence_j
 use crate::audit_text::{self, BlockFinder};
 use crate::{
     AUDIT_GENESIS, ApiTokenRecord, AuditEntry, AuditPage, AuditProbe, AuditRecord, AuditSearch,
-    Deferral, DeliveryRecord, DeliveryState, DestinationRecord, EnrollTokenRecord,
-    HealthEventRecord, HealthIssue, IssueAction, IssueQuery, JobGauges, JobId, JobRecord, Lease,
-    MAX_APPLIED_UPDATES, MAX_AUDIT_SCAN, MAX_HEALTH_EVENTS_PER_NODE, MAX_ISSUES_PER_NODE,
-    MAX_OCCURRENCE_JOBS, MAX_SCHEDULES, MAX_USER_NAME, NewJob, NodeCredentialRecord,
-    NodePolicyKind, NodeRecord, NodeStatusUpdate, OccurrenceJob, OccurrenceRecord, OccurrenceStart,
-    REOPEN_WITHIN_MS, RestartPolicy, Result, ScheduleRecord, ScheduledBy, SessionRecord, Store,
-    StoreError, UpdateOutcome, UploadRecord, UserChange, UserRecord, audit_hash, check_annotation,
-    valid_user_name,
+    Deferral, Deleted, DeliveryRecord, DeliveryState, DestinationRecord, EnrollTokenRecord,
+    HealthEventRecord, HealthIssue, IssueAction, IssueQuery, JobDeletion, JobGauges, JobId,
+    JobRecord, Lease, MAX_APPLIED_UPDATES, MAX_AUDIT_SCAN, MAX_DELETION_REASON,
+    MAX_HEALTH_EVENTS_PER_NODE, MAX_ISSUES_PER_NODE, MAX_OCCURRENCE_JOBS, MAX_SCHEDULES,
+    MAX_USER_NAME, NewJob, NodeCredentialRecord, NodePolicyKind, NodeRecord, NodeStatusUpdate,
+    OccurrenceJob, OccurrenceRecord, OccurrenceStart, REOPEN_WITHIN_MS, RestartPolicy, Result,
+    ScheduleRecord, ScheduledBy, SessionRecord, Store, StoreError, UpdateOutcome, UploadRecord,
+    UserChange, UserRecord, audit_hash, check_annotation, valid_user_name,
 };
 
 /// Version of the layout above. Bumped only with a migration.
@@ -130,6 +131,7 @@ fn node_policy_table(kind: NodePolicyKind) -> TableDefinition<'static, &'static 
 }
 /// node id → its A/B update order (JSON), until the node reports it final.
 const UPDATE_ORDERS: TableDefinition<&str, &[u8]> = TableDefinition::new("update_orders");
+const DELETION_ORDERS: TableDefinition<(&str, u128), u64> = TableDefinition::new("deletion_orders");
 const ISSUE_KEYS: TableDefinition<(&str, &str, &str), u64> = TableDefinition::new("issue_keys");
 const ISSUES_BY_NODE: TableDefinition<(&str, u64), ()> = TableDefinition::new("issues_by_node");
 const ISSUES_BY_STATE: TableDefinition<(&str, u64), ()> = TableDefinition::new("issues_by_state");
@@ -315,6 +317,7 @@ impl RedbStore {
             }
             tx.open_table(ISSUE_KEYS).map_err(backend)?;
             tx.open_table(UPDATE_ORDERS).map_err(backend)?;
+            tx.open_table(DELETION_ORDERS).map_err(backend)?;
             tx.open_table(ISSUES_BY_NODE).map_err(backend)?;
             tx.open_table(ISSUES_BY_STATE).map_err(backend)?;
             tx.open_table(OCCURRENCES).map_err(backend)?;
@@ -2179,6 +2182,10 @@ impl Store for RedbStore {
             // in under the new one while pending.
             if let Some(old) = table.get(key).map_err(backend)? {
                 let old: DeliveryRecord = decode("delivery", old.value())?;
+                if old.state == DeliveryState::Cancelled && record.state != DeliveryState::Delivered
+                {
+                    return Ok(());
+                }
                 if old.state == DeliveryState::Pending {
                     due.remove((old.next_attempt_ms, key.0, key.1, key.2))
                         .map_err(backend)?;
@@ -2249,6 +2256,131 @@ impl Store for RedbStore {
             }
         }
         Ok(out)
+    }
+
+    fn delete_job(&self, id: JobId, by: &str, reason: &str, now_ms: u64) -> Result<Deleted> {
+        let reason = reason.trim();
+        if reason.len() > MAX_DELETION_REASON || reason.chars().any(char::is_control) {
+            return Err(StoreError::Refused(format!(
+                "the reason is at most {MAX_DELETION_REASON} bytes of text on one line"
+            )));
+        }
+        let tx = self.db.begin_write().map_err(backend)?;
+        let done = {
+            let mut tables = JobTables::open(&tx)?;
+            let old = tables.get(id.as_u128())?.ok_or(StoreError::NoSuchJob(id))?;
+            if old.deleted.is_some() {
+                return Ok(Deleted {
+                    before: old.clone(),
+                    after: old,
+                    cancelled_deliveries: 0,
+                    already: true,
+                });
+            }
+            if old.state.occupies_channels() {
+                return Err(StoreError::Refused(format!(
+                    "job {id} is {}: stop or cancel it before deleting its recording",
+                    old.state.as_str()
+                )));
+            }
+            let job = JobRecord {
+                deleted: Some(JobDeletion {
+                    at_ms: now_ms,
+                    by: by.to_owned(),
+                    reason: reason.to_owned(),
+                    node_deleted_ms: None,
+                }),
+                ..old.clone()
+            };
+            tables.put(Some(&old), &job)?;
+            let mut deliveries = tx.open_table(DELIVERIES).map_err(backend)?;
+            let mut due = tx.open_table(DELIVERIES_DUE).map_err(backend)?;
+            let key = id.as_u128();
+            let mut open = Vec::new();
+            for entry in deliveries
+                .range((key, "", "")..(key.saturating_add(1), "", ""))
+                .map_err(backend)?
+            {
+                let (_, v) = entry.map_err(backend)?;
+                let d: DeliveryRecord = decode("delivery", v.value())?;
+                if matches!(d.state, DeliveryState::Pending | DeliveryState::Failed) {
+                    open.push(d);
+                }
+            }
+            for d in &open {
+                let k = (key, d.name.as_str(), d.destination.as_str());
+                if d.state == DeliveryState::Pending {
+                    due.remove((d.next_attempt_ms, k.0, k.1, k.2))
+                        .map_err(backend)?;
+                }
+                let cancelled = DeliveryRecord {
+                    state: DeliveryState::Cancelled,
+                    last_error: "its recording was deleted".into(),
+                    ..d.clone()
+                };
+                deliveries
+                    .insert(k, encode(&cancelled).as_slice())
+                    .map_err(backend)?;
+            }
+            tx.open_table(DELETION_ORDERS)
+                .map_err(backend)?
+                .insert((job.node.as_str(), key), now_ms)
+                .map_err(backend)?;
+            Deleted {
+                before: old,
+                after: job,
+                cancelled_deliveries: open.len(),
+                already: false,
+            }
+        };
+        tx.commit().map_err(backend)?;
+        Ok(done)
+    }
+
+    fn deletion_orders(
+        &self,
+        node: Option<&NodeId>,
+        limit: usize,
+    ) -> Result<Vec<(NodeId, JobId, u64)>> {
+        let tx = self.db.begin_read().map_err(backend)?;
+        let orders = tx.open_table(DELETION_ORDERS).map_err(backend)?;
+        let range = match node {
+            Some(n) => orders.range((n.as_str(), 0)..=(n.as_str(), u128::MAX)),
+            None => orders.range::<(&str, u128)>(..),
+        }
+        .map_err(backend)?;
+        let mut out = Vec::new();
+        for entry in range.take(limit) {
+            let (k, v) = entry.map_err(backend)?;
+            let (node, job) = k.value();
+            let node = NodeId::new(node).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            out.push((node, JobId::from_u128(job), v.value()));
+        }
+        Ok(out)
+    }
+
+    fn complete_deletion_order(&self, node: &NodeId, id: JobId, now_ms: u64) -> Result<bool> {
+        let tx = self.db.begin_write().map_err(backend)?;
+        {
+            let mut orders = tx.open_table(DELETION_ORDERS).map_err(backend)?;
+            if orders
+                .remove((node.as_str(), id.as_u128()))
+                .map_err(backend)?
+                .is_none()
+            {
+                return Ok(false);
+            }
+            let mut tables = JobTables::open(&tx)?;
+            if let Some(old) = tables.get(id.as_u128())? {
+                let mut job = old.clone();
+                if let Some(d) = job.deleted.as_mut() {
+                    d.node_deleted_ms = Some(now_ms);
+                }
+                tables.put(Some(&old), &job)?;
+            }
+        }
+        tx.commit().map_err(backend)?;
+        Ok(true)
     }
 
     fn health_events_pruned_until(&self, node: &NodeId) -> Result<Option<u64>> {
@@ -2348,6 +2480,7 @@ fn new_job_record(id: JobId, new: NewJob, now_ms: u64) -> Result<JobRecord> {
         title: new.title,
         folder: new.folder,
         not_after_ms: new.not_after_ms,
+        deleted: None,
     })
 }
 

@@ -145,6 +145,39 @@ pub struct JobRecord {
     /// Still queued at this time: cancelled instead of offered ([`NewJob::not_after_ms`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub not_after_ms: Option<u64>,
+    /// An operator deleted the recording (decision 0020). The record stays,
+    /// for history and the audit log.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deleted: Option<JobDeletion>,
+}
+
+/// Who deleted a recording, when and why, and when its node said its copy
+/// was gone.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct JobDeletion {
+    pub at_ms: u64,
+    /// The actor, as the audit log names it (`user:olga`, `token:…`).
+    pub by: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub reason: String,
+    /// When the node reported its files gone; until then it has an order
+    /// ([`crate::Store::deletion_orders`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_deleted_ms: Option<u64>,
+}
+
+/// Longest reason given for deleting a recording, in bytes.
+pub const MAX_DELETION_REASON: usize = 500;
+
+/// What deleting a recording did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Deleted {
+    pub before: JobRecord,
+    pub after: JobRecord,
+    /// Deliveries cancelled (pending or failed ones; delivered copies stay).
+    pub cancelled_deliveries: usize,
+    /// The recording was deleted already: nothing changed.
+    pub already: bool,
 }
 
 /// Longest notes on a recording, in bytes.
@@ -887,6 +920,9 @@ pub enum DeliveryState {
     Delivered,
     /// Its retry budget is spent; waits for an operator's retry.
     Failed,
+    /// Its recording was deleted before it arrived; it never goes again (an
+    /// attempt under way when it was cancelled may still say `delivered`).
+    Cancelled,
 }
 
 impl DeliveryState {
@@ -895,6 +931,7 @@ impl DeliveryState {
             DeliveryState::Pending => "pending",
             DeliveryState::Delivered => "delivered",
             DeliveryState::Failed => "failed",
+            DeliveryState::Cancelled => "cancelled",
         }
     }
 }

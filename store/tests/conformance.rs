@@ -1804,3 +1804,150 @@ fn redb_deliveries_are_queued_once_and_come_due_in_order() {
     let (_dir, store) = redb();
     deliveries_are_queued_once_and_come_due_in_order(&store);
 }
+
+fn recordings_are_deleted_once_with_an_order_for_their_node(store: &dyn Store) {
+    let n = node("del");
+    let job = store.enqueue_job(new_job(&n, &[0], Some(10)), 1).unwrap();
+    // Not while it may record: the operator stops or cancels it first.
+    assert!(matches!(
+        store.delete_job(job.id, "user:olga", "", 2),
+        Err(StoreError::Refused(why)) if why.contains("queued")
+    ));
+    let job = store.claim_jobs(&n, 1, &[], 10, 1_000).unwrap().remove(0);
+    let mut done = update(&job, JobState::Completed);
+    done.recording = Some(report(false));
+    store
+        .apply_job_update(&n, rakkr_protocol::MessageId::new(30), &done, 30)
+        .unwrap();
+    let file = |destination: &str, state: DeliveryState| DeliveryRecord {
+        job: job.id,
+        name: format!("{}.flac", job.id),
+        destination: destination.into(),
+        node: n.clone(),
+        key: "k".into(),
+        bytes: 10,
+        state,
+        attempts: 0,
+        give_up_ms: None,
+        next_attempt_ms: 40,
+        last_error: String::new(),
+        queued_ms: 40,
+        delivered_ms: (state == DeliveryState::Delivered).then_some(45),
+    };
+    store
+        .queue_deliveries(&[
+            file("nas", DeliveryState::Pending),
+            file("s3", DeliveryState::Delivered),
+            file("smb", DeliveryState::Failed),
+        ])
+        .unwrap();
+    let refused = "x".repeat(MAX_DELETION_REASON + 1);
+    assert!(matches!(
+        store.delete_job(job.id, "user:olga", &refused, 50),
+        Err(StoreError::Refused(_))
+    ));
+
+    let d = store
+        .delete_job(job.id, "user:olga", " a test take ", 50)
+        .unwrap();
+    assert!(!d.already);
+    assert_eq!(d.before.deleted, None);
+    assert_eq!(
+        d.after.deleted,
+        Some(JobDeletion {
+            at_ms: 50,
+            by: "user:olga".into(),
+            reason: "a test take".into(),
+            node_deleted_ms: None,
+        })
+    );
+    assert_eq!(d.after.state, JobState::Completed, "its history stays");
+    assert_eq!(store.job(job.id).unwrap().unwrap(), d.after);
+    // Deliveries that had not arrived never go; the archived copy stays listed.
+    assert_eq!(d.cancelled_deliveries, 2);
+    let states: Vec<_> = store
+        .deliveries_of_job(job.id)
+        .unwrap()
+        .into_iter()
+        .map(|x| (x.destination, x.state))
+        .collect();
+    assert_eq!(
+        states,
+        [
+            ("nas".to_owned(), DeliveryState::Cancelled),
+            ("s3".to_owned(), DeliveryState::Delivered),
+            ("smb".to_owned(), DeliveryState::Cancelled),
+        ]
+    );
+    assert!(store.due_deliveries(u64::MAX, 10).unwrap().is_empty());
+    // An attempt under way when it was cancelled: a failure does not bring
+    // it back; an arrival is the truth and is kept.
+    store
+        .put_delivery(&file("nas", DeliveryState::Pending))
+        .unwrap();
+    assert!(store.due_deliveries(u64::MAX, 10).unwrap().is_empty());
+    store
+        .put_delivery(&file("smb", DeliveryState::Delivered))
+        .unwrap();
+    let smb = store.deliveries_of_job(job.id).unwrap().remove(2);
+    assert_eq!(smb.state, DeliveryState::Delivered);
+
+    // The node's order waits until the node says its copy is gone.
+    let other = node("other");
+    assert_eq!(
+        store.deletion_orders(Some(&n), 10).unwrap(),
+        [(n.clone(), job.id, 50)]
+    );
+    assert!(store.deletion_orders(Some(&other), 10).unwrap().is_empty());
+    assert_eq!(store.deletion_orders(None, 10).unwrap().len(), 1);
+
+    // A second delete changes nothing and is not recorded again.
+    let again = store.delete_job(job.id, "user:vic", "again", 60).unwrap();
+    assert!(again.already);
+    assert_eq!(again.after, d.after);
+
+    // Another node cannot complete it; its own node can, once.
+    assert!(!store.complete_deletion_order(&other, job.id, 70).unwrap());
+    assert!(store.complete_deletion_order(&n, job.id, 70).unwrap());
+    assert!(!store.complete_deletion_order(&n, job.id, 71).unwrap());
+    assert!(store.deletion_orders(None, 10).unwrap().is_empty());
+    let after = store.job(job.id).unwrap().unwrap();
+    assert_eq!(after.deleted.unwrap().node_deleted_ms, Some(70));
+    assert!(matches!(
+        store.delete_job(rakkr_protocol::JobId::new(5), "user:olga", "", 80),
+        Err(StoreError::NoSuchJob(_))
+    ));
+}
+
+#[test]
+fn redb_recordings_are_deleted_once_with_an_order_for_their_node() {
+    let (_d, s) = redb();
+    recordings_are_deleted_once_with_an_order_for_their_node(&s);
+}
+
+#[test]
+fn redb_deletion_orders_survive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("rakkr.redb");
+    let n = node("del");
+    let id = {
+        let store = RedbStore::open(&path).unwrap();
+        store.enqueue_job(new_job(&n, &[0], Some(10)), 1).unwrap();
+        let job = store.claim_jobs(&n, 1, &[], 10, 1_000).unwrap().remove(0);
+        store
+            .apply_job_update(
+                &n,
+                rakkr_protocol::MessageId::new(30),
+                &update(&job, JobState::Failed),
+                30,
+            )
+            .unwrap();
+        store.delete_job(job.id, "user:olga", "", 50).unwrap();
+        job.id
+    };
+    let store = RedbStore::open(&path).unwrap();
+    assert_eq!(
+        store.deletion_orders(Some(&n), 10).unwrap(),
+        [(n.clone(), id, 50)]
+    );
+}
