@@ -130,6 +130,10 @@ pub async fn delete_recording(
     for upload in uploads.into_iter().filter(|u| u.removed_ms.is_none()) {
         // A chunk in flight finishes first; the next one finds the job deleted.
         let _held = state.uploads.lock(id, &upload.name).lock().await;
+        // What followed the file as it arrived stops: its hash and decode,
+        // and any S3 copy started early (its multipart upload aborts).
+        state.uploads.followers.discard(id, &upload.name);
+        state.uploads.early.discard(id, &upload.name);
         let (store, files, actor, why) = (
             state.store.clone(),
             state.uploads.clone(),

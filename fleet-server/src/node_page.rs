@@ -646,6 +646,7 @@ pub fn jobs_panel(node: &NodeId, data: &NodePageData, signed_in: &SignedIn, now_
                             tr data-job=(job.id) data-state=(job.state.as_str()) {
                                 td { code { (short_id(&job.id)) } div.muted { (job.spec.profile.codec.as_str()) " " (job.spec.profile.bits) "-bit" } }
                                 td { span class={ "badge job " (job.state.as_str()) } { (job.state.as_str().replace('_', " ")) }
+                                     @if job.deleted.is_some() { " " span.badge.job.failed { "deleted" } }
                                      @if !job.detail.is_empty() { div.muted { (job.detail) } } }
                                 td { span title=(utc_seconds(job.created_ms)) { (ago(now_ms, job.created_ms)) } }
                                 td { (take_summary(job)) (delivery(job, data.uploads.get(&job.id))) }
@@ -706,6 +707,9 @@ fn delivery(job: &JobRecord, uploads: Option<&Vec<rakkr_store::UploadRecord>>) -
     let Some(r) = job.recording.as_ref() else {
         return html! {};
     };
+    if job.deleted.is_some() {
+        return html! { div.delivery data-delivery="deleted" { span.muted { "deleted" } } };
+    }
     let uploads = uploads.map(Vec::as_slice).unwrap_or_default();
     let cached = uploads
         .iter()

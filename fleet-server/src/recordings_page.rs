@@ -295,25 +295,32 @@ async fn quality_of(
 }
 
 /// Where one file of a take is, for people.
-fn file_state(upload: Option<&rakkr_store::UploadRecord>) -> Markup {
+fn file_state(upload: Option<&rakkr_store::UploadRecord>, deleted: bool) -> Markup {
     use rakkr_store::UploadState;
+    let digest = |u: &rakkr_store::UploadRecord| {
+        html! {
+            code.digest title=(u.sha256.as_deref().unwrap_or_default()) {
+                (u.sha256.as_deref().unwrap_or_default().get(..16).unwrap_or_default()) "…"
+            }
+        }
+    };
     match upload {
+        _ if deleted => html! {
+            span.badge.job.failed data-removed="true" { "deleted" }
+            @if let Some(u) = upload {
+                @if let Some(at) = u.removed_ms { " the server deleted its copy " (utc_seconds(at)) }
+                @if u.state == UploadState::Cached { " (SHA-256 " (digest(u)) ")" }
+            }
+        },
         Some(u) if u.state == UploadState::Cached && u.removed_ms.is_some() => html! {
             span.badge.muted data-removed="true" { "delivered" }
             " every destination holds it; the server deleted its copy "
             (utc_seconds(u.removed_ms.unwrap_or_default()))
-            " (SHA-256 "
-            code.digest title=(u.sha256.as_deref().unwrap_or_default()) {
-                (u.sha256.as_deref().unwrap_or_default().get(..16).unwrap_or_default()) "…"
-            }
-            ")"
+            " (SHA-256 " (digest(u)) ")"
         },
         Some(u) if u.state == UploadState::Cached => html! {
             span.badge.ok { "on the server" }
-            " verified, SHA-256 "
-            code.digest title=(u.sha256.as_deref().unwrap_or_default()) {
-                (u.sha256.as_deref().unwrap_or_default().get(..16).unwrap_or_default()) "…"
-            }
+            " verified, SHA-256 " (digest(u))
         },
         Some(u) => html! {
             span.badge.job.running { "uploading" }
@@ -541,7 +548,7 @@ fn detail_page(
                                     td { (f.frames) }
                                     td { (f.bytes) }
                                     td {
-                                        (file_state(upload_of(&f.name)))
+                                        (file_state(upload_of(&f.name), job.deleted.is_some()))
                                         (deliveries_markup(&deliveries.iter().filter(|d| d.name == f.name).collect::<Vec<_>>()))
                                     }
                                     td {
@@ -570,9 +577,6 @@ fn detail_page(
                     Err(e) => p.error { "The health events could not be read: " (e) },
                 }
             }
-            @if job.deleted.is_none() && !job.state.occupies_channels() && signed_in.may(Permission::RecordingsDelete) {
-                (delete_panel(job, signed_in))
-            }
             section.panel aria-labelledby="notes-h" {
                 h2 #notes-h { "Notes and tags" }
                 @if signed_in.may(Permission::RecordingsControl) {
@@ -586,6 +590,9 @@ fn detail_page(
                     p { (tags(job)) }
                     p.notes-text { (job.notes) }
                 }
+            }
+            @if job.deleted.is_none() && !job.state.occupies_channels() && signed_in.may(Permission::RecordingsDelete) {
+                (delete_panel(job, signed_in))
             }
         },
     )

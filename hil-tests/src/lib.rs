@@ -627,8 +627,20 @@ impl Agent {
     /// Kill the agent with SIGKILL (as a crash or power loss would) and start
     /// it again as it was started; the new process logs to `{name}+.stderr`.
     pub fn crash_and_restart(mut self, work: &Path) -> Result<Agent> {
+        self.kill()?;
+        self.start_again(work)
+    }
+
+    /// Kill the agent with SIGKILL: a crash, a power cut, a node gone offline.
+    pub fn kill(&mut self) -> Result<()> {
         self.proc.signal("KILL")?;
         self.proc.wait_exit(Duration::from_secs(10))?;
+        Ok(())
+    }
+
+    /// Start a killed agent again as it was started; the new process logs
+    /// to `{name}+.stderr`.
+    pub fn start_again(mut self, work: &Path) -> Result<Agent> {
         let name = format!("{}+", self.proc.name);
         let env = std::mem::take(&mut self.env);
         Agent::spawn(work, &name, &self.node_id, &self.config, env)
@@ -1471,6 +1483,39 @@ pub fn job_agent_with_tables(
         Agent::start_with_config(work, node, &config)?
     };
     Ok((agent, recordings))
+}
+
+/// A [`job_agent_with_tables`] of 2 channels that uploads its takes to
+/// `server` (`upload`: more `[upload]` keys), online.
+pub fn uploading_agent(
+    work: &Path,
+    server: &Server,
+    node: &str,
+    signal: &str,
+    upload: &str,
+) -> Result<(Agent, PathBuf)> {
+    let tables = format!("[upload]\nserver = \"{}\"\n{upload}", server.url(""));
+    let agent = job_agent_with_tables(work, server, node, 2, "", signal, &tables)?;
+    wait_online(server, node)?;
+    Ok(agent)
+}
+
+/// Start a take of `seconds` on `node` (channels 1 and 2) and wait for it to
+/// complete; its id.
+pub fn take(server: &Server, node: &str, seconds: u32) -> Result<String> {
+    let (code, job) = server.post(
+        "/api/v1/jobs",
+        &serde_json::json!({"node": node, "channels": "1,2", "duration_s": seconds}),
+    )?;
+    anyhow::ensure!(code == 201, "job not created ({code}): {job}");
+    let id = job["id"].as_str().unwrap_or_default().to_owned();
+    wait_job(
+        server,
+        &id,
+        "completed",
+        Duration::from_secs(30 + u64::from(seconds)),
+    )?;
+    Ok(id)
 }
 
 pub fn wait_online(server: &Server, node: &str) -> Result<()> {

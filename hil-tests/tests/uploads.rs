@@ -329,36 +329,6 @@ fn bad_uploads_are_refused_with_the_reason_and_audited() -> Result<()> {
 
 /// An agent of `server` recording `signal` whose takes go to the server
 /// (`upload`: the rest of its `[upload]` table); its recordings directory.
-fn uploading_agent(
-    work: &Path,
-    server: &Server,
-    node: &str,
-    signal: &str,
-    upload: &str,
-) -> Result<(Agent, std::path::PathBuf)> {
-    let tables = format!("[upload]\nserver = \"{}\"\n{upload}", server.url(""));
-    let agent = job_agent_with_tables(work, server, node, 2, "", signal, &tables)?;
-    wait_online(server, node)?;
-    Ok(agent)
-}
-
-/// Start a take of `seconds` on `node` and wait for it to complete; its id.
-fn take(server: &Server, node: &str, seconds: u32) -> Result<String> {
-    let (code, job) = server.post(
-        "/api/v1/jobs",
-        &json!({"node": node, "channels": "1,2", "duration_s": seconds}),
-    )?;
-    anyhow::ensure!(code == 201, "job not created ({code}): {job}");
-    let id = job["id"].as_str().unwrap_or_default().to_owned();
-    wait_job(
-        server,
-        &id,
-        "completed",
-        Duration::from_secs(30 + u64::from(seconds)),
-    )?;
-    Ok(id)
-}
-
 #[test]
 fn an_appliance_uploads_its_take_and_deletes_it_only_once_confirmed() -> Result<()> {
     let work = tempfile::tempdir()?;
