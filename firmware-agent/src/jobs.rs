@@ -145,6 +145,8 @@ pub async fn run(
     let mut schedules_open = true;
     let mut autonomy = Autonomy::default();
     let mut running: HashMap<JobId, Running> = HashMap::new();
+    // Takes ordered deleted while they still recorded.
+    let mut held_back: std::collections::HashSet<JobId> = Default::default();
     let mut wants_claim = true;
     let mut last_claim: Option<Instant> = None;
     let mut connection = 0u64;
@@ -194,10 +196,14 @@ pub async fn run(
                     JobCommand::Wake => wants_claim = true,
                     JobCommand::Delete { job_id } => {
                         if running.contains_key(&job_id) {
-                            // The order comes again with the answer to a
-                            // claim, and the take is deleted once it ended.
-                            tracing::warn!(job = %job_id, "the server ordered a take deleted that still records; it is deleted when the order comes again after the take ends");
+                            // The order comes again with the answers to
+                            // claims and heartbeats; the take is deleted
+                            // once it ended. Said once, not every time.
+                            if held_back.insert(job_id) {
+                                tracing::warn!(job = %job_id, "the server ordered a take deleted that still records; it is deleted when the order comes again after the take ends");
+                            }
                         } else {
+                            held_back.remove(&job_id);
                             delete_take(&ctx, job_id).await;
                         }
                     }

@@ -29,28 +29,41 @@ use rakkr_store::{AuditEntry, Deleted, JobRecord, Store, StoreError, UploadRecor
 use crate::http::{AppState, Problem, problem};
 use crate::uploads::Uploads;
 
-/// Delete the server's copy of one file of a deleted recording (cached or
-/// staged), then record `removed_ms` and audit it as `actor`; `Ok` also when
-/// the file was gone already.
+/// Delete the server's copies of one file of a deleted recording (cached,
+/// staged, or both: the record is read again here, so a completion that
+/// moved the file meanwhile is seen), then record `removed_ms` (and drop the
+/// waveform preview: it is drawn from the audio) and audit it as `actor`.
+/// `Ok(false)`: nothing was there and the record says so already.
 pub fn remove_copy(
     store: &dyn Store,
     uploads: &Uploads,
-    upload: &UploadRecord,
+    deleted: &JobRecord,
+    name: &str,
     actor: &str,
-    why: &str,
     now_ms: u64,
-) -> Result<(), String> {
-    let removed = uploads.remove_copy(upload).and_then(|()| {
-        let gone = UploadRecord {
-            removed_ms: Some(now_ms),
-            ..upload.clone()
-        };
-        store
-            .put_upload(&gone)
-            .map_err(|e| format!("deleted, not recorded: {e}"))
-    });
+) -> Result<bool, String> {
+    let (node, job, why) = (&deleted.node, deleted.id, why_removed(deleted));
+    let record = store
+        .upload(job, name)
+        .map_err(|e| format!("the upload record not read: {e}"))?;
+    let on_disk = uploads.holds(node, job, name);
+    if !on_disk && record.as_ref().is_none_or(|r| r.removed_ms.is_some()) {
+        return Ok(false);
+    }
+    let removed = uploads
+        .remove_copy(node, job, name)
+        .and_then(|()| match &record {
+            Some(r) if r.removed_ms.is_none() || r.waveform.is_some() => store
+                .put_upload(&UploadRecord {
+                    removed_ms: Some(r.removed_ms.unwrap_or(now_ms)),
+                    waveform: None,
+                    ..r.clone()
+                })
+                .map_err(|e| format!("deleted, not recorded: {e}")),
+            _ => Ok(()),
+        });
     let (outcome, reason) = match &removed {
-        Ok(()) => ("allowed", why.to_owned()),
+        Ok(()) => ("allowed", why),
         Err(e) => ("failed", e.clone()),
     };
     crate::audit::record_now(
@@ -59,19 +72,19 @@ pub fn remove_copy(
             at_ms: now_ms,
             actor: actor.to_owned(),
             action: "delete server copy".into(),
-            target: Some(format!("recording:{}/{}", upload.job, upload.name)),
+            target: Some(format!("recording:{job}/{name}")),
             outcome: outcome.into(),
             reason: Some(reason),
             before: Some(serde_json::json!({
-                "node": upload.node.as_str(),
-                "bytes": upload.length,
-                "sha256": upload.sha256,
-                "state": upload.state,
+                "node": node.as_str(),
+                "bytes": record.as_ref().map(|r| r.length),
+                "sha256": record.as_ref().and_then(|r| r.sha256.clone()),
+                "state": record.as_ref().map(|r| r.state),
             })),
             ..Default::default()
         },
     );
-    removed
+    removed.map(|()| true)
 }
 
 /// Why a deleted recording's copies go, for their audit records.
@@ -118,42 +131,63 @@ pub async fn delete_recording(
     if deleted.already {
         return Ok(deleted);
     }
-    let job = &deleted.after;
+    let job = deleted.after.clone();
     tracing::info!(job = %job.id, node = %job.node, by = actor, cancelled_deliveries = deleted.cancelled_deliveries, "recording deleted");
-    let store = state.store.clone();
-    let uploads = tokio::task::spawn_blocking(move || store.uploads_of_job(id))
-        .await
-        .ok()
-        .and_then(|r| r.ok())
-        .unwrap_or_default();
-    let why = why_removed(job);
-    for upload in uploads.into_iter().filter(|u| u.removed_ms.is_none()) {
-        // A chunk in flight finishes first; the next one finds the job deleted.
-        let _held = state.uploads.lock(id, &upload.name).lock().await;
+    // On a task of its own: a client that goes away does not cut it short.
+    let (state, actor) = (state.clone(), actor.to_owned());
+    let copies = tokio::spawn(async move {
+        remove_server_copies(&state, &job, &actor).await;
+        state.commands.send(crate::jobs::Outbound::Command(
+            job.node.clone(),
+            JobCommand::Delete { job_id: job.id },
+        ));
+    });
+    if let Err(e) = copies.await {
+        tracing::error!(job = %id, error = %e, "deleting a recording's server copies failed; server retention tries again");
+    }
+    Ok(deleted)
+}
+
+/// Step 2: every file of `job`'s take the server may hold (its upload
+/// records and its report's file names), each under its upload lock.
+async fn remove_server_copies(state: &AppState, job: &JobRecord, actor: &str) {
+    let (store, id) = (state.store.clone(), job.id);
+    let mut names: std::collections::BTreeSet<String> =
+        tokio::task::spawn_blocking(move || store.uploads_of_job(id))
+            .await
+            .ok()
+            .and_then(|r| r.ok())
+            .unwrap_or_default()
+            .into_iter()
+            .map(|u| u.name)
+            .collect();
+    names.extend(
+        job.recording
+            .iter()
+            .flat_map(|r| r.files.iter().map(|f| f.name.clone())),
+    );
+    for name in names {
+        // A request in flight finishes first; the next one finds the job deleted.
+        let _held = state.uploads.lock(id, &name).lock().await;
         // What followed the file as it arrived stops: its hash and decode,
         // and any S3 copy started early (its multipart upload aborts).
-        state.uploads.followers.discard(id, &upload.name);
-        state.uploads.early.discard(id, &upload.name);
-        let (store, files, actor, why) = (
+        state.uploads.followers.discard(id, &name);
+        state.uploads.early.discard(id, &name);
+        let (store, files, job, actor) = (
             state.store.clone(),
             state.uploads.clone(),
+            job.clone(),
             actor.to_owned(),
-            why.clone(),
         );
         let now = state.clock.unix_ms();
         let done = tokio::task::spawn_blocking(move || {
-            remove_copy(&*store, &files, &upload, &actor, &why, now)
+            remove_copy(&*store, &files, &job, &name, &actor, now)
         })
         .await;
         if let Ok(Err(e)) = done {
             tracing::error!(job = %id, error = %e, "a deleted recording's server copy not deleted; server retention tries again");
         }
     }
-    state.commands.send(crate::jobs::Outbound::Command(
-        job.node.clone(),
-        JobCommand::Delete { job_id: id },
-    ));
-    Ok(deleted)
 }
 
 /// What the audit record keeps of a deletion.

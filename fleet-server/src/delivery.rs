@@ -252,6 +252,18 @@ pub struct DeliveryRunner {
 impl DeliveryRunner {
     /// One attempt of `d`; its record after it.
     async fn attempt(&self, d: DeliveryRecord) -> DeliveryRecord {
+        // Deleted since it was read as due: it goes nowhere.
+        let (store, job) = (self.store.clone(), d.job);
+        let deleted = tokio::task::spawn_blocking(move || store.job(job)).await;
+        if let Ok(Ok(Some(job))) = deleted
+            && job.deleted.is_some()
+        {
+            return DeliveryRecord {
+                state: DeliveryState::Cancelled,
+                last_error: "its recording was deleted".into(),
+                ..d
+            };
+        }
         let store = self.store.clone();
         let found = tokio::task::spawn_blocking(move || store.destinations()).await;
         let result = match found {

@@ -13,7 +13,8 @@
 //! - claim → one `offer` per job leased (or leased before and not held),
 //!   and a `delete` per take the node was ordered to delete and has not
 //!   reported deleted yet (decision 0020: so an order reaches a node that
-//!   was offline, or lost it, whenever it next asks for work);
+//!   was offline, or lost it, whenever it next asks for work; heartbeats
+//!   are answered with them too, for a node whose every slot records);
 //! - deleted → the node's order is done; `ack` (also for one it had not);
 //! - heartbeat → `lease` (renewed), or `stop` again while a stop is pending
 //!   (so a lost stop command is repeated), or `revoked` for a lease that is
@@ -487,12 +488,7 @@ fn handle(
                 }
                 Err(e) => store_error(stats, &e),
             }
-            match store.deletion_orders(Some(&node), DELETES_PER_CLAIM) {
-                Ok(orders) => out.extend(orders.into_iter().map(|(node, job_id, _)| {
-                    Outbound::Command(node, JobCommand::Delete { job_id })
-                })),
-                Err(e) => store_error(stats, &e),
-            }
+            out.extend(open_deletions(store, &node, stats));
         }
         JobReport::Deleted { job_id } => {
             match store.complete_deletion_order(&node, job_id, now_ms) {
@@ -523,7 +519,10 @@ fn handle(
             stats.heartbeats.fetch_add(1, Ordering::Relaxed);
             match store.renew_lease(&node, job_id, lease_id, now_ms, lease_len) {
                 Ok(job) => {
-                    out.extend(keep_going(&job, lease).map(|c| Outbound::Command(node.clone(), c)))
+                    out.extend(keep_going(&job, lease).map(|c| Outbound::Command(node.clone(), c)));
+                    // A node whose every slot records never claims: its
+                    // orders go with the answers to its heartbeats.
+                    out.extend(open_deletions(store, &node, stats));
                 }
                 Err(
                     e @ (StoreError::StaleLease { .. }
@@ -604,6 +603,21 @@ fn handle(
         }
     }
     out
+}
+
+/// The orders to delete a take `node` has not reported done (at most
+/// [`DELETES_PER_CLAIM`]).
+fn open_deletions(store: &dyn Store, node: &NodeId, stats: &JobStats) -> Vec<Outbound> {
+    match store.deletion_orders(Some(node), DELETES_PER_CLAIM) {
+        Ok(orders) => orders
+            .into_iter()
+            .map(|(node, job_id, _)| Outbound::Command(node, JobCommand::Delete { job_id }))
+            .collect(),
+        Err(e) => {
+            store_error(stats, &e);
+            Vec::new()
+        }
+    }
 }
 
 fn store_error(stats: &JobStats, e: &StoreError) {
@@ -691,6 +705,79 @@ pub async fn run_lease_expiry(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An order to delete a take goes with the answer to every claim and
+    /// heartbeat of its node (a node whose every slot records never claims)
+    /// until the node reports the take deleted; that report is acknowledged.
+    #[test]
+    fn deletion_orders_ride_on_claims_and_heartbeats_until_the_node_reports() {
+        use rakkr_protocol::job::JobUpdate;
+        let dir = tempfile::tempdir().unwrap();
+        let store = rakkr_store::RedbStore::open(&dir.path().join("s.redb")).unwrap();
+        let stats = JobStats::default();
+        let node = NodeId::new("busy").unwrap();
+        let lease = Duration::from_secs(30);
+        let spec: JobSpec = serde_json::from_str("{}").unwrap();
+        let report = |report| Inbound {
+            node: node.clone(),
+            msg_id: MessageId::new(1),
+            report,
+        };
+        let mut run = |job: &JobRecord, state| {
+            let update = JobUpdate {
+                job_id: job.id,
+                lease_id: job.lease.unwrap().id,
+                state,
+                at_ms: 0,
+                detail: String::new(),
+                recording: None,
+                autonomous: None,
+            };
+            handle(&store, report(JobReport::Update(update)), 20, lease, &stats)
+        };
+        let new = || NewJob::unscheduled(node.clone(), spec.clone(), vec![0]);
+        store.enqueue_job(new(), 1).unwrap();
+        let done = store.claim_jobs(&node, 1, &[], 2, 30_000).unwrap().remove(0);
+        run(&done, JobState::Completed);
+        store.enqueue_job(new(), 3).unwrap();
+        let busy = store.claim_jobs(&node, 1, &[], 4, 30_000).unwrap().remove(0);
+        run(&busy, JobState::Running);
+        store.delete_job(done.id, "user:olga", "", 5).unwrap();
+
+        let order = Outbound::Command(node.clone(), JobCommand::Delete { job_id: done.id });
+        let beat = JobReport::Heartbeat {
+            job_id: busy.id,
+            lease_id: busy.lease.unwrap().id,
+        };
+        let answer = handle(&store, report(beat.clone()), 6, lease, &stats);
+        assert!(answer.contains(&order), "{answer:?}");
+        let claim = JobReport::Claim {
+            free_slots: 1,
+            held: vec![busy.id],
+        };
+        let answer = handle(&store, report(claim.clone()), 7, lease, &stats);
+        assert!(answer.contains(&order), "{answer:?}");
+
+        let deleted = report(JobReport::Deleted { job_id: done.id });
+        let msg_id = deleted.msg_id;
+        let answer = handle(&store, deleted, 8, lease, &stats);
+        assert_eq!(answer, [Outbound::Ack(node.clone(), msg_id)]);
+        assert_eq!(stats.takes_deleted.load(Ordering::Relaxed), 1);
+        let job = store.job(done.id).unwrap().unwrap();
+        assert_eq!(job.deleted.and_then(|d| d.node_deleted_ms), Some(8));
+        for again in [beat, claim] {
+            let answer = handle(&store, report(again), 9, lease, &stats);
+            assert!(!answer.contains(&order), "done: {answer:?}");
+        }
+        // Reported again (the report crossed a resent order): acknowledged.
+        let twice = report(JobReport::Deleted { job_id: done.id });
+        let msg_id = twice.msg_id;
+        assert_eq!(
+            handle(&store, twice, 10, lease, &stats),
+            [Outbound::Ack(node.clone(), msg_id)]
+        );
+        assert_eq!(stats.takes_deleted.load(Ordering::Relaxed), 1);
+    }
 
     fn request(json: serde_json::Value) -> Result<JobRequest, String> {
         serde_json::from_value(json).map_err(|e| e.to_string())

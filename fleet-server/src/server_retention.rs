@@ -203,7 +203,8 @@ impl ServerRetention {
         why: Why,
         now_ms: u64,
     ) -> Result<String, String> {
-        self.uploads.remove_copy(&upload)?;
+        self.uploads
+            .remove_copy(&upload.node, upload.job, &upload.name)?;
         upload.removed_ms = Some(now_ms);
         self.store
             .put_upload(&upload)
@@ -220,38 +221,38 @@ impl ServerRetention {
         })
     }
 
-    /// Delete what deleted recordings still have on the server (a crash cut
-    /// their deletion short; [`crate::deletion`]).
+    /// Delete what deleted recordings still have on the server, in the
+    /// cache or in staging (a crash cut their deletion short;
+    /// [`crate::deletion`]).
     fn finish_deletions(&self, now_ms: u64) -> rakkr_store::Result<()> {
-        let mut deleted = std::collections::BTreeMap::new();
-        for upload in self.store.cached_uploads()? {
-            if upload.removed_ms.is_some() {
-                continue;
-            }
-            let job = match deleted.entry(upload.job) {
-                std::collections::btree_map::Entry::Occupied(o) => o.into_mut(),
-                std::collections::btree_map::Entry::Vacant(v) => {
-                    let job = self.store.job(upload.job)?;
-                    v.insert(job.filter(|j| j.deleted.is_some()))
-                }
-            };
-            let Some(job) = job.as_ref() else {
+        let mut jobs: std::collections::BTreeSet<JobId> = self
+            .store
+            .cached_uploads()?
+            .into_iter()
+            .filter(|u| u.removed_ms.is_none())
+            .map(|u| u.job)
+            .collect();
+        jobs.extend(self.uploads.staged_jobs());
+        for id in jobs {
+            let Some(job) = self.store.job(id)?.filter(|j| j.deleted.is_some()) else {
                 continue;
             };
-            let why = crate::deletion::why_removed(job);
-            match crate::deletion::remove_copy(
-                &*self.store,
-                &self.uploads,
-                &upload,
-                "runner:retention",
-                &why,
-                now_ms,
-            ) {
-                Ok(()) => {
-                    tracing::info!(job = %upload.job, file = %upload.name, "a deleted recording's server copy deleted")
-                }
-                Err(e) => {
-                    tracing::error!(job = %upload.job, file = %upload.name, error = %e, "a deleted recording's server copy not deleted")
+            for upload in self.store.uploads_of_job(id)? {
+                match crate::deletion::remove_copy(
+                    &*self.store,
+                    &self.uploads,
+                    &job,
+                    &upload.name,
+                    "runner:retention",
+                    now_ms,
+                ) {
+                    Ok(false) => {}
+                    Ok(true) => {
+                        tracing::info!(job = %id, file = %upload.name, "a deleted recording's server copy deleted")
+                    }
+                    Err(e) => {
+                        tracing::error!(job = %id, file = %upload.name, error = %e, "a deleted recording's server copy not deleted")
+                    }
                 }
             }
         }
@@ -485,6 +486,85 @@ mod tests {
             wake: Arc::default(),
         };
         (runner, path, clock)
+    }
+
+    /// A deletion a crash cut short (the job marked deleted, nothing else
+    /// done) is finished by the next pass: a file whose record still said
+    /// `receiving` though a completion had moved it into the cache, and a
+    /// part still arriving in staging. Each is audited once.
+    #[test]
+    fn a_pass_finishes_a_deletion_a_crash_cut_short_in_the_cache_and_in_staging() {
+        use rakkr_protocol::job::JobUpdate;
+        use rakkr_protocol::state::JobState;
+        let dir = tempfile::tempdir().unwrap();
+        let (runner, cached, _clock) = held_copy(dir.path(), "destinations = []", None, None);
+        let store = runner.store.clone();
+        let node = NodeId::new("n1").unwrap();
+        let job = store
+            .claim_jobs(&node, 1, &[], 1_500, 60_000)
+            .unwrap()
+            .remove(0);
+        let failed = JobUpdate {
+            job_id: job.id,
+            lease_id: job.lease.unwrap().id,
+            state: JobState::Failed,
+            at_ms: 1_600,
+            detail: String::new(),
+            recording: None,
+            autonomous: None,
+        };
+        store
+            .apply_job_update(&node, rakkr_protocol::MessageId::new(9), &failed, 1_600)
+            .unwrap();
+        let mut first = store.uploads_of_job(job.id).unwrap().remove(0);
+        first.state = rakkr_store::UploadState::Receiving;
+        store.put_upload(&first).unwrap();
+        let part = format!("{}.0001.flac", job.id);
+        let staged = dir
+            .path()
+            .join("uploads")
+            .join(job.id.to_string())
+            .join(&part);
+        std::fs::create_dir_all(staged.parent().unwrap()).unwrap();
+        std::fs::write(&staged, b"half a file").unwrap();
+        store
+            .put_upload(&UploadRecord {
+                name: part,
+                state: rakkr_store::UploadState::Receiving,
+                offset: 11,
+                sha256: None,
+                ..first.clone()
+            })
+            .unwrap();
+        store.delete_job(job.id, "user:olga", "", 2_500).unwrap();
+
+        runner.pass();
+        assert!(!cached.exists(), "the copy in the cache is deleted");
+        assert!(!staged.exists(), "the part in staging is deleted");
+        assert!(
+            store
+                .uploads_of_job(job.id)
+                .unwrap()
+                .iter()
+                .all(|u| u.removed_ms.is_some())
+        );
+        let audited = |store: &Arc<dyn Store>| {
+            store
+                .audit_records(0, 100)
+                .unwrap()
+                .into_iter()
+                .filter(|r| r.entry.action == "delete server copy")
+                .map(|r| (r.entry.actor, r.entry.outcome))
+                .collect::<Vec<_>>()
+        };
+        let once = vec![("runner:retention".to_owned(), "allowed".to_owned()); 2];
+        assert_eq!(audited(&store), once);
+        runner.pass();
+        assert_eq!(
+            audited(&store),
+            once,
+            "nothing more to do, nothing more said"
+        );
     }
 
     fn removed(runner: &ServerRetention) -> Vec<Option<u64>> {

@@ -106,24 +106,38 @@ impl Uploads {
         self.staging.join(job.to_string()).join(name)
     }
 
-    /// Delete the server's copy of `upload`'s file (in the cache, or in
-    /// staging while it arrives), and its directory once empty. A file
+    /// Delete the server's copies of `node`'s file `name` of `job`: in the
+    /// cache and in staging (whichever the record said, a completion may
+    /// have moved it since), and their directories once empty. A file
     /// already gone is not an error (a pass after a crash finishes the job).
-    pub fn remove_copy(&self, upload: &UploadRecord) -> Result<(), String> {
-        let path = match upload.state {
-            UploadState::Cached => self.cached(&upload.node, upload.job, &upload.name),
-            UploadState::Receiving => self.staged(upload.job, &upload.name),
-        };
-        match std::fs::remove_file(&path) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(format!("cannot delete {}: {e}", path.display())),
-        }
-        if let Some(dir) = path.parent() {
-            // Empty once the take's last file is gone; not empty is fine.
-            let _ = std::fs::remove_dir(dir);
+    pub fn remove_copy(&self, node: &NodeId, job: JobId, name: &str) -> Result<(), String> {
+        for path in [self.cached(node, job, name), self.staged(job, name)] {
+            match std::fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(format!("cannot delete {}: {e}", path.display())),
+            }
+            if let Some(dir) = path.parent() {
+                // Empty once the take's last file is gone; not empty is fine.
+                let _ = std::fs::remove_dir(dir);
+            }
         }
         Ok(())
+    }
+
+    /// Whether the server has a copy of the file, in the cache or staging.
+    pub fn holds(&self, node: &NodeId, job: JobId, name: &str) -> bool {
+        self.cached(node, job, name).exists() || self.staged(job, name).exists()
+    }
+
+    /// Jobs with files in staging (arriving, or left by a cut upload).
+    pub fn staged_jobs(&self) -> Vec<JobId> {
+        std::fs::read_dir(&self.staging)
+            .map(|dir| {
+                dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     /// Where a confirmed file of `node`'s take of `job` is kept.

@@ -406,6 +406,13 @@ fn only_roles_with_recordings_delete_are_offered_the_form_and_a_forged_request_i
         &[("confirm", "delete"), ("reason", "")],
     )?;
     assert_eq!(code, 403);
+    let forged = audit(&server, "user:olive", "delete")?;
+    assert!(
+        forged.iter().any(|r| r["outcome"] == "denied"
+            && r["action"] == "POST /recordings/{id}/delete"
+            && r["reason"].as_str().is_some_and(|w| w.contains("CSRF"))),
+        "the forged request is audited: {forged:?}"
+    );
     assert!(server.get_json(&format!("/api/v1/jobs/{job}"))?["deleted"].is_null());
     assert!(recordings.join(format!("{job}.flac")).exists());
     Ok(())

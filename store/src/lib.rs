@@ -428,8 +428,8 @@ pub trait Store: Send + Sync + 'static {
     fn delete_destination(&self, name: &str) -> Result<Option<DestinationRecord>>;
 
     /// Queue deliveries that are not queued yet (one per job, file and
-    /// destination; one already there is left as it is). Returns how many
-    /// were added.
+    /// destination; one already there is left as it is; none for a deleted
+    /// recording). Returns how many were added.
     fn queue_deliveries(&self, records: &[DeliveryRecord]) -> Result<usize>;
 
     /// Keep a delivery as it is now (the runner's outcome, an operator's retry).

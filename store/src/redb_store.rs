@@ -2151,10 +2151,19 @@ impl Store for RedbStore {
         {
             let mut table = tx.open_table(DELIVERIES).map_err(backend)?;
             let mut due = tx.open_table(DELIVERIES_DUE).map_err(backend)?;
+            let jobs = tx.open_table(JOBS).map_err(backend)?;
             for r in records {
                 let key = (r.job.as_u128(), r.name.as_str(), r.destination.as_str());
                 if table.get(key).map_err(backend)?.is_some() {
                     continue;
+                }
+                // A deleted recording goes nowhere (a file confirmed while
+                // its recording was being deleted).
+                if let Some(job) = jobs.get(key.0).map_err(backend)? {
+                    let job: JobRecord = decode("job", job.value())?;
+                    if job.deleted.is_some() {
+                        continue;
+                    }
                 }
                 table.insert(key, encode(r).as_slice()).map_err(backend)?;
                 if r.state == DeliveryState::Pending {
@@ -2260,7 +2269,13 @@ impl Store for RedbStore {
 
     fn delete_job(&self, id: JobId, by: &str, reason: &str, now_ms: u64) -> Result<Deleted> {
         let reason = reason.trim();
-        if reason.len() > MAX_DELETION_REASON || reason.chars().any(char::is_control) {
+        // One line of plain text: no control characters, line or paragraph
+        // separators, or direction overrides that would disguise it.
+        let hidden = |c: char| {
+            c.is_control()
+                || matches!(c, '\u{2028}' | '\u{2029}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+        };
+        if reason.len() > MAX_DELETION_REASON || reason.chars().any(hidden) {
             return Err(StoreError::Refused(format!(
                 "the reason is at most {MAX_DELETION_REASON} bytes of text on one line"
             )));

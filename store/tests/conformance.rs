@@ -1847,6 +1847,13 @@ fn recordings_are_deleted_once_with_an_order_for_their_node(store: &dyn Store) {
         Err(StoreError::Refused(_))
     ));
 
+    // A reason that would hide what it says is refused.
+    for hidden in ["two\nlines", "one\u{2028}more", "\u{202e}desrever"] {
+        assert!(matches!(
+            store.delete_job(job.id, "user:olga", hidden, 50),
+            Err(StoreError::Refused(_))
+        ));
+    }
     let d = store
         .delete_job(job.id, "user:olga", " a test take ", 50)
         .unwrap();
@@ -1879,6 +1886,11 @@ fn recordings_are_deleted_once_with_an_order_for_their_node(store: &dyn Store) {
             ("smb".to_owned(), DeliveryState::Cancelled),
         ]
     );
+    assert!(store.due_deliveries(u64::MAX, 10).unwrap().is_empty());
+    // A file confirmed while its recording was being deleted is sent nowhere.
+    let mut late = file("late", DeliveryState::Pending);
+    late.name = "late.flac".into();
+    assert_eq!(store.queue_deliveries(&[late]).unwrap(), 0);
     assert!(store.due_deliveries(u64::MAX, 10).unwrap().is_empty());
     // An attempt under way when it was cancelled: a failure does not bring
     // it back; an arrival is the truth and is kept.
