@@ -737,10 +737,16 @@ mod tests {
         };
         let new = || NewJob::unscheduled(node.clone(), spec.clone(), vec![0]);
         store.enqueue_job(new(), 1).unwrap();
-        let done = store.claim_jobs(&node, 1, &[], 2, 30_000).unwrap().remove(0);
+        let done = store
+            .claim_jobs(&node, 1, &[], 2, 30_000)
+            .unwrap()
+            .remove(0);
         run(&done, JobState::Completed);
         store.enqueue_job(new(), 3).unwrap();
-        let busy = store.claim_jobs(&node, 1, &[], 4, 30_000).unwrap().remove(0);
+        let busy = store
+            .claim_jobs(&node, 1, &[], 4, 30_000)
+            .unwrap()
+            .remove(0);
         run(&busy, JobState::Running);
         store.delete_job(done.id, "user:olga", "", 5).unwrap();
 
