@@ -723,7 +723,7 @@ mod tests {
             msg_id: MessageId::new(1),
             report,
         };
-        let mut run = |job: &JobRecord, state| {
+        let run = |job: &JobRecord, state| {
             let update = JobUpdate {
                 job_id: job.id,
                 lease_id: job.lease.unwrap().id,
