@@ -2,7 +2,8 @@
 //! agents: the take goes from the appliance and the server, its deliveries
 //! not yet made are cancelled and archive copies stay and are listed; a node
 //! offline through a server restart deletes its copy when it comes back; a
-//! delete in the middle of an upload stops it; a second delete changes
+//! delete in the middle of an upload stops it; a job lost while its node was
+//! down is deleted with the take the node recovers; a second delete changes
 //! nothing; a running job and roles without `recordings.delete` are refused.
 
 use std::time::Duration;
@@ -415,5 +416,52 @@ fn only_roles_with_recordings_delete_are_offered_the_form_and_a_forged_request_i
     );
     assert!(server.get_json(&format!("/api/v1/jobs/{job}"))?["deleted"].is_null());
     assert!(recordings.join(format!("{job}.flac")).exists());
+    Ok(())
+}
+
+/// A job lost while its node was down (killed mid-take) can be deleted; the
+/// node recovers the take when it comes back and reports it, the server
+/// keeps the recording deleted and takes none of it, and the node deletes
+/// the recovered take as ordered.
+#[test]
+fn a_lost_job_deleted_while_its_node_was_down_goes_when_the_node_recovers_its_take() -> Result<()> {
+    let work = tempfile::tempdir()?;
+    let data = work.path().join("data");
+    let server = Server::start_with_env(
+        work.path(),
+        &data,
+        &[("RAKKR_SERVER_JOBS__LEASE_MS", "3000")],
+    )?;
+    let (mut agent, recordings) = uploading_agent(work.path(), &server, "del-f", "demo", "")?;
+    let (code, job) = server.post(
+        "/api/v1/jobs",
+        &json!({"node": "del-f", "channels": "1,2", "duration_s": 60}),
+    )?;
+    assert_eq!(code, 201, "{job}");
+    let id = job["id"].as_str().unwrap_or_default().to_owned();
+    wait_job(&server, &id, "running", Duration::from_secs(20))?;
+    std::thread::sleep(Duration::from_secs(2));
+    agent.kill()?;
+    let part = recordings.join(format!("{id}.flac.part"));
+    assert!(part.exists());
+    wait_job(&server, &id, "lost", Duration::from_secs(15))?;
+    let (code, deleted) = server.post(&format!("/api/v1/recordings/{id}/delete"), &json!({}))?;
+    assert_eq!(code, 200, "{deleted}");
+
+    let _agent = agent.start_again(work.path())?;
+    let job = wait_node_deleted(&server, &id, Duration::from_secs(40))?;
+    for left in [part, recordings.join(format!("{id}.flac"))] {
+        assert!(!left.exists(), "{} is deleted", left.display());
+    }
+    // The recovered report is attached; the recording stays deleted.
+    let job = wait_for("the recovered report", Duration::from_secs(20), || {
+        let j = server.get_json(&format!("/api/v1/jobs/{id}")).ok()?;
+        (j["state"] == "completed").then_some(j)
+    })
+    .map_err(|e| anyhow::anyhow!("{e}; last: {job}"))?;
+    assert_eq!(job["recording"]["recovered"], true, "{job}");
+    assert!(job["deleted"]["node_deleted_ms"].is_u64(), "{job}");
+    assert!(!data.join("recordings/del-f").join(&id).exists());
+    assert!(!data.join("uploads").join(&id).exists());
     Ok(())
 }
