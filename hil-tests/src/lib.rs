@@ -1518,6 +1518,19 @@ pub fn take(server: &Server, node: &str, seconds: u32) -> Result<String> {
     Ok(id)
 }
 
+/// What a simulated two-channel 48 kHz FLAC appliance announces (one job
+/// at a time, no capture devices listed); tests change what they need.
+pub fn synthetic_capabilities() -> rakkr_protocol::payload::Capabilities {
+    rakkr_protocol::payload::Capabilities {
+        sources: vec!["synthetic".into()],
+        channels: 2,
+        sample_rates: vec![48_000],
+        codecs: vec!["flac".into()],
+        max_jobs: 1,
+        devices: Vec::new(),
+    }
+}
+
 pub fn wait_online(server: &Server, node: &str) -> Result<()> {
     wait_for(&format!("{node} online"), Duration::from_secs(20), || {
         (server.presence(node).as_deref() == Some("online")).then_some(())

@@ -584,11 +584,8 @@ fn what_a_node_reports_about_itself_renders_as_text() -> Result<()> {
         slot: BootSlot::A,
         capabilities: Capabilities {
             sources: vec![source.into()],
-            channels: 2,
-            sample_rates: vec![48_000],
             codecs: vec!["fl\"ac' onmouseover='x".into()],
-            max_jobs: 1,
-            devices: Vec::new(),
+            ..synthetic_capabilities()
         },
         realtime: Default::default(),
     };
@@ -779,7 +776,7 @@ fn targets(page: &str) -> Vec<(Method, String)> {
 
 #[test]
 fn no_page_offers_a_role_a_control_or_link_it_may_not_use() -> Result<()> {
-    use rakkr_protocol::payload::{BootSlot, Capabilities, NodeStatus};
+    use rakkr_protocol::payload::{BootSlot, NodeStatus};
     let work = tempfile::tempdir()?;
     let server = Server::start(work.path(), &work.path().join("data"))?;
     announce(
@@ -788,14 +785,7 @@ fn no_page_offers_a_role_a_control_or_link_it_may_not_use() -> Result<()> {
         NodeStatus::Online {
             agent_version: "0.1.0".into(),
             slot: BootSlot::A,
-            capabilities: Capabilities {
-                sources: vec!["synthetic".into()],
-                channels: 2,
-                sample_rates: vec![48_000],
-                codecs: vec!["flac".into()],
-                max_jobs: 1,
-                devices: Vec::new(),
-            },
+            capabilities: synthetic_capabilities(),
             realtime: Default::default(),
         },
     )?;

@@ -40,10 +40,8 @@ fn populate(data: &std::path::Path, nodes: usize, records: u64) -> Result<()> {
         capabilities: Capabilities {
             sources: vec!["alsa".into()],
             channels: 8,
-            sample_rates: vec![48_000],
-            codecs: vec!["flac".into()],
             max_jobs: 2,
-            devices: Vec::new(),
+            ..rakkr_hil_tests::synthetic_capabilities()
         },
         realtime: Default::default(),
     };

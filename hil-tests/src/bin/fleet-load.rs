@@ -53,9 +53,7 @@ use rakkr_hil_tests::*;
 use rakkr_protocol::Envelope;
 use rakkr_protocol::JobId;
 use rakkr_protocol::job::{JobCommand, JobReport, JobSpec, RecordingProfile};
-use rakkr_protocol::payload::{
-    BootSlot, Capabilities, ChannelMeter, MeterFrame, NodeStatus, OfflineReason,
-};
+use rakkr_protocol::payload::{BootSlot, ChannelMeter, MeterFrame, NodeStatus, OfflineReason};
 
 /// MQTT keep-alive of the simulated appliances (the agent's default is 5 s).
 const KEEP_ALIVE_S: u16 = 10;
@@ -335,14 +333,7 @@ fn status_payload() -> Vec<u8> {
         NodeStatus::Online {
             agent_version: "fleet-load".into(),
             slot: BootSlot::None,
-            capabilities: Capabilities {
-                sources: vec!["synthetic".into()],
-                channels: 2,
-                sample_rates: vec![48_000],
-                codecs: vec!["flac".into()],
-                max_jobs: 1,
-                devices: Vec::new(),
-            },
+            capabilities: rakkr_hil_tests::synthetic_capabilities(),
             realtime: Default::default(),
         },
     )
